@@ -1,0 +1,312 @@
+//! `occy info SRC`: what an image is — manifest, platform, config, layers,
+//! history and runtime settings — as a readable summary or one JSON document.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::output::{human_size, table};
+use super::{GlobalArgs, OutputFormat, PlatformArgs};
+use crate::error::{Error, Result};
+use crate::image::{media_type, Compression, ImageData, Manifest, Platform};
+use crate::reference::Reference;
+use crate::source::{choose_platforms, load_image, open_source, PlatformSelection, Source};
+
+/// Arguments of `occy info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Image reference (registry://, tar://, oci://, dir://)
+    pub source: String,
+
+    #[command(flatten)]
+    pub platforms: PlatformArgs,
+}
+
+/// One platform entry of an index.
+#[derive(Debug, Serialize)]
+pub struct PlatformEntry {
+    pub platform: String,
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// One layer row.
+#[derive(Debug, Serialize)]
+pub struct LayerInfo {
+    pub index: usize,
+    pub digest: String,
+    pub diff_id: Option<String>,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Option<Compression>,
+    pub created_by: Option<String>,
+}
+
+/// History counts.
+#[derive(Debug, Serialize)]
+pub struct HistoryInfo {
+    pub entries: usize,
+    pub empty_layers: usize,
+}
+
+/// Everything `info` reports about one image.
+#[derive(Debug, Serialize)]
+pub struct ImageInfo {
+    pub source: String,
+    pub image: String,
+    pub tag: Option<String>,
+    /// The index digest, when the reference names an index.
+    pub index_digest: Option<String>,
+    pub index_media_type: Option<String>,
+    pub platforms: Option<Vec<PlatformEntry>>,
+    pub manifest_digest: String,
+    pub schema_version: u32,
+    pub media_type: String,
+    /// `oci` or `docker`.
+    pub format: &'static str,
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub config_digest: String,
+    pub config_size: u64,
+    pub created: Option<String>,
+    pub layer_count: usize,
+    pub compressed_size: u64,
+    /// Known only when every layer is stored uncompressed.
+    pub uncompressed_size: Option<u64>,
+    pub layers: Vec<LayerInfo>,
+    pub history: HistoryInfo,
+    pub labels: BTreeMap<String, String>,
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub exposed_ports: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+/// Builds the info of what `source` names. For an index, the platforms are
+/// listed and one is described: the one asked for, else the host's, else the first.
+pub async fn gather(reference: &Reference, source: &dyn Source, selection: &PlatformSelection) -> Result<ImageInfo> {
+    let root = source.root_manifest().await?;
+    let (index_part, image) = match root.parse()? {
+        Manifest::Image(_) => (None, load_image(source, root, None).await?),
+        Manifest::Index(index) => {
+            let describe = source.describe();
+            let chosen = match selection {
+                PlatformSelection::List(_) => choose_platforms(&index.manifests, selection, &describe)?,
+                _ => choose_platforms(&index.manifests, &PlatformSelection::Default, &describe)
+                    .or_else(|_| choose_platforms(&index.manifests, &PlatformSelection::All, &describe))?,
+            };
+            let Some(desc) = chosen.first() else {
+                return Err(Error::invalid(format!("index of {describe} lists no platform images")));
+            };
+            let raw = source.manifest(&desc.digest).await?;
+            let img = load_image(source, raw, desc.platform.clone()).await?;
+            let entries = index
+                .manifests
+                .iter()
+                .map(|d| PlatformEntry {
+                    platform: d.platform.as_ref().map(Platform::to_string).unwrap_or_else(|| "-".into()),
+                    digest: d.digest.to_string(),
+                    media_type: d.media_type.clone(),
+                    size: d.size,
+                })
+                .collect();
+            (Some((root, entries)), img)
+        }
+    };
+    Ok(describe_image(reference, source, index_part, &image))
+}
+
+fn describe_image(
+    reference: &Reference,
+    source: &dyn Source,
+    index_part: Option<(crate::image::RawManifest, Vec<PlatformEntry>)>,
+    image: &ImageData,
+) -> ImageInfo {
+    let cfg = &image.config.parsed;
+    let non_empty: Vec<&crate::image::config::History> = cfg.history.iter().filter(|h| !h.empty_layer).collect();
+    let layers: Vec<LayerInfo> = image
+        .manifest
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| LayerInfo {
+            index: i,
+            digest: l.digest.to_string(),
+            diff_id: cfg.rootfs.diff_ids.get(i).map(|d| d.to_string()),
+            size: l.size,
+            media_type: l.media_type.clone(),
+            compression: Compression::from_media_type(&l.media_type),
+            created_by: non_empty.get(i).map(|h| h.created_by.clone()).filter(|s| !s.is_empty()),
+        })
+        .collect();
+    let uncompressed_size = layers
+        .iter()
+        .all(|l| l.compression == Some(Compression::None))
+        .then(|| layers.iter().map(|l| l.size).sum());
+    let name = source.recorded_name();
+    let manifest_mt = image.raw_manifest.media_type.clone();
+    ImageInfo {
+        source: reference.to_string(),
+        image: name.as_ref().map(|n| n.repository.clone()).unwrap_or_else(|| reference.image_name()),
+        tag: reference.tag().map(str::to_string).or_else(|| name.map(|n| n.tag)),
+        index_digest: index_part.as_ref().map(|(r, _)| r.digest.to_string()),
+        index_media_type: index_part.as_ref().map(|(r, _)| r.media_type.clone()),
+        platforms: index_part.map(|(_, e)| e),
+        manifest_digest: image.raw_manifest.digest.to_string(),
+        schema_version: image.manifest.schema_version,
+        format: if media_type::is_oci(&manifest_mt) { "oci" } else { "docker" },
+        media_type: manifest_mt,
+        os: cfg.os.clone(),
+        architecture: cfg.architecture.clone(),
+        variant: cfg.variant.clone(),
+        config_digest: image.manifest.config.digest.to_string(),
+        config_size: image.manifest.config.size,
+        created: Some(cfg.created.clone()).filter(|c| !c.is_empty()),
+        layer_count: layers.len(),
+        compressed_size: image.layers_size(),
+        uncompressed_size,
+        layers,
+        history: HistoryInfo {
+            entries: cfg.history.len(),
+            empty_layers: cfg.history.iter().filter(|h| h.empty_layer).count(),
+        },
+        labels: cfg.config.labels.clone(),
+        env: cfg.config.env.clone(),
+        entrypoint: cfg.config.entrypoint.clone(),
+        cmd: cfg.config.cmd.clone(),
+        working_dir: cfg.config.working_dir.clone(),
+        user: cfg.config.user.clone(),
+        exposed_ports: cfg.config.exposed_ports.keys().cloned().collect(),
+        volumes: cfg.config.volumes.keys().cloned().collect(),
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn join_or_dash(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".to_string()
+    } else {
+        v.join(" ")
+    }
+}
+
+/// Renders the info as readable text.
+pub fn render_text(info: &ImageInfo) -> String {
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| out.push_str(&format!("{:<19}{}\n", format!("{k}:"), v));
+    field("Image", info.image.clone());
+    field("Tag", info.tag.clone().unwrap_or_else(|| "-".into()));
+    if let (Some(d), Some(mt)) = (&info.index_digest, &info.index_media_type) {
+        field("Index digest", d.clone());
+        field("Index media type", mt.clone());
+    }
+    field("Manifest digest", info.manifest_digest.clone());
+    field("Schema version", info.schema_version.to_string());
+    let family = if info.format == "oci" { "OCI" } else { "Docker v2" };
+    field("Media type", format!("{} ({family})", info.media_type));
+    let mut platform = format!("{}/{}", info.os, info.architecture);
+    if let Some(v) = &info.variant {
+        platform.push('/');
+        platform.push_str(v);
+    }
+    field("Platform", platform);
+    field("Config digest", info.config_digest.clone());
+    field("Created", info.created.clone().unwrap_or_else(|| "-".into()));
+    field("Layers", info.layer_count.to_string());
+    field("Compressed size", format!("{} ({} bytes)", human_size(info.compressed_size), info.compressed_size));
+    field(
+        "Uncompressed size",
+        info.uncompressed_size
+            .map(|s| format!("{} ({s} bytes)", human_size(s)))
+            .unwrap_or_else(|| "unknown (layers are compressed)".into()),
+    );
+    field(
+        "History",
+        format!("{} entries ({} empty layers)", info.history.entries, info.history.empty_layers),
+    );
+    field("Entrypoint", join_or_dash(&info.entrypoint));
+    field("Cmd", join_or_dash(&info.cmd));
+    field("Working dir", or_dash(&info.working_dir).to_string());
+    field("User", or_dash(&info.user).to_string());
+    field("Exposed ports", join_or_dash(&info.exposed_ports));
+    field("Volumes", join_or_dash(&info.volumes));
+    if let Some(platforms) = &info.platforms {
+        out.push_str("\nPlatforms:\n");
+        let rows: Vec<Vec<String>> = platforms
+            .iter()
+            .map(|p| vec![p.platform.clone(), p.digest.clone(), human_size(p.size)])
+            .collect();
+        for line in table(&["PLATFORM", "DIGEST", "SIZE"], &rows).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out.push_str("\nLayers:\n");
+    let rows: Vec<Vec<String>> = info
+        .layers
+        .iter()
+        .map(|l| {
+            let short = |d: &str| d.get(..19).unwrap_or(d).to_string();
+            vec![
+                l.index.to_string(),
+                short(&l.digest),
+                l.diff_id.as_deref().map(short).unwrap_or_else(|| "-".into()),
+                human_size(l.size),
+                l.compression.map(|c| c.as_str().to_string()).unwrap_or_else(|| "unknown".into()),
+                l.media_type.clone(),
+                l.created_by.clone().map(|c| truncate(&c, 60)).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    for line in table(&["#", "DIGEST", "DIFF_ID", "SIZE", "COMPRESSION", "MEDIA TYPE", "CREATED BY"], &rows).lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    if !info.env.is_empty() {
+        out.push_str("\nEnv:\n");
+        for e in &info.env {
+            out.push_str(&format!("  {e}\n"));
+        }
+    }
+    if !info.labels.is_empty() {
+        out.push_str("\nLabels:\n");
+        for (k, v) in &info.labels {
+            out.push_str(&format!("  {k}={v}\n"));
+        }
+    }
+    out
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let s = s.replace('\n', " ");
+    if s.chars().count() <= max {
+        s
+    } else {
+        let mut t: String = s.chars().take(max - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Runs `occy info`.
+pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
+    let reference = Reference::parse(&args.source)?;
+    let source = open_source(&reference, &global.source_options()?).await?;
+    let info = gather(&reference, source.as_ref(), &args.platforms.selection()?).await?;
+    match global.output_format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+        OutputFormat::Text => print!("{}", render_text(&info)),
+    }
+    Ok(0)
+}

@@ -1,0 +1,163 @@
+//! The command line: clap definitions of every command and global flag, and
+//! dispatch to the library. Rendering of results lives beside each command.
+
+pub mod info;
+pub mod output;
+pub mod process;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, Result};
+use crate::image::Platform;
+use crate::registry::RegistryOptions;
+use crate::source::{PlatformSelection, SourceOptions};
+
+/// How results are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    /// Readable text and tables.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// occy keeps container images where they belong.
+///
+/// Copy, inspect and check images between registries, docker-save archives,
+/// OCI layouts and directories.
+#[derive(Debug, Parser)]
+#[command(name = "occy", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n\nExit codes: 0 success, 1 failure, 2 usage error.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Output format of results on stdout (logs always go to stderr)
+    #[arg(short = 'O', long, global = true, value_enum, default_value_t = OutputFormat::Text, env = "OCCY_OUTPUT_FORMAT")]
+    pub output_format: OutputFormat,
+
+    /// More logging (-v: requests, -vv: everything); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Registry user name
+    #[arg(long, global = true, env = "OCCY_USERNAME")]
+    pub username: Option<String>,
+
+    /// Registry password or token
+    #[arg(long, global = true, env = "OCCY_PASSWORD", hide_env_values = true, requires = "username")]
+    pub password: Option<String>,
+
+    /// A containers auth.json with registry credentials
+    #[arg(long, global = true, env = "REGISTRY_AUTH_FILE")]
+    pub authfile: Option<PathBuf>,
+
+    /// Allow plain HTTP or an unverified certificate for this HOST[:PORT] (repeatable)
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]", env = "OCCY_INSECURE_REGISTRY", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+
+    /// Directory of extra CA certificates (*.crt, *.pem) for registries
+    #[arg(long, global = true, env = "OCCY_CERT_DIR")]
+    pub cert_dir: Option<PathBuf>,
+
+    /// Retries for transient failures (connection errors, 5xx, 429)
+    #[arg(long, global = true, default_value_t = 3, env = "OCCY_RETRIES")]
+    pub retries: u32,
+
+    /// Requests per second per registry host (0: unlimited)
+    #[arg(long, global = true, default_value_t = 0.0, env = "OCCY_RATE_LIMIT")]
+    pub rate_limit: f64,
+}
+
+impl GlobalArgs {
+    /// Registry settings from the flags.
+    pub fn registry_options(&self) -> Result<RegistryOptions> {
+        if self.rate_limit < 0.0 || !self.rate_limit.is_finite() {
+            return Err(Error::usage(format!(
+                "invalid --rate-limit {}: expected a number of requests per second, 0 for unlimited",
+                self.rate_limit
+            )));
+        }
+        if let Some(dir) = &self.cert_dir {
+            if !dir.is_dir() {
+                return Err(Error::usage(format!("--cert-dir {} is not a directory", dir.display())));
+            }
+        }
+        Ok(RegistryOptions {
+            username: self.username.clone(),
+            password: self.password.clone(),
+            authfile: self.authfile.clone(),
+            insecure_hosts: self.insecure_registry.clone(),
+            cert_dir: self.cert_dir.clone(),
+            retries: self.retries,
+            rate_limit: (self.rate_limit > 0.0).then_some(self.rate_limit),
+        })
+    }
+
+    /// Source settings from the flags.
+    pub fn source_options(&self) -> Result<SourceOptions> {
+        Ok(SourceOptions {
+            registry: self.registry_options()?,
+        })
+    }
+}
+
+/// Platform choice shared by commands that read images.
+#[derive(Debug, Args, Clone)]
+pub struct PlatformArgs {
+    /// Platform to take from a multi-arch index, as os/arch[/variant] (repeatable)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Vec<String>,
+
+    /// Take every platform of a multi-arch index (and keep the index)
+    #[arg(long, conflicts_with = "platform")]
+    pub all_platforms: bool,
+}
+
+impl PlatformArgs {
+    /// The selection the flags ask for.
+    pub fn selection(&self) -> Result<PlatformSelection> {
+        if self.all_platforms {
+            return Ok(PlatformSelection::All);
+        }
+        if self.platform.is_empty() {
+            return Ok(PlatformSelection::Default);
+        }
+        Ok(PlatformSelection::List(
+            self.platform.iter().map(|p| Platform::parse(p)).collect::<Result<_>>()?,
+        ))
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy an image from a source to a destination
+    #[command(after_help = "Examples:\n  occy process registry://127.0.0.1:5000/app:1.0 tar:///tmp/app.tar\n  occy process tar:///tmp/app.tar oci:///srv/layouts/app:1.0\n  occy process registry://quay.io/org/app:1.0 oci:///tmp/app --all-platforms")]
+    Process(process::ProcessArgs),
+
+    /// Show an image's manifest, config, layers and history
+    #[command(after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy -O json info oci:///srv/layouts/app:1.0")]
+    Info(info::InfoArgs),
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Process(args) => process::run(&cli.global, args).await,
+        Command::Info(args) => info::run(&cli.global, args).await,
+    }
+}

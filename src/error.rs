@@ -1,0 +1,153 @@
+//! The one error type of occy: every failure a user can meet, each with a
+//! message that names the offending thing, and the exit code it maps to
+//! (DESIGN §5: 1 for failed work, 2 for usage or input errors).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, phrased for people.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command-line input: a flag, a URI, an option. Nothing was done.
+    #[error("{0}")]
+    Usage(String),
+
+    /// A file-system operation failed on a named path.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A network-level failure talking to a host (connect, TLS, reset).
+    #[error("{0}")]
+    Network(String),
+
+    /// The registry answered with an error status.
+    #[error("{method} {url}: {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Registry {
+        method: String,
+        url: String,
+        status: u16,
+        message: String,
+    },
+
+    /// Credentials were missing or refused.
+    #[error("{0}")]
+    Unauthorized(String),
+
+    /// The thing named does not exist (tag, repository, file entry, image).
+    #[error("{0}")]
+    NotFound(String),
+
+    /// Content did not hash to the digest it claims.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// Content had another length than its descriptor says.
+    #[error("size mismatch for {what}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    /// Malformed data: a manifest, config, tar or JSON that is not what it should be.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// A request was refused by the destination or is not supported there.
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// Cancelled by the user (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// The process exit code for this error (DESIGN §5).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Interrupted => 130,
+            _ => 1,
+        }
+    }
+
+    /// Shorthand for a usage error.
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+
+    /// Shorthand for invalid data.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+
+    /// Wraps an io::Error with the action and path it concerns. If the
+    /// io::Error carries one of our own errors (a digest mismatch raised
+    /// inside a stream), that error is returned instead.
+    pub fn io(action: &'static str, path: impl AsRef<Path>, source: io::Error) -> Self {
+        match into_occy_error(source) {
+            Ok(e) => e,
+            Err(source) => Error::Io {
+                action,
+                path: path.as_ref().to_path_buf(),
+                source,
+            },
+        }
+    }
+
+    /// Wraps an io::Error raised while streaming `what`.
+    pub fn stream(what: &str, source: io::Error) -> Self {
+        match into_occy_error(source) {
+            Ok(e) => e,
+            Err(source) => Error::Network(format!("while streaming {what}: {source}")),
+        }
+    }
+
+    /// Turns this error into an io::Error that can travel through a stream,
+    /// to be recovered by [`Error::io`] or [`Error::stream`] on the other side.
+    pub fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self)
+    }
+
+    /// Whether retrying the same operation may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Network(_) => true,
+            Error::Registry { status, .. } => *status == 429 || *status >= 500,
+            Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Recovers an occy [`Error`] that was sent through an io::Error.
+fn into_occy_error(e: io::Error) -> std::result::Result<Error, io::Error> {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        match e.into_inner().map(|b| b.downcast::<Error>()) {
+            Some(Ok(inner)) => Ok(*inner),
+            Some(Err(other)) => Err(io::Error::new(io::ErrorKind::InvalidData, other)),
+            None => Err(io::Error::other("unknown error")),
+        }
+    } else {
+        Err(e)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Invalid(format!("invalid JSON: {e}"))
+    }
+}

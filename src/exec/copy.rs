@@ -1,0 +1,266 @@
+//! Copies one image (or index) from a source to a sink: resolves the wanted
+//! platforms, moves each distinct layer once (`-j` at a time, skipping what
+//! the sink holds, decompressing for sinks that store plain tar), then
+//! commits configs and manifests, and the index last.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, TryStreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::image::{media_type, Compression, Descriptor, Digest, ImageData, ImageIndex, RawManifest, VerifyingReader};
+use crate::sink::{LayerForm, Sink};
+use crate::source::{resolve, BlobReader, PlatformSelection, Source};
+
+/// How to copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Layer transfers at once (`-j`).
+    pub parallel: usize,
+    /// Which platforms of an index to copy.
+    pub platforms: PlatformSelection,
+    /// Attempts after the first for a blob that fails transiently.
+    pub retries: u32,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            parallel: 4,
+            platforms: PlatformSelection::Default,
+            retries: 3,
+        }
+    }
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CopyReport {
+    /// Digest of the manifest (or index) the destination's tag now names.
+    pub digest: Digest,
+    /// Platform images written.
+    pub images: usize,
+    /// Distinct layers referenced.
+    pub layers: usize,
+    /// Layers transferred.
+    pub layers_copied: usize,
+    /// Layers the destination already held.
+    pub layers_skipped: usize,
+    /// Layer bytes read from the source.
+    pub bytes: u64,
+    /// Wall time.
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// One distinct layer to move.
+struct LayerJob {
+    desc: Descriptor,
+    diff_id: Digest,
+}
+
+/// Counts bytes flowing through a reader.
+struct CountingReader<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            self.counter.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// Turns a (verified) compressed layer stream into its uncompressed tar,
+/// verified against the diff_id. The compression is read from the bytes,
+/// not trusted from the media type.
+pub async fn decompressed(reader: BlobReader, diff_id: &Digest, what: &str) -> Result<BlobReader> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    let head = buffered.fill_buf().await.map_err(|e| Error::stream(what, e))?;
+    let compression = Compression::sniff(head);
+    let plain: BlobReader = match compression {
+        Compression::None => Box::pin(buffered),
+        Compression::Gzip => {
+            let mut d = async_compression::tokio::bufread::GzipDecoder::new(buffered);
+            d.multiple_members(true);
+            Box::pin(d)
+        }
+        Compression::Zstd => {
+            let mut d = async_compression::tokio::bufread::ZstdDecoder::new(buffered);
+            d.multiple_members(true);
+            Box::pin(d)
+        }
+    };
+    Ok(Box::pin(VerifyingReader::new(
+        plain,
+        Some(diff_id.clone()),
+        None,
+        format!("uncompressed {what} (diff_id)"),
+    )))
+}
+
+/// Moves one layer into the sink, in the form the sink wants.
+async fn transfer_layer(source: &dyn Source, sink: &dyn Sink, job: &LayerJob, counter: &Arc<AtomicU64>) -> Result<()> {
+    let raw = source.open_blob(&job.desc).await?;
+    let counted: BlobReader = Box::pin(CountingReader {
+        inner: raw,
+        counter: counter.clone(),
+    });
+    match sink.layer_form() {
+        LayerForm::AsIs => sink.put_blob(&job.desc, counted).await,
+        LayerForm::Uncompressed => {
+            let what = format!("layer {}", job.desc.digest);
+            let plain = decompressed(counted, &job.diff_id, &what).await?;
+            let desc = Descriptor::new(media_type::DOCKER_LAYER_TAR, job.diff_id.clone(), 0);
+            sink.put_blob(&desc, plain).await
+        }
+    }
+}
+
+/// Copies what `source` names into `sink`.
+pub async fn copy_image(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions) -> Result<CopyReport> {
+    let started = Instant::now();
+    let result = copy_inner(source, sink, opts, started).await;
+    if result.is_err() {
+        sink.abort().await;
+    }
+    result
+}
+
+async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, started: Instant) -> Result<CopyReport> {
+    let resolved = resolve(source, &opts.platforms).await?;
+    let keep_index = resolved.index.is_some() && opts.platforms != PlatformSelection::Default;
+    if keep_index && !sink.supports_index() {
+        if resolved.images.len() > 1 {
+            return Err(Error::usage(format!(
+                "{} holds one platform per image, but {} platforms were selected from {}: choose one with --platform",
+                sink.describe(),
+                resolved.images.len(),
+                source.describe()
+            )));
+        }
+    }
+    let copy_index = keep_index && sink.supports_index();
+
+    // Each distinct layer once, keyed as the sink stores it.
+    let form = sink.layer_form();
+    let mut jobs: Vec<LayerJob> = Vec::new();
+    for img in &resolved.images {
+        for (i, desc) in img.manifest.layers.iter().enumerate() {
+            let diff_id = img.diff_id(i)?.clone();
+            let key = match form {
+                LayerForm::AsIs => &desc.digest,
+                LayerForm::Uncompressed => &diff_id,
+            };
+            let seen = jobs.iter().any(|j| match form {
+                LayerForm::AsIs => &j.desc.digest == key,
+                LayerForm::Uncompressed => &j.diff_id == key,
+            });
+            if !seen {
+                jobs.push(LayerJob {
+                    desc: desc.clone(),
+                    diff_id,
+                });
+            }
+        }
+    }
+
+    let counter = Arc::new(AtomicU64::new(0));
+    let copied = AtomicUsize::new(0);
+    let skipped = AtomicUsize::new(0);
+    let parallel = opts.parallel.max(1);
+    stream::iter(jobs.iter().map(Ok::<_, Error>))
+        .try_for_each_concurrent(parallel, |job| {
+            let counter = counter.clone();
+            let (copied, skipped) = (&copied, &skipped);
+            async move {
+                let key = match form {
+                    LayerForm::AsIs => &job.desc.digest,
+                    LayerForm::Uncompressed => &job.diff_id,
+                };
+                if sink.has_blob(key).await? {
+                    debug!(layer = %job.desc.digest, "already present at the destination");
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                let mut attempt = 0;
+                loop {
+                    match transfer_layer(source, sink, job, &counter).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_transient() && attempt < opts.retries => {
+                            attempt += 1;
+                            warn!(layer = %job.desc.digest, "attempt {attempt} failed, retrying: {e}");
+                            tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                copied.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .await?;
+
+    for img in &resolved.images {
+        sink.put_image(img, !copy_index).await?;
+    }
+    let digest = match (&resolved.index, copy_index) {
+        (Some((raw, index)), true) => {
+            let raw = index_to_write(raw, index, &resolved.images)?;
+            sink.put_index(&raw, &resolved.images).await?;
+            raw.digest
+        }
+        _ => resolved
+            .images
+            .first()
+            .map(|i| i.raw_manifest.digest.clone())
+            .ok_or_else(|| Error::invalid(format!("{} resolved to no image", source.describe())))?,
+    };
+    sink.finish().await?;
+    Ok(CopyReport {
+        digest,
+        images: resolved.images.len(),
+        layers: jobs.len(),
+        layers_copied: copied.into_inner(),
+        layers_skipped: skipped.into_inner(),
+        bytes: counter.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The index to write: the original bytes when every platform image was
+/// chosen, otherwise an index rewritten to the chosen entries (its digest
+/// changes, which is logged).
+fn index_to_write(raw: &RawManifest, index: &ImageIndex, images: &[ImageData]) -> Result<RawManifest> {
+    let chosen: Vec<&Digest> = images.iter().map(|i| &i.raw_manifest.digest).collect();
+    let platform_entries: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
+        .collect();
+    if platform_entries.iter().all(|d| chosen.contains(&&d.digest)) {
+        return Ok(raw.clone());
+    }
+    let mut sub = index.clone();
+    sub.manifests.retain(|d| chosen.contains(&&d.digest));
+    let rewritten = RawManifest::new(sub.to_bytes()?, Some(&raw.media_type))?;
+    info!(
+        "the index was rewritten to the {} chosen platforms: its digest changes from {} to {}",
+        sub.manifests.len(),
+        raw.digest,
+        rewritten.digest
+    );
+    Ok(rewritten)
+}

@@ -1,0 +1,7 @@
+//! The executor: moves images from sources to sinks. [`copy`] copies one
+//! resolved target (the unit `occy process` runs and `occy sync` schedules),
+//! with bounded layer concurrency, retries and byte accounting.
+
+pub mod copy;
+
+pub use copy::{copy_image, CopyOptions, CopyReport};

@@ -1,0 +1,237 @@
+//! Manifests and indexes (OCI and Docker v2), descriptors, and
+//! [`RawManifest`], which keeps the exact bytes a manifest arrived as so an
+//! unmodified copy keeps its digest.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::digest::Digest;
+use super::media_type;
+use super::platform::Platform;
+use crate::error::{Error, Result};
+
+/// A content descriptor: what a manifest says about one blob or child manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+}
+
+impl Descriptor {
+    /// A plain descriptor.
+    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Self {
+        Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size,
+            platform: None,
+            annotations: None,
+            urls: None,
+            artifact_type: None,
+        }
+    }
+}
+
+/// A single-platform image manifest (OCI or Docker v2 schema 2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageManifest {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub config: Descriptor,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+impl ImageManifest {
+    /// Whether this manifest uses OCI media types (else Docker v2).
+    pub fn is_oci(&self) -> bool {
+        match &self.media_type {
+            Some(mt) => media_type::is_oci(mt),
+            None => media_type::is_oci(&self.config.media_type),
+        }
+    }
+
+    /// Serialises a manifest we built or changed (never one we only copy).
+    pub fn to_bytes(&self) -> Result<Bytes> {
+        Ok(Bytes::from(serde_json::to_vec_pretty(self)?))
+    }
+}
+
+/// A multi-platform index (OCI image index or Docker manifest list).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageIndex {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+impl ImageIndex {
+    /// Serialises an index we built or changed (never one we only copy).
+    pub fn to_bytes(&self) -> Result<Bytes> {
+        Ok(Bytes::from(serde_json::to_vec_pretty(self)?))
+    }
+}
+
+/// A parsed manifest of either kind.
+#[derive(Debug, Clone)]
+pub enum Manifest {
+    Image(ImageManifest),
+    Index(ImageIndex),
+}
+
+/// A manifest exactly as received: its bytes, its media type and its digest.
+/// Copies write `bytes` untouched, so digests never change by accident.
+#[derive(Debug, Clone)]
+pub struct RawManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+/// Upper bound on a manifest's size (the Distribution registry's own limit is 4 MiB).
+pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+
+impl RawManifest {
+    /// Wraps manifest bytes, computing their digest. When the media type is not
+    /// given (or is a generic JSON type) it is taken from the document.
+    pub fn new(bytes: Bytes, media_type: Option<&str>) -> Result<Self> {
+        if bytes.len() > MAX_MANIFEST_SIZE {
+            return Err(Error::invalid(format!(
+                "manifest is {} bytes, over the {} byte limit",
+                bytes.len(),
+                MAX_MANIFEST_SIZE
+            )));
+        }
+        let digest = Digest::of(&bytes);
+        let declared = media_type
+            .map(|m| m.split(';').next().unwrap_or(m).trim().to_string())
+            .filter(|m| !m.is_empty() && m != "application/json" && m != "text/plain");
+        let media_type = match declared {
+            Some(m) => m,
+            None => sniff_media_type(&bytes)?,
+        };
+        Ok(RawManifest { bytes, media_type, digest })
+    }
+
+    /// Wraps bytes that must hash to `expected`.
+    pub fn verified(bytes: Bytes, media_type: Option<&str>, expected: &Digest, what: &str) -> Result<Self> {
+        let m = Self::new(bytes, media_type)?;
+        if &m.digest != expected {
+            return Err(Error::DigestMismatch {
+                what: what.to_string(),
+                expected: expected.to_string(),
+                actual: m.digest.to_string(),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Parses the manifest, checking that it is one occy can handle.
+    pub fn parse(&self) -> Result<Manifest> {
+        if self.media_type == media_type::DOCKER_SCHEMA1 || self.media_type.starts_with("application/vnd.docker.distribution.manifest.v1") {
+            return Err(Error::Unsupported(format!(
+                "manifest {} is Docker schema 1, which is deprecated and not supported",
+                self.digest
+            )));
+        }
+        if media_type::is_index(&self.media_type) {
+            let idx: ImageIndex = serde_json::from_slice(&self.bytes)
+                .map_err(|e| Error::invalid(format!("malformed index {}: {e}", self.digest)))?;
+            Ok(Manifest::Index(idx))
+        } else if media_type::is_image_manifest(&self.media_type) {
+            let m: ImageManifest = serde_json::from_slice(&self.bytes)
+                .map_err(|e| Error::invalid(format!("malformed manifest {}: {e}", self.digest)))?;
+            Ok(Manifest::Image(m))
+        } else {
+            Err(Error::Unsupported(format!(
+                "manifest {} has media type {:?}, which is not an image manifest or index",
+                self.digest, self.media_type
+            )))
+        }
+    }
+
+    /// Descriptor of this manifest.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(self.media_type.clone(), self.digest.clone(), self.bytes.len() as u64)
+    }
+}
+
+/// Works out a manifest's media type from its content when the transport did
+/// not say (OCI layouts may omit `mediaType` in the document itself).
+fn sniff_media_type(bytes: &[u8]) -> Result<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        #[serde(default)]
+        schema_version: Option<u32>,
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+        #[serde(default)]
+        config: Option<serde_json::Value>,
+        #[serde(default)]
+        layers: Option<serde_json::Value>,
+        #[serde(default)]
+        fs_layers: Option<serde_json::Value>,
+    }
+    let p: Probe = serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("manifest is not valid JSON: {e}")))?;
+    if let Some(mt) = p.media_type {
+        return Ok(mt);
+    }
+    if p.schema_version == Some(1) || p.fs_layers.is_some() {
+        return Ok(media_type::DOCKER_SCHEMA1.to_string());
+    }
+    if p.manifests.is_some() {
+        return Ok(media_type::OCI_INDEX.to_string());
+    }
+    if p.config.is_some() || p.layers.is_some() {
+        return Ok(media_type::OCI_MANIFEST.to_string());
+    }
+    Err(Error::invalid("document is neither an image manifest nor an index (no config, layers or manifests)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_manifest_keeps_bytes_and_sniffs() {
+        let body = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[]}"#;
+        let m = RawManifest::new(Bytes::from_static(body), None).unwrap();
+        assert_eq!(m.media_type, media_type::OCI_MANIFEST);
+        assert_eq!(m.digest, Digest::of(body));
+        assert!(matches!(m.parse().unwrap(), Manifest::Image(_)));
+        assert!(RawManifest::new(Bytes::from_static(b"[1,2"), None).is_err());
+    }
+}

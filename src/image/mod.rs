@@ -1,0 +1,99 @@
+//! The image model: digests, media types, descriptors, manifests, indexes,
+//! configs and platforms, plus [`ImageData`], one resolved platform image.
+
+pub mod config;
+pub mod digest;
+pub mod manifest;
+pub mod media_type;
+pub mod platform;
+
+pub use config::{ConfigBlob, ImageConfig};
+pub use digest::{Digest, VerifyingReader};
+pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, RawManifest};
+pub use media_type::Compression;
+pub use platform::Platform;
+
+use crate::error::{Error, Result};
+
+/// An image's name and tag as recorded by sinks (RepoTags, `ref.name`,
+/// catalog entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageName {
+    /// Repository name with namespaces, e.g. `127.0.0.1:5000/library/busybox`.
+    pub repository: String,
+    /// Tag, e.g. `latest`.
+    pub tag: String,
+}
+
+impl ImageName {
+    /// Parses `repo[:tag]` (the tag is after the last `/`), defaulting to `latest`.
+    pub fn parse(s: &str) -> ImageName {
+        let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
+        match s[slash..].rfind(':') {
+            Some(i) => ImageName {
+                repository: s[..slash + i].to_string(),
+                tag: s[slash + i + 1..].to_string(),
+            },
+            None => ImageName {
+                repository: s.to_string(),
+                tag: "latest".to_string(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ImageName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.repository, self.tag)
+    }
+}
+
+/// One single-platform image as read from a source: its manifest (raw and
+/// parsed) and its config (raw and parsed).
+#[derive(Debug, Clone)]
+pub struct ImageData {
+    pub raw_manifest: RawManifest,
+    pub manifest: ImageManifest,
+    pub config: ConfigBlob,
+    /// The platform this image was chosen for, when it came from an index.
+    pub platform: Option<Platform>,
+}
+
+impl ImageData {
+    /// The diff_id the config declares for layer `i`.
+    pub fn diff_id(&self, i: usize) -> Result<&Digest> {
+        self.config.parsed.rootfs.diff_ids.get(i).ok_or_else(|| {
+            Error::invalid(format!(
+                "manifest {} has {} layers but its config lists only {} diff_ids",
+                self.raw_manifest.digest,
+                self.manifest.layers.len(),
+                self.config.parsed.rootfs.diff_ids.len()
+            ))
+        })
+    }
+
+    /// Total compressed size of the layers.
+    pub fn layers_size(&self) -> u64 {
+        self.manifest.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+/// What a reference resolved to: one image, or an index and the platform
+/// images chosen from it.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The index (or manifest list) the reference named, if it named one.
+    pub index: Option<(RawManifest, ImageIndex)>,
+    /// The chosen platform images (exactly one unless several platforms were asked for).
+    pub images: Vec<ImageData>,
+}
+
+impl ResolvedImage {
+    /// The manifest the reference names (the index if there is one).
+    pub fn root(&self) -> Option<&RawManifest> {
+        match &self.index {
+            Some((raw, _)) => Some(raw),
+            None => self.images.first().map(|i| &i.raw_manifest),
+        }
+    }
+}

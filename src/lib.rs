@@ -1,0 +1,19 @@
+//! occy keeps container images where they belong: it reads images from
+//! registries, archives, layouts and daemons, transforms them with filter
+//! chains, and writes them to registries, archives, layouts and daemons,
+//! doing only what is out of date.
+//!
+//! The data path (DESIGN §1): a reference ([`reference`]) opens a
+//! [`source`], which resolves to manifests and configs ([`image`]); blobs
+//! stream through the executor ([`exec`]) into a [`sink`].
+
+pub mod cli;
+pub mod error;
+pub mod exec;
+pub mod image;
+pub mod reference;
+pub mod registry;
+pub mod sink;
+pub mod source;
+
+pub use error::{Error, Result};

@@ -1,0 +1,528 @@
+//! Image references: the one parser for every URI occy accepts
+//! (`registry://`, `tar://`, `oci://`, `dir://`, `docker://`, `bundle://`,
+//! `quay://`). Unknown schemes, unknown options and malformed parts are
+//! errors that quote the offending text.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::image::Digest;
+
+/// A registry image: `registry://host[:port]/path/to/repo[:tag][@sha256:…]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RegistryRef {
+    /// `host` or `host:port`, as written.
+    pub host: String,
+    /// The repository path, namespaces of any depth kept (`library/alpine`).
+    pub repository: String,
+    /// The tag, if one was given.
+    pub tag: Option<String>,
+    /// The digest, if one was given (it pins the image; a tag beside it is informational).
+    pub digest: Option<Digest>,
+}
+
+impl RegistryRef {
+    /// The tag or digest to ask the registry for: digest first, else tag, else `latest`.
+    pub fn reference(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "latest".to_string(),
+        }
+    }
+
+    /// The tag, defaulting to `latest`.
+    pub fn tag_or_latest(&self) -> &str {
+        self.tag.as_deref().unwrap_or("latest")
+    }
+
+    /// `host/repo` without tag or digest.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.host, self.repository)
+    }
+
+    /// Whether repository or tag contain glob characters (to be expanded).
+    pub fn is_glob(&self) -> bool {
+        has_glob(&self.repository) || self.tag.as_deref().is_some_and(has_glob)
+    }
+}
+
+impl fmt::Display for RegistryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.host, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One parsed reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reference {
+    /// A Distribution-API registry.
+    Registry(RegistryRef),
+    /// A docker-save archive.
+    Tar { path: PathBuf },
+    /// An OCI image layout directory, optionally with a tag (`ref.name`).
+    Oci { path: PathBuf, tag: Option<String> },
+    /// occystrap's directory format.
+    Dir {
+        path: PathBuf,
+        unique_names: bool,
+        expand: bool,
+    },
+    /// An image in a Docker Engine (or podman) daemon.
+    Docker {
+        name: String,
+        tag: String,
+        socket: Option<PathBuf>,
+    },
+    /// An OCI runtime bundle (`config.json` + `rootfs/`).
+    Bundle { path: PathBuf },
+    /// quay.io organisation expansion: `quay://org[/glob][:tag][?since=…&token=…]`.
+    Quay {
+        org: String,
+        repo_glob: Option<String>,
+        tag: Option<String>,
+        since: Option<String>,
+        token: Option<String>,
+    },
+}
+
+const SCHEMES: &str = "registry://, tar://, oci://, dir://, docker://, bundle://, quay://";
+
+impl Reference {
+    /// Parses a reference URI.
+    pub fn parse(input: &str) -> Result<Reference> {
+        let Some((scheme, rest)) = input.split_once("://") else {
+            return Err(Error::usage(format!(
+                "invalid reference {input:?}: expected SCHEME://..., where SCHEME is one of {SCHEMES}"
+            )));
+        };
+        let (body, query) = match rest.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (rest, None),
+        };
+        let mut opts = Options::parse(input, query)?;
+        let r = match scheme {
+            "registry" => Reference::Registry(parse_registry(input, body)?),
+            "tar" => Reference::Tar {
+                path: parse_path(input, body)?,
+            },
+            "oci" => {
+                let (path, tag) = split_path_tag(body);
+                if let Some(t) = &tag {
+                    validate_tag(input, t)?;
+                }
+                Reference::Oci {
+                    path: parse_path(input, path)?,
+                    tag,
+                }
+            }
+            "dir" => Reference::Dir {
+                path: parse_path(input, body)?,
+                unique_names: opts.take_bool("unique_names")?,
+                expand: opts.take_bool("expand")?,
+            },
+            "docker" => {
+                let (name, tag) = split_path_tag(body);
+                if name.is_empty() {
+                    return Err(Error::usage(format!("invalid reference {input:?}: missing image name after docker://")));
+                }
+                validate_repository(input, name.trim_start_matches('/'), false)?;
+                let tag = tag.unwrap_or_else(|| "latest".to_string());
+                validate_tag(input, &tag)?;
+                Reference::Docker {
+                    name: name.to_string(),
+                    tag,
+                    socket: opts.take("socket").map(PathBuf::from),
+                }
+            }
+            "bundle" => Reference::Bundle {
+                path: parse_path(input, body)?,
+            },
+            "quay" => {
+                let (path, tag) = split_path_tag(body);
+                let (org, repo_glob) = match path.split_once('/') {
+                    Some((o, r)) => (o.to_string(), Some(r.to_string()).filter(|r| !r.is_empty())),
+                    None => (path.to_string(), None),
+                };
+                if org.is_empty() {
+                    return Err(Error::usage(format!(
+                        "invalid reference {input:?}: expected quay://ORG[/REPO-GLOB][:TAG]"
+                    )));
+                }
+                let since = opts.take("since");
+                if let Some(s) = &since {
+                    validate_date(input, s)?;
+                }
+                Reference::Quay {
+                    org,
+                    repo_glob,
+                    tag,
+                    since,
+                    token: opts.take("token"),
+                }
+            }
+            other => {
+                return Err(Error::usage(format!(
+                    "unknown scheme {other:?} in {input:?}: expected one of {SCHEMES}"
+                )))
+            }
+        };
+        opts.finish(input, scheme)?;
+        Ok(r)
+    }
+
+    /// The registry reference, if this is one.
+    pub fn as_registry(&self) -> Option<&RegistryRef> {
+        match self {
+            Reference::Registry(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The scheme name.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Reference::Registry(_) => "registry",
+            Reference::Tar { .. } => "tar",
+            Reference::Oci { .. } => "oci",
+            Reference::Dir { .. } => "dir",
+            Reference::Docker { .. } => "docker",
+            Reference::Bundle { .. } => "bundle",
+            Reference::Quay { .. } => "quay",
+        }
+    }
+
+    /// A short human name of the image (repository or path) for messages.
+    pub fn image_name(&self) -> String {
+        match self {
+            Reference::Registry(r) => r.name(),
+            Reference::Tar { path } | Reference::Bundle { path } | Reference::Dir { path, .. } | Reference::Oci { path, .. } => {
+                path.display().to_string()
+            }
+            Reference::Docker { name, .. } => name.clone(),
+            Reference::Quay { org, repo_glob, .. } => format!("quay.io/{org}/{}", repo_glob.as_deref().unwrap_or("*")),
+        }
+    }
+
+    /// The tag the reference names, if any.
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            Reference::Registry(r) => r.tag.as_deref(),
+            Reference::Oci { tag, .. } | Reference::Quay { tag, .. } => tag.as_deref(),
+            Reference::Docker { tag, .. } => Some(tag),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Registry(r) => write!(f, "registry://{r}"),
+            Reference::Tar { path } => write!(f, "tar://{}", path.display()),
+            Reference::Oci { path, tag } => {
+                write!(f, "oci://{}", path.display())?;
+                if let Some(t) = tag {
+                    write!(f, ":{t}")?;
+                }
+                Ok(())
+            }
+            Reference::Dir { path, unique_names, expand } => {
+                write!(f, "dir://{}", path.display())?;
+                let mut q = Vec::new();
+                if *unique_names {
+                    q.push("unique_names=true");
+                }
+                if *expand {
+                    q.push("expand=true");
+                }
+                if !q.is_empty() {
+                    write!(f, "?{}", q.join("&"))?;
+                }
+                Ok(())
+            }
+            Reference::Docker { name, tag, socket } => {
+                write!(f, "docker://{name}:{tag}")?;
+                if let Some(s) = socket {
+                    write!(f, "?socket={}", s.display())?;
+                }
+                Ok(())
+            }
+            Reference::Bundle { path } => write!(f, "bundle://{}", path.display()),
+            Reference::Quay { org, repo_glob, tag, since, .. } => {
+                write!(f, "quay://{org}")?;
+                if let Some(r) = repo_glob {
+                    write!(f, "/{r}")?;
+                }
+                if let Some(t) = tag {
+                    write!(f, ":{t}")?;
+                }
+                if let Some(s) = since {
+                    write!(f, "?since={s}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `?key=value&key=value` options, consumed as the scheme reads them; what is
+/// left over at the end is an error.
+struct Options(Vec<(String, String)>);
+
+impl Options {
+    fn parse(input: &str, query: Option<&str>) -> Result<Self> {
+        let mut out = Vec::new();
+        if let Some(q) = query {
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    Error::usage(format!("invalid option {pair:?} in {input:?}: expected key=value"))
+                })?;
+                let v = percent_decode(v);
+                if out.iter().any(|(ek, _): &(String, String)| ek == k) {
+                    return Err(Error::usage(format!("option {k:?} given twice in {input:?}")));
+                }
+                out.push((k.to_string(), v));
+            }
+        }
+        Ok(Options(out))
+    }
+
+    fn take(&mut self, key: &str) -> Option<String> {
+        let pos = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.remove(pos).1)
+    }
+
+    fn take_bool(&mut self, key: &str) -> Result<bool> {
+        match self.take(key).as_deref() {
+            None => Ok(false),
+            Some("true") | Some("1") | Some("yes") => Ok(true),
+            Some("false") | Some("0") | Some("no") => Ok(false),
+            Some(other) => Err(Error::usage(format!(
+                "invalid value {other:?} for option {key:?}: expected true or false"
+            ))),
+        }
+    }
+
+    fn finish(self, input: &str, scheme: &str) -> Result<()> {
+        if let Some((k, _)) = self.0.first() {
+            let known = match scheme {
+                "dir" => "unique_names, expand",
+                "docker" => "socket",
+                "quay" => "since, token",
+                _ => "none",
+            };
+            return Err(Error::usage(format!(
+                "unknown option {k:?} in {input:?}: {scheme}:// accepts {known}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
+}
+
+fn parse_path(input: &str, body: &str) -> Result<PathBuf> {
+    if body.is_empty() {
+        return Err(Error::usage(format!(
+            "invalid reference {input:?}: missing path (write e.g. tar:///abs/path.tar or tar://relative.tar)"
+        )));
+    }
+    Ok(PathBuf::from(body))
+}
+
+/// Splits `path[:tag]` where the tag is after the last `/`.
+fn split_path_tag(body: &str) -> (&str, Option<String>) {
+    let slash = body.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match body[slash..].rfind(':') {
+        Some(i) => (&body[..slash + i], Some(body[slash + i + 1..].to_string())),
+        None => (body, None),
+    }
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn parse_registry(input: &str, body: &str) -> Result<RegistryRef> {
+    let (rest, digest) = match body.split_once('@') {
+        Some((r, d)) => {
+            let d = Digest::parse(d).map_err(|e| Error::usage(format!("invalid digest in {input:?}: {e}")))?;
+            (r, Some(d))
+        }
+        None => (body, None),
+    };
+    let Some((host, path)) = rest.split_once('/') else {
+        return Err(Error::usage(format!(
+            "invalid reference {input:?}: expected registry://HOST[:PORT]/REPOSITORY[:TAG][@DIGEST]"
+        )));
+    };
+    validate_host(input, host)?;
+    let (repo, tag) = split_path_tag(path);
+    validate_repository(input, repo, true)?;
+    if let Some(t) = &tag {
+        validate_tag(input, t)?;
+    }
+    Ok(RegistryRef {
+        host: host.to_string(),
+        repository: repo.to_string(),
+        tag,
+        digest,
+    })
+}
+
+fn validate_host(input: &str, host: &str) -> Result<()> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.ends_with(']') || host.starts_with('[') => (n, Some(p)),
+        _ => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && (name.starts_with('[') && name.ends_with(']')
+            || name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+    if !name_ok {
+        return Err(Error::usage(format!("invalid registry host {host:?} in {input:?}")));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().is_err() {
+            return Err(Error::usage(format!(
+                "invalid port {p:?} in {input:?}: expected a number from 1 to 65535"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn validate_repository(input: &str, repo: &str, allow_glob: bool) -> Result<()> {
+    if repo.is_empty() {
+        return Err(Error::usage(format!("invalid reference {input:?}: missing repository name")));
+    }
+    for comp in repo.split('/') {
+        let ok = !comp.is_empty()
+            && comp.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') || (allow_glob && matches!(c, '*' | '?' | '[' | ']' | '!'))
+            })
+            && !comp.starts_with(['.', '_', '-'])
+            && !comp.ends_with(['.', '_', '-']);
+        if !ok {
+            return Err(Error::usage(format!(
+                "invalid repository component {comp:?} in {input:?}: use lowercase letters, digits and . _ - (not at either end)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn validate_tag(input: &str, tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '*' | '?' | '[' | ']' | '{' | '}'))
+        && !tag.starts_with(['.', '-']);
+    if !ok {
+        return Err(Error::usage(format!(
+            "invalid tag {tag:?} in {input:?}: up to 128 letters, digits, _ . - (not starting with . or -)"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_date(input: &str, s: &str) -> Result<()> {
+    let b = s.as_bytes();
+    let ok = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !ok {
+        return Err(Error::usage(format!("invalid date {s:?} for since= in {input:?}: expected YYYY-MM-DD")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(s: &str) -> RegistryRef {
+        match Reference::parse(s).unwrap() {
+            Reference::Registry(r) => r,
+            other => panic!("not a registry: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn registry_forms() {
+        let r = reg("registry://127.0.0.1:5000/a/b/c:v1");
+        assert_eq!(r.host, "127.0.0.1:5000");
+        assert_eq!(r.repository, "a/b/c");
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.reference(), "v1");
+        let r = reg("registry://docker.io/library/alpine");
+        assert_eq!(r.reference(), "latest");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = reg(&format!("registry://h/x@{d}"));
+        assert_eq!(r.reference(), d);
+        assert!(r.tag.is_none());
+        let r = reg(&format!("registry://h:1/x:t@{d}"));
+        assert_eq!(r.tag.as_deref(), Some("t"));
+        assert_eq!(r.reference(), d);
+        assert_eq!(r.to_string(), format!("h:1/x:t@{d}"));
+    }
+
+    #[test]
+    fn file_forms() {
+        assert_eq!(
+            Reference::parse("oci:///tmp/lay:v2").unwrap(),
+            Reference::Oci {
+                path: "/tmp/lay".into(),
+                tag: Some("v2".into())
+            }
+        );
+        assert_eq!(Reference::parse("tar:///a/b.tar").unwrap(), Reference::Tar { path: "/a/b.tar".into() });
+        assert_eq!(
+            Reference::parse("dir:///d?unique_names=true").unwrap(),
+            Reference::Dir {
+                path: "/d".into(),
+                unique_names: true,
+                expand: false
+            }
+        );
+        assert_eq!(
+            Reference::parse("docker://quay.io/org/img?socket=/run/x.sock").unwrap(),
+            Reference::Docker {
+                name: "quay.io/org/img".into(),
+                tag: "latest".into(),
+                socket: Some("/run/x.sock".into())
+            }
+        );
+    }
+
+    #[test]
+    fn errors_quote_the_offending_part() {
+        let e = Reference::parse("ftp://x/y").unwrap_err().to_string();
+        assert!(e.contains("\"ftp\""), "{e}");
+        let e = Reference::parse("dir:///d?uniq=true").unwrap_err().to_string();
+        assert!(e.contains("\"uniq\""), "{e}");
+        let e = Reference::parse("registry://h/Bad:v1").unwrap_err().to_string();
+        assert!(e.contains("\"Bad\""), "{e}");
+        let e = Reference::parse("registry://h:99999/x").unwrap_err().to_string();
+        assert!(e.contains("99999"), "{e}");
+        let e = Reference::parse("registry://h/x@sha256:zz").unwrap_err().to_string();
+        assert!(e.contains("digest"), "{e}");
+        assert!(Reference::parse("registry://hostonly").is_err());
+        assert!(Reference::parse("no-scheme").is_err());
+        assert!(Reference::parse("tar://").is_err());
+        assert_eq!(Reference::parse("registry://e/x").unwrap().scheme(), "registry");
+    }
+}

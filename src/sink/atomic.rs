@@ -1,0 +1,98 @@
+//! Nothing half-written: helpers that write files under a temporary name in
+//! the destination directory and rename them into place only when complete,
+//! plus a cross-process file lock for read-modify-write of shared files
+//! (`index.json`, `catalog.json`).
+
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, Result};
+use crate::source::BlobReader;
+
+/// Creates a temp file beside `final_path` (same file system, so the rename is atomic).
+pub fn temp_beside(final_path: &Path) -> Result<NamedTempFile> {
+    let dir = final_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{base}.occy-tmp-"))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create a temporary file in", dir, e))
+}
+
+/// Writes `bytes` to `path` atomically.
+pub async fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_beside(path)?;
+    let mut f = tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?);
+    f.write_all(bytes).await.map_err(|e| Error::io("write", tmp.path(), e))?;
+    f.flush().await.map_err(|e| Error::io("write", tmp.path(), e))?;
+    drop(f);
+    persist(tmp, path)
+}
+
+/// Streams `reader` into `path` atomically; returns the number of bytes written.
+/// A read error (a digest mismatch, say) leaves nothing at `path`.
+pub async fn stream_file_atomic(path: &Path, mut reader: BlobReader) -> Result<u64> {
+    let tmp = temp_beside(path)?;
+    let mut f = tokio::io::BufWriter::with_capacity(
+        256 * 1024,
+        tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?),
+    );
+    let n = tokio::io::copy(&mut reader, &mut f)
+        .await
+        .map_err(|e| Error::io("write", path, e))?;
+    f.flush().await.map_err(|e| Error::io("write", tmp.path(), e))?;
+    drop(f);
+    persist(tmp, path)?;
+    Ok(n)
+}
+
+/// Renames a finished temp file to its final name.
+pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
+    tmp.persist(path).map_err(|e| Error::io("rename into place", path, e.error))?;
+    Ok(())
+}
+
+/// Creates a directory and its parents.
+pub async fn ensure_dir(path: &Path) -> Result<()> {
+    tokio::fs::create_dir_all(path).await.map_err(|e| Error::io("create directory", path, e))
+}
+
+/// Runs `update` on the content of `path` (None when absent) while holding an
+/// exclusive lock on `path.lock`, writing the result atomically. Safe against
+/// other threads and other processes doing the same.
+pub async fn locked_update<F>(path: &Path, update: F) -> Result<()>
+where
+    F: FnOnce(Option<Vec<u8>>) -> Result<Vec<u8>> + Send + 'static,
+{
+    let path: PathBuf = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use fs4::fs_std::FileExt;
+        let lock_path = {
+            let mut s = path.as_os_str().to_owned();
+            s.push(".lock");
+            PathBuf::from(s)
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+        lock.lock_exclusive().map_err(|e| Error::io("lock", &lock_path, e))?;
+        let current = match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let next = update(current)?;
+        let tmp = temp_beside(&path)?;
+        std::fs::write(tmp.path(), &next).map_err(|e| Error::io("write", tmp.path(), e))?;
+        persist(tmp, &path)?;
+        FileExt::unlock(&lock).map_err(|e| Error::io("unlock", &lock_path, e))?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::invalid(format!("lock task failed: {e}")))?
+}

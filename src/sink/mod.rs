@@ -1,0 +1,84 @@
+//! Sinks: things that say which blobs they already hold, accept blobs, and
+//! commit an image (config + manifest) or an index. One file per kind;
+//! [`open_sink`] picks one from a [`Reference`].
+
+pub mod atomic;
+pub mod docker_save;
+pub mod oci_layout;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::image::{Descriptor, Digest, ImageData, RawManifest};
+use crate::reference::Reference;
+use crate::source::BlobReader;
+
+/// The form in which a sink stores layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerForm {
+    /// As the manifest describes them (compressed blobs, keyed by digest).
+    AsIs,
+    /// Uncompressed tar, keyed by diff_id (docker-save archives, dir://).
+    Uncompressed,
+}
+
+pub use crate::image::ImageName;
+
+/// Something that can say which blobs it already has, accept blobs, and
+/// commit manifests.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// A human-readable name for messages.
+    fn describe(&self) -> String;
+
+    /// The form in which this sink wants layers.
+    fn layer_form(&self) -> LayerForm;
+
+    /// Whether the sink can hold a multi-platform index.
+    fn supports_index(&self) -> bool;
+
+    /// Whether the sink already holds the blob (keyed as [`Sink::layer_form`] says).
+    async fn has_blob(&self, digest: &Digest) -> Result<bool>;
+
+    /// Stores a blob. `desc.size` may be 0 when unknown (an uncompressed layer
+    /// whose length is learned while it streams). The reader is verified by
+    /// its producer; a read error means the blob must not be kept.
+    async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()>;
+
+    /// Commits one platform image (its config, then its manifest) after all
+    /// its layers were put. `tagged` says whether this image is what the
+    /// destination's tag names (false for the members of an index).
+    async fn put_image(&self, image: &ImageData, tagged: bool) -> Result<()>;
+
+    /// Commits an index after all its images; it gets the tag.
+    async fn put_index(&self, index: &RawManifest, images: &[ImageData]) -> Result<()>;
+
+    /// Makes everything written visible (renames temp files into place).
+    async fn finish(&self) -> Result<()>;
+
+    /// Removes whatever a failed or interrupted write left behind.
+    async fn abort(&self);
+}
+
+/// Opens the sink a reference names. `name` is the image's name and tag as
+/// the source knows it, used where the destination does not give its own.
+pub async fn open_sink(reference: &Reference, name: &ImageName) -> Result<Box<dyn Sink>> {
+    match reference {
+        Reference::Oci { path, tag } => {
+            let tag = tag.clone().unwrap_or_else(|| name.tag.clone());
+            Ok(Box::new(oci_layout::OciLayoutSink::create(path, &tag).await?))
+        }
+        Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSink::create_tar(path, name.clone()).await?)),
+        Reference::Dir { path, unique_names, expand } => {
+            if *expand {
+                return Err(Error::usage(format!(
+                    "{reference}: expand=true (extracting layers) is not supported yet; drop the option"
+                )));
+            }
+            Ok(Box::new(docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names).await?))
+        }
+        other => Err(Error::usage(format!(
+            "{other} cannot be written as a destination yet: supported destinations are tar://, oci:// and dir://"
+        ))),
+    }
+}

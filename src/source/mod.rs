@@ -1,0 +1,215 @@
+//! Sources: things that resolve a reference to manifests, configs and a
+//! verified stream per blob. One file per kind; [`open_source`] picks one from
+//! a [`Reference`], and [`resolve`] turns a source into the platform images
+//! wanted.
+
+pub mod docker_save;
+pub mod oci_layout;
+pub mod registry;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::{Error, Result};
+use crate::image::config::MAX_CONFIG_SIZE;
+use crate::image::{ConfigBlob, Descriptor, Digest, ImageData, ImageName, Manifest, Platform, RawManifest, ResolvedImage};
+use crate::reference::Reference;
+use crate::registry::RegistryOptions;
+
+/// A stream of blob bytes. Streams returned by a [`Source`] are verified
+/// against their descriptor: a mismatch surfaces as a read error at the end.
+pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Something that can resolve a reference to a manifest, a config and a
+/// stream per blob.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// A human-readable name for messages (`registry://host/repo:tag`).
+    fn describe(&self) -> String;
+
+    /// The manifest the reference names: an image manifest or an index.
+    async fn root_manifest(&self) -> Result<RawManifest>;
+
+    /// A child manifest of an index, by digest, verified.
+    async fn manifest(&self, digest: &Digest) -> Result<RawManifest>;
+
+    /// A stream of the blob `desc` names, verified against its digest and size
+    /// while it streams.
+    async fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader>;
+
+    /// The image's name and tag as the source records them (a docker-save
+    /// archive's RepoTags), when the reference alone does not say.
+    fn recorded_name(&self) -> Option<ImageName> {
+        None
+    }
+}
+
+/// Which platforms of an index to take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PlatformSelection {
+    /// One platform: the host's (`linux/amd64` on most machines), or the only one.
+    #[default]
+    Default,
+    /// Every platform of the index; the index itself is kept as is.
+    All,
+    /// The listed platforms, in the index's order.
+    List(Vec<Platform>),
+}
+
+/// Settings every source may need.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    pub registry: RegistryOptions,
+}
+
+/// Opens the source a reference names.
+pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<Box<dyn Source>> {
+    match reference {
+        Reference::Registry(r) => {
+            if r.is_glob() {
+                return Err(Error::usage(format!(
+                    "{reference} has a glob in its repository or tag; single-image commands need one image (globs are expanded by `occy sync`)"
+                )));
+            }
+            Ok(Box::new(registry::RegistrySource::new(r.clone(), &opts.registry)?))
+        }
+        Reference::Oci { path, tag } => Ok(Box::new(oci_layout::OciLayoutSource::open(path, tag.as_deref()).await?)),
+        Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSource::open_tar(path).await?)),
+        Reference::Dir { path, .. } => Ok(Box::new(docker_save::DockerSaveSource::open_dir(path, None).await?)),
+        other => Err(Error::usage(format!(
+            "{other} cannot be read as a source yet: supported sources are registry://, tar://, oci:// and dir://"
+        ))),
+    }
+}
+
+/// Reads a small blob (a config) fully into memory, verified.
+pub async fn read_small_blob(source: &dyn Source, desc: &Descriptor) -> Result<Bytes> {
+    if desc.size > MAX_CONFIG_SIZE {
+        return Err(Error::invalid(format!(
+            "blob {} is {} bytes, over the {MAX_CONFIG_SIZE} byte limit for configs",
+            desc.digest, desc.size
+        )));
+    }
+    let mut r = source.open_blob(desc).await?;
+    let mut buf = Vec::with_capacity(desc.size as usize);
+    r.read_to_end(&mut buf)
+        .await
+        .map_err(|e| Error::stream(&format!("blob {}", desc.digest), e))?;
+    Ok(Bytes::from(buf))
+}
+
+/// Reads the config of an image manifest and bundles both.
+pub async fn load_image(source: &dyn Source, raw: RawManifest, platform: Option<Platform>) -> Result<ImageData> {
+    let manifest = match raw.parse()? {
+        Manifest::Image(m) => m,
+        Manifest::Index(_) => {
+            return Err(Error::invalid(format!(
+                "manifest {} is an index nested inside an index, which occy does not follow",
+                raw.digest
+            )))
+        }
+    };
+    if manifest.schema_version != 2 {
+        return Err(Error::invalid(format!(
+            "manifest {} has schemaVersion {}, expected 2",
+            raw.digest, manifest.schema_version
+        )));
+    }
+    let bytes = read_small_blob(source, &manifest.config).await?;
+    let config = ConfigBlob::parse(bytes, &manifest.config.digest.to_string())?;
+    Ok(ImageData {
+        raw_manifest: raw,
+        manifest,
+        config,
+        platform,
+    })
+}
+
+/// Resolves a source to the images wanted: follows an index to the chosen
+/// platforms and loads each one's config.
+pub async fn resolve(source: &dyn Source, selection: &PlatformSelection) -> Result<ResolvedImage> {
+    let root = source.root_manifest().await?;
+    match root.parse()? {
+        Manifest::Image(_) => {
+            let img = load_image(source, root, None).await?;
+            Ok(ResolvedImage {
+                index: None,
+                images: vec![img],
+            })
+        }
+        Manifest::Index(index) => {
+            let chosen = choose_platforms(&index.manifests, selection, &source.describe())?;
+            let mut images = Vec::with_capacity(chosen.len());
+            for desc in chosen {
+                let raw = source.manifest(&desc.digest).await?;
+                images.push(load_image(source, raw, desc.platform.clone()).await?);
+            }
+            Ok(ResolvedImage {
+                index: Some((root, index)),
+                images,
+            })
+        }
+    }
+}
+
+/// Picks the index entries a selection wants. Entries without a platform
+/// (attestations, artifacts) are never chosen.
+pub fn choose_platforms<'a>(entries: &'a [Descriptor], selection: &PlatformSelection, what: &str) -> Result<Vec<&'a Descriptor>> {
+    let images: Vec<&Descriptor> = entries
+        .iter()
+        .filter(|d| crate::image::media_type::is_image_manifest(&d.media_type) || d.media_type.is_empty())
+        .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown" && p.architecture != "unknown"))
+        .collect();
+    let available = || {
+        images
+            .iter()
+            .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match selection {
+        PlatformSelection::All => {
+            if images.is_empty() {
+                return Err(Error::invalid(format!("index of {what} lists no platform images")));
+            }
+            Ok(images)
+        }
+        PlatformSelection::Default => {
+            let host = Platform::host();
+            if let Some(d) = images.iter().find(|d| d.platform.as_ref().is_some_and(|p| host.matches(p))) {
+                return Ok(vec![*d]);
+            }
+            if images.len() == 1 {
+                return Ok(images);
+            }
+            Err(Error::NotFound(format!(
+                "{what} has no image for this machine's platform {host}; available: {}; choose one with --platform or take all with --all-platforms",
+                available()
+            )))
+        }
+        PlatformSelection::List(wanted) => {
+            let mut out = Vec::new();
+            for w in wanted {
+                match images.iter().find(|d| d.platform.as_ref().is_some_and(|p| w.matches(p))) {
+                    Some(d) => {
+                        if !out.iter().any(|o: &&Descriptor| o.digest == d.digest) {
+                            out.push(*d);
+                        }
+                    }
+                    None => {
+                        return Err(Error::NotFound(format!(
+                            "{what} has no image for platform {w}; available: {}",
+                            available()
+                        )))
+                    }
+                }
+            }
+            // Keep the index's order, so a full list reproduces the index.
+            out.sort_by_key(|d| images.iter().position(|i| i.digest == d.digest));
+            Ok(out)
+        }
+    }
+}
