@@ -50,7 +50,7 @@ struct TarState {
 
 enum Target {
     Tar { path: PathBuf, state: Mutex<TarState> },
-    Dir { root: PathBuf, unique_names: bool },
+    Dir { root: PathBuf, unique_names: bool, expand: bool },
 }
 
 /// Writes images as docker-save archives or occystrap directories.
@@ -164,7 +164,9 @@ impl DockerSaveSink {
     }
 
     /// An occystrap-format directory at `root`.
-    pub async fn create_dir(root: &Path, name: ImageName, unique_names: bool) -> Result<Self> {
+    /// With `expand`, the merged filesystem is also extracted into a
+    /// directory named like the manifest file (without `.json`).
+    pub async fn create_dir(root: &Path, name: ImageName, unique_names: bool, expand: bool) -> Result<Self> {
         if tokio::fs::metadata(root).await.is_ok_and(|m| !m.is_dir()) {
             return Err(Error::usage(format!("{} exists and is not a directory", root.display())));
         }
@@ -173,6 +175,7 @@ impl DockerSaveSink {
             target: Target::Dir {
                 root: root.to_path_buf(),
                 unique_names,
+                expand,
             },
             name,
             entries: std::sync::Mutex::new(Vec::new()),
@@ -189,6 +192,32 @@ impl DockerSaveSink {
         } else {
             "manifest.json".to_string()
         }
+    }
+
+    /// Extracts the image's layers, in order, into `root/name` (built under a
+    /// temp name, then renamed into place).
+    async fn expand_into(&self, root: &Path, name: &str) -> Result<()> {
+        let entries = self.entries.lock().map_err(|_| Error::invalid("manifest list lock poisoned"))?.clone();
+        let Some(entry) = entries.into_iter().next() else {
+            return Ok(());
+        };
+        let layers: Vec<(String, PathBuf)> = entry.layers.iter().map(|l| (l.clone(), root.join(l))).collect();
+        let target = root.join(name);
+        let root = root.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let work = tempfile::Builder::new()
+                .prefix(".expand.occy-tmp-")
+                .tempdir_in(&root)
+                .map_err(|e| Error::io("create a temporary directory in", &root, e))?
+                .keep();
+            let r = super::bundle::extract_layers(&work, &layers).and_then(|()| super::bundle::replace_dir(&work, &target));
+            if r.is_err() {
+                let _ = super::bundle::make_writable_and_remove(&work);
+            }
+            r
+        })
+        .await
+        .map_err(|e| Error::invalid(format!("extraction task failed: {e}")))?
     }
 
     fn manifest_json(&self) -> Result<Vec<u8>> {
@@ -312,8 +341,15 @@ impl Sink for DockerSaveSink {
                 }
                 Ok(())
             }
-            Target::Dir { root, unique_names } => {
+            Target::Dir {
+                root,
+                unique_names,
+                expand,
+            } => {
                 let file_name = self.manifest_file_name(*unique_names);
+                if *expand {
+                    self.expand_into(root, file_name.trim_end_matches(".json")).await?;
+                }
                 write_file_atomic(&root.join(&file_name), &manifest).await?;
                 let repo = self.name.repository.clone();
                 let tag = self.name.tag.clone();

@@ -3,7 +3,9 @@
 //! [`open_sink`] picks one from a [`Reference`].
 
 pub mod atomic;
+pub mod bundle;
 pub mod docker_save;
+pub mod extract;
 pub mod oci_layout;
 
 use async_trait::async_trait;
@@ -70,15 +72,13 @@ pub async fn open_sink(reference: &Reference, name: &ImageName) -> Result<Box<dy
         }
         Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSink::create_tar(path, name.clone()).await?)),
         Reference::Dir { path, unique_names, expand } => {
-            if *expand {
-                return Err(Error::usage(format!(
-                    "{reference}: expand=true (extracting layers) is not supported yet; drop the option"
-                )));
-            }
-            Ok(Box::new(docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names).await?))
+            Ok(Box::new(
+                docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names, *expand).await?,
+            ))
         }
+        Reference::Bundle { path } => Ok(Box::new(bundle::BundleSink::create(path).await?)),
         other => Err(Error::usage(format!(
-            "{other} cannot be written as a destination yet: supported destinations are tar://, oci:// and dir://"
+            "{other} cannot be written as a destination yet: supported destinations are tar://, oci://, dir:// and bundle://"
         ))),
     }
 }

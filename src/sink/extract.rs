@@ -1,0 +1,342 @@
+//! Safe layer extraction: applies uncompressed layer tars, in order, onto a
+//! root directory the way a container runtime does — whiteouts (`.wh.name`)
+//! and opaque directories (`.wh..wh..opq`) at every depth, modes, symlinks,
+//! hardlinks, ownership when root, xattrs where the file system allows.
+//!
+//! Layers come from strangers, so nothing may land outside the root:
+//! - an entry with a `..` component or an absolute path is refused (error
+//!   naming the entry);
+//! - parent directories are resolved with every symlink interpreted inside
+//!   the root (as Docker's `FollowSymlinkInScope` does), so a symlink planted
+//!   by an earlier entry or layer cannot redirect a write outside;
+//! - the final component is never followed: an existing symlink there is
+//!   replaced, not written through;
+//! - hardlink targets must resolve inside the root (error otherwise);
+//! - device nodes are created only when running as root, otherwise skipped
+//!   with a warning (what rootless runtimes do).
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+
+/// Most symlinks followed while resolving one path (Linux uses 40).
+const MAX_LINKS: usize = 40;
+
+/// Extracts layers onto a root directory, remembering deferred directory modes.
+pub struct Extractor {
+    root: PathBuf,
+    is_root_user: bool,
+    /// Directory modes applied at the end (a read-only directory must stay
+    /// writable while later entries land in it).
+    dir_modes: Vec<(PathBuf, u32)>,
+}
+
+/// Why an entry name is unacceptable.
+fn entry_error(layer: &str, name: &str, why: &str) -> Error {
+    Error::invalid(format!("layer {layer}: entry {name:?} {why}; refusing to extract it"))
+}
+
+/// Splits an archive entry name into clean relative components; refuses
+/// `..` and absolute paths.
+fn entry_components(layer: &str, name: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let shown = name.to_string_lossy();
+    let mut out = Vec::new();
+    for c in name.components() {
+        match c {
+            Component::Normal(s) => out.push(s.to_os_string()),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(entry_error(layer, &shown, "is an absolute path"));
+            }
+            Component::ParentDir => return Err(entry_error(layer, &shown, "contains '..'")),
+        }
+    }
+    Ok(out)
+}
+
+impl Extractor {
+    /// An extractor writing into `root` (which must exist).
+    pub fn new(root: &Path) -> Self {
+        Extractor {
+            root: root.to_path_buf(),
+            is_root_user: unsafe_is_root(),
+            dir_modes: Vec::new(),
+        }
+    }
+
+    /// Resolves `components` (parent directories of an entry) inside the
+    /// root, following symlinks within the root's scope; returns the real
+    /// path, which is always under the root.
+    fn resolve_in_scope(&self, components: &[std::ffi::OsString]) -> Result<PathBuf> {
+        let mut stack: Vec<std::ffi::OsString> = Vec::new();
+        let mut pending: Vec<std::ffi::OsString> = components.iter().rev().cloned().collect();
+        let mut links = 0;
+        while let Some(c) = pending.pop() {
+            if c == OsStr::new("..") {
+                stack.pop();
+                continue;
+            }
+            if c == OsStr::new(".") || c.is_empty() {
+                continue;
+            }
+            let candidate: PathBuf = stack.iter().fold(self.root.clone(), |p, s| p.join(s)).join(&c);
+            match fs::symlink_metadata(&candidate) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(Error::invalid(format!(
+                            "too many symlinks resolving {} inside the image",
+                            candidate.display()
+                        )));
+                    }
+                    let target = fs::read_link(&candidate).map_err(|e| Error::io("read link", &candidate, e))?;
+                    if target.is_absolute() {
+                        stack.clear();
+                    }
+                    for t in target.components().rev() {
+                        match t {
+                            Component::Normal(s) => pending.push(s.to_os_string()),
+                            Component::ParentDir => pending.push("..".into()),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => stack.push(c),
+            }
+        }
+        Ok(stack.iter().fold(self.root.clone(), |p, s| p.join(s)))
+    }
+
+    /// Makes sure `dir` (already resolved in scope) exists as a directory.
+    fn ensure_parent(&self, dir: &Path) -> Result<()> {
+        match fs::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => {
+                fs::remove_file(dir).map_err(|e| Error::io("replace", dir, e))?;
+                fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
+            }
+            Err(_) => fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e)),
+        }
+    }
+
+    /// Removes whatever is at `path` (never following a symlink).
+    fn remove_any(path: &Path) -> Result<()> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(|e| Error::io("remove", path, e)),
+            Ok(_) => fs::remove_file(path).map_err(|e| Error::io("remove", path, e)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Applies one uncompressed layer tar. `layer` names it in errors.
+    pub fn apply_layer<R: Read>(&mut self, layer: &str, reader: R) -> Result<()> {
+        let bad = |e: io::Error| Error::invalid(format!("layer {layer} is not a readable tar: {e}"));
+        let mut archive = tar::Archive::new(reader);
+        // Paths this layer wrote: an opaque marker must not delete them.
+        let mut written: HashSet<PathBuf> = HashSet::new();
+        let mut opaque_dirs: Vec<PathBuf> = Vec::new();
+        for entry in archive.entries().map_err(bad)? {
+            let mut entry = entry.map_err(bad)?;
+            let name = entry.path().map_err(bad)?.into_owned();
+            let comps = entry_components(layer, &name)?;
+            let Some((last, parents)) = comps.split_last() else { continue };
+            let parent = self.resolve_in_scope(parents)?;
+            let last_bytes = last.as_bytes();
+
+            if last_bytes == b".wh..wh..opq" {
+                opaque_dirs.push(parent.clone());
+                continue;
+            }
+            if let Some(hidden) = last_bytes.strip_prefix(b".wh.") {
+                if hidden.is_empty() {
+                    return Err(entry_error(layer, &name.to_string_lossy(), "is a whiteout without a name"));
+                }
+                let victim = parent.join(OsStr::from_bytes(hidden));
+                Self::remove_any(&victim)?;
+                continue;
+            }
+
+            self.ensure_parent(&parent)?;
+            let target = parent.join(last);
+            let header = entry.header().clone();
+            let mode = header.mode().unwrap_or(0o644) & 0o7777;
+            let kind = header.entry_type();
+            match kind {
+                tar::EntryType::Directory => {
+                    match fs::symlink_metadata(&target) {
+                        Ok(m) if m.is_dir() => {}
+                        Ok(_) => {
+                            Self::remove_any(&target)?;
+                            fs::create_dir(&target).map_err(|e| Error::io("create directory", &target, e))?;
+                        }
+                        Err(_) => fs::create_dir(&target).map_err(|e| Error::io("create directory", &target, e))?,
+                    }
+                    self.dir_modes.push((target.clone(), mode));
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    Self::remove_any(&target)?;
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&target)
+                        .map_err(|e| Error::io("create", &target, e))?;
+                    io::copy(&mut entry, &mut f).map_err(|e| match e.kind() {
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::Other => bad(e),
+                        _ => Error::io("write", &target, e),
+                    })?;
+                    fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", &target, e))?;
+                }
+                tar::EntryType::Symlink => {
+                    let link = entry
+                        .link_name()
+                        .map_err(bad)?
+                        .ok_or_else(|| entry_error(layer, &name.to_string_lossy(), "is a symlink without a target"))?
+                        .into_owned();
+                    Self::remove_any(&target)?;
+                    symlink(&link, &target).map_err(|e| Error::io("create symlink", &target, e))?;
+                }
+                tar::EntryType::Link => {
+                    let link = entry
+                        .link_name()
+                        .map_err(bad)?
+                        .ok_or_else(|| entry_error(layer, &name.to_string_lossy(), "is a hardlink without a target"))?
+                        .into_owned();
+                    let link_comps = entry_components(layer, &link).map_err(|_| {
+                        entry_error(layer, &name.to_string_lossy(), &format!("is a hardlink to {link:?}, outside the image"))
+                    })?;
+                    let Some((link_last, link_parents)) = link_comps.split_last() else {
+                        return Err(entry_error(layer, &name.to_string_lossy(), "is a hardlink to the root"));
+                    };
+                    let source = self.resolve_in_scope(link_parents)?.join(link_last);
+                    if !source.starts_with(&self.root) {
+                        return Err(entry_error(layer, &name.to_string_lossy(), "is a hardlink outside the image"));
+                    }
+                    if fs::symlink_metadata(&source).is_err() {
+                        return Err(entry_error(
+                            layer,
+                            &name.to_string_lossy(),
+                            &format!("is a hardlink to {link:?}, which does not exist"),
+                        ));
+                    }
+                    if source != target {
+                        Self::remove_any(&target)?;
+                        fs::hard_link(&source, &target).map_err(|e| Error::io("create hardlink", &target, e))?;
+                    }
+                }
+                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                    if kind != tar::EntryType::Fifo && !self.is_root_user {
+                        warn!(
+                            "layer {layer}: skipping device node {} (creating devices needs root)",
+                            name.display()
+                        );
+                        continue;
+                    }
+                    Self::remove_any(&target)?;
+                    let dev = libc::makedev(
+                        header.device_major().ok().flatten().unwrap_or(0),
+                        header.device_minor().ok().flatten().unwrap_or(0),
+                    );
+                    let type_bits = match kind {
+                        tar::EntryType::Char => libc::S_IFCHR,
+                        tar::EntryType::Block => libc::S_IFBLK,
+                        _ => libc::S_IFIFO,
+                    };
+                    mknod(&target, type_bits | mode, dev)?;
+                }
+                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => continue,
+                other => {
+                    debug!("layer {layer}: skipping entry {} of type {other:?}", name.display());
+                    continue;
+                }
+            }
+            if self.is_root_user {
+                let uid = header.uid().unwrap_or(0) as u32;
+                let gid = header.gid().unwrap_or(0) as u32;
+                if let Err(e) = std::os::unix::fs::lchown(&target, Some(uid), Some(gid)) {
+                    debug!("cannot chown {}: {e}", target.display());
+                }
+                if kind == tar::EntryType::Regular && mode & 0o6000 != 0 {
+                    // chown clears setuid/setgid: apply the mode again.
+                    let _ = fs::set_permissions(&target, fs::Permissions::from_mode(mode));
+                }
+            }
+            if let Ok(Some(exts)) = entry.pax_extensions() {
+                for ext in exts.flatten() {
+                    if let Some(attr) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                        set_xattr(&target, attr, ext.value_bytes());
+                    }
+                }
+            }
+            if kind != tar::EntryType::Directory && kind != tar::EntryType::Link {
+                let mtime = filetime::FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0);
+                let _ = filetime::set_symlink_file_times(&target, mtime, mtime);
+            }
+            written.insert(target);
+        }
+        for dir in opaque_dirs {
+            if let Ok(children) = fs::read_dir(&dir) {
+                for child in children.flatten() {
+                    let p = child.path();
+                    if !written.iter().any(|w| w == &p || w.starts_with(&p)) {
+                        Self::remove_any(&p)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the deferred directory modes. Call once after the last layer.
+    pub fn finish(self) -> Result<()> {
+        for (dir, mode) in self.dir_modes.into_iter().rev() {
+            if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", &dir, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn c_path(path: &Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(format!("path {} contains a NUL byte", path.display())))
+}
+
+fn mknod(path: &Path, mode: u32, dev: libc::dev_t) -> Result<()> {
+    let c = c_path(path)?;
+    // SAFETY: c is a valid NUL-terminated path; mknod does not retain it.
+    let rc = unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, dev) };
+    if rc != 0 {
+        return Err(Error::io("create device node", path, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn set_xattr(path: &Path, name: &[u8], value: &[u8]) {
+    let (Ok(p), Ok(n)) = (c_path(path), std::ffi::CString::new(name)) else {
+        return;
+    };
+    // SAFETY: both strings are valid and NUL-terminated; value is a valid slice.
+    let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc != 0 {
+        debug!(
+            "cannot set xattr {} on {}: {}",
+            String::from_utf8_lossy(name),
+            path.display(),
+            io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs occy's whole test suite. On a fresh Debian machine it first installs
+# what the tests talk to: the Distribution registry, skopeo, podman, umoci,
+# htpasswd and openssl (apt, as root or through sudo).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v openssl >/dev/null || need+=(openssl)
+command -v podman >/dev/null || need+=(podman)
+command -v umoci >/dev/null || need+=(umoci)
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test.sh: installing ${need[*]}" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+    echo "test.sh: cargo not found; install Rust with rustup (https://rustup.rs) and run again" >&2
+    exit 2
+fi
+
+cargo test --locked "$@"
