@@ -4,6 +4,7 @@
 pub mod info;
 pub mod output;
 pub mod process;
+pub mod search;
 
 use std::path::PathBuf;
 
@@ -152,6 +153,10 @@ pub enum Command {
     /// Show an image's manifest, config, layers and history
     #[command(after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy -O json info oci:///srv/layouts/app:1.0")]
     Info(info::InfoArgs),
+
+    /// Find paths in every layer of an image
+    #[command(after_help = "Examples:\n  occy search registry://127.0.0.1:5000/app:1.0 '**/*.so'\n  occy -O json search oci:///srv/layouts/app:1.0 '^etc/.*\\.conf$' --regex")]
+    Search(search::SearchArgs),
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -159,5 +164,6 @@ pub async fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Command::Process(args) => process::run(&cli.global, args).await,
         Command::Info(args) => info::run(&cli.global, args).await,
+        Command::Search(args) => search::run(&cli.global, args).await,
     }
 }

@@ -1,0 +1,161 @@
+//! `occy search SRC PATTERN [--regex]`: finds paths in every layer of an
+//! image (glob by default, `**` crossing directories), printing
+//! `layer-digest path` lines (JSON with `-O json`) and a summary.
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{GlobalArgs, OutputFormat, PlatformArgs};
+use crate::error::{Error, Result};
+use crate::exec::copy::decompressed;
+use crate::reference::Reference;
+use crate::source::{open_source, resolve, PlatformSelection};
+
+/// Arguments of `occy search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Image reference (registry://, tar://, oci://, dir://)
+    pub source: String,
+
+    /// Glob (default; `*` within a directory, `**` across) or, with --regex, a regular expression
+    pub pattern: String,
+
+    /// Treat PATTERN as a regular expression
+    #[arg(long)]
+    pub regex: bool,
+
+    #[command(flatten)]
+    pub platforms: PlatformArgs,
+}
+
+/// One match.
+#[derive(Debug, Serialize, Clone)]
+pub struct SearchMatch {
+    pub layer: usize,
+    pub layer_digest: String,
+    pub path: String,
+}
+
+/// A compiled path matcher.
+pub enum PathMatcher {
+    Glob(globset::GlobMatcher),
+    Regex(regex::Regex),
+}
+
+impl PathMatcher {
+    /// Compiles a pattern; errors quote it.
+    pub fn new(pattern: &str, regex: bool) -> Result<Self> {
+        if regex {
+            regex::Regex::new(pattern)
+                .map(PathMatcher::Regex)
+                .map_err(|e| Error::usage(format!("invalid regular expression {pattern:?}: {e}")))
+        } else {
+            globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map(|g| PathMatcher::Glob(g.compile_matcher()))
+                .map_err(|e| Error::usage(format!("invalid glob {pattern:?}: {e}")))
+        }
+    }
+
+    /// Whether a layer path (without leading `./` or `/`) matches. A glob
+    /// without `/` also matches the file name alone, as `find -name` does.
+    pub fn is_match(&self, path: &str) -> bool {
+        match self {
+            PathMatcher::Regex(r) => r.is_match(path),
+            PathMatcher::Glob(g) => {
+                g.is_match(path) || (!g.glob().glob().contains('/') && path.rsplit('/').next().is_some_and(|n| g.is_match(n)))
+            }
+        }
+    }
+}
+
+/// Normalises a tar entry path for matching.
+pub fn layer_path(raw: &str) -> String {
+    raw.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/').to_string()
+}
+
+/// Runs `occy search`.
+pub async fn run(global: &GlobalArgs, args: &SearchArgs) -> Result<i32> {
+    let matcher = std::sync::Arc::new(PathMatcher::new(&args.pattern, args.regex)?);
+    let reference = Reference::parse(&args.source)?;
+    let source = open_source(&reference, &global.source_options()?).await?;
+    let selection = match args.platforms.selection()? {
+        PlatformSelection::All => PlatformSelection::All,
+        other => other,
+    };
+    let resolved = resolve(source.as_ref(), &selection).await?;
+    let mut matches: Vec<SearchMatch> = Vec::new();
+    let mut layers_scanned = 0;
+    for image in &resolved.images {
+        for (i, desc) in image.manifest.layers.iter().enumerate() {
+            let what = format!("layer {}", desc.digest);
+            let plain = decompressed(source.open_blob(desc).await?, image.diff_id(i)?, &what).await?;
+            let bridge = tokio_util::io::SyncIoBridge::new(plain);
+            let m = matcher.clone();
+            let digest = desc.digest.to_string();
+            let found = tokio::task::spawn_blocking(move || -> Result<Vec<SearchMatch>> {
+                let mut out = Vec::new();
+                let mut archive = tar::Archive::new(bridge);
+                let bad = |e: std::io::Error| Error::stream(&what, e);
+                for entry in archive.entries().map_err(bad)? {
+                    let mut entry = entry.map_err(bad)?;
+                    let path = layer_path(&entry.path().map_err(bad)?.to_string_lossy());
+                    if !path.is_empty() && m.is_match(&path) {
+                        out.push(SearchMatch {
+                            layer: i,
+                            layer_digest: digest.clone(),
+                            path,
+                        });
+                    }
+                    std::io::copy(&mut entry, &mut std::io::sink()).map_err(bad)?;
+                }
+                // Read to the end so the diff_id is verified.
+                let mut rest = archive.into_inner();
+                std::io::copy(&mut rest, &mut std::io::sink()).map_err(bad)?;
+                Ok(out)
+            })
+            .await
+            .map_err(|e| Error::invalid(format!("search task failed: {e}")))??;
+            layers_scanned += 1;
+            matches.extend(found);
+        }
+    }
+    match global.output_format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&matches)?),
+        OutputFormat::Text => {
+            for m in &matches {
+                println!("{} {}", m.layer_digest, m.path);
+            }
+            if !global.quiet {
+                eprintln!(
+                    "{} match(es) for {:?} in {} layer(s) of {}",
+                    matches.len(),
+                    args.pattern,
+                    layers_scanned,
+                    reference
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_semantics() {
+        let m = PathMatcher::new("etc/*.conf", false).unwrap();
+        assert!(m.is_match("etc/a.conf"));
+        assert!(!m.is_match("etc/x/a.conf"));
+        let m = PathMatcher::new("**/*.so", false).unwrap();
+        assert!(m.is_match("usr/lib/x/libz.so"));
+        let m = PathMatcher::new("passwd", false).unwrap();
+        assert!(m.is_match("etc/passwd"));
+        assert!(PathMatcher::new("[", false).is_err());
+        assert!(PathMatcher::new("(", true).is_err());
+        assert_eq!(layer_path("./etc/"), "etc");
+    }
+}
