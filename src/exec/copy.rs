@@ -122,10 +122,32 @@ async fn transfer_layer(source: &dyn Source, sink: &dyn Sink, job: &LayerJob, co
         LayerForm::AsIs => sink.put_blob(&job.desc, counted).await,
         LayerForm::Uncompressed => {
             let what = format!("layer {}", job.desc.digest);
-            let plain = decompressed(counted, &job.diff_id, &what).await?;
             let desc = Descriptor::new(media_type::DOCKER_LAYER_TAR, job.diff_id.clone(), 0);
-            sink.put_blob(&desc, plain).await
+            let result = match decompressed(counted, &job.diff_id, &what).await {
+                Ok(plain) => sink.put_blob(&desc, plain).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if !matches!(e, Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) => {
+                    // A corrupt blob usually fails decompression before its
+                    // digest can be checked at the end: say what is really wrong.
+                    Err(blob_integrity_error(source, &job.desc).await.unwrap_or(e))
+                }
+                other => other,
+            }
         }
+    }
+}
+
+/// Reads a blob to its end and returns the digest or size mismatch, if any.
+async fn blob_integrity_error(source: &dyn Source, desc: &Descriptor) -> Option<Error> {
+    let mut r = source.open_blob(desc).await.ok()?;
+    match tokio::io::copy(&mut r, &mut tokio::io::sink()).await {
+        Err(e) => match Error::stream(&format!("blob {}", desc.digest), e) {
+            e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) => Some(e),
+            _ => None,
+        },
+        Ok(_) => None,
     }
 }
 

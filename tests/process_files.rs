@@ -1,0 +1,308 @@
+//! `occy process` and `occy info` between file formats (OCI layout,
+//! docker-save tar, occystrap dir, bundle), and the bad-input cases that need
+//! no registry: each names the offending thing, exits with the documented
+//! code, and leaves nothing under the destination's name.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use flate2::write::GzEncoder;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+fn occy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_occy"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run occy")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = occy(args);
+    assert!(
+        out.status.success(),
+        "occy {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn fails(args: &[&str], code: i32, needle: &str) -> String {
+    let out = occy(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "occy {args:?}: expected exit {code}, stderr: {stderr}");
+    assert!(stderr.contains(needle), "occy {args:?}: stderr should mention {needle:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    stderr
+}
+
+fn sha(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+/// A small deterministic OCI layout: `layers` are lists of (path, content).
+struct Layout {
+    dir: PathBuf,
+    manifest_digest: String,
+    diff_ids: Vec<String>,
+}
+
+fn write_blob(dir: &Path, bytes: &[u8]) -> String {
+    let d = sha(bytes);
+    let p = dir.join("blobs/sha256").join(&d[7..]);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+    d
+}
+
+fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, path, *content).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn build_layout(dir: &Path, tag: &str, layers: &[Vec<(&str, &[u8])>]) -> Layout {
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for files in layers {
+        let tar = layer_tar(files);
+        diff_ids.push(sha(&tar));
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let d = write_blob(dir, &gz);
+        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": gz.len()}));
+    }
+    let history: Vec<Value> = (0..layers.len()).map(|i| json!({"created_by": format!("step {i}")})).collect();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/srv"},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history
+    }))
+    .unwrap();
+    let cd = write_blob(dir, &config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": descs
+    }))
+    .unwrap();
+    let md = write_blob(dir, &manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index_path = dir.join("index.json");
+    let mut index: Value = std::fs::read(&index_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| json!({"schemaVersion": 2, "manifests": []}));
+    index["manifests"].as_array_mut().unwrap().push(json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": tag}
+    }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    Layout {
+        dir: dir.to_path_buf(),
+        manifest_digest: md,
+        diff_ids,
+    }
+}
+
+fn sample(dir: &Path) -> Layout {
+    build_layout(
+        dir,
+        "v1",
+        &[
+            vec![("etc/os-release", b"ID=occy\n"), ("bin/tool", b"#!/bin/sh\necho hi\n")],
+            vec![("srv/app/data.txt", &[7u8; 5000][..])],
+        ],
+    )
+}
+
+fn info_json(reference: &str) -> Value {
+    let out = ok(&["-O", "json", "info", reference]);
+    serde_json::from_slice(&out.stdout).expect("info prints one JSON document")
+}
+
+fn uri(scheme: &str, p: &Path, suffix: &str) -> String {
+    format!("{scheme}://{}{suffix}", p.display())
+}
+
+#[test]
+fn oci_to_oci_keeps_the_manifest_digest() {
+    let t = tempfile::tempdir().unwrap();
+    let src = sample(&t.path().join("src"));
+    let dst = t.path().join("dst");
+    ok(&["process", &uri("oci", &src.dir, ":v1"), &uri("oci", &dst, ":copy")]);
+    let info = info_json(&uri("oci", &dst, ":copy"));
+    assert_eq!(info["manifest_digest"], src.manifest_digest);
+    // skopeo reads our layout and reports the same digest.
+    if let Ok(out) = Command::new("skopeo")
+        .args(["inspect", &format!("oci:{}:copy", dst.display())])
+        .output()
+    {
+        assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["Digest"], src.manifest_digest);
+        assert_eq!(v["Layers"].as_array().unwrap().len(), 2);
+    }
+    // Every blob file hashes to its name.
+    for e in std::fs::read_dir(dst.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert_eq!(sha(&std::fs::read(e.path()).unwrap())[7..], name);
+    }
+}
+
+#[test]
+fn oci_tar_oci_round_trip_keeps_diff_ids() {
+    let t = tempfile::tempdir().unwrap();
+    let src = sample(&t.path().join("src"));
+    let tar = t.path().join("image.tar");
+    let back = t.path().join("back");
+    ok(&["process", &uri("oci", &src.dir, ":v1"), &uri("tar", &tar, "")]);
+    ok(&["process", &uri("tar", &tar, ""), &uri("oci", &back, ":v1")]);
+    let tar_info = info_json(&uri("tar", &tar, ""));
+    let back_info = info_json(&uri("oci", &back, ":v1"));
+    for info in [&tar_info, &back_info] {
+        let ids: Vec<String> = info["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["diff_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, src.diff_ids);
+    }
+    // The archive holds plain layer tars named by diff_id, and a manifest.json
+    // whose RepoTags keep the name.
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+    for e in archive.entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(names.contains(&format!("{}/layer.tar", &src.diff_ids[0][7..])), "{names:?}");
+    assert!(names.contains(&"manifest.json".to_string()));
+    // And back again to tar: same diff_ids.
+    let tar2 = t.path().join("again.tar");
+    ok(&["process", &uri("oci", &back, ":v1"), &uri("tar", &tar2, "")]);
+    assert_eq!(info_json(&uri("tar", &tar2, ""))["layers"], tar_info["layers"]);
+}
+
+#[test]
+fn dir_with_unique_names_shares_layers_and_catalogs_every_image() {
+    let t = tempfile::tempdir().unwrap();
+    let base: Vec<(&str, &[u8])> = vec![("etc/base", b"shared base\n")];
+    let a = build_layout(&t.path().join("a"), "1", &[base.clone(), vec![("a", b"a")]]);
+    let b = build_layout(&t.path().join("b"), "2", &[base, vec![("b", b"b")]]);
+    let out = t.path().join("out");
+    let dst = uri("dir", &out, "?unique_names=true");
+    ok(&["process", &uri("oci", &a.dir, ":1"), &dst]);
+    ok(&["process", &uri("oci", &b.dir, ":2"), &dst]);
+    let catalog: Value = serde_json::from_slice(&std::fs::read(out.join("catalog.json")).unwrap()).unwrap();
+    assert_eq!(catalog["a"]["1"], "manifest-a-1.json", "{catalog}");
+    assert_eq!(catalog["b"]["2"], "manifest-b-2.json", "{catalog}");
+    let layer_dirs = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("layer.tar").exists())
+        .count();
+    assert_eq!(layer_dirs, 3, "the shared base layer is stored once");
+    assert_eq!(a.diff_ids[0], b.diff_ids[0]);
+    // Every layer file hashes to its diff_id.
+    let p = out.join(&a.diff_ids[1][7..]).join("layer.tar");
+    assert_eq!(sha(&std::fs::read(p).unwrap()), a.diff_ids[1]);
+}
+
+#[test]
+fn bundle_holds_the_merged_rootfs_and_a_runtime_config() {
+    let t = tempfile::tempdir().unwrap();
+    let src = sample(&t.path().join("src"));
+    let bundle = t.path().join("bundle");
+    ok(&["process", &uri("oci", &src.dir, ":v1"), &uri("bundle", &bundle, "")]);
+    assert_eq!(std::fs::read(bundle.join("rootfs/etc/os-release")).unwrap(), b"ID=occy\n");
+    let cfg: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["process"]["args"], json!(["/bin/sh"]));
+    assert_eq!(cfg["process"]["cwd"], "/srv");
+    assert_eq!(cfg["root"]["path"], "rootfs");
+}
+
+#[test]
+fn search_reports_the_layer_holding_a_file() {
+    let t = tempfile::tempdir().unwrap();
+    let src = sample(&t.path().join("src"));
+    let out = ok(&["-O", "json", "search", &uri("oci", &src.dir, ":v1"), "**/data.txt"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["layer"], 1);
+    assert_eq!(v[0]["path"], "srv/app/data.txt");
+    let out = ok(&["search", &uri("oci", &src.dir, ":v1"), "os-release"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("etc/os-release"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_quote_the_offending_part() {
+    fails(&["info", "ftp://host/x"], 2, "\"ftp\"");
+    fails(&["info", "dir:///tmp/x?uniq=1"], 2, "\"uniq\"");
+    fails(&["info", "registry://host/UPPER:tag"], 2, "\"UPPER\"");
+    fails(&["process", "oci:///a:v1"], 2, "DESTINATION");
+    fails(&["process", "oci:///a:v1", "oci:///b", "--platform", "linux"], 2, "\"linux\"");
+}
+
+#[test]
+fn missing_and_malformed_inputs_fail_clearly_without_partial_output() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("nope.tar");
+    fails(&["info", &uri("tar", &missing, "")], 1, &missing.display().to_string());
+    fails(&["info", &uri("oci", &t.path().join("nolayout"), ":v1")], 1, "does not exist");
+
+    // A file that is not a tar archive.
+    let junk = t.path().join("junk.tar");
+    std::fs::write(&junk, b"this is not a tar archive at all").unwrap();
+    fails(&["info", &uri("tar", &junk, "")], 1, "junk.tar");
+
+    // A layout whose manifest is not JSON.
+    let src = sample(&t.path().join("bad-manifest"));
+    std::fs::write(src.dir.join("blobs/sha256").join(&src.manifest_digest[7..]), b"{not json").unwrap();
+    fails(&["info", &uri("oci", &src.dir, ":v1")], 1, "digest mismatch");
+
+    // An unknown tag names the tags that exist.
+    let src = sample(&t.path().join("tags"));
+    fails(&["info", &uri("oci", &src.dir, ":v9")], 1, "v1");
+
+    // A corrupted layer byte: digest mismatch, and no tar left behind.
+    let src = sample(&t.path().join("corrupt"));
+    let layer = &info_json(&uri("oci", &src.dir, ":v1"))["layers"][1]["digest"];
+    let path = src.dir.join("blobs/sha256").join(&layer.as_str().unwrap()[7..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let out_tar = t.path().join("out.tar");
+    fails(&["process", &uri("oci", &src.dir, ":v1"), &uri("tar", &out_tar, "")], 1, "digest mismatch");
+    assert!(!out_tar.exists(), "no archive under the final name");
+    let leftovers: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("occy-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    let out_oci = t.path().join("out-oci");
+    fails(&["process", &uri("oci", &src.dir, ":v1"), &uri("oci", &out_oci, ":v1")], 1, "digest mismatch");
+    assert!(!out_oci.join("index.json").exists(), "no tag written for a failed copy");
+
+    // Destination directory that does not exist.
+    let src = sample(&t.path().join("ok"));
+    fails(
+        &["process", &uri("oci", &src.dir, ":v1"), &uri("tar", &t.path().join("no/such/dir/x.tar"), "")],
+        1,
+        "does not exist",
+    );
+}
