@@ -306,3 +306,20 @@ fn missing_and_malformed_inputs_fail_clearly_without_partial_output() {
         "does not exist",
     );
 }
+
+#[test]
+fn the_quickstart_example_image_copies_with_its_digest() {
+    let t = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart/image");
+    let src = uri("oci", &example, ":1.0");
+    let info = info_json(&src);
+    assert_eq!(info["layer_count"], 2);
+    assert_eq!(info["history"]["empty_layers"], 1);
+    let dst = t.path().join("copy");
+    ok(&["process", &src, &uri("oci", &dst, ":1.0")]);
+    assert_eq!(info_json(&uri("oci", &dst, ":1.0"))["manifest_digest"], info["manifest_digest"]);
+    // try.sh prints these; keep them working.
+    ok(&["search", &src, "**/*"]);
+    ok(&["process", &src, &uri("bundle", &t.path().join("b"), "")]);
+    assert!(t.path().join("b/rootfs/bin/hello").exists());
+}
