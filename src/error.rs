@@ -55,11 +55,7 @@ pub enum Error {
 
     /// Content had another length than its descriptor says.
     #[error("size mismatch for {what}: expected {expected} bytes, got {actual}")]
-    SizeMismatch {
-        what: String,
-        expected: u64,
-        actual: u64,
-    },
+    SizeMismatch { what: String, expected: u64, actual: u64 },
 
     /// Malformed data: a manifest, config, tar or JSON that is not what it should be.
     #[error("{0}")]

@@ -132,7 +132,9 @@ impl Reference {
             "docker" => {
                 let (name, tag) = split_path_tag(body);
                 if name.is_empty() {
-                    return Err(Error::usage(format!("invalid reference {input:?}: missing image name after docker://")));
+                    return Err(Error::usage(format!(
+                        "invalid reference {input:?}: missing image name after docker://"
+                    )));
                 }
                 validate_repository(input, name.trim_start_matches('/'), false)?;
                 let tag = tag.unwrap_or_else(|| "latest".to_string());
@@ -204,9 +206,10 @@ impl Reference {
     pub fn image_name(&self) -> String {
         match self {
             Reference::Registry(r) => r.name(),
-            Reference::Tar { path } | Reference::Bundle { path } | Reference::Dir { path, .. } | Reference::Oci { path, .. } => {
-                path.display().to_string()
-            }
+            Reference::Tar { path }
+            | Reference::Bundle { path }
+            | Reference::Dir { path, .. }
+            | Reference::Oci { path, .. } => path.display().to_string(),
             Reference::Docker { name, .. } => name.clone(),
             Reference::Quay { org, repo_glob, .. } => format!("quay.io/{org}/{}", repo_glob.as_deref().unwrap_or("*")),
         }
@@ -235,7 +238,11 @@ impl fmt::Display for Reference {
                 }
                 Ok(())
             }
-            Reference::Dir { path, unique_names, expand } => {
+            Reference::Dir {
+                path,
+                unique_names,
+                expand,
+            } => {
                 write!(f, "dir://{}", path.display())?;
                 let mut q = Vec::new();
                 if *unique_names {
@@ -257,7 +264,13 @@ impl fmt::Display for Reference {
                 Ok(())
             }
             Reference::Bundle { path } => write!(f, "bundle://{}", path.display()),
-            Reference::Quay { org, repo_glob, tag, since, .. } => {
+            Reference::Quay {
+                org,
+                repo_glob,
+                tag,
+                since,
+                ..
+            } => {
                 write!(f, "quay://{org}")?;
                 if let Some(r) = repo_glob {
                     write!(f, "/{r}")?;
@@ -283,9 +296,9 @@ impl Options {
         let mut out = Vec::new();
         if let Some(q) = query {
             for pair in q.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').ok_or_else(|| {
-                    Error::usage(format!("invalid option {pair:?} in {input:?}: expected key=value"))
-                })?;
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| Error::usage(format!("invalid option {pair:?} in {input:?}: expected key=value")))?;
                 let v = percent_decode(v);
                 if out.iter().any(|(ek, _): &(String, String)| ek == k) {
                     return Err(Error::usage(format!("option {k:?} given twice in {input:?}")));
@@ -407,12 +420,17 @@ fn validate_host(input: &str, host: &str) -> Result<()> {
 
 fn validate_repository(input: &str, repo: &str, allow_glob: bool) -> Result<()> {
     if repo.is_empty() {
-        return Err(Error::usage(format!("invalid reference {input:?}: missing repository name")));
+        return Err(Error::usage(format!(
+            "invalid reference {input:?}: missing repository name"
+        )));
     }
     for comp in repo.split('/') {
         let ok = !comp.is_empty()
             && comp.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') || (allow_glob && matches!(c, '*' | '?' | '[' | ']' | '!'))
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, '.' | '_' | '-')
+                    || (allow_glob && matches!(c, '*' | '?' | '[' | ']' | '!'))
             })
             && !comp.starts_with(['.', '_', '-'])
             && !comp.ends_with(['.', '_', '-']);
@@ -428,7 +446,9 @@ fn validate_repository(input: &str, repo: &str, allow_glob: bool) -> Result<()> 
 fn validate_tag(input: &str, tag: &str) -> Result<()> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '*' | '?' | '[' | ']' | '{' | '}'))
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '*' | '?' | '[' | ']' | '{' | '}'))
         && !tag.starts_with(['.', '-']);
     if !ok {
         return Err(Error::usage(format!(
@@ -443,9 +463,13 @@ fn validate_date(input: &str, s: &str) -> Result<()> {
     let ok = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     if !ok {
-        return Err(Error::usage(format!("invalid date {s:?} for since= in {input:?}: expected YYYY-MM-DD")));
+        return Err(Error::usage(format!(
+            "invalid date {s:?} for since= in {input:?}: expected YYYY-MM-DD"
+        )));
     }
     Ok(())
 }
@@ -489,7 +513,12 @@ mod tests {
                 tag: Some("v2".into())
             }
         );
-        assert_eq!(Reference::parse("tar:///a/b.tar").unwrap(), Reference::Tar { path: "/a/b.tar".into() });
+        assert_eq!(
+            Reference::parse("tar:///a/b.tar").unwrap(),
+            Reference::Tar {
+                path: "/a/b.tar".into()
+            }
+        );
         assert_eq!(
             Reference::parse("dir:///d?unique_names=true").unwrap(),
             Reference::Dir {

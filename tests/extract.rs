@@ -11,7 +11,10 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 fn occy(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_occy")).args(args).output().expect("run occy")
+    Command::new(env!("CARGO_BIN_EXE_occy"))
+        .args(args)
+        .output()
+        .expect("run occy")
 }
 
 fn sha(b: &[u8]) -> String {
@@ -74,15 +77,21 @@ fn layout(dir: &Path, layers: &[Vec<u8>]) -> String {
         descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blob(dir, &gz), "size": gz.len()}));
     }
     let cfg = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/true"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}})).unwrap();
+        "config": {"Cmd": ["/bin/true"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
+    .unwrap();
     let m = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(dir, &cfg), "size": cfg.len()},
         "layers": descs})).unwrap();
     let md = blob(dir, &m);
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": m.len(),
-         "annotations": {"org.opencontainers.image.ref.name": "t"}}]})).unwrap()).unwrap();
+         "annotations": {"org.opencontainers.image.ref.name": "t"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
     format!("oci://{}:t", dir.display())
 }
 
@@ -120,12 +129,22 @@ fn listing(root: &Path) -> Vec<(String, String, u32, String)> {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let mode = m.permissions().mode() & 0o7777;
             if m.file_type().is_symlink() {
-                out.push((rel, "link".into(), 0, std::fs::read_link(&p).unwrap().to_string_lossy().into_owned()));
+                out.push((
+                    rel,
+                    "link".into(),
+                    0,
+                    std::fs::read_link(&p).unwrap().to_string_lossy().into_owned(),
+                ));
             } else if m.is_dir() {
                 out.push((rel, "dir".into(), mode, String::new()));
                 stack.push(p);
             } else {
-                out.push((rel, "file".into(), mode, String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned()));
+                out.push((
+                    rel,
+                    "file".into(),
+                    mode,
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned(),
+                ));
             }
         }
     }
@@ -146,7 +165,10 @@ fn whiteouts_opaque_dirs_modes_and_links_match_umoci() {
     assert!(!root.join("gone").exists());
     assert!(!root.join("opq/old").exists(), "opaque dir hides the lower layer");
     assert_eq!(std::fs::read(root.join("opq/new")).unwrap(), b"from the upper layer");
-    assert_eq!(std::fs::metadata(root.join("bin/run")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(root.join("bin/run")).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     assert_eq!(std::fs::read_link(root.join("bin/link")).unwrap(), PathBuf::from("run"));
     use std::os::unix::fs::MetadataExt;
     assert_eq!(
@@ -164,7 +186,12 @@ fn whiteouts_opaque_dirs_modes_and_links_match_umoci() {
     if Command::new("umoci").arg("--version").output().is_ok() {
         let u = t.path().join("umoci");
         let st = Command::new("umoci")
-            .args(["unpack", "--image", &format!("{}:t", t.path().join("img").display()), &u.display().to_string()])
+            .args([
+                "unpack",
+                "--image",
+                &format!("{}:t", t.path().join("img").display()),
+                &u.display().to_string(),
+            ])
             .output()
             .unwrap();
         assert!(st.status.success(), "umoci: {}", String::from_utf8_lossy(&st.stderr));
@@ -202,7 +229,10 @@ fn hostile_layers_never_write_outside_the_target() {
     // 3. A symlink to outside, then a write through it in the same layer.
     let (ok, err, t) = hostile(
         "symlink-same-layer",
-        vec![raw_tar(&[E::Symlink("up", "../../outside"), E::File("up/evil", b"x", 0o644)])],
+        vec![raw_tar(&[
+            E::Symlink("up", "../../outside"),
+            E::File("up/evil", b"x", 0o644),
+        ])],
     );
     assert!(ok, "resolved inside the root: {err}");
     assert!(t.path().join("bundle/rootfs/outside/evil").exists() || t.path().join("bundle/rootfs/evil").exists());
@@ -216,7 +246,10 @@ fn hostile_layers_never_write_outside_the_target() {
     );
     assert!(ok, "{err}");
     // 5. A hardlink to a file outside the root.
-    let (ok, err, _t) = hostile("hardlink-out", vec![raw_tar(&[E::Hardlink("pw", "../../../etc/passwd")])]);
+    let (ok, err, _t) = hostile(
+        "hardlink-out",
+        vec![raw_tar(&[E::Hardlink("pw", "../../../etc/passwd")])],
+    );
     assert!(!ok && err.contains("pw"), "{err}");
     // 6. A hardlink to an absolute path.
     let (ok, err, _t) = hostile("hardlink-abs", vec![raw_tar(&[E::Hardlink("pw", "/etc/passwd")])]);

@@ -33,8 +33,15 @@ fn ok(args: &[&str]) -> Output {
 fn fails(args: &[&str], code: i32, needle: &str) -> String {
     let out = occy(args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "occy {args:?}: expected exit {code}, stderr: {stderr}");
-    assert!(stderr.contains(needle), "occy {args:?}: stderr should mention {needle:?}: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "occy {args:?}: expected exit {code}, stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "occy {args:?}: stderr should mention {needle:?}: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     stderr
 }
@@ -83,7 +90,9 @@ fn build_layout(dir: &Path, tag: &str, layers: &[Vec<(&str, &[u8])>]) -> Layout 
         let d = write_blob(dir, &gz);
         descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": gz.len()}));
     }
-    let history: Vec<Value> = (0..layers.len()).map(|i| json!({"created_by": format!("step {i}")})).collect();
+    let history: Vec<Value> = (0..layers.len())
+        .map(|i| json!({"created_by": format!("step {i}")}))
+        .collect();
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
         "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/srv"},
@@ -189,7 +198,10 @@ fn oci_tar_oci_round_trip_keeps_diff_ids() {
     for e in archive.entries().unwrap() {
         names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
     }
-    assert!(names.contains(&format!("{}/layer.tar", &src.diff_ids[0][7..])), "{names:?}");
+    assert!(
+        names.contains(&format!("{}/layer.tar", &src.diff_ids[0][7..])),
+        "{names:?}"
+    );
     assert!(names.contains(&"manifest.json".to_string()));
     // And back again to tar: same diff_ids.
     let tar2 = t.path().join("again.tar");
@@ -227,7 +239,10 @@ fn bundle_holds_the_merged_rootfs_and_a_runtime_config() {
     let src = sample(&t.path().join("src"));
     let bundle = t.path().join("bundle");
     ok(&["process", &uri("oci", &src.dir, ":v1"), &uri("bundle", &bundle, "")]);
-    assert_eq!(std::fs::read(bundle.join("rootfs/etc/os-release")).unwrap(), b"ID=occy\n");
+    assert_eq!(
+        std::fs::read(bundle.join("rootfs/etc/os-release")).unwrap(),
+        b"ID=occy\n"
+    );
     let cfg: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["process"]["args"], json!(["/bin/sh"]));
     assert_eq!(cfg["process"]["cwd"], "/srv");
@@ -253,7 +268,11 @@ fn usage_errors_exit_2_and_quote_the_offending_part() {
     fails(&["info", "dir:///tmp/x?uniq=1"], 2, "\"uniq\"");
     fails(&["info", "registry://host/UPPER:tag"], 2, "\"UPPER\"");
     fails(&["process", "oci:///a:v1"], 2, "DESTINATION");
-    fails(&["process", "oci:///a:v1", "oci:///b", "--platform", "linux"], 2, "\"linux\"");
+    fails(
+        &["process", "oci:///a:v1", "oci:///b", "--platform", "linux"],
+        2,
+        "\"linux\"",
+    );
 }
 
 #[test]
@@ -261,7 +280,11 @@ fn missing_and_malformed_inputs_fail_clearly_without_partial_output() {
     let t = tempfile::tempdir().unwrap();
     let missing = t.path().join("nope.tar");
     fails(&["info", &uri("tar", &missing, "")], 1, &missing.display().to_string());
-    fails(&["info", &uri("oci", &t.path().join("nolayout"), ":v1")], 1, "does not exist");
+    fails(
+        &["info", &uri("oci", &t.path().join("nolayout"), ":v1")],
+        1,
+        "does not exist",
+    );
 
     // A file that is not a tar archive.
     let junk = t.path().join("junk.tar");
@@ -270,7 +293,11 @@ fn missing_and_malformed_inputs_fail_clearly_without_partial_output() {
 
     // A layout whose manifest is not JSON.
     let src = sample(&t.path().join("bad-manifest"));
-    std::fs::write(src.dir.join("blobs/sha256").join(&src.manifest_digest[7..]), b"{not json").unwrap();
+    std::fs::write(
+        src.dir.join("blobs/sha256").join(&src.manifest_digest[7..]),
+        b"{not json",
+    )
+    .unwrap();
     fails(&["info", &uri("oci", &src.dir, ":v1")], 1, "digest mismatch");
 
     // An unknown tag names the tags that exist.
@@ -286,7 +313,11 @@ fn missing_and_malformed_inputs_fail_clearly_without_partial_output() {
     bytes[mid] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
     let out_tar = t.path().join("out.tar");
-    fails(&["process", &uri("oci", &src.dir, ":v1"), &uri("tar", &out_tar, "")], 1, "digest mismatch");
+    fails(
+        &["process", &uri("oci", &src.dir, ":v1"), &uri("tar", &out_tar, "")],
+        1,
+        "digest mismatch",
+    );
     assert!(!out_tar.exists(), "no archive under the final name");
     let leftovers: Vec<_> = std::fs::read_dir(t.path())
         .unwrap()
@@ -295,13 +326,21 @@ fn missing_and_malformed_inputs_fail_clearly_without_partial_output() {
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     let out_oci = t.path().join("out-oci");
-    fails(&["process", &uri("oci", &src.dir, ":v1"), &uri("oci", &out_oci, ":v1")], 1, "digest mismatch");
+    fails(
+        &["process", &uri("oci", &src.dir, ":v1"), &uri("oci", &out_oci, ":v1")],
+        1,
+        "digest mismatch",
+    );
     assert!(!out_oci.join("index.json").exists(), "no tag written for a failed copy");
 
     // Destination directory that does not exist.
     let src = sample(&t.path().join("ok"));
     fails(
-        &["process", &uri("oci", &src.dir, ":v1"), &uri("tar", &t.path().join("no/such/dir/x.tar"), "")],
+        &[
+            "process",
+            &uri("oci", &src.dir, ":v1"),
+            &uri("tar", &t.path().join("no/such/dir/x.tar"), ""),
+        ],
         1,
         "does not exist",
     );
@@ -317,7 +356,10 @@ fn the_quickstart_example_image_copies_with_its_digest() {
     assert_eq!(info["history"]["empty_layers"], 1);
     let dst = t.path().join("copy");
     ok(&["process", &src, &uri("oci", &dst, ":1.0")]);
-    assert_eq!(info_json(&uri("oci", &dst, ":1.0"))["manifest_digest"], info["manifest_digest"]);
+    assert_eq!(
+        info_json(&uri("oci", &dst, ":1.0"))["manifest_digest"],
+        info["manifest_digest"]
+    );
     // try.sh prints these; keep them working.
     ok(&["search", &src, "**/*"]);
     ok(&["process", &src, &uri("bundle", &t.path().join("b"), "")]);

@@ -110,7 +110,11 @@ pub async fn gather(reference: &Reference, source: &dyn Source, selection: &Plat
                 .manifests
                 .iter()
                 .map(|d| PlatformEntry {
-                    platform: d.platform.as_ref().map(Platform::to_string).unwrap_or_else(|| "-".into()),
+                    platform: d
+                        .platform
+                        .as_ref()
+                        .map(Platform::to_string)
+                        .unwrap_or_else(|| "-".into()),
                     digest: d.digest.to_string(),
                     media_type: d.media_type.clone(),
                     size: d.size,
@@ -153,14 +157,21 @@ fn describe_image(
     let manifest_mt = image.raw_manifest.media_type.clone();
     ImageInfo {
         source: reference.to_string(),
-        image: name.as_ref().map(|n| n.repository.clone()).unwrap_or_else(|| reference.image_name()),
+        image: name
+            .as_ref()
+            .map(|n| n.repository.clone())
+            .unwrap_or_else(|| reference.image_name()),
         tag: reference.tag().map(str::to_string).or_else(|| name.map(|n| n.tag)),
         index_digest: index_part.as_ref().map(|(r, _)| r.digest.to_string()),
         index_media_type: index_part.as_ref().map(|(r, _)| r.media_type.clone()),
         platforms: index_part.map(|(_, e)| e),
         manifest_digest: image.raw_manifest.digest.to_string(),
         schema_version: image.manifest.schema_version,
-        format: if media_type::is_oci(&manifest_mt) { "oci" } else { "docker" },
+        format: if media_type::is_oci(&manifest_mt) {
+            "oci"
+        } else {
+            "docker"
+        },
         media_type: manifest_mt,
         os: cfg.os.clone(),
         architecture: cfg.architecture.clone(),
@@ -226,7 +237,10 @@ pub fn render_text(info: &ImageInfo) -> String {
     field("Config digest", info.config_digest.clone());
     field("Created", info.created.clone().unwrap_or_else(|| "-".into()));
     field("Layers", info.layer_count.to_string());
-    field("Compressed size", format!("{} ({} bytes)", human_size(info.compressed_size), info.compressed_size));
+    field(
+        "Compressed size",
+        format!("{} ({} bytes)", human_size(info.compressed_size), info.compressed_size),
+    );
     field(
         "Uncompressed size",
         info.uncompressed_size
@@ -235,7 +249,10 @@ pub fn render_text(info: &ImageInfo) -> String {
     );
     field(
         "History",
-        format!("{} entries ({} empty layers)", info.history.entries, info.history.empty_layers),
+        format!(
+            "{} entries ({} empty layers)",
+            info.history.entries, info.history.empty_layers
+        ),
     );
     field("Entrypoint", join_or_dash(&info.entrypoint));
     field("Cmd", join_or_dash(&info.cmd));
@@ -264,13 +281,31 @@ pub fn render_text(info: &ImageInfo) -> String {
                 short(&l.digest),
                 l.diff_id.as_deref().map(short).unwrap_or_else(|| "-".into()),
                 human_size(l.size),
-                l.compression.map(|c| c.as_str().to_string()).unwrap_or_else(|| "unknown".into()),
+                l.compression
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_else(|| "unknown".into()),
                 l.media_type.clone(),
-                l.created_by.clone().map(|c| truncate(&c, 60)).unwrap_or_else(|| "-".into()),
+                l.created_by
+                    .clone()
+                    .map(|c| truncate(&c, 60))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    for line in table(&["#", "DIGEST", "DIFF_ID", "SIZE", "COMPRESSION", "MEDIA TYPE", "CREATED BY"], &rows).lines() {
+    for line in table(
+        &[
+            "#",
+            "DIGEST",
+            "DIFF_ID",
+            "SIZE",
+            "COMPRESSION",
+            "MEDIA TYPE",
+            "CREATED BY",
+        ],
+        &rows,
+    )
+    .lines()
+    {
         out.push_str(&format!("  {line}\n"));
     }
     if !info.env.is_empty() {

@@ -31,7 +31,9 @@ pub enum OutputFormat {
 /// OCI layouts and directories.
 #[derive(Debug, Parser)]
 #[command(name = "occy", version, propagate_version = true, max_term_width = 100)]
-#[command(after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n\nExit codes: 0 success, 1 failure, 2 usage error.")]
+#[command(
+    after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n\nExit codes: 0 success, 1 failure, 2 usage error."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -59,7 +61,13 @@ pub struct GlobalArgs {
     pub username: Option<String>,
 
     /// Registry password or token
-    #[arg(long, global = true, env = "OCCY_PASSWORD", hide_env_values = true, requires = "username")]
+    #[arg(
+        long,
+        global = true,
+        env = "OCCY_PASSWORD",
+        hide_env_values = true,
+        requires = "username"
+    )]
     pub password: Option<String>,
 
     /// A containers auth.json with registry credentials
@@ -67,7 +75,13 @@ pub struct GlobalArgs {
     pub authfile: Option<PathBuf>,
 
     /// Allow plain HTTP or an unverified certificate for this HOST[:PORT] (repeatable)
-    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]", env = "OCCY_INSECURE_REGISTRY", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        value_name = "HOST[:PORT]",
+        env = "OCCY_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
     pub insecure_registry: Vec<String>,
 
     /// Directory of extra CA certificates (*.crt, *.pem) for registries
@@ -138,7 +152,10 @@ impl PlatformArgs {
             return Ok(PlatformSelection::Default);
         }
         Ok(PlatformSelection::List(
-            self.platform.iter().map(|p| Platform::parse(p)).collect::<Result<_>>()?,
+            self.platform
+                .iter()
+                .map(|p| Platform::parse(p))
+                .collect::<Result<_>>()?,
         ))
     }
 }
@@ -147,15 +164,21 @@ impl PlatformArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Copy an image from a source to a destination
-    #[command(after_help = "Examples:\n  occy process registry://127.0.0.1:5000/app:1.0 tar:///tmp/app.tar\n  occy process tar:///tmp/app.tar oci:///srv/layouts/app:1.0\n  occy process registry://quay.io/org/app:1.0 oci:///tmp/app --all-platforms")]
+    #[command(
+        after_help = "Examples:\n  occy process registry://127.0.0.1:5000/app:1.0 tar:///tmp/app.tar\n  occy process tar:///tmp/app.tar oci:///srv/layouts/app:1.0\n  occy process registry://quay.io/org/app:1.0 oci:///tmp/app --all-platforms"
+    )]
     Process(process::ProcessArgs),
 
     /// Show an image's manifest, config, layers and history
-    #[command(after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy -O json info oci:///srv/layouts/app:1.0")]
+    #[command(
+        after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy -O json info oci:///srv/layouts/app:1.0"
+    )]
     Info(info::InfoArgs),
 
     /// Find paths in every layer of an image
-    #[command(after_help = "Examples:\n  occy search registry://127.0.0.1:5000/app:1.0 '**/*.so'\n  occy -O json search oci:///srv/layouts/app:1.0 '^etc/.*\\.conf$' --regex")]
+    #[command(
+        after_help = "Examples:\n  occy search registry://127.0.0.1:5000/app:1.0 '**/*.so'\n  occy -O json search oci:///srv/layouts/app:1.0 '^etc/.*\\.conf$' --regex"
+    )]
     Search(search::SearchArgs),
 }
 

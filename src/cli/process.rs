@@ -43,7 +43,10 @@ pub fn image_name_for(reference: &Reference, source: &dyn Source) -> ImageName {
         },
         other => source.recorded_name().unwrap_or_else(|| {
             let base = match other {
-                Reference::Oci { path, .. } | Reference::Tar { path } | Reference::Dir { path, .. } | Reference::Bundle { path } => path
+                Reference::Oci { path, .. }
+                | Reference::Tar { path }
+                | Reference::Dir { path, .. }
+                | Reference::Bundle { path } => path
                     .file_stem()
                     .map(|s| s.to_string_lossy().to_lowercase())
                     .unwrap_or_else(|| "image".to_string()),

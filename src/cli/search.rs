@@ -9,7 +9,7 @@ use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::error::{Error, Result};
 use crate::exec::copy::decompressed;
 use crate::reference::Reference;
-use crate::source::{open_source, resolve, PlatformSelection};
+use crate::source::{open_source, resolve};
 
 /// Arguments of `occy search`.
 #[derive(Debug, Args)]
@@ -64,7 +64,8 @@ impl PathMatcher {
         match self {
             PathMatcher::Regex(r) => r.is_match(path),
             PathMatcher::Glob(g) => {
-                g.is_match(path) || (!g.glob().glob().contains('/') && path.rsplit('/').next().is_some_and(|n| g.is_match(n)))
+                g.is_match(path)
+                    || (!g.glob().glob().contains('/') && path.rsplit('/').next().is_some_and(|n| g.is_match(n)))
             }
         }
     }
@@ -72,7 +73,10 @@ impl PathMatcher {
 
 /// Normalises a tar entry path for matching.
 pub fn layer_path(raw: &str) -> String {
-    raw.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/').to_string()
+    raw.trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Runs `occy search`.
@@ -80,10 +84,7 @@ pub async fn run(global: &GlobalArgs, args: &SearchArgs) -> Result<i32> {
     let matcher = std::sync::Arc::new(PathMatcher::new(&args.pattern, args.regex)?);
     let reference = Reference::parse(&args.source)?;
     let source = open_source(&reference, &global.source_options()?).await?;
-    let selection = match args.platforms.selection()? {
-        PlatformSelection::All => PlatformSelection::All,
-        other => other,
-    };
+    let selection = args.platforms.selection()?;
     let resolved = resolve(source.as_ref(), &selection).await?;
     let mut matches: Vec<SearchMatch> = Vec::new();
     let mut layers_scanned = 0;

@@ -77,7 +77,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
-            self.counter.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+            self.counter
+                .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         }
         r
     }
@@ -164,8 +165,8 @@ pub async fn copy_image(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions
 async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, started: Instant) -> Result<CopyReport> {
     let resolved = resolve(source, &opts.platforms).await?;
     let keep_index = resolved.index.is_some() && opts.platforms != PlatformSelection::Default;
-    if keep_index && !sink.supports_index() {
-        if resolved.images.len() > 1 {
+    if keep_index && !sink.supports_index() && resolved.images.len() > 1 {
+        {
             return Err(Error::usage(format!(
                 "{} holds one platform per image, but {} platforms were selected from {}: choose one with --platform",
                 sink.describe(),

@@ -104,6 +104,7 @@ impl ImageIndex {
 
 /// A parsed manifest of either kind.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per parse
 pub enum Manifest {
     Image(ImageManifest),
     Index(ImageIndex),
@@ -140,7 +141,11 @@ impl RawManifest {
             Some(m) => m,
             None => sniff_media_type(&bytes)?,
         };
-        Ok(RawManifest { bytes, media_type, digest })
+        Ok(RawManifest {
+            bytes,
+            media_type,
+            digest,
+        })
     }
 
     /// Wraps bytes that must hash to `expected`.
@@ -158,7 +163,11 @@ impl RawManifest {
 
     /// Parses the manifest, checking that it is one occy can handle.
     pub fn parse(&self) -> Result<Manifest> {
-        if self.media_type == media_type::DOCKER_SCHEMA1 || self.media_type.starts_with("application/vnd.docker.distribution.manifest.v1") {
+        if self.media_type == media_type::DOCKER_SCHEMA1
+            || self
+                .media_type
+                .starts_with("application/vnd.docker.distribution.manifest.v1")
+        {
             return Err(Error::Unsupported(format!(
                 "manifest {} is Docker schema 1, which is deprecated and not supported",
                 self.digest
@@ -205,7 +214,8 @@ fn sniff_media_type(bytes: &[u8]) -> Result<String> {
         #[serde(default)]
         fs_layers: Option<serde_json::Value>,
     }
-    let p: Probe = serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("manifest is not valid JSON: {e}")))?;
+    let p: Probe =
+        serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("manifest is not valid JSON: {e}")))?;
     if let Some(mt) = p.media_type {
         return Ok(mt);
     }
@@ -218,7 +228,9 @@ fn sniff_media_type(bytes: &[u8]) -> Result<String> {
     if p.config.is_some() || p.layers.is_some() {
         return Ok(media_type::OCI_MANIFEST.to_string());
     }
-    Err(Error::invalid("document is neither an image manifest nor an index (no config, layers or manifests)"))
+    Err(Error::invalid(
+        "document is neither an image manifest nor an index (no config, layers or manifests)",
+    ))
 }
 
 #[cfg(test)]

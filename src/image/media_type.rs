@@ -50,7 +50,9 @@ impl Compression {
     pub fn from_media_type(mt: &str) -> Option<Compression> {
         match mt {
             OCI_LAYER_TAR | OCI_LAYER_NONDIST_TAR | DOCKER_LAYER_TAR => Some(Compression::None),
-            OCI_LAYER_GZIP | OCI_LAYER_NONDIST_GZIP | DOCKER_LAYER_GZIP | DOCKER_LAYER_FOREIGN => Some(Compression::Gzip),
+            OCI_LAYER_GZIP | OCI_LAYER_NONDIST_GZIP | DOCKER_LAYER_GZIP | DOCKER_LAYER_FOREIGN => {
+                Some(Compression::Gzip)
+            }
             OCI_LAYER_ZSTD | OCI_LAYER_NONDIST_ZSTD => Some(Compression::Zstd),
             _ => {
                 if mt.ends_with("+gzip") || mt.ends_with(".gzip") {

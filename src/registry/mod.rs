@@ -3,6 +3,18 @@
 //! hosts, retries with backoff honouring `Retry-After`, a per-host rate limit,
 //! manifests, streamed blobs, tag listing and the catalog.
 
+pub mod auth;
+pub mod client;
+pub mod credentials;
+pub mod rate_limit;
+pub mod retry;
+
+#[cfg(test)]
+mod client_tests;
+
+pub use client::RegistryClient;
+pub use credentials::{CredentialStore, Credentials};
+
 use std::fmt;
 use std::path::PathBuf;
 

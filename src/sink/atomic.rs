@@ -13,8 +13,14 @@ use crate::source::BlobReader;
 
 /// Creates a temp file beside `final_path` (same file system, so the rename is atomic).
 pub fn temp_beside(final_path: &Path) -> Result<NamedTempFile> {
-    let dir = final_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let base = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = final_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     tempfile::Builder::new()
         .prefix(&format!(".{base}.occy-tmp-"))
         .tempfile_in(dir)
@@ -25,7 +31,9 @@ pub fn temp_beside(final_path: &Path) -> Result<NamedTempFile> {
 pub async fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_beside(path)?;
     let mut f = tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?);
-    f.write_all(bytes).await.map_err(|e| Error::io("write", tmp.path(), e))?;
+    f.write_all(bytes)
+        .await
+        .map_err(|e| Error::io("write", tmp.path(), e))?;
     f.flush().await.map_err(|e| Error::io("write", tmp.path(), e))?;
     drop(f);
     persist(tmp, path)
@@ -50,13 +58,16 @@ pub async fn stream_file_atomic(path: &Path, mut reader: BlobReader) -> Result<u
 
 /// Renames a finished temp file to its final name.
 pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
-    tmp.persist(path).map_err(|e| Error::io("rename into place", path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("rename into place", path, e.error))?;
     Ok(())
 }
 
 /// Creates a directory and its parents.
 pub async fn ensure_dir(path: &Path) -> Result<()> {
-    tokio::fs::create_dir_all(path).await.map_err(|e| Error::io("create directory", path, e))
+    tokio::fs::create_dir_all(path)
+        .await
+        .map_err(|e| Error::io("create directory", path, e))
 }
 
 /// Runs `update` on the content of `path` (None when absent) while holding an

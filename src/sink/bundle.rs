@@ -28,7 +28,10 @@ pub struct BundleSink {
 impl BundleSink {
     /// A bundle at `target`, built in a temp directory beside it.
     pub async fn create(target: &Path) -> Result<Self> {
-        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if !parent.is_dir() {
             return Err(Error::NotFound(format!(
                 "cannot write bundle {}: directory {} does not exist",
@@ -36,13 +39,19 @@ impl BundleSink {
                 parent.display()
             )));
         }
-        if target.exists() && fs::read_dir(target).map(|mut d| d.next().is_some()).unwrap_or(true) && !target.join("config.json").exists() {
+        if target.exists()
+            && fs::read_dir(target).map(|mut d| d.next().is_some()).unwrap_or(true)
+            && !target.join("config.json").exists()
+        {
             return Err(Error::usage(format!(
                 "{} exists and is not an OCI bundle; refusing to replace it",
                 target.display()
             )));
         }
-        let base = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let base = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let work = tempfile::Builder::new()
             .prefix(&format!(".{base}.occy-tmp-"))
             .tempdir_in(parent)
@@ -75,7 +84,9 @@ pub fn open_uncompressed(path: &Path) -> Result<Box<dyn Read + Send>> {
     Ok(match Compression::sniff(&head) {
         Compression::None => Box::new(r),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| Error::io("read", path, e))?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| Error::io("read", path, e))?)
+        }
     })
 }
 
@@ -106,7 +117,6 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32)> {
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(n) => (n, lookup_passwd_gid(rootfs, n)),
         Err(_) => lookup_id(rootfs, "passwd", u)
-            .map(|(id, gid)| (id, gid))
             .ok_or_else(|| Error::invalid(format!("image user {u:?} is not in the image's /etc/passwd")))?,
     };
     let gid = match g {
@@ -125,7 +135,9 @@ fn lookup_passwd_gid(rootfs: &Path, uid: u32) -> Option<u32> {
     let text = fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
     text.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
-        (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok()).flatten()
+        (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid))
+            .then(|| f[3].parse().ok())
+            .flatten()
     })
 }
 
@@ -139,10 +151,17 @@ pub fn runtime_config(cfg: &ImageConfig, rootfs: &Path) -> Result<Value> {
     }
     let mut env = rc.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string());
+        env.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        );
     }
     let (uid, gid) = resolve_user(rootfs, &rc.user)?;
-    let cwd = if rc.working_dir.is_empty() { "/".to_string() } else { rc.working_dir.clone() };
+    let cwd = if rc.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        rc.working_dir.clone()
+    };
     let mut annotations = serde_json::Map::new();
     for (k, v) in &rc.labels {
         annotations.insert(k.clone(), Value::String(v.clone()));
@@ -201,7 +220,10 @@ pub fn replace_dir(work: &Path, target: &Path) -> Result<()> {
     if target.exists() {
         let old = target.with_file_name(format!(
             ".{}.occy-old-{}",
-            target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             std::process::id()
         ));
         fs::rename(target, &old).map_err(|e| Error::io("move aside", target, e))?;

@@ -48,9 +48,17 @@ struct TarState {
     written: HashSet<String>,
 }
 
+#[allow(clippy::large_enum_variant)] // one per sink, never in collections
 enum Target {
-    Tar { path: PathBuf, state: Mutex<TarState> },
-    Dir { root: PathBuf, unique_names: bool, expand: bool },
+    Tar {
+        path: PathBuf,
+        state: Mutex<TarState>,
+    },
+    Dir {
+        root: PathBuf,
+        unique_names: bool,
+        expand: bool,
+    },
 }
 
 /// Writes images as docker-save archives or occystrap directories.
@@ -62,7 +70,8 @@ pub struct DockerSaveSink {
 
 fn tar_header(name: &str, size: u64) -> Result<[u8; 512]> {
     let mut h = tar::Header::new_gnu();
-    h.set_path(name).map_err(|e| Error::invalid(format!("tar entry name {name:?}: {e}")))?;
+    h.set_path(name)
+        .map_err(|e| Error::invalid(format!("tar entry name {name:?}: {e}")))?;
     h.set_size(size);
     h.set_mode(0o644);
     h.set_mtime(0);
@@ -80,9 +89,15 @@ fn padding(size: u64) -> usize {
 impl TarState {
     async fn append_bytes(&mut self, name: &str, bytes: &[u8], path: &Path) -> Result<()> {
         let io = |e| Error::io("write", path, e);
-        self.file.write_all(&tar_header(name, bytes.len() as u64)?).await.map_err(io)?;
+        self.file
+            .write_all(&tar_header(name, bytes.len() as u64)?)
+            .await
+            .map_err(io)?;
         self.file.write_all(bytes).await.map_err(io)?;
-        self.file.write_all(&vec![0u8; padding(bytes.len() as u64)]).await.map_err(io)?;
+        self.file
+            .write_all(&vec![0u8; padding(bytes.len() as u64)])
+            .await
+            .map_err(io)?;
         self.written.insert(name.to_string());
         Ok(())
     }
@@ -121,10 +136,15 @@ impl TarState {
 
     /// Appends a finished spool file as an entry.
     async fn append_file(&mut self, name: &str, spool: &Path, path: &Path) -> Result<()> {
-        let size = tokio::fs::metadata(spool).await.map_err(|e| Error::io("stat", spool, e))?.len();
+        let size = tokio::fs::metadata(spool)
+            .await
+            .map_err(|e| Error::io("stat", spool, e))?
+            .len();
         let io = |e| Error::io("write", path, e);
         self.file.write_all(&tar_header(name, size)?).await.map_err(io)?;
-        let mut src = tokio::fs::File::open(spool).await.map_err(|e| Error::io("open", spool, e))?;
+        let mut src = tokio::fs::File::open(spool)
+            .await
+            .map_err(|e| Error::io("open", spool, e))?;
         tokio::io::copy(&mut src, &mut self.file).await.map_err(io)?;
         self.file.write_all(&vec![0u8; padding(size)]).await.map_err(io)?;
         self.written.insert(name.to_string());
@@ -145,7 +165,10 @@ impl DockerSaveSink {
             }
         }
         if tokio::fs::metadata(path).await.is_ok_and(|m| m.is_dir()) {
-            return Err(Error::usage(format!("{} is a directory; tar:// needs a file path", path.display())));
+            return Err(Error::usage(format!(
+                "{} is a directory; tar:// needs a file path",
+                path.display()
+            )));
         }
         let tmp = temp_beside(path)?;
         let file = tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?);
@@ -168,7 +191,10 @@ impl DockerSaveSink {
     /// directory named like the manifest file (without `.json`).
     pub async fn create_dir(root: &Path, name: ImageName, unique_names: bool, expand: bool) -> Result<Self> {
         if tokio::fs::metadata(root).await.is_ok_and(|m| !m.is_dir()) {
-            return Err(Error::usage(format!("{} exists and is not a directory", root.display())));
+            return Err(Error::usage(format!(
+                "{} exists and is not a directory",
+                root.display()
+            )));
         }
         ensure_dir(root).await?;
         Ok(DockerSaveSink {
@@ -197,7 +223,11 @@ impl DockerSaveSink {
     /// Extracts the image's layers, in order, into `root/name` (built under a
     /// temp name, then renamed into place).
     async fn expand_into(&self, root: &Path, name: &str) -> Result<()> {
-        let entries = self.entries.lock().map_err(|_| Error::invalid("manifest list lock poisoned"))?.clone();
+        let entries = self
+            .entries
+            .lock()
+            .map_err(|_| Error::invalid("manifest list lock poisoned"))?
+            .clone();
         let Some(entry) = entries.into_iter().next() else {
             return Ok(());
         };
@@ -210,7 +240,8 @@ impl DockerSaveSink {
                 .tempdir_in(&root)
                 .map_err(|e| Error::io("create a temporary directory in", &root, e))?
                 .keep();
-            let r = super::bundle::extract_layers(&work, &layers).and_then(|()| super::bundle::replace_dir(&work, &target));
+            let r =
+                super::bundle::extract_layers(&work, &layers).and_then(|()| super::bundle::replace_dir(&work, &target));
             if r.is_err() {
                 let _ = super::bundle::make_writable_and_remove(&work);
             }
@@ -221,7 +252,11 @@ impl DockerSaveSink {
     }
 
     fn manifest_json(&self) -> Result<Vec<u8>> {
-        let entries = self.entries.lock().map_err(|_| Error::invalid("manifest list lock poisoned"))?.clone();
+        let entries = self
+            .entries
+            .lock()
+            .map_err(|_| Error::invalid("manifest list lock poisoned"))?
+            .clone();
         Ok(serde_json::to_vec(&entries)?)
     }
 }
@@ -294,14 +329,7 @@ impl Sink for DockerSaveSink {
             }
             Target::Dir { root, .. } => write_file_atomic(&root.join(&config), &image.config.bytes).await?,
         }
-        let layers = image
-            .config
-            .parsed
-            .rootfs
-            .diff_ids
-            .iter()
-            .map(layer_name)
-            .collect();
+        let layers = image.config.parsed.rootfs.diff_ids.iter().map(layer_name).collect();
         let repo_tags = if tagged {
             vec![format!("{}:{}", self.name.repository, self.name.tag)]
         } else {

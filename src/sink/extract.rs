@@ -147,7 +147,9 @@ impl Extractor {
             let mut entry = entry.map_err(bad)?;
             let name = entry.path().map_err(bad)?.into_owned();
             let comps = entry_components(layer, &name)?;
-            let Some((last, parents)) = comps.split_last() else { continue };
+            let Some((last, parents)) = comps.split_last() else {
+                continue;
+            };
             let parent = self.resolve_in_scope(parents)?;
             let last_bytes = last.as_bytes();
 
@@ -157,7 +159,11 @@ impl Extractor {
             }
             if let Some(hidden) = last_bytes.strip_prefix(b".wh.") {
                 if hidden.is_empty() {
-                    return Err(entry_error(layer, &name.to_string_lossy(), "is a whiteout without a name"));
+                    return Err(entry_error(
+                        layer,
+                        &name.to_string_lossy(),
+                        "is a whiteout without a name",
+                    ));
                 }
                 let victim = parent.join(OsStr::from_bytes(hidden));
                 Self::remove_any(&victim)?;
@@ -192,7 +198,8 @@ impl Extractor {
                         io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::Other => bad(e),
                         _ => Error::io("write", &target, e),
                     })?;
-                    fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", &target, e))?;
+                    fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                        .map_err(|e| Error::io("chmod", &target, e))?;
                 }
                 tar::EntryType::Symlink => {
                     let link = entry
@@ -210,14 +217,22 @@ impl Extractor {
                         .ok_or_else(|| entry_error(layer, &name.to_string_lossy(), "is a hardlink without a target"))?
                         .into_owned();
                     let link_comps = entry_components(layer, &link).map_err(|_| {
-                        entry_error(layer, &name.to_string_lossy(), &format!("is a hardlink to {link:?}, outside the image"))
+                        entry_error(
+                            layer,
+                            &name.to_string_lossy(),
+                            &format!("is a hardlink to {link:?}, outside the image"),
+                        )
                     })?;
                     let Some((link_last, link_parents)) = link_comps.split_last() else {
                         return Err(entry_error(layer, &name.to_string_lossy(), "is a hardlink to the root"));
                     };
                     let source = self.resolve_in_scope(link_parents)?.join(link_last);
                     if !source.starts_with(&self.root) {
-                        return Err(entry_error(layer, &name.to_string_lossy(), "is a hardlink outside the image"));
+                        return Err(entry_error(
+                            layer,
+                            &name.to_string_lossy(),
+                            "is a hardlink outside the image",
+                        ));
                     }
                     if fs::symlink_metadata(&source).is_err() {
                         return Err(entry_error(
@@ -251,7 +266,10 @@ impl Extractor {
                     };
                     mknod(&target, type_bits | mode, dev)?;
                 }
-                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => continue,
+                tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink => continue,
                 other => {
                     debug!("layer {layer}: skipping entry {} of type {other:?}", name.display());
                     continue;

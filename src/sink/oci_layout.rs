@@ -26,7 +26,10 @@ impl OciLayoutSink {
     pub async fn create(root: &Path, tag: &str) -> Result<Self> {
         if let Ok(meta) = tokio::fs::metadata(root).await {
             if !meta.is_dir() {
-                return Err(Error::usage(format!("{} exists and is not a directory", root.display())));
+                return Err(Error::usage(format!(
+                    "{} exists and is not a directory",
+                    root.display()
+                )));
             }
         }
         ensure_dir(&root.join("blobs").join("sha256")).await?;
@@ -46,7 +49,10 @@ impl OciLayoutSink {
 
     async fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
         let path = self.blob_path(digest);
-        if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == bytes.len() as u64) {
+        if tokio::fs::metadata(&path)
+            .await
+            .is_ok_and(|m| m.len() == bytes.len() as u64)
+        {
             return Ok(());
         }
         write_file_atomic(&path, bytes).await
@@ -65,7 +71,11 @@ impl OciLayoutSink {
             let Some(list) = index.get_mut("manifests").and_then(Value::as_array_mut) else {
                 return Err(Error::invalid(format!("{} has no manifests array", shown.display())));
             };
-            list.retain(|m| m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(Value::as_str) != Some(tag.as_str()));
+            list.retain(|m| {
+                m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
+                    .and_then(Value::as_str)
+                    != Some(tag.as_str())
+            });
             let mut entry = serde_json::to_value(Descriptor {
                 platform: None,
                 annotations: None,

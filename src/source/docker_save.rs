@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::{BlobReader, Source};
 use crate::error::{Error, Result};
 use crate::image::config::MAX_CONFIG_SIZE;
-use crate::image::{media_type, Compression, ConfigBlob, ImageName, Descriptor, Digest, ImageManifest, RawManifest, VerifyingReader};
+use crate::image::{
+    media_type, Compression, ConfigBlob, Descriptor, Digest, ImageManifest, ImageName, RawManifest, VerifyingReader,
+};
 
 /// One image entry of `manifest.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,8 +43,13 @@ enum TarEntry {
 
 /// The storage under the layout: a tar archive read by offset, or a directory.
 enum Backend {
-    Tar { path: PathBuf, entries: HashMap<String, TarEntry> },
-    Dir { root: PathBuf },
+    Tar {
+        path: PathBuf,
+        entries: HashMap<String, TarEntry>,
+    },
+    Dir {
+        root: PathBuf,
+    },
 }
 
 /// A file located in the backend.
@@ -63,8 +70,12 @@ impl Backend {
 
     /// Finds a file by its name in the layout, following links.
     async fn locate(&self, name: &str) -> Result<Located> {
-        let clean = clean_name(name)
-            .ok_or_else(|| Error::invalid(format!("{}: unsafe file name {name:?} in manifest.json", self.describe())))?;
+        let clean = clean_name(name).ok_or_else(|| {
+            Error::invalid(format!(
+                "{}: unsafe file name {name:?} in manifest.json",
+                self.describe()
+            ))
+        })?;
         match self {
             Backend::Tar { path, entries } => {
                 let mut current = clean;
@@ -92,19 +103,30 @@ impl Backend {
                                 }
                             };
                             current = clean_name(&joined).ok_or_else(|| {
-                                Error::invalid(format!("{}: link {current:?} points outside the archive", self.describe()))
+                                Error::invalid(format!(
+                                    "{}: link {current:?} points outside the archive",
+                                    self.describe()
+                                ))
                             })?;
                         }
                         None => {
-                            return Err(Error::NotFound(format!("{}: no file {name:?} in the archive", self.describe())));
+                            return Err(Error::NotFound(format!(
+                                "{}: no file {name:?} in the archive",
+                                self.describe()
+                            )));
                         }
                     }
                 }
-                Err(Error::invalid(format!("{}: too many links resolving {name:?}", self.describe())))
+                Err(Error::invalid(format!(
+                    "{}: too many links resolving {name:?}",
+                    self.describe()
+                )))
             }
             Backend::Dir { root } => {
                 let p = root.join(&clean);
-                let canon_root = tokio::fs::canonicalize(root).await.map_err(|e| Error::io("open", root, e))?;
+                let canon_root = tokio::fs::canonicalize(root)
+                    .await
+                    .map_err(|e| Error::io("open", root, e))?;
                 let canon = tokio::fs::canonicalize(&p).await.map_err(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {
                         Error::NotFound(format!("{}: no file {name:?}", self.describe()))
@@ -113,9 +135,14 @@ impl Backend {
                     }
                 })?;
                 if !canon.starts_with(&canon_root) {
-                    return Err(Error::invalid(format!("{}: {name:?} points outside the directory", self.describe())));
+                    return Err(Error::invalid(format!(
+                        "{}: {name:?} points outside the directory",
+                        self.describe()
+                    )));
                 }
-                let meta = tokio::fs::metadata(&canon).await.map_err(|e| Error::io("stat", &canon, e))?;
+                let meta = tokio::fs::metadata(&canon)
+                    .await
+                    .map_err(|e| Error::io("stat", &canon, e))?;
                 Ok(Located {
                     path: canon,
                     offset: 0,
@@ -136,16 +163,22 @@ impl Backend {
         }
         let mut r = open_located(&loc).await?;
         let mut buf = Vec::with_capacity(loc.size as usize);
-        r.read_to_end(&mut buf).await.map_err(|e| Error::io("read", &loc.path, e))?;
+        r.read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::io("read", &loc.path, e))?;
         Ok(buf)
     }
 }
 
 /// Opens a located file as a reader of exactly its bytes.
 async fn open_located(loc: &Located) -> Result<tokio::io::Take<tokio::io::BufReader<tokio::fs::File>>> {
-    let mut f = tokio::fs::File::open(&loc.path).await.map_err(|e| Error::io("open", &loc.path, e))?;
+    let mut f = tokio::fs::File::open(&loc.path)
+        .await
+        .map_err(|e| Error::io("open", &loc.path, e))?;
     if loc.offset > 0 {
-        f.seek(SeekFrom::Start(loc.offset)).await.map_err(|e| Error::io("seek in", &loc.path, e))?;
+        f.seek(SeekFrom::Start(loc.offset))
+            .await
+            .map_err(|e| Error::io("seek in", &loc.path, e))?;
     }
     Ok(tokio::io::BufReader::with_capacity(256 * 1024, f).take(loc.size))
 }
@@ -213,7 +246,8 @@ fn index_tar(path: &Path) -> Result<HashMap<String, TarEntry>> {
 /// compressed layers whose digest the layout does not give).
 fn hash_located(path: &Path, offset: u64, size: u64) -> Result<Digest> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io("seek in", path, e))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| Error::io("seek in", path, e))?;
     let mut r = f.take(size);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -256,7 +290,9 @@ impl DockerSaveSource {
         if tokio::fs::metadata(root).await.is_err() {
             return Err(Error::NotFound(format!("directory {} does not exist", root.display())));
         }
-        let backend = Backend::Dir { root: root.to_path_buf() };
+        let backend = Backend::Dir {
+            root: root.to_path_buf(),
+        };
         let catalog_path = root.join("catalog.json");
         let manifest_name = match tokio::fs::read(&catalog_path).await {
             Ok(bytes) => {
@@ -274,7 +310,9 @@ impl DockerSaveSource {
                         .map(|(_, _, f)| f.clone())
                         .ok_or_else(|| Error::NotFound(format!("{name}:{tag} is not in {}", catalog_path.display())))?,
                     None if all.len() == 1 => all[0].2.clone(),
-                    None if tokio::fs::metadata(root.join("manifest.json")).await.is_ok() => "manifest.json".to_string(),
+                    None if tokio::fs::metadata(root.join("manifest.json")).await.is_ok() => {
+                        "manifest.json".to_string()
+                    }
                     None => {
                         let names: Vec<String> = all.iter().map(|(i, t, _)| format!("{i}:{t}")).collect();
                         return Err(Error::usage(format!(
@@ -295,20 +333,29 @@ impl DockerSaveSource {
     }
 
     async fn from_backend_with(backend: Backend, manifest_name: &str) -> Result<Self> {
-        let bytes = backend.read_small(manifest_name, 64 * 1024 * 1024).await.map_err(|e| match e {
-            Error::NotFound(_) => Error::invalid(format!(
-                "{} is not a docker-save image: it has no {manifest_name}",
-                backend.describe()
-            )),
-            other => other,
-        })?;
+        let bytes = backend
+            .read_small(manifest_name, 64 * 1024 * 1024)
+            .await
+            .map_err(|e| match e {
+                Error::NotFound(_) => Error::invalid(format!(
+                    "{} is not a docker-save image: it has no {manifest_name}",
+                    backend.describe()
+                )),
+                other => other,
+            })?;
         let entries: Vec<SaveManifestEntry> = serde_json::from_slice(&bytes)
             .map_err(|e| Error::invalid(format!("{}: malformed {manifest_name}: {e}", backend.describe())))?;
         let Some(entry) = entries.into_iter().next() else {
-            return Err(Error::invalid(format!("{}: {manifest_name} lists no images", backend.describe())));
+            return Err(Error::invalid(format!(
+                "{}: {manifest_name} lists no images",
+                backend.describe()
+            )));
         };
         let config_bytes = Bytes::from(backend.read_small(&entry.config, MAX_CONFIG_SIZE).await?);
-        let config = ConfigBlob::parse(config_bytes.clone(), &format!("{} in {}", entry.config, backend.describe()))?;
+        let config = ConfigBlob::parse(
+            config_bytes.clone(),
+            &format!("{} in {}", entry.config, backend.describe()),
+        )?;
         let diff_ids = &config.parsed.rootfs.diff_ids;
         if diff_ids.len() != entry.layers.len() {
             return Err(Error::invalid(format!(
@@ -329,7 +376,10 @@ impl DockerSaveSource {
                 let mut r = open_located(&loc).await?;
                 let mut filled = 0;
                 while filled < 4 {
-                    let k = r.read(&mut head[filled..]).await.map_err(|e| Error::io("read", &loc.path, e))?;
+                    let k = r
+                        .read(&mut head[filled..])
+                        .await
+                        .map_err(|e| Error::io("read", &loc.path, e))?;
                     if k == 0 {
                         break;
                     }
@@ -340,7 +390,10 @@ impl DockerSaveSource {
             let compression = Compression::sniff(&head[..n]);
             let digest = match compression {
                 Compression::None => diff_ids[i].clone(),
-                _ => match name.strip_prefix("blobs/sha256/").map(|h| Digest::parse(&format!("sha256:{h}"))) {
+                _ => match name
+                    .strip_prefix("blobs/sha256/")
+                    .map(|h| Digest::parse(&format!("sha256:{h}")))
+                {
                     Some(Ok(d)) => d,
                     _ => {
                         let (p, off, size) = (loc.path.clone(), loc.offset, loc.size);
@@ -357,10 +410,21 @@ impl DockerSaveSource {
         let oci = any_zstd;
         let manifest = ImageManifest {
             schema_version: 2,
-            media_type: Some(if oci { media_type::OCI_MANIFEST } else { media_type::DOCKER_MANIFEST }.to_string()),
+            media_type: Some(
+                if oci {
+                    media_type::OCI_MANIFEST
+                } else {
+                    media_type::DOCKER_MANIFEST
+                }
+                .to_string(),
+            ),
             artifact_type: None,
             config: Descriptor::new(
-                if oci { media_type::OCI_CONFIG } else { media_type::DOCKER_CONFIG },
+                if oci {
+                    media_type::OCI_CONFIG
+                } else {
+                    media_type::DOCKER_CONFIG
+                },
                 config.digest.clone(),
                 config.bytes.len() as u64,
             ),

@@ -15,7 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
 use crate::image::config::MAX_CONFIG_SIZE;
-use crate::image::{ConfigBlob, Descriptor, Digest, ImageData, ImageName, Manifest, Platform, RawManifest, ResolvedImage};
+use crate::image::{
+    ConfigBlob, Descriptor, Digest, ImageData, ImageName, Manifest, Platform, RawManifest, ResolvedImage,
+};
 use crate::reference::Reference;
 use crate::registry::RegistryOptions;
 
@@ -157,11 +159,19 @@ pub async fn resolve(source: &dyn Source, selection: &PlatformSelection) -> Resu
 
 /// Picks the index entries a selection wants. Entries without a platform
 /// (attestations, artifacts) are never chosen.
-pub fn choose_platforms<'a>(entries: &'a [Descriptor], selection: &PlatformSelection, what: &str) -> Result<Vec<&'a Descriptor>> {
+pub fn choose_platforms<'a>(
+    entries: &'a [Descriptor],
+    selection: &PlatformSelection,
+    what: &str,
+) -> Result<Vec<&'a Descriptor>> {
     let images: Vec<&Descriptor> = entries
         .iter()
         .filter(|d| crate::image::media_type::is_image_manifest(&d.media_type) || d.media_type.is_empty())
-        .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown" && p.architecture != "unknown"))
+        .filter(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os != "unknown" && p.architecture != "unknown")
+        })
         .collect();
     let available = || {
         images
@@ -179,7 +189,10 @@ pub fn choose_platforms<'a>(entries: &'a [Descriptor], selection: &PlatformSelec
         }
         PlatformSelection::Default => {
             let host = Platform::host();
-            if let Some(d) = images.iter().find(|d| d.platform.as_ref().is_some_and(|p| host.matches(p))) {
+            if let Some(d) = images
+                .iter()
+                .find(|d| d.platform.as_ref().is_some_and(|p| host.matches(p)))
+            {
                 return Ok(vec![*d]);
             }
             if images.len() == 1 {
@@ -193,7 +206,10 @@ pub fn choose_platforms<'a>(entries: &'a [Descriptor], selection: &PlatformSelec
         PlatformSelection::List(wanted) => {
             let mut out = Vec::new();
             for w in wanted {
-                match images.iter().find(|d| d.platform.as_ref().is_some_and(|p| w.matches(p))) {
+                match images
+                    .iter()
+                    .find(|d| d.platform.as_ref().is_some_and(|p| w.matches(p)))
+                {
                     Some(d) => {
                         if !out.iter().any(|o: &&Descriptor| o.digest == d.digest) {
                             out.push(*d);

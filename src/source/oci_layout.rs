@@ -45,7 +45,9 @@ impl OciLayoutSource {
             Err(e) => return Err(Error::io("read", &marker, e)),
         }
         let index_path = root.join("index.json");
-        let bytes = tokio::fs::read(&index_path).await.map_err(|e| Error::io("read", &index_path, e))?;
+        let bytes = tokio::fs::read(&index_path)
+            .await
+            .map_err(|e| Error::io("read", &index_path, e))?;
         let index: LayoutIndex = serde_json::from_slice(&bytes)
             .map_err(|e| Error::invalid(format!("malformed {}: {e}", index_path.display())))?;
         let tags = || {
@@ -60,12 +62,28 @@ impl OciLayoutSource {
             Some(t) => index
                 .manifests
                 .iter()
-                .find(|d| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).is_some_and(|n| n == t || n.ends_with(&format!(":{t}"))))
+                .find(|d| {
+                    d.annotations
+                        .as_ref()
+                        .and_then(|a| a.get(REF_NAME))
+                        .is_some_and(|n| n == t || n.ends_with(&format!(":{t}")))
+                })
                 .cloned()
-                .ok_or_else(|| Error::NotFound(format!("tag {t:?} not found in OCI layout {}; it has: {}", root.display(), tags())))?,
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "tag {t:?} not found in OCI layout {}; it has: {}",
+                        root.display(),
+                        tags()
+                    ))
+                })?,
             None => match index.manifests.as_slice() {
                 [one] => one.clone(),
-                [] => return Err(Error::NotFound(format!("OCI layout {} holds no images", root.display()))),
+                [] => {
+                    return Err(Error::NotFound(format!(
+                        "OCI layout {} holds no images",
+                        root.display()
+                    )))
+                }
                 _ => {
                     return Err(Error::usage(format!(
                         "OCI layout {} holds several images; name one with oci://{}:TAG (tags: {})",
@@ -91,10 +109,19 @@ impl OciLayoutSource {
         let path = self.blob_path(desc_digest);
         let meta = tokio::fs::metadata(&path).await.map_err(|e| missing(&path, e))?;
         if meta.len() > MAX_MANIFEST_SIZE as u64 {
-            return Err(Error::invalid(format!("manifest {} is {} bytes, too large", path.display(), meta.len())));
+            return Err(Error::invalid(format!(
+                "manifest {} is {} bytes, too large",
+                path.display(),
+                meta.len()
+            )));
         }
         let bytes = tokio::fs::read(&path).await.map_err(|e| missing(&path, e))?;
-        RawManifest::verified(Bytes::from(bytes), media_type, desc_digest, &format!("manifest {}", path.display()))
+        RawManifest::verified(
+            Bytes::from(bytes),
+            media_type,
+            desc_digest,
+            &format!("manifest {}", path.display()),
+        )
     }
 }
 

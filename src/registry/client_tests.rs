@@ -1,0 +1,552 @@
+//! Tests of the client's request machinery (retries, `Retry-After`, bearer
+//! and basic auth, pagination, blob resume, redirects, rate limit) against
+//! a tiny scripted HTTP server on 127.0.0.1, so each behaviour can be forced.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+use super::{RegistryClient, RegistryOptions};
+use crate::error::Error;
+use crate::image::{Descriptor, Digest};
+
+/// A request as the fake server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A scripted answer.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Send only this many body bytes, then drop the connection.
+    truncate_at: Option<usize>,
+}
+
+impl Resp {
+    fn new(status: u16) -> Self {
+        Resp {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            truncate_at: None,
+        }
+    }
+    fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    fn body(mut self, b: impl Into<Vec<u8>>) -> Self {
+        self.body = b.into();
+        self
+    }
+}
+
+type Handler = Arc<dyn Fn(&Seen, &[Seen]) -> Resp + Send + Sync>;
+
+struct Fake {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Fake {
+    async fn start(handler: impl Fn(&Seen, &[Seen]) -> Resp + Send + Sync + 'static) -> Fake {
+        let handler: Handler = Arc::new(handler);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let mut r = BufReader::new(sock);
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or("").to_string();
+                    let target = parts.next().unwrap_or("").to_string();
+                    if !target.starts_with('/') {
+                        return; // a TLS ClientHello, not HTTP
+                    }
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.push((k.trim().to_string(), v.trim().to_string()));
+                        }
+                    }
+                    let req = Seen {
+                        method,
+                        target,
+                        headers,
+                    };
+                    let len: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let mut body = vec![0; len];
+                    let _ = r.read_exact(&mut body).await;
+                    let resp = {
+                        let mut all = seen.lock().unwrap();
+                        let resp = handler(&req, &all);
+                        all.push(req.clone());
+                        resp
+                    };
+                    let mut out = format!(
+                        "HTTP/1.1 {} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                        resp.status,
+                        resp.body.len()
+                    );
+                    for (k, v) in &resp.headers {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    let mut sock = r.into_inner();
+                    let _ = sock.write_all(out.as_bytes()).await;
+                    if req.method != "HEAD" {
+                        let n = resp.truncate_at.unwrap_or(resp.body.len());
+                        let _ = sock.write_all(&resp.body[..n]).await;
+                    }
+                    let _ = sock.flush().await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Fake { port, seen }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn opts(&self) -> RegistryOptions {
+        RegistryOptions {
+            insecure_hosts: vec![self.host()],
+            retries: 3,
+            ..Default::default()
+        }
+    }
+
+    /// Requests other than the /v2/ probes.
+    fn requests(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path() != "/v2/")
+            .cloned()
+            .collect()
+    }
+}
+
+fn tags_json(tags: &[&str]) -> String {
+    serde_json::json!({"name": "r", "tags": tags}).to_string()
+}
+
+#[tokio::test]
+async fn retries_5xx_and_429_honouring_retry_after() {
+    let fake = Fake::start(|req, seen| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        match seen.iter().filter(|s| s.path() != "/v2/").count() {
+            0 => Resp::new(503),
+            1 => Resp::new(429).header("Retry-After", "1"),
+            _ => Resp::new(200).body(tags_json(&["a"])),
+        }
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let start = Instant::now();
+    assert_eq!(client.list_tags("r").await.unwrap(), vec!["a"]);
+    assert!(start.elapsed() >= Duration::from_secs(1), "Retry-After ignored");
+    assert_eq!(fake.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn gives_up_after_the_retries_with_the_registry_message() {
+    let fake = Fake::start(|req, _| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        Resp::new(500)
+            .header("Retry-After", "0")
+            .body(r#"{"errors":[{"code":"UNKNOWN","message":"storage is on fire"}]}"#)
+    })
+    .await;
+    let mut opts = fake.opts();
+    opts.retries = 2;
+    let client = RegistryClient::for_host(&fake.host(), &opts).unwrap();
+    let err = client.list_tags("r").await.unwrap_err();
+    match &err {
+        Error::Registry { status, message, .. } => {
+            assert_eq!(*status, 500);
+            assert!(message.contains("storage is on fire"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(fake.requests().len(), 3);
+    // Not-transient statuses are not retried.
+    let fake = Fake::start(|req, _| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        Resp::new(400).body(r#"{"errors":[{"code":"NAME_INVALID","message":"bad name"}]}"#)
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let err = client.list_tags("r").await.unwrap_err().to_string();
+    assert!(err.contains("400") && err.contains("NAME_INVALID: bad name"), "{err}");
+    assert_eq!(fake.requests().len(), 1);
+}
+
+fn bearer_registry(port_cell: Arc<Mutex<u16>>) -> impl Fn(&Seen, &[Seen]) -> Resp + Send + Sync {
+    move |req, _| {
+        let port = *port_cell.lock().unwrap();
+        let good_basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+        );
+        match req.path() {
+            "/v2/" => Resp::new(200),
+            "/token" => {
+                if req.header("authorization") != Some(good_basic.as_str()) {
+                    return Resp::new(401).body(r#"{"details":"bad creds"}"#);
+                }
+                let scope_ok =
+                    req.target.contains("scope=repository%3Ar%3Apull") && req.target.contains("service=fake");
+                if !scope_ok {
+                    return Resp::new(400);
+                }
+                Resp::new(200).body(r#"{"access_token":"tok-1","expires_in":300}"#)
+            }
+            "/v2/r/tags/list" => {
+                if req.header("authorization") == Some("Bearer tok-1") {
+                    Resp::new(200).body(tags_json(&["v1", "v2"]))
+                } else {
+                    Resp::new(401).header(
+                        "WWW-Authenticate",
+                        &format!(
+                            r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake",scope="repository:r:pull""#
+                        ),
+                    )
+                }
+            }
+            _ => Resp::new(404),
+        }
+    }
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_fetched_with_basic_credentials_and_cached() {
+    let port = Arc::new(Mutex::new(0));
+    let fake = Fake::start(bearer_registry(port.clone())).await;
+    *port.lock().unwrap() = fake.port;
+    let mut opts = fake.opts();
+    opts.username = Some("alice".into());
+    opts.password = Some("s3cret".into());
+    let client = RegistryClient::for_host(&fake.host(), &opts).unwrap();
+    assert_eq!(client.list_tags("r").await.unwrap(), vec!["v1", "v2"]);
+    assert_eq!(client.list_tags("r").await.unwrap(), vec!["v1", "v2"]);
+    let reqs = fake.requests();
+    let tokens = reqs.iter().filter(|r| r.path() == "/token").count();
+    assert_eq!(tokens, 1, "{reqs:#?}");
+    // 401, retry with token, then the second call straight with the token.
+    assert_eq!(reqs.iter().filter(|r| r.path() == "/v2/r/tags/list").count(), 3);
+}
+
+#[tokio::test]
+async fn refused_credentials_give_a_clear_error_without_the_password() {
+    let port = Arc::new(Mutex::new(0));
+    let fake = Fake::start(bearer_registry(port.clone())).await;
+    *port.lock().unwrap() = fake.port;
+    let mut opts = fake.opts();
+    opts.username = Some("alice".into());
+    opts.password = Some("wrong-pass-xyz".into());
+    let client = RegistryClient::for_host(&fake.host(), &opts).unwrap();
+    let err = client.list_tags("r").await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("refused the credentials for r"), "{text}");
+    assert!(!text.contains("wrong-pass-xyz"), "{text}");
+    assert!(!format!("{err:?}").contains("wrong-pass-xyz"));
+
+    // Anonymous: the message says credentials are needed.
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let err = client.list_tags("r").await.unwrap_err().to_string();
+    assert!(err.contains("requires credentials"), "{err}");
+}
+
+#[tokio::test]
+async fn pagination_follows_link_headers() {
+    let fake = Fake::start(|req, _| match req.target.as_str() {
+        "/v2/" => Resp::new(200),
+        "/v2/_catalog?n=2" => Resp::new(200)
+            .header("Link", r#"</v2/_catalog?last=b&n=2>; rel="next""#)
+            .body(r#"{"repositories":["a","b"]}"#),
+        "/v2/_catalog?last=b&n=2" => Resp::new(200)
+            .header("Link", r#"</v2/_catalog?last=d&n=2>; rel="next""#)
+            .body(r#"{"repositories":["c","d"]}"#),
+        "/v2/_catalog?last=d&n=2" => Resp::new(200).body(r#"{"repositories":["e"]}"#),
+        "/v2/loop/tags/list?n=2" => Resp::new(200)
+            .header("Link", r#"</v2/loop/tags/list?n=2>; rel="next""#)
+            .body(tags_json(&["x"])),
+        "/v2/evil/tags/list?n=2" => Resp::new(200)
+            .header("Link", r#"<http://elsewhere.example/v2/x>; rel="next""#)
+            .body(tags_json(&["x"])),
+        _ => Resp::new(404)
+            .body(r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#),
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts())
+        .unwrap()
+        .with_page_size(2);
+    assert_eq!(client.catalog().await.unwrap(), vec!["a", "b", "c", "d", "e"]);
+    assert!(matches!(client.list_tags("loop").await, Err(Error::Invalid(_))));
+    assert!(matches!(client.list_tags("evil").await, Err(Error::Invalid(_))));
+    let err = client.list_tags("missing").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound(m) if m.contains("repository missing not found")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_applies_to_every_request() {
+    let fake = Fake::start(|req, _| match req.path() {
+        "/v2/" => Resp::new(200),
+        _ => Resp::new(404),
+    })
+    .await;
+    let mut opts = fake.opts();
+    opts.rate_limit = Some(20.0);
+    let client = RegistryClient::for_host(&fake.host(), &opts).unwrap();
+    let start = Instant::now();
+    let d = Digest::of(b"nothing");
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let c = client.clone();
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move { c.head_blob("r", &d).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), None);
+    }
+    // 10 HEADs plus the HTTPS and HTTP probes: 11 intervals of 50 ms at least.
+    let e = start.elapsed();
+    assert!(e >= Duration::from_millis(540), "{e:?}");
+}
+
+#[tokio::test]
+async fn blob_streams_resume_after_a_dropped_connection_and_are_verified() {
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&blob);
+    let blob2 = blob.clone();
+    let path = format!("/v2/r/blobs/{digest}");
+    let fake = Fake::start(move |req, _| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        if req.path() != path {
+            return Resp::new(404);
+        }
+        match req.header("range") {
+            None => {
+                let mut r = Resp::new(200).body(blob2.clone());
+                r.truncate_at = Some(70_000);
+                r
+            }
+            Some(range) => {
+                let start: usize = range
+                    .trim_start_matches("bytes=")
+                    .trim_end_matches('-')
+                    .parse()
+                    .unwrap();
+                Resp::new(206)
+                    .header(
+                        "Content-Range",
+                        &format!("bytes {start}-{}/{}", blob2.len() - 1, blob2.len()),
+                    )
+                    .body(blob2[start..].to_vec())
+            }
+        }
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let desc = Descriptor::new("application/octet-stream", digest.clone(), blob.len() as u64);
+    let mut r = client.get_blob("r", &desc).await.unwrap();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out, blob);
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 2);
+    let range = reqs[1].header("range").unwrap();
+    let offset: usize = range
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(offset > 0 && offset <= 70_000, "{range}");
+
+    // Wrong content: a digest mismatch at the end of the stream.
+    let wrong = Descriptor::new("application/octet-stream", Digest::of(b"other"), blob.len() as u64);
+    let fake2 = {
+        let blob = blob.clone();
+        Fake::start(move |req, _| match req.path() {
+            "/v2/" => Resp::new(200),
+            _ => Resp::new(200).body(blob.clone()),
+        })
+        .await
+    };
+    let client = RegistryClient::for_host(&fake2.host(), &fake2.opts()).unwrap();
+    let mut r = client.get_blob("r", &wrong).await.unwrap();
+    let err = r.read_to_end(&mut Vec::new()).await.unwrap_err();
+    assert!(matches!(Error::stream("blob", err), Error::DigestMismatch { .. }));
+    // Wrong size announced: refused before streaming.
+    let short = Descriptor::new("application/octet-stream", digest.clone(), 5);
+    assert!(matches!(
+        client.get_blob("r", &short).await,
+        Err(Error::SizeMismatch { .. })
+    ));
+    // Missing blob: NotFound naming it.
+    let fake3 = Fake::start(|req, _| match req.path() {
+        "/v2/" => Resp::new(200),
+        _ => Resp::new(404),
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake3.host(), &fake3.opts()).unwrap();
+    match client.get_blob("r", &desc).await {
+        Err(Error::NotFound(m)) => assert!(m.contains(digest.as_str()), "{m}"),
+        Err(other) => panic!("unexpected {other:?}"),
+        Ok(_) => panic!("a missing blob opened"),
+    }
+}
+
+#[tokio::test]
+async fn redirects_to_storage_do_not_carry_our_credentials() {
+    let blob = Bytes::from_static(b"layer bytes from storage");
+    let digest = Digest::of(&blob);
+    let storage = {
+        let blob = blob.clone();
+        Fake::start(move |_, _| Resp::new(200).body(blob.to_vec())).await
+    };
+    let storage_port = storage.port;
+    let good = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("bob:pw"));
+    let registry = Fake::start(move |req, _| {
+        if req.header("authorization") != Some(good.as_str()) {
+            return Resp::new(401).header("WWW-Authenticate", r#"Basic realm="fake""#);
+        }
+        match req.path() {
+            "/v2/" => Resp::new(200),
+            _ => Resp::new(307).header("Location", &format!("http://127.0.0.1:{storage_port}/blob?sig=abc")),
+        }
+    })
+    .await;
+    let mut opts = registry.opts();
+    opts.username = Some("bob".into());
+    opts.password = Some("pw".into());
+    let client = RegistryClient::for_host(&registry.host(), &opts).unwrap();
+    let desc = Descriptor::new("application/octet-stream", digest, blob.len() as u64);
+    let mut r = client.get_blob("r", &desc).await.unwrap();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out, blob);
+    let at_storage = storage.seen.lock().unwrap().clone();
+    assert_eq!(at_storage.len(), 1);
+    assert_eq!(at_storage[0].header("authorization"), None);
+    // The registry got the credentials after its challenge.
+    assert!(registry.requests().iter().any(|r| r.header("authorization").is_some()));
+}
+
+#[tokio::test]
+async fn manifests_by_tag_and_digest() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let digest = Digest::of(manifest);
+    let d2 = digest.clone();
+    let fake = Fake::start(move |req, _| {
+        let mt = "application/vnd.oci.image.manifest.v1+json";
+        match req.path() {
+            "/v2/" => Resp::new(200),
+            "/v2/r/manifests/good" => Resp::new(200)
+                .header("Content-Type", mt)
+                .header("Docker-Content-Digest", d2.as_str())
+                .body(manifest.to_vec()),
+            p if p == format!("/v2/r/manifests/{d2}") => Resp::new(200)
+                .header("Content-Type", mt)
+                .body(b"{\"tampered\":true}".to_vec()),
+            "/v2/r/manifests/big" => Resp::new(200).body(vec![b' '; 5 * 1024 * 1024]),
+            _ => Resp::new(404).body(r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#),
+        }
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let m = client.get_manifest("r", "good").await.unwrap();
+    assert_eq!(m.digest, digest);
+    assert_eq!(m.media_type, "application/vnd.oci.image.manifest.v1+json");
+    let head = client.head_manifest("r", "good").await.unwrap().unwrap();
+    assert_eq!(head.digest, digest);
+    assert_eq!(head.size, manifest.len() as u64);
+    assert!(matches!(
+        client.get_manifest("r", digest.as_str()).await,
+        Err(Error::DigestMismatch { .. })
+    ));
+    let err = client.get_manifest("r", "nope").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound(m) if m == &format!("manifest r:nope not found on {}", fake.host())),
+        "{err:?}"
+    );
+    assert_eq!(client.head_manifest("r", "nope").await.unwrap(), None);
+    assert!(matches!(client.get_manifest("r", "big").await, Err(Error::Invalid(_))));
+}
+
+#[tokio::test]
+async fn unreachable_hosts_are_named() {
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let host = format!("127.0.0.1:{port}");
+    let opts = RegistryOptions {
+        retries: 1,
+        ..Default::default()
+    };
+    let client = RegistryClient::for_host(&host, &opts).unwrap();
+    let err = client.list_tags("r").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Network(m) if m.starts_with(&format!("cannot reach {host}"))),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+}

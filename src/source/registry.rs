@@ -1,0 +1,60 @@
+//! Source: a Distribution-API registry. Manifests come from the registry
+//! (verified when asked for by digest); blobs stream through the registry
+//! client, verified against their digest and size as they flow.
+
+use async_trait::async_trait;
+
+use super::{BlobReader, Source};
+use crate::error::Result;
+use crate::image::{Descriptor, Digest, RawManifest};
+use crate::reference::RegistryRef;
+use crate::registry::{RegistryClient, RegistryOptions};
+
+/// Reads images from a registry.
+#[derive(Debug, Clone)]
+pub struct RegistrySource {
+    reference: RegistryRef,
+    client: RegistryClient,
+}
+
+impl RegistrySource {
+    /// A source for `reference`, using the shared client of its host.
+    pub fn new(reference: RegistryRef, opts: &RegistryOptions) -> Result<Self> {
+        let client = RegistryClient::for_host(&reference.host, opts)?;
+        Ok(RegistrySource { reference, client })
+    }
+
+    /// The reference this source reads.
+    pub fn reference(&self) -> &RegistryRef {
+        &self.reference
+    }
+
+    /// The registry client, for operations beyond the [`Source`] trait.
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl Source for RegistrySource {
+    fn describe(&self) -> String {
+        format!("registry://{}", self.reference)
+    }
+
+    async fn root_manifest(&self) -> Result<RawManifest> {
+        // With a digest in the reference, get_manifest verifies the bytes.
+        self.client
+            .get_manifest(&self.reference.repository, &self.reference.reference())
+            .await
+    }
+
+    async fn manifest(&self, digest: &Digest) -> Result<RawManifest> {
+        self.client
+            .get_manifest(&self.reference.repository, digest.as_str())
+            .await
+    }
+
+    async fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader> {
+        self.client.get_blob(&self.reference.repository, desc).await
+    }
+}
