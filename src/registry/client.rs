@@ -917,7 +917,7 @@ impl RegistryClient {
                 Err(e) => {
                     tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), elapsed_ms, "request failed: {}", describe_reqwest(&e));
                     let err = self.network_error(&e);
-                    if can_retry && !e.is_builder() && !e.is_redirect() {
+                    if can_retry && !e.is_builder() && !e.is_redirect() && !is_certificate_error(&e) {
                         let wait = retry.delay(attempt, None);
                         tracing::debug!(host = self.host(), "retrying in {} ms", wait.as_millis());
                         tokio::time::sleep(wait).await;
@@ -1158,7 +1158,7 @@ impl RegistryClient {
 
     fn network_error(&self, e: &reqwest::Error) -> Error {
         let chain = describe_reqwest(e);
-        let hint = if chain.contains("certificate") || chain.contains("Certificate") {
+        let hint = if is_certificate_error(e) {
             format!(
                 " (for a private CA use --cert-dir DIR; to skip verification for this host only, --insecure-registry {})",
                 self.host()
@@ -1336,6 +1336,12 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     parts.join(": ")
+}
+
+/// Whether a request failed on the server's certificate (retrying won't help).
+fn is_certificate_error(e: &reqwest::Error) -> bool {
+    let text = describe_reqwest(e);
+    text.contains("certificate") || text.contains("Certificate")
 }
 
 /// A reqwest error's kind and causes, without its URL (which may carry
