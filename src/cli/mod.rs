@@ -1,6 +1,7 @@
 //! The command line: clap definitions of every command and global flag, and
 //! dispatch to the library. Rendering of results lives beside each command.
 
+pub mod generate;
 pub mod info;
 pub mod output;
 pub mod process;
@@ -180,6 +181,10 @@ pub enum Command {
         after_help = "Examples:\n  occy search registry://127.0.0.1:5000/app:1.0 '**/*.so'\n  occy -O json search oci:///srv/layouts/app:1.0 '^etc/.*\\.conf$' --regex"
     )]
     Search(search::SearchArgs),
+
+    /// Write deterministic test images as an OCI layout (for tests, examples, benchmarks)
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -188,5 +193,6 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Process(args) => process::run(&cli.global, args).await,
         Command::Info(args) => info::run(&cli.global, args).await,
         Command::Search(args) => search::run(&cli.global, args).await,
+        Command::Generate(args) => generate::run(&cli.global, args).await,
     }
 }

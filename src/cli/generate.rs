@@ -1,0 +1,65 @@
+//! `occy generate DIR [--set NAME]` (hidden): writes one of the deterministic
+//! image sets of [`crate::generate`] as an OCI layout. Used to make the
+//! committed example image and the benchmark inputs; tests call the library.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::GlobalArgs;
+use crate::error::Result;
+use crate::generate::{big_image, quickstart, standard_set, write_layout, LayerCompression};
+
+/// Which images to generate.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImageSet {
+    /// The integration tests' images (shared base, multi-arch, Docker v2, zstd, whiteouts ...)
+    Standard,
+    /// The tiny image of examples/quickstart (tag 1.0)
+    Quickstart,
+    /// One image, `big`, with a layer of --size MiB
+    Big,
+}
+
+/// Arguments of `occy generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Directory of the OCI layout to write
+    pub dir: PathBuf,
+
+    /// The image set
+    #[arg(long, value_enum, default_value = "standard")]
+    pub set: ImageSet,
+
+    /// Size of the big layer's file, in MiB (--set big)
+    #[arg(long, default_value_t = 64)]
+    pub size: u64,
+
+    /// Store the big layer uncompressed instead of gzip (--set big)
+    #[arg(long)]
+    pub uncompressed: bool,
+}
+
+/// Writes the set and prints one `name digest` line per image.
+pub async fn run(_global: &GlobalArgs, args: &GenerateArgs) -> Result<i32> {
+    let specs = match args.set {
+        ImageSet::Standard => standard_set(),
+        ImageSet::Quickstart => quickstart(),
+        ImageSet::Big => {
+            let compression = if args.uncompressed {
+                LayerCompression::None
+            } else {
+                LayerCompression::Gzip
+            };
+            big_image(args.size * 1024 * 1024, compression)
+        }
+    };
+    let dir = args.dir.clone();
+    let generated = tokio::task::spawn_blocking(move || write_layout(&dir, &specs))
+        .await
+        .map_err(|e| crate::error::Error::invalid(format!("generator task failed: {e}")))??;
+    for g in generated {
+        println!("{} {}", g.name, g.descriptor.digest);
+    }
+    Ok(0)
+}
