@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::exec::{copy_image, CopyOptions};
 use crate::image::ImageName;
 use crate::reference::Reference;
-use crate::sink::open_sink;
+use crate::sink::{open_sink, SinkOptions};
 use crate::source::{open_source, Source};
 
 /// Arguments of `occy process`.
@@ -18,7 +18,7 @@ pub struct ProcessArgs {
     /// Source reference (registry://, tar://, oci://, dir://)
     pub source: String,
 
-    /// Destination reference (tar://, oci://, dir://)
+    /// Destination reference (registry://, tar://, oci://, dir://, bundle://)
     pub destination: String,
 
     /// Layer transfers at once
@@ -74,7 +74,15 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
     };
     let source = open_source(&src_ref, &global.source_options()?).await?;
     let name = image_name_for(&src_ref, source.as_ref());
-    let sink = open_sink(&dst_ref, &name).await?;
+    let sink_opts = SinkOptions {
+        registry: global.source_options()?.registry,
+        blob_locations: Default::default(),
+        source: match &src_ref {
+            Reference::Registry(r) => Some(r.clone()),
+            _ => None,
+        },
+    };
+    let sink = open_sink(&dst_ref, &name, &sink_opts).await?;
     let report = copy_image(source.as_ref(), sink.as_ref(), &opts).await?;
     match global.output_format {
         OutputFormat::Json => {
@@ -86,13 +94,18 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
         }
         OutputFormat::Text => {
             if !global.quiet {
+                let mounted = if report.layers_mounted > 0 {
+                    format!(", {} mounted", report.layers_mounted)
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "{} → {}: {} layers ({} copied, {} already present), {} in {:.2}s, digest {}",
+                    "{} → {}: {} layers ({} copied, {} already present{mounted}), {} in {:.2}s, digest {}",
                     src_ref,
                     dst_ref,
                     report.layers,
                     report.layers_copied,
-                    report.layers_skipped,
+                    report.layers_skipped.saturating_sub(report.layers_mounted),
                     human_size(report.bytes),
                     report.elapsed.as_secs_f64(),
                     report.digest

@@ -51,8 +51,10 @@ pub struct CopyReport {
     pub layers: usize,
     /// Layers transferred.
     pub layers_copied: usize,
-    /// Layers the destination already held.
+    /// Layers the destination already held (mounted ones included).
     pub layers_skipped: usize,
+    /// Layers the destination got by a cross-repository mount.
+    pub layers_mounted: usize,
     /// Layer bytes read from the source.
     pub bytes: u64,
     /// Wall time.
@@ -258,6 +260,7 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
         layers: jobs.len(),
         layers_copied: copied.into_inner(),
         layers_skipped: skipped.into_inner(),
+        layers_mounted: sink.layers_mounted(),
         bytes: counter.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     })

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod docker_save;
 pub mod extract;
 pub mod oci_layout;
+pub mod registry;
 
 use async_trait::async_trait;
 
@@ -55,6 +56,12 @@ pub trait Sink: Send + Sync {
     /// Commits an index after all its images; it gets the tag.
     async fn put_index(&self, index: &RawManifest, images: &[ImageData]) -> Result<()>;
 
+    /// Layers that [`Sink::has_blob`] found by mounting them from another
+    /// repository of the same registry (0 for other sinks).
+    fn layers_mounted(&self) -> usize {
+        0
+    }
+
     /// Makes everything written visible (renames temp files into place).
     async fn finish(&self) -> Result<()>;
 
@@ -62,10 +69,35 @@ pub trait Sink: Send + Sync {
     async fn abort(&self);
 }
 
+/// What opening a sink may need beyond its reference.
+#[derive(Debug, Clone, Default)]
+pub struct SinkOptions {
+    /// Registry access (credentials, TLS, retries, rate limit).
+    pub registry: crate::registry::RegistryOptions,
+    /// Which registry repositories hold which blobs, shared across one run.
+    pub blob_locations: registry::BlobLocations,
+    /// The source, when it is a registry: same-host blobs are mounted from it.
+    pub source: Option<crate::reference::RegistryRef>,
+}
+
 /// Opens the sink a reference names. `name` is the image's name and tag as
 /// the source knows it, used where the destination does not give its own.
-pub async fn open_sink(reference: &Reference, name: &ImageName) -> Result<Box<dyn Sink>> {
+pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptions) -> Result<Box<dyn Sink>> {
     match reference {
+        Reference::Registry(target) => {
+            if target.is_glob() {
+                return Err(Error::usage(format!(
+                    "{reference} is a pattern; a destination must name one repository"
+                )));
+            }
+            Ok(Box::new(registry::RegistrySink::new(
+                target,
+                &name.tag,
+                &opts.registry,
+                opts.blob_locations.clone(),
+                opts.source.as_ref(),
+            )?))
+        }
         Reference::Oci { path, tag } => {
             let tag = tag.clone().unwrap_or_else(|| name.tag.clone());
             Ok(Box::new(oci_layout::OciLayoutSink::create(path, &tag).await?))
@@ -78,7 +110,7 @@ pub async fn open_sink(reference: &Reference, name: &ImageName) -> Result<Box<dy
         }
         Reference::Bundle { path } => Ok(Box::new(bundle::BundleSink::create(path).await?)),
         other => Err(Error::usage(format!(
-            "{other} cannot be written as a destination yet: supported destinations are tar://, oci://, dir:// and bundle://"
+            "{other} cannot be written as a destination yet: supported destinations are registry://, tar://, oci://, dir:// and bundle://"
         ))),
     }
 }

@@ -1,0 +1,222 @@
+//! Sink: a Distribution-API registry. A HEAD before each blob; a blob the
+//! destination lacks is first mounted from another repository of the same
+//! registry that holds it (the source's, or one this run has written to),
+//! and uploaded, streamed, only when no mount succeeds (a 202 answer). Configs
+//! and manifests go last, exact bytes kept: a manifest only after every blob
+//! it references, an index only after every platform manifest, so a tag never
+//! names something incomplete.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tracing::{debug, info};
+
+use super::{LayerForm, Sink};
+use crate::error::{Error, Result};
+use crate::image::{Descriptor, Digest, ImageData, RawManifest};
+use crate::reference::RegistryRef;
+use crate::registry::{RegistryClient, RegistryOptions};
+use crate::source::BlobReader;
+
+/// Which repositories of which registry are known to hold which blob, shared
+/// by every sink of one run so a layer pushed once is mounted elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct BlobLocations {
+    inner: Arc<Mutex<HashMap<(String, Digest), Vec<String>>>>,
+}
+
+impl BlobLocations {
+    /// Records that `repo` on `host` holds `digest`.
+    pub fn record(&self, host: &str, repo: &str, digest: &Digest) {
+        if let Ok(mut map) = self.inner.lock() {
+            let repos = map.entry((host.to_string(), digest.clone())).or_default();
+            if !repos.iter().any(|r| r == repo) {
+                repos.push(repo.to_string());
+            }
+        }
+    }
+
+    /// The repositories on `host` known to hold `digest`.
+    pub fn holders(&self, host: &str, digest: &Digest) -> Vec<String> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&(host.to_string(), digest.clone())).cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// Writes images to one repository of a registry.
+pub struct RegistrySink {
+    client: RegistryClient,
+    target: RegistryRef,
+    /// The tag to push the top manifest under; None pushes by digest only.
+    tag: Option<String>,
+    /// The source repository when it is on this registry: mount candidate.
+    source_repo: Option<String>,
+    locations: BlobLocations,
+    mounted: AtomicUsize,
+    uploaded: AtomicUsize,
+}
+
+impl RegistrySink {
+    /// A sink for `target`. Without a tag or digest in `target`, the image
+    /// keeps `default_tag` (the source's tag), as skopeo and crane do.
+    /// `source` is the source repository when it is a registry: on the same
+    /// host, its blobs are mounted rather than uploaded.
+    pub fn new(
+        target: &RegistryRef,
+        default_tag: &str,
+        opts: &RegistryOptions,
+        locations: BlobLocations,
+        source: Option<&RegistryRef>,
+    ) -> Result<Self> {
+        let client = RegistryClient::for_host(&target.host, opts)?;
+        let tag = match (&target.tag, &target.digest) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some(default_tag.to_string()),
+        };
+        let source_repo = source
+            .filter(|s| s.host == target.host && s.repository != target.repository)
+            .map(|s| s.repository.clone());
+        Ok(RegistrySink {
+            client,
+            target: target.clone(),
+            tag,
+            source_repo,
+            locations,
+            mounted: AtomicUsize::new(0),
+            uploaded: AtomicUsize::new(0),
+        })
+    }
+
+    fn repo(&self) -> &str {
+        &self.target.repository
+    }
+
+    /// Tries to mount `digest` from repositories known to hold it.
+    async fn try_mount(&self, digest: &Digest) -> bool {
+        let mut candidates = self.locations.holders(&self.target.host, digest);
+        if let Some(s) = &self.source_repo {
+            if !candidates.contains(s) {
+                candidates.push(s.clone());
+            }
+        }
+        candidates.retain(|r| r != self.repo());
+        for from in candidates {
+            match self.client.mount_blob(self.repo(), digest, &from).await {
+                Ok(true) => {
+                    debug!(blob = %digest, from, to = self.repo(), "mounted");
+                    return true;
+                }
+                Ok(false) => debug!(blob = %digest, from, "mount declined (202), will upload"),
+                Err(e) => debug!(blob = %digest, from, "mount failed, will upload: {e}"),
+            }
+        }
+        false
+    }
+
+    /// Ensures a blob held in memory (a config) is present.
+    async fn ensure_small_blob(&self, desc: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
+        if self.client.head_blob(self.repo(), &desc.digest).await?.is_none() && !self.try_mount(&desc.digest).await {
+            self.client.upload_blob_bytes(self.repo(), desc, bytes).await?;
+        }
+        self.locations.record(&self.target.host, self.repo(), &desc.digest);
+        Ok(())
+    }
+
+    /// Where the top manifest goes: the tag, else its digest (which must be
+    /// the one the destination reference pins, if it pins one).
+    fn top_reference(&self, digest: &Digest) -> Result<String> {
+        if let Some(pinned) = &self.target.digest {
+            if pinned != digest {
+                return Err(Error::usage(format!(
+                    "the destination {} pins digest {pinned}, but the image to push is {digest}",
+                    self.describe()
+                )));
+            }
+        }
+        Ok(self.tag.clone().unwrap_or_else(|| digest.to_string()))
+    }
+}
+
+#[async_trait]
+impl Sink for RegistrySink {
+    fn describe(&self) -> String {
+        format!("registry://{}", self.target)
+    }
+
+    fn layer_form(&self) -> LayerForm {
+        LayerForm::AsIs
+    }
+
+    fn supports_index(&self) -> bool {
+        true
+    }
+
+    async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        if self.client.head_blob(self.repo(), digest).await?.is_some() {
+            self.locations.record(&self.target.host, self.repo(), digest);
+            return Ok(true);
+        }
+        if self.try_mount(digest).await {
+            self.mounted.fetch_add(1, Ordering::Relaxed);
+            self.locations.record(&self.target.host, self.repo(), digest);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
+        self.client.upload_blob(self.repo(), desc, reader).await?;
+        self.uploaded.fetch_add(1, Ordering::Relaxed);
+        self.locations.record(&self.target.host, self.repo(), &desc.digest);
+        Ok(())
+    }
+
+    async fn put_image(&self, image: &ImageData, tagged: bool) -> Result<()> {
+        let config = &image.manifest.config;
+        self.ensure_small_blob(config, image.config.bytes.clone()).await?;
+        let digest = &image.raw_manifest.digest;
+        let reference = if tagged {
+            self.top_reference(digest)?
+        } else {
+            digest.to_string()
+        };
+        self.client
+            .put_manifest(self.repo(), &reference, &image.raw_manifest)
+            .await?;
+        debug!(manifest = %digest, repo = self.repo(), reference, "manifest pushed");
+        Ok(())
+    }
+
+    async fn put_index(&self, index: &RawManifest, _images: &[ImageData]) -> Result<()> {
+        let reference = self.top_reference(&index.digest)?;
+        self.client.put_manifest(self.repo(), &reference, index).await?;
+        debug!(index = %index.digest, repo = self.repo(), reference, "index pushed");
+        Ok(())
+    }
+
+    fn layers_mounted(&self) -> usize {
+        self.mounted.load(Ordering::Relaxed)
+    }
+
+    async fn finish(&self) -> Result<()> {
+        let mounted = self.layers_mounted();
+        if mounted > 0 {
+            info!(
+                "{}: {mounted} layer(s) mounted from other repositories instead of uploaded",
+                self.describe()
+            );
+        }
+        Ok(())
+    }
+
+    async fn abort(&self) {
+        // Nothing to undo: blobs without a manifest are invisible and
+        // garbage-collected by the registry; no tag was moved.
+    }
+}
