@@ -315,9 +315,21 @@ fn whiteouts_image() -> ImageSpec {
     image(amd64(), MediaTypes::Oci, vec![base_layer(Gzip), deletions], "whiteouts")
 }
 
-/// The tiny image committed as `examples/quickstart/image` (tag `1.0`).
+/// The tiny image committed as `examples/quickstart/image` (tag `1.0`): a
+/// small base layer and an application layer, a few KiB in all.
 pub fn quickstart() -> Vec<NamedSpec> {
-    let layer = LayerSpec {
+    let base = LayerSpec {
+        entries: vec![
+            Entry::Dir("bin".into()),
+            Entry::Dir("etc".into()),
+            file("etc/os-release", "NAME=\"occy quickstart\"\nID=occyquick\nVERSION_ID=1.0\n"),
+            Entry::File("bin/hello".into(), b"#!/bin/sh\necho hello from occy\n".to_vec(), 0o755),
+            Entry::Symlink("bin/sh".into(), "hello".into()),
+        ],
+        compression: LayerCompression::Gzip,
+        created_by: "/bin/sh -c #(nop) ADD base.tar /".into(),
+    };
+    let app = LayerSpec {
         entries: vec![
             Entry::Dir("etc".into()),
             file("etc/motd", "Hello from occy's quickstart image.\n"),
@@ -332,7 +344,7 @@ pub fn quickstart() -> Vec<NamedSpec> {
         compression: LayerCompression::Gzip,
         created_by: "/bin/sh -c #(nop) COPY rootfs /".into(),
     };
-    let mut img = image(amd64(), MediaTypes::Oci, vec![layer], "quickstart");
+    let mut img = image(amd64(), MediaTypes::Oci, vec![base, app], "quickstart");
     img.cmd = vec!["/srv/run.sh".into()];
     vec![NamedSpec {
         name: "1.0".into(),
