@@ -1,371 +1,318 @@
-//! `occy process` and `occy info` from a real Distribution registry
-//! (Debian's `docker-registry`, started here on a free 127.0.0.1 port) with
-//! no auth, with htpasswd basic auth and with TLS: outputs keep digests and
-//! agree with `skopeo inspect`; bad credentials, unknown tags and unreachable
-//! hosts fail clearly.
+//! `occy process` and `occy info` with a real Distribution registry as the
+//! source (Debian's `docker-registry`, on 127.0.0.1), with no auth, with
+//! htpasswd basic auth and with TLS and a private CA. Every standard
+//! generated image goes registry → OCI layout, → docker-save tar and → dir;
+//! the outputs keep the digests and agree with `skopeo inspect`. Bad
+//! credentials, an unknown CA, unknown tags, unreachable hosts and corrupt
+//! blobs fail clearly and leave nothing behind; `--rate-limit` really limits.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use support::*;
 
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Plain,
-    Basic,
-    Tls,
+fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    format!("sha256:{}", hex::encode(h.finalize()))
 }
 
-const USER: &str = "occy";
-const PASS: &str = "s3cret-pa55";
-
-/// A registry process, killed on drop.
-struct Registry {
-    child: Child,
-    host: String,
-    dir: tempfile::TempDir,
-    mode: Mode,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn require(tool: &str, package: &str) {
-    assert!(
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "{tool} is missing: apt-get install {package} (./test.sh installs it)"
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Registry {
-    fn start(mode: Mode) -> Registry {
-        require("docker-registry", "docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut extra = String::new();
-        if mode == Mode::Basic {
-            require("htpasswd", "apache2-utils");
-            let out = Command::new("htpasswd").args(["-Bbn", USER, PASS]).output().unwrap();
-            std::fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
-            extra = format!(
-                "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            );
+/// The shared registry of `mode`, holding every standard image as
+/// `test/NAME:1.0`, pushed once by occy itself (all platforms).
+fn loaded(mode: Mode) -> &'static Registry {
+    static DONE: [OnceLock<()>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let reg = Registry::shared(mode);
+    DONE[mode as usize].get_or_init(|| {
+        for g in &standard_images().1 {
+            let dst = reg.url(&format!("test/{}:1.0", g.name));
+            reg.ok(&["process", "--all-platforms", &standard_ref(&g.name), &dst]);
         }
-        let mut tls = String::new();
-        if mode == Mode::Tls {
-            require("openssl", "openssl");
-            let certs = dir.path().join("certs");
-            std::fs::create_dir(&certs).unwrap();
-            // A private CA and a leaf certificate for 127.0.0.1 signed by it
-            // (rustls refuses a self-signed CA used as the server certificate).
-            let d = dir.path();
-            let run = |args: &[&str]| {
-                let st = Command::new("openssl").current_dir(d).args(args).output().unwrap();
-                assert!(
-                    st.status.success(),
-                    "openssl {args:?}: {}",
-                    String::from_utf8_lossy(&st.stderr)
-                );
-            };
-            run(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=occy-test-ca",
-                "-days",
-                "2",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "certs/ca.crt",
-            ]);
-            run(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "leaf.csr",
-            ]);
-            std::fs::write(
-                d.join("ext.cnf"),
-                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-            )
-            .unwrap();
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "certs/ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "ext.cnf",
-                "-out",
-                "leaf.crt",
-            ]);
-            tls = format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                dir.path().join("leaf.crt").display(),
-                dir.path().join("key.pem").display()
-            );
-        }
-        let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{extra}",
-            dir.path().join("data").display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let reg = Registry {
-            child,
-            host: format!("127.0.0.1:{port}"),
-            dir,
-            mode,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&reg.host).is_err() {
-            assert!(Instant::now() < deadline, "registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-
-    fn cert_dir(&self) -> PathBuf {
-        self.dir.path().join("certs")
-    }
-
-    /// Flags occy needs for this registry.
-    fn occy_flags(&self) -> Vec<String> {
-        match self.mode {
-            Mode::Plain => vec!["--insecure-registry".into(), self.host.clone()],
-            Mode::Basic => vec![
-                "--insecure-registry".into(),
-                self.host.clone(),
-                "--username".into(),
-                USER.into(),
-                "--password".into(),
-                PASS.into(),
-            ],
-            Mode::Tls => vec!["--cert-dir".into(), self.cert_dir().display().to_string()],
-        }
-    }
-
-    fn skopeo(&self, args: &[&str], dest: bool) -> Output {
-        require("skopeo", "skopeo");
-        let mut c = Command::new("skopeo");
-        c.env("HOME", self.dir.path())
-            .env("REGISTRY_AUTH_FILE", self.dir.path().join("auth.json"));
-        c.arg(args[0]);
-        let side = if dest { "dest-" } else { "" };
-        match self.mode {
-            Mode::Plain => {
-                c.arg(format!("--{side}tls-verify=false"));
-            }
-            Mode::Basic => {
-                c.arg(format!("--{side}tls-verify=false"));
-                c.arg(format!("--{side}creds={USER}:{PASS}"));
-            }
-            Mode::Tls => {
-                c.arg(format!("--{side}cert-dir={}", self.cert_dir().display()));
-            }
-        }
-        c.args(&args[1..]);
-        c.output().unwrap()
-    }
-
-    fn push_example(&self, repo: &str) {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart/image");
-        let out = self.skopeo(
-            &[
-                "copy",
-                "--all",
-                "--preserve-digests",
-                &format!("oci:{}:1.0", example.display()),
-                &format!("docker://{}/{repo}", self.host),
-            ],
-            true,
-        );
-        assert!(
-            out.status.success(),
-            "skopeo copy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn inspect(&self, repo: &str) -> Value {
-        let out = self.skopeo(&["inspect", &format!("docker://{}/{repo}", self.host)], false);
-        assert!(
-            out.status.success(),
-            "skopeo inspect: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
+    });
+    reg
 }
 
-fn occy(reg: &Registry, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_occy"))
-        .args(reg.occy_flags())
-        .args(args)
-        .env("HOME", reg.dir.path())
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("DOCKER_CONFIG")
-        .output()
-        .unwrap()
+/// The platform image occy and skopeo pick by default on this host (amd64).
+fn default_image(g: &Generated) -> &occy::generate::GeneratedImage {
+    g.images
+        .iter()
+        .find(|i| i.platform.architecture == "amd64")
+        .unwrap_or(&g.images[0])
 }
 
-fn ok(reg: &Registry, args: &[&str]) -> Output {
-    let out = occy(reg, args);
-    assert!(
-        out.status.success(),
-        "occy {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
 }
 
-fn check_registry_to_files(mode: Mode) {
-    let reg = Registry::start(mode);
-    reg.push_example("library/quick:1.0");
-    let src = format!("registry://{}/library/quick:1.0", reg.host);
-
-    // info agrees with skopeo.
-    let info: Value = serde_json::from_slice(&ok(&reg, &["-O", "json", "info", &src]).stdout).unwrap();
-    let sk = reg.inspect("library/quick:1.0");
-    assert_eq!(info["manifest_digest"], sk["Digest"]);
-    let ours: Vec<&Value> = info["layers"]
+/// The digest `index.json` of an OCI layout gives for the tag `name`.
+fn layout_tag_digest(layout: &Path, name: &str) -> String {
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| &l["digest"])
-        .collect();
-    let theirs: Vec<&Value> = sk["Layers"].as_array().unwrap().iter().collect();
-    assert_eq!(ours, theirs);
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
+        .unwrap_or_else(|| panic!("no tag {name} in {index}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
 
-    let t = tempfile::tempdir().unwrap();
-    // → OCI layout keeps the digest.
-    let oci = t.path().join("oci");
-    ok(&reg, &["process", &src, &format!("oci://{}:1.0", oci.display())]);
-    let copy: Value =
-        serde_json::from_slice(&ok(&reg, &["-O", "json", "info", &format!("oci://{}:1.0", oci.display())]).stdout)
-            .unwrap();
-    assert_eq!(copy["manifest_digest"], sk["Digest"]);
-    // → tar: loadable layout with the full repository name.
-    let tar = t.path().join("img.tar");
-    ok(&reg, &["process", &src, &format!("tar://{}", tar.display())]);
-    let tinfo: Value =
-        serde_json::from_slice(&ok(&reg, &["-O", "json", "info", &format!("tar://{}", tar.display())]).stdout).unwrap();
-    assert_eq!(tinfo["image"], format!("{}/library/quick", reg.host));
-    assert_eq!(tinfo["layers"].as_array().unwrap().len(), 2);
-    // → dir.
-    let dir = t.path().join("dir");
-    ok(
-        &reg,
-        &["process", &src, &format!("dir://{}?unique_names=true", dir.display())],
-    );
-    assert!(dir.join("catalog.json").exists());
-    // A second copy to the OCI layout moves no layer.
-    let out = ok(
-        &reg,
-        &["-O", "json", "process", &src, &format!("oci://{}:1.0", oci.display())],
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["layers_copied"], 0);
-    assert_eq!(report["bytes"], 0);
+fn is_oci(g: &Generated) -> bool {
+    g.descriptor.media_type.starts_with("application/vnd.oci.")
+}
 
-    // Unknown tag: exit 1 naming it.
-    let out = occy(&reg, &["info", &format!("registry://{}/library/quick:nope", reg.host)]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+fn registry_to_files(mode: Mode) {
+    let reg = loaded(mode);
+    let out = scratch_dir(&format!("to-files-{mode:?}"));
+    let layout = out.join("layout");
+    let dir = out.join("dir");
+    for g in &standard_images().1 {
+        let repo_tag = format!("test/{}:1.0", g.name);
+        let src = reg.url(&repo_tag);
+        let chosen = default_image(g);
+
+        // The registry holds the exact generated bytes (occy pushed them).
+        let raw = reg.skopeo(
+            &["inspect", "--raw", &format!("docker://{}/{repo_tag}", reg.host)],
+            false,
+        );
+        assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+        assert_eq!(
+            format!("sha256:{}", hex::encode(Sha256::digest(&raw.stdout))),
+            g.descriptor.digest.to_string(),
+            "{}: registry bytes",
+            g.name
+        );
+
+        // info agrees with skopeo and with what was generated.
+        let info = json_of(&reg.ok(&["-O", "json", "info", &src]));
+        let sk = reg.inspect(&repo_tag, false);
+        assert_eq!(info["image"], format!("{}/test/{}", reg.host, g.name));
+        assert_eq!(
+            info["manifest_digest"],
+            chosen.manifest.digest.to_string(),
+            "{}",
+            g.name
+        );
+        if g.images.len() > 1 {
+            assert_eq!(info["index_digest"], sk["Digest"], "{}", g.name);
+            assert_eq!(info["platforms"].as_array().unwrap().len(), g.images.len());
+        } else {
+            assert_eq!(info["manifest_digest"], sk["Digest"], "{}", g.name);
+        }
+        let ours: Vec<String> = info["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ours, strings(&sk["Layers"]), "{}: layers", g.name);
+        assert_eq!(info["layer_count"], chosen.layers.len());
+        assert_eq!(info["config_digest"], chosen.config.digest.to_string());
+        let diff_ids: Vec<String> = info["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["diff_id"].as_str().unwrap().to_string())
+            .collect();
+        let generated_diff_ids: Vec<String> = chosen.diff_ids.iter().map(|d| d.to_string()).collect();
+        assert_eq!(diff_ids, generated_diff_ids);
+
+        // → OCI layout, every platform: the tag names the source's digest.
+        let oci = format!("oci://{}:{}", layout.display(), g.name);
+        reg.ok(&["process", "--all-platforms", &src, &oci]);
+        assert_eq!(layout_tag_digest(&layout, &g.name), g.descriptor.digest.to_string());
+        if is_oci(g) {
+            let raw = std::process::Command::new("skopeo")
+                .args(["inspect", "--raw", &format!("oci:{}:{}", layout.display(), g.name)])
+                .output()
+                .unwrap();
+            assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+            assert_eq!(
+                format!("sha256:{}", hex::encode(Sha256::digest(&raw.stdout))),
+                g.descriptor.digest.to_string()
+            );
+        }
+        let copy = json_of(&ok(&["-O", "json", "info", &oci]));
+        assert_eq!(copy["manifest_digest"], info["manifest_digest"]);
+        assert_eq!(copy["index_digest"], info["index_digest"]);
+
+        // → docker-save tar: skopeo reads it; the layers are the diff_ids and
+        // the repository keeps its namespace and registry host.
+        let tar = out.join(format!("{}.tar", g.name));
+        reg.ok(&["process", &src, &format!("tar://{}", tar.display())]);
+        let sk_tar = skopeo_inspect_local(&format!("docker-archive:{}", tar.display()), false);
+        assert_eq!(strings(&sk_tar["Layers"]), generated_diff_ids, "{}: tar layers", g.name);
+        let tinfo = json_of(&ok(&["-O", "json", "info", &format!("tar://{}", tar.display())]));
+        assert_eq!(tinfo["image"], format!("{}/test/{}", reg.host, g.name));
+        assert_eq!(tinfo["tag"], "1.0");
+        assert_eq!(tinfo["config_digest"], chosen.config.digest.to_string());
+
+        // → dir with shared layer names.
+        reg.ok(&["process", &src, &format!("dir://{}?unique_names=true", dir.display())]);
+        for d in &chosen.diff_ids {
+            assert_eq!(sha256_file(&dir.join(d.hex()).join("layer.tar")), d.to_string());
+        }
+    }
+    assert_blobs_match_names(&layout);
+    let catalog: Value = serde_json::from_slice(&std::fs::read(dir.join("catalog.json")).unwrap()).unwrap();
+    for g in &standard_images().1 {
+        let repo = format!("{}/test/{}", reg.host, g.name);
+        assert!(catalog[&repo]["1.0"].is_string(), "{repo} missing from {catalog}");
+    }
+
+    // A second copy to the layout moves nothing.
+    let again = json_of(&reg.ok(&[
+        "-O",
+        "json",
+        "process",
+        "--all-platforms",
+        &reg.url("test/multiarch:1.0"),
+        &format!("oci://{}:multiarch", layout.display()),
+    ]));
+    assert_eq!(again["layers_copied"], 0, "{again}");
+    assert_eq!(again["bytes"], 0, "{again}");
+
+    // An image skopeo pushed (not occy) reads the same.
+    reg.push_layout(&standard_images().0, "app-a", "skopeo/app-a:2.0");
+    let copy = out.join("from-skopeo");
+    reg.ok(&[
+        "process",
+        &reg.url("skopeo/app-a:2.0"),
+        &format!("oci://{}:x", copy.display()),
+    ]);
+    assert_eq!(
+        layout_tag_digest(&copy, "x"),
+        generated("app-a").descriptor.digest.to_string()
+    );
+
+    // Unknown tag: exit 1, naming it.
+    let args = ["info", &reg.url("test/base:nope")];
+    assert_fails(&args, reg.occy(&args), 1, "nope");
 }
 
 #[test]
-fn registry_without_auth() {
-    check_registry_to_files(Mode::Plain);
+fn every_image_from_a_registry_without_auth() {
+    registry_to_files(Mode::Plain);
 }
 
 #[test]
-fn registry_with_basic_auth() {
-    check_registry_to_files(Mode::Basic);
-    // Wrong password: 401 named, password never printed.
-    let reg = Registry::start(Mode::Basic);
-    reg.push_example("x:1.0");
-    let out = Command::new(env!("CARGO_BIN_EXE_occy"))
-        .args([
-            "--insecure-registry",
-            &reg.host,
-            "--username",
-            USER,
-            "--password",
-            "wrong-password-xyz",
-            "-vv",
-            "info",
-        ])
-        .arg(format!("registry://{}/x:1.0", reg.host))
-        .env("HOME", reg.dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+fn every_image_from_a_registry_with_basic_auth() {
+    registry_to_files(Mode::Basic);
+}
+
+#[test]
+fn every_image_from_a_registry_with_tls() {
+    registry_to_files(Mode::Tls);
+}
+
+#[test]
+fn a_wrong_password_is_refused_and_never_printed() {
+    let reg = loaded(Mode::Basic);
+    let args = [
+        "--insecure-registry",
+        &reg.host,
+        "--username",
+        USER,
+        "--password",
+        "wrong-password-xyz",
+        "-vv",
+        "info",
+        &reg.url("test/base:1.0"),
+    ];
+    let stderr = assert_fails(&args, occy(&args), 1, "credentials");
     assert!(!stderr.contains("wrong-password-xyz"), "password leaked: {stderr}");
-    assert!(
-        stderr.to_lowercase().contains("401") || stderr.to_lowercase().contains("credentials"),
-        "{stderr}"
-    );
+    // No credentials at all.
+    let args = ["--insecure-registry", &reg.host, "info", &reg.url("test/base:1.0")];
+    assert_fails(&args, occy(&args), 1, "credentials");
 }
 
 #[test]
-fn registry_with_tls() {
-    check_registry_to_files(Mode::Tls);
-    // Without the CA the certificate is refused.
-    let reg = Registry::start(Mode::Tls);
-    let out = Command::new(env!("CARGO_BIN_EXE_occy"))
-        .args(["info", &format!("registry://{}/x:1.0", reg.host)])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+fn an_unknown_certificate_authority_is_refused() {
+    let reg = Registry::shared(Mode::Tls);
+    let args = ["--retries", "0", "info", &reg.url("test/base:1.0")];
+    assert_fails(&args, occy(&args), 1, "certificate");
 }
 
 #[test]
-fn unreachable_registry_names_the_host() {
+fn an_unreachable_registry_is_named() {
     let port = free_port();
-    let out = Command::new(env!("CARGO_BIN_EXE_occy"))
-        .args(["--retries", "0", "info", &format!("registry://127.0.0.1:{port}/x:1.0")])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")));
+    let host = format!("127.0.0.1:{port}");
+    let dst = scratch_dir("unreachable").join("out.tar");
+    let args = [
+        "--retries",
+        "0",
+        "process",
+        &format!("registry://{host}/x:1.0"),
+        &format!("tar://{}", dst.display()),
+    ];
+    assert_fails(&args, occy(&args), 1, &host);
+    assert!(!dst.exists());
+}
+
+#[test]
+fn a_corrupt_blob_is_a_digest_mismatch_and_leaves_no_output() {
+    let reg = Registry::start(Mode::Plain);
+    reg.ok(&["process", &standard_ref("app-a"), &reg.url("bad/app:1.0")]);
+    let g = generated("app-a");
+    let layer = g.images[0].layers.last().unwrap();
+    let path = reg.blob_path(&layer.digest.to_string());
+    let len = std::fs::metadata(&path).unwrap().len() as usize;
+    std::fs::write(&path, vec![0x5a; len]).unwrap();
+
+    let out = scratch_dir("corrupt");
+    for dst in [
+        format!("oci://{}:x", out.join("layout").display()),
+        format!("tar://{}", out.join("x.tar").display()),
+        format!("dir://{}", out.join("dir").display()),
+    ] {
+        let args = ["--retries", "0", "process", &reg.url("bad/app:1.0"), &dst];
+        let stderr = assert_fails(&args, reg.occy(&args), 1, "digest mismatch");
+        assert!(stderr.contains(&layer.digest.hex()[..12]), "{stderr}");
+    }
+    assert!(!out.join("x.tar").exists());
+    assert!(
+        !out.join("layout/index.json").exists()
+            || !std::fs::read_to_string(out.join("layout/index.json"))
+                .unwrap()
+                .contains("\"x\""),
+        "the tag was written"
+    );
+    assert!(!out
+        .join("layout")
+        .join("blobs/sha256")
+        .join(layer.digest.hex())
+        .exists());
+    assert!(!out.join("dir/manifest.json").exists());
+    assert!(!out.join("dir/catalog.json").exists());
+}
+
+#[test]
+fn rate_limit_spaces_requests() {
+    let reg = loaded(Mode::Plain);
+    let dst = scratch_dir("rate");
+    // multiarch, every platform: 1 index + 2 manifests + 2 configs + at
+    // least 2 layers = 7 requests or more; at 2/s with a burst of 1 that is
+    // at least 3 s however fast the machine.
+    let start = Instant::now();
+    reg.ok(&[
+        "--rate-limit",
+        "2",
+        "process",
+        "--all-platforms",
+        &reg.url("test/multiarch:1.0"),
+        &format!("oci://{}:x", dst.display()),
+    ]);
+    let took = start.elapsed().as_secs_f64();
+    assert!(took >= 3.0, "7+ requests at 2/s took only {took:.2}s");
 }
