@@ -3,48 +3,17 @@
 //! no registry: each names the offending thing, exits with the documented
 //! code, and leaves nothing under the destination's name.
 
+mod support;
+
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use flate2::write::GzEncoder;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
-
-fn occy(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_occy"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run occy")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = occy(args);
-    assert!(
-        out.status.success(),
-        "occy {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn fails(args: &[&str], code: i32, needle: &str) -> String {
-    let out = occy(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "occy {args:?}: expected exit {code}, stderr: {stderr}"
-    );
-    assert!(
-        stderr.contains(needle),
-        "occy {args:?}: stderr should mention {needle:?}: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    stderr
-}
+use support::{fails, generated, ok, require, scratch_dir, skopeo_inspect_local, standard_images, standard_ref};
 
 fn sha(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
@@ -155,15 +124,9 @@ fn oci_to_oci_keeps_the_manifest_digest() {
     let info = info_json(&uri("oci", &dst, ":copy"));
     assert_eq!(info["manifest_digest"], src.manifest_digest);
     // skopeo reads our layout and reports the same digest.
-    if let Ok(out) = Command::new("skopeo")
-        .args(["inspect", &format!("oci:{}:copy", dst.display())])
-        .output()
-    {
-        assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["Digest"], src.manifest_digest);
-        assert_eq!(v["Layers"].as_array().unwrap().len(), 2);
-    }
+    let v = skopeo_inspect_local(&format!("oci:{}:copy", dst.display()), false);
+    assert_eq!(v["Digest"], src.manifest_digest);
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 2);
     // Every blob file hashes to its name.
     for e in std::fs::read_dir(dst.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
@@ -364,4 +327,191 @@ fn the_quickstart_example_image_copies_with_its_digest() {
     ok(&["search", &src, "**/*"]);
     ok(&["process", &src, &uri("bundle", &t.path().join("b"), "")]);
     assert!(t.path().join("b/rootfs/bin/hello").exists());
+    // The shipped image is exactly what `occy generate --set quickstart` writes.
+    let regen = t.path().join("regen");
+    ok(&["generate", &regen.display().to_string(), "--set", "quickstart"]);
+    let files = |root: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(root.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .chain([root.join("index.json"), root.join("oci-layout")])
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(
+        files(&example) == files(&regen),
+        "examples/quickstart/image is stale: regenerate it with `occy generate examples/quickstart/image --set quickstart`"
+    );
+}
+
+fn diff_ids_of(info: &Value) -> Vec<String> {
+    info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diff_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The platform image picked by default on this host (amd64).
+fn default_image(g: &support::Generated) -> &occy::generate::GeneratedImage {
+    g.images
+        .iter()
+        .find(|i| i.platform.architecture == "amd64")
+        .unwrap_or(&g.images[0])
+}
+
+#[test]
+fn every_standard_image_round_trips_oci_tar_oci_tar_with_its_diff_ids() {
+    let out = scratch_dir("round-trip");
+    for g in &standard_images().1 {
+        let want: Vec<String> = default_image(g).diff_ids.iter().map(|d| d.to_string()).collect();
+        let tar = out.join(format!("{}.tar", g.name));
+        let back = out.join("back");
+        let tar2 = out.join(format!("{}-again.tar", g.name));
+        ok(&["process", &standard_ref(&g.name), &uri("tar", &tar, "")]);
+        // skopeo reads our archive: its layers are the diff_ids.
+        let sk = skopeo_inspect_local(&format!("docker-archive:{}", tar.display()), false);
+        let sk_layers: Vec<String> = sk["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(sk_layers, want, "{}: skopeo reads other layers", g.name);
+        ok(&[
+            "process",
+            &uri("tar", &tar, ""),
+            &uri("oci", &back, &format!(":{}", g.name)),
+        ]);
+        ok(&[
+            "process",
+            &uri("oci", &back, &format!(":{}", g.name)),
+            &uri("tar", &tar2, ""),
+        ]);
+        for r in [
+            uri("tar", &tar, ""),
+            uri("oci", &back, &format!(":{}", g.name)),
+            uri("tar", &tar2, ""),
+        ] {
+            assert_eq!(diff_ids_of(&info_json(&r)), want, "{}: {r}", g.name);
+        }
+        // The config survives byte for byte, so the image ID does too.
+        assert_eq!(
+            info_json(&uri("tar", &tar2, ""))["config_digest"],
+            default_image(g).config.digest.to_string()
+        );
+    }
+    support::assert_blobs_match_names(&out.join("back"));
+}
+
+/// `podman` with a private store under `root` (vfs: works without overlay
+/// or fuse, as root or not).
+fn podman(root: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(root.join("root"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager=cgroupfs",
+            "--events-backend=file",
+        ]);
+    c
+}
+
+#[test]
+fn podman_loads_our_docker_save_archives() {
+    require("podman", "podman");
+    let out = scratch_dir("podman-load");
+    let probe = podman(&out).arg("images").output().unwrap();
+    if !probe.status.success() {
+        eprintln!(
+            "SKIPPED: podman cannot run here: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        return;
+    }
+    for name in ["app-a", "multiarch", "dockerv2", "zstd", "whiteouts"] {
+        let g = generated(name);
+        let tar = out.join(format!("{name}.tar"));
+        ok(&["process", &standard_ref(name), &uri("tar", &tar, "")]);
+        let load = podman(&out).arg("load").arg("-i").arg(&tar).output().unwrap();
+        assert!(
+            load.status.success(),
+            "podman load {name}: {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        let image = format!("standard-images:{name}");
+        let inspect = podman(&out).args(["image", "inspect", &image]).output().unwrap();
+        assert!(
+            inspect.status.success(),
+            "podman image inspect {image}: {}",
+            String::from_utf8_lossy(&inspect.stderr)
+        );
+        let v: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        let layers: Vec<String> = v[0]["RootFS"]["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = default_image(g).diff_ids.iter().map(|d| d.to_string()).collect();
+        assert_eq!(layers, want, "{name}: podman's layers");
+        assert_eq!(
+            format!("sha256:{}", v[0]["Id"].as_str().unwrap()),
+            default_image(g).config.digest.to_string(),
+            "{name}: image ID is the config digest"
+        );
+    }
+}
+
+#[test]
+fn an_unreadable_input_is_named() {
+    let out = scratch_dir("unreadable");
+    let tar = out.join("secret.tar");
+    ok(&["process", &standard_ref("base"), &uri("tar", &tar, "")]);
+    std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let args = ["info".to_string(), uri("tar", &tar, "")];
+    let output = if nix_is_root() {
+        // root reads anything: run a copy of occy as nobody, from a
+        // directory nobody can enter.
+        require("setpriv", "util-linux");
+        let bin_dir = tempfile::Builder::new().prefix("occy-bin-").tempdir().unwrap();
+        std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = bin_dir.path().join("occy");
+        std::fs::copy(support::occy_bin(), &bin).unwrap();
+        for dir in [out.as_path(), out.parent().unwrap()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(&args)
+            .env("HOME", bin_dir.path())
+            .output()
+            .unwrap()
+    } else {
+        Command::new(support::occy_bin()).args(&args).output().unwrap()
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("secret.tar"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("permission denied"), "{stderr}");
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

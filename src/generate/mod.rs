@@ -90,8 +90,10 @@ pub struct ImageSpec {
     pub empty_history: Vec<String>,
 }
 
-/// A generated image or index.
+/// A generated image or index. (Specs are few and built once, so the
+/// variants' size difference does not matter.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Spec {
     Image(ImageSpec),
     /// An index (OCI) or manifest list (Docker) of per-platform images.
@@ -200,7 +202,9 @@ fn image(plat: Platform, media_types: MediaTypes, layers: Vec<LayerSpec>, name: 
         cmd: vec!["/bin/hello".into()],
         working_dir: "/srv".into(),
         labels: vec![("org.opencontainers.image.title".into(), name.into())],
-        empty_history: vec![format!("/bin/sh -c #(nop)  LABEL org.opencontainers.image.title={name}")],
+        empty_history: vec![format!(
+            "/bin/sh -c #(nop)  LABEL org.opencontainers.image.title={name}"
+        )],
     }
 }
 
@@ -222,10 +226,18 @@ pub fn standard_set() -> Vec<NamedSpec> {
     let arch_image = |arch: &str, variant: Option<&str>, mt: MediaTypes, seed: u64| {
         let mut app = app_layer("multi", seed, Gzip);
         app.entries.push(file("srv/multi/arch", format!("{arch}\n")));
-        image(platform("linux", arch, variant), mt, vec![base_layer(Gzip), app], "multiarch")
+        image(
+            platform("linux", arch, variant),
+            mt,
+            vec![base_layer(Gzip), app],
+            "multiarch",
+        )
     };
     vec![
-        named("base", Spec::Image(image(amd64(), MediaTypes::Oci, vec![base_layer(Gzip)], "base"))),
+        named(
+            "base",
+            Spec::Image(image(amd64(), MediaTypes::Oci, vec![base_layer(Gzip)], "base")),
+        ),
         named(
             "app-a",
             Spec::Image(image(
@@ -322,7 +334,10 @@ pub fn quickstart() -> Vec<NamedSpec> {
         entries: vec![
             Entry::Dir("bin".into()),
             Entry::Dir("etc".into()),
-            file("etc/os-release", "NAME=\"occy quickstart\"\nID=occyquick\nVERSION_ID=1.0\n"),
+            file(
+                "etc/os-release",
+                "NAME=\"occy quickstart\"\nID=occyquick\nVERSION_ID=1.0\n",
+            ),
             Entry::File("bin/hello".into(), b"#!/bin/sh\necho hello from occy\n".to_vec(), 0o755),
             Entry::Symlink("bin/sh".into(), "hello".into()),
         ],
@@ -501,11 +516,9 @@ impl BlobStore {
 
     /// Streams one layer: tar → diff_id hash → compressor → digest hash → file.
     fn write_layer(&self, layer: &LayerSpec, mt: MediaTypes) -> Result<(Descriptor, Digest)> {
-        let tmp = tempfile::NamedTempFile::new_in(&self.dir)
-            .map_err(|e| Error::io("create a temp file in", &self.dir, e))?;
-        let file = tmp
-            .reopen()
-            .map_err(|e| Error::io("open", tmp.path(), e))?;
+        let tmp =
+            tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| Error::io("create a temp file in", &self.dir, e))?;
+        let file = tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?;
         let stored = Hashing::new(BufWriter::with_capacity(256 * 1024, file));
         let compressor = match layer.compression {
             LayerCompression::None => Compressor::None(stored),
@@ -574,9 +587,7 @@ fn append_entry<W: Write>(b: &mut tar::Builder<W>, entry: &Entry) -> io::Result<
             let reader = io::Read::take(XorShift::new(*seed), *size);
             b.append_data(&mut header(tar::EntryType::Regular, 0o644, *size), path, reader)
         }
-        Entry::Symlink(path, target) => {
-            b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), path, target)
-        }
+        Entry::Symlink(path, target) => b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), path, target),
         Entry::Hardlink(path, target) => b.append_link(&mut header(tar::EntryType::Link, 0o644, 0), path, target),
         Entry::Whiteout(path) => {
             let (dir, name) = match path.rsplit_once('/') {

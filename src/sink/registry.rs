@@ -20,11 +20,14 @@ use crate::reference::RegistryRef;
 use crate::registry::{RegistryClient, RegistryOptions};
 use crate::source::BlobReader;
 
+/// (registry host, blob digest) → the repositories known to hold it.
+type Holders = HashMap<(String, Digest), Vec<String>>;
+
 /// Which repositories of which registry are known to hold which blob, shared
 /// by every sink of one run so a layer pushed once is mounted elsewhere.
 #[derive(Debug, Clone, Default)]
 pub struct BlobLocations {
-    inner: Arc<Mutex<HashMap<(String, Digest), Vec<String>>>>,
+    inner: Arc<Mutex<Holders>>,
 }
 
 impl BlobLocations {
