@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Peak memory and wall time of occy beside skopeo on one image with a single
+# big layer (default 512 MiB, random-ish so it does not compress away), for
+# every route occy streams: oci->tar, oci->oci, oci->dir, oci->registry,
+# registry->oci, registry->tar. Prints occy's peak RSS per route and the
+# occy/skopeo ratios where skopeo has the same route.
+#
+#   bench/memory.sh [SIZE_MIB]
+#
+# Needs docker-registry, skopeo and /usr/bin/time (./test.sh installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:-512}
+cargo build --release --locked -q
+occy=$PWD/target/release/occy
+work=$(mktemp -d /tmp/occy-bench-memory.XXXXXX)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+reg=127.0.0.1:$port
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: $reg
+YML
+docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
+registry_pid=$!
+trap 'kill $registry_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+
+"$occy" generate "$work/src" --set big --size "$size" >/dev/null
+src="oci://$work/src:big"
+
+# measure NAME CMD... -> "rss_kib seconds"
+measure() {
+    local name=$1; shift
+    /usr/bin/time -f "%M %e" -o "$work/time.$name" "$@" >/dev/null 2>"$work/err.$name" || {
+        echo "$name failed:" >&2; cat "$work/err.$name" >&2; exit 1; }
+    cat "$work/time.$name"
+}
+
+ins=(--insecure-registry "$reg")
+declare -A occy_r skopeo_r
+occy_r[oci-tar]=$(measure o1 "$occy" process "$src" "tar://$work/o.tar")
+occy_r[oci-oci]=$(measure o2 "$occy" process "$src" "oci://$work/o-oci:big")
+occy_r[oci-dir]=$(measure o3 "$occy" process "$src" "dir://$work/o-dir")
+occy_r[oci-registry]=$(measure o4 "$occy" "${ins[@]}" process "$src" "registry://$reg/occy/big:1")
+occy_r[registry-oci]=$(measure o5 "$occy" "${ins[@]}" process "registry://$reg/occy/big:1" "oci://$work/o-oci2:big")
+occy_r[registry-tar]=$(measure o6 "$occy" "${ins[@]}" process "registry://$reg/occy/big:1" "tar://$work/o2.tar")
+skopeo_r[oci-tar]=$(measure s1 skopeo copy "oci:$work/src:big" "docker-archive:$work/s.tar")
+skopeo_r[oci-oci]=$(measure s2 skopeo copy "oci:$work/src:big" "oci:$work/s-oci:big")
+skopeo_r[oci-registry]=$(measure s4 skopeo copy --dest-tls-verify=false "oci:$work/src:big" "docker://$reg/skopeo/big:1")
+skopeo_r[registry-oci]=$(measure s5 skopeo copy --src-tls-verify=false "docker://$reg/skopeo/big:1" "oci:$work/s-oci2:big")
+skopeo_r[registry-tar]=$(measure s6 skopeo copy --src-tls-verify=false "docker://$reg/skopeo/big:1" "docker-archive:$work/s2.tar")
+
+printf '%s MiB layer\n%-14s %12s %12s %10s %10s\n' "$size" route "occy MiB" "skopeo MiB" "rss ratio" "time ratio"
+for route in oci-tar oci-oci oci-dir oci-registry registry-oci registry-tar; do
+    read -r o_kib o_s <<<"${occy_r[$route]}"
+    if [ -n "${skopeo_r[$route]:-}" ]; then
+        read -r s_kib s_s <<<"${skopeo_r[$route]}"
+        awk -v r="$route" -v ok="$o_kib" -v os="$o_s" -v sk="$s_kib" -v ss="$s_s" 'BEGIN {
+            printf "%-14s %12.1f %12.1f %10.2f %10.2f\n", r, ok/1024, sk/1024, ok/sk, (ss>0 ? os/ss : 0) }'
+    else
+        awk -v r="$route" -v ok="$o_kib" 'BEGIN { printf "%-14s %12.1f %12s %10s %10s\n", r, ok/1024, "-", "-", "-" }'
+    fi
+done
