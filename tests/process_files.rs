@@ -263,6 +263,29 @@ fn missing_and_malformed_inputs_fail_clearly_without_partial_output() {
     .unwrap();
     fails(&["info", &uri("oci", &src.dir, ":v1")], 1, "digest mismatch");
 
+    // A manifest that matches its digest but is not a manifest: named, exit 1.
+    for (i, body) in [&b"{not json"[..], &br#"{"schemaVersion":2,"layers":"x"}"#[..]]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = t.path().join(format!("malformed-{i}"));
+        let d = write_blob(&dir, body);
+        let index = json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": body.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
+        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let stderr = fails(&["info", &uri("oci", &dir, ":v1")], 1, &d[7..19]);
+        assert!(stderr.contains("manifest"), "{stderr}");
+        let out_tar = t.path().join(format!("malformed-{i}.tar"));
+        fails(
+            &["process", &uri("oci", &dir, ":v1"), &uri("tar", &out_tar, "")],
+            1,
+            "manifest",
+        );
+        assert!(!out_tar.exists());
+    }
+
     // An unknown tag names the tags that exist.
     let src = sample(&t.path().join("tags"));
     fails(&["info", &uri("oci", &src.dir, ":v9")], 1, "v1");

@@ -316,3 +316,32 @@ fn rate_limit_spaces_requests() {
     let took = start.elapsed().as_secs_f64();
     assert!(took >= 3.0, "7+ requests at 2/s took only {took:.2}s");
 }
+
+#[test]
+fn credentials_come_from_docker_config_and_auth_json() {
+    use base64::Engine as _;
+    let reg = loaded(Mode::Basic);
+    let home = scratch_dir("creds");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    let file = serde_json::json!({ "auths": { reg.host.clone(): { "auth": auth } } });
+    std::fs::create_dir_all(home.join("docker")).unwrap();
+    std::fs::write(home.join("docker/config.json"), file.to_string()).unwrap();
+    std::fs::write(home.join("auth.json"), file.to_string()).unwrap();
+    let src = reg.url("test/base:1.0");
+    let digest = generated("base").descriptor.digest.to_string();
+    for (var, value) in [
+        ("DOCKER_CONFIG", home.join("docker")),
+        ("REGISTRY_AUTH_FILE", home.join("auth.json")),
+    ] {
+        let out = std::process::Command::new(occy_bin())
+            .args(["--insecure-registry", &reg.host, "-O", "json", "info", &src])
+            .env("HOME", &home)
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env(var, &value)
+            .output()
+            .unwrap();
+        let out = assert_ok(&["info", &src], out);
+        assert_eq!(json_of(&out)["manifest_digest"], digest, "credentials from {var}");
+    }
+}
