@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod bundle;
+pub mod docker_daemon;
 pub mod docker_save;
 pub mod extract;
 pub mod oci_layout;
@@ -109,8 +110,11 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
             ))
         }
         Reference::Bundle { path } => Ok(Box::new(bundle::BundleSink::create(path).await?)),
+        Reference::Docker { name, tag, socket } => Ok(Box::new(
+            docker_daemon::DockerDaemonSink::create(name, tag, socket.as_deref()).await?,
+        )),
         other => Err(Error::usage(format!(
-            "{other} cannot be written as a destination yet: supported destinations are registry://, tar://, oci://, dir:// and bundle://"
+            "{other} cannot be written as a destination: supported destinations are registry://, tar://, oci://, dir://, bundle:// and docker://"
         ))),
     }
 }

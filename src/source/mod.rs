@@ -3,6 +3,7 @@
 //! a [`Reference`], and [`resolve`] turns a source into the platform images
 //! wanted.
 
+pub mod docker_daemon;
 pub mod docker_save;
 pub mod oci_layout;
 pub mod registry;
@@ -81,8 +82,11 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
         Reference::Oci { path, tag } => Ok(Box::new(oci_layout::OciLayoutSource::open(path, tag.as_deref()).await?)),
         Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSource::open_tar(path).await?)),
         Reference::Dir { path, .. } => Ok(Box::new(docker_save::DockerSaveSource::open_dir(path, None).await?)),
+        Reference::Docker { name, tag, socket } => Ok(Box::new(
+            docker_daemon::DockerDaemonSource::open(name, tag, socket.as_deref()).await?,
+        )),
         other => Err(Error::usage(format!(
-            "{other} cannot be read as a source yet: supported sources are registry://, tar://, oci:// and dir://"
+            "{other} cannot be read as a source: supported sources are registry://, tar://, oci://, dir:// and docker://"
         ))),
     }
 }
