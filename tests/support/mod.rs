@@ -47,7 +47,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Removes `path` (and kills `pid`, if any) once this test process has exited.
-fn reap_after_exit(path: &Path, pid: Option<u32>) {
+pub fn reap_after_exit(path: &Path, pid: Option<u32>) {
     let kill = pid.map(|p| format!("kill {p} 2>/dev/null; ")).unwrap_or_default();
     let script = format!(
         "while kill -0 {me} 2>/dev/null; do sleep 1; done; {kill}sleep 1; rm -rf '{}'",

@@ -1,0 +1,244 @@
+//! `docker://` as a destination and a source, against the machine's Docker
+//! Engine (`/var/run/docker.sock`) and against podman's Docker-compatible
+//! service started here with a private store. Generated images go in with
+//! `POST /images/load` and come back out with `GET /images/{name}/get`,
+//! keeping their layers (diff_ids) and image IDs (config digests). A daemon
+//! that is not there makes its test skip with a message, never pass silently.
+//! Missing sockets, files that are not sockets, servers that are not a
+//! Docker API and images the daemon lacks fail clearly.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// The images that go through each daemon: OCI and Docker v2 media types, a
+/// multi-arch index (one platform is loaded), zstd and whiteout layers.
+const IMAGES: [&str; 5] = ["app-a", "multiarch", "dockerv2", "zstd", "whiteouts"];
+
+fn default_image(g: &Generated) -> &occy::generate::GeneratedImage {
+    g.images
+        .iter()
+        .find(|i| i.platform.architecture == "amd64")
+        .unwrap_or(&g.images[0])
+}
+
+fn diff_ids(info: &Value) -> Vec<String> {
+    info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diff_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Whether a daemon answers on `socket` (a GET /_ping over the socket).
+fn answers(socket: &Path) -> Result<(), String> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).map_err(|e| e.to_string())?;
+    if reply.starts_with("HTTP/1.") && reply.contains(" 200 ") {
+        Ok(())
+    } else {
+        Err(format!("/_ping answered {:?}", reply.lines().next().unwrap_or("")))
+    }
+}
+
+/// podman's Docker-compatible service with a private vfs store, started once
+/// for this test binary, or why it could not start.
+fn podman_service() -> &'static Result<PathBuf, String> {
+    static SOCK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    SOCK.get_or_init(|| {
+        if !have("podman") {
+            return Err("podman is not installed (apt-get install podman)".into());
+        }
+        let dir = scratch_dir("podman-service");
+        let sock = dir.join("podman.sock");
+        let log = std::fs::File::create(dir.join("service.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("podman")
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--runroot")
+            .arg(dir.join("run"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=file",
+                "system",
+                "service",
+                "--time=0",
+            ])
+            .arg(format!("unix://{}", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run podman: {e}"))?;
+        reap_after_exit(&dir, Some(child.id()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if sock.exists() && answers(&sock).is_ok() {
+                return Ok(sock);
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("service.log")).unwrap_or_default();
+                return Err(format!("podman system service did not answer within 30 s: {log}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// The machine's Docker Engine, or why it cannot be used.
+fn docker_engine() -> Result<PathBuf, String> {
+    let sock = PathBuf::from("/var/run/docker.sock");
+    if !sock.exists() {
+        return Err("/var/run/docker.sock does not exist (no Docker Engine on this machine)".into());
+    }
+    answers(&sock).map(|()| sock)
+}
+
+/// Every image in and out of the daemon on `socket`.
+fn round_trip_through(socket: &Path, label: &str) {
+    let out = scratch_dir(&format!("daemon-{label}"));
+    for name in IMAGES {
+        let g = generated(name);
+        let want: Vec<String> = default_image(g).diff_ids.iter().map(|d| d.to_string()).collect();
+        let config = default_image(g).config.digest.to_string();
+        let docker = format!("docker://occy-test/{label}-{name}:1.0?socket={}", socket.display());
+
+        // In: the daemon holds the tag with our layers and image ID.
+        ok(&["process", &standard_ref(name), &docker]);
+        let info = json_of(&ok(&["-O", "json", "info", &docker]));
+        assert_eq!(diff_ids(&info), want, "{label} {name}: layers in the daemon");
+        assert_eq!(info["config_digest"], config, "{label} {name}: image ID");
+        assert_eq!(info["tag"], "1.0");
+
+        // Out: to an OCI layout and a tar, same layers and config.
+        let oci = format!("oci://{}:{name}", out.join("layout").display());
+        ok(&["process", &docker, &oci]);
+        let back = json_of(&ok(&["-O", "json", "info", &oci]));
+        assert_eq!(diff_ids(&back), want, "{label} {name}: layers exported");
+        assert_eq!(back["config_digest"], config);
+        let tar = out.join(format!("{name}.tar"));
+        ok(&["process", &docker, &format!("tar://{}", tar.display())]);
+        let sk = skopeo_inspect_local(&format!("docker-archive:{}", tar.display()), false);
+        assert_eq!(sk["Layers"], serde_json::json!(want), "{label} {name}: skopeo reads the export");
+    }
+    assert_blobs_match_names(&out.join("layout"));
+
+    // The spools (export directory, load archive) are removed afterwards.
+    let tmp = out.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let docker = format!("docker://occy-test/{label}-spool:1.0?socket={}", socket.display());
+    for (src, dst) in [
+        (standard_ref("app-a"), docker.clone()),
+        (docker.clone(), format!("oci://{}:spool", out.join("layout").display())),
+    ] {
+        let run = Command::new(occy_bin())
+            .args(["process", &src, &dst])
+            .env("TMPDIR", &tmp)
+            .output()
+            .unwrap();
+        assert_ok(&["process", &src, &dst], run);
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+}
+
+/// Removes the test's images from the machine's daemon.
+fn forget_images(label: &str) {
+    if have("docker") {
+        let names: Vec<String> = IMAGES
+            .iter()
+            .chain(["spool"].iter())
+            .map(|n| format!("occy-test/{label}-{n}:1.0"))
+            .collect();
+        let _ = Command::new("docker").arg("rmi").args(&names).output();
+    }
+}
+
+#[test]
+fn images_round_trip_through_the_docker_engine() {
+    match docker_engine() {
+        Ok(sock) => {
+            round_trip_through(&sock, "docker");
+            forget_images("docker");
+        }
+        Err(why) => eprintln!("SKIPPED: no Docker Engine to test against: {why}"),
+    }
+}
+
+#[test]
+fn images_round_trip_through_podman_service() {
+    match podman_service() {
+        Ok(sock) => round_trip_through(sock, "podman"),
+        Err(why) => eprintln!("SKIPPED: podman's Docker API service cannot start here: {why}"),
+    }
+}
+
+#[test]
+fn an_image_the_daemon_lacks_is_named() {
+    let sock = match (podman_service(), docker_engine()) {
+        (Ok(s), _) => s.clone(),
+        (_, Ok(s)) => s,
+        (Err(a), Err(b)) => {
+            eprintln!("SKIPPED: no daemon: {a}; {b}");
+            return;
+        }
+    };
+    let out = scratch_dir("lacks");
+    let args = [
+        "process",
+        &format!("docker://occy-test/never-loaded:9.9?socket={}", sock.display()),
+        &format!("tar://{}", out.join("x.tar").display()),
+    ];
+    assert_fails(&args, occy(&args), 1, "occy-test/never-loaded:9.9");
+    assert!(!out.join("x.tar").exists());
+}
+
+#[test]
+fn sockets_that_are_missing_or_not_a_docker_api_fail_clearly() {
+    let dir = scratch_dir("sockets");
+    let missing = dir.join("missing.sock");
+    let src = standard_ref("base");
+    let args = ["process", &src, &format!("docker://x:1?socket={}", missing.display())];
+    assert_fails(&args, occy(&args), 1, &missing.display().to_string());
+
+    let file = dir.join("file.sock");
+    std::fs::write(&file, b"").unwrap();
+    let args = ["info", &format!("docker://x:1?socket={}", file.display())];
+    assert_fails(&args, occy(&args), 1, "not a unix socket");
+
+    // A socket whose server speaks HTTP but is no Docker API.
+    let fake = dir.join("fake.sock");
+    let listener = UnixListener::bind(&fake).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot here\n");
+        }
+    });
+    let args = ["info", &format!("docker://x:1?socket={}", fake.display())];
+    assert_fails(&args, occy(&args), 1, "does not answer as a Docker Engine API");
+
+    // DOCKER_HOST that is not a unix socket: a usage error.
+    let out = Command::new(occy_bin())
+        .args(["info", "docker://x:1"])
+        .env("DOCKER_HOST", "tcp://127.0.0.1:2375")
+        .output()
+        .unwrap();
+    assert_fails(&["info", "docker://x:1"], out, 2, "DOCKER_HOST");
+}
