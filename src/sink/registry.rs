@@ -136,7 +136,7 @@ impl RegistrySink {
     fn top_reference(&self, digest: &Digest) -> Result<String> {
         if let Some(pinned) = &self.target.digest {
             if pinned != digest {
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "the destination {} pins digest {pinned}, but the image to push is {digest}",
                     self.describe()
                 )));

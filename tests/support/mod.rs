@@ -214,6 +214,12 @@ impl Registry {
 
     /// A registry of its own, stopped when dropped.
     pub fn start(mode: Mode) -> Registry {
+        Registry::start_with(mode, "")
+    }
+
+    /// A registry of its own with extra lines for its `storage:` section
+    /// (indented by two spaces), e.g. read-only maintenance mode.
+    pub fn start_with(mode: Mode, storage_extra: &str) -> Registry {
         require("docker-registry", "docker-registry");
         let dir = scratch_dir(&format!("registry-{mode:?}").to_lowercase());
         let port = free_port();
@@ -237,7 +243,7 @@ impl Registry {
             );
         }
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{storage_extra}http:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
             dir.join("data").display()
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
