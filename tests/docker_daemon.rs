@@ -134,7 +134,11 @@ fn round_trip_through(socket: &Path, label: &str) {
         let tar = out.join(format!("{name}.tar"));
         ok(&["process", &docker, &format!("tar://{}", tar.display())]);
         let sk = skopeo_inspect_local(&format!("docker-archive:{}", tar.display()), false);
-        assert_eq!(sk["Layers"], serde_json::json!(want), "{label} {name}: skopeo reads the export");
+        assert_eq!(
+            sk["Layers"],
+            serde_json::json!(want),
+            "{label} {name}: skopeo reads the export"
+        );
     }
     assert_blobs_match_names(&out.join("layout"));
 
@@ -152,7 +156,11 @@ fn round_trip_through(socket: &Path, label: &str) {
             .output()
             .unwrap();
         assert_ok(&["process", &src, &dst], run);
-        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        let left: Vec<_> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
         assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 }
@@ -228,7 +236,8 @@ fn sockets_that_are_missing_or_not_a_docker_api_fail_clearly() {
         for mut conn in listener.incoming().flatten() {
             let mut buf = [0u8; 4096];
             let _ = conn.read(&mut buf);
-            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot here\n");
+            let _ =
+                conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot here\n");
         }
     });
     let args = ["info", &format!("docker://x:1?socket={}", fake.display())];

@@ -40,7 +40,10 @@ fn source() -> &'static Registry {
 
 /// sha256 of the manifest bytes `repo_ref` names, as skopeo reads them.
 fn raw_digest(reg: &Registry, repo_ref: &str) -> String {
-    let out = reg.skopeo(&["inspect", "--raw", &format!("docker://{}/{repo_ref}", reg.host)], false);
+    let out = reg.skopeo(
+        &["inspect", "--raw", &format!("docker://{}/{repo_ref}", reg.host)],
+        false,
+    );
     assert!(
         out.status.success(),
         "skopeo inspect --raw {repo_ref}: {}",
@@ -66,12 +69,25 @@ fn report(a: &Registry, b: &Registry, args: &[&str]) -> Value {
 fn registry_to_registry_keeps_every_digest_and_sends_each_blob_once() {
     let src = source();
     let dst = Registry::start(Mode::Basic);
-    let set = ["base", "app-a", "app-b", "multiarch", "zstd", "dockerv2", "dockerlist", "plain", "whiteouts"];
+    let set = [
+        "base",
+        "app-a",
+        "app-b",
+        "multiarch",
+        "zstd",
+        "dockerv2",
+        "dockerlist",
+        "plain",
+        "whiteouts",
+    ];
     let mut copied = 0;
     let mut skipped = 0;
     for name in set {
         let g = generated(name);
-        assert_eq!(raw_digest(src, &format!("test/{name}:1.0")), g.descriptor.digest.to_string());
+        assert_eq!(
+            raw_digest(src, &format!("test/{name}:1.0")),
+            g.descriptor.digest.to_string()
+        );
         // One repository for the whole set: a layer already there is not sent again.
         let r = report(
             src,
@@ -98,8 +114,15 @@ fn registry_to_registry_keeps_every_digest_and_sends_each_blob_once() {
         .flat_map(|n| generated(n).images.iter().flat_map(|i| i.layers.iter()))
         .map(|l| l.digest.to_string())
         .collect();
-    assert_eq!(copied as usize, distinct.len(), "each distinct layer uploaded exactly once");
-    assert!(skipped >= 2, "the shared base layer was found in place ({skipped} skipped)");
+    assert_eq!(
+        copied as usize,
+        distinct.len(),
+        "each distinct layer uploaded exactly once"
+    );
+    assert!(
+        skipped >= 2,
+        "the shared base layer was found in place ({skipped} skipped)"
+    );
 
     // Again: nothing moves.
     let r = report(
@@ -134,7 +157,10 @@ fn same_registry_copies_mount_every_layer() {
         assert_eq!(r["layers_mounted"], layers.len() as u64, "{name}: {r}");
         assert_eq!(r["layers_copied"], 0, "{name}: {r}");
         assert_eq!(r["bytes"], 0, "{name}: {r}");
-        assert_eq!(raw_digest(src, &format!("mounted/{name}:2.0")), g.descriptor.digest.to_string());
+        assert_eq!(
+            raw_digest(src, &format!("mounted/{name}:2.0")),
+            g.descriptor.digest.to_string()
+        );
     }
 }
 
@@ -201,8 +227,18 @@ fn push_by_digest_checks_the_digest_and_tags_nothing() {
         &src.url(&format!("wrongdigest/app-a@{wrong}")),
     ];
     assert_fails(&args, src.occy(&args), 1, &wrong);
-    let pinned = src.skopeo(&["inspect", "--raw", &format!("docker://{}/wrongdigest/app-a@{digest}", src.host)], false);
-    assert!(!pinned.status.success(), "the manifest was pushed under a wrong pinned digest");
+    let pinned = src.skopeo(
+        &[
+            "inspect",
+            "--raw",
+            &format!("docker://{}/wrongdigest/app-a@{digest}", src.host),
+        ],
+        false,
+    );
+    assert!(
+        !pinned.status.success(),
+        "the manifest was pushed under a wrong pinned digest"
+    );
 }
 
 #[test]
@@ -221,7 +257,10 @@ fn refused_pushes_fail_clearly_and_leave_no_tag() {
     ];
     let stderr = assert_fails(&args, occy(&args), 1, "credentials");
     assert!(stderr.contains("refused/app-a"), "{stderr}");
-    let tags = locked.skopeo(&["list-tags", &format!("docker://{}/refused/app-a", locked.host)], false);
+    let tags = locked.skopeo(
+        &["list-tags", &format!("docker://{}/refused/app-a", locked.host)],
+        false,
+    );
     assert!(!tags.status.success(), "the repository exists after a refused push");
 
     // A read-only registry refuses every write.
@@ -241,6 +280,9 @@ fn refused_pushes_fail_clearly_and_leave_no_tag() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&ro.host) && !stderr.contains("panicked"), "{stderr}");
-    let manifest = ro.skopeo(&["inspect", "--raw", &format!("docker://{}/ro/app-a:1.0", ro.host)], false);
+    let manifest = ro.skopeo(
+        &["inspect", "--raw", &format!("docker://{}/ro/app-a:1.0", ro.host)],
+        false,
+    );
     assert!(!manifest.status.success(), "a read-only registry got a tag");
 }
