@@ -16,28 +16,11 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
 
 /// The images that go through each daemon: OCI and Docker v2 media types, a
 /// multi-arch index (one platform is loaded), zstd and whiteout layers.
 const IMAGES: [&str; 5] = ["app-a", "multiarch", "dockerv2", "zstd", "whiteouts"];
-
-fn default_image(g: &Generated) -> &occy::generate::GeneratedImage {
-    g.images
-        .iter()
-        .find(|i| i.platform.architecture == "amd64")
-        .unwrap_or(&g.images[0])
-}
-
-fn diff_ids(info: &Value) -> Vec<String> {
-    info["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["diff_id"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// Whether a daemon answers on `socket` (a GET /_ping over the socket).
 fn answers(socket: &Path) -> Result<(), String> {
@@ -114,14 +97,18 @@ fn round_trip_through(socket: &Path, label: &str) {
     let out = scratch_dir(&format!("daemon-{label}"));
     for name in IMAGES {
         let g = generated(name);
-        let want: Vec<String> = default_image(g).diff_ids.iter().map(|d| d.to_string()).collect();
+        let want = default_diff_ids(g);
         let config = default_image(g).config.digest.to_string();
         let docker = format!("docker://occy-test/{label}-{name}:1.0?socket={}", socket.display());
 
         // In: the daemon holds the tag with our layers and image ID.
         ok(&["process", &standard_ref(name), &docker]);
         let info = json_of(&ok(&["-O", "json", "info", &docker]));
-        assert_eq!(diff_ids(&info), want, "{label} {name}: layers in the daemon");
+        assert_eq!(
+            layer_field(&info, "diff_id"),
+            want,
+            "{label} {name}: layers in the daemon"
+        );
         assert_eq!(info["config_digest"], config, "{label} {name}: image ID");
         assert_eq!(info["tag"], "1.0");
 
@@ -129,7 +116,7 @@ fn round_trip_through(socket: &Path, label: &str) {
         let oci = format!("oci://{}:{name}", out.join("layout").display());
         ok(&["process", &docker, &oci]);
         let back = json_of(&ok(&["-O", "json", "info", &oci]));
-        assert_eq!(diff_ids(&back), want, "{label} {name}: layers exported");
+        assert_eq!(layer_field(&back, "diff_id"), want, "{label} {name}: layers exported");
         assert_eq!(back["config_digest"], config);
         let tar = out.join(format!("{name}.tar"));
         ok(&["process", &docker, &format!("tar://{}", tar.display())]);

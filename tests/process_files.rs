@@ -13,7 +13,10 @@ use std::process::Command;
 use flate2::write::GzEncoder;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
-use support::{fails, generated, ok, require, scratch_dir, skopeo_inspect_local, standard_images, standard_ref};
+use support::{
+    default_diff_ids, default_image, fails, generated, layer_field, ok, require, scratch_dir, skopeo_inspect_local,
+    standard_images, standard_ref, strings,
+};
 
 fn sha(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
@@ -146,13 +149,7 @@ fn oci_tar_oci_round_trip_keeps_diff_ids() {
     let tar_info = info_json(&uri("tar", &tar, ""));
     let back_info = info_json(&uri("oci", &back, ":v1"));
     for info in [&tar_info, &back_info] {
-        let ids: Vec<String> = info["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["diff_id"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(ids, src.diff_ids);
+        assert_eq!(layer_field(info, "diff_id"), src.diff_ids);
     }
     // The archive holds plain layer tars named by diff_id, and a manifest.json
     // whose RepoTags keep the name.
@@ -374,41 +371,18 @@ fn the_quickstart_example_image_copies_with_its_digest() {
     );
 }
 
-fn diff_ids_of(info: &Value) -> Vec<String> {
-    info["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["diff_id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// The platform image picked by default on this host (amd64).
-fn default_image(g: &support::Generated) -> &occy::generate::GeneratedImage {
-    g.images
-        .iter()
-        .find(|i| i.platform.architecture == "amd64")
-        .unwrap_or(&g.images[0])
-}
-
 #[test]
 fn every_standard_image_round_trips_oci_tar_oci_tar_with_its_diff_ids() {
     let out = scratch_dir("round-trip");
     for g in &standard_images().1 {
-        let want: Vec<String> = default_image(g).diff_ids.iter().map(|d| d.to_string()).collect();
+        let want = default_diff_ids(g);
         let tar = out.join(format!("{}.tar", g.name));
         let back = out.join("back");
         let tar2 = out.join(format!("{}-again.tar", g.name));
         ok(&["process", &standard_ref(&g.name), &uri("tar", &tar, "")]);
         // skopeo reads our archive: its layers are the diff_ids.
         let sk = skopeo_inspect_local(&format!("docker-archive:{}", tar.display()), false);
-        let sk_layers: Vec<String> = sk["Layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(sk_layers, want, "{}: skopeo reads other layers", g.name);
+        assert_eq!(strings(&sk["Layers"]), want, "{}: skopeo reads other layers", g.name);
         ok(&[
             "process",
             &uri("tar", &tar, ""),
@@ -424,7 +398,7 @@ fn every_standard_image_round_trips_oci_tar_oci_tar_with_its_diff_ids() {
             uri("oci", &back, &format!(":{}", g.name)),
             uri("tar", &tar2, ""),
         ] {
-            assert_eq!(diff_ids_of(&info_json(&r)), want, "{}: {r}", g.name);
+            assert_eq!(layer_field(&info_json(&r), "diff_id"), want, "{}: {r}", g.name);
         }
         // The config survives byte for byte, so the image ID does too.
         assert_eq!(
@@ -488,7 +462,7 @@ fn podman_loads_our_docker_save_archives() {
             .iter()
             .map(|l| l.as_str().unwrap().to_string())
             .collect();
-        let want: Vec<String> = default_image(g).diff_ids.iter().map(|d| d.to_string()).collect();
+        let want = default_diff_ids(g);
         assert_eq!(layers, want, "{name}: podman's layers");
         assert_eq!(
             format!("sha256:{}", v[0]["Id"].as_str().unwrap()),

@@ -37,22 +37,6 @@ fn loaded(mode: Mode) -> &'static Registry {
     reg
 }
 
-/// The platform image occy and skopeo pick by default on this host (amd64).
-fn default_image(g: &Generated) -> &occy::generate::GeneratedImage {
-    g.images
-        .iter()
-        .find(|i| i.platform.architecture == "amd64")
-        .unwrap_or(&g.images[0])
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v}"))
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The digest `index.json` of an OCI layout gives for the tag `name`.
 fn layout_tag_digest(layout: &Path, name: &str) -> String {
     let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -110,23 +94,16 @@ fn registry_to_files(mode: Mode) {
         } else {
             assert_eq!(info["manifest_digest"], sk["Digest"], "{}", g.name);
         }
-        let ours: Vec<String> = info["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["digest"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(ours, strings(&sk["Layers"]), "{}: layers", g.name);
+        assert_eq!(
+            layer_field(&info, "digest"),
+            strings(&sk["Layers"]),
+            "{}: layers",
+            g.name
+        );
         assert_eq!(info["layer_count"], chosen.layers.len());
         assert_eq!(info["config_digest"], chosen.config.digest.to_string());
-        let diff_ids: Vec<String> = info["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["diff_id"].as_str().unwrap().to_string())
-            .collect();
-        let generated_diff_ids: Vec<String> = chosen.diff_ids.iter().map(|d| d.to_string()).collect();
-        assert_eq!(diff_ids, generated_diff_ids);
+        let generated_diff_ids = default_diff_ids(g);
+        assert_eq!(layer_field(&info, "diff_id"), generated_diff_ids);
 
         // → OCI layout, every platform: the tag names the source's digest.
         let oci = format!("oci://{}:{}", layout.display(), g.name);

@@ -482,3 +482,40 @@ pub fn assert_blobs_match_names(dir: &Path) {
     }
     assert!(n > 0, "no blobs in {}", blobs.display());
 }
+
+/// The platform image occy and skopeo pick by default on this host (amd64).
+pub fn default_image(g: &Generated) -> &occy::generate::GeneratedImage {
+    g.images
+        .iter()
+        .find(|i| i.platform.architecture == "amd64")
+        .unwrap_or(&g.images[0])
+}
+
+/// The diff_ids of the image occy picks by default, as strings.
+pub fn default_diff_ids(g: &Generated) -> Vec<String> {
+    default_image(g).diff_ids.iter().map(|d| d.to_string()).collect()
+}
+
+/// `field` of every layer in `occy -O json info` output.
+pub fn layer_field(info: &Value, field: &str) -> Vec<String> {
+    info["layers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no layers in {info}"))
+        .iter()
+        .map(|l| {
+            l[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("layer without {field}: {l}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// A JSON array of strings.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap_or_else(|| panic!("not a string: {x}")).to_string())
+        .collect()
+}
