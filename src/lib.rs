@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod error;
 pub mod exec;
+pub mod filter;
 pub mod generate;
 pub mod image;
 pub mod reference;

@@ -2,6 +2,7 @@
 //! image (glob by default, `**` crossing directories), printing
 //! `layer-digest path` lines (JSON with `-O json`) and a summary.
 
+pub use crate::filter::search::{layer_path, PathMatcher};
 use clap::Args;
 use serde::Serialize;
 
@@ -34,49 +35,6 @@ pub struct SearchMatch {
     pub layer: usize,
     pub layer_digest: String,
     pub path: String,
-}
-
-/// A compiled path matcher.
-pub enum PathMatcher {
-    Glob(globset::GlobMatcher),
-    Regex(regex::Regex),
-}
-
-impl PathMatcher {
-    /// Compiles a pattern; errors quote it.
-    pub fn new(pattern: &str, regex: bool) -> Result<Self> {
-        if regex {
-            regex::Regex::new(pattern)
-                .map(PathMatcher::Regex)
-                .map_err(|e| Error::usage(format!("invalid regular expression {pattern:?}: {e}")))
-        } else {
-            globset::GlobBuilder::new(pattern)
-                .literal_separator(true)
-                .build()
-                .map(|g| PathMatcher::Glob(g.compile_matcher()))
-                .map_err(|e| Error::usage(format!("invalid glob {pattern:?}: {e}")))
-        }
-    }
-
-    /// Whether a layer path (without leading `./` or `/`) matches. A glob
-    /// without `/` also matches the file name alone, as `find -name` does.
-    pub fn is_match(&self, path: &str) -> bool {
-        match self {
-            PathMatcher::Regex(r) => r.is_match(path),
-            PathMatcher::Glob(g) => {
-                g.is_match(path)
-                    || (!g.glob().glob().contains('/') && path.rsplit('/').next().is_some_and(|n| g.is_match(n)))
-            }
-        }
-    }
-}
-
-/// Normalises a tar entry path for matching.
-pub fn layer_path(raw: &str) -> String {
-    raw.trim_start_matches("./")
-        .trim_start_matches('/')
-        .trim_end_matches('/')
-        .to_string()
 }
 
 /// Runs `occy search`.
