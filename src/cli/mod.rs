@@ -96,6 +96,11 @@ pub struct GlobalArgs {
     /// Requests per second per registry host (0: unlimited)
     #[arg(long, global = true, default_value_t = 0.0, env = "OCCY_RATE_LIMIT")]
     pub rate_limit: f64,
+
+    /// Encoding of layers that filters rewrite: gzip or zstd (default: each
+    /// layer keeps its own)
+    #[arg(long, global = true, value_name = "FORMAT", env = "OCCY_COMPRESSION")]
+    pub compression: Option<String>,
 }
 
 impl GlobalArgs {

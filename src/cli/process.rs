@@ -1,6 +1,7 @@
 //! `occy process SRC DST`: copy one image from a source to a destination,
 //! printing a one-line summary on stderr (or a JSON report on stdout).
 
+use crate::filter::{parse_compression, FilterChain};
 use clap::Args;
 
 use super::{GlobalArgs, OutputFormat, PlatformArgs};
@@ -27,6 +28,12 @@ pub struct ProcessArgs {
 
     #[command(flatten)]
     pub platforms: PlatformArgs,
+
+    /// A filter every layer goes through, in the order given (repeatable):
+    /// normalize-timestamps[:ts=N,config=true], exclude:pattern=GLOB[,pattern=GLOB],
+    /// search:pattern=P[,regex=true], inspect:file=PATH, recompress:format=gzip|zstd[,level=N]
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
 }
 
 /// The name and tag to record at the destination: what the source's
@@ -67,13 +74,17 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
     if src_ref == dst_ref {
         return Err(Error::usage(format!("source and destination are the same: {src_ref}")));
     }
+    let compression = global.compression.as_deref().map(parse_compression).transpose()?;
+    let filters = FilterChain::parse(&args.filters, compression)?;
+    let source = open_source(&src_ref, &global.source_options()?).await?;
+    let name = image_name_for(&src_ref, source.as_ref());
     let opts = CopyOptions {
         parallel: args.parallel as usize,
         platforms: args.platforms.selection()?,
         retries: global.retries,
+        filters,
+        name: format!("{}:{}", name.repository, name.tag),
     };
-    let source = open_source(&src_ref, &global.source_options()?).await?;
-    let name = image_name_for(&src_ref, source.as_ref());
     let sink_opts = SinkOptions {
         registry: global.source_options()?.registry,
         blob_locations: Default::default(),
@@ -93,6 +104,9 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         OutputFormat::Text => {
+            for m in &report.matches {
+                println!("{} {}", m.layer_digest, m.path);
+            }
             if !global.quiet {
                 let mounted = if report.layers_mounted > 0 {
                     format!(", {} mounted", report.layers_mounted)

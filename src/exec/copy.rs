@@ -14,7 +14,9 @@ use futures_util::stream::{self, TryStreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 use tracing::{debug, info, warn};
 
+use super::filtered::{copy_filtered, FilterMatch};
 use crate::error::{Error, Result};
+use crate::filter::FilterChain;
 use crate::image::{media_type, Compression, Descriptor, Digest, ImageData, ImageIndex, RawManifest, VerifyingReader};
 use crate::sink::{LayerForm, Sink};
 use crate::source::{resolve, BlobReader, PlatformSelection, Source};
@@ -28,6 +30,10 @@ pub struct CopyOptions {
     pub platforms: PlatformSelection,
     /// Attempts after the first for a blob that fails transiently.
     pub retries: u32,
+    /// Filters every layer goes through (`-f`), in order.
+    pub filters: FilterChain,
+    /// The image's name, for filter reports (`inspect`, `search`).
+    pub name: String,
 }
 
 impl Default for CopyOptions {
@@ -36,6 +42,8 @@ impl Default for CopyOptions {
             parallel: 4,
             platforms: PlatformSelection::Default,
             retries: 3,
+            filters: FilterChain::default(),
+            name: String::new(),
         }
     }
 }
@@ -60,18 +68,21 @@ pub struct CopyReport {
     /// Wall time.
     #[serde(skip)]
     pub elapsed: Duration,
+    /// What `search` filters found.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<FilterMatch>,
 }
 
 /// One distinct layer to move.
-struct LayerJob {
-    desc: Descriptor,
-    diff_id: Digest,
+pub(crate) struct LayerJob {
+    pub desc: Descriptor,
+    pub diff_id: Digest,
 }
 
 /// Counts bytes flowing through a reader.
-struct CountingReader<R> {
-    inner: R,
-    counter: Arc<AtomicU64>,
+pub(crate) struct CountingReader<R> {
+    pub inner: R,
+    pub counter: Arc<AtomicU64>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
@@ -115,7 +126,12 @@ pub async fn decompressed(reader: BlobReader, diff_id: &Digest, what: &str) -> R
 }
 
 /// Moves one layer into the sink, in the form the sink wants.
-async fn transfer_layer(source: &dyn Source, sink: &dyn Sink, job: &LayerJob, counter: &Arc<AtomicU64>) -> Result<()> {
+pub(crate) async fn transfer_layer(
+    source: &dyn Source,
+    sink: &dyn Sink,
+    job: &LayerJob,
+    counter: &Arc<AtomicU64>,
+) -> Result<()> {
     let raw = source.open_blob(&job.desc).await?;
     let counted: BlobReader = Box::pin(CountingReader {
         inner: raw,
@@ -178,6 +194,18 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
         }
     }
     let copy_index = keep_index && sink.supports_index();
+    if !opts.filters.is_empty() {
+        return copy_filtered(
+            source,
+            sink,
+            opts,
+            resolved.index.as_ref(),
+            copy_index,
+            &resolved.images,
+            started,
+        )
+        .await;
+    }
 
     // Each distinct layer once, keyed as the sink stores it.
     let form = sink.layer_form();
@@ -263,6 +291,7 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
         layers_mounted: sink.layers_mounted(),
         bytes: counter.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
+        matches: Vec::new(),
     })
 }
 

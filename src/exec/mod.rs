@@ -1,7 +1,9 @@
 //! The executor: moves images from sources to sinks. [`copy`] copies one
 //! resolved target (the unit `occy process` runs and `occy sync` schedules),
-//! with bounded layer concurrency, retries and byte accounting.
+//! with bounded layer concurrency, retries and byte accounting; [`filtered`]
+//! does the same through a filter chain.
 
 pub mod copy;
+pub mod filtered;
 
 pub use copy::{copy_image, CopyOptions, CopyReport};
