@@ -76,11 +76,12 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
     }
     let compression = global.compression.as_deref().map(parse_compression).transpose()?;
     let filters = FilterChain::parse(&args.filters, compression)?;
+    let platforms = args.platforms.selection()?;
     let source = open_source(&src_ref, &global.source_options()?).await?;
     let name = image_name_for(&src_ref, source.as_ref());
     let opts = CopyOptions {
         parallel: args.parallel as usize,
-        platforms: args.platforms.selection()?,
+        platforms,
         retries: global.retries,
         filters,
         name: format!("{}:{}", name.repository, name.tag),

@@ -13,21 +13,30 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct Exclude {
     set: GlobSet,
+    /// The patterns that name whiteouts (contain `.wh.`): only these drop one.
+    whiteout_set: GlobSet,
 }
 
 impl Exclude {
     pub fn new(patterns: &[String]) -> Result<Self> {
         let mut b = GlobSetBuilder::new();
+        let mut w = GlobSetBuilder::new();
         for p in patterns {
             let clean = p.trim_start_matches("./").trim_start_matches('/');
             let glob = GlobBuilder::new(clean)
                 .literal_separator(true)
                 .build()
                 .map_err(|e| Error::usage(format!("exclude pattern {p:?}: {e}")))?;
+            if clean.contains(".wh.") {
+                w.add(glob.clone());
+            }
             b.add(glob);
         }
-        let set = b.build().map_err(|e| Error::usage(format!("exclude patterns: {e}")))?;
-        Ok(Exclude { set })
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::usage(format!("exclude patterns: {e}")));
+        Ok(Exclude {
+            set: build(b)?,
+            whiteout_set: build(w)?,
+        })
     }
 
     /// Whether `path` or one of its parent directories matches.
@@ -38,8 +47,8 @@ impl Exclude {
         }
         let is_whiteout = path.rsplit('/').next().is_some_and(|n| n.starts_with(".wh."));
         if is_whiteout {
-            // Only a pattern that names the whiteout itself removes it.
-            return self.set.is_match(path);
+            // Only a pattern that names whiteouts (`.wh.`) removes one.
+            return self.whiteout_set.is_match(path);
         }
         let mut prefix = String::with_capacity(path.len());
         for (i, part) in path.split('/').enumerate() {
@@ -101,8 +110,10 @@ mod tests {
 
     #[test]
     fn whiteouts_go_only_when_named() {
-        let e = ex(&["etc"]);
+        let e = ex(&["etc", "usr/share/doc/*"]);
         assert!(!e.matches("etc/.wh.passwd"));
+        assert!(!e.matches("usr/share/doc/.wh..wh..opq"));
+        assert!(e.matches("usr/share/doc/README"));
         assert!(e.matches("etc/passwd"));
         let e = ex(&["etc/.wh.*"]);
         assert!(e.matches("etc/.wh.passwd"));

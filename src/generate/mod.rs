@@ -49,6 +49,9 @@ pub enum Entry {
     /// An opaque-directory marker hiding everything below `dir` from the
     /// layers below (`dir/.wh..wh..opq`).
     Opaque(String),
+    /// A regular file (mode 0755) with an extended attribute, stored as a
+    /// PAX `SCHILY.xattr.<key>` record: `(path, content, key, value)`.
+    XattrFile(String, Vec<u8>, String, Vec<u8>),
 }
 
 /// How a generated layer blob is stored.
@@ -320,6 +323,12 @@ fn whiteouts_image() -> ImageSpec {
             file("usr/share/doc/NEW", "only this file remains in doc/\n"),
             Entry::Dir("srv".into()),
             file("srv/kept", "kept\n"),
+            Entry::XattrFile(
+                "srv/ping".into(),
+                b"#!/bin/sh\necho ping\n".to_vec(),
+                "security.capability".into(),
+                vec![1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ),
         ],
         compression: Gzip,
         created_by: "/bin/sh -c rm /etc/hosts && rm -rf /usr/share/doc/*".into(),
@@ -605,6 +614,15 @@ fn append_entry<W: Write>(b: &mut tar::Builder<W>, entry: &Entry) -> io::Result<
             format!("{}/.wh..wh..opq", dir.trim_end_matches('/')),
             io::empty(),
         ),
+        Entry::XattrFile(path, content, key, value) => {
+            let record = format!("SCHILY.xattr.{key}");
+            b.append_pax_extensions([(record.as_str(), value.as_slice())])?;
+            b.append_data(
+                &mut header(tar::EntryType::Regular, 0o755, content.len() as u64),
+                path,
+                content.as_slice(),
+            )
+        }
     }
 }
 
