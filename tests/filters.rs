@@ -414,3 +414,73 @@ fn bad_filters_are_usage_errors_and_write_nothing() {
     );
     assert!(!out.join("layout").exists());
 }
+
+#[test]
+fn a_warm_layer_cache_fetches_no_layer_the_destination_holds() {
+    let reg = Registry::shared(Mode::Plain);
+    reg.ok(&["process", &standard_ref("app-a"), &reg.url("cachesrc/app-a:1.0")]);
+    let cache = scratch_dir("layer-cache");
+    let cache_flag = cache.display().to_string();
+    let src = reg.url("cachesrc/app-a:1.0");
+    let dst = reg.url("cachedst/app-a:1.0");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-O", "json"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["process", &src, &dst, "-f", "normalize-timestamps:ts=0"]);
+        json_of(&reg.ok(&args))
+    };
+    let cold = run(&["--cache-dir", &cache_flag]);
+    assert_eq!(cold["layers_from_cache"], 0);
+    assert_eq!(cold["layers_copied"], 2);
+    assert!(cold["bytes"].as_u64().unwrap() > 0);
+
+    // Warm: both layers known and present, so nothing is fetched or sent.
+    let warm = run(&["--cache-dir", &cache_flag]);
+    assert_eq!(warm["layers_from_cache"], 2, "{warm}");
+    assert_eq!(warm["bytes"], 0, "a layer was fetched: {warm}");
+    assert_eq!(warm["layers_copied"], 0);
+    assert_eq!(warm["digest"], cold["digest"]);
+
+    // A corrupt entry is ignored (with a warning) and that layer redone.
+    let entries: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    std::fs::write(&entries[0], b"{\"key\": 12").unwrap();
+    let mut args = vec!["--cache-dir", &cache_flag, "-O", "json"];
+    args.extend_from_slice(&["process", &src, &dst, "-f", "normalize-timestamps:ts=0"]);
+    let out = reg.ok(&args);
+    let healed = json_of(&out);
+    assert_eq!(healed["layers_from_cache"], 1, "{healed}");
+    assert!(healed["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(healed["digest"], cold["digest"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"));
+
+    // Another chain does not use these entries.
+    let other = json_of(&reg.ok(&[
+        "--cache-dir",
+        &cache_flag,
+        "-O",
+        "json",
+        "process",
+        &src,
+        &dst,
+        "-f",
+        "normalize-timestamps:ts=1",
+    ]));
+    assert_eq!(other["layers_from_cache"], 0);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -101,6 +101,15 @@ pub struct GlobalArgs {
     /// layer keeps its own)
     #[arg(long, global = true, value_name = "FORMAT", env = "OCCY_COMPRESSION")]
     pub compression: Option<String>,
+
+    /// Layer cache directory: remembers what a filter chain made of each
+    /// layer (default: $XDG_CACHE_HOME/occy or ~/.cache/occy)
+    #[arg(long, global = true, value_name = "DIR", env = "OCCY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Do not use the layer cache
+    #[arg(long, global = true, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
 }
 
 impl GlobalArgs {

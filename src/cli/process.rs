@@ -1,6 +1,7 @@
 //! `occy process SRC DST`: copy one image from a source to a destination,
 //! printing a one-line summary on stderr (or a JSON report on stdout).
 
+use crate::cache::LayerCache;
 use crate::filter::{parse_compression, FilterChain};
 use clap::Args;
 
@@ -85,6 +86,11 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
         retries: global.retries,
         filters,
         name: format!("{}:{}", name.repository, name.tag),
+        cache: if global.no_cache {
+            None
+        } else {
+            LayerCache::open(global.cache_dir.as_deref())
+        },
     };
     let sink_opts = SinkOptions {
         registry: global.source_options()?.registry,

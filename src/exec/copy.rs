@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 use tracing::{debug, info, warn};
 
 use super::filtered::{copy_filtered, FilterMatch};
+use crate::cache::LayerCache;
 use crate::error::{Error, Result};
 use crate::filter::FilterChain;
 use crate::image::{media_type, Compression, Descriptor, Digest, ImageData, ImageIndex, RawManifest, VerifyingReader};
@@ -34,6 +35,8 @@ pub struct CopyOptions {
     pub filters: FilterChain,
     /// The image's name, for filter reports (`inspect`, `search`).
     pub name: String,
+    /// Where rewritten layers are remembered (None: no cache).
+    pub cache: Option<LayerCache>,
 }
 
 impl Default for CopyOptions {
@@ -44,6 +47,7 @@ impl Default for CopyOptions {
             retries: 3,
             filters: FilterChain::default(),
             name: String::new(),
+            cache: None,
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct CopyReport {
     /// What `search` filters found.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<FilterMatch>,
+    /// Rewritten layers the layer cache knew the destination already held
+    /// (neither fetched nor rewritten).
+    pub layers_from_cache: usize,
 }
 
 /// One distinct layer to move.
@@ -292,6 +299,7 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
         bytes: counter.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         matches: Vec::new(),
+        layers_from_cache: 0,
     })
 }
 

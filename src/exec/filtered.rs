@@ -19,6 +19,7 @@ use serde_json::Value;
 use tracing::{debug, info};
 
 use super::copy::{decompressed, transfer_layer, CopyOptions, CopyReport, CountingReader, LayerJob};
+use crate::cache::{CachedLayer, LayerCache};
 use crate::error::{Error, Result};
 use crate::filter::inspect::{append_line, layer_history, layer_record, InspectLine};
 use crate::filter::layer::{rewrite_layer, LayerResult};
@@ -42,6 +43,72 @@ struct Rewritten {
     result: LayerResult,
     /// The rewritten blob, when the chain changes content.
     spool: Option<tempfile::NamedTempFile>,
+    /// Known from the layer cache, and already at the destination: nothing
+    /// was fetched and nothing is to be sent.
+    cached: bool,
+}
+
+/// The compression and level a rewritten layer gets at this sink.
+fn output_for(opts: &CopyOptions, form: LayerForm, job: &LayerJob) -> (Compression, Option<i32>) {
+    match form {
+        LayerForm::Uncompressed => (Compression::None, None),
+        LayerForm::AsIs => opts
+            .filters
+            .output_compression(Compression::from_media_type(&job.desc.media_type).unwrap_or(Compression::Gzip)),
+    }
+}
+
+/// The cache key of a layer job, when the cache may answer for this chain
+/// (observers must see the data, so a chain with one never skips a layer).
+fn cache_key(opts: &CopyOptions, form: LayerForm, job: &LayerJob) -> Option<(LayerCache, String)> {
+    let cache = opts.cache.as_ref()?;
+    let chain = &opts.filters;
+    let observes = chain
+        .filters
+        .iter()
+        .any(|f| matches!(f, FilterSpec::Search { .. } | FilterSpec::Inspect { .. }));
+    if !chain.changes_content() || observes {
+        return None;
+    }
+    let (compression, level) = output_for(opts, form, job);
+    let form_name = match form {
+        LayerForm::AsIs => "as-is",
+        LayerForm::Uncompressed => "uncompressed",
+    };
+    Some((
+        cache.clone(),
+        LayerCache::key(&job.desc.digest, &chain.hash(), compression, level, form_name),
+    ))
+}
+
+/// The cached result for a layer the destination already holds.
+async fn from_cache(sink: &dyn Sink, opts: &CopyOptions, form: LayerForm, job: &LayerJob) -> Result<Option<Rewritten>> {
+    let Some((cache, key)) = cache_key(opts, form, job) else {
+        return Ok(None);
+    };
+    let Some(entry) = cache.get(&key) else {
+        return Ok(None);
+    };
+    let at_sink = match form {
+        LayerForm::AsIs => &entry.digest,
+        LayerForm::Uncompressed => &entry.diff_id,
+    };
+    if !sink.has_blob(at_sink).await? {
+        return Ok(None);
+    }
+    debug!(layer = %job.desc.digest, out = %entry.digest, "from the layer cache, already at the destination");
+    Ok(Some(Rewritten {
+        result: LayerResult {
+            diff_id: entry.diff_id,
+            digest: entry.digest,
+            size: entry.size,
+            compression: entry.compression,
+            taps: Vec::new(),
+            matches: Vec::new(),
+        },
+        spool: None,
+        cached: true,
+    }))
 }
 
 fn spool_file() -> Result<tempfile::NamedTempFile> {
@@ -67,11 +134,7 @@ async fn rewrite_one(
         counter: counter.clone(),
     });
     let plain = decompressed(counted, &job.diff_id, &what).await?;
-    let input_compression = Compression::from_media_type(&job.desc.media_type).unwrap_or(Compression::Gzip);
-    let (compression, level) = match form {
-        LayerForm::Uncompressed => (Compression::None, None),
-        LayerForm::AsIs => chain.output_compression(input_compression),
-    };
+    let (compression, level) = output_for(opts, form, job);
     let spool = if chain.changes_content() {
         Some(spool_file()?)
     } else {
@@ -94,7 +157,21 @@ async fn rewrite_one(
         size = result.size,
         "layer rewritten"
     );
-    Ok(Rewritten { result, spool })
+    if let Some((cache, key)) = cache_key(opts, form, job) {
+        cache.put(&CachedLayer {
+            key,
+            input: job.desc.digest.clone(),
+            digest: result.digest.clone(),
+            size: result.size,
+            diff_id: result.diff_id.clone(),
+            compression: result.compression,
+        });
+    }
+    Ok(Rewritten {
+        result,
+        spool,
+        cached: false,
+    })
 }
 
 /// The image after the chain: new config and manifest bytes.
@@ -312,16 +389,18 @@ pub async fn copy_filtered(
         .map_ok(|job| {
             let counter = counter.clone();
             async move {
-                Ok((
-                    job.desc.digest.clone(),
-                    rewrite_one(source, opts, form, job, &counter).await?,
-                ))
+                let done = match from_cache(sink, opts, form, job).await? {
+                    Some(cached) => cached,
+                    None => rewrite_one(source, opts, form, job, &counter).await?,
+                };
+                Ok((job.desc.digest.clone(), done))
             }
         })
         .try_buffer_unordered(parallel)
         .try_collect()
         .await?;
     let rewritten: HashMap<Digest, Rewritten> = done.into_iter().collect();
+    let from_cache_count = rewritten.values().filter(|r| r.cached).count();
 
     // Search matches, per image and layer.
     let mut matches = Vec::new();
@@ -356,7 +435,7 @@ pub async fn copy_filtered(
         .iter()
         .map(|j| {
             let r = rewritten.get(&j.desc.digest);
-            match r.filter(|r| r.spool.is_some()) {
+            match r.filter(|r| r.spool.is_some() || r.cached) {
                 Some(r) => {
                     let mt = r.result.compression.layer_media_type(true);
                     (
@@ -405,6 +484,13 @@ pub async fn copy_filtered(
                         sink.put_blob(&desc, Box::pin(tokio::io::BufReader::with_capacity(256 * 1024, file)))
                             .await?;
                     }
+                    None if rewritten.is_some_and(|r| r.cached) => {
+                        return Err(Error::invalid(format!(
+                            "layer {} left {} while it was being copied",
+                            job.desc.digest,
+                            sink.describe()
+                        )));
+                    }
                     None => transfer_layer(source, sink, job, &counter).await?,
                 }
                 copied.fetch_add(1, Ordering::Relaxed);
@@ -439,5 +525,6 @@ pub async fn copy_filtered(
         bytes: counter.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         matches,
+        layers_from_cache: from_cache_count,
     })
 }

@@ -117,6 +117,8 @@ pub fn occy_with(flags: &[String], args: &[&str]) -> Output {
         .env_remove("DOCKER_CONFIG")
         .env_remove("OCCY_USERNAME")
         .env_remove("OCCY_PASSWORD")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("OCCY_CACHE_DIR")
         .output()
         .unwrap()
 }
