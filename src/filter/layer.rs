@@ -3,11 +3,12 @@
 //! (the new diff_id), compressed and hashed again (the new digest and size)
 //! on its way to the output — all while it streams, with fixed buffers.
 //!
-//! Compression is deterministic: gzip with no name and mtime 0 at a fixed
-//! level (6 unless asked), zstd at level 3 unless asked, with a fixed number
-//! of worker threads (zstd's output depends on the level and worker count,
-//! never on timing), so the same input and chain give the same bytes on
-//! every run and machine.
+//! Compression uses every core and is deterministic: block-parallel gzip
+//! ([`super::pgzip`], level 6 unless asked; its bytes do not depend on the
+//! thread count) and multi-threaded zstd at level 3 unless asked, with a
+//! fixed number of workers (zstd's output depends on the level and worker
+//! count, never on timing), so the same input and chain give the same bytes
+//! on every run and machine.
 
 use std::io::{self, Read, Write};
 
@@ -15,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::exclude::Exclude;
 use super::normalize_timestamps::normalize_entry;
+use super::pgzip::ParallelGzip;
 use super::search::PathMatcher;
 use super::tar_stream::{TarReader, Verdict, END_OF_ARCHIVE};
 use super::{FilterChain, FilterSpec};
@@ -77,7 +79,7 @@ impl<W: Write> Write for HashWriter<W> {
 /// The compressor between the plain tar and the blob.
 enum Encoder<W: Write> {
     None(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParallelGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -87,13 +89,10 @@ impl<W: Write> Encoder<W> {
             Compression::None => Encoder::None(inner),
             Compression::Gzip => {
                 let level = level.unwrap_or(6).clamp(0, 9) as u32;
-                // No file name, mtime 0, OS "unknown": the same bytes every time.
-                Encoder::Gzip(
-                    flate2::GzBuilder::new()
-                        .mtime(0)
-                        .operating_system(255)
-                        .write(inner, flate2::Compression::new(level)),
-                )
+                // Block-parallel on every core; no file name, mtime 0, OS
+                // "unknown": the same bytes every time, whatever the cores.
+                let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+                Encoder::Gzip(ParallelGzip::new(inner, level, threads))
             }
             Compression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(inner, level.unwrap_or(3))?;

@@ -8,6 +8,7 @@ pub mod exclude;
 pub mod inspect;
 pub mod layer;
 pub mod normalize_timestamps;
+pub mod pgzip;
 pub mod search;
 pub mod tar_stream;
 
