@@ -25,6 +25,8 @@ use crate::image::{Compression, Digest};
 
 /// zstd worker threads: fixed, so the output does not depend on the machine.
 const ZSTD_WORKERS: u32 = 4;
+/// zstd bytes per job (its minimum is 512 KiB).
+const ZSTD_JOB_SIZE: u32 = 2 * 1024 * 1024;
 
 /// What one pass produced.
 #[derive(Debug, Clone)]
@@ -97,6 +99,9 @@ impl<W: Write> Encoder<W> {
             Compression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(inner, level.unwrap_or(3))?;
                 e.multithread(ZSTD_WORKERS)?;
+                // Small jobs keep memory bounded (the default scales with the
+                // window: ~100 MiB at 4 workers); fixed, so bytes stay the same.
+                e.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
                 e.include_checksum(false)?;
                 e.include_contentsize(false)?;
                 Encoder::Zstd(e)

@@ -7,7 +7,8 @@
 //!
 //! The bytes depend only on the data, the level and the block size — never
 //! on the number of threads or on timing — so layers stay reproducible.
-//! Memory is bounded: one batch of blocks per thread pair at a time.
+//! Compression runs on worker threads while the caller keeps decompressing
+//! and rewriting; memory is bounded by the blocks in flight (2 per thread).
 
 use std::io::{self, Write};
 
@@ -20,14 +21,31 @@ const DICT: usize = 32 * 1024;
 /// gzip header: magic, deflate, no flags, mtime 0, no extra flags, OS unknown.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 
-/// A gzip writer that compresses blocks on several threads.
+/// One block for a worker: its sequence number, dictionary and data.
+struct Job {
+    seq: u64,
+    dict: Vec<u8>,
+    data: Vec<u8>,
+    last: bool,
+}
+
+/// A gzip writer that compresses blocks on worker threads while the caller
+/// goes on producing data: blocks are handed out as they fill, and their
+/// outputs written in order as they come back. At most `2 × threads`
+/// blocks are in flight, so memory stays bounded.
 pub struct ParallelGzip<W: Write> {
     out: W,
-    level: u32,
-    threads: usize,
-    /// Input not yet compressed (whole blocks are taken a batch at a time).
+    max_in_flight: usize,
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    results: std::sync::mpsc::Receiver<(u64, io::Result<Vec<u8>>)>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    /// Outputs that came back ahead of their turn.
+    waiting: std::collections::BTreeMap<u64, Vec<u8>>,
+    next_seq: u64,
+    next_to_write: u64,
+    /// Input not yet handed out (less than a block).
     pending: Vec<u8>,
-    /// The last `DICT` bytes of the input already compressed.
+    /// The last `DICT` bytes handed out.
     dict: Vec<u8>,
     crc: crc32fast::Hasher,
     total: u64,
@@ -36,11 +54,38 @@ pub struct ParallelGzip<W: Write> {
 
 impl<W: Write> ParallelGzip<W> {
     pub fn new(out: W, level: u32, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let level = level.min(9);
+        let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(threads * 2);
+        let (res_tx, res_rx) = std::sync::mpsc::channel();
+        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
+        let workers = (0..threads)
+            .map(|_| {
+                let job_rx = job_rx.clone();
+                let res_tx = res_tx.clone();
+                std::thread::spawn(move || loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let out = deflate_block(level, &job.dict, &job.data, job.last);
+                    if res_tx.send((job.seq, out)).is_err() {
+                        return;
+                    }
+                })
+            })
+            .collect();
         ParallelGzip {
             out,
-            level: level.min(9),
-            threads: threads.max(1),
-            pending: Vec::new(),
+            max_in_flight: threads * 2,
+            jobs: Some(job_tx),
+            results: res_rx,
+            workers,
+            waiting: std::collections::BTreeMap::new(),
+            next_seq: 0,
+            next_to_write: 0,
+            pending: Vec::with_capacity(BLOCK),
             dict: Vec::new(),
             crc: crc32fast::Hasher::new(),
             total: 0,
@@ -48,70 +93,61 @@ impl<W: Write> ParallelGzip<W> {
         }
     }
 
-    fn batch_len(&self) -> usize {
-        BLOCK * self.threads * 2
+    /// Writes every finished output whose turn has come, waiting for results
+    /// until at most `keep` blocks are still in flight. (Dropping the writer
+    /// closes the job channel, which stops the workers.)
+    fn collect(&mut self, keep: usize) -> io::Result<()> {
+        loop {
+            while let Some(bytes) = self.waiting.remove(&self.next_to_write) {
+                self.out.write_all(&bytes)?;
+                self.next_to_write += 1;
+            }
+            let in_flight = (self.next_seq - self.next_to_write) as usize;
+            if in_flight <= keep {
+                return Ok(());
+            }
+            let (seq, result) = self
+                .results
+                .recv()
+                .map_err(|_| io::Error::other("the gzip workers stopped"))?;
+            self.waiting.insert(seq, result?);
+        }
     }
 
-    /// Compresses `data` (whole blocks, except at the end) and writes it.
-    fn compress_batch(&mut self, data: &[u8], last: bool) -> io::Result<()> {
+    /// Hands one block to the workers.
+    fn submit(&mut self, data: Vec<u8>, last: bool) -> io::Result<()> {
         if !self.header_written {
             self.out.write_all(&HEADER)?;
             self.header_written = true;
         }
-        let blocks: Vec<&[u8]> = if data.is_empty() {
-            vec![&[][..]]
-        } else {
-            data.chunks(BLOCK).collect()
-        };
-        let n = blocks.len();
-        // Each block's dictionary: the tail of the block before it.
-        let dicts: Vec<&[u8]> = (0..n)
-            .map(|i| {
-                if i == 0 {
-                    &self.dict[..]
-                } else {
-                    let prev = blocks[i - 1];
-                    &prev[prev.len().saturating_sub(DICT)..]
-                }
-            })
-            .collect();
-        let level = self.level;
-        let mut outputs: Vec<Option<io::Result<Vec<u8>>>> = (0..n).map(|_| None).collect();
-        let per_thread = n.div_ceil(self.threads);
-        std::thread::scope(|s| {
-            for (chunk_index, slots) in outputs.chunks_mut(per_thread).enumerate() {
-                let first = chunk_index * per_thread;
-                let blocks = &blocks;
-                let dicts = &dicts;
-                s.spawn(move || {
-                    for (k, slot) in slots.iter_mut().enumerate() {
-                        let i = first + k;
-                        *slot = Some(deflate_block(level, dicts[i], blocks[i], last && i == n - 1));
-                    }
-                });
-            }
-        });
-        for o in outputs {
-            let bytes = o.unwrap_or_else(|| Err(io::Error::other("a compression thread did not finish")))?;
-            self.out.write_all(&bytes)?;
-        }
-        self.crc.update(data);
+        self.collect(self.max_in_flight.saturating_sub(1))?;
+        self.crc.update(&data);
         self.total += data.len() as u64;
-        let tail_start = data.len().saturating_sub(DICT);
-        if data.len() >= DICT {
-            self.dict = data[tail_start..].to_vec();
-        } else {
-            self.dict.extend_from_slice(data);
-            let excess = self.dict.len().saturating_sub(DICT);
-            self.dict.drain(..excess);
-        }
-        Ok(())
+        let dict = std::mem::take(&mut self.dict);
+        self.dict = data[data.len().saturating_sub(DICT)..].to_vec();
+        let job = Job {
+            seq: self.next_seq,
+            dict,
+            data,
+            last,
+        };
+        self.next_seq += 1;
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("gzip stream already finished"))?
+            .send(job)
+            .map_err(|_| io::Error::other("the gzip workers stopped"))
     }
 
     /// Writes what is left, the final block and the trailer.
     pub fn finish(mut self) -> io::Result<W> {
         let rest = std::mem::take(&mut self.pending);
-        self.compress_batch(&rest, true)?;
+        self.submit(rest, true)?;
+        self.collect(0)?;
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
         self.out.write_all(&(self.total as u32).to_le_bytes())?;
@@ -155,22 +191,26 @@ fn deflate_block(level: u32, dict: &[u8], data: &[u8], last: bool) -> io::Result
 
 impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        let batch = self.batch_len();
-        if self.pending.len() >= batch {
-            let take = self.pending.len() / BLOCK * BLOCK;
-            // Keep at least one byte back so the final block is never empty
-            // when data ends on a block boundary.
-            let take = if take == self.pending.len() { take - BLOCK } else { take };
-            let data: Vec<u8> = self.pending.drain(..take).collect();
-            self.compress_batch(&data, false)?;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let room = BLOCK - self.pending.len();
+            let take = room.min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            // A full block is handed out only once more data follows, so the
+            // last block (which ends the stream) is never empty.
+            if self.pending.len() == BLOCK && !rest.is_empty() {
+                let block = std::mem::replace(&mut self.pending, Vec::with_capacity(BLOCK));
+                self.submit(block, false)?;
+            }
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        // Blocks are emitted a batch at a time; flushing the inner writer is
-        // all that can be done without changing the output bytes.
+        // Finished blocks are written as they come back; the block being
+        // filled cannot be flushed without changing the output bytes.
+        self.collect(usize::MAX)?;
         self.out.flush()
     }
 }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# normalize-timestamps on a big image, registry -> registry, occy beside
+# occystrap 0.4.17 (installed from PyPI into a venv under ~/.cache) in one
+# run, on one local Distribution registry. Prints wall time, peak memory and
+# the occystrap/occy time ratio.
+#
+#   bench/filters.sh [SIZE_MIB]     (default 256: one layer of that size plus a small base)
+#
+# Needs docker-registry, python3-venv and /usr/bin/time (./test.sh installs the first and last).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:-256}
+cargo build --release --locked -q
+occy=$PWD/target/release/occy
+
+venv=${OCCY_BENCH_VENV:-$HOME/.cache/occy-bench/occystrap-0.4.17}
+if [ ! -x "$venv/bin/occystrap" ]; then
+    echo "bench: installing occystrap 0.4.17 into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q occystrap==0.4.17
+fi
+occystrap=$venv/bin/occystrap
+
+work=$(mktemp -d /tmp/occy-bench-filters.XXXXXX)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+reg=127.0.0.1:$port
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: $reg
+YML
+docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
+registry_pid=$!
+trap 'kill $registry_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+
+"$occy" generate "$work/src" --set big --size "$size" >/dev/null
+"$occy" --insecure-registry "$reg" process "oci://$work/src:big" "registry://$reg/bench/big:1" 2>/dev/null
+
+# measure NAME CMD... -> "rss_kib seconds"
+measure() {
+    local name=$1; shift
+    /usr/bin/time -f "%M %e" -o "$work/time.$name" "$@" >"$work/out.$name" 2>&1 || {
+        echo "$name failed:" >&2; cat "$work/out.$name" >&2; exit 1; }
+    cat "$work/time.$name"
+}
+
+read -r o_kib o_s <<<"$(measure occy "$occy" --insecure-registry "$reg" --no-cache \
+    process "registry://$reg/bench/big:1" "registry://$reg/occy/big:1" -f normalize-timestamps)"
+read -r p_kib p_s <<<"$(measure occystrap "$occystrap" --insecure \
+    process "registry://$reg/bench/big:1" "registry://$reg/occystrap/big:1" -f normalize-timestamps)"
+
+# Both outputs must really be normalized: every mtime 0 in every layer.
+for who in occy occystrap; do
+    "$occy" --insecure-registry "$reg" process "registry://$reg/$who/big:1" "dir://$work/check-$who" >/dev/null 2>&1
+    bad=$(for l in "$work/check-$who"/*/layer.tar; do tar -tvf "$l" --full-time | grep -vc ' 1970-01-01 00:00:00 ' || true; done | awk '{s+=$1} END {print s+0}')
+    echo "$who: entries with a non-zero mtime: $bad"
+done
+
+printf '\nnormalize-timestamps, registry -> registry, %s MiB layer\n' "$size"
+printf '%-10s %10s %12s\n' tool seconds "peak MiB"
+printf '%-10s %10.2f %12.1f\n' occy "$o_s" "$(awk -v k="$o_kib" 'BEGIN{print k/1024}')"
+printf '%-10s %10.2f %12.1f\n' occystrap "$p_s" "$(awk -v k="$p_kib" 'BEGIN{print k/1024}')"
+awk -v o="$o_s" -v p="$p_s" 'BEGIN { if (o > 0) printf "occystrap/occy time ratio: %.1fx\n", p/o }'
