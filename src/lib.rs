@@ -8,6 +8,7 @@
 //! stream through the executor ([`exec`]) into a [`sink`].
 
 pub mod cache;
+pub mod check;
 pub mod cli;
 pub mod error;
 pub mod exec;

@@ -1,6 +1,7 @@
 //! The command line: clap definitions of every command and global flag, and
 //! dispatch to the library. Rendering of results lives beside each command.
 
+pub mod check;
 pub mod generate;
 pub mod info;
 pub mod output;
@@ -196,6 +197,9 @@ pub enum Command {
     )]
     Search(search::SearchArgs),
 
+    /// Validate an image: structure, history, compression, layer contents
+    Check(check::CheckArgs),
+
     /// Write deterministic test images as an OCI layout (for tests, examples, benchmarks)
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -207,6 +211,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Process(args) => process::run(&cli.global, args).await,
         Command::Info(args) => info::run(&cli.global, args).await,
         Command::Search(args) => search::run(&cli.global, args).await,
+        Command::Check(args) => check::run(&cli.global, args).await,
         Command::Generate(args) => generate::run(&cli.global, args).await,
     }
 }

@@ -88,6 +88,8 @@ pub struct TarEntry {
     pub kind: EntryKind,
     /// Data bytes that follow the header (before padding).
     pub data_len: u64,
+    /// Whether the path was written absolute (with a leading `/`).
+    pub absolute: bool,
 }
 
 impl TarEntry {
@@ -131,6 +133,23 @@ impl TarEntry {
             }
         }
         parse_number(&self.header[136..148]).map(|n| n.to_string())
+    }
+
+    /// The permission bits (and setuid/setgid/sticky) from the header.
+    pub fn mode(&self) -> u32 {
+        parse_number(&self.header[100..108]).unwrap_or(0) as u32 & 0o7777
+    }
+
+    /// Whether the entry records a modification time before 1970 (a
+    /// negative base-256 header field or a negative PAX `mtime`).
+    pub fn negative_mtime(&self) -> bool {
+        if self.header[136] == 0xff {
+            return true;
+        }
+        self.extensions.iter().any(|ext| match ext {
+            Extension::Pax { records, .. } => records.iter().any(|(k, v)| k == "mtime" && v.first() == Some(&b'-')),
+            Extension::Raw { .. } => false,
+        })
     }
 
     /// The bytes that go before the entry's data: extension records and header.
@@ -331,6 +350,7 @@ impl<R: Read> TarReader<R> {
                         extensions,
                         header,
                         header_changed: false,
+                        absolute: path.starts_with('/'),
                         path: normalize_path(&path),
                         link,
                         kind,
