@@ -209,6 +209,14 @@ pub async fn scan_layer(
     let (local, scan, result) = outcome;
     f.results.extend(local.results);
     if let Err(e) = result {
+        // A corrupt blob usually breaks decompression before its digest can
+        // be checked at the end: read it again to say what is really wrong.
+        let e = match e {
+            e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) => e,
+            other => crate::exec::copy::blob_integrity_error(source, desc)
+                .await
+                .unwrap_or(other),
+        };
         record_stream_error(f, at, desc, e);
     }
     Ok(scan)

@@ -166,7 +166,7 @@ pub(crate) async fn transfer_layer(
 }
 
 /// Reads a blob to its end and returns the digest or size mismatch, if any.
-async fn blob_integrity_error(source: &dyn Source, desc: &Descriptor) -> Option<Error> {
+pub(crate) async fn blob_integrity_error(source: &dyn Source, desc: &Descriptor) -> Option<Error> {
     let mut r = source.open_blob(desc).await.ok()?;
     match tokio::io::copy(&mut r, &mut tokio::io::sink()).await {
         Err(e) => match Error::stream(&format!("blob {}", desc.digest), e) {

@@ -1,0 +1,392 @@
+//! `occy check` on deliberately broken images, built here from the
+//! generated ones: each defect makes exactly the expected rule ids fire,
+//! and every good image (and every filter's output) passes with no error,
+//! in fast and full mode, in text and JSON, from an OCI layout, a tar, a dir
+//! and a registry.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use support::*;
+
+fn sha_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// A private copy of one generated image as an OCI layout, tagged `NAME`.
+fn layout_of(name: &str) -> PathBuf {
+    let dir = scratch_dir(&format!("check-{name}"));
+    let specs: Vec<_> = occy::generate::standard_set()
+        .into_iter()
+        .filter(|s| s.name == name)
+        .collect();
+    occy::generate::write_layout(&dir, &specs).unwrap();
+    dir
+}
+
+fn read_blob(dir: &Path, digest: &str) -> Vec<u8> {
+    std::fs::read(dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap()
+}
+
+fn write_blob(dir: &Path, bytes: &[u8]) -> String {
+    let hex = sha_hex(bytes);
+    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// The tag's top descriptor in index.json.
+fn top(dir: &Path, tag: &str) -> Value {
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap()
+        .clone()
+}
+
+/// Points the tag at new top-manifest bytes.
+fn retag(dir: &Path, tag: &str, bytes: &[u8]) {
+    let digest = write_blob(dir, bytes);
+    let mut index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    for m in index["manifests"].as_array_mut().unwrap() {
+        if m["annotations"]["org.opencontainers.image.ref.name"] == tag {
+            m["digest"] = Value::from(digest.clone());
+            m["size"] = Value::from(bytes.len());
+        }
+    }
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// Rewrites a single-image tag's manifest and config through `edit`.
+fn mutate(dir: &Path, tag: &str, edit: impl FnOnce(&Path, &mut Value, &mut Value)) {
+    let t = top(dir, tag);
+    let mut manifest: Value = serde_json::from_slice(&read_blob(dir, t["digest"].as_str().unwrap())).unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&read_blob(dir, manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    edit(dir, &mut manifest, &mut config);
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = Value::from(write_blob(dir, &config_bytes));
+    manifest["config"]["size"] = Value::from(config_bytes.len());
+    retag(dir, tag, &serde_json::to_vec(&manifest).unwrap());
+}
+
+/// Adds a gzip layer made of `entries` (raw tar bytes) to a manifest and config.
+fn add_layer(dir: &Path, manifest: &mut Value, config: &mut Value, tar: &[u8]) {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    gz.write_all(tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let digest = write_blob(dir, &gz);
+    manifest["layers"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": digest,
+        "size": gz.len(),
+    }));
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .unwrap()
+        .push(Value::from(format!("sha256:{}", sha_hex(tar))));
+    config["history"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"created": "2030-01-01T00:00:00Z", "created_by": "test"}));
+}
+
+/// A tar with one entry, its name written raw (so `..` survives).
+fn raw_tar(name: &str, kind: tar::EntryType, link: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    if !link.is_empty() {
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    }
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len() + (512 - data.len() % 512) % 512, 0);
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// Runs `occy -O json check [--fast] REF` and returns (exit code, report).
+fn check(reference: &str, fast: bool) -> (i32, Value) {
+    let mut args = vec!["-O", "json", "check", reference];
+    if fast {
+        args.push("--fast");
+    }
+    let out = occy(&args);
+    let code = out.status.code().unwrap();
+    assert!(
+        code == 0 || code == 1,
+        "occy check {reference}: exit {code}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, json_of(&out))
+}
+
+fn ids(report: &Value, severity: &str) -> Vec<String> {
+    let mut v: Vec<String> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["severity"] == severity)
+        .map(|r| r["check"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Asserts that a full check finds exactly the error ids `want`.
+fn expect_errors(dir: &Path, tag: &str, want: &[&str]) -> Value {
+    let (code, report) = check(&format!("oci://{}:{tag}", dir.display()), false);
+    assert_eq!(ids(&report, "error"), want, "{report:#}");
+    assert_eq!(code, if want.is_empty() { 0 } else { 1 });
+    report
+}
+
+#[test]
+fn good_images_pass_in_every_mode_and_format() {
+    for g in &standard_images().1 {
+        let r = standard_ref(&g.name);
+        for fast in [true, false] {
+            let (code, report) = check(&r, fast);
+            assert_eq!(code, 0, "{}: {report:#}", g.name);
+            assert_eq!(report["errors"], 0);
+            assert_eq!(report["mode"], if fast { "fast" } else { "full" });
+        }
+    }
+    // Text output ends with the counts.
+    let out = ok(&["check", &standard_ref("zstd")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[zstd-compat]"), "{text}");
+    assert!(text.trim_end().ends_with("0 error(s), 1 warning(s)"), "{text}");
+    // Other sources: tar, dir, registry.
+    let out = scratch_dir("check-sources");
+    let tar = format!("tar://{}", out.join("a.tar").display());
+    let dir = format!("dir://{}", out.join("d").display());
+    ok(&["process", &standard_ref("app-a"), &tar]);
+    ok(&["process", &standard_ref("app-a"), &dir]);
+    for r in [&tar, &dir] {
+        assert_eq!(check(r, false).0, 0, "{r}");
+        assert_eq!(check(r, true).0, 0, "{r}");
+    }
+    let reg = Registry::shared(Mode::Plain);
+    reg.ok(&[
+        "process",
+        "--all-platforms",
+        &standard_ref("multiarch"),
+        &reg.url("check/multi:1"),
+    ]);
+    for fast in [true, false] {
+        let args = ["-O", "json", "check", &reg.url("check/multi:1")];
+        let mut args = args.to_vec();
+        if fast {
+            args.push("--fast");
+        }
+        let report = json_of(&reg.ok(&args));
+        assert_eq!(report["errors"], 0, "{report:#}");
+    }
+}
+
+#[test]
+fn filter_outputs_pass() {
+    let out = scratch_dir("check-filtered");
+    for (i, f) in [
+        "normalize-timestamps:config=true",
+        "exclude:pattern=usr/share/doc/*,pattern=**/os-release",
+        "recompress:format=zstd",
+        "search:pattern=*.txt",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dst = format!("oci://{}:f{i}", out.display());
+        ok(&["process", &standard_ref("whiteouts"), &dst, "-f", f]);
+        let (code, report) = check(&dst, false);
+        assert_eq!(code, 0, "{f}: {report:#}");
+    }
+}
+
+#[test]
+fn each_defect_fires_exactly_its_rule() {
+    // More layers than diff_ids.
+    let d = layout_of("app-a");
+    mutate(&d, "app-a", |_, _, c| {
+        c["rootfs"]["diff_ids"].as_array_mut().unwrap().pop();
+    });
+    expect_errors(&d, "app-a", &["layer-count"]);
+
+    // A corrupted layer byte.
+    let d = layout_of("base");
+    let layer = read_json_layer(&d, "base", 0);
+    let path = d.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    expect_errors(&d, "base", &["layer-digest"]);
+    // The fast mode reads no layer, so it does not see it.
+    assert_eq!(check(&format!("oci://{}:base", d.display()), true).0, 0);
+
+    // A stale config digest: the config changed after the manifest was written.
+    let d = layout_of("base");
+    let t = top(&d, "base");
+    let manifest: Value = serde_json::from_slice(&read_blob(&d, t["digest"].as_str().unwrap())).unwrap();
+    let cpath = d.join("blobs/sha256").join(
+        manifest["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let mut c = std::fs::read(&cpath).unwrap();
+    let n = c.len();
+    c[n - 2] = b' ';
+    std::fs::write(&cpath, c).unwrap();
+    expect_errors(&d, "base", &["config-digest"]);
+
+    // History misaligned: one layer-making entry too many.
+    let d = layout_of("app-a");
+    mutate(&d, "app-a", |_, _, c| {
+        c["history"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"created": "2030-01-01T00:00:00Z", "created_by": "extra"}));
+    });
+    expect_errors(&d, "app-a", &["history-count"]);
+
+    // History out of order.
+    let d = layout_of("app-a");
+    mutate(&d, "app-a", |_, _, c| {
+        let h = c["history"].as_array_mut().unwrap();
+        h[0]["created"] = Value::from("2031-01-01T00:00:00Z");
+    });
+    expect_errors(&d, "app-a", &["history-order"]);
+
+    // A gzip blob declared as zstd (OCI, so the type itself is allowed).
+    let d = layout_of("app-a");
+    mutate(&d, "app-a", |_, m, _| {
+        m["layers"][1]["mediaType"] = Value::from("application/vnd.oci.image.layer.v1.tar+zstd");
+    });
+    let r = expect_errors(&d, "app-a", &["compression-mismatch"]);
+    assert_eq!(ids(&r, "warning"), ["zstd-compat"]);
+
+    // An OCI layer type inside a Docker v2 manifest.
+    let d = layout_of("dockerv2");
+    mutate(&d, "dockerv2", |_, m, _| {
+        m["layers"][0]["mediaType"] = Value::from("application/vnd.oci.image.layer.v1.tar+gzip");
+    });
+    expect_errors(&d, "dockerv2", &["media-type"]);
+
+    // A whiteout with content.
+    let d = layout_of("base");
+    mutate(&d, "base", |dir, m, c| {
+        add_layer(
+            dir,
+            m,
+            c,
+            &raw_tar("etc/.wh.passwd", tar::EntryType::Regular, "", b"oops"),
+        );
+    });
+    expect_errors(&d, "base", &["whiteout"]);
+
+    // A path that escapes the root, and a hardlink that does.
+    let d = layout_of("base");
+    mutate(&d, "base", |dir, m, c| {
+        add_layer(dir, m, c, &raw_tar("../escape", tar::EntryType::Regular, "", b"x"));
+    });
+    expect_errors(&d, "base", &["path-escape"]);
+    let d = layout_of("base");
+    mutate(&d, "base", |dir, m, c| {
+        add_layer(
+            dir,
+            m,
+            c,
+            &raw_tar("usr/link", tar::EntryType::Symlink, "../../../etc/shadow", b""),
+        );
+    });
+    expect_errors(&d, "base", &["path-escape"]);
+
+    // The schema version and the rootfs type.
+    let d = layout_of("base");
+    mutate(&d, "base", |_, m, c| {
+        m["schemaVersion"] = Value::from(3);
+        c["rootfs"]["type"] = Value::from("squashfs");
+    });
+    expect_errors(&d, "base", &["rootfs-type", "schema-version"]);
+
+    // A missing blob: found by the fast mode too.
+    let d = layout_of("base");
+    let layer = read_json_layer(&d, "base", 0);
+    std::fs::remove_file(d.join("blobs/sha256").join(layer.trim_start_matches("sha256:"))).unwrap();
+    let (code, r) = check(&format!("oci://{}:base", d.display()), true);
+    assert_eq!(code, 1);
+    assert_eq!(ids(&r, "error"), ["blob-exists"]);
+
+    // A world-writable file and ArgsEscaped: warnings, exit 0.
+    let d = layout_of("base");
+    mutate(&d, "base", |dir, m, c| {
+        let mut t = raw_tar("srv/open", tar::EntryType::Regular, "", b"x");
+        // mode 0666 (octal field at 100..108), then a fresh checksum.
+        t[100..108].copy_from_slice(b"0000666\0");
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(&t[..512]);
+        h.set_cksum();
+        t[..512].copy_from_slice(h.as_bytes());
+        add_layer(dir, m, c, &t);
+        c["config"]["ArgsEscaped"] = Value::from(true);
+    });
+    let r = expect_errors(&d, "base", &[]);
+    assert_eq!(ids(&r, "warning"), ["args-escaped", "tar-permissions"]);
+}
+
+#[test]
+fn index_defects_are_named() {
+    // The arm64 entry points at the amd64 manifest (and so its config).
+    let d = layout_of("multiarch");
+    let t = top(&d, "multiarch");
+    let mut index: Value = serde_json::from_slice(&read_blob(&d, t["digest"].as_str().unwrap())).unwrap();
+    let entries = index["manifests"].as_array_mut().unwrap();
+    let amd64 = entries
+        .iter()
+        .find(|e| e["platform"]["architecture"] == "amd64")
+        .unwrap()
+        .clone();
+    for e in entries.iter_mut() {
+        if e["platform"]["architecture"] == "arm64" {
+            e["digest"] = amd64["digest"].clone();
+            e["size"] = amd64["size"].clone();
+        }
+    }
+    retag(&d, "multiarch", &serde_json::to_vec(&index).unwrap());
+    expect_errors(&d, "multiarch", &["index-platform"]);
+
+    // The same platform twice, and an entry that is not there.
+    let d = layout_of("multiarch");
+    let t = top(&d, "multiarch");
+    let mut index: Value = serde_json::from_slice(&read_blob(&d, t["digest"].as_str().unwrap())).unwrap();
+    let first = index["manifests"][0].clone();
+    let mut missing = first.clone();
+    missing["digest"] = Value::from(format!("sha256:{}", "0".repeat(64)));
+    missing["platform"]["architecture"] = Value::from("s390x");
+    index["manifests"].as_array_mut().unwrap().push(first);
+    index["manifests"].as_array_mut().unwrap().push(missing);
+    retag(&d, "multiarch", &serde_json::to_vec(&index).unwrap());
+    let r = expect_errors(&d, "multiarch", &["index-entry"]);
+    assert_eq!(ids(&r, "warning"), ["index-duplicate-platform"]);
+}
+
+/// The digest of layer `i` of a single-image tag.
+fn read_json_layer(dir: &Path, tag: &str, i: usize) -> String {
+    let t = top(dir, tag);
+    let manifest: Value = serde_json::from_slice(&read_blob(dir, t["digest"].as_str().unwrap())).unwrap();
+    manifest["layers"][i]["digest"].as_str().unwrap().to_string()
+}
