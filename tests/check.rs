@@ -390,3 +390,58 @@ fn read_json_layer(dir: &Path, tag: &str, i: usize) -> String {
     let manifest: Value = serde_json::from_slice(&read_blob(dir, t["digest"].as_str().unwrap())).unwrap();
     manifest["layers"][i]["digest"].as_str().unwrap().to_string()
 }
+
+#[test]
+fn process_verifies_what_it_wrote() {
+    let out = scratch_dir("verify");
+    let layout = out.join("layout");
+    let dst = |tag: &str| format!("oci://{}:{tag}", layout.display());
+    // Every route passes the full check of what it wrote.
+    ok(&[
+        "process",
+        "--verify-full",
+        "--all-platforms",
+        &standard_ref("multiarch"),
+        &dst("m"),
+    ]);
+    ok(&[
+        "process",
+        "--verify-full",
+        &standard_ref("app-a"),
+        &format!("tar://{}", out.join("a.tar").display()),
+    ]);
+    ok(&[
+        "process",
+        "--verify-full",
+        &standard_ref("app-b"),
+        &format!("dir://{}?unique_names=true", out.join("dir").display()),
+    ]);
+    ok(&[
+        "process",
+        "--verify-full",
+        &standard_ref("app-a"),
+        &format!("dir://{}?unique_names=true", out.join("dir").display()),
+    ]);
+    let reg = Registry::shared(Mode::Plain);
+    reg.ok(&[
+        "process",
+        "--verify-full",
+        &standard_ref("zstd"),
+        &reg.url("verify/zstd:1"),
+    ]);
+
+    // A destination blob that is present but corrupt is skipped by the copy
+    // (it has that name) — and caught by the full verification.
+    ok(&["process", &standard_ref("app-a"), &dst("a1")]);
+    let layer = read_json_layer(&layout, "a1", 1);
+    let path = layout.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let args = ["process", "--verify-full", &standard_ref("app-a"), &dst("a2")];
+    let stderr = assert_fails(&args, occy(&args), 1, "layer-digest");
+    assert!(stderr.contains("verification of"), "{stderr}");
+    // The fast check cannot see it; --no-verify does not look at all.
+    ok(&["process", &standard_ref("app-a"), &dst("a3")]);
+    ok(&["process", "--no-verify", &standard_ref("app-a"), &dst("a4")]);
+}

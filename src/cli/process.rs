@@ -2,6 +2,7 @@
 //! printing a one-line summary on stderr (or a JSON report on stdout).
 
 use crate::cache::LayerCache;
+use crate::check::{check_source, Mode, Severity};
 use crate::filter::{parse_compression, FilterChain};
 use clap::Args;
 
@@ -35,6 +36,49 @@ pub struct ProcessArgs {
     /// search:pattern=P[,regex=true], inspect:file=PATH, recompress:format=gzip|zstd[,level=N]
     #[arg(short = 'f', long = "filter", value_name = "FILTER")]
     pub filters: Vec<String>,
+
+    /// After writing, run the full check (every layer read back) on the
+    /// destination instead of the fast one
+    #[arg(long, conflicts_with = "no_verify")]
+    pub verify_full: bool,
+
+    /// Do not check the destination after writing (by default the fast
+    /// check runs on it: manifests, configs, blob existence)
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+/// Checks what was written: `occy check` (fast or full) on the destination.
+/// Bundles and daemons are not read back (a daemon would export the image
+/// again); everything else is.
+async fn verify_destination(global: &GlobalArgs, dst: &Reference, name: &ImageName, mode: Mode) -> Result<()> {
+    let source: Box<dyn Source> = match dst {
+        Reference::Bundle { .. } | Reference::Docker { .. } | Reference::Dir { expand: true, .. } => return Ok(()),
+        Reference::Dir { path, .. } => Box::new(
+            crate::source::docker_save::DockerSaveSource::open_dir(path, Some((&name.repository, &name.tag))).await?,
+        ),
+        other => open_source(other, &global.source_options()?).await?,
+    };
+    let findings = check_source(source.as_ref(), mode).await?;
+    let errors: Vec<_> = findings
+        .results
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .collect();
+    if errors.is_empty() {
+        tracing::debug!("{dst}: {} check found no error", mode.as_str());
+        return Ok(());
+    }
+    let lines: Vec<String> = errors
+        .iter()
+        .map(|f| format!("  [{}] {}", f.check, f.message))
+        .collect();
+    Err(Error::invalid(format!(
+        "verification of {dst} ({} check) found {} error(s):\n{}",
+        mode.as_str(),
+        errors.len(),
+        lines.join("\n")
+    )))
 }
 
 /// The name and tag to record at the destination: what the source's
@@ -102,6 +146,10 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
     };
     let sink = open_sink(&dst_ref, &name, &sink_opts).await?;
     let report = copy_image(source.as_ref(), sink.as_ref(), &opts).await?;
+    if !args.no_verify {
+        let mode = if args.verify_full { Mode::Full } else { Mode::Fast };
+        verify_destination(global, &dst_ref, &name, mode).await?;
+    }
     match global.output_format {
         OutputFormat::Json => {
             let mut v = serde_json::to_value(&report)?;
