@@ -445,3 +445,63 @@ fn process_verifies_what_it_wrote() {
     ok(&["process", &standard_ref("app-a"), &dst("a3")]);
     ok(&["process", "--no-verify", &standard_ref("app-a"), &dst("a4")]);
 }
+
+#[test]
+fn the_remaining_rules_fire_too() {
+    // A time before 1970 (negative base-256 mtime).
+    let d = layout_of("base");
+    mutate(&d, "base", |dir, m, c| {
+        let mut t = raw_tar("srv/old", tar::EntryType::Regular, "", b"x");
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(&t[..512]);
+        // -1 in base-256: all bits set.
+        h.as_mut_bytes()[136..148].copy_from_slice(&[0xff; 12]);
+        h.set_cksum();
+        t[..512].copy_from_slice(h.as_bytes());
+        add_layer(dir, m, c, &t);
+    });
+    expect_errors(&d, "base", &["tar-timestamp"]);
+
+    // Bytes that are not a tar (but hash right): tar-format.
+    let d = layout_of("base");
+    mutate(&d, "base", |dir, m, c| {
+        add_layer(dir, m, c, &vec![b'x'; 2048]);
+    });
+    expect_errors(&d, "base", &["tar-format"]);
+
+    // A config of another size than declared (same digest cannot be faked,
+    // so both rules may fire; the size one must).
+    let d = layout_of("base");
+    let t = top(&d, "base");
+    let mut manifest: Value = serde_json::from_slice(&read_blob(&d, t["digest"].as_str().unwrap())).unwrap();
+    let size = manifest["config"]["size"].as_u64().unwrap();
+    manifest["config"]["size"] = Value::from(size + 7);
+    retag(&d, "base", &serde_json::to_vec(&manifest).unwrap());
+    let (code, r) = check(&format!("oci://{}:base", d.display()), true);
+    assert_eq!(code, 1);
+    assert!(ids(&r, "error").contains(&"config-size".to_string()), "{r:#}");
+
+    // The same file, same content, in two layers: a warning only.
+    let d = layout_of("base");
+    mutate(&d, "base", |dir, m, c| {
+        add_layer(dir, m, c, &raw_tar("srv/same", tar::EntryType::Regular, "", b"same"));
+        add_layer(dir, m, c, &raw_tar("srv/same", tar::EntryType::Regular, "", b"same"));
+    });
+    let r = expect_errors(&d, "base", &[]);
+    assert_eq!(ids(&r, "warning"), ["duplicate-file"]);
+
+    // A layer declared over 1 GiB: a warning from the metadata alone.
+    let d = layout_of("base");
+    mutate(&d, "base", |_, m, _| {
+        m["layers"][0]["size"] = Value::from(2u64 << 30);
+    });
+    let (code, r) = check(&format!("oci://{}:base", d.display()), true);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(ids(&r, "warning"), ["large-layer"]);
+
+    // Media-type notes name the family.
+    let (_, r) = check(&standard_ref("dockerv2"), true);
+    assert_eq!(ids(&r, "info"), ["docker-media-type"]);
+    let (_, r) = check(&standard_ref("app-a"), true);
+    assert_eq!(ids(&r, "info"), ["oci-media-type"]);
+}
