@@ -186,6 +186,22 @@ fn good_images_pass_in_every_mode_and_format() {
         &standard_ref("multiarch"),
         &reg.url("check/multi:1"),
     ]);
+    // A blob the registry lacks, found by HEAD in the fast mode.
+    let g = generated("multiarch");
+    let amd64 = default_image(g);
+    let victim = amd64.layers.last().unwrap().digest.to_string();
+    let own = Registry::start(Mode::Plain);
+    own.ok(&[
+        "process",
+        "--all-platforms",
+        &standard_ref("multiarch"),
+        &own.url("check/multi:1"),
+    ]);
+    std::fs::remove_file(own.blob_path(&victim)).unwrap();
+    let args = ["-O", "json", "check", "--fast", &own.url("check/multi:1")];
+    let out = own.occy(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ids(&json_of(&out), "error"), ["blob-exists"]);
     for fast in [true, false] {
         let args = ["-O", "json", "check", &reg.url("check/multi:1")];
         let mut args = args.to_vec();
@@ -224,6 +240,13 @@ fn each_defect_fires_exactly_its_rule() {
         c["rootfs"]["diff_ids"].as_array_mut().unwrap().pop();
     });
     expect_errors(&d, "app-a", &["layer-count"]);
+
+    // A diff_id that is not the layer's (a rewrite that forgot the config).
+    let d = layout_of("app-a");
+    mutate(&d, "app-a", |_, _, c| {
+        c["rootfs"]["diff_ids"][1] = Value::from(format!("sha256:{}", "ab".repeat(32)));
+    });
+    expect_errors(&d, "app-a", &["diff-id"]);
 
     // A corrupted layer byte.
     let d = layout_of("base");

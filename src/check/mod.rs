@@ -297,11 +297,16 @@ async fn check_image(
     let mut scans = Vec::new();
     for (i, l) in manifest.layers.iter().enumerate() {
         match mode {
-            Mode::Fast => match source.open_blob(l).await {
-                Ok(_) => {}
-                Err(Error::NotFound(m)) => {
-                    f.error("blob-exists", format!("{at}: layer {i} ({}) is missing: {m}", l.digest))
-                }
+            Mode::Fast => match source.blob_size(l).await {
+                Ok(Some(size)) if size != l.size => f.error(
+                    "layer-digest",
+                    format!(
+                        "{at}: layer {i} ({}) is {size} bytes, the manifest says {}",
+                        l.digest, l.size
+                    ),
+                ),
+                Ok(Some(_)) => {}
+                Ok(None) => f.error("blob-exists", format!("{at}: layer {i} ({}) is missing", l.digest)),
                 Err(e) => f.error(
                     "blob-exists",
                     format!("{at}: layer {i} ({}) cannot be read: {e}", l.digest),

@@ -43,6 +43,17 @@ pub trait Source: Send + Sync {
     /// while it streams.
     async fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader>;
 
+    /// The size of the blob `desc` names if the source holds it, None if not,
+    /// without reading it (registries answer a HEAD). The default opens the
+    /// blob and reads nothing.
+    async fn blob_size(&self, desc: &Descriptor) -> Result<Option<u64>> {
+        match self.open_blob(desc).await {
+            Ok(_) => Ok(Some(desc.size)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The image's name and tag as the source records them (a docker-save
     /// archive's RepoTags), when the reference alone does not say.
     fn recorded_name(&self) -> Option<ImageName> {

@@ -57,4 +57,9 @@ impl Source for RegistrySource {
     async fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader> {
         self.client.get_blob(&self.reference.repository, desc).await
     }
+
+    /// A HEAD, not a download.
+    async fn blob_size(&self, desc: &Descriptor) -> Result<Option<u64>> {
+        self.client.head_blob(&self.reference.repository, &desc.digest).await
+    }
 }
