@@ -522,6 +522,26 @@ fn the_remaining_rules_fire_too() {
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(ids(&r, "warning"), ["large-layer"]);
 
+    // setuid outside the binary directories: a warning; inside: nothing.
+    for (path, warned) in [("srv/tool", true), ("usr/bin/tool", false)] {
+        let d = layout_of("base");
+        mutate(&d, "base", |dir, m, c| {
+            let mut t = raw_tar(path, tar::EntryType::Regular, "", b"x");
+            let mut h = tar::Header::new_old();
+            h.as_mut_bytes().copy_from_slice(&t[..512]);
+            h.set_mode(0o4755);
+            h.set_cksum();
+            t[..512].copy_from_slice(h.as_bytes());
+            add_layer(dir, m, c, &t);
+        });
+        let r = expect_errors(&d, "base", &[]);
+        assert_eq!(
+            ids(&r, "warning").contains(&"tar-permissions".to_string()),
+            warned,
+            "{path}: {r:#}"
+        );
+    }
+
     // Media-type notes name the family.
     let (_, r) = check(&standard_ref("dockerv2"), true);
     assert_eq!(ids(&r, "info"), ["docker-media-type"]);

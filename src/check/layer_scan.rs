@@ -85,7 +85,29 @@ fn entry_findings(e: &TarEntry, at: &str, f: &mut Findings) {
             format!("{at}: {name} is world-writable (mode {mode:04o})"),
         );
     }
+    // setuid/setgid programs belong in the system's binary directories; one
+    // anywhere else is what a careless filter or a hostile layer leaves.
+    let in_bin = BIN_DIRS.iter().any(|d| name.starts_with(&format!("{d}/")));
+    if e.kind == EntryKind::File && mode & 0o6000 != 0 && !in_bin {
+        f.warning(
+            "tar-permissions",
+            format!("{at}: {name} is setuid/setgid (mode {mode:04o}) outside the system binary directories"),
+        );
+    }
 }
+
+/// Where setuid and setgid programs are expected.
+const BIN_DIRS: [&str; 9] = [
+    "bin",
+    "sbin",
+    "usr/bin",
+    "usr/sbin",
+    "usr/lib",
+    "usr/lib64",
+    "usr/libexec",
+    "usr/local/bin",
+    "usr/local/sbin",
+];
 
 fn parent(path: &str) -> &str {
     path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
