@@ -111,6 +111,9 @@ fn round_trip_through(socket: &Path, label: &str) {
         );
         assert_eq!(info["config_digest"], config, "{label} {name}: image ID");
         assert_eq!(info["tag"], "1.0");
+        // occy check reads the daemon's export like any other source.
+        let report = json_of(&ok(&["-O", "json", "check", &docker]));
+        assert_eq!(report["errors"], 0, "{label} {name}: {report:#}");
 
         // Out: to an OCI layout and a tar, same layers and config.
         let oci = format!("oci://{}:{name}", out.join("layout").display());
