@@ -21,36 +21,12 @@ if [ ! -x "$venv/bin/occystrap" ]; then
 fi
 occystrap=$venv/bin/occystrap
 
-work=$(mktemp -d /tmp/occy-bench-filters.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-reg=127.0.0.1:$port
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: $reg
-YML
-docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
-registry_pid=$!
-trap 'kill $registry_pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+. bench/lib.sh
+bench_setup filters
 
 "$occy" generate "$work/src" --set big --size "$size" >/dev/null
 "$occy" --insecure-registry "$reg" process "oci://$work/src:big" "registry://$reg/bench/big:1" 2>/dev/null
 
-# measure NAME CMD... -> "rss_kib seconds"
-measure() {
-    local name=$1; shift
-    /usr/bin/time -f "%M %e" -o "$work/time.$name" "$@" >"$work/out.$name" 2>&1 || {
-        echo "$name failed:" >&2; cat "$work/out.$name" >&2; exit 1; }
-    cat "$work/time.$name"
-}
 
 read -r o_kib o_s <<<"$(measure occy "$occy" --insecure-registry "$reg" --no-cache \
     process "registry://$reg/bench/big:1" "registry://$reg/occy/big:1" -f normalize-timestamps)"

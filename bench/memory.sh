@@ -13,34 +13,12 @@ cd "$(dirname "$0")/.."
 size=${1:-512}
 cargo build --release --locked -q
 occy=$PWD/target/release/occy
-work=$(mktemp -d /tmp/occy-bench-memory.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-reg=127.0.0.1:$port
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: $reg
-YML
-docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
-registry_pid=$!
-trap 'kill $registry_pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+. bench/lib.sh
+bench_setup memory
 
 "$occy" generate "$work/src" --set big --size "$size" >/dev/null
 src="oci://$work/src:big"
 
-# measure NAME CMD... -> "rss_kib seconds"
-measure() {
-    local name=$1; shift
-    /usr/bin/time -f "%M %e" -o "$work/time.$name" "$@" >/dev/null 2>"$work/err.$name" || {
-        echo "$name failed:" >&2; cat "$work/err.$name" >&2; exit 1; }
-    cat "$work/time.$name"
-}
 
 ins=(--insecure-registry "$reg")
 declare -A occy_r skopeo_r

@@ -181,19 +181,7 @@ pub async fn scan_layer(
             );
         }
     }
-    let plain: BlobReader = match actual {
-        Compression::None => Box::pin(buffered),
-        Compression::Gzip => {
-            let mut d = async_compression::tokio::bufread::GzipDecoder::new(buffered);
-            d.multiple_members(true);
-            Box::pin(d)
-        }
-        Compression::Zstd => {
-            let mut d = async_compression::tokio::bufread::ZstdDecoder::new(buffered);
-            d.multiple_members(true);
-            Box::pin(d)
-        }
-    };
+    let plain = crate::exec::copy::decompressor(buffered, actual);
     let verified: BlobReader = Box::pin(VerifyingReader::new(
         plain,
         diff_id.cloned(),

@@ -104,14 +104,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
     }
 }
 
-/// Turns a (verified) compressed layer stream into its uncompressed tar,
-/// verified against the diff_id. The compression is read from the bytes,
-/// not trusted from the media type.
-pub async fn decompressed(reader: BlobReader, diff_id: &Digest, what: &str) -> Result<BlobReader> {
-    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
-    let head = buffered.fill_buf().await.map_err(|e| Error::stream(what, e))?;
-    let compression = Compression::sniff(head);
-    let plain: BlobReader = match compression {
+/// The plain tar inside a buffered layer stream compressed as `compression`.
+pub fn decompressor(buffered: BufReader<BlobReader>, compression: Compression) -> BlobReader {
+    match compression {
         Compression::None => Box::pin(buffered),
         Compression::Gzip => {
             let mut d = async_compression::tokio::bufread::GzipDecoder::new(buffered);
@@ -123,7 +118,17 @@ pub async fn decompressed(reader: BlobReader, diff_id: &Digest, what: &str) -> R
             d.multiple_members(true);
             Box::pin(d)
         }
-    };
+    }
+}
+
+/// Turns a (verified) compressed layer stream into its uncompressed tar,
+/// verified against the diff_id. The compression is read from the bytes,
+/// not trusted from the media type.
+pub async fn decompressed(reader: BlobReader, diff_id: &Digest, what: &str) -> Result<BlobReader> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    let head = buffered.fill_buf().await.map_err(|e| Error::stream(what, e))?;
+    let compression = Compression::sniff(head);
+    let plain = decompressor(buffered, compression);
     Ok(Box::pin(VerifyingReader::new(
         plain,
         Some(diff_id.clone()),
@@ -273,22 +278,11 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
         })
         .await?;
 
-    for img in &resolved.images {
-        sink.put_image(img, !copy_index).await?;
-    }
-    let digest = match (&resolved.index, copy_index) {
-        (Some((raw, index)), true) => {
-            let raw = index_to_write(raw, index, &resolved.images)?;
-            sink.put_index(&raw, &resolved.images).await?;
-            raw.digest
-        }
-        _ => resolved
-            .images
-            .first()
-            .map(|i| i.raw_manifest.digest.clone())
-            .ok_or_else(|| Error::invalid(format!("{} resolved to no image", source.describe())))?,
+    let index = match (&resolved.index, copy_index) {
+        (Some((raw, index)), true) => Some(index_to_write(raw, index, &resolved.images)?),
+        _ => None,
     };
-    sink.finish().await?;
+    let digest = commit_images(source, sink, &resolved.images, index).await?;
     Ok(CopyReport {
         digest,
         images: resolved.images.len(),
@@ -301,6 +295,32 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
         matches: Vec::new(),
         layers_from_cache: 0,
     })
+}
+
+/// Commits the images (configs and manifests), then the index if there is
+/// one to write, then finishes the sink. Returns the digest the destination's
+/// tag now names.
+pub(crate) async fn commit_images(
+    source: &dyn Source,
+    sink: &dyn Sink,
+    images: &[ImageData],
+    index: Option<RawManifest>,
+) -> Result<Digest> {
+    for img in images {
+        sink.put_image(img, index.is_none()).await?;
+    }
+    let digest = match index {
+        Some(raw) => {
+            sink.put_index(&raw, images).await?;
+            raw.digest
+        }
+        None => images
+            .first()
+            .map(|i| i.raw_manifest.digest.clone())
+            .ok_or_else(|| Error::invalid(format!("{} resolved to no image", source.describe())))?,
+    };
+    sink.finish().await?;
+    Ok(digest)
 }
 
 /// The index to write: the original bytes when every platform image was

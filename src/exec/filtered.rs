@@ -18,7 +18,7 @@ use futures_util::stream::{self, TryStreamExt};
 use serde_json::Value;
 use tracing::{debug, info};
 
-use super::copy::{decompressed, transfer_layer, CopyOptions, CopyReport, CountingReader, LayerJob};
+use super::copy::{commit_images, decompressed, transfer_layer, CopyOptions, CopyReport, CountingReader, LayerJob};
 use crate::cache::{CachedLayer, LayerCache};
 use crate::error::{Error, Result};
 use crate::filter::inspect::{append_line, layer_history, layer_record, InspectLine};
@@ -500,21 +500,11 @@ pub async fn copy_filtered(
         .await?;
     debug!(read_for_filters = bytes_before_transfer, "layer bytes read");
 
-    for img in &after {
-        sink.put_image(img, !copy_index).await?;
-    }
-    let digest = match (index, copy_index) {
-        (Some((raw, idx)), true) => {
-            let raw = rewrite_index(raw, idx, images, &after)?;
-            sink.put_index(&raw, &after).await?;
-            raw.digest
-        }
-        _ => after
-            .first()
-            .map(|i| i.raw_manifest.digest.clone())
-            .ok_or_else(|| Error::invalid(format!("{} resolved to no image", source.describe())))?,
+    let new_index = match (index, copy_index) {
+        (Some((raw, idx)), true) => Some(rewrite_index(raw, idx, images, &after)?),
+        _ => None,
     };
-    sink.finish().await?;
+    let digest = commit_images(source, sink, &after, new_index).await?;
     Ok(CopyReport {
         digest,
         images: after.len(),

@@ -11,12 +11,12 @@
 //! memory and speed benchmarks. [`write_layout`] writes specs as one OCI
 //! image layout, one `org.opencontainers.image.ref.name` per spec.
 
+use crate::filter::layer::HashWriter;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
 use crate::image::media_type::{
@@ -528,7 +528,7 @@ impl BlobStore {
         let tmp =
             tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| Error::io("create a temp file in", &self.dir, e))?;
         let file = tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?;
-        let stored = Hashing::new(BufWriter::with_capacity(256 * 1024, file));
+        let stored = HashWriter::new(BufWriter::with_capacity(256 * 1024, file));
         let compressor = match layer.compression {
             LayerCompression::None => Compressor::None(stored),
             LayerCompression::Gzip => Compressor::Gzip(
@@ -540,7 +540,7 @@ impl BlobStore {
                 zstd::stream::write::Encoder::new(stored, 3).map_err(|e| Error::io("start zstd for", &self.dir, e))?,
             ),
         };
-        let mut builder = tar::Builder::new(Hashing::new(compressor));
+        let mut builder = tar::Builder::new(HashWriter::new(compressor));
         builder.mode(tar::HeaderMode::Deterministic);
         for entry in &layer.entries {
             append_entry(&mut builder, entry).map_err(|e| Error::io("write a layer in", &self.dir, e))?;
@@ -626,41 +626,7 @@ fn append_entry<W: Write>(b: &mut tar::Builder<W>, entry: &Entry) -> io::Result<
     }
 }
 
-/// A writer that hashes and counts what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> Hashing<W> {
-    fn new(inner: W) -> Self {
-        Hashing {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    fn finish(self) -> (W, Digest, u64) {
-        (self.inner, Digest::from_hasher(self.hasher), self.count)
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-type StoredFile = Hashing<BufWriter<File>>;
+type StoredFile = HashWriter<BufWriter<File>>;
 
 /// The compression stage of a generated layer.
 enum Compressor {
