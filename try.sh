@@ -23,6 +23,9 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "What is the image?"
 $occy info "$src"
 
+step "Is it sound? (every layer read back and checked)"
+$occy check "$src"
+
 step "Copy it to an OCI layout, a docker-save tarball, a directory and a runc bundle"
 $occy process "$src" "oci://$out/layout:1.0"
 $occy process "$src" "tar://$out/quickstart.tar"

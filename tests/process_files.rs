@@ -345,6 +345,7 @@ fn the_quickstart_example_image_copies_with_its_digest() {
     );
     // try.sh prints these; keep them working.
     ok(&["search", &src, "**/*"]);
+    ok(&["check", &src]);
     ok(&["process", &src, &uri("bundle", &t.path().join("b"), "")]);
     assert!(t.path().join("b/rootfs/bin/hello").exists());
     // The shipped image is exactly what `occy generate --set quickstart` writes.
