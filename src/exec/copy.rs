@@ -86,6 +86,16 @@ pub(crate) struct LayerJob {
     pub diff_id: Digest,
 }
 
+impl LayerJob {
+    /// The digest a sink of this form stores the layer under.
+    pub fn key(&self, form: LayerForm) -> &Digest {
+        match form {
+            LayerForm::AsIs => &self.desc.digest,
+            LayerForm::Uncompressed => &self.diff_id,
+        }
+    }
+}
+
 /// Counts bytes flowing through a reader.
 pub(crate) struct CountingReader<R> {
     pub inner: R,
@@ -224,20 +234,12 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
     let mut jobs: Vec<LayerJob> = Vec::new();
     for img in &resolved.images {
         for (i, desc) in img.manifest.layers.iter().enumerate() {
-            let diff_id = img.diff_id(i)?.clone();
-            let key = match form {
-                LayerForm::AsIs => &desc.digest,
-                LayerForm::Uncompressed => &diff_id,
+            let job = LayerJob {
+                desc: desc.clone(),
+                diff_id: img.diff_id(i)?.clone(),
             };
-            let seen = jobs.iter().any(|j| match form {
-                LayerForm::AsIs => &j.desc.digest == key,
-                LayerForm::Uncompressed => &j.diff_id == key,
-            });
-            if !seen {
-                jobs.push(LayerJob {
-                    desc: desc.clone(),
-                    diff_id,
-                });
+            if !jobs.iter().any(|j| j.key(form) == job.key(form)) {
+                jobs.push(job);
             }
         }
     }
@@ -251,11 +253,7 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
             let counter = counter.clone();
             let (copied, skipped) = (&copied, &skipped);
             async move {
-                let key = match form {
-                    LayerForm::AsIs => &job.desc.digest,
-                    LayerForm::Uncompressed => &job.diff_id,
-                };
-                if sink.has_blob(key).await? {
+                if sink.has_blob(job.key(form)).await? {
                     debug!(layer = %job.desc.digest, "already present at the destination");
                     skipped.fetch_add(1, Ordering::Relaxed);
                     return Ok(());

@@ -462,11 +462,7 @@ pub async fn copy_filtered(
             let counter = counter.clone();
             let (copied, skipped) = (&copied, &skipped);
             async move {
-                let key = match form {
-                    LayerForm::AsIs => &job.desc.digest,
-                    LayerForm::Uncompressed => &job.diff_id,
-                };
-                if sink.has_blob(key).await? {
+                if sink.has_blob(job.key(form)).await? {
                     skipped.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
