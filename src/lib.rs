@@ -19,5 +19,6 @@ pub mod reference;
 pub mod registry;
 pub mod sink;
 pub mod source;
+pub mod spec;
 
 pub use error::{Error, Result};

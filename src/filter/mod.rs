@@ -57,12 +57,19 @@ impl FilterSpec {
                 .ok_or_else(|| Error::usage(format!("filter {name}: {part:?} is not key=value (in {text:?})")))?;
             pairs.push((k.trim().to_string(), v.to_string()));
         }
+        Self::from_options(name, &pairs, text)
+    }
+
+    /// Builds a filter from its name and `(key, value)` options (a key may
+    /// repeat: `pattern` of `exclude`). `text` is what the user wrote, quoted
+    /// in messages. The sync file's structured filters come here too.
+    pub fn from_options(name: &str, pairs: &[(String, String)], text: &str) -> Result<Self> {
         let unknown =
             |k: &str, known: &str| Error::usage(format!("filter {name}: unknown option {k:?} (it takes {known})"));
         match name {
             "normalize-timestamps" => {
                 let (mut ts, mut config) = (0u64, false);
-                for (k, v) in &pairs {
+                for (k, v) in pairs {
                     match k.as_str() {
                         "ts" => {
                             ts = v.parse().map_err(|_| {
@@ -77,7 +84,7 @@ impl FilterSpec {
             }
             "exclude" => {
                 let mut patterns = Vec::new();
-                for (k, v) in &pairs {
+                for (k, v) in pairs {
                     match k.as_str() {
                         "pattern" => patterns.push(v.clone()),
                         _ => return Err(unknown(k, "pattern")),
@@ -94,7 +101,7 @@ impl FilterSpec {
             }
             "search" => {
                 let (mut pattern, mut regex) = (None, false);
-                for (k, v) in &pairs {
+                for (k, v) in pairs {
                     match k.as_str() {
                         "pattern" => pattern = Some(v.clone()),
                         "regex" => regex = parse_bool(name, k, v)?,
@@ -108,7 +115,7 @@ impl FilterSpec {
             }
             "inspect" => {
                 let mut file = None;
-                for (k, v) in &pairs {
+                for (k, v) in pairs {
                     match k.as_str() {
                         "file" => file = Some(PathBuf::from(v)),
                         _ => return Err(unknown(k, "file")),
@@ -119,7 +126,7 @@ impl FilterSpec {
             }
             "recompress" => {
                 let (mut format, mut level) = (None, None);
-                for (k, v) in &pairs {
+                for (k, v) in pairs {
                     match k.as_str() {
                         "format" => format = Some(parse_compression(v)?),
                         "level" => {

@@ -1,0 +1,1024 @@
+//! From a parsed sync file to a [`SyncSpec`] occy can plan: references
+//! parsed, tag rules compiled, filter chains built, templates checked,
+//! credentials looked up in the environment. Every problem found is reported
+//! at once, each pointing at its place in the file.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use regex::Regex;
+use sha2::{Digest as _, Sha256};
+
+use super::diagnostic::{closest, SpecProblem, SpecSource};
+use super::located::{self, path_text, Node, Step, Value};
+use super::model::{
+    CheckSetting, Destinations, FilterChoice, FilterStep, OptionValue, Platforms, SyncFile, TagSelection,
+};
+use crate::error::{Error, Result};
+use crate::filter::{parse_compression, FilterChain, FilterSpec};
+use crate::image::{Compression, Platform};
+use crate::reference::Reference;
+use crate::source::PlatformSelection;
+
+/// The fields a destination template may name.
+pub const TEMPLATE_FIELDS: [&str; 5] = ["registry", "repo", "name", "tag", "platform"];
+
+/// A validated sync file.
+#[derive(Debug, Clone)]
+pub struct SyncSpec {
+    /// The file's text and name, to point into it later (clashing targets).
+    pub source: SpecSource,
+    pub root: Node,
+    /// sha256 of the file's bytes: a saved plan is applied only to the same file.
+    pub hash: String,
+    pub settings: Settings,
+    /// Per registry host: how to reach it.
+    pub registries: BTreeMap<String, HostAccess>,
+    pub entries: Vec<Entry>,
+}
+
+/// `defaults:` as values.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub platforms: Option<PlatformSelection>,
+    pub parallel: Option<u16>,
+    pub image_parallel: Option<u16>,
+    pub rate_limit: Option<f64>,
+    pub retries: Option<u32>,
+    pub check: Option<CheckSetting>,
+    pub compression: Option<Compression>,
+}
+
+/// How to reach one registry host, secrets read from the environment.
+#[derive(Clone, Default)]
+pub struct HostAccess {
+    pub insecure: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub authfile: Option<PathBuf>,
+    pub cert_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for HostAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostAccess")
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("authfile", &self.authfile)
+            .finish()
+    }
+}
+
+/// One `sync:` entry, validated.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Its position under `sync:`.
+    pub index: usize,
+    pub from: Reference,
+    pub from_span: Range<usize>,
+    pub tags: Option<TagFilter>,
+    pub platforms: Option<PlatformSelection>,
+    pub chain: FilterChain,
+    /// The chain's name, or `inline`, for the plan.
+    pub chain_name: Option<String>,
+    pub to: Vec<DestTemplate>,
+}
+
+/// A destination as written, possibly with `{field}` templates.
+#[derive(Debug, Clone)]
+pub struct DestTemplate {
+    pub text: String,
+    pub span: Range<usize>,
+}
+
+/// The values a template is filled with.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateFields {
+    pub registry: String,
+    pub repo: String,
+    pub name: String,
+    pub tag: String,
+    pub platform: String,
+}
+
+impl DestTemplate {
+    /// The fields the template names.
+    pub fn fields(&self) -> Vec<String> {
+        template_fields(&self.text).into_iter().map(|(f, _)| f).collect()
+    }
+
+    /// Whether the template names `field`.
+    pub fn uses(&self, field: &str) -> bool {
+        self.fields().iter().any(|f| f == field)
+    }
+
+    /// The destination for one image.
+    pub fn render(&self, v: &TemplateFields) -> String {
+        self.text
+            .replace("{registry}", &v.registry)
+            .replace("{repo}", &v.repo)
+            .replace("{name}", &v.name)
+            .replace("{tag}", &v.tag)
+            .replace("{platform}", &v.platform.replace('/', "-"))
+    }
+}
+
+/// `{field}` occurrences with their byte offsets in `text`.
+fn template_fields(text: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    let mut base = 0;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        out.push((rest[open + 1..open + close].to_string(), base + open));
+        base += open + close + 1;
+        rest = &rest[open + close + 1..];
+    }
+    out
+}
+
+/// Compiled tag rules.
+#[derive(Debug, Clone, Default)]
+pub struct TagFilter {
+    /// Tags taken by name (a plain list, or `names:`).
+    pub names: Vec<String>,
+    /// Whether there are rules that need the repository's tag list.
+    pub needs_listing: bool,
+    glob: Option<GlobSet>,
+    regex: Option<Regex>,
+    semver: Option<semver::VersionReq>,
+    exclude: Option<GlobSet>,
+    latest: Option<usize>,
+}
+
+/// A tag read as a version: `v1.2.3`, `3.18` (as 3.18.0), `3` (as 3.0.0).
+pub fn tag_version(tag: &str) -> Option<semver::Version> {
+    let t = tag.strip_prefix('v').unwrap_or(tag);
+    if let Ok(v) = semver::Version::parse(t) {
+        return Some(v);
+    }
+    let (core, pre) = match t.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (t, None),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    if parts.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    let mut padded = parts.join(".");
+    for _ in parts.len()..3 {
+        padded.push_str(".0");
+    }
+    if let Some(p) = pre {
+        padded.push('-');
+        padded.push_str(p);
+    }
+    semver::Version::parse(&padded).ok()
+}
+
+impl TagFilter {
+    /// The tags of `all` this filter takes, newest first when `latest` is set.
+    pub fn select(&self, all: &[String]) -> Vec<String> {
+        let mut chosen: Vec<String> = if self.needs_listing {
+            all.iter()
+                .filter(|t| self.glob.as_ref().is_none_or(|g| g.is_match(t.as_str())))
+                .filter(|t| self.regex.as_ref().is_none_or(|r| r.is_match(t)))
+                .filter(|t| {
+                    self.semver
+                        .as_ref()
+                        .is_none_or(|req| tag_version(t).is_some_and(|v| req.matches(&v)))
+                })
+                .filter(|t| !self.exclude.as_ref().is_some_and(|x| x.is_match(t.as_str())))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for n in &self.names {
+            if !chosen.contains(n) {
+                chosen.push(n.clone());
+            }
+        }
+        if let Some(n) = self.latest {
+            let all_versions = chosen.iter().all(|t| tag_version(t).is_some());
+            if all_versions {
+                chosen.sort_by_key(|t| std::cmp::Reverse(tag_version(t)));
+            } else {
+                chosen.sort_by(|a, b| b.cmp(a));
+            }
+            chosen.truncate(n);
+        }
+        chosen
+    }
+}
+
+/// Reads, parses and validates a sync file.
+pub fn load(path: &Path) -> Result<SyncSpec> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read the sync file", path, e))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::usage(format!("{}: the sync file is not UTF-8 text", path.display())))?;
+    parse(path, text)
+}
+
+/// Whether the file is TOML (by its extension; everything else is YAML,
+/// which also reads JSON).
+fn is_toml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+}
+
+/// Parses and validates sync-file text; `path` names it in messages and
+/// chooses the format.
+pub fn parse(path: &Path, text: String) -> Result<SyncSpec> {
+    let source = SpecSource::new(path, text);
+    let parsed = if is_toml(path) {
+        located::parse_toml(&source.text)
+    } else {
+        located::parse_yaml(&source.text)
+    };
+    let root = match parsed {
+        Ok(root) => root,
+        Err(e) => {
+            let format = if is_toml(path) { "TOML" } else { "YAML" };
+            let problem = match e.span {
+                Some(span) => SpecProblem::new(format!("invalid {format}: {}", e.message), span, "here"),
+                None => SpecProblem {
+                    message: format!("invalid {format}: {}", e.message),
+                    span: None,
+                    label: String::new(),
+                    help: None,
+                    related: Vec::new(),
+                },
+            };
+            return Err(source.error(problem));
+        }
+    };
+    if !matches!(root.value, Value::Map(_)) {
+        return Err(source.error(
+            SpecProblem::new("a sync file is a map", root.span.clone(), "expected `version:` and `sync:` here")
+                .help("start with:\nversion: 1\nsync:\n  - from: registry://HOST/REPO:TAG\n    to: oci:///PATH"),
+        ));
+    }
+    let file: SyncFile = match serde_path_to_error::deserialize(root.to_json()) {
+        Ok(f) => f,
+        Err(e) => return Err(source.error(model_problem(&root, &e))),
+    };
+    let hash = hex::encode(Sha256::digest(source.text.as_bytes()));
+    let mut v = Validator {
+        root: &root,
+        text: &source.text,
+        problems: Vec::new(),
+    };
+    let spec = v.validate(&file);
+    if !v.problems.is_empty() {
+        return Err(source.errors(v.problems));
+    }
+    Ok(SyncSpec {
+        source,
+        root,
+        hash,
+        settings: spec.0,
+        registries: spec.1,
+        entries: spec.2,
+    })
+}
+
+/// Turns a serde error at a path into a problem at that place.
+fn model_problem(root: &Node, e: &serde_path_to_error::Error<serde_json::Error>) -> SpecProblem {
+    let path: Vec<Step> = e
+        .path()
+        .iter()
+        .filter_map(|seg| match seg {
+            serde_path_to_error::Segment::Map { key } => Some(Step::Key(key.clone())),
+            serde_path_to_error::Segment::Seq { index } => Some(Step::Index(*index)),
+            _ => None,
+        })
+        .collect();
+    let inner = e.inner().to_string();
+    let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
+    // Unknown key: point at the key, suggest the closest known one.
+    if let Some(rest) = inner.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or_default().to_string();
+        let known: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+        let parent = if path.last() == Some(&Step::Key(key.clone())) {
+            &path[..path.len() - 1]
+        } else {
+            &path[..]
+        };
+        let mut full = parent.to_vec();
+        full.push(Step::Key(key.clone()));
+        let span = root.key_span(&full);
+        let where_ = if parent.is_empty() {
+            "at the top level".to_string()
+        } else {
+            format!("in `{}`", path_text(parent))
+        };
+        let help = match closest(&key, known.iter().copied()) {
+            Some(k) => format!("did you mean `{k}`?"),
+            None => format!("known keys here: {}", known.join(", ")),
+        };
+        return SpecProblem::new(format!("unknown key `{key}` {where_}"), span, "unknown key").help(help);
+    }
+    if let Some(rest) = inner.strip_prefix("missing field `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        let node = root.at(&path);
+        let span = node.span.start..node.span.start + 1;
+        let where_ = if path.is_empty() {
+            "the sync file".to_string()
+        } else {
+            format!("`{}`", path_text(&path))
+        };
+        return SpecProblem::new(format!("{where_} needs `{key}`"), span, format!("`{key}` missing here"))
+            .help(missing_help(key));
+    }
+    let node = root.at(&path);
+    let at = if path.is_empty() {
+        String::new()
+    } else {
+        format!("`{}`: ", path_text(&path))
+    };
+    SpecProblem::new(format!("{at}{inner}"), node.span.clone(), "wrong value").help(type_help(&path))
+}
+
+fn missing_help(key: &str) -> String {
+    match key {
+        "version" => "add `version: 1` at the top".to_string(),
+        "sync" => "add a `sync:` list of entries, each with `from:` and `to:`".to_string(),
+        "from" => "each entry copies `from:` a source, e.g. from: registry://HOST/REPO:TAG".to_string(),
+        "to" => "each entry needs `to:`, a destination or a list of them".to_string(),
+        other => format!("add `{other}`"),
+    }
+}
+
+fn type_help(path: &[Step]) -> String {
+    let last = path.iter().rev().find_map(|s| match s {
+        Step::Key(k) => Some(k.as_str()),
+        Step::Index(_) => None,
+    });
+    match last {
+        Some("to") => "write one destination, or a list: to: [registry://HOST/REPO, tar:///PATH/{name}-{tag}.tar]".into(),
+        Some("tags") => "a list (tags: [\"1.0\", \"1.1\"]) or rules (tags: {semver: \">=1.0\", glob: \"1.*\"})".into(),
+        Some("platforms") => "\"all\" or a list such as [linux/amd64, linux/arm64]".into(),
+        Some("check") => "one of off, fast, full".into(),
+        Some("parallel" | "image_parallel" | "retries" | "latest") => "a whole number".into(),
+        Some("rate_limit") => "requests per second, a number".into(),
+        _ => "see docs/sync.md for every key and its type".into(),
+    }
+}
+
+struct Validator<'a> {
+    root: &'a Node,
+    /// The file's text (whether a value was quoted).
+    text: &'a str,
+    problems: Vec<SpecProblem>,
+}
+
+fn key(k: &str) -> Step {
+    Step::Key(k.to_string())
+}
+
+type Validated = (Settings, BTreeMap<String, HostAccess>, Vec<Entry>);
+
+impl Validator<'_> {
+    fn span(&self, path: &[Step]) -> Range<usize> {
+        self.root.at(path).span.clone()
+    }
+
+    fn problem(&mut self, p: SpecProblem) {
+        self.problems.push(p);
+    }
+
+    fn validate(&mut self, file: &SyncFile) -> Validated {
+        if file.version != 1 {
+            let span = self.span(&[key("version")]);
+            self.problem(
+                SpecProblem::new(format!("unsupported version {}", file.version), span, "expected 1")
+                    .help("this occy reads version 1 sync files"),
+            );
+        }
+        let settings = self.settings(file);
+        let registries = self.registries(file);
+        let mut chains = BTreeMap::new();
+        for (name, steps) in &file.filters {
+            let path = vec![key("filters"), key(name)];
+            if let Some(chain) = self.chain(steps, &path, settings.compression) {
+                chains.insert(name.clone(), chain);
+            }
+        }
+        if file.sync.is_empty() {
+            let span = self.root.key_span(&[key("sync")]);
+            self.problem(SpecProblem::new("`sync` is empty: nothing to do", span, "no entries").help(
+                "add entries such as:\n  - from: registry://HOST/REPO:TAG\n    to: oci:///PATH",
+            ));
+        }
+        let mut entries = Vec::new();
+        for (i, e) in file.sync.iter().enumerate() {
+            if let Some(entry) = self.entry(i, e, &chains, &settings) {
+                entries.push(entry);
+            }
+        }
+        (settings, registries, entries)
+    }
+
+    fn settings(&mut self, file: &SyncFile) -> Settings {
+        let d = &file.defaults;
+        let platforms = d
+            .platforms
+            .as_ref()
+            .and_then(|p| self.platforms(p, &[key("defaults"), key("platforms")]));
+        let compression = d.compression.as_deref().and_then(|c| match parse_compression(c) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let span = self.span(&[key("defaults"), key("compression")]);
+                self.problem(SpecProblem::new(e.to_string(), span, "unknown compression").help("gzip or zstd"));
+                None
+            }
+        });
+        for (field, value) in [("parallel", d.parallel), ("image_parallel", d.image_parallel)] {
+            if value == Some(0) {
+                let span = self.span(&[key("defaults"), key(field)]);
+                self.problem(SpecProblem::new(format!("`{field}` must be at least 1"), span, "0 would do nothing"));
+            }
+        }
+        if let Some(r) = d.rate_limit {
+            if r < 0.0 || !r.is_finite() {
+                let span = self.span(&[key("defaults"), key("rate_limit")]);
+                self.problem(
+                    SpecProblem::new(format!("invalid rate_limit {r}"), span, "not a rate")
+                        .help("requests per second per registry host; 0 for unlimited"),
+                );
+            }
+        }
+        Settings {
+            platforms,
+            parallel: d.parallel,
+            image_parallel: d.image_parallel,
+            rate_limit: d.rate_limit,
+            retries: d.retries,
+            check: d.check,
+            compression,
+        }
+    }
+
+    fn platforms(&mut self, p: &Platforms, path: &[Step]) -> Option<PlatformSelection> {
+        match p {
+            Platforms::Keyword(k) if k == "all" => Some(PlatformSelection::All),
+            Platforms::Keyword(k) => {
+                let span = self.span(path);
+                self.problem(
+                    SpecProblem::new(format!("`platforms: {k}` is not understood"), span, "expected \"all\" or a list")
+                        .help("platforms: all, or platforms: [linux/amd64, linux/arm64]"),
+                );
+                None
+            }
+            Platforms::List(list) => {
+                let mut out = Vec::new();
+                for (i, s) in list.iter().enumerate() {
+                    match Platform::parse(s) {
+                        Ok(p) => out.push(p),
+                        Err(e) => {
+                            let mut at = path.to_vec();
+                            at.push(Step::Index(i));
+                            let span = self.span(&at);
+                            self.problem(
+                                SpecProblem::new(e.to_string(), span, "not OS/ARCH[/VARIANT]")
+                                    .help("for example linux/amd64 or linux/arm/v7"),
+                            );
+                        }
+                    }
+                }
+                Some(PlatformSelection::List(out))
+            }
+        }
+    }
+
+    fn registries(&mut self, file: &SyncFile) -> BTreeMap<String, HostAccess> {
+        let mut out = BTreeMap::new();
+        for (host, r) in &file.registries {
+            let base = vec![key("registries"), key(host)];
+            let mut env = |field: &str, var: &Option<String>| -> Option<String> {
+                let var = var.as_ref()?;
+                match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => Some(v),
+                    _ => {
+                        let mut at = base.clone();
+                        at.push(key(field));
+                        let span = self.span(&at);
+                        self.problem(
+                            SpecProblem::new(
+                                format!("the environment variable {var} is not set (credentials for {host})"),
+                                span,
+                                format!("{var} is empty or unset"),
+                            )
+                            .help(format!("export {var}=... before running occy, or remove `{field}`")),
+                        );
+                        None
+                    }
+                }
+            };
+            let username = env("username_env", &r.username_env);
+            let password = env("password_env", &r.password_env);
+            let token = env("token_env", &r.token_env);
+            if r.password_env.is_some() && r.username_env.is_none() {
+                let span = self.root.key_span(&[key("registries"), key(host), key("password_env")]);
+                self.problem(
+                    SpecProblem::new(format!("{host}: password_env without username_env"), span, "no user name")
+                        .help("add username_env, or use token_env for a token"),
+                );
+            }
+            if let Some(dir) = &r.cert_dir {
+                if !dir.is_dir() {
+                    let span = self.span(&[key("registries"), key(host), key("cert_dir")]);
+                    self.problem(SpecProblem::new(
+                        format!("cert_dir {} is not a directory", dir.display()),
+                        span,
+                        "no such directory",
+                    ));
+                }
+            }
+            out.insert(
+                host.clone(),
+                HostAccess {
+                    insecure: r.insecure,
+                    username,
+                    password,
+                    token,
+                    authfile: r.authfile.clone(),
+                    cert_dir: r.cert_dir.clone(),
+                },
+            );
+        }
+        out
+    }
+
+    fn chain(&mut self, steps: &[FilterStep], path: &[Step], compression: Option<Compression>) -> Option<FilterChain> {
+        let mut filters = Vec::new();
+        let mut ok = true;
+        for (i, step) in steps.iter().enumerate() {
+            let mut at = path.to_vec();
+            at.push(Step::Index(i));
+            let result = match step {
+                FilterStep::Name(text) => FilterSpec::parse(text),
+                FilterStep::WithOptions(map) => {
+                    if map.len() != 1 {
+                        let span = self.span(&at);
+                        self.problem(
+                            SpecProblem::new("a filter map names exactly one filter", span, "here")
+                                .help("write each filter as its own list item: - exclude: {patterns: [\"tmp/**\"]}"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    let Some((name, opts)) = map.iter().next() else { continue };
+                    let mut pairs = Vec::new();
+                    for (k, v) in opts {
+                        // `patterns: [...]` reads better than repeating `pattern`.
+                        let k = if name == "exclude" && k == "patterns" { "pattern" } else { k.as_str() };
+                        match v {
+                            OptionValue::Bool(b) => pairs.push((k.to_string(), b.to_string())),
+                            OptionValue::Int(n) => pairs.push((k.to_string(), n.to_string())),
+                            OptionValue::Text(s) => pairs.push((k.to_string(), s.clone())),
+                            OptionValue::List(l) => pairs.extend(l.iter().map(|s| (k.to_string(), s.clone()))),
+                        }
+                    }
+                    FilterSpec::from_options(name, &pairs, name)
+                }
+            };
+            match result {
+                Ok(f) => filters.push(f),
+                Err(e) => {
+                    ok = false;
+                    let span = self.span(&at);
+                    let message = e.to_string();
+                    let help = if message.contains("unknown filter") {
+                        let name = match step {
+                            FilterStep::Name(t) => t.split(':').next().unwrap_or_default().to_string(),
+                            FilterStep::WithOptions(m) => m.keys().next().cloned().unwrap_or_default(),
+                        };
+                        match closest(
+                            &name,
+                            ["normalize-timestamps", "exclude", "search", "inspect", "recompress"],
+                        ) {
+                            Some(k) => format!("did you mean `{k}`?"),
+                            None => format!("filters are {}", crate::filter::FILTER_NAMES),
+                        }
+                    } else {
+                        "see docs/filters.md for each filter's options".to_string()
+                    };
+                    self.problem(SpecProblem::new(message, span, "this filter").help(help));
+                }
+            }
+        }
+        ok.then_some(FilterChain { filters, compression })
+    }
+
+    fn entry(
+        &mut self,
+        i: usize,
+        e: &super::model::SyncEntry,
+        chains: &BTreeMap<String, FilterChain>,
+        settings: &Settings,
+    ) -> Option<Entry> {
+        let base = vec![key("sync"), Step::Index(i)];
+        let at = |k: &str| {
+            let mut p = base.clone();
+            p.push(key(k));
+            p
+        };
+        let from_span = self.span(&at("from"));
+        let from = match Reference::parse(&e.from) {
+            Ok(r) => r,
+            Err(err) => {
+                self.problem(SpecProblem::new(err.to_string(), from_span, "not a source reference"));
+                return None;
+            }
+        };
+        match &from {
+            Reference::Bundle { .. } => {
+                self.problem(
+                    SpecProblem::new(
+                        "bundle:// can only be a destination",
+                        from_span.clone(),
+                        "not a source",
+                    )
+                    .help("sources are registry://, quay://, oci://, tar://, dir:// and docker://"),
+                );
+                return None;
+            }
+            Reference::Registry(r) if r.tag.is_some() && e.tags.is_some() => {
+                let span = self.root.key_span(&at("tags"));
+                self.problem(
+                    SpecProblem::new(
+                        format!("`from` names the tag {:?} and `tags` selects tags too", r.tag.as_deref().unwrap_or_default()),
+                        span,
+                        "tags given twice",
+                    )
+                    .also(from_span.clone(), "tag here")
+                    .help("drop the tag from `from`, or drop `tags`"),
+                );
+            }
+            Reference::Registry(r) if r.digest.is_some() && e.tags.is_some() => {
+                let span = self.root.key_span(&at("tags"));
+                self.problem(
+                    SpecProblem::new("`from` is pinned to a digest; `tags` cannot apply", span, "tags with a digest")
+                        .also(from_span.clone(), "digest here"),
+                );
+            }
+            Reference::Registry(_) | Reference::Quay { .. } => {}
+            _ if e.tags.is_some() => {
+                let span = self.root.key_span(&at("tags"));
+                self.problem(
+                    SpecProblem::new(
+                        format!("`tags` applies to registry:// and quay:// sources, not {}", from.scheme()),
+                        span,
+                        "no tags to choose",
+                    )
+                    .also(from_span.clone(), "this source holds one image"),
+                );
+            }
+            _ => {}
+        }
+        let tags = e.tags.as_ref().and_then(|t| self.tags(t, &at("tags")));
+        let platforms = e.platforms.as_ref().and_then(|p| self.platforms(p, &at("platforms")));
+        let (chain, chain_name) = match &e.filters {
+            None => (FilterChain::default(), None),
+            Some(FilterChoice::Named(name)) => match chains.get(name) {
+                Some(c) => (c.clone(), Some(name.clone())),
+                None => {
+                    let span = self.span(&at("filters"));
+                    let help = match closest(name, chains.keys().map(String::as_str)) {
+                        Some(k) => format!("did you mean `{k}`?"),
+                        None if chains.is_empty() => "define it under `filters:` at the top level".to_string(),
+                        None => format!(
+                            "chains defined under `filters:`: {}",
+                            chains.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    };
+                    self.problem(
+                        SpecProblem::new(format!("unknown filter chain `{name}`"), span, "not defined").help(help),
+                    );
+                    (FilterChain::default(), None)
+                }
+            },
+            Some(FilterChoice::Chain(steps)) => (
+                self.chain(steps, &at("filters"), settings.compression).unwrap_or_default(),
+                Some("inline".to_string()),
+            ),
+        };
+        let many = from_expands(&from, e.tags.as_ref());
+        let mut to = Vec::new();
+        let dests = e.to.as_slice();
+        for (j, text) in dests.iter().enumerate() {
+            let path = match &e.to {
+                Destinations::One(_) => at("to"),
+                Destinations::Many(_) => {
+                    let mut p = at("to");
+                    p.push(Step::Index(j));
+                    p
+                }
+            };
+            let span = self.span(&path);
+            if let Some(d) = self.destination(text, span, many) {
+                to.push(d);
+            }
+        }
+        Some(Entry {
+            index: i,
+            from,
+            from_span,
+            tags,
+            platforms,
+            chain,
+            chain_name,
+            to,
+        })
+    }
+
+    fn tags(&mut self, t: &TagSelection, path: &[Step]) -> Option<TagFilter> {
+        let mut f = TagFilter::default();
+        match t {
+            TagSelection::List(names) => {
+                if names.is_empty() {
+                    let span = self.span(path);
+                    self.problem(SpecProblem::new("`tags` is an empty list", span, "no tags").help(
+                        "list tags, or give rules such as {glob: \"1.*\"}; leave `tags` out to take every tag",
+                    ));
+                }
+                f.names = names.clone();
+            }
+            TagSelection::Rules(r) => {
+                let sub = |k: &str| {
+                    let mut p = path.to_vec();
+                    p.push(key(k));
+                    p
+                };
+                f.names = r.names.clone().unwrap_or_default();
+                if let Some(globs) = &r.glob {
+                    f.glob = self.globset(globs.as_slice(), &sub("glob"));
+                }
+                if let Some(re) = &r.regex {
+                    match Regex::new(&format!("^(?:{re})$")) {
+                        Ok(x) => f.regex = Some(x),
+                        Err(e) => {
+                            let span = self.span(&sub("regex"));
+                            let detail = e.to_string();
+                            let last = detail.lines().last().unwrap_or_default().trim().to_string();
+                            self.problem(
+                                SpecProblem::new(format!("invalid regex {re:?}: {last}"), span, "bad regular expression")
+                                    .help("the whole tag must match; for example ^v?[0-9]+\\.[0-9]+$"),
+                            );
+                        }
+                    }
+                }
+                if let Some(range) = &r.semver {
+                    match semver::VersionReq::parse(range) {
+                        Ok(req) => f.semver = Some(req),
+                        Err(e) => {
+                            let span = self.span(&sub("semver"));
+                            self.problem(
+                                SpecProblem::new(format!("invalid semver range {range:?}: {e}"), span, "bad range")
+                                    .help("for example \">=3.18\", \">=1.2, <2\", \"~1.4\" or \"^2\""),
+                            );
+                        }
+                    }
+                }
+                if !r.exclude.is_empty() {
+                    f.exclude = self.globset(&r.exclude, &sub("exclude"));
+                }
+                if r.latest == Some(0) {
+                    let span = self.span(&sub("latest"));
+                    self.problem(SpecProblem::new("`latest: 0` selects nothing", span, "0"));
+                }
+                f.latest = r.latest;
+                f.needs_listing = r.glob.is_some() || r.regex.is_some() || r.semver.is_some() || r.latest.is_some();
+                if r.names.is_none() && !f.needs_listing && r.exclude.is_empty() {
+                    let span = self.span(path);
+                    self.problem(
+                        SpecProblem::new("`tags` has no rule", span, "empty rules")
+                            .help("use names, glob, regex, semver, exclude or latest"),
+                    );
+                }
+                if !r.exclude.is_empty() && r.names.is_none() {
+                    f.needs_listing = true;
+                }
+            }
+        }
+        Some(f)
+    }
+
+    fn globset(&mut self, patterns: &[String], path: &[Step]) -> Option<GlobSet> {
+        let mut b = GlobSetBuilder::new();
+        let mut ok = true;
+        for (i, p) in patterns.iter().enumerate() {
+            match Glob::new(p) {
+                Ok(g) => {
+                    b.add(g);
+                }
+                Err(e) => {
+                    ok = false;
+                    let node = self.root.at(path);
+                    let span = match &node.value {
+                        Value::Seq(items) => items.get(i).map(|n| n.span.clone()).unwrap_or(node.span.clone()),
+                        _ => node.span.clone(),
+                    };
+                    let kind = e.kind().to_string();
+                    self.problem(
+                        SpecProblem::new(format!("invalid glob {p:?}: {kind}"), span, "bad glob")
+                            .help("globs use *, ?, [abc] and {a,b}; for example \"3.*\" or \"*-rc*\""),
+                    );
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        b.build().ok()
+    }
+
+    fn destination(&mut self, text: &str, span: Range<usize>, many: bool) -> Option<DestTemplate> {
+        // Template fields must be known; point at the unknown one.
+        let quoted = usize::from(matches!(self.source_byte(span.start), Some(b'"' | b'\'')));
+        for (field, offset) in template_fields(text) {
+            if !TEMPLATE_FIELDS.contains(&field.as_str()) {
+                let start = span.start + quoted + offset;
+                let help = match closest(&field, TEMPLATE_FIELDS) {
+                    Some(k) => format!("did you mean {{{k}}}? Fields are {{registry}}, {{repo}}, {{name}}, {{tag}}, {{platform}}"),
+                    None => "fields are {registry}, {repo}, {name}, {tag}, {platform}".to_string(),
+                };
+                self.problem(
+                    SpecProblem::new(
+                        format!("unknown template field {{{field}}} in {text:?}"),
+                        start..start + field.len() + 2,
+                        "unknown field",
+                    )
+                    .help(help),
+                );
+                return None;
+            }
+        }
+        let sample = DestTemplate {
+            text: text.to_string(),
+            span: span.clone(),
+        }
+        .render(&TemplateFields {
+            registry: "host".into(),
+            repo: "repo".into(),
+            name: "name".into(),
+            tag: "tag".into(),
+            platform: "linux/amd64".into(),
+        });
+        let reference = match Reference::parse(&sample) {
+            Ok(r) => r,
+            Err(e) => {
+                self.problem(SpecProblem::new(e.to_string(), span, "not a destination reference"));
+                return None;
+            }
+        };
+        let templated = !template_fields(text).is_empty();
+        match &reference {
+            Reference::Quay { .. } => {
+                self.problem(
+                    SpecProblem::new("quay:// can only be a source", span, "not a destination")
+                        .help("write to registry://quay.io/ORG/REPO instead"),
+                );
+                return None;
+            }
+            Reference::Registry(r) if r.is_glob() => {
+                self.problem(
+                    SpecProblem::new("a destination cannot be a pattern", span, "glob in a destination")
+                        .help("use templates such as registry://mirror/{repo}:{tag}"),
+                );
+                return None;
+            }
+            Reference::Tar { .. } | Reference::Bundle { .. } if many && !templated => {
+                self.problem(
+                    SpecProblem::new(
+                        format!("every image of this entry would overwrite {text}"),
+                        span,
+                        "one file for many images",
+                    )
+                    .help("name each image's output with a template, e.g. tar:///srv/airgap/{name}-{tag}.tar"),
+                );
+                return None;
+            }
+            Reference::Registry(r) if many && r.tag.is_some() && !templated => {
+                self.problem(
+                    SpecProblem::new(
+                        format!("every image of this entry would be pushed to the one tag {text}"),
+                        span,
+                        "one tag for many images",
+                    )
+                    .help("leave the tag out to keep each source tag, or use {tag}"),
+                );
+                return None;
+            }
+            _ => {}
+        }
+        Some(DestTemplate {
+            text: text.to_string(),
+            span,
+        })
+    }
+
+    fn source_byte(&self, offset: usize) -> Option<u8> {
+        self.text.as_bytes().get(offset).copied()
+    }
+}
+
+/// Whether an entry's source stands for more than one image.
+fn from_expands(from: &Reference, tags: Option<&TagSelection>) -> bool {
+    match from {
+        Reference::Quay { .. } => true,
+        Reference::Registry(r) => {
+            r.is_glob()
+                || match tags {
+                    Some(TagSelection::List(l)) => l.len() > 1,
+                    Some(TagSelection::Rules(_)) => true,
+                    None => r.tag.is_none() && r.digest.is_none(),
+                }
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(name: &str, text: &str) -> String {
+        match parse(Path::new(name), text.to_string()) {
+            Ok(_) => panic!("{name} should not parse:\n{text}"),
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2);
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn a_good_file_reads_in_both_formats() {
+        let yaml = "version: 1\nfilters:\n  repro:\n    - normalize-timestamps: {ts: 0, config: true}\n    - exclude: {patterns: [\"**/.git/**\"]}\nsync:\n  - from: registry://h:5000/app\n    tags: {semver: \">=1.2\", exclude: [\"*-rc*\"], latest: 2}\n    filters: repro\n    to: [\"registry://m:5000/{repo}\", \"tar:///t/{name}-{tag}.tar\"]\n";
+        let toml = "version = 1\n[filters]\nrepro = [{normalize-timestamps = {ts = 0, config = true}}, {exclude = {patterns = [\"**/.git/**\"]}}]\n[[sync]]\nfrom = \"registry://h:5000/app\"\ntags = {semver = \">=1.2\", exclude = [\"*-rc*\"], latest = 2}\nfilters = \"repro\"\nto = [\"registry://m:5000/{repo}\", \"tar:///t/{name}-{tag}.tar\"]\n";
+        let a = parse(Path::new("m.yaml"), yaml.into()).unwrap();
+        let b = parse(Path::new("m.toml"), toml.into()).unwrap();
+        for s in [&a, &b] {
+            let e = &s.entries[0];
+            assert_eq!(e.chain.filters.len(), 2);
+            assert_eq!(e.chain.hash(), a.entries[0].chain.hash());
+            assert_eq!(e.to.len(), 2);
+            let tags: Vec<String> = ["1.0", "1.2.0", "1.3", "1.4-rc1", "v1.5.0", "latest"].map(String::from).into();
+            assert_eq!(e.tags.as_ref().unwrap().select(&tags), ["v1.5.0", "1.3"]);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_point_at_the_key_with_a_suggestion() {
+        let e = err("m.yaml", "version: 1\nsync:\n  - from: oci:///a\n    tag: [x]\n    to: oci:///b\n");
+        assert!(e.starts_with("m.yaml:4:5: unknown key `tag`"), "{e}");
+        assert!(e.contains("did you mean `tags`?"), "{e}");
+        let e = err("m.toml", "version = 1\n[[sync]]\nfrom = \"oci:///a\"\nto = \"oci:///b\"\nplatfroms = \"all\"\n");
+        assert!(e.starts_with("m.toml:5:1: unknown key `platfroms`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_bad_values_point_at_the_value() {
+        let e = err("m.yaml", "version: 1\ndefaults:\n  parallel: lots\nsync:\n  - from: oci:///a\n    to: oci:///b\n");
+        assert!(e.starts_with("m.yaml:3:13: `defaults.parallel`"), "{e}");
+        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    tags: {glob: \"[x\"}\n    to: oci:///b\n");
+        assert!(e.starts_with("m.yaml:4:18: invalid glob"), "{e}");
+        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    tags: {regex: \"(x\"}\n    to: oci:///b\n");
+        assert!(e.starts_with("m.yaml:4:19: invalid regex"), "{e}");
+        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    tags: {semver: \">>1\"}\n    to: oci:///b\n");
+        assert!(e.starts_with("m.yaml:4:20: invalid semver range"), "{e}");
+    }
+
+    #[test]
+    fn filters_templates_and_credentials_are_checked() {
+        let e = err("m.yaml", "version: 1\nsync:\n  - from: oci:///a\n    filters: [normalise-timestamps]\n    to: oci:///b\n");
+        assert!(e.starts_with("m.yaml:4:15: unknown filter"), "{e}");
+        assert!(e.contains("did you mean `normalize-timestamps`?"), "{e}");
+        let e = err("m.yaml", "version: 1\nsync:\n  - from: oci:///a\n    filters:\n      - exclude: {pattern: x, depth: 2}\n    to: oci:///b\n");
+        assert!(e.starts_with("m.yaml:5:9: filter exclude: unknown option \"depth\""), "{e}");
+        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    to: \"tar:///x/{nam}.tar\"\n");
+        assert!(e.starts_with("m.yaml:4:19: unknown template field {nam}"), "{e}");
+        assert!(e.contains("did you mean {name}?"), "{e}");
+        let e = err("m.yaml", "version: 1\nregistries:\n  h:\n    username_env: OCCY_TEST_SURELY_UNSET_USER\nsync:\n  - from: oci:///a\n    to: oci:///b\n");
+        assert!(e.starts_with("m.yaml:4:19: the environment variable OCCY_TEST_SURELY_UNSET_USER is not set"), "{e}");
+        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    to: tar:///x/all.tar\n");
+        assert!(e.starts_with("m.yaml:4:9: every image of this entry would overwrite"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_and_missing_keys() {
+        let e = err("m.yaml", "version: 1\nsync: [\n");
+        assert!(e.starts_with("m.yaml:"), "{e}");
+        let e = err("m.yaml", "version: 1\nsync:\n  - to: oci:///b\n");
+        assert!(e.starts_with("m.yaml:3:5: `sync[0]` needs `from`"), "{e}");
+        let e = err("m.toml", "version = 1\nsync = [\n");
+        assert!(e.starts_with("m.toml:"), "{e}");
+    }
+}
