@@ -122,6 +122,62 @@ impl LayerCache {
     }
 }
 
+/// What a filter chain made of a whole image: the digest its destination
+/// tag ends up naming, so a later plan can tell "unchanged" without
+/// rewriting anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OutputEntry {
+    key: String,
+    output: Digest,
+}
+
+impl LayerCache {
+    /// The key of an image's filtered output: the source manifest digest,
+    /// the chain, the platforms taken and whether an index is written.
+    pub fn output_key(source: &Digest, chain_hash: &str, platforms: &str, with_index: bool) -> String {
+        let mut h = Sha256::new();
+        for part in [source.as_str(), chain_hash, platforms, if with_index { "index" } else { "image" }] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        hex::encode(h.finalize())
+    }
+
+    fn output_path(&self, key: &str) -> PathBuf {
+        let base = self.dir.parent().unwrap_or(&self.dir);
+        base.join("outputs").join(&key[..2]).join(format!("{key}.json"))
+    }
+
+    /// The recorded output digest for `key`, if any.
+    pub fn output(&self, key: &str) -> Option<Digest> {
+        let bytes = std::fs::read(self.output_path(key)).ok()?;
+        match serde_json::from_slice::<OutputEntry>(&bytes) {
+            Ok(e) if e.key == key => Some(e.output),
+            _ => None,
+        }
+    }
+
+    /// Records the output digest for `key` (failures are only logged).
+    pub fn record_output(&self, key: &str, output: &Digest) {
+        let path = self.output_path(key);
+        let entry = OutputEntry {
+            key: key.to_string(),
+            output: output.clone(),
+        };
+        let result = (|| -> Result<()> {
+            let dir = path.parent().unwrap_or(&self.dir);
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+            serde_json::to_writer(&mut tmp, &entry)?;
+            tmp.persist(&path).map_err(|e| Error::io("rename into", &path, e.error))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            warn!("could not record a filtered output in the cache: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub mod exec;
 pub mod filter;
 pub mod generate;
 pub mod image;
+pub mod plan;
 pub mod reference;
 pub mod registry;
 pub mod sink;

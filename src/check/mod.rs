@@ -18,7 +18,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::image::config::ImageConfig;
 use crate::image::{media_type, ConfigBlob, Descriptor, Digest, Manifest, RawManifest};
-use crate::source::{read_small_blob, Source};
+use crate::image::ImageName;
+use crate::reference::Reference;
+use crate::source::{open_source, read_small_blob, Source, SourceOptions};
 
 /// How much a finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -422,3 +424,36 @@ fn check_config(config: &ImageConfig, layers: &[Descriptor], entry: Option<&Desc
         }
     }
 }
+/// Checks what was written: `occy check` (fast or full) on the destination.
+/// Bundles and daemons are not read back (a daemon would export the image
+/// again); everything else is.
+pub async fn verify_written(dst: &Reference, name: &ImageName, mode: Mode, opts: &SourceOptions) -> Result<()> {
+    let source: Box<dyn Source> = match dst {
+        Reference::Bundle { .. } | Reference::Docker { .. } | Reference::Dir { expand: true, .. } => return Ok(()),
+        Reference::Dir { path, .. } => Box::new(
+            crate::source::docker_save::DockerSaveSource::open_dir(path, Some((&name.repository, &name.tag))).await?,
+        ),
+        other => open_source(other, opts).await?,
+    };
+    let findings = check_source(source.as_ref(), mode).await?;
+    let errors: Vec<_> = findings
+        .results
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .collect();
+    if errors.is_empty() {
+        tracing::debug!("{dst}: {} check found no error", mode.as_str());
+        return Ok(());
+    }
+    let lines: Vec<String> = errors
+        .iter()
+        .map(|f| format!("  [{}] {}", f.check, f.message))
+        .collect();
+    Err(Error::invalid(format!(
+        "verification of {dst} ({} check) found {} error(s):\n{}",
+        mode.as_str(),
+        errors.len(),
+        lines.join("\n")
+    )))
+}
+

@@ -341,7 +341,7 @@ pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
     let info = gather(&reference, source.as_ref(), &args.platforms.selection()?).await?;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-        OutputFormat::Text => print!("{}", render_text(&info)),
+        OutputFormat::Text | OutputFormat::Markdown => print!("{}", render_text(&info)),
     }
     Ok(0)
 }

@@ -7,6 +7,7 @@ pub mod info;
 pub mod output;
 pub mod process;
 pub mod search;
+pub mod sync;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,8 @@ pub enum OutputFormat {
     Text,
     /// One JSON document.
     Json,
+    /// Markdown (the sync plan, for a pull-request comment; other commands print text).
+    Markdown,
 }
 
 /// occy keeps container images where they belong.
@@ -200,6 +203,15 @@ pub enum Command {
     /// Validate an image: structure, history, compression, layer contents
     Check(check::CheckArgs),
 
+    /// Bring destinations up to date with a sync file (YAML or TOML); --plan shows what would change
+    #[command(
+        after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy sync mirror.yaml --plan -O markdown --detailed-exitcode\n  occy sync mirror.yaml --plan --out plan.json && occy sync --apply plan.json\n  occy sync mirror.yaml -J 4 -j 8 --check full\n\nExit codes: 0 done (with --plan --detailed-exitcode: nothing to do), 1 some targets failed,\n2 sync-file or usage error (nothing was done), 3 (--plan --detailed-exitcode) changes pending."
+    )]
+    Sync(sync::SyncArgs),
+
+    /// Print the JSON Schema of sync files (for editors)
+    Schema,
+
     /// Write deterministic test images as an OCI layout (for tests, examples, benchmarks)
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -212,6 +224,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Info(args) => info::run(&cli.global, args).await,
         Command::Search(args) => search::run(&cli.global, args).await,
         Command::Check(args) => check::run(&cli.global, args).await,
+        Command::Sync(args) => sync::run(&cli.global, args).await,
+        Command::Schema => {
+            print!("{}", crate::spec::json_schema());
+            Ok(0)
+        }
         Command::Generate(args) => generate::run(&cli.global, args).await,
     }
 }

@@ -2,7 +2,7 @@
 //! printing a one-line summary on stderr (or a JSON report on stdout).
 
 use crate::cache::LayerCache;
-use crate::check::{check_source, Mode, Severity};
+use crate::check::Mode;
 use crate::filter::{parse_compression, FilterChain};
 use clap::Args;
 
@@ -46,39 +46,6 @@ pub struct ProcessArgs {
     /// check runs on it: manifests, configs, blob existence)
     #[arg(long)]
     pub no_verify: bool,
-}
-
-/// Checks what was written: `occy check` (fast or full) on the destination.
-/// Bundles and daemons are not read back (a daemon would export the image
-/// again); everything else is.
-async fn verify_destination(global: &GlobalArgs, dst: &Reference, name: &ImageName, mode: Mode) -> Result<()> {
-    let source: Box<dyn Source> = match dst {
-        Reference::Bundle { .. } | Reference::Docker { .. } | Reference::Dir { expand: true, .. } => return Ok(()),
-        Reference::Dir { path, .. } => Box::new(
-            crate::source::docker_save::DockerSaveSource::open_dir(path, Some((&name.repository, &name.tag))).await?,
-        ),
-        other => open_source(other, &global.source_options()?).await?,
-    };
-    let findings = check_source(source.as_ref(), mode).await?;
-    let errors: Vec<_> = findings
-        .results
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .collect();
-    if errors.is_empty() {
-        tracing::debug!("{dst}: {} check found no error", mode.as_str());
-        return Ok(());
-    }
-    let lines: Vec<String> = errors
-        .iter()
-        .map(|f| format!("  [{}] {}", f.check, f.message))
-        .collect();
-    Err(Error::invalid(format!(
-        "verification of {dst} ({} check) found {} error(s):\n{}",
-        mode.as_str(),
-        errors.len(),
-        lines.join("\n")
-    )))
 }
 
 /// The name and tag to record at the destination: what the source's
@@ -148,7 +115,7 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
     let report = copy_image(source.as_ref(), sink.as_ref(), &opts).await?;
     if !args.no_verify {
         let mode = if args.verify_full { Mode::Full } else { Mode::Fast };
-        verify_destination(global, &dst_ref, &name, mode).await?;
+        crate::check::verify_written(&dst_ref, &name, mode, &global.source_options()?).await?;
     }
     match global.output_format {
         OutputFormat::Json => {
@@ -158,7 +125,7 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
             v["seconds"] = report.elapsed.as_secs_f64().into();
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        OutputFormat::Text => {
+        OutputFormat::Text | OutputFormat::Markdown => {
             for m in &report.matches {
                 println!("{} {}", m.layer_digest, m.path);
             }

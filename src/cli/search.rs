@@ -82,7 +82,7 @@ pub async fn run(global: &GlobalArgs, args: &SearchArgs) -> Result<i32> {
     }
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&matches)?),
-        OutputFormat::Text => {
+        OutputFormat::Text | OutputFormat::Markdown => {
             for m in &matches {
                 println!("{} {}", m.layer_digest, m.path);
             }

@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, TryStreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::filtered::{copy_filtered, FilterMatch};
 use crate::cache::LayerCache;
 use crate::error::{Error, Result};
 use crate::filter::FilterChain;
-use crate::image::{media_type, Compression, Descriptor, Digest, ImageData, ImageIndex, RawManifest, VerifyingReader};
+use crate::image::{
+    media_type, Compression, Descriptor, Digest, ImageData, ImageIndex, RawManifest, ResolvedImage, VerifyingReader,
+};
 use crate::sink::{LayerForm, Sink};
 use crate::source::{resolve, BlobReader, PlatformSelection, Source};
 
@@ -204,18 +206,8 @@ pub async fn copy_image(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions
 
 async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, started: Instant) -> Result<CopyReport> {
     let resolved = resolve(source, &opts.platforms).await?;
-    let keep_index = resolved.index.is_some() && opts.platforms != PlatformSelection::Default;
-    if keep_index && !sink.supports_index() && resolved.images.len() > 1 {
-        {
-            return Err(Error::usage(format!(
-                "{} holds one platform per image, but {} platforms were selected from {}: choose one with --platform",
-                sink.describe(),
-                resolved.images.len(),
-                source.describe()
-            )));
-        }
-    }
-    let copy_index = keep_index && sink.supports_index();
+    check_fits(&resolved, &opts.platforms, sink.supports_index(), &sink.describe(), &source.describe())?;
+    let copy_index = writes_index(&resolved, &opts.platforms, sink.supports_index());
     if !opts.filters.is_empty() {
         return copy_filtered(
             source,
@@ -295,6 +287,45 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
     })
 }
 
+/// Refuses several platforms for a destination that holds one image.
+pub fn check_fits(
+    resolved: &ResolvedImage,
+    selection: &PlatformSelection,
+    supports_index: bool,
+    sink: &str,
+    source: &str,
+) -> Result<()> {
+    let keep_index = resolved.index.is_some() && *selection != PlatformSelection::Default;
+    if keep_index && !supports_index && resolved.images.len() > 1 {
+        return Err(Error::usage(format!(
+            "{sink} holds one platform per image, but {} platforms were selected from {source}: choose one with --platform",
+            resolved.images.len(),
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a copy writes the index: when platforms were chosen explicitly
+/// (all, or a list) and the destination can hold an index.
+pub fn writes_index(resolved: &ResolvedImage, selection: &PlatformSelection, supports_index: bool) -> bool {
+    resolved.index.is_some() && *selection != PlatformSelection::Default && supports_index
+}
+
+/// The digest the destination's tag names after an unfiltered copy: the
+/// index (rewritten when only some platforms are taken), else the image.
+pub fn expected_digest(resolved: &ResolvedImage, selection: &PlatformSelection, supports_index: bool) -> Result<Digest> {
+    match &resolved.index {
+        Some((raw, index)) if writes_index(resolved, selection, supports_index) => {
+            Ok(index_to_write(raw, index, &resolved.images)?.digest)
+        }
+        _ => resolved
+            .images
+            .first()
+            .map(|i| i.raw_manifest.digest.clone())
+            .ok_or_else(|| Error::invalid("the source resolved to no image")),
+    }
+}
+
 /// Commits the images (configs and manifests), then the index if there is
 /// one to write, then finishes the sink. Returns the digest the destination's
 /// tag now names.
@@ -337,7 +368,7 @@ fn index_to_write(raw: &RawManifest, index: &ImageIndex, images: &[ImageData]) -
     let mut sub = index.clone();
     sub.manifests.retain(|d| chosen.contains(&&d.digest));
     let rewritten = RawManifest::new(sub.to_bytes()?, Some(&raw.media_type))?;
-    info!(
+    debug!(
         "the index was rewritten to the {} chosen platforms: its digest changes from {} to {}",
         sub.manifests.len(),
         raw.digest,

@@ -5,5 +5,6 @@
 
 pub mod copy;
 pub mod filtered;
+pub mod sync;
 
 pub use copy::{copy_image, CopyOptions, CopyReport};

@@ -23,11 +23,17 @@ use crate::source::BlobReader;
 /// (registry host, blob digest) → the repositories known to hold it.
 type Holders = HashMap<(String, Digest), Vec<String>>;
 
+/// (registry host, blob digest) → the lock held by whoever is uploading it.
+type Uploads = HashMap<(String, Digest), Arc<tokio::sync::Mutex<()>>>;
+
 /// Which repositories of which registry are known to hold which blob, shared
-/// by every sink of one run so a layer pushed once is mounted elsewhere.
+/// by every sink of one run so a layer pushed once is mounted elsewhere. It
+/// also serialises uploads of one blob to one registry: while one sink
+/// uploads it, another that needs it waits and then mounts it.
 #[derive(Debug, Clone, Default)]
 pub struct BlobLocations {
     inner: Arc<Mutex<Holders>>,
+    uploads: Arc<Mutex<Uploads>>,
 }
 
 impl BlobLocations {
@@ -38,6 +44,19 @@ impl BlobLocations {
             if !repos.iter().any(|r| r == repo) {
                 repos.push(repo.to_string());
             }
+        }
+    }
+
+    /// Takes the right to upload `digest` to `host`. Returns the guard and
+    /// whether someone else held it first (then the blob may be mountable now).
+    pub async fn claim_upload(&self, host: &str, digest: &Digest) -> (tokio::sync::OwnedMutexGuard<()>, bool) {
+        let lock = match self.uploads.lock() {
+            Ok(mut map) => map.entry((host.to_string(), digest.clone())).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        };
+        match lock.clone().try_lock_owned() {
+            Ok(g) => (g, false),
+            Err(_) => (lock.lock_owned().await, true),
         }
     }
 
@@ -62,6 +81,8 @@ pub struct RegistrySink {
     locations: BlobLocations,
     mounted: AtomicUsize,
     uploaded: AtomicUsize,
+    /// Upload rights this sink holds, released when the blob is in.
+    claims: Mutex<HashMap<Digest, tokio::sync::OwnedMutexGuard<()>>>,
 }
 
 impl RegistrySink {
@@ -93,6 +114,7 @@ impl RegistrySink {
             locations,
             mounted: AtomicUsize::new(0),
             uploaded: AtomicUsize::new(0),
+            claims: Mutex::new(HashMap::new()),
         })
     }
 
@@ -122,10 +144,33 @@ impl RegistrySink {
         false
     }
 
+    /// Whether the repository holds `digest`, or got it by a mount now.
+    async fn present_or_mounted(&self, digest: &Digest) -> Result<bool> {
+        if self.client.head_blob(self.repo(), digest).await?.is_some() {
+            self.locations.record(&self.target.host, self.repo(), digest);
+            return Ok(true);
+        }
+        if self.try_mount(digest).await {
+            self.mounted.fetch_add(1, Ordering::Relaxed);
+            self.locations.record(&self.target.host, self.repo(), digest);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Gives up the right to upload `digest` (it is in, or this sink failed).
+    fn release(&self, digest: &Digest) {
+        if let Ok(mut claims) = self.claims.lock() {
+            claims.remove(digest);
+        }
+    }
+
     /// Ensures a blob held in memory (a config) is present.
     async fn ensure_small_blob(&self, desc: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
-        if self.client.head_blob(self.repo(), &desc.digest).await?.is_none() && !self.try_mount(&desc.digest).await {
-            self.client.upload_blob_bytes(self.repo(), desc, bytes).await?;
+        if !self.has_blob(&desc.digest).await? {
+            let result = self.client.upload_blob_bytes(self.repo(), desc, bytes).await;
+            self.release(&desc.digest);
+            result?;
         }
         self.locations.record(&self.target.host, self.repo(), &desc.digest);
         Ok(())
@@ -161,14 +206,17 @@ impl Sink for RegistrySink {
     }
 
     async fn has_blob(&self, digest: &Digest) -> Result<bool> {
-        if self.client.head_blob(self.repo(), digest).await?.is_some() {
-            self.locations.record(&self.target.host, self.repo(), digest);
+        if self.present_or_mounted(digest).await? {
             return Ok(true);
         }
-        if self.try_mount(digest).await {
-            self.mounted.fetch_add(1, Ordering::Relaxed);
-            self.locations.record(&self.target.host, self.repo(), digest);
+        // Nobody here has it: take the right to upload it. If another sink of
+        // this run held that right, it has uploaded the blob by now: look again.
+        let (guard, waited) = self.locations.claim_upload(&self.target.host, digest).await;
+        if waited && self.present_or_mounted(digest).await? {
             return Ok(true);
+        }
+        if let Ok(mut claims) = self.claims.lock() {
+            claims.insert(digest.clone(), guard);
         }
         Ok(false)
     }
@@ -177,6 +225,7 @@ impl Sink for RegistrySink {
         self.client.upload_blob(self.repo(), desc, reader).await?;
         self.uploaded.fetch_add(1, Ordering::Relaxed);
         self.locations.record(&self.target.host, self.repo(), &desc.digest);
+        self.release(&desc.digest);
         Ok(())
     }
 
@@ -220,6 +269,10 @@ impl Sink for RegistrySink {
 
     async fn abort(&self) {
         // Nothing to undo: blobs without a manifest are invisible and
-        // garbage-collected by the registry; no tag was moved.
+        // garbage-collected by the registry; no tag was moved. Let other
+        // sinks of the run upload what this one claimed.
+        if let Ok(mut claims) = self.claims.lock() {
+            claims.clear();
+        }
     }
 }

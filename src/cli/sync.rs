@@ -1,0 +1,192 @@
+//! `occy sync FILE`: plan (and with `--plan`, only show) then apply a sync
+//! file; `--plan --out` saves the plan and `--apply` carries it out exactly.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+
+use super::{GlobalArgs, OutputFormat};
+use crate::cache::LayerCache;
+use crate::check::Mode;
+use crate::error::{Error, Result};
+use crate::exec::sync::{apply, summary_text, ApplyOptions};
+use crate::filter::parse_compression;
+use crate::plan::{self, render, PlanContext, SavedPlan};
+use crate::spec::model::CheckSetting;
+
+/// The post-run check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckArg {
+    Off,
+    Fast,
+    Full,
+}
+
+/// Arguments of `occy sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The sync file: YAML, or TOML when it ends in .toml
+    #[arg(required_unless_present = "apply")]
+    pub file: Option<PathBuf>,
+
+    /// Show what would change and change nothing
+    #[arg(long)]
+    pub plan: bool,
+
+    /// With --plan: also save the plan as JSON, for --apply
+    #[arg(long, value_name = "PLAN.json", requires = "plan")]
+    pub out: Option<PathBuf>,
+
+    /// Apply a saved plan exactly (its digests are pinned); refused if the
+    /// sync file changed since
+    #[arg(long, value_name = "PLAN.json", conflicts_with = "plan")]
+    pub apply: Option<PathBuf>,
+
+    /// With --plan: exit 0 when nothing is to do, 3 when changes are pending, 1 on errors
+    #[arg(long, requires = "plan")]
+    pub detailed_exitcode: bool,
+
+    /// Images at once (default: the file's image_parallel, else 3)
+    #[arg(short = 'J', long, env = "OCCY_IMAGE_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub image_parallel: Option<u16>,
+
+    /// Layer transfers at once per image (default: the file's parallel, else 4)
+    #[arg(short = 'j', long, env = "OCCY_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: Option<u16>,
+
+    /// Check each written target: off, fast or full (default: the file's check, else fast)
+    #[arg(long, value_enum)]
+    pub check: Option<CheckArg>,
+
+    /// Only targets whose source or destination matches this glob (repeatable)
+    #[arg(long, value_name = "GLOB")]
+    pub only: Vec<String>,
+}
+
+/// Runs `occy sync`.
+pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
+    let saved = args.apply.as_deref().map(SavedPlan::load).transpose()?;
+    let file = match (&args.file, &saved) {
+        (Some(f), _) => f.clone(),
+        (None, Some(s)) => PathBuf::from(&s.sync_file),
+        (None, None) => return Err(Error::usage("occy sync needs a sync file (or --apply PLAN.json)")),
+    };
+    let mut spec = crate::spec::load(&file)?;
+    if let Some(s) = &saved {
+        if s.sync_file_sha256 != spec.hash {
+            return Err(Error::usage(format!(
+                "{} changed since the plan {} was made: its sha256 is now {}, the plan was made from {}; make a new plan with --plan --out",
+                file.display(),
+                args.apply.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                spec.hash,
+                s.sync_file_sha256
+            )));
+        }
+    }
+    if let Some(c) = global.compression.as_deref() {
+        let c = parse_compression(c)?;
+        for e in &mut spec.entries {
+            e.chain.compression = Some(c);
+        }
+    }
+    let mut base = global.registry_options()?;
+    if base.rate_limit.is_none() {
+        base.rate_limit = spec.settings.rate_limit.filter(|r| *r > 0.0);
+    }
+    if global.retries == 3 {
+        if let Some(r) = spec.settings.retries {
+            base.retries = r;
+        }
+    }
+    let only = args
+        .only
+        .iter()
+        .map(|g| {
+            globset::Glob::new(g)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| Error::usage(format!("invalid --only pattern {g:?}: {}", e.kind())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let settings = spec.settings.clone();
+    let ctx = PlanContext {
+        spec: Arc::new(spec),
+        base: base.clone(),
+        cache: if global.no_cache {
+            None
+        } else {
+            LayerCache::open(global.cache_dir.as_deref())
+        },
+        only,
+        pinned: saved,
+    };
+    let plan = plan::build(&ctx).await?;
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+
+    if args.plan {
+        match global.output_format {
+            OutputFormat::Text => print!("{}", render::text(&plan, colour)),
+            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            OutputFormat::Markdown => print!("{}", render::markdown(&plan)),
+        }
+        if let Some(out) = &args.out {
+            let dir = out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+            serde_json::to_writer_pretty(&mut tmp, &plan)?;
+            tmp.persist(out).map_err(|e| Error::io("write the plan to", out, e.error))?;
+            if !global.quiet {
+                eprintln!("plan saved to {}; apply it with: occy sync --apply {}", out.display(), out.display());
+            }
+        }
+        let code = if plan.has_failures() {
+            1
+        } else if args.detailed_exitcode && plan.has_changes() {
+            3
+        } else {
+            0
+        };
+        return Ok(code);
+    }
+
+    if !global.quiet {
+        eprintln!("{}", render::summary_line(&plan));
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    let check = match args.check {
+        Some(CheckArg::Off) => None,
+        Some(CheckArg::Fast) => Some(Mode::Fast),
+        Some(CheckArg::Full) => Some(Mode::Full),
+        None => match settings.check {
+            Some(CheckSetting::Off) => None,
+            Some(CheckSetting::Full) => Some(Mode::Full),
+            Some(CheckSetting::Fast) | None => Some(Mode::Fast),
+        },
+    };
+    let opts = ApplyOptions {
+        image_parallel: args.image_parallel.or(settings.image_parallel).unwrap_or(3) as usize,
+        parallel: args.parallel.or(settings.parallel).unwrap_or(4) as usize,
+        retries: base.retries,
+        check,
+        progress: !global.quiet,
+    };
+    let report = apply(&ctx, &plan, &opts).await;
+    match global.output_format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Text | OutputFormat::Markdown => {
+            if report.written == 0 && report.failed == 0 {
+                if !global.quiet {
+                    eprintln!("Nothing to do: {} targets up to date.", report.unchanged);
+                }
+            } else {
+                print!("{}", summary_text(&report));
+            }
+        }
+    }
+    Ok(report.exit_code())
+}

@@ -1,0 +1,198 @@
+//! Expand: every `sync:` entry becomes the concrete source images it names.
+//! Repository globs go through the registry's `_catalog`, tag rules through
+//! `tags/list` (both paginated), `quay://` through quay.io's REST API. An
+//! entry that expands to nothing is a warning; one whose listing fails is a
+//! failed source, reported and not fatal to the others.
+
+use globset::GlobBuilder;
+
+use super::quay;
+use crate::error::{Error, Result};
+use crate::reference::{Reference, RegistryRef};
+use crate::registry::RegistryClient;
+use crate::spec::{Entry, SyncSpec, TemplateFields};
+
+/// One source image an entry names.
+#[derive(Debug, Clone)]
+pub struct SourceImage {
+    /// The entry (index under `sync:`) it came from.
+    pub entry: usize,
+    pub reference: Reference,
+    /// Values for the entry's destination templates.
+    pub fields: TemplateFields,
+}
+
+/// What expanding one entry gave.
+#[derive(Debug)]
+pub enum Expansion {
+    Images(Vec<SourceImage>),
+    /// The listing failed (the source does not exist, a registry refused).
+    Failed { entry: usize, source: String, error: Error },
+}
+
+/// How expansion reaches registries.
+pub trait RegistryAccess: Sync {
+    /// The client of `host`, with that host's settings from the sync file.
+    fn client(&self, host: &str) -> Result<RegistryClient>;
+    /// The quay.io API token for the entry, if the registries section has one.
+    fn quay_token(&self) -> Option<String>;
+}
+
+/// Expands every entry of the spec.
+pub async fn expand_all(spec: &SyncSpec, access: &dyn RegistryAccess) -> Vec<Expansion> {
+    let mut out = Vec::new();
+    for entry in &spec.entries {
+        out.push(match expand_entry(entry, access).await {
+            Ok(images) => Expansion::Images(images),
+            Err(error) => Expansion::Failed {
+                entry: entry.index,
+                source: entry.from.to_string(),
+                error,
+            },
+        });
+    }
+    out
+}
+
+/// Template fields of a registry image.
+pub fn registry_fields(r: &RegistryRef) -> TemplateFields {
+    TemplateFields {
+        registry: r.host.clone(),
+        repo: r.repository.clone(),
+        name: r.repository.rsplit('/').next().unwrap_or(&r.repository).to_string(),
+        tag: r.tag.clone().unwrap_or_else(|| {
+            r.digest
+                .as_ref()
+                .map(|d| d.hex().chars().take(12).collect())
+                .unwrap_or_else(|| "latest".to_string())
+        }),
+        platform: String::new(),
+    }
+}
+
+fn image(entry: usize, r: RegistryRef) -> SourceImage {
+    SourceImage {
+        entry,
+        fields: registry_fields(&r),
+        reference: Reference::Registry(r),
+    }
+}
+
+fn glob_matcher(pattern: &str, what: &str) -> Result<globset::GlobMatcher> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| Error::usage(format!("invalid {what} pattern {pattern:?}: {}", e.kind())))
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{'])
+}
+
+async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<SourceImage>> {
+    match &entry.from {
+        Reference::Registry(r) => {
+            let client = access.client(&r.host)?;
+            let repos = if has_glob(&r.repository) {
+                let m = glob_matcher(&r.repository, "repository")?;
+                let all = client.catalog().await.map_err(|e| {
+                    Error::NotFound(format!(
+                        "cannot list the repositories of {} to expand {}: {e}",
+                        r.host, r.repository
+                    ))
+                })?;
+                all.into_iter().filter(|repo| m.is_match(repo)).collect()
+            } else {
+                vec![r.repository.clone()]
+            };
+            let mut out = Vec::new();
+            for repo in repos {
+                let base = RegistryRef {
+                    host: r.host.clone(),
+                    repository: repo.clone(),
+                    tag: None,
+                    digest: None,
+                };
+                if let Some(d) = &r.digest {
+                    out.push(image(
+                        entry.index,
+                        RegistryRef {
+                            tag: r.tag.clone(),
+                            digest: Some(d.clone()),
+                            ..base
+                        },
+                    ));
+                    continue;
+                }
+                let tags: Vec<String> = match (&r.tag, &entry.tags) {
+                    (Some(t), _) if !has_glob(t) => vec![t.clone()],
+                    (Some(t), _) => {
+                        let m = glob_matcher(t, "tag")?;
+                        client.list_tags(&repo).await?.into_iter().filter(|x| m.is_match(x)).collect()
+                    }
+                    (None, Some(filter)) if !filter.needs_listing => filter.select(&[]),
+                    (None, Some(filter)) => filter.select(&client.list_tags(&repo).await?),
+                    (None, None) => client.list_tags(&repo).await?,
+                };
+                for tag in tags {
+                    out.push(image(
+                        entry.index,
+                        RegistryRef {
+                            tag: Some(tag),
+                            ..base.clone()
+                        },
+                    ));
+                }
+            }
+            Ok(out)
+        }
+        Reference::Quay {
+            org,
+            repo_glob,
+            tag,
+            since,
+            token,
+        } => {
+            let token = token.clone().or_else(|| access.quay_token());
+            let found = quay::expand(org, repo_glob.as_deref(), tag.as_deref(), since.as_deref(), token.as_deref()).await?;
+            let mut out = Vec::new();
+            for (repo, tags) in found {
+                let tags = match &entry.tags {
+                    Some(f) => f.select(&tags),
+                    None => tags,
+                };
+                for t in tags {
+                    out.push(image(
+                        entry.index,
+                        RegistryRef {
+                            host: quay::registry_host(),
+                            repository: format!("{org}/{repo}"),
+                            tag: Some(t),
+                            digest: None,
+                        },
+                    ));
+                }
+            }
+            Ok(out)
+        }
+        other => {
+            let name = other.image_name();
+            let (repo, tag) = match name.rsplit_once(':') {
+                Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
+                _ => (name.clone(), other.tag().unwrap_or("latest").to_string()),
+            };
+            Ok(vec![SourceImage {
+                entry: entry.index,
+                reference: other.clone(),
+                fields: TemplateFields {
+                    registry: String::new(),
+                    name: repo.rsplit('/').next().unwrap_or(&repo).to_string(),
+                    repo,
+                    tag,
+                    platform: String::new(),
+                },
+            }])
+        }
+    }
+}

@@ -1,0 +1,986 @@
+//! The planner: expand → resolve → diff. A validated sync file becomes
+//! [`Target`]s (one source image, one chain, one destination), each source
+//! resolved to its manifest digest and platform images, each destination
+//! compared with what it holds, and the work left counted blob by blob the
+//! way the executor will do it: a layer uploaded once per destination
+//! registry and mounted everywhere else, what is present skipped.
+//! `occy sync --plan` renders this; `occy sync` applies it.
+
+pub mod expand;
+pub mod quay;
+pub mod render;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::LayerCache;
+use crate::error::{Error, Result};
+use crate::exec::copy::{check_fits, expected_digest};
+use crate::filter::FilterChain;
+use crate::image::{Digest, ImageName, ResolvedImage};
+use crate::reference::Reference;
+use crate::registry::{RegistryClient, RegistryOptions};
+use crate::source::{open_source, resolve, PlatformSelection, SourceOptions};
+use crate::spec::{SpecProblem, SyncSpec, TemplateFields};
+use expand::{expand_all, Expansion, RegistryAccess, SourceImage};
+
+/// Requests in flight while planning (resolutions, HEADs).
+const PLAN_CONCURRENCY: usize = 8;
+
+/// Everything the planner needs besides the sync file.
+#[derive(Clone)]
+pub struct PlanContext {
+    pub spec: Arc<SyncSpec>,
+    /// Registry settings from the command line; the sync file's per-host
+    /// settings are laid over them.
+    pub base: RegistryOptions,
+    pub cache: Option<LayerCache>,
+    /// `--only`: targets whose source or destination matches one of these.
+    pub only: Vec<globset::GlobMatcher>,
+    /// A saved plan to apply exactly (`--apply`).
+    pub pinned: Option<SavedPlan>,
+}
+
+impl PlanContext {
+    /// Registry settings for `host`: the command line's, plus the sync
+    /// file's `registries:` entry for it.
+    pub fn registry_options(&self, host: &str) -> RegistryOptions {
+        let mut o = self.base.clone();
+        if let Some(h) = self.spec.registries.get(host) {
+            if h.insecure && !o.insecure_hosts.iter().any(|x| x == host) {
+                o.insecure_hosts.push(host.to_string());
+            }
+            if let Some(u) = &h.username {
+                o.username = Some(u.clone());
+            }
+            if let Some(p) = h.password.as_ref().or(h.token.as_ref()) {
+                o.password = Some(p.clone());
+                if o.username.is_none() {
+                    o.username = Some("$oauthtoken".to_string());
+                }
+            }
+            if h.authfile.is_some() {
+                o.authfile = h.authfile.clone();
+            }
+            if h.cert_dir.is_some() {
+                o.cert_dir = h.cert_dir.clone();
+            }
+        }
+        // Every host gets the same insecure list, so its client is shared.
+        for (name, h) in &self.spec.registries {
+            if h.insecure && !o.insecure_hosts.contains(name) {
+                o.insecure_hosts.push(name.clone());
+            }
+        }
+        o
+    }
+
+    /// Source settings for reading `reference`.
+    pub fn source_options(&self, reference: &Reference) -> SourceOptions {
+        SourceOptions {
+            registry: match reference {
+                Reference::Registry(r) => self.registry_options(&r.host),
+                _ => self.registry_options(""),
+            },
+        }
+    }
+}
+
+impl RegistryAccess for PlanContext {
+    fn client(&self, host: &str) -> Result<RegistryClient> {
+        RegistryClient::for_host(host, &self.registry_options(host))
+    }
+
+    fn quay_token(&self) -> Option<String> {
+        self.spec
+            .registries
+            .iter()
+            .find(|(h, _)| h.as_str() == "quay.io" || h.as_str() == quay::registry_host())
+            .and_then(|(_, a)| a.token.clone())
+    }
+}
+
+/// One (source image, chain, destination).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub entry: usize,
+    pub source: Reference,
+    pub destination: Reference,
+    /// The name and tag recorded at the destination.
+    pub name: ImageName,
+    pub chain: FilterChain,
+    pub chain_name: Option<String>,
+    pub platforms: PlatformSelection,
+    /// Where the destination is written in the sync file.
+    pub dest_span: Range<usize>,
+    /// A digest the saved plan pins the source to.
+    pub pinned: Option<Digest>,
+}
+
+/// What a target needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum Action {
+    /// The destination lacks it.
+    Create,
+    /// The destination holds another digest.
+    Update,
+    /// The destination already holds the expected result.
+    Unchanged,
+    /// Filters rewrite it and the output digest is not known yet.
+    Rebuild { reason: String },
+    /// The source could not be resolved (or the destination not read).
+    Failed { error: String },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Unchanged => "unchanged",
+            Action::Rebuild { .. } => "rebuild",
+            Action::Failed { .. } => "failed",
+        }
+    }
+
+    /// Whether applying the plan writes this target.
+    pub fn writes(&self) -> bool {
+        matches!(self, Action::Create | Action::Update | Action::Rebuild { .. })
+    }
+}
+
+/// Blobs a target moves to its destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobCounts {
+    /// Blobs sent (uploaded to a registry, written to a file).
+    pub upload: usize,
+    /// Blobs mounted from another repository of the destination registry.
+    pub mount: usize,
+    /// Blobs the destination already holds.
+    pub present: usize,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// True when filters will rewrite the layers: counts are the source's.
+    pub estimated: bool,
+}
+
+impl BlobCounts {
+    fn add(&mut self, o: &BlobCounts) {
+        self.upload += o.upload;
+        self.mount += o.mount;
+        self.present += o.present;
+        self.bytes += o.bytes;
+        self.estimated |= o.estimated;
+    }
+}
+
+/// One planned target.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedTarget {
+    pub entry: usize,
+    pub source: String,
+    pub destination: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<String>,
+    /// The manifest digest the source's tag names now.
+    pub source_digest: Option<Digest>,
+    /// Platform images taken.
+    pub platforms: usize,
+    /// The digest the destination will name (unknown for a first filtered run).
+    pub expected: Option<Digest>,
+    /// The digest the destination names now.
+    pub current: Option<Digest>,
+    #[serde(flatten)]
+    pub action: Action,
+    pub blobs: BlobCounts,
+    #[serde(skip)]
+    pub target: Target,
+    #[serde(skip)]
+    pub resolved: Option<Arc<ResolvedImage>>,
+}
+
+/// Totals of one destination (registry host or file path).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestinationTotals {
+    pub destination: String,
+    pub targets: usize,
+    #[serde(flatten)]
+    pub blobs: BlobCounts,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Format of this document.
+    pub plan_version: u32,
+    pub sync_file: String,
+    /// sha256 of the sync file: `--apply` refuses another file.
+    pub sync_file_sha256: String,
+    pub targets: Vec<PlannedTarget>,
+    pub destinations: Vec<DestinationTotals>,
+    pub totals: Totals,
+    /// Estimated requests per registry host to apply the plan.
+    pub requests: BTreeMap<String, u64>,
+    pub warnings: Vec<String>,
+}
+
+/// Counts over all targets.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub targets: usize,
+    pub create: usize,
+    pub update: usize,
+    pub unchanged: usize,
+    pub rebuild: usize,
+    pub failed: usize,
+    #[serde(flatten)]
+    pub blobs: BlobCounts,
+}
+
+impl Plan {
+    /// Whether applying it would change anything.
+    pub fn has_changes(&self) -> bool {
+        self.targets.iter().any(|t| t.action.writes())
+    }
+
+    /// Whether some target failed to resolve.
+    pub fn has_failures(&self) -> bool {
+        self.targets.iter().any(|t| matches!(t.action, Action::Failed { .. }))
+    }
+}
+
+/// A plan as saved by `--plan --out`, read back by `--apply`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SavedPlan {
+    pub sync_file: String,
+    pub sync_file_sha256: String,
+    pub targets: Vec<SavedTarget>,
+}
+
+/// One saved target: enough to pin it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SavedTarget {
+    pub entry: usize,
+    pub source: String,
+    pub destination: String,
+    pub source_digest: Option<Digest>,
+}
+
+impl SavedPlan {
+    /// Reads a plan file written by `occy sync --plan --out`.
+    pub fn load(path: &std::path::Path) -> Result<SavedPlan> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read the plan", path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::usage(format!(
+                "{} is not a plan written by `occy sync --plan --out`: {e}",
+                path.display()
+            ))
+        })
+    }
+}
+
+/// The platforms a selection takes, spelled for plans and state records.
+pub fn platforms_key(p: &PlatformSelection) -> String {
+    match p {
+        PlatformSelection::Default => "default".to_string(),
+        PlatformSelection::All => "all".to_string(),
+        PlatformSelection::List(l) => l.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+    }
+}
+
+/// Whether a destination keeps an index (registries and OCI layouts do).
+pub fn holds_index(dest: &Reference) -> bool {
+    matches!(dest, Reference::Registry(_) | Reference::Oci { .. })
+}
+
+/// The place a target writes, to find two targets writing the same one.
+fn destination_key(dest: &Reference, name: &ImageName) -> String {
+    match dest {
+        Reference::Registry(r) => format!(
+            "registry://{}/{}:{}",
+            r.host,
+            r.repository,
+            r.digest
+                .as_ref()
+                .map(|d| d.to_string())
+                .or(r.tag.clone())
+                .unwrap_or_else(|| name.tag.clone())
+        ),
+        Reference::Oci { path, tag } => {
+            format!("oci://{}:{}", path.display(), tag.clone().unwrap_or_else(|| name.tag.clone()))
+        }
+        Reference::Dir { path, .. } => format!("dir://{}#{}", path.display(), name),
+        Reference::Docker { name, tag, .. } => format!("docker://{name}:{tag}"),
+        other => other.to_string(),
+    }
+}
+
+/// The name a destination records for a source image.
+fn image_name(src: &SourceImage) -> ImageName {
+    match &src.reference {
+        Reference::Registry(r) => ImageName {
+            repository: r.name(),
+            tag: src.fields.tag.clone(),
+        },
+        _ => ImageName {
+            repository: src.fields.repo.clone(),
+            tag: src.fields.tag.clone(),
+        },
+    }
+}
+
+/// Builds the plan: expands, resolves and diffs every target.
+pub async fn build(ctx: &PlanContext) -> Result<Plan> {
+    let spec = ctx.spec.clone();
+    let mut warnings = Vec::new();
+    let mut failed: Vec<PlannedTarget> = Vec::new();
+    let sources: Vec<SourceImage> = match &ctx.pinned {
+        Some(saved) => pinned_sources(ctx, saved)?,
+        None => {
+            let mut out = Vec::new();
+            for e in expand_all(&spec, ctx).await {
+                match e {
+                    Expansion::Images(images) => {
+                        if let Some(first) = images.first() {
+                            warn_dir_overwrites(&spec, first.entry, images.len(), &mut warnings);
+                        }
+                        out.extend(images)
+                    }
+                    Expansion::Failed { entry, source, error } => {
+                        failed.push(failed_target(&spec, entry, source, &error));
+                    }
+                }
+            }
+            for entry in &spec.entries {
+                let n = out.iter().filter(|s| s.entry == entry.index).count();
+                let broke = failed.iter().any(|f| f.entry == entry.index);
+                if n == 0 && !broke {
+                    warnings.push(format!(
+                        "sync[{}]: {} matched no images",
+                        entry.index, entry.from
+                    ));
+                }
+            }
+            out
+        }
+    };
+
+    // Resolve each distinct (source, platforms) once.
+    let mut wanted: Vec<(Reference, PlatformSelection)> = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
+    for src in &sources {
+        let entry = &spec.entries[src.entry];
+        let platforms = entry
+            .platforms
+            .clone()
+            .or(spec.settings.platforms.clone())
+            .unwrap_or(PlatformSelection::Default);
+        let pinned = match (&ctx.pinned, &src.reference) {
+            (Some(_), Reference::Registry(r)) => r.digest.clone(),
+            _ => None,
+        };
+        for dest in &entry.to {
+            if dest.uses("platform") {
+                // One target per platform: resolve now to learn them.
+                let key = (src.reference.clone(), platforms.clone());
+                let resolved = resolve_one(ctx, &key.0, &key.1).await;
+                let plats: Vec<_> = match &resolved {
+                    Ok(r) => r
+                        .images
+                        .iter()
+                        .map(|i| i.platform.clone().unwrap_or_else(|| platform_of(i)))
+                        .collect(),
+                    Err(e) => {
+                        failed.push(failed_target(&spec, src.entry, src.reference.to_string(), e));
+                        continue;
+                    }
+                };
+                for p in plats {
+                    let mut fields = src.fields.clone();
+                    fields.platform = p.to_string();
+                    let sel = PlatformSelection::List(vec![p]);
+                    targets.push(make_target(&spec, src, &fields, dest, sel.clone(), pinned.clone())?);
+                    if !wanted.contains(&(src.reference.clone(), sel.clone())) {
+                        wanted.push((src.reference.clone(), sel));
+                    }
+                }
+                continue;
+            }
+            targets.push(make_target(&spec, src, &src.fields, dest, platforms.clone(), pinned.clone())?);
+            if !wanted.contains(&(src.reference.clone(), platforms.clone())) {
+                wanted.push((src.reference.clone(), platforms.clone()));
+            }
+        }
+    }
+    if !ctx.only.is_empty() {
+        targets.retain(|t| {
+            let s = t.source.to_string();
+            let d = t.destination.to_string();
+            ctx.only.iter().any(|m| {
+                m.is_match(&s)
+                    || m.is_match(&d)
+                    || m.is_match(s.split_once("://").map(|x| x.1).unwrap_or(&s))
+                    || m.is_match(d.split_once("://").map(|x| x.1).unwrap_or(&d))
+            })
+        });
+    }
+    check_clashes(&spec, &targets)?;
+
+    let resolutions: HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>> =
+        stream::iter(wanted.iter().filter(|(r, p)| {
+            targets.iter().any(|t| &t.source == r && &t.platforms == p)
+        }))
+        .map(|(r, p)| async move {
+            let key = (r.to_string(), platforms_key(p));
+            (key, resolve_one(ctx, r, p).await.map(Arc::new).map_err(|e| e.to_string()))
+        })
+        .buffer_unordered(PLAN_CONCURRENCY)
+        .collect()
+        .await;
+
+    let diffs: Vec<PlannedTarget> = stream::iter(targets.into_iter())
+        .map(|t| {
+            let key = (t.source.to_string(), platforms_key(&t.platforms));
+            let resolved = resolutions.get(&key).cloned();
+            async move { diff_target(ctx, t, resolved).await }
+        })
+        .buffered(PLAN_CONCURRENCY)
+        .collect()
+        .await;
+    let mut planned = failed;
+    planned.extend(diffs);
+    planned.sort_by_key(|t| t.entry);
+    count_blobs(ctx, &mut planned).await;
+
+    for t in &planned {
+        if t.action.writes() {
+            if let (Some(src), Some(exp)) = (&t.source_digest, &t.expected) {
+                if src != exp {
+                    let why = if t.target.chain.changes_content() {
+                        "filters rewrite it"
+                    } else {
+                        "a subset of its platforms is taken"
+                    };
+                    warnings.push(format!(
+                        "{} will hold {exp}, not the upstream {src}: {why}",
+                        t.destination
+                    ));
+                }
+            }
+        }
+    }
+
+    let mut destinations: BTreeMap<String, DestinationTotals> = BTreeMap::new();
+    let mut totals = Totals::default();
+    let mut requests: BTreeMap<String, u64> = BTreeMap::new();
+    for t in &planned {
+        totals.targets += 1;
+        match &t.action {
+            Action::Create => totals.create += 1,
+            Action::Update => totals.update += 1,
+            Action::Unchanged => totals.unchanged += 1,
+            Action::Rebuild { .. } => totals.rebuild += 1,
+            Action::Failed { .. } => totals.failed += 1,
+        }
+        totals.blobs.add(&t.blobs);
+        let dkey = match &t.target.destination {
+            Reference::Registry(r) => format!("registry://{}", r.host),
+            other => other.to_string(),
+        };
+        let d = destinations.entry(dkey.clone()).or_insert_with(|| DestinationTotals {
+            destination: dkey,
+            ..Default::default()
+        });
+        if t.action.writes() {
+            d.targets += 1;
+        }
+        d.blobs.add(&t.blobs);
+        estimate_requests(t, &mut requests);
+    }
+    Ok(Plan {
+        plan_version: 1,
+        sync_file: spec.source.name.clone(),
+        sync_file_sha256: spec.hash.clone(),
+        targets: planned,
+        destinations: destinations.into_values().collect(),
+        totals,
+        requests,
+        warnings,
+    })
+}
+
+fn platform_of(i: &crate::image::ImageData) -> crate::image::Platform {
+    crate::image::Platform {
+        os: i.config.parsed.os.clone(),
+        architecture: i.config.parsed.architecture.clone(),
+        variant: i.config.parsed.variant.clone(),
+        os_version: None,
+        os_features: None,
+    }
+}
+
+/// dir:// without unique_names shares layer files by name; many images there
+/// may overwrite each other's layers.
+fn warn_dir_overwrites(spec: &SyncSpec, entry: usize, images: usize, warnings: &mut Vec<String>) {
+    if images < 2 {
+        return;
+    }
+    for d in &spec.entries[entry].to {
+        if let Ok(Reference::Dir {
+            unique_names: false,
+            expand: false,
+            ..
+        }) = Reference::parse(&d.render(&TemplateFields::default()))
+        {
+            warnings.push(format!(
+                "sync[{entry}]: {} gets {images} images without unique_names=true: layers with the same file name overwrite each other",
+                d.text
+            ));
+        }
+    }
+}
+
+fn make_target(
+    spec: &SyncSpec,
+    src: &SourceImage,
+    fields: &TemplateFields,
+    dest: &crate::spec::DestTemplate,
+    platforms: PlatformSelection,
+    pinned: Option<Digest>,
+) -> Result<Target> {
+    let entry = &spec.entries[src.entry];
+    let text = dest.render(fields);
+    let destination = Reference::parse(&text).map_err(|e| {
+        spec.source.error(SpecProblem::new(
+            format!("for {}, the destination becomes {text:?}: {e}", src.reference),
+            dest.span.clone(),
+            "this template",
+        ))
+    })?;
+    Ok(Target {
+        entry: src.entry,
+        source: src.reference.clone(),
+        destination,
+        name: image_name(src),
+        chain: entry.chain.clone(),
+        chain_name: entry.chain_name.clone(),
+        platforms,
+        dest_span: dest.span.clone(),
+        pinned,
+    })
+}
+
+/// Two targets writing the same place is a sync-file error, pointed at both.
+fn check_clashes(spec: &SyncSpec, targets: &[Target]) -> Result<()> {
+    let mut seen: HashMap<String, &Target> = HashMap::new();
+    for t in targets {
+        let key = destination_key(&t.destination, &t.name);
+        if let Some(first) = seen.get(&key) {
+            if first.source == t.source && first.dest_span == t.dest_span {
+                continue;
+            }
+            let mut p = SpecProblem::new(
+                format!(
+                    "two targets write {key}: {} and {}",
+                    first.source, t.source
+                ),
+                t.dest_span.clone(),
+                "writes it again",
+            )
+            .help("give each its own destination, e.g. with {repo}, {name} or {tag} in the template");
+            if first.dest_span != t.dest_span {
+                p = p.also(first.dest_span.clone(), "first written here");
+            }
+            return Err(spec.source.error(p));
+        }
+        seen.insert(key, t);
+    }
+    Ok(())
+}
+
+fn pinned_sources(ctx: &PlanContext, saved: &SavedPlan) -> Result<Vec<SourceImage>> {
+    let mut out: Vec<SourceImage> = Vec::new();
+    for t in &saved.targets {
+        if t.entry >= ctx.spec.entries.len() {
+            return Err(Error::usage(format!(
+                "the plan names sync[{}], which the sync file does not have",
+                t.entry
+            )));
+        }
+        let mut reference = Reference::parse(&t.source)?;
+        let fields = match &mut reference {
+            Reference::Registry(r) => {
+                let f = expand::registry_fields(r);
+                if let Some(d) = &t.source_digest {
+                    r.digest = Some(d.clone());
+                }
+                f
+            }
+            other => {
+                let name = other.image_name();
+                TemplateFields {
+                    registry: String::new(),
+                    name: name.rsplit('/').next().unwrap_or(&name).to_string(),
+                    repo: name.clone(),
+                    tag: other.tag().unwrap_or("latest").to_string(),
+                    platform: String::new(),
+                }
+            }
+        };
+        if !out.iter().any(|s| s.reference == reference && s.entry == t.entry) {
+            out.push(SourceImage {
+                entry: t.entry,
+                reference,
+                fields,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -> PlannedTarget {
+    let e = &spec.entries[entry];
+    let destination = e.to.iter().map(|d| d.text.clone()).collect::<Vec<_>>().join(", ");
+    PlannedTarget {
+        entry,
+        source: source.clone(),
+        destination: destination.clone(),
+        name: source.clone(),
+        filters: e.chain_name.clone(),
+        source_digest: None,
+        platforms: 0,
+        expected: None,
+        current: None,
+        action: Action::Failed {
+            error: error.to_string(),
+        },
+        blobs: BlobCounts::default(),
+        target: Target {
+            entry,
+            source: e.from.clone(),
+            destination: e.from.clone(),
+            name: ImageName::parse(&source),
+            chain: e.chain.clone(),
+            chain_name: e.chain_name.clone(),
+            platforms: PlatformSelection::Default,
+            dest_span: e.to.first().map(|d| d.span.clone()).unwrap_or_default(),
+            pinned: None,
+        },
+        resolved: None,
+    }
+}
+
+async fn resolve_one(ctx: &PlanContext, r: &Reference, p: &PlatformSelection) -> Result<ResolvedImage> {
+    let source = open_source(r, &ctx.source_options(r)).await?;
+    resolve(source.as_ref(), p).await
+}
+
+/// The digest an OCI layout's tag names now.
+fn oci_layout_tag(path: &std::path::Path, tag: &str) -> Option<Digest> {
+    #[derive(Deserialize)]
+    struct Index {
+        #[serde(default)]
+        manifests: Vec<crate::image::Descriptor>,
+    }
+    let bytes = std::fs::read(path.join("index.json")).ok()?;
+    let index: Index = serde_json::from_slice(&bytes).ok()?;
+    index
+        .manifests
+        .into_iter()
+        .find(|d| {
+            d.annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::source::oci_layout::REF_NAME))
+                .is_some_and(|n| n == tag)
+        })
+        .map(|d| d.digest)
+}
+
+/// Compares one target's destination with what the plan would write.
+async fn diff_target(
+    ctx: &PlanContext,
+    t: Target,
+    resolved: Option<std::result::Result<Arc<ResolvedImage>, String>>,
+) -> PlannedTarget {
+    let mut p = PlannedTarget {
+        entry: t.entry,
+        source: t.source.to_string(),
+        destination: t.destination.to_string(),
+        name: t.name.to_string(),
+        filters: t.chain_name.clone(),
+        source_digest: None,
+        platforms: 0,
+        expected: None,
+        current: None,
+        action: Action::Create,
+        blobs: BlobCounts::default(),
+        target: t,
+        resolved: None,
+    };
+    let resolved = match resolved {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            p.action = Action::Failed { error: e };
+            return p;
+        }
+        None => {
+            p.action = Action::Failed {
+                error: "the source was not resolved".into(),
+            };
+            return p;
+        }
+    };
+    let t = &p.target;
+    let source_digest = resolved.root().map(|r| r.digest.clone());
+    if let (Some(pin), Some(got)) = (&t.pinned, &source_digest) {
+        if pin != got {
+            p.action = Action::Failed {
+                error: format!("the source changed since the plan: it names {got}, the plan pinned {pin}"),
+            };
+            return p;
+        }
+    }
+    p.source_digest = source_digest.clone();
+    p.platforms = resolved.images.len();
+    let supports_index = holds_index(&t.destination);
+    if let Err(e) = check_fits(
+        &resolved,
+        &t.platforms,
+        supports_index,
+        &t.destination.to_string(),
+        &t.source.to_string(),
+    ) {
+        p.action = Action::Failed { error: e.to_string() };
+        return p;
+    }
+    let filtered = t.chain.changes_content();
+    let output_key = source_digest.as_ref().map(|d| {
+        LayerCache::output_key(d, &t.chain.hash(), &platforms_key(&t.platforms), supports_index)
+    });
+    p.expected = if filtered {
+        match (&ctx.cache, &output_key) {
+            (Some(c), Some(k)) => c.output(k),
+            _ => None,
+        }
+    } else {
+        expected_digest(&resolved, &t.platforms, supports_index).ok()
+    };
+    let current: Result<Option<Digest>> = match &t.destination {
+        Reference::Registry(r) => {
+            let reference = r
+                .digest
+                .as_ref()
+                .map(|d| d.to_string())
+                .or(r.tag.clone())
+                .unwrap_or_else(|| t.name.tag.clone());
+            match ctx.client(&r.host) {
+                Ok(c) => c.head_manifest(&r.repository, &reference).await.map(|d| d.map(|d| d.digest)),
+                Err(e) => Err(e),
+            }
+        }
+        Reference::Oci { path, tag } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
+        dest => {
+            // File destinations: the record beside them.
+            let record = state::state_path(dest, &t.name).and_then(|s| state::read(&s));
+            let current = record.as_ref().map(|r| r.output.clone());
+            let same = record.as_ref().is_some_and(|r| {
+                Some(&r.source_digest) == source_digest.as_ref()
+                    && r.chain == chain_record(&t.chain)
+                    && r.platforms == platforms_key(&t.platforms)
+            }) && state::output_exists(dest);
+            p.current = current.filter(|_| state::output_exists(dest));
+            if same {
+                p.expected = p.current.clone();
+                p.action = Action::Unchanged;
+            } else if matches!(dest, Reference::Docker { .. }) {
+                p.action = Action::Create;
+            } else if p.current.is_some() {
+                p.action = Action::Update;
+            } else {
+                p.action = Action::Create;
+            }
+            if filtered && p.action != Action::Unchanged && p.expected.is_none() {
+                p.action = Action::Rebuild {
+                    reason: "filters rewrite the layers; the output digest is known after the first run".into(),
+                };
+            }
+            p.resolved = Some(resolved);
+            return p;
+        }
+    };
+    match current {
+        Err(e) => {
+            p.action = Action::Failed {
+                error: format!("cannot read the destination {}: {e}", t.destination),
+            };
+            return p;
+        }
+        Ok(c) => p.current = c,
+    }
+    p.action = match (&p.expected, &p.current) {
+        (Some(e), Some(c)) if e == c => Action::Unchanged,
+        (None, _) => Action::Rebuild {
+            reason: "filters rewrite the layers; the output digest is known after the first run".into(),
+        },
+        (Some(_), None) => Action::Create,
+        (Some(_), Some(_)) => Action::Update,
+    };
+    p.resolved = Some(resolved);
+    p
+}
+
+/// How a chain is recorded in state files (empty without filters).
+pub fn chain_record(chain: &FilterChain) -> String {
+    if chain.is_empty() {
+        String::new()
+    } else {
+        chain.hash()
+    }
+}
+
+/// Counts each writing target's blobs the way the executor moves them: a
+/// blob present in the destination repository is skipped, one held by
+/// another repository of the same registry (the source's, or one written
+/// earlier in this run) is mounted, anything else is uploaded, once per
+/// registry.
+async fn count_blobs(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
+    // host → blobs some repository there holds (or will, earlier in the run).
+    let mut on_host: HashMap<String, HashSet<Digest>> = HashMap::new();
+    // (host, repo) → blobs there (or will be).
+    let mut in_repo: HashMap<(String, String), HashSet<Digest>> = HashMap::new();
+    // file path → blobs already written to it in this run (OCI layouts).
+    for t in planned.iter_mut() {
+        if !t.action.writes() {
+            continue;
+        }
+        let Some(resolved) = t.resolved.clone() else { continue };
+        let form_uncompressed = matches!(t.target.destination, Reference::Tar { .. } | Reference::Dir { .. });
+        // (key, size, is_layer)
+        let mut blobs: Vec<(Digest, u64, bool)> = Vec::new();
+        for img in &resolved.images {
+            for (i, l) in img.manifest.layers.iter().enumerate() {
+                let key = if form_uncompressed {
+                    img.diff_id(i).cloned().unwrap_or_else(|_| l.digest.clone())
+                } else {
+                    l.digest.clone()
+                };
+                if !blobs.iter().any(|b| b.0 == key) {
+                    blobs.push((key, l.size, true));
+                }
+            }
+            if holds_index(&t.target.destination) && !blobs.iter().any(|b| b.0 == img.manifest.config.digest) {
+                blobs.push((img.manifest.config.digest.clone(), img.manifest.config.size, false));
+            }
+        }
+        let mut c = BlobCounts::default();
+        if t.target.chain.changes_content() {
+            c.estimated = true;
+            for (_, size, is_layer) in &blobs {
+                c.upload += 1;
+                if *is_layer {
+                    c.bytes += size;
+                }
+            }
+            t.blobs = c;
+            continue;
+        }
+        match &t.target.destination {
+            Reference::Registry(r) => {
+                let client = ctx.client(&r.host).ok();
+                let source_repo = match &t.target.source {
+                    Reference::Registry(s) if s.host == r.host && s.repository != r.repository => {
+                        Some(s.repository.clone())
+                    }
+                    _ => None,
+                };
+                let repo_key = (r.host.clone(), r.repository.clone());
+                let known_in_repo = in_repo.get(&repo_key).cloned().unwrap_or_default();
+                let heads: Vec<bool> = stream::iter(blobs.iter())
+                    .map(|(d, _, _)| {
+                        let client = client.clone();
+                        let known = known_in_repo.contains(d);
+                        let repo = r.repository.clone();
+                        async move {
+                            if known {
+                                return true;
+                            }
+                            match client {
+                                Some(c) => matches!(c.head_blob(&repo, d).await, Ok(Some(_))),
+                                None => false,
+                            }
+                        }
+                    })
+                    .buffered(PLAN_CONCURRENCY)
+                    .collect()
+                    .await;
+                let host_set = on_host.entry(r.host.clone()).or_default();
+                let repo_set = in_repo.entry(repo_key).or_default();
+                for ((d, size, _), present) in blobs.iter().zip(heads) {
+                    if present {
+                        c.present += 1;
+                    } else if source_repo.is_some() || host_set.contains(d) {
+                        c.mount += 1;
+                    } else {
+                        c.upload += 1;
+                        c.bytes += size;
+                    }
+                    host_set.insert(d.clone());
+                    repo_set.insert(d.clone());
+                }
+            }
+            Reference::Oci { path, .. } => {
+                let key = (format!("oci://{}", path.display()), String::new());
+                let set = in_repo.entry(key).or_default();
+                for (d, size, _) in &blobs {
+                    let file = path.join("blobs").join("sha256").join(d.hex());
+                    if set.contains(d) || file.is_file() {
+                        c.present += 1;
+                    } else {
+                        c.upload += 1;
+                        c.bytes += size;
+                    }
+                    set.insert(d.clone());
+                }
+            }
+            _ => {
+                for (_, size, is_layer) in &blobs {
+                    if *is_layer {
+                        c.upload += 1;
+                        c.bytes += size;
+                    }
+                }
+            }
+        }
+        t.blobs = c;
+    }
+}
+
+/// Adds the requests applying `t` takes, per registry host.
+fn estimate_requests(t: &PlannedTarget, requests: &mut BTreeMap<String, u64>) {
+    if !t.action.writes() {
+        return;
+    }
+    if let Reference::Registry(s) = &t.target.source {
+        // Index + platform manifests + configs + each blob fetched.
+        let n = 1 + 2 * t.platforms as u64 + t.blobs.upload as u64;
+        *requests.entry(s.host.clone()).or_default() += n;
+    }
+    if let Reference::Registry(d) = &t.target.destination {
+        let b = &t.blobs;
+        // HEAD each blob; a mount is one POST; an upload POST + PATCH + PUT;
+        // one PUT per manifest (and the index).
+        let n = (b.upload + b.mount + b.present) as u64
+            + b.mount as u64
+            + 3 * b.upload as u64
+            + t.platforms as u64
+            + 1;
+        *requests.entry(d.host.clone()).or_default() += n;
+    }
+}
