@@ -136,7 +136,12 @@ impl LayerCache {
     /// the chain, the platforms taken and whether an index is written.
     pub fn output_key(source: &Digest, chain_hash: &str, platforms: &str, with_index: bool) -> String {
         let mut h = Sha256::new();
-        for part in [source.as_str(), chain_hash, platforms, if with_index { "index" } else { "image" }] {
+        for part in [
+            source.as_str(),
+            chain_hash,
+            platforms,
+            if with_index { "index" } else { "image" },
+        ] {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
@@ -169,7 +174,8 @@ impl LayerCache {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
             let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
             serde_json::to_writer(&mut tmp, &entry)?;
-            tmp.persist(&path).map_err(|e| Error::io("rename into", &path, e.error))?;
+            tmp.persist(&path)
+                .map_err(|e| Error::io("rename into", &path, e.error))?;
             Ok(())
         })();
         if let Err(e) = result {

@@ -23,6 +23,13 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 fn main() {
+    // `occy info … | head` should end quietly, like other Unix tools, not
+    // panic on a closed pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

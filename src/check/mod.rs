@@ -17,8 +17,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::image::config::ImageConfig;
-use crate::image::{media_type, ConfigBlob, Descriptor, Digest, Manifest, RawManifest};
 use crate::image::ImageName;
+use crate::image::{media_type, ConfigBlob, Descriptor, Digest, Manifest, RawManifest};
 use crate::reference::Reference;
 use crate::source::{open_source, read_small_blob, Source, SourceOptions};
 
@@ -456,4 +456,3 @@ pub async fn verify_written(dst: &Reference, name: &ImageName, mode: Mode, opts:
         lines.join("\n")
     )))
 }
-

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use super::GlobalArgs;
 use crate::error::Result;
-use crate::generate::{big_image, quickstart, standard_set, write_layout, LayerCompression};
+use crate::generate::{big_image, mirror_set, quickstart, standard_set, write_layout, LayerCompression};
 
 /// Which images to generate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -19,6 +19,8 @@ pub enum ImageSet {
     Quickstart,
     /// One image, `big`, with a layer of --size MiB
     Big,
+    /// A registry mirror's images, named NAME_TAG (alpine_3.18 ...), sharing a base layer
+    Mirror,
 }
 
 /// Arguments of `occy generate`.
@@ -44,6 +46,7 @@ pub struct GenerateArgs {
 pub async fn run(_global: &GlobalArgs, args: &GenerateArgs) -> Result<i32> {
     let specs = match args.set {
         ImageSet::Standard => standard_set(),
+        ImageSet::Mirror => mirror_set(),
         ImageSet::Quickstart => quickstart(),
         ImageSet::Big => {
             let compression = if args.uncompressed {

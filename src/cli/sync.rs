@@ -137,9 +137,14 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
                 .unwrap_or(std::path::Path::new("."));
             let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
             serde_json::to_writer_pretty(&mut tmp, &plan)?;
-            tmp.persist(out).map_err(|e| Error::io("write the plan to", out, e.error))?;
+            tmp.persist(out)
+                .map_err(|e| Error::io("write the plan to", out, e.error))?;
             if !global.quiet {
-                eprintln!("plan saved to {}; apply it with: occy sync --apply {}", out.display(), out.display());
+                eprintln!(
+                    "plan saved to {}; apply it with: occy sync --apply {}",
+                    out.display(),
+                    out.display()
+                );
             }
         }
         let code = if plan.has_failures() {

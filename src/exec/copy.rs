@@ -206,7 +206,13 @@ pub async fn copy_image(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions
 
 async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, started: Instant) -> Result<CopyReport> {
     let resolved = resolve(source, &opts.platforms).await?;
-    check_fits(&resolved, &opts.platforms, sink.supports_index(), &sink.describe(), &source.describe())?;
+    check_fits(
+        &resolved,
+        &opts.platforms,
+        sink.supports_index(),
+        &sink.describe(),
+        &source.describe(),
+    )?;
     let copy_index = writes_index(&resolved, &opts.platforms, sink.supports_index());
     if !opts.filters.is_empty() {
         return copy_filtered(
@@ -313,7 +319,11 @@ pub fn writes_index(resolved: &ResolvedImage, selection: &PlatformSelection, sup
 
 /// The digest the destination's tag names after an unfiltered copy: the
 /// index (rewritten when only some platforms are taken), else the image.
-pub fn expected_digest(resolved: &ResolvedImage, selection: &PlatformSelection, supports_index: bool) -> Result<Digest> {
+pub fn expected_digest(
+    resolved: &ResolvedImage,
+    selection: &PlatformSelection,
+    supports_index: bool,
+) -> Result<Digest> {
     match &resolved.index {
         Some((raw, index)) if writes_index(resolved, selection, supports_index) => {
             Ok(index_to_write(raw, index, &resolved.images)?.digest)

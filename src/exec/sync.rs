@@ -134,8 +134,16 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         unchanged: count("unchanged"),
         failed: count("failed"),
         bytes: targets.iter().filter_map(|o| o.report.as_ref()).map(|r| r.bytes).sum(),
-        layers_copied: targets.iter().filter_map(|o| o.report.as_ref()).map(|r| r.layers_copied).sum(),
-        layers_mounted: targets.iter().filter_map(|o| o.report.as_ref()).map(|r| r.layers_mounted).sum(),
+        layers_copied: targets
+            .iter()
+            .filter_map(|o| o.report.as_ref())
+            .map(|r| r.layers_copied)
+            .sum(),
+        layers_mounted: targets
+            .iter()
+            .filter_map(|o| o.report.as_ref())
+            .map(|r| r.layers_mounted)
+            .sum(),
         seconds: started.elapsed().as_secs_f64(),
         targets,
     }
@@ -157,7 +165,12 @@ fn progress_line(n: usize, total: usize, t: &PlannedTarget, o: &TargetOutcome) -
     }
 }
 
-async fn write_target(ctx: &PlanContext, t: &PlannedTarget, opts: &ApplyOptions, locations: BlobLocations) -> TargetOutcome {
+async fn write_target(
+    ctx: &PlanContext,
+    t: &PlannedTarget,
+    opts: &ApplyOptions,
+    locations: BlobLocations,
+) -> TargetOutcome {
     let started = Instant::now();
     let mut outcome = TargetOutcome {
         source: t.source.clone(),
@@ -268,7 +281,10 @@ fn record(ctx: &PlanContext, t: &PlannedTarget, output: &Digest) {
             output: output.clone(),
         };
         if let Err(e) = state::write(&path, &s) {
-            tracing::warn!("{}: written, but its state record could not be saved: {e}", tt.destination);
+            tracing::warn!(
+                "{}: written, but its state record could not be saved: {e}",
+                tt.destination
+            );
         }
     }
 }
@@ -293,7 +309,10 @@ pub fn summary_text(report: &ApplyReport) -> String {
             vec![
                 o.status.to_string(),
                 o.destination.clone(),
-                o.digest.as_ref().map(|d| d.short().to_string()).unwrap_or_else(|| "-".into()),
+                o.digest
+                    .as_ref()
+                    .map(|d| d.short().to_string())
+                    .unwrap_or_else(|| "-".into()),
                 o.check.clone().unwrap_or_else(|| "-".into()),
                 detail,
             ]

@@ -336,6 +336,43 @@ fn whiteouts_image() -> ImageSpec {
     image(amd64(), MediaTypes::Oci, vec![base_layer(Gzip), deletions], "whiteouts")
 }
 
+/// The images of a registry mirror, for `occy sync` tests and examples:
+/// `NAME_TAG` names (`alpine_3.18`… for the repository `lib/alpine`), every
+/// image the shared base layer plus a layer of its own. `lib/alpine` has semver tags (one a release
+/// candidate) and `latest`/`edge`; `apps/web` has `v`-tags; `apps/api` plain ones.
+pub fn mirror_set() -> Vec<NamedSpec> {
+    let mut out = Vec::new();
+    let repos: [(&str, &[&str]); 3] = [
+        (
+            "lib/alpine",
+            &[
+                "3.17", "3.18", "3.18.1", "3.19", "3.19.1", "3.20", "3.21-rc1", "latest", "edge",
+            ],
+        ),
+        ("apps/web", &["v1.0", "v1.1", "v2.0"]),
+        ("apps/api", &["1.0", "1.1"]),
+    ];
+    let mut seed = 100;
+    for (repo, tags) in repos {
+        for tag in tags {
+            seed += 1;
+            let short = repo.rsplit('/').next().unwrap_or(repo);
+            let name = format!("{short}_{tag}");
+            let app = app_layer(&name, seed, LayerCompression::Gzip);
+            out.push(NamedSpec {
+                name: name.clone(),
+                spec: Spec::Image(image(
+                    amd64(),
+                    MediaTypes::Oci,
+                    vec![base_layer(LayerCompression::Gzip), app],
+                    &name,
+                )),
+            });
+        }
+    }
+    out
+}
+
 /// The tiny image committed as `examples/quickstart/image` (tag `1.0`): a
 /// small base layer and an application layer, a few KiB in all.
 pub fn quickstart() -> Vec<NamedSpec> {

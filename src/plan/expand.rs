@@ -27,7 +27,11 @@ pub struct SourceImage {
 pub enum Expansion {
     Images(Vec<SourceImage>),
     /// The listing failed (the source does not exist, a registry refused).
-    Failed { entry: usize, source: String, error: Error },
+    Failed {
+        entry: usize,
+        source: String,
+        error: Error,
+    },
 }
 
 /// How expansion reaches registries.
@@ -68,6 +72,20 @@ pub fn registry_fields(r: &RegistryRef) -> TemplateFields {
         }),
         platform: String::new(),
     }
+}
+
+/// Orders images by repository, then tag as a version where it is one.
+fn sort_by_version(images: &mut [SourceImage]) {
+    images.sort_by(|a, b| {
+        let key = |s: &SourceImage| {
+            (
+                s.fields.repo.clone(),
+                crate::spec::validate::tag_version(&s.fields.tag),
+                s.fields.tag.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
 }
 
 fn image(entry: usize, r: RegistryRef) -> SourceImage {
@@ -129,7 +147,12 @@ async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<
                     (Some(t), _) if !has_glob(t) => vec![t.clone()],
                     (Some(t), _) => {
                         let m = glob_matcher(t, "tag")?;
-                        client.list_tags(&repo).await?.into_iter().filter(|x| m.is_match(x)).collect()
+                        client
+                            .list_tags(&repo)
+                            .await?
+                            .into_iter()
+                            .filter(|x| m.is_match(x))
+                            .collect()
                     }
                     (None, Some(filter)) if !filter.needs_listing => filter.select(&[]),
                     (None, Some(filter)) => filter.select(&client.list_tags(&repo).await?),
@@ -145,6 +168,7 @@ async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<
                     ));
                 }
             }
+            sort_by_version(&mut out);
             Ok(out)
         }
         Reference::Quay {
@@ -155,7 +179,14 @@ async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<
             token,
         } => {
             let token = token.clone().or_else(|| access.quay_token());
-            let found = quay::expand(org, repo_glob.as_deref(), tag.as_deref(), since.as_deref(), token.as_deref()).await?;
+            let found = quay::expand(
+                org,
+                repo_glob.as_deref(),
+                tag.as_deref(),
+                since.as_deref(),
+                token.as_deref(),
+            )
+            .await?;
             let mut out = Vec::new();
             for (repo, tags) in found {
                 let tags = match &entry.tags {

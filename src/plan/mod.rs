@@ -314,7 +314,11 @@ fn destination_key(dest: &Reference, name: &ImageName) -> String {
                 .unwrap_or_else(|| name.tag.clone())
         ),
         Reference::Oci { path, tag } => {
-            format!("oci://{}:{}", path.display(), tag.clone().unwrap_or_else(|| name.tag.clone()))
+            format!(
+                "oci://{}:{}",
+                path.display(),
+                tag.clone().unwrap_or_else(|| name.tag.clone())
+            )
         }
         Reference::Dir { path, .. } => format!("dir://{}#{}", path.display(), name),
         Reference::Docker { name, tag, .. } => format!("docker://{name}:{tag}"),
@@ -362,10 +366,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                 let n = out.iter().filter(|s| s.entry == entry.index).count();
                 let broke = failed.iter().any(|f| f.entry == entry.index);
                 if n == 0 && !broke {
-                    warnings.push(format!(
-                        "sync[{}]: {} matched no images",
-                        entry.index, entry.from
-                    ));
+                    warnings.push(format!("sync[{}]: {} matched no images", entry.index, entry.from));
                 }
             }
             out
@@ -413,7 +414,14 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                 }
                 continue;
             }
-            targets.push(make_target(&spec, src, &src.fields, dest, platforms.clone(), pinned.clone())?);
+            targets.push(make_target(
+                &spec,
+                src,
+                &src.fields,
+                dest,
+                platforms.clone(),
+                pinned.clone(),
+            )?);
             if !wanted.contains(&(src.reference.clone(), platforms.clone())) {
                 wanted.push((src.reference.clone(), platforms.clone()));
             }
@@ -433,17 +441,21 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     }
     check_clashes(&spec, &targets)?;
 
-    let resolutions: HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>> =
-        stream::iter(wanted.iter().filter(|(r, p)| {
-            targets.iter().any(|t| &t.source == r && &t.platforms == p)
-        }))
-        .map(|(r, p)| async move {
-            let key = (r.to_string(), platforms_key(p));
-            (key, resolve_one(ctx, r, p).await.map(Arc::new).map_err(|e| e.to_string()))
-        })
-        .buffer_unordered(PLAN_CONCURRENCY)
-        .collect()
-        .await;
+    let resolutions: HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>> = stream::iter(
+        wanted
+            .iter()
+            .filter(|(r, p)| targets.iter().any(|t| &t.source == r && &t.platforms == p)),
+    )
+    .map(|(r, p)| async move {
+        let key = (r.to_string(), platforms_key(p));
+        (
+            key,
+            resolve_one(ctx, r, p).await.map(Arc::new).map_err(|e| e.to_string()),
+        )
+    })
+    .buffer_unordered(PLAN_CONCURRENCY)
+    .collect()
+    .await;
 
     let diffs: Vec<PlannedTarget> = stream::iter(targets.into_iter())
         .map(|t| {
@@ -564,11 +576,24 @@ fn make_target(
             "this template",
         ))
     })?;
+    let name = image_name(src);
+    // Spell out the tag a destination keeps from its source.
+    let destination = match destination {
+        Reference::Registry(mut r) if r.tag.is_none() && r.digest.is_none() => {
+            r.tag = Some(name.tag.clone());
+            Reference::Registry(r)
+        }
+        Reference::Oci { path, tag: None } => Reference::Oci {
+            path,
+            tag: Some(name.tag.clone()),
+        },
+        other => other,
+    };
     Ok(Target {
         entry: src.entry,
         source: src.reference.clone(),
         destination,
-        name: image_name(src),
+        name,
         chain: entry.chain.clone(),
         chain_name: entry.chain_name.clone(),
         platforms,
@@ -587,10 +612,7 @@ fn check_clashes(spec: &SyncSpec, targets: &[Target]) -> Result<()> {
                 continue;
             }
             let mut p = SpecProblem::new(
-                format!(
-                    "two targets write {key}: {} and {}",
-                    first.source, t.source
-                ),
+                format!("two targets write {key}: {} and {}", first.source, t.source),
                 t.dest_span.clone(),
                 "writes it again",
             )
@@ -761,9 +783,9 @@ async fn diff_target(
         return p;
     }
     let filtered = t.chain.changes_content();
-    let output_key = source_digest.as_ref().map(|d| {
-        LayerCache::output_key(d, &t.chain.hash(), &platforms_key(&t.platforms), supports_index)
-    });
+    let output_key = source_digest
+        .as_ref()
+        .map(|d| LayerCache::output_key(d, &t.chain.hash(), &platforms_key(&t.platforms), supports_index));
     p.expected = if filtered {
         match (&ctx.cache, &output_key) {
             (Some(c), Some(k)) => c.output(k),
@@ -781,7 +803,10 @@ async fn diff_target(
                 .or(r.tag.clone())
                 .unwrap_or_else(|| t.name.tag.clone());
             match ctx.client(&r.host) {
-                Ok(c) => c.head_manifest(&r.repository, &reference).await.map(|d| d.map(|d| d.digest)),
+                Ok(c) => c
+                    .head_manifest(&r.repository, &reference)
+                    .await
+                    .map(|d| d.map(|d| d.digest)),
                 Err(e) => Err(e),
             }
         }
@@ -976,11 +1001,7 @@ fn estimate_requests(t: &PlannedTarget, requests: &mut BTreeMap<String, u64>) {
         let b = &t.blobs;
         // HEAD each blob; a mount is one POST; an upload POST + PATCH + PUT;
         // one PUT per manifest (and the index).
-        let n = (b.upload + b.mount + b.present) as u64
-            + b.mount as u64
-            + 3 * b.upload as u64
-            + t.platforms as u64
-            + 1;
+        let n = (b.upload + b.mount + b.present) as u64 + b.mount as u64 + 3 * b.upload as u64 + t.platforms as u64 + 1;
         *requests.entry(d.host.clone()).or_default() += n;
     }
 }

@@ -102,7 +102,9 @@ async fn get_json<T: for<'de> Deserialize<'de>>(http: &reqwest::Client, url: &st
         )));
     }
     if status == reqwest::StatusCode::NOT_FOUND {
-        return Err(Error::NotFound(format!("GET {url}: 404: no such organisation or repository")));
+        return Err(Error::NotFound(format!(
+            "GET {url}: 404: no such organisation or repository"
+        )));
     }
     if !status.is_success() {
         return Err(Error::Registry {

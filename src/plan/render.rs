@@ -83,11 +83,28 @@ pub fn summary_line(plan: &Plan) -> String {
 /// The plan as text.
 pub fn text(plan: &Plan, colour_on: bool) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Plan for {} (sha256 {})", plan.sync_file, &plan.sync_file_sha256[..12.min(plan.sync_file_sha256.len())]);
+    let _ = writeln!(
+        out,
+        "Plan for {} (sha256 {})",
+        plan.sync_file,
+        &plan.sync_file_sha256[..12.min(plan.sync_file_sha256.len())]
+    );
     for t in &plan.targets {
-        let (on, off) = if colour_on { (colour(&t.action), "\x1b[0m") } else { ("", "") };
-        let filters = t.filters.as_ref().map(|f| format!(" [filters: {f}]")).unwrap_or_default();
-        let plats = if t.platforms > 1 { format!(" ({} platforms)", t.platforms) } else { String::new() };
+        let (on, off) = if colour_on {
+            (colour(&t.action), "\x1b[0m")
+        } else {
+            ("", "")
+        };
+        let filters = t
+            .filters
+            .as_ref()
+            .map(|f| format!(" [filters: {f}]"))
+            .unwrap_or_default();
+        let plats = if t.platforms > 1 {
+            format!(" ({} platforms)", t.platforms)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
             "{on}{} {} → {}{filters}{plats}: {}{off}",

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::{LayerForm, Sink};
 use crate::error::{Error, Result};
@@ -259,7 +259,7 @@ impl Sink for RegistrySink {
     async fn finish(&self) -> Result<()> {
         let mounted = self.layers_mounted();
         if mounted > 0 {
-            info!(
+            debug!(
                 "{}: {mounted} layer(s) mounted from other repositories instead of uploaded",
                 self.describe()
             );

@@ -127,7 +127,10 @@ impl SpecSource {
         };
         let mut labels = Vec::new();
         if let Some(span) = &p.span {
-            labels.push(LabeledSpan::new_primary_with_span(Some(p.label.clone()), self.source_span(span)));
+            labels.push(LabeledSpan::new_primary_with_span(
+                Some(p.label.clone()),
+                self.source_span(span),
+            ));
         }
         for (span, label) in &p.related {
             labels.push(LabeledSpan::new_with_span(Some(label.clone()), self.source_span(span)));

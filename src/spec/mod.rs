@@ -2,8 +2,8 @@
 //! place in the file, diagnostics that point at that place, and the checks
 //! that turn a parsed file into a validated [`SyncSpec`].
 
-pub mod located;
 pub mod diagnostic;
+pub mod located;
 pub mod model;
 pub mod validate;
 

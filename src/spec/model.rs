@@ -50,7 +50,10 @@ pub struct Defaults {
 
 /// `all`, or a list of platforms.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(untagged, expecting = "\"all\" or a list of platforms such as [linux/amd64, linux/arm64]")]
+#[serde(
+    untagged,
+    expecting = "\"all\" or a list of platforms such as [linux/amd64, linux/arm64]"
+)]
 pub enum Platforms {
     /// `all`.
     Keyword(String),
@@ -126,7 +129,10 @@ pub enum Destinations {
 
 /// Which tags of a repository to take: a list, or rules.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(untagged, expecting = "a list of tags, or a map of rules (glob, regex, semver, exclude, latest)")]
+#[serde(
+    untagged,
+    expecting = "a list of tags, or a map of rules (glob, regex, semver, exclude, latest)"
+)]
 pub enum TagSelection {
     List(Vec<String>),
     Rules(TagRules),

@@ -167,7 +167,12 @@ pub fn tag_version(tag: &str) -> Option<semver::Version> {
         None => (t, None),
     };
     let parts: Vec<&str> = core.split('.').collect();
-    if parts.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.is_empty()
+        || parts.len() > 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
         return None;
     }
     let mut padded = parts.join(".");
@@ -259,8 +264,12 @@ pub fn parse(path: &Path, text: String) -> Result<SyncSpec> {
     };
     if !matches!(root.value, Value::Map(_)) {
         return Err(source.error(
-            SpecProblem::new("a sync file is a map", root.span.clone(), "expected `version:` and `sync:` here")
-                .help("start with:\nversion: 1\nsync:\n  - from: registry://HOST/REPO:TAG\n    to: oci:///PATH"),
+            SpecProblem::new(
+                "a sync file is a map",
+                root.span.clone(),
+                "expected `version:` and `sync:` here",
+            )
+            .help("start with:\nversion: 1\nsync:\n  - from: registry://HOST/REPO:TAG\n    to: oci:///PATH"),
         ));
     }
     let file: SyncFile = match serde_path_to_error::deserialize(root.to_json()) {
@@ -360,7 +369,9 @@ fn type_help(path: &[Step]) -> String {
         Step::Index(_) => None,
     });
     match last {
-        Some("to") => "write one destination, or a list: to: [registry://HOST/REPO, tar:///PATH/{name}-{tag}.tar]".into(),
+        Some("to") => {
+            "write one destination, or a list: to: [registry://HOST/REPO, tar:///PATH/{name}-{tag}.tar]".into()
+        }
         Some("tags") => "a list (tags: [\"1.0\", \"1.1\"]) or rules (tags: {semver: \">=1.0\", glob: \"1.*\"})".into(),
         Some("platforms") => "\"all\" or a list such as [linux/amd64, linux/arm64]".into(),
         Some("check") => "one of off, fast, full".into(),
@@ -411,9 +422,10 @@ impl Validator<'_> {
         }
         if file.sync.is_empty() {
             let span = self.root.key_span(&[key("sync")]);
-            self.problem(SpecProblem::new("`sync` is empty: nothing to do", span, "no entries").help(
-                "add entries such as:\n  - from: registry://HOST/REPO:TAG\n    to: oci:///PATH",
-            ));
+            self.problem(
+                SpecProblem::new("`sync` is empty: nothing to do", span, "no entries")
+                    .help("add entries such as:\n  - from: registry://HOST/REPO:TAG\n    to: oci:///PATH"),
+            );
         }
         let mut entries = Vec::new();
         for (i, e) in file.sync.iter().enumerate() {
@@ -441,7 +453,11 @@ impl Validator<'_> {
         for (field, value) in [("parallel", d.parallel), ("image_parallel", d.image_parallel)] {
             if value == Some(0) {
                 let span = self.span(&[key("defaults"), key(field)]);
-                self.problem(SpecProblem::new(format!("`{field}` must be at least 1"), span, "0 would do nothing"));
+                self.problem(SpecProblem::new(
+                    format!("`{field}` must be at least 1"),
+                    span,
+                    "0 would do nothing",
+                ));
             }
         }
         if let Some(r) = d.rate_limit {
@@ -470,8 +486,12 @@ impl Validator<'_> {
             Platforms::Keyword(k) => {
                 let span = self.span(path);
                 self.problem(
-                    SpecProblem::new(format!("`platforms: {k}` is not understood"), span, "expected \"all\" or a list")
-                        .help("platforms: all, or platforms: [linux/amd64, linux/arm64]"),
+                    SpecProblem::new(
+                        format!("`platforms: {k}` is not understood"),
+                        span,
+                        "expected \"all\" or a list",
+                    )
+                    .help("platforms: all, or platforms: [linux/amd64, linux/arm64]"),
                 );
                 None
             }
@@ -526,8 +546,12 @@ impl Validator<'_> {
             if r.password_env.is_some() && r.username_env.is_none() {
                 let span = self.root.key_span(&[key("registries"), key(host), key("password_env")]);
                 self.problem(
-                    SpecProblem::new(format!("{host}: password_env without username_env"), span, "no user name")
-                        .help("add username_env, or use token_env for a token"),
+                    SpecProblem::new(
+                        format!("{host}: password_env without username_env"),
+                        span,
+                        "no user name",
+                    )
+                    .help("add username_env, or use token_env for a token"),
                 );
             }
             if let Some(dir) = &r.cert_dir {
@@ -573,11 +597,17 @@ impl Validator<'_> {
                         ok = false;
                         continue;
                     }
-                    let Some((name, opts)) = map.iter().next() else { continue };
+                    let Some((name, opts)) = map.iter().next() else {
+                        continue;
+                    };
                     let mut pairs = Vec::new();
                     for (k, v) in opts {
                         // `patterns: [...]` reads better than repeating `pattern`.
-                        let k = if name == "exclude" && k == "patterns" { "pattern" } else { k.as_str() };
+                        let k = if name == "exclude" && k == "patterns" {
+                            "pattern"
+                        } else {
+                            k.as_str()
+                        };
                         match v {
                             OptionValue::Bool(b) => pairs.push((k.to_string(), b.to_string())),
                             OptionValue::Int(n) => pairs.push((k.to_string(), n.to_string())),
@@ -640,12 +670,8 @@ impl Validator<'_> {
         match &from {
             Reference::Bundle { .. } => {
                 self.problem(
-                    SpecProblem::new(
-                        "bundle:// can only be a destination",
-                        from_span.clone(),
-                        "not a source",
-                    )
-                    .help("sources are registry://, quay://, oci://, tar://, dir:// and docker://"),
+                    SpecProblem::new("bundle:// can only be a destination", from_span.clone(), "not a source")
+                        .help("sources are registry://, quay://, oci://, tar://, dir:// and docker://"),
                 );
                 return None;
             }
@@ -653,7 +679,10 @@ impl Validator<'_> {
                 let span = self.root.key_span(&at("tags"));
                 self.problem(
                     SpecProblem::new(
-                        format!("`from` names the tag {:?} and `tags` selects tags too", r.tag.as_deref().unwrap_or_default()),
+                        format!(
+                            "`from` names the tag {:?} and `tags` selects tags too",
+                            r.tag.as_deref().unwrap_or_default()
+                        ),
                         span,
                         "tags given twice",
                     )
@@ -664,8 +693,12 @@ impl Validator<'_> {
             Reference::Registry(r) if r.digest.is_some() && e.tags.is_some() => {
                 let span = self.root.key_span(&at("tags"));
                 self.problem(
-                    SpecProblem::new("`from` is pinned to a digest; `tags` cannot apply", span, "tags with a digest")
-                        .also(from_span.clone(), "digest here"),
+                    SpecProblem::new(
+                        "`from` is pinned to a digest; `tags` cannot apply",
+                        span,
+                        "tags with a digest",
+                    )
+                    .also(from_span.clone(), "digest here"),
                 );
             }
             Reference::Registry(_) | Reference::Quay { .. } => {}
@@ -673,7 +706,10 @@ impl Validator<'_> {
                 let span = self.root.key_span(&at("tags"));
                 self.problem(
                     SpecProblem::new(
-                        format!("`tags` applies to registry:// and quay:// sources, not {}", from.scheme()),
+                        format!(
+                            "`tags` applies to registry:// and quay:// sources, not {}",
+                            from.scheme()
+                        ),
                         span,
                         "no tags to choose",
                     )
@@ -705,7 +741,8 @@ impl Validator<'_> {
                 }
             },
             Some(FilterChoice::Chain(steps)) => (
-                self.chain(steps, &at("filters"), settings.compression).unwrap_or_default(),
+                self.chain(steps, &at("filters"), settings.compression)
+                    .unwrap_or_default(),
                 Some("inline".to_string()),
             ),
         };
@@ -744,9 +781,11 @@ impl Validator<'_> {
             TagSelection::List(names) => {
                 if names.is_empty() {
                     let span = self.span(path);
-                    self.problem(SpecProblem::new("`tags` is an empty list", span, "no tags").help(
-                        "list tags, or give rules such as {glob: \"1.*\"}; leave `tags` out to take every tag",
-                    ));
+                    self.problem(
+                        SpecProblem::new("`tags` is an empty list", span, "no tags").help(
+                            "list tags, or give rules such as {glob: \"1.*\"}; leave `tags` out to take every tag",
+                        ),
+                    );
                 }
                 f.names = names.clone();
             }
@@ -768,8 +807,12 @@ impl Validator<'_> {
                             let detail = e.to_string();
                             let last = detail.lines().last().unwrap_or_default().trim().to_string();
                             self.problem(
-                                SpecProblem::new(format!("invalid regex {re:?}: {last}"), span, "bad regular expression")
-                                    .help("the whole tag must match; for example ^v?[0-9]+\\.[0-9]+$"),
+                                SpecProblem::new(
+                                    format!("invalid regex {re:?}: {last}"),
+                                    span,
+                                    "bad regular expression",
+                                )
+                                .help("the whole tag must match; for example ^v?[0-9]+\\.[0-9]+$"),
                             );
                         }
                     }
@@ -846,7 +889,9 @@ impl Validator<'_> {
             if !TEMPLATE_FIELDS.contains(&field.as_str()) {
                 let start = span.start + quoted + offset;
                 let help = match closest(&field, TEMPLATE_FIELDS) {
-                    Some(k) => format!("did you mean {{{k}}}? Fields are {{registry}}, {{repo}}, {{name}}, {{tag}}, {{platform}}"),
+                    Some(k) => format!(
+                        "did you mean {{{k}}}? Fields are {{registry}}, {{repo}}, {{name}}, {{tag}}, {{platform}}"
+                    ),
                     None => "fields are {registry}, {repo}, {name}, {tag}, {platform}".to_string(),
                 };
                 self.problem(
@@ -970,46 +1015,84 @@ mod tests {
             assert_eq!(e.chain.filters.len(), 2);
             assert_eq!(e.chain.hash(), a.entries[0].chain.hash());
             assert_eq!(e.to.len(), 2);
-            let tags: Vec<String> = ["1.0", "1.2.0", "1.3", "1.4-rc1", "v1.5.0", "latest"].map(String::from).into();
+            let tags: Vec<String> = ["1.0", "1.2.0", "1.3", "1.4-rc1", "v1.5.0", "latest"]
+                .map(String::from)
+                .into();
             assert_eq!(e.tags.as_ref().unwrap().select(&tags), ["v1.5.0", "1.3"]);
         }
     }
 
     #[test]
     fn unknown_keys_point_at_the_key_with_a_suggestion() {
-        let e = err("m.yaml", "version: 1\nsync:\n  - from: oci:///a\n    tag: [x]\n    to: oci:///b\n");
+        let e = err(
+            "m.yaml",
+            "version: 1\nsync:\n  - from: oci:///a\n    tag: [x]\n    to: oci:///b\n",
+        );
         assert!(e.starts_with("m.yaml:4:5: unknown key `tag`"), "{e}");
         assert!(e.contains("did you mean `tags`?"), "{e}");
-        let e = err("m.toml", "version = 1\n[[sync]]\nfrom = \"oci:///a\"\nto = \"oci:///b\"\nplatfroms = \"all\"\n");
+        let e = err(
+            "m.toml",
+            "version = 1\n[[sync]]\nfrom = \"oci:///a\"\nto = \"oci:///b\"\nplatfroms = \"all\"\n",
+        );
         assert!(e.starts_with("m.toml:5:1: unknown key `platfroms`"), "{e}");
     }
 
     #[test]
     fn wrong_types_and_bad_values_point_at_the_value() {
-        let e = err("m.yaml", "version: 1\ndefaults:\n  parallel: lots\nsync:\n  - from: oci:///a\n    to: oci:///b\n");
+        let e = err(
+            "m.yaml",
+            "version: 1\ndefaults:\n  parallel: lots\nsync:\n  - from: oci:///a\n    to: oci:///b\n",
+        );
         assert!(e.starts_with("m.yaml:3:13: `defaults.parallel`"), "{e}");
-        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    tags: {glob: \"[x\"}\n    to: oci:///b\n");
+        let e = err(
+            "m.yaml",
+            "version: 1\nsync:\n  - from: registry://h/a\n    tags: {glob: \"[x\"}\n    to: oci:///b\n",
+        );
         assert!(e.starts_with("m.yaml:4:18: invalid glob"), "{e}");
-        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    tags: {regex: \"(x\"}\n    to: oci:///b\n");
+        let e = err(
+            "m.yaml",
+            "version: 1\nsync:\n  - from: registry://h/a\n    tags: {regex: \"(x\"}\n    to: oci:///b\n",
+        );
         assert!(e.starts_with("m.yaml:4:19: invalid regex"), "{e}");
-        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    tags: {semver: \">>1\"}\n    to: oci:///b\n");
+        let e = err(
+            "m.yaml",
+            "version: 1\nsync:\n  - from: registry://h/a\n    tags: {semver: \">>1\"}\n    to: oci:///b\n",
+        );
         assert!(e.starts_with("m.yaml:4:20: invalid semver range"), "{e}");
     }
 
     #[test]
     fn filters_templates_and_credentials_are_checked() {
-        let e = err("m.yaml", "version: 1\nsync:\n  - from: oci:///a\n    filters: [normalise-timestamps]\n    to: oci:///b\n");
+        let e = err(
+            "m.yaml",
+            "version: 1\nsync:\n  - from: oci:///a\n    filters: [normalise-timestamps]\n    to: oci:///b\n",
+        );
         assert!(e.starts_with("m.yaml:4:15: unknown filter"), "{e}");
         assert!(e.contains("did you mean `normalize-timestamps`?"), "{e}");
         let e = err("m.yaml", "version: 1\nsync:\n  - from: oci:///a\n    filters:\n      - exclude: {pattern: x, depth: 2}\n    to: oci:///b\n");
-        assert!(e.starts_with("m.yaml:5:9: filter exclude: unknown option \"depth\""), "{e}");
-        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    to: \"tar:///x/{nam}.tar\"\n");
+        assert!(
+            e.starts_with("m.yaml:5:9: filter exclude: unknown option \"depth\""),
+            "{e}"
+        );
+        let e = err(
+            "m.yaml",
+            "version: 1\nsync:\n  - from: registry://h/a\n    to: \"tar:///x/{nam}.tar\"\n",
+        );
         assert!(e.starts_with("m.yaml:4:19: unknown template field {nam}"), "{e}");
         assert!(e.contains("did you mean {name}?"), "{e}");
         let e = err("m.yaml", "version: 1\nregistries:\n  h:\n    username_env: OCCY_TEST_SURELY_UNSET_USER\nsync:\n  - from: oci:///a\n    to: oci:///b\n");
-        assert!(e.starts_with("m.yaml:4:19: the environment variable OCCY_TEST_SURELY_UNSET_USER is not set"), "{e}");
-        let e = err("m.yaml", "version: 1\nsync:\n  - from: registry://h/a\n    to: tar:///x/all.tar\n");
-        assert!(e.starts_with("m.yaml:4:9: every image of this entry would overwrite"), "{e}");
+        assert!(
+            e.starts_with("m.yaml:4:19: the environment variable OCCY_TEST_SURELY_UNSET_USER is not set"),
+            "{e}"
+        );
+        let e = err(
+            "m.yaml",
+            "version: 1\nsync:\n  - from: registry://h/a\n    to: tar:///x/all.tar\n",
+        );
+        assert!(
+            e.starts_with("m.yaml:4:9: every image of this entry would overwrite"),
+            "{e}"
+        );
     }
 
     #[test]
