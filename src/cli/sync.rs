@@ -162,6 +162,11 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         for w in &plan.warnings {
             eprintln!("warning: {w}");
         }
+        for t in &plan.targets {
+            if let plan::Action::Failed { error } = &t.action {
+                eprintln!("error: {} → {}: {error}", t.source, t.destination);
+            }
+        }
     }
     let check = match args.check {
         Some(CheckArg::Off) => None,

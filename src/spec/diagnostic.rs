@@ -150,6 +150,7 @@ impl SpecSource {
         let mut out = String::new();
         match GraphicalReportHandler::new_themed(theme)
             .with_width(100)
+            .with_wrap_lines(false)
             .render_report(&mut out, &diag)
         {
             // miette marks the message with "×"; the message already leads

@@ -1,0 +1,489 @@
+//! `occy sync` against two real Distribution registries: the plan's counts
+//! against what the destination registry then stores, make semantics (a
+//! second run writes nothing), a moved tag, `--detailed-exitcode`, pinned
+//! `--apply`, YAML and TOML giving one plan, and sync-file errors with their
+//! line and column.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::SystemTime;
+
+use serde_json::Value;
+use support::*;
+
+/// The repository a mirror-set name (`alpine_3.18`) is pushed to.
+fn repo_of(short: &str) -> &'static str {
+    match short {
+        "alpine" => "lib/alpine",
+        "web" => "apps/web",
+        "api" => "apps/api",
+        other => panic!("unknown mirror image {other}"),
+    }
+}
+
+/// The generated mirror images (an OCI layout, NAME_TAG entries).
+fn mirror_layout() -> &'static PathBuf {
+    static LAYOUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let dir = scratch_dir("mirror-layout");
+        ok(&["generate", dir.to_str().unwrap(), "--set", "mirror"]);
+        dir
+    })
+}
+
+fn mirror_names() -> Vec<String> {
+    let index: Value = serde_json::from_slice(&std::fs::read(mirror_layout().join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// A source registry holding the 14 mirror images.
+fn source_registry() -> Registry {
+    let reg = Registry::start(Mode::Plain);
+    for name in mirror_names() {
+        let (short, tag) = name.split_once('_').unwrap();
+        reg.push_layout(mirror_layout(), &name, &format!("{}:{tag}", repo_of(short)));
+    }
+    reg
+}
+
+/// Pushes mirror image `name` to `repo_tag` of `reg` (to move a tag).
+fn push_as(reg: &Registry, name: &str, repo_tag: &str) {
+    reg.push_layout(mirror_layout(), name, repo_tag);
+}
+
+const MIRROR: &str = r#"version: 1
+defaults:
+  image_parallel: 3
+  parallel: 4
+registries:
+  SRC: { insecure: true }
+  DST: { insecure: true }
+filters:
+  repro:
+    - normalize-timestamps: { ts: 0, config: true }
+sync:
+  - from: registry://SRC/lib/alpine
+    tags: { semver: ">=3.18", exclude: ["*-rc*"] }
+    to:
+      - registry://DST/mirror/alpine
+      - "tar://OUT/alpine-{tag}.tar"
+  - from: registry://SRC/apps/*:v*
+    to: "registry://DST/mirror/{name}"
+  - from: registry://SRC/apps/api
+    tags: ["1.0", "1.1"]
+    filters: repro
+    to: "tar://OUT/api-{tag}-repro.tar"
+"#;
+
+const MIRROR_TOML: &str = r#"version = 1
+
+[defaults]
+image_parallel = 3
+parallel = 4
+
+[registries]
+"SRC" = { insecure = true }
+"DST" = { insecure = true }
+
+[filters]
+repro = [{ normalize-timestamps = { ts = 0, config = true } }]
+
+[[sync]]
+from = "registry://SRC/lib/alpine"
+tags = { semver = ">=3.18", exclude = ["*-rc*"] }
+to = ["registry://DST/mirror/alpine", "tar://OUT/alpine-{tag}.tar"]
+
+[[sync]]
+from = "registry://SRC/apps/*:v*"
+to = "registry://DST/mirror/{name}"
+
+[[sync]]
+from = "registry://SRC/apps/api"
+tags = ["1.0", "1.1"]
+filters = "repro"
+to = "tar://OUT/api-{tag}-repro.tar"
+"#;
+
+struct Setup {
+    src: Registry,
+    dst: Registry,
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Setup {
+    fn new(name: &str, template: &str, file_name: &str) -> Setup {
+        let src = source_registry();
+        let dst = Registry::start(Mode::Plain);
+        let dir = scratch_dir(name);
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let text = template
+            .replace("SRC", &src.host)
+            .replace("DST", &dst.host)
+            .replace("OUT", out.to_str().unwrap());
+        let file = dir.join(file_name);
+        std::fs::write(&file, text).unwrap();
+        Setup { src, dst, dir, file }
+    }
+
+    /// occy sync FILE ARGS… with this setup's cache.
+    fn sync(&self, args: &[&str]) -> Output {
+        let cache = self.dir.join("cache");
+        let mut all = vec![
+            "sync",
+            self.file.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        occy(&all)
+    }
+
+    fn plan(&self) -> (i32, Value) {
+        let out = self.sync(&["--plan", "--detailed-exitcode", "-O", "json"]);
+        let code = out.status.code().unwrap();
+        assert!(
+            [0, 1, 3].contains(&code),
+            "plan failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (code, json_of(&out))
+    }
+}
+
+/// Blob files the registry stores, minus manifests: (count, bytes).
+fn stored_blobs(reg: &Registry) -> (HashSet<String>, u64) {
+    let root = reg.dir.join("data/docker/registry/v2");
+    let mut manifests = HashSet::new();
+    if let Ok(repos) = walk(&root.join("repositories")) {
+        for p in repos {
+            let s = p.to_string_lossy().to_string();
+            if let Some(i) = s.find("/_manifests/revisions/sha256/") {
+                let hex = s[i + "/_manifests/revisions/sha256/".len()..]
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                manifests.insert(hex);
+            }
+        }
+    }
+    let mut blobs = HashSet::new();
+    let mut bytes = 0;
+    for p in walk(&root.join("blobs")).unwrap_or_default() {
+        if p.file_name().is_some_and(|n| n == "data") {
+            let hex = p.parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
+            if !manifests.contains(&hex) {
+                bytes += std::fs::metadata(&p).unwrap().len();
+                blobs.insert(hex);
+            }
+        }
+    }
+    (blobs, bytes)
+}
+
+fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            out.extend(walk(&p)?);
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// The newest modification time under `dir`.
+fn newest(dir: &Path) -> SystemTime {
+    walk(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok()?.modified().ok())
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn registry_totals(plan: &Value, host: &str) -> Value {
+    plan["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["destination"] == format!("registry://{host}"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no registry destination in {plan}"))
+}
+
+#[test]
+fn plan_counts_match_apply_then_nothing_to_do_then_one_moved_tag() {
+    let s = Setup::new("sync-main", MIRROR, "mirror.yaml");
+
+    // The plan: 10 source images (5 alpine by semver, 3 web by glob, 2 api),
+    // 15 targets; nothing exists yet.
+    let (code, plan) = s.plan();
+    assert_eq!(code, 3, "changes are pending: {plan}");
+    let totals = &plan["totals"];
+    assert_eq!(totals["targets"], 15, "{plan}");
+    assert_eq!(totals["create"], 13);
+    assert_eq!(totals["rebuild"], 2, "the filtered tarballs: {plan}");
+    let sources: HashSet<&str> = plan["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources.len(), 10, "{sources:?}");
+    assert!(!sources
+        .iter()
+        .any(|s| s.ends_with(":3.17") || s.ends_with("-rc1") || s.ends_with(":latest")));
+    let reg = registry_totals(&plan, &s.dst.host);
+    let planned_uploads = reg["upload"].as_u64().unwrap();
+    let planned_bytes = reg["bytes"].as_u64().unwrap();
+    assert_eq!(reg["targets"], 8);
+    // One shared base layer: uploaded once, present or mounted for the others.
+    assert_eq!(
+        planned_uploads,
+        1 + 8 + 8,
+        "base + one layer and one config per image: {reg}"
+    );
+
+    // Apply, with the full check of every written target.
+    let (before, before_bytes) = stored_blobs(&s.dst);
+    assert!(before.is_empty());
+    let out = s.sync(&["--check", "full", "-O", "json"]);
+    let report = json_of(&assert_ok(&["sync"], out));
+    assert_eq!(report["written"], 15, "{report}");
+    assert_eq!(report["failed"], 0);
+    for t in report["targets"].as_array().unwrap() {
+        assert_eq!(t["check"], "full: ok", "{t}");
+    }
+    // Measured on the registry's side: exactly the planned blobs and bytes.
+    let (after, after_bytes) = stored_blobs(&s.dst);
+    assert_eq!(after.len() as u64, planned_uploads, "blobs stored vs planned");
+    assert_eq!(after_bytes - before_bytes, planned_bytes, "bytes stored vs planned");
+    // Every destination passes occy check on its own too.
+    for t in report["targets"].as_array().unwrap() {
+        let dst = t["destination"].as_str().unwrap();
+        let args = ["--insecure-registry", &s.dst.host, "check", dst];
+        assert_ok(&args, occy(&args));
+    }
+
+    // Second run: the plan is empty and applying writes nothing at all.
+    let (code, plan) = s.plan();
+    assert_eq!(code, 0, "nothing to do: {plan}");
+    assert_eq!(plan["totals"]["unchanged"], 15, "{plan}");
+    let stamp_reg = newest(&s.dst.dir.join("data"));
+    let stamp_out = newest(&s.dir.join("out"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let report = json_of(&assert_ok(&["sync"], s.sync(&["-O", "json"])));
+    assert_eq!(report["written"], 0, "{report}");
+    assert_eq!(report["bytes"], 0);
+    assert_eq!(
+        newest(&s.dst.dir.join("data")),
+        stamp_reg,
+        "the registry was written to"
+    );
+    assert_eq!(newest(&s.dir.join("out")), stamp_out, "a tarball was rewritten");
+
+    // Move one source tag: exactly its targets (registry and tarball) update.
+    push_as(&s.src, "alpine_3.17", "lib/alpine:3.19");
+    let (code, plan) = s.plan();
+    assert_eq!(code, 3);
+    for t in plan["targets"].as_array().unwrap() {
+        let moved = t["source"].as_str().unwrap().ends_with("lib/alpine:3.19");
+        let want = if moved { "update" } else { "unchanged" };
+        assert_eq!(t["action"], want, "{t}");
+    }
+    assert_eq!(plan["totals"]["update"], 2);
+    let reg = registry_totals(&plan, &s.dst.host);
+    assert_eq!(reg["present"], 1, "the shared base is there: {plan}");
+    assert_eq!(reg["upload"], 2, "the new image's own layer and config: {plan}");
+}
+
+#[test]
+fn apply_of_a_saved_plan_is_pinned_and_refuses_a_changed_file() {
+    let s = Setup::new("sync-pinned", MIRROR, "mirror.yaml");
+    let plan_file = s.dir.join("plan.json");
+    let out = s.sync(&["--plan", "--out", plan_file.to_str().unwrap()]);
+    assert_ok(&["sync", "--plan"], out);
+    let saved: Value = serde_json::from_slice(&std::fs::read(&plan_file).unwrap()).unwrap();
+    let planned = saved["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["destination"].as_str().unwrap().ends_with("mirror/alpine:3.19"))
+        .unwrap()["expected"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The tag moves after the review; applying the plan still writes what was reviewed.
+    push_as(&s.src, "alpine_3.17", "lib/alpine:3.19");
+    let cache = s.dir.join("cache");
+    let args = [
+        "sync",
+        "--apply",
+        plan_file.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    assert_ok(&args, occy(&args));
+    let d = s.dst.inspect("mirror/alpine:3.19", false);
+    assert_eq!(d["Digest"].as_str().unwrap(), planned, "the pinned digest was written");
+
+    // The sync file changes: the plan is refused, naming both hashes.
+    let mut text = std::fs::read_to_string(&s.file).unwrap();
+    text.push_str("# edited after review\n");
+    std::fs::write(&s.file, text).unwrap();
+    let err = fails(&args, 2, "changed since the plan");
+    assert!(err.contains(saved["sync_file_sha256"].as_str().unwrap()), "{err}");
+}
+
+#[test]
+fn detailed_exitcode_is_1_when_a_source_is_missing_and_the_rest_still_syncs() {
+    let text = "version: 1\nregistries:\n  SRC: {insecure: true}\n  DST: {insecure: true}\nsync:\n  - from: registry://SRC/no/such-repo:1.0\n    to: registry://DST/x/missing\n  - from: registry://SRC/apps/web:v1.0\n    to: registry://DST/x/web\n";
+    let s = Setup::new("sync-missing", text, "missing.yaml");
+    let (code, plan) = s.plan();
+    assert_eq!(code, 1, "{plan}");
+    assert_eq!(plan["totals"]["failed"], 1);
+    assert_eq!(plan["totals"]["create"], 1);
+    let out = s.sync(&[]);
+    let stderr = assert_fails(&["sync"], out, 1, "no/such-repo");
+    assert!(stderr.contains("x/web:v1.0 complete"), "{stderr}");
+}
+
+#[test]
+fn yaml_and_toml_files_give_the_same_plan() {
+    let s = Setup::new("sync-formats", MIRROR, "mirror.yaml");
+    let toml = MIRROR_TOML
+        .replace("SRC", &s.src.host)
+        .replace("DST", &s.dst.host)
+        .replace("OUT", s.dir.join("out").to_str().unwrap());
+    let toml_file = s.dir.join("mirror.toml");
+    std::fs::write(&toml_file, toml).unwrap();
+    let (_, yaml_plan) = s.plan();
+    let args = ["sync", toml_file.to_str().unwrap(), "--plan", "-O", "json"];
+    let toml_plan = json_of(&occy(&args));
+    for key in ["targets", "destinations", "totals", "requests", "warnings"] {
+        assert_eq!(yaml_plan[key], toml_plan[key], "{key} differs");
+    }
+}
+
+#[test]
+fn markdown_plan_is_a_table_for_a_pull_request() {
+    let s = Setup::new("sync-markdown", MIRROR, "mirror.yaml");
+    let out = assert_ok(&["sync"], s.sync(&["--plan", "-O", "markdown"]));
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.starts_with("### occy sync plan"), "{md}");
+    assert!(md.contains("| | source | destination | change | blobs |"), "{md}");
+    assert_eq!(md.lines().filter(|l| l.starts_with("| + |")).count(), 13, "{md}");
+}
+
+/// A sync file that must be refused with exit 2 at `place`.
+fn refused(name: &str, text: &str, place: &str, needle: &str) {
+    let dir = scratch_dir("sync-errors");
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    let args = ["sync", file.to_str().unwrap(), "--plan"];
+    let err = fails(&args, 2, needle);
+    let at = format!("{}:{place}", file.display());
+    assert!(err.contains(&at), "expected {at} in: {err}");
+}
+
+#[test]
+fn sync_file_errors_name_the_line_and_column() {
+    let layout = mirror_layout().display().to_string();
+    refused(
+        "key.yaml",
+        "version: 1\nsync:\n  - from: oci:///a\n    too: oci:///b\n",
+        "4:5",
+        "unknown key `too`",
+    );
+    refused(
+        "type.yaml",
+        "version: 1\ndefaults:\n  image_parallel: many\nsync:\n  - from: oci:///a\n    to: oci:///b\n",
+        "3:19",
+        "expected u16",
+    );
+    refused(
+        "glob.yaml",
+        "version: 1\nsync:\n  - from: registry://h/a\n    tags: {glob: \"3.[\"}\n    to: oci:///b\n",
+        "4:18",
+        "invalid glob",
+    );
+    refused(
+        "regex.yaml",
+        "version: 1\nsync:\n  - from: registry://h/a\n    tags:\n      regex: \"v(\"\n    to: oci:///b\n",
+        "5:14",
+        "invalid regex",
+    );
+    refused(
+        "semver.yaml",
+        "version: 1\nsync:\n  - from: registry://h/a\n    tags: {semver: \"=>3\"}\n    to: oci:///b\n",
+        "4:20",
+        "invalid semver range",
+    );
+    refused(
+        "filter.toml",
+        "version = 1\n[[sync]]\nfrom = \"oci:///a\"\nfilters = [\"normalise-timestamps\"]\nto = \"oci:///b\"\n",
+        "4:12",
+        "did you mean `normalize-timestamps`",
+    );
+    refused(
+        "option.yaml",
+        "version: 1\nfilters:\n  r:\n    - exclude: {pattern: x, deep: true}\nsync:\n  - from: oci:///a\n    filters: r\n    to: oci:///b\n",
+        "4:7",
+        "unknown option \"deep\"",
+    );
+    refused(
+        "template.yaml",
+        "version: 1\nsync:\n  - from: registry://h/a\n    to: \"tar:///t/{tagg}.tar\"\n",
+        "4:19",
+        "unknown template field {tagg}",
+    );
+    refused(
+        "credentials.yaml",
+        "version: 1\nregistries:\n  quay.io: {token_env: OCCY_TEST_NO_SUCH_TOKEN}\nsync:\n  - from: oci:///a\n    to: oci:///b\n",
+        "3:24",
+        "OCCY_TEST_NO_SUCH_TOKEN is not set",
+    );
+    // Two entries writing one tarball: found after expansion, shown at both.
+    let clash = format!(
+        "version: 1\nsync:\n  - from: oci://{layout}:alpine_3.18\n    to: tar:///tmp/occy-clash.tar\n  - from: oci://{layout}:alpine_3.19\n    to: tar:///tmp/occy-clash.tar\n"
+    );
+    refused(
+        "clash.yaml",
+        &clash,
+        "6:9",
+        "two targets write tar:///tmp/occy-clash.tar",
+    );
+}
+
+#[test]
+fn the_schema_file_is_current() {
+    let out = ok(&["schema"]);
+    let checked_in =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/occy-sync.schema.json"))
+            .expect("schemas/occy-sync.schema.json exists");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        checked_in,
+        "schemas/occy-sync.schema.json is stale: run `occy schema > schemas/occy-sync.schema.json`"
+    );
+}
