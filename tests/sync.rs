@@ -487,3 +487,162 @@ fn the_schema_file_is_current() {
         "schemas/occy-sync.schema.json is stale: run `occy schema > schemas/occy-sync.schema.json`"
     );
 }
+
+/// A stand-in for quay.io's REST API: organisation `projectquay` with the
+/// repositories `web` (tags latest, v1.0), `api` (latest) and `empty`.
+fn fake_quay_api() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let tag = |name: &str| format!(r#"{{"name":"{name}","start_ts":1700000000}}"#);
+            let (status, body) = if path.starts_with("/api/v1/repository?namespace=projectquay") {
+                (
+                    "200 OK",
+                    r#"{"repositories":[{"name":"web"},{"name":"api"},{"name":"empty"}]}"#.to_string(),
+                )
+            } else if path.starts_with("/api/v1/repository/projectquay/web/tag/") {
+                (
+                    "200 OK",
+                    format!(
+                        r#"{{"tags":[{},{}],"has_additional":false}}"#,
+                        tag("latest"),
+                        tag("v1.0")
+                    ),
+                )
+            } else if path.starts_with("/api/v1/repository/projectquay/api/tag/") {
+                (
+                    "200 OK",
+                    format!(r#"{{"tags":[{}],"has_additional":false}}"#, tag("latest")),
+                )
+            } else if path.starts_with("/api/v1/repository/projectquay/empty/tag/") {
+                ("200 OK", r#"{"tags":[],"has_additional":false}"#.to_string())
+            } else {
+                ("404 Not Found", "{}".to_string())
+            };
+            let mut s = stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}/api/v1")
+}
+
+/// occy with extra environment variables.
+fn occy_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = std::process::Command::new(occy_bin());
+    c.args(args)
+        .env("HOME", scratch())
+        .env("NO_COLOR", "1")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("OCCY_CACHE_DIR");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn every_example_sync_file_runs_against_the_test_registries() {
+    let src = source_registry();
+    for (image, repo) in [("web_v1.0", "web"), ("api_1.0", "api")] {
+        push_as(&src, image, &format!("projectquay/{repo}:latest"));
+    }
+    let dst = Registry::start(Mode::Plain);
+    let quay = fake_quay_api();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut ran = Vec::new();
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !(name.ends_with(".yaml") || name.ends_with(".toml")) {
+            continue;
+        }
+        let dir = scratch_dir(&format!("example-{name}"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("registry.example.com", &src.host)
+            .replace("mirror.example.com", &dst.host)
+            .replace("/srv/airgap", dir.join("airgap").to_str().unwrap())
+            .replace(
+                "oci://quickstart/image",
+                &format!("oci://{}/quickstart/image", examples.display()),
+            )
+            .replace("../quickstart-out", dir.join("quickstart-out").to_str().unwrap());
+        let file = dir.join(&name);
+        std::fs::write(&file, text).unwrap();
+        let cache = dir.join("cache");
+        let env = [
+            ("MIRROR_USER", "mirror"),
+            ("MIRROR_PASSWORD", "unused-by-the-test-registry"),
+            ("QUAY_TOKEN", "test-token"),
+            ("OCCY_QUAY_API", quay.as_str()),
+            ("OCCY_QUAY_REGISTRY", src.host.as_str()),
+        ];
+        let base = [
+            "--insecure-registry",
+            &src.host,
+            "--insecure-registry",
+            &dst.host,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "sync",
+            file.to_str().unwrap(),
+        ];
+        let with = |extra: &[&str]| {
+            let mut a: Vec<&str> = base.to_vec();
+            a.extend_from_slice(extra);
+            occy_env(&env, &a)
+        };
+        let plan = with(&["--plan", "--detailed-exitcode", "-O", "json"]);
+        assert_eq!(
+            plan.status.code(),
+            Some(3),
+            "{name}: plan: {}",
+            String::from_utf8_lossy(&plan.stderr)
+        );
+        let p = json_of(&plan);
+        assert!(p["totals"]["targets"].as_u64().unwrap() >= 2, "{name}: {p}");
+        assert_eq!(p["totals"]["failed"], 0, "{name}: {p}");
+        let apply = with(&[]);
+        assert!(
+            apply.status.success(),
+            "{name}: apply: {}",
+            String::from_utf8_lossy(&apply.stderr)
+        );
+        let again = with(&["--plan", "--detailed-exitcode"]);
+        assert_eq!(
+            again.status.code(),
+            Some(0),
+            "{name}: not idempotent: {}",
+            String::from_utf8_lossy(&again.stdout)
+        );
+        ran.push(name);
+    }
+    ran.sort();
+    assert_eq!(
+        ran,
+        [
+            "airgap-export.yaml",
+            "quay-org.yaml",
+            "quickstart.yaml",
+            "registry-mirror.yaml",
+            "reproducible.yaml"
+        ]
+    );
+}

@@ -243,6 +243,14 @@ async fn copy_target(
         blob_locations: locations,
         source: source_ref.as_registry().cloned(),
     };
+    // A sync file names where outputs go; their directories are made.
+    if let Reference::Tar { path } | Reference::Bundle { path } = &tt.destination {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| Error::io("create the directory", dir, e))?;
+        }
+    }
     let sink = open_sink(&tt.destination, &tt.name, &sink_opts).await?;
     let copy = CopyOptions {
         parallel: opts.parallel,

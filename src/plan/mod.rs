@@ -457,7 +457,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     .collect()
     .await;
 
-    let diffs: Vec<PlannedTarget> = stream::iter(targets.into_iter())
+    let diffs: Vec<PlannedTarget> = stream::iter(targets)
         .map(|t| {
             let key = (t.source.to_string(), platforms_key(&t.platforms));
             let resolved = resolutions.get(&key).cloned();
@@ -577,6 +577,7 @@ fn make_target(
         ))
     })?;
     let name = image_name(src);
+    let destination = crate::spec::validate::rebase(&destination, &spec.base_dir);
     // Spell out the tag a destination keeps from its source.
     let destination = match destination {
         Reference::Registry(mut r) if r.tag.is_none() && r.digest.is_none() => {

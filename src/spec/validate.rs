@@ -34,6 +34,8 @@ pub struct SyncSpec {
     /// sha256 of the file's bytes: a saved plan is applied only to the same file.
     pub hash: String,
     pub settings: Settings,
+    /// The sync file's directory: relative paths in references start there.
+    pub base_dir: PathBuf,
     /// Per registry host: how to reach it.
     pub registries: BTreeMap<String, HostAccess>,
     pub entries: Vec<Entry>,
@@ -286,13 +288,23 @@ pub fn parse(path: &Path, text: String) -> Result<SyncSpec> {
     if !v.problems.is_empty() {
         return Err(source.errors(v.problems));
     }
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut entries = spec.2;
+    for e in &mut entries {
+        e.from = rebase(&e.from, &base_dir);
+    }
     Ok(SyncSpec {
         source,
         root,
         hash,
+        base_dir,
         settings: spec.0,
         registries: spec.1,
-        entries: spec.2,
+        entries,
     })
 }
 
@@ -972,6 +984,57 @@ impl Validator<'_> {
     fn source_byte(&self, offset: usize) -> Option<u8> {
         self.text.as_bytes().get(offset).copied()
     }
+}
+
+/// A file reference with a relative path, made relative to `base` (the sync
+/// file's directory), so a sync file means the same from any working directory.
+pub fn rebase(r: &Reference, base: &Path) -> Reference {
+    let fix = |p: &PathBuf| {
+        if p.is_relative() {
+            normalize(&base.join(p))
+        } else {
+            p.clone()
+        }
+    };
+    match r {
+        Reference::Tar { path } => Reference::Tar { path: fix(path) },
+        Reference::Oci { path, tag } => Reference::Oci {
+            path: fix(path),
+            tag: tag.clone(),
+        },
+        Reference::Dir {
+            path,
+            unique_names,
+            expand,
+        } => Reference::Dir {
+            path: fix(path),
+            unique_names: *unique_names,
+            expand: *expand,
+        },
+        Reference::Bundle { path } => Reference::Bundle { path: fix(path) },
+        other => other.clone(),
+    }
+}
+
+/// `a/./b/../c` as `a/c`, without touching the file system.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// Whether an entry's source stands for more than one image.
