@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, TryStreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::filtered::{copy_filtered, FilterMatch};
 use crate::cache::LayerCache;
@@ -275,7 +275,18 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
         .await?;
 
     let index = match (&resolved.index, copy_index) {
-        (Some((raw, index)), true) => Some(index_to_write(raw, index, &resolved.images)?),
+        (Some((raw, index)), true) => {
+            let written = index_to_write(raw, index, &resolved.images)?;
+            if written.digest != raw.digest {
+                info!(
+                    "the index was rewritten to the {} chosen platforms: its digest changes from {} to {}",
+                    resolved.images.len(),
+                    raw.digest,
+                    written.digest
+                );
+            }
+            Some(written)
+        }
         _ => None,
     };
     let digest = commit_images(source, sink, &resolved.images, index).await?;

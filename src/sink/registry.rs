@@ -144,14 +144,34 @@ impl RegistrySink {
         false
     }
 
+    /// Whether the repository holds `digest` (or got it by a mount now);
+    /// if not, takes the right to upload it. If another sink of this run held
+    /// that right, it has uploaded the blob by now, so look again first.
+    /// `layer` says whether a mount counts as a mounted layer.
+    async fn find_or_claim(&self, digest: &Digest, layer: bool) -> Result<bool> {
+        if self.present_or_mounted(digest, layer).await? {
+            return Ok(true);
+        }
+        let (guard, waited) = self.locations.claim_upload(&self.target.host, digest).await;
+        if waited && self.present_or_mounted(digest, layer).await? {
+            return Ok(true);
+        }
+        if let Ok(mut claims) = self.claims.lock() {
+            claims.insert(digest.clone(), guard);
+        }
+        Ok(false)
+    }
+
     /// Whether the repository holds `digest`, or got it by a mount now.
-    async fn present_or_mounted(&self, digest: &Digest) -> Result<bool> {
+    async fn present_or_mounted(&self, digest: &Digest, layer: bool) -> Result<bool> {
         if self.client.head_blob(self.repo(), digest).await?.is_some() {
             self.locations.record(&self.target.host, self.repo(), digest);
             return Ok(true);
         }
         if self.try_mount(digest).await {
-            self.mounted.fetch_add(1, Ordering::Relaxed);
+            if layer {
+                self.mounted.fetch_add(1, Ordering::Relaxed);
+            }
             self.locations.record(&self.target.host, self.repo(), digest);
             return Ok(true);
         }
@@ -167,7 +187,7 @@ impl RegistrySink {
 
     /// Ensures a blob held in memory (a config) is present.
     async fn ensure_small_blob(&self, desc: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
-        if !self.has_blob(&desc.digest).await? {
+        if !self.find_or_claim(&desc.digest, false).await? {
             let result = self.client.upload_blob_bytes(self.repo(), desc, bytes).await;
             self.release(&desc.digest);
             result?;
@@ -206,19 +226,7 @@ impl Sink for RegistrySink {
     }
 
     async fn has_blob(&self, digest: &Digest) -> Result<bool> {
-        if self.present_or_mounted(digest).await? {
-            return Ok(true);
-        }
-        // Nobody here has it: take the right to upload it. If another sink of
-        // this run held that right, it has uploaded the blob by now: look again.
-        let (guard, waited) = self.locations.claim_upload(&self.target.host, digest).await;
-        if waited && self.present_or_mounted(digest).await? {
-            return Ok(true);
-        }
-        if let Ok(mut claims) = self.claims.lock() {
-            claims.insert(digest.clone(), guard);
-        }
-        Ok(false)
+        self.find_or_claim(digest, true).await
     }
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
