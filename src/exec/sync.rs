@@ -58,6 +58,22 @@ pub struct TargetOutcome {
     pub seconds: f64,
 }
 
+impl TargetOutcome {
+    /// An outcome of `t` with `status` and nothing else known yet.
+    fn new(t: &PlannedTarget, status: &'static str) -> Self {
+        TargetOutcome {
+            source: t.source.clone(),
+            destination: t.destination.clone(),
+            status,
+            digest: None,
+            report: None,
+            check: None,
+            error: None,
+            seconds: 0.0,
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplyReport {
@@ -92,24 +108,12 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
             async move {
                 let outcome = match &t.action {
                     Action::Unchanged => TargetOutcome {
-                        source: t.source.clone(),
-                        destination: t.destination.clone(),
-                        status: "unchanged",
                         digest: t.current.clone(),
-                        report: None,
-                        check: None,
-                        error: None,
-                        seconds: 0.0,
+                        ..TargetOutcome::new(t, "unchanged")
                     },
                     Action::Failed { error } => TargetOutcome {
-                        source: t.source.clone(),
-                        destination: t.destination.clone(),
-                        status: "failed",
-                        digest: None,
-                        report: None,
-                        check: None,
                         error: Some(error.clone()),
-                        seconds: 0.0,
+                        ..TargetOutcome::new(t, "failed")
                     },
                     _ => {
                         let o = write_target(ctx, t, opts, locations).await;
@@ -172,16 +176,7 @@ async fn write_target(
     locations: BlobLocations,
 ) -> TargetOutcome {
     let started = Instant::now();
-    let mut outcome = TargetOutcome {
-        source: t.source.clone(),
-        destination: t.destination.clone(),
-        status: "failed",
-        digest: None,
-        report: None,
-        check: None,
-        error: None,
-        seconds: 0.0,
-    };
+    let mut outcome = TargetOutcome::new(t, "failed");
     match copy_target(ctx, t, opts, locations).await {
         Ok(report) => {
             outcome.digest = Some(report.digest.clone());

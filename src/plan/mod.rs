@@ -52,9 +52,6 @@ impl PlanContext {
     pub fn registry_options(&self, host: &str) -> RegistryOptions {
         let mut o = self.base.clone();
         if let Some(h) = self.spec.registries.get(host) {
-            if h.insecure && !o.insecure_hosts.iter().any(|x| x == host) {
-                o.insecure_hosts.push(host.to_string());
-            }
             if let Some(u) = &h.username {
                 o.username = Some(u.clone());
             }
@@ -879,9 +876,8 @@ pub fn chain_record(chain: &FilterChain) -> String {
 async fn count_blobs(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
     // host → blobs some repository there holds (or will, earlier in the run).
     let mut on_host: HashMap<String, HashSet<Digest>> = HashMap::new();
-    // (host, repo) → blobs there (or will be).
+    // (host, repo) → blobs there (or will be); also (OCI layout path, "").
     let mut in_repo: HashMap<(String, String), HashSet<Digest>> = HashMap::new();
-    // file path → blobs already written to it in this run (OCI layouts).
     for t in planned.iter_mut() {
         if !t.action.writes() {
             continue;
