@@ -63,6 +63,11 @@ pub struct SyncArgs {
     /// Only targets whose source or destination matches this glob (repeatable)
     #[arg(long, value_name = "GLOB")]
     pub only: Vec<String>,
+
+    /// Also delete the tags of each synced registry repository that the sync
+    /// file no longer selects (--plan lists them first)
+    #[arg(long, conflicts_with = "only")]
+    pub prune: bool,
 }
 
 /// Runs `occy sync`.
@@ -120,6 +125,8 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         },
         only,
         pinned: saved,
+        write_all: false,
+        prune: args.prune,
     };
     let plan = plan::build(&ctx).await?;
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -184,12 +191,14 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         retries: base.retries,
         check,
         progress: !global.quiet,
+        record: true,
+        make_dirs: true,
     };
     let report = apply(&ctx, &plan, &opts).await;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text | OutputFormat::Markdown => {
-            if report.written == 0 && report.failed == 0 {
+            if report.written == 0 && report.failed == 0 && report.pruned.is_empty() && report.prune_failed.is_empty() {
                 if !global.quiet {
                     eprintln!("Nothing to do: {} targets up to date.", report.unchanged);
                 }

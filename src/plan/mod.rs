@@ -7,6 +7,7 @@
 //! `occy sync --plan` renders this; `occy sync` applies it.
 
 pub mod expand;
+pub mod prune;
 pub mod quay;
 pub mod render;
 pub mod state;
@@ -44,6 +45,12 @@ pub struct PlanContext {
     pub only: Vec<globset::GlobMatcher>,
     /// A saved plan to apply exactly (`--apply`).
     pub pinned: Option<SavedPlan>,
+    /// One-shot commands (`occy process`): every target is written, so
+    /// sources are not resolved nor destinations compared beforehand.
+    pub write_all: bool,
+    /// `--prune`: also list the tags of synced registry repositories that
+    /// no target selects.
+    pub prune: bool,
 }
 
 impl PlanContext {
@@ -91,6 +98,10 @@ impl PlanContext {
 impl RegistryAccess for PlanContext {
     fn client(&self, host: &str) -> Result<RegistryClient> {
         RegistryClient::for_host(host, &self.registry_options(host))
+    }
+
+    fn source_options(&self, reference: &Reference) -> SourceOptions {
+        PlanContext::source_options(self, reference)
     }
 
     fn quay_token(&self) -> Option<String> {
@@ -225,6 +236,8 @@ pub struct Plan {
     pub totals: Totals,
     /// Estimated requests per registry host to apply the plan.
     pub requests: BTreeMap<String, u64>,
+    /// With `--prune`: destination tags no target selects, to delete.
+    pub prune: Vec<prune::PruneTag>,
     pub warnings: Vec<String>,
 }
 
@@ -237,6 +250,8 @@ pub struct Totals {
     pub unchanged: usize,
     pub rebuild: usize,
     pub failed: usize,
+    /// Tags to delete (`--prune`).
+    pub prune: usize,
     #[serde(flatten)]
     pub blobs: BlobCounts,
 }
@@ -244,7 +259,7 @@ pub struct Totals {
 impl Plan {
     /// Whether applying it would change anything.
     pub fn has_changes(&self) -> bool {
-        self.targets.iter().any(|t| t.action.writes())
+        self.targets.iter().any(|t| t.action.writes()) || !self.prune.is_empty()
     }
 
     /// Whether some target failed to resolve.
@@ -438,35 +453,18 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     }
     check_clashes(&spec, &targets)?;
 
-    let resolutions: HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>> = stream::iter(
-        wanted
-            .iter()
-            .filter(|(r, p)| targets.iter().any(|t| &t.source == r && &t.platforms == p)),
-    )
-    .map(|(r, p)| async move {
-        let key = (r.to_string(), platforms_key(p));
-        (
-            key,
-            resolve_one(ctx, r, p).await.map(Arc::new).map_err(|e| e.to_string()),
-        )
-    })
-    .buffer_unordered(PLAN_CONCURRENCY)
-    .collect()
-    .await;
-
-    let diffs: Vec<PlannedTarget> = stream::iter(targets)
-        .map(|t| {
-            let key = (t.source.to_string(), platforms_key(&t.platforms));
-            let resolved = resolutions.get(&key).cloned();
-            async move { diff_target(ctx, t, resolved).await }
-        })
-        .buffered(PLAN_CONCURRENCY)
-        .collect()
-        .await;
     let mut planned = failed;
-    planned.extend(diffs);
-    planned.sort_by_key(|t| t.entry);
-    count_blobs(ctx, &mut planned).await;
+    if ctx.write_all {
+        planned.extend(targets.into_iter().map(|t| PlannedTarget {
+            action: Action::Create,
+            ..planned_target(t)
+        }));
+        planned.sort_by_key(|t| t.entry);
+    } else {
+        planned.extend(resolve_and_diff(ctx, targets, &wanted).await);
+        planned.sort_by_key(|t| t.entry);
+        count_blobs(ctx, &mut planned).await;
+    }
 
     for t in &planned {
         if t.action.writes() {
@@ -513,6 +511,16 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         d.blobs.add(&t.blobs);
         estimate_requests(t, &mut requests);
     }
+    let prune = if ctx.prune {
+        prune::find(ctx, &planned, &mut warnings).await
+    } else {
+        Vec::new()
+    };
+    totals.prune = prune.len();
+    for p in &prune {
+        // A DELETE, and a HEAD when the registry deletes only by digest.
+        *requests.entry(p.host.clone()).or_default() += 2;
+    }
     Ok(Plan {
         plan_version: 1,
         sync_file: spec.source.name.clone(),
@@ -521,6 +529,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         destinations: destinations.into_values().collect(),
         totals,
         requests,
+        prune,
         warnings,
     })
 }
@@ -724,12 +733,9 @@ fn oci_layout_tag(path: &std::path::Path, tag: &str) -> Option<Digest> {
 }
 
 /// Compares one target's destination with what the plan would write.
-async fn diff_target(
-    ctx: &PlanContext,
-    t: Target,
-    resolved: Option<std::result::Result<Arc<ResolvedImage>, String>>,
-) -> PlannedTarget {
-    let mut p = PlannedTarget {
+/// A target not yet resolved nor compared: to be created.
+fn planned_target(t: Target) -> PlannedTarget {
+    PlannedTarget {
         entry: t.entry,
         source: t.source.to_string(),
         destination: t.destination.to_string(),
@@ -743,7 +749,48 @@ async fn diff_target(
         blobs: BlobCounts::default(),
         target: t,
         resolved: None,
-    };
+    }
+}
+
+/// Resolves each distinct (source, platforms) of the targets once, then
+/// compares every target with its destination.
+async fn resolve_and_diff(
+    ctx: &PlanContext,
+    targets: Vec<Target>,
+    wanted: &[(Reference, PlatformSelection)],
+) -> Vec<PlannedTarget> {
+    let resolutions: HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>> = stream::iter(
+        wanted
+            .iter()
+            .filter(|(r, p)| targets.iter().any(|t| &t.source == r && &t.platforms == p)),
+    )
+    .map(|(r, p)| async move {
+        let key = (r.to_string(), platforms_key(p));
+        (
+            key,
+            resolve_one(ctx, r, p).await.map(Arc::new).map_err(|e| e.to_string()),
+        )
+    })
+    .buffer_unordered(PLAN_CONCURRENCY)
+    .collect()
+    .await;
+    stream::iter(targets)
+        .map(|t| {
+            let key = (t.source.to_string(), platforms_key(&t.platforms));
+            let resolved = resolutions.get(&key).cloned();
+            async move { diff_target(ctx, t, resolved).await }
+        })
+        .buffered(PLAN_CONCURRENCY)
+        .collect()
+        .await
+}
+
+async fn diff_target(
+    ctx: &PlanContext,
+    t: Target,
+    resolved: Option<std::result::Result<Arc<ResolvedImage>, String>>,
+) -> PlannedTarget {
+    let mut p = planned_target(t);
     let resolved = match resolved {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
