@@ -26,6 +26,7 @@ use crate::filter::FilterChain;
 use crate::image::{Digest, ImageName, ResolvedImage};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryOptions};
+use crate::source::docker_daemon::DaemonConnection;
 use crate::source::{open_source, resolve, PlatformSelection, SourceOptions};
 use crate::spec::{SpecProblem, SyncSpec, TemplateFields};
 use expand::{expand_all, Expansion, RegistryAccess, SourceImage};
@@ -856,6 +857,18 @@ async fn diff_target(
             }
         }
         Reference::Oci { path, tag } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
+        Reference::Docker { name, tag, socket } => {
+            // A daemon knows an image by its ID, the config digest, which
+            // a copy without filters keeps; a filtered one is rebuilt.
+            p.expected = match (filtered, resolved.images.as_slice()) {
+                (false, [one]) => Some(one.manifest.config.digest.clone()),
+                _ => None,
+            };
+            match DaemonConnection::open(socket.as_deref()).await {
+                Ok(conn) => conn.image_id(name, tag).await,
+                Err(e) => Err(e),
+            }
+        }
         dest => {
             // File destinations: the record beside them.
             let record = state::state_path(dest, &t.name).and_then(|s| state::read(&s));
@@ -869,8 +882,6 @@ async fn diff_target(
             if same {
                 p.expected = p.current.clone();
                 p.action = Action::Unchanged;
-            } else if matches!(dest, Reference::Docker { .. }) {
-                p.action = Action::Create;
             } else if p.current.is_some() {
                 p.action = Action::Update;
             } else {
@@ -896,6 +907,9 @@ async fn diff_target(
     }
     p.action = match (&p.expected, &p.current) {
         (Some(e), Some(c)) if e == c => Action::Unchanged,
+        (None, _) if matches!(t.destination, Reference::Docker { .. }) => Action::Rebuild {
+            reason: "filters rewrite the layers; a daemon's image is compared only for copies without filters".into(),
+        },
         (None, _) => Action::Rebuild {
             reason: "filters rewrite the layers; the output digest is known after the first run".into(),
         },
