@@ -4,7 +4,7 @@
 use clap::Parser;
 use occy::cli::{self, Cli};
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, ansi: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn,occy=info",
@@ -16,7 +16,7 @@ fn init_logging(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(ansi)
         .with_target(false)
         .without_time()
         .init();
@@ -31,7 +31,8 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    init_logging(cli.global.verbose, cli.global.quiet);
+    let ansi = cli.global.colour(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    init_logging(cli.global.verbose, cli.global.quiet, ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -4,19 +4,45 @@
 pub mod check;
 pub mod generate;
 pub mod info;
+pub mod manual;
 pub mod output;
 pub mod process;
 pub mod search;
 pub mod sync;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::{Error, Result};
+use crate::exec::progress::ProgressMode;
 use crate::image::Platform;
 use crate::registry::RegistryOptions;
 use crate::source::{PlatformSelection, SourceOptions};
+
+/// `0.1.0 (commit abc123def456)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OCCY_GIT_COMMIT"), ")");
+
+/// The top-level help: commands, then the global flags in brief (each
+/// command's `--help` describes them in full), so it fits on one screen.
+const TOP_HELP: &str = "\
+{about-with-newline}
+{usage-heading} {usage}
+
+Commands:
+{subcommands}
+
+Options of every command (in full: occy COMMAND --help; env variables in brackets):
+  -O, --output-format text|json|markdown  results on stdout [OCCY_OUTPUT_FORMAT]
+  -v, --verbose (-vv), -q, --quiet       more logging (RUST_LOG) / only errors
+      --color auto|always|never          [OCCY_COLOR; NO_COLOR is honoured]
+      --no-progress                      no bars or status lines [OCCY_NO_PROGRESS]
+  registries: --username [OCCY_USERNAME]  --password [OCCY_PASSWORD]
+      --authfile FILE [REGISTRY_AUTH_FILE]  --insecure-registry HOST[:PORT] [OCCY_INSECURE_REGISTRY]
+      --cert-dir DIR [OCCY_CERT_DIR]  --retries N [OCCY_RETRIES]  --rate-limit N [OCCY_RATE_LIMIT]
+  layers: --compression gzip|zstd [OCCY_COMPRESSION]  --cache-dir DIR [OCCY_CACHE_DIR]  --no-cache
+  -h, --help  -V, --version{after-help}";
 
 /// How results are printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -35,9 +61,10 @@ pub enum OutputFormat {
 /// Copy, inspect and check images between registries, docker-save archives,
 /// OCI layouts and directories.
 #[derive(Debug, Parser)]
-#[command(name = "occy", version, propagate_version = true, max_term_width = 100)]
+#[command(name = "occy", version = VERSION, propagate_version = true, max_term_width = 100)]
+#[command(help_template = TOP_HELP)]
 #[command(
-    after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n\nExit codes: 0 success, 1 failure, 2 usage error."
+    after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n  occy info 'quay://projectquay/*:latest'\n\nExit codes: 0 success, 1 failure, 2 usage error, 3 changes pending (sync --plan --detailed-exitcode).\nDocs: docs/ in the source (start with docs/getting-started.md), and `occy man`."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -114,6 +141,23 @@ pub struct GlobalArgs {
     /// Do not use the layer cache
     #[arg(long, global = true, conflicts_with = "cache_dir")]
     pub no_cache: bool,
+
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, env = "OCCY_COLOR")]
+    pub color: ColorChoice,
+
+    /// No progress bars or periodic status lines (a line per finished image stays)
+    #[arg(long, global = true, env = "OCCY_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+/// When to colour output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ColorChoice {
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 impl GlobalArgs {
@@ -139,6 +183,33 @@ impl GlobalArgs {
             retries: self.retries,
             rate_limit: (self.rate_limit > 0.0).then_some(self.rate_limit),
         })
+    }
+
+    /// Whether to colour what goes to a stream (`terminal`: it is one).
+    pub fn colour(&self, terminal: bool) -> bool {
+        match self.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+
+    /// Whether to colour stdout.
+    pub fn colour_stdout(&self) -> bool {
+        self.colour(std::io::stdout().is_terminal())
+    }
+
+    /// How to show the progress of a run: bars on a terminal, else lines
+    /// (periodic status too unless --no-progress); `-q` shows nothing. A
+    /// one-image command (`many` false) shows only bars.
+    pub fn progress_mode(&self, many: bool) -> ProgressMode {
+        let terminal = std::io::stderr().is_terminal();
+        match (self.quiet, self.no_progress, terminal, many) {
+            (true, ..) => ProgressMode::Off,
+            (false, false, true, _) => ProgressMode::Bars,
+            (false, no_progress, _, true) => ProgressMode::Lines { periodic: !no_progress },
+            (false, _, _, false) => ProgressMode::Off,
+        }
     }
 
     /// Source settings from the flags.
@@ -201,6 +272,9 @@ pub enum Command {
     Search(search::SearchArgs),
 
     /// Validate an image: structure, history, compression, layer contents
+    #[command(
+        after_help = "Examples:\n  occy check registry://127.0.0.1:5000/app:1.0 --fast\n  occy -O json check tar:///tmp/app.tar"
+    )]
     Check(check::CheckArgs),
 
     /// Bring destinations up to date with a sync file (YAML or TOML); --plan shows what would change
@@ -210,7 +284,25 @@ pub enum Command {
     Sync(sync::SyncArgs),
 
     /// Print the JSON Schema of sync files (for editors)
+    #[command(after_help = "Example:\n  occy schema > occy-sync.schema.json")]
     Schema,
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Examples:\n  occy completions bash > ~/.local/share/bash-completion/completions/occy\n  occy completions zsh > ~/.zfunc/_occy\n  occy completions fish > ~/.config/fish/completions/occy.fish"
+    )]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff), or write one per command into a directory
+    #[command(after_help = "Examples:\n  occy man | man -l -\n  sudo occy man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Write occy.1 and occy-COMMAND.1 here instead of printing occy.1
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 
     /// Write deterministic test images as an OCI layout (for tests, examples, benchmarks)
     #[command(hide = true)]
@@ -229,6 +321,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
             print!("{}", crate::spec::json_schema());
             Ok(0)
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "occy", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => manual::run(dir.as_deref()),
         Command::Generate(args) => generate::run(&cli.global, args).await,
     }
 }

@@ -108,7 +108,7 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
             (false, true) => Some(Mode::Full),
             (false, false) => Some(Mode::Fast),
         },
-        progress: many && !global.quiet,
+        progress: global.progress_mode(many),
         record: false,
         make_dirs: false,
     };

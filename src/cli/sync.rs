@@ -1,7 +1,6 @@
 //! `occy sync FILE`: plan (and with `--plan`, only show) then apply a sync
 //! file; `--plan --out` saves the plan and `--apply` carries it out exactly.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -129,7 +128,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         prune: args.prune,
     };
     let plan = plan::build(&ctx).await?;
-    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let colour = global.colour_stdout();
 
     if args.plan {
         match global.output_format {
@@ -190,7 +189,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         parallel: args.parallel.or(settings.parallel).unwrap_or(4) as usize,
         retries: base.retries,
         check,
-        progress: !global.quiet,
+        progress: global.progress_mode(true),
         record: true,
         make_dirs: true,
     };

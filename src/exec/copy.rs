@@ -39,6 +39,10 @@ pub struct CopyOptions {
     pub name: String,
     /// Where rewritten layers are remembered (None: no cache).
     pub cache: Option<LayerCache>,
+    /// Counts the layer bytes read as they stream, for a progress display
+    /// (None: the copy counts on its own). Start it at zero: the report's
+    /// `bytes` is read from it.
+    pub bytes_read: Option<Arc<AtomicU64>>,
 }
 
 impl Default for CopyOptions {
@@ -50,6 +54,7 @@ impl Default for CopyOptions {
             filters: FilterChain::default(),
             name: String::new(),
             cache: None,
+            bytes_read: None,
         }
     }
 }
@@ -242,7 +247,7 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
         }
     }
 
-    let counter = Arc::new(AtomicU64::new(0));
+    let counter = opts.bytes_read.clone().unwrap_or_default();
     let copied = AtomicUsize::new(0);
     let skipped = AtomicUsize::new(0);
     let parallel = opts.parallel.max(1);

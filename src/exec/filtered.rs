@@ -371,7 +371,7 @@ pub async fn copy_filtered(
 ) -> Result<CopyReport> {
     let form = sink.layer_form();
     let parallel = opts.parallel.max(1);
-    let counter = Arc::new(AtomicU64::new(0));
+    let counter = opts.bytes_read.clone().unwrap_or_default();
 
     // Each distinct input layer once, through the chain.
     let mut jobs: Vec<LayerJob> = Vec::new();

@@ -5,6 +5,7 @@
 
 pub mod copy;
 pub mod filtered;
+pub mod progress;
 pub mod sync;
 
 pub use copy::{copy_image, CopyOptions, CopyReport};

@@ -6,13 +6,15 @@
 //! checked (`off`, `fast`, `full`) and recorded, so the next plan finds it
 //! unchanged.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::copy::{copy_image, CopyOptions, CopyReport};
+use super::progress::{ProgressMode, RunProgress};
 use crate::cache::LayerCache;
 use crate::check::{verify_written, Mode};
 use crate::cli::output::human_size;
@@ -36,8 +38,8 @@ pub struct ApplyOptions {
     pub retries: u32,
     /// The check run on each written target (None: off).
     pub check: Option<Mode>,
-    /// Print `[N/total] … complete` lines on stderr.
-    pub progress: bool,
+    /// Progress on stderr: bars, `[N/total] … complete` lines, or nothing.
+    pub progress: ProgressMode,
     /// Keep a state record beside file destinations for the next plan
     /// (`occy sync`; one-shot commands leave nothing beside their outputs).
     pub record: bool,
@@ -122,11 +124,11 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
     let started = Instant::now();
     let locations = BlobLocations::default();
     let to_write = plan.targets.iter().filter(|t| t.action.writes()).count();
-    let done = AtomicUsize::new(0);
+    let progress = RunProgress::new(opts.progress, to_write);
     let mut outcomes: Vec<(usize, TargetOutcome)> = stream::iter(plan.targets.iter().enumerate())
         .map(|(i, t)| {
             let locations = locations.clone();
-            let done = &done;
+            let progress = &progress;
             async move {
                 let outcome = match &t.action {
                     Action::Unchanged => TargetOutcome {
@@ -139,11 +141,9 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
                         ..TargetOutcome::new(t, "failed")
                     },
                     _ => {
-                        let o = write_target(ctx, t, opts, locations).await;
-                        if opts.progress {
-                            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                            eprintln!("{}", progress_line(n, to_write, t, &o));
-                        }
+                        let shown = progress.start(&t.destination, t.blobs.bytes);
+                        let o = write_target(ctx, t, opts, locations, shown.bytes.clone()).await;
+                        progress.finish(shown, &progress_line(t, &o));
                         o
                     }
                 };
@@ -159,15 +159,11 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
     for p in &plan.prune {
         match prune::delete(ctx, p).await {
             Ok(()) => {
-                if opts.progress {
-                    eprintln!("[prune] {} deleted ({})", p.destination, p.digest.short());
-                }
+                progress.println(&format!("[prune] {} deleted ({})", p.destination, p.digest.short()));
                 pruned.push(p.destination.clone());
             }
             Err(e) => {
-                if opts.progress {
-                    eprintln!("[prune] {} FAILED: {e}", p.destination);
-                }
+                progress.println(&format!("[prune] {} FAILED: {e}", p.destination));
                 prune_failed.push(PruneFailure {
                     destination: p.destination.clone(),
                     error: e.to_string(),
@@ -175,6 +171,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
             }
         }
     }
+    progress.close();
     let count = |s: &str| targets.iter().filter(|o| o.status == s).count();
     ApplyReport {
         written: count("written"),
@@ -198,19 +195,19 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
     }
 }
 
-/// `[N/total] name complete (digest, bytes, mounted k of n)`.
-fn progress_line(n: usize, total: usize, t: &PlannedTarget, o: &TargetOutcome) -> String {
+/// `name complete (digest, bytes, mounted k of n)`, shown after `[N/total]`.
+fn progress_line(t: &PlannedTarget, o: &TargetOutcome) -> String {
     match (&o.report, &o.error) {
         (Some(r), None) => format!(
-            "[{n}/{total}] {} complete ({}, {}, mounted {} of {} layers)",
+            "{} complete ({}, {}, mounted {} of {} layers)",
             t.destination,
             r.digest.short(),
             human_size(r.bytes),
             r.layers_mounted,
             r.layers
         ),
-        (_, Some(e)) => format!("[{n}/{total}] {} FAILED: {e}", t.destination),
-        _ => format!("[{n}/{total}] {} complete", t.destination),
+        (_, Some(e)) => format!("{} FAILED: {e}", t.destination),
+        _ => format!("{} complete", t.destination),
     }
 }
 
@@ -219,10 +216,11 @@ async fn write_target(
     t: &PlannedTarget,
     opts: &ApplyOptions,
     locations: BlobLocations,
+    bytes_read: Arc<AtomicU64>,
 ) -> TargetOutcome {
     let started = Instant::now();
     let mut outcome = TargetOutcome::new(t, "failed");
-    match copy_target(ctx, t, opts, locations).await {
+    match copy_target(ctx, t, opts, locations, bytes_read).await {
         Ok(report) => {
             outcome.digest = Some(report.digest.clone());
             let check = match opts.check {
@@ -263,6 +261,7 @@ async fn copy_target(
     t: &PlannedTarget,
     opts: &ApplyOptions,
     locations: BlobLocations,
+    bytes_read: Arc<AtomicU64>,
 ) -> Result<CopyReport> {
     let tt = &t.target;
     let mut source_ref = tt.source.clone();
@@ -300,6 +299,7 @@ async fn copy_target(
         filters: tt.chain.clone(),
         name: tt.name.to_string(),
         cache: ctx.cache.clone(),
+        bytes_read: Some(bytes_read),
     };
     let report = copy_image(source.as_ref(), sink.as_ref(), &copy).await?;
     Ok(report)
