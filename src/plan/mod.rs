@@ -9,6 +9,7 @@
 pub mod expand;
 pub mod quay;
 pub mod render;
+pub mod shard;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -44,6 +45,8 @@ pub struct PlanContext {
     pub only: Vec<globset::GlobMatcher>,
     /// A saved plan to apply exactly (`--apply`).
     pub pinned: Option<SavedPlan>,
+    /// `--shard I/N` (only that shard's targets) or `--shards N` (record the assignment).
+    pub sharding: Option<shard::Sharding>,
 }
 
 impl PlanContext {
@@ -226,6 +229,12 @@ pub struct Plan {
     /// Estimated requests per registry host to apply the plan.
     pub requests: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
+    /// With `--shard I/N`: which shard this plan is, and its share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<shard::ShardInfo>,
+    /// With `--shards N`: which shard each target is in.
+    #[serde(skip)]
+    pub assignment: Option<shard::Assignment>,
 }
 
 /// Counts over all targets.
@@ -454,6 +463,10 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     .collect()
     .await;
 
+    // Sharded: only this shard's targets are diffed, counted and applied.
+    let sharded = shard::select(ctx.sharding, targets, failed, &resolutions);
+    let (targets, failed) = (sharded.targets, sharded.failed);
+
     let diffs: Vec<PlannedTarget> = stream::iter(targets)
         .map(|t| {
             let key = (t.source.to_string(), platforms_key(&t.platforms));
@@ -522,6 +535,8 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         totals,
         requests,
         warnings,
+        shard: sharded.info,
+        assignment: sharded.assignment,
     })
 }
 
