@@ -435,6 +435,45 @@ fn the_assignment_does_not_depend_on_the_order_of_the_entries() {
     assert_eq!(shards_of(&reversed), first, "reversing the entries moved targets");
     assert_eq!(shards_of(&file), first, "a second run moved targets");
 
+    // Ties: every image to two stores (the registry as 127.0.0.1 and as
+    // localhost) makes every group one of two twins of equal bytes, which
+    // only the target names can order.
+    let port = src.host.rsplit_once(':').unwrap().1;
+    let twins = |name: &str, reversed: bool| {
+        let (a, b) = (src.host.clone(), format!("localhost:{port}"));
+        let mut entries: Vec<String> = ENTRIES
+            .iter()
+            .map(|e| {
+                let (from, to) = e.split_once("    to: ").unwrap();
+                let to = to.trim();
+                let (first, second) = if reversed { (&b, &a) } else { (&a, &b) };
+                format!(
+                    "{from}    to: [{}, {}]\n",
+                    to.replace("DST", first),
+                    to.replace("DST", second)
+                )
+                .replace("SRC", &a)
+            })
+            .collect();
+        if reversed {
+            entries.reverse();
+        }
+        let text = format!(
+            "version: 1\nregistries:\n  {a}: {{ insecure: true }}\n  {b}: {{ insecure: true }}\nsync:\n{}",
+            entries.concat()
+        );
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let twins_first = shards_of(&twins("twins.yaml", false));
+    assert_eq!(twins_first.iter().map(|s| s.0.len()).sum::<usize>(), 46);
+    assert_eq!(
+        shards_of(&twins("twins-reversed.yaml", true)),
+        twins_first,
+        "reversing entries and destinations moved targets between shards of equal bytes"
+    );
+
     // The readable form lists the same shards.
     let text =
         String::from_utf8(run_ok(&["sync", file.to_str().unwrap(), "--plan", "--shards", "3"], &[]).stdout).unwrap();
