@@ -241,3 +241,58 @@ fn sockets_that_are_missing_or_not_a_docker_api_fail_clearly() {
         .unwrap();
     assert_fails(&["info", "docker://x:1"], out, 2, "DOCKER_HOST");
 }
+
+#[test]
+fn a_sync_to_a_daemon_is_unchanged_once_the_daemon_holds_the_image() {
+    let sock = match (podman_service(), docker_engine()) {
+        (Ok(s), _) => s.clone(),
+        (_, Ok(s)) => s,
+        (Err(a), Err(b)) => {
+            eprintln!("SKIPPED: no daemon: {a}; {b}");
+            return;
+        }
+    };
+    let dir = scratch_dir("daemon-sync");
+    let file = dir.join("to-daemon.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: 1\nsync:\n  - from: {}\n    to: docker://occy-test/synced:1.0?socket={}\n",
+            standard_ref("app-a"),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let plan = |name: &str| {
+        let args = [
+            "sync",
+            file.to_str().unwrap(),
+            "--plan",
+            "--detailed-exitcode",
+            "-O",
+            "json",
+        ];
+        let out = occy(&args);
+        let p = json_of(&out);
+        (
+            out.status.code(),
+            p["targets"][0]["action"].as_str().unwrap_or(name).to_string(),
+            p,
+        )
+    };
+    if sock == Path::new("/var/run/docker.sock") {
+        // The machine's daemon is shared: start from its not holding the image.
+        let _ = Command::new("docker").args(["rmi", "occy-test/synced:1.0"]).output();
+    }
+    let (code, action, p) = plan("?");
+    assert_eq!((code, action.as_str()), (Some(3), "create"), "{p}");
+    let args = ["sync", file.to_str().unwrap()];
+    assert_ok(&args, occy(&args));
+    let (code, action, p) = plan("?");
+    assert_eq!((code, action.as_str()), (Some(0), "unchanged"), "{p}");
+    assert_eq!(
+        p["targets"][0]["current"],
+        default_image(generated("app-a")).config.digest.to_string(),
+        "compared by image ID: {p}"
+    );
+}

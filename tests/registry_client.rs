@@ -188,7 +188,10 @@ async fn plain_http_registry_end_to_end() {
     assert_eq!(source.root_manifest().await.unwrap().digest, img.manifest.digest);
 
     // Deletes (enabled in this registry's config).
-    client.delete_manifest("fourth", &img2.manifest.digest).await.unwrap();
+    client
+        .delete_manifest("fourth", img2.manifest.digest.as_str())
+        .await
+        .unwrap();
     assert_eq!(client.head_manifest("fourth", "latest").await.unwrap(), None);
 }
 

@@ -650,6 +650,9 @@ fn shard_usage_errors_name_the_value_and_exit_2() {
         &[],
         "cannot be used with",
     );
+    // A shard does not see every tag the file keeps: pruning would delete the others'.
+    check(&["--shard", "0/2", "--prune"], &[], "cannot be used with");
+    check(&["--plan", "--shards", "2", "--prune"], &[], "cannot be used with");
 }
 
 /// The YAML documents of an example.

@@ -2,7 +2,8 @@
 //! against what the destination registry then stores, make semantics (a
 //! second run writes nothing), a moved tag, `--detailed-exitcode`, pinned
 //! `--apply`, YAML and TOML giving one plan, and sync-file errors with their
-//! line and column.
+//! line and column; and the one-shot commands over many images (`occy
+//! process` and `occy info` of registry globs and `quay://` organisations).
 
 mod support;
 
@@ -665,4 +666,212 @@ fn every_example_sync_file_runs_against_the_test_registries() {
             "reproducible.yaml"
         ]
     );
+}
+
+/// `occy --insecure-registry A --insecure-registry B ARGS…`.
+fn occy_between(src: &Registry, dst: &Registry, args: &[&str]) -> Output {
+    let mut all = vec!["--insecure-registry", &src.host, "--insecure-registry", &dst.host];
+    all.extend_from_slice(args);
+    occy(&all)
+}
+
+#[test]
+fn process_of_a_registry_glob_copies_every_image_it_names() {
+    let src = source_registry();
+    let dst = Registry::start(Mode::Plain);
+    let from = format!("registry://{}/apps/*:v*", src.host);
+
+    // Registry destination with a template: three images, -J 2, a progress line each.
+    let to = format!("registry://{}/copy/{{name}}", dst.host);
+    let out = occy_between(&src, &dst, &["process", &from, &to, "-J", "2"]);
+    let stderr = assert_ok(&["process", &from, &to], out).stderr;
+    let stderr = String::from_utf8_lossy(&stderr);
+    for n in 1..=3 {
+        assert!(stderr.contains(&format!("[{n}/3] registry://")), "{stderr}");
+    }
+    assert_eq!(stderr.matches(" complete (").count(), 3, "{stderr}");
+    for tag in ["v1.0", "v1.1", "v2.0"] {
+        let want = src.inspect(&format!("apps/web:{tag}"), false)["Digest"].clone();
+        assert_eq!(dst.inspect(&format!("copy/web:{tag}"), false)["Digest"], want, "{tag}");
+    }
+
+    // JSON: an array, one report per image.
+    let out = occy_between(&src, &dst, &["-O", "json", "process", &from, &to]);
+    let reports = json_of(&assert_ok(&["process", &from, &to, "-O", "json"], out));
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 3);
+    assert!(reports
+        .iter()
+        .all(|r| r["digest"].as_str().unwrap().starts_with("sha256:")));
+
+    // One tarball for every image is refused (exit 2), pointing at it.
+    let dir = scratch_dir("process-glob");
+    let single = format!("tar://{}/all.tar", dir.display());
+    let stderr = assert_fails(
+        &["process", &from, &single],
+        occy_between(&src, &dst, &["process", &from, &single]),
+        2,
+        "every one of them would overwrite one tarball",
+    );
+    assert!(stderr.contains("{name}-{tag}.tar"), "{stderr}");
+    assert!(!dir.join("all.tar").exists());
+
+    // With a template each image gets its own tarball, and nothing else is left beside them.
+    let each = format!("tar://{}/{{name}}-{{tag}}.tar", dir.display());
+    assert_ok(
+        &["process", &from, &each],
+        occy_between(&src, &dst, &["process", &from, &each]),
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["web-v1.0.tar", "web-v1.1.tar", "web-v2.0.tar"]);
+
+    // A dir:// shared by many images without unique_names is warned about.
+    let shared_dir = format!("dir://{}/shared", dir.display());
+    let out = occy_between(&src, &dst, &["process", &from, &shared_dir]);
+    let stderr = String::from_utf8_lossy(&assert_ok(&["process", &from, &shared_dir], out).stderr).into_owned();
+    assert!(stderr.contains("without unique_names=true"), "{stderr}");
+
+    // A pattern that matches nothing is not an error.
+    let none = format!("registry://{}/apps/*:nothing-*", src.host);
+    let out = occy_between(&src, &dst, &["process", &none, &to]);
+    let out = assert_ok(&["process", &none, &to], out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No images found matching"));
+}
+
+#[test]
+fn info_of_a_glob_is_a_json_array_or_separated_text() {
+    let src = source_registry();
+    let pattern = format!("registry://{}/apps/web:v1.*", src.host);
+    let args = ["--insecure-registry", &src.host, "-O", "json", "info", pattern.as_str()];
+    let out = assert_ok(&args, occy(&args));
+    let infos = json_of(&out);
+    let tags: Vec<&str> = infos
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["v1.0", "v1.1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[2/2] registry://"), "{stderr}");
+
+    let text_args = ["--insecure-registry", &src.host, "info", pattern.as_str()];
+    let out = assert_ok(&text_args, occy(&text_args));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("---\n").count(), 1);
+}
+
+#[test]
+fn a_quay_org_one_shot_names_the_image_that_failed_and_does_the_rest() {
+    let src = source_registry();
+    // The fake API lists web:latest, web:v1.0 and api:latest; web:v1.0 is not pushed.
+    for (image, repo) in [("web_v1.0", "web"), ("api_1.0", "api")] {
+        push_as(&src, image, &format!("projectquay/{repo}:latest"));
+    }
+    let dst = Registry::start(Mode::Plain);
+    let quay = fake_quay_api();
+    let env = [
+        ("OCCY_QUAY_API", quay.as_str()),
+        ("OCCY_QUAY_REGISTRY", src.host.as_str()),
+    ];
+    let to = format!("registry://{}/quay/{{repo}}:{{tag}}", dst.host);
+    let base = ["--insecure-registry", &src.host, "--insecure-registry", &dst.host];
+    let run = |args: &[&str]| {
+        let mut all = base.to_vec();
+        all.extend_from_slice(args);
+        occy_env(&env, &all)
+    };
+
+    let out = run(&["process", "quay://projectquay/*", &to]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("FAILED") && stderr.contains("projectquay/web:v1.0"),
+        "{stderr}"
+    );
+    for repo_tag in ["quay/projectquay/web:latest", "quay/projectquay/api:latest"] {
+        assert!(dst.inspect(repo_tag, false)["Digest"].is_string(), "{repo_tag}");
+    }
+
+    let out = run(&["-O", "json", "info", "quay://projectquay/*"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json_of(&out).as_array().unwrap().len(), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("projectquay/web:v1.0"));
+
+    let out = run(&["info", "quay://projectquay/nothing*"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No images found matching"));
+}
+
+const PRUNED: &str = r#"version: 1
+registries:
+  SRC: { insecure: true }
+  DST: { insecure: true }
+sync:
+  - from: registry://SRC/lib/alpine
+    tags: { semver: ">=3.19", exclude: ["*-rc*"] }
+    to: registry://DST/mirror/alpine
+"#;
+
+/// The tags of `repo` on `reg`, sorted.
+fn tags_of(reg: &Registry, repo: &str) -> Vec<String> {
+    let target = format!("docker://{}/{repo}", reg.host);
+    let out = reg.skopeo(&["list-tags", &target], false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut tags = strings(&serde_json::from_slice::<Value>(&out.stdout).unwrap()["Tags"]);
+    tags.sort();
+    tags
+}
+
+#[test]
+fn prune_deletes_only_the_tags_the_file_no_longer_selects() {
+    let s = Setup::new("sync-prune", PRUNED, "mirror.yaml");
+    assert_ok(&["sync"], s.sync(&[]));
+    // Tags the file does not select: 3.17 (its own manifest), stable (the
+    // same manifest as the selected 3.19), and a repository it does not sync.
+    let (dst_layout_push, dst) = (mirror_layout(), &s.dst);
+    dst.push_layout(dst_layout_push, "alpine_3.17", "mirror/alpine:3.17");
+    dst.push_layout(dst_layout_push, "alpine_3.19", "mirror/alpine:stable");
+    dst.push_layout(dst_layout_push, "alpine_3.17", "elsewhere/alpine:3.17");
+
+    // Without --prune nothing is to do.
+    assert_eq!(s.plan().0, 0);
+    let out = s.sync(&["--plan", "--prune", "--detailed-exitcode", "-O", "json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan = json_of(&out);
+    let pruned: Vec<&str> = plan["prune"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["destination"].as_str().unwrap())
+        .collect();
+    assert_eq!(pruned, [format!("registry://{}/mirror/alpine:3.17", dst.host)]);
+    assert_eq!(plan["totals"]["prune"], 1);
+    let warnings = plan["warnings"].to_string();
+    assert!(warnings.contains("mirror/alpine:stable is kept"), "{warnings}");
+    let text = s.sync(&["--plan", "--prune"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("mirror/alpine:3.17: delete"), "{text}");
+
+    // Apply deletes exactly that tag; the rest stays.
+    let before = tags_of(dst, "mirror/alpine");
+    assert!(before.contains(&"3.17".to_string()));
+    let out = assert_ok(&["sync", "--prune"], s.sync(&["--prune"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pruned"));
+    let after = tags_of(dst, "mirror/alpine");
+    let want: Vec<String> = before.into_iter().filter(|t| t != "3.17").collect();
+    assert_eq!(after, want);
+    assert!(after.contains(&"stable".to_string()) && after.contains(&"3.19".to_string()));
+    assert_eq!(tags_of(dst, "elsewhere/alpine"), ["3.17"]);
+    assert_eq!(
+        s.sync(&["--plan", "--prune", "--detailed-exitcode"]).status.code(),
+        Some(0)
+    );
+
+    // --prune with --only would see a partial selection: refused.
+    let out = s.sync(&["--prune", "--only", "*alpine:3.19"]);
+    assert_eq!(out.status.code(), Some(2));
 }

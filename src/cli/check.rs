@@ -5,11 +5,11 @@
 use clap::Args;
 use serde_json::json;
 
-use super::process::image_name_for;
 use super::{GlobalArgs, OutputFormat};
 use crate::check::{check_source, Mode, Severity};
 use crate::error::Result;
 use crate::reference::Reference;
+use crate::source::image_name_for;
 use crate::source::open_source;
 
 /// Arguments of `occy check`.

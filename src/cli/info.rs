@@ -1,17 +1,26 @@
 //! `occy info SRC`: what an image is — manifest, platform, config, layers,
 //! history and runtime settings — as a readable summary or one JSON document.
+//! A source that names many images (`quay://org/*:tag`, registry globs) is
+//! expanded as a sync entry would be and described `-J` at a time: a JSON
+//! array, or `---`-separated text.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use clap::Args;
+use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::output::{human_size, table};
 use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::error::{Error, Result};
 use crate::image::{media_type, Compression, ImageData, Manifest, Platform};
+use crate::plan::expand::{expand_all, Expansion};
+use crate::plan::PlanContext;
 use crate::reference::Reference;
 use crate::source::{choose_platforms, load_image, open_source, PlatformSelection, Source};
+use crate::spec::command_line::{names_many, OneShot};
 
 /// Arguments of `occy info`.
 #[derive(Debug, Args)]
@@ -21,6 +30,10 @@ pub struct InfoArgs {
 
     #[command(flatten)]
     pub platforms: PlatformArgs,
+
+    /// Images described at once, when the source names many
+    #[arg(short = 'J', long, default_value_t = 3, env = "OCCY_IMAGE_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub image_parallel: u16,
 }
 
 /// One platform entry of an index.
@@ -337,11 +350,99 @@ fn truncate(s: &str, max: usize) -> String {
 /// Runs `occy info`.
 pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
     let reference = Reference::parse(&args.source)?;
+    let selection = args.platforms.selection()?;
+    if names_many(&reference) {
+        return run_many(global, args, &reference, selection).await;
+    }
     let source = open_source(&reference, &global.source_options()?).await?;
-    let info = gather(&reference, source.as_ref(), &args.platforms.selection()?).await?;
+    let info = gather(&reference, source.as_ref(), &selection).await?;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
         OutputFormat::Text | OutputFormat::Markdown => print!("{}", render_text(&info)),
     }
     Ok(0)
+}
+
+/// `occy info` of every image a pattern names, `-J` at a time, in the order
+/// the expansion gives; one that fails is named and the rest still shown.
+async fn run_many(
+    global: &GlobalArgs,
+    args: &InfoArgs,
+    reference: &Reference,
+    selection: PlatformSelection,
+) -> Result<i32> {
+    let spec = OneShot {
+        command: "occy info",
+        source: &args.source,
+        destination: None,
+        chain: Default::default(),
+        filter_texts: &[],
+        platforms: selection.clone(),
+    }
+    .spec()?;
+    let ctx = PlanContext {
+        spec: Arc::new(spec),
+        base: global.registry_options()?,
+        cache: None,
+        only: Vec::new(),
+        pinned: None,
+        write_all: true,
+        prune: false,
+        sharding: None,
+    };
+    let mut images = Vec::new();
+    for e in expand_all(&ctx.spec, &ctx).await {
+        match e {
+            Expansion::Images(found) => images.extend(found.into_iter().map(|i| i.reference)),
+            Expansion::Failed { error, .. } => return Err(error),
+        }
+    }
+    if images.is_empty() {
+        if !global.quiet {
+            eprintln!("No images found matching {reference}");
+        }
+        return Ok(0);
+    }
+    let total = images.len();
+    let done = AtomicUsize::new(0);
+    let results: Vec<(Reference, Result<ImageInfo>)> = stream::iter(images)
+        .map(|r| {
+            let (ctx, selection, done) = (&ctx, &selection, &done);
+            async move {
+                let info = match open_source(&r, &ctx.source_options(&r)).await {
+                    Ok(source) => gather(&r, source.as_ref(), selection).await,
+                    Err(e) => Err(e),
+                };
+                if !global.quiet {
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    match &info {
+                        Ok(_) => eprintln!("[{n}/{total}] {r} complete"),
+                        Err(e) => eprintln!("[{n}/{total}] {r} FAILED: {e}"),
+                    }
+                }
+                (r, info)
+            }
+        })
+        .buffered(args.image_parallel as usize)
+        .collect()
+        .await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(r, i)| i.as_ref().err().map(|e| format!("{r}: {e}")))
+        .collect();
+    let infos: Vec<&ImageInfo> = results.iter().filter_map(|(_, i)| i.as_ref().ok()).collect();
+    match global.output_format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&infos)?),
+        OutputFormat::Text | OutputFormat::Markdown => {
+            let texts: Vec<String> = infos.iter().map(|i| render_text(i)).collect();
+            print!("{}", texts.join("---\n"));
+        }
+    }
+    for f in &failed {
+        eprintln!("error: {f}");
+    }
+    if !failed.is_empty() && !global.quiet {
+        eprintln!("{} of {total} images failed", failed.len());
+    }
+    Ok(i32::from(!failed.is_empty()))
 }

@@ -1,19 +1,24 @@
-//! `occy process SRC DST`: copy one image from a source to a destination,
-//! printing a one-line summary on stderr (or a JSON report on stdout).
+//! `occy process SRC DST`: copy an image from a source to a destination
+//! through the sync engine (a one-entry plan in which every target is
+//! written), printing a one-line summary on stderr (or a JSON report on
+//! stdout). A source that names many images (`quay://org/*:tag`,
+//! `registry://host/org/*:tag`) is expanded and copied `-J` at a time, with
+//! a `[N/total] … complete` line per image and a summary table.
 
-use crate::cache::LayerCache;
-use crate::check::Mode;
-use crate::filter::{parse_compression, FilterChain};
+use std::sync::Arc;
+
 use clap::Args;
 
 use super::{GlobalArgs, OutputFormat, PlatformArgs};
+use crate::cache::LayerCache;
+use crate::check::Mode;
 use crate::cli::output::human_size;
 use crate::error::{Error, Result};
-use crate::exec::{copy_image, CopyOptions};
-use crate::image::ImageName;
+use crate::exec::sync::{apply, summary_text, ApplyOptions, ApplyReport, TargetOutcome};
+use crate::filter::{parse_compression, FilterChain};
+use crate::plan::{self, PlanContext};
 use crate::reference::Reference;
-use crate::sink::{open_sink, SinkOptions};
-use crate::source::{open_source, Source};
+use crate::spec::command_line::{names_many, OneShot};
 
 /// Arguments of `occy process`.
 #[derive(Debug, Args)]
@@ -27,6 +32,10 @@ pub struct ProcessArgs {
     /// Layer transfers at once
     #[arg(short = 'j', long, default_value_t = 4, env = "OCCY_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: u16,
+
+    /// Images at once, when the source names many
+    #[arg(short = 'J', long, default_value_t = 3, env = "OCCY_IMAGE_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub image_parallel: u16,
 
     #[command(flatten)]
     pub platforms: PlatformArgs,
@@ -48,103 +57,146 @@ pub struct ProcessArgs {
     pub no_verify: bool,
 }
 
-/// The name and tag to record at the destination: what the source's
-/// reference says, else what the source records, else the path's last part.
-pub fn image_name_for(reference: &Reference, source: &dyn Source) -> ImageName {
-    match reference {
-        Reference::Registry(r) => ImageName {
-            repository: r.name(),
-            tag: r.tag_or_latest().to_string(),
-        },
-        Reference::Docker { name, tag, .. } => ImageName {
-            repository: name.clone(),
-            tag: tag.clone(),
-        },
-        other => source.recorded_name().unwrap_or_else(|| {
-            let base = match other {
-                Reference::Oci { path, .. }
-                | Reference::Tar { path }
-                | Reference::Dir { path, .. }
-                | Reference::Bundle { path } => path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().to_lowercase())
-                    .unwrap_or_else(|| "image".to_string()),
-                _ => "image".to_string(),
-            };
-            ImageName {
-                repository: base,
-                tag: other.tag().unwrap_or("latest").to_string(),
-            }
-        }),
-    }
-}
-
 /// Runs `occy process`.
 pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
     let src_ref = Reference::parse(&args.source)?;
-    let dst_ref = Reference::parse(&args.destination)?;
-    if src_ref == dst_ref {
+    if Reference::parse(&args.destination).is_ok_and(|d| d == src_ref) {
         return Err(Error::usage(format!("source and destination are the same: {src_ref}")));
     }
     let compression = global.compression.as_deref().map(parse_compression).transpose()?;
-    let filters = FilterChain::parse(&args.filters, compression)?;
-    let platforms = args.platforms.selection()?;
-    let source = open_source(&src_ref, &global.source_options()?).await?;
-    let name = image_name_for(&src_ref, source.as_ref());
-    let opts = CopyOptions {
-        parallel: args.parallel as usize,
-        platforms,
-        retries: global.retries,
-        filters,
-        name: format!("{}:{}", name.repository, name.tag),
+    let spec = OneShot {
+        command: "occy process",
+        source: &args.source,
+        destination: Some(&args.destination),
+        chain: FilterChain::parse(&args.filters, compression)?,
+        filter_texts: &args.filters,
+        platforms: args.platforms.selection()?,
+    }
+    .spec()?;
+    let many = names_many(&src_ref);
+    let ctx = PlanContext {
+        spec: Arc::new(spec),
+        base: global.registry_options()?,
         cache: if global.no_cache {
             None
         } else {
             LayerCache::open(global.cache_dir.as_deref())
         },
+        only: Vec::new(),
+        pinned: None,
+        write_all: true,
+        prune: false,
+        sharding: None,
     };
-    let sink_opts = SinkOptions {
-        registry: global.source_options()?.registry,
-        blob_locations: Default::default(),
-        source: match &src_ref {
-            Reference::Registry(r) => Some(r.clone()),
-            _ => None,
+    let plan = plan::build(&ctx).await?;
+    if plan.targets.is_empty() {
+        if !global.quiet {
+            eprintln!("No images found matching {src_ref}");
+        }
+        return Ok(0);
+    }
+    if !global.quiet {
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    let opts = ApplyOptions {
+        image_parallel: args.image_parallel as usize,
+        parallel: args.parallel as usize,
+        retries: global.retries,
+        check: match (args.no_verify, args.verify_full) {
+            (true, _) => None,
+            (false, true) => Some(Mode::Full),
+            (false, false) => Some(Mode::Fast),
         },
+        progress: many && !global.quiet,
+        record: false,
+        make_dirs: false,
     };
-    let sink = open_sink(&dst_ref, &name, &sink_opts).await?;
-    let report = copy_image(source.as_ref(), sink.as_ref(), &opts).await?;
-    if !args.no_verify {
-        let mode = if args.verify_full { Mode::Full } else { Mode::Fast };
-        crate::check::verify_written(&dst_ref, &name, mode, &global.source_options()?).await?;
+    let report = apply(&ctx, &plan, &opts).await;
+    if !many {
+        return print_one(global, &report);
     }
     match global.output_format {
         OutputFormat::Json => {
-            let mut v = serde_json::to_value(&report)?;
-            v["source"] = src_ref.to_string().into();
-            v["destination"] = dst_ref.to_string().into();
-            v["seconds"] = report.elapsed.as_secs_f64().into();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            let all: Vec<serde_json::Value> = report.targets.iter().map(target_json).collect::<Result<_>>()?;
+            println!("{}", serde_json::to_string_pretty(&all)?);
         }
         OutputFormat::Text | OutputFormat::Markdown => {
-            for m in &report.matches {
-                println!("{} {}", m.layer_digest, m.path);
+            for o in &report.targets {
+                print_matches(o);
             }
+            print!("{}", summary_text(&report));
+        }
+    }
+    for o in report.targets.iter().filter(|o| o.error.is_some()) {
+        eprintln!(
+            "error: {} → {}: {}",
+            o.source,
+            o.destination,
+            o.error.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(report.exit_code())
+}
+
+/// A target's report as JSON: the copy report with its source, destination
+/// and time, or its error.
+fn target_json(o: &TargetOutcome) -> Result<serde_json::Value> {
+    let mut v = match &o.report {
+        Some(r) => serde_json::to_value(r)?,
+        None => serde_json::json!({}),
+    };
+    v["source"] = o.source.clone().into();
+    v["destination"] = o.destination.clone().into();
+    v["seconds"] = o.seconds.into();
+    if let Some(e) = &o.error {
+        v["error"] = e.clone().into();
+    }
+    Ok(v)
+}
+
+/// What `search` filters found, a line per match.
+fn print_matches(o: &TargetOutcome) {
+    for m in o.report.iter().flat_map(|r| &r.matches) {
+        println!("{} {}", m.layer_digest, m.path);
+    }
+}
+
+/// The report of a one-image process: its error, or a one-line summary.
+fn print_one(global: &GlobalArgs, report: &ApplyReport) -> Result<i32> {
+    let Some(o) = report.targets.first() else {
+        return Ok(0);
+    };
+    if let Some(e) = &o.error {
+        return Err(match o.exit_code {
+            2 => Error::usage(e.clone()),
+            _ => Error::invalid(e.clone()),
+        });
+    }
+    let Some(r) = &o.report else {
+        return Ok(0);
+    };
+    match global.output_format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&target_json(o)?)?),
+        OutputFormat::Text | OutputFormat::Markdown => {
+            print_matches(o);
             if !global.quiet {
-                let mounted = if report.layers_mounted > 0 {
-                    format!(", {} mounted", report.layers_mounted)
+                let mounted = if r.layers_mounted > 0 {
+                    format!(", {} mounted", r.layers_mounted)
                 } else {
                     String::new()
                 };
                 eprintln!(
                     "{} → {}: {} layers ({} copied, {} already present{mounted}), {} in {:.2}s, digest {}",
-                    src_ref,
-                    dst_ref,
-                    report.layers,
-                    report.layers_copied,
-                    report.layers_skipped.saturating_sub(report.layers_mounted),
-                    human_size(report.bytes),
-                    report.elapsed.as_secs_f64(),
-                    report.digest
+                    o.source,
+                    o.destination,
+                    r.layers,
+                    r.layers_copied,
+                    r.layers_skipped.saturating_sub(r.layers_mounted),
+                    human_size(r.bytes),
+                    o.seconds,
+                    r.digest
                 );
             }
         }

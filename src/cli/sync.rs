@@ -66,14 +66,20 @@ pub struct SyncArgs {
     #[arg(long, value_name = "GLOB")]
     pub only: Vec<String>,
 
+    /// Also delete the tags of each synced registry repository that the sync
+    /// file no longer selects (--plan lists them first)
+    #[arg(long, conflicts_with = "only")]
+    pub prune: bool,
+
     /// Only shard I of N (from 0); auto/N takes I from JOB_COMPLETION_INDEX
-    /// (Kubernetes Indexed Jobs). Images sharing layers stay in one shard
-    #[arg(long, value_name = "I/N", value_parser = ShardArg::parse, conflicts_with = "shards")]
+    /// (Kubernetes Indexed Jobs). Images sharing layers stay in one shard.
+    /// Not with --prune: a shard does not see every tag the file keeps
+    #[arg(long, value_name = "I/N", value_parser = ShardArg::parse, conflicts_with_all = ["shards", "prune"])]
     pub shard: Option<ShardArg>,
 
     /// With --plan: show which of N shards each target is in, with each
     /// shard's bytes and the bytes shards share (-O json for a CI matrix)
-    #[arg(long, value_name = "N", requires = "plan", value_parser = shard::parse_count)]
+    #[arg(long, value_name = "N", requires = "plan", value_parser = shard::parse_count, conflicts_with = "prune")]
     pub shards: Option<usize>,
 }
 
@@ -140,6 +146,8 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         },
         only,
         pinned: saved,
+        write_all: false,
+        prune: args.prune,
         sharding,
     };
     let plan = plan::build(&ctx).await?;
@@ -228,12 +236,14 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         retries: base.retries,
         check,
         progress: !global.quiet,
+        record: true,
+        make_dirs: true,
     };
     let report = apply(&ctx, &plan, &opts).await;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text | OutputFormat::Markdown => {
-            if report.written == 0 && report.failed == 0 {
+            if report.written == 0 && report.failed == 0 && report.pruned.is_empty() && report.prune_failed.is_empty() {
                 if !global.quiet {
                     eprintln!("Nothing to do: {} targets up to date.", report.unchanged);
                 }

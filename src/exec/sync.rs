@@ -18,6 +18,7 @@ use crate::check::{verify_written, Mode};
 use crate::cli::output::human_size;
 use crate::error::{Error, Result};
 use crate::image::Digest;
+use crate::plan::prune;
 use crate::plan::state::{self, WrittenState};
 use crate::plan::{chain_record, holds_index, platforms_key, Action, Plan, PlanContext, PlannedTarget};
 use crate::reference::Reference;
@@ -37,6 +38,12 @@ pub struct ApplyOptions {
     pub check: Option<Mode>,
     /// Print `[N/total] … complete` lines on stderr.
     pub progress: bool,
+    /// Keep a state record beside file destinations for the next plan
+    /// (`occy sync`; one-shot commands leave nothing beside their outputs).
+    pub record: bool,
+    /// Make the directories of tarball and bundle destinations (a sync
+    /// file names where outputs go; a one-shot command's must exist).
+    pub make_dirs: bool,
 }
 
 /// What happened to one target.
@@ -55,6 +62,9 @@ pub struct TargetOutcome {
     pub check: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The exit code the error maps to (2 for a usage error, else 1).
+    #[serde(skip)]
+    pub exit_code: i32,
     pub seconds: f64,
 }
 
@@ -69,6 +79,7 @@ impl TargetOutcome {
             report: None,
             check: None,
             error: None,
+            exit_code: 0,
             seconds: 0.0,
         }
     }
@@ -85,13 +96,24 @@ pub struct ApplyReport {
     pub bytes: u64,
     pub layers_copied: usize,
     pub layers_mounted: usize,
+    /// Tags deleted by `--prune`.
+    pub pruned: Vec<String>,
+    /// Tags `--prune` could not delete, with why.
+    pub prune_failed: Vec<PruneFailure>,
     pub seconds: f64,
+}
+
+/// A tag `--prune` could not delete.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneFailure {
+    pub destination: String,
+    pub error: String,
 }
 
 impl ApplyReport {
     /// 0 when every target is in place, 1 when some failed.
     pub fn exit_code(&self) -> i32 {
-        i32::from(self.failed > 0)
+        i32::from(self.failed > 0 || !self.prune_failed.is_empty())
     }
 }
 
@@ -113,6 +135,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
                     },
                     Action::Failed { error } => TargetOutcome {
                         error: Some(error.clone()),
+                        exit_code: 1,
                         ..TargetOutcome::new(t, "failed")
                     },
                     _ => {
@@ -132,6 +155,26 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         .await;
     outcomes.sort_by_key(|(i, _)| *i);
     let targets: Vec<TargetOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+    let (mut pruned, mut prune_failed) = (Vec::new(), Vec::new());
+    for p in &plan.prune {
+        match prune::delete(ctx, p).await {
+            Ok(()) => {
+                if opts.progress {
+                    eprintln!("[prune] {} deleted ({})", p.destination, p.digest.short());
+                }
+                pruned.push(p.destination.clone());
+            }
+            Err(e) => {
+                if opts.progress {
+                    eprintln!("[prune] {} FAILED: {e}", p.destination);
+                }
+                prune_failed.push(PruneFailure {
+                    destination: p.destination.clone(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
     let count = |s: &str| targets.iter().filter(|o| o.status == s).count();
     ApplyReport {
         written: count("written"),
@@ -149,6 +192,8 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
             .map(|r| r.layers_mounted)
             .sum(),
         seconds: started.elapsed().as_secs_f64(),
+        pruned,
+        prune_failed,
         targets,
     }
 }
@@ -193,16 +238,20 @@ async fn write_target(
                 Ok(c) => {
                     outcome.check = Some(c);
                     outcome.status = "written";
-                    record(ctx, t, &report.digest);
+                    record(ctx, t, &report.digest, opts.record);
                 }
                 Err(e) => {
                     outcome.check = Some("failed".to_string());
                     outcome.error = Some(e.to_string());
+                    outcome.exit_code = e.exit_code();
                 }
             }
             outcome.report = Some(report);
         }
-        Err(e) => outcome.error = Some(e.to_string()),
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            outcome.exit_code = e.exit_code();
+        }
     }
     outcome.seconds = started.elapsed().as_secs_f64();
     outcome
@@ -222,15 +271,13 @@ async fn copy_target(
         r.digest = Some(d.clone());
     }
     let source = open_source(&source_ref, &ctx.source_options(&source_ref)).await?;
-    if !matches!(source_ref, Reference::Registry(_)) {
+    if let (false, Some(planned)) = (matches!(source_ref, Reference::Registry(_)), &t.source_digest) {
         let root = source.root_manifest().await?;
-        if let Some(planned) = &t.source_digest {
-            if &root.digest != planned {
-                return Err(Error::invalid(format!(
-                    "{} changed since the plan: it holds {}, the plan resolved {planned}",
-                    tt.source, root.digest
-                )));
-            }
+        if &root.digest != planned {
+            return Err(Error::invalid(format!(
+                "{} changed since the plan: it holds {}, the plan resolved {planned}",
+                tt.source, root.digest
+            )));
         }
     }
     let sink_opts = SinkOptions {
@@ -238,8 +285,7 @@ async fn copy_target(
         blob_locations: locations,
         source: source_ref.as_registry().cloned(),
     };
-    // A sync file names where outputs go; their directories are made.
-    if let Reference::Tar { path } | Reference::Bundle { path } = &tt.destination {
+    if let (true, Reference::Tar { path } | Reference::Bundle { path }) = (opts.make_dirs, &tt.destination) {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir)
                 .await
@@ -261,7 +307,7 @@ async fn copy_target(
 
 /// Remembers what was written so the next plan finds it unchanged: a state
 /// record beside file destinations, the filtered output digest in the cache.
-fn record(ctx: &PlanContext, t: &PlannedTarget, output: &Digest) {
+fn record(ctx: &PlanContext, t: &PlannedTarget, output: &Digest, state_record: bool) {
     let tt = &t.target;
     let Some(source_digest) = &t.source_digest else { return };
     if tt.chain.changes_content() {
@@ -274,6 +320,9 @@ fn record(ctx: &PlanContext, t: &PlannedTarget, output: &Digest) {
             );
             cache.record_output(&key, output);
         }
+    }
+    if !state_record {
+        return;
     }
     if let Some(path) = state::state_path(&tt.destination, &tt.name) {
         let s = WrittenState {
@@ -294,7 +343,7 @@ fn record(ctx: &PlanContext, t: &PlannedTarget, output: &Digest) {
 
 /// The run's summary as a table, for people.
 pub fn summary_text(report: &ApplyReport) -> String {
-    let rows: Vec<Vec<String>> = report
+    let mut rows: Vec<Vec<String>> = report
         .targets
         .iter()
         .map(|o| {
@@ -321,12 +370,32 @@ pub fn summary_text(report: &ApplyReport) -> String {
             ]
         })
         .collect();
+    rows.extend(
+        report
+            .pruned
+            .iter()
+            .map(|d| vec!["pruned".into(), d.clone(), "-".into(), "-".into(), "tag deleted".into()]),
+    );
+    rows.extend(report.prune_failed.iter().map(|f| {
+        vec![
+            "failed".into(),
+            f.destination.clone(),
+            "-".into(),
+            "-".into(),
+            format!("not pruned: {}", f.error.lines().next().unwrap_or_default()),
+        ]
+    }));
     let mut out = crate::cli::output::table(&["status", "destination", "digest", "check", "detail"], &rows);
     out.push_str(&format!(
-        "\n{} written, {} unchanged, {} failed; {} layers copied ({}), {} mounted, in {:.1}s\n",
+        "\n{} written, {} unchanged, {} failed{}; {} layers copied ({}), {} mounted, in {:.1}s\n",
         report.written,
         report.unchanged,
         report.failed,
+        if report.pruned.is_empty() && report.prune_failed.is_empty() {
+            String::new()
+        } else {
+            format!(", {} tags pruned", report.pruned.len())
+        },
         report.layers_copied,
         human_size(report.bytes),
         report.layers_mounted,

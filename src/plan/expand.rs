@@ -10,6 +10,7 @@ use super::quay;
 use crate::error::{Error, Result};
 use crate::reference::{Reference, RegistryRef};
 use crate::registry::RegistryClient;
+use crate::source::{image_name_for, open_source, SourceOptions};
 use crate::spec::{Entry, SyncSpec, TemplateFields};
 
 /// One source image an entry names.
@@ -40,6 +41,8 @@ pub trait RegistryAccess: Sync {
     fn client(&self, host: &str) -> Result<RegistryClient>;
     /// The quay.io API token for the entry, if the registries section has one.
     fn quay_token(&self) -> Option<String>;
+    /// How to open `reference` as a source.
+    fn source_options(&self, reference: &Reference) -> SourceOptions;
 }
 
 /// Expands every entry of the spec.
@@ -208,11 +211,19 @@ async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<
             Ok(out)
         }
         other => {
-            let name = other.image_name();
-            let (repo, tag) = match name.rsplit_once(':') {
-                Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
-                _ => (name.clone(), other.tag().unwrap_or("latest").to_string()),
+            // The name a file source records (a docker-save archive's
+            // RepoTags), else the file's; a daemon's is in the reference.
+            let name = match other {
+                Reference::Docker { name, tag, .. } => crate::image::ImageName {
+                    repository: name.clone(),
+                    tag: tag.clone(),
+                },
+                _ => {
+                    let source = open_source(other, &access.source_options(other)).await?;
+                    image_name_for(other, source.as_ref())
+                }
             };
+            let repo = name.repository;
             Ok(vec![SourceImage {
                 entry: entry.index,
                 reference: other.clone(),
@@ -220,7 +231,7 @@ async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<
                     registry: String::new(),
                     name: repo.rsplit('/').next().unwrap_or(&repo).to_string(),
                     repo,
-                    tag,
+                    tag: name.tag,
                     platform: String::new(),
                 },
             }])

@@ -7,6 +7,7 @@
 //! `occy sync --plan` renders this; `occy sync` applies it.
 
 pub mod expand;
+pub mod prune;
 pub mod quay;
 pub mod render;
 pub mod shard;
@@ -26,6 +27,7 @@ use crate::filter::FilterChain;
 use crate::image::{Digest, ImageName, ResolvedImage};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryOptions};
+use crate::source::docker_daemon::DaemonConnection;
 use crate::source::{open_source, resolve, PlatformSelection, SourceOptions};
 use crate::spec::{SpecProblem, SyncSpec, TemplateFields};
 use expand::{expand_all, Expansion, RegistryAccess, SourceImage};
@@ -45,6 +47,12 @@ pub struct PlanContext {
     pub only: Vec<globset::GlobMatcher>,
     /// A saved plan to apply exactly (`--apply`).
     pub pinned: Option<SavedPlan>,
+    /// One-shot commands (`occy process`): every target is written, so
+    /// sources are not resolved nor destinations compared beforehand.
+    pub write_all: bool,
+    /// `--prune`: also list the tags of synced registry repositories that
+    /// no target selects.
+    pub prune: bool,
     /// `--shard I/N` (only that shard's targets) or `--shards N` (record the assignment).
     pub sharding: Option<shard::Sharding>,
 }
@@ -94,6 +102,10 @@ impl PlanContext {
 impl RegistryAccess for PlanContext {
     fn client(&self, host: &str) -> Result<RegistryClient> {
         RegistryClient::for_host(host, &self.registry_options(host))
+    }
+
+    fn source_options(&self, reference: &Reference) -> SourceOptions {
+        PlanContext::source_options(self, reference)
     }
 
     fn quay_token(&self) -> Option<String> {
@@ -228,6 +240,8 @@ pub struct Plan {
     pub totals: Totals,
     /// Estimated requests per registry host to apply the plan.
     pub requests: BTreeMap<String, u64>,
+    /// With `--prune`: destination tags no target selects, to delete.
+    pub prune: Vec<prune::PruneTag>,
     pub warnings: Vec<String>,
     /// With `--shard I/N`: which shard this plan is, and its share.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -246,6 +260,8 @@ pub struct Totals {
     pub unchanged: usize,
     pub rebuild: usize,
     pub failed: usize,
+    /// Tags to delete (`--prune`).
+    pub prune: usize,
     #[serde(flatten)]
     pub blobs: BlobCounts,
 }
@@ -253,7 +269,7 @@ pub struct Totals {
 impl Plan {
     /// Whether applying it would change anything.
     pub fn has_changes(&self) -> bool {
-        self.targets.iter().any(|t| t.action.writes())
+        self.targets.iter().any(|t| t.action.writes()) || !self.prune.is_empty()
     }
 
     /// Whether some target failed to resolve.
@@ -447,39 +463,25 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     }
     check_clashes(&spec, &targets)?;
 
-    let resolutions: HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>> = stream::iter(
-        wanted
-            .iter()
-            .filter(|(r, p)| targets.iter().any(|t| &t.source == r && &t.platforms == p)),
-    )
-    .map(|(r, p)| async move {
-        let key = (r.to_string(), platforms_key(p));
-        (
-            key,
-            resolve_one(ctx, r, p).await.map(Arc::new).map_err(|e| e.to_string()),
-        )
-    })
-    .buffer_unordered(PLAN_CONCURRENCY)
-    .collect()
-    .await;
-
-    // Sharded: only this shard's targets are diffed, counted and applied.
-    let sharded = shard::select(ctx.sharding, targets, failed, &resolutions);
-    let (targets, failed) = (sharded.targets, sharded.failed);
-
-    let diffs: Vec<PlannedTarget> = stream::iter(targets)
-        .map(|t| {
-            let key = (t.source.to_string(), platforms_key(&t.platforms));
-            let resolved = resolutions.get(&key).cloned();
-            async move { diff_target(ctx, t, resolved).await }
-        })
-        .buffered(PLAN_CONCURRENCY)
-        .collect()
-        .await;
     let mut planned = failed;
-    planned.extend(diffs);
-    planned.sort_by_key(|t| t.entry);
-    count_blobs(ctx, &mut planned).await;
+    let mut sharded = None;
+    if ctx.write_all {
+        planned.extend(targets.into_iter().map(|t| PlannedTarget {
+            action: Action::Create,
+            ..planned_target(t)
+        }));
+        planned.sort_by_key(|t| t.entry);
+    } else {
+        let resolutions = resolve_all(ctx, &targets, &wanted).await;
+        // Sharded: only this shard's targets are diffed, counted and applied.
+        let selected = shard::select(ctx.sharding, targets, planned, &resolutions);
+        planned = selected.failed;
+        planned.extend(diff_all(ctx, selected.targets, &resolutions).await);
+        planned.sort_by_key(|t| t.entry);
+        count_blobs(ctx, &mut planned).await;
+        sharded = Some((selected.info, selected.assignment));
+    }
+    let (shard_info, assignment) = sharded.unwrap_or_default();
 
     for t in &planned {
         if t.action.writes() {
@@ -526,6 +528,16 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         d.blobs.add(&t.blobs);
         estimate_requests(t, &mut requests);
     }
+    let prune = if ctx.prune {
+        prune::find(ctx, &planned, &mut warnings).await
+    } else {
+        Vec::new()
+    };
+    totals.prune = prune.len();
+    for p in &prune {
+        // A DELETE, and a HEAD when the registry deletes only by digest.
+        *requests.entry(p.host.clone()).or_default() += 2;
+    }
     Ok(Plan {
         plan_version: 1,
         sync_file: spec.source.name.clone(),
@@ -534,9 +546,10 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         destinations: destinations.into_values().collect(),
         totals,
         requests,
+        prune,
         warnings,
-        shard: sharded.info,
-        assignment: sharded.assignment,
+        shard: shard_info,
+        assignment,
     })
 }
 
@@ -739,12 +752,9 @@ fn oci_layout_tag(path: &std::path::Path, tag: &str) -> Option<Digest> {
 }
 
 /// Compares one target's destination with what the plan would write.
-async fn diff_target(
-    ctx: &PlanContext,
-    t: Target,
-    resolved: Option<std::result::Result<Arc<ResolvedImage>, String>>,
-) -> PlannedTarget {
-    let mut p = PlannedTarget {
+/// A target not yet resolved nor compared: to be created.
+fn planned_target(t: Target) -> PlannedTarget {
+    PlannedTarget {
         entry: t.entry,
         source: t.source.to_string(),
         destination: t.destination.to_string(),
@@ -758,7 +768,52 @@ async fn diff_target(
         blobs: BlobCounts::default(),
         target: t,
         resolved: None,
-    };
+    }
+}
+
+/// Resolves each distinct (source, platforms) of the targets once, then
+/// compares every target with its destination.
+/// Each (source, platforms) the targets read, resolved once.
+type Resolutions = HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>>;
+
+/// Resolves every (source, platforms) some target reads.
+async fn resolve_all(ctx: &PlanContext, targets: &[Target], wanted: &[(Reference, PlatformSelection)]) -> Resolutions {
+    stream::iter(
+        wanted
+            .iter()
+            .filter(|(r, p)| targets.iter().any(|t| &t.source == r && &t.platforms == p)),
+    )
+    .map(|(r, p)| async move {
+        let key = (r.to_string(), platforms_key(p));
+        (
+            key,
+            resolve_one(ctx, r, p).await.map(Arc::new).map_err(|e| e.to_string()),
+        )
+    })
+    .buffer_unordered(PLAN_CONCURRENCY)
+    .collect()
+    .await
+}
+
+/// Compares each target's destination with what its resolved source gives.
+async fn diff_all(ctx: &PlanContext, targets: Vec<Target>, resolutions: &Resolutions) -> Vec<PlannedTarget> {
+    stream::iter(targets)
+        .map(|t| {
+            let key = (t.source.to_string(), platforms_key(&t.platforms));
+            let resolved = resolutions.get(&key).cloned();
+            async move { diff_target(ctx, t, resolved).await }
+        })
+        .buffered(PLAN_CONCURRENCY)
+        .collect()
+        .await
+}
+
+async fn diff_target(
+    ctx: &PlanContext,
+    t: Target,
+    resolved: Option<std::result::Result<Arc<ResolvedImage>, String>>,
+) -> PlannedTarget {
+    let mut p = planned_target(t);
     let resolved = match resolved {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
@@ -824,6 +879,18 @@ async fn diff_target(
             }
         }
         Reference::Oci { path, tag } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
+        Reference::Docker { name, tag, socket } => {
+            // A daemon knows an image by its ID, the config digest, which
+            // a copy without filters keeps; a filtered one is rebuilt.
+            p.expected = match (filtered, resolved.images.as_slice()) {
+                (false, [one]) => Some(one.manifest.config.digest.clone()),
+                _ => None,
+            };
+            match DaemonConnection::open(socket.as_deref()).await {
+                Ok(conn) => conn.image_id(name, tag).await,
+                Err(e) => Err(e),
+            }
+        }
         dest => {
             // File destinations: the record beside them.
             let record = state::state_path(dest, &t.name).and_then(|s| state::read(&s));
@@ -837,8 +904,6 @@ async fn diff_target(
             if same {
                 p.expected = p.current.clone();
                 p.action = Action::Unchanged;
-            } else if matches!(dest, Reference::Docker { .. }) {
-                p.action = Action::Create;
             } else if p.current.is_some() {
                 p.action = Action::Update;
             } else {
@@ -864,6 +929,9 @@ async fn diff_target(
     }
     p.action = match (&p.expected, &p.current) {
         (Some(e), Some(c)) if e == c => Action::Unchanged,
+        (None, _) if matches!(t.destination, Reference::Docker { .. }) => Action::Rebuild {
+            reason: "filters rewrite the layers; a daemon's image is compared only for copies without filters".into(),
+        },
         (None, _) => Action::Rebuild {
             reason: "filters rewrite the layers; the output digest is known after the first run".into(),
         },

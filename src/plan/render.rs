@@ -65,8 +65,13 @@ fn colour(a: &Action) -> &'static str {
 pub fn summary_line(plan: &Plan) -> String {
     let t = &plan.totals;
     let approx = if t.blobs.estimated { "~" } else { "" };
+    let prune = if t.prune > 0 {
+        format!("; {} tags to prune", t.prune)
+    } else {
+        String::new()
+    };
     format!(
-        "{} targets: {} to create, {} to update, {} to rebuild, {} unchanged, {} failed; blobs: {approx}{} to upload ({approx}{}), {} to mount, {} present",
+        "{} targets: {} to create, {} to update, {} to rebuild, {} unchanged, {} failed; blobs: {approx}{} to upload ({approx}{}), {} to mount, {} present{prune}",
         t.targets,
         t.create,
         t.update,
@@ -78,6 +83,14 @@ pub fn summary_line(plan: &Plan) -> String {
         t.blobs.mount,
         t.blobs.present
     )
+}
+
+/// `- registry://host/repo:tag: delete (digest)`, a line per pruned tag.
+fn prune_lines(plan: &Plan) -> Vec<String> {
+    plan.prune
+        .iter()
+        .map(|p| format!("{}: delete ({})", p.destination, short(&Some(p.digest.clone()))))
+        .collect()
 }
 
 /// The plan as text.
@@ -118,6 +131,10 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
             let _ = writeln!(out, "    blobs: {b}");
         }
     }
+    let (on, off) = if colour_on { ("\x1b[31m", "\x1b[0m") } else { ("", "") };
+    for line in prune_lines(plan) {
+        let _ = writeln!(out, "{on}- {line}{off}");
+    }
     if !plan.destinations.is_empty() {
         let _ = writeln!(out, "\nPer destination:");
         for d in &plan.destinations {
@@ -156,12 +173,17 @@ pub fn markdown(plan: &Plan) -> String {
     let _ = writeln!(out, "### occy sync plan: `{}`\n", md_escape(&plan.sync_file));
     let _ = writeln!(
         out,
-        "**{}** to create, **{}** to update, **{}** to rebuild, {} unchanged, **{}** failed · {} blobs to upload ({}), {} to mount\n",
+        "**{}** to create, **{}** to update, **{}** to rebuild, {} unchanged, **{}** failed{} · {} blobs to upload ({}), {} to mount\n",
         t.create,
         t.update,
         t.rebuild,
         t.unchanged,
         t.failed,
+        if t.prune > 0 {
+            format!(", **{}** to prune", t.prune)
+        } else {
+            String::new()
+        },
         t.blobs.upload,
         human_size(t.blobs.bytes),
         t.blobs.mount
@@ -177,6 +199,14 @@ pub fn markdown(plan: &Plan) -> String {
             md_escape(&p.destination),
             md_escape(&change(p)),
             md_escape(&blobs(p))
+        );
+    }
+    for p in &plan.prune {
+        let _ = writeln!(
+            out,
+            "| - | | `{}` | delete {} | |",
+            md_escape(&p.destination),
+            short(&Some(p.digest.clone()))
         );
     }
     if !plan.warnings.is_empty() {

@@ -36,11 +36,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{platforms_key, Action, Plan, PlannedTarget, Target};
+use super::{platforms_key, Action, Plan, PlannedTarget, Resolutions, Target};
 use crate::cli::output::human_size;
 use crate::error::{Error, Result};
 use crate::image::{Digest, ResolvedImage};
@@ -539,8 +538,6 @@ pub struct Selected {
     pub info: Option<ShardInfo>,
     pub assignment: Option<Assignment>,
 }
-
-type Resolutions = HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>>;
 
 /// Partitions the expanded, resolved targets and keeps this shard's
 /// (`Run`), or keeps all and records where each goes (`Assign`).

@@ -734,9 +734,11 @@ impl RegistryClient {
         }
     }
 
-    /// Deletes manifest `digest` from `repo` (the registry must allow deletes).
-    pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
-        let url = self.url(&format!("v2/{repo}/manifests/{digest}")).await?;
+    /// Deletes the manifest `reference` (a digest, or a tag where the
+    /// registry deletes tags alone) names in `repo`; the registry must allow
+    /// deletes. A registry that refuses the method answers `Unsupported`.
+    pub async fn delete_manifest(&self, repo: &str, reference: &str) -> Result<()> {
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}")).await?;
         let resp = self
             .fetch(
                 || {
@@ -748,17 +750,17 @@ impl RegistryClient {
                     ))
                 },
                 MAX_ERROR_BODY,
-                &format!("manifest {repo}@{digest}"),
+                &format!("manifest {reference} of {repo}"),
             )
             .await?;
         match resp.status {
             StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
             StatusCode::NOT_FOUND => Err(Error::NotFound(format!(
-                "manifest {repo}@{digest} not found on {}",
+                "manifest {reference} of {repo} not found on {}",
                 self.host()
             ))),
             StatusCode::METHOD_NOT_ALLOWED => Err(Error::Unsupported(format!(
-                "{} does not allow deleting manifests",
+                "{} does not allow deleting {repo}:{reference}",
                 self.host()
             ))),
             s => Err(self.status_error(&Method::DELETE, &url, repo, s, &resp.body)),

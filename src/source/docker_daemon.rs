@@ -92,6 +92,23 @@ impl DaemonConnection {
         }
     }
 
+    /// The ID (config digest) of image `name:tag` in the daemon, None when
+    /// it holds no such image.
+    pub async fn image_id(&self, name: &str, tag: &str) -> Result<Option<Digest>> {
+        let image = format!("{name}:{tag}");
+        match self.docker.inspect_image(&image).await {
+            Ok(inspect) => match inspect.id {
+                Some(id) if id.contains(':') => Digest::parse(&id).map(Some),
+                Some(id) => Digest::parse(&format!("sha256:{id}")).map(Some),
+                None => Ok(None),
+            },
+            Err(e) => match self.error(&format!("image {image}"), e) {
+                Error::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     /// The error for something the daemon refused, with 404 as NotFound.
     pub fn error(&self, what: &str, e: bollard::errors::Error) -> Error {
         match &e {

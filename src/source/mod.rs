@@ -61,6 +61,37 @@ pub trait Source: Send + Sync {
     }
 }
 
+/// The name and tag to record at the destination: what the source's
+/// reference says, else what the source records, else the path's last part.
+pub fn image_name_for(reference: &Reference, source: &dyn Source) -> ImageName {
+    match reference {
+        Reference::Registry(r) => ImageName {
+            repository: r.name(),
+            tag: r.tag_or_latest().to_string(),
+        },
+        Reference::Docker { name, tag, .. } => ImageName {
+            repository: name.clone(),
+            tag: tag.clone(),
+        },
+        other => source.recorded_name().unwrap_or_else(|| {
+            let base = match other {
+                Reference::Oci { path, .. }
+                | Reference::Tar { path }
+                | Reference::Dir { path, .. }
+                | Reference::Bundle { path } => path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_lowercase())
+                    .unwrap_or_else(|| "image".to_string()),
+                _ => "image".to_string(),
+            };
+            ImageName {
+                repository: base,
+                tag: other.tag().unwrap_or("latest").to_string(),
+            }
+        }),
+    }
+}
+
 /// Which platforms of an index to take.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum PlatformSelection {

@@ -2,6 +2,7 @@
 //! place in the file, diagnostics that point at that place, and the checks
 //! that turn a parsed file into a validated [`SyncSpec`].
 
+pub mod command_line;
 pub mod diagnostic;
 pub mod located;
 pub mod model;

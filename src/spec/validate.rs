@@ -131,7 +131,7 @@ impl DestTemplate {
 }
 
 /// `{field}` occurrences with their byte offsets in `text`.
-fn template_fields(text: &str) -> Vec<(String, usize)> {
+pub(crate) fn template_fields(text: &str) -> Vec<(String, usize)> {
     let mut out = Vec::new();
     let mut rest = text;
     let mut base = 0;
