@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use super::GlobalArgs;
 use crate::error::Result;
-use crate::generate::{big_image, mirror_set, quickstart, standard_set, write_layout, LayerCompression};
+use crate::generate::{big_image, mirror_set, quickstart, shard_set, standard_set, write_layout, LayerCompression};
 
 /// Which images to generate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -21,6 +21,8 @@ pub enum ImageSet {
     Big,
     /// A registry mirror's images, named NAME_TAG (alpine_3.18 ...), sharing a base layer
     Mirror,
+    /// 23 images in layer-sharing families, named FAMILY-REPO_TAG (debian-nginx_1.24 ...), for sharding
+    Shard,
 }
 
 /// Arguments of `occy generate`.
@@ -47,6 +49,7 @@ pub async fn run(_global: &GlobalArgs, args: &GenerateArgs) -> Result<i32> {
     let specs = match args.set {
         ImageSet::Standard => standard_set(),
         ImageSet::Mirror => mirror_set(),
+        ImageSet::Shard => shard_set(),
         ImageSet::Quickstart => quickstart(),
         ImageSet::Big => {
             let compression = if args.uncompressed {

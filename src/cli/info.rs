@@ -388,6 +388,7 @@ async fn run_many(
         pinned: None,
         write_all: true,
         prune: false,
+        sharding: None,
     };
     let mut images = Vec::new();
     for e in expand_all(&ctx.spec, &ctx).await {

@@ -86,6 +86,7 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
         pinned: None,
         write_all: true,
         prune: false,
+        sharding: None,
     };
     let plan = plan::build(&ctx).await?;
     if plan.targets.is_empty() {

@@ -1,5 +1,6 @@
 //! `occy sync FILE`: plan (and with `--plan`, only show) then apply a sync
-//! file; `--plan --out` saves the plan and `--apply` carries it out exactly.
+//! file; `--plan --out` saves the plan and `--apply` carries it out exactly;
+//! `--shard I/N` does one shard of it and `--plan --shards N` shows the shards.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use crate::check::Mode;
 use crate::error::{Error, Result};
 use crate::exec::sync::{apply, summary_text, ApplyOptions};
 use crate::filter::parse_compression;
+use crate::plan::shard::{self, ShardArg, Sharding};
 use crate::plan::{self, render, PlanContext, SavedPlan};
 use crate::spec::model::CheckSetting;
 
@@ -67,10 +69,29 @@ pub struct SyncArgs {
     /// file no longer selects (--plan lists them first)
     #[arg(long, conflicts_with = "only")]
     pub prune: bool,
+
+    /// Only shard I of N (from 0); auto/N takes I from JOB_COMPLETION_INDEX
+    /// (Kubernetes Indexed Jobs). Images sharing layers stay in one shard.
+    /// Not with --prune: a shard does not see every tag the file keeps
+    #[arg(long, value_name = "I/N", value_parser = ShardArg::parse, conflicts_with_all = ["shards", "prune"])]
+    pub shard: Option<ShardArg>,
+
+    /// With --plan: show which of N shards each target is in, with each
+    /// shard's bytes and the bytes shards share (-O json for a CI matrix)
+    #[arg(long, value_name = "N", requires = "plan", value_parser = shard::parse_count, conflicts_with = "prune")]
+    pub shards: Option<usize>,
 }
 
 /// Runs `occy sync`.
 pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
+    let sharding = match (args.shard, args.shards) {
+        (Some(arg), _) => {
+            let job_index = std::env::var_os(shard::JOB_INDEX_ENV).map(|v| v.to_string_lossy().into_owned());
+            Some(Sharding::Run(arg.resolve(job_index.as_deref())?))
+        }
+        (None, Some(n)) => Some(Sharding::Assign(n)),
+        (None, None) => None,
+    };
     let saved = args.apply.as_deref().map(SavedPlan::load).transpose()?;
     let file = match (&args.file, &saved) {
         (Some(f), _) => f.clone(),
@@ -126,15 +147,39 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         pinned: saved,
         write_all: false,
         prune: args.prune,
+        sharding,
     };
     let plan = plan::build(&ctx).await?;
     let colour = global.colour_stdout();
 
+    // A shard whose partition missed some source's layers may disagree with
+    // the other shards: it does its part but does not report success.
+    let shard_unsure = plan.shard.as_ref().is_some_and(|s| !s.failed_elsewhere.is_empty());
+    if let Some(s) = &plan.shard {
+        if !global.quiet {
+            eprintln!("{}", shard::summary_line(s));
+            for f in &s.failed_elsewhere {
+                eprintln!(
+                    "error: shard {} cannot be sure of its targets without the layers of {f}",
+                    s.shard
+                );
+            }
+        }
+    }
+
     if args.plan {
-        match global.output_format {
-            OutputFormat::Text => print!("{}", render::text(&plan, colour)),
-            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-            OutputFormat::Markdown => print!("{}", render::markdown(&plan)),
+        match (&plan.assignment, global.output_format) {
+            (Some(a), format) => {
+                let r = shard::report(&plan, a);
+                match format {
+                    OutputFormat::Text => print!("{}", shard::text(&r)),
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                    OutputFormat::Markdown => print!("{}", shard::markdown(&r)),
+                }
+            }
+            (None, OutputFormat::Text) => print!("{}", render::text(&plan, colour)),
+            (None, OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&plan)?),
+            (None, OutputFormat::Markdown) => print!("{}", render::markdown(&plan)),
         }
         if let Some(out) = &args.out {
             let dir = out
@@ -153,7 +198,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
                 );
             }
         }
-        let code = if plan.has_failures() {
+        let code = if plan.has_failures() || shard_unsure {
             1
         } else if args.detailed_exitcode && plan.has_changes() {
             3
@@ -206,5 +251,5 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
             }
         }
     }
-    Ok(report.exit_code())
+    Ok(report.exit_code().max(i32::from(shard_unsure)))
 }

@@ -6,6 +6,7 @@
 //! [`standard_set`] holds the images the integration tests push to a real
 //! registry (a set sharing a base layer, a multi-arch OCI index, a Docker v2
 //! image and manifest list, a zstd layer, an uncompressed layer, whiteouts);
+//! [`shard_set`] is a mirror in layer-sharing families for the sharding tests;
 //! [`quickstart`] is the tiny image committed under `examples/`;
 //! [`big_image`] has one layer of a chosen size, streamed to disk, for the
 //! memory and speed benchmarks. [`write_layout`] writes specs as one OCI
@@ -368,6 +369,127 @@ pub fn mirror_set() -> Vec<NamedSpec> {
                     &name,
                 )),
             });
+        }
+    }
+    out
+}
+
+/// The layer of `size` pattern bytes at `path` a family of images shares (or
+/// one image alone), created by `created_by`.
+fn data_layer(path: &str, seed: u64, size: usize, created_by: &str) -> LayerSpec {
+    let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    let mut entries = Vec::new();
+    let mut at = String::new();
+    for part in dir.split('/').filter(|p| !p.is_empty()) {
+        if !at.is_empty() {
+            at.push('/');
+        }
+        at.push_str(part);
+        entries.push(Entry::Dir(at.clone()));
+    }
+    entries.push(file(path, pattern(seed, size)));
+    LayerSpec {
+        entries,
+        compression: LayerCompression::Gzip,
+        created_by: created_by.into(),
+    }
+}
+
+/// The images of a mirror split into shards (`occy sync --shard`): 23 images
+/// named `REPO_TAG` with `/` spelled `-` (`debian-nginx_1.24` for
+/// `debian/nginx:1.24`) in layer-sharing families. `debian/*` (6 images) and
+/// `alpine/*` (5) and `node/*` (4) each share a base layer of their own;
+/// `python/*` (5) shares a base and a runtime layer on top of it; `tools/*`
+/// (3) share nothing. Every image has a layer of its own. No layer or config
+/// is shared across families, so a partition by shared layers finds 4
+/// families and 3 single images. Under 1 MiB in all.
+pub fn shard_set() -> Vec<NamedSpec> {
+    const KIB: usize = 1024;
+    // (family, base size, runtime size or 0, [(repo, tags)])
+    type Family<'a> = (&'a str, usize, usize, &'a [(&'a str, &'a [&'a str])]);
+    let families: [Family; 5] = [
+        (
+            "debian",
+            64 * KIB,
+            0,
+            &[
+                ("nginx", &["1.24", "1.25"]),
+                ("postgres", &["15", "16"]),
+                ("redis", &["7.0", "7.2"]),
+            ],
+        ),
+        (
+            "alpine",
+            32 * KIB,
+            0,
+            &[
+                ("caddy", &["2.7", "2.8"]),
+                ("haproxy", &["2.8", "2.9"]),
+                ("memcached", &["1.6"]),
+            ],
+        ),
+        (
+            "python",
+            48 * KIB,
+            32 * KIB,
+            &[
+                ("django", &["4.2", "5.0"]),
+                ("flask", &["2.3", "3.0"]),
+                ("celery", &["5.3"]),
+            ],
+        ),
+        (
+            "node",
+            48 * KIB,
+            0,
+            &[("express", &["4", "5"]), ("next", &["13", "14"])],
+        ),
+        (
+            "tools",
+            0,
+            0,
+            &[("busybox", &["1.36"]), ("pause", &["3.9"]), ("etcd", &["3.5"])],
+        ),
+    ];
+    let mut out = Vec::new();
+    let mut seed = 500;
+    for (fi, (family, base_size, runtime_size, repos)) in families.iter().enumerate() {
+        let family_seed = 400 + fi as u64 * 2;
+        let mut shared = Vec::new();
+        if *base_size > 0 {
+            shared.push(data_layer(
+                &format!("usr/lib/{family}/base.bin"),
+                family_seed,
+                *base_size,
+                &format!("/bin/sh -c #(nop) ADD {family}-base.tar /"),
+            ));
+        }
+        if *runtime_size > 0 {
+            shared.push(data_layer(
+                &format!("opt/{family}/runtime.bin"),
+                family_seed + 1,
+                *runtime_size,
+                &format!("/bin/sh -c #(nop) ADD {family}-runtime.tar /opt/{family}"),
+            ));
+        }
+        for (repo, tags) in repos.iter() {
+            for tag in tags.iter() {
+                seed += 1;
+                let name = format!("{family}-{repo}_{tag}");
+                // Images of no family are bigger on their own.
+                let own = if *base_size == 0 { 40 * KIB } else { 24 * KIB };
+                let mut layers = shared.clone();
+                layers.push(data_layer(
+                    &format!("srv/{repo}/{tag}/app.bin"),
+                    seed,
+                    own,
+                    &format!("/bin/sh -c #(nop) COPY {repo}-{tag} /srv/{repo}/{tag}"),
+                ));
+                out.push(NamedSpec {
+                    name: name.clone(),
+                    spec: Spec::Image(image(amd64(), MediaTypes::Oci, layers, &name)),
+                });
+            }
         }
     }
     out

@@ -10,6 +10,7 @@ pub mod expand;
 pub mod prune;
 pub mod quay;
 pub mod render;
+pub mod shard;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -52,6 +53,8 @@ pub struct PlanContext {
     /// `--prune`: also list the tags of synced registry repositories that
     /// no target selects.
     pub prune: bool,
+    /// `--shard I/N` (only that shard's targets) or `--shards N` (record the assignment).
+    pub sharding: Option<shard::Sharding>,
 }
 
 impl PlanContext {
@@ -240,6 +243,12 @@ pub struct Plan {
     /// With `--prune`: destination tags no target selects, to delete.
     pub prune: Vec<prune::PruneTag>,
     pub warnings: Vec<String>,
+    /// With `--shard I/N`: which shard this plan is, and its share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<shard::ShardInfo>,
+    /// With `--shards N`: which shard each target is in.
+    #[serde(skip)]
+    pub assignment: Option<shard::Assignment>,
 }
 
 /// Counts over all targets.
@@ -455,6 +464,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     check_clashes(&spec, &targets)?;
 
     let mut planned = failed;
+    let mut sharded = None;
     if ctx.write_all {
         planned.extend(targets.into_iter().map(|t| PlannedTarget {
             action: Action::Create,
@@ -462,10 +472,16 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         }));
         planned.sort_by_key(|t| t.entry);
     } else {
-        planned.extend(resolve_and_diff(ctx, targets, &wanted).await);
+        let resolutions = resolve_all(ctx, &targets, &wanted).await;
+        // Sharded: only this shard's targets are diffed, counted and applied.
+        let selected = shard::select(ctx.sharding, targets, planned, &resolutions);
+        planned = selected.failed;
+        planned.extend(diff_all(ctx, selected.targets, &resolutions).await);
         planned.sort_by_key(|t| t.entry);
         count_blobs(ctx, &mut planned).await;
+        sharded = Some((selected.info, selected.assignment));
     }
+    let (shard_info, assignment) = sharded.unwrap_or_default();
 
     for t in &planned {
         if t.action.writes() {
@@ -532,6 +548,8 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         requests,
         prune,
         warnings,
+        shard: shard_info,
+        assignment,
     })
 }
 
@@ -755,12 +773,12 @@ fn planned_target(t: Target) -> PlannedTarget {
 
 /// Resolves each distinct (source, platforms) of the targets once, then
 /// compares every target with its destination.
-async fn resolve_and_diff(
-    ctx: &PlanContext,
-    targets: Vec<Target>,
-    wanted: &[(Reference, PlatformSelection)],
-) -> Vec<PlannedTarget> {
-    let resolutions: HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>> = stream::iter(
+/// Each (source, platforms) the targets read, resolved once.
+type Resolutions = HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>>;
+
+/// Resolves every (source, platforms) some target reads.
+async fn resolve_all(ctx: &PlanContext, targets: &[Target], wanted: &[(Reference, PlatformSelection)]) -> Resolutions {
+    stream::iter(
         wanted
             .iter()
             .filter(|(r, p)| targets.iter().any(|t| &t.source == r && &t.platforms == p)),
@@ -774,7 +792,11 @@ async fn resolve_and_diff(
     })
     .buffer_unordered(PLAN_CONCURRENCY)
     .collect()
-    .await;
+    .await
+}
+
+/// Compares each target's destination with what its resolved source gives.
+async fn diff_all(ctx: &PlanContext, targets: Vec<Target>, resolutions: &Resolutions) -> Vec<PlannedTarget> {
     stream::iter(targets)
         .map(|t| {
             let key = (t.source.to_string(), platforms_key(&t.platforms));

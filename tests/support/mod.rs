@@ -222,6 +222,21 @@ impl Registry {
     /// A registry of its own with extra lines for its `storage:` section
     /// (indented by two spaces), e.g. read-only maintenance mode.
     pub fn start_with(mode: Mode, storage_extra: &str) -> Registry {
+        Registry::launch(mode, storage_extra, false)
+    }
+
+    /// A registry of its own that logs every request to [`Registry::access_log`].
+    pub fn start_logged(mode: Mode) -> Registry {
+        Registry::launch(mode, "", true)
+    }
+
+    /// The requests a registry from [`Registry::start_logged`] served so far,
+    /// one line each (`"METHOD /v2/… HTTP/1.1" STATUS …`).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+
+    fn launch(mode: Mode, storage_extra: &str, access_log: bool) -> Registry {
         require("docker-registry", "docker-registry");
         let dir = scratch_dir(&format!("registry-{mode:?}").to_lowercase());
         let port = free_port();
@@ -245,14 +260,21 @@ impl Registry {
             );
         }
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{storage_extra}http:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{storage_extra}http:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
+            !access_log,
             dir.join("data").display()
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
+        // The access log goes to stdout.
+        let stdout = if access_log {
+            Stdio::from(std::fs::File::create(dir.join("access.log")).unwrap())
+        } else {
+            Stdio::null()
+        };
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(dir.join("config.yml"))
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
