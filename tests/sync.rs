@@ -489,60 +489,6 @@ fn the_schema_file_is_current() {
     );
 }
 
-/// A stand-in for quay.io's REST API: organisation `projectquay` with the
-/// repositories `web` (tags latest, v1.0), `api` (latest) and `empty`.
-fn fake_quay_api() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Write};
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            let _ = reader.read_line(&mut request_line);
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-            }
-            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
-            let tag = |name: &str| format!(r#"{{"name":"{name}","start_ts":1700000000}}"#);
-            let (status, body) = if path.starts_with("/api/v1/repository?namespace=projectquay") {
-                (
-                    "200 OK",
-                    r#"{"repositories":[{"name":"web"},{"name":"api"},{"name":"empty"}]}"#.to_string(),
-                )
-            } else if path.starts_with("/api/v1/repository/projectquay/web/tag/") {
-                (
-                    "200 OK",
-                    format!(
-                        r#"{{"tags":[{},{}],"has_additional":false}}"#,
-                        tag("latest"),
-                        tag("v1.0")
-                    ),
-                )
-            } else if path.starts_with("/api/v1/repository/projectquay/api/tag/") {
-                (
-                    "200 OK",
-                    format!(r#"{{"tags":[{}],"has_additional":false}}"#, tag("latest")),
-                )
-            } else if path.starts_with("/api/v1/repository/projectquay/empty/tag/") {
-                ("200 OK", r#"{"tags":[],"has_additional":false}"#.to_string())
-            } else {
-                ("404 Not Found", "{}".to_string())
-            };
-            let mut s = stream;
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    format!("http://{addr}/api/v1")
-}
-
 /// occy with extra environment variables.
 fn occy_env(env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = std::process::Command::new(occy_bin());

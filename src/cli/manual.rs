@@ -1,5 +1,6 @@
 //! `occy man`: the manual pages, rendered from the clap definitions so they
-//! never drift from `--help` (occy.1, and occy-COMMAND.1 with `--dir`).
+//! never drift from `--help` (occy.1, and occy-COMMAND.1 with `--dir`), and
+//! the Markdown command reference `docs/commands.md` (`--markdown`).
 
 use std::path::Path;
 
@@ -17,8 +18,38 @@ fn page(cmd: clap::Command) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Prints occy.1, or writes every page into `dir`.
-pub fn run(dir: Option<&Path>) -> Result<i32> {
+/// The command reference in Markdown: each command's full `--help`.
+pub fn markdown() -> String {
+    let mut cmd = Cli::command().term_width(100);
+    cmd.build();
+    let mut out = String::from(
+        "# Command reference\n\nGenerated from occy's `--help` by `occy man --markdown > docs/commands.md`;\na test fails when this file is stale.\n",
+    );
+    let mut section = |title: &str, c: &mut clap::Command| {
+        let help = c.render_long_help().to_string();
+        let help: Vec<&str> = help.lines().map(str::trim_end).collect();
+        out.push_str(&format!(
+            "\n## `{title}`\n\n```text\n{}\n```\n",
+            help.join("\n").trim_end()
+        ));
+    };
+    section("occy", &mut cmd.clone());
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let mut sub = sub.clone().term_width(100);
+        section(&format!("occy {}", sub.get_name()), &mut sub);
+    }
+    out
+}
+
+/// Prints occy.1, or writes every page into `dir`, or prints the Markdown reference.
+pub fn run(dir: Option<&Path>, as_markdown: bool) -> Result<i32> {
+    if as_markdown {
+        print!("{}", markdown());
+        return Ok(0);
+    }
     let cmd = Cli::command();
     let Some(dir) = dir else {
         use std::io::Write;

@@ -302,6 +302,10 @@ pub enum Command {
         /// Write occy.1 and occy-COMMAND.1 here instead of printing occy.1
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+
+        /// Print the command reference in Markdown (docs/commands.md) instead
+        #[arg(long, conflicts_with = "dir")]
+        markdown: bool,
     },
 
     /// Write deterministic test images as an OCI layout (for tests, examples, benchmarks)
@@ -326,7 +330,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             clap_complete::generate(*shell, &mut cmd, "occy", &mut std::io::stdout());
             Ok(0)
         }
-        Command::Man { dir } => manual::run(dir.as_deref()),
+        Command::Man { dir, markdown } => manual::run(dir.as_deref(), *markdown),
         Command::Generate(args) => generate::run(&cli.global, args).await,
     }
 }

@@ -1171,6 +1171,11 @@ impl RegistryClient {
         if e.is_timeout() {
             Error::Network(format!("{} did not answer in time: {chain}", self.host()))
         } else if e.is_connect() {
+            let hint = if hint.is_empty() {
+                " (is a registry running there, and are the host and port right?)".to_string()
+            } else {
+                hint
+            };
             Error::Network(format!("cannot reach {}: {chain}{hint}", self.host()))
         } else {
             Error::Network(format!("error talking to {}: {chain}{hint}", self.host()))

@@ -208,12 +208,29 @@ fn clean_name(name: &str) -> Option<String> {
 fn index_tar(path: &Path) -> Result<HashMap<String, TarEntry>> {
     let file = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound(format!("archive {} does not exist", path.display()))
+            Error::NotFound(format!(
+                "archive {} does not exist: check the path (tar:///ABSOLUTE/PATH.tar, or tar://RELATIVE/PATH.tar)",
+                path.display()
+            ))
         } else {
             Error::io("open", path, e)
         }
     })?;
-    let bad = |e: std::io::Error| Error::invalid(format!("{} is not a readable tar archive: {e}", path.display()));
+    let bad = |e: std::io::Error| {
+        // The tar reader quotes the bytes it choked on: keep its first line.
+        let why = e.to_string();
+        let why = why
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(120)
+            .collect::<String>();
+        Error::invalid(format!(
+            "{} is not a readable tar archive ({why}): tar:// expects a docker-save archive (docker save, podman save, occy)",
+            path.display()
+        ))
+    };
     let mut archive = tar::Archive::new(file);
     let mut out = HashMap::new();
     for entry in archive.entries_with_seek().map_err(bad)? {

@@ -36,9 +36,9 @@ impl OciLayoutSource {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let what = if tokio::fs::metadata(root).await.is_ok() {
-                    "is not an OCI image layout (no oci-layout file)"
+                    "is not an OCI image layout (no oci-layout file): oci:// expects a layout as skopeo or occy write it"
                 } else {
-                    "does not exist"
+                    "does not exist: check the path (oci:///ABSOLUTE/PATH:TAG, or oci://RELATIVE/PATH:TAG)"
                 };
                 return Err(Error::NotFound(format!("{} {what}", root.display())));
             }

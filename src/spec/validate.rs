@@ -226,7 +226,13 @@ impl TagFilter {
 
 /// Reads, parses and validates a sync file.
 pub fn load(path: &Path) -> Result<SyncSpec> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("read the sync file", path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::usage(format!(
+            "sync file {} does not exist: check the path, or start from one in examples/ (docs/sync.md describes every key)",
+            path.display()
+        )),
+        _ => Error::io("read the sync file", path, e),
+    })?;
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::usage(format!("{}: the sync file is not UTF-8 text", path.display())))?;
     parse(path, text)
