@@ -186,16 +186,22 @@ fn images_round_trip_through_podman_service() {
     }
 }
 
-#[test]
-fn an_image_the_daemon_lacks_is_named() {
-    let sock = match (podman_service(), docker_engine()) {
-        (Ok(s), _) => s.clone(),
-        (_, Ok(s)) => s,
+/// podman's service, else the machine's Engine; None (the test skips, saying
+/// why) when neither answers.
+fn any_daemon() -> Option<PathBuf> {
+    match (podman_service(), docker_engine()) {
+        (Ok(s), _) => Some(s.clone()),
+        (_, Ok(s)) => Some(s),
         (Err(a), Err(b)) => {
             eprintln!("SKIPPED: no daemon: {a}; {b}");
-            return;
+            None
         }
-    };
+    }
+}
+
+#[test]
+fn an_image_the_daemon_lacks_is_named() {
+    let Some(sock) = any_daemon() else { return };
     let out = scratch_dir("lacks");
     let args = [
         "process",
@@ -244,14 +250,7 @@ fn sockets_that_are_missing_or_not_a_docker_api_fail_clearly() {
 
 #[test]
 fn a_sync_to_a_daemon_is_unchanged_once_the_daemon_holds_the_image() {
-    let sock = match (podman_service(), docker_engine()) {
-        (Ok(s), _) => s.clone(),
-        (_, Ok(s)) => s,
-        (Err(a), Err(b)) => {
-            eprintln!("SKIPPED: no daemon: {a}; {b}");
-            return;
-        }
-    };
+    let Some(sock) = any_daemon() else { return };
     let dir = scratch_dir("daemon-sync");
     let file = dir.join("to-daemon.yaml");
     std::fs::write(
