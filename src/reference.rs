@@ -96,9 +96,19 @@ pub enum Reference {
 
 const SCHEMES: &str = "registry://, tar://, oci://, dir://, docker://, bundle://, quay://";
 
+/// The longest reference accepted (paths and options included).
+const MAX_REFERENCE_LEN: usize = 4096;
+
 impl Reference {
     /// Parses a reference URI.
     pub fn parse(input: &str) -> Result<Reference> {
+        if input.len() > MAX_REFERENCE_LEN {
+            let head: String = input.chars().take(60).collect();
+            return Err(Error::usage(format!(
+                "reference {head:?}… is {} bytes long; a reference is at most {MAX_REFERENCE_LEN} bytes (a registry repository name at most 255)",
+                input.len()
+            )));
+        }
         let Some((scheme, rest)) = input.split_once("://") else {
             return Err(Error::usage(format!(
                 "invalid reference {input:?}: expected SCHEME://..., where SCHEME is one of {SCHEMES}"

@@ -47,13 +47,37 @@ pub async fn stream_file_atomic(path: &Path, mut reader: BlobReader) -> Result<u
         256 * 1024,
         tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?),
     );
-    let n = tokio::io::copy(&mut reader, &mut f)
-        .await
-        .map_err(|e| Error::io("write", path, e))?;
-    f.flush().await.map_err(|e| Error::io("write", tmp.path(), e))?;
+    let n = copy_into(&mut reader, &mut f, &path.display().to_string(), path).await?;
+    f.flush().await.map_err(|e| Error::io("write", path, e))?;
     drop(f);
     persist(tmp, path)?;
     Ok(n)
+}
+
+/// Copies `reader` into `writer`, telling the two sides' failures apart: a
+/// read error is the source's (a network error, a digest mismatch: `what`
+/// names the blob; retried if transient), a write error is `path`'s (a full
+/// disk: never retried, the place named).
+pub async fn copy_into<W: tokio::io::AsyncWrite + Unpin>(
+    reader: &mut BlobReader,
+    writer: &mut W,
+    what: &str,
+    path: &Path,
+) -> Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await.map_err(|e| Error::stream(what, e))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        writer
+            .write_all(&buf[..n])
+            .await
+            .map_err(|e| Error::io("write", path, e))?;
+        total += n as u64;
+    }
 }
 
 /// Renames a finished temp file to its final name.

@@ -16,7 +16,9 @@ use tempfile::NamedTempFile;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use super::atomic::{ensure_dir, locked_update, persist, stream_file_atomic, temp_beside, write_file_atomic};
+use super::atomic::{
+    copy_into, ensure_dir, locked_update, persist, stream_file_atomic, temp_beside, write_file_atomic,
+};
 use super::{ImageName, LayerForm, Sink};
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, ImageData, RawManifest};
@@ -111,18 +113,20 @@ impl TarState {
         self.file.write_all(&[0u8; 512]).await.map_err(io)?;
         let copied = {
             let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, &mut self.file);
-            let r = tokio::io::copy(&mut reader, &mut w).await;
-            match w.flush().await {
-                Ok(()) => r,
+            match copy_into(&mut reader, &mut w, name, path).await {
+                Ok(n) => w.flush().await.map(|()| n).map_err(io),
                 Err(e) => Err(e),
             }
         };
         let size = match copied {
             Ok(n) => n,
             Err(e) => {
-                self.file.set_len(start).await.map_err(io)?;
-                self.file.seek(SeekFrom::Start(start)).await.map_err(io)?;
-                return Err(Error::stream(name, e));
+                // Cut back; on a full disk this may fail too, and the
+                // archive's temporary file is removed by the abort anyway.
+                if self.file.set_len(start).await.is_ok() {
+                    self.file.seek(SeekFrom::Start(start)).await.map_err(io)?;
+                }
+                return Err(e);
             }
         };
         self.file.write_all(&vec![0u8; padding(size)]).await.map_err(io)?;
@@ -411,9 +415,7 @@ async fn stream_file_atomic_into(tmp: &NamedTempFile, mut reader: BlobReader) ->
         256 * 1024,
         tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?),
     );
-    let n = tokio::io::copy(&mut reader, &mut f)
-        .await
-        .map_err(|e| Error::io("write", tmp.path(), e))?;
+    let n = copy_into(&mut reader, &mut f, &tmp.path().display().to_string(), tmp.path()).await?;
     f.flush().await.map_err(|e| Error::io("write", tmp.path(), e))?;
     Ok(n)
 }

@@ -125,6 +125,17 @@ impl SpecSource {
             Some(span) => format!("{}: {}", self.place(span.start), p.message),
             None => format!("{}: {}", self.name, p.message),
         };
+        // A snippet of a very long line (minified or generated text) would
+        // bury the message: then only the message and the hint.
+        if p.span
+            .as_ref()
+            .is_some_and(|sp| self.line_length_at(sp.start) > MAX_SNIPPET_LINE)
+        {
+            return match &p.help {
+                Some(h) => format!("{head}\n  help: {h}"),
+                None => head,
+            };
+        }
         let mut labels = Vec::new();
         if let Some(span) = &p.span {
             labels.push(LabeledSpan::new_primary_with_span(
@@ -164,12 +175,23 @@ impl SpecSource {
         }
     }
 
+    /// The length in bytes of the line holding `offset`.
+    fn line_length_at(&self, offset: usize) -> usize {
+        let offset = floor_char_boundary(&self.text, offset.min(self.text.len()));
+        let start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
+        end - start
+    }
+
     fn source_span(&self, span: &Range<usize>) -> SourceSpan {
         let start = span.start.min(self.text.len());
         let end = span.end.clamp(start, self.text.len());
         SourceSpan::new(start.into(), end - start)
     }
 }
+
+/// Lines longer than this are not quoted in diagnostics.
+const MAX_SNIPPET_LINE: usize = 400;
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     while i > 0 && !s.is_char_boundary(i) {

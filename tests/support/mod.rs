@@ -8,6 +8,8 @@
 //! reaped by a small watchdog shell that waits for the test process to exit.
 #![allow(dead_code)]
 
+pub mod layout_edit;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
