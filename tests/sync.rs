@@ -821,3 +821,74 @@ fn prune_deletes_only_the_tags_the_file_no_longer_selects() {
     let out = s.sync(&["--prune", "--only", "*alpine:3.19"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Requests in an access log (lines naming an HTTP method).
+fn requests_in(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| {
+            ["\"GET ", "\"HEAD ", "\"PUT ", "\"POST ", "\"PATCH ", "\"DELETE "]
+                .iter()
+                .any(|m| l.contains(m))
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_warm_plan_costs_one_request_per_tag_on_each_side() {
+    let src = Registry::start_logged(Mode::Plain);
+    for name in mirror_names().iter().filter(|n| n.starts_with("alpine_")) {
+        let (_, tag) = name.split_once('_').unwrap();
+        src.push_layout(mirror_layout(), name, &format!("lib/alpine:{tag}"));
+    }
+    let dst = Registry::start_logged(Mode::Plain);
+    let dir = scratch_dir("warm-plan");
+    let file = dir.join("mirror.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: 1\nregistries:\n  {s}: {{ insecure: true }}\n  {d}: {{ insecure: true }}\nsync:\n  - from: registry://{s}/lib/alpine\n    to: registry://{d}/mirror/alpine\n",
+            s = src.host,
+            d = dst.host
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["sync", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        assert_ok(&args, occy(&args))
+    };
+    run(&[]);
+    let (src_before, dst_before) = (
+        requests_in(&src.access_log()).len(),
+        requests_in(&dst.access_log()).len(),
+    );
+    let out = run(&["--plan", "-O", "json"]);
+    let plan = json_of(&out);
+    let tags = plan["totals"]["targets"].as_u64().unwrap() as usize;
+    assert_eq!(plan["totals"]["unchanged"].as_u64().unwrap() as usize, tags, "{plan}");
+    assert!(tags >= 9, "{plan}");
+    let src_log = requests_in(&src.access_log());
+    let dst_log = requests_in(&dst.access_log());
+    let src_new = &src_log[src_before..];
+    let dst_new = &dst_log[dst_before..];
+    // Source: the API check, the tag listing, one manifest per tag.
+    // Destination: the API check, one HEAD per tag.
+    assert!(
+        src_new.len() <= tags + 2,
+        "{} source requests for {tags} tags:\n{}",
+        src_new.len(),
+        src_new.join("\n")
+    );
+    assert!(
+        dst_new.len() <= tags + 1,
+        "{} destination requests for {tags} tags:\n{}",
+        dst_new.len(),
+        dst_new.join("\n")
+    );
+    assert!(
+        !src_new.iter().any(|l| l.contains("/blobs/")),
+        "configs were fetched:\n{}",
+        src_new.join("\n")
+    );
+}

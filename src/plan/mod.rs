@@ -9,6 +9,7 @@
 pub mod expand;
 pub mod prune;
 pub mod quay;
+mod quick;
 pub mod render;
 pub mod shard;
 pub mod state;
@@ -472,6 +473,15 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         }));
         planned.sort_by_key(|t| t.entry);
     } else {
+        // Unsharded, a target already in place is found with one request on
+        // each side and is not resolved further.
+        let targets = if ctx.sharding.is_none() {
+            let (unchanged, rest) = quick::split_unchanged(ctx, targets).await;
+            planned.extend(unchanged);
+            rest
+        } else {
+            targets
+        };
         let resolutions = resolve_all(ctx, &targets, &wanted).await;
         // Sharded: only this shard's targets are diffed, counted and applied.
         let selected = shard::select(ctx.sharding, targets, planned, &resolutions);
@@ -808,6 +818,27 @@ async fn diff_all(ctx: &PlanContext, targets: Vec<Target>, resolutions: &Resolut
         .await
 }
 
+/// The digest a registry or OCI-layout destination's tag names now (one
+/// HEAD, or a read of index.json); None for other destinations.
+async fn tagged_digest(ctx: &PlanContext, t: &Target) -> Result<Option<Digest>> {
+    match &t.destination {
+        Reference::Registry(r) => {
+            let reference = r
+                .digest
+                .as_ref()
+                .map(|d| d.to_string())
+                .or(r.tag.clone())
+                .unwrap_or_else(|| t.name.tag.clone());
+            ctx.client(&r.host)?
+                .head_manifest(&r.repository, &reference)
+                .await
+                .map(|d| d.map(|d| d.digest))
+        }
+        Reference::Oci { path, tag } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
+        _ => Ok(None),
+    }
+}
+
 async fn diff_target(
     ctx: &PlanContext,
     t: Target,
@@ -863,22 +894,7 @@ async fn diff_target(
         expected_digest(&resolved, &t.platforms, supports_index).ok()
     };
     let current: Result<Option<Digest>> = match &t.destination {
-        Reference::Registry(r) => {
-            let reference = r
-                .digest
-                .as_ref()
-                .map(|d| d.to_string())
-                .or(r.tag.clone())
-                .unwrap_or_else(|| t.name.tag.clone());
-            match ctx.client(&r.host) {
-                Ok(c) => c
-                    .head_manifest(&r.repository, &reference)
-                    .await
-                    .map(|d| d.map(|d| d.digest)),
-                Err(e) => Err(e),
-            }
-        }
-        Reference::Oci { path, tag } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
+        Reference::Registry(_) | Reference::Oci { .. } => tagged_digest(ctx, t).await,
         Reference::Docker { name, tag, socket } => {
             // A daemon knows an image by its ID, the config digest, which
             // a copy without filters keeps; a filtered one is rebuilt.
