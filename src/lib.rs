@@ -13,6 +13,7 @@ pub mod cli;
 pub mod error;
 pub mod exec;
 pub mod filter;
+pub mod fuzz_targets;
 pub mod generate;
 pub mod image;
 pub mod plan;
