@@ -1,0 +1,4 @@
+//! Fuzzes occy::fuzz_targets::config (see src/fuzz_targets.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| occy::fuzz_targets::config(data));

@@ -1,0 +1,4 @@
+//! Fuzzes occy::fuzz_targets::sync_file (see src/fuzz_targets.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| occy::fuzz_targets::sync_file(data));
