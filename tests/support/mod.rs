@@ -8,6 +8,9 @@
 //! reaped by a small watchdog shell that waits for the test process to exit.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+pub mod outputs;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
