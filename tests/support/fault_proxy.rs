@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,7 +104,8 @@ struct Shared {
     events: Mutex<Vec<Event>>,
     /// Requests currently held by a stall fault.
     stalled: Mutex<Vec<Request>>,
-    released: AtomicBool,
+    /// Bumped by every release: a held request waits for it to change.
+    releases: AtomicU64,
     stopped: AtomicBool,
 }
 
@@ -139,7 +140,7 @@ impl FaultProxy {
             counters: Mutex::new((0, HashMap::new())),
             events: Mutex::new(Vec::new()),
             stalled: Mutex::new(Vec::new()),
-            released: AtomicBool::new(false),
+            releases: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -156,29 +157,34 @@ impl FaultProxy {
         FaultProxy { host, shared }
     }
 
-    /// Replaces the plan; request counters start again at 0 and stalls are armed again.
+    /// Replaces the plan; request counters start again at 0.
     pub fn set_plan(&self, plan: Plan) {
         *self.shared.plan.lock().unwrap() = plan;
         *self.shared.counters.lock().unwrap() = (0, HashMap::new());
-        self.shared.released.store(false, Ordering::SeqCst);
     }
 
-    /// Lets every held request go (they are dropped, unanswered), and any
-    /// later stall fault passes at once.
+    /// Lets every request held so far go (each is dropped, unanswered).
     pub fn release(&self) {
-        self.shared.released.store(true, Ordering::SeqCst);
+        self.shared.releases.fetch_add(1, Ordering::SeqCst);
+        self.shared.stalled.lock().unwrap().clear();
     }
 
     /// Waits until a request is held by a stall fault; returns it, or None after `timeout`.
     pub fn wait_for_stall(&self, timeout: Duration) -> Option<Request> {
+        self.wait_for_stalls(1, timeout).into_iter().next()
+    }
+
+    /// Waits until `n` requests are held at once; returns those held then
+    /// (fewer than `n` after `timeout`).
+    pub fn wait_for_stalls(&self, n: usize, timeout: Duration) -> Vec<Request> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(r) = self.shared.stalled.lock().unwrap().first() {
-                return Some(r.clone());
+        loop {
+            let held = self.shared.stalled.lock().unwrap().clone();
+            if held.len() >= n || Instant::now() >= deadline {
+                return held;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        None
     }
 
     /// Every request served so far.
@@ -378,9 +384,10 @@ fn reset(conn: TcpStream) {
 }
 
 fn hold(s: &Shared, req: &Request) {
+    let generation = s.releases.load(Ordering::SeqCst);
     s.stalled.lock().unwrap().push(req.clone());
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !s.released.load(Ordering::SeqCst) && Instant::now() < deadline {
+    while s.releases.load(Ordering::SeqCst) == generation && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     s.stalled
