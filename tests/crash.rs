@@ -7,7 +7,8 @@
 //! incomplete image; the re-run completes and gives exactly what a clean
 //! run gives. Temporary files a SIGKILL leaves (`.NAME.occy-tmp-*`,
 //! `.tmp*`) are ignored by the re-run, never read and never renamed into
-//! place.
+//! place. Ctrl-C (SIGINT) stops a run with exit code 130 and removes its
+//! temporary files.
 
 mod support;
 
@@ -389,4 +390,55 @@ fn sigkill_at_a_dozen_points_then_the_rerun_converges_to_a_clean_run() {
         kills.len()
     );
     assert!(kills.len() >= 14, "{kills:?}");
+}
+
+#[test]
+fn ctrl_c_stops_with_exit_130_and_removes_temporary_files() {
+    let src_proxy = FaultProxy::start(&source().host);
+    let clean = Bed::new("sigint-clean", &src_proxy);
+    clean.complete(&src_proxy);
+    let (want, _) = clean.state();
+
+    // Every target of alpine:3.18 half-way through its base layer: a
+    // tarball and a dir:// layer are being written.
+    let bed = Bed::new("sigint", &src_proxy);
+    let base = layers_of("alpine_3.18").remove(0);
+    src_proxy.set_plan(Box::new(move |r| {
+        (r.class == Class::BlobGet && r.path.ends_with(&base)).then_some(Fault::StallMidBody)
+    }));
+    let mut child = bed.spawn(&src_proxy, "interrupted.log");
+    assert_eq!(src_proxy.wait_for_stalls(3, Duration::from_secs(30)).len(), 3);
+    std::thread::sleep(Duration::from_millis(100));
+    let (_, temps) = bed.state();
+    assert!(temps.len() >= 2, "temporary files are being written: {temps:?}");
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "occy did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    src_proxy.release();
+    src_proxy.set_plan(none());
+    let stderr = std::fs::read_to_string(bed.dir.join("interrupted.log")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (_, temps_after) = bed.state();
+    assert!(
+        temps_after.is_empty(),
+        "{} temporary files were being written, {temps_after:?} are left",
+        temps.len()
+    );
+    bed.complete(&src_proxy);
+    assert_eq!(bed.state().0, want);
+    eprintln!(
+        "SIGINT: {} temporary files in flight, all removed; exit 130",
+        temps.len()
+    );
 }
