@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::{ok, scratch_dir, Mode, Registry};
+use super::{ok, reap_after_exit, scratch_dir, Mode, Registry};
 
 /// The generated mirror images (an OCI layout, `NAME_TAG` entries).
 pub fn mirror_layout() -> &'static PathBuf {
@@ -44,6 +44,10 @@ pub fn source() -> &'static Registry {
     static SRC: OnceLock<Registry> = OnceLock::new();
     SRC.get_or_init(|| {
         let reg = Registry::start(Mode::Plain);
+        // A static is never dropped: stop the registry when the tests end.
+        if let Some(child) = &reg.child {
+            reap_after_exit(&reg.dir, Some(child.id()));
+        }
         for (name, repo, tag) in TEN {
             reg.push_layout(mirror_layout(), name, &format!("{repo}:{tag}"));
         }
