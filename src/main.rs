@@ -1,8 +1,11 @@
 //! The `occy` binary: parses the command line, sets up logging and the
 //! runtime, runs the command, and maps errors to exit codes (DESIGN §5).
 
+use std::time::Duration;
+
 use clap::Parser;
 use occy::cli::{self, Cli};
+use occy::error::Error;
 
 fn init_logging(verbose: u8, quiet: bool, ansi: bool) {
     let default = match (quiet, verbose) {
@@ -40,12 +43,33 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match runtime.block_on(cli::run(cli)) {
+    // Ctrl-C (SIGINT) drops the command's future: every sink, spool and
+    // temporary file it owns is dropped, which removes the temporary files;
+    // nothing half-written was ever under a final name.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = cli::run(cli) => result,
+            () = interrupted() => Err(Error::Interrupted),
+        }
+    });
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
+            if matches!(e, Error::Interrupted) {
+                // Blocking work in flight (a file being renamed into place,
+                // a temporary directory being removed) ends before we do.
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            }
             eprintln!("error: {e}");
             e.exit_code()
         }
     };
     std::process::exit(code);
+}
+
+/// Resolves on the first Ctrl-C (SIGINT); never when no handler can be installed.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

@@ -121,6 +121,23 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
     }
 }
 
+/// Marks the read errors of a layer stream (a connection lost, a corrupt
+/// gzip stream) as errors of the transfer, so that a sink writing it
+/// reports a failed transfer, which is retried, rather than a failed write.
+struct ReadErrors<R> {
+    inner: R,
+    what: String,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadErrors<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::stream(&self.what, e).into_io())),
+            other => other,
+        }
+    }
+}
+
 /// The plain tar inside a buffered layer stream compressed as `compression`.
 pub fn decompressor(buffered: BufReader<BlobReader>, compression: Compression) -> BlobReader {
     match compression {
@@ -145,7 +162,10 @@ pub async fn decompressed(reader: BlobReader, diff_id: &Digest, what: &str) -> R
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
     let head = buffered.fill_buf().await.map_err(|e| Error::stream(what, e))?;
     let compression = Compression::sniff(head);
-    let plain = decompressor(buffered, compression);
+    let plain = ReadErrors {
+        inner: decompressor(buffered, compression),
+        what: what.to_string(),
+    };
     Ok(Box::pin(VerifyingReader::new(
         plain,
         Some(diff_id.clone()),
@@ -401,4 +421,29 @@ fn index_to_write(raw: &RawManifest, index: &ImageIndex, images: &[ImageData]) -
         rewritten.digest
     );
     Ok(rewritten)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_corrupt_layer_stream_is_a_transfer_error_not_a_write_error() {
+        let plain: Vec<u8> = (0u32..64 * 1024)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        let mut gzipped = gz.finish().unwrap();
+        let mid = gzipped.len() / 2;
+        gzipped[mid] ^= 1;
+        let reader: BlobReader = Box::pin(std::io::Cursor::new(gzipped));
+        let mut layer = decompressed(reader, &Digest::of(&plain), "layer").await.unwrap();
+        // As a sink writing the stream to a file reports it.
+        let e = tokio::io::copy(&mut layer, &mut tokio::io::sink()).await.unwrap_err();
+        let err = Error::io("write", "/dest/layer.tar", e);
+        assert!(err.is_transient(), "{err:?}");
+    }
 }

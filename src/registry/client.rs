@@ -609,7 +609,7 @@ impl RegistryClient {
         let location = self.start_upload(repo).await?;
         let failure: Arc<Mutex<Option<io::Error>>> = Arc::default();
         let slot = failure.clone();
-        let stream = tokio_util::io::ReaderStream::new(reader).map_err(move |e| {
+        let stream = hold_back_last_chunk(tokio_util::io::ReaderStream::new(reader)).map_err(move |e| {
             let text = e.to_string();
             if let Ok(mut g) = slot.lock() {
                 g.get_or_insert(e);
@@ -1518,6 +1518,33 @@ pub fn parse_link_next(value: &str) -> Option<String> {
 
 // ---- resumable blob streams ----
 
+/// Passes a body stream on one chunk behind, so its last bytes go out only
+/// once the stream has ended cleanly. The reader's verification fails at
+/// the end of the stream; without this, a body of the announced length
+/// would be sent whole before that error, and the request could not be
+/// aborted.
+fn hold_back_last_chunk<S>(inner: S) -> impl futures_util::Stream<Item = io::Result<Bytes>>
+where
+    S: futures_util::Stream<Item = io::Result<Bytes>> + Unpin,
+{
+    use futures_util::StreamExt;
+    futures_util::stream::unfold(Some((inner, None::<Bytes>)), |state| async move {
+        let (mut inner, mut held) = state?;
+        loop {
+            match inner.next().await {
+                Some(Ok(chunk)) if chunk.is_empty() => {}
+                Some(Ok(chunk)) => {
+                    if let Some(previous) = held.replace(chunk) {
+                        return Some((Ok(previous), Some((inner, held))));
+                    }
+                }
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => return held.map(|last| (Ok(last), None)),
+            }
+        }
+    })
+}
+
 type RawReader = Pin<Box<dyn AsyncRead + Send>>;
 type OpenFuture = Pin<Box<dyn Future<Output = Result<RawReader>> + Send>>;
 
@@ -1623,6 +1650,27 @@ impl AsyncRead for ResumingReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_upload_body_keeps_its_last_bytes_until_the_stream_ends_cleanly() {
+        use futures_util::StreamExt;
+        let chunks = |end: io::Result<Bytes>| {
+            futures_util::stream::iter(vec![Ok(Bytes::from_static(b"ab")), Ok(Bytes::from_static(b"cd")), end])
+        };
+        // A stream whose verification fails at its end: the last chunk never goes out.
+        let failing: Vec<io::Result<Bytes>> = hold_back_last_chunk(chunks(Err(io::Error::other("digest mismatch"))))
+            .collect()
+            .await;
+        assert_eq!(failing.len(), 2);
+        assert_eq!(failing[0].as_ref().unwrap(), &Bytes::from_static(b"ab"));
+        assert!(failing[1].is_err());
+        // A clean stream is passed on whole.
+        let clean: Vec<Bytes> = hold_back_last_chunk(chunks(Ok(Bytes::from_static(b"ef"))))
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        assert_eq!(clean, [&b"ab"[..], b"cd", b"ef"]);
+    }
 
     #[test]
     fn link_header_forms() {

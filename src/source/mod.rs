@@ -133,7 +133,14 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
     }
 }
 
-/// Reads a small blob (a config) fully into memory, verified.
+/// How many times a small blob is read before its error is final: a
+/// transfer cut short or corrupted on the way (a dropped connection, a
+/// digest or size mismatch) is read again, as layers are (1 + the default
+/// `--retries`).
+const SMALL_BLOB_ATTEMPTS: u32 = 4;
+
+/// Reads a small blob (a config) fully into memory, verified; a transient
+/// failure is retried.
 pub async fn read_small_blob(source: &dyn Source, desc: &Descriptor) -> Result<Bytes> {
     if desc.size > MAX_CONFIG_SIZE {
         return Err(Error::invalid(format!(
@@ -141,6 +148,20 @@ pub async fn read_small_blob(source: &dyn Source, desc: &Descriptor) -> Result<B
             desc.digest, desc.size
         )));
     }
+    let mut attempt = 1;
+    loop {
+        match read_small_blob_once(source, desc).await {
+            Err(e) if e.is_transient() && attempt < SMALL_BLOB_ATTEMPTS => {
+                tracing::warn!(blob = %desc.digest, "attempt {attempt} failed, retrying: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn read_small_blob_once(source: &dyn Source, desc: &Descriptor) -> Result<Bytes> {
     let mut r = source.open_blob(desc).await?;
     let mut buf = Vec::with_capacity(desc.size as usize);
     r.read_to_end(&mut buf)
@@ -273,5 +294,69 @@ pub fn choose_platforms<'a>(
             out.sort_by_key(|d| images.iter().position(|i| i.digest == d.digest));
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::image::VerifyingReader;
+
+    /// A source whose first `corrupt` reads of a blob come back with a byte flipped.
+    struct Flaky {
+        bytes: Vec<u8>,
+        corrupt: usize,
+        opened: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Source for Flaky {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        async fn root_manifest(&self) -> Result<RawManifest> {
+            Err(Error::invalid("unused"))
+        }
+        async fn manifest(&self, _: &Digest) -> Result<RawManifest> {
+            Err(Error::invalid("unused"))
+        }
+        async fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader> {
+            let mut bytes = self.bytes.clone();
+            if self.opened.fetch_add(1, Ordering::SeqCst) < self.corrupt {
+                bytes[0] ^= 1;
+            }
+            let what = format!("blob {}", desc.digest);
+            let reader = std::io::Cursor::new(bytes);
+            Ok(Box::pin(VerifyingReader::new(
+                reader,
+                Some(desc.digest.clone()),
+                Some(desc.size),
+                what,
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_config_read_corrupted_on_the_way_is_read_again() {
+        let bytes = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+        let desc = Descriptor::new("application/json", Digest::of(&bytes), bytes.len() as u64);
+        let once = Flaky {
+            bytes: bytes.clone(),
+            corrupt: 1,
+            opened: AtomicUsize::new(0),
+        };
+        assert_eq!(read_small_blob(&once, &desc).await.unwrap(), Bytes::from(bytes.clone()));
+        assert_eq!(once.opened.load(Ordering::SeqCst), 2);
+
+        let always = Flaky {
+            bytes,
+            corrupt: usize::MAX,
+            opened: AtomicUsize::new(0),
+        };
+        let err = read_small_blob(&always, &desc).await.unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert_eq!(always.opened.load(Ordering::SeqCst), SMALL_BLOB_ATTEMPTS as usize);
     }
 }

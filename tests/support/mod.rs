@@ -8,7 +8,9 @@
 //! reaped by a small watchdog shell that waits for the test process to exit.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod layout_edit;
+pub mod outputs;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

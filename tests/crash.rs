@@ -1,0 +1,444 @@
+//! Crash safety of `occy sync`: killed with SIGKILL at many points of a run
+//! (held by the fault-injecting proxy at a chosen request: planning, a blob
+//! half-downloaded while a tarball or `dir://` file is being written, an
+//! upload half-sent or done but unacknowledged, a manifest PUT before or
+//! after the registry took it; and at fractions of a clean run's time), no
+//! file under a final name is partial and no registry tag names an
+//! incomplete image; the re-run completes and gives exactly what a clean
+//! run gives. Temporary files a SIGKILL leaves (`.NAME.occy-tmp-*`,
+//! `.tmp*`) are ignored by the re-run, never read and never renamed into
+//! place. Ctrl-C (SIGINT) stops a run with exit code 130 and removes its
+//! temporary files.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::fault_proxy::{Class, Fault, FaultProxy, Plan};
+use support::outputs::*;
+use support::*;
+use Class::{BlobGet, BlobUpload, Manifest};
+use Fault::{StallAfter, StallBefore, StallMidBody};
+use Side::{Destination as Dst, Source as Src};
+
+/// One run's world: a fresh destination registry behind its own proxy, an
+/// output directory and the sync file, with the source behind `src_proxy`.
+struct Bed {
+    dst: Registry,
+    dst_proxy: FaultProxy,
+    dir: PathBuf,
+    out: PathBuf,
+    file: PathBuf,
+}
+
+impl Bed {
+    fn new(name: &str, src_proxy: &FaultProxy) -> Bed {
+        let dst = Registry::start(Mode::Plain);
+        let dst_proxy = FaultProxy::start(&dst.host);
+        let dir = scratch_dir(name);
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let (s, d, o) = (&src_proxy.host, &dst_proxy.host, out.display());
+        let to = |repo: &str| {
+            format!("    to:\n      - registry://{d}/crash/{repo}\n      - \"tar://{o}/{repo}-{{tag}}.tar\"\n      - \"dir://{o}/dir?unique_names=true\"\n")
+        };
+        let text = format!(
+            "version: 1\ndefaults:\n  image_parallel: 3\n  parallel: 4\nregistries:\n  \"{s}\": {{ insecure: true }}\n  \"{d}\": {{ insecure: true }}\nsync:\n\
+             \x20 - from: registry://{s}/lib/alpine\n    tags: [\"3.18\", \"3.19\"]\n{}\
+             \x20 - from: registry://{s}/apps/web:v1.0\n{}\
+             \x20 - from: registry://{s}/apps/api:1.0\n{}",
+            to("alpine"),
+            to("web"),
+            to("api")
+        );
+        let file = dir.join("sync.yaml");
+        std::fs::write(&file, text).unwrap();
+        Bed {
+            dst,
+            dst_proxy,
+            dir,
+            out,
+            file,
+        }
+    }
+
+    fn command(&self, src_proxy: &FaultProxy) -> Command {
+        let mut c = Command::new(occy_bin());
+        c.args([
+            "--insecure-registry",
+            &src_proxy.host,
+            "--insecure-registry",
+            &self.dst_proxy.host,
+        ])
+        .arg("sync")
+        .arg(&self.file)
+        .arg("--cache-dir")
+        .arg(self.dir.join("cache"))
+        .env("HOME", scratch())
+        .env("NO_COLOR", "1")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("OCCY_CACHE_DIR");
+        c
+    }
+
+    fn spawn(&self, src_proxy: &FaultProxy, log: &str) -> Child {
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        self.command(src_proxy)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs the sync to its end; asserts it succeeds.
+    fn complete(&self, src_proxy: &FaultProxy) -> f64 {
+        let started = Instant::now();
+        let out = self.command(src_proxy).output().unwrap();
+        assert_ok(&["sync"], out);
+        started.elapsed().as_secs_f64()
+    }
+
+    /// What the destinations hold, asserting on the way that nothing is
+    /// torn; and the temporary files lying about.
+    fn state(&self) -> (Value, Vec<PathBuf>) {
+        let tags = registry_tags(&self.dst);
+        for (repo_tag, digest) in &tags {
+            let repo = repo_tag.rsplit_once(':').unwrap().0;
+            assert_registry_image_complete(&self.dst, repo, digest);
+        }
+        let mut temps = Vec::new();
+        let mut tars = serde_json::Map::new();
+        for p in walk(&self.out) {
+            let rel = p.strip_prefix(&self.out).unwrap().to_string_lossy().to_string();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if rel
+                .split('/')
+                .any(|part| part.starts_with('.') && (part.contains(".occy-tmp-") || part.starts_with(".tmp")))
+            {
+                temps.push(p);
+            } else if !rel.contains('/') && name.ends_with(".tar") {
+                tars.insert(name, tar_image(&p));
+            } else if name.ends_with(".occy-state.json") || rel.starts_with("dir/.occy-state/") {
+                let bytes = std::fs::read(&p).unwrap();
+                serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|e| panic!("torn state record {rel}: {e}"));
+            } else if name.starts_with("manifest-") && name.ends_with(".json") {
+                let bytes = std::fs::read(&p).unwrap();
+                serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|e| panic!("torn {rel}: {e}"));
+            } else if rel.starts_with("dir/") {
+                // Layers, configs, catalog.json and its lock: checked by dir_image_set.
+            } else {
+                panic!("unexpected file {rel}");
+            }
+        }
+        let state = json!({
+            "registry": tags,
+            "tars": tars,
+            "dir": dir_image_set(&self.out.join("dir")),
+        });
+        (state, temps)
+    }
+}
+
+/// A plan that stalls the `k`-th (from 0) request of `class` (and `method`, if given) with `fault`.
+fn stall(class: Class, method: Option<&'static str>, k: u64, fault: Fault) -> Plan {
+    let mut seen = 0;
+    Box::new(move |r| {
+        if r.class != class || method.is_some_and(|m| r.method != m) {
+            return None;
+        }
+        seen += 1;
+        (seen == k + 1).then_some(fault)
+    })
+}
+
+/// The layer digests of mirror image `name`, in order.
+fn layers_of(name: &str) -> Vec<String> {
+    let layout = mirror_layout();
+    let blob = |d: &str| -> Value {
+        let path = layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
+        .unwrap();
+    let manifest = blob(entry["digest"].as_str().unwrap());
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn none() -> Plan {
+    Box::new(|_| None)
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// A kill point held by a proxy: the `k`-th (from 0) request of `class`
+/// (and `method`, if given) on `side` gets `fault`.
+struct Held {
+    what: &'static str,
+    side: Side,
+    class: Class,
+    method: Option<&'static str>,
+    k: u64,
+    fault: Fault,
+}
+
+const fn held(
+    what: &'static str,
+    side: Side,
+    class: Class,
+    method: Option<&'static str>,
+    k: u64,
+    fault: Fault,
+) -> Held {
+    Held {
+        what,
+        side,
+        class,
+        method,
+        k,
+        fault,
+    }
+}
+
+const HELD: [Held; 12] = [
+    held(
+        "planning: first source manifest request",
+        Src,
+        Manifest,
+        None,
+        0,
+        StallBefore,
+    ),
+    held(
+        "planning: first destination manifest HEAD",
+        Dst,
+        Manifest,
+        Some("HEAD"),
+        0,
+        StallBefore,
+    ),
+    held("first source blob half-read", Src, BlobGet, None, 0, StallMidBody),
+    held("5th source blob half-read", Src, BlobGet, None, 4, StallMidBody),
+    held("10th source blob half-read", Src, BlobGet, None, 9, StallMidBody),
+    held("15th source blob half-read", Src, BlobGet, None, 14, StallMidBody),
+    held(
+        "first upload session opened",
+        Dst,
+        BlobUpload,
+        Some("POST"),
+        0,
+        StallBefore,
+    ),
+    held(
+        "2nd blob upload half-sent",
+        Dst,
+        BlobUpload,
+        Some("PUT"),
+        1,
+        StallMidBody,
+    ),
+    held(
+        "4th blob upload stored, unacknowledged",
+        Dst,
+        BlobUpload,
+        Some("PUT"),
+        3,
+        StallAfter,
+    ),
+    held("first manifest PUT", Dst, Manifest, Some("PUT"), 0, StallBefore),
+    held(
+        "first manifest stored, unacknowledged",
+        Dst,
+        Manifest,
+        Some("PUT"),
+        0,
+        StallAfter,
+    ),
+    held(
+        "3rd manifest stored, unacknowledged",
+        Dst,
+        Manifest,
+        Some("PUT"),
+        2,
+        StallAfter,
+    ),
+];
+
+#[test]
+fn sigkill_at_a_dozen_points_then_the_rerun_converges_to_a_clean_run() {
+    let src_proxy = FaultProxy::start(&source().host);
+    let clean = Bed::new("crash-clean", &src_proxy);
+    let seconds = clean.complete(&src_proxy);
+    let (want, temps) = clean.state();
+    assert!(temps.is_empty(), "a clean run left {temps:?}");
+    assert_eq!(want["registry"].as_object().unwrap().len(), 4, "{want}");
+    assert_eq!(want["tars"].as_object().unwrap().len(), 4, "{want}");
+    assert_eq!(want["dir"].as_object().unwrap().len(), 3, "{want}");
+
+    let mut kills = Vec::new();
+    let mut leftovers = 0;
+    for (
+        i,
+        Held {
+            what,
+            side,
+            class,
+            method,
+            k,
+            fault,
+        },
+    ) in HELD.into_iter().enumerate()
+    {
+        let bed = Bed::new(&format!("crash-{i}"), &src_proxy);
+        let proxy = match side {
+            Side::Source => &src_proxy,
+            Side::Destination => &bed.dst_proxy,
+        };
+        proxy.set_plan(stall(class, method, k, fault));
+        let mut child = bed.spawn(&src_proxy, "killed.log");
+        let held = proxy.wait_for_stall(Duration::from_secs(30));
+        let running = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        src_proxy.release();
+        bed.dst_proxy.release();
+        src_proxy.set_plan(none());
+        bed.dst_proxy.set_plan(none());
+        let held = held.unwrap_or_else(|| panic!("kill point {what}: never reached"));
+        assert!(running, "kill point {what}: occy had already exited");
+
+        // Nothing torn; then the re-run gives what a clean run gives.
+        let (_, temps) = bed.state();
+        leftovers += temps.len();
+        bed.complete(&src_proxy);
+        let (got, temps_after) = bed.state();
+        assert_eq!(got, want, "kill point {what} ({} {})", held.method, held.path);
+        // The re-run ignores what the killed run left and adds nothing.
+        assert!(temps_after.iter().all(|t| temps.contains(t)), "{what}: {temps_after:?}");
+        kills.push(format!("{what} ({} temporary files left)", temps.len()));
+    }
+
+    // Every target of alpine:3.18 (registry, tarball, dir://) half-way
+    // through the same layer at once, for each of its two layers.
+    for (i, layer) in layers_of("alpine_3.18").into_iter().enumerate() {
+        let what = format!("every target half-way through layer {i} of alpine:3.18");
+        let bed = Bed::new(&format!("crash-layer-{i}"), &src_proxy);
+        let digest = layer.clone();
+        src_proxy.set_plan(Box::new(move |r| {
+            (r.class == Class::BlobGet && r.path.ends_with(&digest)).then_some(Fault::StallMidBody)
+        }));
+        let mut child = bed.spawn(&src_proxy, "killed.log");
+        let held = src_proxy.wait_for_stalls(3, Duration::from_secs(30));
+        // Let the sinks write what they got so far.
+        std::thread::sleep(Duration::from_millis(100));
+        let running = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        src_proxy.release();
+        src_proxy.set_plan(none());
+        assert_eq!(held.len(), 3, "{what}: {held:?}");
+        assert!(running, "{what}: occy had already exited");
+        let (_, temps) = bed.state();
+        assert!(
+            temps.len() >= 2,
+            "{what}: a tarball and a dir:// layer are being written: {temps:?}"
+        );
+        leftovers += temps.len();
+        bed.complete(&src_proxy);
+        let (got, temps_after) = bed.state();
+        assert_eq!(got, want, "{what}");
+        assert!(temps_after.iter().all(|t| temps.contains(t)), "{what}: {temps_after:?}");
+        kills.push(format!("{what} ({} temporary files left)", temps.len()));
+    }
+
+    // Kills at fractions of a clean run's time, wherever the run is then.
+    for (i, fraction) in [0.2, 0.4, 0.6, 0.8].into_iter().enumerate() {
+        let bed = Bed::new(&format!("crash-timed-{i}"), &src_proxy);
+        let mut child = bed.spawn(&src_proxy, "killed.log");
+        std::thread::sleep(Duration::from_secs_f64(seconds * fraction));
+        let running = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (_, temps) = bed.state();
+        leftovers += temps.len();
+        bed.complete(&src_proxy);
+        assert_eq!(bed.state().0, want, "killed at {fraction} of {seconds:.2}s");
+        if running {
+            kills.push(format!("{:.0} ms into the run", seconds * fraction * 1000.0));
+        }
+    }
+    eprintln!(
+        "clean run {seconds:.2}s; {} kill points: {kills:#?}; {leftovers} temporary files left by SIGKILL, all ignored",
+        kills.len()
+    );
+    assert!(kills.len() >= 14, "{kills:?}");
+}
+
+#[test]
+fn ctrl_c_stops_with_exit_130_and_removes_temporary_files() {
+    let src_proxy = FaultProxy::start(&source().host);
+    let clean = Bed::new("sigint-clean", &src_proxy);
+    clean.complete(&src_proxy);
+    let (want, _) = clean.state();
+
+    // Every target of alpine:3.18 half-way through its base layer: a
+    // tarball and a dir:// layer are being written.
+    let bed = Bed::new("sigint", &src_proxy);
+    let base = layers_of("alpine_3.18").remove(0);
+    src_proxy.set_plan(Box::new(move |r| {
+        (r.class == Class::BlobGet && r.path.ends_with(&base)).then_some(Fault::StallMidBody)
+    }));
+    let mut child = bed.spawn(&src_proxy, "interrupted.log");
+    assert_eq!(src_proxy.wait_for_stalls(3, Duration::from_secs(30)).len(), 3);
+    std::thread::sleep(Duration::from_millis(100));
+    let (_, temps) = bed.state();
+    assert!(temps.len() >= 2, "temporary files are being written: {temps:?}");
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "occy did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    src_proxy.release();
+    src_proxy.set_plan(none());
+    let stderr = std::fs::read_to_string(bed.dir.join("interrupted.log")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (_, temps_after) = bed.state();
+    assert!(
+        temps_after.is_empty(),
+        "{} temporary files were being written, {temps_after:?} are left",
+        temps.len()
+    );
+    bed.complete(&src_proxy);
+    assert_eq!(bed.state().0, want);
+    eprintln!(
+        "SIGINT: {} temporary files in flight, all removed; exit 130",
+        temps.len()
+    );
+}

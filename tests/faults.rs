@@ -1,0 +1,284 @@
+//! `occy sync` of ten images through a fault-injecting proxy in front of
+//! real registries (tests/support/fault_proxy.rs): 5xx answers, 429s with
+//! `Retry-After`, connections reset mid-body, bodies cut short after correct
+//! headers, slow trickles and flipped bytes. What must hold: the sync
+//! completes and every destination passes `occy check` (full) and `skopeo
+//! inspect`; a blob with a flipped byte is refused (digest mismatch), fetched
+//! again, and never stored corrupted; an image whose every request fails is
+//! named, exit code 1, and the other images are complete.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+
+use support::fault_proxy::{every_nth, Class, Fault, FaultProxy, Request};
+use support::outputs::*;
+use support::*;
+
+/// `occy -v sync FILE ARGS…` with its own cache beside the file.
+fn sync(file: &Path, insecure: &[&str], args: &[&str]) -> Output {
+    let cache = file.with_file_name("cache");
+    let mut all: Vec<&str> = Vec::new();
+    for h in insecure {
+        all.extend(["--insecure-registry", h]);
+    }
+    all.extend([
+        "-v",
+        "sync",
+        file.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    all.extend_from_slice(args);
+    occy(&all)
+}
+
+/// Writes `text` as `NAME/sync.yaml` in a fresh scratch directory.
+fn sync_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = scratch_dir(name);
+    let file = dir.join("sync.yaml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// The ten images' destination `repo:tag`s under `mirror/` on the destination registry.
+fn mirrored() -> Vec<String> {
+    TEN.iter()
+        .map(|(_, repo, tag)| format!("mirror/{}:{tag}", repo.rsplit('/').next().unwrap()))
+        .collect()
+}
+
+/// Asserts that `dst` holds `repo_tag` with the source's digest, that occy's
+/// full check passes and that skopeo can inspect it (read directly, not
+/// through any proxy).
+fn assert_mirrored(dst: &Registry, repo_tag: &str, src_repo_tag: &str) {
+    let src_digest = source().inspect(src_repo_tag, false)["Digest"].clone();
+    let got = dst.inspect(repo_tag, false);
+    assert_eq!(got["Digest"], src_digest, "{repo_tag}");
+    let url = dst.url(repo_tag);
+    let args = ["--insecure-registry", &dst.host, "check", &url];
+    let out = assert_ok(&args, occy(&args));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 error(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_ten_image_sync_through_ten_percent_faults_completes_and_checks_full() {
+    let src = source();
+    let dst = Registry::start(Mode::Plain);
+    // About one request in ten fails, on both sides, each kind in turn.
+    let src_proxy = FaultProxy::with_plan(
+        &src.host,
+        every_nth(
+            10,
+            vec![
+                Fault::FlipByte,
+                Fault::Reset,
+                Fault::Truncate,
+                Fault::Status(503),
+                Fault::Trickle,
+                Fault::TooMany(1),
+            ],
+        ),
+    );
+    let dst_proxy = FaultProxy::with_plan(
+        &dst.host,
+        every_nth(
+            10,
+            vec![
+                Fault::Status(503),
+                Fault::TooMany(1),
+                Fault::Reset,
+                Fault::Truncate,
+                Fault::Trickle,
+                Fault::Status(500),
+            ],
+        ),
+    );
+    let hosts = [src_proxy.host.as_str(), dst_proxy.host.as_str()];
+    let text = ten_image_sync_file(
+        &src_proxy.host,
+        &hosts,
+        &[&format!("registry://{}/mirror/{{repo}}", dst_proxy.host)],
+    );
+    let file = sync_file("faults-ten", &text);
+    let started = std::time::Instant::now();
+    let out = sync(&file, &hosts, &["--check", "full", "-O", "json"]);
+    let seconds = started.elapsed().as_secs_f64();
+    let stderr = stderr_of(&out);
+    let report = json_of(&assert_ok(&["sync"], out));
+    assert_eq!(report["written"], 10, "{report}\n{stderr}");
+    for t in report["targets"].as_array().unwrap() {
+        assert_eq!(t["check"], "full: ok", "{t}");
+    }
+
+    // The faults really happened, every kind of them.
+    let (src_events, dst_events) = (src_proxy.events(), dst_proxy.events());
+    let mut kinds = HashSet::new();
+    let mut injected = 0;
+    for e in src_events.iter().chain(&dst_events) {
+        if let Some(f) = e.fault {
+            injected += 1;
+            kinds.insert(std::mem::discriminant(&f));
+        }
+    }
+    let requests = src_events.len() + dst_events.len();
+    let retries = stderr.matches("retrying").count() + stderr.matches("resuming").count();
+    eprintln!(
+        "faults: {injected} injected in {requests} requests ({:?} at the source, {:?} at the destination); \
+         {retries} retries or resumes logged; {seconds:.1}s",
+        src_proxy.faults(),
+        dst_proxy.faults()
+    );
+    assert!(injected >= 10, "{injected} faults in {requests} requests");
+    assert_eq!(
+        kinds.len(),
+        6,
+        "every kind of fault injected: {:?}, {:?}",
+        src_proxy.faults(),
+        dst_proxy.faults()
+    );
+    assert!(
+        retries >= injected / 2,
+        "{retries} retries logged for {injected} faults:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("digest mismatch"),
+        "the flipped byte was caught:\n{stderr}"
+    );
+
+    // Read directly: each image is whole, with the source's digest.
+    for (dest, (_, repo, tag)) in mirrored().iter().zip(TEN) {
+        assert_mirrored(&dst, dest, &format!("{repo}:{tag}"));
+    }
+    assert!(registry_blobs_match_names(&dst) > 10);
+
+    // A second run through the same faults has nothing to do.
+    let out = sync(&file, &hosts, &["-O", "json"]);
+    let report = json_of(&assert_ok(&["sync"], out));
+    assert_eq!(report["unchanged"], 10, "{report}");
+}
+
+#[test]
+fn a_flipped_byte_is_refused_fetched_again_and_never_stored() {
+    let src = source();
+    let dst = Registry::start(Mode::Plain);
+    // The first GET of every blob gets one bit flipped in the middle.
+    let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let flips = seen.clone();
+    let proxy = FaultProxy::with_plan(
+        &src.host,
+        Box::new(move |r| {
+            (r.class == Class::BlobGet && flips.lock().unwrap().insert(r.path.clone())).then_some(Fault::FlipByte)
+        }),
+    );
+    let out_dir = scratch_dir("faults-flip-out");
+    let hosts = [proxy.host.as_str(), dst.host.as_str()];
+    let text = format!(
+        "version: 1\nregistries:\n  \"{p}\": {{ insecure: true }}\n  \"{d}\": {{ insecure: true }}\nsync:\n\
+         \x20 - from: registry://{p}/apps/web:v*\n    to: registry://{d}/flip/web\n\
+         \x20 - from: registry://{p}/lib/alpine:3.18\n    to: \"tar://{o}/alpine-{{tag}}.tar\"\n\
+         \x20 - from: registry://{p}/apps/api:1.0\n    to: \"dir://{o}/dir?unique_names=true\"\n",
+        p = proxy.host,
+        d = dst.host,
+        o = out_dir.display()
+    );
+    let file = sync_file("faults-flip", &text);
+    let out = sync(&file, &hosts, &["--check", "full", "-O", "json"]);
+    let stderr = stderr_of(&out);
+    let report = json_of(&assert_ok(&["sync"], out));
+    assert_eq!(report["written"], 5, "{report}\n{stderr}");
+
+    let flipped = seen.lock().unwrap().len();
+    let caught = stderr.matches("digest mismatch").count();
+    eprintln!("flipped bytes: {flipped} blobs flipped once each; {caught} digest mismatches logged");
+    assert!(flipped >= 8, "{flipped}");
+    assert!(caught >= 1, "{stderr}");
+    // Every blob the proxy served corrupted was asked for again.
+    let gets: Vec<String> = proxy
+        .events()
+        .into_iter()
+        .filter(|e| e.request.class == Class::BlobGet)
+        .map(|e| e.request.path)
+        .collect();
+    for path in seen.lock().unwrap().iter() {
+        assert!(
+            gets.iter().filter(|p| *p == path).count() >= 2,
+            "{path} never fetched again"
+        );
+    }
+
+    // Nothing corrupted was stored, and every image is whole.
+    registry_blobs_match_names(&dst);
+    for tag in ["v1.0", "v1.1", "v2.0"] {
+        assert_mirrored(&dst, &format!("flip/web:{tag}"), &format!("apps/web:{tag}"));
+    }
+    let tar = out_dir.join("alpine-3.18.tar");
+    tar_image(&tar);
+    skopeo_inspect_local(&format!("docker-archive:{}", tar.display()), false);
+    let catalog = dir_image_set(&out_dir.join("dir"));
+    let api = format!("{}/apps/api", proxy.host);
+    assert!(catalog[&api]["1.0"].is_array(), "{catalog}");
+}
+
+/// Which requests a plan refuses.
+type Selector = fn(&Request) -> bool;
+
+#[test]
+fn an_image_whose_every_request_fails_is_named_and_the_others_complete() {
+    let src = source();
+    // Every request for apps/api (one image of the ten) fails, so it fails
+    // while planning; then only its blob GETs fail, so it fails while copying.
+    let plans: [(&str, Selector); 2] = [
+        ("every request", |r| r.repo.as_deref() == Some("apps/api")),
+        ("every blob GET", |r| {
+            r.repo.as_deref() == Some("apps/api") && r.class == Class::BlobGet
+        }),
+    ];
+    for (what, fails) in plans {
+        let dst = Registry::start(Mode::Plain);
+        let proxy = FaultProxy::with_plan(&src.host, Box::new(move |r| fails(r).then_some(Fault::Status(503))));
+        let hosts = [proxy.host.as_str(), dst.host.as_str()];
+        let text = ten_image_sync_file(
+            &proxy.host,
+            &hosts,
+            &[&format!("registry://{}/mirror/{{repo}}", dst.host)],
+        );
+        let file = sync_file("faults-one-down", &text);
+        let out = sync(&file, &hosts, &["--retries", "2"]);
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let failed_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("failed")).collect();
+        assert_eq!(failed_lines.len(), 1, "{what}: {stdout}");
+        assert!(failed_lines[0].contains("mirror/api:1.0"), "{what}: {stdout}");
+        assert!(
+            failed_lines[0].contains("503"),
+            "{what}: the registry's answer is shown: {stdout}"
+        );
+        assert!(stdout.contains("9 written, 0 unchanged, 1 failed"), "{what}: {stdout}");
+
+        let refused = proxy.events().iter().filter(|e| e.fault.is_some()).count();
+        eprintln!("one image down ({what}): {refused} requests for apps/api refused");
+        // Nothing of it is tagged; the other nine are whole.
+        let tags = registry_tags(&dst);
+        assert!(!tags.keys().any(|k| k.starts_with("mirror/api")), "{what}: {tags:?}");
+        assert_eq!(tags.len(), 9, "{tags:?}");
+        for (dest, (_, repo, tag)) in mirrored().iter().zip(TEN) {
+            if repo != "apps/api" {
+                assert_mirrored(&dst, dest, &format!("{repo}:{tag}"));
+            }
+        }
+    }
+}
