@@ -208,6 +208,9 @@ fn host_without_port(host: &str) -> &str {
     }
 }
 
+/// Times a manifest put answered "blob unknown" is tried again.
+const MANIFEST_BLOB_UNKNOWN_RETRIES: u32 = 3;
+
 impl RegistryClient {
     /// The client of `host` (`host[:port]` as written in a reference). Clients
     /// of the same host and options share one HTTP client (connection reuse,
@@ -704,22 +707,45 @@ impl RegistryClient {
     /// be the manifest's own.
     pub async fn put_manifest(&self, repo: &str, reference: &str, raw: &RawManifest) -> Result<Digest> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}")).await?;
-        let resp = self
-            .fetch(
-                || {
-                    let mut r = Req::new(Method::PUT, url.clone(), vec![auth::push_scope(repo)], repo)
-                        .header(CONTENT_TYPE, &raw.media_type)?;
-                    r.body = ReqBody::Bytes(raw.bytes.clone());
-                    Ok(r)
-                },
-                MAX_ERROR_BODY,
-                &format!("manifest {}", manifest_name(repo, reference)),
-            )
-            .await?;
-        if !(resp.status == StatusCode::CREATED || resp.status == StatusCode::OK || resp.status == StatusCode::ACCEPTED)
-        {
+        let mut attempt = 0u32;
+        let resp = loop {
+            let resp = self
+                .fetch(
+                    || {
+                        let mut r = Req::new(Method::PUT, url.clone(), vec![auth::push_scope(repo)], repo)
+                            .header(CONTENT_TYPE, &raw.media_type)?;
+                        r.body = ReqBody::Bytes(raw.bytes.clone());
+                        Ok(r)
+                    },
+                    MAX_ERROR_BODY,
+                    &format!("manifest {}", manifest_name(repo, reference)),
+                )
+                .await?;
+            if resp.status == StatusCode::CREATED
+                || resp.status == StatusCode::OK
+                || resp.status == StatusCode::ACCEPTED
+            {
+                break resp;
+            }
+            // Every blob is in place before its manifest is put, so "blob
+            // unknown" means the registry has not yet made visible a blob
+            // another writer of this repository just linked (Distribution
+            // rewrites the link file in place): ask again shortly.
+            let blob_unknown = resp.status == StatusCode::BAD_REQUEST
+                && String::from_utf8_lossy(&resp.body).contains("MANIFEST_BLOB_UNKNOWN");
+            if blob_unknown && attempt < MANIFEST_BLOB_UNKNOWN_RETRIES {
+                attempt += 1;
+                tracing::debug!(
+                    repo,
+                    reference,
+                    attempt,
+                    "manifest put: a blob is not visible yet; retrying"
+                );
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                continue;
+            }
             return Err(self.status_error(&Method::PUT, &url, repo, resp.status, &resp.body));
-        }
+        };
         match header_str(&resp.headers, DOCKER_CONTENT_DIGEST).and_then(|d| Digest::parse(d).ok()) {
             Some(d) if d != raw.digest => Err(Error::DigestMismatch {
                 what: format!(
