@@ -164,9 +164,22 @@ impl Reference {
                     Some((o, r)) => (o.to_string(), Some(r.to_string()).filter(|r| !r.is_empty())),
                     None => (path.to_string(), None),
                 };
-                if org.is_empty() {
+                let org_ok = org.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && org
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
+                let glob_ok = repo_glob.as_deref().is_none_or(|g| {
+                    g.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-/*?[]{},!".contains(c))
+                });
+                let tag_ok = tag.as_deref().is_none_or(|t| {
+                    !t.is_empty()
+                        && t.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.-*?[]{},!".contains(c))
+                });
+                if !(org_ok && glob_ok && tag_ok) {
                     return Err(Error::usage(format!(
-                        "invalid reference {input:?}: expected quay://ORG[/REPO-GLOB][:TAG]"
+                        "invalid reference {input:?}: expected quay://ORG[/REPO-GLOB][:TAG], the organisation in lowercase letters, digits and _ . -"
                     )));
                 }
                 let since = opts.take("since");
@@ -487,6 +500,22 @@ fn validate_date(input: &str, s: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quay_references_print_as_text_that_parses_back() {
+        // Found by fuzzing: an organisation holding ':' printed as a tag.
+        assert!(Reference::parse("quay://os\0)))quay:/").is_err());
+        assert!(Reference::parse("quay://org:").is_err());
+        assert!(Reference::parse("quay://Org/app").is_err());
+        for ok in [
+            "quay://org",
+            "quay://org/app*:latest",
+            "quay://my-org.x/a/b:v1.*?since=2024-01-01",
+        ] {
+            let r = Reference::parse(ok).unwrap();
+            assert_eq!(Reference::parse(&r.to_string()).unwrap(), r, "{ok}");
+        }
+    }
 
     fn reg(s: &str) -> RegistryRef {
         match Reference::parse(s).unwrap() {
