@@ -550,3 +550,37 @@ async fn unreachable_hosts_are_named() {
     );
     assert!(err.is_transient());
 }
+
+#[tokio::test]
+async fn a_manifest_whose_blob_the_registry_does_not_see_yet_is_put_again() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let raw = crate::image::RawManifest::new(Bytes::from_static(manifest), None).unwrap();
+    let unknown = r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"},{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#;
+    // The first PUT meets another writer re-linking a blob; the next one succeeds.
+    let fake = Fake::start(move |req, seen| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        match seen.iter().filter(|s| s.method == "PUT").count() {
+            0 => Resp::new(400).body(unknown),
+            _ => Resp::new(201),
+        }
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    assert_eq!(client.put_manifest("r", "1.0", &raw).await.unwrap(), raw.digest);
+    assert_eq!(fake.requests().len(), 2);
+
+    // A blob that stays unknown is an error once the retries are spent.
+    let fake = Fake::start(move |req, _| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        Resp::new(400).body(unknown)
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let err = client.put_manifest("r", "1.0", &raw).await.unwrap_err();
+    assert!(err.to_string().contains("MANIFEST_BLOB_UNKNOWN"), "{err}");
+    assert_eq!(fake.requests().len(), 4, "1 + 3 retries");
+}
