@@ -658,8 +658,20 @@ impl RegistryClient {
         let mut req = Req::new(Method::PUT, put_url.clone(), vec![auth::push_scope(repo)], repo)
             .header(CONTENT_TYPE, "application/octet-stream")?;
         req.body = ReqBody::Bytes(bytes);
-        let resp = self.send(req).await?;
-        self.finish_upload(repo, desc, &put_url, resp).await
+        let result = match self.send(req).await {
+            Ok(resp) => self.finish_upload(repo, desc, &put_url, resp).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            // When the registry stored the blob but its answer was lost, the
+            // PUT sent again meets a closed session: the blob is there all
+            // the same.
+            Err(e) if matches!(self.head_blob(repo, &desc.digest).await, Ok(Some(_))) => {
+                tracing::debug!(host = self.host(), blob = %desc.digest, "the upload failed ({e}), but the blob is there");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Opens an upload session; returns its location.
