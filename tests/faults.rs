@@ -282,3 +282,49 @@ fn an_image_whose_every_request_fails_is_named_and_the_others_complete() {
         }
     }
 }
+
+#[test]
+fn answers_lost_after_the_registry_acted_are_survived() {
+    let src = source();
+    let dst = Registry::start(Mode::Plain);
+    // The first time each upload step (session, PUT of a blob) and each
+    // manifest PUT is made, the registry does it but its answer never
+    // reaches occy.
+    let mut seen = HashSet::new();
+    let proxy = FaultProxy::with_plan(
+        &dst.host,
+        Box::new(move |r| {
+            let key = match (r.method.as_str(), r.class) {
+                ("POST", Class::BlobUpload) => format!("POST {}", r.path),
+                ("PUT", Class::BlobUpload) => format!("PUT {}", r.path.rsplit("digest=").next().unwrap_or("")),
+                ("PUT", Class::Manifest) => format!("PUT {}", r.path),
+                _ => return None,
+            };
+            seen.insert(key).then_some(Fault::DropAnswer)
+        }),
+    );
+    let hosts = [src.host.as_str(), proxy.host.as_str()];
+    let text = ten_image_sync_file(
+        &src.host,
+        &hosts,
+        &[&format!("registry://{}/mirror/{{repo}}", proxy.host)],
+    );
+    let file = sync_file("faults-lost-answers", &text);
+    let out = sync(&file, &hosts, &["-O", "json"]);
+    let stderr = stderr_of(&out);
+    let report = json_of(&assert_ok(&["sync"], out));
+    assert_eq!(report["written"], 10, "{report}\n{stderr}");
+    let lost = proxy.events().iter().filter(|e| e.fault.is_some()).count();
+    eprintln!(
+        "lost answers: {lost} of {} writes",
+        proxy
+            .events()
+            .iter()
+            .filter(|e| e.request.method != "GET" && e.request.method != "HEAD")
+            .count()
+    );
+    for (dest, (_, repo, tag)) in mirrored().iter().zip(TEN) {
+        assert_mirrored(&dst, dest, &format!("{repo}:{tag}"));
+    }
+    registry_blobs_match_names(&dst);
+}
