@@ -256,32 +256,44 @@ impl RegistryClient {
     pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<RawManifest> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}")).await?;
         let what = manifest_name(repo, reference);
-        let resp = self
-            .fetch(
-                || {
-                    Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo)
-                        .header(ACCEPT, MANIFEST_ACCEPT)
-                },
-                MAX_MANIFEST_SIZE,
-                &format!("manifest {what}"),
-            )
-            .await?;
-        match resp.status {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => {
-                return Err(Error::NotFound(format!("manifest {what} not found on {}", self.host())));
+        let mut attempt = 0;
+        loop {
+            let resp = self
+                .fetch(
+                    || {
+                        Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo)
+                            .header(ACCEPT, MANIFEST_ACCEPT)
+                    },
+                    MAX_MANIFEST_SIZE,
+                    &format!("manifest {what}"),
+                )
+                .await?;
+            match resp.status {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(Error::NotFound(format!("manifest {what} not found on {}", self.host())));
+                }
+                _ => return Err(self.status_error(&Method::GET, &url, repo, resp.status, &resp.body)),
             }
-            _ => return Err(self.status_error(&Method::GET, &url, repo, resp.status, &resp.body)),
-        }
-        let media_type = header_str(&resp.headers, CONTENT_TYPE.as_str());
-        match Digest::parse(reference) {
-            Ok(d) => RawManifest::verified(
+            let media_type = header_str(&resp.headers, CONTENT_TYPE.as_str());
+            let Ok(d) = Digest::parse(reference) else {
+                return RawManifest::new(resp.body, media_type);
+            };
+            match RawManifest::verified(
                 resp.body,
                 media_type,
                 &d,
                 &format!("manifest {what} from {}", self.host()),
-            ),
-            Err(_) => RawManifest::new(resp.body, media_type),
+            ) {
+                // Corrupted on the way: ask again, as for blobs.
+                Err(e @ Error::DigestMismatch { .. }) if attempt < self.inner.retry.retries => {
+                    let wait = self.inner.retry.delay(attempt, None);
+                    tracing::warn!("{e}; retrying in {} ms", wait.as_millis());
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
         }
     }
 

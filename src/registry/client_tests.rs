@@ -527,6 +527,8 @@ async fn manifests_by_tag_and_digest() {
         client.get_manifest("r", digest.as_str()).await,
         Err(Error::DigestMismatch { .. })
     ));
+    let by_digest = |s: &&Seen| s.path() == format!("/v2/r/manifests/{digest}");
+    assert_eq!(fake.requests().iter().filter(by_digest).count(), 4, "1 + 3 retries");
     let err = client.get_manifest("r", "nope").await.unwrap_err();
     assert!(
         matches!(&err, Error::NotFound(m) if m == &format!("manifest r:nope not found on {}", fake.host())),
@@ -620,4 +622,27 @@ async fn a_config_stored_whose_answer_was_lost_is_not_an_error() {
     client.upload_blob_bytes("r", &desc, config).await.unwrap();
     let methods: Vec<String> = fake.requests().iter().map(|s| s.method.clone()).collect();
     assert_eq!(methods, ["POST", "PUT", "PUT", "HEAD"]);
+}
+
+#[tokio::test]
+async fn a_manifest_corrupted_on_the_way_is_fetched_again() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let digest = Digest::of(manifest);
+    let fake = Fake::start(move |req, seen| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        let mut body = manifest.to_vec();
+        if seen.iter().filter(|s| s.path() != "/v2/").count() == 0 {
+            body[40] ^= 1;
+        }
+        Resp::new(200)
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(body)
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let m = client.get_manifest("r", digest.as_str()).await.unwrap();
+    assert_eq!(m.digest, digest);
+    assert_eq!(fake.requests().len(), 2);
 }
