@@ -173,13 +173,15 @@ fn a_ten_image_sync_through_ten_percent_faults_completes_and_checks_full() {
 fn a_flipped_byte_is_refused_fetched_again_and_never_stored() {
     let src = source();
     let dst = Registry::start(Mode::Plain);
-    // The first GET of every blob gets one bit flipped in the middle.
+    // The first GET of every blob, and of every manifest asked for by
+    // digest, gets one bit flipped in the middle.
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
     let flips = seen.clone();
     let proxy = FaultProxy::with_plan(
         &src.host,
         Box::new(move |r| {
-            (r.class == Class::BlobGet && flips.lock().unwrap().insert(r.path.clone())).then_some(Fault::FlipByte)
+            let by_digest = r.class == Class::BlobGet || (r.class == Class::Manifest && r.path.contains("/sha256:"));
+            (r.method == "GET" && by_digest && flips.lock().unwrap().insert(r.path.clone())).then_some(Fault::FlipByte)
         }),
     );
     let out_dir = scratch_dir("faults-flip-out");
@@ -201,14 +203,14 @@ fn a_flipped_byte_is_refused_fetched_again_and_never_stored() {
 
     let flipped = seen.lock().unwrap().len();
     let caught = stderr.matches("digest mismatch").count();
-    eprintln!("flipped bytes: {flipped} blobs flipped once each; {caught} digest mismatches logged");
-    assert!(flipped >= 8, "{flipped}");
+    eprintln!("flipped bytes: {flipped} blobs and manifests flipped once each; {caught} digest mismatches logged");
+    assert!(flipped >= 13, "{flipped}");
     assert!(caught >= 1, "{stderr}");
-    // Every blob the proxy served corrupted was asked for again.
+    // Everything the proxy served corrupted was asked for again.
     let gets: Vec<String> = proxy
         .events()
         .into_iter()
-        .filter(|e| e.request.class == Class::BlobGet)
+        .filter(|e| e.request.method == "GET")
         .map(|e| e.request.path)
         .collect();
     for path in seen.lock().unwrap().iter() {
