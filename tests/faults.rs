@@ -173,13 +173,15 @@ fn a_ten_image_sync_through_ten_percent_faults_completes_and_checks_full() {
 fn a_flipped_byte_is_refused_fetched_again_and_never_stored() {
     let src = source();
     let dst = Registry::start(Mode::Plain);
-    // The first GET of every blob gets one bit flipped in the middle.
+    // The first GET of every blob, and of every manifest asked for by
+    // digest, gets one bit flipped in the middle.
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
     let flips = seen.clone();
     let proxy = FaultProxy::with_plan(
         &src.host,
         Box::new(move |r| {
-            (r.class == Class::BlobGet && flips.lock().unwrap().insert(r.path.clone())).then_some(Fault::FlipByte)
+            let by_digest = r.class == Class::BlobGet || (r.class == Class::Manifest && r.path.contains("/sha256:"));
+            (r.method == "GET" && by_digest && flips.lock().unwrap().insert(r.path.clone())).then_some(Fault::FlipByte)
         }),
     );
     let out_dir = scratch_dir("faults-flip-out");
@@ -201,14 +203,14 @@ fn a_flipped_byte_is_refused_fetched_again_and_never_stored() {
 
     let flipped = seen.lock().unwrap().len();
     let caught = stderr.matches("digest mismatch").count();
-    eprintln!("flipped bytes: {flipped} blobs flipped once each; {caught} digest mismatches logged");
-    assert!(flipped >= 8, "{flipped}");
+    eprintln!("flipped bytes: {flipped} blobs and manifests flipped once each; {caught} digest mismatches logged");
+    assert!(flipped >= 13, "{flipped}");
     assert!(caught >= 1, "{stderr}");
-    // Every blob the proxy served corrupted was asked for again.
+    // Everything the proxy served corrupted was asked for again.
     let gets: Vec<String> = proxy
         .events()
         .into_iter()
-        .filter(|e| e.request.class == Class::BlobGet)
+        .filter(|e| e.request.method == "GET")
         .map(|e| e.request.path)
         .collect();
     for path in seen.lock().unwrap().iter() {
@@ -281,4 +283,50 @@ fn an_image_whose_every_request_fails_is_named_and_the_others_complete() {
             }
         }
     }
+}
+
+#[test]
+fn answers_lost_after_the_registry_acted_are_survived() {
+    let src = source();
+    let dst = Registry::start(Mode::Plain);
+    // The first time each upload step (session, PUT of a blob) and each
+    // manifest PUT is made, the registry does it but its answer never
+    // reaches occy.
+    let mut seen = HashSet::new();
+    let proxy = FaultProxy::with_plan(
+        &dst.host,
+        Box::new(move |r| {
+            let key = match (r.method.as_str(), r.class) {
+                ("POST", Class::BlobUpload) => format!("POST {}", r.path),
+                ("PUT", Class::BlobUpload) => format!("PUT {}", r.path.rsplit("digest=").next().unwrap_or("")),
+                ("PUT", Class::Manifest) => format!("PUT {}", r.path),
+                _ => return None,
+            };
+            seen.insert(key).then_some(Fault::DropAnswer)
+        }),
+    );
+    let hosts = [src.host.as_str(), proxy.host.as_str()];
+    let text = ten_image_sync_file(
+        &src.host,
+        &hosts,
+        &[&format!("registry://{}/mirror/{{repo}}", proxy.host)],
+    );
+    let file = sync_file("faults-lost-answers", &text);
+    let out = sync(&file, &hosts, &["-O", "json"]);
+    let stderr = stderr_of(&out);
+    let report = json_of(&assert_ok(&["sync"], out));
+    assert_eq!(report["written"], 10, "{report}\n{stderr}");
+    let lost = proxy.events().iter().filter(|e| e.fault.is_some()).count();
+    eprintln!(
+        "lost answers: {lost} of {} writes",
+        proxy
+            .events()
+            .iter()
+            .filter(|e| e.request.method != "GET" && e.request.method != "HEAD")
+            .count()
+    );
+    for (dest, (_, repo, tag)) in mirrored().iter().zip(TEN) {
+        assert_mirrored(&dst, dest, &format!("{repo}:{tag}"));
+    }
+    registry_blobs_match_names(&dst);
 }

@@ -256,32 +256,44 @@ impl RegistryClient {
     pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<RawManifest> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}")).await?;
         let what = manifest_name(repo, reference);
-        let resp = self
-            .fetch(
-                || {
-                    Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo)
-                        .header(ACCEPT, MANIFEST_ACCEPT)
-                },
-                MAX_MANIFEST_SIZE,
-                &format!("manifest {what}"),
-            )
-            .await?;
-        match resp.status {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => {
-                return Err(Error::NotFound(format!("manifest {what} not found on {}", self.host())));
+        let mut attempt = 0;
+        loop {
+            let resp = self
+                .fetch(
+                    || {
+                        Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo)
+                            .header(ACCEPT, MANIFEST_ACCEPT)
+                    },
+                    MAX_MANIFEST_SIZE,
+                    &format!("manifest {what}"),
+                )
+                .await?;
+            match resp.status {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(Error::NotFound(format!("manifest {what} not found on {}", self.host())));
+                }
+                _ => return Err(self.status_error(&Method::GET, &url, repo, resp.status, &resp.body)),
             }
-            _ => return Err(self.status_error(&Method::GET, &url, repo, resp.status, &resp.body)),
-        }
-        let media_type = header_str(&resp.headers, CONTENT_TYPE.as_str());
-        match Digest::parse(reference) {
-            Ok(d) => RawManifest::verified(
+            let media_type = header_str(&resp.headers, CONTENT_TYPE.as_str());
+            let Ok(d) = Digest::parse(reference) else {
+                return RawManifest::new(resp.body, media_type);
+            };
+            match RawManifest::verified(
                 resp.body,
                 media_type,
                 &d,
                 &format!("manifest {what} from {}", self.host()),
-            ),
-            Err(_) => RawManifest::new(resp.body, media_type),
+            ) {
+                // Corrupted on the way: ask again, as for blobs.
+                Err(e @ Error::DigestMismatch { .. }) if attempt < self.inner.retry.retries => {
+                    let wait = self.inner.retry.delay(attempt, None);
+                    tracing::warn!("{e}; retrying in {} ms", wait.as_millis());
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
         }
     }
 
@@ -658,8 +670,20 @@ impl RegistryClient {
         let mut req = Req::new(Method::PUT, put_url.clone(), vec![auth::push_scope(repo)], repo)
             .header(CONTENT_TYPE, "application/octet-stream")?;
         req.body = ReqBody::Bytes(bytes);
-        let resp = self.send(req).await?;
-        self.finish_upload(repo, desc, &put_url, resp).await
+        let result = match self.send(req).await {
+            Ok(resp) => self.finish_upload(repo, desc, &put_url, resp).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            // When the registry stored the blob but its answer was lost, the
+            // PUT sent again meets a closed session: the blob is there all
+            // the same.
+            Err(e) if matches!(self.head_blob(repo, &desc.digest).await, Ok(Some(_))) => {
+                tracing::debug!(host = self.host(), blob = %desc.digest, "the upload failed ({e}), but the blob is there");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Opens an upload session; returns its location.

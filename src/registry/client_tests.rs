@@ -41,6 +41,8 @@ struct Resp {
     body: Vec<u8>,
     /// Send only this many body bytes, then drop the connection.
     truncate_at: Option<usize>,
+    /// Drop the connection without answering at all.
+    hang_up: bool,
 }
 
 impl Resp {
@@ -50,6 +52,7 @@ impl Resp {
             headers: Vec::new(),
             body: Vec::new(),
             truncate_at: None,
+            hang_up: false,
         }
     }
     fn header(mut self, k: &str, v: &str) -> Self {
@@ -133,6 +136,9 @@ impl Fake {
                     }
                     out.push_str("\r\n");
                     let mut sock = r.into_inner();
+                    if resp.hang_up {
+                        return;
+                    }
                     let _ = sock.write_all(out.as_bytes()).await;
                     if req.method != "HEAD" {
                         let n = resp.truncate_at.unwrap_or(resp.body.len());
@@ -521,6 +527,8 @@ async fn manifests_by_tag_and_digest() {
         client.get_manifest("r", digest.as_str()).await,
         Err(Error::DigestMismatch { .. })
     ));
+    let by_digest = |s: &&Seen| s.path() == format!("/v2/r/manifests/{digest}");
+    assert_eq!(fake.requests().iter().filter(by_digest).count(), 4, "1 + 3 retries");
     let err = client.get_manifest("r", "nope").await.unwrap_err();
     assert!(
         matches!(&err, Error::NotFound(m) if m == &format!("manifest r:nope not found on {}", fake.host())),
@@ -549,4 +557,92 @@ async fn unreachable_hosts_are_named() {
         "{err:?}"
     );
     assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn a_manifest_whose_blob_the_registry_does_not_see_yet_is_put_again() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let raw = crate::image::RawManifest::new(Bytes::from_static(manifest), None).unwrap();
+    let unknown = r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"},{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#;
+    // The first PUT meets another writer re-linking a blob; the next one succeeds.
+    let fake = Fake::start(move |req, seen| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        match seen.iter().filter(|s| s.method == "PUT").count() {
+            0 => Resp::new(400).body(unknown),
+            _ => Resp::new(201),
+        }
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    assert_eq!(client.put_manifest("r", "1.0", &raw).await.unwrap(), raw.digest);
+    assert_eq!(fake.requests().len(), 2);
+
+    // A blob that stays unknown is an error once the retries are spent.
+    let fake = Fake::start(move |req, _| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        Resp::new(400).body(unknown)
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let err = client.put_manifest("r", "1.0", &raw).await.unwrap_err();
+    assert!(err.to_string().contains("MANIFEST_BLOB_UNKNOWN"), "{err}");
+    assert_eq!(fake.requests().len(), 4, "1 + 3 retries");
+}
+
+#[tokio::test]
+async fn a_config_stored_whose_answer_was_lost_is_not_an_error() {
+    let config = Bytes::from_static(b"{}");
+    let desc = Descriptor::new("application/vnd.oci.image.config.v1+json", Digest::of(&config), 2);
+    let d = desc.digest.to_string();
+    // The registry stores the blob at the first PUT but the answer is lost;
+    // the PUT sent again finds the session closed.
+    let fake = Fake::start(move |req, seen| {
+        let puts = seen.iter().filter(|s| s.method == "PUT").count();
+        match (req.method.as_str(), req.path()) {
+            (_, "/v2/") => Resp::new(200),
+            ("POST", _) => Resp::new(202).header("Location", "/v2/r/blobs/uploads/u1"),
+            ("PUT", _) if puts == 0 => Resp {
+                hang_up: true,
+                ..Resp::new(201)
+            },
+            ("PUT", _) => Resp::new(404)
+                .body(r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#),
+            ("HEAD", p) if p == format!("/v2/r/blobs/{d}") && puts > 0 => {
+                Resp::new(200).header("Docker-Content-Digest", &d)
+            }
+            _ => Resp::new(404),
+        }
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    client.upload_blob_bytes("r", &desc, config).await.unwrap();
+    let methods: Vec<String> = fake.requests().iter().map(|s| s.method.clone()).collect();
+    assert_eq!(methods, ["POST", "PUT", "PUT", "HEAD"]);
+}
+
+#[tokio::test]
+async fn a_manifest_corrupted_on_the_way_is_fetched_again() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let digest = Digest::of(manifest);
+    let fake = Fake::start(move |req, seen| {
+        if req.path() == "/v2/" {
+            return Resp::new(200);
+        }
+        let mut body = manifest.to_vec();
+        if seen.iter().filter(|s| s.path() != "/v2/").count() == 0 {
+            body[40] ^= 1;
+        }
+        Resp::new(200)
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(body)
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let m = client.get_manifest("r", digest.as_str()).await.unwrap();
+    assert_eq!(m.digest, digest);
+    assert_eq!(fake.requests().len(), 2);
 }

@@ -56,6 +56,9 @@ pub enum Fault {
     /// Holds the request half-way through its body (or, without one, half-way
     /// through the response body) until released; then drops it.
     StallMidBody,
+    /// Passes the request on (the registry acts on it), then resets the
+    /// connection without answering: the client never learns.
+    DropAnswer,
     /// Passes the request on (the registry acts on it), then holds the
     /// answer until released and drops it: the client never learns.
     StallAfter,
@@ -530,6 +533,10 @@ fn handle(
     };
     if fault == Some(Fault::StallAfter) {
         hold(s, req);
+        return;
+    }
+    if fault == Some(Fault::DropAnswer) {
+        reset(client);
         return;
     }
     // A HEAD answer keeps the length the registry gave.
