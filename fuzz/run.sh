@@ -19,8 +19,15 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     exit 2
 fi
 ./seeds.sh
+found=()
 for t in "${targets[@]}"; do
     echo "== $t: ${seconds}s"
-    cargo +nightly fuzz run "$t" "corpus/$t" "regressions/$t" -- \
-        -max_total_time="$seconds" -rss_limit_mb=1024 -max_len=65536 -timeout=10
+    if ! cargo +nightly fuzz run "$t" "corpus/$t" "regressions/$t" -- \
+        -max_total_time="$seconds" -rss_limit_mb=1024 -max_len=65536 -timeout=10; then
+        found+=("$t")
+    fi
 done
+if [ ${#found[@]} -gt 0 ]; then
+    echo "fuzz/run.sh: findings in ${found[*]}: see fuzz/artifacts/" >&2
+    exit 1
+fi
