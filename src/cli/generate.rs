@@ -8,7 +8,9 @@ use clap::{Args, ValueEnum};
 
 use super::GlobalArgs;
 use crate::error::Result;
-use crate::generate::{big_image, mirror_set, quickstart, shard_set, standard_set, write_layout, LayerCompression};
+use crate::generate::{
+    bench_set, big_image, mirror_set, quickstart, shard_set, standard_set, write_layout, LayerCompression,
+};
 
 /// Which images to generate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -23,6 +25,10 @@ pub enum ImageSet {
     Mirror,
     /// 23 images in layer-sharing families, named FAMILY-REPO_TAG (debian-nginx_1.24 ...), for sharding
     Shard,
+    /// The peer benchmark's mirror: app-00 ... sharing a stack of --base-sizes layers
+    BenchMirror,
+    /// The peer benchmark's plan set: --repos x --tags tiny images named rNN_tNNN
+    BenchPlan,
 }
 
 /// Arguments of `occy generate`.
@@ -42,6 +48,9 @@ pub struct GenerateArgs {
     /// Store the big layer uncompressed instead of gzip (--set big)
     #[arg(long)]
     pub uncompressed: bool,
+
+    #[command(flatten)]
+    pub bench: crate::generate::bench_set::BenchArgs,
 }
 
 /// Writes the set and prints one `name digest` line per image.
@@ -51,6 +60,10 @@ pub async fn run(_global: &GlobalArgs, args: &GenerateArgs) -> Result<i32> {
         ImageSet::Mirror => mirror_set(),
         ImageSet::Shard => shard_set(),
         ImageSet::Quickstart => quickstart(),
+        ImageSet::BenchMirror => {
+            bench_set::mirror_bench_set(args.bench.images, &args.bench.base_sizes, args.bench.top_size)
+        }
+        ImageSet::BenchPlan => bench_set::plan_bench_set(args.bench.repos, args.bench.tags),
         ImageSet::Big => {
             let compression = if args.uncompressed {
                 LayerCompression::None

@@ -12,6 +12,8 @@
 //! memory and speed benchmarks. [`write_layout`] writes specs as one OCI
 //! image layout, one `org.opencontainers.image.ref.name` per spec.
 
+pub mod bench_set;
+
 use crate::filter::layer::HashWriter;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
