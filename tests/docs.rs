@@ -106,15 +106,16 @@ impl World {
     /// Rewrites a documented command for the test world rooted at `root`.
     fn rewrite(&self, cmd: &str, root: &Path, home: &Path) -> String {
         let root = root.display().to_string();
+        // The repository's own path goes in last: it may itself be under /tmp/.
         cmd.replace("127.0.0.1:5000", &self.reg.host)
             .replace("registry.example.com", &self.reg.host)
             .replace("mirror.example.com", &self.reg.host)
             .replace("/config/mirror.yaml", "mirror.yaml")
             .replace("${{ matrix.shard }}", "1/4")
-            .replace("//examples/", &format!("//{}/examples/", repo_root().display()))
             .replace("/tmp/", &format!("{root}/tmp/"))
             .replace("/srv/", &format!("{root}/srv/"))
             .replace("~/", &format!("{}/", home.display()))
+            .replace("//examples/", &format!("//{}/examples/", repo_root().display()))
     }
 
     /// Runs every command of `doc` in order; returns how many ran.
