@@ -4,12 +4,18 @@
 # run, on one local Distribution registry. Prints wall time, peak memory and
 # the occystrap/occy time ratio.
 #
-#   bench/filters.sh [SIZE_MIB]     (default 256: one layer of that size plus a small base)
+#   bench/filters.sh [SIZE_MIB [CONTENT]]
+#
+# SIZE_MIB (default 256) is the size of the image's big layer, next to a small
+# base. CONTENT is `realistic` (default: a tree of files that compress like a
+# root filesystem, 2-3:1) or `random` (one file of pseudo-random bytes that
+# gzip can only entropy-code, the cheapest input for a high compression level).
 #
 # Needs docker-registry, python3-venv and /usr/bin/time (./test.sh installs the first and last).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-256}
+content=${2:-realistic}
 cargo build --release --locked -q
 occy=$PWD/target/release/occy
 
@@ -24,7 +30,7 @@ occystrap=$venv/bin/occystrap
 . bench/lib.sh
 bench_setup filters
 
-"$occy" generate "$work/src" --set big --size "$size" >/dev/null
+"$occy" generate "$work/src" --set big --size "$size" --content "$content" >/dev/null
 "$occy" --insecure-registry "$reg" process "oci://$work/src:big" "registry://$reg/bench/big:1" 2>/dev/null
 
 
@@ -40,7 +46,7 @@ for who in occy occystrap; do
     echo "$who: entries with a non-zero mtime: $bad"
 done
 
-printf '\nnormalize-timestamps, registry -> registry, %s MiB layer\n' "$size"
+printf '\nnormalize-timestamps, registry -> registry, %s MiB layer of %s content\n' "$size" "$content"
 printf '%-10s %10s %12s\n' tool seconds "peak MiB"
 printf '%-10s %10.2f %12.1f\n' occy "$o_s" "$(awk -v k="$o_kib" 'BEGIN{print k/1024}')"
 printf '%-10s %10.2f %12.1f\n' occystrap "$p_s" "$(awk -v k="$p_kib" 'BEGIN{print k/1024}')"

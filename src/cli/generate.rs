@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use super::GlobalArgs;
 use crate::error::Result;
 use crate::generate::{
-    bench_set, big_image, mirror_set, quickstart, shard_set, standard_set, write_layout, LayerCompression,
+    bench_set, big_image, mirror_set, quickstart, shard_set, standard_set, write_layout, Content, LayerCompression,
 };
 
 /// Which images to generate.
@@ -49,6 +49,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub uncompressed: bool,
 
+    /// What the data of big and benchmark layers looks like (--set big|bench-mirror)
+    #[arg(long, value_enum, default_value = "realistic")]
+    pub content: Content,
+
     #[command(flatten)]
     pub bench: crate::generate::bench_set::BenchArgs,
 }
@@ -60,9 +64,12 @@ pub async fn run(_global: &GlobalArgs, args: &GenerateArgs) -> Result<i32> {
         ImageSet::Mirror => mirror_set(),
         ImageSet::Shard => shard_set(),
         ImageSet::Quickstart => quickstart(),
-        ImageSet::BenchMirror => {
-            bench_set::mirror_bench_set(args.bench.images, &args.bench.base_sizes, args.bench.top_size)
-        }
+        ImageSet::BenchMirror => bench_set::mirror_bench_set(
+            args.bench.images,
+            &args.bench.base_sizes,
+            args.bench.top_size,
+            args.content,
+        ),
         ImageSet::BenchPlan => bench_set::plan_bench_set(args.bench.repos, args.bench.tags),
         ImageSet::Big => {
             let compression = if args.uncompressed {
@@ -70,7 +77,7 @@ pub async fn run(_global: &GlobalArgs, args: &GenerateArgs) -> Result<i32> {
             } else {
                 LayerCompression::Gzip
             };
-            big_image(args.size * 1024 * 1024, compression)
+            big_image(args.size * 1024 * 1024, compression, args.content)
         }
     };
     let dir = args.dir.clone();

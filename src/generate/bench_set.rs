@@ -10,7 +10,9 @@
 
 use clap::Args;
 
-use super::{amd64, file, image, pattern, Entry, LayerCompression, LayerSpec, MediaTypes, NamedSpec, Spec};
+use super::{
+    amd64, content, file, image, pattern, Content, Entry, LayerCompression, LayerSpec, MediaTypes, NamedSpec, Spec,
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -41,9 +43,10 @@ pub struct BenchArgs {
     pub tags: usize,
 }
 
-/// A layer of `size` bytes of half-compressible data in files of at most
-/// [`FILE_SIZE`], plus a few small text files, under `dir`.
-fn data_layer(dir: &str, size: u64, seed: u64, created_by: String) -> LayerSpec {
+/// A layer of `size` bytes of data under `dir`, plus a few small text
+/// files: realistic files of many sizes, or pseudo-random files of at most
+/// [`FILE_SIZE`].
+fn data_layer(dir: &str, size: u64, seed: u64, created_by: String, kind: Content) -> LayerSpec {
     let mut entries = vec![Entry::Dir(dir.to_string()), Entry::Dir(format!("{dir}/etc"))];
     for k in 0..16u64 {
         entries.push(file(
@@ -51,17 +54,22 @@ fn data_layer(dir: &str, size: u64, seed: u64, created_by: String) -> LayerSpec 
             format!("# layer {seed}, file {k}\nkey={}\n", seed * 31 + k),
         ));
     }
-    entries.push(Entry::Dir(format!("{dir}/lib")));
-    let (mut left, mut n) = (size, 0u64);
-    while left > 0 {
-        let this = left.min(FILE_SIZE);
-        entries.push(Entry::Big(
-            format!("{dir}/lib/data-{n:04}.bin"),
-            this,
-            seed.wrapping_mul(10_007).wrapping_add(n),
-        ));
-        left -= this;
-        n += 1;
+    match kind {
+        Content::Realistic => entries.extend(content::realistic_tree(&format!("{dir}/lib"), size, seed)),
+        Content::Random => {
+            entries.push(Entry::Dir(format!("{dir}/lib")));
+            let (mut left, mut n) = (size, 0u64);
+            while left > 0 {
+                let this = left.min(FILE_SIZE);
+                entries.push(Entry::Big(
+                    format!("{dir}/lib/data-{n:04}.bin"),
+                    this,
+                    seed.wrapping_mul(10_007).wrapping_add(n),
+                ));
+                left -= this;
+                n += 1;
+            }
+        }
     }
     LayerSpec {
         entries,
@@ -74,7 +82,7 @@ fn data_layer(dir: &str, size: u64, seed: u64, created_by: String) -> LayerSpec 
 /// `i % base_sizes.len() + 1` shared base layers (sizes in MiB) and one
 /// (even *i*) or two (odd *i*) layers of its own, each 1/4 to all of
 /// `top_size` MiB.
-pub fn mirror_bench_set(images: usize, base_sizes: &[u64], top_size: u64) -> Vec<NamedSpec> {
+pub fn mirror_bench_set(images: usize, base_sizes: &[u64], top_size: u64, kind: Content) -> Vec<NamedSpec> {
     let bases: Vec<LayerSpec> = base_sizes
         .iter()
         .enumerate()
@@ -84,6 +92,7 @@ pub fn mirror_bench_set(images: usize, base_sizes: &[u64], top_size: u64) -> Vec
                 mib * MIB,
                 1_000 + k as u64,
                 format!("/bin/sh -c #(nop) ADD base{k}.tar /"),
+                kind,
             )
         })
         .collect();
@@ -98,6 +107,7 @@ pub fn mirror_bench_set(images: usize, base_sizes: &[u64], top_size: u64) -> Vec
                     (top_size * MIB * quarters / 4).max(1024),
                     10_000 + (i * 2 + t) as u64,
                     format!("/bin/sh -c #(nop) COPY part{t} /srv/{name}/part{t}"),
+                    kind,
                 ));
             }
             NamedSpec {
@@ -149,7 +159,7 @@ mod tests {
     fn images_share_a_prefix_of_the_base_layers() {
         let dir = tempfile::tempdir().unwrap();
         // Small sizes: 1 MiB bases, 1 MiB tops.
-        let g = write_layout(dir.path(), &mirror_bench_set(4, &[1, 1, 1], 1)).unwrap();
+        let g = write_layout(dir.path(), &mirror_bench_set(4, &[1, 1, 1], 1, Content::Realistic)).unwrap();
         let layers = |i: usize| g[i].images[0].layers.clone();
         assert_eq!(layers(0).len(), 2); // base0 + one top
         assert_eq!(layers(1).len(), 4); // base0, base1 + two tops
@@ -157,7 +167,11 @@ mod tests {
         assert_eq!(layers(0)[0].digest, layers(2)[0].digest);
         assert_eq!(layers(1)[1].digest, layers(2)[1].digest);
         assert_ne!(layers(0)[1].digest, layers(3)[1].digest);
-        let again = write_layout(tempfile::tempdir().unwrap().path(), &mirror_bench_set(4, &[1, 1, 1], 1)).unwrap();
+        let again = write_layout(
+            tempfile::tempdir().unwrap().path(),
+            &mirror_bench_set(4, &[1, 1, 1], 1, Content::Realistic),
+        )
+        .unwrap();
         assert_eq!(g[3].descriptor.digest, again[3].descriptor.digest);
     }
 

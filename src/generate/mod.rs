@@ -13,6 +13,7 @@
 //! image layout, one `org.opencontainers.image.ref.name` per spec.
 
 pub mod bench_set;
+pub mod content;
 
 use crate::filter::layer::HashWriter;
 use std::fs::File;
@@ -43,6 +44,9 @@ pub enum Entry {
     /// A file of `size` pseudo-random, half-compressible bytes made while it
     /// is written (never held in memory); `seed` picks the bytes.
     Big(String, u64, u64),
+    /// A file of `size` bytes that compress like real programs and text
+    /// ([`content::RealisticContent`]): `(path, size, seed, text_share)`.
+    Realistic(String, u64, u64, u64),
     /// A symbolic link `path -> target`.
     Symlink(String, String),
     /// A hard link `path` to the earlier entry `target` of the same layer.
@@ -537,13 +541,36 @@ pub fn quickstart() -> Vec<NamedSpec> {
     }]
 }
 
-/// An image whose second layer holds one file of `size` bytes, for memory and
-/// speed measurements (stored under the name `big`).
-pub fn big_image(size: u64, compression: LayerCompression) -> Vec<NamedSpec> {
+/// What the big data of a generated layer looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Content {
+    /// A tree of files that compress like a root filesystem's
+    /// ([`content::realistic_tree`]): deflate finds matches, as in real layers.
+    Realistic,
+    /// One file of pseudo-random bytes with six random bits each: gzip saves
+    /// a quarter by entropy coding alone and finds no matches (the cheapest
+    /// case for a high compression level, the worst for a fast one).
+    Random,
+}
+
+/// An image whose second layer holds `size` bytes of data, for memory and
+/// speed measurements (stored under the name `big`): one file of random
+/// bytes, or a tree of realistic files.
+pub fn big_image(size: u64, compression: LayerCompression, content: Content) -> Vec<NamedSpec> {
+    let (entries, created_by) = match content {
+        Content::Random => (
+            vec![Entry::Dir("data".into()), Entry::Big("data/blob.bin".into(), size, 7)],
+            format!("/bin/sh -c dd of=/data/blob.bin bs=1 count={size}"),
+        ),
+        Content::Realistic => (
+            content::realistic_tree("usr", size, 7),
+            "/bin/sh -c #(nop) ADD rootfs.tar /".to_string(),
+        ),
+    };
     let big = LayerSpec {
-        entries: vec![Entry::Dir("data".into()), Entry::Big("data/blob.bin".into(), size, 7)],
+        entries,
         compression,
-        created_by: format!("/bin/sh -c dd of=/data/blob.bin bs=1 count={size}"),
+        created_by,
     };
     vec![NamedSpec {
         name: "big".into(),
@@ -757,6 +784,10 @@ fn append_entry<W: Write>(b: &mut tar::Builder<W>, entry: &Entry) -> io::Result<
             let reader = io::Read::take(XorShift::new(*seed), *size);
             b.append_data(&mut header(tar::EntryType::Regular, 0o644, *size), path, reader)
         }
+        Entry::Realistic(path, size, seed, text_share) => {
+            let reader = io::Read::take(content::RealisticContent::new(*seed, *text_share), *size);
+            b.append_data(&mut header(tar::EntryType::Regular, 0o644, *size), path, reader)
+        }
         Entry::Symlink(path, target) => b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), path, target),
         Entry::Hardlink(path, target) => b.append_link(&mut header(tar::EntryType::Link, 0o644, 0), path, target),
         Entry::Whiteout(path) => {
@@ -921,7 +952,11 @@ mod tests {
     #[test]
     fn big_layers_stream_to_the_requested_size() {
         let dir = tempfile::tempdir().unwrap();
-        let generated = write_layout(dir.path(), &big_image(3 * 1024 * 1024 + 5, LayerCompression::Gzip)).unwrap();
+        let generated = write_layout(
+            dir.path(),
+            &big_image(3 * 1024 * 1024 + 5, LayerCompression::Gzip, Content::Random),
+        )
+        .unwrap();
         let big = &generated[0].images[0];
         assert!(big.layers[1].size > 2 * 1024 * 1024 && big.layers[1].size < 3 * 1024 * 1024);
     }
