@@ -389,6 +389,7 @@ async fn run_many(
         write_all: true,
         prune: false,
         sharding: None,
+        memo: Default::default(),
     };
     let mut images = Vec::new();
     for e in expand_all(&ctx.spec, &ctx).await {

@@ -87,6 +87,7 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
         write_all: true,
         prune: false,
         sharding: None,
+        memo: Default::default(),
     };
     let plan = plan::build(&ctx).await?;
     if plan.targets.is_empty() {

@@ -148,6 +148,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         write_all: false,
         prune: args.prune,
         sharding,
+        memo: Default::default(),
     };
     let plan = plan::build(&ctx).await?;
     let colour = global.colour_stdout();

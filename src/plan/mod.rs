@@ -7,6 +7,7 @@
 //! `occy sync --plan` renders this; `occy sync` applies it.
 
 pub mod expand;
+mod memo;
 pub mod prune;
 pub mod quay;
 mod quick;
@@ -29,7 +30,7 @@ use crate::image::{Digest, ImageName, ResolvedImage};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryOptions};
 use crate::source::docker_daemon::DaemonConnection;
-use crate::source::{open_source, resolve, PlatformSelection, SourceOptions};
+use crate::source::{open_source, resolve_with, Configs, PlatformSelection, SourceOptions};
 use crate::spec::{SpecProblem, SyncSpec, TemplateFields};
 use expand::{expand_all, Expansion, RegistryAccess, SourceImage};
 
@@ -56,6 +57,8 @@ pub struct PlanContext {
     pub prune: bool,
     /// `--shard I/N` (only that shard's targets) or `--shards N` (record the assignment).
     pub sharding: Option<shard::Sharding>,
+    /// What planning has asked the registries already.
+    pub memo: Arc<memo::PlanMemo>,
 }
 
 impl PlanContext {
@@ -473,6 +476,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         }));
         planned.sort_by_key(|t| t.entry);
     } else {
+        memo::list_destination_tags(ctx, &targets).await;
         // Unsharded, a target already in place is found with one request on
         // each side and is not resolved further.
         let targets = if ctx.sharding.is_none() {
@@ -736,8 +740,25 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
 }
 
 async fn resolve_one(ctx: &PlanContext, r: &Reference, p: &PlatformSelection) -> Result<ResolvedImage> {
+    resolve_reading(ctx, r, p, Configs::Load).await
+}
+
+/// Resolves `r`, starting from its root manifest when planning has read it.
+async fn resolve_reading(
+    ctx: &PlanContext,
+    r: &Reference,
+    p: &PlatformSelection,
+    configs: Configs,
+) -> Result<ResolvedImage> {
     let source = open_source(r, &ctx.source_options(r)).await?;
-    resolve(source.as_ref(), p).await
+    resolve_with(source.as_ref(), ctx.memo.root(r), p, configs).await
+}
+
+/// Whether planning `t` needs its images' configs: diff_ids for archives and
+/// directories, the image ID for a daemon, the layers a chain rewrites. An
+/// unfiltered copy to a registry or OCI layout needs only the manifests.
+fn needs_configs(t: &Target) -> bool {
+    !t.chain.is_empty() || !matches!(t.destination, Reference::Registry(_) | Reference::Oci { .. })
 }
 
 /// The digest an OCI layout's tag names now.
@@ -795,9 +816,20 @@ async fn resolve_all(ctx: &PlanContext, targets: &[Target], wanted: &[(Reference
     )
     .map(|(r, p)| async move {
         let key = (r.to_string(), platforms_key(p));
+        let configs = if targets
+            .iter()
+            .any(|t| &t.source == r && &t.platforms == p && needs_configs(t))
+        {
+            Configs::Load
+        } else {
+            Configs::Skip
+        };
         (
             key,
-            resolve_one(ctx, r, p).await.map(Arc::new).map_err(|e| e.to_string()),
+            resolve_reading(ctx, r, p, configs)
+                .await
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
         )
     })
     .buffer_unordered(PLAN_CONCURRENCY)
@@ -829,10 +861,20 @@ async fn tagged_digest(ctx: &PlanContext, t: &Target) -> Result<Option<Digest>> 
                 .map(|d| d.to_string())
                 .or(r.tag.clone())
                 .unwrap_or_else(|| t.name.tag.clone());
-            ctx.client(&r.host)?
+            if r.digest.is_none() && ctx.memo.tag_missing(&r.host, &r.repository, &reference) {
+                return Ok(None);
+            }
+            let key = format!("{}/{}:{reference}", r.host, r.repository);
+            if let Some(known) = ctx.memo.head(&key) {
+                return Ok(known);
+            }
+            let digest = ctx
+                .client(&r.host)?
                 .head_manifest(&r.repository, &reference)
                 .await
-                .map(|d| d.map(|d| d.digest))
+                .map(|d| d.map(|d| d.digest))?;
+            ctx.memo.remember_head(&key, &digest);
+            Ok(digest)
         }
         Reference::Oci { path, tag } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
         _ => Ok(None),
@@ -1023,6 +1065,10 @@ async fn count_blobs(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
                 };
                 let repo_key = (r.host.clone(), r.repository.clone());
                 let known_in_repo = in_repo.get(&repo_key).cloned().unwrap_or_default();
+                // A repository without tags is taken to hold no blobs: each is
+                // counted as an upload or a mount without asking (apply still
+                // checks each blob before sending it).
+                let client = client.filter(|_| !ctx.memo.repository_empty(&r.host, &r.repository));
                 let heads: Vec<bool> = stream::iter(blobs.iter())
                     .map(|(d, _, _)| {
                         let client = client.clone();

@@ -20,7 +20,9 @@ use crate::source::{choose_platforms, open_source, PlatformSelection};
 /// The source's root manifest, read once per source reference.
 async fn root_of(ctx: &PlanContext, r: &Reference) -> Option<RawManifest> {
     let source = open_source(r, &ctx.source_options(r)).await.ok()?;
-    source.root_manifest().await.ok()
+    let root = source.root_manifest().await.ok()?;
+    ctx.memo.remember_root(r, &root);
+    Some(root)
 }
 
 /// Whether the cheap path applies to `t`.

@@ -834,8 +834,9 @@ impl RegistryClient {
             .map_err(|_| Error::invalid(format!("{} sent an invalid upload Location", self.host())))
     }
 
-    /// `https`, or for an insecure host whichever of HTTPS (unverified) and
-    /// plain HTTP answers; remembered once known.
+    /// `https`, or for an insecure host HTTPS (unverified) when a TLS
+    /// connection opens and plain HTTP when it does not; remembered once
+    /// known.
     async fn scheme(&self) -> Result<&'static str> {
         if !self.inner.insecure {
             return Ok("https");
@@ -848,21 +849,18 @@ impl RegistryClient {
                 self.acquire().await;
                 match self.inner.http.get(&https).send().await {
                     Ok(_) => Ok("https"),
+                    // Nothing listens there at all: plain HTTP would be refused too.
+                    Err(e) if connection_refused(&e) => Err(self.network_error(&e)),
                     Err(e) if e.is_connect() => {
                         tracing::debug!(
                             host = self.host(),
                             "HTTPS failed ({}); trying plain HTTP",
                             describe_reqwest(&e)
                         );
-                        let http = format!("http://{}/v2/", self.inner.api_host);
-                        self.acquire().await;
-                        match self.inner.http.get(&http).send().await {
-                            Ok(_) => {
-                                tracing::debug!(host = self.host(), "using plain HTTP");
-                                Ok("http")
-                            }
-                            Err(e) => Err(self.network_error(&e)),
-                        }
+                        // No second probe: the first real request over
+                        // plain HTTP says whether anything answers there.
+                        tracing::debug!(host = self.host(), "using plain HTTP");
+                        Ok("http")
                     }
                     Err(e) => Err(self.network_error(&e)),
                 }
@@ -1403,6 +1401,20 @@ fn is_certificate_error(e: &reqwest::Error) -> bool {
 
 /// A reqwest error's kind and causes, without its URL (which may carry
 /// query parameters we do not want in messages).
+/// Whether a request failed because the host refused the connection.
+fn connection_refused(e: &reqwest::Error) -> bool {
+    let mut cur = std::error::Error::source(e);
+    while let Some(s) = cur {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cur = s.source();
+    }
+    false
+}
+
 fn describe_reqwest(e: &reqwest::Error) -> String {
     chain_of(e).to_string()
 }

@@ -172,6 +172,70 @@ async fn read_small_blob_once(source: &dyn Source, desc: &Descriptor) -> Result<
 
 /// Reads the config of an image manifest and bundles both.
 pub async fn load_image(source: &dyn Source, raw: RawManifest, platform: Option<Platform>) -> Result<ImageData> {
+    let mut img = image_without_config(raw, platform)?;
+    let bytes = read_small_blob(source, &img.manifest.config).await?;
+    img.config = ConfigBlob::parse(bytes, &img.manifest.config.digest.to_string())?;
+    Ok(img)
+}
+
+/// Resolves a source to the images wanted: follows an index to the chosen
+/// platforms and loads each one's config.
+pub async fn resolve(source: &dyn Source, selection: &PlatformSelection) -> Result<ResolvedImage> {
+    resolve_with(source, None, selection, Configs::Load).await
+}
+
+/// Whether resolving reads each image's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Configs {
+    Load,
+    /// Only the manifests: each image's config is its descriptor, with an
+    /// empty parsed config (for a planner that needs digests and sizes).
+    Skip,
+}
+
+/// [`resolve`] starting from a root manifest already read (if any).
+pub async fn resolve_with(
+    source: &dyn Source,
+    root: Option<RawManifest>,
+    selection: &PlatformSelection,
+    configs: Configs,
+) -> Result<ResolvedImage> {
+    let root = match root {
+        Some(r) => r,
+        None => source.root_manifest().await?,
+    };
+    let load = |raw: RawManifest, platform: Option<Platform>| async move {
+        match configs {
+            Configs::Load => load_image(source, raw, platform).await,
+            Configs::Skip => image_without_config(raw, platform),
+        }
+    };
+    match root.parse()? {
+        Manifest::Image(_) => {
+            let img = load(root, None).await?;
+            Ok(ResolvedImage {
+                index: None,
+                images: vec![img],
+            })
+        }
+        Manifest::Index(index) => {
+            let chosen = choose_platforms(&index.manifests, selection, &source.describe())?;
+            let mut images = Vec::with_capacity(chosen.len());
+            for desc in chosen {
+                let raw = source.manifest(&desc.digest).await?;
+                images.push(load(raw, desc.platform.clone()).await?);
+            }
+            Ok(ResolvedImage {
+                index: Some((root, index)),
+                images,
+            })
+        }
+    }
+}
+
+/// An image known by its manifest alone (see [`Configs::Skip`]): its
+/// config is the descriptor, with an empty parsed config.
+fn image_without_config(raw: RawManifest, platform: Option<Platform>) -> Result<ImageData> {
     let manifest = match raw.parse()? {
         Manifest::Image(m) => m,
         Manifest::Index(_) => {
@@ -187,41 +251,17 @@ pub async fn load_image(source: &dyn Source, raw: RawManifest, platform: Option<
             raw.digest, manifest.schema_version
         )));
     }
-    let bytes = read_small_blob(source, &manifest.config).await?;
-    let config = ConfigBlob::parse(bytes, &manifest.config.digest.to_string())?;
+    let config = ConfigBlob {
+        bytes: Bytes::new(),
+        digest: manifest.config.digest.clone(),
+        parsed: Default::default(),
+    };
     Ok(ImageData {
         raw_manifest: raw,
         manifest,
         config,
         platform,
     })
-}
-
-/// Resolves a source to the images wanted: follows an index to the chosen
-/// platforms and loads each one's config.
-pub async fn resolve(source: &dyn Source, selection: &PlatformSelection) -> Result<ResolvedImage> {
-    let root = source.root_manifest().await?;
-    match root.parse()? {
-        Manifest::Image(_) => {
-            let img = load_image(source, root, None).await?;
-            Ok(ResolvedImage {
-                index: None,
-                images: vec![img],
-            })
-        }
-        Manifest::Index(index) => {
-            let chosen = choose_platforms(&index.manifests, selection, &source.describe())?;
-            let mut images = Vec::with_capacity(chosen.len());
-            for desc in chosen {
-                let raw = source.manifest(&desc.digest).await?;
-                images.push(load_image(source, raw, desc.platform.clone()).await?);
-            }
-            Ok(ResolvedImage {
-                index: Some((root, index)),
-                images,
-            })
-        }
-    }
 }
 
 /// Picks the index entries a selection wants. Entries without a platform

@@ -1,0 +1,119 @@
+//! What planning has already asked the registries, so that no question is
+//! asked twice and none is asked whose answer is already known:
+//!
+//! - each source's root manifest, read by the cheap unchanged check and
+//!   reused when the source is resolved;
+//! - the tags of destination repositories that several targets write, listed
+//!   once, so a tag that is not there costs no HEAD and a repository without
+//!   tags costs no blob HEADs;
+//! - each destination tag's digest (one HEAD at most).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use futures_util::stream::{self, StreamExt};
+
+use super::expand::RegistryAccess;
+use super::{PlanContext, Target, PLAN_CONCURRENCY};
+use crate::error::Error;
+use crate::image::{Digest, RawManifest};
+use crate::reference::Reference;
+
+/// The answers planning keeps (shared by the planner's tasks).
+#[derive(Default)]
+pub struct PlanMemo {
+    roots: Mutex<HashMap<String, RawManifest>>,
+    /// (host, repository) → its tags; absent when not listed or when the
+    /// listing failed (then every tag is asked about with a HEAD).
+    destination_tags: Mutex<HashMap<(String, String), HashSet<String>>>,
+    heads: Mutex<HashMap<String, Option<Digest>>>,
+}
+
+impl PlanMemo {
+    pub fn root(&self, source: &Reference) -> Option<RawManifest> {
+        self.roots.lock().ok()?.get(&source.to_string()).cloned()
+    }
+
+    pub fn remember_root(&self, source: &Reference, root: &RawManifest) {
+        if let Ok(mut m) = self.roots.lock() {
+            m.insert(source.to_string(), root.clone());
+        }
+    }
+
+    /// Whether `tag` is known to be missing from a listed repository.
+    pub fn tag_missing(&self, host: &str, repo: &str, tag: &str) -> bool {
+        self.destination_tags
+            .lock()
+            .ok()
+            .and_then(|m| {
+                m.get(&(host.to_string(), repo.to_string()))
+                    .map(|tags| !tags.contains(tag))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Whether a listed repository has no tags at all (it does not exist,
+    /// or holds nothing a manifest names).
+    pub fn repository_empty(&self, host: &str, repo: &str) -> bool {
+        self.destination_tags
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(host.to_string(), repo.to_string())).map(|tags| tags.is_empty()))
+            .unwrap_or(false)
+    }
+
+    pub fn head(&self, key: &str) -> Option<Option<Digest>> {
+        self.heads.lock().ok()?.get(key).cloned()
+    }
+
+    pub fn remember_head(&self, key: &str, digest: &Option<Digest>) {
+        if let Ok(mut m) = self.heads.lock() {
+            m.insert(key.to_string(), digest.clone());
+        }
+    }
+}
+
+/// Lists the tags of every registry destination repository that two or
+/// more targets write by tag: one request there instead of a HEAD per tag
+/// that turns out to be missing. (A repository written by one target is
+/// asked with its one HEAD.)
+pub async fn list_destination_tags(ctx: &PlanContext, targets: &[Target]) {
+    let mut writers: HashMap<(String, String), usize> = HashMap::new();
+    for t in targets {
+        if let Reference::Registry(r) = &t.destination {
+            if r.digest.is_none() {
+                *writers.entry((r.host.clone(), r.repository.clone())).or_default() += 1;
+            }
+        }
+    }
+    let repos: Vec<(String, String)> = writers.into_iter().filter(|(_, n)| *n >= 2).map(|(k, _)| k).collect();
+    let listed: Vec<((String, String), Option<HashSet<String>>)> = stream::iter(repos)
+        .map(|(host, repo)| async move {
+            let tags = match ctx.client(&host) {
+                Ok(client) => match client.list_tags(&repo).await {
+                    Ok(tags) => Some(tags.into_iter().collect()),
+                    Err(Error::NotFound(_)) => Some(HashSet::new()),
+                    Err(e) => {
+                        tracing::debug!(
+                            host,
+                            repo,
+                            "listing the destination's tags failed ({e}); asking tag by tag"
+                        );
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            ((host, repo), tags)
+        })
+        .buffer_unordered(PLAN_CONCURRENCY)
+        .collect()
+        .await;
+    if let Ok(mut m) = ctx.memo.destination_tags.lock() {
+        for (key, tags) in listed {
+            if let Some(tags) = tags {
+                m.insert(key, tags);
+            }
+        }
+    }
+}
