@@ -835,7 +835,7 @@ fn requests_in(log: &str) -> Vec<String> {
 }
 
 #[test]
-fn a_warm_plan_costs_one_request_per_tag_on_each_side() {
+fn a_plan_costs_one_request_per_tag_on_each_side_cold_or_warm() {
     let src = Registry::start_logged(Mode::Plain);
     for name in mirror_names().iter().filter(|n| n.starts_with("alpine_")) {
         let (_, tag) = name.split_once('_').unwrap();
@@ -858,6 +858,34 @@ fn a_warm_plan_costs_one_request_per_tag_on_each_side() {
         args.extend_from_slice(extra);
         assert_ok(&args, occy(&args))
     };
+    // Cold: the destination repository is listed once and nothing else is
+    // asked there (no HEAD per tag, no HEAD per blob); the source gives its
+    // tag listing and one manifest per tag, and no config.
+    let seeded = requests_in(&src.access_log()).len();
+    let out = run(&["--plan", "-O", "json"]);
+    let plan = json_of(&out);
+    let tags = plan["totals"]["targets"].as_u64().unwrap() as usize;
+    assert_eq!(plan["totals"]["create"].as_u64().unwrap() as usize, tags, "{plan}");
+    let src_cold = requests_in(&src.access_log())[seeded..].to_vec();
+    let dst_cold = requests_in(&dst.access_log());
+    assert!(
+        src_cold.len() <= tags + 1,
+        "{} source requests for {tags} tags:\n{}",
+        src_cold.len(),
+        src_cold.join("\n")
+    );
+    assert!(
+        dst_cold.len() <= 1,
+        "{} destination requests:\n{}",
+        dst_cold.len(),
+        dst_cold.join("\n")
+    );
+    assert!(
+        !src_cold.iter().any(|l| l.contains("/blobs/")),
+        "configs were fetched:\n{}",
+        src_cold.join("\n")
+    );
+
     run(&[]);
     let (src_before, dst_before) = (
         requests_in(&src.access_log()).len(),
@@ -865,17 +893,16 @@ fn a_warm_plan_costs_one_request_per_tag_on_each_side() {
     );
     let out = run(&["--plan", "-O", "json"]);
     let plan = json_of(&out);
-    let tags = plan["totals"]["targets"].as_u64().unwrap() as usize;
     assert_eq!(plan["totals"]["unchanged"].as_u64().unwrap() as usize, tags, "{plan}");
     assert!(tags >= 9, "{plan}");
     let src_log = requests_in(&src.access_log());
     let dst_log = requests_in(&dst.access_log());
     let src_new = &src_log[src_before..];
     let dst_new = &dst_log[dst_before..];
-    // Source: the API check, the tag listing, one manifest per tag.
-    // Destination: the API check, one HEAD per tag.
+    // Warm: source: the tag listing, one manifest per tag; destination: the
+    // tag listing, one HEAD per tag.
     assert!(
-        src_new.len() <= tags + 2,
+        src_new.len() <= tags + 1,
         "{} source requests for {tags} tags:\n{}",
         src_new.len(),
         src_new.join("\n")

@@ -94,6 +94,37 @@ struct HostState {
     creds: tokio::sync::OnceCell<Option<Credentials>>,
     challenge: Mutex<Option<Challenge>>,
     tokens: TokenCache,
+    manifests: ManifestMemo,
+}
+
+/// Manifests this process has read from a host, by repository and digest.
+/// A manifest's digest is the hash of its bytes, so a second read by digest
+/// (the executor reading what the planner resolved) is answered from here.
+/// Bounded by [`ManifestMemo::BUDGET`] bytes; past it nothing more is kept.
+#[derive(Default)]
+struct ManifestMemo {
+    entries: Mutex<(usize, HashMap<(String, Digest), RawManifest>)>,
+}
+
+impl ManifestMemo {
+    const BUDGET: usize = 16 * 1024 * 1024;
+
+    fn get(&self, repo: &str, digest: &Digest) -> Option<RawManifest> {
+        let entries = self.entries.lock().ok()?;
+        entries.1.get(&(repo.to_string(), digest.clone())).cloned()
+    }
+
+    fn put(&self, repo: &str, manifest: &RawManifest) {
+        if let Ok(mut entries) = self.entries.lock() {
+            let size = manifest.bytes.len();
+            if entries.0 + size <= Self::BUDGET {
+                entries.0 += size;
+                entries
+                    .1
+                    .insert((repo.to_string(), manifest.digest.clone()), manifest.clone());
+            }
+        }
+    }
 }
 
 /// A request body: replayable bytes, or a stream that can be sent once.
@@ -254,6 +285,18 @@ impl RegistryClient {
     /// The manifest `repo:reference` (a tag or a digest). With a digest the
     /// bytes are verified against it.
     pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<RawManifest> {
+        if let Ok(d) = Digest::parse(reference) {
+            if let Some(known) = self.inner.manifests.get(repo, &d) {
+                return Ok(known);
+            }
+        }
+        let manifest = self.fetch_manifest(repo, reference).await?;
+        self.inner.manifests.put(repo, &manifest);
+        Ok(manifest)
+    }
+
+    /// One GET of a manifest (retried, and verified when asked by digest).
+    async fn fetch_manifest(&self, repo: &str, reference: &str) -> Result<RawManifest> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}")).await?;
         let what = manifest_name(repo, reference);
         let mut attempt = 0;
@@ -1307,6 +1350,7 @@ impl HostState {
             creds: tokio::sync::OnceCell::new(),
             challenge: Mutex::new(None),
             tokens: TokenCache::default(),
+            manifests: ManifestMemo::default(),
         })
     }
 }
