@@ -118,6 +118,18 @@ fn spool_file() -> Result<tempfile::NamedTempFile> {
         .map_err(|e| Error::io("create a temporary file in", std::env::temp_dir(), e))
 }
 
+/// Layer rewrites running at once in this process, whatever `-J` and `-j`
+/// say: one per core. A rewrite is bound by compression, which already
+/// spreads each layer over every core, so more at once would only add
+/// buffers, threads and memory.
+fn rewrite_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        tokio::sync::Semaphore::new(cores.max(2))
+    })
+}
+
 /// Runs the chain over one layer.
 async fn rewrite_one(
     source: &dyn Source,
@@ -128,6 +140,10 @@ async fn rewrite_one(
 ) -> Result<Rewritten> {
     let chain = &opts.filters;
     let what = format!("layer {}", job.desc.digest);
+    let _slot = rewrite_slots()
+        .acquire()
+        .await
+        .map_err(|_| Error::invalid("the layer rewrite slots were closed"))?;
     let raw = source.open_blob(&job.desc).await?;
     let counted: BlobReader = Box::pin(CountingReader {
         inner: raw,
