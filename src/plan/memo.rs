@@ -19,13 +19,16 @@ use crate::error::Error;
 use crate::image::{Digest, RawManifest};
 use crate::reference::Reference;
 
+/// A registry host and one of its repositories.
+type Repository = (String, String);
+
 /// The answers planning keeps (shared by the planner's tasks).
 #[derive(Default)]
 pub struct PlanMemo {
     roots: Mutex<HashMap<String, RawManifest>>,
     /// (host, repository) → its tags; absent when not listed or when the
     /// listing failed (then every tag is asked about with a HEAD).
-    destination_tags: Mutex<HashMap<(String, String), HashSet<String>>>,
+    destination_tags: Mutex<HashMap<Repository, HashSet<String>>>,
     heads: Mutex<HashMap<String, Option<Digest>>>,
 }
 
@@ -78,7 +81,7 @@ impl PlanMemo {
 /// that turns out to be missing. (A repository written by one target is
 /// asked with its one HEAD.)
 pub async fn list_destination_tags(ctx: &PlanContext, targets: &[Target]) {
-    let mut writers: HashMap<(String, String), usize> = HashMap::new();
+    let mut writers: HashMap<Repository, usize> = HashMap::new();
     for t in targets {
         if let Reference::Registry(r) = &t.destination {
             if r.digest.is_none() {
@@ -86,8 +89,8 @@ pub async fn list_destination_tags(ctx: &PlanContext, targets: &[Target]) {
             }
         }
     }
-    let repos: Vec<(String, String)> = writers.into_iter().filter(|(_, n)| *n >= 2).map(|(k, _)| k).collect();
-    let listed: Vec<((String, String), Option<HashSet<String>>)> = stream::iter(repos)
+    let repos: Vec<Repository> = writers.into_iter().filter(|(_, n)| *n >= 2).map(|(k, _)| k).collect();
+    let listed: Vec<(Repository, Option<HashSet<String>>)> = stream::iter(repos)
         .map(|(host, repo)| async move {
             let tags = match ctx.client(&host) {
                 Ok(client) => match client.list_tags(&repo).await {

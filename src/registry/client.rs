@@ -103,8 +103,11 @@ struct HostState {
 /// Bounded by [`ManifestMemo::BUDGET`] bytes; past it nothing more is kept.
 #[derive(Default)]
 struct ManifestMemo {
-    entries: Mutex<(usize, HashMap<(String, Digest), RawManifest>)>,
+    entries: Mutex<MemoEntries>,
 }
+
+/// The bytes kept, and the manifests by (repository, digest).
+type MemoEntries = (usize, HashMap<(String, Digest), RawManifest>);
 
 impl ManifestMemo {
     const BUDGET: usize = 16 * 1024 * 1024;
