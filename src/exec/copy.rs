@@ -271,33 +271,38 @@ async fn copy_inner(source: &dyn Source, sink: &dyn Sink, opts: &CopyOptions, st
     let copied = AtomicUsize::new(0);
     let skipped = AtomicUsize::new(0);
     let parallel = opts.parallel.max(1);
-    stream::iter(jobs.iter().map(Ok::<_, Error>))
-        .try_for_each_concurrent(parallel, |job| {
-            let counter = counter.clone();
-            let (copied, skipped) = (&copied, &skipped);
-            async move {
-                if sink.has_blob(job.key(form)).await? {
-                    debug!(layer = %job.desc.digest, "already present at the destination");
-                    skipped.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                let mut attempt = 0;
-                loop {
-                    match transfer_layer(source, sink, job, &counter).await {
-                        Ok(()) => break,
-                        Err(e) if e.is_transient() && attempt < opts.retries => {
-                            attempt += 1;
-                            warn!(layer = %job.desc.digest, "attempt {attempt} failed, retrying: {e}");
-                            tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                copied.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+    let configs = async {
+        for img in &resolved.images {
+            sink.put_config_early(img).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    let layers = stream::iter(jobs.iter().map(Ok::<_, Error>)).try_for_each_concurrent(parallel, |job| {
+        let counter = counter.clone();
+        let (copied, skipped) = (&copied, &skipped);
+        async move {
+            if sink.has_blob(job.key(form)).await? {
+                debug!(layer = %job.desc.digest, "already present at the destination");
+                skipped.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
             }
-        })
-        .await?;
+            let mut attempt = 0;
+            loop {
+                match transfer_layer(source, sink, job, &counter).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_transient() && attempt < opts.retries => {
+                        attempt += 1;
+                        warn!(layer = %job.desc.digest, "attempt {attempt} failed, retrying: {e}");
+                        tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            copied.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    });
+    tokio::try_join!(layers, configs)?;
 
     let index = match (&resolved.index, copy_index) {
         (Some((raw, index)), true) => {

@@ -49,6 +49,13 @@ pub trait Sink: Send + Sync {
     /// its producer; a read error means the blob must not be kept.
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()>;
 
+    /// Stores an image's config ahead of its commit, while its layers are
+    /// still moving, where that saves time (a registry: the config's round
+    /// trips overlap the layers'). [`Sink::put_image`] stores it anyway.
+    async fn put_config_early(&self, _image: &ImageData) -> Result<()> {
+        Ok(())
+    }
+
     /// Commits one platform image (its config, then its manifest) after all
     /// its layers were put. `tagged` says whether this image is what the
     /// destination's tag names (false for the members of an index).

@@ -163,12 +163,28 @@ impl RegistrySink {
     }
 
     /// Whether the repository holds `digest`, or got it by a mount now.
+    /// A blob this run put or saw here costs no request; one it knows in
+    /// another repository of the host is mounted straight away (a registry
+    /// answers a mount of a blob the repository already holds with 201 as
+    /// well), which saves the HEAD's round trip; anything else is asked
+    /// with a HEAD first.
     async fn present_or_mounted(&self, digest: &Digest, layer: bool) -> Result<bool> {
+        let holders = self.locations.holders(&self.target.host, digest);
+        if holders.iter().any(|r| r == self.repo()) {
+            return Ok(true);
+        }
+        if !holders.is_empty() && self.try_mount(digest).await {
+            if layer {
+                self.mounted.fetch_add(1, Ordering::Relaxed);
+            }
+            self.locations.record(&self.target.host, self.repo(), digest);
+            return Ok(true);
+        }
         if self.client.head_blob(self.repo(), digest).await?.is_some() {
             self.locations.record(&self.target.host, self.repo(), digest);
             return Ok(true);
         }
-        if self.try_mount(digest).await {
+        if holders.is_empty() && self.try_mount(digest).await {
             if layer {
                 self.mounted.fetch_add(1, Ordering::Relaxed);
             }
@@ -235,6 +251,11 @@ impl Sink for RegistrySink {
         self.locations.record(&self.target.host, self.repo(), &desc.digest);
         self.release(&desc.digest);
         Ok(())
+    }
+
+    async fn put_config_early(&self, image: &ImageData) -> Result<()> {
+        self.ensure_small_blob(&image.manifest.config, image.config.bytes.clone())
+            .await
     }
 
     async fn put_image(&self, image: &ImageData, tagged: bool) -> Result<()> {
