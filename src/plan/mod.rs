@@ -35,7 +35,7 @@ use crate::spec::{SpecProblem, SyncSpec, TemplateFields};
 use expand::{expand_all, Expansion, RegistryAccess, SourceImage};
 
 /// Requests in flight while planning (resolutions, HEADs).
-const PLAN_CONCURRENCY: usize = 8;
+const PLAN_CONCURRENCY: usize = 16;
 
 /// Everything the planner needs besides the sync file.
 #[derive(Clone)]
