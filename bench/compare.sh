@@ -20,6 +20,8 @@
 #   --rtt MS             emulated round trip (default 30)
 #   --mbit N             emulated bandwidth per direction, Mbit/s (default 200)
 #   --workloads LIST     cold,warm,tar,filtered,plan (default all)
+#   --tools LIST         occy,skopeo,occystrap (default all; occystrap re-compresses
+#                        every layer at gzip -9 and takes minutes per run)
 #   --no-install         never apt-get/pip install; fail naming what is missing
 #   --keep               keep the scratch directory (registries' logs and storage)
 #
@@ -32,7 +34,7 @@ cd "$(dirname "$0")/.."
 repo_root=$PWD
 
 reps=3 images=20 base_sizes=8,24,64 top_size=4 big_size=512 plan_repos=50 plan_tags=20
-networks=loopback,wan wan_kind=auto rtt=30 mbit=200 workloads=cold,warm,tar,filtered,plan
+networks=loopback,wan wan_kind=auto rtt=30 mbit=200 workloads=cold,warm,tar,filtered,plan tools=occy,skopeo,occystrap
 install=1 keep=0
 
 die() {
@@ -58,6 +60,7 @@ while [ $# -gt 0 ]; do
     --rtt) rtt=$2 && shift ;;
     --mbit) mbit=$2 && shift ;;
     --workloads) workloads=$2 && shift ;;
+    --tools) tools=$2 && shift ;;
     --no-install) install=0 ;;
     --keep) keep=1 ;;
     -h | --help) usage 0 ;;
@@ -355,7 +358,10 @@ run() {
 # The tools in a different order each repetition.
 order() { # REP
     local t=(occy skopeo occystrap) i
-    for i in 0 1 2; do echo "${t[$(((i + $1) % 3))]}"; done
+    for i in 0 1 2; do
+        has "${t[$(((i + $1) % 3))]}" "$tools" && echo "${t[$(((i + $1) % 3))]}"
+    done
+    true
 }
 
 # ---- the workloads' inputs for the current network ---------------------------
