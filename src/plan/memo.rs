@@ -43,26 +43,22 @@ impl PlanMemo {
         }
     }
 
+    /// `answer` applied to the tags of a listed repository; None when it
+    /// was not listed.
+    fn listed<R>(&self, host: &str, repo: &str, answer: impl FnOnce(&HashSet<String>) -> R) -> Option<R> {
+        let m = self.destination_tags.lock().ok()?;
+        m.get(&(host.to_string(), repo.to_string())).map(answer)
+    }
+
     /// Whether `tag` is known to be missing from a listed repository.
     pub fn tag_missing(&self, host: &str, repo: &str, tag: &str) -> bool {
-        self.destination_tags
-            .lock()
-            .ok()
-            .and_then(|m| {
-                m.get(&(host.to_string(), repo.to_string()))
-                    .map(|tags| !tags.contains(tag))
-            })
-            .unwrap_or(false)
+        self.listed(host, repo, |tags| !tags.contains(tag)).unwrap_or(false)
     }
 
     /// Whether a listed repository has no tags at all (it does not exist,
     /// or holds nothing a manifest names).
     pub fn repository_empty(&self, host: &str, repo: &str) -> bool {
-        self.destination_tags
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&(host.to_string(), repo.to_string())).map(|tags| tags.is_empty()))
-            .unwrap_or(false)
+        self.listed(host, repo, HashSet::is_empty).unwrap_or(false)
     }
 
     pub fn head(&self, key: &str) -> Option<Option<Digest>> {
