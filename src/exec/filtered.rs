@@ -93,7 +93,11 @@ async fn from_cache(sink: &dyn Sink, opts: &CopyOptions, form: LayerForm, job: &
         LayerForm::AsIs => &entry.digest,
         LayerForm::Uncompressed => &entry.diff_id,
     };
-    if !sink.has_blob(at_sink).await? {
+    // Only a look: when the blob is missing, this layer is rewritten and
+    // put later, and holding the right to upload it meanwhile would make
+    // another image of the run that needs it wait for this whole image
+    // (two such images deadlocked).
+    if !sink.holds_blob(at_sink).await? {
         return Ok(None);
     }
     debug!(layer = %job.desc.digest, out = %entry.digest, "from the layer cache, already at the destination");

@@ -44,6 +44,14 @@ pub trait Sink: Send + Sync {
     /// Whether the sink already holds the blob (keyed as [`Sink::layer_form`] says).
     async fn has_blob(&self, digest: &Digest) -> Result<bool>;
 
+    /// Whether the sink holds the blob, without taking the right to upload
+    /// it that [`Sink::has_blob`] takes when it is missing (a registry sink
+    /// holds that right until the blob is put). For a look that may not be
+    /// followed by a put, such as the layer cache's.
+    async fn holds_blob(&self, digest: &Digest) -> Result<bool> {
+        self.has_blob(digest).await
+    }
+
     /// Stores a blob. `desc.size` may be 0 when unknown (an uncompressed layer
     /// whose length is learned while it streams). The reader is verified by
     /// its producer; a read error means the blob must not be kept.

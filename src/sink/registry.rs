@@ -245,6 +245,10 @@ impl Sink for RegistrySink {
         self.find_or_claim(digest, true).await
     }
 
+    async fn holds_blob(&self, digest: &Digest) -> Result<bool> {
+        self.present_or_mounted(digest, true).await
+    }
+
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
         self.client.upload_blob(self.repo(), desc, reader).await?;
         self.uploaded.fetch_add(1, Ordering::Relaxed);
