@@ -76,6 +76,18 @@ impl LayerCache {
         self.dir.join(&key[..2]).join(format!("{key}.json"))
     }
 
+    /// The key of a layer rewritten by a chain (hash `chain_hash`) and
+    /// compressed as given: plain-tar output (`Compression::None`) and
+    /// compressed output are separate entries.
+    pub fn rewrite_key(input: &Digest, chain_hash: &str, compression: Compression, level: Option<i32>) -> String {
+        let form = if compression == Compression::None {
+            "uncompressed"
+        } else {
+            "as-is"
+        };
+        LayerCache::key(input, chain_hash, compression, level, form)
+    }
+
     /// The entry for `key`, if there is a sound one.
     pub fn get(&self, key: &str) -> Option<CachedLayer> {
         let path = self.path(key);

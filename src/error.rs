@@ -118,6 +118,46 @@ impl Error {
         io::Error::new(io::ErrorKind::InvalidData, self)
     }
 
+    /// A copy of this error (same kind, same message), for telling every
+    /// consumer of one shared stream why it ended.
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Usage(m) => Error::Usage(m.clone()),
+            Error::Io { action, path, source } => Error::Io {
+                action,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Network(m) => Error::Network(m.clone()),
+            Error::Registry {
+                method,
+                url,
+                status,
+                message,
+            } => Error::Registry {
+                method: method.clone(),
+                url: url.clone(),
+                status: *status,
+                message: message.clone(),
+            },
+            Error::Unauthorized(m) => Error::Unauthorized(m.clone()),
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::DigestMismatch { what, expected, actual } => Error::DigestMismatch {
+                what: what.clone(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            Error::SizeMismatch { what, expected, actual } => Error::SizeMismatch {
+                what: what.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::Invalid(m) => Error::Invalid(m.clone()),
+            Error::Unsupported(m) => Error::Unsupported(m.clone()),
+            Error::Interrupted => Error::Interrupted,
+        }
+    }
+
     /// Whether retrying the same operation may succeed.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -54,6 +54,8 @@ pub enum OutputFormat {
     Json,
     /// Markdown (the sync plan, for a pull-request comment; other commands print text).
     Markdown,
+    /// Graphviz DOT (the sync plan's work graph, for `dot -Tsvg`; other commands print text).
+    Dot,
 }
 
 /// occy keeps container images where they belong.

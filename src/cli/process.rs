@@ -13,8 +13,9 @@ use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::cache::LayerCache;
 use crate::check::Mode;
 use crate::cli::output::human_size;
+use crate::cli::output::summary_text;
 use crate::error::{Error, Result};
-use crate::exec::sync::{apply, summary_text, ApplyOptions, ApplyReport, TargetOutcome};
+use crate::exec::sync::{apply, ApplyOptions, ApplyReport, TargetOutcome};
 use crate::filter::{parse_compression, FilterChain};
 use crate::plan::{self, PlanContext};
 use crate::reference::Reference;
@@ -123,7 +124,7 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
             let all: Vec<serde_json::Value> = report.targets.iter().map(target_json).collect::<Result<_>>()?;
             println!("{}", serde_json::to_string_pretty(&all)?);
         }
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot => {
             for o in &report.targets {
                 print_matches(o);
             }
@@ -180,7 +181,7 @@ fn print_one(global: &GlobalArgs, report: &ApplyReport) -> Result<i32> {
     };
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&target_json(o)?)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot => {
             print_matches(o);
             if !global.quiet {
                 let mounted = if r.layers_mounted > 0 {

@@ -10,8 +10,9 @@ use clap::{Args, ValueEnum};
 use super::{GlobalArgs, OutputFormat};
 use crate::cache::LayerCache;
 use crate::check::Mode;
+use crate::cli::output::summary_text;
 use crate::error::{Error, Result};
-use crate::exec::sync::{apply, summary_text, ApplyOptions};
+use crate::exec::sync::{apply, ApplyOptions};
 use crate::filter::parse_compression;
 use crate::plan::shard::{self, ShardArg, Sharding};
 use crate::plan::{self, render, PlanContext, SavedPlan};
@@ -176,11 +177,13 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
                     OutputFormat::Text => print!("{}", shard::text(&r)),
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
                     OutputFormat::Markdown => print!("{}", shard::markdown(&r)),
+                    OutputFormat::Dot => print!("{}", plan.graph.dot(&plan.targets)),
                 }
             }
             (None, OutputFormat::Text) => print!("{}", render::text(&plan, colour)),
             (None, OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&plan)?),
             (None, OutputFormat::Markdown) => print!("{}", render::markdown(&plan)),
+            (None, OutputFormat::Dot) => print!("{}", plan.graph.dot(&plan.targets)),
         }
         if let Some(out) = &args.out {
             let dir = out
@@ -242,7 +245,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
     let report = apply(&ctx, &plan, &opts).await;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot => {
             if report.written == 0 && report.failed == 0 && report.pruned.is_empty() && report.prune_failed.is_empty() {
                 if !global.quiet {
                     eprintln!("Nothing to do: {} targets up to date.", report.unchanged);

@@ -36,6 +36,8 @@ pub struct LayerResult {
     /// sha256 and size of the output blob as written.
     pub digest: Digest,
     pub size: u64,
+    /// Length of the uncompressed output tar.
+    pub plain_size: u64,
     pub compression: Compression,
     /// Per `inspect` filter, in chain order: the diff_id and uncompressed
     /// size of the layer as it was at that point of the chain.
@@ -254,7 +256,7 @@ pub fn rewrite_layer(
     reader.drain()?;
 
     plain.write_all(&END_OF_ARCHIVE).map_err(io_err)?;
-    let (buffered, diff_id, _) = plain.finish();
+    let (buffered, diff_id, plain_size) = plain.finish();
     let encoder = buffered.into_inner().map_err(|e| io_err(e.into_error()))?;
     let blob = encoder.finish().map_err(io_err)?;
     let (mut out, digest, size) = blob.finish();
@@ -271,6 +273,7 @@ pub fn rewrite_layer(
         diff_id,
         digest,
         size,
+        plain_size,
         compression,
         taps,
         matches,

@@ -1,11 +1,13 @@
-//! The plan for people and machines: text (colour on a terminal), JSON (the
-//! documented, stable `plan_version: 1` document that `--out` saves and
-//! `--apply` reads back) and Markdown (a table to post on a pull request).
+//! The plan for people and machines: text (colour on a terminal, with the
+//! work shared between stores), JSON (the documented `plan_version: 2`
+//! document with the work graph's `nodes` and `edges`, which `--out` saves
+//! and `--apply` reads back) and Markdown (a table to post on a pull
+//! request). The DOT picture is drawn by [`super::graph::WorkGraph::dot`].
 
 use std::fmt::Write as _;
 
 use super::{Action, Plan, PlannedTarget};
-use crate::cli::output::human_size;
+use crate::image::human_size;
 use crate::image::Digest;
 
 fn short(d: &Option<Digest>) -> String {
@@ -129,6 +131,12 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         let b = blobs(t);
         if !b.is_empty() {
             let _ = writeln!(out, "    blobs: {b}");
+        }
+    }
+    if !plan.shared.is_empty() {
+        let _ = writeln!(out, "\nShared work (each node done once):");
+        for line in &plan.shared {
+            let _ = writeln!(out, "  {line}");
         }
     }
     let (on, off) = if colour_on { ("\x1b[31m", "\x1b[0m") } else { ("", "") };

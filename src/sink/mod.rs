@@ -44,12 +44,21 @@ pub trait Sink: Send + Sync {
     /// Whether the sink already holds the blob (keyed as [`Sink::layer_form`] says).
     async fn has_blob(&self, digest: &Digest) -> Result<bool>;
 
-    /// Whether the sink holds the blob, without taking the right to upload
-    /// it that [`Sink::has_blob`] takes when it is missing (a registry sink
-    /// holds that right until the blob is put). For a look that may not be
-    /// followed by a put, such as the layer cache's.
-    async fn holds_blob(&self, digest: &Digest) -> Result<bool> {
-        self.has_blob(digest).await
+    /// Stores a small blob held in memory (a config).
+    async fn put_blob_bytes(&self, desc: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
+        let reader: BlobReader = Box::pin(std::io::Cursor::new(bytes));
+        self.put_blob(desc, reader).await
+    }
+
+    /// Records that the store holds a blob (the plan saw it there), so a
+    /// commit need not ask again.
+    fn note_present(&self, _digest: &Digest) {}
+
+    /// Mounts a blob from another repository of the same registry: true
+    /// when mounted, false when the registry declined (then upload it).
+    /// Only registries can; other sinks answer false.
+    async fn mount_blob(&self, _digest: &Digest, _from: &str) -> Result<bool> {
+        Ok(false)
     }
 
     /// Stores a blob. `desc.size` may be 0 when unknown (an uncompressed layer
@@ -72,12 +81,6 @@ pub trait Sink: Send + Sync {
     /// Commits an index after all its images; it gets the tag.
     async fn put_index(&self, index: &RawManifest, images: &[ImageData]) -> Result<()>;
 
-    /// Layers that [`Sink::has_blob`] found by mounting them from another
-    /// repository of the same registry (0 for other sinks).
-    fn layers_mounted(&self) -> usize {
-        0
-    }
-
     /// Makes everything written visible (renames temp files into place).
     async fn finish(&self) -> Result<()>;
 
@@ -90,10 +93,6 @@ pub trait Sink: Send + Sync {
 pub struct SinkOptions {
     /// Registry access (credentials, TLS, retries, rate limit).
     pub registry: crate::registry::RegistryOptions,
-    /// Which registry repositories hold which blobs, shared across one run.
-    pub blob_locations: registry::BlobLocations,
-    /// The source, when it is a registry: same-host blobs are mounted from it.
-    pub source: Option<crate::reference::RegistryRef>,
 }
 
 /// Opens the sink a reference names. `name` is the image's name and tag as
@@ -106,13 +105,7 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
                     "{reference} is a pattern; a destination must name one repository"
                 )));
             }
-            Ok(Box::new(registry::RegistrySink::new(
-                target,
-                &name.tag,
-                &opts.registry,
-                opts.blob_locations.clone(),
-                opts.source.as_ref(),
-            )?))
+            Ok(Box::new(registry::RegistrySink::new(target, &name.tag, &opts.registry)?))
         }
         Reference::Oci { path, tag } => {
             let tag = tag.clone().unwrap_or_else(|| name.tag.clone());

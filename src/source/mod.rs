@@ -7,6 +7,7 @@ pub mod docker_daemon;
 pub mod docker_save;
 pub mod oci_layout;
 pub mod registry;
+pub mod stream;
 
 use std::pin::Pin;
 
@@ -92,17 +93,7 @@ pub fn image_name_for(reference: &Reference, source: &dyn Source) -> ImageName {
     }
 }
 
-/// Which platforms of an index to take.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum PlatformSelection {
-    /// One platform: the host's (`linux/amd64` on most machines), or the only one.
-    #[default]
-    Default,
-    /// Every platform of the index; the index itself is kept as is.
-    All,
-    /// The listed platforms, in the index's order.
-    List(Vec<Platform>),
-}
+pub use crate::image::PlatformSelection;
 
 /// Settings every source may need.
 #[derive(Debug, Clone, Default)]
