@@ -1026,6 +1026,7 @@ fn a_graph_run_reads_each_blob_once_and_its_plan_matches_the_access_logs() {
     };
 
     // Cold.
+    assert_dot_draws_each_blob_once_per_store(&file);
     let (src0, dst0) = logs();
     let plan = run(&["--plan"]);
     assert_eq!(plan["plan_version"], 2);
@@ -1146,4 +1147,50 @@ fn a_graph_run_reads_each_blob_once_and_its_plan_matches_the_access_logs() {
         .as_u64()
         .unwrap();
     assert_eq!(gets, planning + fetches);
+}
+
+/// `occy sync F --plan -O dot` renders with Graphviz, and draws one node per
+/// distinct blob per store (as the JSON plan's nodes have them).
+fn assert_dot_draws_each_blob_once_per_store(file: &Path) {
+    let args = ["-O", "json", "sync", file.to_str().unwrap(), "--plan"];
+    let plan = json_of(&assert_ok(&args, occy(&args)));
+    let args = ["sync", file.to_str().unwrap(), "--plan", "-O", "dot"];
+    let dot = String::from_utf8(assert_ok(&args, occy(&args)).stdout).unwrap();
+    assert!(dot.starts_with("digraph occy_plan {"), "{dot}");
+    let mut child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("Graphviz `dot` runs (test.sh installs graphviz)");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+    let svg = child.wait_with_output().unwrap();
+    assert!(svg.status.success(), "dot -Tsvg failed");
+    assert!(String::from_utf8_lossy(&svg.stdout).contains("<svg"), "no SVG");
+
+    // (store, blob) of each drawn blob node: its label's last line is the
+    // store; no pair twice.
+    let mut drawn: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut seen = HashSet::new();
+    for line in dot.lines().filter(|l| l.contains("[label=\"blob ")) {
+        let label = line.split("[label=\"").nth(1).unwrap().split("\", ").next().unwrap();
+        let parts: Vec<&str> = label.split("\\n").collect();
+        let store = parts.last().unwrap().to_string();
+        assert!(
+            seen.insert((store.clone(), parts[0].to_string())),
+            "drawn twice: {line}"
+        );
+        *drawn.entry(store).or_default() += 1;
+    }
+    let mut distinct: std::collections::BTreeMap<String, HashSet<String>> = Default::default();
+    for n in plan["nodes"].as_array().unwrap().iter().filter(|n| n["kind"] == "blob") {
+        distinct
+            .entry(n["store"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(n["blob"].as_str().unwrap().to_string());
+    }
+    let distinct: std::collections::BTreeMap<String, usize> = distinct.into_iter().map(|(k, v)| (k, v.len())).collect();
+    assert_eq!(drawn, distinct);
+    assert!(distinct.len() >= 10, "{distinct:?}");
 }
