@@ -354,6 +354,13 @@ fn apply_of_a_saved_plan_is_pinned_and_refuses_a_changed_file() {
     std::fs::write(&s.file, text).unwrap();
     let err = fails(&args, 2, "changed since the plan");
     assert!(err.contains(saved["sync_file_sha256"].as_str().unwrap()), "{err}");
+
+    // A plan saved by an occy before the work graph is refused with what to do.
+    let mut old = saved.clone();
+    old["plan_version"] = 1.into();
+    std::fs::write(&plan_file, serde_json::to_vec(&old).unwrap()).unwrap();
+    let err = fails(&args, 2, "version-1 plan");
+    assert!(err.contains("plan again"), "{err}");
 }
 
 #[test]
