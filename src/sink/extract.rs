@@ -359,6 +359,13 @@ impl Extractor {
                     continue;
                 }
             }
+            if kind == tar::EntryType::Link {
+                // A hardlink shares its source's inode: owner, mode, xattrs
+                // and mtime are the source entry's (as umoci keeps them);
+                // a chown here would clear a setuid bit the source set.
+                written.insert(target);
+                continue;
+            }
             if self.is_root_user {
                 let uid = header.uid().unwrap_or(0) as u32;
                 let gid = header.gid().unwrap_or(0) as u32;
@@ -373,9 +380,8 @@ impl Extractor {
             for (attr, value) in &xattrs {
                 set_xattr(&target, attr, value);
             }
-            // A hardlink shares its source's inode (and mtime); a
-            // directory's mtime waits for `finish`.
-            if kind != tar::EntryType::Directory && kind != tar::EntryType::Link {
+            // A directory's mtime waits for `finish`.
+            if kind != tar::EntryType::Directory {
                 let _ = filetime::set_symlink_file_times(&target, mtime, mtime);
             }
             written.insert(target);
@@ -480,5 +486,21 @@ fn set_xattr(path: &Path, name: &[u8], value: &[u8]) {
             path.display(),
             io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pax_time;
+
+    #[test]
+    fn pax_times_keep_their_fraction() {
+        let t = |s: &str| parse_pax_time(s.as_bytes()).map(|t| (t.unix_seconds(), t.nanoseconds()));
+        assert_eq!(t("1700000000"), Some((1_700_000_000, 0)));
+        assert_eq!(t("1700000000.5"), Some((1_700_000_000, 500_000_000)));
+        assert_eq!(t("1.123456789123"), Some((1, 123_456_789)));
+        assert_eq!(t("-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(t("12x"), None);
+        assert_eq!(t("1.2e3"), None);
     }
 }
