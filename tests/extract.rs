@@ -851,3 +851,59 @@ fn a_later_layer_declaring_a_directory_wins_and_a_whiteout_forgets_it() {
         "a directory whited out and made again implicitly does not keep the removed one's mode"
     );
 }
+
+#[test]
+fn dir_expand_puts_the_merged_tree_in_manifest_beside_the_layer_tarballs() {
+    let t = tempfile::tempdir().unwrap();
+    let src = layout(&t.path().join("img"), &good_layers());
+    for unique_names in [false, true] {
+        let d = t.path().join(format!("dir-{unique_names}"));
+        let query = if unique_names {
+            "expand=true&unique_names=true"
+        } else {
+            "expand=true"
+        };
+        let out = occy(&["process", &src, &format!("dir://{}?{query}", d.display())]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // catalog.json names the manifest file; the tree is beside it, named
+        // like it without `.json` (occystrap's layout).
+        let catalog: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("catalog.json")).unwrap()).unwrap();
+        let manifest_file = catalog["img"]["t"].as_str().unwrap().to_string();
+        let tree_name = manifest_file.strip_suffix(".json").unwrap();
+        if unique_names {
+            assert_eq!(tree_name, "manifest-img-t");
+        } else {
+            assert_eq!(tree_name, "manifest");
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join(&manifest_file)).unwrap()).unwrap();
+        let layers = manifest[0]["Layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2);
+        for l in layers {
+            let l = l.as_str().unwrap();
+            assert!(l.ends_with("/layer.tar"), "{l}");
+            assert!(d.join(l).is_file(), "layer tarball {l} beside the tree");
+        }
+        assert!(
+            d.join(manifest[0]["Config"].as_str().unwrap()).is_file(),
+            "the config beside the tree"
+        );
+        let root = d.join(tree_name);
+        assert_eq!(std::fs::read(root.join("a/b/keep")).unwrap(), b"kept");
+        assert_eq!(std::fs::read(root.join("opq/new")).unwrap(), b"from the upper layer");
+        assert!(!root.join("a/b/c").exists() && !root.join("opq/old").exists());
+        // Nothing else is a tree: every other entry of DIR is the image's files.
+        for e in std::fs::read_dir(&d).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let known = name == tree_name
+                || name == manifest_file
+                || name.starts_with("catalog.json")
+                || layers
+                    .iter()
+                    .any(|l| l.as_str().unwrap().starts_with(&format!("{name}/")))
+                || Some(name.as_str()) == manifest[0]["Config"].as_str();
+            assert!(known, "{name} in {}", d.display());
+        }
+    }
+}
