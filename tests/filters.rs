@@ -595,6 +595,11 @@ fn recompress_keeps_the_diff_ids_of_layers_padded_to_a_record() {
         let after = skopeo_diff_ids(&format!("oci:{}:{tag}", out.display()));
         assert_eq!(after, before, "{filters:?} kept the diff_ids");
         let m = manifest_of(&out, tag);
+        assert_eq!(
+            m["config"]["digest"],
+            manifest_of(&src, "app-a")["config"]["digest"],
+            "{filters:?}: the config keeps its bytes"
+        );
         for (layer, want) in m["layers"].as_array().unwrap().iter().zip(&tars) {
             let b = blob(&out, layer["digest"].as_str().unwrap());
             let plain = decompress(&b);
