@@ -707,12 +707,11 @@ RUN echo two > /etc/app/conf.d/two && chmod 700 /etc/app && ln -s ../app/data/ke
         left,
     );
     // C: multi-stage on A — a chowned COPY --from, whiteouts (rm) and an
-    // opaque directory (removed and made again).
-    build(
-        "c",
-        &dir.join("ctx-c"),
-        &format!(
-            "FROM {base} AS build
+    // opaque directory (removed and made again). The first stage is built
+    // and tagged on its own first (the full build reuses it), so that it is
+    // removed with the others instead of staying as an untagged image.
+    let c_file = format!(
+        "FROM {base} AS build
 RUN /bin/busybox mkdir -p /out/sub && echo built > /out/sub/file \\
  && /bin/busybox touch -d '2003-03-03 03:03:03' /out/sub/file /out/sub && /bin/busybox chmod 711 /out/sub
 FROM {a}
@@ -720,11 +719,26 @@ COPY --from=build --chown=42:43 /out /opt/out
 RUN rm -rf /var/old/gone /opt/app/keylink
 RUN rm -rf /etc/app/conf.d && mkdir /etc/app/conf.d && echo three > /etc/app/conf.d/three
 ",
-            base = name("base"),
-            a = name("a")
-        ),
-        left,
+        base = name("base"),
+        a = name("a")
     );
+    let ctx_c = dir.join("ctx-c");
+    std::fs::create_dir_all(&ctx_c).unwrap();
+    std::fs::write(ctx_c.join("Dockerfile"), &c_file).unwrap();
+    left.images.push(name("c-stage"));
+    run(
+        "docker",
+        &[
+            "build",
+            "-q",
+            "--target",
+            "build",
+            "-t",
+            &name("c-stage"),
+            &ctx_c.display().to_string(),
+        ],
+    );
+    build("c", &ctx_c, &c_file, left);
     vec![name("base"), name("a"), name("b"), name("c")]
 }
 
