@@ -18,6 +18,12 @@ use tracing::warn;
 use crate::error::{Error, Result};
 use crate::image::{Compression, Digest};
 
+/// The version of what the rewriter makes of a layer, part of every key:
+/// raised when the same chain starts giving different bytes, so entries
+/// written by an older occy do not answer. 2: a chain that changes no entry
+/// keeps the tar's padding (and so its diff_id).
+const REWRITER_VERSION: &str = "2";
+
 /// What a chain made of one layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedLayer {
@@ -60,6 +66,7 @@ impl LayerCache {
     pub fn key(input: &Digest, chain_hash: &str, compression: Compression, level: Option<i32>, form: &str) -> String {
         let mut h = Sha256::new();
         for part in [
+            REWRITER_VERSION,
             input.as_str(),
             chain_hash,
             compression.as_str(),

@@ -157,10 +157,16 @@ pub fn rewrite_image(
         .collect::<Result<_>>()?;
 
     // The config: diff_ids, and times when asked; every other field kept.
+    // A pure re-encoding (`recompress`) keeps every diff_id, so the config
+    // keeps its bytes and digest.
     let mut config: Value = serde_json::from_slice(&img.config.bytes)?;
+    let mut config_changed = config_ts.is_some();
     if chain.changes_content() {
-        config["rootfs"]["diff_ids"] =
-            Value::Array(results.iter().map(|r| Value::from(r.diff_id.to_string())).collect());
+        let diff_ids = Value::Array(results.iter().map(|r| Value::from(r.diff_id.to_string())).collect());
+        if config["rootfs"]["diff_ids"] != diff_ids {
+            config["rootfs"]["diff_ids"] = diff_ids;
+            config_changed = true;
+        }
     }
     if let Some(ts) = config_ts {
         let when = Value::from(rfc3339(ts));
@@ -175,11 +181,14 @@ pub fn rewrite_image(
             }
         }
     }
-    let config_bytes = Bytes::from(serde_json::to_vec(&config)?);
-    let config = ConfigBlob::parse(
-        config_bytes,
-        &format!("the filtered config of {}", img.raw_manifest.digest),
-    )?;
+    let config = if config_changed {
+        ConfigBlob::parse(
+            Bytes::from(serde_json::to_vec(&config)?),
+            &format!("the filtered config of {}", img.raw_manifest.digest),
+        )?
+    } else {
+        img.config.clone()
+    };
 
     // The manifest: config and layer descriptors; OCI types when a layer is
     // zstd (Docker v2 has no zstd layer type).
