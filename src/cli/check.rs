@@ -15,7 +15,8 @@ use crate::source::open_source;
 /// Arguments of `occy check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Image reference (registry://, tar://, oci://, dir://, docker://)
+    /// Image reference
+    #[arg(help = format!("Image reference ({})", crate::reference::readable_schemes()))]
     pub source: String,
 
     /// Metadata only: manifests, configs and blob existence, no layer reads

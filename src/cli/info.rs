@@ -25,7 +25,8 @@ use crate::spec::command_line::{names_many, OneShot};
 /// Arguments of `occy info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Image reference (registry://, tar://, oci://, dir://)
+    /// Image reference
+    #[arg(help = format!("Image reference ({}); a glob or quay:// names many images", crate::reference::source_schemes()))]
     pub source: String,
 
     #[command(flatten)]

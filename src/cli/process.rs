@@ -23,10 +23,12 @@ use crate::spec::command_line::{names_many, OneShot};
 /// Arguments of `occy process`.
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
-    /// Source reference (registry://, tar://, oci://, dir://)
+    /// Source reference
+    #[arg(help = format!("Source reference ({}); a glob or quay:// names many images", crate::reference::source_schemes()))]
     pub source: String,
 
-    /// Destination reference (registry://, tar://, oci://, dir://, bundle://)
+    /// Destination reference
+    #[arg(help = format!("Destination reference ({}); {{name}} and {{tag}} template many", crate::reference::destination_schemes()))]
     pub destination: String,
 
     /// Layer transfers at once

@@ -15,7 +15,8 @@ use crate::source::{open_source, resolve};
 /// Arguments of `occy search`.
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// Image reference (registry://, tar://, oci://, dir://)
+    /// Image reference
+    #[arg(help = format!("Image reference ({})", crate::reference::readable_schemes()))]
     pub source: String,
 
     /// Glob (default; `*` within a directory, `**` across) or, with --regex, a regular expression
