@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use clap::Parser;
-use occy::cli::{self, Cli};
+use occy::cli;
 use occy::error::Error;
 
 fn init_logging(verbose: u8, quiet: bool, ansi: bool) {
@@ -33,7 +32,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let ansi = cli.global.colour(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     init_logging(cli.global.verbose, cli.global.quiet, ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -247,6 +247,71 @@ fn help_fits_on_one_screen_and_names_every_global_flag() {
     }
 }
 
+/// `occy sync -h` and `occy process -h` show the command's own flags and one
+/// line pointing to `occy --help` for the global ones; `--help` lists them
+/// under their own heading.
+#[test]
+fn command_short_help_leaves_global_flags_to_occy_help() {
+    let cmd = occy::cli::Cli::command();
+    let globals: Vec<(String, Option<char>)> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| (format!("--{}", a.get_long().unwrap()), a.get_short()))
+        .collect();
+    assert!(globals.len() >= 10, "{globals:?}");
+    for name in ["sync", "process", "info", "search", "check"] {
+        let out = occy_clean(&[name, "-h"]);
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        let lines = help.lines().count();
+        assert!(lines < 40, "occy {name} -h is {lines} lines:\n{help}");
+        for (long, short) in &globals {
+            assert!(
+                !help.contains(long.as_str()),
+                "occy {name} -h shows the global {long}:\n{help}"
+            );
+            if let Some(c) = short {
+                assert!(
+                    !help.contains(&format!("-{c},")),
+                    "occy {name} -h shows the global -{c}:\n{help}"
+                );
+            }
+        }
+        let last = help.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("Global options") && last.ends_with("occy --help"),
+            "occy {name} -h should end pointing to occy --help:\n{help}"
+        );
+        let long_help = String::from_utf8(occy_clean(&[name, "--help"]).stdout).unwrap();
+        let section = long_help
+            .split_once("\nGlobal options:\n")
+            .unwrap_or_else(|| panic!("occy {name} --help has no Global options section:\n{long_help}"))
+            .1;
+        for (long, _) in &globals {
+            assert!(section.contains(long.as_str()), "occy {name} --help lacks {long}");
+        }
+    }
+}
+
+/// Lists of URI schemes in help come from the one table in src/reference.rs.
+#[test]
+fn process_help_lists_every_scheme() {
+    let help = String::from_utf8(occy_clean(&["process", "--help"]).stdout).unwrap();
+    for s in occy::reference::SCHEMES {
+        assert!(
+            help.contains(&format!("{}://", s.name)),
+            "{}:// missing from occy process --help:\n{help}",
+            s.name
+        );
+    }
+    let (source, destination) = help.split_once("\n  <DESTINATION>").unwrap();
+    assert!(source.contains("docker://") && source.contains("quay://"), "{help}");
+    assert!(
+        destination.contains("bundle://") && destination.contains("docker://"),
+        "{help}"
+    );
+}
+
 #[test]
 fn version_names_the_commit() {
     let out = occy_clean(&["--version"]);

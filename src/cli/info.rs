@@ -32,8 +32,10 @@ pub struct InfoArgs {
     #[command(flatten)]
     pub platforms: PlatformArgs,
 
-    /// Images described at once, when the source names many
-    #[arg(short = 'J', long, default_value_t = 3, env = "OCCY_IMAGE_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Images described at once, when the source names many (default 3)
+    ///
+    /// [env: OCCY_IMAGE_PARALLEL]
+    #[arg(short = 'J', long, value_name = "N", default_value_t = 3, hide_default_value = true, env = "OCCY_IMAGE_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub image_parallel: u16,
 }
 
