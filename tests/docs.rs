@@ -312,6 +312,58 @@ fn process_help_lists_every_scheme() {
     );
 }
 
+/// `occy info` prints every runtime setting the config has (Healthcheck and
+/// StopSignal included) and no header for one it lacks or leaves empty.
+#[test]
+fn info_prints_each_runtime_setting_the_config_has() {
+    use support::layout_edit::{layout_of, mutate};
+    let dir = layout_of("app-a");
+    mutate(&dir, "app-a", |_, _, config| {
+        let c = &mut config["config"];
+        c["Labels"] = serde_json::json!({});
+        c["StopSignal"] = "SIGQUIT".into();
+        c["Healthcheck"] = serde_json::json!({
+            "Test": ["CMD-SHELL", "wget -q -O- http://localhost:8080/ || exit 1"],
+            "Interval": 30_000_000_000u64,
+            "Timeout": 3_000_000_000u64,
+            "Retries": 3
+        });
+        c["Shell"] = serde_json::json!(["/bin/ash", "-eo", "pipefail", "-c"]);
+        c["OnBuild"] = serde_json::Value::Null;
+        c["User"] = "".into();
+        c["ExposedPorts"] = serde_json::json!({"8080/tcp": {}});
+    });
+    let image = format!("oci://{}:app-a", dir.display());
+    let text = String::from_utf8(ok(&["info", &image]).stdout).unwrap();
+    for want in [
+        "Stop signal:       SIGQUIT",
+        "Healthcheck:       CMD-SHELL wget -q -O- http://localhost:8080/ || exit 1 (interval 30s, timeout 3s, retries 3)",
+        "Shell:             [\"/bin/ash\",\"-eo\",\"pipefail\",\"-c\"]",
+        "Exposed ports:     8080/tcp",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+    for absent in ["Labels", "OnBuild", "User:", "Volumes:", "Entrypoint:"] {
+        assert!(
+            !text.contains(absent),
+            "{absent} shown though the config has none:\n{text}"
+        );
+    }
+    // No header without content: every `Name:` line has a value or lines under it.
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim_end().ends_with(':') {
+            let next = lines.get(i + 1).copied().unwrap_or_default();
+            assert!(next.starts_with("  "), "empty header {line:?} in:\n{text}");
+        }
+        assert!(!line.trim_end().ends_with(": -"), "a field with no value: {line:?}");
+    }
+    let json = json_of(&ok(&["-O", "json", "info", &image]));
+    assert_eq!(json["stop_signal"], "SIGQUIT");
+    assert_eq!(json["healthcheck"]["Retries"], 3);
+    assert_eq!(json["shell"][0], "/bin/ash");
+}
+
 #[test]
 fn version_names_the_commit() {
     let out = occy_clean(&["--version"]);
