@@ -15,6 +15,12 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A sync file (or a one-shot command's spec) that does not validate:
+    /// every problem with its place, kept for `-O json` and `-O github`.
+    /// Nothing was done.
+    #[error("{}", .0.rendered)]
+    SyncFile(Box<crate::spec::diagnostic::SpecErrors>),
+
     /// A file-system operation failed on a named path.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -74,7 +80,7 @@ impl Error {
     /// The process exit code for this error (DESIGN §5).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::SyncFile(_) => 2,
             Error::Interrupted => 130,
             _ => 1,
         }

@@ -33,6 +33,7 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = cli::parse();
+    let format = cli.global.output_format;
     let ansi = cli.global.colour(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     init_logging(cli.global.verbose, cli.global.quiet, ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -59,7 +60,7 @@ fn main() {
                 // a temporary directory being removed) ends before we do.
                 runtime.shutdown_timeout(Duration::from_secs(5));
             }
-            eprintln!("error: {e}");
+            cli::report_error(&e, format);
             e.exit_code()
         }
     };

@@ -364,6 +364,114 @@ fn info_prints_each_runtime_setting_the_config_has() {
     assert_eq!(json["shell"][0], "/bin/ash");
 }
 
+/// Sync-file errors keep file, line, column, text and hint to the output:
+/// `-O json` prints them as objects, `-O github` as workflow annotations;
+/// the exit code stays 2 and stderr keeps the drawing for people.
+#[test]
+fn sync_file_errors_reach_json_and_github_annotations() {
+    let dir = scratch_dir("annotations");
+    // Two problems found together, and a misspelt key with a hint.
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "version: 1\nsync:\n  - from: nope://a\n    to: oci:///b\n  - from: oci:///a\n    to: oci:///c\n    platforms: [linux]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("typo.yaml"),
+        "version: 1\nsync:\n  - from: oci:///a\n    tag: [x]\n    to: oci:///b\n",
+    )
+    .unwrap();
+    let run = |format: &str, file: &str, place: &str| {
+        let out = Command::new(occy_bin())
+            .args(["-O", format, "sync", file, "--plan"])
+            .current_dir(&dir)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "-O {format}: {stderr}");
+        assert!(stderr.contains(place), "people still get {place}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let json: serde_json::Value = serde_json::from_str(&run("json", "bad.yaml", "bad.yaml:3:11:")).unwrap();
+    let errors = json["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{json}");
+    let scheme = &errors[0];
+    assert_eq!(scheme["file"], "bad.yaml");
+    assert_eq!(
+        (scheme["line"].as_u64(), scheme["column"].as_u64()),
+        (Some(3), Some(11))
+    );
+    assert_eq!(scheme["text"], "nope://a");
+    assert!(
+        scheme["message"].as_str().unwrap().contains("unknown scheme \"nope\""),
+        "{json}"
+    );
+    let platform = &errors[1];
+    assert_eq!(
+        (platform["line"].as_u64(), platform["column"].as_u64()),
+        (Some(7), Some(17))
+    );
+    assert_eq!(platform["text"], "linux");
+    assert!(platform["hint"].as_str().unwrap().contains("linux/amd64"), "{json}");
+    let json: serde_json::Value = serde_json::from_str(&run("json", "typo.yaml", "typo.yaml:4:5:")).unwrap();
+    let key = &json["errors"][0];
+    assert_eq!(
+        (key["file"].as_str(), key["line"].as_u64(), key["column"].as_u64()),
+        (Some("typo.yaml"), Some(4), Some(5))
+    );
+    assert_eq!(key["text"], "tag");
+    assert_eq!(key["hint"], "did you mean `tags`?");
+
+    let github = run("github", "bad.yaml", "bad.yaml:7:17:");
+    let lines: Vec<&str> = github.lines().collect();
+    assert_eq!(lines.len(), 2, "{github}");
+    assert!(
+        lines[0].starts_with("::error file=bad.yaml,line=3,col=11,") && lines[0].contains("::unknown scheme"),
+        "{github}"
+    );
+    assert!(lines[1].starts_with("::error file=bad.yaml,line=7,col=17,"), "{github}");
+    let github = run("github", "typo.yaml", "typo.yaml:4:5:");
+    assert_eq!(
+        github,
+        "::error file=typo.yaml,line=4,col=5,endLine=4,endColumn=8::unknown key `tag` in `sync[0]`%0Ahelp: did you mean `tags`?\n"
+    );
+}
+
+/// A plan with nothing to do is one line, without an all-zero "Per
+/// destination" block.
+#[test]
+fn a_no_op_plan_says_nothing_to_do_in_one_line() {
+    let dir = scratch_dir("no-op-plan");
+    let file = dir.join("m.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: 1\nsync:\n  - from: {}\n    to:\n      - oci://{}/layout:app-a\n      - tar://{}/app-a.tar\n",
+            standard_ref("app-a"),
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let first = String::from_utf8(ok(&["sync", file, "--plan"]).stdout).unwrap();
+    assert!(
+        first.contains("Per destination:") && !first.contains("Nothing to do"),
+        "{first}"
+    );
+    ok(&["sync", file]);
+    let again = String::from_utf8(ok(&["sync", file, "--plan"]).stdout).unwrap();
+    assert!(!again.contains("Per destination"), "{again}");
+    assert_eq!(
+        again.lines().last(),
+        Some("Nothing to do: 2 targets up to date."),
+        "{again}"
+    );
+    assert!(again.lines().count() <= 2, "{again}");
+}
+
 #[test]
 fn version_names_the_commit() {
     let out = occy_clean(&["--version"]);

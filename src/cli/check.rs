@@ -45,7 +45,7 @@ pub async fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<i32> {
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Github => {
             println!("{} ({} check)", reference, mode.as_str());
             for (severity, title) in [
                 (Severity::Error, "Errors"),

@@ -449,7 +449,7 @@ pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
     let info = gather(&reference, source.as_ref(), &selection).await?;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-        OutputFormat::Text | OutputFormat::Markdown => print!("{}", render_text(&info)),
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Github => print!("{}", render_text(&info)),
     }
     Ok(0)
 }
@@ -525,7 +525,7 @@ async fn run_many(
     let infos: Vec<&ImageInfo> = results.iter().filter_map(|(_, i)| i.as_ref().ok()).collect();
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&infos)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Github => {
             let texts: Vec<String> = infos.iter().map(|i| render_text(i)).collect();
             print!("{}", texts.join("---\n"));
         }

@@ -34,7 +34,7 @@ Commands:
 {subcommands}
 
 Global options, taken by every command (in full: occy COMMAND --help; env variables in brackets):
-  -O, --output-format text|json|markdown  results on stdout [OCCY_OUTPUT_FORMAT]
+  -O, --output-format text|json|markdown|github  results on stdout [OCCY_OUTPUT_FORMAT]
   -v, --verbose (-vv), -q, --quiet       more logging (RUST_LOG) / only errors
       --color auto|always|never          [OCCY_COLOR; NO_COLOR is honoured]
       --no-progress                      no bars or status lines [OCCY_NO_PROGRESS]
@@ -87,6 +87,30 @@ pub enum OutputFormat {
     Json,
     /// Markdown (the sync plan, for a pull-request comment; other commands print text).
     Markdown,
+    /// Text, and errors also as GitHub workflow annotations on stdout
+    /// (`::error file=F,line=L,col=C::message`, a line per sync-file problem).
+    Github,
+}
+
+/// Prints a command's error: for people on stderr; with `-O json` a sync
+/// file's problems also as `{"errors": [{file, line, column, …}]}` on
+/// stdout, with `-O github` every error also as workflow annotations on
+/// stdout, so a CI job can mark the lines of a pull request.
+pub fn report_error(e: &Error, format: OutputFormat) {
+    eprintln!("error: {e}");
+    match (format, e) {
+        (OutputFormat::Json, Error::SyncFile(problems)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&problems.json()).unwrap_or_else(|_| problems.json().to_string())
+            );
+        }
+        (OutputFormat::Github, Error::SyncFile(problems)) => print!("{}", problems.github()),
+        (OutputFormat::Github, other) => {
+            println!("::error::{}", crate::spec::diagnostic::github_data(&other.to_string()));
+        }
+        _ => {}
+    }
 }
 
 /// occy keeps container images where they belong.

@@ -130,7 +130,7 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
             let all: Vec<serde_json::Value> = report.targets.iter().map(target_json).collect::<Result<_>>()?;
             println!("{}", serde_json::to_string_pretty(&all)?);
         }
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Github => {
             for o in &report.targets {
                 print_matches(o);
             }
@@ -187,7 +187,7 @@ fn print_one(global: &GlobalArgs, report: &ApplyReport) -> Result<i32> {
     };
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&target_json(o)?)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Github => {
             print_matches(o);
             if !global.quiet {
                 let mounted = if r.layers_mounted > 0 {

@@ -83,7 +83,7 @@ pub async fn run(global: &GlobalArgs, args: &SearchArgs) -> Result<i32> {
     }
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&matches)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Github => {
             for m in &matches {
                 println!("{} {}", m.layer_digest, m.path);
             }

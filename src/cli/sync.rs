@@ -183,12 +183,12 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
             (Some(a), format) => {
                 let r = shard::report(&plan, a);
                 match format {
-                    OutputFormat::Text => print!("{}", shard::text(&r)),
+                    OutputFormat::Text | OutputFormat::Github => print!("{}", shard::text(&r)),
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
                     OutputFormat::Markdown => print!("{}", shard::markdown(&r)),
                 }
             }
-            (None, OutputFormat::Text) => print!("{}", render::text(&plan, colour)),
+            (None, OutputFormat::Text | OutputFormat::Github) => print!("{}", render::text(&plan, colour)),
             (None, OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&plan)?),
             (None, OutputFormat::Markdown) => print!("{}", render::markdown(&plan)),
         }
@@ -252,7 +252,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
     let report = apply(&ctx, &plan, &opts).await;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Github => {
             if report.written == 0 && report.failed == 0 && report.pruned.is_empty() && report.prune_failed.is_empty() {
                 if !global.quiet {
                     eprintln!("Nothing to do: {} targets up to date.", report.unchanged);
