@@ -1,6 +1,6 @@
 //! The one error type of occy: every failure a user can meet, each with a
 //! message that names the offending thing, and the exit code it maps to
-//! (DESIGN §5: 1 for failed work, 2 for usage or input errors).
+//! (docs/architecture.md: 1 for failed work, 2 for usage or input errors).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code for this error (DESIGN §5).
+    /// The process exit code for this error (see "Exit codes" in docs/architecture.md).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::SyncFile(_) => 2,

@@ -1,5 +1,5 @@
 //! The `occy` binary: parses the command line, sets up logging and the
-//! runtime, runs the command, and maps errors to exit codes (DESIGN §5).
+//! runtime, runs the command, and maps errors to exit codes (docs/architecture.md).
 
 use std::time::Duration;
 

@@ -5,8 +5,8 @@
 //! completions and man pages are generated; user-facing errors name what is
 //! wrong and say how to fix it.
 //!
-//! How documentation commands are run: every line starting with `occy` in a
-//! ```sh block (a trailing `\` continues it) runs with `sh -c`, in the order
+//! How documentation commands are run: every line starting with `occy` (or
+//! `mkdir -p`) in a ```sh block (a trailing `\` continues it) runs with `sh -c`, in the order
 //! of the file, in a directory of its own holding `mirror.yaml` (the sync
 //! file of docs/getting-started.md). Hosts the docs use (127.0.0.1:5000,
 //! registry.example.com, mirror.example.com) become the test registry, which
@@ -26,7 +26,7 @@ fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `(line number, command)` of every `occy` line in the file's ```sh blocks.
+/// `(line number, command)` of every `occy` (and `mkdir -p`) line in the file's ```sh blocks.
 fn doc_commands(file: &Path) -> Vec<(usize, String)> {
     let text = std::fs::read_to_string(file).unwrap();
     let mut out = Vec::new();
@@ -55,7 +55,7 @@ fn doc_commands(file: &Path) -> Vec<(usize, String)> {
             continue;
         }
         let line = line.strip_prefix("$ ").unwrap_or(line);
-        if line.starts_with("occy ") {
+        if line.starts_with("occy ") || line.starts_with("mkdir -p ") {
             if line.ends_with('\\') {
                 pending = Some((i + 1, line.trim_end_matches('\\').trim().to_string()));
             } else {
@@ -123,15 +123,8 @@ impl World {
         let name = doc.file_name().unwrap().to_string_lossy().to_string();
         let root = scratch_dir(&format!("doc-{name}"));
         let home = root.join("home");
-        for d in [
-            "tmp",
-            "srv/layouts",
-            "srv/airgap",
-            "cwd",
-            "home/.local/share/bash-completion/completions",
-            "home/.zfunc",
-            "home/.config/fish/completions",
-        ] {
+        // The home is fresh: the docs create the directories they write into.
+        for d in ["tmp", "srv/layouts", "srv/airgap", "cwd", "home"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         let cwd = root.join("cwd");
@@ -193,6 +186,134 @@ fn every_documented_command_runs() {
         false,
     );
     assert!(String::from_utf8_lossy(&tags.stdout).contains("1.0"));
+}
+
+/// README.md and docs/*.md.
+fn markdown_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.sort();
+    files.insert(0, repo_root().join("README.md"));
+    files
+}
+
+/// `(line number, line)` of a Markdown file outside its fenced code blocks.
+fn prose_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            out.push((i + 1, line));
+        }
+    }
+    out
+}
+
+/// The targets of the inline links `[text](target)` on a line.
+fn link_targets(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("](") {
+        rest = &rest[i + 2..];
+        let end = rest.find(')').unwrap_or(rest.len());
+        out.push(rest[..end].trim().to_string());
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Whether `path` (made of `..` and names, not touching the disk) stays in the repository.
+fn inside_repository(from_dir: &Path, target: &str) -> bool {
+    let mut parts: Vec<String> = from_dir
+        .strip_prefix(repo_root())
+        .unwrap()
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return false;
+                }
+            }
+            name => parts.push(name.to_string()),
+        }
+    }
+    true
+}
+
+/// The README opens with the one `# occy` title, no heading appears twice in
+/// a document, and the documentation stands on its own: no link or path
+/// leaves the repository and every relative link names a file that exists.
+#[test]
+fn readme_and_docs_have_one_title_and_links_that_resolve() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let headings: Vec<&str> = prose_lines(&readme)
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.starts_with('#'))
+        .collect();
+    let titles: Vec<&&str> = headings.iter().filter(|h| h.starts_with("# ")).collect();
+    assert_eq!(
+        titles.len(),
+        1,
+        "README.md has {} `# ` titles: {titles:?}",
+        titles.len()
+    );
+    assert_eq!(
+        headings.first().copied(),
+        Some("# occy"),
+        "the first heading of README.md must be `# occy`"
+    );
+
+    let mut problems = Vec::new();
+    for file in markdown_files() {
+        let name = file.strip_prefix(repo_root()).unwrap().display().to_string();
+        let dir = file.parent().unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut seen = std::collections::HashMap::new();
+        for (n, line) in prose_lines(&text) {
+            if line.starts_with('#') {
+                if let Some(first) = seen.insert(line.trim().to_string(), n) {
+                    problems.push(format!("{name}:{n}: heading {line:?} already at line {first}"));
+                }
+            }
+            // Any relative path, linked or quoted, must stay in the repository.
+            for (i, _) in line.match_indices("../") {
+                if i > 0 && line[..i].ends_with("..") {
+                    continue;
+                }
+                let token: String = line[i..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && !"`)]\"'>".contains(*c))
+                    .collect();
+                if !inside_repository(dir, &token) {
+                    problems.push(format!("{name}:{n}: {token} is outside the repository"));
+                }
+            }
+            for target in link_targets(line) {
+                if target.contains("://") || target.starts_with("mailto:") || target.starts_with('#') {
+                    continue;
+                }
+                let path = target.split('#').next().unwrap_or_default();
+                if path.starts_with('/') || !inside_repository(dir, path) {
+                    problems.push(format!("{name}:{n}: link {target} leaves the repository"));
+                } else if !dir.join(path).exists() {
+                    problems.push(format!("{name}:{n}: link {target}: no such file"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// occy with an empty environment (no OCCY_* variables leaking into help).
