@@ -73,6 +73,10 @@ pub struct Located {
     pub hint: Option<String>,
 }
 
+/// The name a one-shot command's spec goes by: its problems point into the
+/// command line, not into a file.
+pub const COMMAND_LINE: &str = "command line";
+
 /// The problems of one sync file, kept structured, with their rendering
 /// for people (what `Display` of the error prints).
 #[derive(Debug, Clone)]
@@ -92,6 +96,14 @@ impl SpecErrors {
     pub fn github(&self) -> String {
         let mut out = String::new();
         for p in &self.problems {
+            let mut message = p.message.clone();
+            if let Some(h) = &p.hint {
+                message.push_str(&format!("\nhelp: {h}"));
+            }
+            if p.file == COMMAND_LINE {
+                out.push_str(&format!("::error::{}\n", github_data(&message)));
+                continue;
+            }
             let mut props = vec![format!("file={}", github_property(&p.file))];
             for (key, value) in [
                 ("line", p.line),
@@ -102,10 +114,6 @@ impl SpecErrors {
                 if let Some(v) = value {
                     props.push(format!("{key}={v}"));
                 }
-            }
-            let mut message = p.message.clone();
-            if let Some(h) = &p.hint {
-                message.push_str(&format!("\nhelp: {h}"));
             }
             out.push_str(&format!("::error {}::{}\n", props.join(","), github_data(&message)));
         }
@@ -372,6 +380,12 @@ mod tests {
             "::error file=m%2C1.yaml,line=2,col=5,endLine=2,endColumn=6::bad value 100%25%0Ahelp: use 3\n\
              ::error file=m%2C1.yaml,line=1,col=1,endLine=1,endColumn=2::second\n"
         );
+        // A one-shot command's problems point into no file.
+        let s = SpecSource::new(Path::new(COMMAND_LINE), "occy process a b".to_string());
+        let Error::SyncFile(errors) = s.error(SpecProblem::new("bad b", 15..16, "here").help("use c")) else {
+            panic!("not a sync-file error");
+        };
+        assert_eq!(errors.github(), "::error::bad b%0Ahelp: use c\n");
     }
 
     #[test]
