@@ -1,6 +1,6 @@
 //! The one error type of occy: every failure a user can meet, each with a
 //! message that names the offending thing, and the exit code it maps to
-//! (DESIGN §5: 1 for failed work, 2 for usage or input errors).
+//! (docs/architecture.md: 1 for failed work, 2 for usage or input errors).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,12 @@ pub enum Error {
     /// Bad command-line input: a flag, a URI, an option. Nothing was done.
     #[error("{0}")]
     Usage(String),
+
+    /// A sync file (or a one-shot command's spec) that does not validate:
+    /// every problem with its place, kept for `-O json` and `-O github`.
+    /// Nothing was done.
+    #[error("{}", .0.rendered)]
+    SyncFile(Box<crate::spec::diagnostic::SpecErrors>),
 
     /// A file-system operation failed on a named path.
     #[error("cannot {action} {}: {source}", path.display())]
@@ -71,10 +77,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code for this error (DESIGN §5).
+    /// The process exit code for this error (see "Exit codes" in docs/architecture.md).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::SyncFile(_) => 2,
             Error::Interrupted => 130,
             _ => 1,
         }
@@ -123,6 +129,7 @@ impl Error {
     pub fn duplicate(&self) -> Error {
         match self {
             Error::Usage(m) => Error::Usage(m.clone()),
+            Error::SyncFile(p) => Error::SyncFile(p.clone()),
             Error::Io { action, path, source } => Error::Io {
                 action,
                 path: path.clone(),

@@ -111,18 +111,23 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
             let tag = tag.clone().unwrap_or_else(|| name.tag.clone());
             Ok(Box::new(oci_layout::OciLayoutSink::create(path, &tag).await?))
         }
-        Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSink::create_tar(path, name.clone()).await?)),
-        Reference::Dir { path, unique_names, expand } => {
-            Ok(Box::new(
-                docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names, *expand).await?,
-            ))
-        }
+        Reference::Tar { path } => Ok(Box::new(
+            docker_save::DockerSaveSink::create_tar(path, name.clone()).await?,
+        )),
+        Reference::Dir {
+            path,
+            unique_names,
+            expand,
+        } => Ok(Box::new(
+            docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names, *expand).await?,
+        )),
         Reference::Bundle { path } => Ok(Box::new(bundle::BundleSink::create(path).await?)),
         Reference::Docker { name, tag, socket } => Ok(Box::new(
             docker_daemon::DockerDaemonSink::create(name, tag, socket.as_deref()).await?,
         )),
         other => Err(Error::usage(format!(
-            "{other} cannot be written as a destination: supported destinations are registry://, tar://, oci://, dir://, bundle:// and docker://"
+            "{other} cannot be written as a destination: supported destinations are {}",
+            crate::reference::destination_schemes()
         ))),
     }
 }

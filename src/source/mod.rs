@@ -119,7 +119,8 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
             docker_daemon::DockerDaemonSource::open(name, tag, socket.as_deref()).await?,
         )),
         other => Err(Error::usage(format!(
-            "{other} cannot be read as a source: supported sources are registry://, tar://, oci://, dir:// and docker://"
+            "{other} cannot be read as a source: supported sources are {}",
+            crate::reference::readable_schemes()
         ))),
     }
 }
