@@ -147,7 +147,16 @@ pub fn registry_tags(reg: &Registry) -> BTreeMap<String, String> {
         let s = p.strip_prefix(&repos).unwrap().to_string_lossy().to_string();
         if let Some((repo, rest)) = s.split_once("/_manifests/tags/") {
             if let Some(tag) = rest.strip_suffix("/current/link") {
-                let link = std::fs::read_to_string(&p).unwrap();
+                // The registry may be writing the link as we look (a PUT it
+                // is still serving when occy was killed): wait for its bytes.
+                let mut link = std::fs::read_to_string(&p).unwrap_or_default();
+                for _ in 0..50 {
+                    if !link.trim().is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    link = std::fs::read_to_string(&p).unwrap_or_default();
+                }
                 out.insert(format!("{repo}:{tag}"), link.trim().to_string());
             }
         }
