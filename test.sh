@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs occy's whole test suite. On a fresh Debian machine it first installs
 # what the tests talk to: the Distribution registry, skopeo, podman, umoci,
-# htpasswd and openssl (apt, as root or through sudo).
+# htpasswd, openssl and Graphviz (apt, as root or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -12,6 +12,7 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v openssl >/dev/null || need+=(openssl)
 command -v podman >/dev/null || need+=(podman)
 command -v umoci >/dev/null || need+=(umoci)
+command -v dot >/dev/null || need+=(graphviz)
 [ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}" >&2
