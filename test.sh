@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs occy's whole test suite. On a fresh Debian machine it first installs
 # what the tests talk to: the Distribution registry, skopeo, podman, umoci,
-# htpasswd, openssl and Graphviz (apt, as root or through sudo).
+# htpasswd, openssl, Graphviz and busybox-static (a base image for `docker
+# build` tests) (apt, as root or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,6 +14,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v podman >/dev/null || need+=(podman)
 command -v umoci >/dev/null || need+=(umoci)
 command -v dot >/dev/null || need+=(graphviz)
+[ -x /bin/busybox ] || need+=(busybox-static)
 [ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}" >&2
