@@ -8,7 +8,8 @@
 //! belongs to is reported with that node and its error, and the rest of
 //! the run goes on.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -260,11 +261,22 @@ impl<'a> Walk<'a> {
             &mut failures,
             &mut ready,
         );
+        // Ready nodes wait in a heap, earlier targets first; a bounded
+        // number run (or wait for a permit) at once, so a run of many
+        // thousand targets holds few futures.
+        let cap = 2 * (self.opts.image_parallel.max(1) * (self.opts.parallel.max(1) + 1)) + 8;
+        let mut heap: BinaryHeap<Reverse<((usize, usize), NodeIndex)>> = BinaryHeap::new();
         loop {
-            ready.retain(|i| matches!(state[i], State::Waiting));
-            ready.sort_by_key(|&i| std::cmp::Reverse(priority(g, i)));
-            ready.dedup();
-            while let Some(i) = ready.pop() {
+            for i in ready.drain(..) {
+                if matches!(state[&i], State::Waiting) {
+                    heap.push(Reverse((priority(g, i), i)));
+                }
+            }
+            while running.len() < cap {
+                let Some(Reverse((_, i))) = heap.pop() else { break };
+                if !matches!(state[&i], State::Waiting) {
+                    continue;
+                }
                 state.insert(i, State::Running);
                 for &t in &g.graph[i].targets {
                     self.after.started(t);
