@@ -243,6 +243,16 @@ impl Store {
     }
 }
 
+/// Where a blob, once in a store, is there for every target: a registry
+/// host (its repositories mount it) for a registry repository, else the
+/// store itself.
+pub fn sharing_store(store: &str) -> String {
+    match store.strip_prefix("registry://") {
+        Some(rest) => format!("registry://{}", rest.split('/').next().unwrap_or(rest)),
+        None => store.to_string(),
+    }
+}
+
 /// Where a source reads blobs: a registry is one source for all its
 /// repositories (a blob is the same wherever it is).
 pub fn source_store(source: &Reference) -> String {
@@ -419,6 +429,28 @@ impl WorkGraph {
                     }
                 }
             }
+        }
+        out
+    }
+
+    /// The blobs each target writes, as `(store, blob, size)`: the store
+    /// where a blob is shared once there (a registry host, whose
+    /// repositories mount it; a layout or directory; else the destination),
+    /// and the blob as the graph names it. What `--shard` partitions by.
+    pub fn blobs_by_target(&self) -> BTreeMap<usize, Vec<(String, String, u64)>> {
+        let mut out = BTreeMap::new();
+        for (&t, tw) in &self.targets {
+            let mut v: Vec<(String, String, u64)> = Vec::new();
+            for img in &tw.images {
+                for &i in img.layers.iter().chain(std::iter::once(&img.config)) {
+                    let w = &self.graph[i];
+                    if let NodeKey::Blob { store, blob } | NodeKey::Config { store, blob } = &w.key {
+                        let size = w.source_blob.as_ref().map(|d| d.size).unwrap_or(w.bytes);
+                        v.push((sharing_store(store), blob.clone(), size));
+                    }
+                }
+            }
+            out.insert(t, v);
         }
         out
     }
@@ -633,11 +665,22 @@ struct WantedBlob {
     lookup: Option<Digest>,
 }
 
-/// Builds the graph of every writing target of `planned`.
+/// Builds the graph of every writing target of `planned`, asking each
+/// store which blobs it holds.
 pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
-    let mut g = WorkGraph::default();
     // Blobs each store holds now (asked once per store and blob).
     let presence = presence(ctx, planned).await;
+    assemble(ctx.cache.as_ref(), planned, &presence)
+}
+
+/// The graph's shape alone: every blob sent, nothing asked of the stores
+/// nor of the layer cache (for partitioning targets into shards).
+pub fn shape(planned: &[PlannedTarget]) -> WorkGraph {
+    assemble(None, planned, &Presence::default())
+}
+
+fn assemble(cache: Option<&LayerCache>, planned: &[PlannedTarget], presence: &Presence) -> WorkGraph {
+    let mut g = WorkGraph::default();
     // (host, digest) → the upload node that first sends it there, and its repository.
     let mut uploaded_on: Uploads = HashMap::new();
     for (ti, t) in planned.iter().enumerate() {
@@ -674,7 +717,7 @@ pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
                 };
                 // A rewritten layer the cache knows, and the store holds.
                 let cached = if rewrites_content && !observes {
-                    cached_output(ctx, chain, desc, store.form).filter(|d| presence.holds(&store, d))
+                    cached_output(cache, chain, desc, store.form).filter(|d| presence.holds(&store, d))
                 } else {
                     None
                 };
@@ -703,7 +746,7 @@ pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
                         lookup: plain_key.clone(),
                     },
                 };
-                let how = blob_how(&store, &wanted, &presence, &same_host_source, &uploaded_on);
+                let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on);
                 let sends = how.sends();
                 let (blob, created) = g.node(
                     NodeKey::Blob {
@@ -779,7 +822,7 @@ pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
                     lookup: Some(cfg.digest.clone()),
                 }
             };
-            let how = blob_how(&store, &wanted, &presence, &same_host_source, &uploaded_on);
+            let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on);
             let (config, _) = g.node(
                 NodeKey::Config {
                     store: store.key.clone(),
@@ -924,12 +967,12 @@ fn fetch_node(g: &mut WorkGraph, src_store: &str, desc: &Descriptor, diff_id: Op
 /// The output digest the layer cache remembers for a layer through `chain`
 /// in the form `form` stores it.
 fn cached_output(
-    ctx: &PlanContext,
+    cache: Option<&LayerCache>,
     chain: &crate::filter::FilterChain,
     desc: &Descriptor,
     form: StoredForm,
 ) -> Option<Digest> {
-    let cache = ctx.cache.as_ref()?;
+    let cache = cache?;
     let (compression, level) = match form {
         StoredForm::Compressed => chain.output_compression(layer_compression(desc)),
         StoredForm::PlainTar => (Compression::None, None),
@@ -1069,7 +1112,7 @@ async fn presence(ctx: &PlanContext, planned: &[PlannedTarget]) -> Presence {
                     img.manifest
                         .layers
                         .iter()
-                        .filter_map(|l| cached_output(ctx, &t.target.chain, l, StoredForm::Compressed)),
+                        .filter_map(|l| cached_output(ctx.cache.as_ref(), &t.target.chain, l, StoredForm::Compressed)),
                 );
             }
             if !content && t.target.chain.config_timestamp().is_none() {

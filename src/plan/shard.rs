@@ -42,7 +42,6 @@ use serde::Serialize;
 use super::{platforms_key, Action, Plan, PlannedTarget, Resolutions, Target};
 use crate::error::{Error, Result};
 use crate::image::human_size;
-use crate::image::{Digest, ResolvedImage};
 use crate::reference::Reference;
 
 /// The most shards a sync splits into.
@@ -164,8 +163,9 @@ pub enum Sharding {
 pub struct Item {
     /// The same on every machine: destination, then source.
     pub key: String,
-    /// The blobs it writes: (destination store, digest, size).
-    pub blobs: Vec<(String, Digest, u64)>,
+    /// The blobs it writes, as the work graph names them: (the store
+    /// where it is shared, blob, size).
+    pub blobs: Vec<(String, String, u64)>,
 }
 
 /// What one shard gets.
@@ -221,13 +221,13 @@ impl Units {
         for (i, it) in items.iter().enumerate() {
             by_key.entry(it.key.as_str()).or_default().push(i);
         }
-        let mut ids: BTreeMap<(&str, &Digest), u64> = BTreeMap::new();
+        let mut ids: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for it in items {
             for (store, digest, size) in &it.blobs {
-                ids.entry((store.as_str(), digest)).or_insert(*size);
+                ids.entry((store.as_str(), digest.as_str())).or_insert(*size);
             }
         }
-        let index: HashMap<(&str, &Digest), usize> = ids.keys().enumerate().map(|(i, k)| (*k, i)).collect();
+        let index: HashMap<(&str, &str), usize> = ids.keys().enumerate().map(|(i, k)| (*k, i)).collect();
         let sizes: Vec<u64> = ids.values().copied().collect();
         let mut unit_items = Vec::new();
         let mut unit_blobs = Vec::new();
@@ -235,7 +235,7 @@ impl Units {
         for (u, members) in by_key.into_values().enumerate() {
             let mut blobs: Vec<usize> = members
                 .iter()
-                .flat_map(|&i| items[i].blobs.iter().map(|(s, d, _)| index[&(s.as_str(), d)]))
+                .flat_map(|&i| items[i].blobs.iter().map(|(s, d, _)| index[&(s.as_str(), d.as_str())]))
                 .collect();
             blobs.sort_unstable();
             blobs.dedup();
@@ -472,37 +472,6 @@ fn source_key(source: &Reference) -> String {
     }
 }
 
-/// Where a destination keeps blobs: targets writing one blob into the same
-/// store share it (a registry mounts it, a layout or directory holds it once).
-fn store_of(dest: &Reference) -> String {
-    match dest {
-        Reference::Registry(r) => format!("registry://{}", r.host),
-        Reference::Oci { path, .. } => format!("oci://{}", path.display()),
-        Reference::Dir { path, .. } => format!("dir://{}", path.display()),
-        Reference::Docker { socket, .. } => format!(
-            "docker://{}",
-            socket.as_ref().map(|s| s.display().to_string()).unwrap_or_default()
-        ),
-        // A tarball or bundle holds its own copy of every layer.
-        other => other.to_string(),
-    }
-}
-
-/// The blobs a resolved source gives its destination: every layer and config
-/// of the platform images taken. Filtered targets are keyed by their source
-/// layers too: the same input through the same chain gives the same output.
-fn blobs_of(store: &str, resolved: &ResolvedImage) -> Vec<(String, Digest, u64)> {
-    let mut out = Vec::new();
-    for img in &resolved.images {
-        for l in &img.manifest.layers {
-            out.push((store.to_string(), l.digest.clone(), l.size));
-        }
-        let c = &img.manifest.config;
-        out.push((store.to_string(), c.digest.clone(), c.size));
-    }
-    out
-}
-
 /// What a sharded run of one shard reports about itself (`"shard"` in the
 /// JSON plan).
 #[derive(Debug, Clone, Serialize)]
@@ -575,12 +544,25 @@ pub fn select(
             _ => None,
         });
     }
-    for t in &targets {
+    // Which blob goes where, as the work graph says it (its shape: every
+    // blob counted, nothing asked of the stores).
+    let shaped: Vec<PlannedTarget> = targets
+        .iter()
+        .map(|t| {
+            let mut p = super::planned_target(t.clone());
+            p.resolved = resolutions
+                .get(&(t.source.to_string(), platforms_key(&t.platforms)))
+                .and_then(|r| r.as_ref().ok().cloned());
+            p
+        })
+        .collect();
+    let mut blobs_of = super::graph::shape(&shaped).blobs_by_target();
+    for (i, t) in targets.iter().enumerate() {
         let destination = t.destination.to_string();
         let source = t.source.to_string();
         let resolved = resolutions.get(&(source.clone(), platforms_key(&t.platforms)));
         let (blobs, error) = match resolved {
-            Some(Ok(r)) => (blobs_of(&store_of(&t.destination), r), None),
+            Some(Ok(_)) => (blobs_of.remove(&i).unwrap_or_default(), None),
             Some(Err(e)) => (Vec::new(), Some(e.clone())),
             None => (Vec::new(), Some("the source was not resolved".to_string())),
         };
@@ -838,11 +820,12 @@ pub fn summary_line(s: &ShardInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::Digest;
 
     const REG: &str = "registry://mirror.example.com";
 
-    fn blob(name: &str, size: u64) -> (String, Digest, u64) {
-        (REG.to_string(), Digest::of(name.as_bytes()), size)
+    fn blob(name: &str, size: u64) -> (String, String, u64) {
+        (REG.to_string(), Digest::of(name.as_bytes()).to_string(), size)
     }
 
     fn item(key: &str, blobs: &[(&str, u64)]) -> Item {
@@ -906,8 +889,8 @@ mod tests {
     }
 
     /// Every blob's shards.
-    fn holders(items: &[Item], p: &Partition) -> BTreeMap<(String, Digest), BTreeSet<usize>> {
-        let mut h: BTreeMap<(String, Digest), BTreeSet<usize>> = BTreeMap::new();
+    fn holders(items: &[Item], p: &Partition) -> BTreeMap<(String, String), BTreeSet<usize>> {
+        let mut h: BTreeMap<(String, String), BTreeSet<usize>> = BTreeMap::new();
         for (it, &s) in items.iter().zip(&p.shard_of) {
             for (store, d, _) in &it.blobs {
                 h.entry((store.clone(), d.clone())).or_default().insert(s);
@@ -977,7 +960,7 @@ mod tests {
         }
         // Own layers are never duplicated.
         for ((_, d), shards) in holders(&items, &p) {
-            if d != Digest::of(b"base") {
+            if *d != Digest::of(b"base").to_string() {
                 assert_eq!(shards.len(), 1);
             }
         }
