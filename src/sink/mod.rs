@@ -96,6 +96,15 @@ pub struct SinkOptions {
     pub source: Option<crate::reference::RegistryRef>,
 }
 
+/// The error for `docker://NAME@DIGEST` as a destination: a daemon loads an
+/// image under a tag and computes its own digests, so a digest cannot name
+/// what is written.
+pub fn docker_digest_destination(reference: &Reference, digest: &crate::image::Digest) -> Error {
+    Error::usage(format!(
+        "{reference} cannot be a destination: a daemon loads an image under a tag, not a digest ({digest}); write docker://NAME:TAG"
+    ))
+}
+
 /// Opens the sink a reference names. `name` is the image's name and tag as
 /// the source knows it, used where the destination does not give its own.
 pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptions) -> Result<Box<dyn Sink>> {
@@ -125,9 +134,20 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
             ))
         }
         Reference::Bundle { path } => Ok(Box::new(bundle::BundleSink::create(path).await?)),
-        Reference::Docker { name, tag, socket } => Ok(Box::new(
-            docker_daemon::DockerDaemonSink::create(name, tag, socket.as_deref()).await?,
-        )),
+        Reference::Docker {
+            name,
+            tag,
+            digest,
+            socket,
+        } => {
+            if let Some(d) = digest {
+                return Err(docker_digest_destination(reference, d));
+            }
+            Ok(Box::new(
+                docker_daemon::DockerDaemonSink::create(name, tag.as_deref().unwrap_or("latest"), socket.as_deref())
+                    .await?,
+            ))
+        }
         other => Err(Error::usage(format!(
             "{other} cannot be written as a destination: supported destinations are registry://, tar://, oci://, dir://, bundle:// and docker://"
         ))),

@@ -144,9 +144,10 @@ pub struct DockerDaemonSource {
 }
 
 impl DockerDaemonSource {
-    pub async fn open(name: &str, tag: &str, socket: Option<&Path>) -> Result<Self> {
+    /// Opens `image` (`name:tag` or `name@digest`, as the daemon names it).
+    pub async fn open(image: &str, socket: Option<&Path>) -> Result<Self> {
         let conn = DaemonConnection::open(socket).await?;
-        let image = format!("{name}:{tag}");
+        let image = image.to_string();
         let describe = match socket {
             Some(s) => format!("docker://{image}?socket={}", s.display()),
             None => format!("docker://{image}"),

@@ -86,6 +86,12 @@ impl OneShot<'_> {
                 platform: "linux-amd64".into(),
             });
             let parsed = Reference::parse(&sample)?;
+            if let Reference::Docker {
+                digest: Some(digest), ..
+            } = &parsed
+            {
+                return Err(crate::sink::docker_digest_destination(&parsed, digest));
+            }
             if names_many(&from) && !templated {
                 let overwritten = match parsed {
                     Reference::Tar { .. } => Some("one tarball"),

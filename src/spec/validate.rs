@@ -950,6 +950,15 @@ impl Validator<'_> {
                 );
                 return None;
             }
+            Reference::Docker { digest: Some(d), .. } => {
+                let e = crate::sink::docker_digest_destination(&reference, d);
+                self.problem(SpecProblem::new(
+                    e.to_string(),
+                    span,
+                    "a digest in a daemon destination",
+                ));
+                return None;
+            }
             Reference::Registry(r) if r.is_glob() => {
                 self.problem(
                     SpecProblem::new("a destination cannot be a pattern", span, "glob in a destination")
