@@ -14,8 +14,8 @@ use flate2::write::GzEncoder;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use support::{
-    default_diff_ids, default_image, fails, generated, layer_field, ok, require, scratch_dir, skopeo_inspect_local,
-    standard_images, standard_ref, strings,
+    assert_ok, default_diff_ids, default_image, fails, generated, layer_field, occy_bin, ok, require, scratch_dir,
+    skopeo_inspect_local, standard_images, standard_ref, strings,
 };
 
 fn sha(b: &[u8]) -> String {
@@ -316,17 +316,53 @@ fn missing_and_malformed_inputs_fail_clearly_without_partial_output() {
     );
     assert!(!out_oci.join("index.json").exists(), "no tag written for a failed copy");
 
-    // Destination directory that does not exist.
+    // A destination directory that cannot be made (its parent is a file).
     let src = sample(&t.path().join("ok"));
-    fails(
+    let stderr = fails(
         &[
             "process",
             &uri("oci", &src.dir, ":v1"),
-            &uri("tar", &t.path().join("no/such/dir/x.tar"), ""),
+            &uri("tar", &junk.join("dir/x.tar"), ""),
         ],
         1,
-        "does not exist",
+        "cannot create its directory",
     );
+    assert!(stderr.contains(&junk.join("dir").display().to_string()), "{stderr}");
+}
+
+/// `process` and `sync` agree: both create the missing directories above a
+/// `tar://` or `bundle://` destination, as `mkdir -p` would
+/// (docs/references.md says so).
+#[test]
+fn process_and_sync_create_missing_parent_directories() {
+    let t = tempfile::tempdir().unwrap();
+    let src = sample(&t.path().join("src"));
+    let from = uri("oci", &src.dir, ":v1");
+    let tar = t.path().join("p/new/dir/a.tar");
+    ok(&["process", &from, &uri("tar", &tar, "")]);
+    let bundle = t.path().join("p/other/b");
+    ok(&["process", &from, &uri("bundle", &bundle, "")]);
+    assert!(bundle.join("config.json").is_file());
+    // Relative to the working directory, too.
+    let rel = Command::new(occy_bin())
+        .current_dir(t.path())
+        .args(["process", &from, "tar://rel/dir/r.tar"])
+        .output()
+        .unwrap();
+    assert_ok(&["process", "tar://rel/dir/r.tar"], rel);
+
+    let file = t.path().join("sync.yaml");
+    std::fs::write(
+        &file,
+        format!("version: 1\nsync:\n  - from: {from}\n    to: [tar://s/new/dir/a.tar, bundle://s/other/b]\n"),
+    )
+    .unwrap();
+    ok(&["sync", file.to_str().unwrap()]);
+    for archive in [tar, t.path().join("rel/dir/r.tar"), t.path().join("s/new/dir/a.tar")] {
+        let sk = skopeo_inspect_local(&format!("docker-archive:{}", archive.display()), false);
+        assert_eq!(sk["Layers"].as_array().map(Vec::len), Some(2), "{}", archive.display());
+    }
+    assert!(t.path().join("s/other/b/config.json").is_file());
 }
 
 #[test]

@@ -43,9 +43,6 @@ pub struct ApplyOptions {
     /// Keep a state record beside file destinations for the next plan
     /// (`occy sync`; one-shot commands leave nothing beside their outputs).
     pub record: bool,
-    /// Make the directories of tarball and bundle destinations (a sync
-    /// file names where outputs go; a one-shot command's must exist).
-    pub make_dirs: bool,
 }
 
 /// What happened to one target.
@@ -284,13 +281,6 @@ async fn copy_target(
         blob_locations: locations,
         source: source_ref.as_registry().cloned(),
     };
-    if let (true, Reference::Tar { path } | Reference::Bundle { path }) = (opts.make_dirs, &tt.destination) {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| Error::io("create the directory", dir, e))?;
-        }
-    }
     let sink = open_sink(&tt.destination, &tt.name, &sink_opts).await?;
     let copy = CopyOptions {
         parallel: opts.parallel,

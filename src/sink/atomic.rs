@@ -87,6 +87,44 @@ pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates the missing directories above a file destination (`tar://`,
+/// `bundle://`), as `mkdir -p` would; returns those it created, outermost
+/// first, so a failed first write can remove them again
+/// ([`remove_made_dirs`]). `process` and `sync` both go through this.
+pub fn make_parent_dirs(destination: &Path) -> Result<Vec<PathBuf>> {
+    let Some(parent) = destination.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut missing = Vec::new();
+    let mut cur = Some(parent);
+    while let Some(dir) = cur.filter(|d| !d.as_os_str().is_empty()) {
+        if std::fs::symlink_metadata(dir).is_ok() {
+            break;
+        }
+        missing.push(dir.to_path_buf());
+        cur = dir.parent();
+    }
+    missing.reverse();
+    std::fs::create_dir_all(parent).map_err(|e| {
+        Error::invalid(format!(
+            "cannot write {}: cannot create its directory {}: {e}",
+            destination.display(),
+            parent.display()
+        ))
+    })?;
+    Ok(missing)
+}
+
+/// Removes directories [`make_parent_dirs`] created, innermost first, each
+/// only while it is empty (another writer's files keep it).
+pub fn remove_made_dirs(made: &[PathBuf]) {
+    for dir in made.iter().rev() {
+        if std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+    }
+}
+
 /// Creates a directory and its parents.
 pub async fn ensure_dir(path: &Path) -> Result<()> {
     tokio::fs::create_dir_all(path)

@@ -23,6 +23,8 @@ use crate::source::BlobReader;
 pub struct BundleSink {
     target: PathBuf,
     work: std::sync::Mutex<Option<TempDir>>,
+    /// Directories above `target` this sink created.
+    made_dirs: Vec<PathBuf>,
 }
 
 impl BundleSink {
@@ -32,13 +34,6 @@ impl BundleSink {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        if !parent.is_dir() {
-            return Err(Error::NotFound(format!(
-                "cannot write bundle {}: directory {} does not exist",
-                target.display(),
-                parent.display()
-            )));
-        }
         if target.exists()
             && fs::read_dir(target).map(|mut d| d.next().is_some()).unwrap_or(true)
             && !target.join("config.json").exists()
@@ -52,14 +47,22 @@ impl BundleSink {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let work = tempfile::Builder::new()
+        let made_dirs = super::atomic::make_parent_dirs(target)?;
+        let work = match tempfile::Builder::new()
             .prefix(&format!(".{base}.occy-tmp-"))
             .tempdir_in(parent)
-            .map_err(|e| Error::io("create a temporary directory in", parent, e))?;
+        {
+            Ok(w) => w,
+            Err(e) => {
+                super::atomic::remove_made_dirs(&made_dirs);
+                return Err(Error::io("create a temporary directory in", parent, e));
+            }
+        };
         fs::create_dir(work.path().join("blobs")).map_err(|e| Error::io("create directory", work.path(), e))?;
         Ok(BundleSink {
             target: target.to_path_buf(),
             work: std::sync::Mutex::new(Some(work)),
+            made_dirs,
         })
     }
 
@@ -341,5 +344,6 @@ impl Sink for BundleSink {
                 let _ = make_writable_and_remove(&p);
             }
         }
+        super::atomic::remove_made_dirs(&self.made_dirs);
     }
 }

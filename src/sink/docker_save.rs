@@ -17,7 +17,8 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::atomic::{
-    copy_into, ensure_dir, locked_update, persist, stream_file_atomic, temp_beside, write_file_atomic,
+    copy_into, ensure_dir, locked_update, make_parent_dirs, persist, remove_made_dirs, stream_file_atomic, temp_beside,
+    write_file_atomic,
 };
 use super::{ImageName, LayerForm, Sink};
 use crate::error::{Error, Result};
@@ -55,6 +56,8 @@ enum Target {
     Tar {
         path: PathBuf,
         state: Mutex<TarState>,
+        /// Directories above `path` this sink created.
+        made_dirs: Vec<PathBuf>,
     },
     Dir {
         root: PathBuf,
@@ -158,23 +161,23 @@ impl TarState {
 
 impl DockerSaveSink {
     /// A docker-save archive at `path`, written under a temp name until finished.
+    /// Missing directories above it are created (and removed again by a
+    /// failed first write).
     pub async fn create_tar(path: &Path, name: ImageName) -> Result<Self> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if tokio::fs::metadata(parent).await.is_err() {
-                return Err(Error::NotFound(format!(
-                    "cannot write {}: directory {} does not exist",
-                    path.display(),
-                    parent.display()
-                )));
-            }
-        }
         if tokio::fs::metadata(path).await.is_ok_and(|m| m.is_dir()) {
             return Err(Error::usage(format!(
                 "{} is a directory; tar:// needs a file path",
                 path.display()
             )));
         }
-        let tmp = temp_beside(path)?;
+        let made_dirs = make_parent_dirs(path)?;
+        let tmp = match temp_beside(path) {
+            Ok(t) => t,
+            Err(e) => {
+                remove_made_dirs(&made_dirs);
+                return Err(e);
+            }
+        };
         let file = tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?);
         Ok(DockerSaveSink {
             target: Target::Tar {
@@ -184,6 +187,7 @@ impl DockerSaveSink {
                     file,
                     written: HashSet::new(),
                 }),
+                made_dirs,
             },
             name,
             entries: std::sync::Mutex::new(Vec::new()),
@@ -300,7 +304,7 @@ impl Sink for DockerSaveSink {
                 stream_file_atomic(&path, reader).await?;
                 Ok(())
             }
-            Target::Tar { path, state } => {
+            Target::Tar { path, state, .. } => {
                 // Stream straight into the archive when it is free; otherwise
                 // spool beside it so concurrent layers keep downloading.
                 if let Ok(mut st) = state.try_lock() {
@@ -325,7 +329,7 @@ impl Sink for DockerSaveSink {
     async fn put_image(&self, image: &ImageData, tagged: bool) -> Result<()> {
         let config = config_name(&image.config.digest);
         match &self.target {
-            Target::Tar { path, state } => {
+            Target::Tar { path, state, .. } => {
                 let mut st = state.lock().await;
                 if !st.written.contains(&config) {
                     st.append_bytes(&config, &image.config.bytes, path).await?;
@@ -361,7 +365,7 @@ impl Sink for DockerSaveSink {
     async fn finish(&self) -> Result<()> {
         let manifest = self.manifest_json()?;
         match &self.target {
-            Target::Tar { path, state } => {
+            Target::Tar { path, state, .. } => {
                 let mut st = state.lock().await;
                 st.append_bytes("manifest.json", &manifest, path).await?;
                 let io = |e| Error::io("write", path, e);
@@ -402,9 +406,10 @@ impl Sink for DockerSaveSink {
     }
 
     async fn abort(&self) {
-        if let Target::Tar { state, .. } = &self.target {
-            // Dropping the temp file removes it.
+        if let Target::Tar { state, made_dirs, .. } = &self.target {
+            // Dropping the temp file removes it; then the directories made for it.
             state.lock().await.tmp.take();
+            remove_made_dirs(made_dirs);
         }
     }
 }
