@@ -75,6 +75,9 @@ pub enum Reference {
         path: PathBuf,
         unique_names: bool,
         expand: bool,
+        /// `?image=NAME[:TAG]`: which image of a shared (`unique_names`)
+        /// directory to read (sources only).
+        image: Option<String>,
     },
     /// An image in a Docker Engine (or podman) daemon, named as Docker
     /// names it: `[DOMAIN[:PORT]/]PATH[:TAG][@DIGEST]`.
@@ -139,11 +142,23 @@ impl Reference {
                     tag,
                 }
             }
-            "dir" => Reference::Dir {
-                path: parse_path(input, body)?,
-                unique_names: opts.take_bool("unique_names")?,
-                expand: opts.take_bool("expand")?,
-            },
+            "dir" => {
+                let image = opts.take("image");
+                if let Some(i) = &image {
+                    let (name, tag) = split_path_tag(i);
+                    if name.is_empty() || tag.as_deref().is_some_and(str::is_empty) {
+                        return Err(Error::usage(format!(
+                            "invalid value {i:?} for option \"image\" in {input:?}: expected NAME[:TAG], as the directory's catalog.json lists it"
+                        )));
+                    }
+                }
+                Reference::Dir {
+                    path: parse_path(input, body)?,
+                    unique_names: opts.take_bool("unique_names")?,
+                    expand: opts.take_bool("expand")?,
+                    image,
+                }
+            }
             "docker" => {
                 let (name, tag, digest) = parse_docker_name(input, body)?;
                 Reference::Docker {
@@ -267,14 +282,21 @@ impl fmt::Display for Reference {
                 path,
                 unique_names,
                 expand,
+                image,
             } => {
                 write!(f, "dir://{}", path.display())?;
                 let mut q = Vec::new();
                 if *unique_names {
-                    q.push("unique_names=true");
+                    q.push("unique_names=true".to_string());
                 }
                 if *expand {
-                    q.push("expand=true");
+                    q.push("expand=true".to_string());
+                }
+                if let Some(i) = image {
+                    q.push(format!(
+                        "image={}",
+                        url::form_urlencoded::byte_serialize(i.as_bytes()).collect::<String>()
+                    ));
                 }
                 if !q.is_empty() {
                     write!(f, "?{}", q.join("&"))?;
@@ -364,7 +386,7 @@ impl Options {
     fn finish(self, input: &str, scheme: &str) -> Result<()> {
         if let Some((k, _)) = self.0.first() {
             let known = match scheme {
-                "dir" => "unique_names, expand",
+                "dir" => "unique_names, expand, image",
                 "docker" => "socket",
                 "quay" => "since, token",
                 _ => "none",
@@ -391,6 +413,15 @@ fn parse_path(input: &str, body: &str) -> Result<PathBuf> {
         )));
     }
     Ok(PathBuf::from(body))
+}
+
+/// Splits `NAME[:TAG]` (the name may hold a registry port: `h:5000/app:1`).
+pub fn split_name_tag(s: &str) -> (&str, Option<&str>) {
+    let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match s[slash..].rfind(':') {
+        Some(i) => (&s[..slash + i], Some(&s[slash + i + 1..])),
+        None => (s, None),
+    }
 }
 
 /// Splits `path[:tag]` where the tag is after the last `/`.
@@ -666,9 +697,29 @@ mod tests {
             Reference::Dir {
                 path: "/d".into(),
                 unique_names: true,
-                expand: false
+                expand: false,
+                image: None,
             }
         );
+        for (text, image) in [
+            ("dir:///d?image=app:1.0", "app:1.0"),
+            (
+                "dir:///d?unique_names=true&image=127.0.0.1:5000/team/app:1.0",
+                "127.0.0.1:5000/team/app:1.0",
+            ),
+            ("dir:///d?image=team/app", "team/app"),
+        ] {
+            let r = Reference::parse(text).unwrap();
+            assert!(
+                matches!(&r, Reference::Dir { image: Some(i), .. } if i == image),
+                "{text}: {r:?}"
+            );
+            assert_eq!(Reference::parse(&r.to_string()).unwrap(), r, "{text}");
+        }
+        for bad in ["dir:///d?image=", "dir:///d?image=app:"] {
+            let e = Reference::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("NAME[:TAG]"), "{bad}: {e}");
+        }
         assert_eq!(
             Reference::parse("docker://quay.io/org/img?socket=/run/x.sock").unwrap(),
             Reference::Docker {

@@ -96,13 +96,20 @@ pub struct SinkOptions {
     pub source: Option<crate::reference::RegistryRef>,
 }
 
-/// The error for `docker://NAME@DIGEST` as a destination: a daemon loads an
-/// image under a tag and computes its own digests, so a digest cannot name
-/// what is written.
-pub fn docker_digest_destination(reference: &Reference, digest: &crate::image::Digest) -> Error {
-    Error::usage(format!(
-        "{reference} cannot be a destination: a daemon loads an image under a tag, not a digest ({digest}); write docker://NAME:TAG"
-    ))
+/// The error for a reference that names a part only a source can have:
+/// `docker://NAME@DIGEST` (a daemon loads an image under a tag and computes
+/// its own digests) and `dir://…?image=` (which picks an image to read; a
+/// destination records the source's name).
+pub fn source_only_part(reference: &Reference) -> Option<Error> {
+    match reference {
+        Reference::Docker { digest: Some(d), .. } => Some(Error::usage(format!(
+            "{reference} cannot be a destination: a daemon loads an image under a tag, not a digest ({d}); write docker://NAME:TAG"
+        ))),
+        Reference::Dir { image: Some(i), .. } => Some(Error::usage(format!(
+            "{reference} cannot be a destination: ?image={i} picks an image to read; a directory records each image under the source's name"
+        ))),
+        _ => None,
+    }
 }
 
 /// Opens the sink a reference names. `name` is the image's name and tag as
@@ -128,7 +135,15 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
             Ok(Box::new(oci_layout::OciLayoutSink::create(path, &tag).await?))
         }
         Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSink::create_tar(path, name.clone()).await?)),
-        Reference::Dir { path, unique_names, expand } => {
+        Reference::Dir { image: Some(_), .. } => {
+            Err(source_only_part(reference).unwrap_or_else(|| Error::usage(reference.to_string())))
+        }
+        Reference::Dir {
+            path,
+            unique_names,
+            expand,
+            ..
+        } => {
             Ok(Box::new(
                 docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names, *expand).await?,
             ))
@@ -140,8 +155,8 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
             digest,
             socket,
         } => {
-            if let Some(d) = digest {
-                return Err(docker_digest_destination(reference, d));
+            if digest.is_some() {
+                return Err(source_only_part(reference).unwrap_or_else(|| Error::usage(reference.to_string())));
             }
             Ok(Box::new(
                 docker_daemon::DockerDaemonSink::create(name, tag.as_deref().unwrap_or("latest"), socket.as_deref())

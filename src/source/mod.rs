@@ -123,7 +123,9 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
         }
         Reference::Oci { path, tag } => Ok(Box::new(oci_layout::OciLayoutSource::open(path, tag.as_deref()).await?)),
         Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSource::open_tar(path).await?)),
-        Reference::Dir { path, .. } => Ok(Box::new(docker_save::DockerSaveSource::open_dir(path, None).await?)),
+        Reference::Dir { path, image, .. } => Ok(Box::new(
+            docker_save::DockerSaveSource::open_dir(path, image.as_deref().map(crate::reference::split_name_tag)).await?,
+        )),
         Reference::Docker {
             name,
             tag,

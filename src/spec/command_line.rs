@@ -86,11 +86,8 @@ impl OneShot<'_> {
                 platform: "linux-amd64".into(),
             });
             let parsed = Reference::parse(&sample)?;
-            if let Reference::Docker {
-                digest: Some(digest), ..
-            } = &parsed
-            {
-                return Err(crate::sink::docker_digest_destination(&parsed, digest));
+            if let Some(e) = crate::sink::source_only_part(&parsed) {
+                return Err(e);
             }
             if names_many(&from) && !templated {
                 let overwritten = match parsed {

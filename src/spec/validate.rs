@@ -950,13 +950,11 @@ impl Validator<'_> {
                 );
                 return None;
             }
-            Reference::Docker { digest: Some(d), .. } => {
-                let e = crate::sink::docker_digest_destination(&reference, d);
-                self.problem(SpecProblem::new(
-                    e.to_string(),
-                    span,
-                    "a digest in a daemon destination",
-                ));
+            r if crate::sink::source_only_part(r).is_some() => {
+                let e = crate::sink::source_only_part(r)
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                self.problem(SpecProblem::new(e, span, "only for a source"));
                 return None;
             }
             Reference::Registry(r) if r.is_glob() => {
@@ -1021,10 +1019,12 @@ pub fn rebase(r: &Reference, base: &Path) -> Reference {
             path,
             unique_names,
             expand,
+            image,
         } => Reference::Dir {
             path: fix(path),
             unique_names: *unique_names,
             expand: *expand,
+            image: image.clone(),
         },
         Reference::Bundle { path } => Reference::Bundle { path: fix(path) },
         other => other.clone(),
