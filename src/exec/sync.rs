@@ -117,8 +117,46 @@ impl ApplyReport {
 }
 
 /// Applies `plan`: writes what it says needs writing, in its order.
+/// Removes what crashed runs left beside the plan's file destinations
+/// (temporaries no live writer holds; see `sink/sweep.rs`) and says at `-v`
+/// how much that reclaimed.
+async fn sweep_stale_temporaries(plan: &Plan) {
+    let mut dests: Vec<Reference> = Vec::new();
+    for t in &plan.targets {
+        if !matches!(t.action, Action::Failed { .. }) && !dests.contains(&t.target.destination) {
+            dests.push(t.target.destination.clone());
+        }
+    }
+    let swept = tokio::task::spawn_blocking(move || {
+        let mut total = crate::sink::sweep::Swept::default();
+        for d in &dests {
+            let s = crate::sink::sweep::sweep_destination(d);
+            if s.entries > 0 {
+                tracing::debug!(
+                    "{d}: removed {} stale temporary file(s), {}",
+                    s.entries,
+                    human_size(s.bytes)
+                );
+            }
+            total.entries += s.entries;
+            total.bytes += s.bytes;
+        }
+        total
+    })
+    .await
+    .unwrap_or_default();
+    if swept.entries > 0 {
+        tracing::debug!(
+            "reclaimed {} in {} stale temporary file(s) left by interrupted runs",
+            human_size(swept.bytes),
+            swept.entries
+        );
+    }
+}
+
 pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> ApplyReport {
     let started = Instant::now();
+    sweep_stale_temporaries(plan).await;
     let locations = BlobLocations::default();
     let to_write = plan.targets.iter().filter(|t| t.action.writes()).count();
     let progress = RunProgress::new(opts.progress, to_write);

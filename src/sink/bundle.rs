@@ -8,9 +8,9 @@ use std::fs;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use super::atomic::HeldTempDir;
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
 use super::atomic::stream_file_atomic;
 use super::extract::Extractor;
@@ -22,7 +22,7 @@ use crate::source::BlobReader;
 /// Writes an OCI runtime bundle.
 pub struct BundleSink {
     target: PathBuf,
-    work: std::sync::Mutex<Option<TempDir>>,
+    work: std::sync::Mutex<Option<HeldTempDir>>,
     /// Directories above `target` this sink created.
     made_dirs: Vec<PathBuf>,
 }
@@ -48,14 +48,11 @@ impl BundleSink {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let made_dirs = super::atomic::make_parent_dirs(target)?;
-        let work = match tempfile::Builder::new()
-            .prefix(&format!(".{base}.occy-tmp-"))
-            .tempdir_in(parent)
-        {
+        let work = match HeldTempDir::create(parent, &base) {
             Ok(w) => w,
             Err(e) => {
                 super::atomic::remove_made_dirs(&made_dirs);
-                return Err(Error::io("create a temporary directory in", parent, e));
+                return Err(e);
             }
         };
         fs::create_dir(work.path().join("blobs")).map_err(|e| Error::io("create directory", work.path(), e))?;
@@ -324,10 +321,11 @@ impl Sink for BundleSink {
             .map_err(|_| Error::invalid("bundle lock poisoned"))?
             .take()
             .ok_or_else(|| Error::invalid("bundle already finished"))?;
-        let path = work.keep();
+        let (path, lock) = work.keep();
         let target = self.target.clone();
         tokio::task::spawn_blocking(move || {
             let r = replace_dir(&path, &target);
+            drop(lock);
             if r.is_err() {
                 let _ = make_writable_and_remove(&path);
             }
@@ -340,7 +338,7 @@ impl Sink for BundleSink {
     async fn abort(&self) {
         if let Ok(mut w) = self.work.lock() {
             if let Some(dir) = w.take() {
-                let p = dir.keep();
+                let (p, _lock) = dir.keep();
                 let _ = make_writable_and_remove(&p);
             }
         }

@@ -17,8 +17,8 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::atomic::{
-    copy_into, ensure_dir, locked_update, make_parent_dirs, persist, remove_made_dirs, stream_file_atomic, temp_beside,
-    write_file_atomic,
+    copy_into, locked_update, make_parent_dirs, persist, remove_made_dirs, stream_file_atomic, temp_beside,
+    write_file_atomic, DestDir,
 };
 use super::{ImageName, LayerForm, Sink};
 use crate::error::{Error, Result};
@@ -63,6 +63,9 @@ enum Target {
         root: PathBuf,
         unique_names: bool,
         expand: bool,
+        /// The directory, created with the first file put in it and removed
+        /// again by a failed first write.
+        dest: DestDir,
     },
 }
 
@@ -204,12 +207,12 @@ impl DockerSaveSink {
                 root.display()
             )));
         }
-        ensure_dir(root).await?;
         Ok(DockerSaveSink {
             target: Target::Dir {
                 root: root.to_path_buf(),
                 unique_names,
                 expand,
+                dest: DestDir::new(root, "catalog.json")?,
             },
             name,
             entries: std::sync::Mutex::new(Vec::new()),
@@ -243,13 +246,10 @@ impl DockerSaveSink {
         let target = root.join(name);
         let root = root.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let work = tempfile::Builder::new()
-                .prefix(".expand.occy-tmp-")
-                .tempdir_in(&root)
-                .map_err(|e| Error::io("create a temporary directory in", &root, e))?
-                .keep();
+            let (work, lock) = super::atomic::HeldTempDir::create(&root, "expand")?.keep();
             let r =
                 super::bundle::extract_layers(&work, &layers).and_then(|()| super::bundle::replace_dir(&work, &target));
+            drop(lock);
             if r.is_err() {
                 let _ = super::bundle::make_writable_and_remove(&work);
             }
@@ -289,19 +289,27 @@ impl Sink for DockerSaveSink {
     async fn has_blob(&self, diff_id: &Digest) -> Result<bool> {
         match &self.target {
             Target::Tar { state, .. } => Ok(state.lock().await.written.contains(&layer_name(diff_id))),
-            Target::Dir { root, .. } => Ok(tokio::fs::metadata(root.join(layer_name(diff_id))).await.is_ok()),
+            Target::Dir { root, dest, .. } => {
+                dest.claim_if_present()?;
+                Ok(tokio::fs::metadata(root.join(layer_name(diff_id))).await.is_ok())
+            }
         }
     }
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
         let name = layer_name(&desc.digest);
         match &self.target {
-            Target::Dir { root, .. } => {
+            Target::Dir { root, dest, .. } => {
+                dest.ensure(&[])?;
                 let path = root.join(&name);
                 if let Some(dir) = path.parent() {
-                    ensure_dir(dir).await?;
+                    dest.ensure_subdir(dir)?;
                 }
+                let new = DestDir::is_new(&path);
                 stream_file_atomic(&path, reader).await?;
+                if new {
+                    dest.made_file(path);
+                }
                 Ok(())
             }
             Target::Tar { path, state, .. } => {
@@ -335,7 +343,15 @@ impl Sink for DockerSaveSink {
                     st.append_bytes(&config, &image.config.bytes, path).await?;
                 }
             }
-            Target::Dir { root, .. } => write_file_atomic(&root.join(&config), &image.config.bytes).await?,
+            Target::Dir { root, dest, .. } => {
+                dest.ensure(&[])?;
+                let path = root.join(&config);
+                let new = DestDir::is_new(&path);
+                write_file_atomic(&path, &image.config.bytes).await?;
+                if new {
+                    dest.made_file(path);
+                }
+            }
         }
         let layers = image.config.parsed.rootfs.diff_ids.iter().map(layer_name).collect();
         let repo_tags = if tagged {
@@ -381,12 +397,19 @@ impl Sink for DockerSaveSink {
                 root,
                 unique_names,
                 expand,
+                dest,
             } => {
+                dest.ensure(&[])?;
                 let file_name = self.manifest_file_name(*unique_names);
                 if *expand {
                     self.expand_into(root, file_name.trim_end_matches(".json")).await?;
                 }
-                write_file_atomic(&root.join(&file_name), &manifest).await?;
+                let manifest_path = root.join(&file_name);
+                let new = DestDir::is_new(&manifest_path);
+                write_file_atomic(&manifest_path, &manifest).await?;
+                if new {
+                    dest.made_file(manifest_path);
+                }
                 let repo = self.name.repository.clone();
                 let tag = self.name.tag.clone();
                 let catalog_path = root.join("catalog.json");
@@ -400,16 +423,21 @@ impl Sink for DockerSaveSink {
                     catalog.entry(repo).or_default().insert(tag, file_name);
                     Ok(serde_json::to_vec_pretty(&catalog)?)
                 })
-                .await
+                .await?;
+                dest.committed();
+                Ok(())
             }
         }
     }
 
     async fn abort(&self) {
-        if let Target::Tar { state, made_dirs, .. } = &self.target {
-            // Dropping the temp file removes it; then the directories made for it.
-            state.lock().await.tmp.take();
-            remove_made_dirs(made_dirs);
+        match &self.target {
+            Target::Tar { state, made_dirs, .. } => {
+                // Dropping the temp file removes it; then the directories made for it.
+                state.lock().await.tmp.take();
+                remove_made_dirs(made_dirs);
+            }
+            Target::Dir { dest, .. } => dest.undo(),
         }
     }
 }

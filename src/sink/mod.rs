@@ -9,6 +9,7 @@ pub mod docker_save;
 pub mod extract;
 pub mod oci_layout;
 pub mod registry;
+pub mod sweep;
 
 use async_trait::async_trait;
 
