@@ -555,3 +555,119 @@ fn the_next_run_sweeps_what_a_kill_left_but_not_a_live_writers_files() {
         left.len()
     );
 }
+
+/// Sends SIGINT to `child` and waits for it to end (10 s at most).
+fn interrupt(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "occy did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Files under `dir` whose names say they are temporaries (occy's beside
+/// outputs, its spools in TMPDIR).
+fn temporaries(dir: &std::path::Path) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| {
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+            rel.split('/').any(|part| {
+                part.contains(".occy-tmp-")
+                    || part.starts_with(".tmp")
+                    || part.starts_with("occy-layer-")
+                    || part.starts_with("occy-")
+            })
+        })
+        .collect()
+}
+
+/// Ctrl-C at any point of any command prints one line and exits 130, with
+/// no panic and no temporary left: a filtered copy whose layer rewrite is
+/// reading a stalled blob in a blocking thread (where the runtime's
+/// shutdown used to panic), a sync of a filtered entry, and a full check
+/// scanning a layer.
+#[test]
+fn ctrl_c_during_a_filtered_copy_a_sync_and_a_check_exits_130_cleanly() {
+    let src_proxy = FaultProxy::start(&source().host);
+    let base = layers_of("alpine_3.18").remove(0);
+    let src = format!("registry://{}/lib/alpine:3.18", src_proxy.host);
+    let dir = scratch_dir("sigint-commands");
+    let out = dir.join("out");
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let sync_file = dir.join("filtered.yaml");
+    std::fs::write(
+        &sync_file,
+        format!(
+            "version: 1\nregistries:\n  \"{h}\": {{ insecure: true }}\nsync:\n  - from: {src}\n    filters: [normalize-timestamps]\n    to: [\"tar://{o}/synced.tar\", \"oci://{o}/layout\", \"dir://{o}/dir?unique_names=true\"]\n",
+            h = src_proxy.host,
+            o = out.display()
+        ),
+    )
+    .unwrap();
+    let tar = format!("tar://{}/filtered.tar", out.display());
+    let runs: Vec<(&str, Vec<String>)> = vec![
+        (
+            "a filtered copy",
+            vec![
+                "process".into(),
+                src.clone(),
+                tar,
+                "-f".into(),
+                "normalize-timestamps".into(),
+            ],
+        ),
+        ("a sync", vec!["sync".into(), sync_file.display().to_string()]),
+        ("a check", vec!["check".into(), src.clone()]),
+    ];
+    for (what, args) in runs {
+        let digest = base.clone();
+        src_proxy.set_plan(Box::new(move |r| {
+            (r.class == Class::BlobGet && r.path.ends_with(&digest)).then_some(Fault::StallMidBody)
+        }));
+        let log = dir.join(format!("{}.log", what.replace(' ', "-")));
+        let mut child = Command::new(occy_bin())
+            .args(["--insecure-registry", &src_proxy.host, "--cache-dir"])
+            .arg(dir.join("cache"))
+            .args(&args)
+            .env("HOME", scratch())
+            .env("TMPDIR", &tmp)
+            .env("NO_COLOR", "1")
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            src_proxy.wait_for_stall(Duration::from_secs(30)).is_some(),
+            "{what}: never reached the layer"
+        );
+        // Let the blocking rewrite or scan start reading the stalled stream.
+        std::thread::sleep(Duration::from_millis(300));
+        let status = interrupt(&mut child);
+        src_proxy.release();
+        src_proxy.set_plan(none());
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(130), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(!stderr.contains("backtrace"), "{what}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors, ["error: interrupted"], "{what}: one line: {stderr}");
+        let left = temporaries(&out)
+            .into_iter()
+            .chain(temporaries(&tmp))
+            .collect::<Vec<_>>();
+        assert!(left.is_empty(), "{what}: temporaries left: {left:?}");
+        let made: Vec<PathBuf> = walk(&out);
+        assert!(made.is_empty(), "{what}: an interrupted first write left {made:?}");
+    }
+}

@@ -166,7 +166,7 @@ async fn rewrite_one(
     };
     let chain = chain.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let bridge = tokio_util::io::SyncIoBridge::new(plain);
+        let bridge = crate::interrupt::Bridge::new(plain);
         rewrite_layer(bridge, &chain, compression, level, out, &what)
     })
     .await

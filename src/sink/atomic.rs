@@ -49,10 +49,18 @@ fn hold(file: &std::fs::File, path: &Path) {
 
 /// A temporary directory beside a destination (`.BASE.occy-tmp-XXXXXX` in
 /// `parent`), held under its writer's lock while it lives; dropping it
-/// removes it.
+/// removes it (read-only directories an extraction made included).
 pub struct HeldTempDir {
-    dir: TempDir,
-    _lock: std::fs::File,
+    dir: Option<TempDir>,
+    lock: Option<std::fs::File>,
+}
+
+impl Drop for HeldTempDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = super::bundle::make_writable_and_remove(&dir.keep());
+        }
+    }
 }
 
 impl HeldTempDir {
@@ -63,17 +71,20 @@ impl HeldTempDir {
             .map_err(|e| Error::io("create a temporary directory in", parent, e))?;
         let lock = std::fs::File::open(dir.path()).map_err(|e| Error::io("open", dir.path(), e))?;
         hold(&lock, dir.path());
-        Ok(HeldTempDir { dir, _lock: lock })
+        Ok(HeldTempDir {
+            dir: Some(dir),
+            lock: Some(lock),
+        })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new(""))
     }
 
     /// Gives the directory up to the caller, who renames or removes it
     /// while holding the returned lock (dropping it releases the lock).
-    pub fn keep(self) -> (PathBuf, std::fs::File) {
-        (self.dir.keep(), self._lock)
+    pub fn keep(mut self) -> (PathBuf, Option<std::fs::File>) {
+        (self.dir.take().map(|d| d.keep()).unwrap_or_default(), self.lock.take())
     }
 }
 
@@ -216,6 +227,14 @@ impl DestDir {
     }
 }
 
+impl Drop for DestDir {
+    /// A writer dropped without committing (a failure, Ctrl-C) takes back
+    /// what it made, as [`DestDir::undo`] does.
+    fn drop(&mut self) {
+        self.undo();
+    }
+}
+
 /// Opens `root` and takes a shared lock on it; None when it does not exist
 /// (or was removed while the lock was awaited).
 fn claim(root: &Path) -> Result<Option<std::fs::File>> {
@@ -311,35 +330,50 @@ pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates the missing directories above a file destination (`tar://`,
-/// `bundle://`), as `mkdir -p` would; returns those it created, outermost
-/// first, so a failed first write can remove them again
-/// ([`remove_made_dirs`]). `process` and `sync` both go through this.
-pub fn make_parent_dirs(destination: &Path) -> Result<Vec<PathBuf>> {
-    let Some(parent) = destination.parent().filter(|p| !p.as_os_str().is_empty()) else {
-        return Ok(Vec::new());
-    };
-    make_dirs(parent).map_err(|e| {
-        let why = match &e {
-            Error::Io { source, .. } => source.to_string(),
-            other => other.to_string(),
-        };
-        Error::invalid(format!(
-            "cannot write {}: cannot create its directory {}: {why}",
-            destination.display(),
-            parent.display()
-        ))
-    })
-}
+/// Directories made above a file destination, outermost first. Dropped,
+/// it removes those that are empty (the output was never written into
+/// them: a failed or interrupted first write); a written output keeps them.
+#[derive(Debug, Default)]
+pub struct MadeDirs(Vec<PathBuf>);
 
-/// Removes directories [`make_parent_dirs`] created, innermost first, each
-/// only while it is empty (another writer's files keep it).
-pub fn remove_made_dirs(made: &[PathBuf]) {
-    for dir in made.iter().rev() {
-        if std::fs::remove_dir(dir).is_err() {
-            break;
+impl MadeDirs {
+    /// Removes the directories made, innermost first, each only while it is
+    /// empty (another writer's files keep it).
+    pub fn remove_empty(&self) {
+        for dir in self.0.iter().rev() {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
         }
     }
+}
+
+impl Drop for MadeDirs {
+    fn drop(&mut self) {
+        self.remove_empty();
+    }
+}
+
+/// Creates the missing directories above a file destination (`tar://`,
+/// `bundle://`), as `mkdir -p` would; returns those it created, so a failed
+/// first write removes them again. `process` and `sync` both go through this.
+pub fn make_parent_dirs(destination: &Path) -> Result<MadeDirs> {
+    let Some(parent) = destination.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(MadeDirs::default());
+    };
+    make_dirs(parent)
+        .map_err(|e| {
+            let why = match &e {
+                Error::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            Error::invalid(format!(
+                "cannot write {}: cannot create its directory {}: {why}",
+                destination.display(),
+                parent.display()
+            ))
+        })
+        .map(MadeDirs)
 }
 
 /// Creates a directory and its parents.

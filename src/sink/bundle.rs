@@ -23,8 +23,9 @@ use crate::source::BlobReader;
 pub struct BundleSink {
     target: PathBuf,
     work: std::sync::Mutex<Option<HeldTempDir>>,
-    /// Directories above `target` this sink created.
-    made_dirs: Vec<PathBuf>,
+    /// Directories above `target` this sink created (after `work`: the
+    /// temporary bundle goes first when the sink is dropped).
+    made_dirs: super::atomic::MadeDirs,
 }
 
 impl BundleSink {
@@ -48,13 +49,7 @@ impl BundleSink {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let made_dirs = super::atomic::make_parent_dirs(target)?;
-        let work = match HeldTempDir::create(parent, &base) {
-            Ok(w) => w,
-            Err(e) => {
-                super::atomic::remove_made_dirs(&made_dirs);
-                return Err(e);
-            }
-        };
+        let work = HeldTempDir::create(parent, &base)?;
         fs::create_dir(work.path().join("blobs")).map_err(|e| Error::io("create directory", work.path(), e))?;
         Ok(BundleSink {
             target: target.to_path_buf(),
@@ -342,6 +337,6 @@ impl Sink for BundleSink {
                 let _ = make_writable_and_remove(&p);
             }
         }
-        super::atomic::remove_made_dirs(&self.made_dirs);
+        self.made_dirs.remove_empty();
     }
 }

@@ -17,8 +17,8 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::atomic::{
-    copy_into, locked_update, make_parent_dirs, persist, remove_made_dirs, stream_file_atomic, temp_beside,
-    write_file_atomic, DestDir,
+    copy_into, locked_update, make_parent_dirs, persist, stream_file_atomic, temp_beside, write_file_atomic, DestDir,
+    MadeDirs,
 };
 use super::{ImageName, LayerForm, Sink};
 use crate::error::{Error, Result};
@@ -56,8 +56,9 @@ enum Target {
     Tar {
         path: PathBuf,
         state: Mutex<TarState>,
-        /// Directories above `path` this sink created.
-        made_dirs: Vec<PathBuf>,
+        /// Directories above `path` this sink created (after `state`: the
+        /// temporary archive goes first when the sink is dropped).
+        made_dirs: MadeDirs,
     },
     Dir {
         root: PathBuf,
@@ -174,13 +175,7 @@ impl DockerSaveSink {
             )));
         }
         let made_dirs = make_parent_dirs(path)?;
-        let tmp = match temp_beside(path) {
-            Ok(t) => t,
-            Err(e) => {
-                remove_made_dirs(&made_dirs);
-                return Err(e);
-            }
-        };
+        let tmp = temp_beside(path)?;
         let file = tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?);
         Ok(DockerSaveSink {
             target: Target::Tar {
@@ -435,7 +430,7 @@ impl Sink for DockerSaveSink {
             Target::Tar { state, made_dirs, .. } => {
                 // Dropping the temp file removes it; then the directories made for it.
                 state.lock().await.tmp.take();
-                remove_made_dirs(made_dirs);
+                made_dirs.remove_empty();
             }
             Target::Dir { dest, .. } => dest.undo(),
         }

@@ -169,7 +169,7 @@ impl DockerDaemonSource {
         let root = spool.path().to_path_buf();
         let unpack_what = format!("the export of {image}");
         tokio::task::spawn_blocking(move || {
-            let bridge = tokio_util::io::SyncIoBridge::new(reader);
+            let bridge = crate::interrupt::Bridge::new(reader);
             unpack_export(bridge, &root, &unpack_what)
         })
         .await
