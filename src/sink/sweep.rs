@@ -35,7 +35,7 @@ impl Swept {
 }
 
 /// Sweeps the stale temporaries of one destination: beside a tarball or a
-/// bundle, those named after it; in an OCI layout or a `dir://`, those in
+/// bundle, those named after it or its state record; in an OCI layout or a `dir://`, those in
 /// its root, `blobs/sha256` or its layer directories. Other destinations
 /// have nothing to sweep.
 pub fn sweep_destination(dest: &Reference) -> Swept {
@@ -50,6 +50,8 @@ pub fn sweep_destination(dest: &Reference) -> Swept {
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
             swept.add(sweep_dir(dir, Some(&name)));
+            // The state record beside it (`.NAME.occy-state.json`).
+            swept.add(sweep_dir(dir, Some(&format!(".{name}.occy-state.json"))));
         }
         Reference::Oci { path, .. } => {
             swept.add(sweep_dir(path, None));
@@ -195,6 +197,14 @@ mod tests {
         assert_eq!(classify(".ab.tar.occy-tmp-5mElr7", Some("b.tar")), None);
         assert_eq!(classify(".b.occy-old-123", Some("b")), Some(Kind::Old(123)));
         assert_eq!(classify(".expand.occy-tmp-XyZ123", None), Some(Kind::Temp));
+        assert_eq!(
+            classify(
+                "..a.tar.occy-state.json.occy-tmp-Ab12Cd",
+                Some(".a.tar.occy-state.json")
+            ),
+            Some(Kind::Temp)
+        );
+        assert_eq!(classify(".a.tar.occy-state.json", Some("a.tar")), None);
         for other in [
             "a.tar",
             ".a.tar",
