@@ -18,6 +18,12 @@ use tracing::warn;
 use crate::error::{Error, Result};
 use crate::image::{Compression, Digest};
 
+/// The version of what the rewriter makes of a layer, part of every key:
+/// raised when the same chain starts giving different bytes, so entries
+/// written by an older occy do not answer. 2: a chain that changes no entry
+/// keeps the tar's padding (and so its diff_id).
+const REWRITER_VERSION: &str = "2";
+
 /// What a chain made of one layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedLayer {
@@ -60,6 +66,7 @@ impl LayerCache {
     pub fn key(input: &Digest, chain_hash: &str, compression: Compression, level: Option<i32>, form: &str) -> String {
         let mut h = Sha256::new();
         for part in [
+            REWRITER_VERSION,
             input.as_str(),
             chain_hash,
             compression.as_str(),
@@ -74,6 +81,18 @@ impl LayerCache {
 
     fn path(&self, key: &str) -> PathBuf {
         self.dir.join(&key[..2]).join(format!("{key}.json"))
+    }
+
+    /// The key of a layer rewritten by a chain (hash `chain_hash`) and
+    /// compressed as given: plain-tar output (`Compression::None`) and
+    /// compressed output are separate entries.
+    pub fn rewrite_key(input: &Digest, chain_hash: &str, compression: Compression, level: Option<i32>) -> String {
+        let form = if compression == Compression::None {
+            "uncompressed"
+        } else {
+            "as-is"
+        };
+        LayerCache::key(input, chain_hash, compression, level, form)
     }
 
     /// The entry for `key`, if there is a sound one.

@@ -1,6 +1,6 @@
 //! The one error type of occy: every failure a user can meet, each with a
 //! message that names the offending thing, and the exit code it maps to
-//! (DESIGN §5: 1 for failed work, 2 for usage or input errors).
+//! (docs/architecture.md: 1 for failed work, 2 for usage or input errors).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,12 @@ pub enum Error {
     /// Bad command-line input: a flag, a URI, an option. Nothing was done.
     #[error("{0}")]
     Usage(String),
+
+    /// A sync file (or a one-shot command's spec) that does not validate:
+    /// every problem with its place, kept for `-O json` and `-O github`.
+    /// Nothing was done.
+    #[error("{}", .0.rendered)]
+    SyncFile(Box<crate::spec::diagnostic::SpecErrors>),
 
     /// A file-system operation failed on a named path.
     #[error("cannot {action} {}: {source}", path.display())]
@@ -71,10 +77,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code for this error (DESIGN §5).
+    /// The process exit code for this error (see "Exit codes" in docs/architecture.md).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::SyncFile(_) => 2,
             Error::Interrupted => 130,
             _ => 1,
         }
@@ -116,6 +122,47 @@ impl Error {
     /// to be recovered by [`Error::io`] or [`Error::stream`] on the other side.
     pub fn into_io(self) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, self)
+    }
+
+    /// A copy of this error (same kind, same message), for telling every
+    /// consumer of one shared stream why it ended.
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Usage(m) => Error::Usage(m.clone()),
+            Error::SyncFile(p) => Error::SyncFile(p.clone()),
+            Error::Io { action, path, source } => Error::Io {
+                action,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Network(m) => Error::Network(m.clone()),
+            Error::Registry {
+                method,
+                url,
+                status,
+                message,
+            } => Error::Registry {
+                method: method.clone(),
+                url: url.clone(),
+                status: *status,
+                message: message.clone(),
+            },
+            Error::Unauthorized(m) => Error::Unauthorized(m.clone()),
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::DigestMismatch { what, expected, actual } => Error::DigestMismatch {
+                what: what.clone(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            Error::SizeMismatch { what, expected, actual } => Error::SizeMismatch {
+                what: what.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::Invalid(m) => Error::Invalid(m.clone()),
+            Error::Unsupported(m) => Error::Unsupported(m.clone()),
+            Error::Interrupted => Error::Interrupted,
+        }
     }
 
     /// Whether retrying the same operation may succeed.

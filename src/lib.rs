@@ -3,7 +3,7 @@
 //! chains, and writes them to registries, archives, layouts and daemons,
 //! doing only what is out of date.
 //!
-//! The data path (DESIGN §1): a reference ([`reference`]) opens a
+//! The data path (docs/architecture.md): a reference ([`reference`]) opens a
 //! [`source`], which resolves to manifests and configs ([`image`]); blobs
 //! stream through the executor ([`exec`]) into a [`sink`].
 

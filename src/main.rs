@@ -1,10 +1,9 @@
 //! The `occy` binary: parses the command line, sets up logging and the
-//! runtime, runs the command, and maps errors to exit codes (DESIGN §5).
+//! runtime, runs the command, and maps errors to exit codes (docs/architecture.md).
 
 use std::time::Duration;
 
-use clap::Parser;
-use occy::cli::{self, Cli};
+use occy::cli;
 use occy::error::Error;
 
 fn init_logging(verbose: u8, quiet: bool, ansi: bool) {
@@ -33,7 +32,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = cli::parse();
+    let format = cli.global.output_format;
     let ansi = cli.global.colour(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     init_logging(cli.global.verbose, cli.global.quiet, ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -69,7 +69,7 @@ fn main() {
                 eprintln!("error: {}", Error::Interrupted);
                 std::process::exit(Error::Interrupted.exit_code());
             }
-            eprintln!("error: {e}");
+            cli::report_error(&e, format);
             e.exit_code()
         }
     };

@@ -102,7 +102,95 @@ pub enum Reference {
     },
 }
 
-const SCHEMES: &str = "registry://, tar://, oci://, dir://, docker://, bundle://, quay://";
+/// One URI scheme and what it can be used as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheme {
+    /// The name before `://`.
+    pub name: &'static str,
+    /// Commands accept it as a source.
+    pub source: bool,
+    /// It only names images to expand (never read directly, like `quay://`).
+    pub expands: bool,
+    /// Commands accept it as a destination.
+    pub destination: bool,
+}
+
+/// Every scheme occy knows, in the order help texts and errors list them:
+/// the one definition that `--help`, error messages and the parser share.
+pub const SCHEMES: &[Scheme] = &[
+    Scheme {
+        name: "registry",
+        source: true,
+        expands: false,
+        destination: true,
+    },
+    Scheme {
+        name: "tar",
+        source: true,
+        expands: false,
+        destination: true,
+    },
+    Scheme {
+        name: "oci",
+        source: true,
+        expands: false,
+        destination: true,
+    },
+    Scheme {
+        name: "dir",
+        source: true,
+        expands: false,
+        destination: true,
+    },
+    Scheme {
+        name: "docker",
+        source: true,
+        expands: false,
+        destination: true,
+    },
+    Scheme {
+        name: "bundle",
+        source: false,
+        expands: false,
+        destination: true,
+    },
+    Scheme {
+        name: "quay",
+        source: true,
+        expands: true,
+        destination: false,
+    },
+];
+
+/// `registry://, tar://, …` for the schemes `pick` keeps.
+fn scheme_list(pick: impl Fn(&Scheme) -> bool) -> String {
+    SCHEMES
+        .iter()
+        .filter(|s| pick(s))
+        .map(|s| format!("{}://", s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every scheme, for messages about an unknown one.
+pub fn all_schemes() -> String {
+    scheme_list(|_| true)
+}
+
+/// The schemes a command accepts as its source (`quay://` included).
+pub fn source_schemes() -> String {
+    scheme_list(|s| s.source)
+}
+
+/// The schemes a source can be opened from directly (after expansion).
+pub fn readable_schemes() -> String {
+    scheme_list(|s| s.source && !s.expands)
+}
+
+/// The schemes a command accepts as its destination.
+pub fn destination_schemes() -> String {
+    scheme_list(|s| s.destination)
+}
 
 /// The longest reference accepted (paths and options included).
 const MAX_REFERENCE_LEN: usize = 4096;
@@ -119,9 +207,13 @@ impl Reference {
         }
         let Some((scheme, rest)) = input.split_once("://") else {
             return Err(Error::usage(format!(
-                "invalid reference {input:?}: expected SCHEME://..., where SCHEME is one of {SCHEMES}"
+                "invalid reference {input:?}: expected SCHEME://..., where SCHEME is one of {}",
+                all_schemes()
             )));
         };
+        if !SCHEMES.iter().any(|s| s.name == scheme) {
+            return Err(unknown_scheme(scheme, input));
+        }
         let (body, query) = match rest.split_once('?') {
             Some((b, q)) => (b, Some(q)),
             None => (rest, None),
@@ -207,11 +299,7 @@ impl Reference {
                     token: opts.take("token"),
                 }
             }
-            other => {
-                return Err(Error::usage(format!(
-                    "unknown scheme {other:?} in {input:?}: expected one of {SCHEMES}"
-                )))
-            }
+            other => return Err(unknown_scheme(other, input)),
         };
         opts.finish(input, scheme)?;
         Ok(r)
@@ -397,6 +485,13 @@ impl Options {
         }
         Ok(())
     }
+}
+
+fn unknown_scheme(scheme: &str, input: &str) -> Error {
+    Error::usage(format!(
+        "unknown scheme {scheme:?} in {input:?}: expected one of {}",
+        all_schemes()
+    ))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -634,6 +729,30 @@ fn validate_date(input: &str, s: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scheme_table_is_what_the_parser_accepts() {
+        let sample = |name: &str| match name {
+            "registry" => "registry://h/r:1",
+            "tar" => "tar:///x.tar",
+            "oci" => "oci:///x:1",
+            "dir" => "dir:///x",
+            "docker" => "docker://x:1",
+            "bundle" => "bundle:///x",
+            "quay" => "quay://org",
+            other => panic!("no sample for the new scheme {other}: add one here"),
+        };
+        for s in SCHEMES {
+            let parsed = Reference::parse(sample(s.name)).unwrap();
+            assert_eq!(parsed.scheme(), s.name);
+        }
+        assert!(source_schemes().contains("docker://") && source_schemes().contains("quay://"));
+        assert!(!source_schemes().contains("bundle://"));
+        assert!(!readable_schemes().contains("quay://"));
+        assert!(destination_schemes().contains("bundle://") && !destination_schemes().contains("quay://"));
+        let e = Reference::parse("ftp://x").unwrap_err().to_string();
+        assert!(e.contains(&all_schemes()), "{e}");
+    }
 
     #[test]
     fn quay_references_print_as_text_that_parses_back() {

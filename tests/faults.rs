@@ -204,7 +204,8 @@ fn a_flipped_byte_is_refused_fetched_again_and_never_stored() {
     let flipped = seen.lock().unwrap().len();
     let caught = stderr.matches("digest mismatch").count();
     eprintln!("flipped bytes: {flipped} blobs and manifests flipped once each; {caught} digest mismatches logged");
-    assert!(flipped >= 13, "{flipped}");
+    // Each distinct blob and manifest is read once (then again after its flip).
+    assert!(flipped >= 10, "{flipped}");
     assert!(caught >= 1, "{stderr}");
     // Everything the proxy served corrupted was asked for again.
     let gets: Vec<String> = proxy

@@ -354,6 +354,13 @@ fn apply_of_a_saved_plan_is_pinned_and_refuses_a_changed_file() {
     std::fs::write(&s.file, text).unwrap();
     let err = fails(&args, 2, "changed since the plan");
     assert!(err.contains(saved["sync_file_sha256"].as_str().unwrap()), "{err}");
+
+    // A plan saved by an occy before the work graph is refused with what to do.
+    let mut old = saved.clone();
+    old["plan_version"] = 1.into();
+    std::fs::write(&plan_file, serde_json::to_vec(&old).unwrap()).unwrap();
+    let err = fails(&args, 2, "version-1 plan");
+    assert!(err.contains("plan again"), "{err}");
 }
 
 #[test]
@@ -902,4 +909,295 @@ fn assert_plan_requests(src: &[String], src_max: usize, dst: &[String], dst_max:
         "configs were fetched:\n{}",
         src.join("\n")
     );
+}
+
+/// `"PUT /v2/REPO/…"` requests of an access log, as (method, path, status).
+fn served(log: &str) -> Vec<(String, String, u16)> {
+    requests_in(log)
+        .iter()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once('"')?;
+            let (request, after) = rest.split_once('"')?;
+            let mut parts = request.split(' ');
+            let method = parts.next()?.to_string();
+            let path = parts.next()?.to_string();
+            let status = after.split_whitespace().next()?.parse().ok()?;
+            Some((method, path, status))
+        })
+        .collect()
+}
+
+/// What a registry's access log shows per repository: blob uploads (the
+/// PUT that completes one), mounts that took (201), manifest PUTs.
+#[derive(Debug, Default, PartialEq)]
+struct Writes {
+    uploads: u64,
+    mounts: u64,
+    manifests: u64,
+}
+
+fn writes_by_repo(log: &[(String, String, u16)]) -> std::collections::BTreeMap<String, Writes> {
+    let mut out: std::collections::BTreeMap<String, Writes> = Default::default();
+    for (method, path, status) in log {
+        let Some(rest) = path.strip_prefix("/v2/") else {
+            continue;
+        };
+        let (repo, what) = match (rest.find("/blobs/"), rest.find("/manifests/")) {
+            (Some(i), _) => (&rest[..i], &rest[i..]),
+            (None, Some(i)) => (&rest[..i], &rest[i..]),
+            _ => continue,
+        };
+        let w = out.entry(repo.to_string()).or_default();
+        if method == "PUT" && what.starts_with("/blobs/uploads/") && what.contains("digest=") && *status == 201 {
+            w.uploads += 1;
+        } else if method == "POST" && what.contains("mount=") && *status == 201 {
+            w.mounts += 1;
+        } else if method == "PUT" && what.starts_with("/manifests/") && *status == 201 {
+            w.manifests += 1;
+        }
+    }
+    out.retain(|_, w| *w != Writes::default());
+    out
+}
+
+/// The plan's numbers for the stores of `host`, keyed by repository.
+fn planned_writes(plan: &Value, host: &str) -> std::collections::BTreeMap<String, Writes> {
+    let prefix = format!("registry://{host}/");
+    plan["stores"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter_map(|(k, v)| {
+            let repo = k.strip_prefix(&prefix)?;
+            let w = Writes {
+                uploads: v["uploads"].as_u64().unwrap(),
+                mounts: v["mounts"].as_u64().unwrap(),
+                manifests: v["manifests"].as_u64().unwrap(),
+            };
+            (w != Writes::default()).then(|| (repo.to_string(), w))
+        })
+        .collect()
+}
+
+#[test]
+fn a_graph_run_reads_each_blob_once_and_its_plan_matches_the_access_logs() {
+    // Seven images sharing a base layer, each to a registry, an OCI layout
+    // and a tarball; one more through a filter chain to a registry and a
+    // tarball.
+    let src = Registry::start_logged(Mode::Plain);
+    for name in [
+        "alpine_3.18",
+        "alpine_3.18.1",
+        "alpine_3.19",
+        "alpine_3.19.1",
+        "alpine_3.20",
+        "web_v1.0",
+        "web_v1.1",
+        "web_v2.0",
+    ] {
+        let (short, tag) = name.split_once('_').unwrap();
+        src.push_layout(mirror_layout(), name, &format!("{}:{tag}", repo_of(short)));
+    }
+    let dst = Registry::start_logged(Mode::Plain);
+    let dir = scratch_dir("graph-run");
+    let out = dir.join("out");
+    let file = dir.join("fanout.yaml");
+    let text = format!(
+        "version: 1\ndefaults:\n  image_parallel: 4\n  parallel: 4\nregistries:\n  {s}: {{ insecure: true }}\n  {d}: {{ insecure: true }}\n\
+         filters:\n  repro:\n    - normalize-timestamps: {{ ts: 0, config: true }}\nsync:\n\
+         \x20 - from: registry://{s}/lib/alpine\n    tags: [\"3.18\", \"3.18.1\", \"3.19\", \"3.19.1\", \"3.20\"]\n    to:\n      - registry://{d}/mirror/alpine\n      - oci://{o}/layout\n      - \"tar://{o}/tars/alpine-{{tag}}.tar\"\n\
+         \x20 - from: registry://{s}/apps/web\n    tags: [\"v1.0\", \"v1.1\"]\n    to:\n      - registry://{d}/mirror/web\n      - oci://{o}/layout\n      - \"tar://{o}/tars/web-{{tag}}.tar\"\n\
+         \x20 - from: registry://{s}/apps/web:v2.0\n    filters: repro\n    to:\n      - registry://{d}/filtered/web\n      - \"tar://{o}/filtered/web-{{tag}}.tar\"\n",
+        s = src.host,
+        d = dst.host,
+        o = out.display()
+    );
+    std::fs::write(&file, text).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-O", "json", "sync", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        json_of(&assert_ok(&args, occy(&args)))
+    };
+    // The registry logs a request just after answering it: read the logs
+    // once they stop growing.
+    let logs = || {
+        let mut last = (String::new(), String::new());
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            let now = (src.access_log(), dst.access_log());
+            if now == last {
+                return (served(&now.0), served(&now.1));
+            }
+            last = now;
+        }
+    };
+
+    // Cold.
+    assert_dot_draws_each_blob_once_per_store(&file);
+    let (src0, dst0) = logs();
+    let plan = run(&["--plan"]);
+    assert_eq!(plan["plan_version"], 2);
+    assert_eq!(plan["totals"]["create"], 21, "{}", plan["totals"]);
+    assert_eq!(plan["totals"]["rebuild"], 2, "{}", plan["totals"]);
+    let nodes = plan["nodes"].as_array().unwrap();
+    let edges = plan["edges"].as_array().unwrap();
+    assert!(!edges.is_empty());
+    let kind = |k: &str| nodes.iter().filter(|n| n["kind"] == k).count();
+    let rewrites = kind("rewrite");
+    assert_eq!(
+        rewrites, 2,
+        "web:v2.0's two layers, rewritten once for both destinations"
+    );
+    let (src1, dst1) = logs();
+    let report = run(&[]);
+    assert_eq!(report["written"], 23, "{}", report["targets"]);
+    assert_eq!(report["layers_rewritten"].as_u64().unwrap() as usize, rewrites);
+    let (src2, dst2) = logs();
+
+    // The source served each blob it was asked for once in the whole run
+    // (planning reads the configs archives need; the walk, the layers and
+    // nothing twice), and exactly the fetches the plan counted.
+    let blob_gets = |log: &[(String, String, u16)]| -> Vec<String> {
+        log.iter()
+            .filter(|(m, p, _)| m == "GET" && p.contains("/blobs/"))
+            .map(|(_, p, _)| p.clone())
+            .collect()
+    };
+    let planning_gets = blob_gets(&src1[src0.len()..]);
+    let run_gets = blob_gets(&src2[src1.len()..]);
+    let digests: HashSet<&str> = run_gets.iter().map(|p| p.rsplit('/').next().unwrap()).collect();
+    assert_eq!(run_gets.len(), digests.len(), "a blob read twice: {run_gets:#?}");
+    let planned_fetches: u64 = plan["stores"][format!("registry://{}", src.host)]["fetches"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        run_gets.len() as u64,
+        planning_gets.len() as u64 + planned_fetches,
+        "{run_gets:#?}\n{}",
+        plan["stores"]
+    );
+
+    // Each destination repository got what the plan said: one upload per
+    // blob it lacked, mounts for the rest of the registry's, one PUT per
+    // manifest; no blob uploaded twice to the registry.
+    let dst_applied = &dst2[dst1.len()..];
+    assert_eq!(
+        writes_by_repo(dst_applied),
+        planned_writes(&plan, &dst.host),
+        "{}",
+        plan["stores"]
+    );
+    let mut uploaded = HashSet::new();
+    for (m, p, s) in dst_applied {
+        if m == "PUT" && p.contains("/blobs/uploads/") && *s == 201 {
+            let d = p
+                .split("digest=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+                .to_string();
+            assert!(uploaded.insert(d.clone()), "{d} uploaded twice to the registry");
+        }
+    }
+    // Planning itself wrote nothing, and read configs only (one per image
+    // an archive or a chain needs).
+    assert!(dst1[dst0.len()..].iter().all(|(m, _, _)| m == "GET" || m == "HEAD"));
+    assert!(planning_gets.len() <= 8, "{planning_gets:#?}");
+    // Every output is there and read back by the tools users use.
+    let layout = out.join("layout");
+    for tag in ["3.18", "3.20", "v1.1"] {
+        let o = std::process::Command::new("skopeo")
+            .args(["inspect", &format!("oci:{}:{tag}", layout.display())])
+            .output();
+        if let Ok(o) = o {
+            assert!(
+                o.status.success(),
+                "skopeo inspect oci:{tag}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+    assert!(out.join("tars/alpine-3.19.1.tar").is_file() && out.join("filtered/web-v2.0.tar").is_file());
+
+    // Warm: nothing to do, nothing written.
+    let plan = run(&["--plan"]);
+    assert_eq!(plan["totals"]["unchanged"], 23, "{}", plan["totals"]);
+    assert!(planned_writes(&plan, &dst.host).is_empty(), "{}", plan["stores"]);
+    let (_, dst3) = logs();
+    run(&[]);
+    let (_, dst4) = logs();
+    assert_eq!(writes_by_repo(&dst4[dst3.len()..]), Default::default());
+
+    // A moved tag: one update, and the plan's numbers are again the log's.
+    push_as(&src, "alpine_3.21-rc1", "lib/alpine:3.20");
+    let (src4, _) = logs();
+    let plan = run(&["--plan"]);
+    assert_eq!(
+        plan["totals"]["update"], 3,
+        "registry, layout and tarball of alpine:3.20: {}",
+        plan["totals"]
+    );
+    let (src5, dst5) = logs();
+    let planning = blob_gets(&src5[src4.len()..]).len() as u64;
+    run(&[]);
+    let (src6, dst6) = logs();
+    assert_eq!(
+        writes_by_repo(&dst6[dst5.len()..]),
+        planned_writes(&plan, &dst.host),
+        "{}",
+        plan["stores"]
+    );
+    let gets = blob_gets(&src6[src5.len()..]).len() as u64;
+    let fetches = plan["stores"][format!("registry://{}", src.host)]["fetches"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(gets, planning + fetches);
+}
+
+/// `occy sync F --plan -O dot` renders with Graphviz, and draws one node per
+/// distinct blob per store (as the JSON plan's nodes have them).
+fn assert_dot_draws_each_blob_once_per_store(file: &Path) {
+    let args = ["-O", "json", "sync", file.to_str().unwrap(), "--plan"];
+    let plan = json_of(&assert_ok(&args, occy(&args)));
+    let args = ["sync", file.to_str().unwrap(), "--plan", "-O", "dot"];
+    let dot = String::from_utf8(assert_ok(&args, occy(&args)).stdout).unwrap();
+    assert!(dot.starts_with("digraph occy_plan {"), "{dot}");
+    let mut child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("Graphviz `dot` runs (test.sh installs graphviz)");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+    let svg = child.wait_with_output().unwrap();
+    assert!(svg.status.success(), "dot -Tsvg failed");
+    assert!(String::from_utf8_lossy(&svg.stdout).contains("<svg"), "no SVG");
+
+    // (store, blob) of each drawn blob node: its label's last line is the
+    // store; no pair twice.
+    let mut drawn: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut seen = HashSet::new();
+    for line in dot.lines().filter(|l| l.contains("[label=\"blob ")) {
+        let label = line.split("[label=\"").nth(1).unwrap().split("\", ").next().unwrap();
+        let parts: Vec<&str> = label.split("\\n").collect();
+        let store = parts.last().unwrap().to_string();
+        assert!(
+            seen.insert((store.clone(), parts[0].to_string())),
+            "drawn twice: {line}"
+        );
+        *drawn.entry(store).or_default() += 1;
+    }
+    let mut distinct: std::collections::BTreeMap<String, HashSet<String>> = Default::default();
+    for n in plan["nodes"].as_array().unwrap().iter().filter(|n| n["kind"] == "blob") {
+        distinct
+            .entry(n["store"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(n["blob"].as_str().unwrap().to_string());
+    }
+    let distinct: std::collections::BTreeMap<String, usize> = distinct.into_iter().map(|(k, v)| (k, v.len())).collect();
+    assert_eq!(drawn, distinct);
+    assert!(distinct.len() >= 10, "{distinct:?}");
 }

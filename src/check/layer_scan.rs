@@ -181,7 +181,7 @@ pub async fn scan_layer(
             );
         }
     }
-    let plain = crate::exec::copy::decompressor(buffered, actual);
+    let plain = crate::source::stream::decompressor(buffered, actual);
     let verified: BlobReader = Box::pin(VerifyingReader::new(
         plain,
         diff_id.cloned(),
@@ -223,7 +223,7 @@ pub async fn scan_layer(
         // be checked at the end: read it again to say what is really wrong.
         let e = match e {
             e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) => e,
-            other => crate::exec::copy::blob_integrity_error(source, desc)
+            other => crate::source::stream::blob_integrity_error(source, desc)
                 .await
                 .unwrap_or(other),
         };

@@ -15,7 +15,8 @@ use crate::source::open_source;
 /// Arguments of `occy check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Image reference (registry://, tar://, oci://, dir://, docker://)
+    /// Image reference
+    #[arg(help = format!("Image reference ({})", crate::reference::readable_schemes()))]
     pub source: String,
 
     /// Metadata only: manifests, configs and blob existence, no layer reads
@@ -44,7 +45,7 @@ pub async fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<i32> {
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
             println!("{} ({} check)", reference, mode.as_str());
             for (severity, title) in [
                 (Severity::Error, "Errors"),

@@ -25,14 +25,17 @@ use crate::spec::command_line::{names_many, OneShot};
 /// Arguments of `occy info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Image reference (registry://, tar://, oci://, dir://)
+    /// Image reference
+    #[arg(help = format!("Image reference ({}); a glob or quay:// names many images", crate::reference::source_schemes()))]
     pub source: String,
 
     #[command(flatten)]
     pub platforms: PlatformArgs,
 
-    /// Images described at once, when the source names many
-    #[arg(short = 'J', long, default_value_t = 3, env = "OCCY_IMAGE_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Images described at once, when the source names many (default 3)
+    ///
+    /// [env: OCCY_IMAGE_PARALLEL]
+    #[arg(short = 'J', long, value_name = "N", default_value_t = 3, hide_default_value = true, env = "OCCY_IMAGE_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub image_parallel: u16,
 }
 
@@ -99,6 +102,11 @@ pub struct ImageInfo {
     pub user: String,
     pub exposed_ports: Vec<String>,
     pub volumes: Vec<String>,
+    pub stop_signal: Option<String>,
+    /// `Test`, `Interval`, `Timeout`, `StartPeriod`, `StartInterval`, `Retries` as in the config.
+    pub healthcheck: Option<serde_json::Value>,
+    pub on_build: Vec<String>,
+    pub shell: Vec<String>,
 }
 
 /// Builds the info of what `source` names. For an index, the platforms are
@@ -166,6 +174,20 @@ fn describe_image(
         .iter()
         .all(|l| l.compression == Some(Compression::None))
         .then(|| layers.iter().map(|l| l.size).sum());
+    // Fields occy's config model does not keep, read from the config as it is.
+    let raw: serde_json::Value = serde_json::from_slice(&image.config.bytes).unwrap_or_default();
+    let runtime = raw.get("config").cloned().unwrap_or_default();
+    let strings = |key: &str| -> Vec<String> {
+        runtime
+            .get(key)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    let healthcheck = runtime
+        .get("Healthcheck")
+        .filter(|h| h.as_object().is_some_and(|o| !o.is_empty()))
+        .cloned();
     let name = source.recorded_name();
     let manifest_mt = image.raw_manifest.media_type.clone();
     ImageInfo {
@@ -208,23 +230,64 @@ fn describe_image(
         user: cfg.config.user.clone(),
         exposed_ports: cfg.config.exposed_ports.keys().cloned().collect(),
         volumes: cfg.config.volumes.keys().cloned().collect(),
+        stop_signal: Some(cfg.config.stop_signal.clone()).filter(|s| !s.is_empty()),
+        healthcheck,
+        on_build: strings("OnBuild"),
+        shell: strings("Shell"),
     }
 }
 
-fn or_dash(s: &str) -> &str {
-    if s.is_empty() {
-        "-"
-    } else {
-        s
+/// `["sh", "-c", "x"]`: an exec-form list as the Dockerfile writes it.
+fn exec_form(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| v.join(" "))
+}
+
+/// A Go duration in nanoseconds as `30s`, `1m30s` or `500ms`.
+fn go_duration(ns: u64) -> String {
+    let ms = ns / 1_000_000;
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
     }
 }
 
-fn join_or_dash(v: &[String]) -> String {
-    if v.is_empty() {
-        "-".to_string()
-    } else {
-        v.join(" ")
+/// `CMD-SHELL curl -f localhost (interval 30s, timeout 3s, retries 3)`.
+fn healthcheck_text(h: &serde_json::Value) -> String {
+    let test: Vec<String> = h
+        .get("Test")
+        .and_then(|t| t.as_array())
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let mut out = match test.split_first() {
+        Some((kind, rest)) if kind == "CMD-SHELL" => format!("CMD-SHELL {}", rest.join(" ")),
+        Some((kind, rest)) if kind == "CMD" => format!("CMD {}", exec_form(rest)),
+        Some((kind, _)) if kind == "NONE" => "NONE (disabled)".to_string(),
+        _ => exec_form(&test),
+    };
+    let mut timing = Vec::new();
+    for (key, word) in [
+        ("Interval", "interval"),
+        ("Timeout", "timeout"),
+        ("StartPeriod", "start period"),
+        ("StartInterval", "start interval"),
+    ] {
+        if let Some(ns) = h.get(key).and_then(|v| v.as_u64()).filter(|n| *n > 0) {
+            timing.push(format!("{word} {}", go_duration(ns)));
+        }
     }
+    if let Some(r) = h.get("Retries").and_then(|v| v.as_u64()).filter(|n| *n > 0) {
+        timing.push(format!("retries {r}"));
+    }
+    if !timing.is_empty() {
+        out.push_str(&format!(" ({})", timing.join(", ")));
+    }
+    out
 }
 
 /// Renders the info as readable text.
@@ -267,12 +330,34 @@ pub fn render_text(info: &ImageInfo) -> String {
             info.history.entries, info.history.empty_layers
         ),
     );
-    field("Entrypoint", join_or_dash(&info.entrypoint));
-    field("Cmd", join_or_dash(&info.cmd));
-    field("Working dir", or_dash(&info.working_dir).to_string());
-    field("User", or_dash(&info.user).to_string());
-    field("Exposed ports", join_or_dash(&info.exposed_ports));
-    field("Volumes", join_or_dash(&info.volumes));
+    // Runtime settings: each one the config has, none it lacks or leaves empty.
+    if !info.user.is_empty() {
+        field("User", info.user.clone());
+    }
+    if !info.working_dir.is_empty() {
+        field("Working dir", info.working_dir.clone());
+    }
+    if !info.entrypoint.is_empty() {
+        field("Entrypoint", exec_form(&info.entrypoint));
+    }
+    if !info.cmd.is_empty() {
+        field("Cmd", exec_form(&info.cmd));
+    }
+    if !info.exposed_ports.is_empty() {
+        field("Exposed ports", info.exposed_ports.join(" "));
+    }
+    if !info.volumes.is_empty() {
+        field("Volumes", info.volumes.join(" "));
+    }
+    if let Some(s) = &info.stop_signal {
+        field("Stop signal", s.clone());
+    }
+    if let Some(h) = &info.healthcheck {
+        field("Healthcheck", healthcheck_text(h));
+    }
+    if !info.shell.is_empty() {
+        field("Shell", exec_form(&info.shell));
+    }
     if let Some(platforms) = &info.platforms {
         out.push_str("\nPlatforms:\n");
         let rows: Vec<Vec<String>> = platforms
@@ -333,6 +418,12 @@ pub fn render_text(info: &ImageInfo) -> String {
             out.push_str(&format!("  {k}={v}\n"));
         }
     }
+    if !info.on_build.is_empty() {
+        out.push_str("\nOnBuild:\n");
+        for o in &info.on_build {
+            out.push_str(&format!("  {o}\n"));
+        }
+    }
     out
 }
 
@@ -358,7 +449,9 @@ pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
     let info = gather(&reference, source.as_ref(), &selection).await?;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-        OutputFormat::Text | OutputFormat::Markdown => print!("{}", render_text(&info)),
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
+            print!("{}", render_text(&info))
+        }
     }
     Ok(0)
 }
@@ -434,7 +527,7 @@ async fn run_many(
     let infos: Vec<&ImageInfo> = results.iter().filter_map(|(_, i)| i.as_ref().ok()).collect();
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&infos)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
             let texts: Vec<String> = infos.iter().map(|i| render_text(i)).collect();
             print!("{}", texts.join("---\n"));
         }

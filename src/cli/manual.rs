@@ -4,9 +4,7 @@
 
 use std::path::Path;
 
-use clap::CommandFactory;
-
-use super::Cli;
+use super::command_line;
 use crate::error::{Error, Result};
 
 /// The roff of `cmd`'s page.
@@ -20,7 +18,7 @@ fn page(cmd: clap::Command) -> Result<Vec<u8>> {
 
 /// The command reference in Markdown: each command's full `--help`.
 pub fn markdown() -> String {
-    let mut cmd = Cli::command().term_width(100);
+    let mut cmd = command_line().term_width(100);
     cmd.build();
     let mut out = String::from(
         "# Command reference\n\nGenerated from occy's `--help` by `occy man --markdown > docs/commands.md`;\na test fails when this file is stale.\n",
@@ -50,7 +48,7 @@ pub fn run(dir: Option<&Path>, as_markdown: bool) -> Result<i32> {
         print!("{}", markdown());
         return Ok(0);
     }
-    let cmd = Cli::command();
+    let cmd = command_line();
     let Some(dir) = dir else {
         use std::io::Write;
         std::io::stdout()

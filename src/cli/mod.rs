@@ -33,8 +33,8 @@ const TOP_HELP: &str = "\
 Commands:
 {subcommands}
 
-Options of every command (in full: occy COMMAND --help; env variables in brackets):
-  -O, --output-format text|json|markdown  results on stdout [OCCY_OUTPUT_FORMAT]
+Global options, taken by every command (in full: occy COMMAND --help; env variables in brackets):
+  -O, --output-format text|json|markdown|github  results on stdout [OCCY_OUTPUT_FORMAT]
   -v, --verbose (-vv), -q, --quiet       more logging (RUST_LOG) / only errors
       --color auto|always|never          [OCCY_COLOR; NO_COLOR is honoured]
       --no-progress                      no bars or status lines [OCCY_NO_PROGRESS]
@@ -43,6 +43,39 @@ Options of every command (in full: occy COMMAND --help; env variables in bracket
       --cert-dir DIR [OCCY_CERT_DIR]  --retries N [OCCY_RETRIES]  --rate-limit N [OCCY_RATE_LIMIT]
   layers: --compression gzip|zstd [OCCY_COMPRESSION]  --cache-dir DIR [OCCY_CACHE_DIR]  --no-cache
   -h, --help  -V, --version{after-help}";
+
+/// The heading of the global flags in a command's `--help`.
+pub const GLOBAL_HEADING: &str = "Global options";
+
+/// The line that replaces the global flags in a command's short help (`-h`).
+const GLOBAL_POINTER: &str =
+    "Global options (output format, logging, colour, registry access, layer cache): occy --help";
+
+/// The command line as clap sees it: the derived definitions, with each
+/// command's short help (`-h`) ending in one line that points to the global
+/// flags instead of listing them (its `--help` lists them under
+/// "Global options"), as cargo and ripgrep do.
+pub fn command_line() -> clap::Command {
+    <Cli as clap::CommandFactory>::command().mut_subcommands(|sub| {
+        let examples = sub.get_after_help().map(|h| h.to_string());
+        let pointer = GLOBAL_POINTER.to_string();
+        let short = match &examples {
+            Some(e) => format!("{e}\n\n{pointer}"),
+            None => pointer,
+        };
+        let long = examples.unwrap_or_default();
+        sub.after_help(short).after_long_help(long)
+    })
+}
+
+/// Parses the process's arguments (exits with clap's message on a usage error).
+pub fn parse() -> Cli {
+    let matches = command_line().get_matches();
+    match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    }
+}
 
 /// How results are printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -54,6 +87,32 @@ pub enum OutputFormat {
     Json,
     /// Markdown (the sync plan, for a pull-request comment; other commands print text).
     Markdown,
+    /// Graphviz DOT (the sync plan's work graph, for `dot -Tsvg`; other commands print text).
+    Dot,
+    /// Text, and errors also as GitHub workflow annotations on stdout
+    /// (`::error file=F,line=L,col=C::message`, a line per sync-file problem).
+    Github,
+}
+
+/// Prints a command's error: for people on stderr; with `-O json` a sync
+/// file's problems also as `{"errors": [{file, line, column, …}]}` on
+/// stdout, with `-O github` every error also as workflow annotations on
+/// stdout, so a CI job can mark the lines of a pull request.
+pub fn report_error(e: &Error, format: OutputFormat) {
+    eprintln!("error: {e}");
+    match (format, e) {
+        (OutputFormat::Json, Error::SyncFile(problems)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&problems.json()).unwrap_or_else(|_| problems.json().to_string())
+            );
+        }
+        (OutputFormat::Github, Error::SyncFile(problems)) => print!("{}", problems.github()),
+        (OutputFormat::Github, other) => {
+            println!("::error::{}", crate::spec::diagnostic::github_data(&other.to_string()));
+        }
+        _ => {}
+    }
 }
 
 /// occy keeps container images where they belong.
@@ -77,25 +136,25 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Output format of results on stdout (logs always go to stderr)
-    #[arg(short = 'O', long, global = true, value_enum, default_value_t = OutputFormat::Text, env = "OCCY_OUTPUT_FORMAT")]
+    #[arg(short = 'O', long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, value_enum, default_value_t = OutputFormat::Text, env = "OCCY_OUTPUT_FORMAT")]
     pub output_format: OutputFormat,
 
     /// More logging (-v: requests, -vv: everything); RUST_LOG overrides
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     /// Only errors on stderr
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
     /// Registry user name
-    #[arg(long, global = true, env = "OCCY_USERNAME")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, env = "OCCY_USERNAME")]
     pub username: Option<String>,
 
     /// Registry password or token
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = GLOBAL_HEADING, hide_short_help = true,
         env = "OCCY_PASSWORD",
         hide_env_values = true,
         requires = "username"
@@ -103,13 +162,13 @@ pub struct GlobalArgs {
     pub password: Option<String>,
 
     /// A containers auth.json with registry credentials
-    #[arg(long, global = true, env = "REGISTRY_AUTH_FILE")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, env = "REGISTRY_AUTH_FILE")]
     pub authfile: Option<PathBuf>,
 
     /// Allow plain HTTP or an unverified certificate for this HOST[:PORT] (repeatable)
     #[arg(
         long = "insecure-registry",
-        global = true,
+        global = true, help_heading = GLOBAL_HEADING, hide_short_help = true,
         value_name = "HOST[:PORT]",
         env = "OCCY_INSECURE_REGISTRY",
         value_delimiter = ','
@@ -117,37 +176,37 @@ pub struct GlobalArgs {
     pub insecure_registry: Vec<String>,
 
     /// Directory of extra CA certificates (*.crt, *.pem) for registries
-    #[arg(long, global = true, env = "OCCY_CERT_DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, env = "OCCY_CERT_DIR")]
     pub cert_dir: Option<PathBuf>,
 
     /// Retries for transient failures (connection errors, 5xx, 429)
-    #[arg(long, global = true, default_value_t = 3, env = "OCCY_RETRIES")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, default_value_t = 3, env = "OCCY_RETRIES")]
     pub retries: u32,
 
     /// Requests per second per registry host (0: unlimited)
-    #[arg(long, global = true, default_value_t = 0.0, env = "OCCY_RATE_LIMIT")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, default_value_t = 0.0, env = "OCCY_RATE_LIMIT")]
     pub rate_limit: f64,
 
     /// Encoding of layers that filters rewrite: gzip or zstd (default: each
     /// layer keeps its own)
-    #[arg(long, global = true, value_name = "FORMAT", env = "OCCY_COMPRESSION")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, value_name = "FORMAT", env = "OCCY_COMPRESSION")]
     pub compression: Option<String>,
 
     /// Layer cache directory: remembers what a filter chain made of each
     /// layer (default: $XDG_CACHE_HOME/occy or ~/.cache/occy)
-    #[arg(long, global = true, value_name = "DIR", env = "OCCY_CACHE_DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, value_name = "DIR", env = "OCCY_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// Do not use the layer cache
-    #[arg(long, global = true, conflicts_with = "cache_dir")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, conflicts_with = "cache_dir")]
     pub no_cache: bool,
 
     /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never
-    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, env = "OCCY_COLOR")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, value_enum, default_value_t = ColorChoice::Auto, env = "OCCY_COLOR")]
     pub color: ColorChoice,
 
     /// No progress bars or periodic status lines (a line per finished image stays)
-    #[arg(long, global = true, env = "OCCY_NO_PROGRESS")]
+    #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, env = "OCCY_NO_PROGRESS")]
     pub no_progress: bool,
 }
 
@@ -223,8 +282,8 @@ impl GlobalArgs {
 /// Platform choice shared by commands that read images.
 #[derive(Debug, Args, Clone)]
 pub struct PlatformArgs {
-    /// Platform to take from a multi-arch index, as os/arch[/variant] (repeatable)
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    /// Platform to take from a multi-arch index: os/arch[/variant] (repeatable)
+    #[arg(long, value_name = "OS/ARCH")]
     pub platform: Vec<String>,
 
     /// Take every platform of a multi-arch index (and keep the index)
@@ -326,7 +385,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut cmd = command_line();
             clap_complete::generate(*shell, &mut cmd, "occy", &mut std::io::stdout());
             Ok(0)
         }

@@ -1,20 +1,6 @@
 //! Output helpers shared by commands: human sizes and plain-text tables.
 
-/// `1536` → `1.5 KiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+pub use crate::image::human_size;
 
 /// Renders rows as left-aligned columns separated by two spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -42,6 +28,69 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     for row in rows {
         line(row.iter().map(String::as_str).collect(), &mut out);
     }
+    out
+}
+
+/// The run's summary as a table, for people.
+pub fn summary_text(report: &crate::exec::sync::ApplyReport) -> String {
+    let mut rows: Vec<Vec<String>> = report
+        .targets
+        .iter()
+        .map(|o| {
+            let detail = match (&o.report, &o.error) {
+                (_, Some(e)) => e.lines().next().unwrap_or_default().to_string(),
+                (Some(r), None) => format!(
+                    "{} copied, {} mounted, {} present, {}",
+                    r.layers_copied,
+                    r.layers_mounted,
+                    r.layers_skipped.saturating_sub(r.layers_mounted),
+                    human_size(r.bytes)
+                ),
+                (None, None) => String::new(),
+            };
+            vec![
+                o.status.to_string(),
+                o.destination.clone(),
+                o.digest
+                    .as_ref()
+                    .map(|d| d.short().to_string())
+                    .unwrap_or_else(|| "-".into()),
+                o.check.clone().unwrap_or_else(|| "-".into()),
+                detail,
+            ]
+        })
+        .collect();
+    rows.extend(
+        report
+            .pruned
+            .iter()
+            .map(|d| vec!["pruned".into(), d.clone(), "-".into(), "-".into(), "tag deleted".into()]),
+    );
+    rows.extend(report.prune_failed.iter().map(|f| {
+        vec![
+            "failed".into(),
+            f.destination.clone(),
+            "-".into(),
+            "-".into(),
+            format!("not pruned: {}", f.error.lines().next().unwrap_or_default()),
+        ]
+    }));
+    let mut out = table(&["status", "destination", "digest", "check", "detail"], &rows);
+    out.push_str(&format!(
+        "\n{} written, {} unchanged, {} failed{}; {} layers copied ({}), {} mounted, in {:.1}s\n",
+        report.written,
+        report.unchanged,
+        report.failed,
+        if report.pruned.is_empty() && report.prune_failed.is_empty() {
+            String::new()
+        } else {
+            format!(", {} tags pruned", report.pruned.len())
+        },
+        report.layers_copied,
+        human_size(report.bytes),
+        report.layers_mounted,
+        std::time::Duration::from_secs_f64(report.seconds).as_secs_f64()
+    ));
     out
 }
 

@@ -13,8 +13,9 @@ use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::cache::LayerCache;
 use crate::check::Mode;
 use crate::cli::output::human_size;
+use crate::cli::output::summary_text;
 use crate::error::{Error, Result};
-use crate::exec::sync::{apply, summary_text, ApplyOptions, ApplyReport, TargetOutcome};
+use crate::exec::sync::{apply, ApplyOptions, ApplyReport, TargetOutcome};
 use crate::filter::{parse_compression, FilterChain};
 use crate::plan::{self, PlanContext};
 use crate::reference::Reference;
@@ -23,36 +24,43 @@ use crate::spec::command_line::{names_many, OneShot};
 /// Arguments of `occy process`.
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
-    /// Source reference (registry://, tar://, oci://, dir://)
+    /// Source reference
+    #[arg(help = format!("Source reference ({}); a glob or quay:// names many images", crate::reference::source_schemes()))]
     pub source: String,
 
-    /// Destination reference (registry://, tar://, oci://, dir://, bundle://)
+    /// Destination reference
+    #[arg(help = format!("Destination reference ({}); {{name}} and {{tag}} template many", crate::reference::destination_schemes()))]
     pub destination: String,
 
-    /// Layer transfers at once
-    #[arg(short = 'j', long, default_value_t = 4, env = "OCCY_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Layer transfers at once (default 4)
+    ///
+    /// [env: OCCY_PARALLEL]
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 4, hide_default_value = true, env = "OCCY_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: u16,
 
-    /// Images at once, when the source names many
-    #[arg(short = 'J', long, default_value_t = 3, env = "OCCY_IMAGE_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Images at once, when the source names many (default 3)
+    ///
+    /// [env: OCCY_IMAGE_PARALLEL]
+    #[arg(short = 'J', long, value_name = "N", default_value_t = 3, hide_default_value = true, env = "OCCY_IMAGE_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub image_parallel: u16,
 
     #[command(flatten)]
     pub platforms: PlatformArgs,
 
-    /// A filter every layer goes through, in the order given (repeatable):
+    /// A filter each layer goes through, in the order given (repeatable)
+    ///
     /// normalize-timestamps[:ts=N,config=true], exclude:pattern=GLOB[,pattern=GLOB],
     /// search:pattern=P[,regex=true], inspect:file=PATH, recompress:format=gzip|zstd[,level=N]
     #[arg(short = 'f', long = "filter", value_name = "FILTER")]
     pub filters: Vec<String>,
 
-    /// After writing, run the full check (every layer read back) on the
-    /// destination instead of the fast one
+    /// After writing, run the full check (every layer read back)
     #[arg(long, conflicts_with = "no_verify")]
     pub verify_full: bool,
 
-    /// Do not check the destination after writing (by default the fast
-    /// check runs on it: manifests, configs, blob existence)
+    /// Do not check the destination after writing
+    ///
+    /// By default the fast check runs on it: manifests, configs, blob existence.
     #[arg(long)]
     pub no_verify: bool,
 }
@@ -122,7 +130,7 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
             let all: Vec<serde_json::Value> = report.targets.iter().map(target_json).collect::<Result<_>>()?;
             println!("{}", serde_json::to_string_pretty(&all)?);
         }
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
             for o in &report.targets {
                 print_matches(o);
             }
@@ -179,7 +187,7 @@ fn print_one(global: &GlobalArgs, report: &ApplyReport) -> Result<i32> {
     };
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&target_json(o)?)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
             print_matches(o);
             if !global.quiet {
                 let mounted = if r.layers_mounted > 0 {

@@ -8,14 +8,15 @@ use serde::Serialize;
 
 use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::error::{Error, Result};
-use crate::exec::copy::decompressed;
 use crate::reference::Reference;
+use crate::source::stream::decompressed;
 use crate::source::{open_source, resolve};
 
 /// Arguments of `occy search`.
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// Image reference (registry://, tar://, oci://, dir://)
+    /// Image reference
+    #[arg(help = format!("Image reference ({})", crate::reference::readable_schemes()))]
     pub source: String,
 
     /// Glob (default; `*` within a directory, `**` across) or, with --regex, a regular expression
@@ -82,7 +83,7 @@ pub async fn run(global: &GlobalArgs, args: &SearchArgs) -> Result<i32> {
     }
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&matches)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
             for m in &matches {
                 println!("{} {}", m.layer_digest, m.path);
             }

@@ -10,8 +10,9 @@ use clap::{Args, ValueEnum};
 use super::{GlobalArgs, OutputFormat};
 use crate::cache::LayerCache;
 use crate::check::Mode;
+use crate::cli::output::summary_text;
 use crate::error::{Error, Result};
-use crate::exec::sync::{apply, summary_text, ApplyOptions};
+use crate::exec::sync::{apply, ApplyOptions};
 use crate::filter::parse_compression;
 use crate::plan::shard::{self, ShardArg, Sharding};
 use crate::plan::{self, render, PlanContext, SavedPlan};
@@ -40,44 +41,54 @@ pub struct SyncArgs {
     #[arg(long, value_name = "PLAN.json", requires = "plan")]
     pub out: Option<PathBuf>,
 
-    /// Apply a saved plan exactly (its digests are pinned); refused if the
-    /// sync file changed since
+    /// Apply a saved plan exactly (its digests are pinned)
+    ///
+    /// Refused if the sync file changed since the plan was made.
     #[arg(long, value_name = "PLAN.json", conflicts_with = "plan")]
     pub apply: Option<PathBuf>,
 
-    /// With --plan: exit 0 when nothing is to do, 3 when changes are pending, 1 on errors
+    /// With --plan: exit 0 when nothing is to do, 3 when changes are pending
+    ///
+    /// And 1 on errors: a pull-request check.
     #[arg(long, requires = "plan")]
     pub detailed_exitcode: bool,
 
     /// Images at once (default: the file's image_parallel, else 3)
-    #[arg(short = 'J', long, env = "OCCY_IMAGE_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=64))]
+    ///
+    /// [env: OCCY_IMAGE_PARALLEL]
+    #[arg(short = 'J', long, value_name = "N", env = "OCCY_IMAGE_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub image_parallel: Option<u16>,
 
     /// Layer transfers at once per image (default: the file's parallel, else 4)
-    #[arg(short = 'j', long, env = "OCCY_PARALLEL", value_parser = clap::value_parser!(u16).range(1..=256))]
+    ///
+    /// [env: OCCY_PARALLEL]
+    #[arg(short = 'j', long, value_name = "N", env = "OCCY_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: Option<u16>,
 
-    /// Check each written target: off, fast or full (default: the file's check, else fast)
-    #[arg(long, value_enum)]
+    /// Check written targets: off, fast or full (default: the file's, else fast)
+    #[arg(long, value_enum, value_name = "MODE", hide_possible_values = true)]
     pub check: Option<CheckArg>,
 
     /// Only targets whose source or destination matches this glob (repeatable)
     #[arg(long, value_name = "GLOB")]
     pub only: Vec<String>,
 
-    /// Also delete the tags of each synced registry repository that the sync
-    /// file no longer selects (--plan lists them first)
+    /// Also delete registry tags the sync file no longer selects
+    ///
+    /// Only in the registry repositories the file syncs to; --plan lists them first.
     #[arg(long, conflicts_with = "only")]
     pub prune: bool,
 
-    /// Only shard I of N (from 0); auto/N takes I from JOB_COMPLETION_INDEX
-    /// (Kubernetes Indexed Jobs). Images sharing layers stay in one shard.
-    /// Not with --prune: a shard does not see every tag the file keeps
+    /// Only shard I of N (from 0; auto/N: I from JOB_COMPLETION_INDEX)
+    ///
+    /// auto/N suits Kubernetes Indexed Jobs. Images sharing layers stay in one
+    /// shard. Not with --prune: a shard does not see every tag the file keeps.
     #[arg(long, value_name = "I/N", value_parser = ShardArg::parse, conflicts_with_all = ["shards", "prune"])]
     pub shard: Option<ShardArg>,
 
-    /// With --plan: show which of N shards each target is in, with each
-    /// shard's bytes and the bytes shards share (-O json for a CI matrix)
+    /// With --plan: show which of N shards each target is in
+    ///
+    /// With each shard's bytes and the bytes shards share (-O json for a CI matrix).
     #[arg(long, value_name = "N", requires = "plan", value_parser = shard::parse_count, conflicts_with = "prune")]
     pub shards: Option<usize>,
 }
@@ -173,14 +184,16 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
             (Some(a), format) => {
                 let r = shard::report(&plan, a);
                 match format {
-                    OutputFormat::Text => print!("{}", shard::text(&r)),
+                    OutputFormat::Text | OutputFormat::Github => print!("{}", shard::text(&r)),
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
                     OutputFormat::Markdown => print!("{}", shard::markdown(&r)),
+                    OutputFormat::Dot => print!("{}", plan.graph.dot(&plan.targets)),
                 }
             }
-            (None, OutputFormat::Text) => print!("{}", render::text(&plan, colour)),
+            (None, OutputFormat::Text | OutputFormat::Github) => print!("{}", render::text(&plan, colour)),
             (None, OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&plan)?),
             (None, OutputFormat::Markdown) => print!("{}", render::markdown(&plan)),
+            (None, OutputFormat::Dot) => print!("{}", plan.graph.dot(&plan.targets)),
         }
         if let Some(out) = &args.out {
             let dir = out
@@ -241,7 +254,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
     let report = apply(&ctx, &plan, &opts).await;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        OutputFormat::Text | OutputFormat::Markdown => {
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
             if report.written == 0 && report.failed == 0 && report.pruned.is_empty() && report.prune_failed.is_empty() {
                 if !global.quiet {
                     eprintln!("Nothing to do: {} targets up to date.", report.unchanged);

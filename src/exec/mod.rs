@@ -1,11 +1,12 @@
-//! The executor: moves images from sources to sinks. [`copy`] copies one
-//! resolved target (the unit `occy process` runs and `occy sync` schedules),
-//! with bounded layer concurrency, retries and byte accounting; [`filtered`]
-//! does the same through a filter chain.
+//! The executor: walks the plan's work graph ([`walk`]), moving each blob
+//! once from its source to every store that needs it, rewriting each layer
+//! once per filter chain ([`rewrite`]), committing, checking and recording
+//! each target ([`sync`]), with progress on stderr ([`progress`]).
 
-pub mod copy;
-pub mod filtered;
+pub mod blob;
 pub mod progress;
+pub mod rewrite;
 pub mod sync;
+pub mod walk;
 
-pub use copy::{copy_image, CopyOptions, CopyReport};
+pub use walk::CopyReport;

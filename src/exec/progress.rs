@@ -146,8 +146,12 @@ impl RunProgress {
 
     /// An image starts; `expected_bytes` sizes its bar (0: unknown).
     pub fn start(&self, name: &str, expected_bytes: u64) -> TargetProgress {
+        self.start_counting(name, expected_bytes, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// An image starts, its bytes counted in `bytes` (by whoever moves them).
+    pub fn start_counting(&self, name: &str, expected_bytes: u64, bytes: Arc<AtomicU64>) -> TargetProgress {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = Arc::new(AtomicU64::new(0));
         let bar = self.multi.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new(expected_bytes));
             let template = if expected_bytes > 0 {

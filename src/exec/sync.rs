@@ -1,32 +1,30 @@
-//! Applies a plan: every target that needs writing is copied (`-J` at a
-//! time, `-j` layers each) by the same engine `occy process` uses, with one
-//! run-wide record of which registry repository holds which blob, so a layer
-//! shared by many images is uploaded once per registry and mounted elsewhere.
-//! A failing target does not stop the others. Each written target is then
-//! checked (`off`, `fast`, `full`) and recorded, so the next plan finds it
-//! unchanged.
+//! Applies a plan: opens the source and sink of every target that needs
+//! writing and walks the plan's work graph ([`super::walk`]), the one copy
+//! pipeline of `occy sync` and `occy process` alike: each blob fetched once,
+//! uploaded once per registry and mounted elsewhere, each layer rewritten
+//! once per chain. A failing target does not stop the others. Each written
+//! target is then checked (`off`, `fast`, `full`) and recorded, so the next
+//! plan finds it unchanged; then `--prune` deletes what it listed.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use futures_util::stream::{self, StreamExt};
+use async_trait::async_trait;
 use serde::Serialize;
 
-use super::copy::{copy_image, CopyOptions, CopyReport};
-use super::progress::{ProgressMode, RunProgress};
+use super::progress::{ProgressMode, RunProgress, TargetProgress};
+use super::walk::{walk, AfterCommit, CopyReport, TargetIo, TargetResult, WalkOptions};
 use crate::cache::LayerCache;
 use crate::check::{verify_written, Mode};
-use crate::cli::output::human_size;
 use crate::error::{Error, Result};
-use crate::image::Digest;
+use crate::image::{human_size, Digest};
 use crate::plan::prune;
 use crate::plan::state::{self, WrittenState};
 use crate::plan::{chain_record, holds_index, platforms_key, Action, Plan, PlanContext, PlannedTarget};
 use crate::reference::Reference;
-use crate::sink::registry::BlobLocations;
 use crate::sink::{open_sink, SinkOptions};
-use crate::source::open_source;
 
 /// How to apply.
 #[derive(Debug, Clone)]
@@ -95,6 +93,8 @@ pub struct ApplyReport {
     pub bytes: u64,
     pub layers_copied: usize,
     pub layers_mounted: usize,
+    /// Layers rewritten by filter chains (each once for the whole run).
+    pub layers_rewritten: usize,
     /// Tags deleted by `--prune`.
     pub pruned: Vec<String>,
     /// Tags `--prune` could not delete, with why.
@@ -116,7 +116,54 @@ impl ApplyReport {
     }
 }
 
-/// Applies `plan`: writes what it says needs writing, in its order.
+/// What follows each commit: the check, the state record, the progress line.
+struct Finisher<'a> {
+    ctx: &'a PlanContext,
+    plan: &'a Plan,
+    opts: &'a ApplyOptions,
+    progress: &'a RunProgress,
+    counters: &'a HashMap<usize, Arc<AtomicU64>>,
+    shown: Mutex<HashMap<usize, TargetProgress>>,
+}
+
+#[async_trait]
+impl AfterCommit for Finisher<'_> {
+    async fn after_commit(&self, target: usize, report: &CopyReport) -> Result<String> {
+        let t = &self.plan.targets[target];
+        let check = match self.opts.check {
+            None => "off".to_string(),
+            Some(mode) => {
+                let tt = &t.target;
+                verify_written(
+                    &tt.destination,
+                    &tt.name,
+                    mode,
+                    &self.ctx.source_options(&tt.destination),
+                )
+                .await?;
+                format!("{}: ok", mode.as_str())
+            }
+        };
+        record(self.ctx, t, &report.digest, self.opts.record);
+        Ok(check)
+    }
+
+    fn started(&self, target: usize) {
+        let Ok(mut shown) = self.shown.lock() else { return };
+        if shown.contains_key(&target) {
+            return;
+        }
+        let (Some(t), Some(counter)) = (self.plan.targets.get(target), self.counters.get(&target)) else {
+            return;
+        };
+        shown.insert(
+            target,
+            self.progress
+                .start_counting(&t.destination, t.blobs.bytes, counter.clone()),
+        );
+    }
+}
+
 /// Removes what crashed runs left beside the plan's file destinations
 /// (temporaries no live writer holds; see `sink/sweep.rs`) and says at `-v`
 /// how much that reclaimed.
@@ -154,42 +201,94 @@ async fn sweep_stale_temporaries(plan: &Plan) {
     }
 }
 
+/// Applies `plan`: writes what it says needs writing.
 pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> ApplyReport {
     let started = Instant::now();
     sweep_stale_temporaries(plan).await;
-    let locations = BlobLocations::default();
-    let to_write = plan.targets.iter().filter(|t| t.action.writes()).count();
+    // A one-shot command shows targets that failed to resolve among the
+    // rest (a sync showed them in its plan).
+    let shows = |t: &PlannedTarget| t.action.writes() || (ctx.write_all && matches!(t.action, Action::Failed { .. }));
+    let to_write = plan.targets.iter().filter(|t| shows(t)).count();
     let progress = RunProgress::new(opts.progress, to_write);
-    let mut outcomes: Vec<(usize, TargetOutcome)> = stream::iter(plan.targets.iter().enumerate())
-        .map(|(i, t)| {
-            let locations = locations.clone();
-            let progress = &progress;
-            async move {
-                let outcome = match &t.action {
-                    Action::Unchanged => TargetOutcome {
-                        digest: t.current.clone(),
-                        ..TargetOutcome::new(t, "unchanged")
-                    },
-                    Action::Failed { error } => TargetOutcome {
-                        error: Some(error.clone()),
-                        exit_code: 1,
-                        ..TargetOutcome::new(t, "failed")
-                    },
-                    _ => {
-                        let shown = progress.start(&t.destination, t.blobs.bytes);
-                        let o = write_target(ctx, t, opts, locations, shown.bytes.clone()).await;
-                        progress.finish(shown, &progress_line(t, &o));
-                        o
-                    }
-                };
-                (i, outcome)
+    let mut io: HashMap<usize, TargetIo> = HashMap::new();
+    let mut failed: HashMap<usize, Error> = HashMap::new();
+    let mut counters: HashMap<usize, Arc<AtomicU64>> = HashMap::new();
+    for (i, t) in plan.targets.iter().enumerate() {
+        if !t.action.writes() {
+            continue;
+        }
+        if !plan.graph.targets.contains_key(&i) {
+            failed.insert(i, Error::invalid(format!("{} was not resolved by the plan", t.source)));
+            continue;
+        }
+        let counter = Arc::new(AtomicU64::new(0));
+        match open_target(ctx, t, counter.clone()).await {
+            Ok(x) => {
+                counters.insert(i, counter);
+                io.insert(i, x);
             }
-        })
-        .buffer_unordered(opts.image_parallel.max(1))
-        .collect()
-        .await;
-    outcomes.sort_by_key(|(i, _)| *i);
-    let targets: Vec<TargetOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+            Err(e) => {
+                failed.insert(i, e);
+            }
+        }
+    }
+    let finisher = Finisher {
+        ctx,
+        plan,
+        opts,
+        progress: &progress,
+        counters: &counters,
+        shown: Mutex::new(HashMap::new()),
+    };
+    let walk_opts = WalkOptions {
+        image_parallel: opts.image_parallel,
+        parallel: opts.parallel,
+        retries: opts.retries,
+        cache: ctx.cache.clone(),
+    };
+    let mut results = walk(&plan.graph, &io, &walk_opts, &finisher).await;
+    drop(io);
+    let mut shown = finisher.shown.into_inner().unwrap_or_default();
+    let mut targets: Vec<TargetOutcome> = Vec::with_capacity(plan.targets.len());
+    for (i, t) in plan.targets.iter().enumerate() {
+        let outcome = match &t.action {
+            Action::Unchanged => TargetOutcome {
+                digest: t.current.clone(),
+                ..TargetOutcome::new(t, "unchanged")
+            },
+            Action::Failed { error } => {
+                let o = TargetOutcome {
+                    error: Some(error.clone()),
+                    exit_code: 1,
+                    ..TargetOutcome::new(t, "failed")
+                };
+                if shows(t) {
+                    let p = progress.start(&t.destination, 0);
+                    progress.finish(p, &progress_line(t, &o));
+                }
+                o
+            }
+            _ => {
+                let result = match failed.remove(&i) {
+                    Some(e) => TargetResult::Failed { error: e },
+                    None => results.remove(&i).unwrap_or(TargetResult::Failed {
+                        error: Error::invalid("the target was not walked"),
+                    }),
+                };
+                let o = outcome_of(t, result, started);
+                let line = progress_line(t, &o);
+                match shown.remove(&i) {
+                    Some(p) => progress.finish(p, &line),
+                    None => {
+                        let p = progress.start(&t.destination, 0);
+                        progress.finish(p, &line);
+                    }
+                }
+                o
+            }
+        };
+        targets.push(outcome);
+    }
     let (mut pruned, mut prune_failed) = (Vec::new(), Vec::new());
     for p in &plan.prune {
         match prune::delete(ctx, p).await {
@@ -208,26 +307,39 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
     }
     progress.close();
     let count = |s: &str| targets.iter().filter(|o| o.status == s).count();
+    let reports = || targets.iter().filter_map(|o| o.report.as_ref());
     ApplyReport {
         written: count("written"),
         unchanged: count("unchanged"),
         failed: count("failed"),
-        bytes: targets.iter().filter_map(|o| o.report.as_ref()).map(|r| r.bytes).sum(),
-        layers_copied: targets
-            .iter()
-            .filter_map(|o| o.report.as_ref())
-            .map(|r| r.layers_copied)
-            .sum(),
-        layers_mounted: targets
-            .iter()
-            .filter_map(|o| o.report.as_ref())
-            .map(|r| r.layers_mounted)
-            .sum(),
+        bytes: reports().map(|r| r.bytes).sum(),
+        layers_copied: reports().map(|r| r.layers_copied).sum(),
+        layers_mounted: reports().map(|r| r.layers_mounted).sum(),
+        layers_rewritten: plan.graph.rewrites(),
         seconds: started.elapsed().as_secs_f64(),
         pruned,
         prune_failed,
         targets,
     }
+}
+
+/// The outcome of one walked target.
+fn outcome_of(t: &PlannedTarget, result: TargetResult, started: Instant) -> TargetOutcome {
+    let mut outcome = TargetOutcome::new(t, "failed");
+    match result {
+        TargetResult::Done { report, check } => {
+            outcome.digest = Some(report.digest.clone());
+            outcome.check = Some(check);
+            outcome.status = "written";
+            outcome.report = Some(report);
+        }
+        TargetResult::Failed { error } => {
+            outcome.exit_code = error.exit_code();
+            outcome.error = Some(error.to_string());
+        }
+    }
+    outcome.seconds = started.elapsed().as_secs_f64();
+    outcome
 }
 
 /// `name complete (digest, bytes, mounted k of n)`, shown after `[N/total]`.
@@ -246,65 +358,24 @@ fn progress_line(t: &PlannedTarget, o: &TargetOutcome) -> String {
     }
 }
 
-async fn write_target(
-    ctx: &PlanContext,
-    t: &PlannedTarget,
-    opts: &ApplyOptions,
-    locations: BlobLocations,
-    bytes_read: Arc<AtomicU64>,
-) -> TargetOutcome {
-    let started = Instant::now();
-    let mut outcome = TargetOutcome::new(t, "failed");
-    match copy_target(ctx, t, opts, locations, bytes_read).await {
-        Ok(report) => {
-            outcome.digest = Some(report.digest.clone());
-            let check = match opts.check {
-                None => Ok("off".to_string()),
-                Some(mode) => {
-                    let tt = &t.target;
-                    verify_written(&tt.destination, &tt.name, mode, &ctx.source_options(&tt.destination))
-                        .await
-                        .map(|_| format!("{}: ok", mode.as_str()))
-                }
-            };
-            match check {
-                Ok(c) => {
-                    outcome.check = Some(c);
-                    outcome.status = "written";
-                    record(ctx, t, &report.digest, opts.record);
-                }
-                Err(e) => {
-                    outcome.check = Some("failed".to_string());
-                    outcome.error = Some(e.to_string());
-                    outcome.exit_code = e.exit_code();
-                }
-            }
-            outcome.report = Some(report);
-        }
-        Err(e) => {
-            outcome.error = Some(e.to_string());
-            outcome.exit_code = e.exit_code();
-        }
-    }
-    outcome.seconds = started.elapsed().as_secs_f64();
-    outcome
-}
-
-/// Copies one target, reading the source at the digest the plan resolved.
-async fn copy_target(
-    ctx: &PlanContext,
-    t: &PlannedTarget,
-    opts: &ApplyOptions,
-    locations: BlobLocations,
-    bytes_read: Arc<AtomicU64>,
-) -> Result<CopyReport> {
+/// Opens what one target reads and writes: the source at the digest the
+/// plan resolved (the plan's own reading of it for archives, layouts and
+/// daemons), and the sink.
+async fn open_target(ctx: &PlanContext, t: &PlannedTarget, bytes_read: Arc<AtomicU64>) -> Result<TargetIo> {
     let tt = &t.target;
+    let resolved = t
+        .resolved
+        .clone()
+        .ok_or_else(|| Error::invalid(format!("{} was not resolved by the plan", tt.source)))?;
     let mut source_ref = tt.source.clone();
     if let (Reference::Registry(r), Some(d)) = (&mut source_ref, &t.source_digest) {
         // Exactly what was planned, even if the tag moved since.
         r.digest = Some(d.clone());
     }
-    let source = open_source(&source_ref, &ctx.source_options(&source_ref)).await?;
+    let source = ctx
+        .memo
+        .open_source(&source_ref, &ctx.source_options(&source_ref))
+        .await?;
     if let (false, Some(planned)) = (matches!(source_ref, Reference::Registry(_)), &t.source_digest) {
         let root = source.root_manifest().await?;
         if &root.digest != planned {
@@ -316,21 +387,17 @@ async fn copy_target(
     }
     let sink_opts = SinkOptions {
         registry: ctx.source_options(&tt.destination).registry,
-        blob_locations: locations,
-        source: source_ref.as_registry().cloned(),
     };
     let sink = open_sink(&tt.destination, &tt.name, &sink_opts).await?;
-    let copy = CopyOptions {
-        parallel: opts.parallel,
+    Ok(TargetIo {
+        source,
+        sink,
+        resolved,
+        chain: tt.chain.clone(),
         platforms: tt.platforms.clone(),
-        retries: opts.retries,
-        filters: tt.chain.clone(),
         name: tt.name.to_string(),
-        cache: ctx.cache.clone(),
-        bytes_read: Some(bytes_read),
-    };
-    let report = copy_image(source.as_ref(), sink.as_ref(), &copy).await?;
-    Ok(report)
+        bytes_read,
+    })
 }
 
 /// Remembers what was written so the next plan finds it unchanged: a state
@@ -367,67 +434,4 @@ fn record(ctx: &PlanContext, t: &PlannedTarget, output: &Digest, state_record: b
             );
         }
     }
-}
-
-/// The run's summary as a table, for people.
-pub fn summary_text(report: &ApplyReport) -> String {
-    let mut rows: Vec<Vec<String>> = report
-        .targets
-        .iter()
-        .map(|o| {
-            let detail = match (&o.report, &o.error) {
-                (_, Some(e)) => e.lines().next().unwrap_or_default().to_string(),
-                (Some(r), None) => format!(
-                    "{} copied, {} mounted, {} present, {}",
-                    r.layers_copied,
-                    r.layers_mounted,
-                    r.layers_skipped.saturating_sub(r.layers_mounted),
-                    human_size(r.bytes)
-                ),
-                (None, None) => String::new(),
-            };
-            vec![
-                o.status.to_string(),
-                o.destination.clone(),
-                o.digest
-                    .as_ref()
-                    .map(|d| d.short().to_string())
-                    .unwrap_or_else(|| "-".into()),
-                o.check.clone().unwrap_or_else(|| "-".into()),
-                detail,
-            ]
-        })
-        .collect();
-    rows.extend(
-        report
-            .pruned
-            .iter()
-            .map(|d| vec!["pruned".into(), d.clone(), "-".into(), "-".into(), "tag deleted".into()]),
-    );
-    rows.extend(report.prune_failed.iter().map(|f| {
-        vec![
-            "failed".into(),
-            f.destination.clone(),
-            "-".into(),
-            "-".into(),
-            format!("not pruned: {}", f.error.lines().next().unwrap_or_default()),
-        ]
-    }));
-    let mut out = crate::cli::output::table(&["status", "destination", "digest", "check", "detail"], &rows);
-    out.push_str(&format!(
-        "\n{} written, {} unchanged, {} failed{}; {} layers copied ({}), {} mounted, in {:.1}s\n",
-        report.written,
-        report.unchanged,
-        report.failed,
-        if report.pruned.is_empty() && report.prune_failed.is_empty() {
-            String::new()
-        } else {
-            format!(", {} tags pruned", report.pruned.len())
-        },
-        report.layers_copied,
-        human_size(report.bytes),
-        report.layers_mounted,
-        Duration::from_secs_f64(report.seconds).as_secs_f64()
-    ));
-    out
 }

@@ -3,6 +3,13 @@
 //! (the new diff_id), compressed and hashed again (the new digest and size)
 //! on its way to the output — all while it streams, with fixed buffers.
 //!
+//! A chain that changes no entry (`recompress`, `search`, `inspect`) is a
+//! pure re-encoding: the uncompressed bytes pass through exactly as they came
+//! — the zero blocks after the end of the archive included, which Python's
+//! `tarfile` and GNU tar pad to a 10240-byte record — so the diff_id does not
+//! change. Entries are still parsed, for `search` and to refuse a stream that
+//! is not a tar.
+//!
 //! Compression uses every core and is deterministic: block-parallel gzip
 //! ([`super::pgzip`], level 6 unless asked; its bytes do not depend on the
 //! thread count) and multi-threaded zstd at level 3 unless asked, with a
@@ -36,6 +43,8 @@ pub struct LayerResult {
     /// sha256 and size of the output blob as written.
     pub digest: Digest,
     pub size: u64,
+    /// Length of the uncompressed output tar.
+    pub plain_size: u64,
     pub compression: Compression,
     /// Per `inspect` filter, in chain order: the diff_id and uncompressed
     /// size of the layer as it was at that point of the chain.
@@ -165,6 +174,28 @@ fn stages(chain: &FilterChain) -> Result<(Vec<Stage>, usize)> {
     Ok((out, taps))
 }
 
+/// Whether no stage can change or drop an entry: the layer's uncompressed
+/// bytes then pass through untouched.
+fn keeps_every_byte(stages: &[Stage]) -> bool {
+    stages
+        .iter()
+        .all(|s| matches!(s, Stage::Search(..) | Stage::Tap(_) | Stage::Pass))
+}
+
+/// A reader that writes everything it reads to `out`, in order.
+struct Tee<'a, R: Read> {
+    inner: R,
+    out: &'a mut dyn Write,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
 /// Writes entry data to the output (when kept) and to the taps that saw it.
 struct Fanout<'a> {
     out: Option<&'a mut dyn Write>,
@@ -205,8 +236,77 @@ pub fn rewrite_layer(
     let mut plain = HashWriter::new(io::BufWriter::with_capacity(256 * 1024, encoder));
     let mut taps: Vec<HashWriter<io::Sink>> = (0..tap_count).map(|_| HashWriter::new(io::sink())).collect();
     let mut matches = Vec::new();
-    let mut reader = TarReader::new(input, what.to_string());
 
+    let passthrough = keeps_every_byte(&stages);
+    if passthrough {
+        // Every byte read goes to the output and every tap as it came; the
+        // entries are only looked at.
+        let mut fan = Fanout {
+            out: Some(&mut plain),
+            taps: taps.iter_mut().collect(),
+        };
+        let mut reader = TarReader::new(
+            Tee {
+                inner: input,
+                out: &mut fan,
+            },
+            what.to_string(),
+        );
+        while let Some(entry) = reader.next_entry()? {
+            for stage in &stages {
+                if let Stage::Search(i, m) = stage {
+                    let path = entry.path.trim_end_matches('/');
+                    if m.is_match(path) {
+                        matches.push((*i, path.to_string()));
+                    }
+                }
+            }
+            reader.skip_data()?;
+        }
+        reader.drain()?;
+    } else {
+        rewrite_entries(input, &mut stages, &mut plain, &mut taps, &mut matches, what)?;
+        plain.write_all(&END_OF_ARCHIVE).map_err(io_err)?;
+    }
+
+    let (buffered, diff_id, plain_size) = plain.finish();
+    let encoder = buffered.into_inner().map_err(|e| io_err(e.into_error()))?;
+    let blob = encoder.finish().map_err(io_err)?;
+    let (mut out, digest, size) = blob.finish();
+    out.flush().map_err(io_err)?;
+    let taps = taps
+        .into_iter()
+        .map(|mut t| {
+            if !passthrough {
+                let _ = t.write_all(&END_OF_ARCHIVE);
+            }
+            let (_, d, n) = t.finish();
+            (d, n)
+        })
+        .collect();
+    Ok(LayerResult {
+        diff_id,
+        digest,
+        size,
+        plain_size,
+        compression,
+        taps,
+        matches,
+    })
+}
+
+/// The rewriting pass: each entry through the stages, what is kept written
+/// to `plain` (without the end-of-archive blocks), what each tap saw to it.
+fn rewrite_entries(
+    input: impl Read,
+    stages: &mut [Stage],
+    plain: &mut dyn Write,
+    taps: &mut [HashWriter<io::Sink>],
+    matches: &mut Vec<(usize, String)>,
+    what: &str,
+) -> Result<()> {
+    let io_err = |e: io::Error| Error::stream(what, e);
+    let mut reader = TarReader::new(input, what.to_string());
     while let Some(mut entry) = reader.next_entry()? {
         let mut verdict = Verdict::Keep;
         let mut seen_by = Vec::new();
@@ -238,7 +338,7 @@ pub fn rewrite_layer(
         }
         let mut fan = Fanout {
             out: if verdict == Verdict::Keep {
-                Some(&mut plain)
+                Some(&mut *plain)
             } else {
                 None
             },
@@ -251,30 +351,7 @@ pub fn rewrite_layer(
         };
         reader.copy_data(&mut fan)?;
     }
-    reader.drain()?;
-
-    plain.write_all(&END_OF_ARCHIVE).map_err(io_err)?;
-    let (buffered, diff_id, _) = plain.finish();
-    let encoder = buffered.into_inner().map_err(|e| io_err(e.into_error()))?;
-    let blob = encoder.finish().map_err(io_err)?;
-    let (mut out, digest, size) = blob.finish();
-    out.flush().map_err(io_err)?;
-    let taps = taps
-        .into_iter()
-        .map(|mut t| {
-            let _ = t.write_all(&END_OF_ARCHIVE);
-            let (_, d, n) = t.finish();
-            (d, n)
-        })
-        .collect();
-    Ok(LayerResult {
-        diff_id,
-        digest,
-        size,
-        compression,
-        taps,
-        matches,
-    })
+    reader.drain()
 }
 
 #[cfg(test)]
@@ -359,6 +436,35 @@ mod tests {
             }
             assert_eq!(Digest::of(&plain), a.diff_id);
         }
+    }
+
+    #[test]
+    fn a_chain_that_changes_no_entry_passes_every_byte_padding_included() {
+        // Padded to a 10240-byte record, as GNU tar and Python's tarfile write.
+        let mut padded = layer();
+        padded.resize(padded.len().div_ceil(10240) * 10240 + 10240, 0);
+        for filters in [
+            &["recompress:format=zstd"][..],
+            &[
+                "search:pattern=*.pyc",
+                "inspect:file=/dev/null",
+                "recompress:format=gzip",
+            ][..],
+        ] {
+            let chain = FilterChain::parse(&filters.iter().map(|s| s.to_string()).collect::<Vec<_>>(), None).unwrap();
+            let mut out = Vec::new();
+            let r = rewrite_layer(&padded[..], &chain, Compression::None, None, &mut out, "layer t").unwrap();
+            assert!(out == padded, "{filters:?}: the bytes pass through untouched");
+            assert_eq!(r.diff_id, Digest::of(&padded));
+            assert!(r.taps.iter().all(|t| t.0 == r.diff_id && t.1 == padded.len() as u64));
+            if filters.len() > 1 {
+                assert_eq!(r.matches, vec![(0, "app/main.pyc".to_string())]);
+            }
+        }
+        // Not a tar: refused, even when nothing would change.
+        let chain = FilterChain::parse(&["recompress:format=zstd".to_string()], None).unwrap();
+        let junk = vec![7u8; 2048];
+        assert!(rewrite_layer(&junk[..], &chain, Compression::None, None, &mut Vec::new(), "layer t").is_err());
     }
 
     #[test]

@@ -6,12 +6,14 @@ pub mod digest;
 pub mod manifest;
 pub mod media_type;
 pub mod platform;
+pub mod select;
 
 pub use config::{ConfigBlob, ImageConfig};
 pub use digest::{Digest, VerifyingReader};
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, RawManifest};
 pub use media_type::Compression;
 pub use platform::Platform;
+pub use select::{check_fits, expected_digest, index_to_write, writes_index, PlatformSelection};
 
 use crate::error::{Error, Result};
 
@@ -95,5 +97,21 @@ impl ResolvedImage {
             Some((raw, _)) => Some(raw),
             None => self.images.first().map(|i| &i.raw_manifest),
         }
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }

@@ -6,18 +6,21 @@
 //! - the tags of destination repositories that several targets write, listed
 //!   once, so a tag that is not there costs no HEAD and a repository without
 //!   tags costs no blob HEADs;
-//! - each destination tag's digest (one HEAD at most).
+//! - each destination tag's digest (one HEAD at most);
+//! - each archive, layout or daemon source opened (a daemon's image is
+//!   exported once), so apply reads what planning read.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{self, StreamExt};
 
 use super::expand::RegistryAccess;
 use super::{PlanContext, Target, PLAN_CONCURRENCY};
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::image::{Digest, RawManifest};
 use crate::reference::Reference;
+use crate::source::{open_source, Source, SourceOptions};
 
 /// A registry host and one of its repositories.
 type Repository = (String, String);
@@ -30,9 +33,26 @@ pub struct PlanMemo {
     /// listing failed (then every tag is asked about with a HEAD).
     destination_tags: Mutex<HashMap<Repository, HashSet<String>>>,
     heads: Mutex<HashMap<String, Option<Digest>>>,
+    /// Sources other than registries, opened once.
+    opened: tokio::sync::Mutex<HashMap<String, Arc<dyn Source>>>,
 }
 
 impl PlanMemo {
+    /// Opens `reference` as a source: a registry each time (it costs no
+    /// request), anything else once per run.
+    pub async fn open_source(&self, reference: &Reference, opts: &SourceOptions) -> Result<Arc<dyn Source>> {
+        if matches!(reference, Reference::Registry(_)) {
+            return Ok(Arc::from(open_source(reference, opts).await?));
+        }
+        let mut opened = self.opened.lock().await;
+        if let Some(s) = opened.get(&reference.to_string()) {
+            return Ok(s.clone());
+        }
+        let s: Arc<dyn Source> = Arc::from(open_source(reference, opts).await?);
+        opened.insert(reference.to_string(), s.clone());
+        Ok(s)
+    }
+
     pub fn root(&self, source: &Reference) -> Option<RawManifest> {
         self.roots.lock().ok()?.get(&source.to_string()).cloned()
     }

@@ -1,12 +1,14 @@
-//! The planner: expand → resolve → diff. A validated sync file becomes
-//! [`Target`]s (one source image, one chain, one destination), each source
-//! resolved to its manifest digest and platform images, each destination
-//! compared with what it holds, and the work left counted blob by blob the
-//! way the executor will do it: a layer uploaded once per destination
-//! registry and mounted everywhere else, what is present skipped.
-//! `occy sync --plan` renders this; `occy sync` applies it.
+//! The planner: expand → resolve → diff → graph. A validated sync file
+//! becomes [`Target`]s (one source image, one chain, one destination), each
+//! source resolved to its manifest digest and platform images, each
+//! destination compared with what it holds, and the work left built into
+//! one [`graph::WorkGraph`]: each blob fetched once, uploaded once per
+//! registry and mounted everywhere else, each layer rewritten once per
+//! chain, what is present skipped. `occy sync --plan` renders this graph;
+//! `occy sync` walks it.
 
 pub mod expand;
+pub mod graph;
 mod memo;
 pub mod prune;
 pub mod quay;
@@ -15,7 +17,7 @@ pub mod render;
 pub mod shard;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -24,13 +26,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::LayerCache;
 use crate::error::{Error, Result};
-use crate::exec::copy::{check_fits, expected_digest};
 use crate::filter::FilterChain;
-use crate::image::{Digest, ImageName, ResolvedImage};
+use crate::image::{check_fits, expected_digest, Digest, ImageName, ResolvedImage};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryOptions};
 use crate::source::docker_daemon::DaemonConnection;
-use crate::source::{open_source, resolve_with, Configs, PlatformSelection, SourceOptions};
+use crate::source::{resolve_with, Configs, PlatformSelection, SourceOptions};
 use crate::spec::{SpecProblem, SyncSpec, TemplateFields};
 use expand::{expand_all, Expansion, RegistryAccess, SourceImage};
 
@@ -187,7 +188,7 @@ pub struct BlobCounts {
 }
 
 impl BlobCounts {
-    fn add(&mut self, o: &BlobCounts) {
+    pub fn add(&mut self, o: &BlobCounts) {
         self.upload += o.upload;
         self.mount += o.mount;
         self.present += o.present;
@@ -253,6 +254,16 @@ pub struct Plan {
     /// With `--shards N`: which shard each target is in.
     #[serde(skip)]
     pub assignment: Option<shard::Assignment>,
+    /// Per store (a registry repository, a file destination) and per
+    /// source: what applying does there.
+    pub stores: BTreeMap<String, graph::StoreTotals>,
+    /// The work graph: its nodes, and its edges (`to` needs `from`).
+    pub nodes: Vec<graph::Work>,
+    pub edges: Vec<graph::EdgeOut>,
+    /// Layers needed by more than one store, and what happens to each.
+    pub shared: Vec<String>,
+    #[serde(skip)]
+    pub graph: graph::WorkGraph,
 }
 
 /// Counts over all targets.
@@ -282,9 +293,14 @@ impl Plan {
     }
 }
 
+/// The version of the JSON plan this occy writes and applies.
+pub const PLAN_VERSION: u32 = 2;
+
 /// A plan as saved by `--plan --out`, read back by `--apply`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SavedPlan {
+    #[serde(default)]
+    pub plan_version: u32,
     pub sync_file: String,
     pub sync_file_sha256: String,
     pub targets: Vec<SavedTarget>,
@@ -303,6 +319,21 @@ impl SavedPlan {
     /// Reads a plan file written by `occy sync --plan --out`.
     pub fn load(path: &std::path::Path) -> Result<SavedPlan> {
         let bytes = std::fs::read(path).map_err(|e| Error::io("read the plan", path, e))?;
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default)]
+            plan_version: u32,
+        }
+        if let Ok(v) = serde_json::from_slice::<Version>(&bytes) {
+            if v.plan_version != PLAN_VERSION {
+                return Err(Error::usage(format!(
+                    "{} is a version-{} plan; this occy applies version-{PLAN_VERSION} plans (a work graph): plan again with `occy sync FILE --plan --out {}`",
+                    path.display(),
+                    v.plan_version,
+                    path.display()
+                )));
+            }
+        }
         serde_json::from_slice(&bytes).map_err(|e| {
             Error::usage(format!(
                 "{} is not a plan written by `occy sync --plan --out`: {e}",
@@ -473,10 +504,29 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     let mut planned = failed;
     let mut sharded = None;
     if ctx.write_all {
-        planned.extend(targets.into_iter().map(|t| PlannedTarget {
-            action: Action::Create,
-            ..planned_target(t)
-        }));
+        // Every target is written: resolved, not compared. One image that
+        // cannot be read is the command's error (with its exit code); of
+        // several, it is that target's failure and the rest go on.
+        let single = targets.len() == 1;
+        for t in targets {
+            let mut p = planned_target(t);
+            match resolve_for_writing(ctx, &p.target).await {
+                Ok(resolved) => {
+                    let tt = &p.target;
+                    p.source_digest = resolved.root().map(|r| r.digest.clone());
+                    p.platforms = resolved.images.len();
+                    if !tt.chain.changes_content() {
+                        p.expected = expected_digest(&resolved, &tt.platforms, holds_index(&tt.destination)).ok();
+                    }
+                    p.resolved = Some(resolved);
+                }
+                Err(e) if single => return Err(e),
+                Err(e) => {
+                    p.action = Action::Failed { error: e.to_string() };
+                }
+            }
+            planned.push(p);
+        }
         planned.sort_by_key(|t| t.entry);
     } else {
         memo::list_destination_tags(ctx, &targets).await;
@@ -495,8 +545,11 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         planned = selected.failed;
         planned.extend(diff_all(ctx, selected.targets, &resolutions).await);
         planned.sort_by_key(|t| t.entry);
-        count_blobs(ctx, &mut planned).await;
         sharded = Some((selected.info, selected.assignment));
+    }
+    let mut work = graph::build(ctx, &planned).await;
+    for (i, t) in planned.iter_mut().enumerate() {
+        t.blobs = work.counts_for(i);
     }
     let (shard_info, assignment) = sharded.unwrap_or_default();
 
@@ -551,12 +604,18 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         Vec::new()
     };
     totals.prune = prune.len();
+    graph::add_prunes(&mut work, &prune);
     for p in &prune {
         // A DELETE, and a HEAD when the registry deletes only by digest.
         *requests.entry(p.host.clone()).or_default() += 2;
     }
     Ok(Plan {
-        plan_version: 1,
+        plan_version: PLAN_VERSION,
+        stores: work.store_totals(),
+        nodes: work.nodes_out(),
+        edges: work.edges_out(),
+        shared: work.shared_lines(),
+        graph: work,
         sync_file: spec.source.name.clone(),
         sync_file_sha256: spec.hash.clone(),
         targets: planned,
@@ -742,6 +801,20 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
     }
 }
 
+/// Resolves a target that a one-shot command writes, and checks that the
+/// destination can hold what it selects.
+async fn resolve_for_writing(ctx: &PlanContext, t: &Target) -> Result<Arc<ResolvedImage>> {
+    let resolved = resolve_reading(ctx, &t.source, &t.platforms, Configs::Load).await?;
+    check_fits(
+        &resolved,
+        &t.platforms,
+        holds_index(&t.destination),
+        &t.destination.to_string(),
+        &t.source.to_string(),
+    )?;
+    Ok(Arc::new(resolved))
+}
+
 async fn resolve_one(ctx: &PlanContext, r: &Reference, p: &PlatformSelection) -> Result<ResolvedImage> {
     resolve_reading(ctx, r, p, Configs::Load).await
 }
@@ -753,7 +826,7 @@ async fn resolve_reading(
     p: &PlatformSelection,
     configs: Configs,
 ) -> Result<ResolvedImage> {
-    let source = open_source(r, &ctx.source_options(r)).await?;
+    let source = ctx.memo.open_source(r, &ctx.source_options(r)).await?;
     resolve_with(source.as_ref(), ctx.memo.root(r), p, configs).await
 }
 
@@ -1009,126 +1082,6 @@ pub fn chain_record(chain: &FilterChain) -> String {
         String::new()
     } else {
         chain.hash()
-    }
-}
-
-/// Counts each writing target's blobs the way the executor moves them: a
-/// blob present in the destination repository is skipped, one held by
-/// another repository of the same registry (the source's, or one written
-/// earlier in this run) is mounted, anything else is uploaded, once per
-/// registry.
-async fn count_blobs(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
-    // host → blobs some repository there holds (or will, earlier in the run).
-    let mut on_host: HashMap<String, HashSet<Digest>> = HashMap::new();
-    // (host, repo) → blobs there (or will be); also (OCI layout path, "").
-    let mut in_repo: HashMap<(String, String), HashSet<Digest>> = HashMap::new();
-    for t in planned.iter_mut() {
-        if !t.action.writes() {
-            continue;
-        }
-        let Some(resolved) = t.resolved.clone() else { continue };
-        let form_uncompressed = matches!(t.target.destination, Reference::Tar { .. } | Reference::Dir { .. });
-        // (key, size, is_layer)
-        let mut blobs: Vec<(Digest, u64, bool)> = Vec::new();
-        for img in &resolved.images {
-            for (i, l) in img.manifest.layers.iter().enumerate() {
-                let key = if form_uncompressed {
-                    img.diff_id(i).cloned().unwrap_or_else(|_| l.digest.clone())
-                } else {
-                    l.digest.clone()
-                };
-                if !blobs.iter().any(|b| b.0 == key) {
-                    blobs.push((key, l.size, true));
-                }
-            }
-            if holds_index(&t.target.destination) && !blobs.iter().any(|b| b.0 == img.manifest.config.digest) {
-                blobs.push((img.manifest.config.digest.clone(), img.manifest.config.size, false));
-            }
-        }
-        let mut c = BlobCounts::default();
-        if t.target.chain.changes_content() {
-            c.estimated = true;
-            for (_, size, is_layer) in &blobs {
-                c.upload += 1;
-                if *is_layer {
-                    c.bytes += size;
-                }
-            }
-            t.blobs = c;
-            continue;
-        }
-        match &t.target.destination {
-            Reference::Registry(r) => {
-                let client = ctx.client(&r.host).ok();
-                let source_repo = match &t.target.source {
-                    Reference::Registry(s) if s.host == r.host && s.repository != r.repository => {
-                        Some(s.repository.clone())
-                    }
-                    _ => None,
-                };
-                let repo_key = (r.host.clone(), r.repository.clone());
-                let known_in_repo = in_repo.get(&repo_key).cloned().unwrap_or_default();
-                // A repository without tags is taken to hold no blobs: each is
-                // counted as an upload or a mount without asking (apply still
-                // checks each blob before sending it).
-                let client = client.filter(|_| !ctx.memo.repository_empty(&r.host, &r.repository));
-                let heads: Vec<bool> = stream::iter(blobs.iter())
-                    .map(|(d, _, _)| {
-                        let client = client.clone();
-                        let known = known_in_repo.contains(d);
-                        let repo = r.repository.clone();
-                        async move {
-                            if known {
-                                return true;
-                            }
-                            match client {
-                                Some(c) => matches!(c.head_blob(&repo, d).await, Ok(Some(_))),
-                                None => false,
-                            }
-                        }
-                    })
-                    .buffered(PLAN_CONCURRENCY)
-                    .collect()
-                    .await;
-                let host_set = on_host.entry(r.host.clone()).or_default();
-                let repo_set = in_repo.entry(repo_key).or_default();
-                for ((d, size, _), present) in blobs.iter().zip(heads) {
-                    if present {
-                        c.present += 1;
-                    } else if source_repo.is_some() || host_set.contains(d) {
-                        c.mount += 1;
-                    } else {
-                        c.upload += 1;
-                        c.bytes += size;
-                    }
-                    host_set.insert(d.clone());
-                    repo_set.insert(d.clone());
-                }
-            }
-            Reference::Oci { path, .. } => {
-                let key = (format!("oci://{}", path.display()), String::new());
-                let set = in_repo.entry(key).or_default();
-                for (d, size, _) in &blobs {
-                    let file = path.join("blobs").join("sha256").join(d.hex());
-                    if set.contains(d) || file.is_file() {
-                        c.present += 1;
-                    } else {
-                        c.upload += 1;
-                        c.bytes += size;
-                    }
-                    set.insert(d.clone());
-                }
-            }
-            _ => {
-                for (_, size, is_layer) in &blobs {
-                    if *is_layer {
-                        c.upload += 1;
-                        c.bytes += size;
-                    }
-                }
-            }
-        }
-        t.blobs = c;
     }
 }
 

@@ -1,11 +1,13 @@
-//! The plan for people and machines: text (colour on a terminal), JSON (the
-//! documented, stable `plan_version: 1` document that `--out` saves and
-//! `--apply` reads back) and Markdown (a table to post on a pull request).
+//! The plan for people and machines: text (colour on a terminal, with the
+//! work shared between stores), JSON (the documented `plan_version: 2`
+//! document with the work graph's `nodes` and `edges`, which `--out` saves
+//! and `--apply` reads back) and Markdown (a table to post on a pull
+//! request). The DOT picture is drawn by [`super::graph::WorkGraph::dot`].
 
 use std::fmt::Write as _;
 
-use super::{Action, Plan, PlannedTarget};
-use crate::cli::output::human_size;
+use super::{Action, DestinationTotals, Plan, PlannedTarget};
+use crate::image::human_size;
 use crate::image::Digest;
 
 fn short(d: &Option<Digest>) -> String {
@@ -93,7 +95,18 @@ fn prune_lines(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-/// The plan as text.
+/// Whether a destination has anything to receive.
+fn has_work(d: &DestinationTotals) -> bool {
+    d.targets > 0 || d.blobs.upload > 0 || d.blobs.mount > 0
+}
+
+/// `Nothing to do: N targets up to date.`, as apply says it.
+pub fn nothing_to_do(plan: &Plan) -> String {
+    format!("Nothing to do: {} targets up to date.", plan.totals.unchanged)
+}
+
+/// The plan as text: each target, the destinations with work, warnings and
+/// totals; one line when nothing is to be done.
 pub fn text(plan: &Plan, colour_on: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -102,6 +115,13 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         plan.sync_file,
         &plan.sync_file_sha256[..12.min(plan.sync_file_sha256.len())]
     );
+    if !plan.has_changes() && !plan.has_failures() {
+        for w in &plan.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+        let _ = writeln!(out, "{}", nothing_to_do(plan));
+        return out;
+    }
     for t in &plan.targets {
         let (on, off) = if colour_on {
             (colour(&t.action), "\x1b[0m")
@@ -131,13 +151,20 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
             let _ = writeln!(out, "    blobs: {b}");
         }
     }
+    if !plan.shared.is_empty() {
+        let _ = writeln!(out, "\nShared work (each node done once):");
+        for line in &plan.shared {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     let (on, off) = if colour_on { ("\x1b[31m", "\x1b[0m") } else { ("", "") };
     for line in prune_lines(plan) {
         let _ = writeln!(out, "{on}- {line}{off}");
     }
-    if !plan.destinations.is_empty() {
+    let busy: Vec<&DestinationTotals> = plan.destinations.iter().filter(|d| has_work(d)).collect();
+    if !busy.is_empty() {
         let _ = writeln!(out, "\nPer destination:");
-        for d in &plan.destinations {
+        for d in busy {
             let approx = if d.blobs.estimated { "~" } else { "" };
             let _ = writeln!(
                 out,
@@ -162,58 +189,373 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
     out
 }
 
+/// Text safe inside a Markdown table cell: no `|`, no line break.
 fn md_escape(s: &str) -> String {
-    s.replace('|', "\\|")
+    s.replace('|', "\\|").replace(['\r', '\n'], " ")
 }
 
-/// The plan as a Markdown comment for a pull request.
+/// `s` cut to at most `max` bytes (on a character boundary), with `…` when cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// GitHub refuses a comment over 65,536 characters; the whole Markdown plan
+/// stays under this many bytes (a character is at least one byte).
+pub const MARKDOWN_LIMIT: usize = 65_000;
+/// The table of changes stops before this many bytes.
+pub const MARKDOWN_TABLE_LIMIT: usize = 60_000;
+/// Unchanged targets named inside `<details>`; the rest are counted.
+pub const MARKDOWN_UNCHANGED_LISTED: usize = 50;
+/// Warnings shown; the rest are counted.
+const MARKDOWN_WARNINGS_LISTED: usize = 20;
+/// Longest warning, unchanged-target line or sync-file name shown, in bytes.
+const MARKDOWN_ITEM_MAX: usize = 300;
+
+/// The plan as a Markdown comment for a pull request, sized to fit one:
+/// warnings first, then a table of the targets that change (failed ones
+/// first, then create, update, rebuild, and the tags to prune), the
+/// unchanged targets as a count with the first 50 inside `<details>`, and a
+/// final line of totals. A table that would pass 60,000 characters drops its
+/// source and blob columns; if it still would, it is cut, with a line saying
+/// how many rows were left out and how to get the whole plan as JSON.
 pub fn markdown(plan: &Plan) -> String {
-    let mut out = String::new();
-    let t = &plan.totals;
-    let _ = writeln!(out, "### occy sync plan: `{}`\n", md_escape(&plan.sync_file));
-    let _ = writeln!(
-        out,
-        "**{}** to create, **{}** to update, **{}** to rebuild, {} unchanged, **{}** failed{} · {} blobs to upload ({}), {} to mount\n",
-        t.create,
-        t.update,
-        t.rebuild,
-        t.unchanged,
-        t.failed,
-        if t.prune > 0 {
-            format!(", **{}** to prune", t.prune)
-        } else {
-            String::new()
-        },
-        t.blobs.upload,
-        human_size(t.blobs.bytes),
-        t.blobs.mount
-    );
-    let _ = writeln!(out, "| | source | destination | change | blobs |");
-    let _ = writeln!(out, "|---|---|---|---|---|");
-    for p in &plan.targets {
-        let _ = writeln!(
-            out,
-            "| {} | `{}` | `{}` | {} | {} |",
-            symbol(&p.action),
-            md_escape(&p.source),
-            md_escape(&p.destination),
-            md_escape(&change(p)),
-            md_escape(&blobs(p))
-        );
-    }
-    for p in &plan.prune {
-        let _ = writeln!(
-            out,
-            "| - | | `{}` | delete {} | |",
-            md_escape(&p.destination),
-            short(&Some(p.digest.clone()))
-        );
-    }
+    let file = cut(&plan.sync_file, MARKDOWN_ITEM_MAX);
+    let mut head = String::new();
+    let _ = writeln!(head, "### occy sync plan: `{}`\n", md_escape(&file));
     if !plan.warnings.is_empty() {
-        let _ = writeln!(out, "\n**Warnings**\n");
-        for w in &plan.warnings {
-            let _ = writeln!(out, "- {}", md_escape(w));
+        let _ = writeln!(head, "**Warnings**\n");
+        for w in plan.warnings.iter().take(MARKDOWN_WARNINGS_LISTED) {
+            let _ = writeln!(head, "- {}", md_escape(&cut(w, MARKDOWN_ITEM_MAX)));
+        }
+        if plan.warnings.len() > MARKDOWN_WARNINGS_LISTED {
+            let _ = writeln!(
+                head,
+                "- … and {} more warnings",
+                plan.warnings.len() - MARKDOWN_WARNINGS_LISTED
+            );
+        }
+        head.push('\n');
+    }
+    let totals = format!("**Totals:** {}\n", summary_line(plan));
+    if !plan.has_changes() && !plan.has_failures() {
+        return format!("{head}{}\n\n{totals}", nothing_to_do(plan));
+    }
+
+    let unchanged: Vec<&PlannedTarget> = plan
+        .targets
+        .iter()
+        .filter(|t| matches!(t.action, Action::Unchanged))
+        .collect();
+    let mut details = String::new();
+    if !unchanged.is_empty() {
+        let _ = writeln!(
+            details,
+            "<details><summary>{} unchanged targets</summary>\n",
+            unchanged.len()
+        );
+        for t in unchanged.iter().take(MARKDOWN_UNCHANGED_LISTED) {
+            let line = format!("{} → {}", t.source, t.destination);
+            let _ = writeln!(details, "- `{}`", md_escape(&cut(&line, MARKDOWN_ITEM_MAX)));
+        }
+        if unchanged.len() > MARKDOWN_UNCHANGED_LISTED {
+            let _ = writeln!(details, "- … and {} more", unchanged.len() - MARKDOWN_UNCHANGED_LISTED);
+        }
+        let _ = writeln!(details, "\n</details>\n");
+    }
+
+    // Failed targets first: they are what a reviewer must see.
+    let rank = |a: &Action| match a {
+        Action::Failed { .. } => 0,
+        Action::Create => 1,
+        Action::Update => 2,
+        Action::Rebuild { .. } => 3,
+        Action::Unchanged => 4,
+    };
+    let mut changed: Vec<&PlannedTarget> = plan
+        .targets
+        .iter()
+        .filter(|t| !matches!(t.action, Action::Unchanged))
+        .collect();
+    changed.sort_by_key(|t| rank(&t.action));
+    // A row per change; when they would not fit, a compact row (what
+    // changes where) before cutting any.
+    let full_rows: Vec<String> = changed
+        .iter()
+        .map(|p| {
+            format!(
+                "| {} | `{}` | `{}` | {} | {} |\n",
+                symbol(&p.action),
+                md_escape(&p.source),
+                md_escape(&p.destination),
+                md_escape(&change(p)),
+                md_escape(&blobs(p))
+            )
+        })
+        .chain(plan.prune.iter().map(|p| {
+            format!(
+                "| - | | `{}` | delete {} | |\n",
+                md_escape(&p.destination),
+                short(&Some(p.digest.clone()))
+            )
+        }))
+        .collect();
+    let total_rows = full_rows.len();
+    let left_out_note = |n: usize| {
+        format!(
+            "\n**{n} more rows left out** to fit a pull-request comment. The whole plan: `occy sync {} --plan -O json > plan.json`\n",
+            md_escape(&file)
+        )
+    };
+    let others = head.len() + details.len() + totals.len() + left_out_note(total_rows).len() + 200;
+    let budget = MARKDOWN_TABLE_LIMIT.min(MARKDOWN_LIMIT.saturating_sub(others));
+    let full_header = "| | source | destination | change | blobs |\n|---|---|---|---|---|\n";
+    let full_len = full_header.len() + full_rows.iter().map(String::len).sum::<usize>();
+    let (mut table, rows) = if full_len <= budget {
+        (full_header.to_string(), full_rows)
+    } else {
+        let compact: Vec<String> = changed
+            .iter()
+            .map(|p| {
+                format!(
+                    "| {} | `{}` | {} |\n",
+                    symbol(&p.action),
+                    md_escape(&p.destination),
+                    md_escape(&cut(&change(p), MARKDOWN_ITEM_MAX))
+                )
+            })
+            .chain(plan.prune.iter().map(|p| {
+                format!(
+                    "| - | `{}` | delete {} |\n",
+                    md_escape(&p.destination),
+                    short(&Some(p.digest.clone()))
+                )
+            }))
+            .collect();
+        (
+            "Sources and blob counts are left out to fit a comment; they are in the JSON plan.\n\n| | destination | change |\n|---|---|---|\n".to_string(),
+            compact,
+        )
+    };
+    let mut shown = 0;
+    for row in &rows {
+        if table.len() + row.len() > budget {
+            break;
+        }
+        table.push_str(row);
+        shown += 1;
+    }
+    if shown < total_rows {
+        table.push_str(&left_out_note(total_rows - shown));
+    }
+    format!("{head}{table}\n{details}{totals}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+
+    use super::*;
+    use crate::image::ImageName;
+    use crate::plan::{BlobCounts, Target, Totals};
+    use crate::reference::Reference;
+    use crate::source::PlatformSelection;
+
+    fn target(i: usize, action: Action) -> PlannedTarget {
+        let source = format!("registry://registry.example.com/library/app{i}:v{i}");
+        let destination = format!("registry://mirror.example.com/library/app{i}:v{i}");
+        let digest = |n: usize| Some(Digest::of(format!("{n}").as_bytes()));
+        let writes = action.writes();
+        PlannedTarget {
+            entry: 0,
+            source: source.clone(),
+            destination: destination.clone(),
+            name: format!("library/app{i}:v{i}"),
+            filters: None,
+            source_digest: digest(i),
+            platforms: 1,
+            expected: digest(i),
+            current: if matches!(action, Action::Create) {
+                None
+            } else {
+                digest(i + 1)
+            },
+            action,
+            blobs: BlobCounts {
+                upload: if writes { 3 } else { 0 },
+                bytes: if writes { 12_345_678 } else { 0 },
+                ..Default::default()
+            },
+            target: Target {
+                entry: 0,
+                source: Reference::parse(&source).unwrap(),
+                destination: Reference::parse(&destination).unwrap(),
+                name: ImageName {
+                    repository: format!("library/app{i}"),
+                    tag: format!("v{i}"),
+                },
+                chain: Default::default(),
+                chain_name: None,
+                platforms: PlatformSelection::Default,
+                dest_span: Range::default(),
+                pinned: None,
+            },
+            resolved: None,
         }
     }
-    out
+
+    /// A plan of `n` targets of which those `changed` picks are created,
+    /// updated, rebuilt or failed in turn, the others unchanged.
+    fn fake_plan(n: usize, changed: impl Fn(usize) -> bool) -> Plan {
+        let mut k = 0;
+        let targets: Vec<PlannedTarget> = (0..n)
+            .map(|i| {
+                let action = if !changed(i) {
+                    Action::Unchanged
+                } else {
+                    k += 1;
+                    match k % 4 {
+                        0 => Action::Create,
+                        1 => Action::Update,
+                        2 => Action::Rebuild {
+                            reason: "filters".into(),
+                        },
+                        _ => Action::Failed {
+                            error: format!("GET app{i}: 500\nretry later | or not"),
+                        },
+                    }
+                };
+                target(i, action)
+            })
+            .collect();
+        let mut totals = Totals {
+            targets: n,
+            ..Default::default()
+        };
+        for t in &targets {
+            match t.action {
+                Action::Create => totals.create += 1,
+                Action::Update => totals.update += 1,
+                Action::Unchanged => totals.unchanged += 1,
+                Action::Rebuild { .. } => totals.rebuild += 1,
+                Action::Failed { .. } => totals.failed += 1,
+            }
+        }
+        let writing = totals.create + totals.update + totals.rebuild;
+        Plan {
+            plan_version: super::super::PLAN_VERSION,
+            sync_file: "mirror.yaml".into(),
+            sync_file_sha256: "0".repeat(64),
+            destinations: vec![
+                DestinationTotals {
+                    destination: "mirror.example.com".into(),
+                    targets: writing,
+                    blobs: BlobCounts::default(),
+                },
+                DestinationTotals {
+                    destination: "/srv/airgap".into(),
+                    ..Default::default()
+                },
+            ],
+            targets,
+            totals,
+            requests: Default::default(),
+            prune: Vec::new(),
+            warnings: vec!["entry 3 (registry://registry.example.com/x:*) matched no image".into()],
+            shard: None,
+            assignment: None,
+            stores: Default::default(),
+            nodes: Vec::new(),
+            edges: Vec::new(),
+            shared: Vec::new(),
+            graph: Default::default(),
+        }
+    }
+
+    #[test]
+    fn markdown_of_ten_thousand_targets_fits_a_comment_and_lists_every_change() {
+        let plan = fake_plan(10_000, |i| i % 20 == 0 && i < 9_980); // 499 changed
+        let md = markdown(&plan);
+        assert!(md.chars().count() < 65_536, "{} characters", md.chars().count());
+        for t in plan.targets.iter().filter(|t| !matches!(t.action, Action::Unchanged)) {
+            assert!(
+                md.contains(&format!("`{}`", t.destination)),
+                "{} missing",
+                t.destination
+            );
+        }
+        assert!(
+            md.contains("<details><summary>9501 unchanged targets</summary>"),
+            "{md}"
+        );
+        let listed = md.lines().filter(|l| l.starts_with("- `registry://")).count();
+        assert_eq!(listed, MARKDOWN_UNCHANGED_LISTED);
+        assert!(md.contains("- … and 9451 more"));
+        let warning = md.find("matched no image").unwrap();
+        assert!(warning < md.find("| | ").unwrap(), "warnings go above the table");
+        assert!(md
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("**Totals:** 10000 targets: 124 to create, 125 to update"));
+        assert!(!md.contains("rows left out"));
+        // A failure's message stays on its row.
+        assert!(md
+            .lines()
+            .any(|l| l.starts_with("| ! |") && l.contains("500 retry later \\| or not")));
+        assert!(md.find("| ! |").unwrap() < md.find("| + |").unwrap(), "failures first");
+    }
+
+    #[test]
+    fn a_markdown_table_past_sixty_thousand_characters_is_cut_and_says_so() {
+        let plan = fake_plan(10_000, |_| true);
+        let md = markdown(&plan);
+        assert!(md.chars().count() < 65_536, "{} characters", md.chars().count());
+        let table: usize = md.lines().filter(|l| l.starts_with("| ")).map(|l| l.len() + 1).sum();
+        assert!(table <= MARKDOWN_TABLE_LIMIT, "{table}");
+        let rows = md
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| |"))
+            .count();
+        assert!(rows > 100, "{rows} rows");
+        assert!(
+            md.contains(&format!("**{} more rows left out**", 10_000 - rows)),
+            "{}",
+            &md[md.len() - 600..]
+        );
+        assert!(md.contains("`occy sync mirror.yaml --plan -O json > plan.json`"));
+        assert!(!md.contains("<details>"), "nothing is unchanged");
+    }
+
+    #[test]
+    fn nothing_to_do_is_one_line() {
+        let plan = fake_plan(16, |_| false);
+        let text = text(&plan, false);
+        assert!(text.contains("Nothing to do: 16 targets up to date."), "{text}");
+        assert!(!text.contains("Per destination"), "{text}");
+        assert!(!text.contains(" → "), "no target lines: {text}");
+        let md = markdown(&plan);
+        assert!(
+            md.contains("Nothing to do: 16 targets up to date.") && !md.contains("| | source"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn only_destinations_with_work_are_listed() {
+        let plan = fake_plan(16, |i| i == 0);
+        let text = text(&plan, false);
+        assert!(
+            text.contains("Per destination:\n  mirror.example.com: 1 targets to write"),
+            "{text}"
+        );
+        assert!(!text.contains("/srv/airgap:"), "{text}");
+    }
 }

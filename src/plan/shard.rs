@@ -40,8 +40,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{platforms_key, Action, Plan, PlannedTarget, Resolutions, Target};
-use crate::cli::output::human_size;
 use crate::error::{Error, Result};
+use crate::image::human_size;
 use crate::image::{Digest, ResolvedImage};
 use crate::reference::Reference;
 

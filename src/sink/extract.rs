@@ -14,8 +14,18 @@
 //! - hardlink targets must resolve inside the root (error otherwise);
 //! - device nodes are created only when running as root, otherwise skipped
 //!   with a warning (what rootless runtimes do).
+//!
+//! The last layer wins for every attribute, as `umoci unpack` and `docker
+//! export` show: a directory re-declared by a later layer (`RUN chmod 750
+//! dir`) takes that layer's mode (setuid, setgid and sticky bits included),
+//! owner, xattrs (the earlier set is cleared first) and mtime. Owners and
+//! xattrs are applied as each entry lands; directory modes and mtimes are
+//! remembered per path (the latest declaration replaces the earlier one, a
+//! whiteout forgets it) and applied by [`Extractor::finish`] after the last
+//! layer, deepest directory first, because writing into a directory changes
+//! its mtime and a read-only mode would stop later entries landing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
@@ -30,13 +40,55 @@ use crate::error::{Error, Result};
 /// Most symlinks followed while resolving one path (Linux uses 40).
 const MAX_LINKS: usize = 40;
 
-/// Extracts layers onto a root directory, remembering deferred directory modes.
+/// Extracts layers onto a root directory, remembering deferred directory
+/// metadata.
 pub struct Extractor {
     root: PathBuf,
     is_root_user: bool,
-    /// Directory modes applied at the end (a read-only directory must stay
-    /// writable while later entries land in it).
-    dir_modes: Vec<(PathBuf, u32)>,
+    /// The latest declaration of every directory's mode and mtime, applied at
+    /// the end (a read-only directory must stay writable while later entries
+    /// land in it, and every entry landing in a directory changes its mtime).
+    /// Keyed by path, so a later layer's declaration replaces an earlier
+    /// one; ordered by components, so a subtree is one contiguous range.
+    dirs: BTreeMap<PathBuf, DirMeta>,
+}
+
+/// What a directory entry declares that can only be applied at the end.
+#[derive(Clone, Copy, Debug)]
+struct DirMeta {
+    mode: u32,
+    mtime: filetime::FileTime,
+}
+
+/// An entry's mtime: the PAX `mtime` record (with its fraction) when there
+/// is one, else the header's whole seconds.
+fn entry_mtime(header: &tar::Header, pax_mtime: Option<&[u8]>) -> filetime::FileTime {
+    if let Some(t) = pax_mtime.and_then(parse_pax_time) {
+        return t;
+    }
+    filetime::FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0)
+}
+
+/// Parses a PAX time (`-?SECONDS[.FRACTION]`); None when malformed.
+fn parse_pax_time(raw: &[u8]) -> Option<filetime::FileTime> {
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    let (whole, frac) = match text.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (text, ""),
+    };
+    let secs: i64 = whole.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let mut nanos: u32 = digits.parse().ok()?;
+    let mut secs = secs;
+    if whole.starts_with('-') && nanos > 0 {
+        // -1.25 is 1.25 s before the epoch: -2 s + 0.75 s.
+        secs -= 1;
+        nanos = 1_000_000_000 - nanos;
+    }
+    Some(filetime::FileTime::from_unix_time(secs, nanos))
 }
 
 /// Why an entry name is unacceptable.
@@ -68,7 +120,7 @@ impl Extractor {
         Extractor {
             root: root.to_path_buf(),
             is_root_user: unsafe_is_root(),
-            dir_modes: Vec::new(),
+            dirs: BTreeMap::new(),
         }
     }
 
@@ -127,6 +179,22 @@ impl Extractor {
         }
     }
 
+    /// Removes whatever is at `path` (never following a symlink) and forgets
+    /// the deferred metadata of every directory that was there, so a
+    /// directory re-created later does not get a removed one's mode.
+    fn remove_entry(&mut self, path: &Path) -> Result<()> {
+        let gone: Vec<PathBuf> = self
+            .dirs
+            .range(path.to_path_buf()..)
+            .take_while(|(p, _)| p.starts_with(path))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in gone {
+            self.dirs.remove(&p);
+        }
+        Self::remove_any(path)
+    }
+
     /// Removes whatever is at `path` (never following a symlink).
     fn remove_any(path: &Path) -> Result<()> {
         match fs::symlink_metadata(path) {
@@ -166,7 +234,7 @@ impl Extractor {
                     ));
                 }
                 let victim = parent.join(OsStr::from_bytes(hidden));
-                Self::remove_any(&victim)?;
+                self.remove_entry(&victim)?;
                 continue;
             }
 
@@ -175,20 +243,36 @@ impl Extractor {
             let header = entry.header().clone();
             let mode = header.mode().unwrap_or(0o644) & 0o7777;
             let kind = header.entry_type();
+            // PAX records (xattrs, a precise mtime), read before the data.
+            let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut pax_mtime: Option<Vec<u8>> = None;
+            if let Ok(Some(exts)) = entry.pax_extensions() {
+                for ext in exts.flatten() {
+                    if let Some(attr) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                        xattrs.push((attr.to_vec(), ext.value_bytes().to_vec()));
+                    } else if ext.key_bytes() == b"mtime" {
+                        pax_mtime = Some(ext.value_bytes().to_vec());
+                    }
+                }
+            }
+            let mtime = entry_mtime(&header, pax_mtime.as_deref());
             match kind {
                 tar::EntryType::Directory => {
                     match fs::symlink_metadata(&target) {
-                        Ok(m) if m.is_dir() => {}
+                        Ok(m) if m.is_dir() => {
+                            // Re-declared: this layer's xattrs replace the earlier set.
+                            clear_xattrs(&target);
+                        }
                         Ok(_) => {
-                            Self::remove_any(&target)?;
+                            self.remove_entry(&target)?;
                             fs::create_dir(&target).map_err(|e| Error::io("create directory", &target, e))?;
                         }
                         Err(_) => fs::create_dir(&target).map_err(|e| Error::io("create directory", &target, e))?,
                     }
-                    self.dir_modes.push((target.clone(), mode));
+                    self.dirs.insert(target.clone(), DirMeta { mode, mtime });
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    Self::remove_any(&target)?;
+                    self.remove_entry(&target)?;
                     let mut f = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -207,7 +291,7 @@ impl Extractor {
                         .map_err(bad)?
                         .ok_or_else(|| entry_error(layer, &name.to_string_lossy(), "is a symlink without a target"))?
                         .into_owned();
-                    Self::remove_any(&target)?;
+                    self.remove_entry(&target)?;
                     symlink(&link, &target).map_err(|e| Error::io("create symlink", &target, e))?;
                 }
                 tar::EntryType::Link => {
@@ -242,7 +326,7 @@ impl Extractor {
                         ));
                     }
                     if source != target {
-                        Self::remove_any(&target)?;
+                        self.remove_entry(&target)?;
                         fs::hard_link(&source, &target).map_err(|e| Error::io("create hardlink", &target, e))?;
                     }
                 }
@@ -254,7 +338,7 @@ impl Extractor {
                         );
                         continue;
                     }
-                    Self::remove_any(&target)?;
+                    self.remove_entry(&target)?;
                     let dev = libc::makedev(
                         header.device_major().ok().flatten().unwrap_or(0),
                         header.device_minor().ok().flatten().unwrap_or(0),
@@ -275,6 +359,13 @@ impl Extractor {
                     continue;
                 }
             }
+            if kind == tar::EntryType::Link {
+                // A hardlink shares its source's inode: owner, mode, xattrs
+                // and mtime are the source entry's (as umoci keeps them);
+                // a chown here would clear a setuid bit the source set.
+                written.insert(target);
+                continue;
+            }
             if self.is_root_user {
                 let uid = header.uid().unwrap_or(0) as u32;
                 let gid = header.gid().unwrap_or(0) as u32;
@@ -286,15 +377,11 @@ impl Extractor {
                     let _ = fs::set_permissions(&target, fs::Permissions::from_mode(mode));
                 }
             }
-            if let Ok(Some(exts)) = entry.pax_extensions() {
-                for ext in exts.flatten() {
-                    if let Some(attr) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                        set_xattr(&target, attr, ext.value_bytes());
-                    }
-                }
+            for (attr, value) in &xattrs {
+                set_xattr(&target, attr, value);
             }
-            if kind != tar::EntryType::Directory && kind != tar::EntryType::Link {
-                let mtime = filetime::FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0);
+            // A directory's mtime waits for `finish`.
+            if kind != tar::EntryType::Directory {
                 let _ = filetime::set_symlink_file_times(&target, mtime, mtime);
             }
             written.insert(target);
@@ -304,7 +391,7 @@ impl Extractor {
                 for child in children.flatten() {
                     let p = child.path();
                     if !written.iter().any(|w| w == &p || w.starts_with(&p)) {
-                        Self::remove_any(&p)?;
+                        self.remove_entry(&p)?;
                     }
                 }
             }
@@ -312,11 +399,19 @@ impl Extractor {
         Ok(())
     }
 
-    /// Applies the deferred directory modes. Call once after the last layer.
+    /// Applies every directory's last declared mode and mtime. Call once
+    /// after the last layer. Deepest directories first: a parent made
+    /// read-only or unsearchable last cannot block its children's updates,
+    /// and setting a child's mtime does not touch its parent's.
     pub fn finish(self) -> Result<()> {
-        for (dir, mode) in self.dir_modes.into_iter().rev() {
+        let mut dirs: Vec<(PathBuf, DirMeta)> = self.dirs.into_iter().collect();
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (dir, meta) in dirs {
             if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-                fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", &dir, e))?;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(meta.mode))
+                    .map_err(|e| Error::io("chmod", &dir, e))?;
+                filetime::set_symlink_file_times(&dir, meta.mtime, meta.mtime)
+                    .map_err(|e| Error::io("set the modification time of", &dir, e))?;
             }
         }
         Ok(())
@@ -343,6 +438,41 @@ fn mknod(path: &Path, mode: u32, dev: libc::dev_t) -> Result<()> {
     Ok(())
 }
 
+/// Removes every xattr of `path` that can be removed (never following a
+/// symlink); what the file system refuses (e.g. `security.selinux` set by
+/// policy) stays, as with umoci.
+fn clear_xattrs(path: &Path) {
+    let Ok(p) = c_path(path) else {
+        return;
+    };
+    // SAFETY: p is a valid NUL-terminated path; a null buffer asks for the size.
+    let size = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+    if size <= 0 {
+        return;
+    }
+    let mut names = vec![0u8; size as usize];
+    // SAFETY: names is a writable buffer of the length passed.
+    let got = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if got <= 0 {
+        return;
+    }
+    names.truncate(got as usize);
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(n) = std::ffi::CString::new(name) else {
+            continue;
+        };
+        // SAFETY: both strings are valid and NUL-terminated.
+        if unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) } != 0 {
+            debug!(
+                "cannot remove xattr {} from {}: {}",
+                String::from_utf8_lossy(name),
+                path.display(),
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 fn set_xattr(path: &Path, name: &[u8], value: &[u8]) {
     let (Ok(p), Ok(n)) = (c_path(path), std::ffi::CString::new(name)) else {
         return;
@@ -356,5 +486,21 @@ fn set_xattr(path: &Path, name: &[u8], value: &[u8]) {
             path.display(),
             io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pax_time;
+
+    #[test]
+    fn pax_times_keep_their_fraction() {
+        let t = |s: &str| parse_pax_time(s.as_bytes()).map(|t| (t.unix_seconds(), t.nanoseconds()));
+        assert_eq!(t("1700000000"), Some((1_700_000_000, 0)));
+        assert_eq!(t("1700000000.5"), Some((1_700_000_000, 500_000_000)));
+        assert_eq!(t("1.123456789123"), Some((1, 123_456_789)));
+        assert_eq!(t("-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(t("12x"), None);
+        assert_eq!(t("1.2e3"), None);
     }
 }

@@ -45,12 +45,21 @@ pub trait Sink: Send + Sync {
     /// Whether the sink already holds the blob (keyed as [`Sink::layer_form`] says).
     async fn has_blob(&self, digest: &Digest) -> Result<bool>;
 
-    /// Whether the sink holds the blob, without taking the right to upload
-    /// it that [`Sink::has_blob`] takes when it is missing (a registry sink
-    /// holds that right until the blob is put). For a look that may not be
-    /// followed by a put, such as the layer cache's.
-    async fn holds_blob(&self, digest: &Digest) -> Result<bool> {
-        self.has_blob(digest).await
+    /// Stores a small blob held in memory (a config).
+    async fn put_blob_bytes(&self, desc: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
+        let reader: BlobReader = Box::pin(std::io::Cursor::new(bytes));
+        self.put_blob(desc, reader).await
+    }
+
+    /// Records that the store holds a blob (the plan saw it there), so a
+    /// commit need not ask again.
+    fn note_present(&self, _digest: &Digest) {}
+
+    /// Mounts a blob from another repository of the same registry: true
+    /// when mounted, false when the registry declined (then upload it).
+    /// Only registries can; other sinks answer false.
+    async fn mount_blob(&self, _digest: &Digest, _from: &str) -> Result<bool> {
+        Ok(false)
     }
 
     /// Stores a blob. `desc.size` may be 0 when unknown (an uncompressed layer
@@ -73,12 +82,6 @@ pub trait Sink: Send + Sync {
     /// Commits an index after all its images; it gets the tag.
     async fn put_index(&self, index: &RawManifest, images: &[ImageData]) -> Result<()>;
 
-    /// Layers that [`Sink::has_blob`] found by mounting them from another
-    /// repository of the same registry (0 for other sinks).
-    fn layers_mounted(&self) -> usize {
-        0
-    }
-
     /// Makes everything written visible (renames temp files into place).
     async fn finish(&self) -> Result<()>;
 
@@ -91,10 +94,6 @@ pub trait Sink: Send + Sync {
 pub struct SinkOptions {
     /// Registry access (credentials, TLS, retries, rate limit).
     pub registry: crate::registry::RegistryOptions,
-    /// Which registry repositories hold which blobs, shared across one run.
-    pub blob_locations: registry::BlobLocations,
-    /// The source, when it is a registry: same-host blobs are mounted from it.
-    pub source: Option<crate::reference::RegistryRef>,
 }
 
 /// The error for a reference that names a part only a source can have:
@@ -127,15 +126,15 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
                 target,
                 &name.tag,
                 &opts.registry,
-                opts.blob_locations.clone(),
-                opts.source.as_ref(),
             )?))
         }
         Reference::Oci { path, tag } => {
             let tag = tag.clone().unwrap_or_else(|| name.tag.clone());
             Ok(Box::new(oci_layout::OciLayoutSink::create(path, &tag).await?))
         }
-        Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSink::create_tar(path, name.clone()).await?)),
+        Reference::Tar { path } => Ok(Box::new(
+            docker_save::DockerSaveSink::create_tar(path, name.clone()).await?,
+        )),
         Reference::Dir { image: Some(_), .. } => {
             Err(source_only_part(reference).unwrap_or_else(|| Error::usage(reference.to_string())))
         }
@@ -144,11 +143,9 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
             unique_names,
             expand,
             ..
-        } => {
-            Ok(Box::new(
-                docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names, *expand).await?,
-            ))
-        }
+        } => Ok(Box::new(
+            docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names, *expand).await?,
+        )),
         Reference::Bundle { path } => Ok(Box::new(bundle::BundleSink::create(path).await?)),
         Reference::Docker {
             name,
@@ -165,7 +162,8 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
             ))
         }
         other => Err(Error::usage(format!(
-            "{other} cannot be written as a destination: supported destinations are registry://, tar://, oci://, dir://, bundle:// and docker://"
+            "{other} cannot be written as a destination: supported destinations are {}",
+            crate::reference::destination_schemes()
         ))),
     }
 }

@@ -1,14 +1,12 @@
-//! Sink: a Distribution-API registry. A HEAD before each blob; a blob the
-//! destination lacks is first mounted from another repository of the same
-//! registry that holds it (the source's, or one this run has written to),
-//! and uploaded, streamed, only when no mount succeeds (a 202 answer). Configs
-//! and manifests go last, exact bytes kept: a manifest only after every blob
-//! it references, an index only after every platform manifest, so a tag never
-//! names something incomplete.
+//! Sink: a Distribution-API registry. It does what the work graph says for
+//! each blob (nothing for a present one, a cross-repository mount, or a
+//! streamed upload) and answers "is it there?" with a HEAD, without side
+//! effects. Configs and manifests go last, exact bytes kept: a manifest only
+//! after every blob it references, an index only after every platform
+//! manifest, so a tag never names something incomplete.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tracing::debug;
@@ -20,69 +18,15 @@ use crate::reference::RegistryRef;
 use crate::registry::{RegistryClient, RegistryOptions};
 use crate::source::BlobReader;
 
-/// (registry host, blob digest) → the repositories known to hold it.
-type Holders = HashMap<(String, Digest), Vec<String>>;
-
-/// (registry host, blob digest) → the lock held by whoever is uploading it.
-type Uploads = HashMap<(String, Digest), Arc<tokio::sync::Mutex<()>>>;
-
-/// Which repositories of which registry are known to hold which blob, shared
-/// by every sink of one run so a layer pushed once is mounted elsewhere. It
-/// also serialises uploads of one blob to one registry: while one sink
-/// uploads it, another that needs it waits and then mounts it.
-#[derive(Debug, Clone, Default)]
-pub struct BlobLocations {
-    inner: Arc<Mutex<Holders>>,
-    uploads: Arc<Mutex<Uploads>>,
-}
-
-impl BlobLocations {
-    /// Records that `repo` on `host` holds `digest`.
-    pub fn record(&self, host: &str, repo: &str, digest: &Digest) {
-        if let Ok(mut map) = self.inner.lock() {
-            let repos = map.entry((host.to_string(), digest.clone())).or_default();
-            if !repos.iter().any(|r| r == repo) {
-                repos.push(repo.to_string());
-            }
-        }
-    }
-
-    /// Takes the right to upload `digest` to `host`. Returns the guard and
-    /// whether someone else held it first (then the blob may be mountable now).
-    pub async fn claim_upload(&self, host: &str, digest: &Digest) -> (tokio::sync::OwnedMutexGuard<()>, bool) {
-        let lock = match self.uploads.lock() {
-            Ok(mut map) => map.entry((host.to_string(), digest.clone())).or_default().clone(),
-            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
-        };
-        match lock.clone().try_lock_owned() {
-            Ok(g) => (g, false),
-            Err(_) => (lock.lock_owned().await, true),
-        }
-    }
-
-    /// The repositories on `host` known to hold `digest`.
-    pub fn holders(&self, host: &str, digest: &Digest) -> Vec<String> {
-        self.inner
-            .lock()
-            .ok()
-            .and_then(|map| map.get(&(host.to_string(), digest.clone())).cloned())
-            .unwrap_or_default()
-    }
-}
-
 /// Writes images to one repository of a registry.
 pub struct RegistrySink {
     client: RegistryClient,
     target: RegistryRef,
     /// The tag to push the top manifest under; None pushes by digest only.
     tag: Option<String>,
-    /// The source repository when it is on this registry: mount candidate.
-    source_repo: Option<String>,
-    locations: BlobLocations,
-    mounted: AtomicUsize,
-    uploaded: AtomicUsize,
-    /// Upload rights this sink holds, released when the blob is in.
-    claims: Mutex<HashMap<Digest, tokio::sync::OwnedMutexGuard<()>>>,
+    /// Blobs this sink knows the repository holds (put, mounted, seen, or
+    /// found by the plan), so a commit does not ask again.
+    known: Mutex<HashSet<Digest>>,
 }
 
 impl RegistrySink {
@@ -90,31 +34,18 @@ impl RegistrySink {
     /// keeps `default_tag` (the source's tag), as skopeo and crane do.
     /// `source` is the source repository when it is a registry: on the same
     /// host, its blobs are mounted rather than uploaded.
-    pub fn new(
-        target: &RegistryRef,
-        default_tag: &str,
-        opts: &RegistryOptions,
-        locations: BlobLocations,
-        source: Option<&RegistryRef>,
-    ) -> Result<Self> {
+    pub fn new(target: &RegistryRef, default_tag: &str, opts: &RegistryOptions) -> Result<Self> {
         let client = RegistryClient::for_host(&target.host, opts)?;
         let tag = match (&target.tag, &target.digest) {
             (Some(t), _) => Some(t.clone()),
             (None, Some(_)) => None,
             (None, None) => Some(default_tag.to_string()),
         };
-        let source_repo = source
-            .filter(|s| s.host == target.host && s.repository != target.repository)
-            .map(|s| s.repository.clone());
         Ok(RegistrySink {
             client,
             target: target.clone(),
             tag,
-            source_repo,
-            locations,
-            mounted: AtomicUsize::new(0),
-            uploaded: AtomicUsize::new(0),
-            claims: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashSet::new()),
         })
     }
 
@@ -122,93 +53,26 @@ impl RegistrySink {
         &self.target.repository
     }
 
-    /// Tries to mount `digest` from repositories known to hold it.
-    async fn try_mount(&self, digest: &Digest) -> bool {
-        let mut candidates = self.locations.holders(&self.target.host, digest);
-        if let Some(s) = &self.source_repo {
-            if !candidates.contains(s) {
-                candidates.push(s.clone());
-            }
-        }
-        candidates.retain(|r| r != self.repo());
-        for from in candidates {
-            match self.client.mount_blob(self.repo(), digest, &from).await {
-                Ok(true) => {
-                    debug!(blob = %digest, from, to = self.repo(), "mounted");
-                    return true;
-                }
-                Ok(false) => debug!(blob = %digest, from, "mount declined (202), will upload"),
-                Err(e) => debug!(blob = %digest, from, "mount failed, will upload: {e}"),
-            }
-        }
-        false
+    fn knows(&self, digest: &Digest) -> bool {
+        self.known.lock().map(|k| k.contains(digest)).unwrap_or(false)
     }
 
-    /// Whether the repository holds `digest` (or got it by a mount now);
-    /// if not, takes the right to upload it. If another sink of this run held
-    /// that right, it has uploaded the blob by now, so look again first.
-    /// `layer` says whether a mount counts as a mounted layer.
-    async fn find_or_claim(&self, digest: &Digest, layer: bool) -> Result<bool> {
-        if self.present_or_mounted(digest, layer).await? {
-            return Ok(true);
-        }
-        let (guard, waited) = self.locations.claim_upload(&self.target.host, digest).await;
-        if waited && self.present_or_mounted(digest, layer).await? {
-            return Ok(true);
-        }
-        if let Ok(mut claims) = self.claims.lock() {
-            claims.insert(digest.clone(), guard);
-        }
-        Ok(false)
-    }
-
-    /// Whether the repository holds `digest`, or got it by a mount now.
-    /// A blob this run put or saw here costs no request; one it knows in
-    /// another repository of the host is mounted straight away (a registry
-    /// answers a mount of a blob the repository already holds with 201 as
-    /// well), which saves the HEAD's round trip; anything else is asked
-    /// with a HEAD first.
-    async fn present_or_mounted(&self, digest: &Digest, layer: bool) -> Result<bool> {
-        let holders = self.locations.holders(&self.target.host, digest);
-        if holders.iter().any(|r| r == self.repo()) {
-            return Ok(true);
-        }
-        if !holders.is_empty() && self.try_mount(digest).await {
-            if layer {
-                self.mounted.fetch_add(1, Ordering::Relaxed);
-            }
-            self.locations.record(&self.target.host, self.repo(), digest);
-            return Ok(true);
-        }
-        if self.client.head_blob(self.repo(), digest).await?.is_some() {
-            self.locations.record(&self.target.host, self.repo(), digest);
-            return Ok(true);
-        }
-        if holders.is_empty() && self.try_mount(digest).await {
-            if layer {
-                self.mounted.fetch_add(1, Ordering::Relaxed);
-            }
-            self.locations.record(&self.target.host, self.repo(), digest);
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// Gives up the right to upload `digest` (it is in, or this sink failed).
-    fn release(&self, digest: &Digest) {
-        if let Ok(mut claims) = self.claims.lock() {
-            claims.remove(digest);
+    fn learn(&self, digest: &Digest) {
+        if let Ok(mut k) = self.known.lock() {
+            k.insert(digest.clone());
         }
     }
 
-    /// Ensures a blob held in memory (a config) is present.
+    /// Ensures a blob held in memory (a config) is present: one HEAD unless
+    /// it is known, an upload if it is missing.
     async fn ensure_small_blob(&self, desc: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
-        if !self.find_or_claim(&desc.digest, false).await? {
-            let result = self.client.upload_blob_bytes(self.repo(), desc, bytes).await;
-            self.release(&desc.digest);
-            result?;
+        if self.knows(&desc.digest) {
+            return Ok(());
         }
-        self.locations.record(&self.target.host, self.repo(), &desc.digest);
+        if self.client.head_blob(self.repo(), &desc.digest).await?.is_none() {
+            self.client.upload_blob_bytes(self.repo(), desc, bytes).await?;
+        }
+        self.learn(&desc.digest);
         Ok(())
     }
 
@@ -242,18 +106,40 @@ impl Sink for RegistrySink {
     }
 
     async fn has_blob(&self, digest: &Digest) -> Result<bool> {
-        self.find_or_claim(digest, true).await
+        if self.knows(digest) {
+            return Ok(true);
+        }
+        let there = self.client.head_blob(self.repo(), digest).await?.is_some();
+        if there {
+            self.learn(digest);
+        }
+        Ok(there)
     }
 
-    async fn holds_blob(&self, digest: &Digest) -> Result<bool> {
-        self.present_or_mounted(digest, true).await
+    fn note_present(&self, digest: &Digest) {
+        self.learn(digest);
+    }
+
+    async fn mount_blob(&self, digest: &Digest, from: &str) -> Result<bool> {
+        let mounted = self.client.mount_blob(self.repo(), digest, from).await?;
+        if mounted {
+            debug!(blob = %digest, from, to = self.repo(), "mounted");
+            self.learn(digest);
+        } else {
+            debug!(blob = %digest, from, "mount declined (202)");
+        }
+        Ok(mounted)
     }
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
         self.client.upload_blob(self.repo(), desc, reader).await?;
-        self.uploaded.fetch_add(1, Ordering::Relaxed);
-        self.locations.record(&self.target.host, self.repo(), &desc.digest);
-        self.release(&desc.digest);
+        self.learn(&desc.digest);
+        Ok(())
+    }
+
+    async fn put_blob_bytes(&self, desc: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
+        self.client.upload_blob_bytes(self.repo(), desc, bytes).await?;
+        self.learn(&desc.digest);
         Ok(())
     }
 
@@ -285,27 +171,12 @@ impl Sink for RegistrySink {
         Ok(())
     }
 
-    fn layers_mounted(&self) -> usize {
-        self.mounted.load(Ordering::Relaxed)
-    }
-
     async fn finish(&self) -> Result<()> {
-        let mounted = self.layers_mounted();
-        if mounted > 0 {
-            debug!(
-                "{}: {mounted} layer(s) mounted from other repositories instead of uploaded",
-                self.describe()
-            );
-        }
         Ok(())
     }
 
     async fn abort(&self) {
         // Nothing to undo: blobs without a manifest are invisible and
-        // garbage-collected by the registry; no tag was moved. Let other
-        // sinks of the run upload what this one claimed.
-        if let Ok(mut claims) = self.claims.lock() {
-            claims.clear();
-        }
+        // garbage-collected by the registry; no tag was moved.
     }
 }

@@ -7,6 +7,7 @@ pub mod docker_daemon;
 pub mod docker_save;
 pub mod oci_layout;
 pub mod registry;
+pub mod stream;
 
 use std::pin::Pin;
 
@@ -92,17 +93,7 @@ pub fn image_name_for(reference: &Reference, source: &dyn Source) -> ImageName {
     }
 }
 
-/// Which platforms of an index to take.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum PlatformSelection {
-    /// One platform: the host's (`linux/amd64` on most machines), or the only one.
-    #[default]
-    Default,
-    /// Every platform of the index; the index itself is kept as is.
-    All,
-    /// The listed platforms, in the index's order.
-    List(Vec<Platform>),
-}
+pub use crate::image::PlatformSelection;
 
 /// Settings every source may need.
 #[derive(Debug, Clone, Default)]
@@ -124,7 +115,8 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
         Reference::Oci { path, tag } => Ok(Box::new(oci_layout::OciLayoutSource::open(path, tag.as_deref()).await?)),
         Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSource::open_tar(path).await?)),
         Reference::Dir { path, image, .. } => Ok(Box::new(
-            docker_save::DockerSaveSource::open_dir(path, image.as_deref().map(crate::reference::split_name_tag)).await?,
+            docker_save::DockerSaveSource::open_dir(path, image.as_deref().map(crate::reference::split_name_tag))
+                .await?,
         )),
         Reference::Docker {
             name,
@@ -139,7 +131,8 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
             .await?,
         )),
         other => Err(Error::usage(format!(
-            "{other} cannot be read as a source: supported sources are registry://, tar://, oci://, dir:// and docker://"
+            "{other} cannot be read as a source: supported sources are {}",
+            crate::reference::readable_schemes()
         ))),
     }
 }

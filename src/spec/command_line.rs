@@ -54,7 +54,7 @@ impl OneShot<'_> {
             text.push_str(d);
             start..text.len()
         });
-        let source = SpecSource::new(Path::new("command line"), text);
+        let source = SpecSource::new(Path::new(super::diagnostic::COMMAND_LINE), text);
         let from = Reference::parse(self.source)?;
         let mut to = Vec::new();
         if let (Some(d), Some(span)) = (self.destination, to_span) {

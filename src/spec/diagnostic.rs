@@ -1,12 +1,16 @@
-//! Sync-file errors for people: `FILE:LINE:COLUMN: message`, then the line
-//! with a caret under the offending text and a hint, drawn by `miette`.
-//! They become usage errors (exit 2): nothing is done with a bad file.
+//! Sync-file errors for people and machines. For people: `FILE:LINE:COLUMN:
+//! message`, then the line with a caret under the offending text and a hint,
+//! drawn by `miette`. For machines: each problem keeps its file, line,
+//! column, offending text and hint ([`Located`]) through to the output, so
+//! `-O json` prints them as objects and `-O github` as workflow annotations.
+//! Either way exit 2: nothing is done with a bad file.
 
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceSpan};
+use serde::Serialize;
 
 use crate::error::Error;
 
@@ -50,6 +54,81 @@ impl SpecProblem {
         self.related.push((span, label.into()));
         self
     }
+}
+
+/// One problem as it reaches the output: where it is (1-based lines and
+/// columns, in characters), what is there, what is wrong, what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Located {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub end_line: Option<usize>,
+    pub end_column: Option<usize>,
+    pub message: String,
+    /// The offending text (cut to 200 characters).
+    pub text: Option<String>,
+    /// What the caret under it says.
+    pub label: String,
+    pub hint: Option<String>,
+}
+
+/// The name a one-shot command's spec goes by: its problems point into the
+/// command line, not into a file.
+pub const COMMAND_LINE: &str = "command line";
+
+/// The problems of one sync file, kept structured, with their rendering
+/// for people (what `Display` of the error prints).
+#[derive(Debug, Clone)]
+pub struct SpecErrors {
+    pub problems: Vec<Located>,
+    pub rendered: String,
+}
+
+impl SpecErrors {
+    /// `{"errors": [{file, line, column, …}]}`, for `-O json`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "errors": self.problems })
+    }
+
+    /// GitHub workflow commands, one `::error file=…,line=…,col=…::message`
+    /// line per problem, for `-O github`.
+    pub fn github(&self) -> String {
+        let mut out = String::new();
+        for p in &self.problems {
+            let mut message = p.message.clone();
+            if let Some(h) = &p.hint {
+                message.push_str(&format!("\nhelp: {h}"));
+            }
+            if p.file == COMMAND_LINE {
+                out.push_str(&format!("::error::{}\n", github_data(&message)));
+                continue;
+            }
+            let mut props = vec![format!("file={}", github_property(&p.file))];
+            for (key, value) in [
+                ("line", p.line),
+                ("col", p.column),
+                ("endLine", p.end_line),
+                ("endColumn", p.end_column),
+            ] {
+                if let Some(v) = value {
+                    props.push(format!("{key}={v}"));
+                }
+            }
+            out.push_str(&format!("::error {}::{}\n", props.join(","), github_data(&message)));
+        }
+        out
+    }
+}
+
+/// A workflow command's message: `%`, CR and LF escaped.
+pub fn github_data(s: &str) -> String {
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+/// A workflow command's property value: also `:` and `,` escaped.
+fn github_property(s: &str) -> String {
+    github_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 
 #[derive(Debug)]
@@ -105,19 +184,45 @@ impl SpecSource {
         format!("{}:{l}:{c}", self.name)
     }
 
-    /// The problem as a usage error: position, message, snippet, hint.
+    /// The problem as an error (exit 2): position, message, snippet, hint.
     pub fn error(&self, problem: SpecProblem) -> Error {
-        Error::Usage(self.render(&problem))
+        self.errors(vec![problem])
     }
 
-    /// Several problems as one usage error.
+    /// Several problems as one error (exit 2).
     pub fn errors(&self, problems: Vec<SpecProblem>) -> Error {
         let n = problems.len();
         let mut text = problems.iter().map(|p| self.render(p)).collect::<Vec<_>>().join("\n");
         if n > 1 {
             text.push_str(&format!("\n{n} problems in {}", self.name));
         }
-        Error::Usage(text)
+        Error::SyncFile(Box::new(SpecErrors {
+            problems: problems.iter().map(|p| self.locate(p)).collect(),
+            rendered: text,
+        }))
+    }
+
+    /// The problem with its place and text, for machines.
+    fn locate(&self, p: &SpecProblem) -> Located {
+        let start = p.span.as_ref().map(|s| self.line_column(s.start));
+        let end = p.span.as_ref().map(|s| self.line_column(s.end.max(s.start)));
+        let text = p.span.as_ref().and_then(|s| {
+            let a = floor_char_boundary(&self.text, s.start.min(self.text.len()));
+            let b = floor_char_boundary(&self.text, s.end.clamp(a, self.text.len()));
+            let t: String = self.text[a..b].chars().take(200).collect();
+            (!t.is_empty()).then_some(t)
+        });
+        Located {
+            file: self.name.clone(),
+            line: start.map(|(l, _)| l),
+            column: start.map(|(_, c)| c),
+            end_line: end.map(|(l, _)| l),
+            end_column: end.map(|(_, c)| c),
+            message: p.message.clone(),
+            text,
+            label: p.label.clone(),
+            hint: p.help.clone(),
+        }
     }
 
     fn render(&self, p: &SpecProblem) -> String {
@@ -239,6 +344,48 @@ mod tests {
         assert!(text.starts_with("m.yaml:2:5: bad value"), "{text}");
         assert!(text.contains("here") && text.contains("use 3"), "{text}");
         assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn problems_stay_structured_for_json_and_github() {
+        let s = SpecSource::new(Path::new("m,1.yaml"), "a: 1\nbb: 2\n".to_string());
+        let e = s.errors(vec![
+            SpecProblem::new("bad value 100%", 9..10, "here").help("use 3"),
+            SpecProblem::new("second", 0..1, "there"),
+        ]);
+        assert_eq!(e.exit_code(), 2);
+        let Error::SyncFile(errors) = &e else {
+            panic!("not a sync-file error: {e:?}");
+        };
+        assert_eq!(
+            errors.problems[0],
+            Located {
+                file: "m,1.yaml".into(),
+                line: Some(2),
+                column: Some(5),
+                end_line: Some(2),
+                end_column: Some(6),
+                message: "bad value 100%".into(),
+                text: Some("2".into()),
+                label: "here".into(),
+                hint: Some("use 3".into()),
+            }
+        );
+        assert!(e.to_string().contains("2 problems in m,1.yaml"));
+        let json = errors.json();
+        assert_eq!(json["errors"][1]["line"], 1);
+        assert_eq!(json["errors"][0]["hint"], "use 3");
+        assert_eq!(
+            errors.github(),
+            "::error file=m%2C1.yaml,line=2,col=5,endLine=2,endColumn=6::bad value 100%25%0Ahelp: use 3\n\
+             ::error file=m%2C1.yaml,line=1,col=1,endLine=1,endColumn=2::second\n"
+        );
+        // A one-shot command's problems point into no file.
+        let s = SpecSource::new(Path::new(COMMAND_LINE), "occy process a b".to_string());
+        let Error::SyncFile(errors) = s.error(SpecProblem::new("bad b", 15..16, "here").help("use c")) else {
+            panic!("not a sync-file error");
+        };
+        assert_eq!(errors.github(), "::error::bad b%0Ahelp: use c\n");
     }
 
     #[test]

@@ -1,0 +1,938 @@
+//! The executor: walks the plan's work graph. A node runs once every node
+//! it needs is done, under the run's limits (`-J` commits and checks at
+//! once, `-J × -j` blob transfers, one layer rewrite per core), earlier
+//! targets first. One fetch feeds every consumer of its blob in one stream
+//! ([`tee`]): uploads, file writes and rewrites read the same bytes once.
+//! One rewrite feeds every destination of its chain from its spool file.
+//! A failed node fails only the nodes that need it; every target it
+//! belongs to is reported with that node and its error, and the rest of
+//! the run goes on.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use petgraph::stable_graph::NodeIndex;
+use tracing::{info, warn};
+
+use super::blob::{boxed, tee};
+use super::rewrite::{
+    cache_key, matches_of, output_descriptor, rewrite_image, rewrite_index, rewrite_stream, write_inspect_lines,
+    FilterMatch, Rewritten,
+};
+use crate::cache::LayerCache;
+use crate::error::{Error, Result};
+use crate::filter::layer::LayerResult;
+use crate::filter::FilterChain;
+use crate::image::{
+    index_to_write, media_type, Compression, Descriptor, Digest, ImageData, PlatformSelection, RawManifest,
+    ResolvedImage,
+};
+use crate::plan::graph::{How, NodeKey, StoredForm, WorkGraph};
+use crate::sink::Sink;
+use crate::source::stream::{blob_integrity_error, decompressed, CountingReader};
+use crate::source::{BlobReader, Source};
+
+/// What one target brings to the walk: where it reads, where it writes.
+pub struct TargetIo {
+    pub source: Arc<dyn Source>,
+    pub sink: Box<dyn Sink>,
+    pub resolved: Arc<ResolvedImage>,
+    pub chain: FilterChain,
+    pub platforms: PlatformSelection,
+    /// The image's name, for filter reports (`inspect`, `search`).
+    pub name: String,
+    /// Layer bytes read for this target, as they stream (progress).
+    pub bytes_read: Arc<AtomicU64>,
+}
+
+/// How to walk.
+#[derive(Debug, Clone)]
+pub struct WalkOptions {
+    /// Targets committed (and checked) at once (`-J`).
+    pub image_parallel: usize,
+    /// Blob transfers per target (`-j`); the run moves `-J × -j` at once.
+    pub parallel: usize,
+    /// Attempts after the first for work that fails transiently (a stream
+    /// cut or corrupted on the way; the registry client retries requests).
+    pub retries: u32,
+    pub cache: Option<LayerCache>,
+}
+
+/// What a copy did, per target.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CopyReport {
+    /// Digest of the manifest (or index) the destination's tag now names.
+    pub digest: Digest,
+    /// Platform images written.
+    pub images: usize,
+    /// Distinct layers referenced.
+    pub layers: usize,
+    /// Layers this target transferred (uploaded or written).
+    pub layers_copied: usize,
+    /// Layers the destination held, got by a mount, or got from another
+    /// target of the run.
+    pub layers_skipped: usize,
+    /// Layers the destination got by a cross-repository mount.
+    pub layers_mounted: usize,
+    /// Layer bytes read from the source for this target.
+    pub bytes: u64,
+    /// Wall time.
+    #[serde(skip)]
+    pub elapsed: Duration,
+    /// What `search` filters found.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<FilterMatch>,
+    /// Rewritten layers the layer cache knew the destination already held
+    /// (neither fetched nor rewritten).
+    pub layers_from_cache: usize,
+    /// Layers rewritten by this target's chain (each counted for the first
+    /// target that needed it).
+    pub layers_rewritten: usize,
+}
+
+/// Runs the check (and whatever else follows a commit) of a target.
+#[async_trait]
+pub trait AfterCommit: Send + Sync {
+    /// Returns the check's outcome (`fast: ok`, `skipped (…)`), or the error.
+    async fn after_commit(&self, target: usize, report: &CopyReport) -> Result<String>;
+    /// A target starts moving (first node) — for progress.
+    fn started(&self, _target: usize) {}
+}
+
+/// One target's end: its report and check, or the node that failed first.
+#[derive(Debug)]
+pub enum TargetResult {
+    Done { report: CopyReport, check: String },
+    Failed { error: Error },
+}
+
+/// A node's place in the walk.
+#[derive(Debug, Clone)]
+enum State {
+    Waiting,
+    Running,
+    Done,
+    Failed,
+}
+
+/// The walk's shared state.
+struct Walk<'a> {
+    graph: &'a WorkGraph,
+    io: &'a HashMap<usize, TargetIo>,
+    opts: &'a WalkOptions,
+    after: &'a dyn AfterCommit,
+    transfers: tokio::sync::Semaphore,
+    commits: tokio::sync::Semaphore,
+    rewrites: Mutex<HashMap<NodeIndex, Arc<Rewritten>>>,
+    /// Configs read by the walk (planning read only manifests).
+    configs: Mutex<HashMap<Digest, bytes::Bytes>>,
+    reports: Mutex<HashMap<usize, CopyReport>>,
+    /// Check outcomes by target.
+    checks: Mutex<HashMap<usize, String>>,
+    started: Instant,
+    copied: HashMap<usize, AtomicUsize>,
+    mounted: HashMap<usize, AtomicUsize>,
+}
+
+/// What running one node finished: itself, and the nodes it ran inline
+/// (the consumers a fetch fed).
+type Finished = Vec<(NodeIndex, Result<()>)>;
+
+/// Walks `graph` for the targets in `io` (targets of the graph missing from
+/// `io` failed to open and are reported by the caller).
+pub async fn walk(
+    graph: &WorkGraph,
+    io: &HashMap<usize, TargetIo>,
+    opts: &WalkOptions,
+    after: &dyn AfterCommit,
+) -> BTreeMap<usize, TargetResult> {
+    let j = opts.parallel.max(1);
+    let jj = opts.image_parallel.max(1);
+    let w = Walk {
+        graph,
+        io,
+        opts,
+        after,
+        transfers: tokio::sync::Semaphore::new(jj * j),
+        commits: tokio::sync::Semaphore::new(jj),
+        rewrites: Mutex::new(HashMap::new()),
+        configs: Mutex::new(HashMap::new()),
+        reports: Mutex::new(HashMap::new()),
+        checks: Mutex::new(HashMap::new()),
+        started: Instant::now(),
+        copied: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
+        mounted: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
+    };
+    w.run().await
+}
+
+/// The order ready nodes start in: earlier targets first, then the graph's order.
+fn priority(g: &WorkGraph, i: NodeIndex) -> (usize, usize) {
+    let work = &g.graph[i];
+    (work.targets.iter().copied().min().unwrap_or(usize::MAX), work.id)
+}
+
+impl<'a> Walk<'a> {
+    /// Nodes a fetch runs inline: the blobs it copies and the rewrites it feeds.
+    fn inline_consumers(&self, fetch: NodeIndex) -> Vec<NodeIndex> {
+        self.graph
+            .needed_by(fetch)
+            .into_iter()
+            .filter(|(_, label)| *label == "copied to" || *label == "feeds")
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    async fn run(self) -> BTreeMap<usize, TargetResult> {
+        let g = self.graph;
+        let mut state: HashMap<NodeIndex, State> = g.graph.node_indices().map(|i| (i, State::Waiting)).collect();
+        // Nodes run inside their fetch never start on their own.
+        let mut inline: HashSet<NodeIndex> = HashSet::new();
+        for i in g.graph.node_indices() {
+            if matches!(g.graph[i].key, NodeKey::Fetch { .. }) {
+                inline.extend(self.inline_consumers(i));
+            }
+        }
+        let mut waiting_on: HashMap<NodeIndex, usize> = g.graph.node_indices().map(|i| (i, g.needs(i).len())).collect();
+        let mut failures: BTreeMap<usize, Error> = BTreeMap::new();
+        // Nodes of targets that could not be opened fail from the start.
+        let mut doomed: Vec<(NodeIndex, Error)> = Vec::new();
+        for i in g.graph.node_indices() {
+            let w = &g.graph[i];
+            if !w.targets.is_empty() && w.targets.iter().all(|t| !self.io.contains_key(t)) {
+                doomed.push((i, Error::invalid("its target could not be opened")));
+            }
+        }
+        let mut running: FuturesUnordered<BoxFuture<'_, Finished>> = FuturesUnordered::new();
+        let mut ready: Vec<NodeIndex> = g
+            .graph
+            .node_indices()
+            .filter(|i| waiting_on[i] == 0 && !inline.contains(i))
+            .collect();
+        let settle = |done: Finished,
+                      state: &mut HashMap<NodeIndex, State>,
+                      waiting_on: &mut HashMap<NodeIndex, usize>,
+                      failures: &mut BTreeMap<usize, Error>,
+                      ready: &mut Vec<NodeIndex>| {
+            for (n, r) in done {
+                match r {
+                    Ok(()) => {
+                        state.insert(n, State::Done);
+                        for (next, _) in g.needed_by(n) {
+                            if let Some(c) = waiting_on.get_mut(&next) {
+                                *c = c.saturating_sub(1);
+                                if *c == 0 && !inline.contains(&next) && matches!(state[&next], State::Waiting) {
+                                    ready.push(next);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let what = describe(g, n);
+                        warn!("{what} failed: {e}");
+                        // This node and everything that needs it.
+                        let mut stack = vec![n];
+                        while let Some(x) = stack.pop() {
+                            if matches!(state[&x], State::Failed) {
+                                continue;
+                            }
+                            state.insert(x, State::Failed);
+                            for &t in &g.graph[x].targets {
+                                failures
+                                    .entry(t)
+                                    .or_insert_with(|| prefix_error(&format!("{what}: "), e.duplicate()));
+                            }
+                            stack.extend(g.needed_by(x).into_iter().map(|(y, _)| y));
+                        }
+                    }
+                }
+            }
+        };
+        settle(
+            doomed.into_iter().map(|(i, e)| (i, Err(e))).collect(),
+            &mut state,
+            &mut waiting_on,
+            &mut failures,
+            &mut ready,
+        );
+        loop {
+            ready.retain(|i| matches!(state[i], State::Waiting));
+            ready.sort_by_key(|&i| std::cmp::Reverse(priority(g, i)));
+            ready.dedup();
+            while let Some(i) = ready.pop() {
+                state.insert(i, State::Running);
+                for &t in &g.graph[i].targets {
+                    self.after.started(t);
+                }
+                running.push(Box::pin(self.run_node(i)));
+            }
+            match running.next().await {
+                Some(done) => settle(done, &mut state, &mut waiting_on, &mut failures, &mut ready),
+                None => break,
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (&t, tw) in &g.targets {
+            if !self.io.contains_key(&t) {
+                continue;
+            }
+            if let Some(e) = failures.remove(&t) {
+                if let Some(io) = self.io.get(&t) {
+                    io.sink.abort().await;
+                }
+                out.insert(t, TargetResult::Failed { error: e });
+                continue;
+            }
+            let report = self.reports.lock().ok().and_then(|mut r| r.remove(&t));
+            let check = tw.check.and_then(|c| match &state[&c] {
+                State::Done => Some(()),
+                _ => None,
+            });
+            match (report, check) {
+                (Some(report), Some(())) => {
+                    let check = self
+                        .checks
+                        .lock()
+                        .ok()
+                        .and_then(|mut c| c.remove(&t))
+                        .unwrap_or_else(|| "off".to_string());
+                    out.insert(t, TargetResult::Done { report, check });
+                }
+                _ => {
+                    out.insert(
+                        t,
+                        TargetResult::Failed {
+                            error: Error::invalid("the target's work did not finish"),
+                        },
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs one node; returns it and any node it ran inline.
+    async fn run_node(&self, i: NodeIndex) -> Finished {
+        let g = self.graph;
+        let work = &g.graph[i];
+        let r = match &work.key {
+            NodeKey::Fetch { .. } => return self.fetch(i).await,
+            NodeKey::Blob { .. } => self.blob(i).await,
+            NodeKey::Config { .. } => self.config(i).await,
+            NodeKey::Tag { .. } => self.commit(i).await,
+            NodeKey::Check { .. } => self.check(i).await,
+            // Rewrites run inside their fetch; manifests and indexes are
+            // written by the commit of their tag; prunes by the caller.
+            _ => Ok(()),
+        };
+        vec![(i, r)]
+    }
+
+    /// The target (of those that opened) that does a node's work.
+    fn owner(&self, i: NodeIndex) -> Result<usize> {
+        self.graph.graph[i]
+            .targets
+            .iter()
+            .copied()
+            .find(|t| self.io.contains_key(t))
+            .ok_or_else(|| Error::invalid("no target of this work could be opened"))
+    }
+
+    fn io_of(&self, t: usize) -> Result<&TargetIo> {
+        self.io
+            .get(&t)
+            .ok_or_else(|| Error::invalid(format!("target {t} was not opened")))
+    }
+
+    /// One read of a blob from its source, teed to every consumer; retried
+    /// for the consumers that failed transiently.
+    async fn fetch(&self, i: NodeIndex) -> Finished {
+        let g = self.graph;
+        let consumers = self.inline_consumers(i);
+        let mut results: HashMap<NodeIndex, Result<()>> = HashMap::new();
+        let owner = match self.owner(i) {
+            Ok(o) => o,
+            Err(e) => {
+                let mut v: Finished = vec![(i, Err(e.duplicate()))];
+                v.extend(consumers.iter().map(|&c| (c, Err(e.duplicate()))));
+                return v;
+            }
+        };
+        let Some(desc) = g.graph[i].source_blob.clone() else {
+            return vec![(i, Err(Error::invalid("a fetch without a blob")))];
+        };
+        let _permit = self.transfers.acquire().await;
+        if consumers.is_empty() {
+            // A config, read into memory for the stores that write it.
+            let io = match self.io_of(owner) {
+                Ok(io) => io,
+                Err(e) => return vec![(i, Err(e))],
+            };
+            let r = crate::source::read_small_blob(io.source.as_ref(), &desc)
+                .await
+                .map(|bytes| {
+                    if let Ok(mut c) = self.configs.lock() {
+                        c.insert(desc.digest.clone(), bytes);
+                    }
+                });
+            return vec![(i, r)];
+        }
+        let mut pending: Vec<NodeIndex> = consumers.clone();
+        let mut attempt = 0;
+        let mut fetch_result: Result<()> = Ok(());
+        while !pending.is_empty() {
+            let r = self.fetch_once(owner, &desc, &pending).await;
+            let (pumped, per) = match r {
+                Ok(x) => x,
+                Err(e) => (Err(e), Vec::new()),
+            };
+            let mut retry = Vec::new();
+            let pump_failed = pumped.as_ref().err().map(Error::duplicate);
+            for (c, res) in per {
+                // A cut or corrupt source stream is every consumer's error.
+                let res = match (&pump_failed, res) {
+                    (Some(e), _) => Err(e.duplicate()),
+                    (None, r) => r,
+                };
+                match res {
+                    Err(e) if e.is_transient() && attempt < self.opts.retries => {
+                        warn!("{}: attempt {} failed, retrying: {e}", describe(g, c), attempt + 1);
+                        retry.push(c);
+                    }
+                    other => {
+                        results.insert(c, other);
+                    }
+                }
+            }
+            if let Err(e) = pumped {
+                if retry.is_empty() {
+                    fetch_result = Err(e);
+                    for &c in &pending {
+                        results
+                            .entry(c)
+                            .or_insert_with(|| Err(Error::invalid("the shared stream failed")));
+                    }
+                }
+            }
+            pending = retry;
+            if !pending.is_empty() {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
+            }
+        }
+        // The fetch itself is done when some consumer got the blob; its
+        // consumers carry their own results.
+        let mut out: Finished = vec![(
+            i,
+            match fetch_result {
+                Err(e) if results.values().all(|r| r.is_err()) => Err(e),
+                _ => Ok(()),
+            },
+        )];
+        out.extend(consumers.into_iter().map(|c| {
+            let r = results
+                .remove(&c)
+                .unwrap_or_else(|| Err(Error::invalid("the blob was not delivered")));
+            (c, r)
+        }));
+        out
+    }
+
+    /// Reads the blob once and feeds `consumers`; returns the stream's
+    /// result and each consumer's.
+    async fn fetch_once(
+        &self,
+        owner: usize,
+        desc: &Descriptor,
+        consumers: &[NodeIndex],
+    ) -> Result<(Result<()>, Vec<(NodeIndex, Result<()>)>)> {
+        let io = self.io_of(owner)?;
+        let raw = io.source.open_blob(desc).await?;
+        let counted: BlobReader = Box::pin(CountingReader {
+            inner: raw,
+            counter: io.bytes_read.clone(),
+        });
+        let (branches, pump) = tee(counted, consumers.len());
+        let feeds = futures_util::future::join_all(
+            consumers
+                .iter()
+                .zip(branches)
+                .map(|(&c, b)| async move { (c, self.consume(c, boxed(b)).await) }),
+        );
+        let (pumped, per) = tokio::join!(pump, feeds);
+        let pumped = match pumped {
+            Err(e) if !matches!(e, Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) => {
+                Err(blob_integrity_error(io.source.as_ref(), desc).await.unwrap_or(e))
+            }
+            other => other,
+        };
+        Ok((pumped, per))
+    }
+
+    /// One consumer of a fetched stream: a blob copied as it is (or
+    /// decompressed for a plain-tar store), or a rewrite.
+    async fn consume(&self, c: NodeIndex, stream: BlobReader) -> Result<()> {
+        let g = self.graph;
+        let work = &g.graph[c];
+        let desc = work
+            .source_blob
+            .clone()
+            .ok_or_else(|| Error::invalid("a consumer without a blob"))?;
+        let what = format!("layer {}", desc.digest);
+        match &work.key {
+            NodeKey::Blob { .. } => {
+                let owner = self.owner(c)?;
+                let io = self.io_of(owner)?;
+                let r = match work.form {
+                    Some(StoredForm::PlainTar) => {
+                        let diff_id = work
+                            .diff_id
+                            .clone()
+                            .ok_or_else(|| Error::invalid(format!("{what} has no diff_id")))?;
+                        let plain = decompressed(stream, &diff_id, &what).await?;
+                        io.sink
+                            .put_blob(&Descriptor::new(media_type::DOCKER_LAYER_TAR, diff_id, 0), plain)
+                            .await
+                    }
+                    _ => io.sink.put_blob(&desc, stream).await,
+                };
+                if r.is_ok() {
+                    if let Some(n) = self.copied.get(&owner) {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                r
+            }
+            NodeKey::Rewrite { input, .. } => {
+                let owner = self.owner(c)?;
+                let io = self.io_of(owner)?;
+                let diff_id = work
+                    .diff_id
+                    .clone()
+                    .ok_or_else(|| Error::invalid(format!("{what} has no diff_id")))?;
+                let plain = decompressed(stream, &diff_id, &what).await?;
+                let compression = work.compression.unwrap_or(Compression::None);
+                let rewritten = rewrite_stream(
+                    plain,
+                    &io.chain,
+                    input,
+                    compression,
+                    work.level,
+                    self.opts.cache.as_ref(),
+                )
+                .await?;
+                if let Ok(mut m) = self.rewrites.lock() {
+                    m.insert(c, Arc::new(rewritten));
+                }
+                Ok(())
+            }
+            _ => Err(Error::invalid("only blobs and rewrites read a fetched stream")),
+        }
+    }
+
+    /// A blob that is not copied from a fetch: present, mounted, or
+    /// written from a rewrite's spool.
+    async fn blob(&self, i: NodeIndex) -> Result<()> {
+        let g = self.graph;
+        let work = &g.graph[i];
+        let owner = self.owner(i)?;
+        let io = self.io_of(owner)?;
+        if let Some((rw, _)) = g.needs(i).into_iter().find(|(_, l)| *l == "rewritten to") {
+            let _permit = self.transfers.acquire().await;
+            let rewritten = self
+                .rewrites
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&rw).cloned())
+                .ok_or_else(|| Error::invalid("the rewrite's output is gone"))?;
+            let plain_store = work.form == Some(StoredForm::PlainTar);
+            // The output of a deterministic rewrite may be there already
+            // (an earlier run without the layer cache): a look, then a put.
+            let out = output_descriptor(&rewritten.result, plain_store);
+            if io.sink.has_blob(&out.digest).await? {
+                return Ok(());
+            }
+            let r = put_spooled(io.sink.as_ref(), &rewritten, plain_store).await;
+            if r.is_ok() {
+                if let Some(n) = self.copied.get(&owner) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return r;
+        }
+        match &work.how {
+            Some(How::Mount { from }) => {
+                let _permit = self.transfers.acquire().await;
+                let desc = work
+                    .source_blob
+                    .clone()
+                    .ok_or_else(|| Error::invalid("a mount without a blob"))?;
+                if io.sink.mount_blob(&desc.digest, from).await? {
+                    if let Some(n) = self.mounted.get(&owner) {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(());
+                }
+                // Declined (the repository lost it, or may not be read):
+                // upload it after all.
+                info!(blob = %desc.digest, from, "mount declined, uploading instead");
+                let raw = io.source.open_blob(&desc).await?;
+                let counted: BlobReader = Box::pin(CountingReader {
+                    inner: raw,
+                    counter: io.bytes_read.clone(),
+                });
+                io.sink.put_blob(&desc, counted).await?;
+                if let Some(n) = self.copied.get(&owner) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Some(How::Present) => {
+                if let Some(d) = work.source_blob.as_ref().map(|d| &d.digest) {
+                    for t in &work.targets {
+                        if let Some(io) = self.io.get(t) {
+                            io.sink.note_present(d);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            // Sent by the fetch that feeds it (or by an earlier target).
+            _ => Ok(()),
+        }
+    }
+
+    /// A config: registries get it as a blob now (present, mounted or
+    /// uploaded); file stores write it with the manifest; a filtered
+    /// config is known only at the commit, which puts it.
+    async fn config(&self, i: NodeIndex) -> Result<()> {
+        let g = self.graph;
+        let work = &g.graph[i];
+        if work.estimated {
+            return Ok(());
+        }
+        let Some(desc) = work.source_blob.clone() else {
+            return Ok(());
+        };
+        let owner = self.owner(i)?;
+        let io = self.io_of(owner)?;
+        let note_all = || {
+            for t in &work.targets {
+                if let Some(io) = self.io.get(t) {
+                    io.sink.note_present(&desc.digest);
+                }
+            }
+        };
+        match &work.how {
+            Some(How::Present) => {
+                note_all();
+                Ok(())
+            }
+            Some(How::Mount { from }) => {
+                let _permit = self.transfers.acquire().await;
+                if !io.sink.mount_blob(&desc.digest, from).await? {
+                    let bytes = config_bytes(&io.resolved, &self.configs, &desc.digest)?;
+                    put_bytes(io.sink.as_ref(), &desc, bytes).await?;
+                }
+                note_all();
+                Ok(())
+            }
+            Some(How::Upload) => {
+                let _permit = self.transfers.acquire().await;
+                let bytes = config_bytes(&io.resolved, &self.configs, &desc.digest)?;
+                put_bytes(io.sink.as_ref(), &desc, bytes).await?;
+                note_all();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The commit of one target: its images (rewritten when filtered), the
+    /// index, then the sink's finish, which makes it visible.
+    async fn commit(&self, i: NodeIndex) -> Result<()> {
+        let g = self.graph;
+        let t = self.owner(i)?;
+        let io = self.io_of(t)?;
+        let tw = g
+            .targets
+            .get(&t)
+            .ok_or_else(|| Error::invalid("a tag without a target"))?;
+        let _permit = self.commits.acquire().await;
+        let plain_store = tw
+            .images
+            .first()
+            .and_then(|im| im.layers.first())
+            .and_then(|&l| g.graph[l].form)
+            == Some(StoredForm::PlainTar);
+        // Configs planning did not read, as the walk read them (a registry
+        // that holds a config needs no bytes for it).
+        let filled: Vec<ImageData> = io
+            .resolved
+            .images
+            .iter()
+            .map(|img| {
+                if !img.config.bytes.is_empty() {
+                    return Ok(img.clone());
+                }
+                match config_bytes(&io.resolved, &self.configs, &img.manifest.config.digest) {
+                    Ok(bytes) => {
+                        let mut img = img.clone();
+                        img.config = crate::image::ConfigBlob::parse(bytes, &img.manifest.config.digest.to_string())?;
+                        Ok(img)
+                    }
+                    Err(_) => Ok(img.clone()),
+                }
+            })
+            .collect::<Result<_>>()?;
+        let before = &filled;
+        let mut results: HashMap<Digest, LayerResult> = HashMap::new();
+        let mut from_cache = 0;
+        let mut rewritten_here = 0;
+        if !io.chain.is_empty() {
+            for (img, iw) in before.iter().zip(&tw.images) {
+                for (desc, rw) in img.manifest.layers.iter().zip(&iw.rewrites) {
+                    if results.contains_key(&desc.digest) {
+                        continue;
+                    }
+                    let result = match rw {
+                        Some(r) => {
+                            if g.graph[*r].targets.first() == Some(&t) {
+                                rewritten_here += 1;
+                            }
+                            self.rewrites
+                                .lock()
+                                .ok()
+                                .and_then(|m| m.get(r).map(|x| x.result.clone()))
+                                .ok_or_else(|| Error::invalid(format!("layer {} was not rewritten", desc.digest)))?
+                        }
+                        None if io.chain.changes_content() => {
+                            from_cache += 1;
+                            self.cached_result(&io.chain, desc, plain_store)?
+                        }
+                        None => continue,
+                    };
+                    results.insert(desc.digest.clone(), result);
+                }
+            }
+        }
+        let after: Vec<ImageData> = if io.chain.is_empty() {
+            before.clone()
+        } else {
+            before
+                .iter()
+                .map(|img| rewrite_image(img, &results, &io.chain, plain_store))
+                .collect::<Result<_>>()?
+        };
+        let mut matches = Vec::new();
+        for (b, a) in before.iter().zip(&after) {
+            if !io.chain.is_empty() {
+                write_inspect_lines(&io.chain, &io.name, b, a, &results)?;
+                matches.extend(matches_of(&io.name, b, &results));
+            }
+        }
+        let index = match (&io.resolved.index, tw.index.is_some()) {
+            (Some((raw, idx)), true) if !io.chain.is_empty() => Some(rewrite_index(raw, idx, before, &after)?),
+            (Some((raw, idx)), true) => {
+                let written = index_to_write(raw, idx, before)?;
+                if written.digest != raw.digest {
+                    info!(
+                        "the index was rewritten to the {} chosen platforms: its digest changes from {} to {}",
+                        before.len(),
+                        raw.digest,
+                        written.digest
+                    );
+                }
+                Some(written)
+            }
+            _ => None,
+        };
+        let digest = commit_images(io.sink.as_ref(), &after, index).await?;
+        let distinct: HashSet<&Digest> = before
+            .iter()
+            .flat_map(|i| i.manifest.layers.iter().map(|l| &l.digest))
+            .collect();
+        let copied = self.copied.get(&t).map(|n| n.load(Ordering::Relaxed)).unwrap_or(0);
+        let mounted = self.mounted.get(&t).map(|n| n.load(Ordering::Relaxed)).unwrap_or(0);
+        let report = CopyReport {
+            digest,
+            images: after.len(),
+            layers: distinct.len(),
+            layers_copied: copied,
+            layers_skipped: distinct.len().saturating_sub(copied),
+            layers_mounted: mounted,
+            bytes: io.bytes_read.load(Ordering::Relaxed),
+            elapsed: self.started.elapsed(),
+            matches,
+            layers_from_cache: from_cache,
+            layers_rewritten: rewritten_here,
+        };
+        if let Ok(mut r) = self.reports.lock() {
+            r.insert(t, report);
+        }
+        Ok(())
+    }
+
+    /// The layer cache's answer for a layer the plan found there.
+    fn cached_result(&self, chain: &FilterChain, desc: &Descriptor, plain_store: bool) -> Result<LayerResult> {
+        let cache = self
+            .opts
+            .cache
+            .as_ref()
+            .ok_or_else(|| Error::invalid("the plan used the layer cache, which this run has not"))?;
+        let (compression, level) = if plain_store {
+            (Compression::None, None)
+        } else {
+            chain.output_compression(Compression::from_media_type(&desc.media_type).unwrap_or(Compression::Gzip))
+        };
+        let e = cache
+            .get(&cache_key(&desc.digest, chain, compression, level))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "the layer cache entry for {} went away since the plan: plan again",
+                    desc.digest
+                ))
+            })?;
+        Ok(LayerResult {
+            diff_id: e.diff_id,
+            digest: e.digest,
+            size: e.size,
+            plain_size: if plain_store { e.size } else { 0 },
+            compression: e.compression,
+            taps: Vec::new(),
+            matches: Vec::new(),
+        })
+    }
+
+    /// The check of a committed target.
+    async fn check(&self, i: NodeIndex) -> Result<()> {
+        let t = self.owner(i)?;
+        let report = self
+            .reports
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&t).cloned())
+            .ok_or_else(|| Error::invalid("checked before its commit"))?;
+        let _permit = self.commits.acquire().await;
+        let outcome = self.after.after_commit(t, &report).await?;
+        if let Ok(mut c) = self.checks.lock() {
+            c.insert(t, outcome);
+        }
+        Ok(())
+    }
+}
+
+/// `upload sha256:ab12… to registry://host/repo`, for error messages.
+fn describe(g: &WorkGraph, i: NodeIndex) -> String {
+    let w = &g.graph[i];
+    let short = |s: &str| match Digest::parse(s) {
+        Ok(d) => d.short().to_string(),
+        Err(_) => s.to_string(),
+    };
+    match &w.key {
+        NodeKey::Fetch { source, digest } => format!("fetch {} from {source}", digest.short()),
+        NodeKey::Rewrite { input, .. } => format!("rewrite {}", input.short()),
+        NodeKey::Blob { store, blob } | NodeKey::Config { store, blob } => {
+            let verb = match &w.how {
+                Some(How::Upload) => "upload".to_string(),
+                Some(How::Write) => "write".to_string(),
+                Some(How::Mount { from }) => format!("mount (from {from})"),
+                _ => "find".to_string(),
+            };
+            let what = w
+                .source_blob
+                .as_ref()
+                .map(|d| d.digest.short().to_string())
+                .unwrap_or_else(|| short(blob));
+            format!("{verb} {} {what} to {store}", w.key.kind())
+        }
+        NodeKey::Manifest { store, .. } | NodeKey::Index { store, .. } => format!("{} in {store}", w.key.kind()),
+        NodeKey::Tag { destination, image } => format!("commit {image} to {destination}"),
+        NodeKey::Check { destination, image } => format!("check {image} at {destination}"),
+        NodeKey::Prune { destination } => format!("prune {destination}"),
+    }
+}
+
+/// `error` with `prefix` in front of its message, same kind.
+fn prefix_error(prefix: &str, error: Error) -> Error {
+    match error {
+        Error::Usage(m) => Error::Usage(format!("{prefix}{m}")),
+        Error::Network(m) => Error::Network(format!("{prefix}{m}")),
+        Error::Unauthorized(m) => Error::Unauthorized(format!("{prefix}{m}")),
+        Error::NotFound(m) => Error::NotFound(format!("{prefix}{m}")),
+        Error::Invalid(m) => Error::Invalid(format!("{prefix}{m}")),
+        Error::Unsupported(m) => Error::Unsupported(format!("{prefix}{m}")),
+        other => Error::Invalid(format!("{prefix}{other}")),
+    }
+}
+
+/// The config bytes of the image whose config has `digest`: as planning
+/// read them, or as the walk did.
+fn config_bytes(
+    resolved: &ResolvedImage,
+    read: &Mutex<HashMap<Digest, bytes::Bytes>>,
+    digest: &Digest,
+) -> Result<bytes::Bytes> {
+    if let Some(b) = resolved
+        .images
+        .iter()
+        .find(|i| &i.manifest.config.digest == digest && !i.config.bytes.is_empty())
+        .map(|i| i.config.bytes.clone())
+    {
+        return Ok(b);
+    }
+    read.lock()
+        .ok()
+        .and_then(|m| m.get(digest).cloned())
+        .ok_or_else(|| Error::invalid(format!("config {digest} was not read")))
+}
+
+async fn put_bytes(sink: &dyn Sink, desc: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
+    sink.put_blob_bytes(desc, bytes).await
+}
+
+/// Puts a rewritten layer from its spool: as written, or decompressed
+/// (verified against its diff_id) for a plain-tar store.
+async fn put_spooled(sink: &dyn Sink, rewritten: &Rewritten, plain_store: bool) -> Result<()> {
+    let spool = rewritten
+        .spool
+        .as_ref()
+        .ok_or_else(|| Error::invalid("a rewrite without output"))?;
+    let file = tokio::fs::File::open(spool.path())
+        .await
+        .map_err(|e| Error::io("open", spool.path(), e))?;
+    let reader: BlobReader = Box::pin(tokio::io::BufReader::with_capacity(256 * 1024, file));
+    let desc = output_descriptor(&rewritten.result, plain_store);
+    if plain_store && rewritten.result.compression != Compression::None {
+        let what = format!("rewritten layer {}", rewritten.result.digest);
+        let plain = decompressed(reader, &rewritten.result.diff_id, &what).await?;
+        return sink.put_blob(&desc, plain).await;
+    }
+    sink.put_blob(&desc, reader).await
+}
+
+/// Commits the images (configs and manifests), then the index if there is
+/// one to write, then finishes the sink. Returns the digest the destination's
+/// tag now names.
+async fn commit_images(sink: &dyn Sink, images: &[ImageData], index: Option<RawManifest>) -> Result<Digest> {
+    for img in images {
+        sink.put_image(img, index.is_none()).await?;
+    }
+    let digest = match index {
+        Some(raw) => {
+            sink.put_index(&raw, images).await?;
+            raw.digest
+        }
+        None => images
+            .first()
+            .map(|i| i.raw_manifest.digest.clone())
+            .ok_or_else(|| Error::invalid(format!("{} received no image", sink.describe())))?,
+    };
+    sink.finish().await?;
+    Ok(digest)
+}

@@ -1,0 +1,1109 @@
+//! The work graph: the one model of what a run does. Every writing target
+//! becomes nodes keyed by what they produce, so equal work is one node:
+//!
+//! - `fetch`: one read of a blob from a source (a registry is one source for
+//!   all its repositories: a layer shared by 40 images is read once);
+//! - `rewrite`: one pass of a filter chain over one layer, feeding every
+//!   destination of that chain;
+//! - `blob` / `config`: a blob in a store (a registry repository, or one file
+//!   destination), and how it gets there: `present`, `mount` from another
+//!   repository of the same registry, `upload`, or `write` (files);
+//! - `manifest`, `index`, `tag`: the commit of one target, in that order;
+//! - `check`: the post-run check of a target; `prune`: a tag to delete.
+//!
+//! Edges point from a node to the nodes that need it (a fetch feeds blobs and
+//! rewrites; blobs and configs feed a manifest; manifests an index; the top
+//! manifest or index its tag; a tag its check; an upload the mounts that
+//! copy it within the same registry). The plan's per-target counts, its
+//! totals and shared-work lines, the JSON `nodes`/`edges`, the DOT picture
+//! and the executor all read this graph.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use futures_util::stream::{self, StreamExt};
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::{EdgeRef, IntoEdgeReferences};
+use petgraph::Direction;
+use serde::{Deserialize, Serialize};
+
+use super::{holds_index, Action, BlobCounts, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
+use crate::cache::LayerCache;
+use crate::filter::FilterSpec;
+use crate::image::{Compression, Descriptor, Digest};
+use crate::reference::Reference;
+use crate::registry::RegistryClient;
+
+/// How a blob reaches its store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "how")]
+pub enum How {
+    /// The store holds it already.
+    Present,
+    /// Mounted from another repository of the same registry.
+    Mount { from: String },
+    /// Sent to a registry.
+    Upload,
+    /// Written to a file destination.
+    Write,
+}
+
+impl How {
+    fn name(&self) -> &'static str {
+        match self {
+            How::Present => "present",
+            How::Mount { .. } => "mount",
+            How::Upload => "upload",
+            How::Write => "write",
+        }
+    }
+
+    /// Whether this moves bytes.
+    pub fn sends(&self) -> bool {
+        matches!(self, How::Upload | How::Write)
+    }
+}
+
+/// What a node produces; equal keys are one node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum NodeKey {
+    Fetch { source: String, digest: Digest },
+    Rewrite { input: Digest, chain: String },
+    Blob { store: String, blob: String },
+    Config { store: String, blob: String },
+    Manifest { store: String, manifest: String },
+    Index { store: String, manifest: String },
+    Tag { destination: String, image: String },
+    Check { destination: String, image: String },
+    Prune { destination: String },
+}
+
+impl NodeKey {
+    /// `fetch`, `rewrite`, `blob`…
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeKey::Fetch { .. } => "fetch",
+            NodeKey::Rewrite { .. } => "rewrite",
+            NodeKey::Blob { .. } => "blob",
+            NodeKey::Config { .. } => "config",
+            NodeKey::Manifest { .. } => "manifest",
+            NodeKey::Index { .. } => "index",
+            NodeKey::Tag { .. } => "tag",
+            NodeKey::Check { .. } => "check",
+            NodeKey::Prune { .. } => "prune",
+        }
+    }
+
+    /// The store a blob, config, manifest or index is in.
+    pub fn store(&self) -> Option<&str> {
+        match self {
+            NodeKey::Blob { store, .. }
+            | NodeKey::Config { store, .. }
+            | NodeKey::Manifest { store, .. }
+            | NodeKey::Index { store, .. } => Some(store),
+            _ => None,
+        }
+    }
+}
+
+/// The form a store keeps layers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoredForm {
+    /// As the manifest describes them (compressed, keyed by digest).
+    Compressed,
+    /// Plain tar keyed by diff_id (docker-save archives, dirs, the daemon).
+    PlainTar,
+}
+
+/// One node of work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Work {
+    pub id: usize,
+    #[serde(flatten)]
+    pub key: NodeKey,
+    /// Bytes this node moves (0 for a present or mounted blob).
+    pub bytes: u64,
+    /// For blobs and configs: how they get to their store.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub how: Option<How>,
+    /// Whether the bytes are the source's and the output is only known
+    /// after the rewrite (filtered targets).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub estimated: bool,
+    /// The targets (indexes into the plan's `targets`) that need it.
+    pub targets: Vec<usize>,
+    /// The source blob a fetch reads, or a blob copies (for the executor).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source_blob: Option<Descriptor>,
+    /// The uncompressed digest of a layer (plain-tar stores keep it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub diff_id: Option<Digest>,
+    /// The form of a blob in its store.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub form: Option<StoredForm>,
+    /// A rewrite's output compression.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub compression: Option<Compression>,
+    /// A rewrite's output level.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub level: Option<i32>,
+}
+
+/// A "needs" edge: `to` needs `from`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EdgeOut {
+    pub from: usize,
+    pub to: usize,
+    pub label: String,
+}
+
+/// The nodes of one writing target, in commit order.
+#[derive(Debug, Clone, Default)]
+pub struct TargetWork {
+    /// Per platform image: its layer blob nodes (in manifest order), its
+    /// config node and its manifest node.
+    pub images: Vec<ImageWork>,
+    pub index: Option<NodeIndex>,
+    pub tag: Option<NodeIndex>,
+    pub check: Option<NodeIndex>,
+}
+
+/// The nodes of one platform image of a target.
+#[derive(Debug, Clone)]
+pub struct ImageWork {
+    pub layers: Vec<NodeIndex>,
+    /// The rewrite node of each layer (filtered targets), or None when the
+    /// layer cache answered.
+    pub rewrites: Vec<Option<NodeIndex>>,
+    pub config: NodeIndex,
+    pub manifest: NodeIndex,
+}
+
+/// The graph of a run.
+#[derive(Debug, Clone, Default)]
+pub struct WorkGraph {
+    pub graph: StableDiGraph<Work, String>,
+    by_key: HashMap<NodeKey, NodeIndex>,
+    /// Planned target index → its nodes (writing targets only).
+    pub targets: BTreeMap<usize, TargetWork>,
+}
+
+/// Where a destination keeps blobs, and what it is.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// `registry://host/repo`, or the destination for files.
+    pub key: String,
+    pub form: StoredForm,
+    /// The registry host, for registries.
+    pub host: Option<String>,
+    pub repository: Option<String>,
+    /// An OCI layout's directory: blobs found by name.
+    pub oci_path: Option<std::path::PathBuf>,
+    pub keeps_index: bool,
+}
+
+impl Store {
+    /// The store a destination writes.
+    pub fn of(dest: &Reference) -> Store {
+        let (key, form, host, repository, oci_path) = match dest {
+            Reference::Registry(r) => (
+                format!("registry://{}/{}", r.host, r.repository),
+                StoredForm::Compressed,
+                Some(r.host.clone()),
+                Some(r.repository.clone()),
+                None,
+            ),
+            Reference::Oci { path, .. } => (
+                format!("oci://{}", path.display()),
+                StoredForm::Compressed,
+                None,
+                None,
+                Some(path.clone()),
+            ),
+            Reference::Dir { path, .. } => (
+                format!("dir://{}", path.display()),
+                StoredForm::PlainTar,
+                None,
+                None,
+                None,
+            ),
+            Reference::Bundle { .. } => (dest.to_string(), StoredForm::Compressed, None, None, None),
+            other => (other.to_string(), StoredForm::PlainTar, None, None, None),
+        };
+        Store {
+            key,
+            form,
+            host,
+            repository,
+            oci_path,
+            keeps_index: holds_index(dest),
+        }
+    }
+}
+
+/// Where a source reads blobs: a registry is one source for all its
+/// repositories (a blob is the same wherever it is).
+pub fn source_store(source: &Reference) -> String {
+    match source {
+        Reference::Registry(r) => format!("registry://{}", r.host),
+        other => other.to_string(),
+    }
+}
+
+/// The compression of a layer as its media type says (gzip when unknown).
+fn layer_compression(desc: &Descriptor) -> Compression {
+    Compression::from_media_type(&desc.media_type).unwrap_or(Compression::Gzip)
+}
+
+impl WorkGraph {
+    fn node(&mut self, key: NodeKey, target: usize, init: impl FnOnce(&mut Work)) -> (NodeIndex, bool) {
+        if let Some(&i) = self.by_key.get(&key) {
+            let w = &mut self.graph[i];
+            if !w.targets.contains(&target) {
+                w.targets.push(target);
+            }
+            return (i, false);
+        }
+        let mut w = Work {
+            id: 0,
+            key: key.clone(),
+            bytes: 0,
+            how: None,
+            estimated: false,
+            targets: vec![target],
+            source_blob: None,
+            diff_id: None,
+            form: None,
+            compression: None,
+            level: None,
+        };
+        init(&mut w);
+        let i = self.graph.add_node(w);
+        self.by_key.insert(key, i);
+        (i, true)
+    }
+
+    fn edge(&mut self, from: NodeIndex, to: NodeIndex, label: &str) {
+        if !self.graph.edges_connecting(from, to).any(|e| e.weight() == label) {
+            self.graph.add_edge(from, to, label.to_string());
+        }
+    }
+
+    /// The node a key names.
+    pub fn find(&self, key: &NodeKey) -> Option<NodeIndex> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The nodes `i` needs.
+    pub fn needs(&self, i: NodeIndex) -> Vec<(NodeIndex, &str)> {
+        self.graph
+            .edges_directed(i, Direction::Incoming)
+            .map(|e| (e.source(), e.weight().as_str()))
+            .collect()
+    }
+
+    /// The nodes that need `i`.
+    pub fn needed_by(&self, i: NodeIndex) -> Vec<(NodeIndex, &str)> {
+        self.graph
+            .edges_directed(i, Direction::Outgoing)
+            .map(|e| (e.target(), e.weight().as_str()))
+            .collect()
+    }
+
+    /// Nodes in a stable order (by key), numbered for JSON and DOT.
+    fn numbered(&self) -> Vec<NodeIndex> {
+        let mut v: Vec<NodeIndex> = self.graph.node_indices().collect();
+        v.sort_by(|a, b| self.graph[*a].key.cmp(&self.graph[*b].key));
+        v
+    }
+
+    /// Gives every node its `id` (its place in the stable order).
+    fn renumber(&mut self) {
+        for (n, i) in self.numbered().into_iter().enumerate() {
+            self.graph[i].id = n;
+        }
+    }
+
+    /// The nodes, for the JSON plan.
+    pub fn nodes_out(&self) -> Vec<Work> {
+        let mut v: Vec<Work> = self.graph.node_weights().cloned().collect();
+        v.sort_by_key(|w| w.id);
+        v
+    }
+
+    /// The edges, for the JSON plan.
+    pub fn edges_out(&self) -> Vec<EdgeOut> {
+        let mut v: Vec<EdgeOut> = (&self.graph)
+            .edge_references()
+            .map(|e| EdgeOut {
+                from: self.graph[e.source()].id,
+                to: self.graph[e.target()].id,
+                label: e.weight().clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| (a.from, a.to, &a.label).cmp(&(b.from, b.to, &b.label)));
+        v
+    }
+
+    /// What one target moves: each blob and config node counted for the
+    /// first target that needs it; for later ones it is present by then.
+    pub fn counts_for(&self, target: usize) -> BlobCounts {
+        let mut c = BlobCounts::default();
+        let Some(tw) = self.targets.get(&target) else { return c };
+        let mut seen = HashSet::new();
+        for img in &tw.images {
+            for &i in img.layers.iter().chain(std::iter::once(&img.config)) {
+                if !seen.insert(i) {
+                    continue;
+                }
+                let w = &self.graph[i];
+                c.estimated |= w.estimated;
+                if w.targets.first() != Some(&target) {
+                    c.present += 1;
+                    continue;
+                }
+                match &w.how {
+                    Some(How::Present) | None => c.present += 1,
+                    Some(How::Mount { .. }) => c.mount += 1,
+                    Some(How::Upload | How::Write) => {
+                        c.upload += 1;
+                        c.bytes += w.bytes;
+                    }
+                }
+            }
+        }
+        c
+    }
+
+    /// Per store: fetches (sources), rewrites, uploads, mounts, present
+    /// blobs, manifest PUTs and bytes, as the executor will do them.
+    pub fn store_totals(&self) -> BTreeMap<String, StoreTotals> {
+        let mut out: BTreeMap<String, StoreTotals> = BTreeMap::new();
+        for w in self.graph.node_weights() {
+            match &w.key {
+                NodeKey::Fetch { source, .. } => {
+                    let t = out.entry(source.clone()).or_default();
+                    t.fetches += 1;
+                    t.bytes_read += w.bytes;
+                }
+                NodeKey::Rewrite { .. } => {
+                    if let Some(t) = w.targets.first() {
+                        let _ = t;
+                    }
+                }
+                NodeKey::Blob { store, .. } | NodeKey::Config { store, .. } => {
+                    let t = out.entry(store.clone()).or_default();
+                    match &w.how {
+                        Some(How::Upload | How::Write) => {
+                            t.uploads += 1;
+                            t.bytes_sent += w.bytes;
+                        }
+                        Some(How::Mount { .. }) => t.mounts += 1,
+                        _ => t.present += 1,
+                    }
+                    t.estimated |= w.estimated;
+                }
+                NodeKey::Manifest { store, .. } | NodeKey::Index { store, .. } => {
+                    out.entry(store.clone()).or_default().manifests += 1;
+                }
+                _ => {}
+            }
+        }
+        for w in self.graph.node_weights() {
+            if let NodeKey::Rewrite { .. } = &w.key {
+                for (to, _) in self.needed_by(self.by_key[&w.key]) {
+                    if let Some(store) = self.graph[to].key.store() {
+                        out.entry(store.to_string()).or_default().rewrites_in += 1;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Rewrites in the whole run.
+    pub fn rewrites(&self) -> usize {
+        self.graph
+            .node_weights()
+            .filter(|w| matches!(w.key, NodeKey::Rewrite { .. }))
+            .count()
+    }
+
+    /// Lines of shared work: each layer needed by more than one store, with
+    /// what happens to it everywhere.
+    pub fn shared_lines(&self) -> Vec<String> {
+        // source digest → (fetch, rewrite?, blob nodes fed by it)
+        let mut out = Vec::new();
+        let mut fetches: Vec<NodeIndex> = self
+            .graph
+            .node_indices()
+            .filter(|&i| matches!(self.graph[i].key, NodeKey::Fetch { .. }))
+            .collect();
+        fetches.sort_by_key(|&i| self.graph[i].id);
+        for f in fetches {
+            let w = &self.graph[f];
+            let NodeKey::Fetch { digest, .. } = &w.key else {
+                continue;
+            };
+            let mut how: BTreeMap<&'static str, usize> = BTreeMap::new();
+            let mut rewrites = 0;
+            let mut stores = HashSet::new();
+            let mut visit = vec![f];
+            while let Some(n) = visit.pop() {
+                for (to, _) in self.needed_by(n) {
+                    match &self.graph[to].key {
+                        NodeKey::Rewrite { .. } => {
+                            rewrites += 1;
+                            visit.push(to);
+                        }
+                        NodeKey::Blob { store, .. } => {
+                            stores.insert(store.clone());
+                            if let Some(h) = &self.graph[to].how {
+                                *how.entry(h.name()).or_default() += 1;
+                            }
+                            // Mounts that copy this upload.
+                            for (m, label) in self.needed_by(to) {
+                                if label == "mounted from" {
+                                    if let Some(h) = &self.graph[m].how {
+                                        *how.entry(h.name()).or_default() += 1;
+                                    }
+                                    if let Some(s) = self.graph[m].key.store() {
+                                        stores.insert(s.to_string());
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if stores.len() < 2 {
+                continue;
+            }
+            let mut parts = vec!["fetched once".to_string()];
+            if rewrites > 0 {
+                parts.push(format!("rewritten {}", times(rewrites)));
+            }
+            for (name, verb) in [
+                ("upload", "uploaded to"),
+                ("mount", "mounted in"),
+                ("write", "written to"),
+            ] {
+                if let Some(n) = how.get(name) {
+                    parts.push(format!("{verb} {n} {}", if *n == 1 { "store" } else { "stores" }));
+                }
+            }
+            out.push(format!(
+                "layer {} ({}): {}",
+                digest.short(),
+                crate::image::human_size(w.bytes),
+                parts.join("; ")
+            ));
+        }
+        out
+    }
+
+    /// The graph in Graphviz's DOT language: targets as clusters, shared
+    /// fetches and rewrites outside them, drawn once.
+    pub fn dot(&self, plan_targets: &[PlannedTarget]) -> String {
+        let mut s = String::from("digraph occy_plan {\n  rankdir=LR;\n  node [fontname=\"monospace\", fontsize=10];\n");
+        let label = |w: &Work| -> String {
+            let what = match &w.key {
+                NodeKey::Fetch { source, digest } => format!("fetch {}\\nfrom {}", digest.short(), source),
+                NodeKey::Rewrite { input, chain } => {
+                    format!("rewrite {}\\nchain {}", input.short(), &chain[..12.min(chain.len())])
+                }
+                NodeKey::Blob { store, blob } | NodeKey::Config { store, blob } => format!(
+                    "{} {}\\n{}\\n{}",
+                    w.key.kind(),
+                    short_blob(blob),
+                    w.how
+                        .as_ref()
+                        .map(|h| match h {
+                            How::Mount { from } => format!("mount from {from}"),
+                            other => other.name().to_string(),
+                        })
+                        .unwrap_or_default(),
+                    store
+                ),
+                NodeKey::Manifest { manifest, .. } | NodeKey::Index { manifest, .. } => {
+                    format!("{} {}", w.key.kind(), short_blob(manifest))
+                }
+                NodeKey::Tag { destination, .. } => format!("tag {destination}"),
+                NodeKey::Check { .. } => "check".to_string(),
+                NodeKey::Prune { destination } => format!("prune {destination}"),
+            };
+            dot_escape(&what)
+        };
+        let shape = |w: &Work| match w.key {
+            NodeKey::Fetch { .. } => "shape=box, style=filled, fillcolor=\"#dbeafe\"",
+            NodeKey::Rewrite { .. } => "shape=box, style=filled, fillcolor=\"#fde68a\"",
+            NodeKey::Blob { .. } | NodeKey::Config { .. } => match w.how {
+                Some(How::Present) => "shape=ellipse, style=dashed",
+                Some(How::Mount { .. }) => "shape=ellipse, style=filled, fillcolor=\"#e9d5ff\"",
+                _ => "shape=ellipse, style=filled, fillcolor=\"#bbf7d0\"",
+            },
+            NodeKey::Tag { .. } => "shape=tab",
+            NodeKey::Check { .. } => "shape=note",
+            NodeKey::Prune { .. } => "shape=octagon, style=filled, fillcolor=\"#fecaca\"",
+            _ => "shape=component",
+        };
+        // A node belongs to a target's cluster when that target is its only one.
+        let mut clustered: BTreeMap<usize, Vec<NodeIndex>> = BTreeMap::new();
+        let mut free = Vec::new();
+        for i in self.numbered() {
+            let w = &self.graph[i];
+            match (w.targets.as_slice(), &w.key) {
+                ([_], NodeKey::Fetch { .. } | NodeKey::Rewrite { .. }) => free.push(i),
+                ([t], _) => clustered.entry(*t).or_default().push(i),
+                _ => free.push(i),
+            }
+        }
+        for (t, nodes) in &clustered {
+            let name = plan_targets.get(*t).map(|p| p.destination.clone()).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  subgraph cluster_{t} {{\n    label=\"{}\";\n    style=rounded;",
+                dot_escape(&name)
+            );
+            for &i in nodes {
+                let w = &self.graph[i];
+                let _ = writeln!(s, "    n{} [label=\"{}\", {}];", w.id, label(w), shape(w));
+            }
+            s.push_str("  }\n");
+        }
+        for i in free {
+            let w = &self.graph[i];
+            let _ = writeln!(s, "  n{} [label=\"{}\", {}];", w.id, label(w), shape(w));
+        }
+        for e in self.edges_out() {
+            let _ = writeln!(s, "  n{} -> n{} [label=\"{}\"];", e.from, e.to, dot_escape(&e.label));
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+fn times(n: usize) -> String {
+    match n {
+        1 => "once".to_string(),
+        2 => "twice".to_string(),
+        n => format!("{n} times"),
+    }
+}
+
+fn short_blob(b: &str) -> String {
+    match Digest::parse(b) {
+        Ok(d) => d.short().to_string(),
+        Err(_) => b.chars().take(40).collect(),
+    }
+}
+
+fn dot_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace("\\\\n", "\\n")
+}
+
+/// Per-store counts of a plan (`"stores"` in the JSON plan).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreTotals {
+    /// Blobs read from this source.
+    pub fetches: usize,
+    pub bytes_read: u64,
+    /// Rewritten layers this store receives.
+    pub rewrites_in: usize,
+    /// Blobs uploaded (registries) or written (files).
+    pub uploads: usize,
+    pub mounts: usize,
+    pub present: usize,
+    /// Manifests and indexes PUT or written.
+    pub manifests: usize,
+    pub bytes_sent: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+}
+
+/// A blob of one target: the layer (or config) and its key in the store.
+struct WantedBlob {
+    /// The digest the store keeps it under (digest or diff_id), or the
+    /// rewrite's output name.
+    blob: String,
+    /// The digest to look for in the store (None: unknown until rewritten).
+    lookup: Option<Digest>,
+}
+
+/// Builds the graph of every writing target of `planned`.
+pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
+    let mut g = WorkGraph::default();
+    // Blobs each store holds now (asked once per store and blob).
+    let presence = presence(ctx, planned).await;
+    // (host, digest) → the upload node that first sends it there, and its repository.
+    let mut uploaded_on: Uploads = HashMap::new();
+    for (ti, t) in planned.iter().enumerate() {
+        if !t.action.writes() {
+            continue;
+        }
+        let Some(resolved) = t.resolved.clone() else { continue };
+        let tt = &t.target;
+        let store = Store::of(&tt.destination);
+        let src_store = source_store(&tt.source);
+        let chain = &tt.chain;
+        let filtered = !chain.is_empty();
+        let rewrites_content = chain.changes_content();
+        let observes = chain
+            .filters
+            .iter()
+            .any(|f| matches!(f, FilterSpec::Search { .. } | FilterSpec::Inspect { .. }));
+        let chain_hash = chain.hash();
+        let same_host_source = match (&tt.source, &store.host) {
+            (Reference::Registry(s), Some(h)) if &s.host == h && Some(&s.repository) != store.repository.as_ref() => {
+                Some(s.repository.clone())
+            }
+            _ => None,
+        };
+        let mut tw = TargetWork::default();
+        for img in &resolved.images {
+            let mut layers = Vec::new();
+            let mut rewrites = Vec::new();
+            for (li, desc) in img.manifest.layers.iter().enumerate() {
+                let diff_id = img.diff_id(li).ok().cloned();
+                let plain_key = match store.form {
+                    StoredForm::Compressed => Some(desc.digest.clone()),
+                    StoredForm::PlainTar => diff_id.clone(),
+                };
+                // A rewritten layer the cache knows, and the store holds.
+                let cached = if rewrites_content && !observes {
+                    cached_output(ctx, chain, desc, store.form).filter(|d| presence.holds(&store, d))
+                } else {
+                    None
+                };
+                let wanted = match (&cached, rewrites_content) {
+                    (Some(d), _) => WantedBlob {
+                        blob: d.to_string(),
+                        lookup: Some(d.clone()),
+                    },
+                    (None, true) => WantedBlob {
+                        blob: format!(
+                            "rewrite:{}:{}:{}",
+                            desc.digest.hex(),
+                            &chain_hash[..16],
+                            match store.form {
+                                StoredForm::Compressed => "blob",
+                                StoredForm::PlainTar => "tar",
+                            }
+                        ),
+                        lookup: None,
+                    },
+                    (None, false) => WantedBlob {
+                        blob: plain_key
+                            .as_ref()
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| desc.digest.to_string()),
+                        lookup: plain_key.clone(),
+                    },
+                };
+                let how = blob_how(&store, &wanted, &presence, &same_host_source, &uploaded_on);
+                let sends = how.sends();
+                let (blob, created) = g.node(
+                    NodeKey::Blob {
+                        store: store.key.clone(),
+                        blob: wanted.blob.clone(),
+                    },
+                    ti,
+                    |w| {
+                        w.how = Some(how.clone());
+                        w.bytes = if sends { desc.size } else { 0 };
+                        w.estimated = rewrites_content && cached.is_none();
+                        w.source_blob = Some(desc.clone());
+                        w.diff_id = diff_id.clone();
+                        w.form = Some(store.form);
+                    },
+                );
+                // A rewrite runs for every layer of a filtered target, even
+                // one the store holds, when the chain observes (search and
+                // inspect must see every layer); a cached output skips it.
+                let rewrite = if filtered && cached.is_none() && (sends || observes || !rewrites_content) {
+                    let (r, _) = g.node(
+                        NodeKey::Rewrite {
+                            input: desc.digest.clone(),
+                            chain: chain_hash.clone(),
+                        },
+                        ti,
+                        |w| {
+                            w.bytes = desc.size;
+                            w.source_blob = Some(desc.clone());
+                            w.diff_id = diff_id.clone();
+                            w.estimated = true;
+                        },
+                    );
+                    // The output compression: the chain's for compressed
+                    // stores; plain tar when only plain-tar stores need it.
+                    if store.form == StoredForm::Compressed {
+                        let (c, level) = chain.output_compression(layer_compression(desc));
+                        g.graph[r].compression = Some(c);
+                        g.graph[r].level = level;
+                    } else if g.graph[r].compression.is_none() {
+                        g.graph[r].compression = Some(Compression::None);
+                    }
+                    let f = fetch_node(&mut g, &src_store, desc, diff_id.as_ref(), ti);
+                    g.edge(f, r, "feeds");
+                    if rewrites_content && sends {
+                        g.edge(r, blob, "rewritten to");
+                    } else if sends {
+                        g.edge(f, blob, "copied to");
+                    }
+                    Some(r)
+                } else {
+                    if sends && created {
+                        let f = fetch_node(&mut g, &src_store, desc, diff_id.as_ref(), ti);
+                        g.edge(f, blob, "copied to");
+                    }
+                    None
+                };
+                note_upload(&mut g, &mut uploaded_on, &store, &how, &wanted, blob);
+                layers.push(blob);
+                rewrites.push(rewrite);
+            }
+            // The config: the source's, or the filtered one (unknown yet).
+            let cfg = &img.manifest.config;
+            let changes_config = rewrites_content || chain.config_timestamp().is_some();
+            let wanted = if changes_config {
+                WantedBlob {
+                    blob: format!("rewrite:{}:{}:config", cfg.digest.hex(), &chain_hash[..16]),
+                    lookup: None,
+                }
+            } else {
+                WantedBlob {
+                    blob: cfg.digest.to_string(),
+                    lookup: Some(cfg.digest.clone()),
+                }
+            };
+            let how = blob_how(&store, &wanted, &presence, &same_host_source, &uploaded_on);
+            let (config, _) = g.node(
+                NodeKey::Config {
+                    store: store.key.clone(),
+                    blob: wanted.blob.clone(),
+                },
+                ti,
+                |w| {
+                    w.bytes = if how.sends() { cfg.size } else { 0 };
+                    w.how = Some(how.clone());
+                    w.estimated = changes_config;
+                    w.source_blob = Some(cfg.clone());
+                },
+            );
+            note_upload(&mut g, &mut uploaded_on, &store, &how, &wanted, config);
+            // A config planning did not read is read once for every store
+            // that writes it (a registry that holds it needs none).
+            if img.config.bytes.is_empty() && !changes_config && (store.host.is_none() || how != How::Present) {
+                let f = fetch_node(&mut g, &src_store, cfg, None, ti);
+                g.edge(f, config, "config read");
+            }
+            let manifest_name = if changes_config || rewrites_content {
+                format!("rewrite:{}:{}", img.raw_manifest.digest.hex(), &chain_hash[..16])
+            } else {
+                img.raw_manifest.digest.to_string()
+            };
+            let (manifest, _) = g.node(
+                NodeKey::Manifest {
+                    store: format!("{}#{}", store.key, t.destination),
+                    manifest: manifest_name,
+                },
+                ti,
+                |w| {
+                    w.bytes = img.raw_manifest.bytes.len() as u64;
+                    w.estimated = changes_config;
+                },
+            );
+            // Only the real store name shows in the key's store field.
+            if let NodeKey::Manifest { store: s, .. } = &mut g.graph[manifest].key {
+                *s = store.key.clone();
+            }
+            for &l in &layers {
+                g.edge(l, manifest, "layer");
+            }
+            g.edge(config, manifest, "config");
+            tw.images.push(ImageWork {
+                layers,
+                rewrites,
+                config,
+                manifest,
+            });
+        }
+        let writes_index = crate::image::writes_index(&resolved, &tt.platforms, store.keeps_index);
+        let top = if writes_index {
+            let name = match (&t.expected, rewrites_content) {
+                (Some(d), false) => d.to_string(),
+                _ => format!(
+                    "rewrite:{}:{}",
+                    resolved.root().map(|r| r.digest.hex().to_string()).unwrap_or_default(),
+                    &chain_hash[..16]
+                ),
+            };
+            let (ix, _) = g.node(
+                NodeKey::Index {
+                    store: format!("{}#{}", store.key, t.destination),
+                    manifest: name,
+                },
+                ti,
+                |w| w.estimated = rewrites_content,
+            );
+            if let NodeKey::Index { store: s, .. } = &mut g.graph[ix].key {
+                *s = store.key.clone();
+            }
+            for m in tw.images.iter().map(|i| i.manifest).collect::<Vec<_>>() {
+                g.edge(m, ix, "manifest");
+            }
+            tw.index = Some(ix);
+            Some(ix)
+        } else {
+            tw.images.first().map(|i| i.manifest)
+        };
+        let (tag, _) = g.node(
+            NodeKey::Tag {
+                destination: t.destination.clone(),
+                image: t.name.clone(),
+            },
+            ti,
+            |_| {},
+        );
+        if let Some(top) = top {
+            g.edge(top, tag, "tagged");
+        }
+        let (check, _) = g.node(
+            NodeKey::Check {
+                destination: t.destination.clone(),
+                image: t.name.clone(),
+            },
+            ti,
+            |_| {},
+        );
+        g.edge(tag, check, "checks");
+        tw.tag = Some(tag);
+        tw.check = Some(check);
+        g.targets.insert(ti, tw);
+    }
+    // Keys were made with a per-destination store for manifests (so two
+    // tags of one repository commit separately); rebuild the key map.
+    g.by_key = g.graph.node_indices().map(|i| (g.graph[i].key.clone(), i)).collect();
+    g.renumber();
+    g
+}
+
+/// Adds prune nodes (one per tag to delete).
+pub fn add_prunes(g: &mut WorkGraph, prunes: &[super::prune::PruneTag]) {
+    for p in prunes {
+        g.node(
+            NodeKey::Prune {
+                destination: p.destination.clone(),
+            },
+            usize::MAX,
+            |w| w.targets.clear(),
+        );
+    }
+    g.renumber();
+}
+
+fn fetch_node(g: &mut WorkGraph, src_store: &str, desc: &Descriptor, diff_id: Option<&Digest>, ti: usize) -> NodeIndex {
+    g.node(
+        NodeKey::Fetch {
+            source: src_store.to_string(),
+            digest: desc.digest.clone(),
+        },
+        ti,
+        |w| {
+            w.bytes = desc.size;
+            w.source_blob = Some(desc.clone());
+            w.diff_id = diff_id.cloned();
+        },
+    )
+    .0
+}
+
+/// The output digest the layer cache remembers for a layer through `chain`
+/// in the form `form` stores it.
+fn cached_output(
+    ctx: &PlanContext,
+    chain: &crate::filter::FilterChain,
+    desc: &Descriptor,
+    form: StoredForm,
+) -> Option<Digest> {
+    let cache = ctx.cache.as_ref()?;
+    let (compression, level) = match form {
+        StoredForm::Compressed => chain.output_compression(layer_compression(desc)),
+        StoredForm::PlainTar => (Compression::None, None),
+    };
+    let entry = cache.get(&LayerCache::rewrite_key(
+        &desc.digest,
+        &chain.hash(),
+        compression,
+        level,
+    ))?;
+    Some(match form {
+        StoredForm::Compressed => entry.digest,
+        StoredForm::PlainTar => entry.diff_id,
+    })
+}
+
+/// (registry host, digest) → the node that uploads it there first in this
+/// run, and its repository.
+type Uploads = HashMap<(String, Digest), (NodeIndex, String)>;
+
+/// Records an upload (later targets mount from it), or links a mount to
+/// the upload it copies.
+fn note_upload(
+    g: &mut WorkGraph,
+    uploads: &mut Uploads,
+    store: &Store,
+    how: &How,
+    wanted: &WantedBlob,
+    node: NodeIndex,
+) {
+    let (Some(host), Some(repo), Some(d)) = (&store.host, &store.repository, &wanted.lookup) else {
+        return;
+    };
+    let key = (host.clone(), d.clone());
+    match how {
+        How::Upload => {
+            uploads.entry(key).or_insert((node, repo.clone()));
+        }
+        How::Mount { from } => {
+            if let Some((up, up_repo)) = uploads.get(&key) {
+                if *up != node && up_repo == from {
+                    g.edge(*up, node, "mounted from");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// How a blob gets into a store: present if the store holds it; else for a
+/// registry, mounted from a repository of the same host that this run
+/// uploads it to first, that holds it already, or that is the source's;
+/// else sent.
+fn blob_how(
+    store: &Store,
+    wanted: &WantedBlob,
+    presence: &Presence,
+    same_host_source: &Option<String>,
+    uploads: &Uploads,
+) -> How {
+    let Some(d) = &wanted.lookup else {
+        return if store.host.is_some() { How::Upload } else { How::Write };
+    };
+    if presence.holds(store, d) {
+        return How::Present;
+    }
+    let Some(host) = &store.host else { return How::Write };
+    let key = (host.clone(), d.clone());
+    if let Some((_, repo)) = uploads.get(&key) {
+        if Some(repo) != store.repository.as_ref() {
+            return How::Mount { from: repo.clone() };
+        }
+    }
+    if let Some(repo) = presence.on_host.get(&key) {
+        if Some(repo) != store.repository.as_ref() {
+            return How::Mount { from: repo.clone() };
+        }
+    }
+    match same_host_source {
+        Some(repo) => How::Mount { from: repo.clone() },
+        None => How::Upload,
+    }
+}
+
+/// What the stores hold now: one HEAD per (repository, blob) for
+/// registries, a file check for OCI layouts.
+#[derive(Default)]
+struct Presence {
+    held: HashSet<(String, Digest)>,
+    /// (host, digest) → a repository there that holds it.
+    on_host: HashMap<(String, Digest), String>,
+}
+
+impl Presence {
+    fn holds(&self, store: &Store, d: &Digest) -> bool {
+        if let Some(p) = &store.oci_path {
+            return self.held.contains(&(store.key.clone(), d.clone()))
+                || p.join("blobs")
+                    .join(d.as_str().split_once(':').map(|x| x.0).unwrap_or("sha256"))
+                    .join(d.hex())
+                    .is_file();
+        }
+        self.held.contains(&(store.key.clone(), d.clone()))
+    }
+}
+
+/// Asks each registry destination repository about the blobs the targets
+/// want there (skipping repositories known to hold no tags), and records the
+/// first repository of each host that will receive each blob by upload.
+async fn presence(ctx: &PlanContext, planned: &[PlannedTarget]) -> Presence {
+    // (store, host, repository, digest)
+    let mut asks: Vec<(String, String, String, Digest)> = Vec::new();
+    let mut seen = HashSet::new();
+    for t in planned.iter().filter(|t| t.action.writes()) {
+        let Some(resolved) = &t.resolved else { continue };
+        let Reference::Registry(r) = &t.target.destination else {
+            continue;
+        };
+        if ctx.memo.repository_empty(&r.host, &r.repository) {
+            continue;
+        }
+        let store = Store::of(&t.target.destination);
+        let content = t.target.chain.changes_content();
+        let observes = t
+            .target
+            .chain
+            .filters
+            .iter()
+            .any(|f| matches!(f, FilterSpec::Search { .. } | FilterSpec::Inspect { .. }));
+        for img in &resolved.images {
+            let mut blobs: Vec<Digest> = Vec::new();
+            if !content {
+                blobs.extend(img.manifest.layers.iter().map(|l| l.digest.clone()));
+            } else if !observes {
+                // Rewritten layers the layer cache knows: are they there?
+                blobs.extend(
+                    img.manifest
+                        .layers
+                        .iter()
+                        .filter_map(|l| cached_output(ctx, &t.target.chain, l, StoredForm::Compressed)),
+                );
+            }
+            if !content && t.target.chain.config_timestamp().is_none() {
+                blobs.push(img.manifest.config.digest.clone());
+            }
+            for d in blobs {
+                if seen.insert((store.key.clone(), d.clone())) {
+                    asks.push((store.key.clone(), r.host.clone(), r.repository.clone(), d));
+                }
+            }
+        }
+    }
+    let found: Vec<(String, String, String, Digest)> = stream::iter(asks)
+        .map(|(store, host, repo, d)| async move {
+            let client: Option<RegistryClient> = super::expand::RegistryAccess::client(ctx, &host).ok();
+            let there = match client {
+                Some(c) => matches!(c.head_blob(&repo, &d).await, Ok(Some(_))),
+                None => false,
+            };
+            there.then_some((store, host, repo, d))
+        })
+        .buffered(PLAN_CONCURRENCY)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    let mut p = Presence::default();
+    for (store, host, repo, d) in found {
+        p.on_host.entry((host, d.clone())).or_insert(repo);
+        p.held.insert((store, d));
+    }
+    p
+}
+
+/// Marks a target as failed in the counts (no nodes).
+pub fn is_writing(t: &PlannedTarget) -> bool {
+    !matches!(t.action, Action::Unchanged | Action::Failed { .. })
+}
