@@ -16,6 +16,7 @@ pub mod filter;
 pub mod fuzz_targets;
 pub mod generate;
 pub mod image;
+pub mod interrupt;
 pub mod plan;
 pub mod reference;
 pub mod registry;

@@ -43,22 +43,31 @@ fn main() {
             std::process::exit(1);
         }
     };
-    // Ctrl-C (SIGINT) drops the command's future: every sink, spool and
+    // Ctrl-C (SIGINT) trips the run's switch, which stops the blocking
+    // readers at once, and drops the command's future: every sink, spool and
     // temporary file it owns is dropped, which removes the temporary files;
     // nothing half-written was ever under a final name.
     let result = runtime.block_on(async {
         tokio::select! {
             result = cli::run(cli) => result,
-            () = interrupted() => Err(Error::Interrupted),
+            () = interrupted() => {
+                occy::interrupt::interrupt();
+                Err(Error::Interrupted)
+            }
         }
     });
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            if matches!(e, Error::Interrupted) {
-                // Blocking work in flight (a file being renamed into place,
-                // a temporary directory being removed) ends before we do.
+            if matches!(e, Error::Interrupted) || occy::interrupt::is_interrupted() {
+                // The blocking readers end before the runtime they read
+                // through goes away; other blocking work in flight (a file
+                // being renamed into place, a temporary directory being
+                // removed) ends before we do.
+                runtime.block_on(occy::interrupt::settle(Duration::from_secs(5)));
                 runtime.shutdown_timeout(Duration::from_secs(5));
+                eprintln!("error: {}", Error::Interrupted);
+                std::process::exit(Error::Interrupted.exit_code());
             }
             cli::report_error(&e, format);
             e.exit_code()

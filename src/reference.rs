@@ -75,11 +75,19 @@ pub enum Reference {
         path: PathBuf,
         unique_names: bool,
         expand: bool,
+        /// `?image=NAME[:TAG]`: which image of a shared (`unique_names`)
+        /// directory to read (sources only).
+        image: Option<String>,
     },
-    /// An image in a Docker Engine (or podman) daemon.
+    /// An image in a Docker Engine (or podman) daemon, named as Docker
+    /// names it: `[DOMAIN[:PORT]/]PATH[:TAG][@DIGEST]`.
     Docker {
+        /// `[domain[:port]/]path` as written (`127.0.0.1:5000/team/app`).
         name: String,
-        tag: String,
+        /// The tag, if one was given (see [`docker_image`]).
+        tag: Option<String>,
+        /// The digest, if one was given: it pins the image (sources only).
+        digest: Option<Digest>,
         socket: Option<PathBuf>,
     },
     /// An OCI runtime bundle (`config.json` + `rootfs/`).
@@ -226,24 +234,29 @@ impl Reference {
                     tag,
                 }
             }
-            "dir" => Reference::Dir {
-                path: parse_path(input, body)?,
-                unique_names: opts.take_bool("unique_names")?,
-                expand: opts.take_bool("expand")?,
-            },
-            "docker" => {
-                let (name, tag) = split_path_tag(body);
-                if name.is_empty() {
-                    return Err(Error::usage(format!(
-                        "invalid reference {input:?}: missing image name after docker://"
-                    )));
+            "dir" => {
+                let image = opts.take("image");
+                if let Some(i) = &image {
+                    let (name, tag) = split_path_tag(i);
+                    if name.is_empty() || tag.as_deref().is_some_and(str::is_empty) {
+                        return Err(Error::usage(format!(
+                            "invalid value {i:?} for option \"image\" in {input:?}: expected NAME[:TAG], as the directory's catalog.json lists it"
+                        )));
+                    }
                 }
-                validate_repository(input, name.trim_start_matches('/'), false)?;
-                let tag = tag.unwrap_or_else(|| "latest".to_string());
-                validate_tag(input, &tag)?;
+                Reference::Dir {
+                    path: parse_path(input, body)?,
+                    unique_names: opts.take_bool("unique_names")?,
+                    expand: opts.take_bool("expand")?,
+                    image,
+                }
+            }
+            "docker" => {
+                let (name, tag, digest) = parse_docker_name(input, body)?;
                 Reference::Docker {
-                    name: name.to_string(),
+                    name,
                     tag,
+                    digest,
                     socket: opts.take("socket").map(PathBuf::from),
                 }
             }
@@ -331,7 +344,11 @@ impl Reference {
         match self {
             Reference::Registry(r) => r.tag.as_deref(),
             Reference::Oci { tag, .. } | Reference::Quay { tag, .. } => tag.as_deref(),
-            Reference::Docker { tag, .. } => Some(tag),
+            Reference::Docker { tag, digest, .. } => match (tag, digest) {
+                (Some(t), _) => Some(t),
+                (None, Some(_)) => None,
+                (None, None) => Some("latest"),
+            },
             _ => None,
         }
     }
@@ -353,22 +370,40 @@ impl fmt::Display for Reference {
                 path,
                 unique_names,
                 expand,
+                image,
             } => {
                 write!(f, "dir://{}", path.display())?;
                 let mut q = Vec::new();
                 if *unique_names {
-                    q.push("unique_names=true");
+                    q.push("unique_names=true".to_string());
                 }
                 if *expand {
-                    q.push("expand=true");
+                    q.push("expand=true".to_string());
+                }
+                if let Some(i) = image {
+                    q.push(format!(
+                        "image={}",
+                        url::form_urlencoded::byte_serialize(i.as_bytes()).collect::<String>()
+                    ));
                 }
                 if !q.is_empty() {
                     write!(f, "?{}", q.join("&"))?;
                 }
                 Ok(())
             }
-            Reference::Docker { name, tag, socket } => {
-                write!(f, "docker://{name}:{tag}")?;
+            Reference::Docker {
+                name,
+                tag,
+                digest,
+                socket,
+            } => {
+                write!(f, "docker://{name}")?;
+                if let Some(t) = tag {
+                    write!(f, ":{t}")?;
+                }
+                if let Some(d) = digest {
+                    write!(f, "@{d}")?;
+                }
                 if let Some(s) = socket {
                     write!(f, "?socket={}", s.display())?;
                 }
@@ -439,7 +474,7 @@ impl Options {
     fn finish(self, input: &str, scheme: &str) -> Result<()> {
         if let Some((k, _)) = self.0.first() {
             let known = match scheme {
-                "dir" => "unique_names, expand",
+                "dir" => "unique_names, expand, image",
                 "docker" => "socket",
                 "quay" => "since, token",
                 _ => "none",
@@ -475,6 +510,15 @@ fn parse_path(input: &str, body: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(body))
 }
 
+/// Splits `NAME[:TAG]` (the name may hold a registry port: `h:5000/app:1`).
+pub fn split_name_tag(s: &str) -> (&str, Option<&str>) {
+    let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match s[slash..].rfind(':') {
+        Some(i) => (&s[..slash + i], Some(&s[slash + i + 1..])),
+        None => (s, None),
+    }
+}
+
 /// Splits `path[:tag]` where the tag is after the last `/`.
 fn split_path_tag(body: &str) -> (&str, Option<String>) {
     let slash = body.rfind('/').map(|i| i + 1).unwrap_or(0);
@@ -482,6 +526,96 @@ fn split_path_tag(body: &str) -> (&str, Option<String>) {
         Some(i) => (&body[..slash + i], Some(body[slash + i + 1..].to_string())),
         None => (body, None),
     }
+}
+
+/// The name a daemon knows an image by: `name@digest` when a digest pins
+/// it (a tag beside it is informational, as for Docker), else `name:tag`,
+/// the tag defaulting to `latest`.
+pub fn docker_image(name: &str, tag: Option<&str>, digest: Option<&Digest>) -> String {
+    match (tag, digest) {
+        (_, Some(d)) => format!("{name}@{d}"),
+        (Some(t), None) => format!("{name}:{t}"),
+        (None, None) => format!("{name}:latest"),
+    }
+}
+
+/// Parses Docker's image reference grammar (distribution/reference):
+/// `[DOMAIN[:PORT]/]PATH[:TAG][@DIGEST]`. The first component is a domain
+/// when it holds a `.` or a `:`, is `localhost`, or has capitals (as Docker
+/// decides); the path is lowercase components separated by `/`.
+fn parse_docker_name(input: &str, body: &str) -> Result<(String, Option<String>, Option<Digest>)> {
+    let body = body.trim_start_matches('/');
+    let (rest, digest) = match body.split_once('@') {
+        Some((r, d)) => {
+            let d = Digest::parse(d).map_err(|e| Error::usage(format!("invalid digest in {input:?}: {e}")))?;
+            (r, Some(d))
+        }
+        None => (body, None),
+    };
+    let (name, tag) = split_path_tag(rest);
+    if name.is_empty() {
+        return Err(Error::usage(format!(
+            "invalid reference {input:?}: missing image name after docker:// (expected docker://[HOST[:PORT]/]NAME[:TAG][@DIGEST])"
+        )));
+    }
+    let path = match name.split_once('/') {
+        Some((first, path))
+            if first.contains(['.', ':']) || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()) =>
+        {
+            validate_docker_domain(input, first)?;
+            path
+        }
+        _ => name,
+    };
+    validate_repository(input, path, false)?;
+    if let Some(t) = &tag {
+        validate_tag(input, t)?;
+    }
+    Ok((name.to_string(), tag, digest))
+}
+
+/// A registry domain as Docker accepts it: DNS labels of letters, digits and
+/// inner `-` joined by `.`, an IPv4 address or a bracketed IPv6 address,
+/// then an optional `:PORT`.
+fn validate_docker_domain(input: &str, domain: &str) -> Result<()> {
+    let (host, port) = if let Some(end) = domain.strip_prefix('[').and_then(|d| d.find(']')) {
+        let after = &domain[end + 2..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(Error::usage(format!("invalid registry host {domain:?} in {input:?}"))),
+        };
+        (&domain[..end + 2], port)
+    } else {
+        match domain.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (domain, None),
+        }
+    };
+    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    };
+    if !host_ok {
+        return Err(Error::usage(format!(
+            "invalid registry host {host:?} in {input:?}: expected a host name, an IPv4 address or [IPv6], then an optional :PORT"
+        )));
+    }
+    if let Some(p) = port {
+        if p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()) || !p.parse::<u16>().is_ok_and(|n| n > 0) {
+            return Err(Error::usage(format!(
+                "invalid port {p:?} in {input:?}: expected a number from 1 to 65535"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn has_glob(s: &str) -> bool {
@@ -682,17 +816,107 @@ mod tests {
             Reference::Dir {
                 path: "/d".into(),
                 unique_names: true,
-                expand: false
+                expand: false,
+                image: None,
             }
         );
+        for (text, image) in [
+            ("dir:///d?image=app:1.0", "app:1.0"),
+            (
+                "dir:///d?unique_names=true&image=127.0.0.1:5000/team/app:1.0",
+                "127.0.0.1:5000/team/app:1.0",
+            ),
+            ("dir:///d?image=team/app", "team/app"),
+        ] {
+            let r = Reference::parse(text).unwrap();
+            assert!(
+                matches!(&r, Reference::Dir { image: Some(i), .. } if i == image),
+                "{text}: {r:?}"
+            );
+            assert_eq!(Reference::parse(&r.to_string()).unwrap(), r, "{text}");
+        }
+        for bad in ["dir:///d?image=", "dir:///d?image=app:"] {
+            let e = Reference::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("NAME[:TAG]"), "{bad}: {e}");
+        }
         assert_eq!(
             Reference::parse("docker://quay.io/org/img?socket=/run/x.sock").unwrap(),
             Reference::Docker {
                 name: "quay.io/org/img".into(),
-                tag: "latest".into(),
+                tag: None,
+                digest: None,
                 socket: Some("/run/x.sock".into())
             }
         );
+    }
+
+    fn docker(s: &str) -> (String, Option<String>, Option<String>) {
+        match Reference::parse(s).unwrap_or_else(|e| panic!("{s}: {e}")) {
+            Reference::Docker { name, tag, digest, .. } => (name, tag, digest.map(|d| d.to_string())),
+            other => panic!("not docker: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn docker_names_follow_dockers_grammar() {
+        let d = format!("sha256:{}", "b".repeat(64));
+        let t =
+            |n: &str, tag: Option<&str>, dg: Option<&str>| (n.to_string(), tag.map(String::from), dg.map(String::from));
+        for (text, want) in [
+            ("docker://app", t("app", None, None)),
+            ("docker://team/app:1.0", t("team/app", Some("1.0"), None)),
+            (
+                "docker://127.0.0.1:5000/team/app:1.0",
+                t("127.0.0.1:5000/team/app", Some("1.0"), None),
+            ),
+            ("docker://localhost:5000/app", t("localhost:5000/app", None, None)),
+            ("docker://localhost/app:v2", t("localhost/app", Some("v2"), None)),
+            (
+                "docker://Registry.Example.com:443/a/b/c:x_y",
+                t("Registry.Example.com:443/a/b/c", Some("x_y"), None),
+            ),
+            ("docker://[::1]:5000/app:1", t("[::1]:5000/app", Some("1"), None)),
+            (
+                &format!("docker://localhost:5000/app@{d}"),
+                t("localhost:5000/app", None, Some(&d)),
+            ),
+            (
+                &format!("docker://127.0.0.1:5000/team/app:1.0@{d}"),
+                t("127.0.0.1:5000/team/app", Some("1.0"), Some(&d)),
+            ),
+            // Without a slash the part after ':' is a tag, as for Docker.
+            ("docker://localhost:5000", t("localhost", Some("5000"), None)),
+        ] {
+            assert_eq!(docker(text), want, "{text}");
+            // Printed, it parses back to the same reference.
+            let r = Reference::parse(text).unwrap();
+            assert_eq!(Reference::parse(&r.to_string()).unwrap(), r, "{text}");
+        }
+        assert_eq!(
+            docker_image("localhost:5000/app", None, None),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            docker_image("h:1/app", Some("t"), Digest::parse(&d).ok().as_ref()),
+            format!("h:1/app@{d}")
+        );
+        assert_eq!(Reference::parse("docker://a:5000/x").unwrap().tag(), Some("latest"));
+        assert_eq!(Reference::parse(&format!("docker://a:5000/x@{d}")).unwrap().tag(), None);
+        for (bad, needle) in [
+            ("docker://127.0.0.1:99999/app", "99999"),
+            ("docker://host:/app", "port"),
+            ("docker://ho_st.com/app", "ho_st.com"),
+            ("docker://-h.com/app", "-h.com"),
+            ("docker://[zz]:5000/app", "[zz]"),
+            ("docker://h:5000/App", "\"App\""),
+            ("docker://h:5000/app:-x", "-x"),
+            ("docker://h:5000/app@sha256:12", "digest"),
+            ("docker://", "missing image name"),
+            ("docker://h:5000/", "repository"),
+        ] {
+            let e = Reference::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
     }
 
     #[test]

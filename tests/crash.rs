@@ -6,9 +6,9 @@
 //! file under a final name is partial and no registry tag names an
 //! incomplete image; the re-run completes and gives exactly what a clean
 //! run gives. Temporary files a SIGKILL leaves (`.NAME.occy-tmp-*`,
-//! `.tmp*`) are ignored by the re-run, never read and never renamed into
-//! place. Ctrl-C (SIGINT) stops a run with exit code 130 and removes its
-//! temporary files.
+//! `.tmp*`) are never read and never renamed into place, and the next run
+//! sweeps them while a live writer's stay. Ctrl-C (SIGINT) stops a run
+//! with exit code 130 and removes its temporary files.
 
 mod support;
 
@@ -442,4 +442,234 @@ fn ctrl_c_stops_with_exit_130_and_removes_temporary_files() {
         "SIGINT: {} temporary files in flight, all removed; exit 130",
         temps.len()
     );
+}
+
+/// After a crash nothing piles up: the temporaries a `kill -9` left beside
+/// a sync's tarballs and in its `dir://` are swept by the next run (which
+/// says at `-v` how much it reclaimed), while a live writer's temporary of
+/// the same tarball — older than the sweep's minimum age, but locked by
+/// its writer — is left alone, and that writer then completes.
+#[test]
+fn the_next_run_sweeps_what_a_kill_left_but_not_a_live_writers_files() {
+    let src_proxy = FaultProxy::start(&source().host);
+    let clean = Bed::new("sweep-clean", &src_proxy);
+    clean.complete(&src_proxy);
+    let (want, _) = clean.state();
+
+    // A: killed while alpine:3.18's base layer, read once for all three of
+    // its targets, is half-way (a tarball and a dir:// layer being written).
+    let bed = Bed::new("sweep", &src_proxy);
+    let base = layers_of("alpine_3.18").remove(0);
+    let digest = base.clone();
+    src_proxy.set_plan(Box::new(move |r| {
+        (r.class == Class::BlobGet && r.path.ends_with(&digest)).then_some(Fault::StallMidBody)
+    }));
+    let mut killed = bed.spawn(&src_proxy, "killed.log");
+    assert_eq!(src_proxy.wait_for_stalls(1, Duration::from_secs(30)).len(), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    src_proxy.release();
+    let (_, left) = bed.state();
+    assert!(
+        left.len() >= 2,
+        "a tarball and a dir:// layer were being written: {left:?}"
+    );
+    let left_bytes: u64 = left
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+
+    // B: a live writer of the same tarball, held half-way through the same layer.
+    let mut first = true;
+    let digest = base.clone();
+    src_proxy.set_plan(Box::new(move |r| {
+        let hit = first && r.class == Class::BlobGet && r.path.ends_with(&digest);
+        first &= !hit;
+        hit.then_some(Fault::StallMidBody)
+    }));
+    let tarball = bed.out.join("alpine-3.18.tar");
+    let b_log = bed.dir.join("live.log");
+    let mut live = Command::new(occy_bin())
+        .args(["-v", "--insecure-registry", &src_proxy.host, "process"])
+        .arg(format!("registry://{}/lib/alpine:3.18", src_proxy.host))
+        .arg(format!("tar://{}", tarball.display()))
+        .env("HOME", scratch())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&b_log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        src_proxy.wait_for_stall(Duration::from_secs(30)).is_some(),
+        "the live writer never reached the layer"
+    );
+    let (_, now) = bed.state();
+    let live_temps: Vec<PathBuf> = now
+        .iter()
+        .filter(|p| {
+            !left.contains(p)
+                && p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".alpine-3.18.tar.occy-tmp-")
+        })
+        .cloned()
+        .collect();
+    // The archive being written, and a layer spooled beside it.
+    assert!(
+        !live_temps.is_empty(),
+        "the live writer's temporaries: {now:?} (left by the kill: {left:?})"
+    );
+    // Older than the sweep's minimum age: only its lock protects it now.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // C: the next sync run sweeps and completes.
+    let out = bed.command(&src_proxy).arg("-v").output().unwrap();
+    let c_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ok(&["sync", "-v"], out);
+    for t in &live_temps {
+        assert!(
+            t.exists(),
+            "the live writer's temporary {} was swept: {c_err}",
+            t.display()
+        );
+    }
+    let (_, after) = bed.state();
+    let remaining: Vec<&PathBuf> = after.iter().filter(|p| left.contains(p)).collect();
+    assert!(remaining.is_empty(), "left by the kill and not swept: {remaining:?}");
+    let b_err_so_far = std::fs::read_to_string(&b_log).unwrap_or_default();
+    assert!(
+        format!("{c_err}{b_err_so_far}").contains("stale temporary"),
+        "-v says what was reclaimed: {c_err}"
+    );
+
+    // B goes on and completes: its temporary was intact.
+    src_proxy.release();
+    src_proxy.set_plan(none());
+    let status = live.wait().unwrap();
+    let b_err = std::fs::read_to_string(&b_log).unwrap_or_default();
+    assert!(status.success(), "the live writer failed: {b_err}");
+    let (got, temps) = bed.state();
+    assert!(temps.is_empty(), "{temps:?}");
+    assert_eq!(got, want);
+    eprintln!(
+        "a kill left {} temporaries ({left_bytes} bytes); the next run swept them, the live writer's stayed",
+        left.len()
+    );
+}
+
+/// Sends SIGINT to `child` and waits for it to end (10 s at most).
+fn interrupt(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "occy did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Files under `dir` whose names say they are temporaries (occy's beside
+/// outputs, its spools in TMPDIR).
+fn temporaries(dir: &std::path::Path) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| {
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+            rel.split('/').any(|part| {
+                part.contains(".occy-tmp-")
+                    || part.starts_with(".tmp")
+                    || part.starts_with("occy-layer-")
+                    || part.starts_with("occy-")
+            })
+        })
+        .collect()
+}
+
+/// Ctrl-C at any point of any command prints one line and exits 130, with
+/// no panic and no temporary left: a filtered copy whose layer rewrite is
+/// reading a stalled blob in a blocking thread (where the runtime's
+/// shutdown used to panic), a sync of a filtered entry, and a full check
+/// scanning a layer.
+#[test]
+fn ctrl_c_during_a_filtered_copy_a_sync_and_a_check_exits_130_cleanly() {
+    let src_proxy = FaultProxy::start(&source().host);
+    let base = layers_of("alpine_3.18").remove(0);
+    let src = format!("registry://{}/lib/alpine:3.18", src_proxy.host);
+    let dir = scratch_dir("sigint-commands");
+    let out = dir.join("out");
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let sync_file = dir.join("filtered.yaml");
+    std::fs::write(
+        &sync_file,
+        format!(
+            "version: 1\nregistries:\n  \"{h}\": {{ insecure: true }}\nsync:\n  - from: {src}\n    filters: [normalize-timestamps]\n    to: [\"tar://{o}/synced.tar\", \"oci://{o}/layout\", \"dir://{o}/dir?unique_names=true\"]\n",
+            h = src_proxy.host,
+            o = out.display()
+        ),
+    )
+    .unwrap();
+    let tar = format!("tar://{}/filtered.tar", out.display());
+    let runs: Vec<(&str, Vec<String>)> = vec![
+        (
+            "a filtered copy",
+            vec![
+                "process".into(),
+                src.clone(),
+                tar,
+                "-f".into(),
+                "normalize-timestamps".into(),
+            ],
+        ),
+        ("a sync", vec!["sync".into(), sync_file.display().to_string()]),
+        ("a check", vec!["check".into(), src.clone()]),
+    ];
+    for (what, args) in runs {
+        let digest = base.clone();
+        src_proxy.set_plan(Box::new(move |r| {
+            (r.class == Class::BlobGet && r.path.ends_with(&digest)).then_some(Fault::StallMidBody)
+        }));
+        let log = dir.join(format!("{}.log", what.replace(' ', "-")));
+        let mut child = Command::new(occy_bin())
+            .args(["--insecure-registry", &src_proxy.host, "--cache-dir"])
+            .arg(dir.join("cache"))
+            .args(&args)
+            .env("HOME", scratch())
+            .env("TMPDIR", &tmp)
+            .env("NO_COLOR", "1")
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            src_proxy.wait_for_stall(Duration::from_secs(30)).is_some(),
+            "{what}: never reached the layer"
+        );
+        // Let the blocking rewrite or scan start reading the stalled stream.
+        std::thread::sleep(Duration::from_millis(300));
+        let status = interrupt(&mut child);
+        src_proxy.release();
+        src_proxy.set_plan(none());
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(130), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(!stderr.contains("backtrace"), "{what}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors, ["error: interrupted"], "{what}: one line: {stderr}");
+        let left = temporaries(&out)
+            .into_iter()
+            .chain(temporaries(&tmp))
+            .collect::<Vec<_>>();
+        assert!(left.is_empty(), "{what}: temporaries left: {left:?}");
+        let made: Vec<PathBuf> = walk(&out);
+        assert!(made.is_empty(), "{what}: an interrupted first write left {made:?}");
+    }
 }

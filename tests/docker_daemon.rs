@@ -295,3 +295,127 @@ fn a_sync_to_a_daemon_is_unchanged_once_the_daemon_holds_the_image() {
         "compared by image ID: {p}"
     );
 }
+
+/// Skips a test whose component is missing, saying why; fails instead when
+/// `OCCY_REQUIRE_ALL=1` (CI), so a missing daemon never passes silently.
+fn skip(why: &str) {
+    assert!(
+        std::env::var("OCCY_REQUIRE_ALL").as_deref() != Ok("1"),
+        "OCCY_REQUIRE_ALL=1 and a component is missing: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+}
+
+/// `docker image inspect NAME`'s `Id` and `RepoTags`.
+fn docker_inspect(name: &str) -> (String, Vec<String>) {
+    let out = Command::new("docker")
+        .args(["image", "inspect", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker image inspect {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v[0]["Id"].as_str().unwrap_or_default().to_string(),
+        strings(&v[0]["RepoTags"]),
+    )
+}
+
+/// Docker names with a registry host and port, as users name images pulled
+/// from a private registry: `docker://127.0.0.1:5000/team/app:1.0` read
+/// (an image `docker build` made under that name; no registry involved) and
+/// written (then `docker image inspect` finds it), `localhost:5000/…`
+/// without a tag meaning `latest`, and `…@sha256:…` as a source once the
+/// daemon knows the image by its registry digest. A digest as a daemon
+/// destination is refused: `docker load` tags, it cannot pin.
+#[test]
+fn docker_names_with_a_registry_host_and_port() {
+    if let Err(why) = docker_engine() {
+        return skip(&format!("no Docker Engine to test against: {why}"));
+    }
+    let dir = scratch_dir("docker-ports");
+    let src_name = "127.0.0.1:5000/team/occy-port-src:1.0";
+    let dst_name = "127.0.0.1:5000/team/occy-port-dst:1.0";
+    let latest_name = "localhost:5000/occy-port-latest";
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", src_name, dst_name, &format!("{latest_name}:latest")])
+        .output();
+
+    // A source that `docker build` named with a host and port.
+    std::fs::write(dir.join("hello.txt"), "hello from a port-named image\n").unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY hello.txt /hello.txt\n").unwrap();
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", src_name])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let (src_id, _) = docker_inspect(src_name);
+    let src = format!("docker://{src_name}");
+    let layout = format!("oci://{}:port", dir.join("layout").display());
+    ok(&["process", &src, &layout]);
+    let back = json_of(&ok(&["-O", "json", "info", &layout]));
+    assert_eq!(back["config_digest"], src_id, "the image read is the one built");
+    let info = json_of(&ok(&["-O", "json", "info", &src]));
+    assert_eq!(info["config_digest"], src_id);
+
+    // A destination with a host and port: the daemon holds it under that name.
+    let app = generated("app-a");
+    let config = default_image(app).config.digest.to_string();
+    ok(&["process", &standard_ref("app-a"), &format!("docker://{dst_name}")]);
+    let (id, tags) = docker_inspect(dst_name);
+    assert_eq!(id, config, "image ID of {dst_name}");
+    assert!(tags.iter().any(|t| t == dst_name), "{tags:?}");
+    ok(&["process", &standard_ref("app-a"), &format!("docker://{latest_name}")]);
+    let (id, tags) = docker_inspect(&format!("{latest_name}:latest"));
+    assert_eq!(id, config);
+    assert!(tags.iter().any(|t| t == &format!("{latest_name}:latest")), "{tags:?}");
+
+    // By digest: push the built image to a registry on 127.0.0.1 (which
+    // Docker trusts over plain HTTP), pull it back by digest, read it so.
+    let reg = Registry::shared(Mode::Plain);
+    let pushed = format!("{}/team/occy-port-digest", reg.host);
+    reg.ok(&["process", &src, &format!("registry://{pushed}:1.0")]);
+    let manifest = reg.inspect("team/occy-port-digest:1.0", false);
+    let digest = manifest["Digest"].as_str().unwrap().to_string();
+    let by_digest = format!("{pushed}@{digest}");
+    let pulled = Command::new("docker")
+        .args(["pull", "-q", &by_digest])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "docker pull {by_digest}: {}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let from_digest = format!("oci://{}:by-digest", dir.join("layout").display());
+    ok(&["process", &format!("docker://{by_digest}"), &from_digest]);
+    let back = json_of(&ok(&["-O", "json", "info", &from_digest]));
+    assert_eq!(back["config_digest"], src_id, "read by digest");
+
+    // A digest cannot name what a daemon loads.
+    let args = [
+        "process",
+        &standard_ref("app-a"),
+        &format!("docker://{dst_name}@{digest}"),
+    ];
+    assert_fails(&args, occy(&args), 2, "write docker://NAME:TAG");
+
+    let _ = Command::new("docker")
+        .args([
+            "rmi",
+            "-f",
+            src_name,
+            dst_name,
+            &format!("{latest_name}:latest"),
+            &by_digest,
+        ])
+        .output();
+}

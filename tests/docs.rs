@@ -721,11 +721,11 @@ fn errors_name_the_problem_and_suggest_a_fix() {
             vec![
                 "process".into(),
                 img.clone(),
-                format!("tar://{}/no/dir/x.tar", dir.display()),
+                format!("tar://{}/dir/x.tar", not_tar.display()),
             ],
             1,
-            "/no/dir",
-            "does not exist",
+            "not.tar/dir",
+            "cannot create its directory",
         ),
         (
             vec!["process".into(), img.clone(), img.clone()],

@@ -14,8 +14,8 @@ use flate2::write::GzEncoder;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use support::{
-    default_diff_ids, default_image, fails, generated, layer_field, ok, require, scratch_dir, skopeo_inspect_local,
-    standard_images, standard_ref, strings,
+    assert_ok, default_diff_ids, default_image, fails, generated, json_of, layer_field, occy_bin, ok, require,
+    scratch_dir, skopeo_inspect_local, standard_images, standard_ref, strings,
 };
 
 fn sha(b: &[u8]) -> String {
@@ -193,6 +193,77 @@ fn dir_with_unique_names_shares_layers_and_catalogs_every_image() {
     assert_eq!(sha(&std::fs::read(p).unwrap()), a.diff_ids[1]);
 }
 
+/// A shared `dir://…?unique_names=true` is readable again: `?image=NAME:TAG`
+/// picks one of its images (each read back to an OCI layout keeps its
+/// config and layers), and a missing or ambiguous choice lists what the
+/// directory holds.
+#[test]
+fn a_shared_dir_is_read_back_one_image_at_a_time() {
+    let out = scratch_dir("shared-dir").join("shared");
+    let dst = uri("dir", &out, "?unique_names=true");
+    let names = ["app-a", "base"];
+    for name in names {
+        ok(&["process", &standard_ref(name), &dst]);
+    }
+    let catalog: Value = serde_json::from_slice(&std::fs::read(out.join("catalog.json")).unwrap()).unwrap();
+    let held: Vec<String> = catalog
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(repo, tags)| tags.as_object().unwrap().keys().map(move |t| format!("{repo}:{t}")))
+        .collect();
+    assert_eq!(held.len(), 2, "{catalog}");
+    let layout = out.with_file_name("back");
+    for name in names {
+        let image = held.iter().find(|h| h.ends_with(&format!(":{name}"))).unwrap();
+        let src = format!("{dst}&image={image}");
+        let back = format!("oci://{}:{name}", layout.display());
+        ok(&["process", &src, &back]);
+        let info = json_of(&ok(&["-O", "json", "info", &back]));
+        let want = default_image(generated(name));
+        assert_eq!(info["config_digest"], want.config.digest.to_string(), "{name}");
+        assert_eq!(
+            layer_field(&info, "diff_id"),
+            default_diff_ids(generated(name)),
+            "{name}"
+        );
+        // The same image through `info` on the dir itself.
+        let direct = json_of(&ok(&["-O", "json", "info", &src]));
+        assert_eq!(direct["config_digest"], info["config_digest"]);
+    }
+
+    // No choice, a choice it lacks, a name with several tags: each lists
+    // what the directory holds and how to choose.
+    let listed = |stderr: &str| {
+        for h in &held {
+            assert!(stderr.contains(h.as_str()), "{h} not listed: {stderr}");
+        }
+        assert!(stderr.contains("?image=NAME:TAG"), "{stderr}");
+    };
+    listed(&fails(&["info", &dst], 2, "holds several images"));
+    listed(&fails(
+        &["info", &format!("{dst}&image=nope:1")],
+        1,
+        "holds no image nope:1",
+    ));
+    let repo = held[0].rsplit_once(':').unwrap().0;
+    fails(
+        &["info", &format!("{dst}&image={repo}")],
+        2,
+        &format!("holds several tags of {repo}"),
+    );
+    // A name with one tag needs no tag.
+    let single = uri("dir", &out.with_file_name("single"), "?unique_names=true");
+    ok(&["process", &standard_ref("base"), &single]);
+    ok(&["info", &format!("{single}&image={repo}")]);
+    // ?image= only reads.
+    fails(
+        &["process", &standard_ref("base"), &format!("{single}&image={repo}:x")],
+        2,
+        "picks an image to read",
+    );
+}
+
 #[test]
 fn bundle_holds_the_merged_rootfs_and_a_runtime_config() {
     let t = tempfile::tempdir().unwrap();
@@ -316,17 +387,53 @@ fn missing_and_malformed_inputs_fail_clearly_without_partial_output() {
     );
     assert!(!out_oci.join("index.json").exists(), "no tag written for a failed copy");
 
-    // Destination directory that does not exist.
+    // A destination directory that cannot be made (its parent is a file).
     let src = sample(&t.path().join("ok"));
-    fails(
+    let stderr = fails(
         &[
             "process",
             &uri("oci", &src.dir, ":v1"),
-            &uri("tar", &t.path().join("no/such/dir/x.tar"), ""),
+            &uri("tar", &junk.join("dir/x.tar"), ""),
         ],
         1,
-        "does not exist",
+        "cannot create its directory",
     );
+    assert!(stderr.contains(&junk.join("dir").display().to_string()), "{stderr}");
+}
+
+/// `process` and `sync` agree: both create the missing directories above a
+/// `tar://` or `bundle://` destination, as `mkdir -p` would
+/// (docs/references.md says so).
+#[test]
+fn process_and_sync_create_missing_parent_directories() {
+    let t = tempfile::tempdir().unwrap();
+    let src = sample(&t.path().join("src"));
+    let from = uri("oci", &src.dir, ":v1");
+    let tar = t.path().join("p/new/dir/a.tar");
+    ok(&["process", &from, &uri("tar", &tar, "")]);
+    let bundle = t.path().join("p/other/b");
+    ok(&["process", &from, &uri("bundle", &bundle, "")]);
+    assert!(bundle.join("config.json").is_file());
+    // Relative to the working directory, too.
+    let rel = Command::new(occy_bin())
+        .current_dir(t.path())
+        .args(["process", &from, "tar://rel/dir/r.tar"])
+        .output()
+        .unwrap();
+    assert_ok(&["process", "tar://rel/dir/r.tar"], rel);
+
+    let file = t.path().join("sync.yaml");
+    std::fs::write(
+        &file,
+        format!("version: 1\nsync:\n  - from: {from}\n    to: [tar://s/new/dir/a.tar, bundle://s/other/b]\n"),
+    )
+    .unwrap();
+    ok(&["sync", file.to_str().unwrap()]);
+    for archive in [tar, t.path().join("rel/dir/r.tar"), t.path().join("s/new/dir/a.tar")] {
+        let sk = skopeo_inspect_local(&format!("docker-archive:{}", archive.display()), false);
+        assert_eq!(sk["Layers"].as_array().map(Vec::len), Some(2), "{}", archive.display());
+    }
+    assert!(t.path().join("s/other/b/config.json").is_file());
 }
 
 #[test]

@@ -322,3 +322,112 @@ fn credentials_come_from_docker_config_and_auth_json() {
         assert_eq!(json_of(&out)["manifest_digest"], digest, "credentials from {var}");
     }
 }
+
+/// Everything under `dir`, relative, sorted (to show what a failure left).
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Failures leave nothing behind: a refused password, an unreachable
+/// source and a blob that fails half-way through the first write to new
+/// `oci://`, `tar://` (in a new directory) and `dir://` destinations leave no
+/// skeleton, no blob, no directory; a layout that was already there keeps
+/// exactly what it held.
+#[test]
+fn a_failed_first_write_leaves_nothing() {
+    let basic = loaded(Mode::Basic);
+    let out = scratch_dir("failed-first");
+    let dests = |tag: &str| {
+        vec![
+            format!("oci://{}:x", out.join(format!("{tag}-layout")).display()),
+            format!("tar://{}", out.join(format!("{tag}-new/dir/x.tar")).display()),
+            format!("dir://{}?unique_names=true", out.join(format!("{tag}-dir")).display()),
+        ]
+    };
+    let check_empty = |what: &str| {
+        let left = tree(&out);
+        assert!(left.is_empty(), "{what} left {left:?}");
+    };
+
+    // A refused password.
+    for dst in dests("refused") {
+        let args = [
+            "--insecure-registry",
+            &basic.host,
+            "--username",
+            USER,
+            "--password",
+            "wrong",
+            "process",
+            &basic.url("test/app-a:1.0"),
+            &dst,
+        ];
+        assert_fails(&args, occy(&args), 1, "credentials");
+    }
+    check_empty("a refused password");
+
+    // An unreachable source.
+    let closed = format!("registry://127.0.0.1:{}/x:1.0", free_port());
+    for dst in dests("unreachable") {
+        let args = ["--retries", "0", "process", &closed, &dst];
+        assert_fails(&args, occy(&args), 1, "cannot reach");
+    }
+    check_empty("an unreachable source");
+
+    // A layer that fails after others were written (-j 1: in order, the
+    // corrupt last layer after the good ones).
+    let reg = Registry::start(Mode::Plain);
+    reg.ok(&["process", &standard_ref("app-a"), &reg.url("bad/app:1.0")]);
+    let g = generated("app-a");
+    assert!(g.images[0].layers.len() >= 2);
+    let layer = g.images[0].layers.last().unwrap();
+    let path = reg.blob_path(&layer.digest.to_string());
+    let len = std::fs::metadata(&path).unwrap().len() as usize;
+    std::fs::write(&path, vec![0x5a; len]).unwrap();
+    for dst in dests("corrupt") {
+        let args = ["--retries", "0", "process", "-j", "1", &reg.url("bad/app:1.0"), &dst];
+        assert_fails(&args, reg.occy(&args), 1, "digest mismatch");
+    }
+    check_empty("a failure half-way");
+
+    // A layout that was there keeps what it held, byte for byte.
+    let kept = out.join("kept");
+    ok(&[
+        "process",
+        &standard_ref("base"),
+        &format!("oci://{}:base", kept.display()),
+    ]);
+    let before: Vec<(String, Vec<u8>)> = tree(&kept)
+        .into_iter()
+        .filter(|p| kept.join(p).is_file())
+        .map(|p| {
+            let bytes = std::fs::read(kept.join(&p)).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    let args = [
+        "--retries",
+        "0",
+        "process",
+        "-j",
+        "1",
+        &reg.url("bad/app:1.0"),
+        &format!("oci://{}:x", kept.display()),
+    ];
+    assert_fails(&args, reg.occy(&args), 1, "digest mismatch");
+    for (p, bytes) in &before {
+        assert_eq!(&std::fs::read(kept.join(p)).unwrap(), bytes, "{p} changed");
+    }
+    skopeo_inspect_local(&format!("oci:{}:base", kept.display()), false);
+}

@@ -204,7 +204,36 @@ async fn plain_http_needs_insecure_registry() {
     };
     let client = RegistryClient::for_host(&reg.host, &opts).unwrap();
     let err = client.list_tags("x").await.unwrap_err();
-    assert!(matches!(&err, Error::Network(m) if m.contains(&reg.host)), "{err:?}");
+    let want = format!(
+        "{h} answered plain HTTP: add --insecure-registry {h} (or insecure: true under registries: in the sync file)",
+        h = reg.host
+    );
+    assert!(matches!(&err, Error::Network(m) if m == &want), "{err:?}");
+
+    // The same sentence from the command line and from a sync file, at
+    // once (a plain-HTTP answer is not retried), without TLS jargon.
+    let started = std::time::Instant::now();
+    let src = reg.url("x:1");
+    let args = ["info", src.as_str()];
+    let stderr = support::fails(&args, 1, &want);
+    assert!(!stderr.contains("InvalidContentType"), "{stderr}");
+    let dir = support::scratch_dir("plain-http-sync");
+    let file = dir.join("sync.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: 1\nsync:\n  - from: {src}\n    to: oci://{}:x\n",
+            dir.join("out").display()
+        ),
+    )
+    .unwrap();
+    let args = ["sync", file.to_str().unwrap()];
+    support::fails(&args, 1, &want);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "not retried: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -192,7 +192,7 @@ pub async fn scan_layer(
     let outcome = tokio::task::spawn_blocking(move || {
         let mut local = Findings::default();
         let mut scan = LayerScan::default();
-        let bridge = tokio_util::io::SyncIoBridge::new(verified);
+        let bridge = crate::interrupt::Bridge::new(verified);
         let mut reader = TarReader::new(bridge, what.clone());
         let result: Result<()> = (|| {
             while let Some(e) = reader.next_entry()? {

@@ -431,7 +431,8 @@ pub async fn verify_written(dst: &Reference, name: &ImageName, mode: Mode, opts:
     let source: Box<dyn Source> = match dst {
         Reference::Bundle { .. } | Reference::Docker { .. } | Reference::Dir { expand: true, .. } => return Ok(()),
         Reference::Dir { path, .. } => Box::new(
-            crate::source::docker_save::DockerSaveSource::open_dir(path, Some((&name.repository, &name.tag))).await?,
+            crate::source::docker_save::DockerSaveSource::open_dir(path, Some((&name.repository, Some(&name.tag))))
+                .await?,
         ),
         other => open_source(other, opts).await?,
     };

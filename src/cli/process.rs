@@ -120,7 +120,6 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
         },
         progress: global.progress_mode(many),
         record: false,
-        make_dirs: false,
     };
     let report = apply(&ctx, &plan, &opts).await;
     if !many {

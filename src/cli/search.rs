@@ -51,7 +51,7 @@ pub async fn run(global: &GlobalArgs, args: &SearchArgs) -> Result<i32> {
         for (i, desc) in image.manifest.layers.iter().enumerate() {
             let what = format!("layer {}", desc.digest);
             let plain = decompressed(source.open_blob(desc).await?, image.diff_id(i)?, &what).await?;
-            let bridge = tokio_util::io::SyncIoBridge::new(plain);
+            let bridge = crate::interrupt::Bridge::new(plain);
             let m = matcher.clone();
             let digest = desc.digest.to_string();
             let found = tokio::task::spawn_blocking(move || -> Result<Vec<SearchMatch>> {

@@ -250,7 +250,6 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         check,
         progress: global.progress_mode(true),
         record: true,
-        make_dirs: true,
     };
     let report = apply(&ctx, &plan, &opts).await;
     match global.output_format {

@@ -99,7 +99,7 @@ pub async fn rewrite_stream(
     };
     let owned_chain = chain.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let bridge = tokio_util::io::SyncIoBridge::new(plain);
+        let bridge = crate::interrupt::Bridge::new(plain);
         rewrite_layer(bridge, &owned_chain, compression, level, out, &what)
     })
     .await

@@ -41,9 +41,6 @@ pub struct ApplyOptions {
     /// Keep a state record beside file destinations for the next plan
     /// (`occy sync`; one-shot commands leave nothing beside their outputs).
     pub record: bool,
-    /// Make the directories of tarball and bundle destinations (a sync
-    /// file names where outputs go; a one-shot command's must exist).
-    pub make_dirs: bool,
 }
 
 /// What happened to one target.
@@ -167,9 +164,47 @@ impl AfterCommit for Finisher<'_> {
     }
 }
 
+/// Removes what crashed runs left beside the plan's file destinations
+/// (temporaries no live writer holds; see `sink/sweep.rs`) and says at `-v`
+/// how much that reclaimed.
+async fn sweep_stale_temporaries(plan: &Plan) {
+    let mut dests: Vec<Reference> = Vec::new();
+    for t in &plan.targets {
+        if !matches!(t.action, Action::Failed { .. }) && !dests.contains(&t.target.destination) {
+            dests.push(t.target.destination.clone());
+        }
+    }
+    let swept = tokio::task::spawn_blocking(move || {
+        let mut total = crate::sink::sweep::Swept::default();
+        for d in &dests {
+            let s = crate::sink::sweep::sweep_destination(d);
+            if s.entries > 0 {
+                tracing::debug!(
+                    "{d}: removed {} stale temporary file(s), {}",
+                    s.entries,
+                    human_size(s.bytes)
+                );
+            }
+            total.entries += s.entries;
+            total.bytes += s.bytes;
+        }
+        total
+    })
+    .await
+    .unwrap_or_default();
+    if swept.entries > 0 {
+        tracing::debug!(
+            "reclaimed {} in {} stale temporary file(s) left by interrupted runs",
+            human_size(swept.bytes),
+            swept.entries
+        );
+    }
+}
+
 /// Applies `plan`: writes what it says needs writing.
 pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> ApplyReport {
     let started = Instant::now();
+    sweep_stale_temporaries(plan).await;
     // A one-shot command shows targets that failed to resolve among the
     // rest (a sync showed them in its plan).
     let shows = |t: &PlannedTarget| t.action.writes() || (ctx.write_all && matches!(t.action, Action::Failed { .. }));
@@ -187,7 +222,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
             continue;
         }
         let counter = Arc::new(AtomicU64::new(0));
-        match open_target(ctx, t, opts, counter.clone()).await {
+        match open_target(ctx, t, counter.clone()).await {
             Ok(x) => {
                 counters.insert(i, counter);
                 io.insert(i, x);
@@ -326,12 +361,7 @@ fn progress_line(t: &PlannedTarget, o: &TargetOutcome) -> String {
 /// Opens what one target reads and writes: the source at the digest the
 /// plan resolved (the plan's own reading of it for archives, layouts and
 /// daemons), and the sink.
-async fn open_target(
-    ctx: &PlanContext,
-    t: &PlannedTarget,
-    opts: &ApplyOptions,
-    bytes_read: Arc<AtomicU64>,
-) -> Result<TargetIo> {
+async fn open_target(ctx: &PlanContext, t: &PlannedTarget, bytes_read: Arc<AtomicU64>) -> Result<TargetIo> {
     let tt = &t.target;
     let resolved = t
         .resolved
@@ -358,13 +388,6 @@ async fn open_target(
     let sink_opts = SinkOptions {
         registry: ctx.source_options(&tt.destination).registry,
     };
-    if let (true, Reference::Tar { path } | Reference::Bundle { path }) = (opts.make_dirs, &tt.destination) {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| Error::io("create the directory", dir, e))?;
-        }
-    }
     let sink = open_sink(&tt.destination, &tt.name, &sink_opts).await?;
     Ok(TargetIo {
         source,

@@ -214,9 +214,9 @@ async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<
             // The name a file source records (a docker-save archive's
             // RepoTags), else the file's; a daemon's is in the reference.
             let name = match other {
-                Reference::Docker { name, tag, .. } => crate::image::ImageName {
+                Reference::Docker { name, .. } => crate::image::ImageName {
                     repository: name.clone(),
-                    tag: tag.clone(),
+                    tag: other.tag().unwrap_or("latest").to_string(),
                 },
                 _ => {
                     let source = open_source(other, &access.source_options(other)).await?;

@@ -378,7 +378,10 @@ fn destination_key(dest: &Reference, name: &ImageName) -> String {
             )
         }
         Reference::Dir { path, .. } => format!("dir://{}#{}", path.display(), name),
-        Reference::Docker { name, tag, .. } => format!("docker://{name}:{tag}"),
+        Reference::Docker { name, tag, digest, .. } => format!(
+            "docker://{}",
+            crate::reference::docker_image(name, tag.as_deref(), digest.as_ref())
+        ),
         other => other.to_string(),
     }
 }
@@ -1010,7 +1013,7 @@ async fn diff_target(
     };
     let current: Result<Option<Digest>> = match &t.destination {
         Reference::Registry(_) | Reference::Oci { .. } => tagged_digest(ctx, t).await,
-        Reference::Docker { name, tag, socket } => {
+        Reference::Docker { name, tag, socket, .. } => {
             // A daemon knows an image by its ID, the config digest, which
             // a copy without filters keeps; a filtered one is rebuilt.
             p.expected = match (filtered, resolved.images.as_slice()) {
@@ -1018,7 +1021,7 @@ async fn diff_target(
                 _ => None,
             };
             match DaemonConnection::open(socket.as_deref()).await {
-                Ok(conn) => conn.image_id(name, tag).await,
+                Ok(conn) => conn.image_id(name, tag.as_deref().unwrap_or("latest")).await,
                 Err(e) => Err(e),
             }
         }

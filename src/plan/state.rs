@@ -62,7 +62,7 @@ pub fn read(path: &Path) -> Option<WrittenState> {
 pub fn write(path: &Path, state: &WrittenState) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+    let mut tmp = crate::sink::atomic::temp_beside(path)?;
     serde_json::to_writer_pretty(&mut tmp, state)?;
     tmp.persist(path).map_err(|e| Error::io("rename into", path, e.error))?;
     Ok(())

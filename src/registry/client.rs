@@ -1013,7 +1013,12 @@ impl RegistryClient {
                 Err(e) => {
                     tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), elapsed_ms, "request failed: {}", describe_reqwest(&e));
                     let err = self.network_error(&e);
-                    if can_retry && !e.is_builder() && !e.is_redirect() && !is_certificate_error(&e) {
+                    if can_retry
+                        && !e.is_builder()
+                        && !e.is_redirect()
+                        && !is_certificate_error(&e)
+                        && !answered_plain_http(&e)
+                    {
                         let wait = retry.delay(attempt, None);
                         tracing::debug!(host = self.host(), "retrying in {} ms", wait.as_millis());
                         tokio::time::sleep(wait).await;
@@ -1253,6 +1258,14 @@ impl RegistryClient {
     }
 
     fn network_error(&self, e: &reqwest::Error) -> Error {
+        if !self.inner.insecure && answered_plain_http(e) {
+            // The TLS handshake got an HTTP response back: the registry
+            // speaks plain HTTP, which is allowed only for hosts named.
+            return Error::Network(format!(
+                "{host} answered plain HTTP: add --insecure-registry {host} (or insecure: true under registries: in the sync file)",
+                host = self.host()
+            ));
+        }
         let chain = describe_reqwest(e);
         let hint = if is_certificate_error(e) {
             format!(
@@ -1446,8 +1459,13 @@ fn is_certificate_error(e: &reqwest::Error) -> bool {
     text.contains("certificate") || text.contains("Certificate")
 }
 
-/// A reqwest error's kind and causes, without its URL (which may carry
-/// query parameters we do not want in messages).
+/// Whether a TLS handshake failed because the server answered in plain
+/// HTTP: rustls reads the first bytes of `HTTP/1.1 400 …` as a TLS record
+/// of an invalid content type.
+fn answered_plain_http(e: &reqwest::Error) -> bool {
+    describe_reqwest(e).contains("InvalidContentType")
+}
+
 /// Whether a request failed because the host refused the connection.
 fn connection_refused(e: &reqwest::Error) -> bool {
     let mut cur = std::error::Error::source(e);
@@ -1462,6 +1480,8 @@ fn connection_refused(e: &reqwest::Error) -> bool {
     false
 }
 
+/// A reqwest error's kind and causes, without its URL (which may carry
+/// query parameters we do not want in messages).
 fn describe_reqwest(e: &reqwest::Error) -> String {
     chain_of(e).to_string()
 }

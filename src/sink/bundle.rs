@@ -8,9 +8,9 @@ use std::fs;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use super::atomic::HeldTempDir;
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
 use super::atomic::stream_file_atomic;
 use super::extract::Extractor;
@@ -22,7 +22,10 @@ use crate::source::BlobReader;
 /// Writes an OCI runtime bundle.
 pub struct BundleSink {
     target: PathBuf,
-    work: std::sync::Mutex<Option<TempDir>>,
+    work: std::sync::Mutex<Option<HeldTempDir>>,
+    /// Directories above `target` this sink created (after `work`: the
+    /// temporary bundle goes first when the sink is dropped).
+    made_dirs: super::atomic::MadeDirs,
 }
 
 impl BundleSink {
@@ -32,13 +35,6 @@ impl BundleSink {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        if !parent.is_dir() {
-            return Err(Error::NotFound(format!(
-                "cannot write bundle {}: directory {} does not exist",
-                target.display(),
-                parent.display()
-            )));
-        }
         if target.exists()
             && fs::read_dir(target).map(|mut d| d.next().is_some()).unwrap_or(true)
             && !target.join("config.json").exists()
@@ -52,14 +48,13 @@ impl BundleSink {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let work = tempfile::Builder::new()
-            .prefix(&format!(".{base}.occy-tmp-"))
-            .tempdir_in(parent)
-            .map_err(|e| Error::io("create a temporary directory in", parent, e))?;
+        let made_dirs = super::atomic::make_parent_dirs(target)?;
+        let work = HeldTempDir::create(parent, &base)?;
         fs::create_dir(work.path().join("blobs")).map_err(|e| Error::io("create directory", work.path(), e))?;
         Ok(BundleSink {
             target: target.to_path_buf(),
             work: std::sync::Mutex::new(Some(work)),
+            made_dirs,
         })
     }
 
@@ -321,10 +316,11 @@ impl Sink for BundleSink {
             .map_err(|_| Error::invalid("bundle lock poisoned"))?
             .take()
             .ok_or_else(|| Error::invalid("bundle already finished"))?;
-        let path = work.keep();
+        let (path, lock) = work.keep();
         let target = self.target.clone();
         tokio::task::spawn_blocking(move || {
             let r = replace_dir(&path, &target);
+            drop(lock);
             if r.is_err() {
                 let _ = make_writable_and_remove(&path);
             }
@@ -337,9 +333,10 @@ impl Sink for BundleSink {
     async fn abort(&self) {
         if let Ok(mut w) = self.work.lock() {
             if let Some(dir) = w.take() {
-                let p = dir.keep();
+                let (p, _lock) = dir.keep();
                 let _ = make_writable_and_remove(&p);
             }
         }
+        self.made_dirs.remove_empty();
     }
 }

@@ -17,7 +17,8 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::atomic::{
-    copy_into, ensure_dir, locked_update, persist, stream_file_atomic, temp_beside, write_file_atomic,
+    copy_into, locked_update, make_parent_dirs, persist, stream_file_atomic, temp_beside, write_file_atomic, DestDir,
+    MadeDirs,
 };
 use super::{ImageName, LayerForm, Sink};
 use crate::error::{Error, Result};
@@ -55,11 +56,17 @@ enum Target {
     Tar {
         path: PathBuf,
         state: Mutex<TarState>,
+        /// Directories above `path` this sink created (after `state`: the
+        /// temporary archive goes first when the sink is dropped).
+        made_dirs: MadeDirs,
     },
     Dir {
         root: PathBuf,
         unique_names: bool,
         expand: bool,
+        /// The directory, created with the first file put in it and removed
+        /// again by a failed first write.
+        dest: DestDir,
     },
 }
 
@@ -158,22 +165,16 @@ impl TarState {
 
 impl DockerSaveSink {
     /// A docker-save archive at `path`, written under a temp name until finished.
+    /// Missing directories above it are created (and removed again by a
+    /// failed first write).
     pub async fn create_tar(path: &Path, name: ImageName) -> Result<Self> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if tokio::fs::metadata(parent).await.is_err() {
-                return Err(Error::NotFound(format!(
-                    "cannot write {}: directory {} does not exist",
-                    path.display(),
-                    parent.display()
-                )));
-            }
-        }
         if tokio::fs::metadata(path).await.is_ok_and(|m| m.is_dir()) {
             return Err(Error::usage(format!(
                 "{} is a directory; tar:// needs a file path",
                 path.display()
             )));
         }
+        let made_dirs = make_parent_dirs(path)?;
         let tmp = temp_beside(path)?;
         let file = tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?);
         Ok(DockerSaveSink {
@@ -184,6 +185,7 @@ impl DockerSaveSink {
                     file,
                     written: HashSet::new(),
                 }),
+                made_dirs,
             },
             name,
             entries: std::sync::Mutex::new(Vec::new()),
@@ -200,12 +202,12 @@ impl DockerSaveSink {
                 root.display()
             )));
         }
-        ensure_dir(root).await?;
         Ok(DockerSaveSink {
             target: Target::Dir {
                 root: root.to_path_buf(),
                 unique_names,
                 expand,
+                dest: DestDir::new(root, "catalog.json")?,
             },
             name,
             entries: std::sync::Mutex::new(Vec::new()),
@@ -239,13 +241,10 @@ impl DockerSaveSink {
         let target = root.join(name);
         let root = root.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let work = tempfile::Builder::new()
-                .prefix(".expand.occy-tmp-")
-                .tempdir_in(&root)
-                .map_err(|e| Error::io("create a temporary directory in", &root, e))?
-                .keep();
+            let (work, lock) = super::atomic::HeldTempDir::create(&root, "expand")?.keep();
             let r =
                 super::bundle::extract_layers(&work, &layers).and_then(|()| super::bundle::replace_dir(&work, &target));
+            drop(lock);
             if r.is_err() {
                 let _ = super::bundle::make_writable_and_remove(&work);
             }
@@ -285,22 +284,30 @@ impl Sink for DockerSaveSink {
     async fn has_blob(&self, diff_id: &Digest) -> Result<bool> {
         match &self.target {
             Target::Tar { state, .. } => Ok(state.lock().await.written.contains(&layer_name(diff_id))),
-            Target::Dir { root, .. } => Ok(tokio::fs::metadata(root.join(layer_name(diff_id))).await.is_ok()),
+            Target::Dir { root, dest, .. } => {
+                dest.claim_if_present()?;
+                Ok(tokio::fs::metadata(root.join(layer_name(diff_id))).await.is_ok())
+            }
         }
     }
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
         let name = layer_name(&desc.digest);
         match &self.target {
-            Target::Dir { root, .. } => {
+            Target::Dir { root, dest, .. } => {
+                dest.ensure(&[])?;
                 let path = root.join(&name);
                 if let Some(dir) = path.parent() {
-                    ensure_dir(dir).await?;
+                    dest.ensure_subdir(dir)?;
                 }
+                let new = DestDir::is_new(&path);
                 stream_file_atomic(&path, reader).await?;
+                if new {
+                    dest.made_file(path);
+                }
                 Ok(())
             }
-            Target::Tar { path, state } => {
+            Target::Tar { path, state, .. } => {
                 // Stream straight into the archive when it is free; otherwise
                 // spool beside it so concurrent layers keep downloading.
                 if let Ok(mut st) = state.try_lock() {
@@ -325,13 +332,21 @@ impl Sink for DockerSaveSink {
     async fn put_image(&self, image: &ImageData, tagged: bool) -> Result<()> {
         let config = config_name(&image.config.digest);
         match &self.target {
-            Target::Tar { path, state } => {
+            Target::Tar { path, state, .. } => {
                 let mut st = state.lock().await;
                 if !st.written.contains(&config) {
                     st.append_bytes(&config, &image.config.bytes, path).await?;
                 }
             }
-            Target::Dir { root, .. } => write_file_atomic(&root.join(&config), &image.config.bytes).await?,
+            Target::Dir { root, dest, .. } => {
+                dest.ensure(&[])?;
+                let path = root.join(&config);
+                let new = DestDir::is_new(&path);
+                write_file_atomic(&path, &image.config.bytes).await?;
+                if new {
+                    dest.made_file(path);
+                }
+            }
         }
         let layers = image.config.parsed.rootfs.diff_ids.iter().map(layer_name).collect();
         let repo_tags = if tagged {
@@ -361,7 +376,7 @@ impl Sink for DockerSaveSink {
     async fn finish(&self) -> Result<()> {
         let manifest = self.manifest_json()?;
         match &self.target {
-            Target::Tar { path, state } => {
+            Target::Tar { path, state, .. } => {
                 let mut st = state.lock().await;
                 st.append_bytes("manifest.json", &manifest, path).await?;
                 let io = |e| Error::io("write", path, e);
@@ -377,12 +392,19 @@ impl Sink for DockerSaveSink {
                 root,
                 unique_names,
                 expand,
+                dest,
             } => {
+                dest.ensure(&[])?;
                 let file_name = self.manifest_file_name(*unique_names);
                 if *expand {
                     self.expand_into(root, file_name.trim_end_matches(".json")).await?;
                 }
-                write_file_atomic(&root.join(&file_name), &manifest).await?;
+                let manifest_path = root.join(&file_name);
+                let new = DestDir::is_new(&manifest_path);
+                write_file_atomic(&manifest_path, &manifest).await?;
+                if new {
+                    dest.made_file(manifest_path);
+                }
                 let repo = self.name.repository.clone();
                 let tag = self.name.tag.clone();
                 let catalog_path = root.join("catalog.json");
@@ -396,15 +418,21 @@ impl Sink for DockerSaveSink {
                     catalog.entry(repo).or_default().insert(tag, file_name);
                     Ok(serde_json::to_vec_pretty(&catalog)?)
                 })
-                .await
+                .await?;
+                dest.committed();
+                Ok(())
             }
         }
     }
 
     async fn abort(&self) {
-        if let Target::Tar { state, .. } = &self.target {
-            // Dropping the temp file removes it.
-            state.lock().await.tmp.take();
+        match &self.target {
+            Target::Tar { state, made_dirs, .. } => {
+                // Dropping the temp file removes it; then the directories made for it.
+                state.lock().await.tmp.take();
+                made_dirs.remove_empty();
+            }
+            Target::Dir { dest, .. } => dest.undo(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod docker_save;
 pub mod extract;
 pub mod oci_layout;
 pub mod registry;
+pub mod sweep;
 
 use async_trait::async_trait;
 
@@ -95,6 +96,22 @@ pub struct SinkOptions {
     pub registry: crate::registry::RegistryOptions,
 }
 
+/// The error for a reference that names a part only a source can have:
+/// `docker://NAME@DIGEST` (a daemon loads an image under a tag and computes
+/// its own digests) and `dir://…?image=` (which picks an image to read; a
+/// destination records the source's name).
+pub fn source_only_part(reference: &Reference) -> Option<Error> {
+    match reference {
+        Reference::Docker { digest: Some(d), .. } => Some(Error::usage(format!(
+            "{reference} cannot be a destination: a daemon loads an image under a tag, not a digest ({d}); write docker://NAME:TAG"
+        ))),
+        Reference::Dir { image: Some(i), .. } => Some(Error::usage(format!(
+            "{reference} cannot be a destination: ?image={i} picks an image to read; a directory records each image under the source's name"
+        ))),
+        _ => None,
+    }
+}
+
 /// Opens the sink a reference names. `name` is the image's name and tag as
 /// the source knows it, used where the destination does not give its own.
 pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptions) -> Result<Box<dyn Sink>> {
@@ -118,17 +135,32 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
         Reference::Tar { path } => Ok(Box::new(
             docker_save::DockerSaveSink::create_tar(path, name.clone()).await?,
         )),
+        Reference::Dir { image: Some(_), .. } => {
+            Err(source_only_part(reference).unwrap_or_else(|| Error::usage(reference.to_string())))
+        }
         Reference::Dir {
             path,
             unique_names,
             expand,
+            ..
         } => Ok(Box::new(
             docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names, *expand).await?,
         )),
         Reference::Bundle { path } => Ok(Box::new(bundle::BundleSink::create(path).await?)),
-        Reference::Docker { name, tag, socket } => Ok(Box::new(
-            docker_daemon::DockerDaemonSink::create(name, tag, socket.as_deref()).await?,
-        )),
+        Reference::Docker {
+            name,
+            tag,
+            digest,
+            socket,
+        } => {
+            if digest.is_some() {
+                return Err(source_only_part(reference).unwrap_or_else(|| Error::usage(reference.to_string())));
+            }
+            Ok(Box::new(
+                docker_daemon::DockerDaemonSink::create(name, tag.as_deref().unwrap_or("latest"), socket.as_deref())
+                    .await?,
+            ))
+        }
         other => Err(Error::usage(format!(
             "{other} cannot be written as a destination: supported destinations are {}",
             crate::reference::destination_schemes()

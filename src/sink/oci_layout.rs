@@ -2,13 +2,18 @@
 //! (`blobs/sha256/<hex>`, written to a temp name and renamed), manifests with
 //! their exact bytes, and the tag is added to `index.json` (under a file lock)
 //! only after everything it references is in place.
+//!
+//! Nothing is created until there is something to put in the layout (a
+//! refused password or an unreachable source leaves no skeleton), and a
+//! first write that fails removes the layout it made (see
+//! [`DestDir`](super::atomic::DestDir)).
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::atomic::{ensure_dir, locked_update, stream_file_atomic, write_file_atomic};
+use super::atomic::{locked_update, stream_file_atomic, write_file_atomic, DestDir};
 use super::{LayerForm, Sink};
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, ImageData, RawManifest};
@@ -19,10 +24,14 @@ use crate::source::BlobReader;
 pub struct OciLayoutSink {
     root: PathBuf,
     tag: String,
+    dest: DestDir,
+    /// Set once the layout's directories and `oci-layout` are in place.
+    ready: tokio::sync::OnceCell<()>,
 }
 
 impl OciLayoutSink {
-    /// Creates (or reuses) the layout at `root`; the image will be tagged `tag`.
+    /// The layout at `root` (reused when it exists, created with the first
+    /// blob when not); the image will be tagged `tag`.
     pub async fn create(root: &Path, tag: &str) -> Result<Self> {
         if let Ok(meta) = tokio::fs::metadata(root).await {
             if !meta.is_dir() {
@@ -32,15 +41,28 @@ impl OciLayoutSink {
                 )));
             }
         }
-        ensure_dir(&root.join("blobs").join("sha256")).await?;
-        let marker = root.join("oci-layout");
-        if tokio::fs::metadata(&marker).await.is_err() {
-            write_file_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).await?;
-        }
         Ok(OciLayoutSink {
             root: root.to_path_buf(),
             tag: tag.to_string(),
+            dest: DestDir::new(root, "index.json")?,
+            ready: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Makes the layout's skeleton, once, before the first thing put in it.
+    async fn ensure_layout(&self) -> Result<()> {
+        self.ready
+            .get_or_try_init(|| async {
+                self.dest.ensure(&["blobs/sha256"])?;
+                let marker = self.root.join("oci-layout");
+                if DestDir::is_new(&marker) {
+                    write_file_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).await?;
+                    self.dest.made_file(marker);
+                }
+                Ok::<(), Error>(())
+            })
+            .await?;
+        Ok(())
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -48,6 +70,7 @@ impl OciLayoutSink {
     }
 
     async fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        self.ensure_layout().await?;
         let path = self.blob_path(digest);
         if tokio::fs::metadata(&path)
             .await
@@ -55,7 +78,12 @@ impl OciLayoutSink {
         {
             return Ok(());
         }
-        write_file_atomic(&path, bytes).await
+        let new = DestDir::is_new(&path);
+        write_file_atomic(&path, bytes).await?;
+        if new {
+            self.dest.made_file(path);
+        }
+        Ok(())
     }
 
     async fn tag_manifest(&self, desc: Descriptor) -> Result<()> {
@@ -85,7 +113,9 @@ impl OciLayoutSink {
             list.push(entry);
             Ok(serde_json::to_vec_pretty(&index)?)
         })
-        .await
+        .await?;
+        self.dest.committed();
+        Ok(())
     }
 }
 
@@ -104,11 +134,19 @@ impl Sink for OciLayoutSink {
     }
 
     async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        // A blob another writer put here is kept for us: claim the layout first.
+        self.dest.claim_if_present()?;
         Ok(tokio::fs::metadata(self.blob_path(digest)).await.is_ok())
     }
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
-        stream_file_atomic(&self.blob_path(&desc.digest), reader).await?;
+        self.ensure_layout().await?;
+        let path = self.blob_path(&desc.digest);
+        let new = DestDir::is_new(&path);
+        stream_file_atomic(&path, reader).await?;
+        if new {
+            self.dest.made_file(path);
+        }
         Ok(())
     }
 
@@ -131,5 +169,7 @@ impl Sink for OciLayoutSink {
         Ok(())
     }
 
-    async fn abort(&self) {}
+    async fn abort(&self) {
+        self.dest.undo();
+    }
 }

@@ -144,9 +144,10 @@ pub struct DockerDaemonSource {
 }
 
 impl DockerDaemonSource {
-    pub async fn open(name: &str, tag: &str, socket: Option<&Path>) -> Result<Self> {
+    /// Opens `image` (`name:tag` or `name@digest`, as the daemon names it).
+    pub async fn open(image: &str, socket: Option<&Path>) -> Result<Self> {
         let conn = DaemonConnection::open(socket).await?;
-        let image = format!("{name}:{tag}");
+        let image = image.to_string();
         let describe = match socket {
             Some(s) => format!("docker://{image}?socket={}", s.display()),
             None => format!("docker://{image}"),
@@ -168,7 +169,7 @@ impl DockerDaemonSource {
         let root = spool.path().to_path_buf();
         let unpack_what = format!("the export of {image}");
         tokio::task::spawn_blocking(move || {
-            let bridge = tokio_util::io::SyncIoBridge::new(reader);
+            let bridge = crate::interrupt::Bridge::new(reader);
             unpack_export(bridge, &root, &unpack_what)
         })
         .await

@@ -302,8 +302,11 @@ impl DockerSaveSource {
     }
 
     /// Opens an occystrap-format directory. `image` picks an entry of
-    /// `catalog.json` as (name, tag) when the directory holds several.
-    pub async fn open_dir(root: &Path, image: Option<(&str, &str)>) -> Result<Self> {
+    /// `catalog.json` as (name, tag) when the directory holds several (a
+    /// `unique_names` directory); without a tag, the name's only tag. A
+    /// choice that is missing or ambiguous is an error listing the images
+    /// the directory holds.
+    pub async fn open_dir(root: &Path, image: Option<(&str, Option<&str>)>) -> Result<Self> {
         if tokio::fs::metadata(root).await.is_err() {
             return Err(Error::NotFound(format!("directory {} does not exist", root.display())));
         }
@@ -311,7 +314,8 @@ impl DockerSaveSource {
             root: root.to_path_buf(),
         };
         let catalog_path = root.join("catalog.json");
-        let manifest_name = match tokio::fs::read(&catalog_path).await {
+        let hint = || format!("name one with dir://{}?image=NAME:TAG", root.display());
+        let (manifest_name, check_tags) = match tokio::fs::read(&catalog_path).await {
             Ok(bytes) => {
                 let catalog: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
                     serde_json::from_slice(&bytes)
@@ -320,29 +324,82 @@ impl DockerSaveSource {
                     .iter()
                     .flat_map(|(img, tags)| tags.iter().map(move |(t, f)| (img.clone(), t.clone(), f.clone())))
                     .collect();
-                match image {
-                    Some((name, tag)) => all
-                        .iter()
-                        .find(|(i, t, _)| i == name && t == tag)
-                        .map(|(_, _, f)| f.clone())
-                        .ok_or_else(|| Error::NotFound(format!("{name}:{tag} is not in {}", catalog_path.display())))?,
+                let held = || {
+                    all.iter()
+                        .map(|(i, t, _)| format!("{i}:{t}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let chosen = match image {
+                    Some((name, tag)) => {
+                        let matching: Vec<&(String, String, String)> = all
+                            .iter()
+                            .filter(|(i, t, _)| i == name && tag.is_none_or(|want| t == want))
+                            .collect();
+                        match matching.as_slice() {
+                            [one] => one.2.clone(),
+                            [] => {
+                                let wanted = match tag {
+                                    Some(t) => format!("{name}:{t}"),
+                                    None => name.to_string(),
+                                };
+                                return Err(Error::NotFound(format!(
+                                    "{} holds no image {wanted}: it holds {}; {}",
+                                    root.display(),
+                                    held(),
+                                    hint()
+                                )));
+                            }
+                            several => {
+                                let tags: Vec<String> = several.iter().map(|(i, t, _)| format!("{i}:{t}")).collect();
+                                return Err(Error::usage(format!(
+                                    "{} holds several tags of {name} ({}): {}",
+                                    root.display(),
+                                    tags.join(", "),
+                                    hint()
+                                )));
+                            }
+                        }
+                    }
                     None if all.len() == 1 => all[0].2.clone(),
                     None if tokio::fs::metadata(root.join("manifest.json")).await.is_ok() => {
                         "manifest.json".to_string()
                     }
                     None => {
-                        let names: Vec<String> = all.iter().map(|(i, t, _)| format!("{i}:{t}")).collect();
                         return Err(Error::usage(format!(
-                            "{} holds several images ({}); it can be read only when it holds one",
+                            "{} holds several images ({}): {}",
                             root.display(),
-                            names.join(", ")
+                            held(),
+                            hint()
                         )));
                     }
-                }
+                };
+                (chosen, false)
             }
-            Err(_) => "manifest.json".to_string(),
+            Err(_) => ("manifest.json".to_string(), image.is_some()),
         };
-        Self::from_backend_with(backend, &manifest_name).await
+        let source = Self::from_backend_with(backend, &manifest_name).await?;
+        if let (true, Some((name, tag))) = (check_tags, image) {
+            // No catalog: the one image must be the one asked for.
+            let tags = source.entry.repo_tags.clone().unwrap_or_default();
+            let found = tags.iter().any(|rt| {
+                let (n, t) = crate::reference::split_name_tag(rt);
+                n == name && tag.is_none_or(|want| t == Some(want))
+            });
+            if !found {
+                return Err(Error::NotFound(format!(
+                    "{} holds no image {name}{}: it holds {}",
+                    root.display(),
+                    tag.map(|t| format!(":{t}")).unwrap_or_default(),
+                    if tags.is_empty() {
+                        "one untagged image".to_string()
+                    } else {
+                        tags.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(source)
     }
 
     async fn from_backend(backend: Backend) -> Result<Self> {

@@ -70,9 +70,9 @@ pub fn image_name_for(reference: &Reference, source: &dyn Source) -> ImageName {
             repository: r.name(),
             tag: r.tag_or_latest().to_string(),
         },
-        Reference::Docker { name, tag, .. } => ImageName {
+        Reference::Docker { name, .. } => ImageName {
             repository: name.clone(),
-            tag: tag.clone(),
+            tag: reference.tag().unwrap_or("latest").to_string(),
         },
         other => source.recorded_name().unwrap_or_else(|| {
             let base = match other {
@@ -114,9 +114,21 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
         }
         Reference::Oci { path, tag } => Ok(Box::new(oci_layout::OciLayoutSource::open(path, tag.as_deref()).await?)),
         Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSource::open_tar(path).await?)),
-        Reference::Dir { path, .. } => Ok(Box::new(docker_save::DockerSaveSource::open_dir(path, None).await?)),
-        Reference::Docker { name, tag, socket } => Ok(Box::new(
-            docker_daemon::DockerDaemonSource::open(name, tag, socket.as_deref()).await?,
+        Reference::Dir { path, image, .. } => Ok(Box::new(
+            docker_save::DockerSaveSource::open_dir(path, image.as_deref().map(crate::reference::split_name_tag))
+                .await?,
+        )),
+        Reference::Docker {
+            name,
+            tag,
+            digest,
+            socket,
+        } => Ok(Box::new(
+            docker_daemon::DockerDaemonSource::open(
+                &crate::reference::docker_image(name, tag.as_deref(), digest.as_ref()),
+                socket.as_deref(),
+            )
+            .await?,
         )),
         other => Err(Error::usage(format!(
             "{other} cannot be read as a source: supported sources are {}",

@@ -86,6 +86,9 @@ impl OneShot<'_> {
                 platform: "linux-amd64".into(),
             });
             let parsed = Reference::parse(&sample)?;
+            if let Some(e) = crate::sink::source_only_part(&parsed) {
+                return Err(e);
+            }
             if names_many(&from) && !templated {
                 let overwritten = match parsed {
                     Reference::Tar { .. } => Some("one tarball"),

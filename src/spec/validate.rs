@@ -950,6 +950,13 @@ impl Validator<'_> {
                 );
                 return None;
             }
+            r if crate::sink::source_only_part(r).is_some() => {
+                let e = crate::sink::source_only_part(r)
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                self.problem(SpecProblem::new(e, span, "only for a source"));
+                return None;
+            }
             Reference::Registry(r) if r.is_glob() => {
                 self.problem(
                     SpecProblem::new("a destination cannot be a pattern", span, "glob in a destination")
@@ -1012,10 +1019,12 @@ pub fn rebase(r: &Reference, base: &Path) -> Reference {
             path,
             unique_names,
             expand,
+            image,
         } => Reference::Dir {
             path: fix(path),
             unique_names: *unique_names,
             expand: *expand,
+            image: image.clone(),
         },
         Reference::Bundle { path } => Reference::Bundle { path: fix(path) },
         other => other.clone(),
