@@ -449,7 +449,9 @@ pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
     let info = gather(&reference, source.as_ref(), &selection).await?;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => print!("{}", render_text(&info)),
+        OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
+            print!("{}", render_text(&info))
+        }
     }
     Ok(0)
 }

@@ -105,7 +105,11 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
                     "{reference} is a pattern; a destination must name one repository"
                 )));
             }
-            Ok(Box::new(registry::RegistrySink::new(target, &name.tag, &opts.registry)?))
+            Ok(Box::new(registry::RegistrySink::new(
+                target,
+                &name.tag,
+                &opts.registry,
+            )?))
         }
         Reference::Oci { path, tag } => {
             let tag = tag.clone().unwrap_or_else(|| name.tag.clone());
