@@ -105,9 +105,23 @@ pub struct TarEntry {
     pub data_len: u64,
     /// Whether the path was written absolute (with a leading `/`).
     pub absolute: bool,
+    /// `path` and `link` as the bytes written (file names need not be UTF-8).
+    path_raw: Vec<u8>,
+    link_raw: Option<Vec<u8>>,
 }
 
 impl TarEntry {
+    /// The path as the archive's bytes (`path` is its lossy UTF-8 text):
+    /// what extraction creates, so a non-UTF-8 file name survives.
+    pub fn path_bytes(&self) -> &[u8] {
+        &self.path_raw
+    }
+
+    /// The link target as the archive's bytes.
+    pub fn link_bytes(&self) -> Option<&[u8]> {
+        self.link_raw.as_deref()
+    }
+
     /// Sets the modification time, and the access and change times where the
     /// entry records them (PAX `atime`/`ctime`, GNU header fields), to `ts`.
     pub fn set_times(&mut self, ts: u64) {
@@ -413,8 +427,8 @@ impl<R: Read> TarReader<R> {
                                 ));
                             }
                             match k.as_str() {
-                                "path" => pax_path = Some(String::from_utf8_lossy(v).into_owned()),
-                                "linkpath" => pax_link = Some(String::from_utf8_lossy(v).into_owned()),
+                                "path" => pax_path = Some(v.clone()),
+                                "linkpath" => pax_link = Some(v.clone()),
                                 "size" => pax_size = std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()),
                                 _ => {}
                             }
@@ -428,7 +442,7 @@ impl<R: Read> TarReader<R> {
                 }
                 b'L' | b'K' => {
                     let data = self.read_exact_vec(size)?;
-                    let text = String::from_utf8_lossy(data.split(|&b| b == 0).next().unwrap_or(&[])).into_owned();
+                    let text = data.split(|&b| b == 0).next().unwrap_or(&[]).to_vec();
                     if header[156] == b'L' {
                         gnu_path = Some(text);
                     } else {
@@ -442,7 +456,7 @@ impl<R: Read> TarReader<R> {
                         format!(
                             "entry {:?} is a GNU sparse file, which is not supported: \
                              rebuild the archive without --sparse",
-                            ustar_path(&header)
+                            String::from_utf8_lossy(&ustar_path(&header))
                         ),
                     ));
                 }
@@ -455,9 +469,11 @@ impl<R: Read> TarReader<R> {
                     };
                     let path = pax_path.or(gnu_path).unwrap_or_else(|| ustar_path(&header));
                     let link = match kind {
-                        EntryKind::HardLink | EntryKind::Symlink => {
-                            Some(pax_link.or(gnu_link).unwrap_or_else(|| field_str(&header[157..257])))
-                        }
+                        EntryKind::HardLink | EntryKind::Symlink => Some(
+                            pax_link
+                                .or(gnu_link)
+                                .unwrap_or_else(|| field_bytes(&header[157..257]).to_vec()),
+                        ),
                         _ => None,
                     };
                     self.remaining = data_len;
@@ -466,9 +482,11 @@ impl<R: Read> TarReader<R> {
                         extensions,
                         header,
                         header_changed: false,
-                        absolute: path.starts_with('/'),
-                        path: normalize_path(&path),
-                        link,
+                        absolute: path.starts_with(b"/"),
+                        path: String::from_utf8_lossy(normalize_bytes(&path)).into_owned(),
+                        link: link.as_deref().map(|l| String::from_utf8_lossy(l).into_owned()),
+                        path_raw: normalize_bytes(&path).to_vec(),
+                        link_raw: link,
                         kind,
                         data_len,
                     }));
@@ -570,20 +588,33 @@ fn is_gnu(h: &[u8; BLOCK]) -> bool {
     &h[257..265] == b"ustar  \0"
 }
 
-fn field_str(f: &[u8]) -> String {
+fn field_bytes(f: &[u8]) -> &[u8] {
     let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
-    String::from_utf8_lossy(&f[..end]).into_owned()
+    &f[..end]
 }
 
-fn ustar_path(h: &[u8; BLOCK]) -> String {
-    let name = field_str(&h[0..100]);
+fn ustar_path(h: &[u8; BLOCK]) -> Vec<u8> {
+    let name = field_bytes(&h[0..100]);
     if &h[257..263] == b"ustar\0" {
-        let prefix = field_str(&h[345..500]);
+        let prefix = field_bytes(&h[345..500]);
         if !prefix.is_empty() {
-            return format!("{prefix}/{name}");
+            return [prefix, b"/", name].concat();
         }
     }
-    name
+    name.to_vec()
+}
+
+/// [`normalize_path`] on the bytes as written.
+fn normalize_bytes(mut s: &[u8]) -> &[u8] {
+    loop {
+        if let Some(rest) = s.strip_prefix(b"./") {
+            s = rest;
+        } else if let Some(rest) = s.strip_prefix(b"/") {
+            s = rest;
+        } else {
+            return s;
+        }
+    }
 }
 
 /// Strips a leading `./` or `/` (layers are written both ways).
@@ -905,6 +936,25 @@ mod tests {
         sparse[1024..1536].copy_from_slice(&h);
         let err = TarReader::new(&sparse[..], "t").next_entry().unwrap_err();
         assert!(err.to_string().contains("sparse"), "{err}");
+    }
+
+    #[test]
+    fn non_utf8_names_keep_their_bytes() {
+        let mut h = [0u8; BLOCK];
+        let name = b"./caf\xe9/x";
+        h[..name.len()].copy_from_slice(name);
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[124..136].copy_from_slice(b"00000000000\0");
+        h[156] = b'2';
+        h[157..160].copy_from_slice(b"\xff/y");
+        h[257..265].copy_from_slice(b"ustar\x0000");
+        set_checksum(&mut h);
+        let input = [&h[..], &[0u8; 1024][..]].concat();
+        let mut r = TarReader::new(&input[..], "t");
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!(e.path_bytes(), b"caf\xe9/x");
+        assert_eq!(e.path, "caf\u{fffd}/x");
+        assert_eq!(e.link_bytes(), Some(&b"\xff/y"[..]));
     }
 
     #[test]

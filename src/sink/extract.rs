@@ -195,7 +195,7 @@ impl Extractor {
             if entry.absolute {
                 return Err(entry_error(layer, &shown, "is an absolute path"));
             }
-            let name = Path::new(OsStr::new(&entry.path));
+            let name = Path::new(OsStr::from_bytes(entry.path_bytes()));
             let comps = entry_components(layer, name)?;
             let Some((last, parents)) = comps.split_last() else {
                 continue;
@@ -224,7 +224,10 @@ impl Extractor {
             let xattrs = entry.xattrs();
             let (secs, nanos) = entry.mtime_precise();
             let mtime = filetime::FileTime::from_unix_time(secs, nanos);
-            let link = entry.link.clone().filter(|l| !l.is_empty());
+            let link = entry
+                .link_bytes()
+                .filter(|l| !l.is_empty())
+                .map(|l| PathBuf::from(OsStr::from_bytes(l)));
             match kind {
                 EntryKind::Directory => {
                     match fs::symlink_metadata(&target) {
@@ -264,7 +267,7 @@ impl Extractor {
                 }
                 EntryKind::HardLink => {
                     let link = link.ok_or_else(|| entry_error(layer, &shown, "is a hardlink without a target"))?;
-                    let link_comps = entry_components(layer, Path::new(&link)).map_err(|_| {
+                    let link_comps = entry_components(layer, &link).map_err(|_| {
                         entry_error(layer, &shown, &format!("is a hardlink to {link:?}, outside the image"))
                     })?;
                     let Some((link_last, link_parents)) = link_comps.split_last() else {
@@ -432,5 +435,29 @@ fn set_xattr(path: &Path, name: &[u8], value: &[u8]) {
             path.display(),
             io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_utf8_names_are_extracted_as_written() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.as_old_mut().name[..5].copy_from_slice(b"caf\xe9x");
+        h.set_cksum();
+        b.append(&h, &b"hi"[..]).unwrap();
+        let layer = b.into_inner().unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let mut ex = Extractor::new(t.path());
+        ex.apply_layer("t", &layer[..]).unwrap();
+        ex.finish().unwrap();
+        let want = t.path().join(OsStr::from_bytes(b"caf\xe9x"));
+        assert_eq!(fs::read(want).unwrap(), b"hi");
     }
 }
