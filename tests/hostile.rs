@@ -441,3 +441,216 @@ fn insecure_registry_applies_only_to_the_hosts_named() {
     let ok = occy(&["--insecure-registry", &reg.host, "info", &url]);
     assert!(ok.status.success());
 }
+
+/// One 512-byte ustar header block with a fresh checksum.
+fn header_block(name: &str, flag: u8, link: &str, size: usize) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_entry_type(tar::EntryType::new(flag));
+    h.set_size(size as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// `data` padded to whole blocks.
+fn padded(data: &[u8]) -> Vec<u8> {
+    let mut v = data.to_vec();
+    v.resize(data.len().div_ceil(512) * 512, 0);
+    v
+}
+
+/// A PAX `x` record block plus its data, for `records`.
+fn pax_block(records: &[(&str, &str)]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (k, v) in records {
+        let body = k.len() + v.len() + 3;
+        let mut len = body + 1;
+        while len != body + len.to_string().len() {
+            len = body + len.to_string().len();
+        }
+        data.extend_from_slice(format!("{len} {k}={v}\n").as_bytes());
+    }
+    let mut out = header_block("PaxHeaders/x", b'x', "", data.len());
+    out.extend(padded(&data));
+    out
+}
+
+/// The hostile layers (name, uncompressed tar bytes), and what every reader
+/// must make of each: the path (and link) it parses, or the reason it refuses.
+fn hostile_layers() -> Vec<(&'static str, Vec<u8>)> {
+    let end = [0u8; 1024];
+    let long_link = format!("{}etc/passwd", "../".repeat(40));
+
+    // A PAX path with '..' behind an innocent ustar name.
+    let mut pax_dotdot = pax_block(&[("path", "../../pax-escape")]);
+    pax_dotdot.extend(header_block("innocent", b'0', "", 1));
+    pax_dotdot.extend(padded(b"x"));
+    pax_dotdot.extend(end);
+
+    // A GNU long link (`K`) taking a hardlink out of the root.
+    let mut gnu_link = header_block("././@LongLink", b'K', "", long_link.len() + 1);
+    gnu_link.extend(padded(format!("{long_link}\0").as_bytes()));
+    gnu_link.extend(header_block("usr/bin/evil", b'1', "harmless", 0));
+    gnu_link.extend(end);
+
+    // A good entry, then a header cut short.
+    let mut truncated = header_block("etc/ok", b'0', "", 2);
+    truncated.extend(padded(b"ok"));
+    truncated.extend(&header_block("etc/cut", b'0', "", 0)[..300]);
+
+    // A header whose checksum does not add up.
+    let mut bad_sum = header_block("etc/sum", b'0', "", 1);
+    bad_sum[148] = if bad_sum[148] == b'1' { b'2' } else { b'1' };
+    bad_sum.extend(padded(b"x"));
+    bad_sum.extend(end);
+
+    // A GNU sparse file, whose data is not the file's bytes.
+    let mut sparse = header_block("var/sparse", b'S', "", 1);
+    sparse.extend(padded(b"x"));
+    sparse.extend(end);
+
+    vec![
+        ("pax-dotdot", pax_dotdot),
+        ("gnu-long-link", gnu_link),
+        ("truncated-header", truncated),
+        ("bad-checksum", bad_sum),
+        ("sparse", sparse),
+    ]
+}
+
+/// Everything an occy run said, stdout and stderr.
+fn said(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Filters, `check`, `search` and extraction (bundle:// and expanded dir://)
+/// read layers with one tar reader: each hostile layer is parsed to the same
+/// path and link by all of them, or refused by all of them for the same
+/// reason, and extraction writes nothing outside its root.
+#[test]
+fn every_command_reads_a_hostile_layer_the_same_way() {
+    let long_link = format!("{}etc/passwd", "../".repeat(40));
+    for (name, layer) in hostile_layers() {
+        let dir = layout_of("base");
+        mutate(&dir, "base", |d, m, c| add_layer(d, m, c, &layer));
+        let src = format!("oci://{}:base", dir.display());
+        let out = scratch_dir(&format!("one-reader-{name}"));
+        let check = occy(&["-O", "json", "check", &src]);
+        let search_pattern = match name {
+            "pax-dotdot" => "pax-escape",
+            "gnu-long-link" => "evil",
+            _ => "**",
+        };
+        let search = occy(&["-O", "json", "search", &src, search_pattern]);
+        let filter_search = format!("search:pattern={search_pattern}");
+        let filter_dst = format!("oci://{}:f", out.join("filtered").display());
+        let filter = occy(&["-O", "json", "process", &src, &filter_dst, "-f", &filter_search]);
+        let bundle_dst = format!("bundle://{}", out.join("bundle").display());
+        let bundle = occy(&["process", &src, &bundle_dst]);
+        let expand_dst = format!("dir://{}?expand=true", out.join("tree").display());
+        let expand = occy(&["process", &src, &expand_dst]);
+
+        for (what, o) in [("check", &check), ("bundle", &bundle), ("expanded dir", &expand)] {
+            assert_eq!(o.status.code(), Some(1), "{name}: {what}: {}", said(o));
+            assert!(!said(o).contains("panicked"), "{name}: {what}: {}", said(o));
+        }
+        let (reason, parsed): (&str, Option<&str>) = match name {
+            "pax-dotdot" => ("../../pax-escape", Some("../../pax-escape")),
+            "gnu-long-link" => (long_link.as_str(), Some("usr/bin/evil")),
+            "truncated-header" => ("ends inside a header", None),
+            "bad-checksum" => ("bad checksum", None),
+            _ => ("sparse", None),
+        };
+        for (what, o) in [("check", &check), ("bundle", &bundle), ("expanded dir", &expand)] {
+            assert!(
+                said(o).contains(reason),
+                "{name}: {what} does not say {reason:?}: {}",
+                said(o)
+            );
+        }
+        match parsed {
+            // Parsed alike: search and the search filter list the path check
+            // and extraction name; the filter passes the layer through.
+            Some(path) => {
+                assert!(search.status.success(), "{name}: search: {}", said(&search));
+                let found = json_of(&search);
+                let paths: Vec<&str> = found
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["path"].as_str().unwrap())
+                    .collect();
+                assert_eq!(paths, [path], "{name}: search");
+                assert!(filter.status.success(), "{name}: filter: {}", said(&filter));
+                let r = json_of(&filter);
+                let fpaths: Vec<&str> = r["matches"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["path"].as_str().unwrap())
+                    .collect();
+                assert_eq!(fpaths, [path], "{name}: the search filter");
+                for (what, o) in [("check", &check), ("bundle", &bundle), ("expanded dir", &expand)] {
+                    assert!(
+                        said(o).contains(path),
+                        "{name}: {what} does not name {path}: {}",
+                        said(o)
+                    );
+                }
+            }
+            // Refused alike: the same reason from every command.
+            None => {
+                for (what, o) in [("search", &search), ("filter", &filter)] {
+                    assert_eq!(o.status.code(), Some(1), "{name}: {what}: {}", said(o));
+                    assert!(
+                        said(o).contains(reason),
+                        "{name}: {what} does not say {reason:?}: {}",
+                        said(o)
+                    );
+                }
+            }
+        }
+        // Nothing escaped the extraction roots (bundle/rootfs, tree), and the
+        // hostile entry itself was not written.
+        let parent = out.parent().unwrap();
+        for p in [out.join("pax-escape"), parent.join("pax-escape")] {
+            assert!(!p.exists(), "{name}: {} was written", p.display());
+        }
+        let mut files = Vec::new();
+        walk(&out, &mut files);
+        assert!(
+            !files
+                .iter()
+                .any(|p| p.ends_with("usr/bin/evil") || p.ends_with("pax-escape")),
+            "{name}: a hostile entry was extracted: {files:?}"
+        );
+    }
+}
+
+/// The docker-save index reads `tar://` archives with the same reader: a
+/// member header with a bad checksum or a sparse member is refused with the
+/// reason layers give.
+#[test]
+fn a_docker_save_archive_is_read_by_the_same_reader() {
+    let good = docker_save_of("one-reader");
+    let bytes = std::fs::read(&good).unwrap();
+    let dir = good.parent().unwrap().to_path_buf();
+    let mut bad_sum = bytes.clone();
+    bad_sum[148] = if bad_sum[148] == b'1' { b'2' } else { b'1' };
+    let p = dir.join("bad-sum.tar");
+    std::fs::write(&p, &bad_sum).unwrap();
+    refused(&["info", &format!("tar://{}", p.display())], 1, "bad checksum");
+    let mut sparse = header_block("manifest.json", b'S', "", 2);
+    sparse.extend(padded(b"[]"));
+    sparse.extend([0u8; 1024]);
+    let p = dir.join("sparse.tar");
+    std::fs::write(&p, &sparse).unwrap();
+    refused(&["info", &format!("tar://{}", p.display())], 1, "sparse");
+}

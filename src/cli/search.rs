@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::error::{Error, Result};
+use crate::filter::tar_stream::TarReader;
 use crate::reference::Reference;
 use crate::source::stream::decompressed;
 use crate::source::{open_source, resolve};
@@ -56,11 +57,10 @@ pub async fn run(global: &GlobalArgs, args: &SearchArgs) -> Result<i32> {
             let digest = desc.digest.to_string();
             let found = tokio::task::spawn_blocking(move || -> Result<Vec<SearchMatch>> {
                 let mut out = Vec::new();
-                let mut archive = tar::Archive::new(bridge);
-                let bad = |e: std::io::Error| Error::stream(&what, e);
-                for entry in archive.entries().map_err(bad)? {
-                    let mut entry = entry.map_err(bad)?;
-                    let path = layer_path(&entry.path().map_err(bad)?.to_string_lossy());
+                // The same reader filters, check and extraction use.
+                let mut archive = TarReader::new(bridge, what);
+                while let Some(entry) = archive.next_entry()? {
+                    let path = layer_path(&entry.path);
                     if !path.is_empty() && m.is_match(&path) {
                         out.push(SearchMatch {
                             layer: i,
@@ -68,11 +68,9 @@ pub async fn run(global: &GlobalArgs, args: &SearchArgs) -> Result<i32> {
                             path,
                         });
                     }
-                    std::io::copy(&mut entry, &mut std::io::sink()).map_err(bad)?;
                 }
                 // Read to the end so the diff_id is verified.
-                let mut rest = archive.into_inner();
-                std::io::copy(&mut rest, &mut std::io::sink()).map_err(bad)?;
+                archive.drain()?;
                 Ok(out)
             })
             .await

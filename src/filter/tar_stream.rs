@@ -1,5 +1,10 @@
-//! The streaming tar rewriter shared by every filter: reads a layer's tar
-//! block by block, groups each entry with the extension records before it
+//! occy's one tar reader, and the streaming rewriter shared by every filter.
+//! Filters, `check`, `occy search`, extraction (bundles, expanded `dir://`),
+//! the docker-save index and the Docker export unpacker all read archives
+//! through [`TarReader`], so a hostile archive parses — or is refused — the
+//! same way in every command (the `tar` crate is only used to write).
+//!
+//! It reads a tar block by block, groups each entry with the extension records before it
 //! (PAX `x`/`g`, GNU long names `L`/`K`), lets a chain of filters keep, drop
 //! or re-time the entry by its header alone, and writes what is kept with
 //! every byte it did not change left as it was — PAX records, long names,
@@ -10,8 +15,18 @@
 //! Like Go's `archive/tar` (which wrote most layers), header-only entry types
 //! (links, directories, devices, fifos) carry no data whatever their size
 //! field says.
+//!
+//! What an entry declares is read the way Go and umoci read it: the path
+//! from PAX `path`, else a GNU long name (`L`), else ustar prefix + name; the
+//! link from PAX `linkpath`, else `K`, else the header; uid/gid/size from PAX
+//! when present; the mtime from PAX `mtime` with its fraction; xattrs from
+//! PAX `SCHILY.xattr.*`; device numbers from the header. A header with a bad
+//! checksum, a stream ending inside a header, an extension record or data,
+//! an extension record over 1 MiB or malformed, and sparse files (GNU `S`
+//! entries or PAX `GNU.sparse.*` records, whose data is not the file's
+//! bytes) are errors naming the archive.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use crate::error::{Error, Result};
 
@@ -90,9 +105,23 @@ pub struct TarEntry {
     pub data_len: u64,
     /// Whether the path was written absolute (with a leading `/`).
     pub absolute: bool,
+    /// `path` and `link` as the bytes written (file names need not be UTF-8).
+    path_raw: Vec<u8>,
+    link_raw: Option<Vec<u8>>,
 }
 
 impl TarEntry {
+    /// The path as the archive's bytes (`path` is its lossy UTF-8 text):
+    /// what extraction creates, so a non-UTF-8 file name survives.
+    pub fn path_bytes(&self) -> &[u8] {
+        &self.path_raw
+    }
+
+    /// The link target as the archive's bytes.
+    pub fn link_bytes(&self) -> Option<&[u8]> {
+        self.link_raw.as_deref()
+    }
+
     /// Sets the modification time, and the access and change times where the
     /// entry records them (PAX `atime`/`ctime`, GNU header fields), to `ts`.
     pub fn set_times(&mut self, ts: u64) {
@@ -123,16 +152,82 @@ impl TarEntry {
         }
     }
 
+    /// The entry's own PAX records (`x` headers, not global `g` ones), in
+    /// order; a later record of the same key overrides an earlier one.
+    fn pax_records(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.extensions.iter().flat_map(|ext| match ext {
+            Extension::Pax { header, records, .. } if header[156] == b'x' => records
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// The last value of PAX record `key`.
+    fn pax(&self, key: &str) -> Option<&[u8]> {
+        self.pax_records().filter(|(k, _)| *k == key).map(|(_, v)| v).last()
+    }
+
+    /// A numeric PAX record, or the header field at `range`.
+    fn pax_or_number(&self, key: &str, range: std::ops::Range<usize>) -> u64 {
+        self.pax(key)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .or_else(|| parse_number(&self.header[range]))
+            .unwrap_or(0)
+    }
+
     /// The modification time the entry records (PAX `mtime` wins).
     pub fn mtime(&self) -> Option<String> {
-        for ext in &self.extensions {
-            if let Extension::Pax { records, .. } = ext {
-                if let Some((_, v)) = records.iter().find(|(k, _)| k == "mtime") {
-                    return Some(String::from_utf8_lossy(v).into_owned());
-                }
-            }
+        if let Some(v) = self.pax("mtime") {
+            return Some(String::from_utf8_lossy(v).into_owned());
         }
         parse_number(&self.header[136..148]).map(|n| n.to_string())
+    }
+
+    /// The modification time as seconds and nanoseconds: the PAX `mtime`
+    /// record with its fraction when it parses, else the header's whole
+    /// seconds (0 when unreadable).
+    pub fn mtime_precise(&self) -> (i64, u32) {
+        if let Some(t) = self.pax("mtime").and_then(parse_pax_time) {
+            return t;
+        }
+        let secs = if self.header[136] == 0xff {
+            0
+        } else {
+            parse_number(&self.header[136..148]).unwrap_or(0)
+        };
+        (i64::try_from(secs).unwrap_or(i64::MAX), 0)
+    }
+
+    /// The owner's uid (PAX `uid` wins over the header).
+    pub fn uid(&self) -> u64 {
+        self.pax_or_number("uid", 108..116)
+    }
+
+    /// The owner's gid (PAX `gid` wins over the header).
+    pub fn gid(&self) -> u64 {
+        self.pax_or_number("gid", 116..124)
+    }
+
+    /// Major and minor device numbers (character and block devices).
+    pub fn device(&self) -> (u32, u32) {
+        let n = |r: std::ops::Range<usize>| parse_number(&self.header[r]).unwrap_or(0).min(u32::MAX as u64) as u32;
+        (n(329..337), n(337..345))
+    }
+
+    /// Extended attributes from PAX `SCHILY.xattr.NAME` records (name,
+    /// value), a later record of a name replacing an earlier one.
+    pub fn xattrs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for (k, v) in self.pax_records() {
+            if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
+                out.retain(|(n, _)| n.as_slice() != name.as_bytes());
+                out.push((name.as_bytes().to_vec(), v.to_vec()));
+            }
+        }
+        out
     }
 
     /// The permission bits (and setuid/setgid/sticky) from the header.
@@ -195,9 +290,23 @@ pub enum Verdict {
     Drop,
 }
 
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
 /// Reads entries from an uncompressed tar stream.
 pub struct TarReader<R: Read> {
-    inner: R,
+    inner: Counted<R>,
     /// Data left of the current entry, then its padding.
     remaining: u64,
     pad: u64,
@@ -212,7 +321,7 @@ fn invalid(what: &str, msg: impl std::fmt::Display) -> Error {
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R, what: impl Into<String>) -> Self {
         TarReader {
-            inner,
+            inner: Counted { inner, count: 0 },
             remaining: 0,
             pad: 0,
             done: false,
@@ -246,14 +355,18 @@ impl<R: Read> TarReader<R> {
                 format!("an extension record of {len} bytes is over the {MAX_EXTENSION} byte limit"),
             ));
         }
+        let what = &self.what;
+        let short = |e: io::Error| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                invalid(what, "the tar stream ends inside an extension record")
+            } else {
+                Error::stream(what, e)
+            }
+        };
         let mut v = vec![0u8; len as usize];
-        self.inner
-            .read_exact(&mut v)
-            .map_err(|e| Error::stream(&self.what, e))?;
+        self.inner.read_exact(&mut v).map_err(short)?;
         let mut pad = vec![0u8; padding(len)];
-        self.inner
-            .read_exact(&mut pad)
-            .map_err(|e| Error::stream(&self.what, e))?;
+        self.inner.read_exact(&mut pad).map_err(short)?;
         Ok(v)
     }
 
@@ -306,9 +419,16 @@ impl<R: Read> TarReader<R> {
                     let records = parse_pax(&data).map_err(|m| invalid(&self.what, m))?;
                     if header[156] == b'x' {
                         for (k, v) in &records {
+                            if k.starts_with("GNU.sparse.") {
+                                return Err(invalid(
+                                    &self.what,
+                                    "a PAX sparse file (GNU.sparse.* records) is not supported: \
+                                     rebuild the archive without --sparse",
+                                ));
+                            }
                             match k.as_str() {
-                                "path" => pax_path = Some(String::from_utf8_lossy(v).into_owned()),
-                                "linkpath" => pax_link = Some(String::from_utf8_lossy(v).into_owned()),
+                                "path" => pax_path = Some(v.clone()),
+                                "linkpath" => pax_link = Some(v.clone()),
                                 "size" => pax_size = std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()),
                                 _ => {}
                             }
@@ -322,13 +442,23 @@ impl<R: Read> TarReader<R> {
                 }
                 b'L' | b'K' => {
                     let data = self.read_exact_vec(size)?;
-                    let text = String::from_utf8_lossy(data.split(|&b| b == 0).next().unwrap_or(&[])).into_owned();
+                    let text = data.split(|&b| b == 0).next().unwrap_or(&[]).to_vec();
                     if header[156] == b'L' {
                         gnu_path = Some(text);
                     } else {
                         gnu_link = Some(text);
                     }
                     extensions.push(Extension::Raw { header, data });
+                }
+                b'S' => {
+                    return Err(invalid(
+                        &self.what,
+                        format!(
+                            "entry {:?} is a GNU sparse file, which is not supported: \
+                             rebuild the archive without --sparse",
+                            String::from_utf8_lossy(&ustar_path(&header))
+                        ),
+                    ));
                 }
                 flag => {
                     let kind = EntryKind::from_flag(flag);
@@ -339,9 +469,11 @@ impl<R: Read> TarReader<R> {
                     };
                     let path = pax_path.or(gnu_path).unwrap_or_else(|| ustar_path(&header));
                     let link = match kind {
-                        EntryKind::HardLink | EntryKind::Symlink => {
-                            Some(pax_link.or(gnu_link).unwrap_or_else(|| field_str(&header[157..257])))
-                        }
+                        EntryKind::HardLink | EntryKind::Symlink => Some(
+                            pax_link
+                                .or(gnu_link)
+                                .unwrap_or_else(|| field_bytes(&header[157..257]).to_vec()),
+                        ),
                         _ => None,
                     };
                     self.remaining = data_len;
@@ -350,9 +482,11 @@ impl<R: Read> TarReader<R> {
                         extensions,
                         header,
                         header_changed: false,
-                        absolute: path.starts_with('/'),
-                        path: normalize_path(&path),
-                        link,
+                        absolute: path.starts_with(b"/"),
+                        path: String::from_utf8_lossy(normalize_bytes(&path)).into_owned(),
+                        link: link.as_deref().map(|l| String::from_utf8_lossy(l).into_owned()),
+                        path_raw: normalize_bytes(&path).to_vec(),
+                        link_raw: link,
                         kind,
                         data_len,
                     }));
@@ -383,15 +517,62 @@ impl<R: Read> TarReader<R> {
         Ok(())
     }
 
+    /// Reads up to `buf.len()` bytes of the current entry's data (never its
+    /// padding); 0 at the end of the data. A stream ending early is an error.
+    pub fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = (buf.len() as u64).min(self.remaining) as usize;
+        let n = loop {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::stream(&self.what, e)),
+            }
+        };
+        if n == 0 {
+            return Err(invalid(&self.what, "the tar stream ends inside an entry's data"));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+
     /// Reads past the current entry's data.
     pub fn skip_data(&mut self) -> Result<()> {
         self.copy_data(&mut io::sink())
+    }
+
+    /// Bytes of the stream read so far (the offset of the current entry's
+    /// data right after [`Self::next_entry`]).
+    pub fn position(&self) -> u64 {
+        self.inner.count
     }
 
     /// Reads the rest of the stream (trailing zero blocks) so that whatever
     /// verifies the input sees all of it.
     pub fn drain(&mut self) -> Result<()> {
         io::copy(&mut self.inner, &mut io::sink()).map_err(|e| Error::stream(&self.what, e))?;
+        Ok(())
+    }
+}
+
+impl<R: Read + Seek> TarReader<R> {
+    /// Seeks past the current entry's data and padding instead of reading
+    /// them (an index of a large archive on disk). Whether the data is really
+    /// there is for the caller to check against the file's length.
+    pub fn seek_past_data(&mut self) -> Result<()> {
+        let skip = self.remaining + self.pad;
+        if skip > 0 {
+            let by = i64::try_from(skip).map_err(|_| invalid(&self.what, "an entry is too large"))?;
+            self.inner
+                .inner
+                .seek(SeekFrom::Current(by))
+                .map_err(|e| Error::stream(&self.what, e))?;
+            self.inner.count += skip;
+        }
+        self.remaining = 0;
+        self.pad = 0;
         Ok(())
     }
 }
@@ -407,20 +588,33 @@ fn is_gnu(h: &[u8; BLOCK]) -> bool {
     &h[257..265] == b"ustar  \0"
 }
 
-fn field_str(f: &[u8]) -> String {
+fn field_bytes(f: &[u8]) -> &[u8] {
     let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
-    String::from_utf8_lossy(&f[..end]).into_owned()
+    &f[..end]
 }
 
-fn ustar_path(h: &[u8; BLOCK]) -> String {
-    let name = field_str(&h[0..100]);
+fn ustar_path(h: &[u8; BLOCK]) -> Vec<u8> {
+    let name = field_bytes(&h[0..100]);
     if &h[257..263] == b"ustar\0" {
-        let prefix = field_str(&h[345..500]);
+        let prefix = field_bytes(&h[345..500]);
         if !prefix.is_empty() {
-            return format!("{prefix}/{name}");
+            return [prefix, b"/", name].concat();
         }
     }
-    name
+    name.to_vec()
+}
+
+/// [`normalize_path`] on the bytes as written.
+fn normalize_bytes(mut s: &[u8]) -> &[u8] {
+    loop {
+        if let Some(rest) = s.strip_prefix(b"./") {
+            s = rest;
+        } else if let Some(rest) = s.strip_prefix(b"/") {
+            s = rest;
+        } else {
+            return s;
+        }
+    }
 }
 
 /// Strips a leading `./` or `/` (layers are written both ways).
@@ -491,6 +685,28 @@ fn set_checksum(h: &mut [u8; BLOCK]) {
     let sum = checksum_of(h);
     let s = format!("{sum:06o}\0 ");
     h[148..156].copy_from_slice(s.as_bytes());
+}
+
+/// Parses a PAX time (`-?SECONDS[.FRACTION]`) into seconds and
+/// nanoseconds; None when malformed.
+pub fn parse_pax_time(raw: &[u8]) -> Option<(i64, u32)> {
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    let (whole, frac) = match text.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (text, ""),
+    };
+    let mut secs: i64 = whole.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let mut nanos: u32 = digits.parse().ok()?;
+    if whole.starts_with('-') && nanos > 0 {
+        // -1.25 is 1.25 s before the epoch: -2 s + 0.75 s.
+        secs = secs.checked_sub(1)?;
+        nanos = 1_000_000_000 - nanos;
+    }
+    Some((secs, nanos))
 }
 
 fn parse_pax(data: &[u8]) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
@@ -674,6 +890,71 @@ mod tests {
             Ok(_) => r.copy_data(&mut Vec::new()).is_err() || r.next_entry().is_err(),
         };
         assert!(failed);
+    }
+
+    #[test]
+    fn pax_times_keep_their_fraction() {
+        let t = |s: &str| parse_pax_time(s.as_bytes());
+        assert_eq!(t("1700000000"), Some((1_700_000_000, 0)));
+        assert_eq!(t("1700000000.5"), Some((1_700_000_000, 500_000_000)));
+        assert_eq!(t("1.123456789123"), Some((1, 123_456_789)));
+        assert_eq!(t("-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(t("12x"), None);
+        assert_eq!(t("1.2e3"), None);
+    }
+
+    #[test]
+    fn pax_owner_xattrs_devices_and_sparse() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_size(0);
+        h.set_uid(7);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        b.append_pax_extensions([
+            ("uid", &b"3000000"[..]),
+            ("SCHILY.xattr.user.a", &b"1"[..]),
+            ("SCHILY.xattr.user.a", &b"2"[..]),
+            ("mtime", &b"5.25"[..]),
+        ])
+        .unwrap();
+        b.append_data(&mut h, "dev/null", io::empty()).unwrap();
+        let input = b.into_inner().unwrap();
+        let mut r = TarReader::new(&input[..], "t");
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!((e.uid(), e.gid(), e.device()), (3_000_000, 0, (1, 3)));
+        assert_eq!(e.xattrs(), vec![(b"user.a".to_vec(), b"2".to_vec())]);
+        assert_eq!(e.mtime_precise(), (5, 250_000_000));
+        assert!(r.next_entry().unwrap().is_none());
+
+        let mut sparse = input.clone();
+        sparse[1024 + 156] = b'S';
+        let mut h = [0u8; BLOCK];
+        h.copy_from_slice(&sparse[1024..1536]);
+        set_checksum(&mut h);
+        sparse[1024..1536].copy_from_slice(&h);
+        let err = TarReader::new(&sparse[..], "t").next_entry().unwrap_err();
+        assert!(err.to_string().contains("sparse"), "{err}");
+    }
+
+    #[test]
+    fn non_utf8_names_keep_their_bytes() {
+        let mut h = [0u8; BLOCK];
+        let name = b"./caf\xe9/x";
+        h[..name.len()].copy_from_slice(name);
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[124..136].copy_from_slice(b"00000000000\0");
+        h[156] = b'2';
+        h[157..160].copy_from_slice(b"\xff/y");
+        h[257..265].copy_from_slice(b"ustar\x0000");
+        set_checksum(&mut h);
+        let input = [&h[..], &[0u8; 1024][..]].concat();
+        let mut r = TarReader::new(&input[..], "t");
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!(e.path_bytes(), b"caf\xe9/x");
+        assert_eq!(e.path, "caf\u{fffd}/x");
+        assert_eq!(e.link_bytes(), Some(&b"\xff/y"[..]));
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //!   replaced, not written through;
 //! - hardlink targets must resolve inside the root (error otherwise);
 //! - device nodes are created only when running as root, otherwise skipped
-//!   with a warning (what rootless runtimes do).
+//!   with a warning (what rootless runtimes do);
+//! - the tar is read by [`crate::filter::tar_stream`], occy's one tar
+//!   reader, so a truncated or corrupt header, a sparse file or a malformed
+//!   PAX record is refused exactly as `check`, `search` and filters refuse it.
 //!
 //! The last layer wins for every attribute, as `umoci unpack` and `docker
 //! export` show: a directory re-declared by a later layer (`RUN chmod 750
@@ -28,7 +31,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -36,6 +39,7 @@ use std::path::{Component, Path, PathBuf};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
+use crate::filter::tar_stream::{EntryKind, TarReader};
 
 /// Most symlinks followed while resolving one path (Linux uses 40).
 const MAX_LINKS: usize = 40;
@@ -58,37 +62,6 @@ pub struct Extractor {
 struct DirMeta {
     mode: u32,
     mtime: filetime::FileTime,
-}
-
-/// An entry's mtime: the PAX `mtime` record (with its fraction) when there
-/// is one, else the header's whole seconds.
-fn entry_mtime(header: &tar::Header, pax_mtime: Option<&[u8]>) -> filetime::FileTime {
-    if let Some(t) = pax_mtime.and_then(parse_pax_time) {
-        return t;
-    }
-    filetime::FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0)
-}
-
-/// Parses a PAX time (`-?SECONDS[.FRACTION]`); None when malformed.
-fn parse_pax_time(raw: &[u8]) -> Option<filetime::FileTime> {
-    let text = std::str::from_utf8(raw).ok()?.trim();
-    let (whole, frac) = match text.split_once('.') {
-        Some((w, f)) => (w, f),
-        None => (text, ""),
-    };
-    let secs: i64 = whole.parse().ok()?;
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
-    let mut nanos: u32 = digits.parse().ok()?;
-    let mut secs = secs;
-    if whole.starts_with('-') && nanos > 0 {
-        // -1.25 is 1.25 s before the epoch: -2 s + 0.75 s.
-        secs -= 1;
-        nanos = 1_000_000_000 - nanos;
-    }
-    Some(filetime::FileTime::from_unix_time(secs, nanos))
 }
 
 /// Why an entry name is unacceptable.
@@ -204,17 +177,26 @@ impl Extractor {
         }
     }
 
-    /// Applies one uncompressed layer tar. `layer` names it in errors.
+    /// Applies one uncompressed layer tar. `layer` names it in errors. The
+    /// tar is read by occy's one reader ([`TarReader`]), as filters,
+    /// `check` and `search` read it.
     pub fn apply_layer<R: Read>(&mut self, layer: &str, reader: R) -> Result<()> {
-        let bad = |e: io::Error| Error::invalid(format!("layer {layer} is not a readable tar: {e}"));
-        let mut archive = tar::Archive::new(reader);
+        let mut archive = TarReader::new(reader, format!("layer {layer}"));
         // Paths this layer wrote: an opaque marker must not delete them.
         let mut written: HashSet<PathBuf> = HashSet::new();
         let mut opaque_dirs: Vec<PathBuf> = Vec::new();
-        for entry in archive.entries().map_err(bad)? {
-            let mut entry = entry.map_err(bad)?;
-            let name = entry.path().map_err(bad)?.into_owned();
-            let comps = entry_components(layer, &name)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(entry) = archive.next_entry()? {
+            let shown = if entry.absolute {
+                format!("/{}", entry.path)
+            } else {
+                entry.path.clone()
+            };
+            if entry.absolute {
+                return Err(entry_error(layer, &shown, "is an absolute path"));
+            }
+            let name = Path::new(OsStr::from_bytes(entry.path_bytes()));
+            let comps = entry_components(layer, name)?;
             let Some((last, parents)) = comps.split_last() else {
                 continue;
             };
@@ -227,11 +209,7 @@ impl Extractor {
             }
             if let Some(hidden) = last_bytes.strip_prefix(b".wh.") {
                 if hidden.is_empty() {
-                    return Err(entry_error(
-                        layer,
-                        &name.to_string_lossy(),
-                        "is a whiteout without a name",
-                    ));
+                    return Err(entry_error(layer, &shown, "is a whiteout without a name"));
                 }
                 let victim = parent.join(OsStr::from_bytes(hidden));
                 self.remove_entry(&victim)?;
@@ -240,24 +218,18 @@ impl Extractor {
 
             self.ensure_parent(&parent)?;
             let target = parent.join(last);
-            let header = entry.header().clone();
-            let mode = header.mode().unwrap_or(0o644) & 0o7777;
-            let kind = header.entry_type();
-            // PAX records (xattrs, a precise mtime), read before the data.
-            let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-            let mut pax_mtime: Option<Vec<u8>> = None;
-            if let Ok(Some(exts)) = entry.pax_extensions() {
-                for ext in exts.flatten() {
-                    if let Some(attr) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                        xattrs.push((attr.to_vec(), ext.value_bytes().to_vec()));
-                    } else if ext.key_bytes() == b"mtime" {
-                        pax_mtime = Some(ext.value_bytes().to_vec());
-                    }
-                }
-            }
-            let mtime = entry_mtime(&header, pax_mtime.as_deref());
+            let mode = entry.mode();
+            let kind = entry.kind;
+            // PAX records: xattrs, a precise mtime.
+            let xattrs = entry.xattrs();
+            let (secs, nanos) = entry.mtime_precise();
+            let mtime = filetime::FileTime::from_unix_time(secs, nanos);
+            let link = entry
+                .link_bytes()
+                .filter(|l| !l.is_empty())
+                .map(|l| PathBuf::from(OsStr::from_bytes(l)));
             match kind {
-                tar::EntryType::Directory => {
+                EntryKind::Directory => {
                     match fs::symlink_metadata(&target) {
                         Ok(m) if m.is_dir() => {
                             // Re-declared: this layer's xattrs replace the earlier set.
@@ -271,57 +243,44 @@ impl Extractor {
                     }
                     self.dirs.insert(target.clone(), DirMeta { mode, mtime });
                 }
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                EntryKind::File => {
                     self.remove_entry(&target)?;
                     let mut f = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .open(&target)
                         .map_err(|e| Error::io("create", &target, e))?;
-                    io::copy(&mut entry, &mut f).map_err(|e| match e.kind() {
-                        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::Other => bad(e),
-                        _ => Error::io("write", &target, e),
-                    })?;
+                    loop {
+                        let n = archive.read_data(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        f.write_all(&buf[..n]).map_err(|e| Error::io("write", &target, e))?;
+                    }
                     fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                         .map_err(|e| Error::io("chmod", &target, e))?;
                 }
-                tar::EntryType::Symlink => {
-                    let link = entry
-                        .link_name()
-                        .map_err(bad)?
-                        .ok_or_else(|| entry_error(layer, &name.to_string_lossy(), "is a symlink without a target"))?
-                        .into_owned();
+                EntryKind::Symlink => {
+                    let link = link.ok_or_else(|| entry_error(layer, &shown, "is a symlink without a target"))?;
                     self.remove_entry(&target)?;
                     symlink(&link, &target).map_err(|e| Error::io("create symlink", &target, e))?;
                 }
-                tar::EntryType::Link => {
-                    let link = entry
-                        .link_name()
-                        .map_err(bad)?
-                        .ok_or_else(|| entry_error(layer, &name.to_string_lossy(), "is a hardlink without a target"))?
-                        .into_owned();
+                EntryKind::HardLink => {
+                    let link = link.ok_or_else(|| entry_error(layer, &shown, "is a hardlink without a target"))?;
                     let link_comps = entry_components(layer, &link).map_err(|_| {
-                        entry_error(
-                            layer,
-                            &name.to_string_lossy(),
-                            &format!("is a hardlink to {link:?}, outside the image"),
-                        )
+                        entry_error(layer, &shown, &format!("is a hardlink to {link:?}, outside the image"))
                     })?;
                     let Some((link_last, link_parents)) = link_comps.split_last() else {
-                        return Err(entry_error(layer, &name.to_string_lossy(), "is a hardlink to the root"));
+                        return Err(entry_error(layer, &shown, "is a hardlink to the root"));
                     };
                     let source = self.resolve_in_scope(link_parents)?.join(link_last);
                     if !source.starts_with(&self.root) {
-                        return Err(entry_error(
-                            layer,
-                            &name.to_string_lossy(),
-                            "is a hardlink outside the image",
-                        ));
+                        return Err(entry_error(layer, &shown, "is a hardlink outside the image"));
                     }
                     if fs::symlink_metadata(&source).is_err() {
                         return Err(entry_error(
                             layer,
-                            &name.to_string_lossy(),
+                            &shown,
                             &format!("is a hardlink to {link:?}, which does not exist"),
                         ));
                     }
@@ -329,50 +288,40 @@ impl Extractor {
                         self.remove_entry(&target)?;
                         fs::hard_link(&source, &target).map_err(|e| Error::io("create hardlink", &target, e))?;
                     }
+                    // A hardlink shares its source's inode: owner, mode,
+                    // xattrs and mtime are the source entry's (as umoci
+                    // keeps them); a chown here would clear a setuid bit
+                    // the source set.
+                    written.insert(target);
+                    continue;
                 }
-                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                    if kind != tar::EntryType::Fifo && !self.is_root_user {
-                        warn!(
-                            "layer {layer}: skipping device node {} (creating devices needs root)",
-                            name.display()
-                        );
+                EntryKind::CharDevice | EntryKind::BlockDevice | EntryKind::Fifo => {
+                    if kind != EntryKind::Fifo && !self.is_root_user {
+                        warn!("layer {layer}: skipping device node {shown} (creating devices needs root)");
                         continue;
                     }
                     self.remove_entry(&target)?;
-                    let dev = libc::makedev(
-                        header.device_major().ok().flatten().unwrap_or(0),
-                        header.device_minor().ok().flatten().unwrap_or(0),
-                    );
+                    let (major, minor) = entry.device();
+                    let dev = libc::makedev(major, minor);
                     let type_bits = match kind {
-                        tar::EntryType::Char => libc::S_IFCHR,
-                        tar::EntryType::Block => libc::S_IFBLK,
+                        EntryKind::CharDevice => libc::S_IFCHR,
+                        EntryKind::BlockDevice => libc::S_IFBLK,
                         _ => libc::S_IFIFO,
                     };
                     mknod(&target, type_bits | mode, dev)?;
                 }
-                tar::EntryType::XGlobalHeader
-                | tar::EntryType::XHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink => continue,
-                other => {
-                    debug!("layer {layer}: skipping entry {} of type {other:?}", name.display());
+                EntryKind::Other(flag) => {
+                    debug!("layer {layer}: skipping entry {shown} of type {:?}", char::from(flag));
                     continue;
                 }
             }
-            if kind == tar::EntryType::Link {
-                // A hardlink shares its source's inode: owner, mode, xattrs
-                // and mtime are the source entry's (as umoci keeps them);
-                // a chown here would clear a setuid bit the source set.
-                written.insert(target);
-                continue;
-            }
             if self.is_root_user {
-                let uid = header.uid().unwrap_or(0) as u32;
-                let gid = header.gid().unwrap_or(0) as u32;
+                let uid = u32::try_from(entry.uid()).unwrap_or(u32::MAX);
+                let gid = u32::try_from(entry.gid()).unwrap_or(u32::MAX);
                 if let Err(e) = std::os::unix::fs::lchown(&target, Some(uid), Some(gid)) {
                     debug!("cannot chown {}: {e}", target.display());
                 }
-                if kind == tar::EntryType::Regular && mode & 0o6000 != 0 {
+                if kind == EntryKind::File && mode & 0o6000 != 0 {
                     // chown clears setuid/setgid: apply the mode again.
                     let _ = fs::set_permissions(&target, fs::Permissions::from_mode(mode));
                 }
@@ -381,7 +330,7 @@ impl Extractor {
                 set_xattr(&target, attr, value);
             }
             // A directory's mtime waits for `finish`.
-            if kind != tar::EntryType::Directory {
+            if kind != EntryKind::Directory {
                 let _ = filetime::set_symlink_file_times(&target, mtime, mtime);
             }
             written.insert(target);
@@ -491,16 +440,24 @@ fn set_xattr(path: &Path, name: &[u8], value: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_pax_time;
+    use super::*;
 
     #[test]
-    fn pax_times_keep_their_fraction() {
-        let t = |s: &str| parse_pax_time(s.as_bytes()).map(|t| (t.unix_seconds(), t.nanoseconds()));
-        assert_eq!(t("1700000000"), Some((1_700_000_000, 0)));
-        assert_eq!(t("1700000000.5"), Some((1_700_000_000, 500_000_000)));
-        assert_eq!(t("1.123456789123"), Some((1, 123_456_789)));
-        assert_eq!(t("-1.25"), Some((-2, 750_000_000)));
-        assert_eq!(t("12x"), None);
-        assert_eq!(t("1.2e3"), None);
+    fn non_utf8_names_are_extracted_as_written() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.as_old_mut().name[..5].copy_from_slice(b"caf\xe9x");
+        h.set_cksum();
+        b.append(&h, &b"hi"[..]).unwrap();
+        let layer = b.into_inner().unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let mut ex = Extractor::new(t.path());
+        ex.apply_layer("t", &layer[..]).unwrap();
+        ex.finish().unwrap();
+        let want = t.path().join(OsStr::from_bytes(b"caf\xe9x"));
+        assert_eq!(fs::read(want).unwrap(), b"hi");
     }
 }

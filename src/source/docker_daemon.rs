@@ -10,7 +10,7 @@
 //! the daemon wrote — and removed when the source is dropped. This is what
 //! skopeo's `docker-daemon:` transport does too, with a temporary file.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
@@ -20,6 +20,7 @@ use futures_util::TryStreamExt;
 use super::docker_save::DockerSaveSource;
 use super::{BlobReader, Source};
 use crate::error::{Error, Result};
+use crate::filter::tar_stream::{EntryKind, TarReader};
 use crate::image::{Descriptor, Digest, ImageName, RawManifest};
 
 /// The Engine API version occy speaks: old enough for podman 4 and Docker 20,
@@ -189,45 +190,51 @@ impl DockerDaemonSource {
 /// `<id>/layer.tar` to `../<diffid>.tar`). Anything else, or a name or link
 /// that would leave `root`, is an error naming the member.
 fn unpack_export(reader: impl Read, root: &Path, what: &str) -> Result<()> {
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| Error::invalid(format!("{what} is not a tar stream: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| Error::invalid(format!("reading {what}: {e}")))?;
-        let name = entry
-            .path()
-            .map_err(|e| Error::invalid(format!("{what}: a member has an unreadable name: {e}")))?
-            .into_owned();
-        let rel = inside(&name)
-            .ok_or_else(|| Error::invalid(format!("{what}: member {} points outside the archive", name.display())))?;
+    // occy's one tar reader: the export parses as layers and `tar://` do.
+    let mut archive = TarReader::new(reader, what);
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(entry) = archive.next_entry()? {
+        let shown = if entry.absolute {
+            format!("/{}", entry.path)
+        } else {
+            entry.path.clone()
+        };
+        let rel = (!entry.absolute)
+            .then(|| inside(Path::new(&entry.path)))
+            .flatten()
+            .ok_or_else(|| Error::invalid(format!("{what}: member {shown} points outside the archive")))?;
         if rel.as_os_str().is_empty() {
             continue;
         }
         let target = root.join(&rel);
-        let kind = entry.header().entry_type();
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
         }
-        match kind {
-            tar::EntryType::Directory => {
+        match entry.kind {
+            EntryKind::Directory => {
                 std::fs::create_dir_all(&target).map_err(|e| Error::io("create", &target, e))?;
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
+            EntryKind::File => {
                 let mut out = std::fs::File::create(&target).map_err(|e| Error::io("create", &target, e))?;
-                std::io::copy(&mut entry, &mut out).map_err(|e| Error::io("write", &target, e))?;
+                loop {
+                    let n = archive.read_data(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&buf[..n]).map_err(|e| Error::io("write", &target, e))?;
+                }
             }
-            tar::EntryType::Symlink => {
+            EntryKind::Symlink => {
                 let link = entry
-                    .link_name()
-                    .map_err(|e| Error::invalid(format!("{what}: member {}: {e}", name.display())))?
-                    .ok_or_else(|| Error::invalid(format!("{what}: symlink {} has no target", name.display())))?
-                    .into_owned();
+                    .link
+                    .clone()
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| Error::invalid(format!("{what}: symlink {shown} has no target")))?;
+                let link = PathBuf::from(link);
                 let joined = rel.parent().unwrap_or(Path::new("")).join(&link);
                 if link.is_absolute() || inside(&joined).is_none() {
                     return Err(Error::invalid(format!(
-                        "{what}: symlink {} -> {} points outside the archive",
-                        name.display(),
+                        "{what}: symlink {shown} -> {} points outside the archive",
                         link.display()
                     )));
                 }
@@ -235,8 +242,7 @@ fn unpack_export(reader: impl Read, root: &Path, what: &str) -> Result<()> {
             }
             other => {
                 return Err(Error::invalid(format!(
-                    "{what}: member {} is a {other:?}, not a file, directory or symlink",
-                    name.display()
+                    "{what}: member {shown} is a {other:?}, not a file, directory or symlink"
                 )))
             }
         }

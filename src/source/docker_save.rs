@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{BlobReader, Source};
 use crate::error::{Error, Result};
+use crate::filter::tar_stream::{EntryKind, TarReader};
 use crate::image::config::MAX_CONFIG_SIZE;
 use crate::image::{
     media_type, Compression, ConfigBlob, Descriptor, Digest, ImageManifest, ImageName, RawManifest, VerifyingReader,
@@ -216,42 +217,50 @@ fn index_tar(path: &Path) -> Result<HashMap<String, TarEntry>> {
             Error::io("open", path, e)
         }
     })?;
-    let bad = |e: std::io::Error| {
-        // The tar reader quotes the bytes it choked on: keep its first line.
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("read the size of", path, e))?
+        .len();
+    let bad = |e: Error| {
         let why = e.to_string();
         let why = why
             .lines()
             .next()
             .unwrap_or_default()
             .chars()
-            .take(120)
+            .take(160)
             .collect::<String>();
         Error::invalid(format!(
             "{} is not a readable tar archive ({why}): tar:// expects a docker-save archive (docker save, podman save, occy)",
             path.display()
         ))
     };
-    let mut archive = tar::Archive::new(file);
+    // occy's one tar reader (as for layers), seeking over member data.
+    let mut archive = TarReader::new(std::io::BufReader::new(file), "the archive");
     let mut out = HashMap::new();
-    for entry in archive.entries_with_seek().map_err(bad)? {
-        let entry = entry.map_err(bad)?;
-        let raw_name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-        let Some(name) = clean_name(&raw_name) else { continue };
-        let kind = entry.header().entry_type();
-        let link = || -> Result<String> {
-            Ok(entry
-                .link_name()
-                .map_err(bad)?
-                .map(|l| l.to_string_lossy().into_owned())
-                .unwrap_or_default())
+    while let Some(entry) = archive.next_entry().map_err(bad)? {
+        let offset = archive.position();
+        archive.seek_past_data().map_err(bad)?;
+        if offset.saturating_add(entry.data_len) > len {
+            return Err(bad(Error::invalid(format!(
+                "member {} claims {} bytes of data at offset {offset}, past the end of the {len} byte file",
+                entry.path, entry.data_len
+            ))));
+        }
+        let raw_name = if entry.absolute {
+            format!("/{}", entry.path)
+        } else {
+            entry.path.clone()
         };
-        let e = match kind {
-            tar::EntryType::Regular | tar::EntryType::Continuous => TarEntry::Data {
-                offset: entry.raw_file_position(),
-                size: entry.size(),
+        let Some(name) = clean_name(&raw_name) else { continue };
+        let link = entry.link.clone().unwrap_or_default();
+        let e = match entry.kind {
+            EntryKind::File => TarEntry::Data {
+                offset,
+                size: entry.data_len,
             },
-            tar::EntryType::Symlink => TarEntry::Symlink(link()?),
-            tar::EntryType::Link => TarEntry::Hardlink(link()?),
+            EntryKind::Symlink => TarEntry::Symlink(link),
+            EntryKind::HardLink => TarEntry::Hardlink(link),
             _ => continue,
         };
         out.insert(name, e);
