@@ -286,3 +286,105 @@ fn refused_pushes_fail_clearly_and_leave_no_tag() {
     );
     assert!(!manifest.status.success(), "a read-only registry got a tag");
 }
+
+/// The layers of a manifest a registry holds: (media type, digest, size).
+fn layers_of(reg: &Registry, repo_tag: &str) -> Vec<(String, String, u64)> {
+    reg.inspect(repo_tag, true)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["mediaType"].as_str().unwrap().to_string(),
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn layers_that_arrive_uncompressed_are_compressed_for_a_registry_once() {
+    let reg = Registry::shared(Mode::Plain);
+    let dir = scratch_dir("compress-push");
+    let tar = dir.join("app.tar");
+    let tar_ref = format!("tar://{}", tar.display());
+    // A docker-save archive: its layers are plain tar.
+    reg.ok(&["process", &standard_ref("app-a"), &tar_ref]);
+    let config_of = |r: &str| -> Value {
+        let out = reg.skopeo(&["inspect", "--config", r], false);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let diff_ids = config_of(&format!("docker-archive:{}", tar.display()))["rootfs"]["diff_ids"].clone();
+
+    // process: gzip by default, as skopeo pushes it.
+    reg.ok(&["process", &tar_ref, &reg.url("compressed/app:gz")]);
+    let layers = layers_of(reg, "compressed/app:gz");
+    assert!(!layers.is_empty());
+    for (mt, digest, _) in &layers {
+        assert_eq!(mt, "application/vnd.docker.image.rootfs.diff.tar.gzip", "{layers:?}");
+        assert!(
+            !diff_ids.as_array().unwrap().iter().any(|d| d == digest),
+            "a layer went up uncompressed: {layers:?}"
+        );
+    }
+    let pushed = config_of(&format!("docker://{}/compressed/app:gz", reg.host));
+    assert_eq!(pushed["rootfs"]["diff_ids"], diff_ids, "compression keeps the diff_ids");
+
+    // --compression zstd chooses zstd (and OCI media types, which have one).
+    reg.ok(&[
+        "--compression",
+        "zstd",
+        "process",
+        &tar_ref,
+        &reg.url("compressed/app:zstd"),
+    ]);
+    for (mt, _, _) in layers_of(reg, "compressed/app:zstd") {
+        assert_eq!(mt, "application/vnd.oci.image.layer.v1.tar+zstd");
+    }
+
+    // A sync: the plan says so; a second run finds the output in the layer
+    // cache and the registry, and compresses nothing again.
+    let file = dir.join("sync.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: 1\nregistries:\n  {h}: {{ insecure: true }}\nsync:\n  - from: {tar_ref}\n    to: registry://{h}/compressed/synced:1.0\n",
+            h = reg.host
+        ),
+    )
+    .unwrap();
+    let cache = dir.join("cache");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "-O",
+            "json",
+            "sync",
+            file.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_slice::<Value>(&reg.ok(&args).stdout).unwrap()
+    };
+    let plan = run(&["--plan"]);
+    let target = &plan["targets"][0];
+    assert_eq!(target["action"], "rebuild", "{target}");
+    assert!(
+        target["reason"].as_str().unwrap().contains("compressed (gzip)"),
+        "{target}"
+    );
+    let first = run(&[]);
+    assert_eq!(first["written"], 1, "{first}");
+    assert!(first["layers_rewritten"].as_u64().unwrap() >= 1, "{first}");
+    let plan = run(&["--plan"]);
+    assert_eq!(plan["totals"]["unchanged"], 1, "{}", plan["totals"]);
+    let second = run(&[]);
+    assert_eq!(second["written"], 0, "{second}");
+    assert_eq!(second["layers_rewritten"], 0, "{second}");
+    assert_eq!(
+        layers_of(reg, "compressed/synced:1.0"),
+        layers_of(reg, "compressed/app:gz")
+    );
+}

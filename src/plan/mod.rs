@@ -512,6 +512,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             let mut p = planned_target(t);
             match resolve_for_writing(ctx, &p.target).await {
                 Ok(resolved) => {
+                    compress_for_registry(&mut p.target, &resolved);
                     let tt = &p.target;
                     p.source_digest = resolved.root().map(|r| r.digest.clone());
                     p.platforms = resolved.images.len();
@@ -557,7 +558,9 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         if t.action.writes() {
             if let (Some(src), Some(exp)) = (&t.source_digest, &t.expected) {
                 if src != exp {
-                    let why = if t.target.chain.changes_content() {
+                    let why = if t.target.chain_name.as_deref() == Some(COMPRESSING) {
+                        "its uncompressed layers are compressed for the registry"
+                    } else if t.target.chain.changes_content() {
                         "filters rewrite it"
                     } else {
                         "a subset of its platforms is taken"
@@ -801,6 +804,51 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
     }
 }
 
+/// The name a target's chain gets when occy compresses its layers for a
+/// registry (see [`compress_for_registry`]).
+pub const COMPRESSING: &str = "compress";
+
+/// Layers that arrive uncompressed (from a docker-save archive, a
+/// directory or a daemon) are compressed for a registry, as skopeo does:
+/// the target's chain becomes `recompress` to `--compression` (or
+/// `defaults.compression`; gzip when neither says), so the layers are
+/// compressed once, block-parallel, remembered in the layer cache, and a
+/// second run finds the output without compressing again. A target with
+/// filters of its own, or whose layers are not all plain tar, is left as
+/// it is; `--compression none` keeps them uncompressed.
+fn compress_for_registry(t: &mut Target, resolved: &ResolvedImage) {
+    if !t.chain.is_empty() || !matches!(t.destination, Reference::Registry(_)) {
+        return;
+    }
+    let plain = |mt: &str| crate::image::Compression::from_media_type(mt) == Some(crate::image::Compression::None);
+    let all_plain = resolved
+        .images
+        .iter()
+        .all(|i| !i.manifest.layers.is_empty() && i.manifest.layers.iter().all(|l| plain(&l.media_type)));
+    let format = t.chain.compression.unwrap_or(crate::image::Compression::Gzip);
+    if !all_plain || format == crate::image::Compression::None {
+        return;
+    }
+    t.chain
+        .filters
+        .push(crate::filter::FilterSpec::Recompress { format, level: None });
+    t.chain_name = Some(COMPRESSING.to_string());
+}
+
+/// Why a filtered target is rebuilt.
+fn rebuild_reason(t: &Target) -> String {
+    let first = "the output digest is known after the first run";
+    if t.chain_name.as_deref() == Some(COMPRESSING) {
+        let c = t.chain.output_compression(crate::image::Compression::None).0;
+        format!(
+            "its uncompressed layers are compressed ({}) for the registry; {first}",
+            c.as_str()
+        )
+    } else {
+        format!("filters rewrite the layers; {first}")
+    }
+}
+
 /// Resolves a target that a one-shot command writes, and checks that the
 /// destination can hold what it selects.
 async fn resolve_for_writing(ctx: &PlanContext, t: &Target) -> Result<Arc<ResolvedImage>> {
@@ -831,10 +879,13 @@ async fn resolve_reading(
 }
 
 /// Whether planning `t` needs its images' configs: diff_ids for archives and
-/// directories, the image ID for a daemon, the layers a chain rewrites. An
-/// unfiltered copy to a registry or OCI layout needs only the manifests.
+/// directories, the image ID for a daemon, the layers a chain rewrites
+/// (compressing a local source's plain layers for a registry is one). An
+/// unfiltered copy from a registry or OCI layout to a registry or OCI layout
+/// needs only the manifests.
 fn needs_configs(t: &Target) -> bool {
-    !t.chain.is_empty() || !matches!(t.destination, Reference::Registry(_) | Reference::Oci { .. })
+    let remote_or_layout = |r: &Reference| matches!(r, Reference::Registry(_) | Reference::Oci { .. });
+    !t.chain.is_empty() || !remote_or_layout(&t.destination) || !remote_or_layout(&t.source)
 }
 
 /// The digest an OCI layout's tag names now.
@@ -976,6 +1027,7 @@ async fn diff_target(
             return p;
         }
     };
+    compress_for_registry(&mut p.target, &resolved);
     let t = &p.target;
     let source_digest = resolved.root().map(|r| r.digest.clone());
     if let (Some(pin), Some(got)) = (&t.pinned, &source_digest) {
@@ -1045,7 +1097,7 @@ async fn diff_target(
             }
             if filtered && p.action != Action::Unchanged && p.expected.is_none() {
                 p.action = Action::Rebuild {
-                    reason: "filters rewrite the layers; the output digest is known after the first run".into(),
+                    reason: rebuild_reason(&p.target),
                 };
             }
             p.resolved = Some(resolved);
@@ -1067,7 +1119,7 @@ async fn diff_target(
             reason: "filters rewrite the layers; a daemon's image is compared only for copies without filters".into(),
         },
         (None, _) => Action::Rebuild {
-            reason: "filters rewrite the layers; the output digest is known after the first run".into(),
+            reason: rebuild_reason(&p.target),
         },
         (Some(_), None) => Action::Create,
         (Some(_), Some(_)) => Action::Update,
