@@ -4,7 +4,10 @@
 //! headers, slow trickles and flipped bytes. What must hold: the sync
 //! completes and every destination passes `occy check` (full) and `skopeo
 //! inspect`; a blob with a flipped byte is refused (digest mismatch), fetched
-//! again, and never stored corrupted; an image whose every request fails is
+//! again, and never stored corrupted; a manifest fetched by tag with a
+//! flipped byte is caught against the registry's `Docker-Content-Digest`, so
+//! every target either holds the source's exact digest or fails, never
+//! another digest reported as written; an image whose every request fails is
 //! named, exit code 1, and the other images are complete.
 
 mod support;
@@ -14,7 +17,7 @@ use std::path::Path;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
-use support::fault_proxy::{every_nth, Class, Fault, FaultProxy, Request};
+use support::fault_proxy::{every_nth, manifest_by_tag, seeded, Class, Fault, FaultProxy, Request};
 use support::outputs::*;
 use support::*;
 
@@ -330,4 +333,136 @@ fn answers_lost_after_the_registry_acted_are_survived() {
         assert_mirrored(&dst, dest, &format!("{repo}:{tag}"));
     }
     registry_blobs_match_names(&dst);
+}
+
+/// The digest index.json of the OCI layout `dir` gives `tag`, if any.
+fn layout_tag(dir: &Path, tag: &str) -> Option<String> {
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).ok()?).ok()?;
+    index["manifests"]
+        .as_array()?
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .and_then(|m| m["digest"].as_str())
+        .map(str::to_string)
+}
+
+#[test]
+fn manifests_corrupted_by_tag_never_write_another_digest() {
+    let src = source();
+    // The source's own digest of every tag, read from its storage.
+    let truth = registry_tags(src);
+    let seeds: Vec<u64> = std::env::var("OCCY_FAULT_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 3]);
+    let (mut total_written, mut total_failed, mut total_tag_flips, mut total_caught) = (0, 0, 0, 0);
+    for seed in seeds {
+        let dst = Registry::start(Mode::Plain);
+        let out = scratch_dir(&format!("faults-tag-flip-{seed}"));
+        // The first GET of every manifest by tag gets a flipped byte; on top,
+        // 30 % of all requests get a fault drawn by the seed.
+        let mut random = seeded(
+            seed,
+            30,
+            vec![
+                Fault::FlipByte,
+                Fault::Reset,
+                Fault::Truncate,
+                Fault::Status(503),
+                Fault::TooMany(0),
+            ],
+        );
+        let mut first_by_tag = HashSet::new();
+        let proxy = FaultProxy::with_plan(
+            &src.host,
+            Box::new(move |r| {
+                if manifest_by_tag(r) && first_by_tag.insert(r.path.clone()) {
+                    return Some(Fault::FlipByte);
+                }
+                random(r)
+            }),
+        );
+        let hosts = [proxy.host.as_str(), dst.host.as_str()];
+        let layout = out.join("layout");
+        let text = ten_image_sync_file(
+            &proxy.host,
+            &hosts,
+            &[
+                &format!("registry://{}/mirror/{{repo}}", dst.host),
+                &format!("oci://{}", layout.display()),
+            ],
+        );
+        let file = sync_file(&format!("faults-tag-flip-{seed}"), &text);
+        let out = sync(&file, &hosts, &["-O", "json"]);
+        let stderr = stderr_of(&out);
+        assert!(matches!(out.status.code(), Some(0 | 1)), "seed {seed}: {stderr}");
+        let report = json_of(&out);
+        let targets = report["targets"].as_array().unwrap();
+        assert_eq!(targets.len(), 20, "seed {seed}: {report}");
+
+        let tags = registry_tags(&dst);
+        for t in targets {
+            let dest = t["destination"].as_str().unwrap();
+            let tag = dest.rsplit(':').next().unwrap();
+            let (_, repo, _) = TEN.iter().find(|(_, _, tg)| *tg == tag).unwrap();
+            let want = &truth[&format!("{repo}:{tag}")];
+            // What the destination holds for this tag now (read directly).
+            let held = if dest.starts_with("oci://") {
+                layout_tag(&layout, tag)
+            } else {
+                let short = repo.rsplit('/').next().unwrap();
+                tags.get(&format!("mirror/{short}:{tag}")).cloned()
+            };
+            match t["status"].as_str().unwrap() {
+                "written" => {
+                    assert_eq!(t["digest"].as_str(), Some(want.as_str()), "seed {seed}: {t}");
+                    assert_eq!(held.as_deref(), Some(want.as_str()), "seed {seed}: {dest}");
+                }
+                "failed" => {
+                    let error = t["error"].as_str().unwrap_or_default();
+                    assert!(!error.is_empty(), "seed {seed}: {t}");
+                    // A corrupted manifest names the digest the registry sent.
+                    if error.contains("digest mismatch") && error.contains("Docker-Content-Digest") {
+                        assert!(error.contains(want.as_str()), "seed {seed}: {t}");
+                    }
+                    assert!(
+                        held.is_none() || held.as_deref() == Some(want.as_str()),
+                        "seed {seed}: {dest} failed but holds {held:?}, the source has {want}"
+                    );
+                }
+                other => panic!("seed {seed}: {other}: {t}"),
+            }
+        }
+        // Everything written is whole at the registry.
+        for (repo_tag, digest) in &tags {
+            assert_registry_image_complete(&dst, repo_tag.rsplit_once(':').unwrap().0, digest);
+        }
+
+        let tag_flips = proxy
+            .events()
+            .iter()
+            .filter(|e| e.fault == Some(Fault::FlipByte) && manifest_by_tag(&e.request))
+            .count();
+        let caught = stderr
+            .matches("checked against the registry's Docker-Content-Digest")
+            .count();
+        let written = report["written"].as_u64().unwrap();
+        let failed = report["failed"].as_u64().unwrap();
+        eprintln!(
+            "seed {seed}: {written} written, {failed} failed; {tag_flips} manifests flipped by tag, \
+             {caught} caught by Docker-Content-Digest; faults {:?}",
+            proxy.faults()
+        );
+        assert!(tag_flips >= 3, "seed {seed}: {tag_flips}");
+        assert!(caught >= 1, "seed {seed}: no flipped manifest caught:\n{stderr}");
+        total_written += written;
+        total_failed += failed;
+        total_tag_flips += tag_flips;
+        total_caught += caught;
+    }
+    eprintln!(
+        "all seeds: {total_written} written, {total_failed} failed, {total_tag_flips} manifests flipped by tag, \
+         {total_caught} caught"
+    );
+    assert!(total_written > 0, "nothing was ever written: the test proves nothing");
 }

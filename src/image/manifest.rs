@@ -149,16 +149,18 @@ impl RawManifest {
     }
 
     /// Wraps bytes that must hash to `expected`.
+    /// The digest is compared first, so corrupted bytes are a mismatch
+    /// (which a caller fetches again), never a parse error.
     pub fn verified(bytes: Bytes, media_type: Option<&str>, expected: &Digest, what: &str) -> Result<Self> {
-        let m = Self::new(bytes, media_type)?;
-        if &m.digest != expected {
+        let actual = Digest::of(&bytes);
+        if &actual != expected {
             return Err(Error::DigestMismatch {
                 what: what.to_string(),
                 expected: expected.to_string(),
-                actual: m.digest.to_string(),
+                actual: actual.to_string(),
             });
         }
-        Ok(m)
+        Self::new(bytes, media_type)
     }
 
     /// Parses the manifest, checking that it is one occy can handle.

@@ -285,8 +285,11 @@ impl RegistryClient {
         &self.inner.host
     }
 
-    /// The manifest `repo:reference` (a tag or a digest). With a digest the
-    /// bytes are verified against it.
+    /// The manifest `repo:reference` (a tag or a digest). The bytes are
+    /// verified against the digest asked for or, for a tag, against the
+    /// `Docker-Content-Digest` the registry sent; a mismatch is fetched
+    /// again up to the retry limit, then is a [`Error::DigestMismatch`]
+    /// naming both digests.
     pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<RawManifest> {
         if let Ok(d) = Digest::parse(reference) {
             if let Some(known) = self.inner.manifests.get(repo, &d) {
@@ -298,7 +301,7 @@ impl RegistryClient {
         Ok(manifest)
     }
 
-    /// One GET of a manifest (retried, and verified when asked by digest).
+    /// One GET of a manifest (retried, and verified as [`Self::get_manifest`] says).
     async fn fetch_manifest(&self, repo: &str, reference: &str) -> Result<RawManifest> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}")).await?;
         let what = manifest_name(repo, reference);
@@ -322,14 +325,14 @@ impl RegistryClient {
                 _ => return Err(self.status_error(&Method::GET, &url, repo, resp.status, &resp.body)),
             }
             let media_type = header_str(&resp.headers, CONTENT_TYPE.as_str());
-            let Ok(d) = Digest::parse(reference) else {
+            let Some((d, whose)) = self.expected_manifest_digest(reference, &resp.headers, &what) else {
                 return RawManifest::new(resp.body, media_type);
             };
             match RawManifest::verified(
                 resp.body,
                 media_type,
                 &d,
-                &format!("manifest {what} from {}", self.host()),
+                &format!("manifest {what} from {}, checked against {whose}", self.host()),
             ) {
                 // Corrupted on the way: ask again, as for blobs.
                 Err(e @ Error::DigestMismatch { .. }) if attempt < self.inner.retry.retries => {
@@ -339,6 +342,42 @@ impl RegistryClient {
                     attempt += 1;
                 }
                 result => return result,
+            }
+        }
+    }
+
+    /// The digest a manifest fetched as `reference` must hash to, and whose
+    /// word it is: the digest asked for, or for a tag the
+    /// `Docker-Content-Digest` the registry sent with the answer (a byte
+    /// flipped on the way then shows as a mismatch, as with blobs). None
+    /// when a tag's answer names no digest: said at `-v`, and the caller
+    /// relies on the digest its plan resolved.
+    fn expected_manifest_digest(
+        &self,
+        reference: &str,
+        headers: &HeaderMap,
+        what: &str,
+    ) -> Option<(Digest, &'static str)> {
+        if let Ok(d) = Digest::parse(reference) {
+            return Some((d, "the digest asked for"));
+        }
+        match header_str(headers, DOCKER_CONTENT_DIGEST).map(Digest::parse) {
+            Some(Ok(d)) => Some((d, "the registry's Docker-Content-Digest")),
+            Some(Err(e)) => {
+                tracing::debug!(
+                    "{} sent an unusable Docker-Content-Digest with manifest {what} ({e}); \
+                     its bytes cannot be checked here, relying on the digest the plan resolved",
+                    self.host()
+                );
+                None
+            }
+            None => {
+                tracing::debug!(
+                    "{} sent no Docker-Content-Digest with manifest {what}; \
+                     its bytes cannot be checked here, relying on the digest the plan resolved",
+                    self.host()
+                );
+                None
             }
         }
     }

@@ -652,3 +652,67 @@ async fn a_manifest_corrupted_on_the_way_is_fetched_again() {
     assert_eq!(m.digest, digest);
     assert_eq!(fake.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn a_manifest_fetched_by_tag_is_checked_against_the_registry_digest() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let digest = Digest::of(manifest);
+    let mut flipped = manifest.to_vec();
+    // A hex digit of the config digest: still valid JSON, another digest.
+    flipped[150] ^= 1;
+    let flipped_digest = Digest::of(&flipped);
+    let d = digest.to_string();
+    // `once`: the first answer is corrupted; `always`: every answer is;
+    // `bare`: corrupted and sent without a Docker-Content-Digest.
+    let fake = Fake::start(move |req, seen| {
+        let mt = "application/vnd.oci.image.manifest.v1+json";
+        let earlier = seen.iter().filter(|s| s.path() == req.path()).count();
+        let corrupt = match req.path() {
+            "/v2/" => return Resp::new(200),
+            "/v2/r/manifests/once" => earlier == 0,
+            "/v2/r/manifests/always" | "/v2/r/manifests/bare" => true,
+            _ => return Resp::new(404),
+        };
+        let body = if corrupt { flipped.clone() } else { manifest.to_vec() };
+        let resp = Resp::new(200).header("Content-Type", mt).body(body);
+        if req.path() == "/v2/r/manifests/bare" {
+            resp
+        } else {
+            resp.header("Docker-Content-Digest", &d)
+        }
+    })
+    .await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let count = |tag: &str| {
+        let path = format!("/v2/r/manifests/{tag}");
+        fake.requests().iter().filter(|s| s.path() == path).count()
+    };
+
+    // Corrupted once: refused, fetched again, the registry's bytes kept.
+    let m = client.get_manifest("r", "once").await.unwrap();
+    assert_eq!(m.digest, digest);
+    assert_eq!(count("once"), 2);
+
+    // Corrupted every time: an error naming both digests once the retries
+    // are spent, and nothing remembered under the corrupted digest.
+    let err = client.get_manifest("r", "always").await.unwrap_err();
+    match &err {
+        Error::DigestMismatch { what, expected, actual } => {
+            assert_eq!(expected, digest.as_str());
+            assert_eq!(actual, flipped_digest.as_str());
+            assert!(
+                what.contains("r:always") && what.contains("Docker-Content-Digest"),
+                "{what}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains(digest.as_str()) && err.to_string().contains(flipped_digest.as_str()));
+    assert_eq!(count("always"), 4, "1 + 3 retries");
+
+    // Without the header there is nothing to check against here: the bytes
+    // are taken as they came (the plan's digest is the check then).
+    let bare = client.get_manifest("r", "bare").await.unwrap();
+    assert_eq!(bare.digest, flipped_digest);
+    assert_eq!(count("bare"), 1);
+}

@@ -1,5 +1,7 @@
-//! Source: a Distribution-API registry. Manifests come from the registry
-//! (verified when asked for by digest); blobs stream through the registry
+//! Source: a Distribution-API registry. Manifests come from the registry,
+//! verified against the digest asked for or, when read by tag, against the
+//! `Docker-Content-Digest` the registry sent (a sync reads the digest its
+//! plan resolved, so that is checked too); blobs stream through the registry
 //! client, verified against their digest and size as they flow.
 
 use async_trait::async_trait;
@@ -42,7 +44,8 @@ impl Source for RegistrySource {
     }
 
     async fn root_manifest(&self) -> Result<RawManifest> {
-        // With a digest in the reference, get_manifest verifies the bytes.
+        // get_manifest verifies the bytes against the digest in the reference
+        // or, for a tag, against the registry's Docker-Content-Digest.
         self.client
             .get_manifest(&self.reference.repository, &self.reference.reference())
             .await

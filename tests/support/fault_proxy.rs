@@ -216,7 +216,7 @@ impl FaultProxy {
 /// A plan injecting faults into about one request in `every` (the probe
 /// excepted): every `every`-th request owes the next kind of `rotation`,
 /// and an owed fault goes to the first request it applies to (a flipped
-/// byte only to blob GETs, truncations and trickles only to GETs).
+/// byte only to blob and manifest GETs, truncations and trickles only to GETs).
 pub fn every_nth(every: u64, rotation: Vec<Fault>) -> Plan {
     let mut turn = 0usize;
     let mut owed: Vec<Fault> = Vec::new();
@@ -233,11 +233,41 @@ pub fn every_nth(every: u64, rotation: Vec<Fault>) -> Plan {
     })
 }
 
+/// A plan injecting a fault into about `percent` % of the requests (the
+/// probe excepted), drawn from `kinds` (those that apply to the request) by
+/// a generator seeded with `seed`. Requests race, so a seed fixes the
+/// sequence of draws, not which request gets which.
+pub fn seeded(seed: u64, percent: u64, kinds: Vec<Fault>) -> Plan {
+    let mut state = seed;
+    Box::new(move |r: &Request| {
+        if r.class == Class::Ping {
+            return None;
+        }
+        // splitmix64
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        if z % 100 >= percent {
+            return None;
+        }
+        let fitting: Vec<Fault> = kinds.iter().copied().filter(|f| applies(*f, r)).collect();
+        (!fitting.is_empty()).then(|| fitting[((z >> 32) as usize) % fitting.len()])
+    })
+}
+
+/// Whether `r` is a GET of a manifest by tag (not by digest).
+pub fn manifest_by_tag(r: &Request) -> bool {
+    r.method == "GET" && r.class == Class::Manifest && !r.path.contains("/manifests/sha256:")
+}
+
 /// Whether `fault` makes sense for request `r`.
 pub fn applies(fault: Fault, r: &Request) -> bool {
     let get = r.method == "GET";
     match fault {
-        Fault::FlipByte => get && r.class == Class::BlobGet,
+        // Blobs, and manifests by digest or by tag.
+        Fault::FlipByte => get && matches!(r.class, Class::BlobGet | Class::Manifest),
         Fault::Truncate | Fault::Trickle => get && r.class != Class::Ping,
         _ => true,
     }
