@@ -174,7 +174,7 @@ fn images_round_trip_through_the_docker_engine() {
             round_trip_through(&sock, "docker");
             forget_images("docker");
         }
-        Err(why) => eprintln!("SKIPPED: no Docker Engine to test against: {why}"),
+        Err(why) => unavailable("the Docker Engine", &why),
     }
 }
 
@@ -182,7 +182,7 @@ fn images_round_trip_through_the_docker_engine() {
 fn images_round_trip_through_podman_service() {
     match podman_service() {
         Ok(sock) => round_trip_through(sock, "podman"),
-        Err(why) => eprintln!("SKIPPED: podman's Docker API service cannot start here: {why}"),
+        Err(why) => unavailable("podman's Docker API service", why),
     }
 }
 
@@ -193,7 +193,7 @@ fn any_daemon() -> Option<PathBuf> {
         (Ok(s), _) => Some(s.clone()),
         (_, Ok(s)) => Some(s),
         (Err(a), Err(b)) => {
-            eprintln!("SKIPPED: no daemon: {a}; {b}");
+            unavailable("a daemon (podman or the Docker Engine)", &format!("{a}; {b}"));
             None
         }
     }

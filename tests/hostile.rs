@@ -283,7 +283,7 @@ fn peak_rss(args: &[&str]) -> (u64, Output) {
 #[test]
 fn a_decompression_bomb_is_streamed_in_bounded_memory() {
     if !Path::new("/usr/bin/time").exists() {
-        eprintln!("SKIPPED: /usr/bin/time (Debian package time) is not installed");
+        unavailable("/usr/bin/time", "it is not installed (apt-get install time)");
         return;
     }
     let dir = bomb_layout(512);
@@ -316,14 +316,14 @@ fn a_full_disk_gives_a_clear_error_and_no_partial_output() {
     match mounted {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs here (needs root): {}",
-                String::from_utf8_lossy(&o.stderr)
+            unavailable(
+                "a tmpfs mount",
+                &format!("mount failed (needs root): {}", String::from_utf8_lossy(&o.stderr)),
             );
             return;
         }
         Err(e) => {
-            eprintln!("SKIPPED: cannot run mount: {e}");
+            unavailable("mount", &format!("it cannot run: {e}"));
             return;
         }
     }

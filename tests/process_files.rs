@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use support::{
     assert_ok, default_diff_ids, default_image, fails, generated, json_of, layer_field, occy_bin, ok, require,
-    scratch_dir, skopeo_inspect_local, standard_images, standard_ref, strings,
+    scratch_dir, skopeo_inspect_local, standard_images, standard_ref, strings, unavailable,
 };
 
 fn sha(b: &[u8]) -> String {
@@ -540,9 +540,9 @@ fn podman_loads_our_docker_save_archives() {
     let out = scratch_dir("podman-load");
     let probe = podman(&out).arg("images").output().unwrap();
     if !probe.status.success() {
-        eprintln!(
-            "SKIPPED: podman cannot run here: {}",
-            String::from_utf8_lossy(&probe.stderr)
+        unavailable(
+            "podman",
+            &format!("it cannot run here: {}", String::from_utf8_lossy(&probe.stderr)),
         );
         return;
     }

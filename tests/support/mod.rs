@@ -38,6 +38,23 @@ pub fn require(tool: &str, package: &str) {
     );
 }
 
+/// Whether a missing component must fail the test: `OCCY_REQUIRE_ALL=1`,
+/// which CI (`.ci/run`) sets.
+pub fn require_all() -> bool {
+    std::env::var("OCCY_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// A component a test needs (the Docker Engine, podman, umoci, skopeo,
+/// docker-registry, a tool) is missing or cannot run here, for `why`. With
+/// [`require_all`] the test fails saying so; otherwise it prints `SKIPPED`
+/// and the caller returns. Never a silent pass.
+pub fn unavailable(component: &str, why: &str) {
+    if require_all() {
+        panic!("{component} is required (OCCY_REQUIRE_ALL=1) but unavailable: {why}");
+    }
+    eprintln!("SKIPPED: {component} is unavailable: {why} (with OCCY_REQUIRE_ALL=1 this fails)");
+}
+
 /// Whether `tool` is on PATH.
 pub fn have(tool: &str) -> bool {
     Command::new("sh")
