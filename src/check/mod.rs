@@ -10,6 +10,7 @@
 //! the same pass, with fixed buffers.
 
 pub mod layer_scan;
+pub mod tree;
 
 use std::collections::HashMap;
 
@@ -424,27 +425,91 @@ fn check_config(config: &ImageConfig, layers: &[Descriptor], entry: Option<&Desc
         }
     }
 }
-/// Checks what was written: `occy check` (fast or full) on the destination.
-/// Bundles and daemons are not read back (a daemon would export the image
-/// again); everything else is.
-pub async fn verify_written(dst: &Reference, name: &ImageName, mode: Mode, opts: &SourceOptions) -> Result<()> {
-    let source: Box<dyn Source> = match dst {
-        Reference::Bundle { .. } | Reference::Docker { .. } | Reference::Dir { expand: true, .. } => return Ok(()),
-        Reference::Dir { path, .. } => Box::new(
-            crate::source::docker_save::DockerSaveSource::open_dir(path, Some((&name.repository, Some(&name.tag))))
-                .await?,
-        ),
-        other => open_source(other, opts).await?,
+/// What a copy wrote, as a post-run check compares it: one image's config
+/// digest (a daemon's image ID) and layer diff_ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenImage {
+    pub config: Digest,
+    pub diff_ids: Vec<Digest>,
+}
+
+impl WrittenImage {
+    pub fn of(image: &crate::image::ImageData) -> Self {
+        WrittenImage {
+            config: image.config.digest.clone(),
+            diff_ids: image.config.parsed.rootfs.diff_ids.clone(),
+        }
+    }
+}
+
+/// What a check of a destination did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// It looked, and found no error.
+    Checked,
+    /// It could not look, for the reason given; nothing is claimed.
+    Skipped(String),
+}
+
+/// Checks what was written to `dst` (fast or full), every kind of destination:
+/// - registries, OCI layouts, tarballs, dirs: `occy check` of the image read back;
+/// - an expanded `dir://` also compares each expanded tree with its layers
+///   ([`tree`]);
+/// - a `bundle://` compares its rootfs with the view of its layers kept
+///   beside it;
+/// - `docker://` asks the daemon for the image ID and layers of the tag and
+///   compares them with `written`; the full check also exports the image and
+///   checks it like any other.
+///
+/// Findings with severity error make an error naming the destination and
+/// every path or blob concerned.
+pub async fn verify_written(
+    dst: &Reference,
+    name: &ImageName,
+    mode: Mode,
+    opts: &SourceOptions,
+    written: &[WrittenImage],
+) -> Result<Verified> {
+    let mut findings = Findings::default();
+    let verified = match dst {
+        Reference::Bundle { path } => check_bundle(path, mode, &mut findings).await?,
+        Reference::Docker {
+            name: image,
+            tag,
+            socket,
+            ..
+        } => {
+            let tag = tag.as_deref().unwrap_or("latest");
+            check_daemon(image, tag, socket.as_deref(), mode, written, &mut findings).await?;
+            Verified::Checked
+        }
+        Reference::Dir { path, expand, .. } => {
+            let source =
+                crate::source::docker_save::DockerSaveSource::open_dir(path, Some((&name.repository, Some(&name.tag))))
+                    .await?;
+            findings = check_source(&source, mode).await?;
+            if *expand {
+                check_expanded(path, &source, mode, &mut findings).await?;
+            }
+            Verified::Checked
+        }
+        other => {
+            let source = open_source(other, opts).await?;
+            findings = check_source(source.as_ref(), mode).await?;
+            Verified::Checked
+        }
     };
-    let findings = check_source(source.as_ref(), mode).await?;
     let errors: Vec<_> = findings
         .results
         .iter()
         .filter(|f| f.severity == Severity::Error)
         .collect();
     if errors.is_empty() {
-        tracing::debug!("{dst}: {} check found no error", mode.as_str());
-        return Ok(());
+        match &verified {
+            Verified::Checked => tracing::debug!("{dst}: {} check found no error", mode.as_str()),
+            Verified::Skipped(why) => tracing::debug!("{dst}: {} check skipped: {why}", mode.as_str()),
+        }
+        return Ok(verified);
     }
     let lines: Vec<String> = errors
         .iter()
@@ -456,4 +521,117 @@ pub async fn verify_written(dst: &Reference, name: &ImageName, mode: Mode, opts:
         errors.len(),
         lines.join("\n")
     )))
+}
+
+/// Rule `tree`: the bundle's rootfs against the view of its layers kept in
+/// [`tree::VIEW_FILE`]. Skipped (saying why) for a bundle without one,
+/// written by another tool or an older occy.
+pub async fn check_bundle(path: &std::path::Path, mode: Mode, f: &mut Findings) -> Result<Verified> {
+    let path = path.to_path_buf();
+    let found: Result<Option<Vec<String>>> = tokio::task::spawn_blocking(move || {
+        let Some(view) = tree::MergedView::load(&path.join(tree::VIEW_FILE))? else {
+            return Ok(None);
+        };
+        view.compare(&path.join("rootfs"), mode == Mode::Full).map(Some)
+    })
+    .await
+    .map_err(|e| Error::invalid(format!("bundle check task failed: {e}")))?;
+    match found? {
+        None => Ok(Verified::Skipped(format!(
+            "the bundle has no {}, so its rootfs cannot be compared with its layers",
+            tree::VIEW_FILE
+        ))),
+        Some(diffs) => {
+            for d in diffs {
+                f.error("tree", format!("rootfs{d}"));
+            }
+            Ok(Verified::Checked)
+        }
+    }
+}
+
+/// Rule `tree` for an expanded `dir://`: the tree beside the manifest file
+/// against the view of the layers the directory holds.
+pub async fn check_expanded(
+    root: &std::path::Path,
+    source: &crate::source::docker_save::DockerSaveSource,
+    mode: Mode,
+    f: &mut Findings,
+) -> Result<()> {
+    let tree_name = source.manifest_name.trim_end_matches(".json").to_string();
+    let layers: Vec<(String, std::path::PathBuf)> =
+        source.entry.layers.iter().map(|l| (l.clone(), root.join(l))).collect();
+    let tree_dir = root.join(&tree_name);
+    let diffs = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let mut view = tree::MergedView::new();
+        for (name, path) in &layers {
+            view.apply_layer(name, crate::sink::bundle::open_uncompressed(path)?)?;
+        }
+        view.compare(&tree_dir, mode == Mode::Full)
+    })
+    .await
+    .map_err(|e| Error::invalid(format!("tree check task failed: {e}")))??;
+    for d in diffs {
+        f.error("tree", format!("{tree_name}{d}"));
+    }
+    Ok(())
+}
+
+/// Rules `daemon-image` and `daemon-layers`: the image ID and layers the
+/// daemon reports for `image:tag` against what was written; in full mode
+/// the image is also exported and checked like any other.
+async fn check_daemon(
+    image: &str,
+    tag: &str,
+    socket: Option<&std::path::Path>,
+    mode: Mode,
+    written: &[WrittenImage],
+    f: &mut Findings,
+) -> Result<()> {
+    use crate::source::docker_daemon::{DaemonConnection, DockerDaemonSource};
+    let conn = DaemonConnection::open(socket).await?;
+    let at = format!("docker://{image}:{tag}");
+    let Some((id, layers)) = conn.image_layers(image, tag).await? else {
+        f.error("daemon-image", format!("{at}: the daemon holds no such image"));
+        return Ok(());
+    };
+    match written {
+        [want] => {
+            if id != want.config {
+                f.error(
+                    "daemon-image",
+                    format!(
+                        "{at}: the daemon holds image ID {id}, occy wrote {} (the tag names another image)",
+                        want.config
+                    ),
+                );
+            } else if layers != want.diff_ids {
+                let i = layers
+                    .iter()
+                    .zip(&want.diff_ids)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(layers.len().min(want.diff_ids.len()));
+                f.error(
+                    "daemon-layers",
+                    format!(
+                        "{at}: the daemon reports {} layers, occy wrote {}; they differ from layer {i}",
+                        layers.len(),
+                        want.diff_ids.len()
+                    ),
+                );
+            }
+        }
+        _ => {
+            return Err(Error::invalid(format!(
+                "{at}: a daemon holds one image, but {} were written",
+                written.len()
+            )))
+        }
+    }
+    if mode == Mode::Full {
+        let source = DockerDaemonSource::open(&format!("{image}:{tag}"), socket).await?;
+        let exported = check_source(&source, Mode::Full).await?;
+        f.results.extend(exported.results);
+    }
+    Ok(())
 }

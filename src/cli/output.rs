@@ -77,10 +77,15 @@ pub fn summary_text(report: &crate::exec::sync::ApplyReport) -> String {
     }));
     let mut out = table(&["status", "destination", "digest", "check", "detail"], &rows);
     out.push_str(&format!(
-        "\n{} written, {} unchanged, {} failed{}; {} layers copied ({}), {} mounted, in {:.1}s\n",
+        "\n{} written, {} unchanged, {} failed{}{}; {} layers copied ({}), {} mounted, in {:.1}s\n",
         report.written,
         report.unchanged,
         report.failed,
+        if report.checks_skipped == 0 {
+            String::new()
+        } else {
+            format!(", {} checks skipped", report.checks_skipped)
+        },
         if report.pruned.is_empty() && report.prune_failed.is_empty() {
             String::new()
         } else {

@@ -148,8 +148,8 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
     Ok(report.exit_code())
 }
 
-/// A target's report as JSON: the copy report with its source, destination
-/// and time, or its error.
+/// A target's report as JSON: the copy report with its source, destination,
+/// time and check (`fast: ok`, `full: skipped (why)`…), or its error.
 fn target_json(o: &TargetOutcome) -> Result<serde_json::Value> {
     let mut v = match &o.report {
         Some(r) => serde_json::to_value(r)?,
@@ -158,6 +158,9 @@ fn target_json(o: &TargetOutcome) -> Result<serde_json::Value> {
     v["source"] = o.source.clone().into();
     v["destination"] = o.destination.clone().into();
     v["seconds"] = o.seconds.into();
+    if let Some(c) = &o.check {
+        v["check"] = c.clone().into();
+    }
     if let Some(e) = &o.error {
         v["error"] = e.clone().into();
     }

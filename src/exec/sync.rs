@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::progress::{ProgressMode, RunProgress, TargetProgress};
 use super::walk::{walk, AfterCommit, CopyReport, TargetIo, TargetResult, WalkOptions};
 use crate::cache::LayerCache;
-use crate::check::{verify_written, Mode};
+use crate::check::{verify_written, Mode, Verified};
 use crate::error::{Error, Result};
 use crate::image::{human_size, Digest};
 use crate::plan::prune;
@@ -95,6 +95,8 @@ pub struct ApplyReport {
     pub layers_mounted: usize,
     /// Layers rewritten by filter chains (each once for the whole run).
     pub layers_rewritten: usize,
+    /// Written targets whose check could not run (their `check` says why).
+    pub checks_skipped: usize,
     /// Tags deleted by `--prune`.
     pub pruned: Vec<String>,
     /// Tags `--prune` could not delete, with why.
@@ -134,14 +136,11 @@ impl AfterCommit for Finisher<'_> {
             None => "off".to_string(),
             Some(mode) => {
                 let tt = &t.target;
-                verify_written(
-                    &tt.destination,
-                    &tt.name,
-                    mode,
-                    &self.ctx.source_options(&tt.destination),
-                )
-                .await?;
-                format!("{}: ok", mode.as_str())
+                let opts = self.ctx.source_options(&tt.destination);
+                match verify_written(&tt.destination, &tt.name, mode, &opts, &report.written).await? {
+                    Verified::Checked => format!("{}: ok", mode.as_str()),
+                    Verified::Skipped(why) => format!("{}: skipped ({why})", mode.as_str()),
+                }
             }
         };
         record(self.ctx, t, &report.digest, self.opts.record);
@@ -316,6 +315,10 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         layers_copied: reports().map(|r| r.layers_copied).sum(),
         layers_mounted: reports().map(|r| r.layers_mounted).sum(),
         layers_rewritten: plan.graph.rewrites(),
+        checks_skipped: targets
+            .iter()
+            .filter(|o| o.check.as_deref().is_some_and(|c| c.contains(": skipped")))
+            .count(),
         seconds: started.elapsed().as_secs_f64(),
         pruned,
         prune_failed,

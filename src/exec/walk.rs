@@ -26,6 +26,7 @@ use super::rewrite::{
     FilterMatch, Rewritten,
 };
 use crate::cache::LayerCache;
+use crate::check::WrittenImage;
 use crate::error::{Error, Result};
 use crate::filter::layer::LayerResult;
 use crate::filter::FilterChain;
@@ -94,6 +95,9 @@ pub struct CopyReport {
     /// Layers rewritten by this target's chain (each counted for the first
     /// target that needed it).
     pub layers_rewritten: usize,
+    /// Each image written (config digest, diff_ids), for the post-run check.
+    #[serde(skip)]
+    pub written: Vec<WrittenImage>,
 }
 
 /// Runs the check (and whatever else follows a commit) of a target.
@@ -783,6 +787,7 @@ impl<'a> Walk<'a> {
             matches,
             layers_from_cache: from_cache,
             layers_rewritten: rewritten_here,
+            written: after.iter().map(WrittenImage::of).collect(),
         };
         if let Ok(mut r) = self.reports.lock() {
             r.insert(t, report);

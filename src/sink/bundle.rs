@@ -1,8 +1,12 @@
 //! Sink: an OCI runtime bundle for runc (`bundle:///path`): `rootfs/`, the
 //! merged filesystem of all layers (extracted safely, see [`super::extract`]),
 //! and `config.json`, a runtime-spec configuration generated from the image
-//! config (args from entrypoint + cmd, env, cwd, user). Built under a temp
-//! name beside the target and renamed into place when complete.
+//! config (args from entrypoint + cmd, env, cwd, user), and
+//! `occy-rootfs.mtree.json`, the merged view of the layers (type, mode,
+//! owner, size, link target and sha256 of every path) that the post-run
+//! check and `occy check bundle://` compare the rootfs with, as umoci keeps
+//! an mtree beside its bundles. Built under a temp name beside the target and
+//! renamed into place when complete.
 
 use std::fs;
 use std::io::{BufReader, Read};
@@ -15,6 +19,7 @@ use serde_json::{json, Value};
 use super::atomic::stream_file_atomic;
 use super::extract::Extractor;
 use super::{LayerForm, Sink};
+use crate::check::tree::{MergedView, VIEW_FILE};
 use crate::error::{Error, Result};
 use crate::image::{Compression, Descriptor, Digest, ImageConfig, ImageData, RawManifest};
 use crate::source::BlobReader;
@@ -293,6 +298,13 @@ impl Sink for BundleSink {
         tokio::task::spawn_blocking(move || {
             let rootfs = work.join("rootfs");
             extract_layers(&rootfs, &layers)?;
+            // What the rootfs must hold, from the layers themselves (not
+            // from the disk), for the check after writing and `occy check`.
+            let mut view = MergedView::new();
+            for (name, path) in &layers {
+                view.apply_layer(name, open_uncompressed(path)?)?;
+            }
+            view.save(&work.join(VIEW_FILE))?;
             let spec = runtime_config(&config, &rootfs)?;
             let bytes = serde_json::to_vec_pretty(&spec)?;
             fs::write(work.join("config.json"), bytes).map_err(|e| Error::io("write", work.join("config.json"), e))?;

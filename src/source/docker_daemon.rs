@@ -110,6 +110,43 @@ impl DaemonConnection {
         }
     }
 
+    /// The ID (config digest) and layers (diff_ids) the daemon reports for
+    /// `name:tag`, None when it holds no such image.
+    pub async fn image_layers(&self, name: &str, tag: &str) -> Result<Option<(Digest, Vec<Digest>)>> {
+        let image = format!("{name}:{tag}");
+        let inspect = match self.docker.inspect_image(&image).await {
+            Ok(i) => i,
+            Err(e) => {
+                return match self.error(&format!("image {image}"), e) {
+                    Error::NotFound(_) => Ok(None),
+                    other => Err(other),
+                }
+            }
+        };
+        let parse = |d: &str| {
+            let d = if d.contains(':') {
+                d.to_string()
+            } else {
+                format!("sha256:{d}")
+            };
+            Digest::parse(&d).map_err(|e| {
+                Error::invalid(format!(
+                    "the daemon at {} reports {image} with {e}",
+                    self.socket.display()
+                ))
+            })
+        };
+        let id = parse(inspect.id.as_deref().unwrap_or_default())?;
+        let layers = inspect
+            .root_fs
+            .and_then(|r| r.layers)
+            .unwrap_or_default()
+            .iter()
+            .map(|l| parse(l))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((id, layers)))
+    }
+
     /// The error for something the daemon refused, with 404 as NotFound.
     pub fn error(&self, what: &str, e: bollard::errors::Error) -> Error {
         match &e {

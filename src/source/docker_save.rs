@@ -292,6 +292,8 @@ pub struct DockerSaveSource {
     backend: Backend,
     /// The chosen `manifest.json` entry.
     pub entry: SaveManifestEntry,
+    /// The file it was read from (`manifest.json`, or a dir's `manifest-….json`).
+    pub manifest_name: String,
     raw: RawManifest,
     layer_files: HashMap<Digest, String>,
 }
@@ -523,6 +525,7 @@ impl DockerSaveSource {
         Ok(DockerSaveSource {
             backend,
             entry,
+            manifest_name: manifest_name.to_string(),
             raw,
             layer_files,
         })
