@@ -444,3 +444,159 @@ fn the_remaining_rules_fire_too() {
     let (_, r) = check(&standard_ref("app-a"), true);
     assert_eq!(ids(&r, "info"), ["oci-media-type"]);
 }
+
+/// `occy -O json sync` of `src` to `to` with the full post-run check; the
+/// target's outcome.
+fn sync_checked(name: &str, src: &str, to: &str) -> Value {
+    let dir = scratch_dir(name);
+    let file = dir.join("sync.yaml");
+    std::fs::write(
+        &file,
+        format!("version: 1\nsync:\n  - from: \"{src}\"\n    to: \"{to}\"\n"),
+    )
+    .unwrap();
+    let cache = dir.join("cache");
+    let args = [
+        "-O",
+        "json",
+        "sync",
+        file.to_str().unwrap(),
+        "--check",
+        "full",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let report = json_of(&ok(&args));
+    assert_eq!(report["written"], 1, "{report:#}");
+    report["targets"][0].clone()
+}
+
+/// Runs `occy check [--fast] REF` and returns (exit code, stdout).
+fn check_text(reference: &str, fast: bool) -> (i32, String) {
+    let mut args = vec!["check", reference];
+    if fast {
+        args.push("--fast");
+    }
+    let out = occy(&args);
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The regular files under `root`, relative, sorted.
+fn regular_files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                pending.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Corrupts the unpacked tree `tree` (shown as `shown/…` in findings) in
+/// turn — a file's bytes changed at the same size, a file removed, a mode
+/// changed — and asserts each time that `occy check REF` exits 1 naming
+/// the target and the path, fast where the change shows without reading
+/// content, full where only the sha256 shows it.
+fn assert_tree_corruptions_caught(reference: &str, tree: &Path, shown: &str) {
+    let files = regular_files(tree);
+    assert!(files.len() >= 2, "{files:?}");
+    let (code, text) = check_text(reference, false);
+    assert_eq!(code, 0, "{text}");
+
+    // Same size, other bytes: only the full check reads content.
+    let changed = &files[0];
+    let path = tree.join(changed);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(!bytes.is_empty(), "{changed}");
+    bytes[0] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, text) = check_text(reference, true);
+    assert_eq!(code, 0, "the fast check does not read content: {text}");
+    let (code, text) = check_text(reference, false);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.starts_with(reference), "names the target: {text}");
+    assert!(
+        text.contains(&format!("[tree] {shown}/{changed}: content differs from the image")),
+        "{text}"
+    );
+
+    // A file removed, and a mode changed: the fast check sees them.
+    let removed = &files[1];
+    std::fs::remove_file(tree.join(removed)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, text) = check_text(reference, true);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "[tree] {shown}/{removed}: missing (the image has a regular file there)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("[tree] {shown}/{changed}: mode 0777 on disk")),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_oci_layout_blob_with_a_flipped_byte_fails_the_check_naming_it() {
+    let out = scratch_dir("check-oci");
+    let layout = out.join("layout");
+    let dst = format!("oci://{}:a", layout.display());
+    let outcome = sync_checked("check-oci-sync", &standard_ref("app-a"), &dst);
+    assert_eq!(outcome["check"], "full: ok", "{outcome:#}");
+    let layer = read_json_layer(&layout, "a", 1);
+    let path = layout.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let (code, text) = check_text(&dst, false);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.starts_with(&dst), "{text}");
+    assert!(text.contains("[layer-digest]") && text.contains(&layer), "{text}");
+}
+
+#[test]
+fn a_bundle_with_a_changed_or_removed_file_fails_the_check_naming_the_path() {
+    let bundle = scratch_dir("check-bundle").join("b");
+    let dst = format!("bundle://{}", bundle.display());
+    let outcome = sync_checked("check-bundle-sync", &standard_ref("whiteouts"), &dst);
+    assert_eq!(outcome["check"], "full: ok", "{outcome:#}");
+    assert!(bundle.join("occy-rootfs.mtree.json").is_file());
+    assert_tree_corruptions_caught(&dst, &bundle.join("rootfs"), "rootfs");
+
+    // Without the view of its layers, the check cannot run: it says so
+    // and why, and never reports the bundle as checked.
+    std::fs::remove_file(bundle.join("occy-rootfs.mtree.json")).unwrap();
+    let (code, report) = check(&dst, false);
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        report["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("occy-rootfs.mtree.json")),
+        "{report:#}"
+    );
+    let (_, text) = check_text(&dst, false);
+    assert!(text.contains("check skipped ("), "{text}");
+}
+
+#[test]
+fn an_expanded_dir_with_a_changed_or_removed_file_fails_the_check_naming_the_path() {
+    let dir = scratch_dir("check-expand").join("d");
+    let dst = format!("dir://{}?expand=true", dir.display());
+    let outcome = sync_checked("check-expand-sync", &standard_ref("whiteouts"), &dst);
+    assert_eq!(outcome["check"], "full: ok", "{outcome:#}");
+    assert_tree_corruptions_caught(&dst, &dir.join("manifest"), "manifest");
+}

@@ -5,7 +5,9 @@
 //! keeping their layers (diff_ids) and image IDs (config digests). A daemon
 //! that is not there makes its test skip with a message, never pass silently.
 //! Missing sockets, files that are not sockets, servers that are not a
-//! Docker API and images the daemon lacks fail clearly.
+//! Docker API and images the daemon lacks fail clearly. The check after
+//! writing asks the daemon again: a tag moved to another image between the
+//! write and the check fails it, naming the target and both image IDs.
 
 mod support;
 
@@ -16,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use support::fault_proxy::{read_body, read_head};
 use support::*;
 
 /// The images that go through each daemon: OCI and Docker v2 media types, a
@@ -296,16 +299,6 @@ fn a_sync_to_a_daemon_is_unchanged_once_the_daemon_holds_the_image() {
     );
 }
 
-/// Skips a test whose component is missing, saying why; fails instead when
-/// `OCCY_REQUIRE_ALL=1` (CI), so a missing daemon never passes silently.
-fn skip(why: &str) {
-    assert!(
-        std::env::var("OCCY_REQUIRE_ALL").as_deref() != Ok("1"),
-        "OCCY_REQUIRE_ALL=1 and a component is missing: {why}"
-    );
-    eprintln!("SKIPPED: {why}");
-}
-
 /// `docker image inspect NAME`'s `Id` and `RepoTags`.
 fn docker_inspect(name: &str) -> (String, Vec<String>) {
     let out = Command::new("docker")
@@ -334,7 +327,7 @@ fn docker_inspect(name: &str) -> (String, Vec<String>) {
 #[test]
 fn docker_names_with_a_registry_host_and_port() {
     if let Err(why) = docker_engine() {
-        return skip(&format!("no Docker Engine to test against: {why}"));
+        return unavailable("the Docker Engine", &why);
     }
     let dir = scratch_dir("docker-ports");
     let src_name = "127.0.0.1:5000/team/occy-port-src:1.0";
@@ -418,4 +411,104 @@ fn docker_names_with_a_registry_host_and_port() {
             &by_digest,
         ])
         .output();
+}
+
+/// A unix socket in `dir` in front of the daemon at `upstream`, passing each
+/// request on (one per connection). After the first inspect of `image` that
+/// follows an image load (the sink's own check that the load took), it tags
+/// `other` as `image` in the daemon and only then answers: what occy checks
+/// next, after writing, is another image under the same tag.
+fn retagging_proxy(upstream: &Path, dir: &Path, other: &str, image: &str) -> PathBuf {
+    let sock = dir.join("retag.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let (upstream, other, image) = (upstream.to_path_buf(), other.to_string(), image.to_string());
+    std::thread::spawn(move || {
+        let mut loaded = false;
+        let mut retagged = false;
+        for conn in listener.incoming().flatten() {
+            let Ok(reader_side) = conn.try_clone() else { continue };
+            let mut reader = std::io::BufReader::new(reader_side);
+            let Some(head) = read_head(&mut reader) else { continue };
+            let Some(body) = read_body(&mut reader, &head, false) else {
+                continue;
+            };
+            let mut parts = head.first_line.split(' ');
+            let (method, path) = (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("").to_string(),
+            );
+            let Ok(mut up) = std::os::unix::net::UnixStream::connect(&upstream) else {
+                continue;
+            };
+            let len = (!body.is_empty() || method == "POST" || method == "PUT").then_some(body.len());
+            if up.write_all(&head.render(len)).is_err() || up.write_all(&body).is_err() {
+                continue;
+            }
+            let mut up_reader = std::io::BufReader::new(up);
+            let Some(resp) = read_head(&mut up_reader) else {
+                continue;
+            };
+            let status = resp.first_line.split(' ').nth(1).unwrap_or("");
+            let no_body = method == "HEAD" || status == "204" || status == "304";
+            let resp_body = if no_body {
+                Vec::new()
+            } else {
+                read_body(&mut up_reader, &resp, true).unwrap_or_default()
+            };
+            if path.contains("/images/load") {
+                loaded = true;
+            } else if loaded && !retagged && method == "GET" && path.ends_with(&format!("/images/{image}/json")) {
+                retagged = true;
+                let tag = Command::new("docker").args(["tag", &other, &image]).output().unwrap();
+                assert!(tag.status.success(), "{}", String::from_utf8_lossy(&tag.stderr));
+            }
+            let mut conn = conn;
+            let _ = conn.write_all(&resp.render(if no_body { None } else { Some(resp_body.len()) }));
+            let _ = conn.write_all(&resp_body);
+        }
+    });
+    sock
+}
+
+#[test]
+fn a_daemon_tag_moved_to_another_image_after_writing_fails_the_check() {
+    let sock = match docker_engine() {
+        Ok(s) => s,
+        Err(why) => return unavailable("the Docker Engine", &why),
+    };
+    let dir = scratch_dir("daemon-retag");
+    let (image, other) = ("occy-test/retag:1.0", "occy-test/retag-other:1.0");
+    let _ = Command::new("docker").args(["rmi", image, other]).output();
+    ok(&[
+        "process",
+        &standard_ref("app-b"),
+        &format!("docker://{other}?socket={}", sock.display()),
+    ]);
+    let written = default_image(generated("app-a")).config.digest.to_string();
+    let moved_to = default_image(generated("app-b")).config.digest.to_string();
+
+    // Written and checked with nothing in between: the check passes.
+    let direct = format!("docker://{image}?socket={}", sock.display());
+    let report = json_of(&ok(&[
+        "-O",
+        "json",
+        "process",
+        &standard_ref("app-a"),
+        &direct,
+        "--verify-full",
+    ]));
+    assert_eq!(report["check"], "full: ok", "{report:#}");
+
+    // The tag moves to another image between the write and the check.
+    let _ = Command::new("docker").args(["rmi", image]).output();
+    let proxy = retagging_proxy(&sock, &dir, other, image);
+    let dst = format!("docker://{image}?socket={}", proxy.display());
+    let args = ["process", &standard_ref("app-a"), &dst];
+    let stderr = assert_fails(&args, occy(&args), 1, "[daemon-image]");
+    assert!(stderr.contains(image), "names the target: {stderr}");
+    assert!(
+        stderr.contains(&moved_to) && stderr.contains(&written),
+        "names both image IDs: {stderr}"
+    );
+    let _ = Command::new("docker").args(["rmi", image, other]).output();
 }

@@ -294,13 +294,13 @@ fn classify(method: &str, path: &str) -> (Class, Option<String>) {
 }
 
 /// A parsed HTTP/1.1 message head.
-struct Head {
-    first_line: String,
-    headers: Vec<(String, String)>,
+pub struct Head {
+    pub first_line: String,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Head {
-    fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -318,7 +318,7 @@ impl Head {
 
     /// The head with framing headers replaced: `Content-Length: len` (when
     /// given) and `Connection: close`.
-    fn render(&self, len: Option<usize>) -> Vec<u8> {
+    pub fn render(&self, len: Option<usize>) -> Vec<u8> {
         let mut out = format!("{}\r\n", self.first_line);
         for (k, v) in &self.headers {
             let k_l = k.to_ascii_lowercase();
@@ -336,7 +336,8 @@ impl Head {
     }
 }
 
-fn read_head(r: &mut impl BufRead) -> Option<Head> {
+/// Reads a message head; None at the end of the stream or for something not HTTP.
+pub fn read_head(r: &mut impl BufRead) -> Option<Head> {
     let mut first_line = String::new();
     r.read_line(&mut first_line).ok()?;
     let first_line = first_line.trim_end().to_string();
@@ -361,7 +362,7 @@ fn read_head(r: &mut impl BufRead) -> Option<Head> {
 }
 
 /// Reads a body framed as `head` says (`to_eof` when neither length nor chunks are given).
-fn read_body(r: &mut impl BufRead, head: &Head, to_eof: bool) -> Option<Vec<u8>> {
+pub fn read_body(r: &mut impl BufRead, head: &Head, to_eof: bool) -> Option<Vec<u8>> {
     if head.chunked() {
         let mut body = Vec::new();
         loop {
