@@ -701,7 +701,7 @@ mod tests {
             ("etc/motd", F, 0o644, "", b"hello"),
             ("etc/link", S, 0o777, "motd", b""),
         ]);
-        let view = view_of(&[l0.clone()]);
+        let view = view_of(std::slice::from_ref(&l0));
         let t = tempfile::tempdir().unwrap();
         let mut ex = crate::sink::extract::Extractor::new(t.path());
         ex.apply_layer("l0", &l0[..]).unwrap();
