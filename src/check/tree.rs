@@ -322,7 +322,6 @@ impl MergedView {
             let kind = header.entry_type();
             let mode = header.mode().unwrap_or(0o644) & 0o7777;
             let target = join(&parent, last);
-            let mut hardlinked: Option<Vec<u8>> = None;
             let new = match kind {
                 tar::EntryType::Directory => {
                     self.ensure_dir(&parent);
@@ -385,9 +384,7 @@ impl MergedView {
                             &format!("is a hardlink to {}, which does not exist", link.display()),
                         ));
                     };
-                    let same = source == target;
-                    hardlinked = Some(source);
-                    (!same).then_some(linked)
+                    (source != target).then_some(linked)
                 }
                 tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                     if kind != tar::EntryType::Fifo && !self.devices {
@@ -414,17 +411,11 @@ impl MergedView {
                 }
                 self.entries.insert(target.clone(), new);
             }
-            if self.owners {
-                let owner = (Some(header.uid().unwrap_or(0)), Some(header.gid().unwrap_or(0)));
-                // A hardlink shares its inode: chowning it chowns what it names.
-                let mut paths = vec![target.clone()];
-                if kind == tar::EntryType::Link {
-                    paths.extend(hardlinked.take());
-                }
-                for p in paths {
-                    if let Some(e) = self.entries.get_mut(&p) {
-                        (e.uid, e.gid) = owner;
-                    }
+            // A hardlink shares its source's inode: its owner and mode are
+            // the source's (extraction does not chown it).
+            if self.owners && kind != tar::EntryType::Link {
+                if let Some(e) = self.entries.get_mut(&target) {
+                    (e.uid, e.gid) = (Some(header.uid().unwrap_or(0)), Some(header.gid().unwrap_or(0)));
                 }
             }
             written.insert(target);
