@@ -34,14 +34,22 @@ pub enum Error {
     #[error("{0}")]
     Network(String),
 
-    /// The registry answered with an error status.
+    /// The registry answered with an error status: its Distribution error
+    /// codes, parsed once from the body, and its messages.
     #[error("{method} {url}: {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
     Registry {
         method: String,
         url: String,
         status: u16,
+        codes: Vec<ErrorCode>,
         message: String,
     },
+
+    /// A transfer that failed mid-body where the transport cannot send it
+    /// again (a streamed upload cut or refused, a layer that arrived
+    /// corrupted but reads whole again): the copy of that blob starts over.
+    #[error("{0}")]
+    Cut(String),
 
     /// Credentials were missing or refused.
     #[error("{0}")]
@@ -140,13 +148,16 @@ impl Error {
                 method,
                 url,
                 status,
+                codes,
                 message,
             } => Error::Registry {
                 method: method.clone(),
                 url: url.clone(),
                 status: *status,
+                codes: codes.clone(),
                 message: message.clone(),
             },
+            Error::Cut(m) => Error::Cut(m.clone()),
             Error::Unauthorized(m) => Error::Unauthorized(m.clone()),
             Error::NotFound(m) => Error::NotFound(m.clone()),
             Error::DigestMismatch { what, expected, actual } => Error::DigestMismatch {
@@ -168,11 +179,28 @@ impl Error {
     /// Whether retrying the same operation may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Network(_) => true,
+            Error::Network(_) | Error::Cut(_) => true,
             Error::Registry { status, .. } => *status == 429 || *status >= 500,
             Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether a blob copy should be started again: its bytes arrived
+    /// corrupted, or its upload was cut where the transport could not send
+    /// it again. Everything else transient was already retried by the
+    /// transport (with `Retry-After`), within the same `--retries` budget:
+    /// retrying it here again would multiply the attempts.
+    pub fn restarts_copy(&self) -> bool {
+        matches!(
+            self,
+            Error::DigestMismatch { .. } | Error::SizeMismatch { .. } | Error::Cut(_)
+        )
+    }
+
+    /// Whether the registry's answer carries Distribution error `code`.
+    pub fn has_code(&self, code: &ErrorCode) -> bool {
+        matches!(self, Error::Registry { codes, .. } if codes.contains(code))
     }
 }
 
@@ -192,5 +220,58 @@ fn into_occy_error(e: io::Error) -> std::result::Result<Error, io::Error> {
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
         Error::Invalid(format!("invalid JSON: {e}"))
+    }
+}
+
+/// A Distribution (OCI distribution-spec) error code, from the `errors`
+/// array of a registry's error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    ManifestUnverified,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    TagInvalid,
+    Unauthorized,
+    Denied,
+    Unsupported,
+    TooManyRequests,
+    Unavailable,
+    Unknown,
+    /// A code outside the spec, as the registry spelt it.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The code a registry spells `s`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "BLOB_UNKNOWN" => ErrorCode::BlobUnknown,
+            "BLOB_UPLOAD_INVALID" => ErrorCode::BlobUploadInvalid,
+            "BLOB_UPLOAD_UNKNOWN" => ErrorCode::BlobUploadUnknown,
+            "DIGEST_INVALID" => ErrorCode::DigestInvalid,
+            "MANIFEST_BLOB_UNKNOWN" => ErrorCode::ManifestBlobUnknown,
+            "MANIFEST_INVALID" => ErrorCode::ManifestInvalid,
+            "MANIFEST_UNKNOWN" => ErrorCode::ManifestUnknown,
+            "MANIFEST_UNVERIFIED" => ErrorCode::ManifestUnverified,
+            "NAME_INVALID" => ErrorCode::NameInvalid,
+            "NAME_UNKNOWN" => ErrorCode::NameUnknown,
+            "SIZE_INVALID" => ErrorCode::SizeInvalid,
+            "TAG_INVALID" => ErrorCode::TagInvalid,
+            "UNAUTHORIZED" => ErrorCode::Unauthorized,
+            "DENIED" => ErrorCode::Denied,
+            "UNSUPPORTED" => ErrorCode::Unsupported,
+            "TOOMANYREQUESTS" => ErrorCode::TooManyRequests,
+            "UNAVAILABLE" => ErrorCode::Unavailable,
+            "UNKNOWN" => ErrorCode::Unknown,
+            other => ErrorCode::Other(other.to_string()),
+        }
     }
 }

@@ -466,3 +466,140 @@ fn manifests_corrupted_by_tag_never_write_another_digest() {
     );
     assert!(total_written > 0, "nothing was ever written: the test proves nothing");
 }
+
+/// What a request is, for counting attempts: its method and path, except
+/// that a blob upload's PUT is known by the digest it stores (each session
+/// has its own path).
+fn request_key(r: &Request) -> String {
+    let bare = r.path.split('?').next().unwrap_or("");
+    match (r.class, r.path.split_once("digest=")) {
+        (Class::BlobUpload, Some((_, digest))) => format!("{} upload of {digest}", r.method),
+        _ => format!("{} {bare}", r.method),
+    }
+}
+
+#[test]
+fn a_failing_request_is_sent_at_most_retries_plus_one_times_plain_or_filtered() {
+    let src = source();
+    let dst = Registry::start(Mode::Plain);
+    let retries = 2usize;
+    // The config is read while planning, the layers while copying.
+    let manifest = src.inspect("apps/api:1.0", true);
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let config_get = move |r: &Request| r.class == Class::BlobGet && r.path.ends_with(&config);
+    let config_get2 = config_get.clone();
+    let layer_get = move |r: &Request| r.class == Class::BlobGet && !config_get2(r);
+    let upload_put = |r: &Request| r.class == Class::BlobUpload && r.method == "PUT";
+    let manifest_put = |r: &Request| r.class == Class::Manifest && r.method == "PUT";
+    type Sel = std::sync::Arc<dyn Fn(&Request) -> bool + Send + Sync>;
+    let layer: Sel = std::sync::Arc::new(layer_get);
+    // (what, fault, which requests, at the source?)
+    let cases: Vec<(&str, Fault, Sel, bool)> = vec![
+        ("source layer GET, 503", Fault::Status(503), layer.clone(), true),
+        ("source layer GET, 429", Fault::TooMany(0), layer.clone(), true),
+        ("source layer GET, reset mid-body", Fault::Reset, layer.clone(), true),
+        ("source layer GET, cut short", Fault::Truncate, layer.clone(), true),
+        ("source layer GET, flipped byte", Fault::FlipByte, layer.clone(), true),
+        (
+            "source config GET, 503",
+            Fault::Status(503),
+            std::sync::Arc::new(config_get),
+            true,
+        ),
+        (
+            "source manifest GET by tag, 503",
+            Fault::Status(503),
+            std::sync::Arc::new(manifest_by_tag),
+            true,
+        ),
+        (
+            "source manifest GET by tag, flipped byte",
+            Fault::FlipByte,
+            std::sync::Arc::new(manifest_by_tag),
+            true,
+        ),
+        (
+            "destination blob upload, 503",
+            Fault::Status(503),
+            std::sync::Arc::new(upload_put),
+            false,
+        ),
+        (
+            "destination blob upload, reset",
+            Fault::Reset,
+            std::sync::Arc::new(upload_put),
+            false,
+        ),
+        (
+            "destination manifest PUT, 503",
+            Fault::Status(503),
+            std::sync::Arc::new(manifest_put),
+            false,
+        ),
+    ];
+    let mut table = Vec::new();
+    for filtered in [false, true] {
+        for (i, (what, fault, selects, at_source)) in cases.iter().enumerate() {
+            let fault = *fault;
+            let selects = selects.clone();
+            let proxy = FaultProxy::with_plan(
+                if *at_source { &src.host } else { &dst.host },
+                Box::new(move |r| selects(r).then_some(fault)),
+            );
+            let (s, d) = if *at_source {
+                (proxy.host.clone(), dst.host.clone())
+            } else {
+                (src.host.clone(), proxy.host.clone())
+            };
+            let from = format!("registry://{s}/apps/api:1.0");
+            let to = format!("registry://{d}/count/c{i}-{filtered}:1.0");
+            let mut args = vec![
+                "--insecure-registry",
+                &s,
+                "--insecure-registry",
+                &d,
+                "--retries",
+                "2",
+                "process",
+                &from,
+                &to,
+            ];
+            if filtered {
+                args.extend(["-f", "normalize-timestamps"]);
+            }
+            let out = occy(&args);
+            let stderr = stderr_of(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{what} (filtered: {filtered}) must fail:\n{stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+            for e in proxy.events().iter().filter(|e| e.fault.is_some()) {
+                *counts.entry(request_key(&e.request)).or_default() += 1;
+            }
+            let (worst, most) = counts
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(k, n)| (k.clone(), *n))
+                .unwrap_or_default();
+            table.push(format!(
+                "{what}{}: {} faulted requests, at most {most} of one ({worst})",
+                if filtered { " (filtered)" } else { "" },
+                counts.values().sum::<usize>()
+            ));
+            assert!(most >= 1, "{what}: the fault was never hit: {stderr}");
+            assert!(
+                most <= retries + 1,
+                "{what} (filtered: {filtered}): {worst} sent {most} times, over --retries 2 + 1: {counts:?}\n{stderr}"
+            );
+            // Every one of these faults is worth another attempt.
+            assert!(
+                most >= 2,
+                "{what} (filtered: {filtered}): never retried: {counts:?}\n{stderr}"
+            );
+        }
+    }
+    eprintln!("attempts per request with --retries 2:\n  {}", table.join("\n  "));
+}

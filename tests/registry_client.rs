@@ -141,10 +141,22 @@ async fn plain_http_registry_end_to_end() {
     let paged_tags = paged.list_tags("team/app").await.unwrap();
     assert_eq!(paged_tags.len(), 2);
 
-    // 404s are NotFound errors that name the thing.
+    // 404s are NotFound errors that say what is missing: a tag, a manifest
+    // asked by digest, a repository (the registry's NAME_UNKNOWN).
     let err = client.get_manifest("team/app", "nope").await.unwrap_err();
     assert!(
-        matches!(&err, Error::NotFound(m) if m == &format!("manifest team/app:nope not found on {}", reg.host)),
+        matches!(&err, Error::NotFound(m) if m == &format!("tag team/app:nope not found on {}", reg.host)),
+        "{err:?}"
+    );
+    let absent = Digest::of(b"no such manifest");
+    let err = client.get_manifest("team/app", absent.as_str()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound(m) if m == &format!("manifest team/app@{absent} not found on {}", reg.host)),
+        "{err:?}"
+    );
+    let err = client.get_manifest("no/such/repo", "1.0").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound(m) if m == &format!("repository no/such/repo not found on {}", reg.host)),
         "{err:?}"
     );
     assert_eq!(client.head_manifest("team/app", "nope").await.unwrap(), None);

@@ -36,7 +36,7 @@ use crate::image::{
 };
 use crate::plan::graph::{How, NodeKey, StoredForm, WorkGraph};
 use crate::sink::Sink;
-use crate::source::stream::{blob_integrity_error, decompressed, CountingReader};
+use crate::source::stream::{after_stream_failure, decompressed, CountingReader};
 use crate::source::{BlobReader, Source};
 
 /// What one target brings to the walk: where it reads, where it writes.
@@ -399,10 +399,18 @@ impl<'a> Walk<'a> {
             return vec![(i, r)];
         }
         let mut pending: Vec<NodeIndex> = consumers.clone();
+        // The transport retried failed requests and resumed cut downloads;
+        // here a fetch starts over only for what it cannot: bytes that
+        // arrived corrupted, an upload cut mid-body. Each start, and each
+        // extra read telling corruption from a malformed layer, spends one
+        // read of the blob's --retries + 1.
+        let budget = ReadBudget::new(self.opts.retries + 1);
+        let policy = crate::registry::retry::RetryPolicy::new(self.opts.retries);
         let mut attempt = 0;
         let mut fetch_result: Result<()> = Ok(());
         while !pending.is_empty() {
-            let r = self.fetch_once(owner, &desc, &pending).await;
+            budget.take();
+            let r = self.fetch_once(owner, &desc, &pending, &budget).await;
             let (pumped, per) = match r {
                 Ok(x) => x,
                 Err(e) => (Err(e), Vec::new()),
@@ -416,8 +424,12 @@ impl<'a> Walk<'a> {
                     (None, r) => r,
                 };
                 match res {
-                    Err(e) if e.is_transient() && attempt < self.opts.retries => {
-                        warn!("{}: attempt {} failed, retrying: {e}", describe(g, c), attempt + 1);
+                    Err(e) if e.restarts_copy() && budget.left() > 0 => {
+                        warn!(
+                            "{}: attempt {} failed, starting it again: {e}",
+                            describe(g, c),
+                            attempt + 1
+                        );
                         retry.push(c);
                     }
                     other => {
@@ -437,8 +449,8 @@ impl<'a> Walk<'a> {
             }
             pending = retry;
             if !pending.is_empty() {
+                tokio::time::sleep(policy.delay(attempt, None)).await;
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
             }
         }
         // The fetch itself is done when some consumer got the blob; its
@@ -466,6 +478,7 @@ impl<'a> Walk<'a> {
         owner: usize,
         desc: &Descriptor,
         consumers: &[NodeIndex],
+        budget: &ReadBudget,
     ) -> Result<(Result<()>, Vec<(NodeIndex, Result<()>)>)> {
         let io = self.io_of(owner)?;
         let raw = io.source.open_blob(desc).await?;
@@ -482,8 +495,12 @@ impl<'a> Walk<'a> {
         );
         let (pumped, per) = tokio::join!(pump, feeds);
         let pumped = match pumped {
-            Err(e) if !matches!(e, Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) => {
-                Err(blob_integrity_error(io.source.as_ref(), desc).await.unwrap_or(e))
+            // The stream stopped for another reason than the transport's
+            // (its requests were retried already): read the blob once more,
+            // within the budget, to tell corruption on the way from a
+            // malformed layer.
+            Err(e) if !e.restarts_copy() && !is_transport_error(&e) && budget.take() => {
+                Err(after_stream_failure(io.source.as_ref(), desc, e).await)
             }
             other => other,
         };
@@ -573,7 +590,21 @@ impl<'a> Walk<'a> {
             if io.sink.has_blob(&out.digest).await? {
                 return Ok(());
             }
-            let r = put_spooled(io.sink.as_ref(), &rewritten, plain_store).await;
+            // An upload cut mid-body starts again from the spool.
+            let budget = ReadBudget::new(self.opts.retries + 1);
+            let policy = crate::registry::retry::RetryPolicy::new(self.opts.retries);
+            let mut attempt = 0;
+            let r = loop {
+                budget.take();
+                match put_spooled(io.sink.as_ref(), &rewritten, plain_store).await {
+                    Err(e) if e.restarts_copy() && budget.left() > 0 => {
+                        warn!("{}: upload failed, starting it again: {e}", describe(g, i));
+                        tokio::time::sleep(policy.delay(attempt, None)).await;
+                        attempt += 1;
+                    }
+                    r => break r,
+                }
+            };
             if r.is_ok() {
                 if let Some(n) = self.copied.get(&owner) {
                     n.fetch_add(1, Ordering::Relaxed);
@@ -952,4 +983,34 @@ async fn commit_images(sink: &dyn Sink, images: &[ImageData], index: Option<RawM
     };
     sink.finish().await?;
     Ok(digest)
+}
+
+/// The reads of one blob a fetch may still make: each start and each extra
+/// read to tell corruption from a malformed layer spends one.
+struct ReadBudget(std::sync::atomic::AtomicU32);
+
+impl ReadBudget {
+    fn new(reads: u32) -> Self {
+        ReadBudget(std::sync::atomic::AtomicU32::new(reads))
+    }
+
+    /// Spends one read; false when none is left.
+    fn take(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn left(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether an error is the transport's final word on a request (already
+/// retried there), which reading again would only repeat.
+fn is_transport_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Network(_) | Error::Registry { .. } | Error::NotFound(_) | Error::Unauthorized(_)
+    )
 }

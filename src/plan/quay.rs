@@ -111,6 +111,7 @@ async fn get_json<T: for<'de> Deserialize<'de>>(http: &reqwest::Client, url: &st
             method: "GET".into(),
             url: url.to_string(),
             status: status.as_u16(),
+            codes: Vec::new(),
             message: String::new(),
         });
     }

@@ -40,7 +40,7 @@ use super::credentials::{CredentialStore, Credentials};
 use super::rate_limit::TokenBucket;
 use super::retry::{parse_retry_after, RetryPolicy};
 use super::RegistryOptions;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::image::manifest::MAX_MANIFEST_SIZE;
 use crate::image::media_type::MANIFEST_ACCEPT;
 use crate::image::{Descriptor, Digest, RawManifest, VerifyingReader};
@@ -242,9 +242,6 @@ fn host_without_port(host: &str) -> &str {
     }
 }
 
-/// Times a manifest put answered "blob unknown" is tried again.
-const MANIFEST_BLOB_UNKNOWN_RETRIES: u32 = 3;
-
 impl RegistryClient {
     /// The client of `host` (`host[:port]` as written in a reference). Clients
     /// of the same host and options share one HTTP client (connection reuse,
@@ -280,6 +277,11 @@ impl RegistryClient {
         self
     }
 
+    /// Retries after a first attempt (`--retries`).
+    pub fn retries(&self) -> u32 {
+        self.inner.retry.retries
+    }
+
     /// The host as written (`host[:port]`).
     pub fn host(&self) -> &str {
         &self.inner.host
@@ -305,22 +307,33 @@ impl RegistryClient {
     async fn fetch_manifest(&self, repo: &str, reference: &str) -> Result<RawManifest> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}")).await?;
         let what = manifest_name(repo, reference);
+        // One budget for the request: transport retries and fetches again
+        // of corrupted bytes alike.
         let mut attempt = 0;
         loop {
             let resp = self
-                .fetch(
+                .fetch_counted(
                     || {
                         Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo)
                             .header(ACCEPT, MANIFEST_ACCEPT)
                     },
                     MAX_MANIFEST_SIZE,
                     &format!("manifest {what}"),
+                    &mut attempt,
                 )
                 .await?;
             match resp.status {
                 StatusCode::OK => {}
                 StatusCode::NOT_FOUND => {
-                    return Err(Error::NotFound(format!("manifest {what} not found on {}", self.host())));
+                    let codes = error_codes(&resp.body);
+                    let missing = if codes.contains(&ErrorCode::NameUnknown) {
+                        format!("repository {repo}")
+                    } else if Digest::parse(reference).is_ok() {
+                        format!("manifest {what}")
+                    } else {
+                        format!("tag {what}")
+                    };
+                    return Err(Error::NotFound(format!("{missing} not found on {}", self.host())));
                 }
                 _ => return Err(self.status_error(&Method::GET, &url, repo, resp.status, &resp.body)),
             }
@@ -433,15 +446,18 @@ impl RegistryClient {
     /// credentials when the host changes); a connection that drops mid-way is
     /// resumed with a `Range` request up to the retry limit.
     pub async fn get_blob(&self, repo: &str, desc: &Descriptor) -> Result<BlobReader> {
-        let first = self.open_blob_at(repo, &desc.digest, desc.size, 0).await?;
+        // One budget for the GET: its transport retries and its resumes.
+        let mut attempt = 0;
+        let first = self
+            .open_blob_at(repo, &desc.digest, desc.size, 0, &mut attempt)
+            .await?;
         let reader = ResumingReader {
             client: self.clone(),
             repo: repo.to_string(),
             digest: desc.digest.clone(),
             size: desc.size,
             offset: 0,
-            resumes_left: self.inner.retry.retries,
-            resumes_done: 0,
+            attempt,
             state: ReaderState::Reading(first),
         };
         let what = format!("blob {} from {}/{repo}", desc.digest, self.host());
@@ -454,13 +470,21 @@ impl RegistryClient {
     }
 
     /// Opens blob `digest` (of `size` bytes) at byte `offset`, as raw bytes.
-    async fn open_blob_at(&self, repo: &str, digest: &Digest, size: u64, offset: u64) -> Result<RawReader> {
+    /// `attempt` is the request's retry budget spent so far (see [`Self::send_counted`]).
+    async fn open_blob_at(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        offset: u64,
+        attempt: &mut u32,
+    ) -> Result<RawReader> {
         let url = self.url(&format!("v2/{repo}/blobs/{digest}")).await?;
         let mut req = Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo);
         if offset > 0 {
             req = req.header(RANGE, &format!("bytes={offset}-"))?;
         }
-        let resp = self.send(req).await?;
+        let resp = self.send_counted(req, attempt).await?;
         let status = resp.status();
         let skip = match status {
             StatusCode::OK => {
@@ -816,10 +840,12 @@ impl RegistryClient {
     /// be the manifest's own.
     pub async fn put_manifest(&self, repo: &str, reference: &str, raw: &RawManifest) -> Result<Digest> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}")).await?;
+        // One budget for the request: transport retries and the waits for a
+        // blob to become visible alike.
         let mut attempt = 0u32;
         let resp = loop {
             let resp = self
-                .fetch(
+                .fetch_counted(
                     || {
                         let mut r = Req::new(Method::PUT, url.clone(), vec![auth::push_scope(repo)], repo)
                             .header(CONTENT_TYPE, &raw.media_type)?;
@@ -828,6 +854,7 @@ impl RegistryClient {
                     },
                     MAX_ERROR_BODY,
                     &format!("manifest {}", manifest_name(repo, reference)),
+                    &mut attempt,
                 )
                 .await?;
             if resp.status == StatusCode::CREATED
@@ -836,24 +863,25 @@ impl RegistryClient {
             {
                 break resp;
             }
+            let err = self.status_error(&Method::PUT, &url, repo, resp.status, &resp.body);
             // Every blob is in place before its manifest is put, so "blob
             // unknown" means the registry has not yet made visible a blob
             // another writer of this repository just linked (Distribution
             // rewrites the link file in place): ask again shortly.
-            let blob_unknown = resp.status == StatusCode::BAD_REQUEST
-                && String::from_utf8_lossy(&resp.body).contains("MANIFEST_BLOB_UNKNOWN");
-            if blob_unknown && attempt < MANIFEST_BLOB_UNKNOWN_RETRIES {
+            if err.has_code(&ErrorCode::ManifestBlobUnknown) && attempt < self.inner.retry.retries {
+                let wait = self.inner.retry.delay(attempt, None);
                 attempt += 1;
                 tracing::debug!(
                     repo,
                     reference,
                     attempt,
-                    "manifest put: a blob is not visible yet; retrying"
+                    "manifest put: a blob is not visible yet; retrying in {} ms",
+                    wait.as_millis()
                 );
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                tokio::time::sleep(wait).await;
                 continue;
             }
-            return Err(self.status_error(&Method::PUT, &url, repo, resp.status, &resp.body));
+            return Err(err);
         };
         match header_str(&resp.headers, DOCKER_CONTENT_DIGEST).and_then(|d| Digest::parse(d).ok()) {
             Some(d) if d != raw.digest => Err(Error::DigestMismatch {
@@ -970,16 +998,27 @@ impl RegistryClient {
         Ok(c.clone())
     }
 
+    /// [`Self::fetch_counted`] with a budget of its own.
+    async fn fetch(&self, make: impl Fn() -> Result<Req>, limit: usize, what: &str) -> Result<SmallResponse> {
+        self.fetch_counted(make, limit, what, &mut 0).await
+    }
+
     /// Sends a request built by `make`, then reads the whole body (at most
     /// `limit` bytes when successful); a connection lost while reading is
-    /// retried like a failed request.
-    async fn fetch(&self, make: impl Fn() -> Result<Req>, limit: usize, what: &str) -> Result<SmallResponse> {
-        let mut attempt = 0;
+    /// retried like a failed request, from the same budget (`attempt`, see
+    /// [`Self::send_counted`]).
+    async fn fetch_counted(
+        &self,
+        make: impl Fn() -> Result<Req>,
+        limit: usize,
+        what: &str,
+        attempt: &mut u32,
+    ) -> Result<SmallResponse> {
         loop {
             let req = make()?;
             let retry = req.idempotent;
             let is_head = req.method == Method::HEAD;
-            let resp = self.send(req).await?;
+            let resp = self.send_counted(req, attempt).await?;
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = if is_head {
@@ -991,23 +1030,35 @@ impl RegistryClient {
             };
             match body {
                 Ok(body) => return Ok(SmallResponse { status, headers, body }),
-                Err(e) if retry && e.is_transient() && attempt < self.inner.retry.retries => {
-                    let wait = self.inner.retry.delay(attempt, None);
+                Err(e) if retry && e.is_transient() && *attempt < self.inner.retry.retries => {
+                    let wait = self.inner.retry.delay(*attempt, None);
                     tracing::debug!(host = self.host(), "retrying in {} ms: {e}", wait.as_millis());
                     tokio::time::sleep(wait).await;
-                    attempt += 1;
+                    *attempt += 1;
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// [`Self::send_counted`] with a budget of its own.
+    async fn send(&self, req: Req) -> Result<reqwest::Response> {
+        self.send_counted(req, &mut 0).await
+    }
+
     /// Sends one logical request: rate limit, auth (answering one challenge
-    /// per call), retries of transient failures. Returns the response for
-    /// any status but 401 and (after retries) 429/5xx, which become errors.
-    async fn send(&self, mut req: Req) -> Result<reqwest::Response> {
+    /// per call), retries of transient failures — connection errors, 429
+    /// and 5xx, waiting as `Retry-After` says. This is the one place such
+    /// failures are retried. `attempt` counts the retries already spent on
+    /// this logical request (by an earlier send whose body was cut, or a
+    /// resume), so that it is never sent more than `--retries` + 1 times.
+    /// Returns the response for any status but 401 and (after retries)
+    /// 429/5xx, which become errors; a failure of a request whose streamed
+    /// body cannot be sent again is [`Error::Cut`], for the caller to start
+    /// over.
+    async fn send_counted(&self, mut req: Req, attempt: &mut u32) -> Result<reqwest::Response> {
         let retry = self.inner.retry;
-        let mut attempt: u32 = 0;
+        let streamed = !req.replayable();
         let mut answered_challenge = false;
         loop {
             // Credentials go only to the registry itself, never to another
@@ -1046,7 +1097,7 @@ impl RegistryClient {
             let started = Instant::now();
             let result = rb.send().await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
-            let can_retry = req.idempotent && req.replayable() && attempt < retry.retries;
+            let can_retry = req.idempotent && req.replayable() && *attempt < retry.retries;
             let resp = match result {
                 Ok(r) => r,
                 Err(e) => {
@@ -1058,11 +1109,14 @@ impl RegistryClient {
                         && !is_certificate_error(&e)
                         && !answered_plain_http(&e)
                     {
-                        let wait = retry.delay(attempt, None);
+                        let wait = retry.delay(*attempt, None);
                         tracing::debug!(host = self.host(), "retrying in {} ms", wait.as_millis());
                         tokio::time::sleep(wait).await;
-                        attempt += 1;
+                        *attempt += 1;
                         continue;
+                    }
+                    if streamed {
+                        return Err(Error::Cut(format!("{} {}: {err}", req.method, req.url.path())));
                     }
                     return Err(err);
                 }
@@ -1104,7 +1158,7 @@ impl RegistryClient {
                 if can_retry {
                     let retry_after = header_str(resp.headers(), RETRY_AFTER.as_str())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    let wait = retry.delay(attempt, retry_after);
+                    let wait = retry.delay(*attempt, retry_after);
                     tracing::debug!(
                         host = self.host(),
                         status = status.as_u16(),
@@ -1113,13 +1167,17 @@ impl RegistryClient {
                     );
                     drop(resp);
                     tokio::time::sleep(wait).await;
-                    attempt += 1;
+                    *attempt += 1;
                     continue;
                 }
                 let method = req.method.clone();
                 let url = req.url.clone();
                 let body = read_truncated(resp, MAX_ERROR_BODY).await;
-                return Err(self.status_error(&method, &url, &req.subject, status, &body));
+                let err = self.status_error(&method, &url, &req.subject, status, &body);
+                if streamed {
+                    return Err(Error::Cut(err.to_string()));
+                }
+                return Err(err);
             }
             return Ok(resp);
         }
@@ -1260,6 +1318,7 @@ impl RegistryClient {
                         let body = read_truncated(resp, MAX_ERROR_BODY).await;
                         let summary = summarize_error_body(&body);
                         return Err(Error::Registry {
+                            codes: error_codes(&body),
                             method: method.to_string(),
                             url: format!(
                                 "{}://{}{}",
@@ -1332,6 +1391,7 @@ impl RegistryClient {
     /// explanation when it sent one.
     fn status_error(&self, method: &Method, url: &Url, subject: &str, status: StatusCode, body: &[u8]) -> Error {
         let summary = summarize_error_body(body);
+        let codes = error_codes(body);
         match status {
             StatusCode::UNAUTHORIZED => self.unauthorized(subject, false),
             StatusCode::FORBIDDEN => Error::Unauthorized(format!(
@@ -1357,6 +1417,7 @@ impl RegistryClient {
                     url.path()
                 ),
                 status: status.as_u16(),
+                codes,
                 message: summary,
             },
         }
@@ -1653,6 +1714,28 @@ pub fn summarize_error_body(body: &[u8]) -> String {
     }
 }
 
+/// The Distribution error codes of an error body (none when it is not one).
+pub fn error_codes(body: &[u8]) -> Vec<ErrorCode> {
+    #[derive(Deserialize)]
+    struct Errors {
+        errors: Vec<Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        code: String,
+    }
+    serde_json::from_slice::<Errors>(body)
+        .map(|e| {
+            e.errors
+                .iter()
+                .filter(|e| !e.code.is_empty())
+                .map(|e| ErrorCode::parse(&e.code))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The target of the `rel="next"` link of a `Link` header value, if any:
 /// `</v2/_catalog?last=b&n=2>; rel="next"`.
 pub fn parse_link_next(value: &str) -> Option<String> {
@@ -1714,7 +1797,7 @@ where
 }
 
 type RawReader = Pin<Box<dyn AsyncRead + Send>>;
-type OpenFuture = Pin<Box<dyn Future<Output = Result<RawReader>> + Send>>;
+type OpenFuture = Pin<Box<dyn Future<Output = Result<(RawReader, u32)>> + Send>>;
 
 enum ReaderState {
     Reading(RawReader),
@@ -1723,28 +1806,29 @@ enum ReaderState {
 }
 
 /// A blob stream that reopens the blob at the current offset (a `Range`
-/// request) when the connection drops or ends early, up to the host's retry
-/// limit. Verification is done by the [`VerifyingReader`] around it.
+/// request) when the connection drops or ends early, within the GET's retry
+/// budget (shared with the transport's retries of the same GET, so the blob
+/// is requested at most `--retries` + 1 times). Verification is done by the
+/// [`VerifyingReader`] around it.
 struct ResumingReader {
     client: RegistryClient,
     repo: String,
     digest: Digest,
     size: u64,
     offset: u64,
-    resumes_left: u32,
-    resumes_done: u32,
+    /// Retries of this GET spent so far.
+    attempt: u32,
     state: ReaderState,
 }
 
 impl ResumingReader {
-    /// Starts reopening the blob; false when no resume is left.
+    /// Starts reopening the blob; false when the budget is spent.
     fn start_resume(&mut self, why: &str) -> bool {
-        if self.resumes_left == 0 || self.offset >= self.size {
+        if self.attempt >= self.client.inner.retry.retries || self.offset >= self.size {
             return false;
         }
-        self.resumes_left -= 1;
-        let attempt = self.resumes_done;
-        self.resumes_done += 1;
+        let attempt = self.attempt;
+        self.attempt += 1;
         tracing::warn!(
             "blob {} from {}/{}: {why} at byte {} of {}; resuming",
             self.digest,
@@ -1758,9 +1842,11 @@ impl ResumingReader {
         let digest = self.digest.clone();
         let (size, offset) = (self.size, self.offset);
         let wait = client.inner.retry.delay(attempt, None);
+        let mut spent = attempt + 1;
         self.state = ReaderState::Opening(Box::pin(async move {
             tokio::time::sleep(wait).await;
-            client.open_blob_at(&repo, &digest, size, offset).await
+            let r = client.open_blob_at(&repo, &digest, size, offset, &mut spent).await?;
+            Ok((r, spent))
         }));
         true
     }
@@ -1777,11 +1863,20 @@ impl AsyncRead for ResumingReader {
                         Poll::Ready(Ok(())) => {
                             let n = (buf.filled().len() - before) as u64;
                             if n == 0 && this.offset < this.size && buf.remaining() > 0 {
-                                // Ended early: resume, or let the verifier report the short read.
+                                // Ended early: resume, or fail as a cut (not a
+                                // short blob, which would be read again).
                                 if this.start_resume("the stream ended early") {
                                     continue;
                                 }
-                                return Poll::Ready(Ok(()));
+                                this.state = ReaderState::Failed;
+                                return Poll::Ready(Err(io::Error::other(format!(
+                                    "blob {} from {}/{}: the stream ended at byte {} of {} and the retries are spent",
+                                    this.digest,
+                                    this.client.host(),
+                                    this.repo,
+                                    this.offset,
+                                    this.size
+                                ))));
                             }
                             this.offset += n;
                             return Poll::Ready(Ok(()));
@@ -1797,7 +1892,10 @@ impl AsyncRead for ResumingReader {
                     }
                 }
                 ReaderState::Opening(fut) => match fut.as_mut().poll(cx) {
-                    Poll::Ready(Ok(r)) => this.state = ReaderState::Reading(r),
+                    Poll::Ready(Ok((r, spent))) => {
+                        this.attempt = spent;
+                        this.state = ReaderState::Reading(r);
+                    }
                     Poll::Ready(Err(e)) => {
                         this.state = ReaderState::Failed;
                         return Poll::Ready(Err(e.into_io()));

@@ -216,8 +216,11 @@ async fn gives_up_after_the_retries_with_the_registry_message() {
     let client = RegistryClient::for_host(&fake.host(), &opts).unwrap();
     let err = client.list_tags("r").await.unwrap_err();
     match &err {
-        Error::Registry { status, message, .. } => {
+        Error::Registry {
+            status, message, codes, ..
+        } => {
             assert_eq!(*status, 500);
+            assert_eq!(codes, &[crate::error::ErrorCode::Unknown], "parsed once, typed");
             assert!(message.contains("storage is on fire"), "{message}");
         }
         other => panic!("unexpected {other:?}"),
@@ -537,7 +540,7 @@ async fn manifests_by_tag_and_digest() {
     assert_eq!(fake.requests().iter().filter(by_digest).count(), 4);
     let err = client.get_manifest("r", "nope").await.unwrap_err();
     assert!(
-        matches!(&err, Error::NotFound(m) if m == &format!("manifest r:nope not found on {}", fake.host())),
+        matches!(&err, Error::NotFound(m) if m == &format!("tag r:nope not found on {}", fake.host())),
         "{err:?}"
     );
     assert_eq!(client.head_manifest("r", "nope").await.unwrap(), None);

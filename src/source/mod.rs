@@ -57,6 +57,12 @@ pub trait Source: Send + Sync {
 
     /// The image's name and tag as the source records them (a docker-save
     /// archive's RepoTags), when the reference alone does not say.
+    /// How many times a read that arrived corrupted is made again (the
+    /// registry's `--retries`; 3 for local sources).
+    fn retries(&self) -> u32 {
+        3
+    }
+
     fn recorded_name(&self) -> Option<ImageName> {
         None
     }
@@ -137,14 +143,9 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
     }
 }
 
-/// How many times a small blob is read before its error is final: a
-/// transfer cut short or corrupted on the way (a dropped connection, a
-/// digest or size mismatch) is read again, as layers are (1 + the default
-/// `--retries`).
-const SMALL_BLOB_ATTEMPTS: u32 = 4;
-
-/// Reads a small blob (a config) fully into memory, verified; a transient
-/// failure is retried.
+/// Reads a small blob (a config) fully into memory, verified. Bytes that
+/// arrive corrupted are read again, at most [`Source::retries`] + 1 reads in
+/// all; failed requests were already retried by the transport.
 pub async fn read_small_blob(source: &dyn Source, desc: &Descriptor) -> Result<Bytes> {
     if desc.size > MAX_CONFIG_SIZE {
         return Err(Error::invalid(format!(
@@ -152,13 +153,13 @@ pub async fn read_small_blob(source: &dyn Source, desc: &Descriptor) -> Result<B
             desc.digest, desc.size
         )));
     }
-    let mut attempt = 1;
+    let mut attempt = 0;
     loop {
         match read_small_blob_once(source, desc).await {
-            Err(e) if e.is_transient() && attempt < SMALL_BLOB_ATTEMPTS => {
-                tracing::warn!(blob = %desc.digest, "attempt {attempt} failed, retrying: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+            Err(e) if e.restarts_copy() && attempt < source.retries() => {
                 attempt += 1;
+                tracing::warn!(blob = %desc.digest, "read {attempt} failed, reading again: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(6))).await;
             }
             result => return result,
         }
@@ -401,6 +402,6 @@ mod tests {
         };
         let err = read_small_blob(&always, &desc).await.unwrap_err();
         assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
-        assert_eq!(always.opened.load(Ordering::SeqCst), SMALL_BLOB_ATTEMPTS as usize);
+        assert_eq!(always.opened.load(Ordering::SeqCst), always.retries() as usize + 1);
     }
 }

@@ -61,6 +61,10 @@ impl Source for RegistrySource {
         self.client.get_blob(&self.reference.repository, desc).await
     }
 
+    fn retries(&self) -> u32 {
+        self.client.retries()
+    }
+
     /// A HEAD, not a download.
     async fn blob_size(&self, desc: &Descriptor) -> Result<Option<u64>> {
         self.client.head_blob(&self.reference.repository, &desc.digest).await

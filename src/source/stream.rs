@@ -97,6 +97,27 @@ pub async fn blob_integrity_error(source: &dyn Source, desc: &Descriptor) -> Opt
     }
 }
 
+/// What a blob stream that stopped (`failed`: not the transport, whose
+/// requests were retried already) really suffered, from one more read of the
+/// blob: a digest or size mismatch (corrupted now too), or, when it now
+/// reads whole, a corruption on the way ([`Error::Cut`]); both start the
+/// copy again. When the read fails otherwise, `failed` stands.
+pub async fn after_stream_failure(source: &dyn Source, desc: &Descriptor, failed: Error) -> Error {
+    let Ok(mut r) = source.open_blob(desc).await else {
+        return failed;
+    };
+    match tokio::io::copy(&mut r, &mut tokio::io::sink()).await {
+        Ok(_) => Error::Cut(format!(
+            "{failed}; read again, blob {} is whole: it was corrupted on the way",
+            desc.digest
+        )),
+        Err(e) => match Error::stream(&format!("blob {}", desc.digest), e) {
+            e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) => e,
+            _ => failed,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
