@@ -515,6 +515,8 @@ async fn manifests_by_tag_and_digest() {
                 .header("Content-Type", mt)
                 .body(b"{\"tampered\":true}".to_vec()),
             "/v2/r/manifests/big" => Resp::new(200).body(vec![b' '; 5 * 1024 * 1024]),
+            "/v2/gone/manifests/1.0" => Resp::new(404)
+                .body(r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#),
             _ => Resp::new(404).body(r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#),
         }
     })
@@ -541,6 +543,11 @@ async fn manifests_by_tag_and_digest() {
     let err = client.get_manifest("r", "nope").await.unwrap_err();
     assert!(
         matches!(&err, Error::NotFound(m) if m == &format!("tag r:nope not found on {}", fake.host())),
+        "{err:?}"
+    );
+    let err = client.get_manifest("gone", "1.0").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound(m) if m == &format!("repository gone not found on {}", fake.host())),
         "{err:?}"
     );
     assert_eq!(client.head_manifest("r", "nope").await.unwrap(), None);
