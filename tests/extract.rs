@@ -745,7 +745,10 @@ RUN rm -rf /etc/app/conf.d && mkdir /etc/app/conf.d && echo three > /etc/app/con
 #[test]
 fn docker_built_images_extract_like_umoci_and_docker_export() {
     if let Err(why) = docker_umoci_skopeo() {
-        support::skip_unless_required(&format!("comparing extraction with docker and umoci: {why}"));
+        support::unavailable(
+            "docker, umoci or skopeo",
+            &format!("comparing extraction with them: {why}"),
+        );
         return;
     }
     let t = tempfile::tempdir().unwrap();
