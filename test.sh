@@ -28,4 +28,12 @@ if ! command -v cargo >/dev/null; then
     exit 2
 fi
 
+echo "== components the tests use"
+for c in "docker version --format {{.Server.Version}}" "podman --version" "skopeo --version" "umoci --version" \
+    "docker-registry --version" "dot -V"; do
+    # A missing tool is reported here; the tests that need it then fail
+    # (OCCY_REQUIRE_ALL=1, as in CI) or say SKIPPED.
+    printf '%s: %s\n' "${c%% *}" "$($c 2>&1 | head -1 || echo "not available")"
+done
+
 cargo test --locked "$@"
