@@ -200,8 +200,12 @@ gen=$work/gen
 echo "bench: generating images (mirror set: $images images, bases ${base_sizes} MiB; big: $big_size MiB; plan: $plan_repos x $plan_tags tags)" >&2
 "$occy" generate "$gen/mirror" --set bench-mirror --images "$images" --base-sizes "$base_sizes" --top-size "$top_size" >"$gen.mirror.txt" ||
     die "occy generate failed"
-"$occy" generate "$gen/big" --set big --size "$big_size" >/dev/null
-"$occy" generate "$gen/plan" --set bench-plan --repos "$plan_repos" --tags "$plan_tags" >"$gen.plan.txt"
+# The big image and the plan set only when a workload uses them.
+if has tar "$workloads"; then "$occy" generate "$gen/big" --set big --size "$big_size" >/dev/null; fi
+: >"$gen.plan.txt"
+if has plan "$workloads"; then
+    "$occy" generate "$gen/plan" --set bench-plan --repos "$plan_repos" --tags "$plan_tags" >"$gen.plan.txt"
+fi
 expect_mounts=$(python3 "$report" expect-mounts "$gen/mirror")
 mapfile -t apps < <(cut -d' ' -f1 "$gen.mirror.txt")
 mapfile -t plan_images < <(cut -d' ' -f1 "$gen.plan.txt")
@@ -217,7 +221,9 @@ seed_pid=$reg_pid
     for a in "${apps[@]}"; do
         printf '  - from: oci://%s/mirror:%s\n    to: registry://127.0.0.1:%s/bench/%s:1.0\n' "$gen" "$a" "$src_port" "$a"
     done
-    printf '  - from: oci://%s/big:big\n    to: registry://127.0.0.1:%s/bench/big:1.0\n' "$gen" "$src_port"
+    if has tar "$workloads"; then
+        printf '  - from: oci://%s/big:big\n    to: registry://127.0.0.1:%s/bench/big:1.0\n' "$gen" "$src_port"
+    fi
     for p in "${plan_images[@]}"; do
         printf '  - from: oci://%s/plan:%s\n    to: registry://127.0.0.1:%s/plan/%s:%s\n' "$gen" "$p" "$src_port" "${p%%_*}" "${p#*_}"
     done
