@@ -273,7 +273,8 @@ def table(path):
         return None if o is None or not p else o / p
 
     wan = next((m for m in modes if m != "loopback"), None)
-    for mode, limit in (("loopback", 0.6), (wan, 0.4)):
+    ran_cold = any(wl == "cold" for _, wl, _ in groups)
+    for mode, limit in (("loopback", 0.6), (wan, 0.4)) if ran_cold else ():
         r = ratio(mode, "cold", "skopeo") if mode else None
         target(f"1 cold mirror, {mode or 'wan'}: occy <= {limit} x skopeo sync", None if r is None else r <= limit,
                f"{r:.2f} x" if r is not None else "")
