@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # occy beside its peers — skopeo (Debian) and occystrap 0.4.17 (PyPI) — on
-# five workloads, on loopback and through an emulated WAN, with the bytes and
+# six workloads, on loopback and through an emulated WAN, with the bytes and
 # requests each registry saw. docs/performance.md explains the workloads, the
 # targets and a recent result.
 #
@@ -19,7 +19,7 @@
 #                        namespace when root and the kernel has it, else the proxy)
 #   --rtt MS             emulated round trip (default 30)
 #   --mbit N             emulated bandwidth per direction, Mbit/s (default 200)
-#   --workloads LIST     cold,warm,tar,filtered,plan (default all)
+#   --workloads LIST     cold,warm,tar,filtered,plan,fanout (default all)
 #   --tools LIST         occy,skopeo,occystrap (default all; occystrap re-compresses
 #                        every layer at gzip -9 and takes minutes per run)
 #   --no-install         never apt-get/pip install; fail naming what is missing
@@ -34,7 +34,7 @@ cd "$(dirname "$0")/.."
 repo_root=$PWD
 
 reps=3 images=20 base_sizes=8,24,64 top_size=4 big_size=512 plan_repos=50 plan_tags=20
-networks=loopback,wan wan_kind=auto rtt=30 mbit=200 workloads=cold,warm,tar,filtered,plan tools=occy,skopeo,occystrap
+networks=loopback,wan wan_kind=auto rtt=30 mbit=200 workloads=cold,warm,tar,filtered,plan,fanout tools=occy,skopeo,occystrap
 install=1 keep=0
 
 die() {
@@ -112,7 +112,7 @@ else
 fi
 
 venv=${OCCY_BENCH_VENV:-$HOME/.cache/occy-bench/occystrap-0.4.17}
-if [ ! -x "$venv/bin/occystrap" ]; then
+if has occystrap "$tools" && [ ! -x "$venv/bin/occystrap" ]; then
     [ "$install" = 1 ] || die "occystrap 0.4.17 not found in $venv: python3 -m venv $venv && $venv/bin/pip install occystrap==0.4.17"
     echo "bench: installing occystrap 0.4.17 into $venv" >&2
     python3 -m venv "$venv" || die "python3 -m venv $venv failed"
@@ -200,8 +200,12 @@ gen=$work/gen
 echo "bench: generating images (mirror set: $images images, bases ${base_sizes} MiB; big: $big_size MiB; plan: $plan_repos x $plan_tags tags)" >&2
 "$occy" generate "$gen/mirror" --set bench-mirror --images "$images" --base-sizes "$base_sizes" --top-size "$top_size" >"$gen.mirror.txt" ||
     die "occy generate failed"
-"$occy" generate "$gen/big" --set big --size "$big_size" >/dev/null
-"$occy" generate "$gen/plan" --set bench-plan --repos "$plan_repos" --tags "$plan_tags" >"$gen.plan.txt"
+# The big image and the plan set only when a workload uses them.
+if has tar "$workloads"; then "$occy" generate "$gen/big" --set big --size "$big_size" >/dev/null; fi
+: >"$gen.plan.txt"
+if has plan "$workloads"; then
+    "$occy" generate "$gen/plan" --set bench-plan --repos "$plan_repos" --tags "$plan_tags" >"$gen.plan.txt"
+fi
 expect_mounts=$(python3 "$report" expect-mounts "$gen/mirror")
 mapfile -t apps < <(cut -d' ' -f1 "$gen.mirror.txt")
 mapfile -t plan_images < <(cut -d' ' -f1 "$gen.plan.txt")
@@ -217,7 +221,9 @@ seed_pid=$reg_pid
     for a in "${apps[@]}"; do
         printf '  - from: oci://%s/mirror:%s\n    to: registry://127.0.0.1:%s/bench/%s:1.0\n' "$gen" "$a" "$src_port" "$a"
     done
-    printf '  - from: oci://%s/big:big\n    to: registry://127.0.0.1:%s/bench/big:1.0\n' "$gen" "$src_port"
+    if has tar "$workloads"; then
+        printf '  - from: oci://%s/big:big\n    to: registry://127.0.0.1:%s/bench/big:1.0\n' "$gen" "$src_port"
+    fi
     for p in "${plan_images[@]}"; do
         printf '  - from: oci://%s/plan:%s\n    to: registry://127.0.0.1:%s/plan/%s:%s\n' "$gen" "$p" "$src_port" "${p%%_*}" "${p#*_}"
     done
@@ -379,6 +385,14 @@ write_inputs() {
         printf '%s:\n  tls-verify: false\n  images:\n' "$src"
         for a in "${apps[@]}"; do printf '    bench/%s: ["1.0"]\n' "$a"; done
     } >"$work/skopeo.yaml"
+    { # fan-out: each image to a registry, one OCI layout and a tar per image, in one run
+        printf 'version: 1\nregistries:\n  "%s": { insecure: true }\n  "%s": { insecure: true }\nsync:\n' "$src" "$dst"
+        for a in "${apps[@]}"; do
+            printf '  - from: registry://%s/bench/%s\n    tags: ["1.0"]\n    to:\n' "$src" "$a"
+            printf '      - registry://%s/fan/%s\n      - "oci://%s/fan/oci:{name}-{tag}"\n      - "tar://%s/fan/tar/{name}-{tag}.tar"\n' \
+                "$dst" "$a" "$work" "$work"
+        done
+    } >"$work/fanout.yaml"
     { # occystrap has no sync: one process per image
         for a in "${apps[@]}"; do
             printf '"%s" --insecure process "registry://%s/bench/%s:1.0" "registry://%s/bench/%s:1.0" "$@" || exit 1\n' \
@@ -449,6 +463,46 @@ filtered() { # TOOL REP
     true # skopeo has no filters
 }
 
+# fan-out: the mirror set to a registry, an OCI layout and a tar per image.
+# occy does it in one sync. skopeo sync writes only registries and dir: (not
+# an OCI layout), so skopeo runs one `skopeo sync --src yaml` for the
+# registry (all images in one process, like workload 1), then one
+# `skopeo copy` per image into the same OCI layout, then one per image into
+# a docker-archive tar, one after the other, as a script would.
+fanout() { # TOOL REP
+    local tool=$1 rep=$2 n=${#apps[@]} a
+    rm -rf "$work/fan"
+    mkdir -p "$work/fan/tar"
+    case $tool in
+    occy)
+        fresh_destination
+        rm -rf "$work/cache"
+        run fanout occy "$rep" "$n" "$occy" --cache-dir "$work/cache" sync "$work/fanout.yaml"
+        ;;
+    skopeo)
+        fresh_destination
+        rm -rf "$work/skopeo-cache"
+        skopeo_in "$work/skopeo-cache"
+        {
+            echo 'set -e'
+            printf '%q ' "${sk[@]}" sync --src yaml --dest docker --dest-tls-verify=false "$work/skopeo.yaml" "$dst/fan"
+            echo
+            for a in "${apps[@]}"; do
+                printf '%q ' "${sk[@]}" copy --src-tls-verify=false "docker://$src/bench/$a:1.0" "oci:$work/fan/oci:$a-1.0"
+                echo
+            done
+            for a in "${apps[@]}"; do
+                printf '%q ' "${sk[@]}" copy --src-tls-verify=false "docker://$src/bench/$a:1.0" "docker-archive:$work/fan/tar/$a-1.0.tar:bench/$a:1.0"
+                echo
+            done
+        } >"$work/fanout-skopeo.sh"
+        run fanout skopeo "$rep" "$n" bash "$work/fanout-skopeo.sh"
+        ;;
+    esac
+    rm -rf "$work/fan"
+    true # occystrap has no sync and no OCI layout output
+}
+
 plan() { # REP
     fresh_destination
     rm -rf "$work/cache"
@@ -474,6 +528,9 @@ for net in ${networks//,/ }; do
             for t in $(order "$rep"); do filtered "$t" "$rep"; done
         fi
         if has plan "$workloads"; then plan "$rep"; fi
+        if has fanout "$workloads"; then
+            for t in $(order "$rep"); do fanout "$t" "$rep"; done
+        fi
     done
     [ -n "${dst_pid:-}" ] && stop_pid "$dst_pid" && dst_pid=""
     teardown_network
