@@ -27,7 +27,8 @@
 #
 # Finds or installs: docker-registry, skopeo, time (apt-get, as root or via
 # sudo), occystrap 0.4.17 (pip, into a venv under ~/.cache/occy-bench), and
-# builds occy (cargo build --release; OCCY_BIN=path skips the build).
+# builds occy (cargo build --release; OCCY_BIN=path skips the build) and the
+# image generator (cargo build --release -p occy-testkit, always).
 # Results go to ~/.cache/occy-bench/results-DATE.{tsv,txt} (OCCY_BENCH_RESULTS=DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -101,15 +102,18 @@ if [ "${need_venv:-0}" = 1 ]; then
     as_root apt-get install -y -q python3-venv >/dev/null || die "python3 cannot make a venv: install python3-venv"
 fi
 
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs); the image generator is built from this clone"
 if [ -n "${OCCY_BIN:-}" ]; then
     occy=$OCCY_BIN
     [ -x "$occy" ] || die "OCCY_BIN=$occy is not an executable"
 else
-    command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) or set OCCY_BIN to an occy binary"
     echo "bench: building occy (cargo build --release)" >&2
-    cargo build --release --locked -q || die "cargo build --release failed"
+    cargo build --release --locked -q -p occy || die "cargo build --release failed"
     occy=$repo_root/target/release/occy
 fi
+echo "bench: building the image generator (cargo build --release -p occy-testkit)" >&2
+cargo build --release --locked -q -p occy-testkit || die "cargo build --release -p occy-testkit failed"
+testkit=$repo_root/target/release/occy-testkit
 
 venv=${OCCY_BENCH_VENV:-$HOME/.cache/occy-bench/occystrap-0.4.17}
 if has occystrap "$tools" && [ ! -x "$venv/bin/occystrap" ]; then
@@ -198,13 +202,13 @@ lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 
 gen=$work/gen
 echo "bench: generating images (mirror set: $images images, bases ${base_sizes} MiB; big: $big_size MiB; plan: $plan_repos x $plan_tags tags)" >&2
-"$occy" generate "$gen/mirror" --set bench-mirror --images "$images" --base-sizes "$base_sizes" --top-size "$top_size" >"$gen.mirror.txt" ||
-    die "occy generate failed"
+"$testkit" generate "$gen/mirror" --set bench-mirror --images "$images" --base-sizes "$base_sizes" --top-size "$top_size" >"$gen.mirror.txt" ||
+    die "occy-testkit generate failed"
 # The big image and the plan set only when a workload uses them.
-if has tar "$workloads"; then "$occy" generate "$gen/big" --set big --size "$big_size" >/dev/null; fi
+if has tar "$workloads"; then "$testkit" generate "$gen/big" --set big --size "$big_size" >/dev/null; fi
 : >"$gen.plan.txt"
 if has plan "$workloads"; then
-    "$occy" generate "$gen/plan" --set bench-plan --repos "$plan_repos" --tags "$plan_tags" >"$gen.plan.txt"
+    "$testkit" generate "$gen/plan" --set bench-plan --repos "$plan_repos" --tags "$plan_tags" >"$gen.plan.txt"
 fi
 expect_mounts=$(python3 "$report" expect-mounts "$gen/mirror")
 mapfile -t apps < <(cut -d' ' -f1 "$gen.mirror.txt")

@@ -16,8 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-256}
 content=${2:-realistic}
-cargo build --release --locked -q
+cargo build --release --locked -q -p occy -p occy-testkit
 occy=$PWD/target/release/occy
+testkit=$PWD/target/release/occy-testkit
 
 venv=${OCCY_BENCH_VENV:-$HOME/.cache/occy-bench/occystrap-0.4.17}
 if [ ! -x "$venv/bin/occystrap" ]; then
@@ -30,7 +31,7 @@ occystrap=$venv/bin/occystrap
 . bench/lib.sh
 bench_setup filters
 
-"$occy" generate "$work/src" --set big --size "$size" --content "$content" >/dev/null
+"$testkit" generate "$work/src" --set big --size "$size" --content "$content" >/dev/null
 "$occy" --insecure-registry "$reg" process "oci://$work/src:big" "registry://$reg/bench/big:1" 2>/dev/null
 
 

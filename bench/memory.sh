@@ -11,12 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-512}
-cargo build --release --locked -q
+cargo build --release --locked -q -p occy -p occy-testkit
 occy=$PWD/target/release/occy
+testkit=$PWD/target/release/occy-testkit
 . bench/lib.sh
 bench_setup memory
 
-"$occy" generate "$work/src" --set big --size "$size" >/dev/null
+"$testkit" generate "$work/src" --set big --size "$size" >/dev/null
 src="oci://$work/src:big"
 
 

@@ -13,8 +13,6 @@ pub mod cli;
 pub mod error;
 pub mod exec;
 pub mod filter;
-pub mod fuzz_targets;
-pub mod generate;
 pub mod image;
 pub mod interrupt;
 pub mod plan;

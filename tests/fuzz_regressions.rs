@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use occy::fuzz_targets::TARGETS;
+use occy_testkit::fuzz_targets::TARGETS;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

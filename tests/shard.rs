@@ -1,5 +1,5 @@
 //! `occy sync --shard I/N` against real Distribution registries, with the 23
-//! images of `occy::generate::shard_set` (4 families sharing layers and 3
+//! images of `occy_testkit::generate::shard_set` (4 families sharing layers and 3
 //! loners): three shard processes at once do what one full sync does, upload
 //! each blob once (counted in the destination registry's access log) and do
 //! what their plans said; a shard run again is a no-op; the assignment does not
@@ -26,7 +26,7 @@ fn images() -> &'static (PathBuf, Vec<Generated>) {
     static SET: OnceLock<(PathBuf, Vec<Generated>)> = OnceLock::new();
     SET.get_or_init(|| {
         let dir = scratch().join("shard-images");
-        let generated = occy::generate::write_layout(&dir, &occy::generate::shard_set()).unwrap();
+        let generated = occy_testkit::generate::write_layout(&dir, &occy_testkit::generate::shard_set()).unwrap();
         (dir, generated)
     })
 }

@@ -30,7 +30,7 @@ fn mirror_layout() -> &'static PathBuf {
     static LAYOUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     LAYOUT.get_or_init(|| {
         let dir = scratch_dir("mirror-layout");
-        ok(&["generate", dir.to_str().unwrap(), "--set", "mirror"]);
+        occy_testkit::generate::write_layout(&dir, &occy_testkit::generate::mirror_set()).unwrap();
         dir
     })
 }

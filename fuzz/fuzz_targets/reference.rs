@@ -1,4 +1,4 @@
-//! Fuzzes occy::fuzz_targets::reference (see src/fuzz_targets.rs).
+//! Fuzzes occy_testkit::fuzz_targets::reference (see crates/occy-testkit/src/fuzz_targets.rs).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| occy::fuzz_targets::reference(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| occy_testkit::fuzz_targets::reference(data));

@@ -2,7 +2,6 @@
 //! dispatch to the library. Rendering of results lives beside each command.
 
 pub mod check;
-pub mod generate;
 pub mod info;
 pub mod manual;
 pub mod output;
@@ -366,10 +365,6 @@ pub enum Command {
         #[arg(long, conflicts_with = "dir")]
         markdown: bool,
     },
-
-    /// Write deterministic test images as an OCI layout (for tests, examples, benchmarks)
-    #[command(hide = true)]
-    Generate(generate::GenerateArgs),
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -390,6 +385,5 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Man { dir, markdown } => manual::run(dir.as_deref(), *markdown),
-        Command::Generate(args) => generate::run(&cli.global, args).await,
     }
 }

@@ -18,11 +18,11 @@ pub fn sha_hex(b: &[u8]) -> String {
 /// A private copy of one generated image as an OCI layout, tagged `NAME`.
 pub fn layout_of(name: &str) -> PathBuf {
     let dir = scratch_dir(&format!("check-{name}"));
-    let specs: Vec<_> = occy::generate::standard_set()
+    let specs: Vec<_> = occy_testkit::generate::standard_set()
         .into_iter()
         .filter(|s| s.name == name)
         .collect();
-    occy::generate::write_layout(&dir, &specs).unwrap();
+    occy_testkit::generate::write_layout(&dir, &specs).unwrap();
     dir
 }
 

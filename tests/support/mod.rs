@@ -2,7 +2,7 @@
 //! directory and real Distribution registries (one per mode per test binary,
 //! plain HTTP, htpasswd basic auth, or TLS with a private CA) that outlive no
 //! test run, skopeo against them, and the deterministic images of
-//! `occy::generate` written once per test binary.
+//! `occy_testkit::generate` written once per test binary.
 //!
 //! Processes and directories started here for the whole test binary are
 //! reaped by a small watchdog shell that waits for the test process to exit.
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use occy::generate::Generated;
+pub use occy_testkit::generate::Generated;
 
 pub const USER: &str = "occy";
 pub const PASS: &str = "s3cret-pa55";
@@ -108,7 +108,7 @@ pub fn standard_images() -> &'static (PathBuf, Vec<Generated>) {
     static SET: OnceLock<(PathBuf, Vec<Generated>)> = OnceLock::new();
     SET.get_or_init(|| {
         let dir = scratch().join("standard-images");
-        let generated = occy::generate::write_layout(&dir, &occy::generate::standard_set()).unwrap();
+        let generated = occy_testkit::generate::write_layout(&dir, &occy_testkit::generate::standard_set()).unwrap();
         (dir, generated)
     })
 }
@@ -529,7 +529,7 @@ pub fn assert_blobs_match_names(dir: &Path) {
 }
 
 /// The platform image occy and skopeo pick by default on this host (amd64).
-pub fn default_image(g: &Generated) -> &occy::generate::GeneratedImage {
+pub fn default_image(g: &Generated) -> &occy_testkit::generate::GeneratedImage {
     g.images
         .iter()
         .find(|i| i.platform.architecture == "amd64")

@@ -12,14 +12,14 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::{ok, reap_after_exit, scratch_dir, Mode, Registry};
+use super::{reap_after_exit, scratch_dir, Mode, Registry};
 
 /// The generated mirror images (an OCI layout, `NAME_TAG` entries).
 pub fn mirror_layout() -> &'static PathBuf {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
         let dir = scratch_dir("mirror-layout");
-        ok(&["generate", dir.to_str().unwrap(), "--set", "mirror"]);
+        occy_testkit::generate::write_layout(&dir, &occy_testkit::generate::mirror_set()).unwrap();
         dir
     })
 }

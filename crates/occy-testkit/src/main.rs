@@ -1,20 +1,39 @@
-//! `occy generate DIR [--set NAME]` (hidden): writes one of the deterministic
-//! image sets of [`crate::generate`] as an OCI layout. Used to make the
-//! committed example image and the benchmark inputs; tests call the library.
+//! `occy-testkit generate DIR [--set NAME]`: writes one of the deterministic
+//! image sets of [`occy_testkit::generate`] as an OCI layout and prints one
+//! `name digest` line per image. Makes the committed example image
+//! (`examples/quickstart/image`) and the benchmark inputs (`bench/*.sh`);
+//! tests call the library instead.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::GlobalArgs;
-use crate::error::Result;
-use crate::generate::{
+use occy_testkit::generate::{
     bench_set, big_image, mirror_set, quickstart, shard_set, standard_set, write_layout, Content, LayerCompression,
+    NamedSpec,
 };
+
+/// occy's development kit (not shipped): writes deterministic test images.
+#[derive(Debug, Parser)]
+#[command(name = "occy-testkit", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write deterministic test images as an OCI layout (for tests, examples, benchmarks)
+    #[command(
+        after_help = "Examples:\n  occy-testkit generate examples/quickstart/image --set quickstart\n  occy-testkit generate /tmp/big --set big --size 256 --content random"
+    )]
+    Generate(GenerateArgs),
+}
 
 /// Which images to generate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ImageSet {
+enum ImageSet {
     /// The integration tests' images (shared base, multi-arch, Docker v2, zstd, whiteouts ...)
     Standard,
     /// The tiny image of examples/quickstart (tag 1.0)
@@ -31,35 +50,35 @@ pub enum ImageSet {
     BenchPlan,
 }
 
-/// Arguments of `occy generate`.
+/// Arguments of `occy-testkit generate`.
 #[derive(Debug, Args)]
-pub struct GenerateArgs {
+struct GenerateArgs {
     /// Directory of the OCI layout to write
-    pub dir: PathBuf,
+    dir: PathBuf,
 
     /// The image set
     #[arg(long, value_enum, default_value = "standard")]
-    pub set: ImageSet,
+    set: ImageSet,
 
     /// Size of the big layer's file, in MiB (--set big)
     #[arg(long, default_value_t = 64)]
-    pub size: u64,
+    size: u64,
 
     /// Store the big layer uncompressed instead of gzip (--set big)
     #[arg(long)]
-    pub uncompressed: bool,
+    uncompressed: bool,
 
     /// What the data of big and benchmark layers looks like (--set big|bench-mirror)
     #[arg(long, value_enum, default_value = "realistic")]
-    pub content: Content,
+    content: Content,
 
     #[command(flatten)]
-    pub bench: crate::generate::bench_set::BenchArgs,
+    bench: bench_set::BenchArgs,
 }
 
-/// Writes the set and prints one `name digest` line per image.
-pub async fn run(_global: &GlobalArgs, args: &GenerateArgs) -> Result<i32> {
-    let specs = match args.set {
+/// The specs of the chosen set.
+fn specs(args: &GenerateArgs) -> Vec<NamedSpec> {
+    match args.set {
         ImageSet::Standard => standard_set(),
         ImageSet::Mirror => mirror_set(),
         ImageSet::Shard => shard_set(),
@@ -79,13 +98,21 @@ pub async fn run(_global: &GlobalArgs, args: &GenerateArgs) -> Result<i32> {
             };
             big_image(args.size * 1024 * 1024, compression, args.content)
         }
-    };
-    let dir = args.dir.clone();
-    let generated = tokio::task::spawn_blocking(move || write_layout(&dir, &specs))
-        .await
-        .map_err(|e| crate::error::Error::invalid(format!("generator task failed: {e}")))??;
-    for g in generated {
-        println!("{} {}", g.name, g.descriptor.digest);
     }
-    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let Command::Generate(args) = Cli::parse().command;
+    match write_layout(&args.dir, &specs(&args)) {
+        Ok(generated) => {
+            for g in generated {
+                println!("{} {}", g.name, g.descriptor.digest);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("occy-testkit: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

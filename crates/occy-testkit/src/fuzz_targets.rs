@@ -8,9 +8,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::filter::FilterChain;
-use crate::image::{Compression, ConfigBlob, Manifest, RawManifest};
-use crate::reference::Reference;
+use occy::filter::FilterChain;
+use occy::image::{Compression, ConfigBlob, Manifest, RawManifest};
+use occy::reference::Reference;
 
 /// A fuzz target: takes any bytes, may return, must not panic or hang.
 pub type Target = fn(&[u8]);
@@ -28,8 +28,8 @@ pub const TARGETS: [(&str, Target); 6] = [
 /// A sync file, read as YAML and as TOML.
 pub fn sync_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let _ = crate::spec::parse(Path::new("fuzz.yaml"), text.to_string());
-    let _ = crate::spec::parse(Path::new("fuzz.toml"), text.to_string());
+    let _ = occy::spec::parse(Path::new("fuzz.yaml"), text.to_string());
+    let _ = occy::spec::parse(Path::new("fuzz.toml"), text.to_string());
 }
 
 /// A reference; one that parses prints as text that parses to itself (a
@@ -76,7 +76,7 @@ pub fn tar_rewrite(data: &[u8]) {
     let Ok(chain) = FilterChain::parse(&texts, None) else {
         return;
     };
-    let _ = crate::filter::layer::rewrite_layer(data, &chain, Compression::None, None, std::io::sink(), "fuzz");
+    let _ = occy::filter::layer::rewrite_layer(data, &chain, Compression::None, None, std::io::sink(), "fuzz");
 }
 
 /// A layer tar extracted into an empty directory; nothing may appear
@@ -87,7 +87,7 @@ pub fn extract(data: &[u8]) {
     if std::fs::create_dir(&root).is_err() {
         return;
     }
-    let mut ex = crate::sink::extract::Extractor::new(&root);
+    let mut ex = occy::sink::extract::Extractor::new(&root);
     if ex.apply_layer("fuzz", data).is_ok() {
         let _ = ex.finish();
     }

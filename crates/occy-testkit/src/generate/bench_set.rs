@@ -19,7 +19,7 @@ const MIB: u64 = 1024 * 1024;
 /// The size of the data files a benchmark layer is split into.
 const FILE_SIZE: u64 = MIB;
 
-/// Options of the benchmark sets (`occy generate --set bench-mirror|bench-plan`).
+/// Options of the benchmark sets (`occy-testkit generate --set bench-mirror|bench-plan`).
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Images of the mirror set (--set bench-mirror)

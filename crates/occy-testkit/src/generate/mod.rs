@@ -15,19 +15,19 @@
 pub mod bench_set;
 pub mod content;
 
-use crate::filter::layer::HashWriter;
+use occy::filter::layer::HashWriter;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
-use crate::image::media_type::{
+use occy::error::{Error, Result};
+use occy::image::media_type::{
     DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX,
     OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST,
 };
-use crate::image::{Descriptor, Digest, Platform};
+use occy::image::{Descriptor, Digest, Platform};
 
 /// The modification time of every generated tar entry (2024-01-01T00:00:00Z).
 pub const FIXED_MTIME: u64 = 1_704_067_200;
