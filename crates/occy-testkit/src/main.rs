@@ -76,9 +76,9 @@ struct GenerateArgs {
     bench: bench_set::BenchArgs,
 }
 
-/// The specs of the chosen set.
-fn specs(args: &GenerateArgs) -> Vec<NamedSpec> {
-    match args.set {
+/// The specs of the chosen set, or what is wrong with the arguments.
+fn specs(args: &GenerateArgs) -> Result<Vec<NamedSpec>, String> {
+    Ok(match args.set {
         ImageSet::Standard => standard_set(),
         ImageSet::Mirror => mirror_set(),
         ImageSet::Shard => shard_set(),
@@ -96,14 +96,27 @@ fn specs(args: &GenerateArgs) -> Vec<NamedSpec> {
             } else {
                 LayerCompression::Gzip
             };
-            big_image(args.size * 1024 * 1024, compression, args.content)
+            let bytes = args.size.checked_mul(1024 * 1024).ok_or_else(|| {
+                format!(
+                    "--size {} MiB does not fit in 64 bits of bytes: give a smaller size",
+                    args.size
+                )
+            })?;
+            big_image(bytes, compression, args.content)
         }
-    }
+    })
 }
 
 fn main() -> ExitCode {
     let Command::Generate(args) = Cli::parse().command;
-    match write_layout(&args.dir, &specs(&args)) {
+    let specs = match specs(&args) {
+        Ok(specs) => specs,
+        Err(e) => {
+            eprintln!("occy-testkit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match write_layout(&args.dir, &specs) {
         Ok(generated) => {
             for g in generated {
                 println!("{} {}", g.name, g.descriptor.digest);
