@@ -21,7 +21,8 @@
 #   --mbit N             emulated bandwidth per direction, Mbit/s (default 200)
 #   --keep               keep the scratch directory (registries' logs and storage)
 #
-# The binaries: OCCY_NEW (default: cargo build --release of this tree) and
+# The images come from this tree's generator (cargo build --release -p
+# occy-testkit). The binaries: OCCY_NEW (default: cargo build --release of this tree) and
 # OCCY_OLD (default: commit 9b5eced built with cargo build --release --locked
 # in a git worktree under ~/.cache/occy-bench/engine-9b5eced; the first build
 # takes a while). Needs docker-registry (Debian) and python3.
@@ -75,9 +76,12 @@ if [ -n "${OCCY_NEW:-}" ]; then
     new=$OCCY_NEW
 else
     echo "engine: building this tree (cargo build --release --locked)" >&2
-    cargo build --release --locked -q || die "cargo build --release failed"
+    cargo build --release --locked -q -p occy || die "cargo build --release failed"
     new=$repo_root/target/release/occy
 fi
+echo "engine: building the image generator (cargo build --release -p occy-testkit)" >&2
+cargo build --release --locked -q -p occy-testkit || die "cargo build --release -p occy-testkit failed"
+testkit=$repo_root/target/release/occy-testkit
 if [ -n "${OCCY_OLD:-}" ]; then
     old=$OCCY_OLD
 else
@@ -171,8 +175,8 @@ lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 # ---- the images, the source registry, the sync file ---------------------------
 
 echo "engine: generating $images images on bases of $base_sizes MiB" >&2
-"$new" generate "$work/gen" --set bench-mirror --images "$images" --base-sizes "$base_sizes" --top-size "$top_size" >"$work/gen.txt" ||
-    die "occy generate failed"
+"$testkit" generate "$work/gen" --set bench-mirror --images "$images" --base-sizes "$base_sizes" --top-size "$top_size" >"$work/gen.txt" ||
+    die "occy-testkit generate failed"
 mapfile -t apps < <(cut -d' ' -f1 "$work/gen.txt")
 needed=$(python3 "$report" distinct-blobs "$work/gen")
 
