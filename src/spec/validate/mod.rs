@@ -2,227 +2,31 @@
 //! parsed, tag rules compiled, filter chains built, templates checked,
 //! credentials looked up in the environment. Every problem found is reported
 //! at once, each pointing at its place in the file.
+//!
+//! This module holds the validator; the validated types are in `validated`,
+//! tag selection (names, globs, semver, `latest`) in `tags`.
+
+mod tags;
+mod validated;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
-use regex::Regex;
 use sha2::{Digest as _, Sha256};
 
-use super::diagnostic::{closest, SpecProblem, SpecSource};
-use super::located::{self, path_text, Node, Step, Value};
-use super::model::{
-    CheckSetting, Destinations, FilterChoice, FilterStep, OptionValue, Platforms, SyncFile, TagSelection,
-};
 use crate::error::{Error, Result};
 use crate::filter::{parse_compression, FilterChain, FilterSpec};
 use crate::image::{Compression, Platform};
 use crate::reference::Reference;
 use crate::source::PlatformSelection;
+use crate::spec::diagnostic::{closest, SpecProblem, SpecSource};
+use crate::spec::located::{self, path_text, Node, Step, Value};
+use crate::spec::model::{Destinations, FilterChoice, FilterStep, OptionValue, Platforms, SyncFile, TagSelection};
 
-/// The fields a destination template may name.
-pub const TEMPLATE_FIELDS: [&str; 5] = ["registry", "repo", "name", "tag", "platform"];
-
-/// A validated sync file.
-#[derive(Debug, Clone)]
-pub struct SyncSpec {
-    /// The file's text and name, to point into it later (clashing targets).
-    pub source: SpecSource,
-    pub root: Node,
-    /// sha256 of the file's bytes: a saved plan is applied only to the same file.
-    pub hash: String,
-    pub settings: Settings,
-    /// The sync file's directory: relative paths in references start there.
-    pub base_dir: PathBuf,
-    /// Per registry host: how to reach it.
-    pub registries: BTreeMap<String, HostAccess>,
-    pub entries: Vec<Entry>,
-}
-
-/// `defaults:` as values.
-#[derive(Debug, Clone, Default)]
-pub struct Settings {
-    pub platforms: Option<PlatformSelection>,
-    pub parallel: Option<u16>,
-    pub image_parallel: Option<u16>,
-    pub rate_limit: Option<f64>,
-    pub retries: Option<u32>,
-    pub check: Option<CheckSetting>,
-    pub compression: Option<Compression>,
-}
-
-/// How to reach one registry host, secrets read from the environment.
-#[derive(Clone, Default)]
-pub struct HostAccess {
-    pub insecure: bool,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
-    pub authfile: Option<PathBuf>,
-    pub cert_dir: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for HostAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostAccess")
-            .field("insecure", &self.insecure)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("authfile", &self.authfile)
-            .finish()
-    }
-}
-
-/// One `sync:` entry, validated.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    /// Its position under `sync:`.
-    pub index: usize,
-    pub from: Reference,
-    pub from_span: Range<usize>,
-    pub tags: Option<TagFilter>,
-    pub platforms: Option<PlatformSelection>,
-    pub chain: FilterChain,
-    /// The chain's name, or `inline`, for the plan.
-    pub chain_name: Option<String>,
-    pub to: Vec<DestTemplate>,
-}
-
-/// A destination as written, possibly with `{field}` templates.
-#[derive(Debug, Clone)]
-pub struct DestTemplate {
-    pub text: String,
-    pub span: Range<usize>,
-}
-
-/// The values a template is filled with.
-#[derive(Debug, Clone, Default)]
-pub struct TemplateFields {
-    pub registry: String,
-    pub repo: String,
-    pub name: String,
-    pub tag: String,
-    pub platform: String,
-}
-
-impl DestTemplate {
-    /// The fields the template names.
-    pub fn fields(&self) -> Vec<String> {
-        template_fields(&self.text).into_iter().map(|(f, _)| f).collect()
-    }
-
-    /// Whether the template names `field`.
-    pub fn uses(&self, field: &str) -> bool {
-        self.fields().iter().any(|f| f == field)
-    }
-
-    /// The destination for one image.
-    pub fn render(&self, v: &TemplateFields) -> String {
-        self.text
-            .replace("{registry}", &v.registry)
-            .replace("{repo}", &v.repo)
-            .replace("{name}", &v.name)
-            .replace("{tag}", &v.tag)
-            .replace("{platform}", &v.platform.replace('/', "-"))
-    }
-}
-
-/// `{field}` occurrences with their byte offsets in `text`.
-pub(crate) fn template_fields(text: &str) -> Vec<(String, usize)> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    let mut base = 0;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
-        out.push((rest[open + 1..open + close].to_string(), base + open));
-        base += open + close + 1;
-        rest = &rest[open + close + 1..];
-    }
-    out
-}
-
-/// Compiled tag rules.
-#[derive(Debug, Clone, Default)]
-pub struct TagFilter {
-    /// Tags taken by name (a plain list, or `names:`).
-    pub names: Vec<String>,
-    /// Whether there are rules that need the repository's tag list.
-    pub needs_listing: bool,
-    glob: Option<GlobSet>,
-    regex: Option<Regex>,
-    semver: Option<semver::VersionReq>,
-    exclude: Option<GlobSet>,
-    latest: Option<usize>,
-}
-
-/// A tag read as a version: `v1.2.3`, `3.18` (as 3.18.0), `3` (as 3.0.0).
-pub fn tag_version(tag: &str) -> Option<semver::Version> {
-    let t = tag.strip_prefix('v').unwrap_or(tag);
-    if let Ok(v) = semver::Version::parse(t) {
-        return Some(v);
-    }
-    let (core, pre) = match t.split_once('-') {
-        Some((c, p)) => (c, Some(p)),
-        None => (t, None),
-    };
-    let parts: Vec<&str> = core.split('.').collect();
-    if parts.is_empty()
-        || parts.len() > 3
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return None;
-    }
-    let mut padded = parts.join(".");
-    for _ in parts.len()..3 {
-        padded.push_str(".0");
-    }
-    if let Some(p) = pre {
-        padded.push('-');
-        padded.push_str(p);
-    }
-    semver::Version::parse(&padded).ok()
-}
-
-impl TagFilter {
-    /// The tags of `all` this filter takes, newest first when `latest` is set.
-    pub fn select(&self, all: &[String]) -> Vec<String> {
-        let mut chosen: Vec<String> = if self.needs_listing {
-            all.iter()
-                .filter(|t| self.glob.as_ref().is_none_or(|g| g.is_match(t.as_str())))
-                .filter(|t| self.regex.as_ref().is_none_or(|r| r.is_match(t)))
-                .filter(|t| {
-                    self.semver
-                        .as_ref()
-                        .is_none_or(|req| tag_version(t).is_some_and(|v| req.matches(&v)))
-                })
-                .filter(|t| !self.exclude.as_ref().is_some_and(|x| x.is_match(t.as_str())))
-                .cloned()
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for n in &self.names {
-            if !chosen.contains(n) {
-                chosen.push(n.clone());
-            }
-        }
-        if let Some(n) = self.latest {
-            let all_versions = chosen.iter().all(|t| tag_version(t).is_some());
-            if all_versions {
-                chosen.sort_by_key(|t| std::cmp::Reverse(tag_version(t)));
-            } else {
-                chosen.sort_by(|a, b| b.cmp(a));
-            }
-            chosen.truncate(n);
-        }
-        chosen
-    }
-}
+pub use tags::{tag_version, TagFilter};
+pub(crate) use validated::template_fields;
+pub use validated::{DestTemplate, Entry, HostAccess, Settings, SyncSpec, TemplateFields, TEMPLATE_FIELDS};
 
 /// Reads, parses and validates a sync file.
 pub fn load(path: &Path) -> Result<SyncSpec> {
@@ -791,113 +595,6 @@ impl Validator<'_> {
             chain_name,
             to,
         })
-    }
-
-    fn tags(&mut self, t: &TagSelection, path: &[Step]) -> Option<TagFilter> {
-        let mut f = TagFilter::default();
-        match t {
-            TagSelection::List(names) => {
-                if names.is_empty() {
-                    let span = self.span(path);
-                    self.problem(
-                        SpecProblem::new("`tags` is an empty list", span, "no tags").help(
-                            "list tags, or give rules such as {glob: \"1.*\"}; leave `tags` out to take every tag",
-                        ),
-                    );
-                }
-                f.names = names.clone();
-            }
-            TagSelection::Rules(r) => {
-                let sub = |k: &str| {
-                    let mut p = path.to_vec();
-                    p.push(key(k));
-                    p
-                };
-                f.names = r.names.clone().unwrap_or_default();
-                if let Some(globs) = &r.glob {
-                    f.glob = self.globset(globs.as_slice(), &sub("glob"));
-                }
-                if let Some(re) = &r.regex {
-                    match Regex::new(&format!("^(?:{re})$")) {
-                        Ok(x) => f.regex = Some(x),
-                        Err(e) => {
-                            let span = self.span(&sub("regex"));
-                            let detail = e.to_string();
-                            let last = detail.lines().last().unwrap_or_default().trim().to_string();
-                            self.problem(
-                                SpecProblem::new(
-                                    format!("invalid regex {re:?}: {last}"),
-                                    span,
-                                    "bad regular expression",
-                                )
-                                .help("the whole tag must match; for example ^v?[0-9]+\\.[0-9]+$"),
-                            );
-                        }
-                    }
-                }
-                if let Some(range) = &r.semver {
-                    match semver::VersionReq::parse(range) {
-                        Ok(req) => f.semver = Some(req),
-                        Err(e) => {
-                            let span = self.span(&sub("semver"));
-                            self.problem(
-                                SpecProblem::new(format!("invalid semver range {range:?}: {e}"), span, "bad range")
-                                    .help("for example \">=3.18\", \">=1.2, <2\", \"~1.4\" or \"^2\""),
-                            );
-                        }
-                    }
-                }
-                if !r.exclude.is_empty() {
-                    f.exclude = self.globset(&r.exclude, &sub("exclude"));
-                }
-                if r.latest == Some(0) {
-                    let span = self.span(&sub("latest"));
-                    self.problem(SpecProblem::new("`latest: 0` selects nothing", span, "0"));
-                }
-                f.latest = r.latest;
-                f.needs_listing = r.glob.is_some() || r.regex.is_some() || r.semver.is_some() || r.latest.is_some();
-                if r.names.is_none() && !f.needs_listing && r.exclude.is_empty() {
-                    let span = self.span(path);
-                    self.problem(
-                        SpecProblem::new("`tags` has no rule", span, "empty rules")
-                            .help("use names, glob, regex, semver, exclude or latest"),
-                    );
-                }
-                if !r.exclude.is_empty() && r.names.is_none() {
-                    f.needs_listing = true;
-                }
-            }
-        }
-        Some(f)
-    }
-
-    fn globset(&mut self, patterns: &[String], path: &[Step]) -> Option<GlobSet> {
-        let mut b = GlobSetBuilder::new();
-        let mut ok = true;
-        for (i, p) in patterns.iter().enumerate() {
-            match Glob::new(p) {
-                Ok(g) => {
-                    b.add(g);
-                }
-                Err(e) => {
-                    ok = false;
-                    let node = self.root.at(path);
-                    let span = match &node.value {
-                        Value::Seq(items) => items.get(i).map(|n| n.span.clone()).unwrap_or(node.span.clone()),
-                        _ => node.span.clone(),
-                    };
-                    let kind = e.kind().to_string();
-                    self.problem(
-                        SpecProblem::new(format!("invalid glob {p:?}: {kind}"), span, "bad glob")
-                            .help("globs use *, ?, [abc] and {a,b}; for example \"3.*\" or \"*-rc*\""),
-                    );
-                }
-            }
-        }
-        if !ok {
-            return None;
-        }
-        b.build().ok()
     }
 
     fn destination(&mut self, text: &str, span: Range<usize>, many: bool) -> Option<DestTemplate> {
