@@ -69,7 +69,13 @@ pub enum Reference {
     /// A docker-save archive.
     Tar { path: PathBuf },
     /// An OCI image layout directory, optionally with a tag (`ref.name`).
-    Oci { path: PathBuf, tag: Option<String> },
+    /// `oci_format` (`?format=oci`, destinations only) converts Docker v2
+    /// manifests to OCI media types on the way in.
+    Oci {
+        path: PathBuf,
+        tag: Option<String>,
+        oci_format: bool,
+    },
     /// occystrap's directory format.
     Dir {
         path: PathBuf,
@@ -232,6 +238,7 @@ impl Reference {
                 Reference::Oci {
                     path: parse_path(input, path)?,
                     tag,
+                    oci_format: parse_format(input, opts.take("format"))?,
                 }
             }
             "dir" => {
@@ -359,10 +366,13 @@ impl fmt::Display for Reference {
         match self {
             Reference::Registry(r) => write!(f, "registry://{r}"),
             Reference::Tar { path } => write!(f, "tar://{}", path.display()),
-            Reference::Oci { path, tag } => {
+            Reference::Oci { path, tag, oci_format } => {
                 write!(f, "oci://{}", path.display())?;
                 if let Some(t) = tag {
                     write!(f, ":{t}")?;
+                }
+                if *oci_format {
+                    write!(f, "?format=oci")?;
                 }
                 Ok(())
             }
@@ -475,6 +485,7 @@ impl Options {
         if let Some((k, _)) = self.0.first() {
             let known = match scheme {
                 "dir" => "unique_names, expand, image",
+                "oci" => "format",
                 "docker" => "socket",
                 "quay" => "since, token",
                 _ => "none",
@@ -492,6 +503,18 @@ fn unknown_scheme(scheme: &str, input: &str) -> Error {
         "unknown scheme {scheme:?} in {input:?}: expected one of {}",
         all_schemes()
     ))
+}
+
+/// `?format=` of an `oci://` reference: `oci` converts Docker v2 manifests
+/// to OCI media types (as `skopeo copy --format oci` does).
+fn parse_format(input: &str, value: Option<String>) -> Result<bool> {
+    match value.as_deref() {
+        None => Ok(false),
+        Some("oci") => Ok(true),
+        Some(other) => Err(Error::usage(format!(
+            "invalid value {other:?} for option \"format\" in {input:?}: expected oci (format=oci converts Docker v2 manifests to OCI media types; leave it out to keep manifests as they are)"
+        ))),
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -802,9 +825,24 @@ mod tests {
             Reference::parse("oci:///tmp/lay:v2").unwrap(),
             Reference::Oci {
                 path: "/tmp/lay".into(),
-                tag: Some("v2".into())
+                tag: Some("v2".into()),
+                oci_format: false
             }
         );
+        let converted = Reference::parse("oci:///tmp/lay:v2?format=oci").unwrap();
+        assert_eq!(
+            converted,
+            Reference::Oci {
+                path: "/tmp/lay".into(),
+                tag: Some("v2".into()),
+                oci_format: true
+            }
+        );
+        assert_eq!(converted.to_string(), "oci:///tmp/lay:v2?format=oci");
+        let e = Reference::parse("oci:///tmp/lay?format=v2s2").unwrap_err().to_string();
+        assert!(e.contains("\"v2s2\"") && e.contains("expected oci"), "{e}");
+        let e = Reference::parse("oci:///tmp/lay?compress=1").unwrap_err().to_string();
+        assert!(e.contains("accepts format"), "{e}");
         assert_eq!(
             Reference::parse("tar:///a/b.tar").unwrap(),
             Reference::Tar {

@@ -125,6 +125,7 @@ fn filter_outputs_pass() {
         ok(&["process", &standard_ref("whiteouts"), &dst, "-f", f]);
         let (code, report) = check(&dst, false);
         assert_eq!(code, 0, "{f}: {report:#}");
+        assert_oci_layout_readable(&out, &format!("f{i}"), true);
     }
 }
 
@@ -323,6 +324,7 @@ fn process_verifies_what_it_wrote() {
         &standard_ref("multiarch"),
         &dst("m"),
     ]);
+    assert_oci_layout_readable(&layout, "m", true);
     ok(&[
         "process",
         "--verify-full",
@@ -352,6 +354,7 @@ fn process_verifies_what_it_wrote() {
     // A destination blob that is present but corrupt is skipped by the copy
     // (it has that name) — and caught by the full verification.
     ok(&["process", &standard_ref("app-a"), &dst("a1")]);
+    assert_oci_layout_readable(&layout, "a1", true);
     let layer = read_json_layer(&layout, "a1", 1);
     let path = layout.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
     let mut bytes = std::fs::read(&path).unwrap();

@@ -125,7 +125,7 @@ impl Bed {
         let want_tags: BTreeSet<String> = want.iter().map(|(_, t)| t.clone()).collect();
         assert_eq!(tags, want_tags, "index.json lost entries");
         for (_, _, tag) in halves().iter().flatten() {
-            skopeo_inspect_local(&format!("oci:{}:{tag}", layout.display()), false);
+            assert_oci_layout_readable(&layout, tag, true);
         }
 
         // The registry: every tag, naming a whole image.

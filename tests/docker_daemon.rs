@@ -121,6 +121,8 @@ fn round_trip_through(socket: &Path, label: &str) {
         // Out: to an OCI layout and a tar, same layers and config.
         let oci = format!("oci://{}:{name}", out.join("layout").display());
         ok(&["process", &docker, &oci]);
+        // A manifest made up from the daemon's export: OCI, read by skopeo and umoci.
+        assert_oci_layout_readable(&out.join("layout"), name, true);
         let back = json_of(&ok(&["-O", "json", "info", &oci]));
         assert_eq!(layer_field(&back, "diff_id"), want, "{label} {name}: layers exported");
         assert_eq!(back["config_digest"], config);
@@ -149,6 +151,9 @@ fn round_trip_through(socket: &Path, label: &str) {
             .output()
             .unwrap();
         assert_ok(&["process", &src, &dst], run);
+        if dst.starts_with("oci://") {
+            assert_oci_layout_readable(&out.join("layout"), "spool", true);
+        }
         let left: Vec<_> = std::fs::read_dir(&tmp)
             .unwrap()
             .filter_map(|e| e.ok())

@@ -134,7 +134,9 @@ fn filtered(name: &str, dst: &Path, tag: &str, filters: &[&str]) -> Value {
         args.push("-f");
         args.push(f);
     }
-    json_of(&ok(&args))
+    let report = json_of(&ok(&args));
+    assert_oci_layout_readable(dst, tag, true);
+    report
 }
 
 fn skopeo_reads(layout: &Path, tag: &str) -> Value {
@@ -252,6 +254,7 @@ fn recompress_sets_media_types_and_turns_docker_into_oci_when_zstd() {
     assert_eq!(m["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
     layers_of(&out, "d");
     skopeo_reads(&out, "d");
+    assert_oci_layout_readable(&out, "d", true);
 
     // And back to gzip with the global flag; same diff_ids as the source.
     let back = json_of(&ok(&[
@@ -271,6 +274,7 @@ fn recompress_sets_media_types_and_turns_docker_into_oci_when_zstd() {
         .iter()
         .all(|(mt, _)| mt == "application/vnd.oci.image.layer.v1.tar+gzip"));
     assert_eq!(strings(&config["rootfs"]["diff_ids"]).len(), 2);
+    assert_oci_layout_readable(&out, "g", true);
 
     // A multi-arch index: every platform rewritten, the index follows.
     let r = json_of(&ok(&[
@@ -294,6 +298,7 @@ fn recompress_sets_media_types_and_turns_docker_into_oci_when_zstd() {
             .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"));
     }
     assert_blobs_match_names(&out);
+    assert_oci_layout_readable(&out, "m", true);
 }
 
 #[test]

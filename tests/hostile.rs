@@ -303,6 +303,7 @@ fn a_decompression_bomb_is_streamed_in_bounded_memory() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(kib < 96 * 1024, "filtering a 512 MiB layer peaked at {kib} KiB");
+    assert_oci_layout_readable(&dst, "out", true);
     eprintln!("normalize-timestamps over it: peak RSS {kib} KiB");
 }
 
@@ -430,6 +431,7 @@ fn credentials_never_appear_in_output_or_written_files() {
             );
         }
     }
+    assert_oci_layout_readable(&dir.join("out/layout"), "1.0", true);
 }
 
 #[test]

@@ -120,6 +120,7 @@ fn registry_to_files(mode: Mode) {
                 g.descriptor.digest.to_string()
             );
         }
+        assert_oci_layout_readable(&layout, &g.name, is_oci(g));
         let copy = json_of(&ok(&["-O", "json", "info", &oci]));
         assert_eq!(copy["manifest_digest"], info["manifest_digest"]);
         assert_eq!(copy["index_digest"], info["index_digest"]);
@@ -172,6 +173,7 @@ fn registry_to_files(mode: Mode) {
         layout_tag_digest(&copy, "x"),
         generated("app-a").descriptor.digest.to_string()
     );
+    assert_oci_layout_readable(&copy, "x", true);
 
     // Unknown tag: exit 1, naming it.
     let args = ["info", &reg.url("test/base:nope")];
@@ -292,6 +294,7 @@ fn rate_limit_spaces_requests() {
     ]);
     let took = start.elapsed().as_secs_f64();
     assert!(took >= 3.0, "7+ requests at 2/s took only {took:.2}s");
+    assert_oci_layout_readable(&dst, "x", true);
 }
 
 #[test]

@@ -604,6 +604,16 @@ fn every_example_sync_file_runs_against_the_test_registries() {
             "{name}: not idempotent: {}",
             String::from_utf8_lossy(&again.stdout)
         );
+        // Every OCI layout an example writes is read by skopeo and umoci.
+        for layout in [dir.join("airgap/layout"), dir.join("quickstart-out/layout")] {
+            if let Ok(bytes) = std::fs::read(layout.join("index.json")) {
+                let index: Value = serde_json::from_slice(&bytes).unwrap();
+                for m in index["manifests"].as_array().unwrap() {
+                    let tag = m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap();
+                    assert_oci_layout_readable(&layout, tag, true);
+                }
+            }
+        }
         ran.push(name);
     }
     ran.sort();

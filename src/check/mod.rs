@@ -493,6 +493,17 @@ pub async fn verify_written(
             }
             Verified::Checked
         }
+        // Read back as any OCI layout (`?format=` says how to write it).
+        Reference::Oci { path, tag, .. } => {
+            let layout = Reference::Oci {
+                path: path.clone(),
+                tag: tag.clone(),
+                oci_format: false,
+            };
+            let source = open_source(&layout, opts).await?;
+            findings = check_source(source.as_ref(), mode).await?;
+            Verified::Checked
+        }
         other => {
             let source = open_source(other, opts).await?;
             findings = check_source(source.as_ref(), mode).await?;

@@ -281,7 +281,8 @@ impl GlobalArgs {
 /// Platform choice shared by commands that read images.
 #[derive(Debug, Args, Clone)]
 pub struct PlatformArgs {
-    /// Platform to take from a multi-arch index: os/arch[/variant] (repeatable)
+    /// Platform to take from a multi-arch index: os/arch[/variant] (repeatable;
+    /// one platform is written as its own manifest, several as an index)
     #[arg(long, value_name = "OS/ARCH")]
     pub platform: Vec<String>,
 

@@ -16,13 +16,12 @@ use serde::Serialize;
 
 use super::progress::{ProgressMode, RunProgress, TargetProgress};
 use super::walk::{walk, AfterCommit, CopyReport, TargetIo, TargetResult, WalkOptions};
-use crate::cache::LayerCache;
 use crate::check::{verify_written, Mode, Verified};
 use crate::error::{Error, Result};
 use crate::image::{human_size, Digest};
 use crate::plan::prune;
 use crate::plan::state::{self, WrittenState};
-use crate::plan::{chain_record, holds_index, platforms_key, Action, Plan, PlanContext, PlannedTarget};
+use crate::plan::{chain_record, platforms_key, Action, Plan, PlanContext, PlannedTarget};
 use crate::reference::Reference;
 use crate::sink::{open_sink, SinkOptions};
 
@@ -410,13 +409,7 @@ fn record(ctx: &PlanContext, t: &PlannedTarget, output: &Digest, state_record: b
     let Some(source_digest) = &t.source_digest else { return };
     if tt.chain.changes_content() {
         if let Some(cache) = &ctx.cache {
-            let key = LayerCache::output_key(
-                source_digest,
-                &tt.chain.hash(),
-                &platforms_key(&tt.platforms),
-                holds_index(&tt.destination),
-            );
-            cache.record_output(&key, output);
+            cache.record_output(&crate::plan::output_key(tt, source_digest), output);
         }
     }
     if !state_record {

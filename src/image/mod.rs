@@ -2,6 +2,7 @@
 //! configs and platforms, plus [`ImageData`], one resolved platform image.
 
 pub mod config;
+pub mod convert;
 pub mod digest;
 pub mod manifest;
 pub mod media_type;
@@ -88,6 +89,9 @@ pub struct ResolvedImage {
     pub index: Option<(RawManifest, ImageIndex)>,
     /// The chosen platform images (exactly one unless several platforms were asked for).
     pub images: Vec<ImageData>,
+    /// Whether occy made the manifests up (from a docker-save archive, a
+    /// dir or a daemon): they have no upstream digest to keep.
+    pub synthesised: bool,
 }
 
 impl ResolvedImage {

@@ -37,10 +37,18 @@ pub fn check_fits(
     Ok(())
 }
 
-/// Whether a copy writes the index: when platforms were chosen explicitly
-/// (all, or a list) and the destination can hold an index.
+/// Whether a copy writes the index: when the destination can hold one and
+/// every platform (`--all-platforms`) or two or more listed ones were chosen.
+/// One chosen platform is written as that platform's manifest, its upstream
+/// digest kept, as skopeo, crane and `docker pull` do.
 pub fn writes_index(resolved: &ResolvedImage, selection: &PlatformSelection, supports_index: bool) -> bool {
-    resolved.index.is_some() && *selection != PlatformSelection::Default && supports_index
+    resolved.index.is_some()
+        && supports_index
+        && match selection {
+            PlatformSelection::Default => false,
+            PlatformSelection::All => true,
+            PlatformSelection::List(_) => resolved.images.len() > 1,
+        }
 }
 
 /// The digest the destination's tag names after an unfiltered copy: the

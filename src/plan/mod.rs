@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::LayerCache;
 use crate::error::{Error, Result};
 use crate::filter::FilterChain;
+use crate::image::convert::{adapt_media_types, docker_kept_warning, keeps_docker_in_oci_layout, MediaTypes};
 use crate::image::{check_fits, expected_digest, Digest, ImageName, ResolvedImage};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryOptions};
@@ -221,6 +222,51 @@ pub struct PlannedTarget {
     pub target: Target,
     #[serde(skip)]
     pub resolved: Option<Arc<ResolvedImage>>,
+    /// What the destination does to the media types of the source's manifests.
+    #[serde(skip)]
+    pub media: MediaNote,
+}
+
+/// What an OCI-layout destination does to the media types of the manifests
+/// it is given (see [`MediaTypes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MediaNote {
+    /// Nothing worth saying.
+    #[default]
+    None,
+    /// Docker v2 manifests converted to OCI (`?format=oci`): the digest changes.
+    Converted,
+    /// Manifests occy made up, written with OCI media types.
+    SynthesisedOci,
+    /// Docker v2 manifests kept byte for byte in an OCI layout, which OCI-only
+    /// tools may refuse.
+    DockerKept,
+}
+
+/// The images as `p`'s destination will hold them: with OCI media types
+/// where it wants them (see [`MediaTypes`]), so that the expected digest,
+/// the work graph and the walk all see the manifests that are written.
+fn for_destination(p: &mut PlannedTarget, resolved: Arc<ResolvedImage>) -> Result<Arc<ResolvedImage>> {
+    let rule = MediaTypes::of(&p.target.destination);
+    if keeps_docker_in_oci_layout(&resolved, rule) {
+        p.media = MediaNote::DockerKept;
+    }
+    match adapt_media_types(&resolved, rule).map_err(|e| {
+        Error::invalid(format!(
+            "cannot convert to OCI media types for {}: {e}",
+            p.target.destination
+        ))
+    })? {
+        Some(converted) => {
+            p.media = if converted.synthesised {
+                MediaNote::SynthesisedOci
+            } else {
+                MediaNote::Converted
+            };
+            Ok(Arc::new(converted))
+        }
+        None => Ok(resolved),
+    }
 }
 
 /// Totals of one destination (registry host or file path).
@@ -352,6 +398,17 @@ pub fn platforms_key(p: &PlatformSelection) -> String {
     }
 }
 
+/// The layer cache's key of the output a filtered target writes: the source
+/// digest, the chain, the platforms, whether an index is kept and the media
+/// types the destination wants.
+pub fn output_key(t: &Target, source_digest: &Digest) -> String {
+    let platforms = match MediaTypes::of(&t.destination) {
+        MediaTypes::Oci => format!("{}+format=oci", platforms_key(&t.platforms)),
+        MediaTypes::Keep | MediaTypes::OciWhenSynthesised => platforms_key(&t.platforms),
+    };
+    LayerCache::output_key(source_digest, &t.chain.hash(), &platforms, holds_index(&t.destination))
+}
+
 /// Whether a destination keeps an index (registries and OCI layouts do).
 pub fn holds_index(dest: &Reference) -> bool {
     matches!(dest, Reference::Registry(_) | Reference::Oci { .. })
@@ -370,7 +427,7 @@ fn destination_key(dest: &Reference, name: &ImageName) -> String {
                 .or(r.tag.clone())
                 .unwrap_or_else(|| name.tag.clone())
         ),
-        Reference::Oci { path, tag } => {
+        Reference::Oci { path, tag, .. } => {
             format!(
                 "oci://{}:{}",
                 path.display(),
@@ -513,13 +570,20 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             match resolve_for_writing(ctx, &p.target).await {
                 Ok(resolved) => {
                     compress_for_registry(&mut p.target, &resolved);
-                    let tt = &p.target;
                     p.source_digest = resolved.root().map(|r| r.digest.clone());
                     p.platforms = resolved.images.len();
-                    if !tt.chain.changes_content() {
-                        p.expected = expected_digest(&resolved, &tt.platforms, holds_index(&tt.destination)).ok();
+                    match for_destination(&mut p, resolved) {
+                        Ok(resolved) => {
+                            let tt = &p.target;
+                            if !tt.chain.changes_content() {
+                                p.expected =
+                                    expected_digest(&resolved, &tt.platforms, holds_index(&tt.destination)).ok();
+                            }
+                            p.resolved = Some(resolved);
+                        }
+                        Err(e) if single => return Err(e),
+                        Err(e) => p.action = Action::Failed { error: e.to_string() },
                     }
-                    p.resolved = Some(resolved);
                 }
                 Err(e) if single => return Err(e),
                 Err(e) => {
@@ -554,14 +618,29 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     }
     let (shard_info, assignment) = sharded.unwrap_or_default();
 
+    let mut docker_kept = Vec::new();
     for t in &planned {
+        if t.action.writes() && t.media == MediaNote::DockerKept {
+            docker_kept.push(t.destination.clone());
+        }
         if t.action.writes() {
             if let (Some(src), Some(exp)) = (&t.source_digest, &t.expected) {
-                if src != exp {
+                // One platform taken from an index is written as its
+                // upstream manifest: no digest is made up.
+                let upstream_manifest = t.media != MediaNote::Converted
+                    && !t.target.chain.changes_content()
+                    && t.resolved
+                        .as_ref()
+                        .is_some_and(|r| r.images.iter().any(|i| &i.raw_manifest.digest == exp));
+                // A manifest occy made up has no upstream digest to keep.
+                let made_up = t.resolved.as_ref().is_some_and(|r| r.synthesised) && !t.target.chain.changes_content();
+                if src != exp && !upstream_manifest && !made_up {
                     let why = if t.target.chain_name.as_deref() == Some(COMPRESSING) {
                         "its uncompressed layers are compressed for the registry"
                     } else if t.target.chain.changes_content() {
                         "filters rewrite it"
+                    } else if t.media == MediaNote::Converted {
+                        "?format=oci converts its Docker v2 manifests to OCI media types"
                     } else {
                         "a subset of its platforms is taken"
                     };
@@ -572,6 +651,14 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                 }
             }
         }
+    }
+
+    if let Some(first) = docker_kept.first() {
+        let named = match docker_kept.len() {
+            1 => first.clone(),
+            n => format!("{first} (and {} more OCI-layout destinations)", n - 1),
+        };
+        warnings.push(docker_kept_warning(&named));
     }
 
     let mut destinations: BTreeMap<String, DestinationTotals> = BTreeMap::new();
@@ -688,9 +775,14 @@ fn make_target(
             r.tag = Some(name.tag.clone());
             Reference::Registry(r)
         }
-        Reference::Oci { path, tag: None } => Reference::Oci {
+        Reference::Oci {
+            path,
+            tag: None,
+            oci_format,
+        } => Reference::Oci {
             path,
             tag: Some(name.tag.clone()),
+            oci_format,
         },
         other => other,
     };
@@ -801,6 +893,7 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
             pinned: None,
         },
         resolved: None,
+        media: MediaNote::None,
     }
 }
 
@@ -926,6 +1019,7 @@ fn planned_target(t: Target) -> PlannedTarget {
         blobs: BlobCounts::default(),
         target: t,
         resolved: None,
+        media: MediaNote::None,
     }
 }
 
@@ -1003,7 +1097,7 @@ async fn tagged_digest(ctx: &PlanContext, t: &Target) -> Result<Option<Digest>> 
             ctx.memo.remember_head(&key, &digest);
             Ok(digest)
         }
-        Reference::Oci { path, tag } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
+        Reference::Oci { path, tag, .. } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
         _ => Ok(None),
     }
 }
@@ -1051,10 +1145,16 @@ async fn diff_target(
         p.action = Action::Failed { error: e.to_string() };
         return p;
     }
+    let resolved = match for_destination(&mut p, resolved) {
+        Ok(r) => r,
+        Err(e) => {
+            p.action = Action::Failed { error: e.to_string() };
+            return p;
+        }
+    };
+    let t = &p.target;
     let filtered = t.chain.changes_content();
-    let output_key = source_digest
-        .as_ref()
-        .map(|d| LayerCache::output_key(d, &t.chain.hash(), &platforms_key(&t.platforms), supports_index));
+    let output_key = source_digest.as_ref().map(|d| output_key(t, d));
     p.expected = if filtered {
         match (&ctx.cache, &output_key) {
             (Some(c), Some(k)) => c.output(k),

@@ -30,7 +30,10 @@ fn eligible(t: &Target) -> bool {
     t.chain.is_empty()
         && matches!(t.platforms, PlatformSelection::Default | PlatformSelection::All)
         && matches!(t.source, Reference::Registry(_) | Reference::Oci { .. })
-        && matches!(t.destination, Reference::Registry(_) | Reference::Oci { .. })
+        && matches!(
+            t.destination,
+            Reference::Registry(_) | Reference::Oci { oci_format: false, .. }
+        )
 }
 
 /// What an unfiltered copy of `root` writes, and how many platform images

@@ -128,7 +128,7 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
                 &opts.registry,
             )?))
         }
-        Reference::Oci { path, tag } => {
+        Reference::Oci { path, tag, .. } => {
             let tag = tag.clone().unwrap_or_else(|| name.tag.clone());
             Ok(Box::new(oci_layout::OciLayoutSink::create(path, &tag).await?))
         }

@@ -326,6 +326,10 @@ impl Source for DockerDaemonSource {
     fn recorded_name(&self) -> Option<ImageName> {
         self.inner.recorded_name()
     }
+
+    fn synthesises_manifests(&self) -> bool {
+        self.inner.synthesises_manifests()
+    }
 }
 
 #[cfg(test)]

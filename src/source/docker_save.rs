@@ -551,6 +551,10 @@ impl Source for DockerSaveSource {
         self.repo_tags().first().map(|t| ImageName::parse(t))
     }
 
+    fn synthesises_manifests(&self) -> bool {
+        true
+    }
+
     async fn manifest(&self, digest: &Digest) -> Result<RawManifest> {
         if *digest == self.raw.digest {
             Ok(self.raw.clone())

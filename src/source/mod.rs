@@ -66,6 +66,13 @@ pub trait Source: Send + Sync {
     fn recorded_name(&self) -> Option<ImageName> {
         None
     }
+
+    /// Whether the manifest is made up by occy from something that has none
+    /// (a docker-save archive's `manifest.json`, a daemon's export), so it
+    /// has no upstream digest to keep and may take any media types.
+    fn synthesises_manifests(&self) -> bool {
+        false
+    }
 }
 
 /// The name and tag to record at the destination: what the source's
@@ -118,7 +125,10 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
             }
             Ok(Box::new(registry::RegistrySource::new(r.clone(), &opts.registry)?))
         }
-        Reference::Oci { path, tag } => Ok(Box::new(oci_layout::OciLayoutSource::open(path, tag.as_deref()).await?)),
+        Reference::Oci { oci_format: true, .. } => Err(Error::usage(format!(
+            "{reference}: ?format=oci converts what occy writes into an OCI layout; it applies to a destination, not a source"
+        ))),
+        Reference::Oci { path, tag, .. } => Ok(Box::new(oci_layout::OciLayoutSource::open(path, tag.as_deref()).await?)),
         Reference::Tar { path } => Ok(Box::new(docker_save::DockerSaveSource::open_tar(path).await?)),
         Reference::Dir { path, image, .. } => Ok(Box::new(
             docker_save::DockerSaveSource::open_dir(path, image.as_deref().map(crate::reference::split_name_tag))
@@ -221,6 +231,7 @@ pub async fn resolve_with(
             Ok(ResolvedImage {
                 index: None,
                 images: vec![img],
+                synthesised: source.synthesises_manifests(),
             })
         }
         Manifest::Index(index) => {
@@ -233,6 +244,7 @@ pub async fn resolve_with(
             Ok(ResolvedImage {
                 index: Some((root, index)),
                 images,
+                synthesised: source.synthesises_manifests(),
             })
         }
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::located::{Node, Value};
 use super::validate::{template_fields, TEMPLATE_FIELDS};
 use super::{DestTemplate, Entry, Settings, SpecProblem, SpecSource, SyncSpec, TemplateFields};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::filter::FilterChain;
 use crate::reference::{Reference, RegistryRef};
 use crate::source::PlatformSelection;
@@ -56,6 +56,12 @@ impl OneShot<'_> {
         });
         let source = SpecSource::new(Path::new(super::diagnostic::COMMAND_LINE), text);
         let from = Reference::parse(self.source)?;
+        if let Reference::Oci { oci_format: true, .. } = from {
+            return Err(Error::usage(format!(
+                "{}: ?format=oci converts what occy writes into an OCI layout; it applies to a destination, not a source",
+                self.source
+            )));
+        }
         let mut to = Vec::new();
         if let (Some(d), Some(span)) = (self.destination, to_span) {
             for (field, offset) in template_fields(d) {

@@ -10,6 +10,7 @@
 
 pub mod fault_proxy;
 pub mod layout_edit;
+pub mod oci_tools;
 pub mod outputs;
 
 use std::net::TcpListener;
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use occy_testkit::generate::Generated;
+#[allow(unused_imports)] // not every test binary writes an OCI layout
+pub use oci_tools::assert_oci_layout_readable;
 
 pub const USER: &str = "occy";
 pub const PASS: &str = "s3cret-pa55";

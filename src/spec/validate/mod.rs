@@ -497,6 +497,17 @@ impl Validator<'_> {
                 );
                 return None;
             }
+            Reference::Oci { oci_format: true, .. } => {
+                self.problem(
+                    SpecProblem::new(
+                        "?format=oci applies to a destination, not a source",
+                        from_span.clone(),
+                        "not a source option",
+                    )
+                    .help("format=oci converts what occy writes into an OCI layout; put it on the `to` reference"),
+                );
+                return None;
+            }
             Reference::Registry(r) if r.tag.is_some() && e.tags.is_some() => {
                 let span = self.root.key_span(&at("tags"));
                 self.problem(
@@ -708,9 +719,10 @@ pub fn rebase(r: &Reference, base: &Path) -> Reference {
     };
     match r {
         Reference::Tar { path } => Reference::Tar { path: fix(path) },
-        Reference::Oci { path, tag } => Reference::Oci {
+        Reference::Oci { path, tag, oci_format } => Reference::Oci {
             path: fix(path),
             tag: tag.clone(),
+            oci_format: *oci_format,
         },
         Reference::Dir {
             path,
