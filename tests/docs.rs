@@ -591,6 +591,7 @@ fn a_no_op_plan_says_nothing_to_do_in_one_line() {
         "{again}"
     );
     assert!(again.lines().count() <= 2, "{again}");
+    assert_oci_layout_readable(&dir.join("layout"), "app-a", true);
 }
 
 #[test]

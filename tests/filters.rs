@@ -600,6 +600,7 @@ fn recompress_keeps_the_diff_ids_of_layers_padded_to_a_record() {
         ok(&args);
         let after = skopeo_diff_ids(&format!("oci:{}:{tag}", out.display()));
         assert_eq!(after, before, "{filters:?} kept the diff_ids");
+        assert_oci_layout_readable(&out, tag, true);
         let m = manifest_of(&out, tag);
         assert_eq!(
             m["config"]["digest"],

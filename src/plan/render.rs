@@ -407,6 +407,7 @@ mod tests {
                 pinned: None,
             },
             resolved: None,
+            media: Default::default(),
         }
     }
 
