@@ -359,6 +359,7 @@ fn docker_names_with_a_registry_host_and_port() {
     let src = format!("docker://{src_name}");
     let layout = format!("oci://{}:port", dir.join("layout").display());
     ok(&["process", &src, &layout]);
+    assert_oci_layout_readable(&dir.join("layout"), "port", true);
     let back = json_of(&ok(&["-O", "json", "info", &layout]));
     assert_eq!(back["config_digest"], src_id, "the image read is the one built");
     let info = json_of(&ok(&["-O", "json", "info", &src]));
@@ -395,6 +396,7 @@ fn docker_names_with_a_registry_host_and_port() {
     );
     let from_digest = format!("oci://{}:by-digest", dir.join("layout").display());
     ok(&["process", &format!("docker://{by_digest}"), &from_digest]);
+    assert_oci_layout_readable(&dir.join("layout"), "by-digest", true);
     let back = json_of(&ok(&["-O", "json", "info", &from_digest]));
     assert_eq!(back["config_digest"], src_id, "read by digest");
 

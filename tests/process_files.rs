@@ -219,6 +219,7 @@ fn a_shared_dir_is_read_back_one_image_at_a_time() {
         let src = format!("{dst}&image={image}");
         let back = format!("oci://{}:{name}", layout.display());
         ok(&["process", &src, &back]);
+        support::assert_oci_layout_readable(&layout, name, true);
         let info = json_of(&ok(&["-O", "json", "info", &back]));
         let want = default_image(generated(name));
         assert_eq!(info["config_digest"], want.config.digest.to_string(), "{name}");

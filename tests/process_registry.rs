@@ -411,6 +411,7 @@ fn a_failed_first_write_leaves_nothing() {
         &standard_ref("base"),
         &format!("oci://{}:base", kept.display()),
     ]);
+    assert_oci_layout_readable(&kept, "base", true);
     let before: Vec<(String, Vec<u8>)> = tree(&kept)
         .into_iter()
         .filter(|p| kept.join(p).is_file())
