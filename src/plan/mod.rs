@@ -907,10 +907,11 @@ pub const COMPRESSING: &str = "compress";
 /// `defaults.compression`; gzip when neither says), so the layers are
 /// compressed once, block-parallel, remembered in the layer cache, and a
 /// second run finds the output without compressing again. A target with
-/// filters of its own, or whose layers are not all plain tar, is left as
-/// it is; `--compression none` keeps them uncompressed.
+/// filters of its own writes its rewritten layers gzip-compressed unless
+/// `--compression` says otherwise; one whose layers are not all plain tar is
+/// left as it is; `--compression none` keeps them uncompressed.
 fn compress_for_registry(t: &mut Target, resolved: &ResolvedImage) {
-    if !t.chain.is_empty() || !matches!(t.destination, Reference::Registry(_)) {
+    if !matches!(t.destination, Reference::Registry(_)) {
         return;
     }
     let plain = |mt: &str| crate::image::Compression::from_media_type(mt) == Some(crate::image::Compression::None);
@@ -918,6 +919,14 @@ fn compress_for_registry(t: &mut Target, resolved: &ResolvedImage) {
         .images
         .iter()
         .all(|i| !i.manifest.layers.is_empty() && i.manifest.layers.iter().all(|l| plain(&l.media_type)));
+    if !t.chain.is_empty() {
+        // Filters of its own rewrite the layers anyway: their output is
+        // compressed (gzip unless --compression says), not left plain.
+        if all_plain && t.chain.changes_content() && t.chain.compression.is_none() {
+            t.chain.compression = Some(crate::image::Compression::Gzip);
+        }
+        return;
+    }
     let format = t.chain.compression.unwrap_or(crate::image::Compression::Gzip);
     if !all_plain || format == crate::image::Compression::None {
         return;

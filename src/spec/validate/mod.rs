@@ -554,7 +554,15 @@ impl Validator<'_> {
         let tags = e.tags.as_ref().and_then(|t| self.tags(t, &at("tags")));
         let platforms = e.platforms.as_ref().and_then(|p| self.platforms(p, &at("platforms")));
         let (chain, chain_name) = match &e.filters {
-            None => (FilterChain::default(), None),
+            // No filters: `defaults.compression` still says how layers that
+            // arrive uncompressed are compressed for a registry.
+            None => (
+                FilterChain {
+                    filters: Vec::new(),
+                    compression: settings.compression,
+                },
+                None,
+            ),
             Some(FilterChoice::Named(name)) => match chains.get(name) {
                 Some(c) => (c.clone(), Some(name.clone())),
                 None => {
