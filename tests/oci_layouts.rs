@@ -108,11 +108,10 @@ fn manifests_made_up_from_archives_dirs_and_daemons_are_oci_in_an_oci_layout() {
             .args(["rmi", "occy-test/ocilayout-app-a:1.0"])
             .output();
     } else {
-        assert!(
-            std::env::var("OCCY_REQUIRE_ALL").as_deref() != Ok("1"),
-            "OCCY_REQUIRE_ALL=1: no Docker Engine at /var/run/docker.sock"
+        unavailable(
+            "the Docker Engine",
+            "/var/run/docker.sock does not exist, so docker:// → oci:// is not checked",
         );
-        eprintln!("SKIPPED: no Docker Engine: docker:// → oci:// is not checked");
     }
 
     for (tag, diff_ids) in &written {

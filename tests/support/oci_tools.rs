@@ -14,20 +14,18 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::{have, occy, scratch_dir};
+use super::{have, occy, scratch_dir, unavailable};
 
 /// Whether `tool` can be used; when it cannot, says so and returns false, or
-/// panics under `OCCY_REQUIRE_ALL=1`.
+/// fails under `OCCY_REQUIRE_ALL=1` (through [`unavailable`]).
 pub fn tool_or_skip(tool: &str, package: &str, what: &str) -> bool {
     if have(tool) {
         return true;
     }
-    let msg = format!("{tool} is missing (apt-get install {package}): {what} is not checked");
-    assert!(
-        std::env::var("OCCY_REQUIRE_ALL").as_deref() != Ok("1"),
-        "OCCY_REQUIRE_ALL=1: {msg}"
+    unavailable(
+        tool,
+        &format!("it is not installed (apt-get install {package}), so {what} is not checked"),
     );
-    eprintln!("SKIPPED: {msg}");
     false
 }
 
