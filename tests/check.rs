@@ -559,6 +559,7 @@ fn an_oci_layout_blob_with_a_flipped_byte_fails_the_check_naming_it() {
     let dst = format!("oci://{}:a", layout.display());
     let outcome = sync_checked("check-oci-sync", &standard_ref("app-a"), &dst);
     assert_eq!(outcome["check"], "full: ok", "{outcome:#}");
+    assert_oci_layout_readable(&layout, "a", true);
     let layer = read_json_layer(&layout, "a", 1);
     let path = layout.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
     let mut bytes = std::fs::read(&path).unwrap();

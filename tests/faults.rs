@@ -417,6 +417,9 @@ fn manifests_corrupted_by_tag_never_write_another_digest() {
                 "written" => {
                     assert_eq!(t["digest"].as_str(), Some(want.as_str()), "seed {seed}: {t}");
                     assert_eq!(held.as_deref(), Some(want.as_str()), "seed {seed}: {dest}");
+                    if dest.starts_with("oci://") {
+                        assert_oci_layout_readable(&layout, tag, true);
+                    }
                 }
                 "failed" => {
                     let error = t["error"].as_str().unwrap_or_default();
