@@ -599,13 +599,24 @@ fn an_unreadable_input_is_named() {
         for dir in [out.as_path(), out.parent().unwrap()] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin)
-            .args(&args)
-            .env("HOME", bin_dir.path())
-            .output()
-            .unwrap()
+        // Another test thread forking while the copy was open for writing
+        // keeps it "busy" for a moment (ETXTBSY): try again then.
+        let mut attempt = 0;
+        loop {
+            let o = Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&bin)
+                .args(&args)
+                .env("HOME", bin_dir.path())
+                .output()
+                .unwrap();
+            attempt += 1;
+            if attempt < 50 && String::from_utf8_lossy(&o.stderr).contains("Text file busy") {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+            break o;
+        }
     } else {
         Command::new(support::occy_bin()).args(&args).output().unwrap()
     };
