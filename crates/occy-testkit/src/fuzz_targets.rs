@@ -1,7 +1,7 @@
 //! Entry points for fuzzing: each takes arbitrary bytes and runs one parser
 //! or stream of occy over them. A finding is a panic, a hang or unbounded
 //! memory; an `Err` is the expected answer to bad input. The `cargo fuzz`
-//! targets in `fuzz/` call these, and `tests/fuzz_regressions.rs` replays
+//! targets in `fuzz/` call these, and `tests/it/fuzz_regressions.rs` replays
 //! every saved input in `fuzz/regressions/` through them on each test run.
 
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! deterministic test-image generator ([`generate`]) that the integration
 //! tests, `examples/quickstart/image` and the benchmarks use, and the fuzz
 //! entry points ([`fuzz_targets`]) that `fuzz/` and
-//! `tests/fuzz_regressions.rs` run. The `occy-testkit` binary writes the
+//! `tests/it/fuzz_regressions.rs` run. The `occy-testkit` binary writes the
 //! generator's image sets from the command line (`occy-testkit generate`).
 
 pub mod fuzz_targets;

@@ -1,11 +1,10 @@
 //! The registry client against the real CNCF Distribution registry
 //! (`/usr/bin/docker-registry` from Debian's `docker-registry` package):
 //! plain HTTP, htpasswd basic auth and TLS with a private CA. Each test starts
-//! its own registry (tests/support) and pushes its own tiny image with the
+//! its own registry (tests/it/support) and pushes its own tiny image with the
 //! client's push primitives, then reads it back, pages tags and the
 //! catalog, mounts across repositories and deletes.
 
-mod support;
 
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
@@ -17,7 +16,7 @@ use occy::reference::RegistryRef;
 use occy::registry::{RegistryClient, RegistryOptions};
 use occy::source::registry::RegistrySource;
 use occy::source::Source;
-use support::{Mode, Registry, PASS, USER};
+use crate::support::{Mode, Registry, PASS, USER};
 
 /// Options that reach a plain-HTTP (or unverified TLS) test registry.
 fn insecure_opts(reg: &Registry) -> RegistryOptions {
@@ -223,9 +222,9 @@ async fn plain_http_needs_insecure_registry() {
     let started = std::time::Instant::now();
     let src = reg.url("x:1");
     let args = ["info", src.as_str()];
-    let stderr = support::fails(&args, 1, &want);
+    let stderr = crate::support::fails(&args, 1, &want);
     assert!(!stderr.contains("InvalidContentType"), "{stderr}");
-    let dir = support::scratch_dir("plain-http-sync");
+    let dir = crate::support::scratch_dir("plain-http-sync");
     let file = dir.join("sync.yaml");
     std::fs::write(
         &file,
@@ -236,7 +235,7 @@ async fn plain_http_needs_insecure_registry() {
     )
     .unwrap();
     let args = ["sync", file.to_str().unwrap()];
-    support::fails(&args, 1, &want);
+    crate::support::fails(&args, 1, &want);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(5),
         "not retried: {:?}",

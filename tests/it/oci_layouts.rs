@@ -7,14 +7,13 @@
 //! - one chosen platform is written as that platform's manifest, its
 //!   upstream digest kept; a second run is a no-op.
 
-mod support;
 
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::oci_tools::{podman_pull_oci, tag_entry, tool_or_skip};
-use support::*;
+use crate::support::oci_tools::{podman_pull_oci, tag_entry, tool_or_skip};
+use crate::support::*;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -305,16 +304,16 @@ fn two_of_three_platforms_write_a_rewritten_index_and_say_so() {
     let mut extra = tag_entry(&layout, "a");
     extra.as_object_mut().unwrap().remove("annotations");
     extra["platform"] = serde_json::json!({"os": "linux", "architecture": "s390x"});
-    let mut index: Value = serde_json::from_slice(&support::layout_edit::read_blob(
+    let mut index: Value = serde_json::from_slice(&crate::support::layout_edit::read_blob(
         &layout,
         &g.descriptor.digest.to_string(),
     ))
     .unwrap();
     index["manifests"].as_array_mut().unwrap().push(extra);
     let bytes = serde_json::to_vec(&index).unwrap();
-    support::layout_edit::write_blob(&layout, &bytes);
-    support::layout_edit::retag(&layout, "m", &bytes);
-    let upstream = format!("sha256:{}", support::outputs::sha256_hex(&bytes));
+    crate::support::layout_edit::write_blob(&layout, &bytes);
+    crate::support::layout_edit::retag(&layout, "m", &bytes);
+    let upstream = format!("sha256:{}", crate::support::outputs::sha256_hex(&bytes));
 
     let out = work.join("out");
     let run = ok(&[

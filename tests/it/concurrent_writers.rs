@@ -6,7 +6,6 @@
 //! processes honour: while the test itself holds those locks, neither occy
 //! writes them, and both finish once they are released.
 
-mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use fs4::fs_std::FileExt;
 use serde_json::Value;
-use support::outputs::*;
-use support::*;
+use crate::support::outputs::*;
+use crate::support::*;
 
 /// The images each of the two runs syncs: (mirror-set name, repository, tag).
 /// Three are in both.

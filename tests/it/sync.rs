@@ -5,7 +5,6 @@
 //! line and column; and the one-shot commands over many images (`occy
 //! process` and `occy info` of registry globs and `quay://` organisations).
 
-mod support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -13,7 +12,7 @@ use std::process::Output;
 use std::time::SystemTime;
 
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 /// The repository a mirror-set name (`alpine_3.18`) is pushed to.
 fn repo_of(short: &str) -> &'static str {
@@ -541,7 +540,7 @@ fn every_example_sync_file_runs_against_the_test_registries() {
             continue;
         }
         if !is_sync_file(&path) {
-            // Kubernetes and CI manifests that run occy (tested in tests/shard.rs).
+            // Kubernetes and CI manifests that run occy (tested in tests/it/shard.rs).
             skipped.push(name);
             continue;
         }

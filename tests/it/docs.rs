@@ -14,13 +14,12 @@
 //! `/srv/` and `~/` move under a scratch directory; `examples/` is the
 //! repository's. Blocks marked ```text are shown, not run.
 
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::CommandFactory;
-use support::*;
+use crate::support::*;
 
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -437,7 +436,7 @@ fn process_help_lists_every_scheme() {
 /// StopSignal included) and no header for one it lacks or leaves empty.
 #[test]
 fn info_prints_each_runtime_setting_the_config_has() {
-    use support::layout_edit::{layout_of, mutate};
+    use crate::support::layout_edit::{layout_of, mutate};
     let dir = layout_of("app-a");
     mutate(&dir, "app-a", |_, _, config| {
         let c = &mut config["config"];

@@ -4,13 +4,12 @@
 //! in fast and full mode, in text and JSON, from an OCI layout, a tar, a dir
 //! and a registry.
 
-mod support;
 
 use std::path::Path;
 
 use serde_json::Value;
-use support::layout_edit::*;
-use support::*;
+use crate::support::layout_edit::*;
+use crate::support::*;
 
 /// Runs `occy -O json check [--fast] REF` and returns (exit code, report).
 fn check(reference: &str, fast: bool) -> (i32, Value) {

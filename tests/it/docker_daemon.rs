@@ -9,7 +9,6 @@
 //! writing asks the daemon again: a tag moved to another image between the
 //! write and the check fails it, naming the target and both image IDs.
 
-mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
@@ -18,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use support::fault_proxy::{read_body, read_head};
-use support::*;
+use crate::support::fault_proxy::{read_body, read_head};
+use crate::support::*;
 
 /// The images that go through each daemon: OCI and Docker v2 media types, a
 /// multi-arch index (one platform is loaded), zstd and whiteout layers.

@@ -1,5 +1,5 @@
 //! `occy sync` of ten images through a fault-injecting proxy in front of
-//! real registries (tests/support/fault_proxy.rs): 5xx answers, 429s with
+//! real registries (tests/it/support/fault_proxy.rs): 5xx answers, 429s with
 //! `Retry-After`, connections reset mid-body, bodies cut short after correct
 //! headers, slow trickles and flipped bytes. What must hold: the sync
 //! completes and every destination passes `occy check` (full) and `skopeo
@@ -10,16 +10,15 @@
 //! another digest reported as written; an image whose every request fails is
 //! named, exit code 1, and the other images are complete.
 
-mod support;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
-use support::fault_proxy::{every_nth, manifest_by_tag, seeded, Class, Fault, FaultProxy, Request};
-use support::outputs::*;
-use support::*;
+use crate::support::fault_proxy::{every_nth, manifest_by_tag, seeded, Class, Fault, FaultProxy, Request};
+use crate::support::outputs::*;
+use crate::support::*;
 
 /// `occy -v sync FILE ARGS…` with its own cache beside the file.
 fn sync(file: &Path, insecure: &[&str], args: &[&str]) -> Output {

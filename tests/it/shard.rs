@@ -8,7 +8,6 @@
 //! scale-out examples (Kubernetes Indexed Job, GitHub Actions matrix) parse
 //! and, run the way Kubernetes and GitHub would run them, complete the mirror.
 
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 /// The families of the set, by repository prefix.
 const FAMILIES: [&str; 4] = ["debian", "alpine", "python", "node"];

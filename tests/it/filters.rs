@@ -4,14 +4,13 @@
 //! its history stays aligned, skopeo reads the result, the same chain twice
 //! gives the same digest, and registry → registry works through a chain.
 
-mod support;
 
 use std::io::Read;
 use std::path::Path;
 
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use support::*;
+use crate::support::*;
 
 /// One tar entry as a test looks at it.
 #[derive(Debug, Clone)]
@@ -563,15 +562,15 @@ fn recompress_keeps_the_diff_ids_of_layers_padded_to_a_record() {
             return;
         }
     }
-    let src = support::layout_edit::layout_of("app-a");
+    let src = crate::support::layout_edit::layout_of("app-a");
     let work = scratch_dir("padded");
     let tars = [padded_layer(&work, "python3"), padded_layer(&work, "tar")];
-    support::layout_edit::mutate(&src, "app-a", |dir, manifest, config| {
+    crate::support::layout_edit::mutate(&src, "app-a", |dir, manifest, config| {
         manifest["layers"] = Value::Array(Vec::new());
         config["rootfs"]["diff_ids"] = Value::Array(Vec::new());
         config["history"] = Value::Array(Vec::new());
         for t in &tars {
-            support::layout_edit::add_layer(dir, manifest, config, t);
+            crate::support::layout_edit::add_layer(dir, manifest, config, t);
         }
     });
     let src_ref = format!("oci://{}:app-a", src.display());

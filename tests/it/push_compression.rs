@@ -5,11 +5,10 @@
 //! registry holds is read back by skopeo with the same diff_ids, and a
 //! second run has nothing to do.
 
-mod support;
 
 use std::path::Path;
 
-use support::*;
+use crate::support::*;
 
 /// The media types of the layers `repo_tag` holds.
 fn layer_types(reg: &Registry, repo_tag: &str) -> (String, Vec<String>) {

@@ -3,7 +3,6 @@
 //! no registry: each names the offending thing, exits with the documented
 //! code, and leaves nothing under the destination's name.
 
-mod support;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +12,7 @@ use std::process::Command;
 use flate2::write::GzEncoder;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
-use support::{
+use crate::support::{
     assert_ok, default_diff_ids, default_image, fails, generated, json_of, layer_field, occy_bin, ok, require,
     scratch_dir, skopeo_inspect_local, standard_images, standard_ref, strings, unavailable,
 };
@@ -219,7 +218,7 @@ fn a_shared_dir_is_read_back_one_image_at_a_time() {
         let src = format!("{dst}&image={image}");
         let back = format!("oci://{}:{name}", layout.display());
         ok(&["process", &src, &back]);
-        support::assert_oci_layout_readable(&layout, name, true);
+        crate::support::assert_oci_layout_readable(&layout, name, true);
         let info = json_of(&ok(&["-O", "json", "info", &back]));
         let want = default_image(generated(name));
         assert_eq!(info["config_digest"], want.config.digest.to_string(), "{name}");
@@ -515,7 +514,7 @@ fn every_standard_image_round_trips_oci_tar_oci_tar_with_its_diff_ids() {
             default_image(g).config.digest.to_string()
         );
     }
-    support::assert_blobs_match_names(&out.join("back"));
+    crate::support::assert_blobs_match_names(&out.join("back"));
 }
 
 /// `podman` with a private store under `root` (vfs: works without overlay
@@ -595,7 +594,7 @@ fn an_unreadable_input_is_named() {
         let bin_dir = tempfile::Builder::new().prefix("occy-bin-").tempdir().unwrap();
         std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = bin_dir.path().join("occy");
-        std::fs::copy(support::occy_bin(), &bin).unwrap();
+        std::fs::copy(crate::support::occy_bin(), &bin).unwrap();
         for dir in [out.as_path(), out.parent().unwrap()] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
@@ -618,7 +617,7 @@ fn an_unreadable_input_is_named() {
             break o;
         }
     } else {
-        Command::new(support::occy_bin()).args(&args).output().unwrap()
+        Command::new(crate::support::occy_bin()).args(&args).output().unwrap()
     };
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");

@@ -6,13 +6,12 @@
 //! pushes (no credentials, a read-only registry) fail clearly with nothing
 //! left under the tag.
 
-mod support;
 
 use std::sync::OnceLock;
 
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use support::*;
+use crate::support::*;
 
 /// The source registry: every standard image as `test/NAME:1.0`, pushed by
 /// skopeo (not occy) so the destination side is the only occy under test.
@@ -175,7 +174,7 @@ fn an_index_goes_whole_and_one_chosen_platform_goes_as_its_manifest() {
 
     // One platform named: that platform's manifest, its upstream digest
     // kept, as skopeo and crane do (no one-entry index whose digest exists
-    // nowhere upstream). Two of three platforms: see tests/oci_layouts.rs.
+    // nowhere upstream). Two of three platforms: see tests/it/oci_layouts.rs.
     let args = [
         "process",
         "--platform",

@@ -5,7 +5,6 @@
 //! occy and by `umoci unpack` and compared entry by entry, and checked
 //! against `docker export` of a container made from them.
 
-mod support;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -590,7 +589,7 @@ fn pax_tar(entries: &[TarEntry], pax: &[(&str, &str, &[u8])]) -> Vec<u8> {
 /// The Docker Engine, umoci and skopeo, or why the test cannot run.
 fn docker_umoci_skopeo() -> Result<(), String> {
     for (tool, package) in [("docker", "docker.io"), ("umoci", "umoci"), ("skopeo", "skopeo")] {
-        if !support::have(tool) {
+        if !crate::support::have(tool) {
             return Err(format!("{tool} is missing (apt-get install {package})"));
         }
     }
@@ -745,7 +744,7 @@ RUN rm -rf /etc/app/conf.d && mkdir /etc/app/conf.d && echo three > /etc/app/con
 #[test]
 fn docker_built_images_extract_like_umoci_and_docker_export() {
     if let Err(why) = docker_umoci_skopeo() {
-        support::unavailable(
+        crate::support::unavailable(
             "docker, umoci or skopeo",
             &format!("comparing extraction with them: {why}"),
         );

@@ -10,16 +10,15 @@
 //! sweeps them while a live writer's stay. Ctrl-C (SIGINT) stops a run
 //! with exit code 130 and removes its temporary files.
 
-mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::fault_proxy::{Class, Fault, FaultProxy, Plan};
-use support::outputs::*;
-use support::*;
+use crate::support::fault_proxy::{Class, Fault, FaultProxy, Plan};
+use crate::support::outputs::*;
+use crate::support::*;
 use Class::{BlobGet, BlobUpload, Manifest};
 use Fault::{StallAfter, StallBefore, StallMidBody};
 use Side::{Destination as Dst, Source as Src};

@@ -1,0 +1,24 @@
+//! occy's integration tests, one binary: every module talks to real
+//! components (registries, skopeo, umoci, podman, the Docker Engine) started
+//! once for the whole binary by `support`.
+
+mod support;
+
+mod check;
+mod concurrent_writers;
+mod crash;
+mod docker_daemon;
+mod docs;
+mod extract;
+mod faults;
+mod filters;
+mod fuzz_regressions;
+mod hostile;
+mod oci_layouts;
+mod process_files;
+mod process_registry;
+mod push_compression;
+mod push_registry;
+mod registry_client;
+mod shard;
+mod sync;
