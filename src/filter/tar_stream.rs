@@ -111,6 +111,16 @@ pub struct TarEntry {
 }
 
 impl TarEntry {
+    /// The path as written, a leading `/` included when it had one: what
+    /// messages name.
+    pub fn written_path(&self) -> String {
+        if self.absolute {
+            format!("/{}", self.path)
+        } else {
+            self.path.clone()
+        }
+    }
+
     /// The path as the archive's bytes (`path` is its lossy UTF-8 text):
     /// what extraction creates, so a non-UTF-8 file name survives.
     pub fn path_bytes(&self) -> &[u8] {

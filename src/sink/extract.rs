@@ -187,11 +187,7 @@ impl Extractor {
         let mut opaque_dirs: Vec<PathBuf> = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         while let Some(entry) = archive.next_entry()? {
-            let shown = if entry.absolute {
-                format!("/{}", entry.path)
-            } else {
-                entry.path.clone()
-            };
+            let shown = entry.written_path();
             if entry.absolute {
                 return Err(entry_error(layer, &shown, "is an absolute path"));
             }

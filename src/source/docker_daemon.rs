@@ -231,11 +231,7 @@ fn unpack_export(reader: impl Read, root: &Path, what: &str) -> Result<()> {
     let mut archive = TarReader::new(reader, what);
     let mut buf = vec![0u8; 64 * 1024];
     while let Some(entry) = archive.next_entry()? {
-        let shown = if entry.absolute {
-            format!("/{}", entry.path)
-        } else {
-            entry.path.clone()
-        };
+        let shown = entry.written_path();
         let rel = (!entry.absolute)
             .then(|| inside(Path::new(&entry.path)))
             .flatten()

@@ -247,11 +247,7 @@ fn index_tar(path: &Path) -> Result<HashMap<String, TarEntry>> {
                 entry.path, entry.data_len
             ))));
         }
-        let raw_name = if entry.absolute {
-            format!("/{}", entry.path)
-        } else {
-            entry.path.clone()
-        };
+        let raw_name = entry.written_path();
         let Some(name) = clean_name(&raw_name) else { continue };
         let link = entry.link.clone().unwrap_or_default();
         let e = match entry.kind {

@@ -4,12 +4,11 @@
 //! in fast and full mode, in text and JSON, from an OCI layout, a tar, a dir
 //! and a registry.
 
-
 use std::path::Path;
 
-use serde_json::Value;
 use crate::support::layout_edit::*;
 use crate::support::*;
+use serde_json::Value;
 
 /// Runs `occy -O json check [--fast] REF` and returns (exit code, report).
 fn check(reference: &str, fast: bool) -> (i32, Value) {

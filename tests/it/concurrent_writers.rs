@@ -6,16 +6,15 @@
 //! processes honour: while the test itself holds those locks, neither occy
 //! writes them, and both finish once they are released.
 
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fs4::fs_std::FileExt;
-use serde_json::Value;
 use crate::support::outputs::*;
 use crate::support::*;
+use fs4::fs_std::FileExt;
+use serde_json::Value;
 
 /// The images each of the two runs syncs: (mirror-set name, repository, tag).
 /// Three are in both.

@@ -10,15 +10,14 @@
 //! sweeps them while a live writer's stay. Ctrl-C (SIGINT) stops a run
 //! with exit code 130 and removes its temporary files.
 
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use crate::support::fault_proxy::{Class, Fault, FaultProxy, Plan};
 use crate::support::outputs::*;
 use crate::support::*;
+use serde_json::{json, Value};
 use Class::{BlobGet, BlobUpload, Manifest};
 use Fault::{StallAfter, StallBefore, StallMidBody};
 use Side::{Destination as Dst, Source as Src};

@@ -9,7 +9,6 @@
 //! writing asks the daemon again: a tag moved to another image between the
 //! write and the check fails it, naming the target and both image IDs.
 
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};

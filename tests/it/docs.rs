@@ -14,12 +14,11 @@
 //! `/srv/` and `~/` move under a scratch directory; `examples/` is the
 //! repository's. Blocks marked ```text are shown, not run.
 
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use clap::CommandFactory;
 use crate::support::*;
+use clap::CommandFactory;
 
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

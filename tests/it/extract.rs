@@ -5,7 +5,6 @@
 //! occy and by `umoci unpack` and compared entry by entry, and checked
 //! against `docker export` of a container made from them.
 
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

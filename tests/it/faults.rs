@@ -10,7 +10,6 @@
 //! another digest reported as written; an image whose every request fails is
 //! named, exit code 1, and the other images are complete.
 
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Output;

@@ -4,13 +4,12 @@
 //! its history stays aligned, skopeo reads the result, the same chain twice
 //! gives the same digest, and registry → registry works through a chain.
 
-
 use std::io::Read;
 use std::path::Path;
 
+use crate::support::*;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use crate::support::*;
 
 /// One tar entry as a test looks at it.
 #[derive(Debug, Clone)]

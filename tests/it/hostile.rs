@@ -4,14 +4,13 @@
 //! outside the targets; a full disk; and credentials that never appear in
 //! output or written files, even at `-vv` and `RUST_LOG=trace`.
 
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
 use crate::support::layout_edit::*;
 use crate::support::*;
+use serde_json::Value;
 
 /// Runs occy; asserts it failed with `code`, did not panic, and said
 /// something short that mentions `needle`.

@@ -7,13 +7,12 @@
 //! - one chosen platform is written as that platform's manifest, its
 //!   upstream digest kept; a second run is a no-op.
 
-
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::Value;
 use crate::support::oci_tools::{podman_pull_oci, tag_entry, tool_or_skip};
 use crate::support::*;
+use serde_json::Value;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

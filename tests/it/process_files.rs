@@ -3,19 +3,18 @@
 //! no registry: each names the offending thing, exits with the documented
 //! code, and leaves nothing under the destination's name.
 
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flate2::write::GzEncoder;
-use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
 use crate::support::{
     assert_ok, default_diff_ids, default_image, fails, generated, json_of, layer_field, occy_bin, ok, require,
     scratch_dir, skopeo_inspect_local, standard_images, standard_ref, strings, unavailable,
 };
+use flate2::write::GzEncoder;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
 
 fn sha(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))

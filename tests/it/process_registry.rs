@@ -6,14 +6,13 @@
 //! credentials, an unknown CA, unknown tags, unreachable hosts and corrupt
 //! blobs fail clearly and leave nothing behind; `--rate-limit` really limits.
 
-
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::support::*;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use crate::support::*;
 
 fn sha256_file(path: &Path) -> String {
     let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -5,7 +5,6 @@
 //! registry holds is read back by skopeo with the same diff_ids, and a
 //! second run has nothing to do.
 
-
 use std::path::Path;
 
 use crate::support::*;

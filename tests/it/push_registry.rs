@@ -6,12 +6,11 @@
 //! pushes (no credentials, a read-only registry) fail clearly with nothing
 //! left under the tag.
 
-
 use std::sync::OnceLock;
 
+use crate::support::*;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use crate::support::*;
 
 /// The source registry: every standard image as `test/NAME:1.0`, pushed by
 /// skopeo (not occy) so the destination side is the only occy under test.

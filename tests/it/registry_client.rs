@@ -5,10 +5,10 @@
 //! client's push primitives, then reads it back, pages tags and the
 //! catalog, mounts across repositories and deletes.
 
-
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
+use crate::support::{Mode, Registry, PASS, USER};
 use occy::error::Error;
 use occy::image::media_type::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
 use occy::image::{Descriptor, Digest, RawManifest};
@@ -16,7 +16,6 @@ use occy::reference::RegistryRef;
 use occy::registry::{RegistryClient, RegistryOptions};
 use occy::source::registry::RegistrySource;
 use occy::source::Source;
-use crate::support::{Mode, Registry, PASS, USER};
 
 /// Options that reach a plain-HTTP (or unverified TLS) test registry.
 fn insecure_opts(reg: &Registry) -> RegistryOptions {

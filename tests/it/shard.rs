@@ -8,14 +8,13 @@
 //! scale-out examples (Kubernetes Indexed Job, GitHub Actions matrix) parse
 //! and, run the way Kubernetes and GitHub would run them, complete the mirror.
 
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 /// The families of the set, by repository prefix.
 const FAMILIES: [&str; 4] = ["debian", "alpine", "python", "node"];

@@ -5,14 +5,13 @@
 //! line and column; and the one-shot commands over many images (`occy
 //! process` and `occy info` of registry globs and `quay://` organisations).
 
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::SystemTime;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 /// The repository a mirror-set name (`alpine_3.18`) is pushed to.
 fn repo_of(short: &str) -> &'static str {
