@@ -13,7 +13,7 @@ if ! command -v cargo >/dev/null; then
     echo "try.sh: cargo not found; install Rust with rustup (https://rustup.rs) and run again" >&2
     exit 2
 fi
-cargo build --release --locked
+cargo build --release --locked -p occy
 occy=./target/release/occy
 src="oci://$PWD/examples/quickstart/image:1.0"
 out="$PWD/quickstart-out"
