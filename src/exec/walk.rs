@@ -535,9 +535,7 @@ impl<'a> Walk<'a> {
                     _ => io.sink.put_blob(&desc, stream).await,
                 };
                 if r.is_ok() {
-                    if let Some(n) = self.copied.get(&owner) {
-                        n.fetch_add(1, Ordering::Relaxed);
-                    }
+                    tally(&self.copied, owner);
                 }
                 r
             }
@@ -606,9 +604,7 @@ impl<'a> Walk<'a> {
                 }
             };
             if r.is_ok() {
-                if let Some(n) = self.copied.get(&owner) {
-                    n.fetch_add(1, Ordering::Relaxed);
-                }
+                tally(&self.copied, owner);
             }
             return r;
         }
@@ -620,9 +616,7 @@ impl<'a> Walk<'a> {
                     .clone()
                     .ok_or_else(|| Error::invalid("a mount without a blob"))?;
                 if io.sink.mount_blob(&desc.digest, from).await? {
-                    if let Some(n) = self.mounted.get(&owner) {
-                        n.fetch_add(1, Ordering::Relaxed);
-                    }
+                    tally(&self.mounted, owner);
                     return Ok(());
                 }
                 // Declined (the repository lost it, or may not be read):
@@ -634,9 +628,7 @@ impl<'a> Walk<'a> {
                     counter: io.bytes_read.clone(),
                 });
                 io.sink.put_blob(&desc, counted).await?;
-                if let Some(n) = self.copied.get(&owner) {
-                    n.fetch_add(1, Ordering::Relaxed);
-                }
+                tally(&self.copied, owner);
                 Ok(())
             }
             Some(How::Present) => {
@@ -804,8 +796,7 @@ impl<'a> Walk<'a> {
             .iter()
             .flat_map(|i| i.manifest.layers.iter().map(|l| &l.digest))
             .collect();
-        let copied = self.copied.get(&t).map(|n| n.load(Ordering::Relaxed)).unwrap_or(0);
-        let mounted = self.mounted.get(&t).map(|n| n.load(Ordering::Relaxed)).unwrap_or(0);
+        let (copied, mounted) = (count(&self.copied, t), count(&self.mounted, t));
         let report = CopyReport {
             digest,
             images: after.len(),
@@ -873,6 +864,18 @@ impl<'a> Walk<'a> {
         }
         Ok(())
     }
+}
+
+/// Counts one more layer for target `t` (copied or mounted).
+fn tally(counts: &HashMap<usize, AtomicUsize>, t: usize) {
+    if let Some(n) = counts.get(&t) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The layers counted for target `t`.
+fn count(counts: &HashMap<usize, AtomicUsize>, t: usize) -> usize {
+    counts.get(&t).map(|n| n.load(Ordering::Relaxed)).unwrap_or(0)
 }
 
 /// `upload sha256:ab12… to registry://host/repo`, for error messages.

@@ -107,17 +107,8 @@ impl Bed {
         // The OCI layout: every tag in index.json, every blob hashing to its name.
         let layout = self.out.join("layout");
         assert_blobs_match_names(&layout);
-        let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let tags: BTreeSet<String> = index["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                m["annotations"]["org.opencontainers.image.ref.name"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
+        let tags: BTreeSet<String> = layout_tags(&layout)
+            .into_iter()
             .filter(|t| !t.starts_with("hammer-"))
             .collect();
         let want_tags: BTreeSet<String> = want.iter().map(|(_, t)| t.clone()).collect();

@@ -280,6 +280,14 @@ const HELD: [Held; 12] = [
     ),
 ];
 
+/// Holds every read of blob `digest` from `proxy` half-way through its body.
+fn stall_reads_of(proxy: &FaultProxy, digest: &str) {
+    let digest = digest.to_string();
+    proxy.set_plan(Box::new(move |r| {
+        (r.class == Class::BlobGet && r.path.ends_with(&digest)).then_some(Fault::StallMidBody)
+    }));
+}
+
 #[test]
 fn sigkill_at_a_dozen_points_then_the_rerun_converges_to_a_clean_run() {
     let src_proxy = FaultProxy::start(&source().host);
@@ -340,10 +348,7 @@ fn sigkill_at_a_dozen_points_then_the_rerun_converges_to_a_clean_run() {
     for (i, layer) in layers_of("alpine_3.18").into_iter().enumerate() {
         let what = format!("every target half-way through layer {i} of alpine:3.18");
         let bed = Bed::new(&format!("crash-layer-{i}"), &src_proxy);
-        let digest = layer.clone();
-        src_proxy.set_plan(Box::new(move |r| {
-            (r.class == Class::BlobGet && r.path.ends_with(&digest)).then_some(Fault::StallMidBody)
-        }));
+        stall_reads_of(&src_proxy, &layer);
         let mut child = bed.spawn(&src_proxy, "killed.log");
         let held = src_proxy.wait_for_stalls(1, Duration::from_secs(30));
         // Let the sinks write what they got so far.
@@ -402,9 +407,7 @@ fn ctrl_c_stops_with_exit_130_and_removes_temporary_files() {
     // targets: a tarball and a dir:// layer are being written from it.
     let bed = Bed::new("sigint", &src_proxy);
     let base = layers_of("alpine_3.18").remove(0);
-    src_proxy.set_plan(Box::new(move |r| {
-        (r.class == Class::BlobGet && r.path.ends_with(&base)).then_some(Fault::StallMidBody)
-    }));
+    stall_reads_of(&src_proxy, &base);
     let mut child = bed.spawn(&src_proxy, "interrupted.log");
     assert_eq!(src_proxy.wait_for_stalls(1, Duration::from_secs(30)).len(), 1);
     std::thread::sleep(Duration::from_millis(100));
@@ -458,10 +461,7 @@ fn the_next_run_sweeps_what_a_kill_left_but_not_a_live_writers_files() {
     // its targets, is half-way (a tarball and a dir:// layer being written).
     let bed = Bed::new("sweep", &src_proxy);
     let base = layers_of("alpine_3.18").remove(0);
-    let digest = base.clone();
-    src_proxy.set_plan(Box::new(move |r| {
-        (r.class == Class::BlobGet && r.path.ends_with(&digest)).then_some(Fault::StallMidBody)
-    }));
+    stall_reads_of(&src_proxy, &base);
     let mut killed = bed.spawn(&src_proxy, "killed.log");
     assert_eq!(src_proxy.wait_for_stalls(1, Duration::from_secs(30)).len(), 1);
     std::thread::sleep(Duration::from_millis(100));
@@ -630,10 +630,7 @@ fn ctrl_c_during_a_filtered_copy_a_sync_and_a_check_exits_130_cleanly() {
         ("a check", vec!["check".into(), src.clone()]),
     ];
     for (what, args) in runs {
-        let digest = base.clone();
-        src_proxy.set_plan(Box::new(move |r| {
-            (r.class == Class::BlobGet && r.path.ends_with(&digest)).then_some(Fault::StallMidBody)
-        }));
+        stall_reads_of(&src_proxy, &base);
         let log = dir.join(format!("{}.log", what.replace(' ', "-")));
         let mut child = Command::new(occy_bin())
             .args(["--insecure-registry", &src_proxy.host, "--cache-dir"])

@@ -34,18 +34,7 @@ fn mirror_layout() -> &'static PathBuf {
 }
 
 fn mirror_names() -> Vec<String> {
-    let index: Value = serde_json::from_slice(&std::fs::read(mirror_layout().join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            m["annotations"]["org.opencontainers.image.ref.name"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
+    layout_tags(mirror_layout())
 }
 
 /// A source registry holding the 14 mirror images.

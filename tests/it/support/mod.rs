@@ -125,6 +125,19 @@ pub fn generated(name: &str) -> &'static Generated {
         .unwrap_or_else(|| panic!("no generated image {name}"))
 }
 
+/// The tags (`org.opencontainers.image.ref.name`) of an OCI layout's
+/// `index.json`, in its order.
+pub fn layout_tags(layout: &Path) -> Vec<String> {
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .map(String::from)
+        .collect()
+}
+
 /// `oci://LAYOUT:NAME` of a standard image.
 pub fn standard_ref(name: &str) -> String {
     format!("oci://{}:{name}", standard_images().0.display())
