@@ -7,6 +7,7 @@ pub mod digest;
 pub mod manifest;
 pub mod media_type;
 pub mod platform;
+pub mod referrers;
 pub mod select;
 
 pub use config::{ConfigBlob, ImageConfig};
