@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::warn;
 
+use crate::blob_locations::BlobLocations;
 use crate::error::{Error, Result};
 use crate::image::{Compression, Digest};
 
@@ -59,6 +60,12 @@ impl LayerCache {
         Some(LayerCache {
             dir: dir.join("layers"),
         })
+    }
+
+    /// The blob locations remembered in the same cache directory (beside
+    /// `layers/`; off with the cache, `--no-cache`).
+    pub fn blob_locations(&self) -> BlobLocations {
+        BlobLocations::in_dir(self.dir.parent().unwrap_or(&self.dir))
     }
 
     /// The key for `input` through the chain `chain_hash`, written as

@@ -77,7 +77,7 @@ pub fn summary_text(report: &crate::exec::sync::ApplyReport) -> String {
     }));
     let mut out = table(&["status", "destination", "digest", "check", "detail"], &rows);
     out.push_str(&format!(
-        "\n{} written, {} unchanged, {} failed{}{}; {} layers copied ({}), {} mounted, in {:.1}s\n",
+        "\n{} written, {} unchanged, {} failed{}{}; {} layers copied ({}), {} mounted{}, in {:.1}s\n",
         report.written,
         report.unchanged,
         report.failed,
@@ -94,6 +94,11 @@ pub fn summary_text(report: &crate::exec::sync::ApplyReport) -> String {
         report.layers_copied,
         human_size(report.bytes),
         report.layers_mounted,
+        if report.mounts_declined == 0 {
+            String::new()
+        } else {
+            format!(" ({} mounts declined, uploaded instead)", report.mounts_declined)
+        },
         std::time::Duration::from_secs_f64(report.seconds).as_secs_f64()
     ));
     out

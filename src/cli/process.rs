@@ -193,11 +193,14 @@ fn print_one(global: &GlobalArgs, report: &ApplyReport) -> Result<i32> {
         OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
             print_matches(o);
             if !global.quiet {
-                let mounted = if r.layers_mounted > 0 {
+                let mut mounted = if r.layers_mounted > 0 {
                     format!(", {} mounted", r.layers_mounted)
                 } else {
                     String::new()
                 };
+                if r.mounts_declined > 0 {
+                    mounted.push_str(&format!(", {} mounts declined", r.mounts_declined));
+                }
                 eprintln!(
                     "{} → {}: {} layers ({} copied, {} already present{mounted}), {} in {:.2}s, digest {}",
                     o.source,

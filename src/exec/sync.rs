@@ -6,7 +6,7 @@
 //! target is then checked (`off`, `fast`, `full`) and recorded, so the next
 //! plan finds it unchanged; then `--prune` deletes what it listed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::progress::{ProgressMode, RunProgress, TargetProgress};
 use super::walk::{walk, AfterCommit, CopyReport, TargetIo, TargetResult, WalkOptions};
+use crate::blob_locations::Sighting;
 use crate::check::{verify_written, Mode, Verified};
 use crate::error::{Error, Result};
 use crate::image::{human_size, Digest};
@@ -92,6 +93,8 @@ pub struct ApplyReport {
     pub bytes: u64,
     pub layers_copied: usize,
     pub layers_mounted: usize,
+    /// Mounts the registries declined (those blobs were uploaded instead).
+    pub mounts_declined: usize,
     /// Layers rewritten by filter chains (each once for the whole run).
     pub layers_rewritten: usize,
     /// Written targets whose check could not run (their `check` says why).
@@ -287,6 +290,9 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         };
         targets.push(outcome);
     }
+    if let Some(cache) = &ctx.cache {
+        cache.blob_locations().record(sightings(plan, &targets)).await;
+    }
     let (mut pruned, mut prune_failed) = (Vec::new(), Vec::new());
     for p in &plan.prune {
         match prune::delete(ctx, p).await {
@@ -313,6 +319,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         bytes: reports().map(|r| r.bytes).sum(),
         layers_copied: reports().map(|r| r.layers_copied).sum(),
         layers_mounted: reports().map(|r| r.layers_mounted).sum(),
+        mounts_declined: reports().map(|r| r.mounts_declined).sum(),
         layers_rewritten: plan.graph.rewrites(),
         checks_skipped: targets
             .iter()
@@ -323,6 +330,37 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         prune_failed,
         targets,
     }
+}
+
+/// Where this run saw blobs on registries, for later runs to mount from
+/// (`crate::blob_locations`): every blob of a registry source the plan
+/// resolved, and every blob of an image written to a registry.
+fn sightings(plan: &Plan, outcomes: &[TargetOutcome]) -> Vec<Sighting> {
+    let mut seen: HashSet<Sighting> = HashSet::new();
+    for (t, o) in plan.targets.iter().zip(outcomes) {
+        if let (Reference::Registry(r), Some(resolved), false) = (
+            &t.target.source,
+            &t.resolved,
+            matches!(t.action, Action::Failed { .. }),
+        ) {
+            for img in &resolved.images {
+                let blobs = img.manifest.layers.iter().chain(std::iter::once(&img.manifest.config));
+                seen.extend(blobs.map(|b| Sighting {
+                    host: r.host.clone(),
+                    repository: r.repository.clone(),
+                    digest: b.digest.clone(),
+                }));
+            }
+        }
+        if let (Reference::Registry(r), Some(report)) = (&t.target.destination, &o.report) {
+            seen.extend(report.blobs.iter().map(|d| Sighting {
+                host: r.host.clone(),
+                repository: r.repository.clone(),
+                digest: d.clone(),
+            }));
+        }
+    }
+    seen.into_iter().collect()
 }
 
 /// The outcome of one walked target.

@@ -81,6 +81,10 @@ pub struct CopyReport {
     pub layers_skipped: usize,
     /// Layers the destination got by a cross-repository mount.
     pub layers_mounted: usize,
+    /// Mounts the registry declined (the repository asked no longer holds
+    /// the blob, or may not be read); each blob was then tried elsewhere or
+    /// uploaded. Not an error.
+    pub mounts_declined: usize,
     /// Layer bytes read from the source for this target.
     pub bytes: u64,
     /// Wall time.
@@ -98,6 +102,10 @@ pub struct CopyReport {
     /// Each image written (config digest, diff_ids), for the post-run check.
     #[serde(skip)]
     pub written: Vec<WrittenImage>,
+    /// Every blob (layers and configs) of the images written, as the
+    /// destination now holds them: where later runs may mount them from.
+    #[serde(skip)]
+    pub blobs: Vec<Digest>,
 }
 
 /// Runs the check (and whatever else follows a commit) of a target.
@@ -142,6 +150,7 @@ struct Walk<'a> {
     started: Instant,
     copied: HashMap<usize, AtomicUsize>,
     mounted: HashMap<usize, AtomicUsize>,
+    declined: HashMap<usize, AtomicUsize>,
 }
 
 /// What running one node finished: itself, and the nodes it ran inline
@@ -172,6 +181,7 @@ pub async fn walk(
         started: Instant::now(),
         copied: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
         mounted: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
+        declined: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
     };
     w.run().await
 }
@@ -609,13 +619,13 @@ impl<'a> Walk<'a> {
             return r;
         }
         match &work.how {
-            Some(How::Mount { from }) => {
+            Some(How::Mount { from, or, remembered }) => {
                 let _permit = self.transfers.acquire().await;
                 let desc = work
                     .source_blob
                     .clone()
                     .ok_or_else(|| Error::invalid("a mount without a blob"))?;
-                if io.sink.mount_blob(&desc.digest, from).await? {
+                if self.mount(io, owner, &desc.digest, from, or, *remembered).await? {
                     tally(&self.mounted, owner);
                     return Ok(());
                 }
@@ -646,6 +656,34 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// Mounts `digest` from `from`, else from each of `or` in turn: whether
+    /// one registry answer was "mounted". Each decline is counted; for
+    /// remembered repositories (hints from earlier runs) a refusal other
+    /// than the network's (a scope not granted, a repository gone) is a
+    /// decline too, never the blob's failure.
+    async fn mount(
+        &self,
+        io: &TargetIo,
+        owner: usize,
+        digest: &Digest,
+        from: &str,
+        or: &[String],
+        remembered: bool,
+    ) -> Result<bool> {
+        for repo in std::iter::once(from).chain(or.iter().map(String::as_str)) {
+            match io.sink.mount_blob(digest, repo).await {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) if remembered && !matches!(e, Error::Network(_)) => {
+                    info!(blob = %digest, from = repo, "remembered location refused: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+            tally(&self.declined, owner);
+        }
+        Ok(false)
+    }
+
     /// A config: registries get it as a blob now (present, mounted or
     /// uploaded); file stores write it with the manifest; a filtered
     /// config is known only at the commit, which puts it.
@@ -672,9 +710,9 @@ impl<'a> Walk<'a> {
                 note_all();
                 Ok(())
             }
-            Some(How::Mount { from }) => {
+            Some(How::Mount { from, or, remembered }) => {
                 let _permit = self.transfers.acquire().await;
-                if !io.sink.mount_blob(&desc.digest, from).await? {
+                if !self.mount(io, owner, &desc.digest, from, or, *remembered).await? {
                     let bytes = config_bytes(&io.resolved, &self.configs, &desc.digest)?;
                     put_bytes(io.sink.as_ref(), &desc, bytes).await?;
                 }
@@ -804,12 +842,23 @@ impl<'a> Walk<'a> {
             layers_copied: copied,
             layers_skipped: distinct.len().saturating_sub(copied),
             layers_mounted: mounted,
+            mounts_declined: count(&self.declined, t),
             bytes: io.bytes_read.load(Ordering::Relaxed),
             elapsed: self.started.elapsed(),
             matches,
             layers_from_cache: from_cache,
             layers_rewritten: rewritten_here,
             written: after.iter().map(WrittenImage::of).collect(),
+            blobs: after
+                .iter()
+                .flat_map(|i| {
+                    i.manifest
+                        .layers
+                        .iter()
+                        .map(|l| l.digest.clone())
+                        .chain(std::iter::once(i.manifest.config.digest.clone()))
+                })
+                .collect(),
         };
         if let Ok(mut r) = self.reports.lock() {
             r.insert(t, report);
@@ -892,7 +941,7 @@ fn describe(g: &WorkGraph, i: NodeIndex) -> String {
             let verb = match &w.how {
                 Some(How::Upload) => "upload".to_string(),
                 Some(How::Write) => "write".to_string(),
-                Some(How::Mount { from }) => format!("mount (from {from})"),
+                Some(How::Mount { from, .. }) => format!("mount (from {from})"),
                 _ => "find".to_string(),
             };
             let what = w

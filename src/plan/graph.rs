@@ -7,7 +7,9 @@
 //!   destination of that chain;
 //! - `blob` / `config`: a blob in a store (a registry repository, or one file
 //!   destination), and how it gets there: `present`, `mount` from another
-//!   repository of the same registry, `upload`, or `write` (files);
+//!   repository of the same registry (one this run reads or writes, or one
+//!   earlier runs saw it in: `crate::blob_locations`), `upload`, or `write`
+//!   (files);
 //! - `manifest`, `index`, `tag`: the commit of one target, in that order;
 //! - `check`: the post-run check of a target; `prune`: a tag to delete.
 //!
@@ -28,6 +30,7 @@ use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
 use super::{holds_index, Action, BlobCounts, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
+use crate::blob_locations::Remembered;
 use crate::cache::LayerCache;
 use crate::filter::FilterSpec;
 use crate::image::{Compression, Descriptor, Digest};
@@ -40,8 +43,19 @@ use crate::registry::RegistryClient;
 pub enum How {
     /// The store holds it already.
     Present,
-    /// Mounted from another repository of the same registry.
-    Mount { from: String },
+    /// Mounted from another repository of the same registry: `from`, then
+    /// each of `or` in turn while the registry declines; uploaded when all
+    /// decline.
+    Mount {
+        from: String,
+        /// More repositories to try (remembered ones), in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        or: Vec<String>,
+        /// Whether the repositories are remembered from earlier runs (the
+        /// blob-location cache), not known to hold the blob in this one.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        remembered: bool,
+    },
     /// Sent to a registry.
     Upload,
     /// Written to a file destination.
@@ -387,6 +401,29 @@ impl WorkGraph {
         c
     }
 
+    /// The remembered repositories (from earlier runs) that target `target`
+    /// mounts from first, with how many of its blobs each: for the plan.
+    pub fn remembered_mounts(&self, target: usize) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        let Some(tw) = self.targets.get(&target) else { return out };
+        let mut seen = HashSet::new();
+        for img in &tw.images {
+            for &i in img.layers.iter().chain(std::iter::once(&img.config)) {
+                let w = &self.graph[i];
+                if !seen.insert(i) || w.targets.first() != Some(&target) {
+                    continue;
+                }
+                if let Some(How::Mount {
+                    from, remembered: true, ..
+                }) = &w.how
+                {
+                    *out.entry(from.clone()).or_default() += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// Per store: fetches (sources), rewrites, uploads, mounts, present
     /// blobs, manifest PUTs and bytes, as the executor will do them.
     pub fn store_totals(&self) -> BTreeMap<String, StoreTotals> {
@@ -554,7 +591,10 @@ impl WorkGraph {
                     w.how
                         .as_ref()
                         .map(|h| match h {
-                            How::Mount { from } => format!("mount from {from}"),
+                            How::Mount {
+                                from, remembered: true, ..
+                            } => format!("mount from {from} (remembered)"),
+                            How::Mount { from, .. } => format!("mount from {from}"),
                             other => other.name().to_string(),
                         })
                         .unwrap_or_default(),
@@ -670,16 +710,29 @@ struct WantedBlob {
 pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
     // Blobs each store holds now (asked once per store and blob).
     let presence = presence(ctx, planned).await;
-    assemble(ctx.cache.as_ref(), planned, &presence)
+    // Where earlier runs saw blobs, when a registry is written (read once).
+    let writes_registry = planned
+        .iter()
+        .any(|t| t.action.writes() && matches!(t.target.destination, Reference::Registry(_)));
+    let remembered = match &ctx.cache {
+        Some(c) if writes_registry => c.blob_locations().load(),
+        _ => Remembered::default(),
+    };
+    assemble(ctx.cache.as_ref(), planned, &presence, &remembered)
 }
 
 /// The graph's shape alone: every blob sent, nothing asked of the stores
 /// nor of the layer cache (for partitioning targets into shards).
 pub fn shape(planned: &[PlannedTarget]) -> WorkGraph {
-    assemble(None, planned, &Presence::default())
+    assemble(None, planned, &Presence::default(), &Remembered::default())
 }
 
-fn assemble(cache: Option<&LayerCache>, planned: &[PlannedTarget], presence: &Presence) -> WorkGraph {
+fn assemble(
+    cache: Option<&LayerCache>,
+    planned: &[PlannedTarget],
+    presence: &Presence,
+    remembered: &Remembered,
+) -> WorkGraph {
     let mut g = WorkGraph::default();
     // (host, digest) → the upload node that first sends it there, and its repository.
     let mut uploaded_on: Uploads = HashMap::new();
@@ -746,7 +799,7 @@ fn assemble(cache: Option<&LayerCache>, planned: &[PlannedTarget], presence: &Pr
                         lookup: plain_key.clone(),
                     },
                 };
-                let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on);
+                let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on, remembered);
                 let sends = how.sends();
                 let (blob, created) = g.node(
                     NodeKey::Blob {
@@ -822,7 +875,7 @@ fn assemble(cache: Option<&LayerCache>, planned: &[PlannedTarget], presence: &Pr
                     lookup: Some(cfg.digest.clone()),
                 }
             };
-            let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on);
+            let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on, remembered);
             let (config, _) = g.node(
                 NodeKey::Config {
                     store: store.key.clone(),
@@ -1008,10 +1061,12 @@ fn note_upload(
     };
     let key = (host.clone(), d.clone());
     match how {
-        How::Upload => {
+        // A mount from a remembered repository brings the blob here too
+        // (mounted, or uploaded when declined): later targets mount from here.
+        How::Upload | How::Mount { remembered: true, .. } => {
             uploads.entry(key).or_insert((node, repo.clone()));
         }
-        How::Mount { from } => {
+        How::Mount { from, .. } => {
             if let Some((up, up_repo)) = uploads.get(&key) {
                 if *up != node && up_repo == from {
                     g.edge(*up, node, "mounted from");
@@ -1024,14 +1079,16 @@ fn note_upload(
 
 /// How a blob gets into a store: present if the store holds it; else for a
 /// registry, mounted from a repository of the same host that this run
-/// uploads it to first, that holds it already, or that is the source's;
-/// else sent.
+/// uploads it to first, that holds it already, or that is the source's, or
+/// else that earlier runs saw it in (remembered: the registry's answer to
+/// the mount decides, an upload when it declines); else sent.
 fn blob_how(
     store: &Store,
     wanted: &WantedBlob,
     presence: &Presence,
     same_host_source: &Option<String>,
     uploads: &Uploads,
+    remembered: &Remembered,
 ) -> How {
     let Some(d) = &wanted.lookup else {
         return if store.host.is_some() { How::Upload } else { How::Write };
@@ -1041,19 +1098,33 @@ fn blob_how(
     }
     let Some(host) = &store.host else { return How::Write };
     let key = (host.clone(), d.clone());
+    let mount = |from: &String| How::Mount {
+        from: from.clone(),
+        or: Vec::new(),
+        remembered: false,
+    };
     if let Some((_, repo)) = uploads.get(&key) {
         if Some(repo) != store.repository.as_ref() {
-            return How::Mount { from: repo.clone() };
+            return mount(repo);
         }
     }
     if let Some(repo) = presence.on_host.get(&key) {
         if Some(repo) != store.repository.as_ref() {
-            return How::Mount { from: repo.clone() };
+            return mount(repo);
         }
     }
-    match same_host_source {
-        Some(repo) => How::Mount { from: repo.clone() },
-        None => How::Upload,
+    if let Some(repo) = same_host_source {
+        return mount(repo);
+    }
+    let mut candidates = remembered.candidates(host, d, store.repository.as_deref().unwrap_or_default());
+    if candidates.is_empty() {
+        return How::Upload;
+    }
+    let from = candidates.remove(0);
+    How::Mount {
+        from,
+        or: candidates,
+        remembered: true,
     }
 }
 

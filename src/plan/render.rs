@@ -122,7 +122,7 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         let _ = writeln!(out, "{}", nothing_to_do(plan));
         return out;
     }
-    for t in &plan.targets {
+    for (i, t) in plan.targets.iter().enumerate() {
         let (on, off) = if colour_on {
             (colour(&t.action), "\x1b[0m")
         } else {
@@ -149,6 +149,10 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         let b = blobs(t);
         if !b.is_empty() {
             let _ = writeln!(out, "    blobs: {b}");
+        }
+        for (repo, n) in plan.graph.remembered_mounts(i) {
+            let blobs = if n == 1 { "blob" } else { "blobs" };
+            let _ = writeln!(out, "    mount from {repo} (remembered): {n} {blobs}");
         }
     }
     if !plan.shared.is_empty() {

@@ -1,0 +1,365 @@
+//! Blob locations remembered across runs, like containers/image's blob-info
+//! cache: per registry host, which repositories held which blobs when occy
+//! last wrote them there or read them from there as a source. The planner
+//! reads them to plan a cross-repository mount instead of an upload
+//! ([`Remembered::candidates`]); `exec` records what a run saw
+//! ([`BlobLocations::record`]).
+//!
+//! A remembered location is a hint, never a fact: a mount is the registry's
+//! answer (201 mounted, 202 declined, then occy uploads), and nothing is
+//! taken as present in a repository without a HEAD.
+//!
+//! One JSON file, `blob-locations.json` in the cache directory (beside the
+//! layer cache's `layers/`), bounded to [`MAX_LOCATIONS`] entries and
+//! [`MAX_PER_BLOB`] repositories per blob and host, oldest dropped. Writers
+//! merge their sightings into what is there under an exclusive lock
+//! (`blob-locations.json.lock`) and replace the file by renaming a complete
+//! temporary file, so concurrent runs lose nothing and a reader never sees
+//! half a file. A file that cannot be read or parsed is ignored with a
+//! warning (and replaced by the next write).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+use crate::image::Digest;
+
+/// The file's name in the cache directory.
+pub const FILE_NAME: &str = "blob-locations.json";
+/// Entries kept in all (one entry: a host, a repository and a blob); the
+/// oldest go first. About 150 bytes each on disk.
+pub const MAX_LOCATIONS: usize = 10_000;
+/// Repositories kept per blob and host, the most recently seen.
+pub const MAX_PER_BLOB: usize = 8;
+/// Remembered repositories a mount tries, most recently seen first (as
+/// containers/image tries a few of its candidates).
+pub const CANDIDATES: usize = 3;
+/// The version of the file's format.
+const VERSION: u32 = 1;
+
+/// One remembered location: `repository` on `host` held `digest` at `seen`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub host: String,
+    pub repository: String,
+    pub digest: Digest,
+    /// When it was last seen there, in milliseconds since 1970.
+    pub seen: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LocationsFile {
+    version: u32,
+    locations: Vec<Location>,
+}
+
+/// The remembered-locations file of one cache directory.
+#[derive(Debug, Clone)]
+pub struct BlobLocations {
+    path: PathBuf,
+}
+
+/// A blob seen in a repository during a run (what [`BlobLocations::record`] takes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Sighting {
+    pub host: String,
+    pub repository: String,
+    pub digest: Digest,
+}
+
+impl BlobLocations {
+    /// The file in the cache directory `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        BlobLocations {
+            path: dir.join(FILE_NAME),
+        }
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the file remembers now (nothing when it is missing, or cannot be
+    /// read or parsed: then with a warning).
+    pub fn load(&self) -> Remembered {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Remembered::default(),
+            Err(e) => {
+                warn!(
+                    "the remembered blob locations in {} cannot be read, ignoring them: {e}",
+                    self.path.display()
+                );
+                return Remembered::default();
+            }
+        };
+        match parse(&bytes) {
+            Ok(locations) => Remembered::from_locations(locations),
+            Err(why) => {
+                warn!(
+                    "the remembered blob locations in {} are unusable, ignoring them (the next run rewrites the file): {why}",
+                    self.path.display()
+                );
+                Remembered::default()
+            }
+        }
+    }
+
+    /// Merges `seen` (seen now) into the file under its lock, keeping the
+    /// bound. Failing to write never fails a run: it is logged.
+    pub async fn record(&self, seen: Vec<Sighting>) {
+        if seen.is_empty() {
+            return;
+        }
+        let n = seen.len();
+        if let Err(e) = self.try_record(seen, now_millis()).await {
+            warn!("could not remember where {n} blobs were seen: {e}");
+        } else {
+            debug!("remembered {n} blob locations in {}", self.path.display());
+        }
+    }
+
+    async fn try_record(&self, seen: Vec<Sighting>, at: u64) -> Result<()> {
+        if let Some(dir) = self.path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| Error::io("create", dir, e))?;
+        }
+        let path = self.path.clone();
+        crate::sink::atomic::locked_update(&self.path, move |current| {
+            let mut locations = match current.as_deref().map(parse) {
+                Some(Ok(l)) => l,
+                Some(Err(why)) => {
+                    warn!(
+                        "the remembered blob locations in {} are unusable, starting them afresh: {why}",
+                        path.display()
+                    );
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            locations.extend(seen.into_iter().map(|s| Location {
+                host: s.host,
+                repository: s.repository,
+                digest: s.digest,
+                seen: at,
+            }));
+            let file = LocationsFile {
+                version: VERSION,
+                locations: bounded(locations),
+            };
+            Ok(serde_json::to_vec(&file)?)
+        })
+        .await
+    }
+}
+
+/// The locations in a file's bytes, or why they are unusable.
+fn parse(bytes: &[u8]) -> std::result::Result<Vec<Location>, String> {
+    let file: LocationsFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if file.version != VERSION {
+        return Err(format!("format version {}, this occy writes {VERSION}", file.version));
+    }
+    Ok(file.locations)
+}
+
+/// One entry per (host, repository, blob), the latest sighting; at most
+/// [`MAX_PER_BLOB`] repositories per (host, blob) and [`MAX_LOCATIONS`] in
+/// all, the most recent kept. Newest first.
+fn bounded(locations: Vec<Location>) -> Vec<Location> {
+    let mut latest: HashMap<(String, String, Digest), u64> = HashMap::new();
+    for l in locations {
+        let seen = latest.entry((l.host, l.repository, l.digest)).or_insert(0);
+        *seen = (*seen).max(l.seen);
+    }
+    let mut all: Vec<Location> = latest
+        .into_iter()
+        .map(|((host, repository, digest), seen)| Location {
+            host,
+            repository,
+            digest,
+            seen,
+        })
+        .collect();
+    all.sort_by(newest_first);
+    let mut per_blob: HashMap<(&str, &Digest), usize> = HashMap::new();
+    let mut keep = vec![false; all.len()];
+    let mut kept = 0;
+    for (i, l) in all.iter().enumerate() {
+        if kept == MAX_LOCATIONS {
+            break;
+        }
+        let n = per_blob.entry((l.host.as_str(), &l.digest)).or_default();
+        if *n < MAX_PER_BLOB {
+            *n += 1;
+            keep[i] = true;
+            kept += 1;
+        }
+    }
+    let mut keep = keep.into_iter();
+    all.retain(|_| keep.next().unwrap_or(false));
+    all
+}
+
+/// Most recently seen first; ties in a stable order (host, digest, repository).
+fn newest_first(a: &Location, b: &Location) -> std::cmp::Ordering {
+    b.seen
+        .cmp(&a.seen)
+        .then_with(|| a.host.cmp(&b.host))
+        .then_with(|| a.digest.cmp(&b.digest))
+        .then_with(|| a.repository.cmp(&b.repository))
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the file remembered when a run started, ready for the planner.
+#[derive(Debug, Default, Clone)]
+pub struct Remembered {
+    /// (host, blob) → repositories, most recently seen first.
+    by_blob: HashMap<(String, Digest), Vec<String>>,
+}
+
+impl Remembered {
+    fn from_locations(mut locations: Vec<Location>) -> Self {
+        locations.sort_by(newest_first);
+        let mut by_blob: HashMap<(String, Digest), Vec<String>> = HashMap::new();
+        for l in locations {
+            by_blob.entry((l.host, l.digest)).or_default().push(l.repository);
+        }
+        Remembered { by_blob }
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.by_blob.is_empty()
+    }
+
+    /// Repositories of `host` remembered to hold `digest`, other than
+    /// `except` (the repository being written), most recently seen first, at
+    /// most [`CANDIDATES`].
+    pub fn candidates(&self, host: &str, digest: &Digest, except: &str) -> Vec<String> {
+        self.by_blob
+            .get(&(host.to_string(), digest.clone()))
+            .map(|repos| {
+                repos
+                    .iter()
+                    .filter(|r| r.as_str() != except)
+                    .take(CANDIDATES)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    fn seen(host: &str, repo: &str, digest: Digest) -> Sighting {
+        Sighting {
+            host: host.into(),
+            repository: repo.into(),
+            digest,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_merge_and_answer_most_recent_first() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = BlobLocations::in_dir(&t.path().join("occy"));
+        assert!(cache.load().is_empty(), "no file yet: nothing remembered");
+        cache.try_record(vec![seen("h:5000", "a", d(1))], 1_000).await.unwrap();
+        cache
+            .try_record(vec![seen("h:5000", "b", d(1)), seen("other:1", "c", d(1))], 2_000)
+            .await
+            .unwrap();
+        cache.try_record(vec![seen("h:5000", "a", d(1))], 500).await.unwrap();
+        let r = cache.load();
+        // b is the most recent; a older one keeps its latest time (1000).
+        assert_eq!(r.candidates("h:5000", &d(1), "x"), ["b", "a"]);
+        assert_eq!(r.candidates("h:5000", &d(1), "b"), ["a"], "never the repository written");
+        assert_eq!(r.candidates("other:1", &d(1), "x"), ["c"], "per host");
+        assert!(r.candidates("h:5000", &d(2), "x").is_empty());
+    }
+
+    #[test]
+    fn bounded_keeps_the_newest_per_blob_and_in_all() {
+        let mut v = Vec::new();
+        for i in 0..(MAX_PER_BLOB as u64 + 4) {
+            v.push(Location {
+                host: "h".into(),
+                repository: format!("r{i}"),
+                digest: d(1),
+                seen: i,
+            });
+        }
+        let kept = bounded(v);
+        assert_eq!(kept.len(), MAX_PER_BLOB);
+        assert_eq!(kept[0].repository, format!("r{}", MAX_PER_BLOB + 3), "newest first");
+        assert!(kept.iter().all(|l| l.seen >= 4), "the oldest dropped: {kept:?}");
+
+        let many: Vec<Location> = (0..(MAX_LOCATIONS + 50))
+            .map(|i| Location {
+                host: "h".into(),
+                repository: "r".into(),
+                digest: Digest::of(&(i as u64).to_le_bytes()),
+                seen: i as u64,
+            })
+            .collect();
+        let kept = bounded(many);
+        assert_eq!(kept.len(), MAX_LOCATIONS);
+        assert_eq!(kept.last().unwrap().seen, 50, "the 50 oldest dropped");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_ignored_then_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = BlobLocations::in_dir(t.path());
+        std::fs::write(cache.path(), b"{\"version\":1,\"locations\":[{\"host\":").unwrap();
+        assert!(cache.load().is_empty());
+        std::fs::write(cache.path(), b"{\"version\":99,\"locations\":[]}").unwrap();
+        assert!(cache.load().is_empty(), "another format version is not read");
+        cache.try_record(vec![seen("h", "a", d(3))], 7).await.unwrap();
+        assert_eq!(cache.load().candidates("h", &d(3), "x"), ["a"]);
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_path_buf();
+        let threads: Vec<_> = (0..8u8)
+            .map(|w| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                    let cache = BlobLocations::in_dir(&dir);
+                    for k in 0..10u8 {
+                        rt.block_on(cache.try_record(vec![seen("h", &format!("w{w}"), d(k))], 1 + k as u64))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        let bytes = std::fs::read(dir.join(FILE_NAME)).unwrap();
+        let all = parse(&bytes).unwrap();
+        assert_eq!(all.len(), 80, "every writer's every sighting is there");
+    }
+}
