@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # occy beside its peers — skopeo (Debian) and occystrap 0.4.17 (PyPI) — on
-# six workloads, on loopback and through an emulated WAN, with the bytes and
+# seven workloads, on loopback and through an emulated WAN, with the bytes and
 # requests each registry saw. docs/performance.md explains the workloads, the
 # targets and a recent result.
 #
@@ -19,7 +19,7 @@
 #                        namespace when root and the kernel has it, else the proxy)
 #   --rtt MS             emulated round trip (default 30)
 #   --mbit N             emulated bandwidth per direction, Mbit/s (default 200)
-#   --workloads LIST     cold,warm,tar,filtered,plan,fanout (default all)
+#   --workloads LIST     cold,warm,tar,filtered,plan,fanout,separate (default all)
 #   --tools LIST         occy,skopeo,occystrap (default all; occystrap re-compresses
 #                        every layer at gzip -9 and takes minutes per run)
 #   --no-install         never apt-get/pip install; fail naming what is missing
@@ -35,7 +35,7 @@ cd "$(dirname "$0")/.."
 repo_root=$PWD
 
 reps=3 images=20 base_sizes=8,24,64 top_size=4 big_size=512 plan_repos=50 plan_tags=20
-networks=loopback,wan wan_kind=auto rtt=30 mbit=200 workloads=cold,warm,tar,filtered,plan,fanout tools=occy,skopeo,occystrap
+networks=loopback,wan wan_kind=auto rtt=30 mbit=200 workloads=cold,warm,tar,filtered,plan,fanout,separate tools=occy,skopeo,occystrap
 install=1 keep=0
 
 die() {
@@ -507,6 +507,45 @@ fanout() { # TOOL REP
     true # occystrap has no sync and no OCI layout output
 }
 
+# separate runs: the first 10 images of the mirror set (they share base
+# layers), each copied by a process of its own into a new repository of the
+# destination, one after the other, as a CI loop does: `occy process` with
+# one cache directory, `skopeo copy` with its blob-info cache (each fresh per
+# repetition). What a run remembers is all a later run can mount from.
+separate() { # TOOL REP
+    local tool=$1 rep=$2 a sep=("${apps[@]:0:10}")
+    case $tool in
+    occy)
+        fresh_destination
+        rm -rf "$work/cache"
+        {
+            echo 'set -e'
+            for a in "${sep[@]}"; do
+                printf '%q ' "$occy" -q --cache-dir "$work/cache" --insecure-registry "$src" --insecure-registry "$dst" \
+                    process "registry://$src/bench/$a:1.0" "registry://$dst/sep/$a:1.0"
+                echo
+            done
+        } >"$work/separate-occy.sh"
+        run separate occy "$rep" "${#sep[@]}" bash "$work/separate-occy.sh"
+        ;;
+    skopeo)
+        fresh_destination
+        rm -rf "$work/skopeo-cache"
+        skopeo_in "$work/skopeo-cache"
+        {
+            echo 'set -e'
+            for a in "${sep[@]}"; do
+                printf '%q ' "${sk[@]}" copy --src-tls-verify=false --dest-tls-verify=false \
+                    "docker://$src/bench/$a:1.0" "docker://$dst/sep/$a:1.0"
+                echo
+            done
+        } >"$work/separate-skopeo.sh"
+        run separate skopeo "$rep" "${#sep[@]}" bash "$work/separate-skopeo.sh"
+        ;;
+    esac
+    true # occystrap: workload 1 already runs it one process per image
+}
+
 plan() { # REP
     fresh_destination
     rm -rf "$work/cache"
@@ -534,6 +573,9 @@ for net in ${networks//,/ }; do
         if has plan "$workloads"; then plan "$rep"; fi
         if has fanout "$workloads"; then
             for t in $(order "$rep"); do fanout "$t" "$rep"; done
+        fi
+        if has separate "$workloads"; then
+            for t in $(order "$rep"); do separate "$t" "$rep"; done
         fi
     done
     [ -n "${dst_pid:-}" ] && stop_pid "$dst_pid" && dst_pid=""

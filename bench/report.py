@@ -189,6 +189,7 @@ WORKLOADS = {
     "filtered": "4 filtered mirror",
     "plan": "5 --plan",
     "fanout": "6 fan-out (3 kinds)",
+    "separate": "7 separate runs",
 }
 TOOLS = ["occy", "skopeo", "occystrap"]
 FIELDS = ["mode", "workload", "tool", "rep", "wall", "rss_kib", "src_req", "dst_req",
@@ -333,6 +334,17 @@ def table(path):
         r = ratio(mode, "fanout", "skopeo")
         if r is not None:
             target(f"6 fan-out, {mode}: occy <= 0.4 x skopeo (sync + copy loops)", r <= 0.4, f"{r:.2f} x")
+    for mode in modes:
+        r = ratio(mode, "separate", "skopeo")
+        if r is None:
+            continue
+        o, p = med("up_bytes", mode, "separate", "occy"), med("up_bytes", mode, "separate", "skopeo")
+        target(f"7 separate runs, {mode}: occy uploads <= skopeo's bytes", o <= p,
+               f"occy {fmt_bytes(o)} MiB ({med('uploads', mode, 'separate', 'occy'):.0f} blobs, "
+               f"{med('mounts', mode, 'separate', 'occy'):.0f} mounts), skopeo {fmt_bytes(p)} MiB "
+               f"({med('uploads', mode, 'separate', 'skopeo'):.0f} blobs, "
+               f"{med('mounts', mode, 'separate', 'skopeo'):.0f} mounts)")
+        target(f"7 separate runs, {mode}: occy <= 0.8 x skopeo copy loop", r <= 0.8, f"{r:.2f} x")
     print("\n".join(out))
 
 

@@ -292,7 +292,11 @@ mod tests {
         let r = cache.load();
         // b is the most recent; a older one keeps its latest time (1000).
         assert_eq!(r.candidates("h:5000", &d(1), "x"), ["b", "a"]);
-        assert_eq!(r.candidates("h:5000", &d(1), "b"), ["a"], "never the repository written");
+        assert_eq!(
+            r.candidates("h:5000", &d(1), "b"),
+            ["a"],
+            "never the repository written"
+        );
         assert_eq!(r.candidates("other:1", &d(1), "x"), ["c"], "per host");
         assert!(r.candidates("h:5000", &d(2), "x").is_empty());
     }

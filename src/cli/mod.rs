@@ -191,12 +191,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, value_name = "FORMAT", env = "OCCY_COMPRESSION")]
     pub compression: Option<String>,
 
-    /// Layer cache directory: remembers what a filter chain made of each
-    /// layer (default: $XDG_CACHE_HOME/occy or ~/.cache/occy)
+    /// Cache directory: what a filter chain made of each layer, and which
+    /// registry repositories held which blobs, to mount them from (default:
+    /// $XDG_CACHE_HOME/occy or ~/.cache/occy)
     #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, value_name = "DIR", env = "OCCY_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Do not use the layer cache
+    /// Do not use the cache (layers made by filters, remembered blob locations)
     #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, conflicts_with = "cache_dir")]
     pub no_cache: bool,
 

@@ -338,11 +338,9 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
 fn sightings(plan: &Plan, outcomes: &[TargetOutcome]) -> Vec<Sighting> {
     let mut seen: HashSet<Sighting> = HashSet::new();
     for (t, o) in plan.targets.iter().zip(outcomes) {
-        if let (Reference::Registry(r), Some(resolved), false) = (
-            &t.target.source,
-            &t.resolved,
-            matches!(t.action, Action::Failed { .. }),
-        ) {
+        if let (Reference::Registry(r), Some(resolved), false) =
+            (&t.target.source, &t.resolved, matches!(t.action, Action::Failed { .. }))
+        {
             for img in &resolved.images {
                 let blobs = img.manifest.layers.iter().chain(std::iter::once(&img.manifest.config));
                 seen.extend(blobs.map(|b| Sighting {

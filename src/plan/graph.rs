@@ -405,7 +405,9 @@ impl WorkGraph {
     /// mounts from first, with how many of its blobs each: for the plan.
     pub fn remembered_mounts(&self, target: usize) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        let Some(tw) = self.targets.get(&target) else { return out };
+        let Some(tw) = self.targets.get(&target) else {
+            return out;
+        };
         let mut seen = HashSet::new();
         for img in &tw.images {
             for &i in img.layers.iter().chain(std::iter::once(&img.config)) {

@@ -33,10 +33,13 @@ fn data_layer(dir: &str, size: u64, seed: u64) -> LayerSpec {
     }
 }
 
-/// The images as an OCI layout, written once; and each image's blobs
-/// (layers and config), as hex digests.
-fn images() -> &'static (PathBuf, Vec<(String, Vec<String>)>) {
-    static SET: OnceLock<(PathBuf, Vec<(String, Vec<String>)>)> = OnceLock::new();
+/// An OCI layout and, per image, its name and blobs (layers and config) as
+/// hex digests.
+type ImageSet = (PathBuf, Vec<(String, Vec<String>)>);
+
+/// The images as an OCI layout, written once.
+fn images() -> &'static ImageSet {
+    static SET: OnceLock<ImageSet> = OnceLock::new();
     SET.get_or_init(|| {
         let bases = [
             data_layer("os", 96 * 1024, 7001),
@@ -113,13 +116,23 @@ impl Writes {
     fn of(log: &str, repos_under: &str) -> Writes {
         let mut w = Writes::default();
         for line in log.lines() {
-            let Some((_, rest)) = line.split_once('"') else { continue };
-            let Some((request, after)) = rest.split_once('"') else { continue };
+            let Some((_, rest)) = line.split_once('"') else {
+                continue;
+            };
+            let Some((request, after)) = rest.split_once('"') else {
+                continue;
+            };
             let status = after.split_whitespace().next().unwrap_or("");
             let mut parts = request.split_whitespace();
-            let (Some(method), Some(path)) = (parts.next(), parts.next()) else { continue };
-            let Some(path) = path.strip_prefix("/v2/") else { continue };
-            let Some((repo, upload)) = path.split_once("/blobs/uploads/") else { continue };
+            let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(path) = path.strip_prefix("/v2/") else {
+                continue;
+            };
+            let Some((repo, upload)) = path.split_once("/blobs/uploads/") else {
+                continue;
+            };
             if !repo.starts_with(repos_under) {
                 continue;
             }
@@ -169,7 +182,11 @@ fn separate_runs_mount_what_earlier_runs_wrote_and_without_the_cache_upload_it_a
     let cache = scratch_dir("blob-cache-separate");
     let distinct = distinct_blobs();
     let all: usize = IMAGES.iter().map(|n| blobs_of(n).len()).sum();
-    assert_eq!(distinct.len(), SHARED_LAYERS + 2 * IMAGES.len(), "the fixture: 3 bases, own layers, configs");
+    assert_eq!(
+        distinct.len(),
+        SHARED_LAYERS + 2 * IMAGES.len(),
+        "the fixture: 3 bases, own layers, configs"
+    );
 
     // Four separate runs, each into a new repository, one cache.
     for (i, name) in IMAGES.iter().enumerate() {
@@ -185,7 +202,10 @@ fn separate_runs_mount_what_earlier_runs_wrote_and_without_the_cache_upload_it_a
     assert_eq!(w.mounts.len(), (IMAGES.len() - 1) * SHARED_LAYERS);
     assert!(w.declined.is_empty(), "{w:?}");
     for (repo, _, from) in &w.mounts {
-        assert!(from.starts_with("sep/svc-") && from != repo, "mounted {repo} from {from}");
+        assert!(
+            from.starts_with("sep/svc-") && from != repo,
+            "mounted {repo} from {from}"
+        );
     }
     // Every image is complete where it was written.
     for name in IMAGES {
@@ -201,7 +221,11 @@ fn separate_runs_mount_what_earlier_runs_wrote_and_without_the_cache_upload_it_a
         assert_eq!(r["layers_copied"], SHARED_LAYERS + 1, "{name}: {r}");
     }
     let w = Writes::of(&reg.access_log(), "nocache/");
-    assert_eq!(w.uploads.len(), all, "without the cache, every blob of every image: {w:?}");
+    assert_eq!(
+        w.uploads.len(),
+        all,
+        "without the cache, every blob of every image: {w:?}"
+    );
     assert!(w.mounts.is_empty() && w.declined.is_empty(), "{w:?}");
 
     // occy sync reads the same cache: the plan says where it mounts from
@@ -272,11 +296,13 @@ fn a_stale_remembered_location_costs_a_declined_mount_and_an_upload() {
     assert_eq!(w.declined[0].2, "stale/elsewhere");
     assert!(w.uploaded().contains(&own_b), "declined, so uploaded: {w:?}");
 
-    // Only the deleted repository remembered for svc-d's bases: every mount
-    // declined, every blob uploaded, and the run succeeds.
+    // Only the deleted repository remembered for svc-d's bases and config:
+    // every mount declined, every blob uploaded, and the run succeeds.
     let fresh = scratch_dir("blob-cache-stale-only");
-    let locations: Vec<Value> = blobs_of("svc-a")
+    let config_d = blobs_of("svc-d")[SHARED_LAYERS + 1].clone();
+    let locations: Vec<Value> = blobs_of("svc-a")[..SHARED_LAYERS]
         .iter()
+        .chain(std::iter::once(&config_d))
         .map(|d| {
             serde_json::json!({"host": reg.host, "repository": "stale/svc-a", "digest": format!("sha256:{d}"), "seen": 5u64})
         })
@@ -288,10 +314,14 @@ fn a_stale_remembered_location_costs_a_declined_mount_and_an_upload() {
     .unwrap();
     let r = process(&reg, Some(&fresh), "svc-d", "stale/svc-d");
     assert_eq!(r["layers_mounted"], 0, "{r}");
-    assert_eq!(r["mounts_declined"], SHARED_LAYERS, "{r}");
+    assert_eq!(r["mounts_declined"], SHARED_LAYERS + 1, "{r}");
     assert_eq!(r["layers_copied"], SHARED_LAYERS + 1, "{r}");
     let w = Writes::of(&reg.access_log(), "stale/svc-d");
-    assert_eq!(w.declined.len(), SHARED_LAYERS, "{w:?}");
+    assert_eq!(w.declined.len(), SHARED_LAYERS + 1, "{w:?}");
+    assert!(
+        w.declined.iter().any(|(_, d, _)| *d == config_d),
+        "the config too: {w:?}"
+    );
     assert!(w.declined.iter().all(|(_, _, from)| from == "stale/svc-a"));
     assert_eq!(w.uploaded(), blobs_of("svc-d").iter().cloned().collect::<BTreeSet<_>>());
     let m = reg.inspect("stale/svc-d:1.0", true);
@@ -339,7 +369,10 @@ fn concurrent_runs_sharing_the_cache_leave_it_whole() {
         .collect();
     for name in ["svc-a", "svc-b", "svc-c"] {
         for b in blobs_of(name) {
-            assert!(held.contains(&(format!("conc/{name}"), b.clone())), "{name} {b} lost: {doc}");
+            assert!(
+                held.contains(&(format!("conc/{name}"), b.clone())),
+                "{name} {b} lost: {doc}"
+            );
         }
     }
     // And occy reads it: the next run mounts the shared layers.

@@ -66,8 +66,21 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// A free port of 127.0.0.1 that no earlier call of this test binary
+/// returned: a registry started later never takes the address of one
+/// stopped before, so the blob locations occy remembers (in the cache
+/// shared by the tests that pass no `--cache-dir`) never name a registry
+/// that is not the one they were seen on.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Removes `path` (and kills `pid`, if any) once this test process has exited.
