@@ -35,7 +35,7 @@ use crate::image::{
     ResolvedImage,
 };
 use crate::plan::graph::{How, NodeKey, StoredForm, WorkGraph};
-use crate::sink::Sink;
+use crate::sink::{Reuse, Sink};
 use crate::source::stream::{after_stream_failure, decompressed, CountingReader};
 use crate::source::{BlobReader, Source};
 
@@ -595,7 +595,7 @@ impl<'a> Walk<'a> {
             // The output of a deterministic rewrite may be there already
             // (an earlier run without the layer cache): a look, then a put.
             let out = output_descriptor(&rewritten.result, plain_store);
-            if io.sink.has_blob(&out.digest).await? {
+            if io.sink.try_reuse(&out.digest, None).await? == Reuse::Present {
                 return Ok(());
             }
             // An upload cut mid-body starts again from the spool.
@@ -671,9 +671,9 @@ impl<'a> Walk<'a> {
         remembered: bool,
     ) -> Result<bool> {
         for repo in std::iter::once(from).chain(or.iter().map(String::as_str)) {
-            match io.sink.mount_blob(digest, repo).await {
-                Ok(true) => return Ok(true),
-                Ok(false) => {}
+            match io.sink.try_reuse(digest, Some(repo)).await {
+                Ok(Reuse::No) => {}
+                Ok(_) => return Ok(true),
                 Err(e) if remembered && !matches!(e, Error::Network(_)) => {
                     info!(blob = %digest, from = repo, "remembered location refused: {e}");
                 }
