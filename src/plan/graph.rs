@@ -66,6 +66,46 @@ impl How {
     }
 }
 
+/// `upload blob sha256:ab12… to registry://host/repo`: one node of work,
+/// for messages.
+pub fn describe_work(w: &Work) -> String {
+    let short = |s: &str| match Digest::parse(s) {
+        Ok(d) => d.short().to_string(),
+        Err(_) => s.to_string(),
+    };
+    match &w.key {
+        NodeKey::Fetch { source, digest } => format!("fetch {} from {source}", digest.short()),
+        NodeKey::Rewrite { input, .. } => format!("rewrite {}", input.short()),
+        NodeKey::Blob { store, blob } | NodeKey::Config { store, blob } => {
+            let verb = match &w.how {
+                Some(How::Upload) => "upload".to_string(),
+                Some(How::Write) => "write".to_string(),
+                Some(How::Mount { from }) => format!("mount (from {from})"),
+                _ => "find".to_string(),
+            };
+            let what = w
+                .source_blob
+                .as_ref()
+                .map(|d| d.digest.short().to_string())
+                .unwrap_or_else(|| short(blob));
+            format!("{verb} {} {what} to {store}", w.key.kind())
+        }
+        NodeKey::Manifest { store, .. } | NodeKey::Index { store, .. } => format!("{} in {store}", w.key.kind()),
+        NodeKey::Tag { destination, image } => format!("commit {image} to {destination}"),
+        NodeKey::Check { destination, image } => format!("check {image} at {destination}"),
+        NodeKey::Prune { destination } => format!("prune {destination}"),
+    }
+}
+
+/// How a blob gets in, in words: `present`, `mount from a/b`, `upload`.
+pub fn how_word(how: Option<&How>) -> String {
+    match how {
+        None => "nothing to move".to_string(),
+        Some(How::Mount { from }) => format!("mount from {from}"),
+        Some(h) => h.name().to_string(),
+    }
+}
+
 /// What a node produces; equal keys are one node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]

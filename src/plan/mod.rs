@@ -351,6 +351,9 @@ pub struct SavedPlan {
     pub sync_file: String,
     pub sync_file_sha256: String,
     pub targets: Vec<SavedTarget>,
+    /// The work graph's nodes: `--apply` does exactly these.
+    #[serde(default)]
+    pub nodes: Vec<graph::Work>,
 }
 
 /// One saved target: enough to pin it.
@@ -387,6 +390,39 @@ impl SavedPlan {
                 path.display()
             ))
         })
+    }
+}
+
+impl SavedPlan {
+    /// The first differences between the work this plan saved and `now`,
+    /// the graph of the same targets at the same digests planned against
+    /// the destinations as they are: empty when the saved plan still
+    /// applies node for node (same nodes, each blob getting in the same
+    /// way). Ids and the order of nodes do not matter.
+    pub fn differences(&self, now: &[graph::Work], limit: usize) -> Vec<String> {
+        let saved: HashMap<&graph::NodeKey, &Option<graph::How>> =
+            self.nodes.iter().map(|w| (&w.key, &w.how)).collect();
+        let current: HashMap<&graph::NodeKey, &Option<graph::How>> = now.iter().map(|w| (&w.key, &w.how)).collect();
+        let mut out = Vec::new();
+        for w in now {
+            match saved.get(&w.key) {
+                None => out.push(format!("{} is new", graph::describe_work(w))),
+                Some(how) if **how != w.how => out.push(format!(
+                    "{}: the plan says {}, the destination now needs {}",
+                    graph::describe_work(w),
+                    graph::how_word(how.as_ref()),
+                    graph::how_word(w.how.as_ref())
+                )),
+                Some(_) => {}
+            }
+        }
+        for w in &self.nodes {
+            if !current.contains_key(&w.key) {
+                out.push(format!("{} is no longer needed", graph::describe_work(w)));
+            }
+        }
+        out.truncate(limit);
+        out
     }
 }
 

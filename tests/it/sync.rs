@@ -351,6 +351,40 @@ fn apply_of_a_saved_plan_is_pinned_and_refuses_a_changed_file() {
 }
 
 #[test]
+fn apply_of_a_saved_plan_does_its_nodes_or_nothing() {
+    let s = Setup::new("sync-stale", MIRROR, "mirror.yaml");
+    let plan_file = s.dir.join("plan.json");
+    assert_ok(
+        &["sync", "--plan"],
+        s.sync(&["--plan", "--out", plan_file.to_str().unwrap()]),
+    );
+    let args = ["sync", "--apply", plan_file.to_str().unwrap(), "--no-cache"];
+
+    // Someone pushes one of the planned images to the destination after the
+    // review: its upload and commit nodes are no longer the work to do.
+    push_as(&s.dst, "alpine_3.19", "mirror/alpine:3.19");
+    let err = fails(&args, 2, "no longer matches the destinations");
+    assert!(
+        err.contains("mirror/alpine") && err.contains("no longer needed"),
+        "{err}"
+    );
+    assert!(err.contains("--plan --out"), "{err}");
+    // Nothing was written: the refusal comes before the first node.
+    let out = s.dir.join("out");
+    let written: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(written.is_empty(), "{written:?}");
+
+    // A new plan of the same file applies, node for node.
+    assert_ok(
+        &["sync", "--plan"],
+        s.sync(&["--plan", "--out", plan_file.to_str().unwrap()]),
+    );
+    assert_ok(&args, occy(&args));
+}
+
+#[test]
 fn detailed_exitcode_is_1_when_a_source_is_missing_and_the_rest_still_syncs() {
     let text = "version: 1\nregistries:\n  SRC: {insecure: true}\n  DST: {insecure: true}\nsync:\n  - from: registry://SRC/no/such-repo:1.0\n    to: registry://DST/x/missing\n  - from: registry://SRC/apps/web:v1.0\n    to: registry://DST/x/web\n";
     let s = Setup::new("sync-missing", text, "missing.yaml");
