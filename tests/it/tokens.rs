@@ -297,73 +297,125 @@ fn a_refused_catalog_scope_names_it_and_suggests_listing_repositories() {
     assert!(!err.contains("--password"), "{err}");
 }
 
-#[test]
-fn a_token_that_expires_mid_run_is_renewed_and_the_request_sent_again() {
+/// Pushes every platform of `multiarch` as alice to `mirror/REPO:1.0` on a
+/// registry of its own whose tokens follow `policy`, slowly (3 requests a
+/// second) so the run outlasts a token. Returns the registry, the run's
+/// report and how long it took.
+fn slow_push(policy: TokenPolicy, repo: &str) -> (TokenRegistry, serde_json::Value, std::time::Duration) {
     let reg = TokenRegistry::start("127.0.0.1");
-    // The registry accepts each token for 2 s, though the service says 300:
-    // occy keeps using a token the registry then refuses as expired.
-    reg.tokens.set_policy(TokenPolicy {
-        life_secs: 2,
-        announced_expires_in: Some(300),
-        ..Default::default()
-    });
+    reg.tokens.set_policy(policy);
+    let dst = reg.url(&format!("mirror/{repo}:1.0"));
     let args = [
         "-O",
         "json",
         "--rate-limit",
-        "5",
+        "3",
         "process",
         "--all-platforms",
         &standard_ref("multiarch"),
-        &reg.url("mirror/expiring:1.0"),
+        &dst,
     ];
     let started = std::time::Instant::now();
     let r = json_of(&assert_ok(&args, alice(&reg, &args)));
     let took = started.elapsed();
-    assert!(took.as_secs_f64() > 3.0, "the run should outlast a token: {took:?}");
-    let blobs = blobs_of("multiarch");
+    let log = reg.log_of(&format!("mirror/{repo}"));
+    // Every blob stored exactly once, the image whole.
+    let uploads = completed_uploads(&log);
+    assert_eq!(
+        uploads.keys().cloned().collect::<BTreeSet<_>>(),
+        blobs_of("multiarch"),
+        "{log:#?}"
+    );
+    assert!(
+        uploads.values().all(|&n| n == 1),
+        "a blob was uploaded twice: {uploads:?}"
+    );
+    assert_eq!(
+        r["layers_copied"].as_u64().unwrap() as usize,
+        layers_of("multiarch"),
+        "{r}"
+    );
+    (reg, r, took)
+}
+
+/// The 401 answers of an access log after the first (the challenge a
+/// client meets before it has any token): tokens the registry refused.
+fn refused_tokens(log: &[String]) -> Vec<(usize, String)> {
+    log.iter()
+        .enumerate()
+        .filter(|(_, l)| l.split('"').nth(2).is_some_and(|s| s.trim().starts_with("401")))
+        .skip(1)
+        .map(|(i, l)| (i, l.split('"').nth(1).unwrap_or("").to_string()))
+        .collect()
+}
+
+/// The token requests for exactly `scope`.
+fn token_requests(reg: &TokenRegistry, scope: &str) -> usize {
+    reg.tokens.requests().iter().filter(|t| t.scopes == [scope]).count()
+}
+
+#[test]
+fn a_token_that_expires_mid_run_is_renewed_and_the_request_sent_again() {
+    // The registry accepts each token for 2 s, though the service says 300:
+    // occy keeps using a token the registry then refuses as expired.
+    let policy = TokenPolicy {
+        life_secs: 2,
+        announced_expires_in: Some(300),
+        ..Default::default()
+    };
+    let (reg, _, took) = slow_push(policy, "expiring");
+    assert!(took.as_secs_f64() > 4.0, "the run should outlast a token: {took:?}");
     let log = reg.log_of("mirror/expiring");
-    // The registry refused expired tokens, and each refused request came again and succeeded.
-    let refused: Vec<&String> = log
-        .iter()
-        .filter(|l| l.split('"').nth(2).is_some_and(|s| s.trim().starts_with("401")))
-        .collect();
+    let refused = refused_tokens(&log);
     assert!(!refused.is_empty(), "no token expired during the run: {log:#?}");
-    for line in &refused {
-        let request = line.split('"').nth(1).unwrap();
-        let pos = log.iter().position(|l| std::ptr::eq(l, *line)).unwrap();
+    // Each refused request came again (a blob upload: from a new session) and succeeded.
+    for (pos, request) in &refused {
+        let upload = request.starts_with("PUT ") && request.contains("/blobs/uploads/");
         assert!(
             log[pos + 1..].iter().any(|l| {
                 let req = l.split('"').nth(1).unwrap_or("");
-                let same = req == request
-                    || (request.starts_with("PUT ") && req.starts_with("POST ") && request.contains("/blobs/uploads/"));
-                same && l.split('"').nth(2).is_some_and(|s| s.trim().starts_with('2'))
+                let again = req == request || (upload && req.starts_with("POST ") && req.contains("/blobs/uploads/"));
+                again && l.split('"').nth(2).is_some_and(|s| s.trim().starts_with('2'))
             }),
             "{request} was not sent again: {log:#?}"
         );
     }
-    // No blob was stored twice.
-    let uploads = completed_uploads(&log);
-    assert_eq!(uploads.keys().cloned().collect::<BTreeSet<_>>(), blobs, "{log:#?}");
-    assert!(uploads.values().all(|&n| n == 1), "{uploads:?}");
-    assert_eq!(r["layers_copied"].as_u64().unwrap() as usize, layers_of("multiarch"));
-    // Tokens were fetched again for the same scope.
-    let push: Vec<_> = reg
-        .tokens
-        .requests()
-        .into_iter()
-        .filter(|t| t.scopes == ["repository:mirror/expiring:pull,push"])
-        .collect();
-    assert!(
-        push.len() >= 2,
-        "the push token was never renewed: {} requests",
-        push.len()
-    );
+    let push = token_requests(&reg, "repository:mirror/expiring:pull,push");
+    assert!(push >= 2, "the push token was never renewed: {push} requests");
     eprintln!(
-        "expiry run: {:.1} s, {} requests refused as expired, {} push tokens",
+        "expiry on 401: {:.1} s, {} requests refused as expired ({:?}), {push} push tokens",
         took.as_secs_f64(),
         refused.len(),
-        push.len()
+        refused
+            .iter()
+            .map(|(_, r)| r.split(' ').next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn a_token_is_renewed_before_it_expires_when_its_lifetime_is_known() {
+    // Tokens live 4 s and the service says so: occy renews each before the
+    // registry would refuse it, so no request meets an expired token.
+    let policy = TokenPolicy {
+        life_secs: 4,
+        ..Default::default()
+    };
+    let (reg, _, took) = slow_push(policy, "renewed");
+    assert!(took.as_secs_f64() > 5.0, "the run should outlast a token: {took:?}");
+    let log = reg.log_of("mirror/renewed");
+    let refused = refused_tokens(&log);
+    assert!(refused.is_empty(), "requests met an expired token: {refused:?}");
+    // A token was fetched again for a scope it had already been fetched for.
+    let pull = token_requests(&reg, "repository:mirror/renewed:pull");
+    let push = token_requests(&reg, "repository:mirror/renewed:pull,push");
+    assert!(
+        pull.max(push) >= 2,
+        "no token was renewed: {pull} pull, {push} push tokens"
+    );
+    eprintln!(
+        "expiry ahead: {:.1} s, {pull} pull and {push} push tokens, no 401 after the challenge",
+        took.as_secs_f64()
     );
 }
 
