@@ -492,3 +492,64 @@ fn verbose_logs_show_no_token_password_or_authorization() {
         assert!(!text.contains("Bearer ey"), "a bearer token is logged");
     }
 }
+
+/// POSTs an OAuth2 form to the token service; returns its JSON answer.
+fn post_token_form(realm: &str, form: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let rest = realm.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap()
+}
+
+#[test]
+fn an_identity_token_is_exchanged_with_the_oauth2_form() {
+    let reg = shared();
+    // What `docker login` stores for such registries: a refresh token got
+    // with the password once (grant_type=password, access_type=offline).
+    let answer = post_token_form(
+        &reg.tokens.realm,
+        &format!(
+            "grant_type=password&username={ALICE}&password={ALICE_PASS}&service={SERVICE}&client_id=test&access_type=offline"
+        ),
+    );
+    let refresh = answer["refresh_token"].as_str().expect("a refresh token").to_string();
+    let dir = scratch_dir("tokens-idt");
+    let authfile = dir.join("auth.json");
+    std::fs::write(
+        &authfile,
+        serde_json::json!({"auths": {reg.host(): {"identitytoken": refresh}}}).to_string(),
+    )
+    .unwrap();
+    let args = [
+        "-O",
+        "json",
+        "--authfile",
+        authfile.to_str().unwrap(),
+        "process",
+        &reg.url("src/app-b:1.0"),
+        &reg.url("mirror/idt-app-b:1.0"),
+    ];
+    let r = json_of(&assert_ok(&args, as_user(reg, None, &args)));
+    assert_eq!(r["layers_mounted"], layers_of("app-b") as u64, "{r}");
+    let exchanged: Vec<_> = reg
+        .tokens
+        .requests_for("mirror/idt-app-b")
+        .into_iter()
+        .filter(|t| t.method == "POST")
+        .collect();
+    assert!(!exchanged.is_empty(), "no OAuth2 POST for the push");
+    for t in &exchanged {
+        assert_eq!(t.grant_type, "refresh_token", "{t:?}");
+        assert_eq!(t.account.as_deref(), Some(ALICE), "{t:?}");
+    }
+}

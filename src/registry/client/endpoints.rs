@@ -450,7 +450,7 @@ impl RegistryClient {
         match resp.status {
             StatusCode::CREATED => Ok(true),
             StatusCode::UNAUTHORIZED => {
-                tracing::info!(
+                tracing::debug!(
                     blob = %digest,
                     "the token service of {} did not grant {} with {}: uploading instead of mounting",
                     self.host(),
