@@ -33,13 +33,15 @@ fn seed(reg: &TokenRegistry, prefixes: &[&str], extra: &[&str]) {
 
 /// The token registry most tests share: images under `src/`, `public/` and
 /// `src/nomount/`, whose pull is left out of any token that also carries a
-/// push scope (a registry forbidding mounts from them).
+/// push scope (a registry forbidding mounts from them); nobody may push to
+/// `mirror/locked-*`.
 fn shared() -> &'static TokenRegistry {
     static DONE: OnceLock<()> = OnceLock::new();
     let reg = TokenRegistry::shared();
     DONE.get_or_init(|| {
         reg.tokens.set_policy(TokenPolicy {
             no_mount_from: vec!["src/nomount/*".into()],
+            refused: vec!["repository:mirror/locked-*:push".into()],
             ..Default::default()
         });
         seed(reg, &["src", "public", "src/nomount"], &[]);
@@ -552,4 +554,40 @@ fn an_identity_token_is_exchanged_with_the_oauth2_form() {
         assert_eq!(t.grant_type, "refresh_token", "{t:?}");
         assert_eq!(t.account.as_deref(), Some(ALICE), "{t:?}");
     }
+}
+
+#[test]
+fn a_scope_refused_for_one_repository_fails_that_target_only() {
+    let reg = shared();
+    let dir = scratch_dir("tokens-locked");
+    let file = dir.join("mirror.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: 1\nsync:\n  - from: {}\n    to:\n      - {}\n      - {}\n",
+            reg.url("src/app-a:1.0"),
+            reg.url("mirror/locked-app-a:1.0"),
+            reg.url("mirror/open-app-a:1.0"),
+        ),
+    )
+    .unwrap();
+    let args = ["-O", "json", "sync", file.to_str().unwrap()];
+    let out = alice(reg, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "alice may not push to {}/mirror/locked-app-a (the token service granted repository:mirror/locked-app-a:pull only)",
+            reg.host()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--password"), "{stderr}");
+    let r = json_of(&out);
+    assert_eq!(r["failed"], 1, "{r}");
+    assert_eq!(r["written"], 1, "{r}");
+    // The open repository got the image (mounted), the locked one nothing.
+    assert_eq!(count(&reg.log_of("mirror/open-app-a"), "PUT", "/manifests/1.0", 201), 1);
+    assert_eq!(count(&reg.log_of("mirror/locked-app-a"), "PUT", "/manifests/", 201), 0);
+    assert!(completed_uploads(&reg.log_of("mirror/locked-app-a")).is_empty());
 }
