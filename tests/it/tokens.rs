@@ -209,6 +209,11 @@ fn same_registry_mounts_carry_the_source_scope() {
             "{t:?}"
         );
     }
+    eprintln!(
+        "mounts: {} blobs mounted (201), {layers} layers in the report, 0 uploads, {} token(s) with both scopes",
+        blobs.len(),
+        both.len()
+    );
 }
 
 #[test]
@@ -241,6 +246,11 @@ fn a_refused_source_scope_turns_mounts_into_uploads() {
     let uploads = completed_uploads(&log);
     assert_eq!(uploads.keys().cloned().collect::<BTreeSet<_>>(), blobs, "{log:#?}");
     assert!(uploads.values().all(|&n| n == 1), "{uploads:?}");
+    eprintln!(
+        "refused source scope: {} mounts answered 401, {} blobs uploaded once each, {layers} layers copied",
+        count(&log, "POST", "from=src%2Fnomount%2Fmultiarch", 401),
+        uploads.len()
+    );
     let asked: Vec<_> = reg
         .tokens
         .requests_for("src/nomount/multiarch")
