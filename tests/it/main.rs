@@ -22,3 +22,4 @@ mod push_registry;
 mod registry_client;
 mod shard;
 mod sync;
+mod tokens;

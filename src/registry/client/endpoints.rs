@@ -422,8 +422,9 @@ impl RegistryClient {
 
     /// Mounts blob `digest` from repository `from` into `repo` on this
     /// registry: true when mounted (201); false when the registry declined
-    /// (202: it opened an upload session instead, which is cancelled), so the
-    /// caller uploads the blob.
+    /// (202: it opened an upload session instead, which is cancelled) or
+    /// the token service did not grant `repository:FROM:pull` with the push
+    /// scope (401 `insufficient_scope`), so the caller uploads the blob.
     pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool> {
         let url = self
             .url(&format!(
@@ -439,6 +440,7 @@ impl RegistryClient {
                     let mut r = Req::new(Method::POST, url.clone(), scopes.clone(), repo);
                     r.body = ReqBody::Bytes(Bytes::new());
                     r.idempotent = true;
+                    r.scope_refusal_is_answer = true;
                     Ok(r)
                 },
                 MAX_ERROR_BODY,
@@ -447,6 +449,16 @@ impl RegistryClient {
             .await?;
         match resp.status {
             StatusCode::CREATED => Ok(true),
+            StatusCode::UNAUTHORIZED => {
+                tracing::debug!(
+                    blob = %digest,
+                    "the token service of {} did not grant {} with {}: uploading instead of mounting",
+                    self.host(),
+                    auth::pull_scope(from),
+                    auth::push_scope(repo)
+                );
+                Ok(false)
+            }
             StatusCode::ACCEPTED => {
                 if let Ok(loc) = self.location(&url, &resp.headers) {
                     let cancel = Req::new(Method::DELETE, loc, vec![auth::push_scope(repo)], repo);

@@ -90,6 +90,11 @@ struct HostState {
     creds: tokio::sync::OnceCell<Option<Credentials>>,
     challenge: Mutex<Option<Challenge>>,
     tokens: TokenCache,
+    /// Token service hosts listed with `--token-realm`.
+    token_realms: Vec<String>,
+    /// The token service host the credentials were withheld from (it is
+    /// not this registry's host), once that happened: said in errors.
+    withheld_from: Mutex<Option<String>>,
     manifests: ManifestMemo,
 }
 
@@ -147,6 +152,9 @@ fn fingerprint(opts: &RegistryOptions) -> u64 {
     opts.cert_dir.hash(&mut h);
     opts.retries.hash(&mut h);
     opts.rate_limit.map(f64::to_bits).hash(&mut h);
+    let mut realms = opts.token_realms.clone();
+    realms.sort();
+    realms.hash(&mut h);
     h.finish()
 }
 

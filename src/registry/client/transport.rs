@@ -43,6 +43,9 @@ pub(super) struct Req {
     pub(super) subject: String,
     /// Whether the request may be repeated on a transient failure.
     pub(super) idempotent: bool,
+    /// Whether a 401 saying the token lacks a scope is returned as a
+    /// response (a mount that falls back to an upload) rather than an error.
+    pub(super) scope_refusal_is_answer: bool,
 }
 
 impl Req {
@@ -56,6 +59,7 @@ impl Req {
             scopes,
             subject: subject.into(),
             idempotent,
+            scope_refusal_is_answer: false,
         }
     }
 
@@ -182,6 +186,9 @@ impl RegistryClient {
             // host named in a Location.
             let same_host =
                 req.url.host_str() == Some(self.inner.api_hostname.as_str()) && req.url.port() == self.inner.api_port;
+            // Wait for the rate limit first, so the token is checked for
+            // freshness when the request leaves, not before the wait.
+            self.acquire().await;
             let auth = if same_host {
                 self.authorization(&req).await?
             } else {
@@ -210,7 +217,6 @@ impl RegistryClient {
                     }
                 },
             }
-            self.acquire().await;
             let started = Instant::now();
             let result = rb.send().await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -242,14 +248,35 @@ impl RegistryClient {
             tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), status = status.as_u16(), elapsed_ms, "registry request");
 
             if status == StatusCode::UNAUTHORIZED {
-                let challenge = auth::choose_challenge(
-                    resp.headers()
-                        .get_all(WWW_AUTHENTICATE)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
+                let values: Vec<&str> = resp
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let challenge = auth::choose_challenge(values.iter().copied());
+                let bearer_error = auth::bearer_error(values.iter().copied());
                 if let Some((_, Some(token))) = &auth {
+                    if bearer_error.as_deref() == Some("insufficient_scope") {
+                        // The token is good but does not grant what this
+                        // request needs: asking again gets the same answer.
+                        if req.scope_refusal_is_answer {
+                            return Ok(resp);
+                        }
+                        return Err(self.scope_refused(&req.scopes, token).await);
+                    }
+                    // Expired (or revoked): fetch a new one, send again once.
                     self.inner.tokens.invalidate(&auth::scope_key(&req.scopes), token);
+                    if !answered_challenge && !req.replayable() {
+                        // A streamed body cannot be sent again from here:
+                        // the copy starts over, with a new token.
+                        return Err(Error::Cut(format!(
+                            "{} refused the token for {} {} as expired; starting the transfer again with a new one",
+                            self.host(),
+                            req.method,
+                            req.url.path()
+                        )));
+                    }
                 }
                 if !answered_challenge && req.replayable() {
                     if let Some(ch) = challenge {
@@ -357,7 +384,29 @@ impl RegistryClient {
             .ok()
             .filter(|u| matches!(u.scheme(), "https" | "http"))
             .ok_or_else(|| Error::invalid(format!("{} sent an invalid token realm {realm:?}", self.host())))?;
-        let creds = self.credentials().await?;
+        let mut creds = self.credentials().await?;
+        let realm_host = realm_url.host_str().unwrap_or_default().to_string();
+        if creds.is_some()
+            && !auth::realm_may_get_credentials(
+                auth::host_without_port(&self.inner.api_host),
+                &realm_host,
+                &self.inner.token_realms,
+            )
+        {
+            // A registry cannot send our credentials to another host by
+            // naming it as its realm: ask for an anonymous token there.
+            if let Ok(mut g) = self.inner.withheld_from.lock() {
+                if g.is_none() {
+                    tracing::warn!(
+                        "{} names a token service on {realm_host}, another host: its credentials are not sent there, \
+                         only anonymous tokens are asked for (allow it with --token-realm {realm_host})",
+                        self.host()
+                    );
+                    *g = Some(realm_host.clone());
+                }
+            }
+            creds = None;
+        }
         if creds.is_some() && realm_url.scheme() == "http" && !self.inner.insecure {
             return Err(Error::Unauthorized(format!(
                 "{} wants credentials sent to {} over plain HTTP; refusing (allow it with --insecure-registry {})",
@@ -439,6 +488,10 @@ impl RegistryClient {
                         tokio::time::sleep(self.inner.retry.delay(attempt, retry_after)).await;
                         attempt += 1;
                         continue;
+                    }
+                    if status == StatusCode::FORBIDDEN && creds.is_some() {
+                        // The credentials are good; the scope is not granted.
+                        return Err(self.token_refused(scopes).await);
                     }
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                         return Err(self.unauthorized(subject, creds.is_some()));
