@@ -123,6 +123,7 @@ impl HostState {
             challenge: Mutex::new(None),
             tokens: TokenCache::default(),
             manifests: ManifestMemo::default(),
+            quota: Default::default(),
         })
     }
 }

@@ -22,6 +22,7 @@ use super::{header_str, RegistryClient, MAX_ERROR_BODY, MAX_TOKEN_BODY};
 use crate::error::{Error, Result};
 use crate::registry::auth::{self, Challenge, Token};
 use crate::registry::credentials::Credentials;
+use crate::registry::rate_limit::PullQuota;
 use crate::registry::retry::parse_retry_after;
 
 /// A request body: replayable bytes, or a stream that can be sent once.
@@ -43,6 +44,9 @@ pub(super) struct Req {
     pub(super) subject: String,
     /// Whether the request may be repeated on a transient failure.
     pub(super) idempotent: bool,
+    /// Whether the registry counts it against a pull quota (a manifest
+    /// GET): paced, and refused once the quota is spent.
+    pub(super) pull: bool,
 }
 
 impl Req {
@@ -56,7 +60,14 @@ impl Req {
             scopes,
             subject: subject.into(),
             idempotent,
+            pull: false,
         }
+    }
+
+    /// Marks the request as one a pull quota counts (see [`Req::pull`]).
+    pub(super) fn counted_as_pull(mut self) -> Self {
+        self.pull = true;
+        self
     }
 
     pub(super) fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Result<Self> {
@@ -210,6 +221,17 @@ impl RegistryClient {
                     }
                 },
             }
+            let _paced = if req.pull {
+                Some(
+                    self.inner
+                        .quota
+                        .before_pull()
+                        .await
+                        .map_err(|q| self.quota_spent(&q, &req.subject))?,
+                )
+            } else {
+                None
+            };
             self.acquire().await;
             let started = Instant::now();
             let result = rb.send().await;
@@ -240,6 +262,9 @@ impl RegistryClient {
             };
             let status = resp.status();
             tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), status = status.as_u16(), elapsed_ms, "registry request");
+            self.inner
+                .quota
+                .observe(PullQuota::from_headers(|name| header_str(resp.headers(), name)));
 
             if status == StatusCode::UNAUTHORIZED {
                 let challenge = auth::choose_challenge(
@@ -298,6 +323,17 @@ impl RegistryClient {
             }
             return Ok(resp);
         }
+    }
+
+    /// The error of a pull refused because the host announced no pulls left.
+    fn quota_spent(&self, quota: &PullQuota, subject: &str) -> Error {
+        Error::PullQuota(format!(
+            "{} has no pulls left ({}): stopped before pulling a manifest of {subject} rather than failing on 429; {}. \
+             Run again once the window resets, or log in for a larger quota",
+            self.host(),
+            quota.describe(),
+            quota.when_reset()
+        ))
     }
 
     /// The `Authorization` header for a request, when the host asked for one
