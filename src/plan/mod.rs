@@ -613,7 +613,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         };
         // Before the first manifest GET: stop when a source registry's
         // pull quota cannot cover them.
-        pull_quotas = quota::gate(ctx, &all, &targets)?;
+        pull_quotas = quota::gate(ctx, &all, &targets).await?;
         let resolutions = resolve_all(ctx, &targets, &wanted).await;
         // Sharded: only this shard's targets are diffed, counted and applied.
         let selected = shard::select(ctx.sharding, targets, planned, &resolutions);

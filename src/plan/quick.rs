@@ -167,10 +167,25 @@ async fn expected_for(
     }
 }
 
-/// Splits `targets` into those found unchanged cheaply (planned) and the rest.
+/// Splits `targets` into those found unchanged cheaply (planned) and the
+/// rest. The destination is asked first: a source is asked (with a HEAD)
+/// only for targets whose destination holds something, since a target the
+/// destination lacks is resolved in full anyway.
 pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<PlannedTarget>, Vec<Target>) {
+    let with_current: Vec<(Target, Option<Digest>)> = stream::iter(targets)
+        .map(|t| async move {
+            let current = if eligible(&t) {
+                tagged_digest(ctx, &t).await.ok().flatten()
+            } else {
+                None
+            };
+            (t, current)
+        })
+        .buffered(PLAN_CONCURRENCY)
+        .collect()
+        .await;
     let mut sources: Vec<Reference> = Vec::new();
-    for t in targets.iter().filter(|t| eligible(t)) {
+    for (t, _) in with_current.iter().filter(|(_, c)| c.is_some()) {
         if !sources.contains(&t.source) {
             sources.push(t.source.clone());
         }
@@ -181,18 +196,16 @@ pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<Pl
         .filter_map(|(k, head)| async move { head.map(|h| (k, h)) })
         .collect()
         .await;
-    let checked: Vec<Result<PlannedTarget, Target>> = stream::iter(targets)
-        .map(|t| {
-            let head = heads.get(&t.source.to_string()).filter(|_| eligible(&t)).cloned();
+    let checked: Vec<Result<PlannedTarget, Target>> = stream::iter(with_current)
+        .map(|(t, current)| {
+            let head = heads.get(&t.source.to_string()).cloned();
             async move {
-                let Some(head) = head else { return Err(t) };
+                let (Some(head), Some(current)) = (head, current) else {
+                    return Err(t);
+                };
                 if t.pinned.as_ref().is_some_and(|pin| *pin != head.digest) {
                     return Err(t);
                 }
-                let Ok(current) = tagged_digest(ctx, &t).await else {
-                    return Err(t);
-                };
-                let Some(current) = current else { return Err(t) };
                 match expected_for(ctx, &t, &head, Some(&current)).await {
                     Some((expected, platforms)) if expected == current => Ok(PlannedTarget {
                         source_digest: Some(head.digest.clone()),
@@ -218,4 +231,15 @@ pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<Pl
         }
     }
     (unchanged, rest)
+}
+
+/// Asks each of `sources` with a HEAD (which pull quotas do not count),
+/// remembering the answers in the plan memo: for a source registry that
+/// announces a pull quota, before its first manifest GET.
+pub async fn head_sources(ctx: &PlanContext, sources: Vec<Reference>) {
+    stream::iter(sources)
+        .for_each_concurrent(PLAN_CONCURRENCY, |r| async move {
+            head_of(ctx, &r).await;
+        })
+        .await;
 }

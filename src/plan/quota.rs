@@ -113,20 +113,17 @@ pub fn pulls_needed(ctx: &PlanContext, targets: &[Target]) -> BTreeMap<String, N
             Some(_) => {}
             None => match ctx.memo.source_head(&t.source) {
                 Some(h) if !is_index(&h.media_type) => {}
-                head => {
-                    // An index (or unknown): its platform manifests too.
-                    match &t.platforms {
-                        PlatformSelection::Default => n.pulls += 1,
-                        PlatformSelection::List(l) => n.pulls += l.len() as u64,
-                        PlatformSelection::All => {
-                            n.pulls += 1;
-                            n.at_least = true;
-                        }
-                    }
-                    if head.is_none() {
+                // An index: its platform manifests too.
+                Some(_) => match &t.platforms {
+                    PlatformSelection::Default => n.pulls += 1,
+                    PlatformSelection::List(l) => n.pulls += l.len() as u64,
+                    PlatformSelection::All => {
+                        n.pulls += 1;
                         n.at_least = true;
                     }
-                }
+                },
+                // Not asked: an image, or an index with more to fetch.
+                None => n.at_least = true,
             },
         }
     }
@@ -135,8 +132,12 @@ pub fn pulls_needed(ctx: &PlanContext, targets: &[Target]) -> BTreeMap<String, N
 
 /// The quota of every source host of `all` that announced one, with the
 /// pulls resolving `unresolved` needs there; an error, before any of those
-/// pulls, when a host has fewer left than needed.
-pub fn gate(ctx: &PlanContext, all: &[Target], unresolved: &[Target]) -> Result<Vec<PullQuotaLine>> {
+/// pulls, when a host has fewer left than needed. A host that pulls are
+/// needed from and that no HEAD has asked yet (a first run: no destination
+/// held anything) is asked one HEAD first, to learn whether it has a quota;
+/// on a host that has one, every source tag not asked yet gets its HEAD
+/// (HEADs are free), so that the count is exact.
+pub async fn gate(ctx: &PlanContext, all: &[Target], unresolved: &[Target]) -> Result<Vec<PullQuotaLine>> {
     let hosts: BTreeSet<String> = all
         .iter()
         .filter_map(|t| match &t.source {
@@ -144,13 +145,43 @@ pub fn gate(ctx: &PlanContext, all: &[Target], unresolved: &[Target]) -> Result<
             _ => None,
         })
         .collect();
+    let quota_of = |host: &str| ctx.client(host).ok().and_then(|c| c.pull_quota());
+    let on_host = |t: &Target, host: &str| matches!(&t.source, Reference::Registry(r) if r.host == host);
+    let unasked_of = |host: &str| -> Vec<Reference> {
+        let mut refs: Vec<Reference> = Vec::new();
+        for t in unresolved.iter().filter(|t| on_host(t, host)) {
+            if ctx.memo.source_head(&t.source).is_none()
+                && ctx.memo.root(&t.source).is_none()
+                && !refs.contains(&t.source)
+            {
+                refs.push(t.source.clone());
+            }
+        }
+        refs
+    };
+    let needed = pulls_needed(ctx, unresolved);
+    let probes: Vec<Reference> = needed
+        .iter()
+        .filter(|(host, n)| {
+            n.pulls > 0
+                && quota_of(host).is_none()
+                && !all
+                    .iter()
+                    .any(|t| on_host(t, host) && ctx.memo.source_head(&t.source).is_some())
+        })
+        .filter_map(|(host, _)| unasked_of(host).into_iter().next())
+        .collect();
+    super::quick::head_sources(ctx, probes).await;
+    let rest: Vec<Reference> = needed
+        .keys()
+        .filter(|host| quota_of(host).is_some())
+        .flat_map(|host| unasked_of(host))
+        .collect();
+    super::quick::head_sources(ctx, rest).await;
     let needed = pulls_needed(ctx, unresolved);
     let mut lines = Vec::new();
     for host in hosts {
-        let Ok(client) = ctx.client(&host) else {
-            continue;
-        };
-        let Some(q) = client.pull_quota() else { continue };
+        let Some(q) = quota_of(&host) else { continue };
         let n = needed.get(&host).copied().unwrap_or_default();
         let line = PullQuotaLine::new(&host, &q, n);
         if n.pulls > q.remaining {
