@@ -312,6 +312,46 @@ mod tests {
         assert_eq!(q.describe(), "3 of 200 pulls left");
     }
 
+    #[tokio::test]
+    async fn pulls_are_counted_paced_once_low_and_refused_when_none_is_left() {
+        let t = QuotaTracker::default();
+        // No quota known: no wait.
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(t.before_pull().await.unwrap().is_none());
+        }
+        assert!(start.elapsed() < Duration::from_millis(500));
+        assert_eq!(t.pulls(), 3);
+        // Plenty left: no wait either.
+        t.observe(quota(&[
+            ("ratelimit-limit", "100;w=21600"),
+            ("ratelimit-remaining", "50;w=21600"),
+        ]));
+        assert!(t.before_pull().await.unwrap().is_none());
+        // Low: one at a time, one a second.
+        t.observe(quota(&[
+            ("ratelimit-limit", "100;w=21600"),
+            ("ratelimit-remaining", "3;w=21600"),
+        ]));
+        let start = Instant::now();
+        for _ in 0..3 {
+            let guard = t.before_pull().await.unwrap();
+            assert!(guard.is_some());
+        }
+        assert!(start.elapsed() >= Duration::from_millis(1900), "{:?}", start.elapsed());
+        // None left: refused, not sent.
+        t.observe(quota(&[
+            ("ratelimit-limit", "100;w=21600"),
+            ("ratelimit-remaining", "0;w=21600"),
+        ]));
+        let refused = t.before_pull().await.unwrap_err();
+        assert_eq!(refused.remaining, 0);
+        assert_eq!(t.pulls(), 7);
+        // An answer without the headers keeps the last quota known.
+        t.observe(None);
+        assert_eq!(t.latest().map(|q| q.remaining), Some(0));
+    }
+
     #[test]
     fn ignores_missing_or_unreadable_quota_headers() {
         assert_eq!(quota(&[]), None);

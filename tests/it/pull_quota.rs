@@ -223,15 +223,23 @@ fn a_pull_quota_is_shown_and_a_run_it_cannot_cover_stops_before_pulling() {
     let info = dst.occy(&["info", &dst.url("quota-stop/app:base")]);
     assert!(!info.status.success(), "nothing was written");
 
-    // Enough left: the run goes through and says the quota.
-    remaining.store(100, Ordering::SeqCst);
+    // Enough left, but few (a tenth of the limit): the run goes through,
+    // says the quota, and slows down: its three manifest GETs one at a
+    // time, a second apart.
+    remaining.store(10, Ordering::SeqCst);
+    let started = std::time::Instant::now();
     let out = assert_ok(&args, sync(&file, &cache, &[]));
+    let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("Pull quota: ") && stderr.contains("this run needs 3"),
+        stderr.contains("Pull quota: ") && stderr.contains("10 of 100 pulls left in this 6 h window; this run needs 3"),
         "{stderr}"
     );
-    assert_eq!(remaining.load(Ordering::SeqCst), 97);
+    assert_eq!(remaining.load(Ordering::SeqCst), 7);
+    assert!(
+        took >= std::time::Duration::from_millis(1900),
+        "not slowed down: {took:?}"
+    );
 
     // Warm with the quota spent: HEADs only, nothing to do, exit 0.
     remaining.store(0, Ordering::SeqCst);
