@@ -28,6 +28,7 @@ use super::{output_key, planned_target, tagged_digest, Action, PlanContext, Plan
 use crate::image::media_type::is_index;
 use crate::image::{Descriptor, Digest, Manifest, RawManifest};
 use crate::reference::Reference;
+use crate::sink::kind::{self, CurrentDigest};
 use crate::source::{choose_platforms, open_source, PlatformSelection};
 
 /// What a source reference names: from a HEAD for a registry (the manifest
@@ -69,10 +70,8 @@ async fn head_of(ctx: &PlanContext, r: &Reference) -> Option<Descriptor> {
 fn eligible(t: &Target) -> bool {
     (t.chain.is_empty() || t.chain.changes_content())
         && matches!(t.source, Reference::Registry(_) | Reference::Oci { .. })
-        && matches!(
-            t.destination,
-            Reference::Registry(_) | Reference::Oci { oci_format: false, .. }
-        )
+        && kind::of(&t.destination).current == CurrentDigest::Tagged
+        && !matches!(t.destination, Reference::Oci { oci_format: true, .. })
 }
 
 /// What an unfiltered copy of `root` writes, and how many platform images
