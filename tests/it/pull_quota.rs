@@ -61,18 +61,21 @@ fn a_warm_sync_asks_the_source_only_heads() {
     let file = write_file(
         &dir,
         format!(
-            "version: 1\nregistries:\n  {s}: {{ insecure: true }}\n  {d}: {{ insecure: true }}\nsync:\n\
+            "version: 1\nregistries:\n  {s}: {{ insecure: true }}\n  {d}: {{ insecure: true }}\n\
+             filters:\n  repro:\n    - normalize-timestamps: {{ ts: 0, config: true }}\nsync:\n\
              \x20 - from: registry://{s}/lib/plain\n    to: registry://{d}/quota-warm/plain\n\
              \x20 - from: registry://{s}/lib/multi\n    to: registry://{d}/quota-warm/multi\n    platforms: all\n\
-             \x20 - from: registry://{s}/lib/multi:1.0\n    to: registry://{d}/quota-warm/one\n",
+             \x20 - from: registry://{s}/lib/multi:1.0\n    to: registry://{d}/quota-warm/one\n\
+             \x20 - from: registry://{s}/lib/plain:app-a\n    filters: repro\n    to: registry://{d}/quota-warm/repro\n",
             s = src.host,
             d = dst.host
         ),
     );
-    // Distinct source tags: four plain images and an index (read by two
-    // entries, and asked once).
+    // Distinct source tags: four plain images (one also read through
+    // filters, whose output the layer cache remembers) and an index (read
+    // by two entries); each asked once.
     let source_tags = plain.len() + 1;
-    let targets = plain.len() + 2;
+    let targets = plain.len() + 3;
 
     let seeded = src.access_log().len();
     assert_ok(&args_of(&file, &cache, &[]), sync(&file, &cache, &[]));
