@@ -237,6 +237,9 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
     }
 
     if !global.quiet {
+        for line in render::quota_lines(&plan) {
+            eprintln!("{line}");
+        }
         eprintln!("{}", render::summary_line(&plan));
         for w in &plan.warnings {
             eprintln!("warning: {w}");

@@ -13,6 +13,7 @@ mod memo;
 pub mod prune;
 pub mod quay;
 mod quick;
+pub mod quota;
 pub mod render;
 pub mod shard;
 pub mod state;
@@ -294,6 +295,10 @@ pub struct Plan {
     pub requests: BTreeMap<String, u64>,
     /// With `--prune`: destination tags no target selects, to delete.
     pub prune: Vec<prune::PruneTag>,
+    /// The pull quota of each source registry that announces one
+    /// (`RateLimit-*` headers), and the manifest pulls the run needs there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pull_quotas: Vec<quota::PullQuotaLine>,
     pub warnings: Vec<String>,
     /// With `--shard I/N`: which shard this plan is, and its share.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -597,6 +602,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
 
     let mut planned = failed;
     let mut sharded = None;
+    let mut pull_quotas = Vec::new();
     if ctx.write_all {
         // Every target is written: resolved, not compared. One image that
         // cannot be read is the command's error (with its exit code); of
@@ -635,6 +641,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         memo::list_destination_tags(ctx, &targets).await;
         // Unsharded, a target already in place is found with one request on
         // each side and is not resolved further.
+        let all = targets.clone();
         let targets = if ctx.sharding.is_none() {
             let (unchanged, rest) = quick::split_unchanged(ctx, targets).await;
             planned.extend(unchanged);
@@ -642,6 +649,9 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         } else {
             targets
         };
+        // Before the first manifest GET: stop when a source registry's
+        // pull quota cannot cover them.
+        pull_quotas = quota::gate(ctx, &all, &targets).await?;
         let resolutions = resolve_all(ctx, &targets, &wanted).await;
         // Sharded: only this shard's targets are diffed, counted and applied.
         let selected = shard::select(ctx.sharding, targets, planned, &resolutions);
@@ -751,6 +761,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         totals,
         requests,
         prune,
+        pull_quotas,
         warnings,
         shard: shard_info,
         assignment,

@@ -17,6 +17,7 @@ mod hostile;
 mod oci_layouts;
 mod process_files;
 mod process_registry;
+mod pull_quota;
 mod push_compression;
 mod push_registry;
 mod registry_client;

@@ -125,6 +125,7 @@ impl HostState {
             token_realms: opts.token_realms.clone(),
             withheld_from: Mutex::new(None),
             manifests: ManifestMemo::default(),
+            quota: Default::default(),
         })
     }
 }

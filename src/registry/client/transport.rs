@@ -22,6 +22,7 @@ use super::{header_str, RegistryClient, MAX_ERROR_BODY, MAX_TOKEN_BODY};
 use crate::error::{Error, Result};
 use crate::registry::auth::{self, Challenge, Token};
 use crate::registry::credentials::Credentials;
+use crate::registry::rate_limit::PullQuota;
 use crate::registry::retry::parse_retry_after;
 
 /// A request body: replayable bytes, or a stream that can be sent once.
@@ -46,6 +47,9 @@ pub(super) struct Req {
     /// Whether a 401 saying the token lacks a scope is returned as a
     /// response (a mount that falls back to an upload) rather than an error.
     pub(super) scope_refusal_is_answer: bool,
+    /// Whether the registry counts it against a pull quota (a manifest
+    /// GET): paced, and refused once the quota is spent.
+    pub(super) pull: bool,
 }
 
 impl Req {
@@ -60,7 +64,14 @@ impl Req {
             subject: subject.into(),
             idempotent,
             scope_refusal_is_answer: false,
+            pull: false,
         }
+    }
+
+    /// Marks the request as one a pull quota counts (see [`Req::pull`]).
+    pub(super) fn counted_as_pull(mut self) -> Self {
+        self.pull = true;
+        self
     }
 
     pub(super) fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Result<Self> {
@@ -186,8 +197,20 @@ impl RegistryClient {
             // host named in a Location.
             let same_host =
                 req.url.host_str() == Some(self.inner.api_hostname.as_str()) && req.url.port() == self.inner.api_port;
-            // Wait for the rate limit first, so the token is checked for
-            // freshness when the request leaves, not before the wait.
+            // Wait for the pull quota's pace and the rate limit first, so
+            // the token is checked for freshness when the request leaves,
+            // not before the wait.
+            let _paced = if req.pull {
+                Some(
+                    self.inner
+                        .quota
+                        .before_pull()
+                        .await
+                        .map_err(|q| self.quota_spent(&q, &req.subject))?,
+                )
+            } else {
+                None
+            };
             self.acquire().await;
             let auth = if same_host {
                 self.authorization(&req).await?
@@ -246,6 +269,9 @@ impl RegistryClient {
             };
             let status = resp.status();
             tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), status = status.as_u16(), elapsed_ms, "registry request");
+            self.inner
+                .quota
+                .observe(PullQuota::from_headers(|name| header_str(resp.headers(), name)));
 
             if status == StatusCode::UNAUTHORIZED {
                 let values: Vec<&str> = resp
@@ -325,6 +351,17 @@ impl RegistryClient {
             }
             return Ok(resp);
         }
+    }
+
+    /// The error of a pull refused because the host announced no pulls left.
+    fn quota_spent(&self, quota: &PullQuota, subject: &str) -> Error {
+        Error::PullQuota(format!(
+            "{} has no pulls left ({}): stopped before pulling a manifest of {subject} rather than failing on 429; {}. \
+             Run again once the window resets, or log in for a larger quota",
+            self.host(),
+            quota.describe(),
+            quota.when_reset()
+        ))
     }
 
     /// The `Authorization` header for a request, when the host asked for one
