@@ -79,6 +79,11 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
+    /// A registry's pull quota (`RateLimit-Remaining`) is smaller than the
+    /// manifest pulls a run needs: stopped before pulling them (exit 1).
+    #[error("{0}")]
+    PullQuota(String),
+
     /// Cancelled by the user (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
@@ -172,6 +177,7 @@ impl Error {
             },
             Error::Invalid(m) => Error::Invalid(m.clone()),
             Error::Unsupported(m) => Error::Unsupported(m.clone()),
+            Error::PullQuota(m) => Error::PullQuota(m.clone()),
             Error::Interrupted => Error::Interrupted,
         }
     }

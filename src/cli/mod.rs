@@ -40,6 +40,7 @@ Global options, taken by every command (in full: occy COMMAND --help; env variab
   registries: --username [OCCY_USERNAME]  --password [OCCY_PASSWORD]
       --authfile FILE [REGISTRY_AUTH_FILE]  --insecure-registry HOST[:PORT] [OCCY_INSECURE_REGISTRY]
       --cert-dir DIR [OCCY_CERT_DIR]  --retries N [OCCY_RETRIES]  --rate-limit N [OCCY_RATE_LIMIT]
+      --token-realm HOST [OCCY_TOKEN_REALM]
   layers: --compression gzip|zstd [OCCY_COMPRESSION]  --cache-dir DIR [OCCY_CACHE_DIR]  --no-cache
   -h, --help  -V, --version{after-help}";
 
@@ -182,6 +183,18 @@ pub struct GlobalArgs {
     #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, default_value_t = 3, env = "OCCY_RETRIES")]
     pub retries: u32,
 
+    /// Also send a registry's credentials to the token service on HOST when
+    /// the registry names it as its realm (repeatable). Without it they go
+    /// only to the registry's own host or a parent domain of it.
+    #[arg(
+        long = "token-realm",
+        global = true, help_heading = GLOBAL_HEADING, hide_short_help = true,
+        value_name = "HOST",
+        env = "OCCY_TOKEN_REALM",
+        value_delimiter = ','
+    )]
+    pub token_realm: Vec<String>,
+
     /// Requests per second per registry host (0: unlimited)
     #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, default_value_t = 0.0, env = "OCCY_RATE_LIMIT")]
     pub rate_limit: f64,
@@ -241,6 +254,7 @@ impl GlobalArgs {
             cert_dir: self.cert_dir.clone(),
             retries: self.retries,
             rate_limit: (self.rate_limit > 0.0).then_some(self.rate_limit),
+            token_realms: self.token_realm.clone(),
         })
     }
 

@@ -162,6 +162,20 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         memo: Default::default(),
     };
     let plan = plan::build(&ctx).await?;
+    if let (Some(saved), Some(path)) = (&ctx.pinned, &args.apply) {
+        // The saved work, node for node, or nothing: a destination that
+        // changed since the plan (a blob now there, a tag moved) makes
+        // other work than the reviewer saw.
+        let differences = saved.differences(&plan.nodes, 5);
+        if !differences.is_empty() {
+            return Err(Error::usage(format!(
+                "the plan {} no longer matches the destinations, so applying it would do other work than it shows:\n  {}\nmake a new plan with --plan --out {}",
+                path.display(),
+                differences.join("\n  "),
+                path.display()
+            )));
+        }
+    }
     let colour = global.colour_stdout();
 
     // A shard whose partition missed some source's layers may disagree with
@@ -223,6 +237,9 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
     }
 
     if !global.quiet {
+        for line in render::quota_lines(&plan) {
+            eprintln!("{line}");
+        }
         eprintln!("{}", render::summary_line(&plan));
         for w in &plan.warnings {
             eprintln!("warning: {w}");

@@ -439,11 +439,13 @@ async fn open_target(ctx: &PlanContext, t: &PlannedTarget, bytes_read: Arc<Atomi
 }
 
 /// Remembers what was written so the next plan finds it unchanged: a state
-/// record beside file destinations, the filtered output digest in the cache.
+/// record beside file destinations, the output digest in the cache (for a
+/// filtered target, and for a copy from a registry, whose next plan then
+/// needs only HEADs: see `plan/quick.rs`).
 fn record(ctx: &PlanContext, t: &PlannedTarget, output: &Digest, state_record: bool) {
     let tt = &t.target;
     let Some(source_digest) = &t.source_digest else { return };
-    if tt.chain.changes_content() {
+    if tt.chain.changes_content() || matches!(tt.source, crate::reference::Reference::Registry(_)) {
         if let Some(cache) = &ctx.cache {
             cache.record_output(&crate::plan::output_key(tt, source_digest), output);
         }

@@ -929,33 +929,7 @@ fn count(counts: &HashMap<usize, AtomicUsize>, t: usize) -> usize {
 
 /// `upload sha256:ab12… to registry://host/repo`, for error messages.
 fn describe(g: &WorkGraph, i: NodeIndex) -> String {
-    let w = &g.graph[i];
-    let short = |s: &str| match Digest::parse(s) {
-        Ok(d) => d.short().to_string(),
-        Err(_) => s.to_string(),
-    };
-    match &w.key {
-        NodeKey::Fetch { source, digest } => format!("fetch {} from {source}", digest.short()),
-        NodeKey::Rewrite { input, .. } => format!("rewrite {}", input.short()),
-        NodeKey::Blob { store, blob } | NodeKey::Config { store, blob } => {
-            let verb = match &w.how {
-                Some(How::Upload) => "upload".to_string(),
-                Some(How::Write) => "write".to_string(),
-                Some(How::Mount { from, .. }) => format!("mount (from {from})"),
-                _ => "find".to_string(),
-            };
-            let what = w
-                .source_blob
-                .as_ref()
-                .map(|d| d.digest.short().to_string())
-                .unwrap_or_else(|| short(blob));
-            format!("{verb} {} {what} to {store}", w.key.kind())
-        }
-        NodeKey::Manifest { store, .. } | NodeKey::Index { store, .. } => format!("{} in {store}", w.key.kind()),
-        NodeKey::Tag { destination, image } => format!("commit {image} to {destination}"),
-        NodeKey::Check { destination, image } => format!("check {image} at {destination}"),
-        NodeKey::Prune { destination } => format!("prune {destination}"),
-    }
+    crate::plan::graph::describe_work(&g.graph[i])
 }
 
 /// `error` with `prefix` in front of its message, same kind.

@@ -78,6 +78,57 @@ impl How {
     pub fn sends(&self) -> bool {
         matches!(self, How::Upload | How::Write)
     }
+
+    /// Whether a saved plan's way still holds: the same way, or both an
+    /// upload or a mount from remembered repositories (hints of earlier
+    /// runs, which the registry's answer turns into one or the other).
+    pub fn agrees_with(&self, other: &How) -> bool {
+        let hinted = |h: &How| matches!(h, How::Upload | How::Mount { remembered: true, .. });
+        self == other || (hinted(self) && hinted(other))
+    }
+}
+
+/// `upload blob sha256:ab12… to registry://host/repo`: one node of work,
+/// for messages.
+pub fn describe_work(w: &Work) -> String {
+    let short = |s: &str| match Digest::parse(s) {
+        Ok(d) => d.short().to_string(),
+        Err(_) => s.to_string(),
+    };
+    match &w.key {
+        NodeKey::Fetch { source, digest } => format!("fetch {} from {source}", digest.short()),
+        NodeKey::Rewrite { input, .. } => format!("rewrite {}", input.short()),
+        NodeKey::Blob { store, blob } | NodeKey::Config { store, blob } => {
+            let verb = match &w.how {
+                Some(How::Upload) => "upload".to_string(),
+                Some(How::Write) => "write".to_string(),
+                Some(How::Mount { from, .. }) => format!("mount (from {from})"),
+                _ => "find".to_string(),
+            };
+            let what = w
+                .source_blob
+                .as_ref()
+                .map(|d| d.digest.short().to_string())
+                .unwrap_or_else(|| short(blob));
+            format!("{verb} {} {what} to {store}", w.key.kind())
+        }
+        NodeKey::Manifest { store, .. } | NodeKey::Index { store, .. } => format!("{} in {store}", w.key.kind()),
+        NodeKey::Tag { destination, image } => format!("commit {image} to {destination}"),
+        NodeKey::Check { destination, image } => format!("check {image} at {destination}"),
+        NodeKey::Prune { destination } => format!("prune {destination}"),
+    }
+}
+
+/// How a blob gets in, in words: `present`, `mount from a/b`, `upload`.
+pub fn how_word(how: Option<&How>) -> String {
+    match how {
+        None => "nothing to move".to_string(),
+        Some(How::Mount {
+            from, remembered: true, ..
+        }) => format!("mount from {from} (remembered)"),
+        Some(How::Mount { from, .. }) => format!("mount from {from}"),
+        Some(h) => h.name().to_string(),
+    }
 }
 
 /// What a node produces; equal keys are one node.
@@ -1199,4 +1250,30 @@ async fn presence(ctx: &PlanContext, planned: &[PlannedTarget]) -> Presence {
 /// Marks a target as failed in the counts (no nodes).
 pub fn is_writing(t: &PlannedTarget) -> bool {
     !matches!(t.action, Action::Unchanged | Action::Failed { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_mount_agrees_with_an_upload_and_nothing_else_changes() {
+        let remembered = |from: &str| How::Mount {
+            from: from.into(),
+            or: Vec::new(),
+            remembered: true,
+        };
+        let known = How::Mount {
+            from: "a".into(),
+            or: Vec::new(),
+            remembered: false,
+        };
+        assert!(remembered("a").agrees_with(&How::Upload));
+        assert!(How::Upload.agrees_with(&remembered("b")));
+        assert!(remembered("a").agrees_with(&remembered("b")));
+        assert!(known.agrees_with(&known.clone()));
+        assert!(!known.agrees_with(&How::Upload));
+        assert!(!How::Present.agrees_with(&remembered("a")));
+        assert!(!How::Upload.agrees_with(&How::Present));
+    }
 }

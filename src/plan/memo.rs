@@ -1,8 +1,10 @@
 //! What planning has already asked the registries, so that no question is
 //! asked twice and none is asked whose answer is already known:
 //!
-//! - each source's root manifest, read by the cheap unchanged check and
-//!   reused when the source is resolved;
+//! - each source's root manifest, read by the cheap unchanged check (or
+//!   taken from a destination holding it) and reused when the source is
+//!   resolved;
+//! - what each registry source's tag names, from a HEAD;
 //! - the tags of destination repositories that several targets write, listed
 //!   once, so a tag that is not there costs no HEAD and a repository without
 //!   tags costs no blob HEADs;
@@ -18,7 +20,7 @@ use futures_util::stream::{self, StreamExt};
 use super::expand::RegistryAccess;
 use super::{PlanContext, Target, PLAN_CONCURRENCY};
 use crate::error::{Error, Result};
-use crate::image::{Digest, RawManifest};
+use crate::image::{Descriptor, Digest, RawManifest};
 use crate::reference::Reference;
 use crate::source::{open_source, Source, SourceOptions};
 
@@ -29,6 +31,8 @@ type Repository = (String, String);
 #[derive(Default)]
 pub struct PlanMemo {
     roots: Mutex<HashMap<String, RawManifest>>,
+    /// What each source reference names (a HEAD's answer).
+    source_heads: Mutex<HashMap<String, Descriptor>>,
     /// (host, repository) → its tags; absent when not listed or when the
     /// listing failed (then every tag is asked about with a HEAD).
     destination_tags: Mutex<HashMap<Repository, HashSet<String>>>,
@@ -60,6 +64,17 @@ impl PlanMemo {
     pub fn remember_root(&self, source: &Reference, root: &RawManifest) {
         if let Ok(mut m) = self.roots.lock() {
             m.insert(source.to_string(), root.clone());
+        }
+    }
+
+    /// What `source` names, when a HEAD said it.
+    pub fn source_head(&self, source: &Reference) -> Option<Descriptor> {
+        self.source_heads.lock().ok()?.get(&source.to_string()).cloned()
+    }
+
+    pub fn remember_source_head(&self, source: &Reference, desc: &Descriptor) {
+        if let Ok(mut m) = self.source_heads.lock() {
+            m.insert(source.to_string(), desc.clone());
         }
     }
 

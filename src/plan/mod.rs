@@ -13,6 +13,7 @@ mod memo;
 pub mod prune;
 pub mod quay;
 mod quick;
+pub mod quota;
 pub mod render;
 pub mod shard;
 pub mod state;
@@ -294,6 +295,10 @@ pub struct Plan {
     pub requests: BTreeMap<String, u64>,
     /// With `--prune`: destination tags no target selects, to delete.
     pub prune: Vec<prune::PruneTag>,
+    /// The pull quota of each source registry that announces one
+    /// (`RateLimit-*` headers), and the manifest pulls the run needs there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pull_quotas: Vec<quota::PullQuotaLine>,
     pub warnings: Vec<String>,
     /// With `--shard I/N`: which shard this plan is, and its share.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -351,6 +356,9 @@ pub struct SavedPlan {
     pub sync_file: String,
     pub sync_file_sha256: String,
     pub targets: Vec<SavedTarget>,
+    /// The work graph's nodes: `--apply` does exactly these.
+    #[serde(default)]
+    pub nodes: Vec<graph::Work>,
 }
 
 /// One saved target: enough to pin it.
@@ -387,6 +395,47 @@ impl SavedPlan {
                 path.display()
             ))
         })
+    }
+}
+
+/// Whether a saved node's way and the current one agree ([`graph::How::agrees_with`]).
+fn same_how(saved: &Option<graph::How>, now: &Option<graph::How>) -> bool {
+    match (saved, now) {
+        (Some(a), Some(b)) => a.agrees_with(b),
+        (a, b) => a == b,
+    }
+}
+
+impl SavedPlan {
+    /// The first differences between the work this plan saved and `now`,
+    /// the graph of the same targets at the same digests planned against
+    /// the destinations as they are: empty when the saved plan still
+    /// applies node for node (same nodes, each blob getting in the same
+    /// way). Ids and the order of nodes do not matter.
+    pub fn differences(&self, now: &[graph::Work], limit: usize) -> Vec<String> {
+        let saved: HashMap<&graph::NodeKey, &Option<graph::How>> =
+            self.nodes.iter().map(|w| (&w.key, &w.how)).collect();
+        let current: HashMap<&graph::NodeKey, &Option<graph::How>> = now.iter().map(|w| (&w.key, &w.how)).collect();
+        let mut out = Vec::new();
+        for w in now {
+            match saved.get(&w.key) {
+                None => out.push(format!("{} is new", graph::describe_work(w))),
+                Some(how) if !same_how(how, &w.how) => out.push(format!(
+                    "{}: the plan says {}, the destination now needs {}",
+                    graph::describe_work(w),
+                    graph::how_word(how.as_ref()),
+                    graph::how_word(w.how.as_ref())
+                )),
+                Some(_) => {}
+            }
+        }
+        for w in &self.nodes {
+            if !current.contains_key(&w.key) {
+                out.push(format!("{} is no longer needed", graph::describe_work(w)));
+            }
+        }
+        out.truncate(limit);
+        out
     }
 }
 
@@ -561,6 +610,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
 
     let mut planned = failed;
     let mut sharded = None;
+    let mut pull_quotas = Vec::new();
     if ctx.write_all {
         // Every target is written: resolved, not compared. One image that
         // cannot be read is the command's error (with its exit code); of
@@ -599,6 +649,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         memo::list_destination_tags(ctx, &targets).await;
         // Unsharded, a target already in place is found with one request on
         // each side and is not resolved further.
+        let all = targets.clone();
         let targets = if ctx.sharding.is_none() {
             let (unchanged, rest) = quick::split_unchanged(ctx, targets).await;
             planned.extend(unchanged);
@@ -606,6 +657,9 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         } else {
             targets
         };
+        // Before the first manifest GET: stop when a source registry's
+        // pull quota cannot cover them.
+        pull_quotas = quota::gate(ctx, &all, &targets).await?;
         let resolutions = resolve_all(ctx, &targets, &wanted).await;
         // Sharded: only this shard's targets are diffed, counted and applied.
         let selected = shard::select(ctx.sharding, targets, planned, &resolutions);
@@ -715,6 +769,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         totals,
         requests,
         prune,
+        pull_quotas,
         warnings,
         shard: shard_info,
         assignment,

@@ -1,35 +1,74 @@
-//! The cheap path of the diff: a target copied without filters, from a
-//! registry or an OCI layout to a registry or an OCI layout, is unchanged
-//! when the destination's tag already names the digest the copy would write.
-//! That digest follows from the source's root manifest alone (the image's
-//! own digest, the index's, or the chosen platform's entry in it), so such a
-//! target costs one request on each side — the source's manifest and the
-//! destination's HEAD — and is never resolved further. Every other target
-//! (a changed one, filters, a platform list, files and daemons) takes the
-//! full path.
+//! The cheap path of the diff: a target from a registry or an OCI layout to
+//! a registry or an OCI layout is unchanged when the destination's tag
+//! already names the digest the copy would write. A registry source's tag is
+//! resolved with a HEAD (`Docker-Content-Digest` and the media type: pull
+//! quotas such as Docker Hub's count manifest GETs, not HEADs), and the
+//! digest the copy writes follows without fetching the source's manifest:
+//!
+//! - an image manifest copied without filters writes itself;
+//! - an index copied without filters writes what its bytes say (itself, or
+//!   the chosen platform's entry); the bytes are read from the destination
+//!   when its tag already names that index (verified against the digest), so
+//!   the source is not asked;
+//! - otherwise (filters, a platform list, an index the destination does not
+//!   hold) the layer cache's record of what an earlier run wrote from that
+//!   source digest with that chain, compared with the destination's HEAD.
+//!
+//! Such a target costs a HEAD on each side and is never resolved further.
+//! Every other target (a changed one, files and daemons) takes the full
+//! path, which fetches what it needs.
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 
-use super::{planned_target, tagged_digest, Action, PlanContext, PlannedTarget, Target, PLAN_CONCURRENCY};
-use crate::image::{Digest, Manifest, RawManifest};
+use super::expand::RegistryAccess;
+use super::{output_key, planned_target, tagged_digest, Action, PlanContext, PlannedTarget, Target, PLAN_CONCURRENCY};
+use crate::image::media_type::is_index;
+use crate::image::{Descriptor, Digest, Manifest, RawManifest};
 use crate::reference::Reference;
 use crate::sink::kind::{self, CurrentDigest};
 use crate::source::{choose_platforms, open_source, PlatformSelection};
 
-/// The source's root manifest, read once per source reference.
-async fn root_of(ctx: &PlanContext, r: &Reference) -> Option<RawManifest> {
-    let source = open_source(r, &ctx.source_options(r)).await.ok()?;
-    let root = source.root_manifest().await.ok()?;
-    ctx.memo.remember_root(r, &root);
-    Some(root)
+/// What a source reference names: from a HEAD for a registry (the manifest
+/// itself only when the registry's HEAD did not say enough), from the file
+/// for an OCI layout. Remembered in the plan memo.
+async fn head_of(ctx: &PlanContext, r: &Reference) -> Option<Descriptor> {
+    if let Some(known) = ctx.memo.source_head(r) {
+        return Some(known);
+    }
+    let desc = match r {
+        Reference::Registry(rr) => {
+            let client = ctx.client(&rr.host).ok()?;
+            match client.resolve_manifest(&rr.repository, &rr.reference()).await {
+                Ok(Some((desc, fetched))) => {
+                    if let Some(root) = fetched {
+                        ctx.memo.remember_root(r, &root);
+                    }
+                    desc
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::debug!("HEAD of {r} failed ({e}); it is resolved in full");
+                    return None;
+                }
+            }
+        }
+        _ => {
+            let source = open_source(r, &ctx.source_options(r)).await.ok()?;
+            let root = source.root_manifest().await.ok()?;
+            ctx.memo.remember_root(r, &root);
+            root.descriptor()
+        }
+    };
+    ctx.memo.remember_source_head(r, &desc);
+    Some(desc)
 }
 
 /// Whether the cheap path applies to `t`.
 fn eligible(t: &Target) -> bool {
-    t.chain.is_empty()
-        && matches!(t.platforms, PlatformSelection::Default | PlatformSelection::All)
+    (t.chain.is_empty() || t.chain.changes_content())
         && matches!(t.source, Reference::Registry(_) | Reference::Oci { .. })
         && kind::of(&t.destination).current == CurrentDigest::Tagged
         && !matches!(t.destination, Reference::Oci { oci_format: true, .. })
@@ -39,7 +78,9 @@ fn eligible(t: &Target) -> bool {
 /// it takes; None when that needs more than the root manifest.
 fn expected_from_root(root: &RawManifest, selection: &PlatformSelection) -> Option<(Digest, usize)> {
     match root.parse().ok()? {
-        Manifest::Image(_) => Some((root.digest.clone(), 1)),
+        Manifest::Image(_) => {
+            matches!(selection, PlatformSelection::Default | PlatformSelection::All).then(|| (root.digest.clone(), 1))
+        }
         Manifest::Index(index) => {
             let chosen = choose_platforms(&index.manifests, selection, "").ok()?;
             match selection {
@@ -48,9 +89,10 @@ fn expected_from_root(root: &RawManifest, selection: &PlatformSelection) -> Opti
                     [one] => Some((one.digest.clone(), 1)),
                     _ => None,
                 },
+                PlatformSelection::List(_) => None,
                 // The whole index, unchanged when every entry with a
                 // platform is taken (attestations aside it may be rewritten).
-                _ => {
+                PlatformSelection::All => {
                     let platform_entries = index
                         .manifests
                         .iter()
@@ -63,34 +105,109 @@ fn expected_from_root(root: &RawManifest, selection: &PlatformSelection) -> Opti
     }
 }
 
-/// Splits `targets` into those found unchanged cheaply (planned) and the rest.
+/// The manifest `digest` as the destination holds it, verified against the
+/// digest: the source's root, read without asking the source.
+async fn root_from_destination(ctx: &PlanContext, t: &Target, digest: &Digest) -> Option<RawManifest> {
+    match &t.destination {
+        Reference::Registry(d) => {
+            let client = ctx.client(&d.host).ok()?;
+            client.get_manifest(&d.repository, digest.as_str()).await.ok()
+        }
+        Reference::Oci { path, .. } => {
+            let file = path.join("blobs").join("sha256").join(digest.hex());
+            let bytes = tokio::fs::read(&file).await.ok()?;
+            RawManifest::verified(
+                Bytes::from(bytes),
+                None,
+                digest,
+                &format!("manifest {digest} in {}", path.display()),
+            )
+            .ok()
+        }
+        _ => None,
+    }
+}
+
+/// The digest the target writes and its platform count, when it follows
+/// from the source's HEAD (`head`), a root manifest already known, the
+/// destination or the layer cache; `current` is what the destination's tag
+/// names now.
+async fn expected_for(
+    ctx: &PlanContext,
+    t: &Target,
+    head: &Descriptor,
+    current: Option<&Digest>,
+) -> Option<(Digest, usize)> {
+    let from_cache = || {
+        ctx.cache
+            .as_ref()
+            .and_then(|c| c.output(&output_key(t, &head.digest)))
+            .map(|d| (d, 1))
+    };
+    if !t.chain.is_empty() {
+        return from_cache();
+    }
+    if !is_index(&head.media_type) {
+        if matches!(t.platforms, PlatformSelection::Default | PlatformSelection::All) {
+            return Some((head.digest.clone(), 1));
+        }
+        return from_cache();
+    }
+    let mut root = ctx.memo.root(&t.source).filter(|r| r.digest == head.digest);
+    if root.is_none() && current == Some(&head.digest) {
+        root = root_from_destination(ctx, t, &head.digest).await;
+        if let Some(r) = &root {
+            ctx.memo.remember_root(&t.source, r);
+        }
+    }
+    match root {
+        Some(r) => expected_from_root(&r, &t.platforms).or_else(from_cache),
+        None => from_cache(),
+    }
+}
+
+/// Splits `targets` into those found unchanged cheaply (planned) and the
+/// rest. The destination is asked first: a source is asked (with a HEAD)
+/// only for targets whose destination holds something, since a target the
+/// destination lacks is resolved in full anyway.
 pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<PlannedTarget>, Vec<Target>) {
+    let with_current: Vec<(Target, Option<Digest>)> = stream::iter(targets)
+        .map(|t| async move {
+            let current = if eligible(&t) {
+                tagged_digest(ctx, &t).await.ok().flatten()
+            } else {
+                None
+            };
+            (t, current)
+        })
+        .buffered(PLAN_CONCURRENCY)
+        .collect()
+        .await;
     let mut sources: Vec<Reference> = Vec::new();
-    for t in targets.iter().filter(|t| eligible(t)) {
+    for (t, _) in with_current.iter().filter(|(_, c)| c.is_some()) {
         if !sources.contains(&t.source) {
             sources.push(t.source.clone());
         }
     }
-    let roots: HashMap<String, RawManifest> = stream::iter(sources)
-        .map(|r| async move { (r.to_string(), root_of(ctx, &r).await) })
+    let heads: HashMap<String, Descriptor> = stream::iter(sources)
+        .map(|r| async move { (r.to_string(), head_of(ctx, &r).await) })
         .buffer_unordered(PLAN_CONCURRENCY)
-        .filter_map(|(k, root)| async move { root.map(|r| (k, r)) })
+        .filter_map(|(k, head)| async move { head.map(|h| (k, h)) })
         .collect()
         .await;
-    let checked: Vec<Result<PlannedTarget, Target>> = stream::iter(targets)
-        .map(|t| {
-            let root = roots.get(&t.source.to_string()).filter(|_| eligible(&t)).cloned();
+    let checked: Vec<Result<PlannedTarget, Target>> = stream::iter(with_current)
+        .map(|(t, current)| {
+            let head = heads.get(&t.source.to_string()).cloned();
             async move {
-                let Some(root) = root else { return Err(t) };
-                if t.pinned.as_ref().is_some_and(|pin| *pin != root.digest) {
-                    return Err(t);
-                }
-                let Some((expected, platforms)) = expected_from_root(&root, &t.platforms) else {
+                let (Some(head), Some(current)) = (head, current) else {
                     return Err(t);
                 };
-                match tagged_digest(ctx, &t).await {
-                    Ok(Some(current)) if current == expected => Ok(PlannedTarget {
-                        source_digest: Some(root.digest.clone()),
+                if t.pinned.as_ref().is_some_and(|pin| *pin != head.digest) {
+                    return Err(t);
+                }
+                match expected_for(ctx, &t, &head, Some(&current)).await {
+                    Some((expected, platforms)) if expected == current => Ok(PlannedTarget {
+                        source_digest: Some(head.digest.clone()),
                         platforms,
                         expected: Some(expected),
                         current: Some(current),
@@ -113,4 +230,15 @@ pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<Pl
         }
     }
     (unchanged, rest)
+}
+
+/// Asks each of `sources` with a HEAD (which pull quotas do not count),
+/// remembering the answers in the plan memo: for a source registry that
+/// announces a pull quota, before its first manifest GET.
+pub async fn head_sources(ctx: &PlanContext, sources: Vec<Reference>) {
+    stream::iter(sources)
+        .for_each_concurrent(PLAN_CONCURRENCY, |r| async move {
+            head_of(ctx, &r).await;
+        })
+        .await;
 }

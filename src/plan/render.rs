@@ -100,6 +100,15 @@ fn has_work(d: &DestinationTotals) -> bool {
     d.targets > 0 || d.blobs.upload > 0 || d.blobs.mount > 0
 }
 
+/// `Pull quota: docker.io: 76 of 100 pulls left in this 6 h window; this
+/// run needs 12`, a line per source registry that announces a quota.
+pub fn quota_lines(plan: &Plan) -> Vec<String> {
+    plan.pull_quotas
+        .iter()
+        .map(|q| format!("Pull quota: {}", q.describe()))
+        .collect()
+}
+
 /// `Nothing to do: N targets up to date.`, as apply says it.
 pub fn nothing_to_do(plan: &Plan) -> String {
     format!("Nothing to do: {} targets up to date.", plan.totals.unchanged)
@@ -115,6 +124,9 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         plan.sync_file,
         &plan.sync_file_sha256[..12.min(plan.sync_file_sha256.len())]
     );
+    for line in quota_lines(plan) {
+        let _ = writeln!(out, "{line}");
+    }
     if !plan.has_changes() && !plan.has_failures() {
         for w in &plan.warnings {
             let _ = writeln!(out, "warning: {w}");
@@ -246,6 +258,9 @@ pub fn markdown(plan: &Plan) -> String {
             );
         }
         head.push('\n');
+    }
+    for line in quota_lines(plan) {
+        let _ = writeln!(head, "{}\n", md_escape(&cut(&line, MARKDOWN_ITEM_MAX)));
     }
     let totals = format!("**Totals:** {}\n", summary_line(plan));
     if !plan.has_changes() && !plan.has_failures() {
@@ -471,6 +486,7 @@ mod tests {
             targets,
             totals,
             requests: Default::default(),
+            pull_quotas: Vec::new(),
             prune: Vec::new(),
             warnings: vec!["entry 3 (registry://registry.example.com/x:*) matched no image".into()],
             shard: None,

@@ -127,6 +127,94 @@ pub fn choose_challenge<'a>(values: impl IntoIterator<Item = &'a str>) -> Option
     })
 }
 
+/// The `error` parameter of the bearer challenge among `values`:
+/// `invalid_token` (expired or unknown: fetch a new one) or
+/// `insufficient_scope` (the token does not grant what the request needs).
+pub fn bearer_error<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    values
+        .into_iter()
+        .flat_map(parse_www_authenticate)
+        .find(|c| c.scheme == "bearer")
+        .and_then(|c| c.param("error").map(str::to_string))
+}
+
+/// One scope split: `repository:NAME:pull,push` as (`repository`, `NAME`,
+/// [`pull`, `push`]). The name may hold colons (a registry host with a port).
+pub fn split_scope(scope: &str) -> Option<(&str, &str, Vec<&str>)> {
+    let (typ, rest) = scope.split_once(':')?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    Some((typ, name, actions.split(',').filter(|a| !a.is_empty()).collect()))
+}
+
+/// What a token grants, as `TYPE:NAME:ACTION` entries, read from its
+/// `access` claim when it is a JWT (Distribution's token format). Tokens
+/// are opaque to clients by the spec: this is only used to explain a
+/// refusal, never to decide what to send. None when it cannot be read.
+pub fn granted_access(token: &str) -> Option<Vec<String>> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct Claims {
+        #[serde(default)]
+        access: Vec<Access>,
+    }
+    #[derive(Deserialize)]
+    struct Access {
+        #[serde(rename = "type", default)]
+        typ: String,
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        actions: Vec<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+    Some(
+        claims
+            .access
+            .iter()
+            .flat_map(|a| a.actions.iter().map(move |act| format!("{}:{}:{act}", a.typ, a.name)))
+            .collect(),
+    )
+}
+
+/// Whether the credentials of registry `registry_host` may go to a token
+/// service on `realm_host` (hosts without ports): the same host; a parent
+/// domain of the registry's host (`gitlab.com` for `registry.gitlab.com`);
+/// Docker Hub's `auth.docker.io`; or a host the user listed
+/// (`--token-realm`). Anything else gets no credentials, only an anonymous
+/// token request: a registry cannot send them elsewhere by naming a realm.
+pub fn realm_may_get_credentials(registry_host: &str, realm_host: &str, listed: &[String]) -> bool {
+    let reg = registry_host.trim_end_matches('.').to_ascii_lowercase();
+    let realm = realm_host.trim_end_matches('.').to_ascii_lowercase();
+    if reg == realm
+        || listed
+            .iter()
+            .any(|l| l.trim_end_matches('.').eq_ignore_ascii_case(&realm))
+    {
+        return true;
+    }
+    if realm == "auth.docker.io" && (reg == "registry-1.docker.io" || reg == "docker.io" || reg == "index.docker.io") {
+        return true;
+    }
+    // A parent domain (with at least two labels), never for IP addresses.
+    let is_ip = reg.parse::<std::net::IpAddr>().is_ok() || reg.starts_with('[');
+    !is_ip && realm.contains('.') && reg.ends_with(&format!(".{realm}"))
+}
+
+/// The host (without port) of a `host[:port]` string.
+pub fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
 /// The token scope for reading a repository.
 pub fn pull_scope(repo: &str) -> String {
     format!("repository:{repo}:pull")
@@ -338,5 +426,62 @@ mod tests {
             expires: Instant::now(),
         });
         assert!(cache.fresh(&key).is_none());
+    }
+
+    #[test]
+    fn bearer_errors_and_scopes() {
+        let v =
+            r#"Bearer realm="http://t/token",service="s",scope="repository:a:pull,push",error="insufficient_scope""#;
+        assert_eq!(bearer_error([v]).as_deref(), Some("insufficient_scope"));
+        assert_eq!(bearer_error([r#"Bearer realm="x""#]), None);
+        assert_eq!(
+            split_scope("repository:reg:5000/a/b:pull,push"),
+            Some(("repository", "reg:5000/a/b", vec!["pull", "push"]))
+        );
+        assert_eq!(
+            split_scope("registry:catalog:*"),
+            Some(("registry", "catalog", vec!["*"]))
+        );
+        assert_eq!(split_scope("junk"), None);
+    }
+
+    #[test]
+    fn granted_access_reads_a_jwt_and_nothing_else() {
+        use base64::Engine as _;
+        let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let token = format!(
+            "{}.{}.sig",
+            enc(r#"{"alg":"RS256"}"#),
+            enc(r#"{"access":[{"type":"repository","name":"m/a","actions":["pull"]}]}"#)
+        );
+        assert_eq!(granted_access(&token), Some(vec!["repository:m/a:pull".to_string()]));
+        let empty = format!("{}.{}.sig", enc("{}"), enc(r#"{"sub":"x"}"#));
+        assert_eq!(granted_access(&empty), Some(vec![]));
+        assert_eq!(granted_access("opaque-token"), None);
+        assert_eq!(granted_access("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn credentials_go_to_the_same_host_a_parent_domain_or_a_listed_realm() {
+        assert!(realm_may_get_credentials("reg.example.com", "reg.example.com", &[]));
+        assert!(realm_may_get_credentials("registry.gitlab.com", "gitlab.com", &[]));
+        assert!(realm_may_get_credentials("registry-1.docker.io", "auth.docker.io", &[]));
+        assert!(realm_may_get_credentials("127.0.0.1", "127.0.0.1", &[]));
+        assert!(!realm_may_get_credentials("127.0.0.1", "127.0.0.2", &[]));
+        assert!(!realm_may_get_credentials("reg.example.com", "evil.example.net", &[]));
+        assert!(!realm_may_get_credentials("reg.example.com", "com", &[]));
+        assert!(!realm_may_get_credentials(
+            "gitlab.example.com",
+            "registry.example.com",
+            &[]
+        ));
+        assert!(realm_may_get_credentials(
+            "127.0.0.1",
+            "127.0.0.2",
+            &["127.0.0.2".into()]
+        ));
+        assert_eq!(host_without_port("127.0.0.1:5000"), "127.0.0.1");
+        assert_eq!(host_without_port("reg.example.com"), "reg.example.com");
+        assert_eq!(host_without_port("[::1]:5000"), "::1");
     }
 }

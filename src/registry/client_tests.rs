@@ -726,3 +726,111 @@ async fn a_manifest_fetched_by_tag_is_checked_against_the_registry_digest() {
     assert_eq!(bare.digest, flipped_digest);
     assert_eq!(count("bare"), 1);
 }
+
+/// A registry whose token service numbers its tokens (`tok-1`, `tok-2`…)
+/// and whose upload PUT refuses `tok-1` as expired, as Distribution does
+/// once a token is past its `exp`.
+fn expiring_registry(port_cell: Arc<Mutex<u16>>) -> impl Fn(&Seen, &[Seen]) -> Resp + Send + Sync {
+    move |req, seen| {
+        let port = *port_cell.lock().unwrap();
+        let challenge = |error: Option<&str>| {
+            let mut v = format!(
+                r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake",scope="repository:r:pull,push""#
+            );
+            if let Some(e) = error {
+                v.push_str(&format!(r#",error="{e}""#));
+            }
+            Resp::new(401).header("WWW-Authenticate", &v)
+        };
+        let token = req.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
+        match (req.method.as_str(), req.path()) {
+            (_, "/v2/") => Resp::new(200),
+            (_, "/token") => {
+                let n = seen.iter().filter(|s| s.path() == "/token").count() + 1;
+                Resp::new(200).body(format!(r#"{{"token":"tok-{n}","expires_in":300}}"#))
+            }
+            ("POST", "/v2/r/blobs/uploads/") => match token {
+                Some(_) => Resp::new(202).header("Location", "/upload/1"),
+                None => challenge(None),
+            },
+            ("PUT", "/upload/1") => match token {
+                Some("tok-1") => challenge(Some("invalid_token")),
+                Some(_) => Resp::new(201),
+                None => challenge(None),
+            },
+            _ => Resp::new(404),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_upload_refused_as_expired_starts_over_with_a_new_token() {
+    let port = Arc::new(Mutex::new(0));
+    let fake = Fake::start(expiring_registry(port.clone())).await;
+    *port.lock().unwrap() = fake.port;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let data = Bytes::from_static(b"layer bytes");
+    let desc = Descriptor::new("application/octet-stream", Digest::of(&data), data.len() as u64);
+    let reader = || -> crate::source::BlobReader { Box::pin(std::io::Cursor::new(data.to_vec())) };
+    // The PUT meets the expired token: a cut, which the copy starts again.
+    let err = client.upload_blob("r", &desc, reader()).await.unwrap_err();
+    assert!(matches!(err, Error::Cut(_)), "{err:?}");
+    assert!(err.restarts_copy());
+    assert!(err.to_string().contains("expired"), "{err}");
+    // Started again, it gets a new token and succeeds.
+    client.upload_blob("r", &desc, reader()).await.unwrap();
+    let reqs = fake.requests();
+    assert_eq!(reqs.iter().filter(|r| r.path() == "/token").count(), 2, "{reqs:#?}");
+    let puts: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.header("authorization").unwrap_or(""))
+        .collect();
+    assert_eq!(puts, ["Bearer tok-1", "Bearer tok-2"]);
+}
+
+#[tokio::test]
+async fn a_scope_the_token_lacks_is_named_without_blaming_the_password() {
+    let port = Arc::new(Mutex::new(0u16));
+    let p = port.clone();
+    let fake = Fake::start(move |req, _| {
+        let port = *p.lock().unwrap();
+        match req.path() {
+            "/v2/" => Resp::new(200),
+            "/token" => Resp::new(200).body(r#"{"token":"opaque","expires_in":300}"#),
+            _ => {
+                let mut v = format!(
+                    r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake",scope="registry:catalog:*""#
+                );
+                if req.header("authorization").is_some() {
+                    v.push_str(r#",error="insufficient_scope""#);
+                }
+                Resp::new(401).header("WWW-Authenticate", &v)
+            }
+        }
+    })
+    .await;
+    *port.lock().unwrap() = fake.port;
+    let mut opts = fake.opts();
+    opts.username = Some("carol".into());
+    opts.password = Some("right-pass".into());
+    let client = RegistryClient::for_host(&fake.host(), &opts).unwrap();
+    let err = client.catalog().await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    let text = err.to_string();
+    assert_eq!(
+        text,
+        format!(
+            "carol may not list the catalog of {} (the token service did not grant registry:catalog:*): name the repositories in the sync file instead of a glob",
+            fake.host()
+        )
+    );
+    // Asked once for the token, sent once with it: no retry of a refusal.
+    let reqs = fake.requests();
+    assert_eq!(reqs.iter().filter(|r| r.path() == "/token").count(), 1, "{reqs:#?}");
+    assert_eq!(
+        reqs.iter().filter(|r| r.path() == "/v2/_catalog").count(),
+        2,
+        "{reqs:#?}"
+    );
+}

@@ -35,6 +35,10 @@ pub struct RegistryOptions {
     pub retries: u32,
     /// Requests per second per registry host (None: unlimited).
     pub rate_limit: Option<f64>,
+    /// `--token-realm`: token service hosts that may get a registry's
+    /// credentials though they are not its host (see
+    /// [`auth::realm_may_get_credentials`]).
+    pub token_realms: Vec<String>,
 }
 
 impl fmt::Debug for RegistryOptions {
@@ -47,6 +51,7 @@ impl fmt::Debug for RegistryOptions {
             .field("cert_dir", &self.cert_dir)
             .field("retries", &self.retries)
             .field("rate_limit", &self.rate_limit)
+            .field("token_realms", &self.token_realms)
             .finish()
     }
 }

@@ -351,6 +351,40 @@ fn apply_of_a_saved_plan_is_pinned_and_refuses_a_changed_file() {
 }
 
 #[test]
+fn apply_of_a_saved_plan_does_its_nodes_or_nothing() {
+    let s = Setup::new("sync-stale", MIRROR, "mirror.yaml");
+    let plan_file = s.dir.join("plan.json");
+    assert_ok(
+        &["sync", "--plan"],
+        s.sync(&["--plan", "--out", plan_file.to_str().unwrap()]),
+    );
+    let args = ["sync", "--apply", plan_file.to_str().unwrap(), "--no-cache"];
+
+    // Someone pushes one of the planned images to the destination after the
+    // review: its upload and commit nodes are no longer the work to do.
+    push_as(&s.dst, "alpine_3.19", "mirror/alpine:3.19");
+    let err = fails(&args, 2, "no longer matches the destinations");
+    assert!(
+        err.contains("mirror/alpine") && err.contains("no longer needed"),
+        "{err}"
+    );
+    assert!(err.contains("--plan --out"), "{err}");
+    // Nothing was written: the refusal comes before the first node.
+    let out = s.dir.join("out");
+    let written: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(written.is_empty(), "{written:?}");
+
+    // A new plan of the same file applies, node for node.
+    assert_ok(
+        &["sync", "--plan"],
+        s.sync(&["--plan", "--out", plan_file.to_str().unwrap()]),
+    );
+    assert_ok(&args, occy(&args));
+}
+
+#[test]
 fn detailed_exitcode_is_1_when_a_source_is_missing_and_the_rest_still_syncs() {
     let text = "version: 1\nregistries:\n  SRC: {insecure: true}\n  DST: {insecure: true}\nsync:\n  - from: registry://SRC/no/such-repo:1.0\n    to: registry://DST/x/missing\n  - from: registry://SRC/apps/web:v1.0\n    to: registry://DST/x/web\n";
     let s = Setup::new("sync-missing", text, "missing.yaml");
@@ -864,7 +898,8 @@ fn a_plan_costs_one_request_per_tag_on_each_side_cold_or_warm() {
     };
     // Cold: the destination repository is listed once and nothing else is
     // asked there (no HEAD per tag, no HEAD per blob); the source gives its
-    // tag listing and one manifest per tag, and no config.
+    // tag listing, one HEAD (does it announce a pull quota?) and one
+    // manifest per tag, and no config.
     let seeded = requests_in(&src.access_log()).len();
     let out = run(&["--plan", "-O", "json"]);
     let plan = json_of(&out);
@@ -872,7 +907,7 @@ fn a_plan_costs_one_request_per_tag_on_each_side_cold_or_warm() {
     assert_eq!(plan["totals"]["create"].as_u64().unwrap() as usize, tags, "{plan}");
     let src_cold = requests_in(&src.access_log())[seeded..].to_vec();
     let dst_cold = requests_in(&dst.access_log());
-    assert_plan_requests(&src_cold, tags + 1, &dst_cold, 1);
+    assert_plan_requests(&src_cold, tags + 2, &dst_cold, 1);
 
     run(&[]);
     let (src_before, dst_before) = (
@@ -885,9 +920,14 @@ fn a_plan_costs_one_request_per_tag_on_each_side_cold_or_warm() {
     assert!(tags >= 9, "{plan}");
     let src_log = requests_in(&src.access_log());
     let dst_log = requests_in(&dst.access_log());
-    // Warm: source: the tag listing, one manifest per tag; destination: the
-    // tag listing, one HEAD per tag.
+    // Warm: source: the tag listing, one HEAD per tag (no manifest GET,
+    // which pull quotas count); destination: the tag listing, one HEAD per tag.
     assert_plan_requests(&src_log[src_before..], tags + 1, &dst_log[dst_before..], tags + 1);
+    let gets: Vec<&String> = src_log[src_before..]
+        .iter()
+        .filter(|l| l.contains("\"GET ") && l.contains("/manifests/"))
+        .collect();
+    assert!(gets.is_empty(), "a warm plan GETs manifests:\n{gets:?}");
 }
 
 /// A plan sent at most `src_max` and `dst_max` requests, and read no blob

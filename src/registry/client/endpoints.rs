@@ -55,6 +55,7 @@ impl RegistryClient {
                 .fetch_counted(
                     || {
                         Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo)
+                            .counted_as_pull()
                             .header(ACCEPT, MANIFEST_ACCEPT)
                     },
                     MAX_MANIFEST_SIZE,
@@ -139,6 +140,22 @@ impl RegistryClient {
     /// None when it does not exist. Falls back to a GET when the registry
     /// does not say the digest or the size.
     pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<Option<Descriptor>> {
+        Ok(self
+            .resolve_manifest(repo, reference)
+            .await?
+            .map(|(descriptor, _)| descriptor))
+    }
+
+    /// What `repo:reference` names, asked with a HEAD (which pull quotas
+    /// such as Docker Hub's do not count): its descriptor, None when it
+    /// does not exist. When the registry's answer does not say the digest,
+    /// the size or the media type, the manifest is fetched instead (a GET,
+    /// verified as [`Self::get_manifest`] says) and returned too.
+    pub async fn resolve_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<(Descriptor, Option<RawManifest>)>> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}")).await?;
         let resp = self
             .fetch(
@@ -171,13 +188,20 @@ impl RegistryClient {
                         });
                     }
                 }
-                Ok(Some(Descriptor::new(mt, digest, size)))
+                Ok(Some((Descriptor::new(mt, digest, size), None)))
             }
-            _ => match self.get_manifest(repo, reference).await {
-                Ok(m) => Ok(Some(m.descriptor())),
-                Err(Error::NotFound(_)) => Ok(None),
-                Err(e) => Err(e),
-            },
+            _ => {
+                tracing::debug!(
+                    "{} did not say the digest, size and media type of manifest {} on a HEAD; fetching it",
+                    self.host(),
+                    manifest_name(repo, reference)
+                );
+                match self.get_manifest(repo, reference).await {
+                    Ok(m) => Ok(Some((m.descriptor(), Some(m)))),
+                    Err(Error::NotFound(_)) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
         }
     }
 
@@ -422,8 +446,9 @@ impl RegistryClient {
 
     /// Mounts blob `digest` from repository `from` into `repo` on this
     /// registry: true when mounted (201); false when the registry declined
-    /// (202: it opened an upload session instead, which is cancelled), so the
-    /// caller uploads the blob.
+    /// (202: it opened an upload session instead, which is cancelled) or
+    /// the token service did not grant `repository:FROM:pull` with the push
+    /// scope (401 `insufficient_scope`), so the caller uploads the blob.
     pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool> {
         let url = self
             .url(&format!(
@@ -439,6 +464,7 @@ impl RegistryClient {
                     let mut r = Req::new(Method::POST, url.clone(), scopes.clone(), repo);
                     r.body = ReqBody::Bytes(Bytes::new());
                     r.idempotent = true;
+                    r.scope_refusal_is_answer = true;
                     Ok(r)
                 },
                 MAX_ERROR_BODY,
@@ -447,6 +473,16 @@ impl RegistryClient {
             .await?;
         match resp.status {
             StatusCode::CREATED => Ok(true),
+            StatusCode::UNAUTHORIZED => {
+                tracing::debug!(
+                    blob = %digest,
+                    "the token service of {} did not grant {} with {}: uploading instead of mounting",
+                    self.host(),
+                    auth::pull_scope(from),
+                    auth::push_scope(repo)
+                );
+                Ok(false)
+            }
             StatusCode::ACCEPTED => {
                 if let Ok(loc) = self.location(&url, &resp.headers) {
                     let cancel = Req::new(Method::DELETE, loc, vec![auth::push_scope(repo)], repo);

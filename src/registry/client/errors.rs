@@ -11,8 +11,113 @@ use url::Url;
 use super::tls::{answered_plain_http, is_certificate_error};
 use super::RegistryClient;
 use crate::error::{Error, ErrorCode};
+use crate::registry::auth;
 
 impl RegistryClient {
+    /// Who requests to this registry go as, for messages.
+    pub(super) async fn who(&self) -> String {
+        match self.credentials().await {
+            Ok(Some(c)) if !self.credentials_withheld() => {
+                c.username().unwrap_or("the stored identity token").to_string()
+            }
+            _ => "anonymous access".to_string(),
+        }
+    }
+
+    /// The token service host the credentials were withheld from, if so.
+    fn withheld_from(&self) -> Option<String> {
+        self.inner.withheld_from.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn credentials_withheld(&self) -> bool {
+        self.withheld_from().is_some()
+    }
+
+    /// The error for a token that does not grant what a request needs
+    /// (`scopes`): names the repository (or the catalog) and the action,
+    /// says what the token service granted, and does not blame the password
+    /// (the token service accepted it).
+    pub(super) async fn scope_refused(&self, scopes: &[String], token: &str) -> Error {
+        let granted = auth::granted_access(token);
+        let detail = |typ: &str, name: &str, actions: &[&str]| -> String {
+            let have: Vec<&str> = actions
+                .iter()
+                .copied()
+                .filter(|a| {
+                    granted
+                        .as_ref()
+                        .is_some_and(|g| g.contains(&format!("{typ}:{name}:{a}")))
+                })
+                .collect();
+            if have.is_empty() {
+                format!("the token service did not grant {typ}:{name}:{}", actions.join(","))
+            } else {
+                format!("the token service granted {typ}:{name}:{} only", have.join(","))
+            }
+        };
+        // The first scope the token lacks (the first one when it cannot be read).
+        let missing = scopes
+            .iter()
+            .filter_map(|s| auth::split_scope(s))
+            .find(|(typ, name, actions)| {
+                granted
+                    .as_ref()
+                    .is_none_or(|g| actions.iter().any(|a| !g.contains(&format!("{typ}:{name}:{a}"))))
+            });
+        self.refusal(missing, detail).await
+    }
+
+    /// The error for a token request the token service refused with 403.
+    pub(super) async fn token_refused(&self, scopes: &[String]) -> Error {
+        let first = scopes.iter().find_map(|s| auth::split_scope(s));
+        self.refusal(first, |typ, name, actions| {
+            format!("the token service refused {typ}:{name}:{} (403)", actions.join(","))
+        })
+        .await
+    }
+
+    async fn refusal(
+        &self,
+        scope: Option<(&str, &str, Vec<&str>)>,
+        detail: impl Fn(&str, &str, &[&str]) -> String,
+    ) -> Error {
+        let who = self.who().await;
+        let host = self.host();
+        let hint = if let Some(realm) = self.withheld_from() {
+            format!(
+                ": the credentials for {host} were not sent to its token service on {realm}, another host; allow that with --token-realm {realm}"
+            )
+        } else if who == "anonymous access" {
+            ": give --username/--password or run docker login".to_string()
+        } else {
+            String::new()
+        };
+        let Some((typ, name, actions)) = scope else {
+            return Error::Unauthorized(format!(
+                "{who} may not do this on {host}: the token does not grant it{hint}"
+            ));
+        };
+        let why = detail(typ, name, &actions);
+        if typ == "registry" && name == "catalog" {
+            let hint = if hint.is_empty() {
+                ": name the repositories in the sync file instead of a glob".to_string()
+            } else {
+                hint
+            };
+            return Error::Unauthorized(format!("{who} may not list the catalog of {host} ({why}){hint}"));
+        }
+        let what = if actions.contains(&"push") {
+            format!("push to {host}/{name}")
+        } else if actions.contains(&"delete") {
+            format!("delete from {host}/{name}")
+        } else if typ == "repository" {
+            format!("pull {host}/{name}")
+        } else {
+            format!("use {typ} {name} of {host}")
+        };
+        Error::Unauthorized(format!("{who} may not {what} ({why}){hint}"))
+    }
+
     pub(super) fn unauthorized(&self, subject: &str, had_creds: bool) -> Error {
         if had_creds {
             Error::Unauthorized(format!(

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::image::{Digest, RawManifest};
 use crate::registry::auth::{Challenge, TokenCache};
 use crate::registry::credentials::{CredentialStore, Credentials};
-use crate::registry::rate_limit::TokenBucket;
+use crate::registry::rate_limit::{PullQuota, QuotaTracker, TokenBucket};
 use crate::registry::retry::RetryPolicy;
 use crate::registry::RegistryOptions;
 
@@ -90,7 +90,14 @@ struct HostState {
     creds: tokio::sync::OnceCell<Option<Credentials>>,
     challenge: Mutex<Option<Challenge>>,
     tokens: TokenCache,
+    /// Token service hosts listed with `--token-realm`.
+    token_realms: Vec<String>,
+    /// The token service host the credentials were withheld from (it is
+    /// not this registry's host), once that happened: said in errors.
+    withheld_from: Mutex<Option<String>>,
     manifests: ManifestMemo,
+    /// The pull quota the host announces, and the manifest GETs sent.
+    quota: QuotaTracker,
 }
 
 /// Manifests this process has read from a host, by repository and digest.
@@ -147,6 +154,9 @@ fn fingerprint(opts: &RegistryOptions) -> u64 {
     opts.cert_dir.hash(&mut h);
     opts.retries.hash(&mut h);
     opts.rate_limit.map(f64::to_bits).hash(&mut h);
+    let mut realms = opts.token_realms.clone();
+    realms.sort();
+    realms.hash(&mut h);
     h.finish()
 }
 
@@ -202,6 +212,18 @@ impl RegistryClient {
     /// The host as written (`host[:port]`).
     pub fn host(&self) -> &str {
         &self.inner.host
+    }
+
+    /// The pull quota the host's latest answer announced
+    /// (`RateLimit-Limit` / `RateLimit-Remaining`), if it sends one.
+    pub fn pull_quota(&self) -> Option<PullQuota> {
+        self.inner.quota.latest()
+    }
+
+    /// Manifest GETs sent to the host by this process (what Docker Hub
+    /// counts as pulls; HEADs are not counted).
+    pub fn pulls(&self) -> u64 {
+        self.inner.quota.pulls()
     }
 }
 

@@ -122,7 +122,10 @@ impl HostState {
             creds: tokio::sync::OnceCell::new(),
             challenge: Mutex::new(None),
             tokens: TokenCache::default(),
+            token_realms: opts.token_realms.clone(),
+            withheld_from: Mutex::new(None),
             manifests: ManifestMemo::default(),
+            quota: Default::default(),
         })
     }
 }

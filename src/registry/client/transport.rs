@@ -22,6 +22,7 @@ use super::{header_str, RegistryClient, MAX_ERROR_BODY, MAX_TOKEN_BODY};
 use crate::error::{Error, Result};
 use crate::registry::auth::{self, Challenge, Token};
 use crate::registry::credentials::Credentials;
+use crate::registry::rate_limit::PullQuota;
 use crate::registry::retry::parse_retry_after;
 
 /// A request body: replayable bytes, or a stream that can be sent once.
@@ -43,6 +44,12 @@ pub(super) struct Req {
     pub(super) subject: String,
     /// Whether the request may be repeated on a transient failure.
     pub(super) idempotent: bool,
+    /// Whether a 401 saying the token lacks a scope is returned as a
+    /// response (a mount that falls back to an upload) rather than an error.
+    pub(super) scope_refusal_is_answer: bool,
+    /// Whether the registry counts it against a pull quota (a manifest
+    /// GET): paced, and refused once the quota is spent.
+    pub(super) pull: bool,
 }
 
 impl Req {
@@ -56,7 +63,15 @@ impl Req {
             scopes,
             subject: subject.into(),
             idempotent,
+            scope_refusal_is_answer: false,
+            pull: false,
         }
+    }
+
+    /// Marks the request as one a pull quota counts (see [`Req::pull`]).
+    pub(super) fn counted_as_pull(mut self) -> Self {
+        self.pull = true;
+        self
     }
 
     pub(super) fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Result<Self> {
@@ -182,6 +197,21 @@ impl RegistryClient {
             // host named in a Location.
             let same_host =
                 req.url.host_str() == Some(self.inner.api_hostname.as_str()) && req.url.port() == self.inner.api_port;
+            // Wait for the pull quota's pace and the rate limit first, so
+            // the token is checked for freshness when the request leaves,
+            // not before the wait.
+            let _paced = if req.pull {
+                Some(
+                    self.inner
+                        .quota
+                        .before_pull()
+                        .await
+                        .map_err(|q| self.quota_spent(&q, &req.subject))?,
+                )
+            } else {
+                None
+            };
+            self.acquire().await;
             let auth = if same_host {
                 self.authorization(&req).await?
             } else {
@@ -210,7 +240,6 @@ impl RegistryClient {
                     }
                 },
             }
-            self.acquire().await;
             let started = Instant::now();
             let result = rb.send().await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -240,16 +269,40 @@ impl RegistryClient {
             };
             let status = resp.status();
             tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), status = status.as_u16(), elapsed_ms, "registry request");
+            self.inner
+                .quota
+                .observe(PullQuota::from_headers(|name| header_str(resp.headers(), name)));
 
             if status == StatusCode::UNAUTHORIZED {
-                let challenge = auth::choose_challenge(
-                    resp.headers()
-                        .get_all(WWW_AUTHENTICATE)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
+                let values: Vec<&str> = resp
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let challenge = auth::choose_challenge(values.iter().copied());
+                let bearer_error = auth::bearer_error(values.iter().copied());
                 if let Some((_, Some(token))) = &auth {
+                    if bearer_error.as_deref() == Some("insufficient_scope") {
+                        // The token is good but does not grant what this
+                        // request needs: asking again gets the same answer.
+                        if req.scope_refusal_is_answer {
+                            return Ok(resp);
+                        }
+                        return Err(self.scope_refused(&req.scopes, token).await);
+                    }
+                    // Expired (or revoked): fetch a new one, send again once.
                     self.inner.tokens.invalidate(&auth::scope_key(&req.scopes), token);
+                    if !answered_challenge && !req.replayable() {
+                        // A streamed body cannot be sent again from here:
+                        // the copy starts over, with a new token.
+                        return Err(Error::Cut(format!(
+                            "{} refused the token for {} {} as expired; starting the transfer again with a new one",
+                            self.host(),
+                            req.method,
+                            req.url.path()
+                        )));
+                    }
                 }
                 if !answered_challenge && req.replayable() {
                     if let Some(ch) = challenge {
@@ -298,6 +351,17 @@ impl RegistryClient {
             }
             return Ok(resp);
         }
+    }
+
+    /// The error of a pull refused because the host announced no pulls left.
+    fn quota_spent(&self, quota: &PullQuota, subject: &str) -> Error {
+        Error::PullQuota(format!(
+            "{} has no pulls left ({}): stopped before pulling a manifest of {subject} rather than failing on 429; {}. \
+             Run again once the window resets, or log in for a larger quota",
+            self.host(),
+            quota.describe(),
+            quota.when_reset()
+        ))
     }
 
     /// The `Authorization` header for a request, when the host asked for one
@@ -357,7 +421,29 @@ impl RegistryClient {
             .ok()
             .filter(|u| matches!(u.scheme(), "https" | "http"))
             .ok_or_else(|| Error::invalid(format!("{} sent an invalid token realm {realm:?}", self.host())))?;
-        let creds = self.credentials().await?;
+        let mut creds = self.credentials().await?;
+        let realm_host = realm_url.host_str().unwrap_or_default().to_string();
+        if creds.is_some()
+            && !auth::realm_may_get_credentials(
+                auth::host_without_port(&self.inner.api_host),
+                &realm_host,
+                &self.inner.token_realms,
+            )
+        {
+            // A registry cannot send our credentials to another host by
+            // naming it as its realm: ask for an anonymous token there.
+            if let Ok(mut g) = self.inner.withheld_from.lock() {
+                if g.is_none() {
+                    tracing::warn!(
+                        "{} names a token service on {realm_host}, another host: its credentials are not sent there, \
+                         only anonymous tokens are asked for (allow it with --token-realm {realm_host})",
+                        self.host()
+                    );
+                    *g = Some(realm_host.clone());
+                }
+            }
+            creds = None;
+        }
         if creds.is_some() && realm_url.scheme() == "http" && !self.inner.insecure {
             return Err(Error::Unauthorized(format!(
                 "{} wants credentials sent to {} over plain HTTP; refusing (allow it with --insecure-registry {})",
@@ -439,6 +525,10 @@ impl RegistryClient {
                         tokio::time::sleep(self.inner.retry.delay(attempt, retry_after)).await;
                         attempt += 1;
                         continue;
+                    }
+                    if status == StatusCode::FORBIDDEN && creds.is_some() {
+                        // The credentials are good; the scope is not granted.
+                        return Err(self.token_refused(scopes).await);
                     }
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                         return Err(self.unauthorized(subject, creds.is_some()));

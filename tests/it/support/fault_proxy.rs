@@ -7,6 +7,10 @@
 //! after the registry has acted on it) until released, so a test can kill
 //! occy at that exact point. Every request and the fault it got is recorded.
 //!
+//! It can also add headers to the answers it passes on: [`docker_hub_quota`]
+//! adds Docker Hub's `RateLimit-Limit` / `RateLimit-Remaining`, counting
+//! manifest GETs (not HEADs) against a quota, as Docker Hub does.
+//!
 //! One request per connection (every answer says `Connection: close`);
 //! bodies are read whole before being passed on, which suits the small
 //! generated test images. The `Host` header is passed unchanged, so the
@@ -100,9 +104,36 @@ pub struct Event {
 /// Decides the fault (if any) for each request.
 pub type Plan = Box<dyn FnMut(&Request) -> Option<Fault> + Send>;
 
+/// Headers to add to the answer of a request passed on.
+pub type AddHeaders = Box<dyn FnMut(&Request) -> Vec<(String, String)> + Send>;
+
+/// Docker Hub's pull quota in front of a registry: every manifest GET takes
+/// one pull from `remaining` (HEADs take none) and every answer about a
+/// manifest says `RateLimit-Limit: LIMIT;w=WINDOW` and
+/// `RateLimit-Remaining: LEFT;w=WINDOW`. The test sets `remaining` and reads
+/// it back.
+pub fn docker_hub_quota(limit: u64, remaining: Arc<AtomicU64>, window_secs: u64) -> AddHeaders {
+    Box::new(move |r: &Request| {
+        if r.class != Class::Manifest {
+            return Vec::new();
+        }
+        let left = if r.method == "GET" {
+            let _ = remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            remaining.load(Ordering::SeqCst)
+        } else {
+            remaining.load(Ordering::SeqCst)
+        };
+        vec![
+            ("RateLimit-Limit".into(), format!("{limit};w={window_secs}")),
+            ("RateLimit-Remaining".into(), format!("{left};w={window_secs}")),
+        ]
+    })
+}
+
 struct Shared {
     upstream: String,
     plan: Mutex<Plan>,
+    add_headers: Mutex<Option<AddHeaders>>,
     counters: Mutex<(u64, HashMap<Class, u64>)>,
     events: Mutex<Vec<Event>>,
     /// Requests currently held by a stall fault.
@@ -140,6 +171,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),
             plan: Mutex::new(plan),
+            add_headers: Mutex::new(None),
             counters: Mutex::new((0, HashMap::new())),
             events: Mutex::new(Vec::new()),
             stalled: Mutex::new(Vec::new()),
@@ -164,6 +196,11 @@ impl FaultProxy {
     pub fn set_plan(&self, plan: Plan) {
         *self.shared.plan.lock().unwrap() = plan;
         *self.shared.counters.lock().unwrap() = (0, HashMap::new());
+    }
+
+    /// Adds the headers `add` gives to every answer passed on from now.
+    pub fn add_headers(&self, add: AddHeaders) {
+        *self.shared.add_headers.lock().unwrap() = Some(add);
     }
 
     /// Lets every request held so far go (each is dropped, unanswered).
@@ -543,9 +580,12 @@ fn handle(
         return;
     }
     let mut up_reader = BufReader::new(up);
-    let Some(resp_head) = read_head(&mut up_reader) else {
+    let Some(mut resp_head) = read_head(&mut up_reader) else {
         return;
     };
+    if let Some(add) = s.add_headers.lock().unwrap().as_mut() {
+        resp_head.headers.extend(add(req));
+    }
     let status: u16 = resp_head
         .first_line
         .split(' ')

@@ -12,6 +12,7 @@ pub mod fault_proxy;
 pub mod layout_edit;
 pub mod oci_tools;
 pub mod outputs;
+pub mod token_service;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -287,10 +288,19 @@ impl Registry {
     }
 
     fn launch(mode: Mode, storage_extra: &str, access_log: bool) -> Registry {
+        Registry::launch_auth(mode, storage_extra, access_log, String::new())
+    }
+
+    /// A logged plain-HTTP registry whose `auth:` section is `auth` (token
+    /// auth, see [`token_service::TokenRegistry`]).
+    fn launch_token(auth: &str) -> Registry {
+        Registry::launch_auth(Mode::Plain, "", true, auth.to_string())
+    }
+
+    fn launch_auth(mode: Mode, storage_extra: &str, access_log: bool, mut auth: String) -> Registry {
         require("docker-registry", "docker-registry");
         let dir = scratch_dir(&format!("registry-{mode:?}").to_lowercase());
         let port = free_port();
-        let mut auth = String::new();
         if mode == Mode::Basic {
             require("htpasswd", "apache2-utils");
             let out = Command::new("htpasswd").args(["-Bbn", USER, PASS]).output().unwrap();
