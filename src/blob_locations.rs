@@ -239,6 +239,17 @@ impl Remembered {
         Remembered { by_blob }
     }
 
+    /// Remembers `repositories` (in this order) for `digest` on `host`,
+    /// after any already remembered (a saved plan's own candidates).
+    pub fn add(&mut self, host: &str, digest: &Digest, repositories: impl IntoIterator<Item = String>) {
+        let known = self.by_blob.entry((host.to_string(), digest.clone())).or_default();
+        for r in repositories {
+            if !known.contains(&r) {
+                known.push(r);
+            }
+        }
+    }
+
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.by_blob.is_empty()

@@ -744,11 +744,42 @@ pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
     let writes_registry = planned
         .iter()
         .any(|t| t.action.writes() && matches!(t.target.destination, Reference::Registry(_)));
-    let remembered = match &ctx.cache {
-        Some(c) if writes_registry => c.blob_locations().load(),
+    // A saved plan (`--apply`) mounts from exactly the repositories it
+    // showed, whatever other runs have remembered since.
+    let remembered = match (&ctx.pinned, &ctx.cache) {
+        (Some(saved), _) => saved_candidates(&saved.nodes),
+        (None, Some(c)) if writes_registry => c.blob_locations().load(),
         _ => Remembered::default(),
     };
     assemble(ctx.cache.as_ref(), planned, &presence, &remembered)
+}
+
+/// The remembered repositories a saved plan's mounts try, per host and blob.
+fn saved_candidates(nodes: &[Work]) -> Remembered {
+    let mut r = Remembered::default();
+    for w in nodes {
+        let (
+            Some(How::Mount {
+                from,
+                or,
+                remembered: true,
+            }),
+            Some(store),
+            Some(desc),
+        ) = (&w.how, w.key.store(), &w.source_blob)
+        else {
+            continue;
+        };
+        let Some(host) = store.strip_prefix("registry://").and_then(|s| s.split('/').next()) else {
+            continue;
+        };
+        r.add(
+            host,
+            &desc.digest,
+            std::iter::once(from.clone()).chain(or.iter().cloned()),
+        );
+    }
+    r
 }
 
 /// The graph's shape alone: every blob sent, nothing asked of the stores
