@@ -13,6 +13,7 @@ mod memo;
 pub mod prune;
 pub mod quay;
 mod quick;
+pub mod referrers;
 pub mod render;
 pub mod shard;
 pub mod state;
@@ -225,6 +226,9 @@ pub struct PlannedTarget {
     /// What the destination does to the media types of the source's manifests.
     #[serde(skip)]
     pub media: MediaNote,
+    /// The referrers (signatures, SBOMs, attestations) copied with the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<referrers::TargetReferrers>,
 }
 
 /// What an OCI-layout destination does to the media types of the manifests
@@ -612,6 +616,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         planned.sort_by_key(|t| t.entry);
         sharded = Some((selected.info, selected.assignment));
     }
+    referrers::plan(ctx, &mut planned, &mut warnings).await;
     let mut work = graph::build(ctx, &planned).await;
     for (i, t) in planned.iter_mut().enumerate() {
         t.blobs = work.counts_for(i);
@@ -894,6 +899,7 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
         },
         resolved: None,
         media: MediaNote::None,
+        referrers: None,
     }
 }
 
@@ -1029,6 +1035,7 @@ fn planned_target(t: Target) -> PlannedTarget {
         target: t,
         resolved: None,
         media: MediaNote::None,
+        referrers: None,
     }
 }
 
