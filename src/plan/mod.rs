@@ -115,6 +115,10 @@ impl RegistryAccess for PlanContext {
         PlanContext::source_options(self, reference)
     }
 
+    fn remember_tags(&self, host: &str, repo: &str, tags: &[String]) {
+        self.memo.remember_tags(host, repo, tags);
+    }
+
     fn quay_token(&self) -> Option<String> {
         self.spec
             .registries
