@@ -237,3 +237,111 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
         writes(&log).len()
     );
 }
+
+#[test]
+fn referrers_travel_by_the_referrers_api() {
+    let reg = Registry::shared(Mode::Plain);
+    let proxy = ReferrersProxy::start(&reg.host);
+    let dir = scratch_dir("referrers-api");
+    let layout = dir.join("layout");
+    reg.push_layout(&standard_images().0, "app-a", "refs-api/app:1.0");
+    let rt = rt();
+    // Pushed through the proxy: it lists the SBOM; no referrers tag exists.
+    let pc = client(&proxy.host);
+    let subject = rt.block_on(pc.head_manifest("refs-api/app", "1.0")).unwrap().unwrap();
+    let sbom = rt.block_on(push_sbom(&pc, "refs-api/app", &subject, "api"));
+    assert_eq!(proxy.listed("refs-api/app", subject.digest.as_str()), [sbom.digest.to_string()]);
+
+    let spec = write_spec(
+        &dir,
+        &format!(
+            "sync:\n  - from: registry://{p}/refs-api/app:1.0\n    to: [registry://{p}/mirror-api/app, oci://{}]\n",
+            layout.display(),
+            p = proxy.host
+        ),
+    );
+    let f = flags(&[&proxy.host]);
+    let plan = stdout(&assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"])));
+    assert!(plan.contains("+ 1 referrer: 1 SBOM"), "{plan}");
+    assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
+
+    // Found through the API, copied by digest; the destination offers the
+    // API, so no referrers tag is written there.
+    let reqs = proxy.requests();
+    assert!(reqs.iter().any(|r| r == &format!("GET /v2/refs-api/app/referrers/{}", subject.digest)), "{reqs:?}");
+    assert_eq!(proxy.listed("mirror-api/app", subject.digest.as_str()), [sbom.digest.to_string()]);
+    let rc = client(&reg.host);
+    let got = rt.block_on(rc.get_manifest("mirror-api/app", &sbom.digest.to_string())).unwrap();
+    assert_eq!(got.bytes, sbom.bytes);
+    let tags = rt.block_on(rc.list_tags("mirror-api/app")).unwrap();
+    assert_eq!(tags, ["1.0"], "no referrers tag on a registry with the API");
+    assert!(!rt.block_on(rc.list_tags("refs-api/app")).unwrap().contains(&fallback_tag(&subject.digest)));
+    let entry = layout_entry(&layout, |m| m["digest"] == sbom.digest.as_str()).expect("the SBOM in index.json");
+    assert_eq!(entry["artifactType"], SPDX);
+    assert_oci_layout_readable(&layout, "1.0", subject.media_type == OCI_MANIFEST);
+
+    // Warm: nothing to do, nothing written.
+    let n = proxy.requests().len();
+    let plan = stdout(&assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"])));
+    assert!(plan.contains("Nothing to do"), "{plan}");
+    let warm: Vec<String> = proxy.requests()[n..].to_vec();
+    assert!(warm.iter().all(|r| r.starts_with("GET ") || r.starts_with("HEAD ")), "{warm:?}");
+    eprintln!("referrers API: warm plan {} requests through the proxy: {warm:?}", warm.len());
+}
+
+#[test]
+fn referrers_none_filters_and_lost_referrers() {
+    let src = Registry::shared(Mode::Plain);
+    let dir = scratch_dir("referrers-none");
+    src.push_layout(&standard_images().0, "app-a", "refs-none/app:1.0");
+    let rt = rt();
+    let sc = client(&src.host);
+    let subject = rt.block_on(sc.head_manifest("refs-none/app", "1.0")).unwrap().unwrap();
+    rt.block_on(push_signature(&sc, "refs-none/app", &subject.digest, "only"));
+    let sig_tag = cosign_tag(&subject.digest, CosignKind::Signature);
+    let f = flags(&[&src.host]);
+
+    // referrers: none — the image alone; and the whole repository expanded
+    // (tags listed) does not take the .sig tag as an image of its own.
+    let spec = write_spec(
+        &dir,
+        &format!(
+            "sync:\n  - from: registry://{h}/refs-none/app:1.0\n    referrers: none\n    to: registry://{h}/mirror-none/app\n  - from: registry://{h}/refs-none/app\n    to: registry://{h}/mirror-all/app\n",
+            h = src.host
+        ),
+    );
+    let plan = json_of(&assert_ok(&["sync", &spec, "--plan", "-O", "json"], occy_with(&f, &["sync", &spec, "--plan", "-O", "json"])));
+    assert_eq!(plan["totals"]["targets"], 2, "the .sig tag is not a target: {plan}");
+    assert!(plan["targets"][0].get("referrers").is_none(), "{plan}");
+    assert_eq!(plan["targets"][1]["referrers"]["copy"].as_array().unwrap().len(), 1);
+    assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
+    assert_eq!(rt.block_on(sc.list_tags("mirror-none/app")).unwrap(), ["1.0"]);
+    let mut all = rt.block_on(sc.list_tags("mirror-all/app")).unwrap();
+    all.sort();
+    assert_eq!(all, ["1.0".to_string(), sig_tag.clone()]);
+
+    // A filtered entry: not copied, and the plan says why.
+    let spec = write_spec(
+        &dir,
+        &format!(
+            "sync:\n  - from: registry://{h}/refs-none/app:1.0\n    filters: [normalize-timestamps]\n    to: registry://{h}/mirror-filtered/app\n",
+            h = src.host
+        ),
+    );
+    let plan = stdout(&assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"])));
+    assert!(plan.contains("referrers: 1 not copied: filters rewrite the image"), "{plan}");
+
+    // The source loses a referrer the mirror has: the plan warns.
+    let spec = write_spec(
+        &dir,
+        &format!(
+            "sync:\n  - from: registry://{h}/refs-none/app:1.0\n    to: registry://{h}/mirror-lost/app\n",
+            h = src.host
+        ),
+    );
+    let sbom = rt.block_on(push_sbom(&sc, "mirror-lost/app", &subject, "stale"));
+    rt.block_on(push_referrers_tag(&sc, "mirror-lost/app", &subject.digest, &[&sbom]));
+    let plan = stdout(&assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"])));
+    assert!(plan.contains("that the source") && plan.contains("no longer has"), "{plan}");
+    assert!(plan.contains(sbom.digest.short()), "{plan}");
+}
