@@ -72,19 +72,51 @@ impl How {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum NodeKey {
-    Fetch { source: String, digest: Digest },
-    Rewrite { input: Digest, chain: String },
-    Blob { store: String, blob: String },
-    Config { store: String, blob: String },
-    Manifest { store: String, manifest: String },
-    Index { store: String, manifest: String },
-    Tag { destination: String, image: String },
+    Fetch {
+        source: String,
+        digest: Digest,
+    },
+    Rewrite {
+        input: Digest,
+        chain: String,
+    },
+    Blob {
+        store: String,
+        blob: String,
+    },
+    Config {
+        store: String,
+        blob: String,
+    },
+    Manifest {
+        store: String,
+        manifest: String,
+    },
+    Index {
+        store: String,
+        manifest: String,
+    },
+    Tag {
+        destination: String,
+        image: String,
+    },
     /// A referrer manifest in a store, by its cosign tag or its digest.
-    Referrer { store: String, reference: String },
+    Referrer {
+        store: String,
+        reference: String,
+    },
     /// The referrers tag (`sha256-<hex>`) of `subject` in a registry repository.
-    ReferrersTag { store: String, subject: Digest },
-    Check { destination: String, image: String },
-    Prune { destination: String },
+    ReferrersTag {
+        store: String,
+        subject: Digest,
+    },
+    Check {
+        destination: String,
+        image: String,
+    },
+    Prune {
+        destination: String,
+    },
 }
 
 impl NodeKey {
@@ -1069,7 +1101,10 @@ fn add_referrers(
                 ti,
                 |_| {},
             );
-            let entries = g.referrers_tags.entry(list).or_insert_with(|| (rf.subject.clone(), Vec::new()));
+            let entries = g
+                .referrers_tags
+                .entry(list)
+                .or_insert_with(|| (rf.subject.clone(), Vec::new()));
             if !entries.1.iter().any(|d| d.digest == rf.descriptor.digest) {
                 entries.1.push(rf.descriptor.clone());
             }
@@ -1275,7 +1310,12 @@ async fn presence(ctx: &PlanContext, planned: &[PlannedTarget]) -> Presence {
         for rf in t.referrers.iter().flat_map(|r| &r.copy) {
             for b in &rf.blobs {
                 if seen.insert((store.key.clone(), b.digest.clone())) {
-                    asks.push((store.key.clone(), r.host.clone(), r.repository.clone(), b.digest.clone()));
+                    asks.push((
+                        store.key.clone(),
+                        r.host.clone(),
+                        r.repository.clone(),
+                        b.digest.clone(),
+                    ));
                 }
             }
         }

@@ -255,10 +255,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         .map(|k| {
             let lister = &lister;
             async move {
-                let answer = lister
-                    .source(ctx, &k.0, &k.1, &k.2)
-                    .await
-                    .map_err(|e| e.to_string());
+                let answer = lister.source(ctx, &k.0, &k.1, &k.2).await.map_err(|e| e.to_string());
                 (k, answer)
             }
         })
@@ -431,7 +428,9 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
             };
             match serde_json::from_slice::<ImageManifest>(&raw.bytes) {
                 Ok(m) if raw.parse().is_ok_and(|x| matches!(x, Manifest::Image(_))) => {
-                    r.blobs = std::iter::once(m.config.clone()).chain(m.layers.iter().cloned()).collect();
+                    r.blobs = std::iter::once(m.config.clone())
+                        .chain(m.layers.iter().cloned())
+                        .collect();
                     r.descriptor.media_type = raw.media_type.clone();
                     r.descriptor.size = raw.bytes.len() as u64;
                     if r.descriptor.artifact_type.is_none() {
@@ -506,7 +505,13 @@ impl Lister {
 
     /// The tags of a repository: the plan's listing when it made one, else
     /// one listing here (None when it cannot be listed).
-    async fn tags_of(&self, ctx: &PlanContext, client: &RegistryClient, host: &str, repo: &str) -> Option<HashSet<String>> {
+    async fn tags_of(
+        &self,
+        ctx: &PlanContext,
+        client: &RegistryClient,
+        host: &str,
+        repo: &str,
+    ) -> Option<HashSet<String>> {
         if let Some(known) = ctx.memo.listed_tags(host, repo) {
             return Some(known);
         }
@@ -528,7 +533,13 @@ impl Lister {
 
     /// OCI referrers of `subject` listed by the API, or None when the host
     /// does not offer it.
-    async fn by_api(&self, client: &RegistryClient, host: &str, repo: &str, subject: &Digest) -> Result<Option<Vec<Descriptor>>> {
+    async fn by_api(
+        &self,
+        client: &RegistryClient,
+        host: &str,
+        repo: &str,
+        subject: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>> {
         if self.api(host) == Some(false) {
             return Ok(None);
         }
@@ -596,7 +607,13 @@ impl Lister {
 
     /// What a destination holds that refers to `subject`, and what its
     /// cosign tags `tags` name.
-    async fn destination(&self, ctx: &PlanContext, dest: &Reference, subject: &Digest, tags: &[String]) -> Result<DestAnswer> {
+    async fn destination(
+        &self,
+        ctx: &PlanContext,
+        dest: &Reference,
+        subject: &Digest,
+        tags: &[String],
+    ) -> Result<DestAnswer> {
         let mut out = DestAnswer::default();
         match dest {
             Reference::Registry(r) => {
@@ -678,7 +695,11 @@ mod tests {
         assert!(takes(&policy, None, "signature"));
         assert!(takes(&policy, Some("application/spdx+json"), "SBOM"));
         assert!(!takes(&policy, Some("application/vnd.cyclonedx+json"), "SBOM"));
-        assert!(takes(&ReferrerPolicy::Types(vec!["sbom".into()]), Some("application/vnd.cyclonedx+json"), "SBOM"));
+        assert!(takes(
+            &ReferrerPolicy::Types(vec!["sbom".into()]),
+            Some("application/vnd.cyclonedx+json"),
+            "SBOM"
+        ));
     }
 
     #[test]

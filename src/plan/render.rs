@@ -51,19 +51,13 @@ fn blobs(t: &PlannedTarget) -> String {
 fn referrers_line(t: &PlannedTarget) -> Option<String> {
     let r = t.referrers.as_ref()?;
     if let Some((n, why)) = &r.not_copied {
-        return Some(format!(
-            "referrers: {n} not copied: {why}"
-        ));
+        return Some(format!("referrers: {n} not copied: {why}"));
     }
     if r.copy.is_empty() || !t.action.writes() {
         return None;
     }
     let n = r.copy.len();
-    let mut line = format!(
-        "+ {n} referrer{}: {}",
-        if n == 1 { "" } else { "s" },
-        r.kinds()
-    );
+    let mut line = format!("+ {n} referrer{}: {}", if n == 1 { "" } else { "s" }, r.kinds());
     if r.present > 0 {
         line.push_str(&format!(" ({} present)", r.present));
     }

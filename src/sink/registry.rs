@@ -227,7 +227,11 @@ pub fn merge_referrers_index(
         .get("mediaType")
         .and_then(Value::as_str)
         .is_none_or(|m| m == media_type::OCI_INDEX);
-    let Some(list) = index.get_mut("manifests").and_then(Value::as_array_mut).filter(|_| is_index) else {
+    let Some(list) = index
+        .get_mut("manifests")
+        .and_then(Value::as_array_mut)
+        .filter(|_| is_index)
+    else {
         return Err(format!(
             "holds {}, not an index of referrers",
             current.map(|r| r.media_type.as_str()).unwrap_or("something else")
@@ -267,11 +271,20 @@ mod tests {
             artifact_type: Some("application/spdx+json".into()),
             ..Descriptor::new(media_type::OCI_MANIFEST, Digest::of(b"ours"), 20)
         };
-        let first = merge_referrers_index(None, std::slice::from_ref(&foreign)).unwrap().unwrap();
+        let first = merge_referrers_index(None, std::slice::from_ref(&foreign))
+            .unwrap()
+            .unwrap();
         let raw = RawManifest::new(bytes::Bytes::from(first), Some(media_type::OCI_INDEX)).unwrap();
-        let merged = merge_referrers_index(Some(&raw), &[ours.clone(), foreign.clone()]).unwrap().unwrap();
+        let merged = merge_referrers_index(Some(&raw), &[ours.clone(), foreign.clone()])
+            .unwrap()
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&merged).unwrap();
-        let digests: Vec<&str> = v["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap()).collect();
+        let digests: Vec<&str> = v["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["digest"].as_str().unwrap())
+            .collect();
         assert_eq!(digests, [foreign.digest.as_str(), ours.digest.as_str()]);
         assert_eq!(v["manifests"][1]["artifactType"], "application/spdx+json");
         let again = RawManifest::new(bytes::Bytes::from(merged), Some(media_type::OCI_INDEX)).unwrap();

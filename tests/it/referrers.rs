@@ -32,16 +32,27 @@ fn client(host: &str) -> RegistryClient {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 async fn blob(c: &RegistryClient, repo: &str, media_type: &str, bytes: &[u8]) -> Descriptor {
     let d = Descriptor::new(media_type, Digest::of(bytes), bytes.len() as u64);
-    c.upload_blob_bytes(repo, &d, Bytes::copy_from_slice(bytes)).await.unwrap();
+    c.upload_blob_bytes(repo, &d, Bytes::copy_from_slice(bytes))
+        .await
+        .unwrap();
     d
 }
 
-async fn put(c: &RegistryClient, repo: &str, reference: Option<&str>, value: serde_json::Value, mt: &str) -> RawManifest {
+async fn put(
+    c: &RegistryClient,
+    repo: &str,
+    reference: Option<&str>,
+    value: serde_json::Value,
+    mt: &str,
+) -> RawManifest {
     let raw = RawManifest::new(Bytes::from(serde_json::to_vec(&value).unwrap()), Some(mt)).unwrap();
     let r = reference.map(str::to_string).unwrap_or_else(|| raw.digest.to_string());
     c.put_manifest(repo, &r, &raw).await.unwrap();
@@ -100,7 +111,14 @@ async fn push_signature(c: &RegistryClient, repo: &str, subject: &Digest, seed: 
         "config": config,
         "layers": [layer],
     });
-    put(c, repo, Some(&cosign_tag(subject, CosignKind::Signature)), m, OCI_MANIFEST).await
+    put(
+        c,
+        repo,
+        Some(&cosign_tag(subject, CosignKind::Signature)),
+        m,
+        OCI_MANIFEST,
+    )
+    .await
 }
 
 fn write_spec(dir: &Path, body: &str) -> String {
@@ -110,7 +128,10 @@ fn write_spec(dir: &Path, body: &str) -> String {
 }
 
 fn flags(hosts: &[&str]) -> Vec<String> {
-    hosts.iter().flat_map(|h| ["--insecure-registry".to_string(), h.to_string()]).collect()
+    hosts
+        .iter()
+        .flat_map(|h| ["--insecure-registry".to_string(), h.to_string()])
+        .collect()
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -120,12 +141,24 @@ fn stdout(o: &std::process::Output) -> String {
 /// Writes (PUT, POST, PATCH, DELETE) in access-log lines.
 fn writes(log: &str) -> Vec<&str> {
     log.lines()
-        .filter(|l| ["\"PUT ", "\"POST ", "\"PATCH ", "\"DELETE "].iter().any(|m| l.contains(m)))
+        .filter(|l| {
+            ["\"PUT ", "\"POST ", "\"PATCH ", "\"DELETE "]
+                .iter()
+                .any(|m| l.contains(m))
+        })
         .collect()
 }
 
 fn requests(log: &str) -> usize {
-    log.lines().filter(|l| l.contains("\"GET ") || l.contains("\"HEAD ") || l.contains("\"PUT ") || l.contains("\"POST ") || l.contains("\"PATCH ")).count()
+    log.lines()
+        .filter(|l| {
+            l.contains("\"GET ")
+                || l.contains("\"HEAD ")
+                || l.contains("\"PUT ")
+                || l.contains("\"POST ")
+                || l.contains("\"PATCH ")
+        })
+        .count()
 }
 
 /// The manifest a layout's index.json lists under `name`, or untagged with `digest`.
@@ -172,19 +205,34 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
 
     // The registry: the SBOM by digest with its blobs, the merged referrers
     // tag (the foreign entry kept), the signature's tag.
-    let got = rt.block_on(dc.get_manifest("mirror/app", &sbom.digest.to_string())).unwrap();
+    let got = rt
+        .block_on(dc.get_manifest("mirror/app", &sbom.digest.to_string()))
+        .unwrap();
     assert_eq!(got.bytes, sbom.bytes);
     let parsed: serde_json::Value = serde_json::from_slice(&sbom.bytes).unwrap();
     for d in std::iter::once(&parsed["config"]).chain(parsed["layers"].as_array().unwrap()) {
         let digest = Digest::parse(d["digest"].as_str().unwrap()).unwrap();
-        assert!(rt.block_on(dc.head_blob("mirror/app", &digest)).unwrap().is_some(), "blob {digest}");
+        assert!(
+            rt.block_on(dc.head_blob("mirror/app", &digest)).unwrap().is_some(),
+            "blob {digest}"
+        );
     }
-    let tag = rt.block_on(dc.get_manifest("mirror/app", &fallback_tag(&subject.digest))).unwrap();
+    let tag = rt
+        .block_on(dc.get_manifest("mirror/app", &fallback_tag(&subject.digest)))
+        .unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&tag.bytes).unwrap();
-    let digests: Vec<&str> = listed["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap()).collect();
+    let digests: Vec<&str> = listed["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
     assert_eq!(digests, [foreign.digest.as_str(), sbom.digest.as_str()], "{listed}");
     assert_eq!(listed["manifests"][1]["artifactType"], SPDX);
-    let sig_there = rt.block_on(dc.head_manifest("mirror/app", &cosign_tag(&subject.digest, CosignKind::Signature))).unwrap().unwrap();
+    let sig_there = rt
+        .block_on(dc.head_manifest("mirror/app", &cosign_tag(&subject.digest, CosignKind::Signature)))
+        .unwrap()
+        .unwrap();
     assert_eq!(sig_there.digest, sig.digest);
     let image = rt.block_on(dc.head_manifest("mirror/app", "1.0")).unwrap().unwrap();
     assert_eq!(image.digest, subject.digest);
@@ -194,7 +242,10 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
     let entry = layout_entry(&layout, |m| m["digest"] == sbom.digest.as_str()).expect("the SBOM in index.json");
     assert_eq!(entry["artifactType"], SPDX);
     assert!(ref_name(&entry).is_none());
-    let sig_entry = layout_entry(&layout, |m| ref_name(m) == Some(cosign_tag(&subject.digest, CosignKind::Signature).as_str())).unwrap();
+    let sig_entry = layout_entry(&layout, |m| {
+        ref_name(m) == Some(cosign_tag(&subject.digest, CosignKind::Signature).as_str())
+    })
+    .unwrap();
     assert_eq!(sig_entry["digest"], sig.digest.as_str());
     for d in [&sbom.digest, &sig.digest] {
         assert!(layout.join("blobs/sha256").join(d.hex()).is_file());
@@ -208,7 +259,10 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
     let plan_log = dst.access_log()[before..].to_string();
     let plan_requests = requests(&plan_log);
     // One HEAD of the tag, one referrers-API probe, one referrers tag, one HEAD of the .sig.
-    assert!(plan_requests <= 4, "warm plan asked the destination {plan_requests} times:\n{plan_log}");
+    assert!(
+        plan_requests <= 4,
+        "warm plan asked the destination {plan_requests} times:\n{plan_log}"
+    );
     let before = dst.access_log().len();
     assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
     let log = dst.access_log()[before..].to_string();
@@ -228,9 +282,15 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
     let before = dst.access_log().len();
     assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
     let log = dst.access_log()[before..].to_string();
-    let sig_there = rt.block_on(dc.head_manifest("mirror/app", &cosign_tag(&subject.digest, CosignKind::Signature))).unwrap().unwrap();
+    let sig_there = rt
+        .block_on(dc.head_manifest("mirror/app", &cosign_tag(&subject.digest, CosignKind::Signature)))
+        .unwrap()
+        .unwrap();
     assert_eq!(sig_there.digest, resigned.digest);
-    let sig_entry = layout_entry(&layout, |m| ref_name(m) == Some(cosign_tag(&subject.digest, CosignKind::Signature).as_str())).unwrap();
+    let sig_entry = layout_entry(&layout, |m| {
+        ref_name(m) == Some(cosign_tag(&subject.digest, CosignKind::Signature).as_str())
+    })
+    .unwrap();
     assert_eq!(sig_entry["digest"], resigned.digest.as_str());
     eprintln!(
         "referrers tag: warm plan {plan_requests} destination requests; re-sign run {} writes",
@@ -250,7 +310,10 @@ fn referrers_travel_by_the_referrers_api() {
     let pc = client(&proxy.host);
     let subject = rt.block_on(pc.head_manifest("refs-api/app", "1.0")).unwrap().unwrap();
     let sbom = rt.block_on(push_sbom(&pc, "refs-api/app", &subject, "api"));
-    assert_eq!(proxy.listed("refs-api/app", subject.digest.as_str()), [sbom.digest.to_string()]);
+    assert_eq!(
+        proxy.listed("refs-api/app", subject.digest.as_str()),
+        [sbom.digest.to_string()]
+    );
 
     let spec = write_spec(
         &dir,
@@ -261,32 +324,56 @@ fn referrers_travel_by_the_referrers_api() {
         ),
     );
     let f = flags(&[&proxy.host]);
-    let plan = stdout(&assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"])));
+    let plan = stdout(&assert_ok(
+        &["sync", &spec, "--plan"],
+        occy_with(&f, &["sync", &spec, "--plan"]),
+    ));
     assert!(plan.contains("+ 1 referrer: 1 SBOM"), "{plan}");
     assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
 
     // Found through the API, copied by digest; the destination offers the
     // API, so no referrers tag is written there.
     let reqs = proxy.requests();
-    assert!(reqs.iter().any(|r| r == &format!("GET /v2/refs-api/app/referrers/{}", subject.digest)), "{reqs:?}");
-    assert_eq!(proxy.listed("mirror-api/app", subject.digest.as_str()), [sbom.digest.to_string()]);
+    assert!(
+        reqs.iter()
+            .any(|r| r == &format!("GET /v2/refs-api/app/referrers/{}", subject.digest)),
+        "{reqs:?}"
+    );
+    assert_eq!(
+        proxy.listed("mirror-api/app", subject.digest.as_str()),
+        [sbom.digest.to_string()]
+    );
     let rc = client(&reg.host);
-    let got = rt.block_on(rc.get_manifest("mirror-api/app", &sbom.digest.to_string())).unwrap();
+    let got = rt
+        .block_on(rc.get_manifest("mirror-api/app", &sbom.digest.to_string()))
+        .unwrap();
     assert_eq!(got.bytes, sbom.bytes);
     let tags = rt.block_on(rc.list_tags("mirror-api/app")).unwrap();
     assert_eq!(tags, ["1.0"], "no referrers tag on a registry with the API");
-    assert!(!rt.block_on(rc.list_tags("refs-api/app")).unwrap().contains(&fallback_tag(&subject.digest)));
+    assert!(!rt
+        .block_on(rc.list_tags("refs-api/app"))
+        .unwrap()
+        .contains(&fallback_tag(&subject.digest)));
     let entry = layout_entry(&layout, |m| m["digest"] == sbom.digest.as_str()).expect("the SBOM in index.json");
     assert_eq!(entry["artifactType"], SPDX);
     assert_oci_layout_readable(&layout, "1.0", subject.media_type == OCI_MANIFEST);
 
     // Warm: nothing to do, nothing written.
     let n = proxy.requests().len();
-    let plan = stdout(&assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"])));
+    let plan = stdout(&assert_ok(
+        &["sync", &spec, "--plan"],
+        occy_with(&f, &["sync", &spec, "--plan"]),
+    ));
     assert!(plan.contains("Nothing to do"), "{plan}");
     let warm: Vec<String> = proxy.requests()[n..].to_vec();
-    assert!(warm.iter().all(|r| r.starts_with("GET ") || r.starts_with("HEAD ")), "{warm:?}");
-    eprintln!("referrers API: warm plan {} requests through the proxy: {warm:?}", warm.len());
+    assert!(
+        warm.iter().all(|r| r.starts_with("GET ") || r.starts_with("HEAD ")),
+        "{warm:?}"
+    );
+    eprintln!(
+        "referrers API: warm plan {} requests through the proxy: {warm:?}",
+        warm.len()
+    );
 }
 
 #[test]
@@ -310,7 +397,10 @@ fn referrers_none_filters_and_lost_referrers() {
             h = src.host
         ),
     );
-    let plan = json_of(&assert_ok(&["sync", &spec, "--plan", "-O", "json"], occy_with(&f, &["sync", &spec, "--plan", "-O", "json"])));
+    let plan = json_of(&assert_ok(
+        &["sync", &spec, "--plan", "-O", "json"],
+        occy_with(&f, &["sync", &spec, "--plan", "-O", "json"]),
+    ));
     assert_eq!(plan["totals"]["targets"], 2, "the .sig tag is not a target: {plan}");
     assert!(plan["targets"][0].get("referrers").is_none(), "{plan}");
     assert_eq!(plan["targets"][1]["referrers"]["copy"].as_array().unwrap().len(), 1);
@@ -328,8 +418,14 @@ fn referrers_none_filters_and_lost_referrers() {
             h = src.host
         ),
     );
-    let plan = stdout(&assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"])));
-    assert!(plan.contains("referrers: 1 not copied: filters rewrite the image"), "{plan}");
+    let plan = stdout(&assert_ok(
+        &["sync", &spec, "--plan"],
+        occy_with(&f, &["sync", &spec, "--plan"]),
+    ));
+    assert!(
+        plan.contains("referrers: 1 not copied: filters rewrite the image"),
+        "{plan}"
+    );
 
     // The source loses a referrer the mirror has: the plan warns.
     let spec = write_spec(
@@ -341,7 +437,13 @@ fn referrers_none_filters_and_lost_referrers() {
     );
     let sbom = rt.block_on(push_sbom(&sc, "mirror-lost/app", &subject, "stale"));
     rt.block_on(push_referrers_tag(&sc, "mirror-lost/app", &subject.digest, &[&sbom]));
-    let plan = stdout(&assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"])));
-    assert!(plan.contains("that the source") && plan.contains("no longer has"), "{plan}");
+    let plan = stdout(&assert_ok(
+        &["sync", &spec, "--plan"],
+        occy_with(&f, &["sync", &spec, "--plan"]),
+    ));
+    assert!(
+        plan.contains("that the source") && plan.contains("no longer has"),
+        "{plan}"
+    );
     assert!(plan.contains(sbom.digest.short()), "{plan}");
 }

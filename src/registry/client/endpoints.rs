@@ -340,7 +340,12 @@ impl RegistryClient {
             Ok(Listing {
                 media_type,
                 manifests: Some(list),
-            }) if media_type.as_deref().is_none_or(|m| m == crate::image::media_type::OCI_INDEX) => Ok(Some(list)),
+            }) if media_type
+                .as_deref()
+                .is_none_or(|m| m == crate::image::media_type::OCI_INDEX) =>
+            {
+                Ok(Some(list))
+            }
             _ => Ok(None),
         }
     }

@@ -955,10 +955,6 @@ mod tests {
 
 /// `type/subtype` as media types are spelled (RFC 6838 characters).
 fn looks_like_media_type(t: &str) -> bool {
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
-    };
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
     matches!(t.split_once('/'), Some((a, b)) if ok(a) && ok(b))
 }

@@ -103,7 +103,9 @@ fn serve(s: &Shared, mut client: TcpStream) {
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
     s.requests.lock().unwrap().push(format!("{method} {path}"));
-    let Some(body) = read_body(&mut reader, &head, false) else { return };
+    let Some(body) = read_body(&mut reader, &head, false) else {
+        return;
+    };
 
     // The referrers API.
     if let Some((repo, rest)) = path.strip_prefix("/v2/").and_then(|p| p.split_once("/referrers/")) {
@@ -128,9 +130,17 @@ fn serve(s: &Shared, mut client: TcpStream) {
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": list,
         });
-        let filtered = if wanted.is_some() { "OCI-Filters-Applied: artifactType\r\n" } else { "" };
+        let filtered = if wanted.is_some() {
+            "OCI-Filters-Applied: artifactType\r\n"
+        } else {
+            ""
+        };
         let headers = format!("Content-Type: application/vnd.oci.image.index.v1+json\r\n{filtered}");
-        let body = if method == "HEAD" { Vec::new() } else { serde_json::to_vec(&index).unwrap() };
+        let body = if method == "HEAD" {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&index).unwrap()
+        };
         let _ = client.write_all(&answer("200 OK", &headers, &body));
         return;
     }
@@ -146,7 +156,9 @@ fn serve(s: &Shared, mut client: TcpStream) {
         return;
     }
     let mut up_reader = BufReader::new(up);
-    let Some(resp_head) = read_head(&mut up_reader) else { return };
+    let Some(resp_head) = read_head(&mut up_reader) else {
+        return;
+    };
     let status: u16 = resp_head
         .first_line
         .split(' ')
