@@ -8,6 +8,7 @@
 //! `?format=oci`) takes none: the plan says why.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
@@ -463,7 +464,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         }
         if p.resolved.is_none() {
             match super::resolve_reading(ctx, &p.target.source, &p.target.platforms, Configs::Skip).await {
-                Ok(r) => match super::for_destination(p, std::sync::Arc::new(r)) {
+                Ok(r) => match super::for_destination(p, Arc::new(r)) {
                     Ok(r) => p.resolved = Some(r),
                     Err(e) => {
                         warnings.push(format!("{}: its referrers are not copied: {e}", p.destination));
@@ -490,19 +491,18 @@ type ListedTags = Option<HashSet<String>>;
 #[derive(Default)]
 struct Lister {
     /// host → whether it answered the referrers API.
-    api: std::sync::Mutex<HashMap<String, bool>>,
+    /// host → whether it offers the referrers API, learned by the first
+    /// lookup there while the others wait (a registry without it costs one 404).
+    api: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
     /// (host, repository) → its tags (listed once).
     tags: tokio::sync::Mutex<HashMap<(String, String), ListedTags>>,
 }
 
 impl Lister {
-    fn api(&self, host: &str) -> Option<bool> {
-        self.api.lock().ok()?.get(host).copied()
-    }
-
-    fn learn_api(&self, host: &str, offered: bool) {
-        if let Ok(mut m) = self.api.lock() {
-            m.insert(host.to_string(), offered);
+    fn api_cell(&self, host: &str) -> Arc<tokio::sync::OnceCell<bool>> {
+        match self.api.lock() {
+            Ok(mut m) => m.entry(host.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
         }
     }
 
@@ -543,12 +543,21 @@ impl Lister {
         repo: &str,
         subject: &Digest,
     ) -> Result<Option<Vec<Descriptor>>> {
-        if self.api(host) == Some(false) {
-            return Ok(None);
+        let cell = self.api_cell(host);
+        let mut first: Option<Option<Vec<Descriptor>>> = None;
+        let offered = *cell
+            .get_or_try_init(|| async {
+                let answer = client.referrers(repo, subject, None).await?;
+                let offered = answer.is_some();
+                first = Some(answer);
+                Ok::<bool, Error>(offered)
+            })
+            .await?;
+        match first {
+            Some(answer) => Ok(answer),
+            None if offered => client.referrers(repo, subject, None).await,
+            None => Ok(None),
         }
-        let answer = client.referrers(repo, subject, None).await?;
-        self.learn_api(host, answer.is_some());
-        Ok(answer)
     }
 
     /// The entries of the referrers tag of `subject`, if it is there.
