@@ -150,11 +150,6 @@ fn why_not(p: &PlannedTarget) -> Option<String> {
     }
 }
 
-/// Whether a destination can hold referrers.
-fn holds_referrers(dest: &Reference) -> bool {
-    matches!(dest, Reference::Registry(_) | Reference::Oci { .. })
-}
-
 /// A target's plan for referrers before looking: its source repository,
 /// the subjects, and whether they are copied.
 struct Want {
@@ -205,7 +200,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         if policy == ReferrerPolicy::None {
             continue;
         }
-        if !holds_referrers(&p.target.destination) {
+        if !crate::sink::kind::of(&p.target.destination).holds_referrers {
             if explicit {
                 warnings.push(format!(
                     "{} cannot hold referrers (signatures, SBOMs, attestations): {} is copied without them",
