@@ -571,16 +571,16 @@ fn referrers_of_each_platform_manifest_travel_with_an_index() {
     let sbom = rt.block_on(push_sbom(&c, "refs-multi/app", &child, "arm64"));
     rt.block_on(push_referrers_tag(&c, "refs-multi/app", &child.digest, &[&sbom]));
     let sig = rt.block_on(push_signature(&c, "refs-multi/app", &index.digest, "index"));
+    let first = format!(
+        "{}/{}",
+        parsed["manifests"][0]["platform"]["os"].as_str().unwrap(),
+        parsed["manifests"][0]["platform"]["architecture"].as_str().unwrap()
+    );
     let spec = write_spec(
         &dir,
         &format!(
-            "defaults:\n  platforms: all\nsync:\n  - from: registry://{h}/refs-multi/app:1.0\n    to: registry://{h}/mirror-multi/app\n  - from: registry://{h}/refs-multi/app:1.0\n    platforms: [{p}]\n    to: registry://{h}/mirror-subset/app\n",
+            "defaults:\n  platforms: all\nsync:\n  - from: registry://{h}/refs-multi/app:1.0\n    to: registry://{h}/mirror-multi/app\n  - from: registry://{h}/refs-multi/app:1.0\n    platforms: [{first}]\n    to: registry://{h}/mirror-subset/app\n",
             h = src.host,
-            p = format!(
-                "{}/{}",
-                parsed["manifests"][0]["platform"]["os"].as_str().unwrap(),
-                parsed["manifests"][0]["platform"]["architecture"].as_str().unwrap()
-            )
         ),
     );
     let f = flags(&[&src.host]);
