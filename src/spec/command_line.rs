@@ -136,6 +136,8 @@ impl OneShot<'_> {
                 platforms: Some(self.platforms.clone()),
                 chain: self.chain.clone(),
                 chain_name,
+                // A one-shot copy takes the image alone.
+                referrers: Some(crate::spec::ReferrerPolicy::None),
                 to,
             }],
             source,

@@ -46,6 +46,24 @@ pub struct Defaults {
     pub check: Option<CheckSetting>,
     /// Encoding of layers that filters rewrite: gzip or zstd.
     pub compression: Option<String>,
+    /// Which referrers (signatures, SBOMs, attestations) travel with each
+    /// image: `all` (the default for registry and OCI-layout destinations),
+    /// `none`, or a list of artifact types (and the words `signature`,
+    /// `attestation`, `sbom`).
+    pub referrers: Option<Referrers>,
+}
+
+/// `all`, `none`, or a list of artifact types.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "\"all\", \"none\" or a list of artifact types such as [signature, application/spdx+json]"
+)]
+pub enum Referrers {
+    /// `all` or `none`.
+    Keyword(String),
+    /// Artifact types (`application/spdx+json`), or `signature`, `attestation`, `sbom`.
+    List(Vec<String>),
 }
 
 /// `all`, or a list of platforms.
@@ -187,6 +205,8 @@ pub struct SyncEntry {
     pub platforms: Option<Platforms>,
     /// A chain name from `filters:`, or an inline list of filters.
     pub filters: Option<FilterChoice>,
+    /// Which referrers travel with the images (overrides `defaults.referrers`).
+    pub referrers: Option<Referrers>,
     /// Destination(s); may use {registry}, {repo}, {name}, {tag}, {platform}.
     pub to: Destinations,
 }

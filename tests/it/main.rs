@@ -20,6 +20,7 @@ mod process_registry;
 mod pull_quota;
 mod push_compression;
 mod push_registry;
+mod referrers;
 mod registry_client;
 mod shard;
 mod sync;

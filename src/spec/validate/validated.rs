@@ -43,6 +43,33 @@ pub struct Settings {
     pub retries: Option<u32>,
     pub check: Option<CheckSetting>,
     pub compression: Option<Compression>,
+    pub referrers: Option<ReferrerPolicy>,
+}
+
+/// Which referrers of an image are copied with it (`referrers:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferrerPolicy {
+    /// Every referrer.
+    All,
+    /// None.
+    None,
+    /// Those of these artifact types; `signature`, `attestation` and `sbom`
+    /// name cosign's tags and the artifact types known to be such.
+    Types(Vec<String>),
+}
+
+impl ReferrerPolicy {
+    /// Whether a referrer of `artifact_type` (and, for a cosign tag or a
+    /// known type, `kind`: `signature`, `attestation`, `sbom`) is copied.
+    pub fn takes(&self, artifact_type: Option<&str>, kind: Option<&str>) -> bool {
+        match self {
+            ReferrerPolicy::All => true,
+            ReferrerPolicy::None => false,
+            ReferrerPolicy::Types(list) => list
+                .iter()
+                .any(|t| Some(t.as_str()) == artifact_type || Some(t.as_str()) == kind),
+        }
+    }
 }
 
 /// How to reach one registry host, secrets read from the environment.
@@ -80,6 +107,8 @@ pub struct Entry {
     pub chain: FilterChain,
     /// The chain's name, or `inline`, for the plan.
     pub chain_name: Option<String>,
+    /// `referrers:` of the entry, else of `defaults` (None: neither says).
+    pub referrers: Option<ReferrerPolicy>,
     pub to: Vec<DestTemplate>,
 }
 

@@ -12,6 +12,7 @@ pub mod fault_proxy;
 pub mod layout_edit;
 pub mod oci_tools;
 pub mod outputs;
+pub mod referrers_proxy;
 pub mod token_service;
 
 use std::net::TcpListener;
