@@ -2,6 +2,7 @@
 //! configs and platforms, plus [`ImageData`], one resolved platform image.
 
 pub mod config;
+pub mod cosign;
 pub mod convert;
 pub mod digest;
 pub mod manifest;

@@ -141,6 +141,7 @@ impl OneShot<'_> {
                 platforms: Some(self.platforms.clone()),
                 chain: self.chain.clone(),
                 chain_name,
+                verify: None,
                 to,
             }],
             source,

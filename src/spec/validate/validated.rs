@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use super::tags::TagFilter;
 use crate::filter::FilterChain;
+use crate::image::cosign::PublicKey;
 use crate::image::Compression;
 use crate::reference::Reference;
 use crate::source::PlatformSelection;
@@ -43,6 +44,21 @@ pub struct Settings {
     pub retries: Option<u32>,
     pub check: Option<CheckSetting>,
     pub compression: Option<Compression>,
+    /// `defaults.verify`.
+    pub verify: Option<VerifyKeys>,
+}
+
+/// The keys one of which must have signed a source image (`verify:`).
+#[derive(Debug, Clone)]
+pub struct VerifyKeys {
+    pub keys: Vec<PublicKey>,
+}
+
+impl VerifyKeys {
+    /// The keys' names for messages: `keys/a.pub` or `keys/a.pub or keys/b.pub`.
+    pub fn names(&self) -> String {
+        self.keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(" or ")
+    }
 }
 
 /// How to reach one registry host, secrets read from the environment.
@@ -80,6 +96,8 @@ pub struct Entry {
     pub chain: FilterChain,
     /// The chain's name, or `inline`, for the plan.
     pub chain_name: Option<String>,
+    /// The keys its source images must be signed by (its own `verify`, else `defaults.verify`).
+    pub verify: Option<VerifyKeys>,
     pub to: Vec<DestTemplate>,
 }
 

@@ -1,0 +1,236 @@
+//! `verify:`: before an image is planned, its cosign signatures are read from
+//! the source registry (the `sha256-<hex>.sig` tag of the digest the source's
+//! tag names, and each payload blob, streamed, verified and bounded) and
+//! checked against the entry's public keys. A target whose source carries no
+//! valid signature by one of them fails with the reason — which signatures
+//! were found and why each did not count — and the rest of the sync goes on.
+//! `occy info --verify-key` reads signatures the same way.
+
+use std::collections::HashMap;
+
+use futures_util::stream::{self, StreamExt};
+use tokio::io::AsyncReadExt;
+
+use super::expand::RegistryAccess;
+use super::{Action, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
+use crate::error::{Error, Result};
+use crate::image::cosign::{self, PublicKey, Verdict, MAX_PAYLOAD_SIZE};
+use crate::image::manifest::Manifest;
+use crate::image::referrers::{cosign_tag, CosignKind};
+use crate::image::{Descriptor, Digest};
+use crate::reference::Reference;
+use crate::registry::RegistryClient;
+
+/// One signature of a `.sig` manifest, as checked.
+#[derive(Debug, Clone)]
+pub struct CheckedSignature {
+    /// The payload blob.
+    pub payload: Descriptor,
+    /// The repository and digest the payload claims, when it could be read.
+    pub claims: Option<cosign::Payload>,
+    /// What checking it against the keys found; None when no key was given.
+    pub verdict: Option<Verdict>,
+}
+
+/// The cosign signatures of one image.
+#[derive(Debug, Clone)]
+pub struct Signatures {
+    /// `host/repository:sha256-<hex>.sig`.
+    pub tag: String,
+    /// Its manifest digest, when the tag exists.
+    pub manifest: Option<Digest>,
+    pub signatures: Vec<CheckedSignature>,
+}
+
+impl Signatures {
+    /// The key that verified a signature, if one did.
+    pub fn verified_by(&self) -> Option<&str> {
+        self.signatures.iter().find_map(|s| match &s.verdict {
+            Some(Verdict::Valid(k)) => Some(k.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Why no signature counts, for a failed target: which were found and
+    /// what was wrong with each.
+    pub fn why_not(&self) -> String {
+        if self.manifest.is_none() {
+            return format!("there is no signature tag {}", self.tag);
+        }
+        if self.signatures.is_empty() {
+            return format!("{} holds no simple-signing layers", self.tag);
+        }
+        let each: Vec<String> = self
+            .signatures
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let what = s
+                    .verdict
+                    .as_ref()
+                    .map(Verdict::to_string)
+                    .unwrap_or_else(|| "not checked".into());
+                format!("#{} {what}", i + 1)
+            })
+            .collect();
+        let n = self.signatures.len();
+        format!(
+            "{} holds {n} signature{}: {}",
+            self.tag,
+            if n == 1 { "" } else { "s" },
+            each.join("; ")
+        )
+    }
+}
+
+/// Reads the cosign signatures of `digest` in `repo` and checks each
+/// against `keys` (none: read, not checked).
+pub async fn read_signatures(
+    client: &RegistryClient,
+    repo: &str,
+    digest: &Digest,
+    keys: &[PublicKey],
+) -> Result<Signatures> {
+    let tag = cosign_tag(digest, CosignKind::Signature);
+    let name = format!("{}/{repo}:{tag}", client.host());
+    let raw = match client.get_manifest(repo, &tag).await {
+        Ok(raw) => raw,
+        Err(Error::NotFound(_)) => {
+            return Ok(Signatures {
+                tag: name,
+                manifest: None,
+                signatures: Vec::new(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let manifest = match raw.parse()? {
+        Manifest::Image(m) => m,
+        Manifest::Index(_) => {
+            return Err(Error::invalid(format!(
+                "{name} is an index, not a cosign signature manifest"
+            )))
+        }
+    };
+    let mut signatures = Vec::new();
+    for layer in cosign::signature_layers(&manifest) {
+        let payload = match read_payload(client, repo, &layer.payload).await {
+            Ok(p) => p,
+            Err(e) => {
+                signatures.push(CheckedSignature {
+                    payload: layer.payload,
+                    claims: None,
+                    verdict: Some(Verdict::Unusable(e.to_string())),
+                });
+                continue;
+            }
+        };
+        let claims = cosign::parse_payload(&payload).ok();
+        let verdict = match (&layer.signature, keys.is_empty()) {
+            (_, true) => None,
+            (Err(why), false) => Some(Verdict::Unusable(why.clone())),
+            (Ok(sig), false) => Some(cosign::check(&payload, sig, digest, keys)),
+        };
+        signatures.push(CheckedSignature {
+            payload: layer.payload,
+            claims,
+            verdict,
+        });
+    }
+    Ok(Signatures {
+        tag: name,
+        manifest: Some(raw.digest),
+        signatures,
+    })
+}
+
+/// One payload blob, read whole (it is small and bounded) and verified
+/// against its digest while it streams.
+async fn read_payload(client: &RegistryClient, repo: &str, desc: &Descriptor) -> Result<Vec<u8>> {
+    if desc.size > MAX_PAYLOAD_SIZE {
+        return Err(Error::invalid(format!(
+            "its payload {} is {} bytes, over the {MAX_PAYLOAD_SIZE}-byte limit for simple-signing payloads",
+            desc.digest, desc.size
+        )));
+    }
+    let reader = client.get_blob(repo, desc).await?;
+    let mut buf = Vec::with_capacity(desc.size as usize);
+    reader
+        .take(MAX_PAYLOAD_SIZE + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| Error::stream(&format!("payload {}", desc.digest), e))?;
+    Ok(buf)
+}
+
+/// Fails every planned target whose entry has `verify:` and whose source
+/// image carries no valid signature by one of its keys. Each (source
+/// repository, digest, entry) is checked once.
+pub async fn check_targets(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
+    let mut wanted: Vec<(String, String, Digest, usize)> = Vec::new();
+    for p in planned.iter() {
+        let Some(job) = job_of(ctx, p) else { continue };
+        if !wanted.contains(&job) {
+            wanted.push(job);
+        }
+    }
+    if wanted.is_empty() {
+        return;
+    }
+    let outcomes: HashMap<(String, String, Digest, usize), std::result::Result<String, String>> =
+        stream::iter(wanted)
+            .map(|job| async move {
+                let (host, repo, digest, entry) = &job;
+                let outcome = check_one(ctx, host, repo, digest, *entry).await;
+                (job, outcome)
+            })
+            .buffer_unordered(PLAN_CONCURRENCY)
+            .collect()
+            .await;
+    for p in planned.iter_mut() {
+        let Some(job) = job_of(ctx, p) else { continue };
+        if let Some(Err(error)) = outcomes.get(&job) {
+            p.action = Action::Failed { error: error.clone() };
+        }
+    }
+}
+
+/// What verifying `p` takes: its source registry, repository, digest and
+/// entry (whose keys apply); None when its entry verifies nothing or it
+/// failed already.
+fn job_of(ctx: &PlanContext, p: &PlannedTarget) -> Option<(String, String, Digest, usize)> {
+    ctx.spec.entries.get(p.entry)?.verify.as_ref()?;
+    if matches!(p.action, Action::Failed { .. }) {
+        return None;
+    }
+    let Reference::Registry(r) = &p.target.source else {
+        return None;
+    };
+    let digest = p.source_digest.clone()?;
+    Some((r.host.clone(), r.repository.clone(), digest, p.entry))
+}
+
+/// Ok with the key that verified `digest`, or Err with why none did.
+async fn check_one(
+    ctx: &PlanContext,
+    host: &str,
+    repo: &str,
+    digest: &Digest,
+    entry: usize,
+) -> std::result::Result<String, String> {
+    let Some(keys) = ctx.spec.entries.get(entry).and_then(|e| e.verify.as_ref()) else {
+        return Err("no keys".into());
+    };
+    let no = || format!("no signature by {} for {digest}", keys.names());
+    let client = ctx.client(host).map_err(|e| format!("{}: {e}", no()))?;
+    match read_signatures(&client, repo, digest, &keys.keys).await {
+        Ok(s) => match s.verified_by() {
+            Some(k) => {
+                tracing::info!(image = %format!("{host}/{repo}@{digest}"), "signature verified by {k}");
+                Ok(k.to_string())
+            }
+            None => Err(format!("{}: {}", no(), s.why_not())),
+        },
+        Err(e) => Err(format!("{}: cannot read its signatures: {e}", no())),
+    }
+}
