@@ -21,4 +21,5 @@ mod push_compression;
 mod push_registry;
 mod registry_client;
 mod shard;
+mod signatures;
 mod sync;
