@@ -17,12 +17,12 @@ use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::error::{Error, Result};
 use crate::image::cosign::{PublicKey, Verdict};
 use crate::image::referrers::{cosign_tag, fallback_tag, CosignKind};
-use crate::plan::verify::read_signatures;
-use crate::registry::{RegistryClient, RegistryOptions};
 use crate::image::{media_type, Compression, ImageData, Manifest, Platform};
 use crate::plan::expand::{expand_all, Expansion};
+use crate::plan::verify::{read_signatures, signature_reference};
 use crate::plan::PlanContext;
 use crate::reference::Reference;
+use crate::registry::{RegistryClient, RegistryOptions};
 use crate::source::{choose_platforms, load_image, open_source, PlatformSelection, Source};
 use crate::spec::command_line::{names_many, OneShot};
 
@@ -165,7 +165,9 @@ fn load_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>> {
 async fn add_referrers(info: &mut ImageInfo, reference: &Reference, opts: &RegistryOptions, keys: &[PublicKey]) {
     let Reference::Registry(r) = reference else { return };
     let digest = info.index_digest.as_deref().unwrap_or(&info.manifest_digest);
-    let Ok(digest) = crate::image::Digest::parse(digest) else { return };
+    let Ok(digest) = crate::image::Digest::parse(digest) else {
+        return;
+    };
     match list_referrers(&r.host, &r.repository, &digest, opts, keys).await {
         Ok(list) => info.referrers = Some(list),
         Err(e) => eprintln!("warning: the referrers of {reference} were not listed: {e}"),
@@ -184,7 +186,17 @@ async fn list_referrers(
     for kind in CosignKind::ALL {
         let tag = cosign_tag(digest, kind);
         if kind == CosignKind::Signature {
-            let found = read_signatures(&client, repo, digest, keys).await?;
+            let image = Reference::Registry(crate::reference::RegistryRef {
+                host: host.to_string(),
+                repository: repo.to_string(),
+                tag: None,
+                digest: Some(digest.clone()),
+            });
+            let Some(at) = signature_reference(&image, digest) else {
+                continue;
+            };
+            let opts = crate::source::SourceOptions { registry: opts.clone() };
+            let found = read_signatures(&at, &opts, digest, keys).await?;
             if let Some(d) = &found.manifest {
                 out.push(ReferrerInfo {
                     kind: "signature".into(),

@@ -241,7 +241,7 @@ mod tests {
     use p256::ecdsa::signature::Signer as _;
     use p256::pkcs8::EncodePublicKey as _;
 
-/// A simple-signing payload for `reference` (a repository) and `digest`,
+    /// A simple-signing payload for `reference` (a repository) and `digest`,
     /// as cosign writes it.
     fn payload_for(reference: &str, digest: &Digest) -> Vec<u8> {
         serde_json::json!({
@@ -285,7 +285,10 @@ mod tests {
         );
         let mut tampered = payload.clone();
         tampered[5] ^= 1;
-        assert_eq!(check(&tampered, der.as_bytes(), &image, &[pk.clone()]), Verdict::OtherKey);
+        assert_eq!(
+            check(&tampered, der.as_bytes(), &image, &[pk.clone()]),
+            Verdict::OtherKey
+        );
         assert_eq!(check(&payload, b"junk", &image, &[pk]), Verdict::OtherKey);
     }
 
@@ -308,12 +311,16 @@ mod tests {
 
     #[test]
     fn keys_and_payloads_that_are_not_what_they_should_be_are_named() {
-        let e = PublicKey::from_pem("a.key", "-----BEGIN EC PRIVATE KEY-----\nx\n-----END EC PRIVATE KEY-----\n")
-            .unwrap_err();
+        let e = PublicKey::from_pem(
+            "a.key",
+            "-----BEGIN EC PRIVATE KEY-----\nx\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap_err();
         assert!(e.starts_with("a.key is a private key"), "{e}");
         let e = PublicKey::from_pem("b.pub", "hello").unwrap_err();
         assert!(e.contains("not a PEM public key"), "{e}");
-        let e = PublicKey::from_pem("c.pub", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap_err();
+        let e =
+            PublicKey::from_pem("c.pub", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap_err();
         assert!(e.contains("another kind"), "{e}");
         let e = parse_payload(br#"{"critical":{"identity":{"docker-reference":"r"},"image":{"docker-manifest-digest":"sha256:00"},"type":"x"}}"#).unwrap_err();
         assert!(e.contains("critical.type"), "{e}");

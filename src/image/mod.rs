@@ -2,8 +2,8 @@
 //! configs and platforms, plus [`ImageData`], one resolved platform image.
 
 pub mod config;
-pub mod cosign;
 pub mod convert;
+pub mod cosign;
 pub mod digest;
 pub mod manifest;
 pub mod media_type;

@@ -59,7 +59,10 @@ mod tests {
         let d = Digest::of(b"x");
         assert_eq!(fallback_tag(&d), format!("sha256-{}", d.hex()));
         assert_eq!(cosign_tag(&d, CosignKind::Signature), format!("sha256-{}.sig", d.hex()));
-        assert_eq!(parse_cosign_tag(&cosign_tag(&d, CosignKind::Sbom)), Some((d.clone(), CosignKind::Sbom)));
+        assert_eq!(
+            parse_cosign_tag(&cosign_tag(&d, CosignKind::Sbom)),
+            Some((d.clone(), CosignKind::Sbom))
+        );
         assert_eq!(parse_cosign_tag("latest"), None);
         assert_eq!(parse_cosign_tag("sha256-zz.sig"), None);
     }

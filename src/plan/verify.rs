@@ -1,6 +1,7 @@
 //! `verify:`: before an image is planned, its cosign signatures are read from
-//! the source registry (the `sha256-<hex>.sig` tag of the digest the source's
-//! tag names, and each payload blob, streamed, verified and bounded) and
+//! beside it (the `sha256-<hex>.sig` tag, in its registry repository or OCI
+//! layout, of the digest the source's tag names, and each payload blob,
+//! streamed, verified and bounded) and
 //! checked against the entry's public keys. A target whose source carries no
 //! valid signature by one of them fails with the reason — which signatures
 //! were found and why each did not count — and the rest of the sync goes on.
@@ -11,7 +12,6 @@ use std::collections::HashMap;
 use futures_util::stream::{self, StreamExt};
 use tokio::io::AsyncReadExt;
 
-use super::expand::RegistryAccess;
 use super::{Action, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
 use crate::error::{Error, Result};
 use crate::image::cosign::{self, PublicKey, Verdict, MAX_PAYLOAD_SIZE};
@@ -19,7 +19,7 @@ use crate::image::manifest::Manifest;
 use crate::image::referrers::{cosign_tag, CosignKind};
 use crate::image::{Descriptor, Digest};
 use crate::reference::Reference;
-use crate::registry::RegistryClient;
+use crate::source::{open_source, Source, SourceOptions};
 
 /// One signature of a `.sig` manifest, as checked.
 #[derive(Debug, Clone)]
@@ -35,7 +35,8 @@ pub struct CheckedSignature {
 /// The cosign signatures of one image.
 #[derive(Debug, Clone)]
 pub struct Signatures {
-    /// `host/repository:sha256-<hex>.sig`.
+    /// Where they were looked for: `registry://host/repository:sha256-<hex>.sig`,
+    /// or the OCI layout's tag.
     pub tag: String,
     /// Its manifest digest, when the tag exists.
     pub manifest: Option<Digest>,
@@ -83,25 +84,50 @@ impl Signatures {
     }
 }
 
-/// Reads the cosign signatures of `digest` in `repo` and checks each
-/// against `keys` (none: read, not checked).
+/// Where the cosign signatures of `digest` are, beside the image `image`
+/// names: the `sha256-<hex>.sig` tag of its registry repository or OCI
+/// layout. None for sources that hold no tags.
+pub fn signature_reference(image: &Reference, digest: &Digest) -> Option<Reference> {
+    let tag = cosign_tag(digest, CosignKind::Signature);
+    match image {
+        Reference::Registry(r) => {
+            let mut r = r.clone();
+            r.tag = Some(tag);
+            r.digest = None;
+            Some(Reference::Registry(r))
+        }
+        Reference::Oci { path, oci_format, .. } => Some(Reference::Oci {
+            path: path.clone(),
+            tag: Some(tag),
+            oci_format: *oci_format,
+        }),
+        _ => None,
+    }
+}
+
+/// Reads the cosign signatures at `signatures` (see
+/// [`signature_reference`]) and checks each against `keys` for the image
+/// `digest` (no keys: read, not checked).
 pub async fn read_signatures(
-    client: &RegistryClient,
-    repo: &str,
+    signatures: &Reference,
+    opts: &SourceOptions,
     digest: &Digest,
     keys: &[PublicKey],
 ) -> Result<Signatures> {
-    let tag = cosign_tag(digest, CosignKind::Signature);
-    let name = format!("{}/{repo}:{tag}", client.host());
-    let raw = match client.get_manifest(repo, &tag).await {
+    let name = signatures.to_string();
+    let missing = || Signatures {
+        tag: name.clone(),
+        manifest: None,
+        signatures: Vec::new(),
+    };
+    let source = match open_source(signatures, opts).await {
+        Ok(s) => s,
+        Err(Error::NotFound(_)) => return Ok(missing()),
+        Err(e) => return Err(e),
+    };
+    let raw = match source.root_manifest().await {
         Ok(raw) => raw,
-        Err(Error::NotFound(_)) => {
-            return Ok(Signatures {
-                tag: name,
-                manifest: None,
-                signatures: Vec::new(),
-            })
-        }
+        Err(Error::NotFound(_)) => return Ok(missing()),
         Err(e) => return Err(e),
     };
     let manifest = match raw.parse()? {
@@ -112,12 +138,12 @@ pub async fn read_signatures(
             )))
         }
     };
-    let mut signatures = Vec::new();
+    let mut found = Vec::new();
     for layer in cosign::signature_layers(&manifest) {
-        let payload = match read_payload(client, repo, &layer.payload).await {
+        let payload = match read_payload(source.as_ref(), &layer.payload).await {
             Ok(p) => p,
             Err(e) => {
-                signatures.push(CheckedSignature {
+                found.push(CheckedSignature {
                     payload: layer.payload,
                     claims: None,
                     verdict: Some(Verdict::Unusable(e.to_string())),
@@ -131,7 +157,7 @@ pub async fn read_signatures(
             (Err(why), false) => Some(Verdict::Unusable(why.clone())),
             (Ok(sig), false) => Some(cosign::check(&payload, sig, digest, keys)),
         };
-        signatures.push(CheckedSignature {
+        found.push(CheckedSignature {
             payload: layer.payload,
             claims,
             verdict,
@@ -140,20 +166,20 @@ pub async fn read_signatures(
     Ok(Signatures {
         tag: name,
         manifest: Some(raw.digest),
-        signatures,
+        signatures: found,
     })
 }
 
 /// One payload blob, read whole (it is small and bounded) and verified
-/// against its digest while it streams.
-async fn read_payload(client: &RegistryClient, repo: &str, desc: &Descriptor) -> Result<Vec<u8>> {
+/// against its digest and size while it streams.
+async fn read_payload(source: &dyn Source, desc: &Descriptor) -> Result<Vec<u8>> {
     if desc.size > MAX_PAYLOAD_SIZE {
         return Err(Error::invalid(format!(
             "its payload {} is {} bytes, over the {MAX_PAYLOAD_SIZE}-byte limit for simple-signing payloads",
             desc.digest, desc.size
         )));
     }
-    let reader = client.get_blob(repo, desc).await?;
+    let reader = source.open_blob(desc).await?;
     let mut buf = Vec::with_capacity(desc.size as usize);
     reader
         .take(MAX_PAYLOAD_SIZE + 1)
@@ -164,10 +190,10 @@ async fn read_payload(client: &RegistryClient, repo: &str, desc: &Descriptor) ->
 }
 
 /// Fails every planned target whose entry has `verify:` and whose source
-/// image carries no valid signature by one of its keys. Each (source
-/// repository, digest, entry) is checked once.
+/// image carries no valid signature by one of its keys. Each (signature
+/// tag, entry) is checked once.
 pub async fn check_targets(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
-    let mut wanted: Vec<(String, String, Digest, usize)> = Vec::new();
+    let mut wanted: Vec<Job> = Vec::new();
     for p in planned.iter() {
         let Some(job) = job_of(ctx, p) else { continue };
         if !wanted.contains(&job) {
@@ -177,60 +203,66 @@ pub async fn check_targets(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
     if wanted.is_empty() {
         return;
     }
-    let outcomes: HashMap<(String, String, Digest, usize), std::result::Result<String, String>> =
-        stream::iter(wanted)
-            .map(|job| async move {
-                let (host, repo, digest, entry) = &job;
-                let outcome = check_one(ctx, host, repo, digest, *entry).await;
-                (job, outcome)
-            })
-            .buffer_unordered(PLAN_CONCURRENCY)
-            .collect()
-            .await;
+    let outcomes: HashMap<Job, std::result::Result<String, String>> = stream::iter(wanted)
+        .map(|job| async move {
+            let outcome = check_one(ctx, &job).await;
+            (job, outcome)
+        })
+        .buffer_unordered(PLAN_CONCURRENCY)
+        .collect()
+        .await;
     for p in planned.iter_mut() {
         let Some(job) = job_of(ctx, p) else { continue };
-        if let Some(Err(error)) = outcomes.get(&job) {
-            p.action = Action::Failed { error: error.clone() };
+        match outcomes.get(&job) {
+            Some(Err(error)) => p.action = Action::Failed { error: error.clone() },
+            Some(Ok(key)) => tracing::info!("{}: signature verified by {key}", p.source),
+            None => {}
         }
     }
 }
 
-/// What verifying `p` takes: its source registry, repository, digest and
-/// entry (whose keys apply); None when its entry verifies nothing or it
-/// failed already.
-fn job_of(ctx: &PlanContext, p: &PlannedTarget) -> Option<(String, String, Digest, usize)> {
+/// One check: the image's digest, where its signatures are, and the entry
+/// whose keys apply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Job {
+    digest: Digest,
+    signatures: String,
+    entry: usize,
+}
+
+/// What verifying `p` takes; None when its entry verifies nothing or it
+/// failed already. A source that holds no tags cannot pass (validation
+/// refuses `verify:` there).
+fn job_of(ctx: &PlanContext, p: &PlannedTarget) -> Option<Job> {
     ctx.spec.entries.get(p.entry)?.verify.as_ref()?;
     if matches!(p.action, Action::Failed { .. }) {
         return None;
     }
-    let Reference::Registry(r) = &p.target.source else {
-        return None;
-    };
     let digest = p.source_digest.clone()?;
-    Some((r.host.clone(), r.repository.clone(), digest, p.entry))
+    let signatures = signature_reference(&p.target.source, &digest)
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    Some(Job {
+        digest,
+        signatures,
+        entry: p.entry,
+    })
 }
 
-/// Ok with the key that verified `digest`, or Err with why none did.
-async fn check_one(
-    ctx: &PlanContext,
-    host: &str,
-    repo: &str,
-    digest: &Digest,
-    entry: usize,
-) -> std::result::Result<String, String> {
-    let Some(keys) = ctx.spec.entries.get(entry).and_then(|e| e.verify.as_ref()) else {
+/// Ok with the key that verified the image, or Err with why none did.
+async fn check_one(ctx: &PlanContext, job: &Job) -> std::result::Result<String, String> {
+    let Some(keys) = ctx.spec.entries.get(job.entry).and_then(|e| e.verify.as_ref()) else {
         return Err("no keys".into());
     };
-    let no = || format!("no signature by {} for {digest}", keys.names());
-    let client = ctx.client(host).map_err(|e| format!("{}: {e}", no()))?;
-    match read_signatures(&client, repo, digest, &keys.keys).await {
+    let no = format!("no signature by {} for {}", keys.names(), job.digest);
+    let signatures = Reference::parse(&job.signatures).map_err(|_| {
+        format!("{no}: this source holds no signature tags; verify needs a registry:// or oci:// source")
+    })?;
+    match read_signatures(&signatures, &ctx.source_options(&signatures), &job.digest, &keys.keys).await {
         Ok(s) => match s.verified_by() {
-            Some(k) => {
-                tracing::info!(image = %format!("{host}/{repo}@{digest}"), "signature verified by {k}");
-                Ok(k.to_string())
-            }
-            None => Err(format!("{}: {}", no(), s.why_not())),
+            Some(k) => Ok(k.to_string()),
+            None => Err(format!("{no}: {}", s.why_not())),
         },
-        Err(e) => Err(format!("{}: cannot read its signatures: {e}", no())),
+        Err(e) => Err(format!("{no}: cannot read its signatures: {e}")),
     }
 }

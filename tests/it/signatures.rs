@@ -105,13 +105,37 @@ fn a_mirrored_signature_verifies_with_openssl() {
     // From the OCI layout, by its files.
     let (layout_digest, _) = layout_manifest(&layout, "1.0").expect("the image's tag in the layout");
     assert_eq!(layout_digest, digest);
-    let (_, sig_manifest) = layout_manifest(&layout, &cosign::sig_tag(&layout_digest))
-        .unwrap_or_else(|| panic!("no {} tag in {}/index.json", cosign::sig_tag(&layout_digest), layout.display()));
+    let (_, sig_manifest) = layout_manifest(&layout, &cosign::sig_tag(&layout_digest)).unwrap_or_else(|| {
+        panic!(
+            "no {} tag in {}/index.json",
+            cosign::sig_tag(&layout_digest),
+            layout.display()
+        )
+    });
     let found = cosign::signatures_in(&sig_manifest, |d| layout_blob(&layout, d));
     assert_eq!(found.len(), 1);
     let (said, ok) = cosign::openssl_verify(&key.public, &found[0].0, &found[0].1);
     assert!(ok && said == "Verified OK", "openssl on the layout's signature: {said}");
     assert_eq!(cosign::signed_digest(&found[0].0), layout_digest);
+
+    // Across the air gap: from the OCI layout into the inside registry,
+    // verified again there (the layout's .sig tag), signature and all.
+    let inside = write_sync_file(
+        &dir,
+        &format!(
+            "version: 1\nregistries:\n  \"{dst}\": {{insecure: true}}\nsync:\n  - from: oci://{layout}:1.0\n    verify: {{cosign_key: keys/release.pub}}\n    to: registry://{dst}/inside/app\n",
+            dst = mirror.host,
+            layout = layout.display()
+        ),
+    );
+    let out = occy(&["sync", &inside]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    let manifest = cosign::http_get(&mirror.host, &format!("inside/app/manifests/{tag}"));
+    let found = cosign::signatures_in(&manifest, |d| {
+        cosign::http_get(&mirror.host, &format!("inside/app/blobs/{d}"))
+    });
+    let (said, ok) = cosign::openssl_verify(&key.public, &found[0].0, &found[0].1);
+    assert!(ok && said == "Verified OK", "openssl inside the air gap: {said}");
 }
 
 /// `verify:` passes the signed image and fails, by name, a re-tagged
@@ -197,7 +221,11 @@ fn verify_passes_the_signed_image_and_fails_tampered_ones() {
     let no = |d: &str| format!("no signature by keys/release.pub for {d}");
     assert!(text.contains(&no(&retagged)), "{text}");
     assert!(
-        text.contains(&format!("there is no signature tag {}/cosign-gate/retagged:{}", src.host, cosign::sig_tag(&retagged))),
+        text.contains(&format!(
+            "there is no signature tag registry://{}/cosign-gate/retagged:{}",
+            src.host,
+            cosign::sig_tag(&retagged)
+        )),
         "{text}"
     );
     assert!(text.contains(&no(&copied)), "{text}");
@@ -250,8 +278,8 @@ fn bad_keys_are_sync_file_errors_at_their_place() {
             "-----BEGIN PUBLIC KEY-----",
         ),
         (
-            "version: 1\nsync:\n  - from: oci:///tmp/layout:1\n    verify: {cosign_key: keys/release.pub}\n    to: oci:///tmp/x\n",
-            "mirror.yaml:3:11: `verify` needs a registry:// or quay:// source, not oci",
+            "version: 1\nsync:\n  - from: tar:///tmp/image.tar\n    verify: {cosign_key: keys/release.pub}\n    to: oci:///tmp/x\n",
+            "mirror.yaml:3:11: `verify` needs a registry://, quay:// or oci:// source, not tar",
             "verify here",
         ),
         (
@@ -290,7 +318,10 @@ fn info_lists_signatures_and_whether_they_verify() {
     let out = src.ok(&["info", &image, "--verify-key", &release_pub]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains(&tag), "{text}");
-    assert!(text.contains(&format!("#1 signs {digest}: verified by {release_pub}")), "{text}");
+    assert!(
+        text.contains(&format!("#1 signs {digest}: verified by {release_pub}")),
+        "{text}"
+    );
 
     let out = src.ok(&["info", &image, "--verify-key", &other_pub]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();

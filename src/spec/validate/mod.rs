@@ -29,9 +29,7 @@ use crate::spec::model::{
 
 pub use tags::{tag_version, TagFilter};
 pub(crate) use validated::template_fields;
-pub use validated::{
-    DestTemplate, Entry, HostAccess, Settings, SyncSpec, TemplateFields, VerifyKeys, TEMPLATE_FIELDS,
-};
+pub use validated::{DestTemplate, Entry, HostAccess, Settings, SyncSpec, TemplateFields, VerifyKeys, TEMPLATE_FIELDS};
 
 /// Reads, parses and validates a sync file.
 pub fn load(path: &Path) -> Result<SyncSpec> {
@@ -604,22 +602,30 @@ impl Validator<'_> {
             Some(v) => self.verify(v, &at("verify")),
             None => settings.verify.clone(),
         };
-        if verify.is_some() && !matches!(from, Reference::Registry(_) | Reference::Quay { .. }) {
+        if verify.is_some()
+            && !matches!(
+                from,
+                Reference::Registry(_) | Reference::Quay { .. } | Reference::Oci { .. }
+            )
+        {
             let (span, label) = match &e.verify {
                 Some(_) => (self.root.key_span(&at("verify")), "verify here"),
-                None => (self.root.key_span(&[key("defaults"), key("verify")]), "from defaults.verify"),
+                None => (
+                    self.root.key_span(&[key("defaults"), key("verify")]),
+                    "from defaults.verify",
+                ),
             };
             self.problem(
                 SpecProblem::new(
                     format!(
-                        "`verify` needs a registry:// or quay:// source, not {}: cosign signatures are read from the source's registry",
+                        "`verify` needs a registry://, quay:// or oci:// source, not {}: cosign signatures are tags beside the image, which only registries and OCI layouts hold",
                         from.scheme()
                     ),
                     from_span.clone(),
                     "no signatures to read here",
                 )
                 .also(span, label)
-                .help("verify the image where it is pulled from a registry, or move this entry out from under defaults.verify"),
+                .help("verify the image where it comes from a registry or an OCI layout, or give this entry no verify (and no defaults.verify)"),
             );
         }
         let many = from_expands(&from, e.tags.as_ref());

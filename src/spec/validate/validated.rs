@@ -57,7 +57,11 @@ pub struct VerifyKeys {
 impl VerifyKeys {
     /// The keys' names for messages: `keys/a.pub` or `keys/a.pub or keys/b.pub`.
     pub fn names(&self) -> String {
-        self.keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(" or ")
+        self.keys
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ")
     }
 }
 

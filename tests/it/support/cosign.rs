@@ -67,7 +67,12 @@ pub fn keypair(dir: &Path, name: &str) -> KeyPair {
     run(Command::new("openssl")
         .args(["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out"])
         .arg(&private));
-    run(Command::new("openssl").args(["ec", "-in"]).arg(&private).arg("-pubout").arg("-out").arg(&public));
+    run(Command::new("openssl")
+        .args(["ec", "-in"])
+        .arg(&private)
+        .arg("-pubout")
+        .arg("-out")
+        .arg(&public));
     KeyPair { private, public }
 }
 
@@ -143,7 +148,14 @@ pub fn push_blob(reg: &Registry, repo: &str, bytes: &[u8]) -> String {
     let dir = scratch_dir("cosign-blob");
     std::fs::write(dir.join("blob"), bytes).unwrap();
     run(Command::new("curl")
-        .args(["-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary"])
+        .args([
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+        ])
         .arg(format!("@{}", dir.join("blob").display()))
         .arg(format!("{location}{sep}digest={digest}")));
     digest
@@ -231,7 +243,8 @@ pub fn http_manifest_digest(host: &str, repo: &str, reference: &str) -> String {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("docker-content-digest").then(|| v.trim().to_string())
+            k.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| v.trim().to_string())
         })
         .expect("Docker-Content-Digest")
 }
