@@ -341,6 +341,8 @@ impl<'a> Walk<'a> {
             NodeKey::Blob { .. } => self.blob(i).await,
             NodeKey::Config { .. } => self.config(i).await,
             NodeKey::Tag { .. } => self.commit(i).await,
+            NodeKey::Referrer { .. } => self.referrer(i).await,
+            NodeKey::ReferrersTag { .. } => self.referrers_tag(i).await,
             NodeKey::Check { .. } => self.check(i).await,
             // Rewrites run inside their fetch; manifests and indexes are
             // written by the commit of their tag; prunes by the caller.
@@ -817,6 +819,31 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
+    /// A referrer manifest, put after its subject (with its cosign tag,
+    /// else by digest).
+    async fn referrer(&self, i: NodeIndex) -> Result<()> {
+        let io = self.io_of(self.owner(i)?)?;
+        let r = self
+            .graph
+            .referrers
+            .get(&i)
+            .ok_or_else(|| Error::invalid("a referrer without its manifest"))?;
+        let _permit = self.commits.acquire().await;
+        io.sink.put_referrer(&r.manifest, &r.descriptor, r.tag.as_deref()).await
+    }
+
+    /// The referrers tag of a subject, merged with what the registry lists.
+    async fn referrers_tag(&self, i: NodeIndex) -> Result<()> {
+        let io = self.io_of(self.owner(i)?)?;
+        let (subject, entries) = self
+            .graph
+            .referrers_tags
+            .get(&i)
+            .ok_or_else(|| Error::invalid("a referrers tag without entries"))?;
+        let _permit = self.commits.acquire().await;
+        io.sink.list_referrers(subject, entries).await
+    }
+
     /// The layer cache's answer for a layer the plan found there.
     fn cached_result(&self, chain: &FilterChain, desc: &Descriptor, plain_store: bool) -> Result<LayerResult> {
         let cache = self
@@ -904,6 +931,8 @@ fn describe(g: &WorkGraph, i: NodeIndex) -> String {
         }
         NodeKey::Manifest { store, .. } | NodeKey::Index { store, .. } => format!("{} in {store}", w.key.kind()),
         NodeKey::Tag { destination, image } => format!("commit {image} to {destination}"),
+        NodeKey::Referrer { store, reference } => format!("referrer {reference} in {store}"),
+        NodeKey::ReferrersTag { store, subject } => format!("the referrers tag of {subject} in {store}"),
         NodeKey::Check { destination, image } => format!("check {image} at {destination}"),
         NodeKey::Prune { destination } => format!("prune {destination}"),
     }

@@ -13,6 +13,7 @@ mod memo;
 pub mod prune;
 pub mod quay;
 mod quick;
+pub mod referrers;
 pub mod render;
 pub mod shard;
 pub mod state;
@@ -113,6 +114,10 @@ impl RegistryAccess for PlanContext {
 
     fn source_options(&self, reference: &Reference) -> SourceOptions {
         PlanContext::source_options(self, reference)
+    }
+
+    fn remember_tags(&self, host: &str, repo: &str, tags: &[String]) {
+        self.memo.remember_tags(host, repo, tags);
     }
 
     fn quay_token(&self) -> Option<String> {
@@ -226,6 +231,9 @@ pub struct PlannedTarget {
     /// What the destination does to the media types of the source's manifests.
     #[serde(skip)]
     pub media: MediaNote,
+    /// The referrers (signatures, SBOMs, attestations) copied with the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<referrers::TargetReferrers>,
 }
 
 /// What an OCI-layout destination does to the media types of the manifests
@@ -615,6 +623,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     }
     // `verify:`: an image without a valid signature is not planned.
     verify::check_targets(ctx, &mut planned).await;
+    referrers::plan(ctx, &mut planned, &mut warnings).await;
     let mut work = graph::build(ctx, &planned).await;
     for (i, t) in planned.iter_mut().enumerate() {
         t.blobs = work.counts_for(i);
@@ -897,6 +906,7 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
         },
         resolved: None,
         media: MediaNote::None,
+        referrers: None,
     }
 }
 
@@ -1032,6 +1042,7 @@ fn planned_target(t: Target) -> PlannedTarget {
         target: t,
         resolved: None,
         media: MediaNote::None,
+        referrers: None,
     }
 }
 

@@ -142,6 +142,8 @@ impl OneShot<'_> {
                 chain: self.chain.clone(),
                 chain_name,
                 verify: None,
+                // A one-shot copy takes the image alone.
+                referrers: Some(crate::spec::ReferrerPolicy::None),
                 to,
             }],
             source,

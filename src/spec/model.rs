@@ -48,6 +48,11 @@ pub struct Defaults {
     pub compression: Option<String>,
     /// Require a cosign signature on every source image (entries may set their own).
     pub verify: Option<Verify>,
+    /// Which referrers (signatures, SBOMs, attestations) travel with each
+    /// image: `all` (the default for registry and OCI-layout destinations),
+    /// `none`, or a list of artifact types (and the words `signature`,
+    /// `attestation`, `sbom`).
+    pub referrers: Option<Referrers>,
 }
 
 /// Signatures a source image must carry before it is synced.
@@ -58,6 +63,19 @@ pub struct Verify {
     pub cosign_key: Option<PathBuf>,
     /// Several keys: a signature by any one of them is enough.
     pub cosign_keys: Option<Vec<PathBuf>>,
+}
+
+/// `all`, `none`, or a list of artifact types.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "\"all\", \"none\" or a list of artifact types such as [signature, application/spdx+json]"
+)]
+pub enum Referrers {
+    /// `all` or `none`.
+    Keyword(String),
+    /// Artifact types (`application/spdx+json`), or `signature`, `attestation`, `sbom`.
+    List(Vec<String>),
 }
 
 /// `all`, or a list of platforms.
@@ -200,7 +218,10 @@ pub struct SyncEntry {
     /// A chain name from `filters:`, or an inline list of filters.
     pub filters: Option<FilterChoice>,
     /// Require a cosign signature by one of these keys (overrides `defaults.verify`).
+    /// Require a cosign signature by one of these keys (overrides `defaults.verify`).
     pub verify: Option<Verify>,
+    /// Which referrers travel with the images (overrides `defaults.referrers`).
+    pub referrers: Option<Referrers>,
     /// Destination(s); may use {registry}, {repo}, {name}, {tag}, {platform}.
     pub to: Destinations,
 }

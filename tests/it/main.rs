@@ -19,6 +19,7 @@ mod process_files;
 mod process_registry;
 mod push_compression;
 mod push_registry;
+mod referrers;
 mod registry_client;
 mod shard;
 mod signatures;

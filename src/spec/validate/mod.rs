@@ -24,12 +24,14 @@ use crate::source::PlatformSelection;
 use crate::spec::diagnostic::{closest, SpecProblem, SpecSource};
 use crate::spec::located::{self, path_text, Node, Step, Value};
 use crate::spec::model::{
-    Destinations, FilterChoice, FilterStep, OptionValue, Platforms, SyncFile, TagSelection, Verify,
+    Destinations, FilterChoice, FilterStep, OptionValue, Platforms, Referrers, SyncFile, TagSelection, Verify,
 };
 
 pub use tags::{tag_version, TagFilter};
 pub(crate) use validated::template_fields;
-pub use validated::{DestTemplate, Entry, HostAccess, Settings, SyncSpec, TemplateFields, VerifyKeys, TEMPLATE_FIELDS};
+pub use validated::{
+    DestTemplate, Entry, HostAccess, ReferrerPolicy, Settings, SyncSpec, TemplateFields, VerifyKeys, TEMPLATE_FIELDS,
+};
 
 /// Reads, parses and validates a sync file.
 pub fn load(path: &Path) -> Result<SyncSpec> {
@@ -310,6 +312,48 @@ impl Validator<'_> {
             retries: d.retries,
             check: d.check,
             compression,
+            referrers: d
+                .referrers
+                .as_ref()
+                .and_then(|r| self.referrers(r, &[key("defaults"), key("referrers")])),
+        }
+    }
+
+    fn referrers(&mut self, r: &Referrers, path: &[Step]) -> Option<ReferrerPolicy> {
+        match r {
+            Referrers::Keyword(k) if k == "all" => Some(ReferrerPolicy::All),
+            Referrers::Keyword(k) if k == "none" => Some(ReferrerPolicy::None),
+            Referrers::Keyword(k) => {
+                let span = self.span(path);
+                self.problem(
+                    SpecProblem::new(
+                        format!("`referrers: {k}` is not understood"),
+                        span,
+                        "expected all, none or a list",
+                    )
+                    .help("referrers: all, referrers: none, or referrers: [signature, application/spdx+json]"),
+                );
+                None
+            }
+            Referrers::List(list) => {
+                for (i, t) in list.iter().enumerate() {
+                    let known_word = matches!(t.as_str(), "signature" | "attestation" | "sbom");
+                    if !known_word && !looks_like_media_type(t) {
+                        let mut at = path.to_vec();
+                        at.push(Step::Index(i));
+                        let span = self.span(&at);
+                        self.problem(
+                            SpecProblem::new(
+                                format!("{t:?} is not an artifact type"),
+                                span,
+                                "expected TYPE/SUBTYPE, signature, attestation or sbom",
+                            )
+                            .help("for example application/spdx+json, application/vnd.cyclonedx+json or signature"),
+                        );
+                    }
+                }
+                Some(ReferrerPolicy::Types(list.clone()))
+            }
         }
     }
 
@@ -564,6 +608,11 @@ impl Validator<'_> {
         }
         let tags = e.tags.as_ref().and_then(|t| self.tags(t, &at("tags")));
         let platforms = e.platforms.as_ref().and_then(|p| self.platforms(p, &at("platforms")));
+        let referrers = e
+            .referrers
+            .as_ref()
+            .and_then(|r| self.referrers(r, &at("referrers")))
+            .or_else(|| settings.referrers.clone());
         let (chain, chain_name) = match &e.filters {
             // No filters: `defaults.compression` still says how layers that
             // arrive uncompressed are compressed for a registry.
@@ -654,6 +703,7 @@ impl Validator<'_> {
             chain,
             chain_name,
             verify,
+            referrers,
             to,
         })
     }
@@ -1001,4 +1051,10 @@ mod tests {
         let e = err("m.toml", "version = 1\nsync = [\n");
         assert!(e.starts_with("m.toml:"), "{e}");
     }
+}
+
+/// `type/subtype` as media types are spelled (RFC 6838 characters).
+fn looks_like_media_type(t: &str) -> bool {
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
+    matches!(t.split_once('/'), Some((a, b)) if ok(a) && ok(b))
 }

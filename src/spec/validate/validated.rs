@@ -46,6 +46,7 @@ pub struct Settings {
     pub compression: Option<Compression>,
     /// `defaults.verify`.
     pub verify: Option<VerifyKeys>,
+    pub referrers: Option<ReferrerPolicy>,
 }
 
 /// The keys one of which must have signed a source image (`verify:`).
@@ -62,6 +63,32 @@ impl VerifyKeys {
             .map(|k| k.name.as_str())
             .collect::<Vec<_>>()
             .join(" or ")
+    }
+}
+
+/// Which referrers of an image are copied with it (`referrers:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferrerPolicy {
+    /// Every referrer.
+    All,
+    /// None.
+    None,
+    /// Those of these artifact types; `signature`, `attestation` and `sbom`
+    /// name cosign's tags and the artifact types known to be such.
+    Types(Vec<String>),
+}
+
+impl ReferrerPolicy {
+    /// Whether a referrer of `artifact_type` (and, for a cosign tag or a
+    /// known type, `kind`: `signature`, `attestation`, `sbom`) is copied.
+    pub fn takes(&self, artifact_type: Option<&str>, kind: Option<&str>) -> bool {
+        match self {
+            ReferrerPolicy::All => true,
+            ReferrerPolicy::None => false,
+            ReferrerPolicy::Types(list) => list
+                .iter()
+                .any(|t| Some(t.as_str()) == artifact_type || Some(t.as_str()) == kind),
+        }
     }
 }
 
@@ -102,6 +129,8 @@ pub struct Entry {
     pub chain_name: Option<String>,
     /// The keys its source images must be signed by (its own `verify`, else `defaults.verify`).
     pub verify: Option<VerifyKeys>,
+    /// `referrers:` of the entry, else of `defaults` (None: neither says).
+    pub referrers: Option<ReferrerPolicy>,
     pub to: Vec<DestTemplate>,
 }
 

@@ -13,6 +13,7 @@ pub mod fault_proxy;
 pub mod layout_edit;
 pub mod oci_tools;
 pub mod outputs;
+pub mod referrers_proxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
