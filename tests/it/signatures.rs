@@ -118,24 +118,51 @@ fn a_mirrored_signature_verifies_with_openssl() {
     assert!(ok && said == "Verified OK", "openssl on the layout's signature: {said}");
     assert_eq!(cosign::signed_digest(&found[0].0), layout_digest);
 
-    // Across the air gap: from the OCI layout into the inside registry,
-    // verified again there (the layout's .sig tag), signature and all.
+    // verify: reads the signature from the OCI layout too: the release key
+    // passes, another key does not.
+    let other = cosign::keypair(&dir.join("keys"), "other");
+    assert!(other.public.exists());
+    for (key_file, code) in [("keys/release.pub", 0), ("keys/other.pub", 1)] {
+        let from_layout = write_sync_file(
+            &dir,
+            &format!(
+                "version: 1\nsync:\n  - from: oci://{layout}:1.0\n    verify: {{cosign_key: {key_file}}}\n    to: oci://{out}:1.0\n",
+                layout = layout.display(),
+                out = dir.join("from-layout").display()
+            ),
+        );
+        let out = occy(&["sync", &from_layout]);
+        assert_eq!(out.status.code(), Some(code), "{key_file}: {}", text_of(&out));
+        if code == 1 {
+            assert!(
+                text_of(&out).contains(&format!("no signature by {key_file} for {digest}")),
+                "{}",
+                text_of(&out)
+            );
+            assert!(text_of(&out).contains("#1 signed by another key"), "{}", text_of(&out));
+        }
+    }
+
+    // The next hop (the air-gap recipe of docs/sync.md: the transfer
+    // registry into the inside one), verified again, signature and all.
     let inside = write_sync_file(
         &dir,
         &format!(
-            "version: 1\nregistries:\n  \"{dst}\": {{insecure: true}}\nsync:\n  - from: oci://{layout}:1.0\n    verify: {{cosign_key: keys/release.pub}}\n    to: registry://{dst}/inside/app\n",
+            "version: 1\ndefaults:\n  platforms: all\n  verify: {{cosign_key: keys/release.pub}}\nregistries:\n  \"{dst}\": {{insecure: true}}\nsync:\n  - from: registry://{dst}/mirrored/app\n    to: registry://{dst}/inside/app\n",
             dst = mirror.host,
-            layout = layout.display()
         ),
     );
     let out = occy(&["sync", &inside]);
     assert!(out.status.success(), "{}", text_of(&out));
+    assert_eq!(cosign::http_manifest_digest(&mirror.host, "inside/app", "1.0"), digest);
     let manifest = cosign::http_get(&mirror.host, &format!("inside/app/manifests/{tag}"));
     let found = cosign::signatures_in(&manifest, |d| {
         cosign::http_get(&mirror.host, &format!("inside/app/blobs/{d}"))
     });
+    assert_eq!(found.len(), 1);
     let (said, ok) = cosign::openssl_verify(&key.public, &found[0].0, &found[0].1);
     assert!(ok && said == "Verified OK", "openssl inside the air gap: {said}");
+    assert_eq!(cosign::signed_digest(&found[0].0), digest);
 }
 
 /// `verify:` passes the signed image and fails, by name, a re-tagged
