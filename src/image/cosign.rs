@@ -286,7 +286,7 @@ mod tests {
         let mut tampered = payload.clone();
         tampered[5] ^= 1;
         assert_eq!(
-            check(&tampered, der.as_bytes(), &image, &[pk.clone()]),
+            check(&tampered, der.as_bytes(), &image, std::slice::from_ref(&pk)),
             Verdict::OtherKey
         );
         assert_eq!(check(&payload, b"junk", &image, &[pk]), Verdict::OtherKey);

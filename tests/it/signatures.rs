@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::cosign::{self, KeyPair};
+use crate::support::cosign;
 use crate::support::{self, generated, json_of, occy, require, scratch_dir, standard_images, Mode, Registry};
 
 /// Pushes standard image `name` to `repo_tag` on `reg`; returns its manifest digest.

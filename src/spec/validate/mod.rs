@@ -937,6 +937,12 @@ fn from_expands(from: &Reference, tags: Option<&TagSelection>) -> bool {
     }
 }
 
+/// `type/subtype` as media types are spelled (RFC 6838 characters).
+fn looks_like_media_type(t: &str) -> bool {
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
+    matches!(t.split_once('/'), Some((a, b)) if ok(a) && ok(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1051,10 +1057,4 @@ mod tests {
         let e = err("m.toml", "version = 1\nsync = [\n");
         assert!(e.starts_with("m.toml:"), "{e}");
     }
-}
-
-/// `type/subtype` as media types are spelled (RFC 6838 characters).
-fn looks_like_media_type(t: &str) -> bool {
-    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
-    matches!(t.split_once('/'), Some((a, b)) if ok(a) && ok(b))
 }
