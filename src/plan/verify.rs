@@ -211,13 +211,21 @@ pub async fn check_targets(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
         .buffer_unordered(PLAN_CONCURRENCY)
         .collect()
         .await;
+    let mut verified = 0;
     for p in planned.iter_mut() {
         let Some(job) = job_of(ctx, p) else { continue };
         match outcomes.get(&job) {
             Some(Err(error)) => p.action = Action::Failed { error: error.clone() },
-            Some(Ok(key)) => tracing::info!("{}: signature verified by {key}", p.source),
+            Some(Ok(key)) => {
+                verified += 1;
+                tracing::debug!("{}: signature verified by {key}", p.source);
+            }
             None => {}
         }
+    }
+    let images = outcomes.values().filter(|o| o.is_ok()).count();
+    if images > 0 {
+        tracing::info!("verify: {images} source image(s) of {verified} target(s) carry a valid cosign signature");
     }
 }
 

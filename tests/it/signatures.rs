@@ -287,6 +287,36 @@ fn verify_passes_the_signed_image_and_fails_tampered_ones() {
     assert!(support::layout_tags(&layout).contains(&"foreign".to_string()));
 }
 
+/// An Ed25519 key (cosign's other kind) signs the payload itself; its
+/// signature passes `verify:` with that key and not with a P-256 one.
+#[test]
+fn an_ed25519_signature_passes_verify_with_its_key() {
+    let src = Registry::shared(Mode::Plain);
+    let dir = scratch_dir("cosign-ed25519");
+    let ed = cosign::ed25519_keypair(&dir.join("keys"), "ed");
+    cosign::keypair(&dir.join("keys"), "release");
+    let digest = push(src, "app-b", "cosign-ed25519/app:1.0");
+    let (_, sig) = cosign::sign_image(src, "cosign-ed25519/app", &digest, &ed);
+    assert_eq!(sig.len(), 64, "a raw Ed25519 signature");
+    for (key, code) in [("keys/ed.pub", 0), ("keys/release.pub", 1)] {
+        let file = write_sync_file(
+            &dir,
+            &format!(
+                "version: 1\nregistries:\n  \"{}\": {{insecure: true}}\nsync:\n  - from: registry://{}/cosign-ed25519/app:1.0\n    verify: {{cosign_key: {key}}}\n    to: oci://{}:1.0\n",
+                src.host,
+                src.host,
+                dir.join("out").display()
+            ),
+        );
+        let out = occy(&["sync", &file]);
+        assert_eq!(out.status.code(), Some(code), "{key}: {}", text_of(&out));
+        if code == 1 {
+            assert!(text_of(&out).contains("#1 signed by another key"), "{}", text_of(&out));
+        }
+    }
+    assert!(support::layout_tags(&dir.join("out")).contains(&"1.0".to_string()));
+}
+
 /// Keys that cannot be read or are not public keys, and `verify:` on a
 /// source without a registry, are sync-file errors at their place (exit 2).
 #[test]

@@ -27,6 +27,8 @@ const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vn
 pub struct KeyPair {
     pub private: PathBuf,
     pub public: PathBuf,
+    /// An Ed25519 pair (cosign signs the payload itself), else ECDSA P-256.
+    pub ed25519: bool,
 }
 
 fn run(cmd: &mut Command) -> Vec<u8> {
@@ -73,7 +75,33 @@ pub fn keypair(dir: &Path, name: &str) -> KeyPair {
         .arg("-pubout")
         .arg("-out")
         .arg(&public));
-    KeyPair { private, public }
+    KeyPair {
+        private,
+        public,
+        ed25519: false,
+    }
+}
+
+/// A new Ed25519 key pair in `dir` (`openssl genpkey -algorithm ed25519`).
+pub fn ed25519_keypair(dir: &Path, name: &str) -> KeyPair {
+    require("openssl", "openssl");
+    std::fs::create_dir_all(dir).unwrap();
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    run(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&private));
+    run(Command::new("openssl")
+        .args(["pkey", "-in"])
+        .arg(&private)
+        .arg("-pubout")
+        .arg("-out")
+        .arg(&public));
+    KeyPair {
+        private,
+        public,
+        ed25519: true,
+    }
 }
 
 /// `sha256:<hex>` of `bytes` (openssl).
@@ -106,11 +134,19 @@ pub fn payload(docker_reference: &str, digest: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// The DER ECDSA P-256/SHA-256 signature of `payload` by `key`.
+/// The signature of `payload` by `key`: ECDSA P-256/SHA-256 in DER, or
+/// Ed25519 of the payload itself (64 bytes).
 pub fn sign_payload(key: &KeyPair, payload: &[u8]) -> Vec<u8> {
     let dir = scratch_dir("cosign-sign");
     let file = dir.join("payload");
     std::fs::write(&file, payload).unwrap();
+    if key.ed25519 {
+        return run(Command::new("openssl")
+            .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+            .arg(&key.private)
+            .arg("-in")
+            .arg(&file));
+    }
     run(Command::new("openssl")
         .args(["dgst", "-sha256", "-sign"])
         .arg(&key.private)
