@@ -21,6 +21,7 @@ use crate::image::config::ImageConfig;
 use crate::image::ImageName;
 use crate::image::{media_type, ConfigBlob, Descriptor, Digest, Manifest, RawManifest};
 use crate::reference::Reference;
+use crate::sink::kind::ReadBack;
 use crate::source::{open_source, read_small_blob, Source, SourceOptions};
 
 /// How much a finding matters.
@@ -471,19 +472,26 @@ pub async fn verify_written(
     written: &[WrittenImage],
 ) -> Result<Verified> {
     let mut findings = Findings::default();
-    let verified = match dst {
-        Reference::Bundle { path } => check_bundle(path, mode, &mut findings).await?,
-        Reference::Docker {
-            name: image,
-            tag,
-            socket,
-            ..
-        } => {
+    let verified = match (crate::sink::kind::of(dst).read_back, dst) {
+        (ReadBack::Tree, _) => {
+            let path = crate::sink::kind::path_of(dst)
+                .ok_or_else(|| Error::invalid(format!("{dst}: a tree to read back has no path")))?;
+            check_bundle(path, mode, &mut findings).await?
+        }
+        (
+            ReadBack::Daemon,
+            Reference::Docker {
+                name: image,
+                tag,
+                socket,
+                ..
+            },
+        ) => {
             let tag = tag.as_deref().unwrap_or("latest");
             check_daemon(image, tag, socket.as_deref(), mode, written, &mut findings).await?;
             Verified::Checked
         }
-        Reference::Dir { path, expand, .. } => {
+        (_, Reference::Dir { path, expand, .. }) => {
             let source =
                 crate::source::docker_save::DockerSaveSource::open_dir(path, Some((&name.repository, Some(&name.tag))))
                     .await?;
@@ -494,7 +502,7 @@ pub async fn verify_written(
             Verified::Checked
         }
         // Read back as any OCI layout (`?format=` says how to write it).
-        Reference::Oci { path, tag, .. } => {
+        (_, Reference::Oci { path, tag, .. }) => {
             let layout = Reference::Oci {
                 path: path.clone(),
                 tag: tag.clone(),
@@ -504,7 +512,7 @@ pub async fn verify_written(
             findings = check_source(source.as_ref(), mode).await?;
             Verified::Checked
         }
-        other => {
+        (_, other) => {
             let source = open_source(other, opts).await?;
             findings = check_source(source.as_ref(), mode).await?;
             Verified::Checked

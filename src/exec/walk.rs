@@ -35,7 +35,7 @@ use crate::image::{
     ResolvedImage,
 };
 use crate::plan::graph::{How, NodeKey, StoredForm, WorkGraph};
-use crate::sink::Sink;
+use crate::sink::{Reuse, Sink};
 use crate::source::stream::{after_stream_failure, decompressed, CountingReader};
 use crate::source::{BlobReader, Source};
 
@@ -587,7 +587,7 @@ impl<'a> Walk<'a> {
             // The output of a deterministic rewrite may be there already
             // (an earlier run without the layer cache): a look, then a put.
             let out = output_descriptor(&rewritten.result, plain_store);
-            if io.sink.has_blob(&out.digest).await? {
+            if io.sink.try_reuse(&out.digest, None).await? == Reuse::Present {
                 return Ok(());
             }
             // An upload cut mid-body starts again from the spool.
@@ -617,7 +617,7 @@ impl<'a> Walk<'a> {
                     .source_blob
                     .clone()
                     .ok_or_else(|| Error::invalid("a mount without a blob"))?;
-                if io.sink.mount_blob(&desc.digest, from).await? {
+                if io.sink.try_reuse(&desc.digest, Some(from)).await? != Reuse::No {
                     tally(&self.mounted, owner);
                     return Ok(());
                 }
@@ -676,7 +676,7 @@ impl<'a> Walk<'a> {
             }
             Some(How::Mount { from }) => {
                 let _permit = self.transfers.acquire().await;
-                if !io.sink.mount_blob(&desc.digest, from).await? {
+                if io.sink.try_reuse(&desc.digest, Some(from)).await? == Reuse::No {
                     let bytes = config_bytes(&io.resolved, &self.configs, &desc.digest)?;
                     put_bytes(io.sink.as_ref(), &desc, bytes).await?;
                 }

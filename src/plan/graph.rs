@@ -31,12 +31,14 @@ use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
-use super::{holds_index, Action, BlobCounts, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
+use super::{Action, BlobCounts, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
 use crate::cache::LayerCache;
 use crate::filter::FilterSpec;
 use crate::image::{Compression, Descriptor, Digest};
 use crate::reference::Reference;
 use crate::registry::RegistryClient;
+use crate::sink::kind;
+pub use crate::sink::kind::StoredForm;
 
 /// How a blob reaches its store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,16 +153,6 @@ impl NodeKey {
     }
 }
 
-/// The form a store keeps layers in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StoredForm {
-    /// As the manifest describes them (compressed, keyed by digest).
-    Compressed,
-    /// Plain tar keyed by diff_id (docker-save archives, dirs, the daemon).
-    PlainTar,
-}
-
 /// One node of work.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Work {
@@ -264,38 +256,23 @@ pub struct Store {
 impl Store {
     /// The store a destination writes.
     pub fn of(dest: &Reference) -> Store {
-        let (key, form, host, repository, oci_path) = match dest {
-            Reference::Registry(r) => (
-                format!("registry://{}/{}", r.host, r.repository),
-                StoredForm::Compressed,
-                Some(r.host.clone()),
-                Some(r.repository.clone()),
-                None,
-            ),
-            Reference::Oci { path, .. } => (
-                format!("oci://{}", path.display()),
-                StoredForm::Compressed,
-                None,
-                None,
-                Some(path.clone()),
-            ),
-            Reference::Dir { path, .. } => (
-                format!("dir://{}", path.display()),
-                StoredForm::PlainTar,
-                None,
-                None,
-                None,
-            ),
-            Reference::Bundle { .. } => (dest.to_string(), StoredForm::Compressed, None, None, None),
-            other => (other.to_string(), StoredForm::PlainTar, None, None, None),
+        let kind = kind::of(dest);
+        let registry = dest.as_registry();
+        let key = match (registry, kind::path_of(dest)) {
+            (Some(r), _) => format!("registry://{}/{}", r.host, r.repository),
+            (None, Some(path)) => format!("{}://{}", kind.scheme, path.display()),
+            _ => dest.to_string(),
         };
         Store {
             key,
-            form,
-            host,
-            repository,
-            oci_path,
-            keeps_index: holds_index(dest),
+            form: kind.stored_form,
+            host: registry.map(|r| r.host.clone()),
+            repository: registry.map(|r| r.repository.clone()),
+            oci_path: match kind.blob_lookup {
+                kind::BlobLookup::LayoutFile => kind::path_of(dest).map(|p| p.to_path_buf()),
+                kind::BlobLookup::Head | kind::BlobLookup::None => None,
+            },
+            keeps_index: kind.keeps_index,
         }
     }
 }

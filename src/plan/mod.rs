@@ -33,6 +33,7 @@ use crate::image::convert::{adapt_media_types, docker_kept_warning, keeps_docker
 use crate::image::{check_fits, expected_digest, Digest, ImageName, ResolvedImage};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryOptions};
+use crate::sink::kind::{self, CurrentDigest};
 use crate::source::docker_daemon::DaemonConnection;
 use crate::source::{resolve_with, Configs, PlatformSelection, SourceOptions};
 use crate::spec::{SpecProblem, SyncSpec, TemplateFields};
@@ -415,12 +416,12 @@ pub fn output_key(t: &Target, source_digest: &Digest) -> String {
         MediaTypes::Oci => format!("{}+format=oci", platforms_key(&t.platforms)),
         MediaTypes::Keep | MediaTypes::OciWhenSynthesised => platforms_key(&t.platforms),
     };
-    LayerCache::output_key(source_digest, &t.chain.hash(), &platforms, holds_index(&t.destination))
-}
-
-/// Whether a destination keeps an index (registries and OCI layouts do).
-pub fn holds_index(dest: &Reference) -> bool {
-    matches!(dest, Reference::Registry(_) | Reference::Oci { .. })
+    LayerCache::output_key(
+        source_digest,
+        &t.chain.hash(),
+        &platforms,
+        kind::of(&t.destination).keeps_index,
+    )
 }
 
 /// The place a target writes, to find two targets writing the same one.
@@ -586,7 +587,8 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                             let tt = &p.target;
                             if !tt.chain.changes_content() {
                                 p.expected =
-                                    expected_digest(&resolved, &tt.platforms, holds_index(&tt.destination)).ok();
+                                    expected_digest(&resolved, &tt.platforms, kind::of(&tt.destination).keeps_index)
+                                        .ok();
                             }
                             p.resolved = Some(resolved);
                         }
@@ -971,7 +973,7 @@ async fn resolve_for_writing(ctx: &PlanContext, t: &Target) -> Result<Arc<Resolv
     check_fits(
         &resolved,
         &t.platforms,
-        holds_index(&t.destination),
+        kind::of(&t.destination).keeps_index,
         &t.destination.to_string(),
         &t.source.to_string(),
     )?;
@@ -1157,7 +1159,7 @@ async fn diff_target(
     }
     p.source_digest = source_digest.clone();
     p.platforms = resolved.images.len();
-    let supports_index = holds_index(&t.destination);
+    let supports_index = kind::of(&t.destination).keeps_index;
     if let Err(e) = check_fits(
         &resolved,
         &t.platforms,
@@ -1186,9 +1188,9 @@ async fn diff_target(
     } else {
         expected_digest(&resolved, &t.platforms, supports_index).ok()
     };
-    let current: Result<Option<Digest>> = match &t.destination {
-        Reference::Registry(_) | Reference::Oci { .. } => tagged_digest(ctx, t).await,
-        Reference::Docker { name, tag, socket, .. } => {
+    let current: Result<Option<Digest>> = match (kind::of(&t.destination).current, &t.destination) {
+        (CurrentDigest::Tagged, _) => tagged_digest(ctx, t).await,
+        (CurrentDigest::DaemonImageId, Reference::Docker { name, tag, socket, .. }) => {
             // A daemon knows an image by its ID, the config digest, which
             // a copy without filters keeps; a filtered one is rebuilt.
             p.expected = match (filtered, resolved.images.as_slice()) {
@@ -1200,7 +1202,7 @@ async fn diff_target(
                 Err(e) => Err(e),
             }
         }
-        dest => {
+        (_, dest) => {
             // File destinations: the record beside them.
             let record = state::state_path(dest, &t.name).and_then(|s| state::read(&s));
             let current = record.as_ref().map(|r| r.output.clone());
@@ -1238,7 +1240,7 @@ async fn diff_target(
     }
     p.action = match (&p.expected, &p.current) {
         (Some(e), Some(c)) if e == c => Action::Unchanged,
-        (None, _) if matches!(t.destination, Reference::Docker { .. }) => Action::Rebuild {
+        (None, _) if kind::of(&t.destination).current == CurrentDigest::DaemonImageId => Action::Rebuild {
             reason: "filters rewrite the layers; a daemon's image is compared only for copies without filters".into(),
         },
         (None, _) => Action::Rebuild {

@@ -15,6 +15,7 @@ use futures_util::stream::{self, StreamExt};
 use super::{planned_target, tagged_digest, Action, PlanContext, PlannedTarget, Target, PLAN_CONCURRENCY};
 use crate::image::{Digest, Manifest, RawManifest};
 use crate::reference::Reference;
+use crate::sink::kind::{self, CurrentDigest};
 use crate::source::{choose_platforms, open_source, PlatformSelection};
 
 /// The source's root manifest, read once per source reference.
@@ -30,10 +31,8 @@ fn eligible(t: &Target) -> bool {
     t.chain.is_empty()
         && matches!(t.platforms, PlatformSelection::Default | PlatformSelection::All)
         && matches!(t.source, Reference::Registry(_) | Reference::Oci { .. })
-        && matches!(
-            t.destination,
-            Reference::Registry(_) | Reference::Oci { oci_format: false, .. }
-        )
+        && kind::of(&t.destination).current == CurrentDigest::Tagged
+        && !matches!(t.destination, Reference::Oci { oci_format: true, .. })
 }
 
 /// What an unfiltered copy of `root` writes, and how many platform images

@@ -11,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::{Error, Result};
 use crate::image::{Digest, ImageName};
 use crate::reference::Reference;
+use crate::sink::kind;
 
 /// The record of one write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,27 +28,17 @@ pub struct WrittenState {
 }
 
 /// Where the record of a file destination lives, or None for destinations
-/// that are compared directly (registries, OCI layouts) or not at all.
+/// that are compared directly (registries, OCI layouts, the daemon).
 pub fn state_path(dest: &Reference, name: &ImageName) -> Option<PathBuf> {
-    match dest {
-        Reference::Tar { path } | Reference::Bundle { path } => {
-            let file = path.file_name()?.to_string_lossy().to_string();
-            Some(path.with_file_name(format!(".{file}.occy-state.json")))
-        }
-        Reference::Dir { path, .. } => {
-            let key = hex::encode(Sha256::digest(name.to_string().as_bytes()));
-            Some(path.join(".occy-state").join(format!("{}.json", &key[..32])))
-        }
-        _ => None,
-    }
+    let place = kind::of(dest).record?;
+    let key = hex::encode(Sha256::digest(name.to_string().as_bytes()));
+    place.path(kind::path_of(dest)?, &key[..32])
 }
 
 /// The output a record speaks for exists (the tarball, the bundle's config).
 pub fn output_exists(dest: &Reference) -> bool {
-    match dest {
-        Reference::Tar { path } => path.is_file(),
-        Reference::Bundle { path } => path.join("config.json").is_file(),
-        Reference::Dir { path, .. } => path.is_dir(),
+    match (kind::of(dest).output, kind::path_of(dest)) {
+        (Some(marker), Some(path)) => marker.present(path),
         _ => false,
     }
 }

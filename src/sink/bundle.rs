@@ -18,11 +18,27 @@ use serde_json::{json, Value};
 
 use super::atomic::stream_file_atomic;
 use super::extract::Extractor;
-use super::{LayerForm, Sink};
+use super::kind::{BlobLookup, CurrentDigest, DestinationKind, OutputMarker, ReadBack, RecordPlace, StoredForm};
+use super::Sink;
 use crate::check::tree::{MergedView, VIEW_FILE};
 use crate::error::{Error, Result};
 use crate::image::{Compression, Descriptor, Digest, ImageConfig, ImageData, RawManifest};
 use crate::source::BlobReader;
+
+/// A runtime bundle: one platform's tree, extracted from compressed blobs,
+/// known by the record beside it, checked against its tree listing.
+pub const KIND: DestinationKind = DestinationKind {
+    scheme: "bundle",
+    keeps_index: false,
+    stored_form: StoredForm::Compressed,
+    current: CurrentDigest::Record,
+    blob_lookup: BlobLookup::None,
+    record: Some(RecordPlace::Beside),
+    output: Some(OutputMarker::FileInside("config.json")),
+    read_back: ReadBack::Tree,
+    holds_referrers: false,
+    one_image: Some("one bundle"),
+};
 
 /// Writes an OCI runtime bundle.
 pub struct BundleSink {
@@ -266,14 +282,6 @@ fn walk_dirs(root: &Path) -> Vec<PathBuf> {
 impl Sink for BundleSink {
     fn describe(&self) -> String {
         format!("bundle://{}", self.target.display())
-    }
-
-    fn layer_form(&self) -> LayerForm {
-        LayerForm::AsIs
-    }
-
-    fn supports_index(&self) -> bool {
-        false
     }
 
     async fn has_blob(&self, digest: &Digest) -> Result<bool> {

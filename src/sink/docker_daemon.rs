@@ -16,11 +16,27 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 
 use super::docker_save::DockerSaveSink;
-use super::{LayerForm, Sink};
+use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
+use super::Sink;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, ImageData, ImageName, RawManifest};
 use crate::source::docker_daemon::{describe_error, DaemonConnection};
 use crate::source::BlobReader;
+
+/// A Docker Engine (or podman): loaded as a docker-save stream of plain
+/// layers, one platform, known by its image ID.
+pub const KIND: DestinationKind = DestinationKind {
+    scheme: "docker",
+    keeps_index: false,
+    stored_form: StoredForm::PlainTar,
+    current: CurrentDigest::DaemonImageId,
+    blob_lookup: BlobLookup::None,
+    record: None,
+    output: None,
+    read_back: ReadBack::Daemon,
+    holds_referrers: false,
+    one_image: None,
+};
 
 pub struct DockerDaemonSink {
     conn: DaemonConnection,
@@ -128,14 +144,6 @@ impl DockerDaemonSink {
 impl Sink for DockerDaemonSink {
     fn describe(&self) -> String {
         self.describe.clone()
-    }
-
-    fn layer_form(&self) -> LayerForm {
-        LayerForm::Uncompressed
-    }
-
-    fn supports_index(&self) -> bool {
-        false
     }
 
     async fn has_blob(&self, digest: &Digest) -> Result<bool> {

@@ -20,10 +20,41 @@ use super::atomic::{
     copy_into, locked_update, make_parent_dirs, persist, stream_file_atomic, temp_beside, write_file_atomic, DestDir,
     MadeDirs,
 };
-use super::{ImageName, LayerForm, Sink};
+use super::kind::{BlobLookup, CurrentDigest, DestinationKind, OutputMarker, ReadBack, RecordPlace, StoredForm};
+use super::{ImageName, Sink};
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, ImageData, RawManifest};
 use crate::source::BlobReader;
+
+/// A docker-save tarball: plain layers, one platform, one image per file,
+/// known by the record beside it.
+pub const TAR_KIND: DestinationKind = DestinationKind {
+    scheme: "tar",
+    keeps_index: false,
+    stored_form: StoredForm::PlainTar,
+    current: CurrentDigest::Record,
+    blob_lookup: BlobLookup::None,
+    record: Some(RecordPlace::Beside),
+    output: Some(OutputMarker::File),
+    read_back: ReadBack::AsImage,
+    holds_referrers: false,
+    one_image: Some("one tarball"),
+};
+
+/// occystrap's directory: plain layers shared by the images in it, one
+/// platform each, a record per image inside it.
+pub const DIR_KIND: DestinationKind = DestinationKind {
+    scheme: "dir",
+    keeps_index: false,
+    stored_form: StoredForm::PlainTar,
+    current: CurrentDigest::Record,
+    blob_lookup: BlobLookup::None,
+    record: Some(RecordPlace::PerImageInside),
+    output: Some(OutputMarker::Dir),
+    read_back: ReadBack::AsImage,
+    holds_referrers: false,
+    one_image: None,
+};
 
 /// One entry of `manifest.json`.
 #[derive(Debug, Clone, Serialize)]
@@ -271,14 +302,6 @@ impl Sink for DockerSaveSink {
             Target::Tar { path, .. } => format!("tar://{}", path.display()),
             Target::Dir { root, .. } => format!("dir://{}", root.display()),
         }
-    }
-
-    fn layer_form(&self) -> LayerForm {
-        LayerForm::Uncompressed
-    }
-
-    fn supports_index(&self) -> bool {
-        false
     }
 
     async fn has_blob(&self, diff_id: &Digest) -> Result<bool> {

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod docker_daemon;
 pub mod docker_save;
 pub mod extract;
+pub mod kind;
 pub mod oci_layout;
 pub mod registry;
 pub mod sweep;
@@ -18,16 +19,19 @@ use crate::image::{Descriptor, Digest, ImageData, RawManifest};
 use crate::reference::Reference;
 use crate::source::BlobReader;
 
-/// The form in which a sink stores layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerForm {
-    /// As the manifest describes them (compressed blobs, keyed by digest).
-    AsIs,
-    /// Uncompressed tar, keyed by diff_id (docker-save archives, dir://).
-    Uncompressed,
-}
-
 pub use crate::image::ImageName;
+
+/// How a store came to have a blob without being sent it, or that it must
+/// be sent ([`Sink::try_reuse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// The store holds it already.
+    Present,
+    /// The registry mounted it from another repository.
+    Mounted,
+    /// Send it.
+    No,
+}
 
 /// Something that can say which blobs it already has, accept blobs, and
 /// commit manifests.
@@ -36,14 +40,24 @@ pub trait Sink: Send + Sync {
     /// A human-readable name for messages.
     fn describe(&self) -> String;
 
-    /// The form in which this sink wants layers.
-    fn layer_form(&self) -> LayerForm;
-
-    /// Whether the sink can hold a multi-platform index.
-    fn supports_index(&self) -> bool;
-
-    /// Whether the sink already holds the blob (keyed as [`Sink::layer_form`] says).
+    /// Whether the sink already holds the blob (keyed by digest for
+    /// compressed stores, by diff_id for plain ones: see
+    /// [`kind::StoredForm`]). A query: it takes no lock and reserves nothing.
     async fn has_blob(&self, digest: &Digest) -> Result<bool>;
+
+    /// Whether the store can have the blob without being sent it: it holds
+    /// it ([`Reuse::Present`]), or, given `mount_from`, a repository of the
+    /// same registry, it mounted it from there ([`Reuse::Mounted`]).
+    /// [`Reuse::No`] means send it. Only registries mount; other sinks
+    /// answer from [`Sink::has_blob`].
+    async fn try_reuse(&self, digest: &Digest, mount_from: Option<&str>) -> Result<Reuse> {
+        let _ = mount_from;
+        Ok(if self.has_blob(digest).await? {
+            Reuse::Present
+        } else {
+            Reuse::No
+        })
+    }
 
     /// Stores a small blob held in memory (a config).
     async fn put_blob_bytes(&self, desc: &Descriptor, bytes: bytes::Bytes) -> Result<()> {
@@ -54,13 +68,6 @@ pub trait Sink: Send + Sync {
     /// Records that the store holds a blob (the plan saw it there), so a
     /// commit need not ask again.
     fn note_present(&self, _digest: &Digest) {}
-
-    /// Mounts a blob from another repository of the same registry: true
-    /// when mounted, false when the registry declined (then upload it).
-    /// Only registries can; other sinks answer false.
-    async fn mount_blob(&self, _digest: &Digest, _from: &str) -> Result<bool> {
-        Ok(false)
-    }
 
     /// Stores a blob. `desc.size` may be 0 when unknown (an uncompressed layer
     /// whose length is learned while it streams). The reader is verified by

@@ -14,11 +14,27 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::atomic::{locked_update, stream_file_atomic, write_file_atomic, DestDir};
-use super::{LayerForm, Sink};
+use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
+use super::Sink;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, ImageData, RawManifest};
 use crate::source::oci_layout::REF_NAME;
 use crate::source::BlobReader;
+
+/// An OCI image layout: compressed blobs, indexes kept, `index.json` says
+/// what each tag names, read back as a layout, referrers in `index.json`.
+pub const KIND: DestinationKind = DestinationKind {
+    scheme: "oci",
+    keeps_index: true,
+    stored_form: StoredForm::Compressed,
+    current: CurrentDigest::Tagged,
+    blob_lookup: BlobLookup::LayoutFile,
+    record: None,
+    output: None,
+    read_back: ReadBack::AsImage,
+    holds_referrers: true,
+    one_image: None,
+};
 
 /// Writes images into an OCI image layout.
 pub struct OciLayoutSink {
@@ -123,14 +139,6 @@ impl OciLayoutSink {
 impl Sink for OciLayoutSink {
     fn describe(&self) -> String {
         format!("oci://{}:{}", self.root.display(), self.tag)
-    }
-
-    fn layer_form(&self) -> LayerForm {
-        LayerForm::AsIs
-    }
-
-    fn supports_index(&self) -> bool {
-        true
     }
 
     async fn has_blob(&self, digest: &Digest) -> Result<bool> {

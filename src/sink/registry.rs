@@ -11,13 +11,29 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tracing::debug;
 
-use super::{LayerForm, Sink};
+use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
+use super::{Reuse, Sink};
 use crate::error::{Error, Result};
 use crate::image::referrers::fallback_tag;
 use crate::image::{media_type, Descriptor, Digest, ImageData, RawManifest};
 use crate::reference::RegistryRef;
 use crate::registry::{RegistryClient, RegistryOptions};
 use crate::source::BlobReader;
+
+/// A registry repository: compressed blobs, indexes kept, its tags say what
+/// it holds, read back over the API, referrers beside their subject.
+pub const KIND: DestinationKind = DestinationKind {
+    scheme: "registry",
+    keeps_index: true,
+    stored_form: StoredForm::Compressed,
+    current: CurrentDigest::Tagged,
+    blob_lookup: BlobLookup::Head,
+    record: None,
+    output: None,
+    read_back: ReadBack::AsImage,
+    holds_referrers: true,
+    one_image: None,
+};
 
 /// Writes images to one repository of a registry.
 pub struct RegistrySink {
@@ -98,14 +114,6 @@ impl Sink for RegistrySink {
         format!("registry://{}", self.target)
     }
 
-    fn layer_form(&self) -> LayerForm {
-        LayerForm::AsIs
-    }
-
-    fn supports_index(&self) -> bool {
-        true
-    }
-
     async fn has_blob(&self, digest: &Digest) -> Result<bool> {
         if self.knows(digest) {
             return Ok(true);
@@ -121,15 +129,22 @@ impl Sink for RegistrySink {
         self.learn(digest);
     }
 
-    async fn mount_blob(&self, digest: &Digest, from: &str) -> Result<bool> {
-        let mounted = self.client.mount_blob(self.repo(), digest, from).await?;
-        if mounted {
+    async fn try_reuse(&self, digest: &Digest, mount_from: Option<&str>) -> Result<Reuse> {
+        let Some(from) = mount_from else {
+            return Ok(if self.has_blob(digest).await? {
+                Reuse::Present
+            } else {
+                Reuse::No
+            });
+        };
+        if self.client.mount_blob(self.repo(), digest, from).await? {
             debug!(blob = %digest, from, to = self.repo(), "mounted");
             self.learn(digest);
+            Ok(Reuse::Mounted)
         } else {
             debug!(blob = %digest, from, "mount declined (202)");
+            Ok(Reuse::No)
         }
-        Ok(mounted)
     }
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {

@@ -96,12 +96,7 @@ impl OneShot<'_> {
                 return Err(e);
             }
             if names_many(&from) && !templated {
-                let overwritten = match parsed {
-                    Reference::Tar { .. } => Some("one tarball"),
-                    Reference::Bundle { .. } => Some("one bundle"),
-                    _ => None,
-                };
-                if let Some(what) = overwritten {
+                if let Some(what) = crate::sink::kind::of(&parsed).one_image {
                     return Err(source.error(
                         SpecProblem::new(
                             format!(

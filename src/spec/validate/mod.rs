@@ -832,7 +832,7 @@ impl Validator<'_> {
                 );
                 return None;
             }
-            Reference::Tar { .. } | Reference::Bundle { .. } if many && !templated => {
+            _ if many && !templated && crate::sink::kind::of(&reference).one_image.is_some() => {
                 self.problem(
                     SpecProblem::new(
                         format!("every image of this entry would overwrite {text}"),
