@@ -482,6 +482,9 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
     }
 }
 
+/// A repository's tags, None when they cannot be listed.
+type ListedTags = Option<HashSet<String>>;
+
 /// Looks referrers up, remembering per registry host whether it offers
 /// the referrers API and per repository its tags.
 #[derive(Default)]
@@ -489,7 +492,7 @@ struct Lister {
     /// host → whether it answered the referrers API.
     api: std::sync::Mutex<HashMap<String, bool>>,
     /// (host, repository) → its tags (listed once).
-    tags: tokio::sync::Mutex<HashMap<(String, String), Option<HashSet<String>>>>,
+    tags: tokio::sync::Mutex<HashMap<(String, String), ListedTags>>,
 }
 
 impl Lister {

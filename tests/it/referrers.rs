@@ -447,3 +447,31 @@ fn referrers_none_filters_and_lost_referrers() {
     );
     assert!(plan.contains(sbom.digest.short()), "{plan}");
 }
+
+#[test]
+fn check_warns_about_a_referrer_whose_subject_is_gone() {
+    let reg = Registry::shared(Mode::Plain);
+    reg.push_layout(&standard_images().0, "app-a", "refs-orphan/app:1.0");
+    let rt = rt();
+    let c = client(&reg.host);
+    let subject = rt.block_on(c.head_manifest("refs-orphan/app", "1.0")).unwrap().unwrap();
+    rt.block_on(push_signature(&c, "refs-orphan/app", &subject.digest, "kept"));
+    let gone = Digest::of(b"an image deleted long ago");
+    rt.block_on(push_signature(&c, "refs-orphan/app", &gone, "orphan"));
+    let url = reg.url("refs-orphan/app:1.0");
+    let out = reg.occy(&["-O", "json", "check", &url, "--fast"]);
+    let r = json_of(&out);
+    let warned: Vec<&serde_json::Value> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["check"] == "referrer-subject")
+        .collect();
+    assert_eq!(warned.len(), 1, "{r}");
+    let msg = warned[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&cosign_tag(&gone, CosignKind::Signature)) && msg.contains(gone.as_str()),
+        "{msg}"
+    );
+    assert_eq!(warned[0]["severity"], "warning");
+}

@@ -316,8 +316,8 @@ impl RegistryClient {
         let resp = self
             .fetch(
                 || {
-                    Ok(Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo)
-                        .header(ACCEPT, crate::image::media_type::OCI_INDEX)?)
+                    Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo)
+                        .header(ACCEPT, crate::image::media_type::OCI_INDEX)
                 },
                 MAX_MANIFEST_SIZE,
                 &format!("the referrers of {subject} in {repo}"),
