@@ -146,8 +146,8 @@ pub struct ImageInfo {
     pub referrers: Option<Vec<ReferrerInfo>>,
 }
 
-/// The public keys of `--verify-key`.
-fn load_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>> {
+/// The public keys of `--verify-key` (`occy info`, `occy process`).
+pub(super) fn load_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>> {
     paths
         .iter()
         .map(|p| {

@@ -317,6 +317,54 @@ fn an_ed25519_signature_passes_verify_with_its_key() {
     assert!(support::layout_tags(&dir.join("out")).contains(&"1.0".to_string()));
 }
 
+/// `occy process --verify-key` copies a signed image and refuses (exit 1,
+/// named) one signed by another key; a source without tags is a usage error.
+#[test]
+fn process_verify_key_copies_only_a_signed_image() {
+    let src = Registry::shared(Mode::Plain);
+    let dir = scratch_dir("cosign-process");
+    let release = cosign::keypair(&dir, "release");
+    let other = cosign::keypair(&dir, "other");
+    let digest = push(src, "app-a", "cosign-process/app:1.0");
+    cosign::sign_image(src, "cosign-process/app", &digest, &release);
+    let image = src.url("cosign-process/app:1.0");
+    let release_pub = release.public.display().to_string();
+    let other_pub = other.public.display().to_string();
+
+    let good = format!("oci://{}:1.0", dir.join("good").display());
+    src.ok(&[
+        "process",
+        &image,
+        &good,
+        "--verify-key",
+        &other_pub,
+        "--verify-key",
+        &release_pub,
+    ]);
+    assert_eq!(support::layout_tags(&dir.join("good")), ["1.0"]);
+
+    let bad = format!("oci://{}:1.0", dir.join("bad").display());
+    let args = ["process", &image, &bad, "--verify-key", &other_pub];
+    let out = src.occy(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out));
+    assert!(
+        text_of(&out).contains(&format!("no signature by {other_pub} for {digest}")),
+        "{}",
+        text_of(&out)
+    );
+    assert!(
+        !dir.join("bad/index.json").exists(),
+        "nothing written for a refused image"
+    );
+
+    let tar = format!("tar://{}", dir.join("x.tar").display());
+    support::fails(
+        &["process", &tar, &bad, "--verify-key", &release_pub],
+        2,
+        "--verify-key needs a registry://",
+    );
+}
+
 /// Keys that cannot be read or are not public keys, and `verify:` on a
 /// source without a registry, are sync-file errors at their place (exit 2).
 #[test]
