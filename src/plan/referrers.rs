@@ -8,6 +8,7 @@
 //! `?format=oci`) takes none: the plan says why.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
@@ -149,16 +150,13 @@ fn why_not(p: &PlannedTarget) -> Option<String> {
     }
 }
 
-/// Whether a destination can hold referrers.
-fn holds_referrers(dest: &Reference) -> bool {
-    matches!(dest, Reference::Registry(_) | Reference::Oci { .. })
-}
-
 /// A target's plan for referrers before looking: its source repository,
 /// the subjects, and whether they are copied.
 struct Want {
     target: usize,
+    /// The source registry host, or "" for an OCI layout…
     host: String,
+    /// …and its repository, or the layout's directory.
     repo: String,
     subjects: Vec<Digest>,
     policy: ReferrerPolicy,
@@ -204,7 +202,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         if policy == ReferrerPolicy::None {
             continue;
         }
-        if !holds_referrers(&p.target.destination) {
+        if !crate::sink::kind::of(&p.target.destination).holds_referrers {
             if explicit {
                 warnings.push(format!(
                     "{} cannot hold referrers (signatures, SBOMs, attestations): {} is copied without them",
@@ -213,8 +211,10 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
             }
             continue;
         }
-        let Reference::Registry(src) = &p.target.source else {
-            continue;
+        let (host, repo) = match &p.target.source {
+            Reference::Registry(src) => (src.host.clone(), src.repository.clone()),
+            Reference::Oci { path, .. } => (String::new(), path.display().to_string()),
+            _ => continue,
         };
         let Some(subjects) = subjects(ctx, p) else { continue };
         let not_copied = why_not(p);
@@ -229,8 +229,8 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         };
         wants.push(Want {
             target: i,
-            host: src.host.clone(),
-            repo: src.repository.clone(),
+            host,
+            repo,
             subjects,
             policy,
             not_copied,
@@ -400,9 +400,13 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
     // The manifests of the referrers to copy, read once each.
     let manifests: HashMap<(String, String, Digest), Result<RawManifest>> = stream::iter(manifests_wanted)
         .map(|k| async move {
-            let r = match ctx.client(&k.0) {
-                Ok(c) => c.get_manifest(&k.1, &k.2.to_string()).await,
-                Err(e) => Err(e),
+            let r = if k.0.is_empty() {
+                layout_manifest(std::path::Path::new(&k.1), &k.2)
+            } else {
+                match ctx.client(&k.0) {
+                    Ok(c) => c.get_manifest(&k.1, &k.2.to_string()).await,
+                    Err(e) => Err(e),
+                }
             };
             (k, r)
         })
@@ -463,7 +467,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         }
         if p.resolved.is_none() {
             match super::resolve_reading(ctx, &p.target.source, &p.target.platforms, Configs::Skip).await {
-                Ok(r) => match super::for_destination(p, std::sync::Arc::new(r)) {
+                Ok(r) => match super::for_destination(p, Arc::new(r)) {
                     Ok(r) => p.resolved = Some(r),
                     Err(e) => {
                         warnings.push(format!("{}: its referrers are not copied: {e}", p.destination));
@@ -490,19 +494,18 @@ type ListedTags = Option<HashSet<String>>;
 #[derive(Default)]
 struct Lister {
     /// host → whether it answered the referrers API.
-    api: std::sync::Mutex<HashMap<String, bool>>,
+    /// host → whether it offers the referrers API, learned by the first
+    /// lookup there while the others wait (a registry without it costs one 404).
+    api: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
     /// (host, repository) → its tags (listed once).
     tags: tokio::sync::Mutex<HashMap<(String, String), ListedTags>>,
 }
 
 impl Lister {
-    fn api(&self, host: &str) -> Option<bool> {
-        self.api.lock().ok()?.get(host).copied()
-    }
-
-    fn learn_api(&self, host: &str, offered: bool) {
-        if let Ok(mut m) = self.api.lock() {
-            m.insert(host.to_string(), offered);
+    fn api_cell(&self, host: &str) -> Arc<tokio::sync::OnceCell<bool>> {
+        match self.api.lock() {
+            Ok(mut m) => m.entry(host.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
         }
     }
 
@@ -543,12 +546,21 @@ impl Lister {
         repo: &str,
         subject: &Digest,
     ) -> Result<Option<Vec<Descriptor>>> {
-        if self.api(host) == Some(false) {
-            return Ok(None);
+        let cell = self.api_cell(host);
+        let mut first: Option<Option<Vec<Descriptor>>> = None;
+        let offered = *cell
+            .get_or_try_init(|| async {
+                let answer = client.referrers(repo, subject, None).await?;
+                let offered = answer.is_some();
+                first = Some(answer);
+                Ok::<bool, Error>(offered)
+            })
+            .await?;
+        match first {
+            Some(answer) => Ok(answer),
+            None if offered => client.referrers(repo, subject, None).await,
+            None => Ok(None),
         }
-        let answer = client.referrers(repo, subject, None).await?;
-        self.learn_api(host, answer.is_some());
-        Ok(answer)
     }
 
     /// The entries of the referrers tag of `subject`, if it is there.
@@ -578,6 +590,9 @@ impl Lister {
 
     /// What the source repository holds that refers to `subject`.
     async fn source(&self, ctx: &PlanContext, host: &str, repo: &str, subject: &Digest) -> Result<Vec<Found>> {
+        if host.is_empty() {
+            return Ok(layout_referrers(std::path::Path::new(repo), subject));
+        }
         let client = ctx.client(host)?;
         let tags = self.tags_of(ctx, &client, host, repo).await;
         let listed = match self.by_api(&client, host, repo, subject).await? {
@@ -667,6 +682,80 @@ impl Lister {
         }
         Ok(out)
     }
+}
+
+/// The manifest `digest` of an OCI layout, verified.
+fn layout_manifest(path: &std::path::Path, digest: &Digest) -> Result<RawManifest> {
+    let file = path.join("blobs").join("sha256").join(digest.hex());
+    let bytes = std::fs::read(&file).map_err(|e| Error::io("read a referrer", &file, e))?;
+    let media_type = layout_manifests(path)
+        .into_iter()
+        .find(|d| &d.digest == digest)
+        .map(|d| d.media_type);
+    RawManifest::verified(
+        bytes::Bytes::from(bytes),
+        media_type.as_deref(),
+        digest,
+        &format!("referrer {digest} in {}", path.display()),
+    )
+}
+
+/// What an OCI layout's `index.json` lists that refers to `subject`: the
+/// manifests whose `subject` names it, and cosign's tags of it.
+fn layout_referrers(path: &std::path::Path, subject: &Digest) -> Vec<Found> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct WithSubject {
+        #[serde(default)]
+        subject: Option<Descriptor>,
+        #[serde(default)]
+        artifact_type: Option<String>,
+        #[serde(default)]
+        config: Option<Descriptor>,
+    }
+    let mut out = Vec::new();
+    for d in layout_manifests(path) {
+        let name = d
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::source::oci_layout::REF_NAME))
+            .cloned();
+        if let Some((s, kind)) = name.as_deref().and_then(crate::image::referrers::parse_cosign_tag) {
+            if &s == subject {
+                out.push(Found {
+                    descriptor: Descriptor { annotations: None, ..d },
+                    tag: name,
+                    cosign: Some(kind),
+                });
+            }
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(path.join("blobs").join("sha256").join(d.digest.hex())) else {
+            continue;
+        };
+        let Ok(m) = serde_json::from_slice::<WithSubject>(&bytes) else {
+            continue;
+        };
+        if m.subject.as_ref().is_some_and(|s| &s.digest == subject) {
+            let artifact_type = d
+                .artifact_type
+                .clone()
+                .or(m.artifact_type)
+                .or(m.config.map(|c| c.media_type));
+            out.push(Found {
+                descriptor: Descriptor {
+                    artifact_type,
+                    annotations: d
+                        .annotations
+                        .filter(|a| !a.contains_key(crate::source::oci_layout::REF_NAME)),
+                    ..d
+                },
+                tag: None,
+                cosign: None,
+            });
+        }
+    }
+    out
 }
 
 /// The descriptors an OCI layout's `index.json` lists (none when it has none).

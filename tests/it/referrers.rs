@@ -122,6 +122,7 @@ async fn push_signature(c: &RegistryClient, repo: &str, subject: &Digest, seed: 
 }
 
 fn write_spec(dir: &Path, body: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("sync.yaml");
     std::fs::write(&path, format!("version: 1\n{body}")).unwrap();
     path.display().to_string()
@@ -251,6 +252,37 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
         assert!(layout.join("blobs/sha256").join(d.hex()).is_file());
     }
     assert_oci_layout_readable(&layout, "1.0", subject.media_type == OCI_MANIFEST);
+
+    // The air-gap hop: from the layout on to another registry, the
+    // referrers still travel (found in index.json by their subject and tag).
+    let hop = write_spec(
+        &dir.join("hop"),
+        &format!(
+            "sync:\n  - from: oci://{}:1.0\n    to: registry://{}/airgap/app\n",
+            layout.display(),
+            dst.host
+        ),
+    );
+    let plan = stdout(&assert_ok(
+        &["sync", &hop, "--plan"],
+        occy_with(&f, &["sync", &hop, "--plan"]),
+    ));
+    assert!(plan.contains("+ 2 referrers: 1 signature, 1 SBOM"), "{plan}");
+    assert_ok(&["sync", &hop], occy_with(&f, &["sync", &hop]));
+    let got = rt
+        .block_on(dc.get_manifest("airgap/app", &sbom.digest.to_string()))
+        .unwrap();
+    assert_eq!(got.bytes, sbom.bytes);
+    let tag = rt
+        .block_on(dc.get_manifest("airgap/app", &fallback_tag(&subject.digest)))
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&tag.bytes).unwrap();
+    assert_eq!(listed["manifests"][0]["digest"], sbom.digest.as_str(), "{listed}");
+    let sig_hop = rt
+        .block_on(dc.head_manifest("airgap/app", &cosign_tag(&subject.digest, CosignKind::Signature)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(sig_hop.digest, sig.digest);
 
     // Warm: the plan is one line, the run writes nothing.
     let before = dst.access_log().len();
