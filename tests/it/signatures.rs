@@ -143,8 +143,29 @@ fn a_mirrored_signature_verifies_with_openssl() {
         }
     }
 
-    // The next hop (the air-gap recipe of docs/sync.md: the transfer
-    // registry into the inside one), verified again, signature and all.
+    // Across the air gap (the recipe of docs/sync.md): from the OCI layout
+    // into the inside registry, verified again, signature and all.
+    let across = write_sync_file(
+        &dir,
+        &format!(
+            "version: 1\ndefaults:\n  platforms: all\n  verify: {{cosign_key: keys/release.pub}}\nregistries:\n  \"{dst}\": {{insecure: true}}\nsync:\n  - from: oci://{layout}:1.0\n    to: registry://{dst}/across/app\n",
+            dst = mirror.host,
+            layout = layout.display()
+        ),
+    );
+    let out = occy(&["sync", &across]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    assert_eq!(cosign::http_manifest_digest(&mirror.host, "across/app", "1.0"), digest);
+    let manifest = cosign::http_get(&mirror.host, &format!("across/app/manifests/{tag}"));
+    let found = cosign::signatures_in(&manifest, |d| {
+        cosign::http_get(&mirror.host, &format!("across/app/blobs/{d}"))
+    });
+    assert_eq!(found.len(), 1);
+    let (said, ok) = cosign::openssl_verify(&key.public, &found[0].0, &found[0].1);
+    assert!(ok && said == "Verified OK", "openssl after the OCI-layout hop: {said}");
+    assert_eq!(cosign::signed_digest(&found[0].0), digest);
+
+    // Registry to registry again (a transfer registry into the inside one).
     let inside = write_sync_file(
         &dir,
         &format!(
