@@ -19,11 +19,10 @@ use crate::image::cosign::{PublicKey, Verdict};
 use crate::image::referrers::{cosign_tag, fallback_tag, CosignKind};
 use crate::image::{media_type, Compression, ImageData, Manifest, Platform};
 use crate::plan::expand::{expand_all, Expansion};
-use crate::plan::verify::{read_signatures, signature_reference};
+use crate::plan::verify::{read_signatures, signature_reference, tagged_manifest};
 use crate::plan::PlanContext;
 use crate::reference::Reference;
-use crate::registry::{RegistryClient, RegistryOptions};
-use crate::source::{choose_platforms, load_image, open_source, PlatformSelection, Source};
+use crate::source::{choose_platforms, load_image, open_source, PlatformSelection, Source, SourceOptions};
 use crate::spec::command_line::{names_many, OneShot};
 
 /// Arguments of `occy info`.
@@ -141,7 +140,7 @@ pub struct ImageInfo {
     pub healthcheck: Option<serde_json::Value>,
     pub on_build: Vec<String>,
     pub shell: Vec<String>,
-    /// What refers to the image's digest (registry sources only).
+    /// What refers to the image's digest (registry and OCI-layout sources).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referrers: Option<Vec<ReferrerInfo>>,
 }
@@ -159,44 +158,37 @@ pub(super) fn load_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>> 
 }
 
 /// Lists what refers to the image `info` describes, when it comes from a
-/// registry: cosign's `.sig`, `.att` and `.sbom` tags of its digest (each
-/// signature checked against `keys`), and the entries of its OCI
-/// referrers-tag-schema index (`sha256-<hex>`).
-async fn add_referrers(info: &mut ImageInfo, reference: &Reference, opts: &RegistryOptions, keys: &[PublicKey]) {
-    let Reference::Registry(r) = reference else { return };
+/// registry or an OCI layout: cosign's `.sig`, `.att` and `.sbom` tags of
+/// its digest (each signature checked against `keys`), and the entries of
+/// its OCI referrers-tag-schema index (`sha256-<hex>`).
+async fn add_referrers(info: &mut ImageInfo, reference: &Reference, opts: &SourceOptions, keys: &[PublicKey]) {
+    if !matches!(reference, Reference::Registry(_) | Reference::Oci { .. }) {
+        return;
+    }
     let digest = info.index_digest.as_deref().unwrap_or(&info.manifest_digest);
     let Ok(digest) = crate::image::Digest::parse(digest) else {
         return;
     };
-    match list_referrers(&r.host, &r.repository, &digest, opts, keys).await {
+    match list_referrers(reference, &digest, opts, keys).await {
         Ok(list) => info.referrers = Some(list),
         Err(e) => eprintln!("warning: the referrers of {reference} were not listed: {e}"),
     }
 }
 
 async fn list_referrers(
-    host: &str,
-    repo: &str,
+    image: &Reference,
     digest: &crate::image::Digest,
-    opts: &RegistryOptions,
+    opts: &SourceOptions,
     keys: &[PublicKey],
 ) -> Result<Vec<ReferrerInfo>> {
-    let client = RegistryClient::for_host(host, opts)?;
     let mut out = Vec::new();
     for kind in CosignKind::ALL {
         let tag = cosign_tag(digest, kind);
         if kind == CosignKind::Signature {
-            let image = Reference::Registry(crate::reference::RegistryRef {
-                host: host.to_string(),
-                repository: repo.to_string(),
-                tag: None,
-                digest: Some(digest.clone()),
-            });
-            let Some(at) = signature_reference(&image, digest) else {
+            let Some(at) = signature_reference(image, digest) else {
                 continue;
             };
-            let opts = crate::source::SourceOptions { registry: opts.clone() };
-            let found = read_signatures(&at, &opts, digest, keys).await?;
+            let found = read_signatures(&at, opts, digest, keys).await?;
             if let Some(d) = &found.manifest {
                 out.push(ReferrerInfo {
                     kind: "signature".into(),
@@ -223,7 +215,7 @@ async fn list_referrers(
             }
             continue;
         }
-        if let Some(d) = client.head_manifest(repo, &tag).await? {
+        if let Some(m) = tagged_manifest(image, &tag, opts).await? {
             let kind = match kind {
                 CosignKind::Attestation => "attestation",
                 _ => "sbom",
@@ -231,27 +223,23 @@ async fn list_referrers(
             out.push(ReferrerInfo {
                 kind: kind.into(),
                 tag,
-                digest: d.digest.to_string(),
+                digest: m.digest.to_string(),
                 signatures: Vec::new(),
             });
         }
     }
     let tag = fallback_tag(digest);
-    match client.get_manifest(repo, &tag).await {
-        Ok(raw) => {
-            if let Ok(Manifest::Index(index)) = raw.parse() {
-                for d in index.manifests {
-                    out.push(ReferrerInfo {
-                        kind: d.artifact_type.clone().unwrap_or_else(|| d.media_type.clone()),
-                        tag: tag.clone(),
-                        digest: d.digest.to_string(),
-                        signatures: Vec::new(),
-                    });
-                }
+    if let Some(raw) = tagged_manifest(image, &tag, opts).await? {
+        if let Ok(Manifest::Index(index)) = raw.parse() {
+            for d in index.manifests {
+                out.push(ReferrerInfo {
+                    kind: d.artifact_type.clone().unwrap_or_else(|| d.media_type.clone()),
+                    tag: tag.clone(),
+                    digest: d.digest.to_string(),
+                    signatures: Vec::new(),
+                });
             }
         }
-        Err(Error::NotFound(_)) => {}
-        Err(e) => return Err(e),
     }
     Ok(out)
 }
@@ -617,7 +605,7 @@ pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
     let keys = load_keys(&args.verify_keys)?;
     let source = open_source(&reference, &global.source_options()?).await?;
     let mut info = gather(&reference, source.as_ref(), &selection).await?;
-    add_referrers(&mut info, &reference, &global.registry_options()?, &keys).await;
+    add_referrers(&mut info, &reference, &global.source_options()?, &keys).await;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
         OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
@@ -680,7 +668,7 @@ async fn run_many(
                     Err(e) => Err(e),
                 };
                 if let Ok(i) = &mut info {
-                    add_referrers(i, &r, &ctx.source_options(&r).registry, keys).await;
+                    add_referrers(i, &r, &ctx.source_options(&r), keys).await;
                 }
                 if !global.quiet {
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;

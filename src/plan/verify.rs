@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::image::cosign::{self, PublicKey, Verdict, MAX_PAYLOAD_SIZE};
 use crate::image::manifest::Manifest;
 use crate::image::referrers::{cosign_tag, CosignKind};
-use crate::image::{Descriptor, Digest};
+use crate::image::{Descriptor, Digest, RawManifest};
 use crate::reference::Reference;
 use crate::source::{open_source, Source, SourceOptions};
 
@@ -84,24 +84,47 @@ impl Signatures {
     }
 }
 
-/// Where the cosign signatures of `digest` are, beside the image `image`
-/// names: the `sha256-<hex>.sig` tag of its registry repository or OCI
-/// layout. None for sources that hold no tags.
-pub fn signature_reference(image: &Reference, digest: &Digest) -> Option<Reference> {
-    let tag = cosign_tag(digest, CosignKind::Signature);
+/// The tag `tag` beside the image `image` names: in its registry
+/// repository or OCI layout. None for sources that hold no tags.
+pub fn tagged_beside(image: &Reference, tag: &str) -> Option<Reference> {
     match image {
         Reference::Registry(r) => {
             let mut r = r.clone();
-            r.tag = Some(tag);
+            r.tag = Some(tag.to_string());
             r.digest = None;
             Some(Reference::Registry(r))
         }
         Reference::Oci { path, oci_format, .. } => Some(Reference::Oci {
             path: path.clone(),
-            tag: Some(tag),
+            tag: Some(tag.to_string()),
             oci_format: *oci_format,
         }),
         _ => None,
+    }
+}
+
+/// Where the cosign signatures of `digest` are, beside the image `image`
+/// names: the `sha256-<hex>.sig` tag of its registry repository or OCI
+/// layout. None for sources that hold no tags.
+pub fn signature_reference(image: &Reference, digest: &Digest) -> Option<Reference> {
+    tagged_beside(image, &cosign_tag(digest, CosignKind::Signature))
+}
+
+/// The manifest `tag` names beside the image `image` names, if that tag
+/// exists.
+pub async fn tagged_manifest(image: &Reference, tag: &str, opts: &SourceOptions) -> Result<Option<RawManifest>> {
+    let Some(at) = tagged_beside(image, tag) else {
+        return Ok(None);
+    };
+    let source = match open_source(&at, opts).await {
+        Ok(s) => s,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match source.root_manifest().await {
+        Ok(m) => Ok(Some(m)),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -118,6 +118,20 @@ fn a_mirrored_signature_verifies_with_openssl() {
     assert!(ok && said == "Verified OK", "openssl on the layout's signature: {said}");
     assert_eq!(cosign::signed_digest(&found[0].0), layout_digest);
 
+    // occy info reads it there too.
+    let release_pub = key.public.display().to_string();
+    let out = support::ok(&[
+        "info",
+        &format!("oci://{}:1.0", layout.display()),
+        "--verify-key",
+        &release_pub,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains(&format!("#1 signs {digest}: verified by {release_pub}")),
+        "{text}"
+    );
+
     // verify: reads the signature from the OCI layout too: the release key
     // passes, another key does not.
     let other = cosign::keypair(&dir.join("keys"), "other");
