@@ -442,6 +442,32 @@ fn referrers_none_filters_and_lost_referrers() {
     all.sort();
     assert_eq!(all, ["1.0".to_string(), sig_tag.clone()]);
 
+    // A list of types: a signature is not an SBOM.
+    let spec = write_spec(
+        &dir,
+        &format!(
+            "sync:\n  - from: registry://{h}/refs-none/app:1.0\n    referrers: [sbom, application/spdx+json]\n    to: registry://{h}/mirror-typed/app\n",
+            h = src.host
+        ),
+    );
+    assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
+    assert_eq!(rt.block_on(sc.list_tags("mirror-typed/app")).unwrap(), ["1.0"]);
+    // A misspelt type is a sync-file error, pointed at.
+    let bad = write_spec(
+        &dir,
+        &format!(
+            "sync:\n  - from: registry://{h}/refs-none/app:1.0\n    referrers: [signatures]\n    to: registry://{h}/mirror-typed/app\n",
+            h = src.host
+        ),
+    );
+    let err = assert_fails(
+        &["sync", &bad, "--plan"],
+        occy_with(&f, &["sync", &bad, "--plan"]),
+        2,
+        "\"signatures\" is not an artifact type",
+    );
+    assert!(err.contains("sync.yaml:4:"), "{err}");
+
     // A filtered entry: not copied, and the plan says why.
     let spec = write_spec(
         &dir,
@@ -506,4 +532,62 @@ fn check_warns_about_a_referrer_whose_subject_is_gone() {
         "{msg}"
     );
     assert_eq!(warned[0]["severity"], "warning");
+}
+
+#[test]
+fn referrers_of_each_platform_manifest_travel_with_an_index() {
+    let src = Registry::shared(Mode::Plain);
+    let dir = scratch_dir("referrers-index");
+    src.push_layout(&standard_images().0, "multiarch", "refs-multi/app:1.0");
+    let rt = rt();
+    let c = client(&src.host);
+    let index = rt.block_on(c.get_manifest("refs-multi/app", "1.0")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_slice(&index.bytes).unwrap();
+    let child = &parsed["manifests"][1];
+    let child = Descriptor::new(
+        child["mediaType"].as_str().unwrap(),
+        Digest::parse(child["digest"].as_str().unwrap()).unwrap(),
+        child["size"].as_u64().unwrap(),
+    );
+    // An SBOM of one platform's manifest, a signature of the index.
+    let sbom = rt.block_on(push_sbom(&c, "refs-multi/app", &child, "arm64"));
+    rt.block_on(push_referrers_tag(&c, "refs-multi/app", &child.digest, &[&sbom]));
+    let sig = rt.block_on(push_signature(&c, "refs-multi/app", &index.digest, "index"));
+    let spec = write_spec(
+        &dir,
+        &format!(
+            "defaults:\n  platforms: all\nsync:\n  - from: registry://{h}/refs-multi/app:1.0\n    to: registry://{h}/mirror-multi/app\n  - from: registry://{h}/refs-multi/app:1.0\n    platforms: [{p}]\n    to: registry://{h}/mirror-subset/app\n",
+            h = src.host,
+            p = format!(
+                "{}/{}",
+                parsed["manifests"][0]["platform"]["os"].as_str().unwrap(),
+                parsed["manifests"][0]["platform"]["architecture"].as_str().unwrap()
+            )
+        ),
+    );
+    let f = flags(&[&src.host]);
+    let plan = stdout(&assert_ok(
+        &["sync", &spec, "--plan"],
+        occy_with(&f, &["sync", &spec, "--plan"]),
+    ));
+    assert!(plan.contains("+ 2 referrers: 1 signature, 1 SBOM"), "{plan}");
+    assert!(
+        plan.contains("referrers: 1 not copied: a subset of its platforms is taken"),
+        "{plan}"
+    );
+    assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
+    let got = rt
+        .block_on(c.get_manifest("mirror-multi/app", &sbom.digest.to_string()))
+        .unwrap();
+    assert_eq!(got.bytes, sbom.bytes);
+    let listed = rt
+        .block_on(c.get_manifest("mirror-multi/app", &fallback_tag(&child.digest)))
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.bytes).contains(sbom.digest.as_str()));
+    let sig_there = rt
+        .block_on(c.head_manifest("mirror-multi/app", &cosign_tag(&index.digest, CosignKind::Signature)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(sig_there.digest, sig.digest);
+    assert_eq!(rt.block_on(c.list_tags("mirror-subset/app")).unwrap(), ["1.0"]);
 }
