@@ -91,6 +91,20 @@ fn a_mirrored_signature_verifies_with_openssl() {
         .filter(|l| l.contains(&format!("\"PUT /v2/mirrored/app/manifests/{tag} ")))
         .count();
     assert_eq!(puts, 1, "one PUT of {tag} on the mirror; access log:\n{log}");
+    // A warm re-run, verified again, writes nothing.
+    let writes = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                ["\"PUT ", "\"POST ", "\"PATCH ", "\"DELETE "]
+                    .iter()
+                    .any(|m| l.contains(m))
+            })
+            .count()
+    };
+    let before = writes(&mirror.access_log());
+    let out = occy(&["sync", &file]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    assert_eq!(writes(&mirror.access_log()), before, "{}", mirror.access_log());
     let manifest = cosign::http_get(&mirror.host, &format!("mirrored/app/manifests/{tag}"));
     let found = cosign::signatures_in(&manifest, |d| {
         cosign::http_get(&mirror.host, &format!("mirrored/app/blobs/{d}"))
