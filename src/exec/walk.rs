@@ -98,6 +98,13 @@ pub struct CopyReport {
     /// Each image written (config digest, diff_ids), for the post-run check.
     #[serde(skip)]
     pub written: Vec<WrittenImage>,
+    /// Referrers (signatures, SBOMs, attestations) put with the image.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub referrers: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Runs the check (and whatever else follows a commit) of a target.
@@ -142,6 +149,8 @@ struct Walk<'a> {
     started: Instant,
     copied: HashMap<usize, AtomicUsize>,
     mounted: HashMap<usize, AtomicUsize>,
+    /// Referrer manifests put, per target.
+    referred: HashMap<usize, AtomicUsize>,
 }
 
 /// What running one node finished: itself, and the nodes it ran inline
@@ -172,6 +181,7 @@ pub async fn walk(
         started: Instant::now(),
         copied: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
         mounted: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
+        referred: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
     };
     w.run().await
 }
@@ -536,7 +546,12 @@ impl<'a> Walk<'a> {
                     }
                     _ => io.sink.put_blob(&desc, stream).await,
                 };
-                if r.is_ok() {
+                // A referrer's blob is not one of the image's layers.
+                let of_referrers = g
+                    .needed_by(c)
+                    .iter()
+                    .all(|(n, _)| matches!(g.graph[*n].key, NodeKey::Referrer { .. }));
+                if r.is_ok() && !of_referrers {
                     tally(&self.copied, owner);
                 }
                 r
@@ -793,7 +808,16 @@ impl<'a> Walk<'a> {
             }
             _ => None,
         };
-        let digest = commit_images(io.sink.as_ref(), &after, index).await?;
+        let digest = if tw.in_place {
+            // Only referrers to add: the image is there as it is.
+            match (&index, after.first()) {
+                (Some(raw), _) => raw.digest.clone(),
+                (None, Some(img)) => img.raw_manifest.digest.clone(),
+                (None, None) => return Err(Error::invalid(format!("{} received no image", io.sink.describe()))),
+            }
+        } else {
+            commit_images(io.sink.as_ref(), &after, index).await?
+        };
         let distinct: HashSet<&Digest> = before
             .iter()
             .flat_map(|i| i.manifest.layers.iter().map(|l| &l.digest))
@@ -812,6 +836,7 @@ impl<'a> Walk<'a> {
             layers_from_cache: from_cache,
             layers_rewritten: rewritten_here,
             written: after.iter().map(WrittenImage::of).collect(),
+            referrers: 0,
         };
         if let Ok(mut r) = self.reports.lock() {
             r.insert(t, report);
@@ -829,7 +854,13 @@ impl<'a> Walk<'a> {
             .get(&i)
             .ok_or_else(|| Error::invalid("a referrer without its manifest"))?;
         let _permit = self.commits.acquire().await;
-        io.sink.put_referrer(&r.manifest, &r.descriptor, r.tag.as_deref()).await
+        io.sink
+            .put_referrer(&r.manifest, &r.descriptor, r.tag.as_deref())
+            .await?;
+        for t in &self.graph.graph[i].targets {
+            tally(&self.referred, *t);
+        }
+        Ok(())
     }
 
     /// The referrers tag of a subject, merged with what the registry lists.
@@ -882,7 +913,11 @@ impl<'a> Walk<'a> {
             .reports
             .lock()
             .ok()
-            .and_then(|r| r.get(&t).cloned())
+            .and_then(|mut r| {
+                let report = r.get_mut(&t)?;
+                report.referrers = count(&self.referred, t);
+                Some(report.clone())
+            })
             .ok_or_else(|| Error::invalid("checked before its commit"))?;
         let _permit = self.commits.acquire().await;
         let outcome = self.after.after_commit(t, &report).await?;

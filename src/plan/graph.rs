@@ -204,6 +204,9 @@ pub struct TargetWork {
     pub index: Option<NodeIndex>,
     pub tag: Option<NodeIndex>,
     pub check: Option<NodeIndex>,
+    /// The destination's tag names the image already: only its referrers
+    /// are written (the commit puts nothing).
+    pub in_place: bool,
 }
 
 /// The nodes of one platform image of a target.
@@ -745,7 +748,10 @@ fn assemble(cache: Option<&LayerCache>, planned: &[PlannedTarget], presence: &Pr
             }
             _ => None,
         };
-        let mut tw = TargetWork::default();
+        let mut tw = TargetWork {
+            in_place: t.current.is_some() && t.current == t.expected && t.referrers.is_some(),
+            ..TargetWork::default()
+        };
         for img in &resolved.images {
             let mut layers = Vec::new();
             let mut rewrites = Vec::new();

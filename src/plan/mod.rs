@@ -1279,4 +1279,18 @@ fn estimate_requests(t: &PlannedTarget, requests: &mut BTreeMap<String, u64>) {
         let n = (b.upload + b.mount + b.present) as u64 + b.mount as u64 + 3 * b.upload as u64 + t.platforms as u64 + 1;
         *requests.entry(d.host.clone()).or_default() += n;
     }
+    // Referrers: each blob read and sent (POST + PUT), each manifest PUT,
+    // and a GET + PUT of the referrers tag per subject where it is kept.
+    if let Some(r) = &t.referrers {
+        let blobs: u64 = r.copy.iter().map(|c| c.blobs.len() as u64).sum();
+        if let Reference::Registry(s) = &t.target.source {
+            *requests.entry(s.host.clone()).or_default() += blobs;
+        }
+        if let Reference::Registry(d) = &t.target.destination {
+            let subjects: std::collections::HashSet<&Digest> =
+                r.copy.iter().filter(|c| c.tag.is_none()).map(|c| &c.subject).collect();
+            let tags = if r.fallback_tag { 2 * subjects.len() as u64 } else { 0 };
+            *requests.entry(d.host.clone()).or_default() += 2 * blobs + r.copy.len() as u64 + tags;
+        }
+    }
 }

@@ -202,7 +202,13 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
     let plan = assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"]));
     let text = stdout(&plan);
     assert!(text.contains("+ 2 referrers: 1 signature, 1 SBOM"), "{text}");
-    assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
+    let run = json_of(&assert_ok(
+        &["sync", &spec],
+        occy_with(&f, &["-O", "json", "sync", &spec]),
+    ));
+    for t in run["targets"].as_array().unwrap() {
+        assert_eq!(t["report"]["referrers"], 2, "{t}");
+    }
 
     // The registry: the SBOM by digest with its blobs, the merged referrers
     // tag (the foreign entry kept), the signature's tag.
@@ -312,7 +318,14 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
         assert_eq!(copy[0]["descriptor"]["digest"], resigned.digest.as_str());
     }
     let before = dst.access_log().len();
-    assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
+    let run = json_of(&assert_ok(
+        &["sync", &spec],
+        occy_with(&f, &["-O", "json", "sync", &spec]),
+    ));
+    for t in run["targets"].as_array().unwrap() {
+        assert_eq!(t["report"]["referrers"], 1, "{t}");
+        assert_eq!(t["report"]["layers_copied"], 0, "the image's layers are in place: {t}");
+    }
     let log = dst.access_log()[before..].to_string();
     let sig_there = rt
         .block_on(dc.head_manifest("mirror/app", &cosign_tag(&subject.digest, CosignKind::Signature)))
@@ -324,6 +337,11 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
     })
     .unwrap();
     assert_eq!(sig_entry["digest"], resigned.digest.as_str());
+    // The new signature's two blobs (POST + PUT each) and its manifest; the
+    // image itself is not put again.
+    let w = writes(&log);
+    assert!(!w.iter().any(|l| l.contains("/manifests/1.0 ")), "{log}");
+    assert_eq!(w.len(), 5, "{log}");
     eprintln!(
         "referrers tag: warm plan {plan_requests} destination requests; re-sign run {} writes",
         writes(&log).len()
@@ -553,16 +571,16 @@ fn referrers_of_each_platform_manifest_travel_with_an_index() {
     let sbom = rt.block_on(push_sbom(&c, "refs-multi/app", &child, "arm64"));
     rt.block_on(push_referrers_tag(&c, "refs-multi/app", &child.digest, &[&sbom]));
     let sig = rt.block_on(push_signature(&c, "refs-multi/app", &index.digest, "index"));
+    let first = format!(
+        "{}/{}",
+        parsed["manifests"][0]["platform"]["os"].as_str().unwrap(),
+        parsed["manifests"][0]["platform"]["architecture"].as_str().unwrap()
+    );
     let spec = write_spec(
         &dir,
         &format!(
-            "defaults:\n  platforms: all\nsync:\n  - from: registry://{h}/refs-multi/app:1.0\n    to: registry://{h}/mirror-multi/app\n  - from: registry://{h}/refs-multi/app:1.0\n    platforms: [{p}]\n    to: registry://{h}/mirror-subset/app\n",
+            "defaults:\n  platforms: all\nsync:\n  - from: registry://{h}/refs-multi/app:1.0\n    to: registry://{h}/mirror-multi/app\n  - from: registry://{h}/refs-multi/app:1.0\n    platforms: [{first}]\n    to: registry://{h}/mirror-subset/app\n",
             h = src.host,
-            p = format!(
-                "{}/{}",
-                parsed["manifests"][0]["platform"]["os"].as_str().unwrap(),
-                parsed["manifests"][0]["platform"]["architecture"].as_str().unwrap()
-            )
         ),
     );
     let f = flags(&[&src.host]);
