@@ -660,21 +660,26 @@ impl Lister {
                 }
             }
             Reference::Oci { path, .. } => {
-                for d in layout_manifests(path) {
-                    let there = path.join("blobs").join("sha256").join(d.digest.hex()).is_file();
-                    if !there {
+                // What index.json lists by this subject (its blob there).
+                for f in layout_referrers(path, subject) {
+                    if !path
+                        .join("blobs")
+                        .join("sha256")
+                        .join(f.descriptor.digest.hex())
+                        .is_file()
+                    {
                         continue;
                     }
-                    if let Some(tag) = d
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(crate::source::oci_layout::REF_NAME))
-                    {
-                        if tags.contains(tag) {
-                            out.tags.insert(tag.clone(), Some(d.digest.clone()));
+                    match f.tag {
+                        Some(tag) => {
+                            if tags.contains(&tag) {
+                                out.tags.insert(tag, Some(f.descriptor.digest));
+                            }
+                        }
+                        None => {
+                            out.listed.insert(f.descriptor.digest);
                         }
                     }
-                    out.listed.insert(d.digest);
                 }
                 out.api = true;
             }

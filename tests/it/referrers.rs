@@ -294,6 +294,17 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
     let before = dst.access_log().len();
     let plan = assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"]));
     assert!(stdout(&plan).contains("Nothing to do"), "{}", stdout(&plan));
+    // The one warning: the foreign referrer the source never had.
+    let warned: Vec<&str> = std::str::from_utf8(&plan.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("warning"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains(foreign.digest.short()) && warned[0].contains("no longer has"),
+        "{warned:?}"
+    );
     let plan_log = dst.access_log()[before..].to_string();
     let plan_requests = requests(&plan_log);
     // One HEAD of the tag, one referrers-API probe, one referrers tag, one HEAD of the .sig.
@@ -414,7 +425,7 @@ fn referrers_travel_by_the_referrers_api() {
         &["sync", &spec, "--plan"],
         occy_with(&f, &["sync", &spec, "--plan"]),
     ));
-    assert!(plan.contains("Nothing to do"), "{plan}");
+    assert!(plan.contains("Nothing to do") && !plan.contains("warning"), "{plan}");
     let warm: Vec<String> = proxy.requests()[n..].to_vec();
     assert!(
         warm.iter().all(|r| r.starts_with("GET ") || r.starts_with("HEAD ")),
