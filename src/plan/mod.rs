@@ -18,6 +18,7 @@ pub mod referrers;
 pub mod render;
 pub mod shard;
 pub mod state;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -668,6 +669,8 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         planned.sort_by_key(|t| t.entry);
         sharded = Some((selected.info, selected.assignment));
     }
+    // `verify:`: an image without a valid signature is not planned.
+    verify::check_targets(ctx, &mut planned).await;
     referrers::plan(ctx, &mut planned, &mut warnings).await;
     let mut work = graph::build(ctx, &planned).await;
     for (i, t) in planned.iter_mut().enumerate() {

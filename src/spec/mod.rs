@@ -12,4 +12,5 @@ pub use diagnostic::{SpecProblem, SpecSource};
 pub use model::json_schema;
 pub use validate::{
     load, parse, DestTemplate, Entry, HostAccess, ReferrerPolicy, Settings, SyncSpec, TagFilter, TemplateFields,
+    VerifyKeys,
 };

@@ -23,5 +23,6 @@ mod push_registry;
 mod referrers;
 mod registry_client;
 mod shard;
+mod signatures;
 mod sync;
 mod tokens;

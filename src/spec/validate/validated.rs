@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use super::tags::TagFilter;
 use crate::filter::FilterChain;
+use crate::image::cosign::PublicKey;
 use crate::image::Compression;
 use crate::reference::Reference;
 use crate::source::PlatformSelection;
@@ -43,7 +44,26 @@ pub struct Settings {
     pub retries: Option<u32>,
     pub check: Option<CheckSetting>,
     pub compression: Option<Compression>,
+    /// `defaults.verify`.
+    pub verify: Option<VerifyKeys>,
     pub referrers: Option<ReferrerPolicy>,
+}
+
+/// The keys one of which must have signed a source image (`verify:`).
+#[derive(Debug, Clone)]
+pub struct VerifyKeys {
+    pub keys: Vec<PublicKey>,
+}
+
+impl VerifyKeys {
+    /// The keys' names for messages: `keys/a.pub` or `keys/a.pub or keys/b.pub`.
+    pub fn names(&self) -> String {
+        self.keys
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
 }
 
 /// Which referrers of an image are copied with it (`referrers:`).
@@ -107,6 +127,8 @@ pub struct Entry {
     pub chain: FilterChain,
     /// The chain's name, or `inline`, for the plan.
     pub chain_name: Option<String>,
+    /// The keys its source images must be signed by (its own `verify`, else `defaults.verify`).
+    pub verify: Option<VerifyKeys>,
     /// `referrers:` of the entry, else of `defaults` (None: neither says).
     pub referrers: Option<ReferrerPolicy>,
     pub to: Vec<DestTemplate>,
