@@ -10,6 +10,7 @@
 //! the same pass, with fixed buffers.
 
 pub mod layer_scan;
+pub mod referrers;
 pub mod tree;
 
 use std::collections::HashMap;

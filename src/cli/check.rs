@@ -54,6 +54,8 @@ pub async fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<i32> {
             let source = open_source(&reference, &global.source_options()?).await?;
             let name = image_name_for(&reference, source.as_ref());
             let mut findings = check_source(source.as_ref(), mode).await?;
+            let opts = global.source_options()?.registry;
+            crate::check::referrers::check_referrer_subjects(&reference, &opts, &mut findings).await?;
             if let Reference::Dir { path, expand: true, .. } = &reference {
                 let dir = DockerSaveSource::open_dir(path, Some((&name.repository, Some(&name.tag)))).await?;
                 check_expanded(path, &dir, mode, &mut findings).await?;

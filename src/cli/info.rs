@@ -15,11 +15,14 @@ use serde::Serialize;
 use super::output::{human_size, table};
 use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::error::{Error, Result};
+use crate::image::cosign::{PublicKey, Verdict};
+use crate::image::referrers::{cosign_tag, fallback_tag, CosignKind};
 use crate::image::{media_type, Compression, ImageData, Manifest, Platform};
 use crate::plan::expand::{expand_all, Expansion};
+use crate::plan::verify::{read_signatures, signature_reference, tagged_manifest};
 use crate::plan::PlanContext;
 use crate::reference::Reference;
-use crate::source::{choose_platforms, load_image, open_source, PlatformSelection, Source};
+use crate::source::{choose_platforms, load_image, open_source, PlatformSelection, Source, SourceOptions};
 use crate::spec::command_line::{names_many, OneShot};
 
 /// Arguments of `occy info`.
@@ -37,6 +40,36 @@ pub struct InfoArgs {
     /// [env: OCCY_IMAGE_PARALLEL]
     #[arg(short = 'J', long, value_name = "N", default_value_t = 3, hide_default_value = true, env = "OCCY_IMAGE_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub image_parallel: u16,
+
+    /// Check the image's cosign signatures against this public key (PEM; repeatable)
+    #[arg(long = "verify-key", value_name = "PATH")]
+    pub verify_keys: Vec<std::path::PathBuf>,
+}
+
+/// One thing that refers to the image: a cosign tag, or an entry of the
+/// OCI referrers index tag.
+#[derive(Debug, Serialize)]
+pub struct ReferrerInfo {
+    /// `signature`, `attestation`, `sbom`, or the artifact type of an OCI referrer.
+    pub kind: String,
+    /// The tag it was found under.
+    pub tag: String,
+    pub digest: String,
+    /// For a cosign `.sig` tag: each signature and whether it verifies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<SignatureInfo>,
+}
+
+/// One cosign signature.
+#[derive(Debug, Serialize)]
+pub struct SignatureInfo {
+    pub payload: String,
+    /// The manifest digest the payload names.
+    pub signs: Option<String>,
+    /// `verified`, `not verified` or `not checked` (no `--verify-key`).
+    pub status: &'static str,
+    /// The key that verified it, or why it did not.
+    pub detail: String,
 }
 
 /// One platform entry of an index.
@@ -107,6 +140,108 @@ pub struct ImageInfo {
     pub healthcheck: Option<serde_json::Value>,
     pub on_build: Vec<String>,
     pub shell: Vec<String>,
+    /// What refers to the image's digest (registry and OCI-layout sources).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<Vec<ReferrerInfo>>,
+}
+
+/// The public keys of `--verify-key` (`occy info`, `occy process`).
+pub(super) fn load_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Error::usage(format!("cannot read --verify-key {}: {e}", p.display())))?;
+            PublicKey::from_pem(&p.display().to_string(), &text).map_err(|e| Error::usage(format!("--verify-key: {e}")))
+        })
+        .collect()
+}
+
+/// Lists what refers to the image `info` describes, when it comes from a
+/// registry or an OCI layout: cosign's `.sig`, `.att` and `.sbom` tags of
+/// its digest (each signature checked against `keys`), and the entries of
+/// its OCI referrers-tag-schema index (`sha256-<hex>`).
+async fn add_referrers(info: &mut ImageInfo, reference: &Reference, opts: &SourceOptions, keys: &[PublicKey]) {
+    if !matches!(reference, Reference::Registry(_) | Reference::Oci { .. }) {
+        return;
+    }
+    let digest = info.index_digest.as_deref().unwrap_or(&info.manifest_digest);
+    let Ok(digest) = crate::image::Digest::parse(digest) else {
+        return;
+    };
+    match list_referrers(reference, &digest, opts, keys).await {
+        Ok(list) => info.referrers = Some(list),
+        Err(e) => eprintln!("warning: the referrers of {reference} were not listed: {e}"),
+    }
+}
+
+async fn list_referrers(
+    image: &Reference,
+    digest: &crate::image::Digest,
+    opts: &SourceOptions,
+    keys: &[PublicKey],
+) -> Result<Vec<ReferrerInfo>> {
+    let mut out = Vec::new();
+    for kind in CosignKind::ALL {
+        let tag = cosign_tag(digest, kind);
+        if kind == CosignKind::Signature {
+            let Some(at) = signature_reference(image, digest) else {
+                continue;
+            };
+            let found = read_signatures(&at, opts, digest, keys).await?;
+            if let Some(d) = &found.manifest {
+                out.push(ReferrerInfo {
+                    kind: "signature".into(),
+                    tag,
+                    digest: d.to_string(),
+                    signatures: found
+                        .signatures
+                        .iter()
+                        .map(|s| {
+                            let (status, detail) = match &s.verdict {
+                                Some(Verdict::Valid(k)) => ("verified", format!("verified by {k}")),
+                                Some(v) => ("not verified", format!("not verified: {v}")),
+                                None => ("not checked", "not checked (no --verify-key)".to_string()),
+                            };
+                            SignatureInfo {
+                                payload: s.payload.digest.to_string(),
+                                signs: s.claims.as_ref().map(|c| c.manifest_digest.to_string()),
+                                status,
+                                detail,
+                            }
+                        })
+                        .collect(),
+                });
+            }
+            continue;
+        }
+        if let Some(m) = tagged_manifest(image, &tag, opts).await? {
+            let kind = match kind {
+                CosignKind::Attestation => "attestation",
+                _ => "sbom",
+            };
+            out.push(ReferrerInfo {
+                kind: kind.into(),
+                tag,
+                digest: m.digest.to_string(),
+                signatures: Vec::new(),
+            });
+        }
+    }
+    let tag = fallback_tag(digest);
+    if let Some(raw) = tagged_manifest(image, &tag, opts).await? {
+        if let Ok(Manifest::Index(index)) = raw.parse() {
+            for d in index.manifests {
+                out.push(ReferrerInfo {
+                    kind: d.artifact_type.clone().unwrap_or_else(|| d.media_type.clone()),
+                    tag: tag.clone(),
+                    digest: d.digest.to_string(),
+                    signatures: Vec::new(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Builds the info of what `source` names. For an index, the platforms are
@@ -234,6 +369,7 @@ fn describe_image(
         healthcheck,
         on_build: strings("OnBuild"),
         shell: strings("Shell"),
+        referrers: None,
     }
 }
 
@@ -424,6 +560,27 @@ pub fn render_text(info: &ImageInfo) -> String {
             out.push_str(&format!("  {o}\n"));
         }
     }
+    if let Some(referrers) = &info.referrers {
+        if referrers.is_empty() {
+            out.push_str("\nReferrers:         none (no cosign tags, no referrers index tag)\n");
+        } else {
+            out.push_str("\nReferrers:\n");
+            let rows: Vec<Vec<String>> = referrers
+                .iter()
+                .map(|r| vec![r.kind.clone(), r.tag.clone(), r.digest.clone()])
+                .collect();
+            for line in table(&["KIND", "TAG", "DIGEST"], &rows).lines() {
+                out.push_str(&format!("  {line}\n"));
+            }
+            for r in referrers.iter().filter(|r| !r.signatures.is_empty()) {
+                out.push_str(&format!("\nSignatures ({}):\n", r.tag));
+                for (i, s) in r.signatures.iter().enumerate() {
+                    let signs = s.signs.as_deref().unwrap_or("an unreadable payload");
+                    out.push_str(&format!("  #{} signs {signs}: {}\n", i + 1, s.detail));
+                }
+            }
+        }
+    }
     out
 }
 
@@ -445,8 +602,10 @@ pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
     if names_many(&reference) {
         return run_many(global, args, &reference, selection).await;
     }
+    let keys = load_keys(&args.verify_keys)?;
     let source = open_source(&reference, &global.source_options()?).await?;
-    let info = gather(&reference, source.as_ref(), &selection).await?;
+    let mut info = gather(&reference, source.as_ref(), &selection).await?;
+    add_referrers(&mut info, &reference, &global.source_options()?, &keys).await;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
         OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
@@ -491,6 +650,7 @@ async fn run_many(
             Expansion::Failed { error, .. } => return Err(error),
         }
     }
+    let keys = load_keys(&args.verify_keys)?;
     if images.is_empty() {
         if !global.quiet {
             eprintln!("No images found matching {reference}");
@@ -501,12 +661,15 @@ async fn run_many(
     let done = AtomicUsize::new(0);
     let results: Vec<(Reference, Result<ImageInfo>)> = stream::iter(images)
         .map(|r| {
-            let (ctx, selection, done) = (&ctx, &selection, &done);
+            let (ctx, selection, done, keys) = (&ctx, &selection, &done, &keys);
             async move {
-                let info = match open_source(&r, &ctx.source_options(&r)).await {
+                let mut info = match open_source(&r, &ctx.source_options(&r)).await {
                     Ok(source) => gather(&r, source.as_ref(), selection).await,
                     Err(e) => Err(e),
                 };
+                if let Ok(i) = &mut info {
+                    add_referrers(i, &r, &ctx.source_options(&r), keys).await;
+                }
                 if !global.quiet {
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     match &info {

@@ -333,9 +333,9 @@ pub enum Command {
     )]
     Process(process::ProcessArgs),
 
-    /// Show an image's manifest, config, layers and history
+    /// Show an image's manifest, config, layers, history and referrers (cosign signatures)
     #[command(
-        after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy -O json info oci:///srv/layouts/app:1.0"
+        after_help = "Examples:\n  occy info registry://quay.io/org/app:1.0\n  occy info registry://quay.io/org/app:1.0 --verify-key cosign.pub\n  occy -O json info oci:///srv/layouts/app:1.0"
     )]
     Info(info::InfoArgs),
 

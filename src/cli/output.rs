@@ -39,13 +39,19 @@ pub fn summary_text(report: &crate::exec::sync::ApplyReport) -> String {
         .map(|o| {
             let detail = match (&o.report, &o.error) {
                 (_, Some(e)) => e.lines().next().unwrap_or_default().to_string(),
-                (Some(r), None) => format!(
-                    "{} copied, {} mounted, {} present, {}",
-                    r.layers_copied,
-                    r.layers_mounted,
-                    r.layers_skipped.saturating_sub(r.layers_mounted),
-                    human_size(r.bytes)
-                ),
+                (Some(r), None) => {
+                    let mut d = format!(
+                        "{} copied, {} mounted, {} present, {}",
+                        r.layers_copied,
+                        r.layers_mounted,
+                        r.layers_skipped.saturating_sub(r.layers_mounted),
+                        human_size(r.bytes)
+                    );
+                    if r.referrers > 0 {
+                        d.push_str(&format!(", +{} referrers", r.referrers));
+                    }
+                    d
+                }
                 (None, None) => String::new(),
             };
             vec![

@@ -20,6 +20,7 @@ use crate::filter::{parse_compression, FilterChain};
 use crate::plan::{self, PlanContext};
 use crate::reference::Reference;
 use crate::spec::command_line::{names_many, OneShot};
+use crate::spec::VerifyKeys;
 
 /// Arguments of `occy process`.
 #[derive(Debug, Args)]
@@ -63,6 +64,13 @@ pub struct ProcessArgs {
     /// By default the fast check runs on it: manifests, configs, blob existence.
     #[arg(long)]
     pub no_verify: bool,
+
+    /// Copy only an image with a valid cosign signature by this public key (PEM; repeatable: any one)
+    ///
+    /// The signature is read from the source's sha256-<hex>.sig tag (registry:// and oci://
+    /// sources), as `verify:` in a sync file does.
+    #[arg(long = "verify-key", value_name = "PATH")]
+    pub verify_keys: Vec<std::path::PathBuf>,
 }
 
 /// Runs `occy process`.
@@ -72,7 +80,19 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
         return Err(Error::usage(format!("source and destination are the same: {src_ref}")));
     }
     let compression = global.compression.as_deref().map(parse_compression).transpose()?;
-    let spec = OneShot {
+    let keys = super::info::load_keys(&args.verify_keys)?;
+    if !keys.is_empty()
+        && !matches!(
+            src_ref,
+            Reference::Registry(_) | Reference::Quay { .. } | Reference::Oci { .. }
+        )
+    {
+        return Err(Error::usage(format!(
+            "--verify-key needs a registry://, quay:// or oci:// source, not {}: cosign signatures are tags beside the image",
+            src_ref.scheme()
+        )));
+    }
+    let mut spec = OneShot {
         command: "occy process",
         source: &args.source,
         destination: Some(&args.destination),
@@ -81,6 +101,11 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
         platforms: args.platforms.selection()?,
     }
     .spec()?;
+    if !keys.is_empty() {
+        for e in &mut spec.entries {
+            e.verify = Some(VerifyKeys { keys: keys.clone() });
+        }
+    }
     let many = names_many(&src_ref);
     let ctx = PlanContext {
         spec: Arc::new(spec),

@@ -106,6 +106,13 @@ pub struct CopyReport {
     /// destination now holds them: where later runs may mount them from.
     #[serde(skip)]
     pub blobs: Vec<Digest>,
+    /// Referrers (signatures, SBOMs, attestations) put with the image.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub referrers: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Runs the check (and whatever else follows a commit) of a target.
@@ -151,6 +158,8 @@ struct Walk<'a> {
     copied: HashMap<usize, AtomicUsize>,
     mounted: HashMap<usize, AtomicUsize>,
     declined: HashMap<usize, AtomicUsize>,
+    /// Referrer manifests put, per target.
+    referred: HashMap<usize, AtomicUsize>,
 }
 
 /// What running one node finished: itself, and the nodes it ran inline
@@ -182,6 +191,7 @@ pub async fn walk(
         copied: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
         mounted: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
         declined: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
+        referred: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
     };
     w.run().await
 }
@@ -351,6 +361,8 @@ impl<'a> Walk<'a> {
             NodeKey::Blob { .. } => self.blob(i).await,
             NodeKey::Config { .. } => self.config(i).await,
             NodeKey::Tag { .. } => self.commit(i).await,
+            NodeKey::Referrer { .. } => self.referrer(i).await,
+            NodeKey::ReferrersTag { .. } => self.referrers_tag(i).await,
             NodeKey::Check { .. } => self.check(i).await,
             // Rewrites run inside their fetch; manifests and indexes are
             // written by the commit of their tag; prunes by the caller.
@@ -544,7 +556,12 @@ impl<'a> Walk<'a> {
                     }
                     _ => io.sink.put_blob(&desc, stream).await,
                 };
-                if r.is_ok() {
+                // A referrer's blob is not one of the image's layers.
+                let of_referrers = g
+                    .needed_by(c)
+                    .iter()
+                    .all(|(n, _)| matches!(g.graph[*n].key, NodeKey::Referrer { .. }));
+                if r.is_ok() && !of_referrers {
                     tally(&self.copied, owner);
                 }
                 r
@@ -829,7 +846,16 @@ impl<'a> Walk<'a> {
             }
             _ => None,
         };
-        let digest = commit_images(io.sink.as_ref(), &after, index).await?;
+        let digest = if tw.in_place {
+            // Only referrers to add: the image is there as it is.
+            match (&index, after.first()) {
+                (Some(raw), _) => raw.digest.clone(),
+                (None, Some(img)) => img.raw_manifest.digest.clone(),
+                (None, None) => return Err(Error::invalid(format!("{} received no image", io.sink.describe()))),
+            }
+        } else {
+            commit_images(io.sink.as_ref(), &after, index).await?
+        };
         let distinct: HashSet<&Digest> = before
             .iter()
             .flat_map(|i| i.manifest.layers.iter().map(|l| &l.digest))
@@ -859,11 +885,43 @@ impl<'a> Walk<'a> {
                         .chain(std::iter::once(i.manifest.config.digest.clone()))
                 })
                 .collect(),
+            referrers: 0,
         };
         if let Ok(mut r) = self.reports.lock() {
             r.insert(t, report);
         }
         Ok(())
+    }
+
+    /// A referrer manifest, put after its subject (with its cosign tag,
+    /// else by digest).
+    async fn referrer(&self, i: NodeIndex) -> Result<()> {
+        let io = self.io_of(self.owner(i)?)?;
+        let r = self
+            .graph
+            .referrers
+            .get(&i)
+            .ok_or_else(|| Error::invalid("a referrer without its manifest"))?;
+        let _permit = self.commits.acquire().await;
+        io.sink
+            .put_referrer(&r.manifest, &r.descriptor, r.tag.as_deref())
+            .await?;
+        for t in &self.graph.graph[i].targets {
+            tally(&self.referred, *t);
+        }
+        Ok(())
+    }
+
+    /// The referrers tag of a subject, merged with what the registry lists.
+    async fn referrers_tag(&self, i: NodeIndex) -> Result<()> {
+        let io = self.io_of(self.owner(i)?)?;
+        let (subject, entries) = self
+            .graph
+            .referrers_tags
+            .get(&i)
+            .ok_or_else(|| Error::invalid("a referrers tag without entries"))?;
+        let _permit = self.commits.acquire().await;
+        io.sink.list_referrers(subject, entries).await
     }
 
     /// The layer cache's answer for a layer the plan found there.
@@ -904,7 +962,11 @@ impl<'a> Walk<'a> {
             .reports
             .lock()
             .ok()
-            .and_then(|r| r.get(&t).cloned())
+            .and_then(|mut r| {
+                let report = r.get_mut(&t)?;
+                report.referrers = count(&self.referred, t);
+                Some(report.clone())
+            })
             .ok_or_else(|| Error::invalid("checked before its commit"))?;
         let _permit = self.commits.acquire().await;
         let outcome = self.after.after_commit(t, &report).await?;

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod cosign;
 pub mod digest;
 pub mod manifest;
 pub mod media_type;

@@ -43,6 +43,36 @@ pub trait RegistryAccess: Sync {
     fn quay_token(&self) -> Option<String>;
     /// How to open `reference` as a source.
     fn source_options(&self, reference: &Reference) -> SourceOptions;
+    /// Records the tags a listing of `host/repo` gave (the planner finds
+    /// referrer tags there without asking again).
+    fn remember_tags(&self, _host: &str, _repo: &str, _tags: &[String]) {}
+}
+
+/// The tags of `repo`, remembered for the planner. Unless the entry says
+/// `referrers: none`, the tags that hold referrers (`sha256-<hex>` and
+/// cosign's `.sig`, `.att`, `.sbom`) are left out: they travel with their
+/// subject, not as images of their own.
+async fn list_tags(
+    client: &RegistryClient,
+    access: &dyn RegistryAccess,
+    entry: &Entry,
+    repo: &str,
+) -> Result<Vec<String>> {
+    let tags = client.list_tags(repo).await?;
+    access.remember_tags(client.host(), repo, &tags);
+    if entry.referrers == Some(crate::spec::ReferrerPolicy::None) {
+        return Ok(tags);
+    }
+    Ok(tags.into_iter().filter(|t| !is_referrer_tag(t)).collect())
+}
+
+/// Whether `tag` names referrers: `sha256-<hex>` or a cosign tag.
+pub fn is_referrer_tag(tag: &str) -> bool {
+    if crate::image::referrers::parse_cosign_tag(tag).is_some() {
+        return true;
+    }
+    tag.split_once('-')
+        .is_some_and(|(a, hex)| crate::image::Digest::parse(&format!("{a}:{hex}")).is_ok())
 }
 
 /// Expands every entry of the spec.
@@ -150,16 +180,15 @@ async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<
                     (Some(t), _) if !has_glob(t) => vec![t.clone()],
                     (Some(t), _) => {
                         let m = glob_matcher(t, "tag")?;
-                        client
-                            .list_tags(&repo)
+                        list_tags(&client, access, entry, &repo)
                             .await?
                             .into_iter()
                             .filter(|x| m.is_match(x))
                             .collect()
                     }
                     (None, Some(filter)) if !filter.needs_listing => filter.select(&[]),
-                    (None, Some(filter)) => filter.select(&client.list_tags(&repo).await?),
-                    (None, None) => client.list_tags(&repo).await?,
+                    (None, Some(filter)) => filter.select(&list_tags(&client, access, entry, &repo).await?),
+                    (None, None) => list_tags(&client, access, entry, &repo).await?,
                 };
                 for tag in tags {
                     out.push(image(

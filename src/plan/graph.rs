@@ -11,6 +11,10 @@
 //!   earlier runs saw it in: `crate::blob_locations`), `upload`, or `write`
 //!   (files);
 //! - `manifest`, `index`, `tag`: the commit of one target, in that order;
+//! - `referrer`: a manifest that refers to a target's image (a signature,
+//!   an SBOM, an attestation), copied with its digest (and its cosign tag)
+//!   after its subject; `referrers-tag`: the `sha256-<hex>` index a registry
+//!   without the referrers API lists them in, merged with what is there;
 //! - `check`: the post-run check of a target; `prune`: a tag to delete.
 //!
 //! Edges point from a node to the nodes that need it (a fetch feeds blobs and
@@ -114,6 +118,8 @@ pub fn describe_work(w: &Work) -> String {
         }
         NodeKey::Manifest { store, .. } | NodeKey::Index { store, .. } => format!("{} in {store}", w.key.kind()),
         NodeKey::Tag { destination, image } => format!("commit {image} to {destination}"),
+        NodeKey::Referrer { store, reference } => format!("referrer {reference} in {store}"),
+        NodeKey::ReferrersTag { store, subject } => format!("the referrers tag of {subject} in {store}"),
         NodeKey::Check { destination, image } => format!("check {image} at {destination}"),
         NodeKey::Prune { destination } => format!("prune {destination}"),
     }
@@ -135,15 +141,51 @@ pub fn how_word(how: Option<&How>) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum NodeKey {
-    Fetch { source: String, digest: Digest },
-    Rewrite { input: Digest, chain: String },
-    Blob { store: String, blob: String },
-    Config { store: String, blob: String },
-    Manifest { store: String, manifest: String },
-    Index { store: String, manifest: String },
-    Tag { destination: String, image: String },
-    Check { destination: String, image: String },
-    Prune { destination: String },
+    Fetch {
+        source: String,
+        digest: Digest,
+    },
+    Rewrite {
+        input: Digest,
+        chain: String,
+    },
+    Blob {
+        store: String,
+        blob: String,
+    },
+    Config {
+        store: String,
+        blob: String,
+    },
+    Manifest {
+        store: String,
+        manifest: String,
+    },
+    Index {
+        store: String,
+        manifest: String,
+    },
+    Tag {
+        destination: String,
+        image: String,
+    },
+    /// A referrer manifest in a store, by its cosign tag or its digest.
+    Referrer {
+        store: String,
+        reference: String,
+    },
+    /// The referrers tag (`sha256-<hex>`) of `subject` in a registry repository.
+    ReferrersTag {
+        store: String,
+        subject: Digest,
+    },
+    Check {
+        destination: String,
+        image: String,
+    },
+    Prune {
+        destination: String,
+    },
 }
 
 impl NodeKey {
@@ -157,6 +199,8 @@ impl NodeKey {
             NodeKey::Manifest { .. } => "manifest",
             NodeKey::Index { .. } => "index",
             NodeKey::Tag { .. } => "tag",
+            NodeKey::Referrer { .. } => "referrer",
+            NodeKey::ReferrersTag { .. } => "referrers-tag",
             NodeKey::Check { .. } => "check",
             NodeKey::Prune { .. } => "prune",
         }
@@ -168,7 +212,9 @@ impl NodeKey {
             NodeKey::Blob { store, .. }
             | NodeKey::Config { store, .. }
             | NodeKey::Manifest { store, .. }
-            | NodeKey::Index { store, .. } => Some(store),
+            | NodeKey::Index { store, .. }
+            | NodeKey::Referrer { store, .. }
+            | NodeKey::ReferrersTag { store, .. } => Some(store),
             _ => None,
         }
     }
@@ -225,6 +271,9 @@ pub struct TargetWork {
     pub index: Option<NodeIndex>,
     pub tag: Option<NodeIndex>,
     pub check: Option<NodeIndex>,
+    /// The destination's tag names the image already: only its referrers
+    /// are written (the commit puts nothing).
+    pub in_place: bool,
 }
 
 /// The nodes of one platform image of a target.
@@ -245,6 +294,19 @@ pub struct WorkGraph {
     by_key: HashMap<NodeKey, NodeIndex>,
     /// Planned target index → its nodes (writing targets only).
     pub targets: BTreeMap<usize, TargetWork>,
+    /// What each `referrer` node puts.
+    pub referrers: HashMap<NodeIndex, ReferrerWork>,
+    /// What each `referrers-tag` node lists: its subject and the entries to add.
+    pub referrers_tags: HashMap<NodeIndex, (Digest, Vec<Descriptor>)>,
+}
+
+/// A referrer manifest to put: its bytes, its descriptor (as the
+/// referrers tag or `index.json` lists it) and its cosign tag.
+#[derive(Debug, Clone)]
+pub struct ReferrerWork {
+    pub manifest: crate::image::RawManifest,
+    pub descriptor: Descriptor,
+    pub tag: Option<String>,
 }
 
 /// Where a destination keeps blobs, and what it is.
@@ -482,7 +544,10 @@ impl WorkGraph {
                     }
                     t.estimated |= w.estimated;
                 }
-                NodeKey::Manifest { store, .. } | NodeKey::Index { store, .. } => {
+                NodeKey::Manifest { store, .. }
+                | NodeKey::Index { store, .. }
+                | NodeKey::Referrer { store, .. }
+                | NodeKey::ReferrersTag { store, .. } => {
                     out.entry(store.clone()).or_default().manifests += 1;
                 }
                 _ => {}
@@ -634,6 +699,8 @@ impl WorkGraph {
                     format!("{} {}", w.key.kind(), short_blob(manifest))
                 }
                 NodeKey::Tag { destination, .. } => format!("tag {destination}"),
+                NodeKey::Referrer { reference, .. } => format!("referrer {}", short_blob(reference)),
+                NodeKey::ReferrersTag { subject, .. } => format!("referrers tag of {}", subject.short()),
                 NodeKey::Check { .. } => "check".to_string(),
                 NodeKey::Prune { destination } => format!("prune {destination}"),
             };
@@ -647,7 +714,8 @@ impl WorkGraph {
                 Some(How::Mount { .. }) => "shape=ellipse, style=filled, fillcolor=\"#e9d5ff\"",
                 _ => "shape=ellipse, style=filled, fillcolor=\"#bbf7d0\"",
             },
-            NodeKey::Tag { .. } => "shape=tab",
+            NodeKey::Tag { .. } | NodeKey::ReferrersTag { .. } => "shape=tab",
+            NodeKey::Referrer { .. } => "shape=component, style=filled, fillcolor=\"#fbcfe8\"",
             NodeKey::Check { .. } => "shape=note",
             NodeKey::Prune { .. } => "shape=octagon, style=filled, fillcolor=\"#fecaca\"",
             _ => "shape=component",
@@ -819,7 +887,10 @@ fn assemble(
             }
             _ => None,
         };
-        let mut tw = TargetWork::default();
+        let mut tw = TargetWork {
+            in_place: t.current.is_some() && t.current == t.expected && t.referrers.is_some(),
+            ..TargetWork::default()
+        };
         for img in &resolved.images {
             let mut layers = Vec::new();
             let mut rewrites = Vec::new();
@@ -1039,6 +1110,17 @@ fn assemble(
         g.edge(tag, check, "checks");
         tw.tag = Some(tag);
         tw.check = Some(check);
+        if let Some(r) = &t.referrers {
+            let at = TargetAt {
+                ti,
+                store: &store,
+                src_store: &src_store,
+                same_host_source: &same_host_source,
+                tag,
+                check,
+            };
+            add_referrers(&mut g, &at, &tw, r, presence, &mut uploaded_on);
+        }
         g.targets.insert(ti, tw);
     }
     // Keys were made with a per-destination store for manifests (so two
@@ -1046,6 +1128,121 @@ fn assemble(
     g.by_key = g.graph.node_indices().map(|i| (g.graph[i].key.clone(), i)).collect();
     g.renumber();
     g
+}
+
+/// Where a target's referrers go: its index, store, source and commit nodes.
+struct TargetAt<'a> {
+    ti: usize,
+    store: &'a Store,
+    src_store: &'a str,
+    same_host_source: &'a Option<String>,
+    tag: NodeIndex,
+    check: NodeIndex,
+}
+
+/// The nodes of a target's referrers: each referrer's blobs (fetched and
+/// copied like layers), its manifest after its subject (the subject's
+/// manifest or index, and the target's commit), the referrers tag of each
+/// subject on a registry without the referrers API, all before the check.
+fn add_referrers(
+    g: &mut WorkGraph,
+    at: &TargetAt<'_>,
+    tw: &TargetWork,
+    r: &super::referrers::TargetReferrers,
+    presence: &Presence,
+    uploaded_on: &mut Uploads,
+) {
+    let ti = at.ti;
+    let store = at.store;
+    for rf in &r.copy {
+        let Some(raw) = &rf.manifest else { continue };
+        let reference = rf.tag.clone().unwrap_or_else(|| rf.descriptor.digest.to_string());
+        let (node, created) = g.node(
+            NodeKey::Referrer {
+                store: store.key.clone(),
+                reference,
+            },
+            ti,
+            |w| w.bytes = raw.bytes.len() as u64,
+        );
+        if created {
+            g.referrers.insert(
+                node,
+                ReferrerWork {
+                    manifest: raw.clone(),
+                    descriptor: rf.descriptor.clone(),
+                    tag: rf.tag.clone(),
+                },
+            );
+        }
+        for (bi, desc) in rf.blobs.iter().enumerate() {
+            let wanted = WantedBlob {
+                blob: desc.digest.to_string(),
+                lookup: Some(desc.digest.clone()),
+            };
+            // Referrer blobs are small and their own: no remembered mounts.
+            let how = blob_how(
+                store,
+                &wanted,
+                presence,
+                at.same_host_source,
+                uploaded_on,
+                &Remembered::default(),
+            );
+            let sends = how.sends();
+            let (blob, made) = g.node(
+                NodeKey::Blob {
+                    store: store.key.clone(),
+                    blob: wanted.blob.clone(),
+                },
+                ti,
+                |w| {
+                    w.how = Some(how.clone());
+                    w.bytes = if sends { desc.size } else { 0 };
+                    w.source_blob = Some(desc.clone());
+                    w.form = Some(StoredForm::Compressed);
+                },
+            );
+            if sends && made {
+                let f = fetch_node(g, at.src_store, desc, None, ti);
+                g.edge(f, blob, "copied to");
+            }
+            note_upload(g, uploaded_on, store, &how, &wanted, blob);
+            g.edge(blob, node, if bi == 0 { "config" } else { "layer" });
+        }
+        // After its subject: the manifest (or index) it refers to, and the
+        // commit that writes it.
+        let subject = rf.subject.to_string();
+        for m in tw.images.iter().map(|i| i.manifest).chain(tw.index) {
+            let names_subject = matches!(&g.graph[m].key,
+                NodeKey::Manifest { manifest, .. } | NodeKey::Index { manifest, .. } if *manifest == subject);
+            if names_subject {
+                g.edge(m, node, "subject");
+            }
+        }
+        g.edge(at.tag, node, "after commit");
+        g.edge(node, at.check, "referrer");
+        if r.fallback_tag && rf.tag.is_none() {
+            let (list, made) = g.node(
+                NodeKey::ReferrersTag {
+                    store: store.key.clone(),
+                    subject: rf.subject.clone(),
+                },
+                ti,
+                |_| {},
+            );
+            let entries = g
+                .referrers_tags
+                .entry(list)
+                .or_insert_with(|| (rf.subject.clone(), Vec::new()));
+            if !entries.1.iter().any(|d| d.digest == rf.descriptor.digest) {
+                entries.1.push(rf.descriptor.clone());
+            }
+            let _ = made;
+            g.edge(node, list, "listed in");
+            g.edge(list, at.check, "referrers tag");
+        }
+    }
 }
 
 /// Adds prune nodes (one per tag to delete).
@@ -1253,6 +1450,20 @@ async fn presence(ctx: &PlanContext, planned: &[PlannedTarget]) -> Presence {
             for d in blobs {
                 if seen.insert((store.key.clone(), d.clone())) {
                     asks.push((store.key.clone(), r.host.clone(), r.repository.clone(), d));
+                }
+            }
+        }
+        // The blobs of the referrers to copy (a re-signed image's new
+        // signature often shares its payload with the old one).
+        for rf in t.referrers.iter().flat_map(|r| &r.copy) {
+            for b in &rf.blobs {
+                if seen.insert((store.key.clone(), b.digest.clone())) {
+                    asks.push((
+                        store.key.clone(),
+                        r.host.clone(),
+                        r.repository.clone(),
+                        b.digest.clone(),
+                    ));
                 }
             }
         }

@@ -33,8 +33,9 @@ pub struct PlanMemo {
     roots: Mutex<HashMap<String, RawManifest>>,
     /// What each source reference names (a HEAD's answer).
     source_heads: Mutex<HashMap<String, Descriptor>>,
-    /// (host, repository) → its tags; absent when not listed or when the
-    /// listing failed (then every tag is asked about with a HEAD).
+    /// (host, repository) → its tags (destinations several targets write,
+    /// sources whose tags were expanded); absent when not listed or when
+    /// the listing failed (then every tag is asked about with a HEAD).
     destination_tags: Mutex<HashMap<Repository, HashSet<String>>>,
     heads: Mutex<HashMap<String, Option<Digest>>>,
     /// Sources other than registries, opened once.
@@ -83,6 +84,19 @@ impl PlanMemo {
     fn listed<R>(&self, host: &str, repo: &str, answer: impl FnOnce(&HashSet<String>) -> R) -> Option<R> {
         let m = self.destination_tags.lock().ok()?;
         m.get(&(host.to_string(), repo.to_string())).map(answer)
+    }
+
+    /// The tags of a repository planning has listed (a destination written
+    /// by several targets, a source whose tags were expanded).
+    pub fn listed_tags(&self, host: &str, repo: &str) -> Option<HashSet<String>> {
+        self.listed(host, repo, HashSet::clone)
+    }
+
+    /// Records the tags a listing of `host/repo` gave.
+    pub fn remember_tags(&self, host: &str, repo: &str, tags: &[String]) {
+        if let Ok(mut m) = self.destination_tags.lock() {
+            m.insert((host.to_string(), repo.to_string()), tags.iter().cloned().collect());
+        }
     }
 
     /// Whether `tag` is known to be missing from a listed repository.

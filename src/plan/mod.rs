@@ -14,9 +14,11 @@ pub mod prune;
 pub mod quay;
 mod quick;
 pub mod quota;
+pub mod referrers;
 pub mod render;
 pub mod shard;
 pub mod state;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -114,6 +116,10 @@ impl RegistryAccess for PlanContext {
 
     fn source_options(&self, reference: &Reference) -> SourceOptions {
         PlanContext::source_options(self, reference)
+    }
+
+    fn remember_tags(&self, host: &str, repo: &str, tags: &[String]) {
+        self.memo.remember_tags(host, repo, tags);
     }
 
     fn quay_token(&self) -> Option<String> {
@@ -227,6 +233,9 @@ pub struct PlannedTarget {
     /// What the destination does to the media types of the source's manifests.
     #[serde(skip)]
     pub media: MediaNote,
+    /// The referrers (signatures, SBOMs, attestations) copied with the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<referrers::TargetReferrers>,
 }
 
 /// What an OCI-layout destination does to the media types of the manifests
@@ -668,6 +677,9 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         planned.sort_by_key(|t| t.entry);
         sharded = Some((selected.info, selected.assignment));
     }
+    // `verify:`: an image without a valid signature is not planned.
+    verify::check_targets(ctx, &mut planned).await;
+    referrers::plan(ctx, &mut planned, &mut warnings).await;
     let mut work = graph::build(ctx, &planned).await;
     for (i, t) in planned.iter_mut().enumerate() {
         t.blobs = work.counts_for(i);
@@ -951,6 +963,7 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
         },
         resolved: None,
         media: MediaNote::None,
+        referrers: None,
     }
 }
 
@@ -1086,6 +1099,7 @@ fn planned_target(t: Target) -> PlannedTarget {
         target: t,
         resolved: None,
         media: MediaNote::None,
+        referrers: None,
     }
 }
 
@@ -1319,5 +1333,19 @@ fn estimate_requests(t: &PlannedTarget, requests: &mut BTreeMap<String, u64>) {
         // one PUT per manifest (and the index).
         let n = (b.upload + b.mount + b.present) as u64 + b.mount as u64 + 3 * b.upload as u64 + t.platforms as u64 + 1;
         *requests.entry(d.host.clone()).or_default() += n;
+    }
+    // Referrers: each blob read and sent (POST + PUT), each manifest PUT,
+    // and a GET + PUT of the referrers tag per subject where it is kept.
+    if let Some(r) = &t.referrers {
+        let blobs: u64 = r.copy.iter().map(|c| c.blobs.len() as u64).sum();
+        if let Reference::Registry(s) = &t.target.source {
+            *requests.entry(s.host.clone()).or_default() += blobs;
+        }
+        if let Reference::Registry(d) = &t.target.destination {
+            let subjects: std::collections::HashSet<&Digest> =
+                r.copy.iter().filter(|c| c.tag.is_none()).map(|c| &c.subject).collect();
+            let tags = if r.fallback_tag { 2 * subjects.len() as u64 } else { 0 };
+            *requests.entry(d.host.clone()).or_default() += 2 * blobs + r.copy.len() as u64 + tags;
+        }
     }
 }

@@ -21,6 +21,9 @@ fn short(d: &Option<Digest>) -> String {
 fn change(t: &PlannedTarget) -> String {
     match &t.action {
         Action::Create => format!("create {}", short(&t.expected)),
+        Action::Update if t.current.is_some() && t.current == t.expected => {
+            format!("update {} (its referrers)", short(&t.current))
+        }
         Action::Update => format!("update {} → {}", short(&t.current), short(&t.expected)),
         Action::Unchanged => format!("unchanged {}", short(&t.current)),
         Action::Rebuild { .. } => "rebuild (filters)".to_string(),
@@ -42,6 +45,26 @@ fn blobs(t: &PlannedTarget) -> String {
         parts.push(format!("{} present", b.present));
     }
     parts.join(", ")
+}
+
+/// `+ 2 referrers: 1 signature, 1 SBOM`, or why the source's are not copied.
+fn referrers_line(t: &PlannedTarget) -> Option<String> {
+    let r = t.referrers.as_ref()?;
+    if let Some((n, why)) = &r.not_copied {
+        return Some(format!("referrers: {n} not copied: {why}"));
+    }
+    if r.copy.is_empty() || !t.action.writes() {
+        return None;
+    }
+    let n = r.copy.len();
+    let mut line = format!("+ {n} referrer{}: {}", if n == 1 { "" } else { "s" }, r.kinds());
+    if r.present > 0 {
+        line.push_str(&format!(" ({} present)", r.present));
+    }
+    if r.fallback_tag {
+        line.push_str(", listed in the referrers tag");
+    }
+    Some(line)
 }
 
 fn symbol(a: &Action) -> &'static str {
@@ -165,6 +188,9 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         for (repo, n) in plan.graph.remembered_mounts(i) {
             let blobs = if n == 1 { "blob" } else { "blobs" };
             let _ = writeln!(out, "    mount from {repo} (remembered): {n} {blobs}");
+        }
+        if let Some(line) = referrers_line(t) {
+            let _ = writeln!(out, "    {line}");
         }
     }
     if !plan.shared.is_empty() {
@@ -427,6 +453,7 @@ mod tests {
             },
             resolved: None,
             media: Default::default(),
+            referrers: None,
         }
     }
 

@@ -89,6 +89,27 @@ pub trait Sink: Send + Sync {
     /// Commits an index after all its images; it gets the tag.
     async fn put_index(&self, index: &RawManifest, images: &[ImageData]) -> Result<()>;
 
+    /// Puts a referrer manifest (a signature, an SBOM…) whose blobs are in
+    /// place: under its cosign `tag`, else by digest. An OCI layout lists it
+    /// in `index.json`. Only registries and OCI layouts hold referrers.
+    async fn put_referrer(&self, manifest: &RawManifest, _desc: &Descriptor, _tag: Option<&str>) -> Result<()> {
+        Err(Error::usage(format!(
+            "{} cannot hold referrer {}: only registries and OCI layouts can",
+            self.describe(),
+            manifest.digest
+        )))
+    }
+
+    /// Adds `entries` to the referrers tag (`sha256-<hex>`) of `subject`,
+    /// keeping every entry already there (registries without the
+    /// referrers API).
+    async fn list_referrers(&self, subject: &Digest, _entries: &[Descriptor]) -> Result<()> {
+        Err(Error::usage(format!(
+            "{} keeps no referrers tag (for {subject})",
+            self.describe()
+        )))
+    }
+
     /// Makes everything written visible (renames temp files into place).
     async fn finish(&self) -> Result<()>;
 

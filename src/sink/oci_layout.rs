@@ -173,6 +173,61 @@ impl Sink for OciLayoutSink {
         self.tag_manifest(index.descriptor()).await
     }
 
+    async fn put_referrer(&self, manifest: &RawManifest, desc: &Descriptor, tag: Option<&str>) -> Result<()> {
+        self.put_bytes(&manifest.digest, &manifest.bytes).await?;
+        let tag = tag.map(str::to_string);
+        let entry = Descriptor {
+            platform: None,
+            urls: None,
+            media_type: manifest.media_type.clone(),
+            digest: manifest.digest.clone(),
+            size: manifest.bytes.len() as u64,
+            ..desc.clone()
+        };
+        let index_path = self.root.join("index.json");
+        let shown = index_path.clone();
+        // Listed in index.json beside its subject: by its cosign tag, or
+        // untagged (as oras keeps referrers), once.
+        locked_update(&index_path, move |current| {
+            let mut index: Value = match current {
+                Some(b) => serde_json::from_slice(&b)
+                    .map_err(|e| Error::invalid(format!("malformed {}: {e}", shown.display())))?,
+                None => json!({"schemaVersion": 2, "mediaType": crate::image::media_type::OCI_INDEX, "manifests": []}),
+            };
+            let Some(list) = index.get_mut("manifests").and_then(Value::as_array_mut) else {
+                return Err(Error::invalid(format!("{} has no manifests array", shown.display())));
+            };
+            let name_of = |m: &Value| {
+                m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            let mut value = serde_json::to_value(&entry)?;
+            match &tag {
+                Some(t) => {
+                    list.retain(|m| name_of(m).as_deref() != Some(t.as_str()));
+                    let mut annotations = entry.annotations.clone().unwrap_or_default();
+                    annotations.insert(REF_NAME.to_string(), t.clone());
+                    value["annotations"] = serde_json::to_value(annotations)?;
+                }
+                None => {
+                    let digest = entry.digest.as_str();
+                    if list
+                        .iter()
+                        .any(|m| m.get("digest").and_then(Value::as_str) == Some(digest) && name_of(m).is_none())
+                    {
+                        return Ok(serde_json::to_vec_pretty(&index)?);
+                    }
+                }
+            }
+            list.push(value);
+            Ok(serde_json::to_vec_pretty(&index)?)
+        })
+        .await?;
+        self.dest.committed();
+        Ok(())
+    }
+
     async fn finish(&self) -> Result<()> {
         Ok(())
     }

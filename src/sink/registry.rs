@@ -14,7 +14,8 @@ use tracing::debug;
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
 use super::{Reuse, Sink};
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, Digest, ImageData, RawManifest};
+use crate::image::referrers::fallback_tag;
+use crate::image::{media_type, Descriptor, Digest, ImageData, RawManifest};
 use crate::reference::RegistryRef;
 use crate::registry::{RegistryClient, RegistryOptions};
 use crate::source::BlobReader;
@@ -186,6 +187,35 @@ impl Sink for RegistrySink {
         Ok(())
     }
 
+    async fn put_referrer(&self, manifest: &RawManifest, _desc: &Descriptor, tag: Option<&str>) -> Result<()> {
+        let reference = tag.map(str::to_string).unwrap_or_else(|| manifest.digest.to_string());
+        self.client.put_manifest(self.repo(), &reference, manifest).await?;
+        debug!(referrer = %manifest.digest, repo = self.repo(), reference, "referrer pushed");
+        Ok(())
+    }
+
+    async fn list_referrers(&self, subject: &Digest, entries: &[Descriptor]) -> Result<()> {
+        let tag = fallback_tag(subject);
+        let current = match self.client.get_manifest(self.repo(), &tag).await {
+            Ok(raw) => Some(raw),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let merged = merge_referrers_index(current.as_ref(), entries).map_err(|why| {
+            Error::invalid(format!(
+                "{}:{tag} {why}; occy does not overwrite it (move that tag away, then sync again)",
+                self.describe()
+            ))
+        })?;
+        let Some(bytes) = merged else {
+            return Ok(());
+        };
+        let raw = RawManifest::new(bytes::Bytes::from(bytes), Some(media_type::OCI_INDEX))?;
+        self.client.put_manifest(self.repo(), &tag, &raw).await?;
+        debug!(subject = %subject, repo = self.repo(), tag, "referrers tag updated");
+        Ok(())
+    }
+
     async fn finish(&self) -> Result<()> {
         Ok(())
     }
@@ -193,5 +223,92 @@ impl Sink for RegistrySink {
     async fn abort(&self) {
         // Nothing to undo: blobs without a manifest are invisible and
         // garbage-collected by the registry; no tag was moved.
+    }
+}
+
+/// The referrers tag's index with `entries` added to what `current` lists
+/// (every entry there kept, in its order): the new bytes, or None when it
+/// lists them all already. Err (why) when `current` is not an index.
+pub fn merge_referrers_index(
+    current: Option<&RawManifest>,
+    entries: &[Descriptor],
+) -> std::result::Result<Option<Vec<u8>>, String> {
+    use serde_json::{json, Value};
+    let mut index: Value = match current {
+        Some(raw) => serde_json::from_slice(&raw.bytes).map_err(|e| format!("is not JSON ({e})"))?,
+        None => json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": []}),
+    };
+    let is_index = index
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .is_none_or(|m| m == media_type::OCI_INDEX);
+    let Some(list) = index
+        .get_mut("manifests")
+        .and_then(Value::as_array_mut)
+        .filter(|_| is_index)
+    else {
+        return Err(format!(
+            "holds {}, not an index of referrers",
+            current.map(|r| r.media_type.as_str()).unwrap_or("something else")
+        ));
+    };
+    let mut added = false;
+    for e in entries {
+        let digest = e.digest.as_str();
+        if list
+            .iter()
+            .any(|m| m.get("digest").and_then(Value::as_str) == Some(digest))
+        {
+            continue;
+        }
+        let entry = Descriptor {
+            platform: None,
+            urls: None,
+            ..e.clone()
+        };
+        list.push(serde_json::to_value(entry).map_err(|e| e.to_string())?);
+        added = true;
+    }
+    if !added {
+        return Ok(None);
+    }
+    serde_json::to_vec(&index).map(Some).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_referrers_tag_keeps_every_entry_it_had() {
+        let foreign = Descriptor::new(media_type::OCI_MANIFEST, Digest::of(b"foreign"), 10);
+        let ours = Descriptor {
+            artifact_type: Some("application/spdx+json".into()),
+            ..Descriptor::new(media_type::OCI_MANIFEST, Digest::of(b"ours"), 20)
+        };
+        let first = merge_referrers_index(None, std::slice::from_ref(&foreign))
+            .unwrap()
+            .unwrap();
+        let raw = RawManifest::new(bytes::Bytes::from(first), Some(media_type::OCI_INDEX)).unwrap();
+        let merged = merge_referrers_index(Some(&raw), &[ours.clone(), foreign.clone()])
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&merged).unwrap();
+        let digests: Vec<&str> = v["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(digests, [foreign.digest.as_str(), ours.digest.as_str()]);
+        assert_eq!(v["manifests"][1]["artifactType"], "application/spdx+json");
+        let again = RawManifest::new(bytes::Bytes::from(merged), Some(media_type::OCI_INDEX)).unwrap();
+        assert_eq!(merge_referrers_index(Some(&again), &[ours]).unwrap(), None);
+        let image = RawManifest::new(
+            bytes::Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"x","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1},"layers":[]}"#),
+            None,
+        )
+        .unwrap();
+        assert!(merge_referrers_index(Some(&image), &[foreign]).is_err());
     }
 }

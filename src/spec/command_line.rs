@@ -136,6 +136,9 @@ impl OneShot<'_> {
                 platforms: Some(self.platforms.clone()),
                 chain: self.chain.clone(),
                 chain_name,
+                verify: None,
+                // A one-shot copy takes the image alone.
+                referrers: Some(crate::spec::ReferrerPolicy::None),
                 to,
             }],
             source,

@@ -10,4 +10,7 @@ pub mod validate;
 
 pub use diagnostic::{SpecProblem, SpecSource};
 pub use model::json_schema;
-pub use validate::{load, parse, DestTemplate, Entry, HostAccess, Settings, SyncSpec, TagFilter, TemplateFields};
+pub use validate::{
+    load, parse, DestTemplate, Entry, HostAccess, ReferrerPolicy, Settings, SyncSpec, TagFilter, TemplateFields,
+    VerifyKeys,
+};

@@ -46,6 +46,36 @@ pub struct Defaults {
     pub check: Option<CheckSetting>,
     /// Encoding of layers that filters rewrite: gzip or zstd.
     pub compression: Option<String>,
+    /// Require a cosign signature on every source image (entries may set their own).
+    pub verify: Option<Verify>,
+    /// Which referrers (signatures, SBOMs, attestations) travel with each
+    /// image: `all` (the default for registry and OCI-layout destinations),
+    /// `none`, or a list of artifact types (and the words `signature`,
+    /// `attestation`, `sbom`).
+    pub referrers: Option<Referrers>,
+}
+
+/// Signatures a source image must carry before it is synced.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// A cosign public key (ECDSA P-256 or Ed25519, PEM), relative to the sync file.
+    pub cosign_key: Option<PathBuf>,
+    /// Several keys: a signature by any one of them is enough.
+    pub cosign_keys: Option<Vec<PathBuf>>,
+}
+
+/// `all`, `none`, or a list of artifact types.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "\"all\", \"none\" or a list of artifact types such as [signature, application/spdx+json]"
+)]
+pub enum Referrers {
+    /// `all` or `none`.
+    Keyword(String),
+    /// Artifact types (`application/spdx+json`), or `signature`, `attestation`, `sbom`.
+    List(Vec<String>),
 }
 
 /// `all`, or a list of platforms.
@@ -187,6 +217,11 @@ pub struct SyncEntry {
     pub platforms: Option<Platforms>,
     /// A chain name from `filters:`, or an inline list of filters.
     pub filters: Option<FilterChoice>,
+    /// Require a cosign signature by one of these keys (overrides `defaults.verify`).
+    /// Require a cosign signature by one of these keys (overrides `defaults.verify`).
+    pub verify: Option<Verify>,
+    /// Which referrers travel with the images (overrides `defaults.referrers`).
+    pub referrers: Option<Referrers>,
     /// Destination(s); may use {registry}, {repo}, {name}, {tag}, {platform}.
     pub to: Destinations,
 }

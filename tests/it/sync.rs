@@ -899,7 +899,9 @@ fn a_plan_costs_one_request_per_tag_on_each_side_cold_or_warm() {
     // Cold: the destination repository is listed once and nothing else is
     // asked there (no HEAD per tag, no HEAD per blob); the source gives its
     // tag listing, one HEAD (does it announce a pull quota?) and one
-    // manifest per tag, and no config.
+    // manifest per tag, and no config; plus one referrers-API probe
+    // (Distribution answers 404 once; the tag listing shows no referrers
+    // tags, so nothing else is asked).
     let seeded = requests_in(&src.access_log()).len();
     let out = run(&["--plan", "-O", "json"]);
     let plan = json_of(&out);
@@ -907,7 +909,7 @@ fn a_plan_costs_one_request_per_tag_on_each_side_cold_or_warm() {
     assert_eq!(plan["totals"]["create"].as_u64().unwrap() as usize, tags, "{plan}");
     let src_cold = requests_in(&src.access_log())[seeded..].to_vec();
     let dst_cold = requests_in(&dst.access_log());
-    assert_plan_requests(&src_cold, tags + 2, &dst_cold, 1);
+    assert_plan_requests(&src_cold, tags + 3, &dst_cold, 1);
 
     run(&[]);
     let (src_before, dst_before) = (
@@ -921,8 +923,9 @@ fn a_plan_costs_one_request_per_tag_on_each_side_cold_or_warm() {
     let src_log = requests_in(&src.access_log());
     let dst_log = requests_in(&dst.access_log());
     // Warm: source: the tag listing, one HEAD per tag (no manifest GET,
-    // which pull quotas count); destination: the tag listing, one HEAD per tag.
-    assert_plan_requests(&src_log[src_before..], tags + 1, &dst_log[dst_before..], tags + 1);
+    // which pull quotas count); destination: the tag listing, one HEAD per
+    // tag; each side one referrers-API probe.
+    assert_plan_requests(&src_log[src_before..], tags + 2, &dst_log[dst_before..], tags + 2);
     let gets: Vec<&String> = src_log[src_before..]
         .iter()
         .filter(|l| l.contains("\"GET ") && l.contains("/manifests/"))

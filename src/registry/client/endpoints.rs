@@ -322,6 +322,58 @@ impl RegistryClient {
         }
     }
 
+    /// The referrers of `subject` in `repo` through the OCI 1.1 referrers
+    /// API (`GET /v2/REPO/referrers/DIGEST`, narrowed to `artifact_type` when
+    /// given): their descriptors, or None when the registry does not offer
+    /// the API (a 404, or an answer that is not an image index; Distribution
+    /// 2.8 answers 404), so the caller falls back to the referrers tag.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<Descriptor>>> {
+        let mut url = self.url(&format!("v2/{repo}/referrers/{subject}")).await?;
+        if let Some(t) = artifact_type {
+            url = with_query(&url, "artifactType", t);
+        }
+        let resp = self
+            .fetch(
+                || {
+                    Req::new(Method::GET, url.clone(), vec![auth::pull_scope(repo)], repo)
+                        .header(ACCEPT, crate::image::media_type::OCI_INDEX)
+                },
+                MAX_MANIFEST_SIZE,
+                &format!("the referrers of {subject} in {repo}"),
+            )
+            .await?;
+        match resp.status {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST => return Ok(None),
+            s => return Err(self.status_error(&Method::GET, &url, repo, s, &resp.body)),
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Listing {
+            #[serde(default)]
+            media_type: Option<String>,
+            #[serde(default)]
+            manifests: Option<Vec<Descriptor>>,
+        }
+        match serde_json::from_slice::<Listing>(&resp.body) {
+            Ok(Listing {
+                media_type,
+                manifests: Some(list),
+            }) if media_type
+                .as_deref()
+                .is_none_or(|m| m == crate::image::media_type::OCI_INDEX) =>
+            {
+                Ok(Some(list))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Every tag of `repo`, following `Link` pagination.
     pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
         #[derive(Deserialize)]

@@ -17,16 +17,21 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
 use crate::filter::{parse_compression, FilterChain, FilterSpec};
+use crate::image::cosign::PublicKey;
 use crate::image::{Compression, Platform};
 use crate::reference::Reference;
 use crate::source::PlatformSelection;
 use crate::spec::diagnostic::{closest, SpecProblem, SpecSource};
 use crate::spec::located::{self, path_text, Node, Step, Value};
-use crate::spec::model::{Destinations, FilterChoice, FilterStep, OptionValue, Platforms, SyncFile, TagSelection};
+use crate::spec::model::{
+    Destinations, FilterChoice, FilterStep, OptionValue, Platforms, Referrers, SyncFile, TagSelection, Verify,
+};
 
 pub use tags::{tag_version, TagFilter};
 pub(crate) use validated::template_fields;
-pub use validated::{DestTemplate, Entry, HostAccess, Settings, SyncSpec, TemplateFields, TEMPLATE_FIELDS};
+pub use validated::{
+    DestTemplate, Entry, HostAccess, ReferrerPolicy, Settings, SyncSpec, TemplateFields, VerifyKeys, TEMPLATE_FIELDS,
+};
 
 /// Reads, parses and validates a sync file.
 pub fn load(path: &Path) -> Result<SyncSpec> {
@@ -89,20 +94,21 @@ pub fn parse(path: &Path, text: String) -> Result<SyncSpec> {
         Err(e) => return Err(source.error(model_problem(&root, &e))),
     };
     let hash = hex::encode(Sha256::digest(source.text.as_bytes()));
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let mut v = Validator {
         root: &root,
         text: &source.text,
+        base_dir: &base_dir,
         problems: Vec::new(),
     };
     let spec = v.validate(&file);
     if !v.problems.is_empty() {
         return Err(source.errors(v.problems));
     }
-    let base_dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
     let mut entries = spec.2;
     for e in &mut entries {
         e.from = rebase(&e.from, &base_dir);
@@ -207,6 +213,8 @@ struct Validator<'a> {
     root: &'a Node,
     /// The file's text (whether a value was quoted).
     text: &'a str,
+    /// The sync file's directory: key paths start there.
+    base_dir: &'a Path,
     problems: Vec<SpecProblem>,
 }
 
@@ -291,7 +299,12 @@ impl Validator<'_> {
                 );
             }
         }
+        let verify = d
+            .verify
+            .as_ref()
+            .and_then(|v| self.verify(v, &[key("defaults"), key("verify")]));
         Settings {
+            verify,
             platforms,
             parallel: d.parallel,
             image_parallel: d.image_parallel,
@@ -299,6 +312,48 @@ impl Validator<'_> {
             retries: d.retries,
             check: d.check,
             compression,
+            referrers: d
+                .referrers
+                .as_ref()
+                .and_then(|r| self.referrers(r, &[key("defaults"), key("referrers")])),
+        }
+    }
+
+    fn referrers(&mut self, r: &Referrers, path: &[Step]) -> Option<ReferrerPolicy> {
+        match r {
+            Referrers::Keyword(k) if k == "all" => Some(ReferrerPolicy::All),
+            Referrers::Keyword(k) if k == "none" => Some(ReferrerPolicy::None),
+            Referrers::Keyword(k) => {
+                let span = self.span(path);
+                self.problem(
+                    SpecProblem::new(
+                        format!("`referrers: {k}` is not understood"),
+                        span,
+                        "expected all, none or a list",
+                    )
+                    .help("referrers: all, referrers: none, or referrers: [signature, application/spdx+json]"),
+                );
+                None
+            }
+            Referrers::List(list) => {
+                for (i, t) in list.iter().enumerate() {
+                    let known_word = matches!(t.as_str(), "signature" | "attestation" | "sbom");
+                    if !known_word && !looks_like_media_type(t) {
+                        let mut at = path.to_vec();
+                        at.push(Step::Index(i));
+                        let span = self.span(&at);
+                        self.problem(
+                            SpecProblem::new(
+                                format!("{t:?} is not an artifact type"),
+                                span,
+                                "expected TYPE/SUBTYPE, signature, attestation or sbom",
+                            )
+                            .help("for example application/spdx+json, application/vnd.cyclonedx+json or signature"),
+                        );
+                    }
+                }
+                Some(ReferrerPolicy::Types(list.clone()))
+            }
         }
     }
 
@@ -553,6 +608,11 @@ impl Validator<'_> {
         }
         let tags = e.tags.as_ref().and_then(|t| self.tags(t, &at("tags")));
         let platforms = e.platforms.as_ref().and_then(|p| self.platforms(p, &at("platforms")));
+        let referrers = e
+            .referrers
+            .as_ref()
+            .and_then(|r| self.referrers(r, &at("referrers")))
+            .or_else(|| settings.referrers.clone());
         let (chain, chain_name) = match &e.filters {
             // No filters: `defaults.compression` still says how layers that
             // arrive uncompressed are compressed for a registry.
@@ -587,6 +647,36 @@ impl Validator<'_> {
                 Some("inline".to_string()),
             ),
         };
+        let verify = match &e.verify {
+            Some(v) => self.verify(v, &at("verify")),
+            None => settings.verify.clone(),
+        };
+        if verify.is_some()
+            && !matches!(
+                from,
+                Reference::Registry(_) | Reference::Quay { .. } | Reference::Oci { .. }
+            )
+        {
+            let (span, label) = match &e.verify {
+                Some(_) => (self.root.key_span(&at("verify")), "verify here"),
+                None => (
+                    self.root.key_span(&[key("defaults"), key("verify")]),
+                    "from defaults.verify",
+                ),
+            };
+            self.problem(
+                SpecProblem::new(
+                    format!(
+                        "`verify` needs a registry://, quay:// or oci:// source, not {}: cosign signatures are tags beside the image, which only registries and OCI layouts hold",
+                        from.scheme()
+                    ),
+                    from_span.clone(),
+                    "no signatures to read here",
+                )
+                .also(span, label)
+                .help("verify the image where it comes from a registry or an OCI layout, or give this entry no verify (and no defaults.verify)"),
+            );
+        }
         let many = from_expands(&from, e.tags.as_ref());
         let mut to = Vec::new();
         let dests = e.to.as_slice();
@@ -612,8 +702,70 @@ impl Validator<'_> {
             platforms,
             chain,
             chain_name,
+            verify,
+            referrers,
             to,
         })
+    }
+
+    /// Reads the public keys `verify:` names (relative to the sync file's
+    /// directory); a key that cannot be read or is not a key is a problem
+    /// at its place.
+    fn verify(&mut self, v: &Verify, path: &[Step]) -> Option<VerifyKeys> {
+        let mut named: Vec<(&PathBuf, Vec<Step>)> = Vec::new();
+        if let Some(k) = &v.cosign_key {
+            let mut at = path.to_vec();
+            at.push(key("cosign_key"));
+            named.push((k, at));
+        }
+        for (i, k) in v.cosign_keys.iter().flatten().enumerate() {
+            let mut at = path.to_vec();
+            at.push(key("cosign_keys"));
+            at.push(Step::Index(i));
+            named.push((k, at));
+        }
+        if named.is_empty() {
+            let span = self.span(path);
+            self.problem(
+                SpecProblem::new("`verify` names no key", span, "no cosign_key nor cosign_keys")
+                    .help("verify: {cosign_key: keys/cosign.pub}, or cosign_keys: [keys/a.pub, keys/b.pub]"),
+            );
+            return None;
+        }
+        let wanted = named.len();
+        let mut keys = Vec::new();
+        for (written, at) in named {
+            let span = self.span(&at);
+            let name = written.display().to_string();
+            let file = if written.is_relative() {
+                normalize(&self.base_dir.join(written))
+            } else {
+                written.clone()
+            };
+            let text = match std::fs::read(&file) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) => {
+                    let why = match e.kind() {
+                        std::io::ErrorKind::NotFound => "no such file".to_string(),
+                        _ => e.to_string(),
+                    };
+                    self.problem(
+                        SpecProblem::new(
+                            format!("cannot read the cosign key {name} ({}): {why}", file.display()),
+                            span,
+                            "this key",
+                        )
+                        .help("key paths are relative to the sync file's directory; export a key with `cosign public-key --key cosign.key > cosign.pub`"),
+                    );
+                    continue;
+                }
+            };
+            match PublicKey::from_pem(&name, &text) {
+                Ok(k) => keys.push(k),
+                Err(why) => self.problem(SpecProblem::new(why, span, "not a public key")),
+            }
+        }
+        (keys.len() == wanted).then_some(VerifyKeys { keys })
     }
 
     fn destination(&mut self, text: &str, span: Range<usize>, many: bool) -> Option<DestTemplate> {
@@ -783,6 +935,12 @@ fn from_expands(from: &Reference, tags: Option<&TagSelection>) -> bool {
         }
         _ => false,
     }
+}
+
+/// `type/subtype` as media types are spelled (RFC 6838 characters).
+fn looks_like_media_type(t: &str) -> bool {
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
+    matches!(t.split_once('/'), Some((a, b)) if ok(a) && ok(b))
 }
 
 #[cfg(test)]

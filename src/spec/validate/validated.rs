@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use super::tags::TagFilter;
 use crate::filter::FilterChain;
+use crate::image::cosign::PublicKey;
 use crate::image::Compression;
 use crate::reference::Reference;
 use crate::source::PlatformSelection;
@@ -43,6 +44,52 @@ pub struct Settings {
     pub retries: Option<u32>,
     pub check: Option<CheckSetting>,
     pub compression: Option<Compression>,
+    /// `defaults.verify`.
+    pub verify: Option<VerifyKeys>,
+    pub referrers: Option<ReferrerPolicy>,
+}
+
+/// The keys one of which must have signed a source image (`verify:`).
+#[derive(Debug, Clone)]
+pub struct VerifyKeys {
+    pub keys: Vec<PublicKey>,
+}
+
+impl VerifyKeys {
+    /// The keys' names for messages: `keys/a.pub` or `keys/a.pub or keys/b.pub`.
+    pub fn names(&self) -> String {
+        self.keys
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+}
+
+/// Which referrers of an image are copied with it (`referrers:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferrerPolicy {
+    /// Every referrer.
+    All,
+    /// None.
+    None,
+    /// Those of these artifact types; `signature`, `attestation` and `sbom`
+    /// name cosign's tags and the artifact types known to be such.
+    Types(Vec<String>),
+}
+
+impl ReferrerPolicy {
+    /// Whether a referrer of `artifact_type` (and, for a cosign tag or a
+    /// known type, `kind`: `signature`, `attestation`, `sbom`) is copied.
+    pub fn takes(&self, artifact_type: Option<&str>, kind: Option<&str>) -> bool {
+        match self {
+            ReferrerPolicy::All => true,
+            ReferrerPolicy::None => false,
+            ReferrerPolicy::Types(list) => list
+                .iter()
+                .any(|t| Some(t.as_str()) == artifact_type || Some(t.as_str()) == kind),
+        }
+    }
 }
 
 /// How to reach one registry host, secrets read from the environment.
@@ -80,6 +127,10 @@ pub struct Entry {
     pub chain: FilterChain,
     /// The chain's name, or `inline`, for the plan.
     pub chain_name: Option<String>,
+    /// The keys its source images must be signed by (its own `verify`, else `defaults.verify`).
+    pub verify: Option<VerifyKeys>,
+    /// `referrers:` of the entry, else of `defaults` (None: neither says).
+    pub referrers: Option<ReferrerPolicy>,
     pub to: Vec<DestTemplate>,
 }
 

@@ -8,10 +8,12 @@
 //! reaped by a small watchdog shell that waits for the test process to exit.
 #![allow(dead_code)]
 
+pub mod cosign;
 pub mod fault_proxy;
 pub mod layout_edit;
 pub mod oci_tools;
 pub mod outputs;
+pub mod referrers_proxy;
 pub mod token_service;
 
 use std::net::TcpListener;
