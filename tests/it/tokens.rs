@@ -49,8 +49,13 @@ fn shared() -> &'static TokenRegistry {
     reg
 }
 
+/// Runs occy as `user` without the cache: these tests count what each run
+/// uploads and mounts on a registry other tests write too, which blob
+/// locations remembered from their runs would change.
 fn as_user(reg: &TokenRegistry, user: Option<(&str, &str)>, args: &[&str]) -> std::process::Output {
-    occy_with(&reg.flags(user), args)
+    let mut flags = reg.flags(user);
+    flags.push("--no-cache".into());
+    occy_with(&flags, args)
 }
 
 fn alice(reg: &TokenRegistry, args: &[&str]) -> std::process::Output {
