@@ -166,7 +166,9 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         // The saved work, node for node, or nothing: a destination that
         // changed since the plan (a blob now there, a tag moved) makes
         // other work than the reviewer saw.
-        let differences = saved.differences(&plan.nodes, 5);
+        // A shard does its share of the saved graph: its nodes must be
+        // the saved ones, but the other shards' nodes are not missing.
+        let differences = saved.differences(&plan.nodes, plan.shard.is_none(), 5);
         if !differences.is_empty() {
             return Err(Error::usage(format!(
                 "the plan {} no longer matches the destinations, so applying it would do other work than it shows:\n  {}\nmake a new plan with --plan --out {}",

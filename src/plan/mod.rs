@@ -421,7 +421,9 @@ impl SavedPlan {
     /// the destinations as they are: empty when the saved plan still
     /// applies node for node (same nodes, each blob getting in the same
     /// way). Ids and the order of nodes do not matter.
-    pub fn differences(&self, now: &[graph::Work], limit: usize) -> Vec<String> {
+    /// With `whole` false (one shard of the saved plan), saved nodes that
+    /// `now` lacks are not differences.
+    pub fn differences(&self, now: &[graph::Work], whole: bool, limit: usize) -> Vec<String> {
         let saved: HashMap<&graph::NodeKey, &Option<graph::How>> =
             self.nodes.iter().map(|w| (&w.key, &w.how)).collect();
         let current: HashMap<&graph::NodeKey, &Option<graph::How>> = now.iter().map(|w| (&w.key, &w.how)).collect();
@@ -438,7 +440,7 @@ impl SavedPlan {
                 Some(_) => {}
             }
         }
-        for w in &self.nodes {
+        for w in self.nodes.iter().filter(|_| whole) {
             if !current.contains_key(&w.key) {
                 out.push(format!("{} is no longer needed", graph::describe_work(w)));
             }

@@ -171,7 +171,12 @@ fn subjects(ctx: &PlanContext, p: &PlannedTarget) -> Option<Vec<Digest>> {
         .resolved
         .as_ref()
         .and_then(|r| r.root().cloned())
-        .or_else(|| ctx.memo.root(&p.target.source))?;
+        .or_else(|| ctx.memo.root(&p.target.source));
+    // A target found unchanged by HEADs alone (an image manifest, whose
+    // root was never read): its digest is the one subject.
+    let Some(root) = root else {
+        return p.expected.clone().or_else(|| p.source_digest.clone()).map(|d| vec![d]);
+    };
     let top = p.expected.clone().unwrap_or_else(|| root.digest.clone());
     let mut out = vec![top.clone()];
     if top == root.digest {

@@ -339,7 +339,10 @@ pub fn markdown(plan: &Plan) -> String {
                 symbol(&p.action),
                 md_escape(&p.source),
                 md_escape(&p.destination),
-                md_escape(&change(p)),
+                match referrers_line(p) {
+                    Some(r) => format!("{}<br>{}", md_escape(&change(p)), md_escape(&r)),
+                    None => md_escape(&change(p)),
+                },
                 md_escape(&blobs(p))
             )
         })

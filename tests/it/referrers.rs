@@ -202,6 +202,12 @@ fn referrers_travel_by_the_referrers_tag_to_a_registry_and_an_oci_layout() {
     let plan = assert_ok(&["sync", &spec, "--plan"], occy_with(&f, &["sync", &spec, "--plan"]));
     let text = stdout(&plan);
     assert!(text.contains("+ 2 referrers: 1 signature, 1 SBOM"), "{text}");
+    let md = assert_ok(
+        &["sync", &spec, "--plan", "-O", "markdown"],
+        occy_with(&f, &["sync", &spec, "--plan", "-O", "markdown"]),
+    );
+    let md = stdout(&md);
+    assert!(md.contains("<br>+ 2 referrers: 1 signature, 1 SBOM"), "{md}");
     let run = json_of(&assert_ok(
         &["sync", &spec],
         occy_with(&f, &["-O", "json", "sync", &spec]),
