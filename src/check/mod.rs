@@ -109,6 +109,9 @@ impl Mode {
 /// A compressed layer bigger than this draws a warning.
 pub const LARGE_LAYER: u64 = 1 << 30;
 
+/// Layer sizes the fast check asks for at once.
+const FAST_CHECK_CONCURRENCY: usize = 8;
+
 /// Checks what `source` names: an image, or an index and every image in it.
 pub async fn check_source(source: &dyn Source, mode: Mode) -> Result<Findings> {
     let mut f = Findings::default();
@@ -277,8 +280,22 @@ async fn check_image(
         None => {}
     }
 
-    // The config blob.
-    let config = match read_small_blob(source, &manifest.config).await {
+    // The config blob, read while the fast check asks for every layer's
+    // size (the requests overlap: one round trip or two, not one a layer).
+    let sizes = async {
+        match mode {
+            Mode::Fast => {
+                let mut sizes = Vec::with_capacity(manifest.layers.len());
+                for chunk in manifest.layers.chunks(FAST_CHECK_CONCURRENCY) {
+                    sizes.extend(futures_util::future::join_all(chunk.iter().map(|l| source.blob_size(l))).await);
+                }
+                sizes
+            }
+            Mode::Full => Vec::new(),
+        }
+    };
+    let (config, mut sizes) = tokio::join!(read_small_blob(source, &manifest.config), sizes);
+    let config = match config {
         Ok(bytes) => match ConfigBlob::parse(bytes, &format!("config of {at}")) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -302,7 +319,7 @@ async fn check_image(
     let mut scans = Vec::new();
     for (i, l) in manifest.layers.iter().enumerate() {
         match mode {
-            Mode::Fast => match source.blob_size(l).await {
+            Mode::Fast => match std::mem::replace(&mut sizes[i], Ok(None)) {
                 Ok(Some(size)) if size != l.size => f.error(
                     "layer-digest",
                     format!(
