@@ -1,7 +1,9 @@
 //! Source: an OCI image layout directory (`oci-layout`, `index.json`,
 //! `blobs/<alg>/<hex>`), choosing the image by its `ref.name` tag.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +21,70 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 struct LayoutIndex {
     #[serde(default)]
     manifests: Vec<Descriptor>,
+    /// Tag → the first entry it names, as written (`ref.name`) and by the
+    /// part after its last `:` (`repo:tag` names).
+    #[serde(skip)]
+    by_tag: HashMap<String, usize>,
+}
+
+impl LayoutIndex {
+    fn indexed(mut self) -> Self {
+        let mut by_tag = HashMap::new();
+        for (i, d) in self.manifests.iter().enumerate() {
+            if let Some(name) = d.annotations.as_ref().and_then(|a| a.get(REF_NAME)) {
+                by_tag.entry(name.clone()).or_insert(i);
+                if let Some((_, t)) = name.rsplit_once(':') {
+                    by_tag.entry(t.to_string()).or_insert(i);
+                }
+            }
+        }
+        self.by_tag = by_tag;
+        self
+    }
+
+    /// The first entry whose name is `tag` or ends with `:tag`.
+    fn find(&self, tag: &str) -> Option<&Descriptor> {
+        self.by_tag.get(tag).and_then(|&i| self.manifests.get(i))
+    }
+}
+
+/// Layouts' `index.json` as last read, by path, with what identified the
+/// file then (size, modification time, inode): a sync of thousands of tags
+/// of one layout parses it once, and a changed file is read again.
+type IndexMemo = HashMap<PathBuf, ((u64, Option<std::time::SystemTime>, u64), Arc<LayoutIndex>)>;
+
+fn index_memo() -> &'static Mutex<IndexMemo> {
+    static MEMO: OnceLock<Mutex<IndexMemo>> = OnceLock::new();
+    MEMO.get_or_init(Default::default)
+}
+
+/// Reads (or recalls) the `index.json` of the layout at `root`.
+async fn read_index(root: &Path) -> Result<Arc<LayoutIndex>> {
+    use std::os::unix::fs::MetadataExt;
+    let index_path = root.join("index.json");
+    let meta = tokio::fs::metadata(&index_path)
+        .await
+        .map_err(|e| Error::io("read", &index_path, e))?;
+    let stamp = (meta.len(), meta.modified().ok(), meta.ino());
+    if let Some((seen, index)) = index_memo().lock().ok().and_then(|m| m.get(&index_path).cloned()) {
+        if seen == stamp {
+            return Ok(index);
+        }
+    }
+    let bytes = tokio::fs::read(&index_path)
+        .await
+        .map_err(|e| Error::io("read", &index_path, e))?;
+    let index: LayoutIndex = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid(format!("malformed {}: {e}", index_path.display())))?;
+    let index = Arc::new(index.indexed());
+    // Recorded only when the file did not change while it was read.
+    let after = tokio::fs::metadata(&index_path).await.ok();
+    if after.is_some_and(|m| (m.len(), m.modified().ok(), m.ino()) == stamp) {
+        if let Ok(mut memo) = index_memo().lock() {
+            memo.insert(index_path, (stamp, index.clone()));
+        }
+    }
+    Ok(index)
 }
 
 /// Reads images from an OCI image layout.
@@ -44,12 +110,7 @@ impl OciLayoutSource {
             }
             Err(e) => return Err(Error::io("read", &marker, e)),
         }
-        let index_path = root.join("index.json");
-        let bytes = tokio::fs::read(&index_path)
-            .await
-            .map_err(|e| Error::io("read", &index_path, e))?;
-        let index: LayoutIndex = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::invalid(format!("malformed {}: {e}", index_path.display())))?;
+        let index = read_index(root).await?;
         let tags = || {
             index
                 .manifests
@@ -59,23 +120,13 @@ impl OciLayoutSource {
                 .join(", ")
         };
         let entry = match tag {
-            Some(t) => index
-                .manifests
-                .iter()
-                .find(|d| {
-                    d.annotations
-                        .as_ref()
-                        .and_then(|a| a.get(REF_NAME))
-                        .is_some_and(|n| n == t || n.ends_with(&format!(":{t}")))
-                })
-                .cloned()
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "tag {t:?} not found in OCI layout {}; it has: {}",
-                        root.display(),
-                        tags()
-                    ))
-                })?,
+            Some(t) => index.find(t).cloned().ok_or_else(|| {
+                Error::NotFound(format!(
+                    "tag {t:?} not found in OCI layout {}; it has: {}",
+                    root.display(),
+                    tags()
+                ))
+            })?,
             None => match index.manifests.as_slice() {
                 [one] => one.clone(),
                 [] => {
