@@ -504,9 +504,31 @@ struct Lister {
     api: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
     /// (host, repository) → its tags (listed once).
     tags: tokio::sync::Mutex<HashMap<(String, String), ListedTags>>,
+    /// OCI layout → what refers to each subject in it (scanned once).
+    layouts: std::sync::Mutex<HashMap<std::path::PathBuf, Arc<LayoutReferrers>>>,
 }
 
+/// Subject → what an OCI layout lists that refers to it.
+type LayoutReferrers = HashMap<Digest, Vec<Found>>;
+
 impl Lister {
+    /// What the OCI layout at `path` lists that refers to `subject`: the
+    /// layout is scanned once per plan, not once per subject.
+    fn layout_referrers(&self, path: &std::path::Path, subject: &Digest) -> Vec<Found> {
+        let known = self.layouts.lock().ok().and_then(|m| m.get(path).cloned());
+        let all = match known {
+            Some(all) => all,
+            None => {
+                let all = Arc::new(scan_layout(path));
+                if let Ok(mut m) = self.layouts.lock() {
+                    m.insert(path.to_path_buf(), all.clone());
+                }
+                all
+            }
+        };
+        all.get(subject).cloned().unwrap_or_default()
+    }
+
     fn api_cell(&self, host: &str) -> Arc<tokio::sync::OnceCell<bool>> {
         match self.api.lock() {
             Ok(mut m) => m.entry(host.to_string()).or_default().clone(),
@@ -596,7 +618,7 @@ impl Lister {
     /// What the source repository holds that refers to `subject`.
     async fn source(&self, ctx: &PlanContext, host: &str, repo: &str, subject: &Digest) -> Result<Vec<Found>> {
         if host.is_empty() {
-            return Ok(layout_referrers(std::path::Path::new(repo), subject));
+            return Ok(self.layout_referrers(std::path::Path::new(repo), subject));
         }
         let client = ctx.client(host)?;
         let tags = self.tags_of(ctx, &client, host, repo).await;
@@ -666,7 +688,7 @@ impl Lister {
             }
             Reference::Oci { path, .. } => {
                 // What index.json lists by this subject (its blob there).
-                for f in layout_referrers(path, subject) {
+                for f in self.layout_referrers(path, subject) {
                     if !path
                         .join("blobs")
                         .join("sha256")
@@ -710,9 +732,9 @@ fn layout_manifest(path: &std::path::Path, digest: &Digest) -> Result<RawManifes
     )
 }
 
-/// What an OCI layout's `index.json` lists that refers to `subject`: the
-/// manifests whose `subject` names it, and cosign's tags of it.
-fn layout_referrers(path: &std::path::Path, subject: &Digest) -> Vec<Found> {
+/// What an OCI layout's `index.json` lists that refers to something, by
+/// subject: the manifests whose `subject` names it, and cosign's tags of it.
+fn scan_layout(path: &std::path::Path) -> LayoutReferrers {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct WithSubject {
@@ -723,7 +745,7 @@ fn layout_referrers(path: &std::path::Path, subject: &Digest) -> Vec<Found> {
         #[serde(default)]
         config: Option<Descriptor>,
     }
-    let mut out = Vec::new();
+    let mut out: LayoutReferrers = HashMap::new();
     for d in layout_manifests(path) {
         let name = d
             .annotations
@@ -731,13 +753,11 @@ fn layout_referrers(path: &std::path::Path, subject: &Digest) -> Vec<Found> {
             .and_then(|a| a.get(crate::source::oci_layout::REF_NAME))
             .cloned();
         if let Some((s, kind)) = name.as_deref().and_then(crate::image::referrers::parse_cosign_tag) {
-            if &s == subject {
-                out.push(Found {
-                    descriptor: Descriptor { annotations: None, ..d },
-                    tag: name,
-                    cosign: Some(kind),
-                });
-            }
+            out.entry(s).or_default().push(Found {
+                descriptor: Descriptor { annotations: None, ..d },
+                tag: name,
+                cosign: Some(kind),
+            });
             continue;
         }
         let Ok(bytes) = std::fs::read(path.join("blobs").join("sha256").join(d.digest.hex())) else {
@@ -746,13 +766,13 @@ fn layout_referrers(path: &std::path::Path, subject: &Digest) -> Vec<Found> {
         let Ok(m) = serde_json::from_slice::<WithSubject>(&bytes) else {
             continue;
         };
-        if m.subject.as_ref().is_some_and(|s| &s.digest == subject) {
+        if let Some(subject) = m.subject.map(|s| s.digest) {
             let artifact_type = d
                 .artifact_type
                 .clone()
                 .or(m.artifact_type)
                 .or(m.config.map(|c| c.media_type));
-            out.push(Found {
+            out.entry(subject).or_default().push(Found {
                 descriptor: Descriptor {
                     artifact_type,
                     annotations: d
