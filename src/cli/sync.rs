@@ -2,6 +2,7 @@
 //! file; `--plan --out` saves the plan and `--apply` carries it out exactly;
 //! `--shard I/N` does one shard of it and `--plan --shards N` shows the shards.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -207,7 +208,14 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
                 }
             }
             (None, OutputFormat::Text | OutputFormat::Github) => print!("{}", render::text(&plan, colour)),
-            (None, OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&plan)?),
+            // Streamed: a plan of 10,000 tags is tens of MB of JSON.
+            (None, OutputFormat::Json) => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                serde_json::to_writer_pretty(&mut out, &plan)?;
+                writeln!(out)
+                    .and_then(|_| out.flush())
+                    .map_err(|e| Error::io("write the plan to", std::path::Path::new("standard output"), e))?;
+            }
             (None, OutputFormat::Markdown) => print!("{}", render::markdown(&plan)),
             (None, OutputFormat::Dot) => print!("{}", plan.graph.dot(&plan.targets)),
         }

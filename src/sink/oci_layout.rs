@@ -104,6 +104,24 @@ impl OciLayoutSink {
 
     async fn tag_manifest(&self, desc: Descriptor) -> Result<()> {
         let tag = self.tag.clone();
+        self.edit_index(move |list| {
+            list.retain(|m| name_of(m).as_deref() != Some(tag.as_str()));
+            let mut entry = serde_json::to_value(Descriptor {
+                platform: None,
+                annotations: None,
+                ..desc
+            })?;
+            entry["annotations"] = json!({ REF_NAME: tag });
+            list.push(entry);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes the list of `index.json`'s manifests under the layout's
+    /// lock (an absent index.json starts empty), then marks the write
+    /// committed.
+    async fn edit_index(&self, edit: impl FnOnce(&mut Vec<Value>) -> Result<()> + Send + 'static) -> Result<()> {
         let index_path = self.root.join("index.json");
         let shown = index_path.clone();
         locked_update(&index_path, move |current| {
@@ -115,24 +133,20 @@ impl OciLayoutSink {
             let Some(list) = index.get_mut("manifests").and_then(Value::as_array_mut) else {
                 return Err(Error::invalid(format!("{} has no manifests array", shown.display())));
             };
-            list.retain(|m| {
-                m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
-                    .and_then(Value::as_str)
-                    != Some(tag.as_str())
-            });
-            let mut entry = serde_json::to_value(Descriptor {
-                platform: None,
-                annotations: None,
-                ..desc
-            })?;
-            entry["annotations"] = json!({ REF_NAME: tag });
-            list.push(entry);
+            edit(list)?;
             Ok(serde_json::to_vec_pretty(&index)?)
         })
         .await?;
         self.dest.committed();
         Ok(())
     }
+}
+
+/// The `ref.name` of an index.json entry.
+fn name_of(m: &Value) -> Option<String> {
+    m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 #[async_trait]
@@ -184,24 +198,9 @@ impl Sink for OciLayoutSink {
             size: manifest.bytes.len() as u64,
             ..desc.clone()
         };
-        let index_path = self.root.join("index.json");
-        let shown = index_path.clone();
         // Listed in index.json beside its subject: by its cosign tag, or
         // untagged (as oras keeps referrers), once.
-        locked_update(&index_path, move |current| {
-            let mut index: Value = match current {
-                Some(b) => serde_json::from_slice(&b)
-                    .map_err(|e| Error::invalid(format!("malformed {}: {e}", shown.display())))?,
-                None => json!({"schemaVersion": 2, "mediaType": crate::image::media_type::OCI_INDEX, "manifests": []}),
-            };
-            let Some(list) = index.get_mut("manifests").and_then(Value::as_array_mut) else {
-                return Err(Error::invalid(format!("{} has no manifests array", shown.display())));
-            };
-            let name_of = |m: &Value| {
-                m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            };
+        self.edit_index(move |list| {
             let mut value = serde_json::to_value(&entry)?;
             match &tag {
                 Some(t) => {
@@ -216,16 +215,14 @@ impl Sink for OciLayoutSink {
                         .iter()
                         .any(|m| m.get("digest").and_then(Value::as_str) == Some(digest) && name_of(m).is_none())
                     {
-                        return Ok(serde_json::to_vec_pretty(&index)?);
+                        return Ok(());
                     }
                 }
             }
             list.push(value);
-            Ok(serde_json::to_vec_pretty(&index)?)
+            Ok(())
         })
-        .await?;
-        self.dest.committed();
-        Ok(())
+        .await
     }
 
     async fn finish(&self) -> Result<()> {
