@@ -469,17 +469,20 @@ impl Registry {
 /// A private CA and a leaf certificate for 127.0.0.1 signed by it (rustls
 /// refuses a self-signed CA used as the server certificate); the CA goes to
 /// `dir/certs/ca.crt` for `--cert-dir`.
+/// Runs `openssl ARGS` in `dir`, failing the test with its stderr.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn make_certs(dir: &Path) {
     require("openssl", "openssl");
     std::fs::create_dir_all(dir.join("certs")).unwrap();
-    let run = |args: &[&str]| {
-        let st = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
-        assert!(
-            st.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req",
         "-x509",

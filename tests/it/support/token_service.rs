@@ -107,14 +107,7 @@ impl TokenService {
     /// for a realm on another host), with its key in `dir`.
     pub fn start(bind_host: &str, dir: &Path) -> TokenService {
         require("openssl", "openssl");
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let run = |args: &[&str]| super::openssl(dir, args);
         run(&[
             "req",
             "-x509",
