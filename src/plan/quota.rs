@@ -149,10 +149,9 @@ pub async fn gate(ctx: &PlanContext, all: &[Target], unresolved: &[Target]) -> R
     let on_host = |t: &Target, host: &str| matches!(&t.source, Reference::Registry(r) if r.host == host);
     let unasked_of = |host: &str| -> Vec<Reference> {
         let mut refs: Vec<Reference> = Vec::new();
+        let mut seen: HashSet<&Reference> = HashSet::new();
         for t in unresolved.iter().filter(|t| on_host(t, host)) {
-            if ctx.memo.source_head(&t.source).is_none()
-                && ctx.memo.root(&t.source).is_none()
-                && !refs.contains(&t.source)
+            if ctx.memo.source_head(&t.source).is_none() && ctx.memo.root(&t.source).is_none() && seen.insert(&t.source)
             {
                 refs.push(t.source.clone());
             }

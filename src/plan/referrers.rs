@@ -247,10 +247,11 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
 
     // The source: each (repository, subject) looked up once.
     let mut asks: Vec<(String, String, Digest)> = Vec::new();
+    let mut asked: HashSet<(String, String, Digest)> = HashSet::new();
     for w in &wants {
         for s in &w.subjects {
             let k = (w.host.clone(), w.repo.clone(), s.clone());
-            if !asks.contains(&k) {
+            if asked.insert(k.clone()) {
                 asks.push(k);
             }
         }
@@ -305,6 +306,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
 
     // Per target: what to copy.
     let mut manifests_wanted: Vec<(String, String, Digest)> = Vec::new();
+    let mut manifests_asked: HashSet<(String, String, Digest)> = HashSet::new();
     let mut lost_warned: HashSet<(String, Digest)> = HashSet::new();
     for w in &wants {
         let p = &mut planned[w.target];
@@ -362,7 +364,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
                     continue;
                 }
                 let k = (w.host.clone(), w.repo.clone(), f.descriptor.digest.clone());
-                if !manifests_wanted.contains(&k) {
+                if manifests_asked.insert(k.clone()) {
                     manifests_wanted.push(k);
                 }
                 tr.copy.push(Referrer {

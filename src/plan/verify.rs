@@ -7,7 +7,7 @@
 //! were found and why each did not count — and the rest of the sync goes on.
 //! `occy info --verify-key` reads signatures the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::stream::{self, StreamExt};
 use tokio::io::AsyncReadExt;
@@ -217,9 +217,10 @@ async fn read_payload(source: &dyn Source, desc: &Descriptor) -> Result<Vec<u8>>
 /// tag, entry) is checked once.
 pub async fn check_targets(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
     let mut wanted: Vec<Job> = Vec::new();
+    let mut seen: HashSet<Job> = HashSet::new();
     for p in planned.iter() {
         let Some(job) = job_of(ctx, p) else { continue };
-        if !wanted.contains(&job) {
+        if seen.insert(job.clone()) {
             wanted.push(job);
         }
     }
