@@ -17,7 +17,7 @@ use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::error::{Error, Result};
 use crate::image::cosign::{PublicKey, Verdict};
 use crate::image::referrers::{cosign_tag, fallback_tag, CosignKind};
-use crate::image::{media_type, Compression, ImageData, Manifest, Platform};
+use crate::image::{media_type, Compression, ImageData, Manifest};
 use crate::plan::expand::{expand_all, Expansion};
 use crate::plan::verify::{read_signatures, signature_reference, tagged_manifest};
 use crate::plan::PlanContext;
@@ -266,11 +266,7 @@ pub async fn gather(reference: &Reference, source: &dyn Source, selection: &Plat
                 .manifests
                 .iter()
                 .map(|d| PlatformEntry {
-                    platform: d
-                        .platform
-                        .as_ref()
-                        .map(Platform::to_string)
-                        .unwrap_or_else(|| "-".into()),
+                    platform: d.platform.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                     digest: d.digest.to_string(),
                     media_type: d.media_type.clone(),
                     size: d.size,

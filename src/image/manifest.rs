@@ -21,7 +21,7 @@ pub struct Descriptor {
     pub digest: Digest,
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
+    pub platform: Option<Box<Platform>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +58,7 @@ pub struct ImageManifest {
     #[serde(default)]
     pub layers: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<Descriptor>,
+    pub subject: Option<Box<Descriptor>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
 }
@@ -90,7 +90,7 @@ pub struct ImageIndex {
     #[serde(default)]
     pub manifests: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<Descriptor>,
+    pub subject: Option<Box<Descriptor>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
 }
@@ -176,12 +176,15 @@ impl RawManifest {
             )));
         }
         if media_type::is_index(&self.media_type) {
-            let idx: ImageIndex = serde_json::from_slice(&self.bytes)
+            let mut idx: ImageIndex = serde_json::from_slice(&self.bytes)
                 .map_err(|e| Error::invalid(format!("malformed index {}: {e}", self.digest)))?;
+            // Parsed manifests live through a whole plan: no spare room.
+            idx.manifests.shrink_to_fit();
             Ok(Manifest::Index(idx))
         } else if media_type::is_image_manifest(&self.media_type) {
-            let m: ImageManifest = serde_json::from_slice(&self.bytes)
+            let mut m: ImageManifest = serde_json::from_slice(&self.bytes)
                 .map_err(|e| Error::invalid(format!("malformed manifest {}: {e}", self.digest)))?;
+            m.layers.shrink_to_fit();
             Ok(Manifest::Image(m))
         } else {
             Err(Error::Unsupported(format!(

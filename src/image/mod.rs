@@ -61,7 +61,7 @@ pub struct ImageData {
     pub manifest: ImageManifest,
     pub config: ConfigBlob,
     /// The platform this image was chosen for, when it came from an index.
-    pub platform: Option<Platform>,
+    pub platform: Option<Box<Platform>>,
 }
 
 impl ImageData {

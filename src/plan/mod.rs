@@ -574,7 +574,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                     Ok(r) => r
                         .images
                         .iter()
-                        .map(|i| i.platform.clone().unwrap_or_else(|| platform_of(i)))
+                        .map(|i| i.platform.as_deref().cloned().unwrap_or_else(|| platform_of(i)))
                         .collect(),
                     Err(e) => {
                         failed.push(failed_target(&spec, src.entry, src.reference.to_string(), e));

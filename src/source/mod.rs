@@ -186,7 +186,7 @@ async fn read_small_blob_once(source: &dyn Source, desc: &Descriptor) -> Result<
 }
 
 /// Reads the config of an image manifest and bundles both.
-pub async fn load_image(source: &dyn Source, raw: RawManifest, platform: Option<Platform>) -> Result<ImageData> {
+pub async fn load_image(source: &dyn Source, raw: RawManifest, platform: Option<Box<Platform>>) -> Result<ImageData> {
     let mut img = image_without_config(raw, platform)?;
     let bytes = read_small_blob(source, &img.manifest.config).await?;
     img.config = ConfigBlob::parse(bytes, &img.manifest.config.digest.to_string())?;
@@ -219,7 +219,7 @@ pub async fn resolve_with(
         Some(r) => r,
         None => source.root_manifest().await?,
     };
-    let load = |raw: RawManifest, platform: Option<Platform>| async move {
+    let load = |raw: RawManifest, platform: Option<Box<Platform>>| async move {
         match configs {
             Configs::Load => load_image(source, raw, platform).await,
             Configs::Skip => image_without_config(raw, platform),
@@ -252,7 +252,7 @@ pub async fn resolve_with(
 
 /// An image known by its manifest alone (see [`Configs::Skip`]): its
 /// config is the descriptor, with an empty parsed config.
-fn image_without_config(raw: RawManifest, platform: Option<Platform>) -> Result<ImageData> {
+fn image_without_config(raw: RawManifest, platform: Option<Box<Platform>>) -> Result<ImageData> {
     let manifest = match raw.parse()? {
         Manifest::Image(m) => m,
         Manifest::Index(_) => {

@@ -603,7 +603,7 @@ pub fn write_layout(dir: &Path, specs: &[NamedSpec]) -> Result<Vec<Generated>> {
                 for img in imgs {
                     let g = writer.write_image(img)?;
                     let mut d = g.manifest.clone();
-                    d.platform = Some(img.platform.clone());
+                    d.platform = Some(Box::new(img.platform.clone()));
                     entries.push(d);
                     images.push(g);
                 }
