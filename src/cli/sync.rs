@@ -169,7 +169,7 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         // other work than the reviewer saw.
         // A shard does its share of the saved graph: its nodes must be
         // the saved ones, but the other shards' nodes are not missing.
-        let differences = saved.differences(&plan.nodes, plan.shard.is_none(), 5);
+        let differences = saved.differences(&plan.graph, plan.shard.is_none(), 5);
         if !differences.is_empty() {
             return Err(Error::usage(format!(
                 "the plan {} no longer matches the destinations, so applying it would do other work than it shows:\n  {}\nmake a new plan with --plan --out {}",

@@ -636,19 +636,22 @@ impl<'a> Walk<'a> {
             return r;
         }
         match &work.how {
-            Some(How::Mount { from, or, remembered }) => {
+            Some(How::Mount(m)) => {
                 let _permit = self.transfers.acquire().await;
                 let desc = work
                     .source_blob
                     .clone()
                     .ok_or_else(|| Error::invalid("a mount without a blob"))?;
-                if self.mount(io, owner, &desc.digest, from, or, *remembered).await? {
+                if self
+                    .mount(io, owner, &desc.digest, &m.from, &m.or, m.remembered)
+                    .await?
+                {
                     tally(&self.mounted, owner);
                     return Ok(());
                 }
                 // Declined (the repository lost it, or may not be read):
                 // upload it after all.
-                info!(blob = %desc.digest, from, "mount declined, uploading instead");
+                info!(blob = %desc.digest, from = %m.from, "mount declined, uploading instead");
                 let raw = io.source.open_blob(&desc).await?;
                 let counted: BlobReader = Box::pin(CountingReader {
                     inner: raw,
@@ -727,9 +730,12 @@ impl<'a> Walk<'a> {
                 note_all();
                 Ok(())
             }
-            Some(How::Mount { from, or, remembered }) => {
+            Some(How::Mount(m)) => {
                 let _permit = self.transfers.acquire().await;
-                if !self.mount(io, owner, &desc.digest, from, or, *remembered).await? {
+                if !self
+                    .mount(io, owner, &desc.digest, &m.from, &m.or, m.remembered)
+                    .await?
+                {
                     let bytes = config_bytes(&io.resolved, &self.configs, &desc.digest)?;
                     put_bytes(io.sink.as_ref(), &desc, bytes).await?;
                 }

@@ -26,14 +26,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::BuildHasher as _;
+use std::sync::Arc;
 
-use futures_util::stream::{self, StreamExt};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
-use super::{Action, BlobCounts, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
+use super::{Action, BlobCounts, PlanContext, PlannedTarget};
 use crate::blob_locations::Remembered;
 use crate::cache::LayerCache;
 use crate::filter::FilterSpec;
@@ -49,23 +50,34 @@ pub use crate::sink::kind::StoredForm;
 pub enum How {
     /// The store holds it already.
     Present,
-    /// Mounted from another repository of the same registry: `from`, then
-    /// each of `or` in turn while the registry declines; uploaded when all
-    /// decline.
-    Mount {
-        from: String,
-        /// More repositories to try (remembered ones), in order.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        or: Vec<String>,
-        /// Whether the repositories are remembered from earlier runs (the
-        /// blob-location cache), not known to hold the blob in this one.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        remembered: bool,
-    },
+    /// Mounted from another repository of the same registry (boxed: most
+    /// nodes are not mounts, and a node is small).
+    Mount(Box<Mount>),
     /// Sent to a registry.
     Upload,
     /// Written to a file destination.
     Write,
+}
+
+/// A mount: from `from`, then each of `or` in turn while the registry
+/// declines; uploaded when all decline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub from: String,
+    /// More repositories to try (remembered ones), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub or: Vec<String>,
+    /// Whether the repositories are remembered from earlier runs (the
+    /// blob-location cache), not known to hold the blob in this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remembered: bool,
+}
+
+impl How {
+    /// A mount from `from`, then from each of `or`.
+    pub fn mount(from: String, or: Vec<String>, remembered: bool) -> How {
+        How::Mount(Box::new(Mount { from, or, remembered }))
+    }
 }
 
 impl How {
@@ -87,7 +99,7 @@ impl How {
     /// upload or a mount from remembered repositories (hints of earlier
     /// runs, which the registry's answer turns into one or the other).
     pub fn agrees_with(&self, other: &How) -> bool {
-        let hinted = |h: &How| matches!(h, How::Upload | How::Mount { remembered: true, .. });
+        let hinted = |h: &How| matches!(h, How::Upload) || matches!(h, How::Mount(m) if m.remembered);
         self == other || (hinted(self) && hinted(other))
     }
 }
@@ -106,7 +118,7 @@ pub fn describe_work(w: &Work) -> String {
             let verb = match &w.how {
                 Some(How::Upload) => "upload".to_string(),
                 Some(How::Write) => "write".to_string(),
-                Some(How::Mount { from, .. }) => format!("mount (from {from})"),
+                Some(How::Mount(m)) => format!("mount (from {})", m.from),
                 _ => "find".to_string(),
             };
             let what = w
@@ -129,10 +141,8 @@ pub fn describe_work(w: &Work) -> String {
 pub fn how_word(how: Option<&How>) -> String {
     match how {
         None => "nothing to move".to_string(),
-        Some(How::Mount {
-            from, remembered: true, ..
-        }) => format!("mount from {from} (remembered)"),
-        Some(How::Mount { from, .. }) => format!("mount from {from}"),
+        Some(How::Mount(m)) if m.remembered => format!("mount from {} (remembered)", m.from),
+        Some(How::Mount(m)) => format!("mount from {}", m.from),
         Some(h) => h.name().to_string(),
     }
 }
@@ -239,7 +249,7 @@ pub struct Work {
     pub targets: Vec<usize>,
     /// The source blob a fetch reads, or a blob copies (for the executor).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub source_blob: Option<Descriptor>,
+    pub source_blob: Option<Arc<Descriptor>>,
     /// The uncompressed digest of a layer (plain-tar stores keep it).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub diff_id: Option<Digest>,
@@ -255,11 +265,11 @@ pub struct Work {
 }
 
 /// A "needs" edge: `to` needs `from`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct EdgeOut {
     pub from: usize,
     pub to: usize,
-    pub label: String,
+    pub label: &'static str,
 }
 
 /// The nodes of one writing target, in commit order.
@@ -290,8 +300,8 @@ pub struct ImageWork {
 /// The graph of a run.
 #[derive(Debug, Clone, Default)]
 pub struct WorkGraph {
-    pub graph: StableDiGraph<Work, String>,
-    by_key: HashMap<NodeKey, NodeIndex>,
+    pub graph: StableDiGraph<Work, &'static str>,
+    by_key: KeyIndex,
     /// Planned target index → its nodes (writing targets only).
     pub targets: BTreeMap<usize, TargetWork>,
     /// What each `referrer` node puts.
@@ -307,6 +317,18 @@ pub struct ReferrerWork {
     pub manifest: crate::image::RawManifest,
     pub descriptor: Descriptor,
     pub tag: Option<String>,
+}
+
+/// The JSON plan's `nodes` and `edges`, written from the graph as they are
+/// serialized (a plan of 10,000 targets holds its nodes once).
+impl Serialize for WorkGraph {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("nodes", &self.works())?;
+        map.serialize_entry("edges", &self.edges_out())?;
+        map.end()
+    }
 }
 
 /// Where a destination keeps blobs, and what it is.
@@ -371,18 +393,64 @@ fn layer_compression(desc: &Descriptor) -> Compression {
     Compression::from_media_type(&desc.media_type).unwrap_or(Compression::Gzip)
 }
 
+/// The node of each key, found by the key's hash: the keys themselves are
+/// kept once, in the graph's nodes (a 10,000-target plan has 70,000 of
+/// them).
+#[derive(Debug, Clone, Default)]
+struct KeyIndex {
+    hasher: std::hash::RandomState,
+    /// Key hash → the node of the first key with that hash.
+    first: HashMap<u64, NodeIndex>,
+    /// The keys whose hash an other key has (rare, but kept exact).
+    more: HashMap<NodeKey, NodeIndex>,
+}
+
+impl KeyIndex {
+    fn get(&self, graph: &StableDiGraph<Work, &'static str>, key: &NodeKey) -> Option<NodeIndex> {
+        let i = *self.first.get(&self.hasher.hash_one(key))?;
+        if graph.node_weight(i).is_some_and(|w| w.key == *key) {
+            Some(i)
+        } else {
+            self.more.get(key).copied()
+        }
+    }
+
+    /// Records that node `i` has `key` (replacing an earlier node of it).
+    fn insert(&mut self, graph: &StableDiGraph<Work, &'static str>, key: &NodeKey, i: NodeIndex) {
+        use std::collections::hash_map::Entry;
+        match self.first.entry(self.hasher.hash_one(key)) {
+            Entry::Vacant(e) => {
+                e.insert(i);
+            }
+            Entry::Occupied(mut e) => {
+                if graph.node_weight(*e.get()).is_none_or(|w| w.key == *key) {
+                    e.insert(i);
+                } else {
+                    self.more.insert(key.clone(), i);
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.first.clear();
+        self.more.clear();
+    }
+}
+
 impl WorkGraph {
     fn node(&mut self, key: NodeKey, target: usize, init: impl FnOnce(&mut Work)) -> (NodeIndex, bool) {
-        if let Some(&i) = self.by_key.get(&key) {
+        if let Some(i) = self.by_key.get(&self.graph, &key) {
             let w = &mut self.graph[i];
-            if !w.targets.contains(&target) {
-                w.targets.push(target);
+            // Targets come in order, so this is mostly a push.
+            if let Err(at) = w.targets.binary_search(&target) {
+                w.targets.insert(at, target);
             }
             return (i, false);
         }
         let mut w = Work {
             id: 0,
-            key: key.clone(),
+            key,
             bytes: 0,
             how: None,
             estimated: false,
@@ -395,26 +463,26 @@ impl WorkGraph {
         };
         init(&mut w);
         let i = self.graph.add_node(w);
-        self.by_key.insert(key, i);
+        self.by_key.insert(&self.graph, &self.graph[i].key, i);
         (i, true)
     }
 
-    fn edge(&mut self, from: NodeIndex, to: NodeIndex, label: &str) {
-        if !self.graph.edges_connecting(from, to).any(|e| e.weight() == label) {
-            self.graph.add_edge(from, to, label.to_string());
+    fn edge(&mut self, from: NodeIndex, to: NodeIndex, label: &'static str) {
+        if !self.graph.edges_connecting(from, to).any(|e| *e.weight() == label) {
+            self.graph.add_edge(from, to, label);
         }
     }
 
     /// The node a key names.
     pub fn find(&self, key: &NodeKey) -> Option<NodeIndex> {
-        self.by_key.get(key).copied()
+        self.by_key.get(&self.graph, key)
     }
 
     /// The nodes `i` needs.
     pub fn needs(&self, i: NodeIndex) -> Vec<(NodeIndex, &str)> {
         self.graph
             .edges_directed(i, Direction::Incoming)
-            .map(|e| (e.source(), e.weight().as_str()))
+            .map(|e| (e.source(), *e.weight()))
             .collect()
     }
 
@@ -422,7 +490,7 @@ impl WorkGraph {
     pub fn needed_by(&self, i: NodeIndex) -> Vec<(NodeIndex, &str)> {
         self.graph
             .edges_directed(i, Direction::Outgoing)
-            .map(|e| (e.target(), e.weight().as_str()))
+            .map(|e| (e.target(), *e.weight()))
             .collect()
     }
 
@@ -440,24 +508,24 @@ impl WorkGraph {
         }
     }
 
-    /// The nodes, for the JSON plan.
-    pub fn nodes_out(&self) -> Vec<Work> {
-        let mut v: Vec<Work> = self.graph.node_weights().cloned().collect();
+    /// The nodes in the order of their ids (the JSON plan's order).
+    pub fn works(&self) -> Vec<&Work> {
+        let mut v: Vec<&Work> = self.graph.node_weights().collect();
         v.sort_by_key(|w| w.id);
         v
     }
 
-    /// The edges, for the JSON plan.
+    /// The edges, for the JSON plan and DOT, by (from, to, label).
     pub fn edges_out(&self) -> Vec<EdgeOut> {
         let mut v: Vec<EdgeOut> = (&self.graph)
             .edge_references()
             .map(|e| EdgeOut {
                 from: self.graph[e.source()].id,
                 to: self.graph[e.target()].id,
-                label: e.weight().clone(),
+                label: e.weight(),
             })
             .collect();
-        v.sort_by(|a, b| (a.from, a.to, &a.label).cmp(&(b.from, b.to, &b.label)));
+        v.sort_by(|a, b| (a.from, a.to, a.label).cmp(&(b.from, b.to, b.label)));
         v
     }
 
@@ -505,11 +573,10 @@ impl WorkGraph {
                 if !seen.insert(i) || w.targets.first() != Some(&target) {
                     continue;
                 }
-                if let Some(How::Mount {
-                    from, remembered: true, ..
-                }) = &w.how
-                {
-                    *out.entry(from.clone()).or_default() += 1;
+                if let Some(How::Mount(m)) = &w.how {
+                    if m.remembered {
+                        *out.entry(m.from.clone()).or_default() += 1;
+                    }
                 }
             }
         }
@@ -553,9 +620,9 @@ impl WorkGraph {
                 _ => {}
             }
         }
-        for w in self.graph.node_weights() {
-            if let NodeKey::Rewrite { .. } = &w.key {
-                for (to, _) in self.needed_by(self.by_key[&w.key]) {
+        for i in self.graph.node_indices() {
+            if let NodeKey::Rewrite { .. } = &self.graph[i].key {
+                for (to, _) in self.needed_by(i) {
                     if let Some(store) = self.graph[to].key.store() {
                         out.entry(store.to_string()).or_default().rewrites_in += 1;
                     }
@@ -683,16 +750,7 @@ impl WorkGraph {
                     "{} {}\\n{}\\n{}",
                     w.key.kind(),
                     short_blob(blob),
-                    w.how
-                        .as_ref()
-                        .map(|h| match h {
-                            How::Mount {
-                                from, remembered: true, ..
-                            } => format!("mount from {from} (remembered)"),
-                            How::Mount { from, .. } => format!("mount from {from}"),
-                            other => other.name().to_string(),
-                        })
-                        .unwrap_or_default(),
+                    w.how.as_ref().map(|h| how_word(Some(h))).unwrap_or_default(),
                     store
                 ),
                 NodeKey::Manifest { manifest, .. } | NodeKey::Index { manifest, .. } => {
@@ -749,7 +807,7 @@ impl WorkGraph {
             let _ = writeln!(s, "  n{} [label=\"{}\", {}];", w.id, label(w), shape(w));
         }
         for e in self.edges_out() {
-            let _ = writeln!(s, "  n{} -> n{} [label=\"{}\"];", e.from, e.to, dot_escape(&e.label));
+            let _ = writeln!(s, "  n{} -> n{} [label=\"{}\"];", e.from, e.to, dot_escape(e.label));
         }
         s.push_str("}\n");
         s
@@ -826,25 +884,19 @@ pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
 fn saved_candidates(nodes: &[Work]) -> Remembered {
     let mut r = Remembered::default();
     for w in nodes {
-        let (
-            Some(How::Mount {
-                from,
-                or,
-                remembered: true,
-            }),
-            Some(store),
-            Some(desc),
-        ) = (&w.how, w.key.store(), &w.source_blob)
-        else {
+        let (Some(How::Mount(m)), Some(store), Some(desc)) = (&w.how, w.key.store(), &w.source_blob) else {
             continue;
         };
+        if !m.remembered {
+            continue;
+        }
         let Some(host) = store.strip_prefix("registry://").and_then(|s| s.split('/').next()) else {
             continue;
         };
         r.add(
             host,
             &desc.digest,
-            std::iter::once(from.clone()).chain(or.iter().cloned()),
+            std::iter::once(m.from.clone()).chain(m.or.iter().cloned()),
         );
     }
     r
@@ -863,6 +915,22 @@ fn assemble(
     remembered: &Remembered,
 ) -> WorkGraph {
     let mut g = WorkGraph::default();
+    // Room for the nodes and edges up front (each a few per layer and per
+    // target; shared layers make fewer): growing by doubling would hold the
+    // old and the new array at once.
+    let (nodes, edges) = planned
+        .iter()
+        .filter(|t| t.action.writes())
+        .filter_map(|t| t.resolved.as_ref())
+        .map(|r| {
+            let layers: usize = r.images.iter().map(|i| i.manifest.layers.len()).sum();
+            let images = r.images.len();
+            (2 * layers + 3 * images + 3, 2 * layers + 3 * images + 3)
+        })
+        .fold((0, 0), |(n, e), (a, b)| (n + a, e + b));
+    g.graph.reserve_nodes(nodes);
+    g.graph.reserve_edges(edges);
+    g.by_key.first.reserve(nodes);
     // (host, digest) → the upload node that first sends it there, and its repository.
     let mut uploaded_on: Uploads = HashMap::new();
     for (ti, t) in planned.iter().enumerate() {
@@ -895,6 +963,8 @@ fn assemble(
             let mut layers = Vec::new();
             let mut rewrites = Vec::new();
             for (li, desc) in img.manifest.layers.iter().enumerate() {
+                // One copy of the descriptor for the layer's blob and fetch nodes.
+                let shared = Arc::new(desc.clone());
                 let diff_id = img.diff_id(li).ok().cloned();
                 let plain_key = match store.form {
                     StoredForm::Compressed => Some(desc.digest.clone()),
@@ -943,7 +1013,7 @@ fn assemble(
                         w.how = Some(how.clone());
                         w.bytes = if sends { desc.size } else { 0 };
                         w.estimated = rewrites_content && cached.is_none();
-                        w.source_blob = Some(desc.clone());
+                        w.source_blob = Some(Arc::clone(&shared));
                         w.diff_id = diff_id.clone();
                         w.form = Some(store.form);
                     },
@@ -960,7 +1030,7 @@ fn assemble(
                         ti,
                         |w| {
                             w.bytes = desc.size;
-                            w.source_blob = Some(desc.clone());
+                            w.source_blob = Some(Arc::clone(&shared));
                             w.diff_id = diff_id.clone();
                             w.estimated = true;
                         },
@@ -974,7 +1044,7 @@ fn assemble(
                     } else if g.graph[r].compression.is_none() {
                         g.graph[r].compression = Some(Compression::None);
                     }
-                    let f = fetch_node(&mut g, &src_store, desc, diff_id.as_ref(), ti);
+                    let f = fetch_node(&mut g, &src_store, &shared, diff_id.as_ref(), ti);
                     g.edge(f, r, "feeds");
                     if rewrites_content && sends {
                         g.edge(r, blob, "rewritten to");
@@ -984,7 +1054,7 @@ fn assemble(
                     Some(r)
                 } else {
                     if sends && created {
-                        let f = fetch_node(&mut g, &src_store, desc, diff_id.as_ref(), ti);
+                        let f = fetch_node(&mut g, &src_store, &shared, diff_id.as_ref(), ti);
                         g.edge(f, blob, "copied to");
                     }
                     None
@@ -995,6 +1065,7 @@ fn assemble(
             }
             // The config: the source's, or the filtered one (unknown yet).
             let cfg = &img.manifest.config;
+            let shared = Arc::new(cfg.clone());
             let changes_config = rewrites_content || chain.config_timestamp().is_some();
             let wanted = if changes_config {
                 WantedBlob {
@@ -1018,14 +1089,14 @@ fn assemble(
                     w.bytes = if how.sends() { cfg.size } else { 0 };
                     w.how = Some(how.clone());
                     w.estimated = changes_config;
-                    w.source_blob = Some(cfg.clone());
+                    w.source_blob = Some(Arc::clone(&shared));
                 },
             );
             note_upload(&mut g, &mut uploaded_on, &store, &how, &wanted, config);
             // A config planning did not read is read once for every store
             // that writes it (a registry that holds it needs none).
             if img.config.bytes.is_empty() && !changes_config && (store.host.is_none() || how != How::Present) {
-                let f = fetch_node(&mut g, &src_store, cfg, None, ti);
+                let f = fetch_node(&mut g, &src_store, &shared, None, ti);
                 g.edge(f, config, "config read");
             }
             let manifest_name = if changes_config || rewrites_content {
@@ -1125,7 +1196,11 @@ fn assemble(
     }
     // Keys were made with a per-destination store for manifests (so two
     // tags of one repository commit separately); rebuild the key map.
-    g.by_key = g.graph.node_indices().map(|i| (g.graph[i].key.clone(), i)).collect();
+    // (Cleared in place: the old map's room is reused, not doubled.)
+    g.by_key.clear();
+    for i in g.graph.node_indices() {
+        g.by_key.insert(&g.graph, &g.graph[i].key, i);
+    }
     g.renumber();
     g
 }
@@ -1176,6 +1251,7 @@ fn add_referrers(
             );
         }
         for (bi, desc) in rf.blobs.iter().enumerate() {
+            let shared = Arc::new(desc.clone());
             let wanted = WantedBlob {
                 blob: desc.digest.to_string(),
                 lookup: Some(desc.digest.clone()),
@@ -1199,12 +1275,12 @@ fn add_referrers(
                 |w| {
                     w.how = Some(how.clone());
                     w.bytes = if sends { desc.size } else { 0 };
-                    w.source_blob = Some(desc.clone());
+                    w.source_blob = Some(Arc::clone(&shared));
                     w.form = Some(StoredForm::Compressed);
                 },
             );
             if sends && made {
-                let f = fetch_node(g, at.src_store, desc, None, ti);
+                let f = fetch_node(g, at.src_store, &shared, None, ti);
                 g.edge(f, blob, "copied to");
             }
             note_upload(g, uploaded_on, store, &how, &wanted, blob);
@@ -1259,7 +1335,13 @@ pub fn add_prunes(g: &mut WorkGraph, prunes: &[super::prune::PruneTag]) {
     g.renumber();
 }
 
-fn fetch_node(g: &mut WorkGraph, src_store: &str, desc: &Descriptor, diff_id: Option<&Digest>, ti: usize) -> NodeIndex {
+fn fetch_node(
+    g: &mut WorkGraph,
+    src_store: &str,
+    desc: &Arc<Descriptor>,
+    diff_id: Option<&Digest>,
+    ti: usize,
+) -> NodeIndex {
     g.node(
         NodeKey::Fetch {
             source: src_store.to_string(),
@@ -1268,7 +1350,7 @@ fn fetch_node(g: &mut WorkGraph, src_store: &str, desc: &Descriptor, diff_id: Op
         ti,
         |w| {
             w.bytes = desc.size;
-            w.source_blob = Some(desc.clone());
+            w.source_blob = Some(Arc::clone(desc));
             w.diff_id = diff_id.cloned();
         },
     )
@@ -1321,12 +1403,15 @@ fn note_upload(
     match how {
         // A mount from a remembered repository brings the blob here too
         // (mounted, or uploaded when declined): later targets mount from here.
-        How::Upload | How::Mount { remembered: true, .. } => {
+        How::Upload => {
             uploads.entry(key).or_insert((node, repo.clone()));
         }
-        How::Mount { from, .. } => {
+        How::Mount(m) if m.remembered => {
+            uploads.entry(key).or_insert((node, repo.clone()));
+        }
+        How::Mount(m) => {
             if let Some((up, up_repo)) = uploads.get(&key) {
-                if *up != node && up_repo == from {
+                if *up != node && *up_repo == m.from {
                     g.edge(*up, node, "mounted from");
                 }
             }
@@ -1356,11 +1441,7 @@ fn blob_how(
     }
     let Some(host) = &store.host else { return How::Write };
     let key = (host.clone(), d.clone());
-    let mount = |from: &String| How::Mount {
-        from: from.clone(),
-        or: Vec::new(),
-        remembered: false,
-    };
+    let mount = |from: &String| How::mount(from.clone(), Vec::new(), false);
     if let Some((_, repo)) = uploads.get(&key) {
         if Some(repo) != store.repository.as_ref() {
             return mount(repo);
@@ -1379,11 +1460,7 @@ fn blob_how(
         return How::Upload;
     }
     let from = candidates.remove(0);
-    How::Mount {
-        from,
-        or: candidates,
-        remembered: true,
-    }
+    How::mount(from, candidates, true)
 }
 
 /// What the stores hold now: one HEAD per (repository, blob) for
@@ -1468,21 +1545,17 @@ async fn presence(ctx: &PlanContext, planned: &[PlannedTarget]) -> Presence {
             }
         }
     }
-    let found: Vec<(String, String, String, Digest)> = stream::iter(asks)
-        .map(|(store, host, repo, d)| async move {
-            let client: Option<RegistryClient> = super::expand::RegistryAccess::client(ctx, &host).ok();
-            let there = match client {
-                Some(c) => matches!(c.head_blob(&repo, &d).await, Ok(Some(_))),
-                None => false,
-            };
-            there.then_some((store, host, repo, d))
-        })
-        .buffered(PLAN_CONCURRENCY)
-        .filter_map(|x| async move { x })
-        .collect()
-        .await;
+    let found = super::concurrently_in_order(asks, |(store, host, repo, d)| async move {
+        let client: Option<RegistryClient> = super::expand::RegistryAccess::client(ctx, &host).ok();
+        let there = match client {
+            Some(c) => matches!(c.head_blob(&repo, &d).await, Ok(Some(_))),
+            None => false,
+        };
+        there.then_some((store, host, repo, d))
+    })
+    .await;
     let mut p = Presence::default();
-    for (store, host, repo, d) in found {
+    for (store, host, repo, d) in found.into_iter().flatten() {
         p.on_host.entry((host, d.clone())).or_insert(repo);
         p.held.insert((store, d));
     }
@@ -1500,16 +1573,8 @@ mod tests {
 
     #[test]
     fn a_remembered_mount_agrees_with_an_upload_and_nothing_else_changes() {
-        let remembered = |from: &str| How::Mount {
-            from: from.into(),
-            or: Vec::new(),
-            remembered: true,
-        };
-        let known = How::Mount {
-            from: "a".into(),
-            or: Vec::new(),
-            remembered: false,
-        };
+        let remembered = |from: &str| How::mount(from.into(), Vec::new(), true);
+        let known = How::mount("a".into(), Vec::new(), false);
         assert!(remembered("a").agrees_with(&How::Upload));
         assert!(How::Upload.agrees_with(&remembered("b")));
         assert!(remembered("a").agrees_with(&remembered("b")));

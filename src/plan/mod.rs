@@ -20,7 +20,7 @@ pub mod shard;
 pub mod state;
 pub mod verify;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -318,12 +318,11 @@ pub struct Plan {
     /// Per store (a registry repository, a file destination) and per
     /// source: what applying does there.
     pub stores: BTreeMap<String, graph::StoreTotals>,
-    /// The work graph: its nodes, and its edges (`to` needs `from`).
-    pub nodes: Vec<graph::Work>,
-    pub edges: Vec<graph::EdgeOut>,
     /// Layers needed by more than one store, and what happens to each.
     pub shared: Vec<String>,
-    #[serde(skip)]
+    /// The work graph: its nodes, and its edges (`to` needs `from`),
+    /// serialized as `nodes` and `edges`.
+    #[serde(flatten)]
     pub graph: graph::WorkGraph,
 }
 
@@ -423,12 +422,13 @@ impl SavedPlan {
     /// way). Ids and the order of nodes do not matter.
     /// With `whole` false (one shard of the saved plan), saved nodes that
     /// `now` lacks are not differences.
-    pub fn differences(&self, now: &[graph::Work], whole: bool, limit: usize) -> Vec<String> {
+    pub fn differences(&self, now: &graph::WorkGraph, whole: bool, limit: usize) -> Vec<String> {
+        let now = now.works();
         let saved: HashMap<&graph::NodeKey, &Option<graph::How>> =
             self.nodes.iter().map(|w| (&w.key, &w.how)).collect();
         let current: HashMap<&graph::NodeKey, &Option<graph::How>> = now.iter().map(|w| (&w.key, &w.how)).collect();
         let mut out = Vec::new();
-        for w in now {
+        for w in &now {
             match saved.get(&w.key) {
                 None => out.push(format!("{} is new", graph::describe_work(w))),
                 Some(how) if !same_how(how, &w.how) => out.push(format!(
@@ -518,6 +518,28 @@ fn image_name(src: &SourceImage) -> ImageName {
     }
 }
 
+/// Runs `f` on each item, [`PLAN_CONCURRENCY`] at a time, and returns the
+/// results in the items' order. Whichever request answers first makes room
+/// for the next (one slow answer does not hold the others back, as an
+/// ordered buffer would).
+pub(crate) async fn concurrently_in_order<I, T, F, Fut>(items: I, f: F) -> Vec<T>
+where
+    I: IntoIterator,
+    F: Fn(I::Item) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut out: Vec<(usize, T)> = stream::iter(items.into_iter().enumerate())
+        .map(|(i, item)| {
+            let fut = f(item);
+            async move { (i, fut.await) }
+        })
+        .buffer_unordered(PLAN_CONCURRENCY)
+        .collect()
+        .await;
+    out.sort_unstable_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, t)| t).collect()
+}
+
 /// Builds the plan: expands, resolves and diffs every target.
 pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     let spec = ctx.spec.clone();
@@ -553,6 +575,12 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
 
     // Resolve each distinct (source, platforms) once.
     let mut wanted: Vec<(Reference, PlatformSelection)> = Vec::new();
+    let mut wanted_keys: HashSet<(Reference, String)> = HashSet::new();
+    let mut want = |r: &Reference, p: &PlatformSelection| {
+        if wanted_keys.insert((r.clone(), platforms_key(p))) {
+            wanted.push((r.clone(), p.clone()));
+        }
+    };
     let mut targets: Vec<Target> = Vec::new();
     for src in &sources {
         let entry = &spec.entries[src.entry];
@@ -586,9 +614,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                     fields.platform = p.to_string();
                     let sel = PlatformSelection::List(vec![p]);
                     targets.push(make_target(&spec, src, &fields, dest, sel.clone(), pinned.clone())?);
-                    if !wanted.contains(&(src.reference.clone(), sel.clone())) {
-                        wanted.push((src.reference.clone(), sel));
-                    }
+                    want(&src.reference, &sel);
                 }
                 continue;
             }
@@ -600,11 +626,12 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                 platforms.clone(),
                 pinned.clone(),
             )?);
-            if !wanted.contains(&(src.reference.clone(), platforms.clone())) {
-                wanted.push((src.reference.clone(), platforms.clone()));
-            }
+            want(&src.reference, &platforms);
         }
     }
+    // What a plan of 10,000 targets holds while it builds the graph is
+    // mostly per target: what only led to the targets goes now.
+    drop((sources, wanted_keys));
     if !ctx.only.is_empty() {
         targets.retain(|t| {
             let s = t.source.to_string();
@@ -679,6 +706,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         planned.sort_by_key(|t| t.entry);
         sharded = Some((selected.info, selected.assignment));
     }
+    drop(wanted);
     // `verify:`: an image without a valid signature is not planned.
     verify::check_targets(ctx, &mut planned).await;
     referrers::plan(ctx, &mut planned, &mut warnings).await;
@@ -772,8 +800,6 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     Ok(Plan {
         plan_version: PLAN_VERSION,
         stores: work.store_totals(),
-        nodes: work.nodes_out(),
-        edges: work.edges_out(),
         shared: work.shared_lines(),
         graph: work,
         sync_file: spec.source.name.clone(),
@@ -897,6 +923,7 @@ fn check_clashes(spec: &SyncSpec, targets: &[Target]) -> Result<()> {
 
 fn pinned_sources(ctx: &PlanContext, saved: &SavedPlan) -> Result<Vec<SourceImage>> {
     let mut out: Vec<SourceImage> = Vec::new();
+    let mut seen: HashSet<(Reference, usize)> = HashSet::new();
     for t in &saved.targets {
         if t.entry >= ctx.spec.entries.len() {
             return Err(Error::usage(format!(
@@ -924,7 +951,7 @@ fn pinned_sources(ctx: &PlanContext, saved: &SavedPlan) -> Result<Vec<SourceImag
                 }
             }
         };
-        if !out.iter().any(|s| s.reference == reference && s.entry == t.entry) {
+        if seen.insert((reference.clone(), t.entry)) {
             out.push(SourceImage {
                 entry: t.entry,
                 reference,
@@ -1112,21 +1139,19 @@ type Resolutions = HashMap<(String, String), std::result::Result<Arc<ResolvedIma
 
 /// Resolves every (source, platforms) some target reads.
 async fn resolve_all(ctx: &PlanContext, targets: &[Target], wanted: &[(Reference, PlatformSelection)]) -> Resolutions {
+    // (source, platforms) → whether some target reading it needs its configs.
+    let mut read: HashMap<(&Reference, String), bool> = HashMap::new();
+    for t in targets {
+        *read.entry((&t.source, platforms_key(&t.platforms))).or_default() |= needs_configs(t);
+    }
     stream::iter(
         wanted
             .iter()
-            .filter(|(r, p)| targets.iter().any(|t| &t.source == r && &t.platforms == p)),
+            .filter_map(|(r, p)| read.get(&(r, platforms_key(p))).map(|&configs| (r, p, configs))),
     )
-    .map(|(r, p)| async move {
+    .map(|(r, p, configs)| async move {
         let key = (r.to_string(), platforms_key(p));
-        let configs = if targets
-            .iter()
-            .any(|t| &t.source == r && &t.platforms == p && needs_configs(t))
-        {
-            Configs::Load
-        } else {
-            Configs::Skip
-        };
+        let configs = if configs { Configs::Load } else { Configs::Skip };
         (
             key,
             resolve_reading(ctx, r, p, configs)
@@ -1142,15 +1167,12 @@ async fn resolve_all(ctx: &PlanContext, targets: &[Target], wanted: &[(Reference
 
 /// Compares each target's destination with what its resolved source gives.
 async fn diff_all(ctx: &PlanContext, targets: Vec<Target>, resolutions: &Resolutions) -> Vec<PlannedTarget> {
-    stream::iter(targets)
-        .map(|t| {
-            let key = (t.source.to_string(), platforms_key(&t.platforms));
-            let resolved = resolutions.get(&key).cloned();
-            async move { diff_target(ctx, t, resolved).await }
-        })
-        .buffered(PLAN_CONCURRENCY)
-        .collect()
-        .await
+    concurrently_in_order(targets, |t| {
+        let key = (t.source.to_string(), platforms_key(&t.platforms));
+        let resolved = resolutions.get(&key).cloned();
+        diff_target(ctx, t, resolved)
+    })
+    .await
 }
 
 /// The digest a registry or OCI-layout destination's tag names now (one

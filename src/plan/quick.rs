@@ -18,13 +18,16 @@
 //! Every other target (a changed one, files and daemons) takes the full
 //! path, which fetches what it needs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 
 use super::expand::RegistryAccess;
-use super::{output_key, planned_target, tagged_digest, Action, PlanContext, PlannedTarget, Target, PLAN_CONCURRENCY};
+use super::{
+    concurrently_in_order, output_key, planned_target, tagged_digest, Action, PlanContext, PlannedTarget, Target,
+    PLAN_CONCURRENCY,
+};
 use crate::image::media_type::is_index;
 use crate::image::{Descriptor, Digest, Manifest, RawManifest};
 use crate::reference::Reference;
@@ -171,21 +174,19 @@ async fn expected_for(
 /// only for targets whose destination holds something, since a target the
 /// destination lacks is resolved in full anyway.
 pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<PlannedTarget>, Vec<Target>) {
-    let with_current: Vec<(Target, Option<Digest>)> = stream::iter(targets)
-        .map(|t| async move {
-            let current = if eligible(&t) {
-                tagged_digest(ctx, &t).await.ok().flatten()
-            } else {
-                None
-            };
-            (t, current)
-        })
-        .buffered(PLAN_CONCURRENCY)
-        .collect()
-        .await;
+    let with_current: Vec<(Target, Option<Digest>)> = concurrently_in_order(targets, |t| async move {
+        let current = if eligible(&t) {
+            tagged_digest(ctx, &t).await.ok().flatten()
+        } else {
+            None
+        };
+        (t, current)
+    })
+    .await;
     let mut sources: Vec<Reference> = Vec::new();
+    let mut asked: HashSet<&Reference> = HashSet::new();
     for (t, _) in with_current.iter().filter(|(_, c)| c.is_some()) {
-        if !sources.contains(&t.source) {
+        if asked.insert(&t.source) {
             sources.push(t.source.clone());
         }
     }
@@ -195,32 +196,29 @@ pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<Pl
         .filter_map(|(k, head)| async move { head.map(|h| (k, h)) })
         .collect()
         .await;
-    let checked: Vec<Result<PlannedTarget, Target>> = stream::iter(with_current)
-        .map(|(t, current)| {
-            let head = heads.get(&t.source.to_string()).cloned();
-            async move {
-                let (Some(head), Some(current)) = (head, current) else {
-                    return Err(t);
-                };
-                if t.pinned.as_ref().is_some_and(|pin| *pin != head.digest) {
-                    return Err(t);
-                }
-                match expected_for(ctx, &t, &head, Some(&current)).await {
-                    Some((expected, platforms)) if expected == current => Ok(PlannedTarget {
-                        source_digest: Some(head.digest.clone()),
-                        platforms,
-                        expected: Some(expected),
-                        current: Some(current),
-                        action: Action::Unchanged,
-                        ..planned_target(t)
-                    }),
-                    _ => Err(t),
-                }
+    let checked: Vec<Result<PlannedTarget, Target>> = concurrently_in_order(with_current, |(t, current)| {
+        let head = heads.get(&t.source.to_string()).cloned();
+        async move {
+            let (Some(head), Some(current)) = (head, current) else {
+                return Err(t);
+            };
+            if t.pinned.as_ref().is_some_and(|pin| *pin != head.digest) {
+                return Err(t);
             }
-        })
-        .buffered(PLAN_CONCURRENCY)
-        .collect()
-        .await;
+            match expected_for(ctx, &t, &head, Some(&current)).await {
+                Some((expected, platforms)) if expected == current => Ok(PlannedTarget {
+                    source_digest: Some(head.digest.clone()),
+                    platforms,
+                    expected: Some(expected),
+                    current: Some(current),
+                    action: Action::Unchanged,
+                    ..planned_target(t)
+                }),
+                _ => Err(t),
+            }
+        }
+    })
+    .await;
     let mut unchanged = Vec::new();
     let mut rest = Vec::new();
     for c in checked {

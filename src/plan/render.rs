@@ -522,8 +522,6 @@ mod tests {
             shard: None,
             assignment: None,
             stores: Default::default(),
-            nodes: Vec::new(),
-            edges: Vec::new(),
             shared: Vec::new(),
             graph: Default::default(),
         }
