@@ -1583,4 +1583,64 @@ mod tests {
         assert!(!How::Present.agrees_with(&remembered("a")));
         assert!(!How::Upload.agrees_with(&How::Present));
     }
+
+    #[test]
+    fn keys_whose_hashes_meet_are_still_two_nodes() {
+        let mut g = WorkGraph::default();
+        let a = NodeKey::Prune {
+            destination: "a".into(),
+        };
+        let b = NodeKey::Prune {
+            destination: "b".into(),
+        };
+        let (ia, _) = g.node(a.clone(), 0, |_| {});
+        // As if b's hash were a's: the index names a for it.
+        let hb = g.by_key.hasher.hash_one(&b);
+        g.by_key.first.insert(hb, ia);
+        let (ib, created) = g.node(b.clone(), 1, |_| {});
+        assert!(created);
+        assert_ne!(ia, ib);
+        assert_eq!(g.find(&a), Some(ia));
+        assert_eq!(g.find(&b), Some(ib));
+        let (again, created) = g.node(b.clone(), 2, |_| {});
+        assert!(!created);
+        assert_eq!(again, ib);
+        assert_eq!(g.graph[ib].targets, vec![1, 2]);
+        assert_eq!(
+            g.find(&NodeKey::Prune {
+                destination: "c".into()
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn a_node_lists_each_target_once_in_order() {
+        let mut g = WorkGraph::default();
+        let k = NodeKey::Prune {
+            destination: "a".into(),
+        };
+        for t in [5, 3, 5, 9, 3, 0] {
+            g.node(k.clone(), t, |_| {});
+        }
+        let i = g.find(&k).expect("the node");
+        assert_eq!(g.graph[i].targets, vec![0, 3, 5, 9]);
+    }
+
+    /// A plan of 10,000 targets holds 70,000 nodes and 40,000 descriptors:
+    /// their size is the plan's memory (bench/plan-scale.sh measures it).
+    #[test]
+    fn nodes_and_descriptors_stay_small() {
+        assert!(std::mem::size_of::<Work>() <= 160, "{}", std::mem::size_of::<Work>());
+        assert!(
+            std::mem::size_of::<Descriptor>() <= 144,
+            "{}",
+            std::mem::size_of::<Descriptor>()
+        );
+        assert!(
+            std::mem::size_of::<Option<How>>() <= 16,
+            "{}",
+            std::mem::size_of::<Option<How>>()
+        );
+    }
 }
