@@ -518,6 +518,13 @@ fn image_name(src: &SourceImage) -> ImageName {
     }
 }
 
+/// The items without repeats, each where it first came (a set beside the
+/// list: at 10,000 targets, a scan of the list for each item is quadratic).
+pub(crate) fn distinct<T: std::hash::Hash + Eq + Clone>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items.into_iter().filter(|i| seen.insert(i.clone())).collect()
+}
+
 /// Runs `f` on each item, [`PLAN_CONCURRENCY`] at a time, and returns the
 /// results in the items' order. Whichever request answers first makes room
 /// for the next (one slow answer does not hold the others back, as an

@@ -18,7 +18,7 @@
 //! Every other target (a changed one, files and daemons) takes the full
 //! path, which fetches what it needs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
@@ -183,13 +183,12 @@ pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<Pl
         (t, current)
     })
     .await;
-    let mut sources: Vec<Reference> = Vec::new();
-    let mut asked: HashSet<&Reference> = HashSet::new();
-    for (t, _) in with_current.iter().filter(|(_, c)| c.is_some()) {
-        if asked.insert(&t.source) {
-            sources.push(t.source.clone());
-        }
-    }
+    let sources = super::distinct(
+        with_current
+            .iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(t, _)| t.source.clone()),
+    );
     let heads: HashMap<String, Descriptor> = stream::iter(sources)
         .map(|r| async move { (r.to_string(), head_of(ctx, &r).await) })
         .buffer_unordered(PLAN_CONCURRENCY)

@@ -148,15 +148,13 @@ pub async fn gate(ctx: &PlanContext, all: &[Target], unresolved: &[Target]) -> R
     let quota_of = |host: &str| ctx.client(host).ok().and_then(|c| c.pull_quota());
     let on_host = |t: &Target, host: &str| matches!(&t.source, Reference::Registry(r) if r.host == host);
     let unasked_of = |host: &str| -> Vec<Reference> {
-        let mut refs: Vec<Reference> = Vec::new();
-        let mut seen: HashSet<&Reference> = HashSet::new();
-        for t in unresolved.iter().filter(|t| on_host(t, host)) {
-            if ctx.memo.source_head(&t.source).is_none() && ctx.memo.root(&t.source).is_none() && seen.insert(&t.source)
-            {
-                refs.push(t.source.clone());
-            }
-        }
-        refs
+        super::distinct(
+            unresolved
+                .iter()
+                .filter(|t| on_host(t, host))
+                .filter(|t| ctx.memo.source_head(&t.source).is_none() && ctx.memo.root(&t.source).is_none())
+                .map(|t| t.source.clone()),
+        )
     };
     let needed = pulls_needed(ctx, unresolved);
     let probes: Vec<Reference> = needed

@@ -246,16 +246,11 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
     }
 
     // The source: each (repository, subject) looked up once.
-    let mut asks: Vec<(String, String, Digest)> = Vec::new();
-    let mut asked: HashSet<(String, String, Digest)> = HashSet::new();
-    for w in &wants {
-        for s in &w.subjects {
-            let k = (w.host.clone(), w.repo.clone(), s.clone());
-            if asked.insert(k.clone()) {
-                asks.push(k);
-            }
-        }
-    }
+    let asks = super::distinct(
+        wants
+            .iter()
+            .flat_map(|w| w.subjects.iter().map(|s| (w.host.clone(), w.repo.clone(), s.clone()))),
+    );
     let lister = Lister::default();
     let found: HashMap<(String, String, Digest), SourceAnswer> = stream::iter(asks)
         .map(|k| {

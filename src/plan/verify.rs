@@ -7,7 +7,7 @@
 //! were found and why each did not count — and the rest of the sync goes on.
 //! `occy info --verify-key` reads signatures the same way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use futures_util::stream::{self, StreamExt};
 use tokio::io::AsyncReadExt;
@@ -216,14 +216,7 @@ async fn read_payload(source: &dyn Source, desc: &Descriptor) -> Result<Vec<u8>>
 /// image carries no valid signature by one of its keys. Each (signature
 /// tag, entry) is checked once.
 pub async fn check_targets(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
-    let mut wanted: Vec<Job> = Vec::new();
-    let mut seen: HashSet<Job> = HashSet::new();
-    for p in planned.iter() {
-        let Some(job) = job_of(ctx, p) else { continue };
-        if seen.insert(job.clone()) {
-            wanted.push(job);
-        }
-    }
+    let wanted = super::distinct(planned.iter().filter_map(|p| job_of(ctx, p)));
     if wanted.is_empty() {
         return;
     }
