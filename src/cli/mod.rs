@@ -4,6 +4,7 @@
 pub mod check;
 pub mod info;
 pub mod manual;
+pub mod mirror_config;
 pub mod output;
 pub mod process;
 pub mod search;
@@ -357,6 +358,13 @@ pub enum Command {
     )]
     Sync(sync::SyncArgs),
 
+    /// Write the containerd, registries.conf or ImageDigest/TagMirrorSet configuration that pulls a sync file's upstream names from its mirrors
+    #[command(
+        name = "mirror-config",
+        after_help = "Examples:\n  occy mirror-config inside.yaml --format containerd -o /etc/containerd/certs.d\n  occy mirror-config inside.yaml --format registries.conf -o /etc/containers/registries.conf.d\n  occy mirror-config inside.yaml --format idms | kubectl apply -f -\n\nA mapping a format cannot express (a tag rename, filters that change digests, a repository\nrename containerd cannot write) is left out with a warning. Exit codes: 0 written, 1 nothing\nto write, 2 sync-file or usage error."
+    )]
+    MirrorConfig(mirror_config::MirrorConfigArgs),
+
     /// Print the JSON Schema of sync files (for editors)
     #[command(after_help = "Example:\n  occy schema > occy-sync.schema.json")]
     Schema,
@@ -391,6 +399,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Search(args) => search::run(&cli.global, args).await,
         Command::Check(args) => check::run(&cli.global, args).await,
         Command::Sync(args) => sync::run(&cli.global, args).await,
+        Command::MirrorConfig(args) => mirror_config::run(&cli.global, args).await,
         Command::Schema => {
             print!("{}", crate::spec::json_schema());
             Ok(0)
