@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, RANGE};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, RANGE};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use url::Url;
@@ -552,12 +552,17 @@ impl RegistryClient {
         }
     }
 
-    /// Uploads blob `desc` to `repo`, streaming `reader` as the body of one
-    /// PUT (POST to open the session, then PUT with the digest). The reader
-    /// cannot be replayed, so a failure of the PUT is returned; the caller
-    /// retries by opening its source again. An error the reader raises (a
-    /// digest mismatch upstream) is returned as itself.
+    /// Uploads blob `desc` to `repo` from `reader`. A blob of at most
+    /// [`CHUNKED_UPLOAD_MIN`] bytes is streamed as the body of one PUT (POST
+    /// to open the session, then PUT with the digest); the reader cannot be
+    /// replayed, so a failure of the PUT is returned and the caller retries
+    /// by opening its source again. A larger blob goes in chunks that resume
+    /// where the registry stopped ([`Self::upload_blob_chunked`]). An error
+    /// the reader raises (a digest mismatch upstream) is returned as itself.
     pub async fn upload_blob(&self, repo: &str, desc: &Descriptor, reader: BlobReader) -> Result<()> {
+        if desc.size > CHUNKED_UPLOAD_MIN {
+            return self.upload_blob_chunked(repo, desc, reader).await;
+        }
         let location = self.start_upload(repo).await?;
         let failure: Arc<Mutex<Option<io::Error>>> = Arc::default();
         let slot = failure.clone();
@@ -583,6 +588,194 @@ impl RegistryClient {
         }
         let resp = result?;
         self.finish_upload(repo, desc, &put_url, resp).await
+    }
+
+    /// Uploads a large blob in chunks of [`UPLOAD_CHUNK`] bytes: a PATCH
+    /// per chunk (`Content-Range`), the next chunk read from `reader` while
+    /// the current one is sent (two chunks in memory at most), then a PUT
+    /// with the digest. A chunk whose PATCH fails asks the registry how far
+    /// the upload got (`GET` on the session: its `Range`) and sends the
+    /// rest of the chunk from there, so a cut costs at most one chunk sent
+    /// again. The one retry layer's backoff and `--retries` budget apply:
+    /// a resume that made progress since the last one starts the budget
+    /// again. When the registry no longer knows the session (Distribution
+    /// drops one whose last PATCH reached it in part), the error is a
+    /// [`Error::Cut`]: the caller starts the blob again from its source.
+    pub async fn upload_blob_chunked(&self, repo: &str, desc: &Descriptor, mut reader: BlobReader) -> Result<()> {
+        let what = format!("blob {} for {}/{repo}", desc.digest, self.host());
+        let mut location = self.start_upload(repo).await?;
+        let mut offset = 0u64;
+        let mut chunk = read_chunk(&mut reader, desc.size, &what).await?;
+        loop {
+            let end = offset + chunk.len() as u64;
+            let last = end >= desc.size;
+            let (sent, next) = if last {
+                (self.send_chunk(repo, &location, offset, chunk).await, Ok(Bytes::new()))
+            } else {
+                let remaining = desc.size - end;
+                tokio::join!(
+                    self.send_chunk(repo, &location, offset, chunk),
+                    read_chunk(&mut reader, remaining, &what)
+                )
+            };
+            location = sent?;
+            offset = end;
+            if last {
+                break;
+            }
+            chunk = next?;
+            if chunk.is_empty() {
+                return Err(Error::SizeMismatch {
+                    what,
+                    expected: desc.size,
+                    actual: offset,
+                });
+            }
+        }
+        // The reader must end here: its verification runs at its end.
+        let mut probe = [0u8; 1];
+        match tokio::io::AsyncReadExt::read(&mut reader, &mut probe).await {
+            Ok(0) => {}
+            Ok(_) => {
+                return Err(Error::SizeMismatch {
+                    what,
+                    expected: desc.size,
+                    actual: desc.size + 1,
+                })
+            }
+            Err(e) => return Err(Error::stream(&what, e)),
+        }
+        let put_url = with_query(&location, "digest", desc.digest.as_str());
+        let result = match self
+            .send(
+                Req::new(Method::PUT, put_url.clone(), vec![auth::push_scope(repo)], repo)
+                    .header(CONTENT_LENGTH, "0")?,
+            )
+            .await
+        {
+            Ok(resp) => self.finish_upload(repo, desc, &put_url, resp).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            // The registry committed the blob but its answer was lost: the
+            // PUT sent again met a closed session.
+            Err(e) if matches!(self.head_blob(repo, &desc.digest).await, Ok(Some(_))) => {
+                tracing::debug!(host = self.host(), blob = %desc.digest, "the upload's PUT failed ({e}), but the blob is there");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Sends `chunk`, the bytes from `start` on, to the upload session at
+    /// `location`, resuming from what the registry reports it received
+    /// when a PATCH fails; returns the session's next location.
+    async fn send_chunk(&self, repo: &str, location: &Url, start: u64, chunk: Bytes) -> Result<Url> {
+        let end = start + chunk.len() as u64;
+        let mut location = location.clone();
+        let mut from = start;
+        let mut attempt = 0u32;
+        loop {
+            let part = chunk.slice((from - start) as usize..);
+            let mut req = Req::new(Method::PATCH, location.clone(), vec![auth::push_scope(repo)], repo)
+                .header(CONTENT_TYPE, "application/octet-stream")?
+                .header(CONTENT_RANGE, &format!("{from}-{}", end - 1))?;
+            req.body = ReqBody::Bytes(part);
+            // Not replayed by the transport: what the registry kept of a
+            // failed PATCH decides where to go on from.
+            let failure = match self.send_counted(req, &mut attempt).await {
+                Ok(resp) if resp.status() == StatusCode::ACCEPTED || resp.status() == StatusCode::NO_CONTENT => {
+                    let next = self.location(&location, resp.headers()).unwrap_or(location.clone());
+                    match received(resp.headers()) {
+                        Some(got) if got == end => return Ok(next),
+                        // A registry that took less than it was sent: send the rest.
+                        Some(got) if (from..end).contains(&got) => {
+                            from = got;
+                            location = next;
+                            continue;
+                        }
+                        Some(got) => {
+                            return Err(Error::Cut(format!(
+                                "{} says it holds {got} bytes of an upload to {repo} after taking bytes {from}-{}; \
+                                 starting the blob again",
+                                self.host(),
+                                end - 1
+                            )))
+                        }
+                        // No Range: the 202 says the chunk was taken.
+                        None => return Ok(next),
+                    }
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = read_truncated(resp, MAX_ERROR_BODY).await;
+                    self.status_error(&Method::PATCH, &location, repo, status, &body)
+                }
+                Err(e) => e,
+            };
+            if !failure.is_transient() {
+                return Err(failure);
+            }
+            if attempt >= self.inner.retry.retries {
+                return Err(Error::Cut(format!(
+                    "uploading bytes {from}-{} to {}/{repo}: {failure} (the retries are spent)",
+                    end - 1,
+                    self.host()
+                )));
+            }
+            let wait = self.inner.retry.delay(attempt, None);
+            attempt += 1;
+            tokio::time::sleep(wait).await;
+            // Where did the registry get to?
+            let status = self
+                .fetch(
+                    || {
+                        Ok(Req::new(
+                            Method::GET,
+                            location.clone(),
+                            vec![auth::push_scope(repo)],
+                            repo,
+                        ))
+                    },
+                    MAX_ERROR_BODY,
+                    &format!("the status of an upload to {repo}"),
+                )
+                .await?;
+            let got = match status.status {
+                StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::ACCEPTED => {
+                    received(&status.headers).unwrap_or(0)
+                }
+                s => {
+                    let err = self.status_error(&Method::GET, &location, repo, s, &status.body);
+                    return Err(Error::Cut(format!(
+                        "{} no longer knows the upload of bytes {from}-{} to {repo} after {failure} ({err}); \
+                         starting the blob again",
+                        self.host(),
+                        end - 1
+                    )));
+                }
+            };
+            if !(start..=end).contains(&got) {
+                return Err(Error::Cut(format!(
+                    "{} reports {got} bytes of an upload to {repo} that had {start} before this chunk; starting the blob again",
+                    self.host()
+                )));
+            }
+            tracing::warn!(
+                "upload to {}/{repo}: {failure}; the registry has {got} bytes, resuming from there ({} of this chunk sent again)",
+                self.host(),
+                end - got
+            );
+            if got > from {
+                // Progress since the last failure: a fresh budget.
+                attempt = 0;
+            }
+            location = self.location(&location, &status.headers).unwrap_or(location.clone());
+            if got == end {
+                return Ok(location);
+            }
+            from = got;
+        }
     }
 
     /// Uploads a small blob held in memory (a config), retrying as needed.
@@ -762,6 +955,48 @@ impl RegistryClient {
             ))),
             s => Err(self.status_error(&Method::DELETE, &url, repo, s, &resp.body)),
         }
+    }
+}
+
+/// Blobs larger than this are uploaded in resumable chunks; smaller ones
+/// go as one streamed PUT (one request, nothing held in memory).
+pub const CHUNKED_UPLOAD_MIN: u64 = 16 * 1024 * 1024;
+
+/// The size of one PATCH of a chunked upload: at most this much is sent
+/// again after a cut, and two of them are held in memory per upload.
+pub const UPLOAD_CHUNK: usize = 8 * 1024 * 1024;
+
+/// Reads the next chunk of an upload (at most [`UPLOAD_CHUNK`] and `left` bytes).
+async fn read_chunk(reader: &mut BlobReader, left: u64, what: &str) -> Result<Bytes> {
+    use tokio::io::AsyncReadExt;
+    let want = (UPLOAD_CHUNK as u64).min(left) as usize;
+    let mut buf = bytes::BytesMut::with_capacity(want);
+    while buf.len() < want {
+        let n = (&mut *reader)
+            .take((want - buf.len()) as u64)
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Error::stream(what, e))?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// How many bytes an upload session holds, from its `Range: 0-LAST`
+/// header (`0-0` is read as none: Distribution says it for an empty session).
+fn received(headers: &HeaderMap) -> Option<u64> {
+    let v = header_str(headers, RANGE.as_str())?;
+    let v = v.trim();
+    let v = v.strip_prefix("bytes=").unwrap_or(v);
+    let (first, last) = v.split_once('-')?;
+    if first.trim() != "0" {
+        return None;
+    }
+    match last.trim().parse::<u64>().ok()? {
+        0 => Some(0),
+        n => Some(n + 1),
     }
 }
 
