@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs occy's whole test suite. On a fresh Debian machine it first installs
-# what the tests talk to: the Distribution registry, skopeo, podman, umoci,
+# what the tests talk to: the Distribution registry, skopeo, podman, containerd, umoci,
 # htpasswd, openssl, Graphviz and busybox-static (a base image for `docker
 # build` tests) (apt, as root or through sudo).
 set -euo pipefail
@@ -13,6 +13,8 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v podman >/dev/null || need+=(podman)
+# containerd: only when the binary is missing (a Docker Engine install may bring its own).
+command -v containerd >/dev/null && command -v ctr >/dev/null || need+=(containerd)
 command -v umoci >/dev/null || need+=(umoci)
 command -v dot >/dev/null || need+=(graphviz)
 [ -x /bin/busybox ] || need+=(busybox-static)
@@ -30,7 +32,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 echo "== components the tests use"
-for c in "docker version --format {{.Server.Version}}" "podman --version" "skopeo --version" "umoci --version" \
+for c in "docker version --format {{.Server.Version}}" "podman --version" "containerd --version" "skopeo --version" "umoci --version" \
     "docker-registry --version" "dot -V"; do
     # A missing tool is reported here; the tests that need it then fail
     # (OCCY_REQUIRE_ALL=1, as in CI) or say SKIPPED.

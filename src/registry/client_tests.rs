@@ -834,3 +834,125 @@ async fn a_scope_the_token_lacks_is_named_without_blaming_the_password() {
         "{reqs:#?}"
     );
 }
+
+/// A registry for chunked uploads: the PATCH of bytes `cut_at`… the first
+/// time is answered by hanging up, after which the session's status says
+/// it holds `kept` bytes (or, with `kept` None, that the session is gone).
+fn chunked_registry(cut_from: u64, kept: Option<u64>) -> impl Fn(&Seen, &[Seen]) -> Resp + Send + Sync {
+    move |req, seen| {
+        let range_of = |r: &Seen| r.header("content-range").unwrap_or("").to_string();
+        match (req.method.as_str(), req.path()) {
+            (_, "/v2/") => Resp::new(200),
+            ("POST", "/v2/r/blobs/uploads/") => Resp::new(202).header("Location", "/up/1?_state=0"),
+            ("PATCH", "/up/1") => {
+                let range = range_of(req);
+                let (start, end) = range.split_once('-').unwrap();
+                let (start, end): (u64, u64) = (start.parse().unwrap(), end.parse().unwrap());
+                let first_try = !seen.iter().any(|s| s.method == "PATCH" && range_of(s) == range);
+                if start == cut_from && first_try {
+                    let mut r = Resp::new(0);
+                    r.hang_up = true;
+                    return r;
+                }
+                Resp::new(202)
+                    .header("Location", &format!("/up/1?_state={}", end + 1))
+                    .header("Range", &format!("0-{end}"))
+            }
+            ("GET", "/up/1") => match kept {
+                Some(k) => Resp::new(204)
+                    .header("Location", &format!("/up/1?_state={k}"))
+                    .header("Range", &format!("0-{}", k - 1)),
+                None => Resp::new(404)
+                    .body(r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"blob upload invalid"}]}"#),
+            },
+            ("PUT", "/up/1") => Resp::new(201),
+            _ => Resp::new(404),
+        }
+    }
+}
+
+fn big_blob() -> (Descriptor, Vec<u8>) {
+    let size = super::client::CHUNKED_UPLOAD_MIN as usize + 1;
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let desc = Descriptor::new("application/octet-stream", Digest::of(&data), size as u64);
+    (desc, data)
+}
+
+#[tokio::test]
+async fn a_cut_chunk_resumes_from_the_offset_the_registry_reports() {
+    let chunk = super::client::UPLOAD_CHUNK as u64;
+    // The second chunk is cut; the registry kept 1000 bytes of it.
+    let fake = Fake::start(chunked_registry(chunk, Some(chunk + 1000))).await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let (desc, data) = big_blob();
+    client
+        .upload_blob("r", &desc, Box::pin(std::io::Cursor::new(data)))
+        .await
+        .unwrap();
+    let reqs = fake.requests();
+    let patches: Vec<(String, String)> = reqs
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| {
+            (
+                r.header("content-range").unwrap_or("").to_string(),
+                r.header("content-length").unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let size = desc.size;
+    assert_eq!(
+        patches,
+        [
+            (format!("0-{}", chunk - 1), chunk.to_string()),
+            (format!("{chunk}-{}", 2 * chunk - 1), chunk.to_string()),
+            // Only what the registry did not keep is sent again…
+            (
+                format!("{}-{}", chunk + 1000, 2 * chunk - 1),
+                (chunk - 1000).to_string()
+            ),
+            (format!("{}-{}", 2 * chunk, size - 1), "1".to_string()),
+        ],
+        "{reqs:#?}"
+    );
+    // …to the location the status gave, and the PUT carries the digest.
+    let resent = reqs.iter().filter(|r| r.method == "PATCH").nth(2).unwrap();
+    assert_eq!(resent.target, format!("/up/1?_state={}", chunk + 1000));
+    let put = reqs.iter().find(|r| r.method == "PUT").unwrap();
+    assert!(
+        put.target
+            .contains(&format!("digest={}", desc.digest.as_str().replace(':', "%3A"))),
+        "{}",
+        put.target
+    );
+    assert_eq!(reqs.iter().filter(|r| r.method == "GET").count(), 1);
+}
+
+#[tokio::test]
+async fn a_cut_chunk_whose_session_is_gone_starts_the_blob_again() {
+    let chunk = super::client::UPLOAD_CHUNK as u64;
+    let fake = Fake::start(chunked_registry(chunk, None)).await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let (desc, data) = big_blob();
+    let err = client
+        .upload_blob("r", &desc, Box::pin(std::io::Cursor::new(data)))
+        .await
+        .unwrap_err();
+    assert!(err.restarts_copy(), "{err:?}");
+    assert!(err.to_string().contains("no longer knows the upload"), "{err}");
+    assert!(!fake.requests().iter().any(|r| r.method == "PUT"));
+}
+
+#[tokio::test]
+async fn a_blob_up_to_the_chunking_size_is_one_put() {
+    let fake = Fake::start(chunked_registry(u64::MAX, None)).await;
+    let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
+    let data = vec![7u8; 1 << 20];
+    let desc = Descriptor::new("application/octet-stream", Digest::of(&data), data.len() as u64);
+    client
+        .upload_blob("r", &desc, Box::pin(std::io::Cursor::new(data)))
+        .await
+        .unwrap();
+    let methods: Vec<String> = fake.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, ["POST", "PUT"]);
+}

@@ -1,5 +1,5 @@
 //! occy's integration tests, one binary: every module talks to real
-//! components (registries, skopeo, umoci, podman, the Docker Engine) started
+//! components (registries, skopeo, umoci, podman, containerd, the Docker Engine) started
 //! once for the whole binary by `support`.
 
 mod support;
@@ -15,6 +15,7 @@ mod faults;
 mod filters;
 mod fuzz_regressions;
 mod hostile;
+mod mirror_config;
 mod oci_layouts;
 mod process_files;
 mod process_registry;
@@ -23,6 +24,7 @@ mod push_compression;
 mod push_registry;
 mod referrers;
 mod registry_client;
+mod resume;
 mod shard;
 mod signatures;
 mod sync;

@@ -38,7 +38,7 @@ use crate::registry::rate_limit::{PullQuota, QuotaTracker, TokenBucket};
 use crate::registry::retry::RetryPolicy;
 use crate::registry::RegistryOptions;
 
-pub use endpoints::parse_link_next;
+pub use endpoints::{parse_link_next, CHUNKED_UPLOAD_MIN, UPLOAD_CHUNK};
 pub use errors::{error_codes, summarize_error_body};
 pub use tls::is_insecure;
 

@@ -5,7 +5,9 @@
 //! a body after correct headers, trickles it slowly, flips one byte of it, or
 //! stalls the request (before forwarding it, half-way through its body, or
 //! after the registry has acted on it) until released, so a test can kill
-//! occy at that exact point. Every request and the fault it got is recorded.
+//! occy at that exact point, or drops the connection after a given number
+//! of bytes of a request body. Every request, the fault it got and the body
+//! bytes it carried each way are recorded.
 //!
 //! It can also add headers to the answers it passes on: [`docker_hub_quota`]
 //! adds Docker Hub's `RateLimit-Limit` / `RateLimit-Remaining`, counting
@@ -66,6 +68,10 @@ pub enum Fault {
     /// Passes the request on (the registry acts on it), then holds the
     /// answer until released and drops it: the client never learns.
     StallAfter,
+    /// Reads this many bytes of the request body, then resets the
+    /// connection; nothing of the request reaches the registry (the proxy
+    /// passes bodies on whole, as a buffering front proxy does).
+    CutBodyAfter(u64),
 }
 
 impl Fault {
@@ -88,6 +94,10 @@ pub struct Request {
     pub nth_of_class: u64,
     /// 0 for the first request this proxy saw (the probe excluded), then 1, 2…
     pub nth: u64,
+    /// The request's `Content-Length`, when it has one.
+    pub content_length: Option<u64>,
+    /// Its `Range` header (a resumed GET), when it has one.
+    pub range: Option<String>,
 }
 
 /// One request served, and what was done to it.
@@ -99,6 +109,10 @@ pub struct Event {
     pub status: Option<u16>,
     /// The upstream registry's status, when the request was passed on.
     pub upstream_status: Option<u16>,
+    /// Bytes of the request body the proxy received from the client.
+    pub body_in: u64,
+    /// Bytes of the response body the proxy sent to the client.
+    pub body_out: u64,
 }
 
 /// Decides the fault (if any) for each request.
@@ -509,6 +523,8 @@ fn serve(s: &Shared, client: TcpStream) {
             repo,
             nth_of_class,
             nth,
+            content_length: head.get("content-length").and_then(|v| v.parse().ok()),
+            range: head.get("range").map(str::to_string),
         }
     };
     let fault = (s.plan.lock().unwrap())(&req);
@@ -517,6 +533,8 @@ fn serve(s: &Shared, client: TcpStream) {
         fault,
         status: None,
         upstream_status: None,
+        body_in: 0,
+        body_out: 0,
     };
     handle(s, client, &mut reader, &head, &req, fault, &mut event);
     s.events.lock().unwrap().push(event);
@@ -532,6 +550,13 @@ fn handle(
     event: &mut Event,
 ) {
     let has_body = head.chunked() || head.content_length().is_some_and(|n| n > 0);
+    if let (true, Some(Fault::CutBodyAfter(n))) = (has_body, fault) {
+        let want = (head.content_length().unwrap_or(usize::MAX) as u64).min(n);
+        let got = std::io::copy(&mut reader.by_ref().take(want), &mut std::io::sink()).unwrap_or(0);
+        event.body_in = got;
+        reset(client);
+        return;
+    }
     // Faults that act on the request body, before anything is passed on.
     if has_body && matches!(fault, Some(Fault::Reset | Fault::StallMidBody)) {
         let half = head.content_length().unwrap_or(2) / 2;
@@ -546,6 +571,7 @@ fn handle(
     let Some(body) = read_body(reader, head, false) else {
         return;
     };
+    event.body_in = body.len() as u64;
     match fault {
         Some(Fault::Status(code)) => {
             event.status = Some(code);
@@ -627,6 +653,7 @@ fn handle(
         Some(Fault::Reset) => {
             let _ = client.write_all(&rendered);
             let _ = client.write_all(&resp_body[..half]);
+            event.body_out = half as u64;
             let _ = client.flush();
             std::thread::sleep(Duration::from_millis(20));
             reset(client);
@@ -671,8 +698,8 @@ fn handle(
             let _ = client.flush();
             std::thread::sleep(Duration::from_millis(15));
         }
-    } else {
-        let _ = client.write_all(&resp_body);
+    } else if client.write_all(&resp_body).is_ok() {
+        event.body_out = resp_body.len() as u64;
     }
     let _ = client.flush();
     let _ = client.shutdown(Shutdown::Write);

@@ -8,6 +8,7 @@
 //! reaped by a small watchdog shell that waits for the test process to exit.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod cosign;
 pub mod fault_proxy;
 pub mod layout_edit;
