@@ -352,13 +352,13 @@ pub enum Command {
     )]
     Check(check::CheckArgs),
 
-    /// Bring destinations up to date with a sync file (YAML or TOML); --plan shows what would change
+    /// Bring destinations up to date with a sync file; --plan shows what would change
     #[command(
         after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy sync mirror.yaml --plan -O markdown --detailed-exitcode\n  occy sync mirror.yaml --plan --out plan.json && occy sync --apply plan.json\n  occy sync mirror.yaml -J 4 -j 8 --check full\n\nExit codes: 0 done (with --plan --detailed-exitcode: nothing to do), 1 some targets failed,\n2 sync-file or usage error (nothing was done), 3 (--plan --detailed-exitcode) changes pending."
     )]
     Sync(sync::SyncArgs),
 
-    /// Write the containerd, registries.conf or ImageDigest/TagMirrorSet configuration that pulls a sync file's upstream names from its mirrors
+    /// Write containerd, registries.conf or OpenShift mirror configs from a sync file
     #[command(
         name = "mirror-config",
         after_help = "Examples:\n  occy mirror-config inside.yaml --format containerd -o /etc/containerd/certs.d\n  occy mirror-config inside.yaml --format registries.conf -o /etc/containers/registries.conf.d\n  occy mirror-config inside.yaml --format idms | kubectl apply -f -\n\nA mapping a format cannot express (a tag rename, filters that change digests, a repository\nrename containerd cannot write) is left out with a warning. Exit codes: 0 written, 1 nothing\nto write, 2 sync-file or usage error."
