@@ -54,7 +54,7 @@ pub async fn run(global: &GlobalArgs, args: &MirrorConfigArgs) -> Result<i32> {
         }
     }
     let spec = crate::spec::load(&args.file)?;
-    let (mappings, mut left_out) = mirror_config::mappings(&spec, &global.insecure_registry);
+    let (mappings, mut left_out) = mirror_config::mappings(&spec, &global.insecure_registry)?;
     let name = object_name(&args.file);
     let origin = args.file.display().to_string();
     let out = mirror_config::render(args.format, &mappings, &name, &origin);

@@ -9,6 +9,7 @@ pub mod render;
 
 use std::collections::BTreeSet;
 
+use crate::error::Result;
 use crate::reference::Reference;
 use crate::spec::{Entry, SyncSpec};
 
@@ -80,9 +81,11 @@ pub struct Upstream {
 }
 
 /// The upstream names `entry`'s source stands for; None for a source that
-/// names no registry image (a file, a layout, a daemon).
-pub fn upstreams(entry: &Entry) -> Option<Vec<Upstream>> {
-    match &entry.from {
+/// names no registry image (a file, a layout, a daemon). A source that
+/// records the names it was made from answers them here (reading its
+/// record may fail: that is an error for the whole command).
+pub fn upstreams(entry: &Entry) -> Result<Option<Vec<Upstream>>> {
+    Ok(match &entry.from {
         Reference::Registry(r) => Some(vec![Upstream {
             host: r.host.clone(),
             repository: r.repository.clone(),
@@ -92,13 +95,13 @@ pub fn upstreams(entry: &Entry) -> Option<Vec<Upstream>> {
             repository: format!("{org}/{}", repo_glob.as_deref().unwrap_or("*")),
         }]),
         _ => None,
-    }
+    })
 }
 
 /// The mappings of a sync file and what was left out of all of them.
 /// `insecure_hosts` are hosts marked insecure besides the sync file's
 /// `registries:` (`--insecure-registry`).
-pub fn mappings(spec: &SyncSpec, insecure_hosts: &[String]) -> (Vec<Mapping>, Vec<LeftOut>) {
+pub fn mappings(spec: &SyncSpec, insecure_hosts: &[String]) -> Result<(Vec<Mapping>, Vec<LeftOut>)> {
     let insecure: BTreeSet<&str> = spec
         .registries
         .iter()
@@ -111,7 +114,7 @@ pub fn mappings(spec: &SyncSpec, insecure_hosts: &[String]) -> (Vec<Mapping>, Ve
     for entry in &spec.entries {
         for dest in &entry.to {
             let what = format!("sync[{}] ({} → {})", entry.index, entry.from, dest.text);
-            let Some(sources) = upstreams(entry) else {
+            let Some(sources) = upstreams(entry)? else {
                 left.push(LeftOut {
                     what,
                     why: format!(
@@ -149,7 +152,7 @@ pub fn mappings(spec: &SyncSpec, insecure_hosts: &[String]) -> (Vec<Mapping>, Ve
             }
         }
     }
-    (out, left)
+    Ok((out, left))
 }
 
 /// The mapping of upstream `up` through destination template `dest`, or why

@@ -141,10 +141,15 @@ fn containerd(mappings: &[Mapping], origin: &str) -> Output {
                 }
             }
         }
+        // Docker Hub's name is docker.io, its API host registry-1.docker.io.
+        let server = match host.as_str() {
+            "docker.io" => "https://registry-1.docker.io".to_string(),
+            h => format!("https://{h}"),
+        };
         let mut text = format!(
             "# Written by occy mirror-config from {origin}: pulls of {host} try these mirrors first.\n\
              server = {}\n",
-            toml_str(&format!("https://{host}"))
+            toml_str(&server)
         );
         for (url, resolve, skip_verify) in hosts {
             text.push_str(&format!("\n[host.{}]\n", toml_str(&url)));

@@ -34,7 +34,7 @@ sync:
 #[test]
 fn a_repository_copied_under_its_own_name_is_written_in_every_format() {
     let s = spec(PLAIN);
-    let (maps, left) = mappings(&s, &[]);
+    let (maps, left) = mappings(&s, &[]).unwrap();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(maps.len(), 1);
     let m = &maps[0];
@@ -93,7 +93,7 @@ sync:
     to: "registry://mirror.test/{repo}:{tag}-mirrored"
 "#,
     );
-    let (maps, left) = mappings(&s, &[]);
+    let (maps, left) = mappings(&s, &[]).unwrap();
     assert!(left.is_empty());
     assert!(!maps[0].tags);
     let itms = render(Format::Itms, &maps, "m", "m.yaml");
@@ -125,7 +125,7 @@ sync:
     to: "registry://mirror.test/x"
 "#,
     );
-    let (maps, left) = mappings(&s, &[]);
+    let (maps, left) = mappings(&s, &[]).unwrap();
     assert!(maps.is_empty(), "{maps:?}");
     assert_eq!(left.len(), 3, "{left:?}");
     assert!(left[0].why.contains("filters rewrite layers"), "{left:?}");
@@ -144,7 +144,7 @@ sync:
     to: "registry://mirror.test/{repo}"
 "#,
     );
-    let (maps, _) = mappings(&s, &[]);
+    let (maps, _) = mappings(&s, &[]).unwrap();
     assert!(maps[0].digest_gap.is_some());
     let idms = render(Format::Idms, &maps, "m", "m.yaml");
     assert!(idms.files.is_empty());
@@ -166,7 +166,7 @@ sync:
     to: "registry://mirror.test/tools/{name}"
 "#,
     );
-    let (maps, left) = mappings(&s, &[]);
+    let (maps, left) = mappings(&s, &[]).unwrap();
     assert!(left.is_empty());
     assert_eq!(maps[1].mirror(), "mirror.test/tools/tool");
     let c = render(Format::Containerd, &maps, "m", "m.yaml");
@@ -198,7 +198,7 @@ sync:
     to: "registry://mirror.test/{repo}-x"
 "#,
     );
-    let (maps, left) = mappings(&s, &[]);
+    let (maps, left) = mappings(&s, &[]).unwrap();
     assert_eq!(maps.len(), 2, "{maps:?}");
     assert_eq!(
         (maps[0].source(), maps[0].mirror()),
@@ -226,8 +226,25 @@ sync:
     to: "registry://mirror.test:5000/{repo}"
 "#,
     );
-    let (maps, _) = mappings(&s, &["mirror.test:5000".to_string()]);
+    let (maps, _) = mappings(&s, &["mirror.test:5000".to_string()]).unwrap();
     assert!(maps[0].insecure);
-    let (maps, _) = mappings(&s, &[]);
+    let (maps, _) = mappings(&s, &[]).unwrap();
     assert!(!maps[0].insecure);
+}
+
+#[test]
+fn docker_hub_is_served_from_its_api_host() {
+    let s = spec(
+        r#"
+version: 1
+sync:
+  - from: "registry://docker.io/library/*"
+    to: "registry://mirror.test/hub/{repo}"
+"#,
+    );
+    let (maps, _) = mappings(&s, &[]).unwrap();
+    let c = render(Format::Containerd, &maps, "m", "m.yaml");
+    let parsed: toml::Table = file(&c, "docker.io/hosts.toml").parse().unwrap();
+    assert_eq!(parsed["server"].as_str(), Some("https://registry-1.docker.io"));
+    assert!(parsed["host"].get("https://mirror.test/v2/hub").is_some(), "{parsed:?}");
 }
