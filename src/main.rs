@@ -36,7 +36,15 @@ fn main() {
     let format = cli.global.output_format;
     let ansi = cli.global.colour(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     init_logging(cli.global.verbose, cli.global.quiet, ansi);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The runtime's threads do the network I/O: a connection the peer
+    // reset while a request body is being written (writev, which cannot say
+    // MSG_NOSIGNAL) must be an EPIPE error there, retried or resumed, not a
+    // SIGPIPE that kills occy. The main thread keeps SIGPIPE for `| head`.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(block_sigpipe_in_this_thread)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -74,6 +82,20 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Blocks SIGPIPE for the calling thread: a write to a closed socket there
+/// fails with EPIPE instead.
+fn block_sigpipe_in_this_thread() {
+    #[cfg(unix)]
+    // SAFETY: a zeroed sigset_t is valid storage for sigemptyset, and
+    // pthread_sigmask only changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Resolves on the first Ctrl-C (SIGINT); never when no handler can be installed.

@@ -178,3 +178,59 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[test]
+fn an_upload_cut_after_part_of_a_chunk_reached_distribution_starts_that_blob_again() {
+    // Distribution refuses a session whose last PATCH reached it in part
+    // ("upload resumed at wrong offset"): occy learns it from the status
+    // (404 BLOB_UPLOAD_INVALID) and sends the blob again from its source,
+    // ending with the right blob, not a corrupt one.
+    let (layout, layer, size) = big_layout().clone();
+    let reg = Registry::start(Mode::Plain);
+    let cut_at = 36 * MIB;
+    let mut passed = 0u64;
+    let proxy = FaultProxy::with_plan(
+        &reg.host,
+        Box::new(move |r| {
+            let len = r.content_length.filter(|n| *n > MIB && r.class == Class::BlobUpload)?;
+            if passed >= cut_at {
+                return None;
+            }
+            if passed + len > cut_at {
+                let n = cut_at - passed;
+                passed = cut_at;
+                return Some(Fault::CutBodyAfterPassingOn(n));
+            }
+            passed += len;
+            None
+        }),
+    );
+    let dest = format!("registry://{}/resume/partial:1.0", proxy.host);
+    let src = format!("oci://{}:big", layout.display());
+    let args = [
+        "--no-cache",
+        "--insecure-registry",
+        proxy.host.as_str(),
+        "process",
+        &src,
+        &dest,
+    ];
+    let out = assert_ok(&args, occy(&args));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let events = proxy.events();
+    let status: Vec<_> = events
+        .iter()
+        .filter(|e| e.request.class == Class::BlobUpload && e.request.method == "GET")
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(status, [Some(404)], "the session was gone: {stderr}");
+    let sent: u64 = events
+        .iter()
+        .filter(|e| e.request.class == Class::BlobUpload && e.request.content_length.is_some_and(|n| n > MIB))
+        .map(|e| e.body_in)
+        .sum();
+    eprintln!("upload cut with part of a chunk at the registry: {sent} bytes sent for a {size}-byte layer");
+    assert!(sent > size + cut_at / 2, "the blob was sent again: {sent}");
+    let stored = std::fs::read(reg.blob_path(&layer)).unwrap();
+    assert_eq!(format!("sha256:{}", sha256_hex(&stored)), layer);
+}

@@ -72,6 +72,11 @@ pub enum Fault {
     /// connection; nothing of the request reaches the registry (the proxy
     /// passes bodies on whole, as a buffering front proxy does).
     CutBodyAfter(u64),
+    /// Like [`Fault::CutBodyAfter`], but the bytes read are passed on to the
+    /// registry first (with the request's own `Content-Length`), then both
+    /// connections are closed: the registry holds part of the request, as
+    /// when a link between client and registry drops.
+    CutBodyAfterPassingOn(u64),
 }
 
 impl Fault {
@@ -554,6 +559,22 @@ fn handle(
         let want = (head.content_length().unwrap_or(usize::MAX) as u64).min(n);
         let got = std::io::copy(&mut reader.by_ref().take(want), &mut std::io::sink()).unwrap_or(0);
         event.body_in = got;
+        reset(client);
+        return;
+    }
+    if let (true, Some(Fault::CutBodyAfterPassingOn(n))) = (has_body, fault) {
+        let want = (head.content_length().unwrap_or(usize::MAX) as u64).min(n);
+        let mut part = Vec::new();
+        let _ = reader.by_ref().take(want).read_to_end(&mut part);
+        event.body_in = part.len() as u64;
+        if let Ok(mut up) = TcpStream::connect(&s.upstream) {
+            let _ = up.write_all(&head.render(head.content_length()));
+            let _ = up.write_all(&part);
+            let _ = up.flush();
+            // Let the registry take the bytes in before the link drops.
+            std::thread::sleep(Duration::from_millis(200));
+            reset(up);
+        }
         reset(client);
         return;
     }
