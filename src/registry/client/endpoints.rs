@@ -717,8 +717,10 @@ impl RegistryClient {
                 return Err(failure);
             }
             if attempt >= self.inner.retry.retries {
-                return Err(Error::Cut(format!(
-                    "uploading bytes {from}-{} to {}/{repo}: {failure} (the retries are spent)",
+                // Spent: the target fails (starting the blob over would only
+                // send more through the same failing link).
+                return Err(Error::Network(format!(
+                    "uploading bytes {from}-{} of blob to {}/{repo}: {failure} (after {attempt} resumes without progress)",
                     end - 1,
                     self.host()
                 )));
