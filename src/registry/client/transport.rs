@@ -248,6 +248,7 @@ impl RegistryClient {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), elapsed_ms, "request failed: {}", describe_reqwest(&e));
+                    crate::registry::stats::record_request(self.host(), None);
                     let err = self.network_error(&e);
                     if can_retry
                         && !e.is_builder()
@@ -269,9 +270,12 @@ impl RegistryClient {
             };
             let status = resp.status();
             tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), status = status.as_u16(), elapsed_ms, "registry request");
-            self.inner
-                .quota
-                .observe(PullQuota::from_headers(|name| header_str(resp.headers(), name)));
+            crate::registry::stats::record_request(self.host(), Some(status.as_u16()));
+            let quota = PullQuota::from_headers(|name| header_str(resp.headers(), name));
+            if let Some(q) = &quota {
+                crate::registry::stats::record_quota(self.host(), q);
+            }
+            self.inner.quota.observe(quota);
 
             if status == StatusCode::UNAUTHORIZED {
                 let values: Vec<&str> = resp
