@@ -144,7 +144,11 @@ impl Metrics {
             "Targets written (created or updated), all rounds",
             m.written.clone(),
         );
-        registry.register("occy_targets_failed", "Targets that failed, all rounds", m.failed.clone());
+        registry.register(
+            "occy_targets_failed",
+            "Targets that failed, all rounds",
+            m.failed.clone(),
+        );
         registry.register(
             "occy_bytes",
             "Layer bytes written to destinations, all rounds",
@@ -245,7 +249,8 @@ impl Metrics {
         self.load_errors.inc();
         self.sync_file_valid.set(0);
         if let Ok(mut r) = self.readiness.lock() {
-            r.sync_file_error = Some(why.to_string());
+            // The first line: the file, line and column, and what is wrong.
+            r.sync_file_error = Some(why.lines().next().unwrap_or(why).to_string());
         }
         self.finish("invalid", took);
     }
@@ -278,7 +283,10 @@ impl Metrics {
 
     /// `Ok` when a round has finished and the sync file is valid, else why not.
     pub fn ready(&self) -> std::result::Result<(), String> {
-        let r = self.readiness.lock().map_err(|_| "the readiness state is poisoned".to_string())?;
+        let r = self
+            .readiness
+            .lock()
+            .map_err(|_| "the readiness state is poisoned".to_string())?;
         match (&r.sync_file_error, r.finished) {
             (Some(e), _) => Err(format!("the sync file is invalid: {e}")),
             (None, false) => Err("the first round has not finished".to_string()),

@@ -125,7 +125,7 @@ pub fn report_error(e: &Error, format: OutputFormat) {
 #[command(name = "occy", version = VERSION, propagate_version = true, max_term_width = 100)]
 #[command(help_template = TOP_HELP)]
 #[command(
-    after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n  occy info 'quay://projectquay/*:latest'\n\nIn production: occy sync mirror.yaml --every 15m --listen 0.0.0.0:9090 (a service loop serving\n/healthz, /readyz, /metrics); --metrics-file PATH (a one-shot run's metrics); occy report FILES... (shards).\n\nExit codes: 0 success, 1 failure, 2 usage error, 3 changes pending (sync --plan --detailed-exitcode).\nDocs: docs/ in the source (start with docs/getting-started.md), and `occy man`."
+    after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n  occy sync mirror.yaml --every 15m --listen 0.0.0.0:9090 --metrics-file /var/lib/occy.prom\n\nExit codes: 0 success, 1 failure, 2 usage error, 3 changes pending (--plan --detailed-exitcode).\nDocs: docs/ in the source (start with docs/getting-started.md), and `occy man`."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -80,7 +80,16 @@ fn shard_rows(m: &Merged) -> Vec<Vec<String>> {
         .collect()
 }
 
-const HEADER: [&str; 8] = ["shard", "status", "report", "written", "unchanged", "failed", "bytes", "time"];
+const HEADER: [&str; 8] = [
+    "shard",
+    "status",
+    "report",
+    "written",
+    "unchanged",
+    "failed",
+    "bytes",
+    "time",
+];
 
 fn totals(m: &Merged) -> String {
     format!(
@@ -131,7 +140,11 @@ pub fn markdown(m: &Merged) -> String {
     let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
     let mut out = String::from("### occy sync: ");
     out.push_str(&format!("{} shards\n\n", m.shards));
-    out.push_str(&format!("| {} |\n|{}\n", HEADER.join(" | "), "---|".repeat(HEADER.len())));
+    out.push_str(&format!(
+        "| {} |\n|{}\n",
+        HEADER.join(" | "),
+        "---|".repeat(HEADER.len())
+    ));
     for row in shard_rows(m) {
         let cells: Vec<String> = row.iter().map(|c| cell(c)).collect();
         out.push_str(&format!("| {} |\n", cells.join(" | ")));

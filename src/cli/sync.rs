@@ -154,7 +154,12 @@ async fn load_and_plan(
     args: &SyncArgs,
     metrics: Option<&Metrics>,
     started: std::time::Instant,
-) -> Result<(PlanContext, plan::Plan, crate::spec::Settings, crate::registry::RegistryOptions)> {
+) -> Result<(
+    PlanContext,
+    plan::Plan,
+    crate::spec::Settings,
+    crate::registry::RegistryOptions,
+)> {
     let sharding = match (args.shard, args.shards) {
         (Some(arg), _) => {
             let job_index = std::env::var_os(shard::JOB_INDEX_ENV).map(|v| v.to_string_lossy().into_owned());

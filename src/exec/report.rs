@@ -131,7 +131,9 @@ impl Merged {
 /// reports of one shard, and text that is not a report are errors (2).
 pub fn merge(reports: &[(String, String)]) -> Result<Merged> {
     if reports.is_empty() {
-        return Err(Error::usage("occy report needs the JSON reports of the shards (occy -O json sync … --shard I/N > FILE)"));
+        return Err(Error::usage(
+            "occy report needs the JSON reports of the shards (occy -O json sync … --shard I/N > FILE)",
+        ));
     }
     let mut by_shard: BTreeMap<usize, (String, ReadReport)> = BTreeMap::new();
     let mut count: Option<(usize, String)> = None;
@@ -310,7 +312,10 @@ mod tests {
     #[test]
     fn reports_that_do_not_belong_together_are_refused() {
         let e = merge(&files(&[report(Some((0, 3)), 1, 0), report(Some((1, 2)), 1, 0)])).unwrap_err();
-        assert!(e.to_string().contains("r1.json is a report of a run in 2 shard(s)"), "{e}");
+        assert!(
+            e.to_string().contains("r1.json is a report of a run in 2 shard(s)"),
+            "{e}"
+        );
         let e = merge(&files(&[report(Some((1, 3)), 1, 0), report(Some((1, 3)), 1, 0)])).unwrap_err();
         assert!(e.to_string().contains("both reports of shard 1/3"), "{e}");
         let e = merge(&[("x.json".into(), "{\"plan\": 1}".into())]).unwrap_err();

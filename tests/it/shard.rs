@@ -36,7 +36,7 @@ fn repo_tag(name: &str) -> String {
 }
 
 /// The registry holding every image of the set (shared by the tests here).
-fn source() -> &'static Registry {
+pub(crate) fn source() -> &'static Registry {
     static PUSHED: OnceLock<()> = OnceLock::new();
     let reg = Registry::shared(Mode::Plain);
     PUSHED.get_or_init(|| {
@@ -150,9 +150,9 @@ fn repo_of(destination: &str) -> String {
 
 /// What the registry's access log says was written.
 #[derive(Default, Debug)]
-struct Writes {
+pub(crate) struct Writes {
     /// Completed blob uploads: (repository, digest hex).
-    uploads: Vec<(String, String)>,
+    pub(crate) uploads: Vec<(String, String)>,
     /// Completed cross-repository mounts.
     mounts: Vec<(String, String)>,
     /// Manifests put.
@@ -160,7 +160,7 @@ struct Writes {
 }
 
 /// Reads a Distribution access log (`"METHOD PATH HTTP/1.1" STATUS …` lines).
-fn writes(log: &str) -> Writes {
+pub(crate) fn writes(log: &str) -> Writes {
     let mut w = Writes::default();
     for line in log.lines() {
         let Some((_, rest)) = line.split_once('"') else {
@@ -225,7 +225,7 @@ fn blob_size(reg: &Registry, hex: &str) -> u64 {
 }
 
 /// Destination (without host) → written digest, from apply reports.
-fn written_digests(reports: &[Value]) -> BTreeMap<String, String> {
+pub(crate) fn written_digests(reports: &[Value]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for r in reports {
         for t in r["targets"].as_array().unwrap() {
