@@ -684,3 +684,31 @@ fn sigterm_in_the_middle_of_a_large_blob_exits_0_and_commits_no_tag() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&tags.stdout), "404", "{stderr}");
 }
+
+#[test]
+fn each_target_counts_the_bytes_that_went_to_its_own_destination() {
+    // One source, two destinations: one fetch of each layer feeds both.
+    let dir = scratch_dir("per-target-bytes");
+    let file = dir.join("two.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: 1\nsync:\n  - from: {}\n    to:\n      - oci://{}/layout:app\n      - tar://{}/app.tar\n",
+            standard_ref("app-a"),
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let args = ["-O", "json", "--no-cache", "sync", file.to_str().unwrap()];
+    let report = json_of(&assert_ok(&args, occy(&args)));
+    assert_eq!(report["written"], 2, "{report}");
+    let targets = report["targets"].as_array().unwrap();
+    let bytes: Vec<u64> = targets.iter().map(|t| t["report"]["bytes"].as_u64().unwrap()).collect();
+    for t in targets {
+        assert!(t["report"]["layers_copied"].as_u64().unwrap() > 0, "{t}");
+    }
+    assert!(bytes.iter().all(|b| *b > 0), "a target that got layers shows 0 bytes: {report}");
+    assert_eq!(bytes[0], bytes[1], "the same layers went to both: {report}");
+    assert_eq!(report["bytes"].as_u64().unwrap(), bytes[0] + bytes[1], "{report}");
+}
