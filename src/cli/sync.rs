@@ -115,6 +115,14 @@ pub struct SyncArgs {
     /// For node_exporter's textfile collector; with --every, after each round.
     #[arg(long, value_name = "PATH", conflicts_with = "plan")]
     pub metrics_file: Option<PathBuf>,
+
+    /// Also write the run's JSON report to PATH (atomically), for occy report
+    ///
+    /// Whatever -O says: a container without a shell cannot redirect
+    /// stdout. In a Kubernetes Indexed Job:
+    /// --report /reports/shard-$(JOB_COMPLETION_INDEX).json
+    #[arg(long, value_name = "PATH", conflicts_with = "plan")]
+    pub report: Option<PathBuf>,
 }
 
 /// Runs `occy sync`: one round, or with `--every` the service loop.
@@ -376,6 +384,9 @@ async fn finish_round(
     if let Some(m) = metrics {
         m.round(&report, started.elapsed());
     }
+    if let Some(path) = &args.report {
+        write_report(path, &report)?;
+    }
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
@@ -389,4 +400,26 @@ async fn finish_round(
         }
     }
     Ok(report.exit_code().max(i32::from(shard_unsure)))
+}
+
+/// Writes the run's JSON report through a temporary file beside `path`,
+/// renamed into place (readable by others, as a file written by `>`).
+fn write_report(path: &std::path::Path, report: &crate::exec::sync::ApplyReport) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+    serde_json::to_writer_pretty(tmp.as_file_mut(), report)?;
+    tmp.as_file_mut()
+        .write_all(b"\n")
+        .map_err(|e| Error::io("write the report to", path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644));
+    }
+    tmp.persist(path)
+        .map_err(|e| Error::io("write the report to", path, e.error))?;
+    Ok(())
 }

@@ -233,7 +233,11 @@ fn three_containers_of_the_image_sync_as_an_indexed_job_and_one_report_adds_them
     shard_sync_file(&dir, "mirror.yaml", &src.host, &dst.host);
     let full_file = shard_sync_file(&dir, "full.yaml", &src.host, &full.host);
 
-    // The pods: one container per index, at once, each writing its report.
+    // The pods: one container per index, at once, each writing its report
+    // to a volume (and on stdout).
+    let reports_dir = dir.join("reports");
+    std::fs::create_dir(&reports_dir).unwrap();
+    std::fs::set_permissions(&reports_dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let pods: Vec<Child> = (0..3)
         .map(|i| {
             Command::new("docker")
@@ -246,6 +250,8 @@ fn three_containers_of_the_image_sync_as_an_indexed_job_and_one_report_adds_them
                     &format!("JOB_COMPLETION_INDEX={i}"),
                     "-v",
                     &format!("{}:/config:ro", dir.display()),
+                    "-v",
+                    &format!("{}:/reports", reports_dir.display()),
                     "occy:latest",
                     "-O",
                     "json",
@@ -254,6 +260,8 @@ fn three_containers_of_the_image_sync_as_an_indexed_job_and_one_report_adds_them
                     "/config/mirror.yaml",
                     "--shard",
                     "auto/3",
+                    "--report",
+                    &format!("/reports/report-{i}.json"),
                 ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -281,8 +289,9 @@ fn three_containers_of_the_image_sync_as_an_indexed_job_and_one_report_adds_them
                 assert!(r["bytes"].as_u64().unwrap() > 0, "copied layers, 0 bytes: {t}");
             }
         }
-        let file = dir.join(format!("report-{i}.json"));
-        std::fs::write(&file, &out.stdout).unwrap();
+        let file = reports_dir.join(format!("report-{i}.json"));
+        let written: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(written, report, "--report and stdout differ");
         files.push(file);
         reports.push(report);
     }
@@ -708,7 +717,10 @@ fn each_target_counts_the_bytes_that_went_to_its_own_destination() {
     for t in targets {
         assert!(t["report"]["layers_copied"].as_u64().unwrap() > 0, "{t}");
     }
-    assert!(bytes.iter().all(|b| *b > 0), "a target that got layers shows 0 bytes: {report}");
+    assert!(
+        bytes.iter().all(|b| *b > 0),
+        "a target that got layers shows 0 bytes: {report}"
+    );
     assert_eq!(bytes[0], bytes[1], "the same layers went to both: {report}");
     assert_eq!(report["bytes"].as_u64().unwrap(), bytes[0] + bytes[1], "{report}");
 }
