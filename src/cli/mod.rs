@@ -125,7 +125,7 @@ pub fn report_error(e: &Error, format: OutputFormat) {
 #[command(name = "occy", version = VERSION, propagate_version = true, max_term_width = 100)]
 #[command(help_template = TOP_HELP)]
 #[command(
-    after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n  occy sync mirror.yaml --every 15m --listen 0.0.0.0:9090 --metrics-file /var/lib/occy.prom\n\nExit codes: 0 success, 1 failure, 2 usage error, 3 changes pending (--plan --detailed-exitcode).\nDocs: docs/ in the source (start with docs/getting-started.md), and `occy man`."
+    after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n  occy sync mirror.yaml --every 15m --listen 0.0.0.0:9090 --metrics-file m.prom --report r.json\n\nExit codes: 0 success, 1 failure, 2 usage error, 3 changes pending (--plan --detailed-exitcode).\nDocs: docs/ in the source (start with docs/getting-started.md), and `occy man`."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -355,7 +355,7 @@ pub enum Command {
 
     /// Bring destinations up to date with a sync file (YAML or TOML); --plan shows what would change
     #[command(
-        after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy sync mirror.yaml --plan -O markdown --detailed-exitcode\n  occy sync mirror.yaml --plan --out plan.json && occy sync --apply plan.json\n  occy sync mirror.yaml -J 4 -j 8 --check full\n  occy sync mirror.yaml --every 15m --listen 0.0.0.0:9090\n  occy sync mirror.yaml --metrics-file /var/lib/node_exporter/occy.prom\n\nExit codes: 0 done (with --plan --detailed-exitcode: nothing to do), 1 some targets failed,\n2 sync-file or usage error (nothing was done), 3 (--plan --detailed-exitcode) changes pending."
+        after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy sync mirror.yaml --plan -O markdown --detailed-exitcode\n  occy sync mirror.yaml --plan --out plan.json && occy sync --apply plan.json\n  occy sync mirror.yaml -J 4 -j 8 --check full\n  occy sync mirror.yaml --every 15m --listen 0.0.0.0:9090\n\nExit codes: 0 done (with --plan --detailed-exitcode: nothing to do), 1 some targets failed,\n2 sync-file or usage error (nothing was done), 3 (--plan --detailed-exitcode) changes pending."
     )]
     Sync(sync::SyncArgs),
 

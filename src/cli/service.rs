@@ -79,8 +79,8 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs, every: Duration) -> Resul
     loop {
         n += 1;
         let started = Instant::now();
-        let this = round(global, args, Some(&metrics));
-        tokio::pin!(this);
+        // Boxed, so that SIGTERM can drop it (and its sinks and spools) before the process ends.
+        let mut this = Box::pin(round(global, args, Some(&metrics)));
         let result = tokio::select! {
             r = &mut this => r,
             _ = terminate.recv() => {

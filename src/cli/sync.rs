@@ -97,7 +97,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "N", requires = "plan", value_parser = shard::parse_count, conflicts_with = "prune")]
     pub shards: Option<usize>,
 
-    /// Run as a service: a round every DURATION (30s, 15m, 1h), the sync file read again each round
+    /// A service: a round every DURATION (30s, 15m), re-reading the sync file
     ///
     /// A round loads the sync file, plans, applies and checks, then sleeps
     /// DURATION; a failed round (or an invalid sync file) does not end the
@@ -106,7 +106,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "DURATION", value_parser = super::service::parse_duration, conflicts_with_all = ["plan", "apply"])]
     pub every: Option<std::time::Duration>,
 
-    /// With --every: serve /healthz, /readyz and /metrics (Prometheus) on ADDR:PORT
+    /// With --every: serve /healthz, /readyz and /metrics on ADDR:PORT
     #[arg(long, value_name = "ADDR:PORT", requires = "every")]
     pub listen: Option<String>,
 
