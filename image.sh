@@ -46,7 +46,7 @@ if [ -z "$binary" ]; then
     command -v cargo >/dev/null || { echo "image.sh: cargo not found; install Rust (https://rustup.rs) or set OCCY_IMAGE_BINARY" >&2; exit 2; }
     echo "image.sh: building occy (cargo build --release --locked)" >&2
     cargo build --release --locked --bin occy
-    binary=target/release/occy
+    binary=${CARGO_TARGET_DIR:-target}/release/occy
 fi
 [ -x "$binary" ] || { echo "image.sh: $binary is not an executable occy binary" >&2; exit 2; }
 
@@ -65,8 +65,12 @@ chmod 0755 "$root/usr/local/bin/occy"
 
 # The shared libraries it links, and the dynamic loader, at the paths the
 # binary names them by (symbolic links resolved to the files).
-libs=$(ldd "$binary" | awk '/=> \// { print $3 } /^[[:space:]]*\/[^ ]*ld-linux/ { print $1 }' | sort -u)
-[ -n "$libs" ] || { echo "image.sh: ldd found no libraries in $binary" >&2; exit 2; }
+# A static binary (e.g. a musl build) needs none.
+libs=$(ldd "$binary" 2>/dev/null | awk '/=> \// { print $3 } /^[[:space:]]*\/[^ ]*ld-linux/ { print $1 }' | sort -u || true)
+if [ -z "$libs" ] && ! ldd "$binary" 2>&1 | grep -q -e 'statically linked' -e 'not a dynamic executable'; then
+    echo "image.sh: ldd found no libraries in $binary" >&2
+    exit 2
+fi
 for lib in $libs; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
