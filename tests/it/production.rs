@@ -15,12 +15,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::fault_proxy::{Class, Fault, FaultProxy};
+use crate::support::fault_proxy::{docker_hub_quota, Class, Fault, FaultProxy};
 use crate::support::*;
 
 fn repo_root() -> &'static Path {
@@ -529,11 +530,15 @@ fn the_service_loop_is_scraped_by_prometheus_through_a_moved_tag_and_a_broken_sy
     let standard = &standard_images().0;
     src.push_layout(standard, "app-a", "svc/app:stable");
     src.push_layout(standard, "app-a", "svc/app:pinned");
+    // The source announces a Docker Hub-style pull quota.
+    let proxy = FaultProxy::start(&src.host);
+    let remaining = Arc::new(AtomicU64::new(90));
+    proxy.add_headers(docker_hub_quota(100, remaining.clone(), 21600));
     let dir = scratch_dir("service");
     let file = dir.join("mirror.yaml");
     let good = format!(
         "version: 1\nregistries:\n  {s}: {{ insecure: true }}\n  {d}: {{ insecure: true }}\nsync:\n  - from: registry://{s}/svc/app:stable\n    to: registry://{d}/mirror/app:stable\n  - from: registry://{s}/svc/app:pinned\n    to: registry://{d}/mirror/app:pinned\n",
-        s = src.host,
+        s = proxy.host,
         d = dst.host
     );
     std::fs::write(&file, &good).unwrap();
@@ -582,12 +587,21 @@ fn the_service_loop_is_scraped_by_prometheus_through_a_moved_tag_and_a_broken_sy
 
     let metrics = http_body(&format!("{base}/metrics"));
     promtool_accepts(&metrics, "/metrics");
-    assert!(
-        metrics.contains(&format!(
-            "occy_registry_requests_total{{host=\"{}\",class=\"2xx\"}}",
-            src.host
-        )),
-        "{metrics}"
+    for host in [&proxy.host, &dst.host] {
+        assert!(
+            metrics.contains(&format!(
+                "occy_registry_requests_total{{host=\"{host}\",class=\"2xx\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+    // The quota as the source announced it last, through Prometheus.
+    let quota = format!("occy_registry_pull_quota_remaining{{host=\"{}\"}}", proxy.host);
+    let left = prometheus.wait_for(&quota, |v| v < 90.0, "below 90");
+    assert!(left >= remaining.load(Ordering::SeqCst) as f64, "{left}");
+    assert_eq!(
+        prometheus.query(&format!("occy_registry_pull_quota_limit{{host=\"{}\"}}", proxy.host)),
+        Some(100.0)
     );
 
     // An invalid sync file: not ready, counted, and the loop goes on serving.
