@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs occy's whole test suite. On a fresh Debian machine it first installs
-# what the tests talk to: the Distribution registry, skopeo, podman, containerd, umoci,
-# htpasswd, openssl, Graphviz and busybox-static (a base image for `docker
-# build` tests) (apt, as root or through sudo).
+# what the tests talk to: the Distribution registry, skopeo, podman,
+# containerd, umoci, htpasswd, openssl, Graphviz, Prometheus (promtool) and
+# busybox-static (a base image for `docker build` tests) (apt, as root or
+# through sudo).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,6 +20,9 @@ command -v umoci >/dev/null || need+=(umoci)
 command -v dot >/dev/null || need+=(graphviz)
 [ -x /bin/busybox ] || need+=(busybox-static)
 [ -x /usr/bin/time ] || need+=(time)
+{ command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+command -v unshare >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}" >&2
     SUDO=""
@@ -32,8 +36,8 @@ if ! command -v cargo >/dev/null; then
 fi
 
 echo "== components the tests use"
-for c in "docker version --format {{.Server.Version}}" "podman --version" "containerd --version" "skopeo --version" "umoci --version" \
-    "docker-registry --version" "dot -V"; do
+for c in "docker version --format {{.Server.Version}}" "podman --version" "containerd --version" "skopeo --version" \
+    "umoci --version" "docker-registry --version" "dot -V" "prometheus --version"; do
     # A missing tool is reported here; the tests that need it then fail
     # (OCCY_REQUIRE_ALL=1, as in CI) or say SKIPPED.
     printf '%s: %s\n' "${c%% *}" "$($c 2>&1 | head -1 || echo "not available")"

@@ -1,4 +1,4 @@
-//! Ctrl-C, seen by the whole run: the binary trips one switch on SIGINT,
+//! Ctrl-C, seen by the whole run (and SIGTERM's gentler [`drain`]): the binary trips one switch on SIGINT,
 //! and the blocking threads that read async streams (layer rewrites, layer
 //! scans, `search`, daemon exports) read through [`Bridge`], which stops
 //! at once with an error when the switch is tripped. The binary then waits
@@ -39,6 +39,20 @@ pub fn interrupt() {
 /// Whether the run was interrupted.
 pub fn is_interrupted() -> bool {
     token().is_cancelled()
+}
+
+/// Set by SIGTERM in `occy sync --every`: start no new work.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks the executor to start no new work (no fetch, no commit); the work
+/// under way goes on to its end.
+pub fn drain() {
+    DRAINING.store(true, Ordering::SeqCst);
+}
+
+/// Whether new work should not start ([`drain`]).
+pub fn is_draining() -> bool {
+    DRAINING.load(Ordering::SeqCst)
 }
 
 /// The error a read gives once the run is interrupted. Not

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod filter;
 pub mod image;
 pub mod interrupt;
+pub mod metrics;
 pub mod mirror_config;
 pub mod plan;
 pub mod reference;

@@ -7,7 +7,9 @@ pub mod manual;
 pub mod mirror_config;
 pub mod output;
 pub mod process;
+pub mod report;
 pub mod search;
+pub mod service;
 pub mod sync;
 
 use std::io::IsTerminal;
@@ -124,7 +126,7 @@ pub fn report_error(e: &Error, format: OutputFormat) {
 #[command(name = "occy", version = VERSION, propagate_version = true, max_term_width = 100)]
 #[command(help_template = TOP_HELP)]
 #[command(
-    after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n  occy info 'quay://projectquay/*:latest'\n\nExit codes: 0 success, 1 failure, 2 usage error, 3 changes pending (sync --plan --detailed-exitcode).\nDocs: docs/ in the source (start with docs/getting-started.md), and `occy man`."
+    after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy process registry://127.0.0.1:5000/app:1.0 oci:///srv/layouts/app:1.0\n  occy sync mirror.yaml --every 15m --listen 0.0.0.0:9090 --metrics-file m.prom --report r.json\n\nExit codes: 0 success, 1 failure, 2 usage error, 3 changes pending (--plan --detailed-exitcode).\nDocs: docs/ in the source (start with docs/getting-started.md), and `occy man`."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -359,7 +361,7 @@ pub enum Command {
 
     /// Bring destinations up to date with a sync file; --plan shows what would change
     #[command(
-        after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy sync mirror.yaml --plan -O markdown --detailed-exitcode\n  occy sync mirror.yaml --plan --out plan.json && occy sync --apply plan.json\n  occy sync mirror.yaml -J 4 -j 8 --check full\n\nExit codes: 0 done (with --plan --detailed-exitcode: nothing to do), 1 some targets failed,\n2 sync-file or usage error (nothing was done), 3 (--plan --detailed-exitcode) changes pending."
+        after_help = "Examples:\n  occy sync mirror.yaml --plan\n  occy sync mirror.yaml --plan -O markdown --detailed-exitcode\n  occy sync mirror.yaml --plan --out plan.json && occy sync --apply plan.json\n  occy sync mirror.yaml -J 4 -j 8 --check full\n  occy sync mirror.yaml --every 15m --listen 0.0.0.0:9090\n\nExit codes: 0 done (with --plan --detailed-exitcode: nothing to do), 1 some targets failed,\n2 sync-file or usage error (nothing was done), 3 (--plan --detailed-exitcode) changes pending."
     )]
     Sync(sync::SyncArgs),
 
@@ -369,6 +371,11 @@ pub enum Command {
         after_help = "Examples:\n  occy mirror-config inside.yaml --format containerd -o /etc/containerd/certs.d\n  occy mirror-config inside.yaml --format registries.conf -o /etc/containers/registries.conf.d\n  occy mirror-config inside.yaml --format idms | kubectl apply -f -\n\nA mapping a format cannot express (a tag rename, filters that change digests, a repository\nrename containerd cannot write) is left out with a warning. Exit codes: 0 written, 1 nothing\nto write, 2 sync-file or usage error."
     )]
     MirrorConfig(mirror_config::MirrorConfigArgs),
+    /// Merge the JSON reports of a sharded sync into one summary; exit 1 if a shard failed or is missing
+    #[command(
+        after_help = "Examples:\n  occy -O json sync mirror.yaml --shard auto/3 > report-$JOB_COMPLETION_INDEX.json\n  occy report report-*.json\n  occy -O markdown report report-*.json >> \"$GITHUB_STEP_SUMMARY\"\n\nExit codes: 0 every shard reported and no target failed, 1 a target failed or a shard's report is missing,\n2 a file is not a report, or the reports are not of one run."
+    )]
+    Report(report::ReportArgs),
 
     /// Print the JSON Schema of sync files (for editors)
     #[command(after_help = "Example:\n  occy schema > occy-sync.schema.json")]
@@ -405,6 +412,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Check(args) => check::run(&cli.global, args).await,
         Command::Sync(args) => sync::run(&cli.global, args).await,
         Command::MirrorConfig(args) => mirror_config::run(&cli.global, args).await,
+        Command::Report(args) => report::run(&cli.global, args).await,
         Command::Schema => {
             print!("{}", crate::spec::json_schema());
             Ok(0)

@@ -1,6 +1,8 @@
 //! `occy sync FILE`: plan (and with `--plan`, only show) then apply a sync
 //! file; `--plan --out` saves the plan and `--apply` carries it out exactly;
-//! `--shard I/N` does one shard of it and `--plan --shards N` shows the shards.
+//! `--shard I/N` does one shard of it and `--plan --shards N` shows the shards;
+//! `--every` runs it as a service ([`super::service`]), `--metrics-file`
+//! writes what a run did for Prometheus.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -13,8 +15,10 @@ use crate::cache::LayerCache;
 use crate::check::Mode;
 use crate::cli::output::summary_text;
 use crate::error::{Error, Result};
+use crate::exec::report::ShardOf;
 use crate::exec::sync::{apply, ApplyOptions};
 use crate::filter::parse_compression;
+use crate::metrics::Metrics;
 use crate::plan::shard::{self, ShardArg, Sharding};
 use crate::plan::{self, render, PlanContext, SavedPlan};
 use crate::spec::model::CheckSetting;
@@ -92,10 +96,78 @@ pub struct SyncArgs {
     /// With each shard's bytes and the bytes shards share (-O json for a CI matrix).
     #[arg(long, value_name = "N", requires = "plan", value_parser = shard::parse_count, conflicts_with = "prune")]
     pub shards: Option<usize>,
+
+    /// A service: a round every DURATION (30s, 15m), re-reading the sync file
+    ///
+    /// A round loads the sync file, plans, applies and checks, then sleeps
+    /// DURATION; a failed round (or an invalid sync file) does not end the
+    /// loop. SIGTERM lets the transfers under way finish (at most 5 s),
+    /// commits nothing new and exits 0.
+    #[arg(long, value_name = "DURATION", value_parser = super::service::parse_duration, conflicts_with_all = ["plan", "apply"])]
+    pub every: Option<std::time::Duration>,
+
+    /// With --every: serve /healthz, /readyz and /metrics on ADDR:PORT
+    #[arg(long, value_name = "ADDR:PORT", requires = "every")]
+    pub listen: Option<String>,
+
+    /// Write the run's metrics to PATH (Prometheus text format, atomically)
+    ///
+    /// For node_exporter's textfile collector; with --every, after each round.
+    #[arg(long, value_name = "PATH", conflicts_with = "plan")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// Also write the run's JSON report to PATH (atomically), for occy report
+    ///
+    /// Whatever -O says: a container without a shell cannot redirect
+    /// stdout. In a Kubernetes Indexed Job:
+    /// --report /reports/shard-$(JOB_COMPLETION_INDEX).json
+    #[arg(long, value_name = "PATH", conflicts_with = "plan")]
+    pub report: Option<PathBuf>,
 }
 
-/// Runs `occy sync`.
+/// Runs `occy sync`: one round, or with `--every` the service loop.
 pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
+    if let Some(every) = args.every {
+        return super::service::run(global, args, every).await;
+    }
+    let Some(path) = &args.metrics_file else {
+        return round(global, args, None).await;
+    };
+    let metrics = Metrics::new();
+    let result = round(global, args, Some(&metrics)).await;
+    metrics.write_file(path)?;
+    result
+}
+
+/// One round: load the sync file, plan, and show the plan or apply it;
+/// what it did goes to `metrics` too.
+pub async fn round(global: &GlobalArgs, args: &SyncArgs, metrics: Option<&Metrics>) -> Result<i32> {
+    let started = std::time::Instant::now();
+    let loaded = load_and_plan(global, args, metrics, started).await;
+    if let (Err(e), Some(m)) = (&loaded, metrics) {
+        match e {
+            Error::SyncFile(_) => m.load_error(&e.to_string(), started.elapsed()),
+            // Counted by load_and_plan when the file could not be loaded.
+            _ if m.sync_file_valid() => m.round_failed(started.elapsed()),
+            _ => {}
+        }
+    }
+    let (ctx, plan, settings, base) = loaded?;
+    finish_round(global, args, metrics, started, ctx, plan, settings, base).await
+}
+
+/// Loads the sync file and makes the plan.
+async fn load_and_plan(
+    global: &GlobalArgs,
+    args: &SyncArgs,
+    metrics: Option<&Metrics>,
+    started: std::time::Instant,
+) -> Result<(
+    PlanContext,
+    plan::Plan,
+    crate::spec::Settings,
+    crate::registry::RegistryOptions,
+)> {
     let sharding = match (args.shard, args.shards) {
         (Some(arg), _) => {
             let job_index = std::env::var_os(shard::JOB_INDEX_ENV).map(|v| v.to_string_lossy().into_owned());
@@ -110,7 +182,18 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         (None, Some(s)) => PathBuf::from(&s.sync_file),
         (None, None) => return Err(Error::usage("occy sync needs a sync file (or --apply PLAN.json)")),
     };
-    let mut spec = crate::spec::load(&file)?;
+    let mut spec = match crate::spec::load(&file) {
+        Ok(spec) => spec,
+        Err(e) => {
+            if let (Some(m), false) = (metrics, matches!(e, Error::SyncFile(_))) {
+                m.load_error(&e.to_string(), started.elapsed());
+            }
+            return Err(e);
+        }
+    };
+    if let Some(m) = metrics {
+        m.loaded();
+    }
     if let Some(s) = &saved {
         if s.sync_file_sha256 != spec.hash {
             return Err(Error::usage(format!(
@@ -179,6 +262,21 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
             )));
         }
     }
+    Ok((ctx, plan, settings, base))
+}
+
+/// Shows or applies the plan of a round.
+#[allow(clippy::too_many_arguments)]
+async fn finish_round(
+    global: &GlobalArgs,
+    args: &SyncArgs,
+    metrics: Option<&Metrics>,
+    started: std::time::Instant,
+    ctx: PlanContext,
+    plan: plan::Plan,
+    settings: crate::spec::Settings,
+    base: crate::registry::RegistryOptions,
+) -> Result<i32> {
     let colour = global.colour_stdout();
 
     // A shard whose partition missed some source's layers may disagree with
@@ -278,7 +376,17 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         progress: global.progress_mode(true),
         record: true,
     };
-    let report = apply(&ctx, &plan, &opts).await;
+    let mut report = apply(&ctx, &plan, &opts).await;
+    report.shard = plan.shard.as_ref().map(|s| ShardOf {
+        index: s.index,
+        count: s.count,
+    });
+    if let Some(m) = metrics {
+        m.round(&report, started.elapsed());
+    }
+    if let Some(path) = &args.report {
+        write_report(path, &report)?;
+    }
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
@@ -292,4 +400,26 @@ pub async fn run(global: &GlobalArgs, args: &SyncArgs) -> Result<i32> {
         }
     }
     Ok(report.exit_code().max(i32::from(shard_unsure)))
+}
+
+/// Writes the run's JSON report through a temporary file beside `path`,
+/// renamed into place (readable by others, as a file written by `>`).
+fn write_report(path: &std::path::Path, report: &crate::exec::sync::ApplyReport) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+    serde_json::to_writer_pretty(tmp.as_file_mut(), report)?;
+    tmp.as_file_mut()
+        .write_all(b"\n")
+        .map_err(|e| Error::io("write the report to", path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644));
+    }
+    tmp.persist(path)
+        .map_err(|e| Error::io("write the report to", path, e.error))?;
+    Ok(())
 }

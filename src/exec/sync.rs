@@ -89,7 +89,7 @@ pub struct ApplyReport {
     pub written: usize,
     pub unchanged: usize,
     pub failed: usize,
-    /// Layer bytes read from sources.
+    /// Layer bytes written to destinations (the sum of the targets').
     pub bytes: u64,
     pub layers_copied: usize,
     pub layers_mounted: usize,
@@ -104,6 +104,9 @@ pub struct ApplyReport {
     /// Tags `--prune` could not delete, with why.
     pub prune_failed: Vec<PruneFailure>,
     pub seconds: f64,
+    /// The shard this run did (`--shard I/N`), for `occy report`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<super::report::ShardOf>,
 }
 
 /// A tag `--prune` could not delete.
@@ -295,6 +298,9 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
     }
     let (mut pruned, mut prune_failed) = (Vec::new(), Vec::new());
     for p in &plan.prune {
+        if crate::interrupt::is_draining() {
+            break;
+        }
         match prune::delete(ctx, p).await {
             Ok(()) => {
                 progress.println(&format!("[prune] {} deleted ({})", p.destination, p.digest.short()));
@@ -329,6 +335,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         pruned,
         prune_failed,
         targets,
+        shard: None,
     }
 }
 

@@ -318,7 +318,9 @@ impl<'a> Walk<'a> {
                     heap.push(Reverse((priority(g, i), i)));
                 }
             }
-            while running.len() < cap {
+            // Draining (SIGTERM in a service loop): nothing new starts, so
+            // no tag is committed that was not under way.
+            while running.len() < cap && !crate::interrupt::is_draining() {
                 let Some(Reverse((_, i))) = heap.pop() else { break };
                 if !matches!(state[&i], State::Waiting) {
                     continue;
@@ -533,17 +535,22 @@ impl<'a> Walk<'a> {
     ) -> Result<(Result<()>, Vec<(NodeIndex, Result<()>)>)> {
         let io = self.io_of(owner)?;
         let raw = io.source.open_blob(desc).await?;
-        let counted: BlobReader = Box::pin(CountingReader {
-            inner: raw,
-            counter: io.bytes_read.clone(),
-        });
-        let (branches, pump) = tee(counted, consumers.len());
-        let feeds = futures_util::future::join_all(
-            consumers
-                .iter()
-                .zip(branches)
-                .map(|(&c, b)| async move { (c, self.consume(c, boxed(b)).await) }),
-        );
+        let (branches, pump) = tee(raw, consumers.len());
+        // Each blob copied counts for the target whose destination gets it
+        // (not only for the fetch's first target); a rewrite's output
+        // counts when it is written (see `blob`).
+        let feeds = futures_util::future::join_all(consumers.iter().zip(branches).map(|(&c, b)| async move {
+            let copied = matches!(self.graph.graph[c].key, NodeKey::Blob { .. });
+            let to = self.owner(c).and_then(|t| self.io_of(t));
+            let stream = match (copied, to) {
+                (true, Ok(to)) => Box::pin(CountingReader {
+                    inner: boxed(b),
+                    counter: to.bytes_read.clone(),
+                }) as BlobReader,
+                _ => boxed(b),
+            };
+            (c, self.consume(c, stream).await)
+        }));
         let (pumped, per) = tokio::join!(pump, feeds);
         let pumped = match pumped {
             // The stream stopped for another reason than the transport's
@@ -661,6 +668,7 @@ impl<'a> Walk<'a> {
             };
             if r.is_ok() {
                 tally(&self.copied, owner);
+                io.bytes_read.fetch_add(out.size, Ordering::Relaxed);
             }
             return r;
         }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod credentials;
 pub mod rate_limit;
 pub mod retry;
+pub mod stats;
 
 #[cfg(test)]
 mod client_tests;

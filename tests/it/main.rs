@@ -19,6 +19,7 @@ mod mirror_config;
 mod oci_layouts;
 mod process_files;
 mod process_registry;
+mod production;
 mod pull_quota;
 mod push_compression;
 mod push_registry;

@@ -36,7 +36,7 @@ fn repo_tag(name: &str) -> String {
 }
 
 /// The registry holding every image of the set (shared by the tests here).
-fn source() -> &'static Registry {
+pub(crate) fn source() -> &'static Registry {
     static PUSHED: OnceLock<()> = OnceLock::new();
     let reg = Registry::shared(Mode::Plain);
     PUSHED.get_or_init(|| {
@@ -150,9 +150,9 @@ fn repo_of(destination: &str) -> String {
 
 /// What the registry's access log says was written.
 #[derive(Default, Debug)]
-struct Writes {
+pub(crate) struct Writes {
     /// Completed blob uploads: (repository, digest hex).
-    uploads: Vec<(String, String)>,
+    pub(crate) uploads: Vec<(String, String)>,
     /// Completed cross-repository mounts.
     mounts: Vec<(String, String)>,
     /// Manifests put.
@@ -160,7 +160,7 @@ struct Writes {
 }
 
 /// Reads a Distribution access log (`"METHOD PATH HTTP/1.1" STATUS …` lines).
-fn writes(log: &str) -> Writes {
+pub(crate) fn writes(log: &str) -> Writes {
     let mut w = Writes::default();
     for line in log.lines() {
         let Some((_, rest)) = line.split_once('"') else {
@@ -225,7 +225,7 @@ fn blob_size(reg: &Registry, hex: &str) -> u64 {
 }
 
 /// Destination (without host) → written digest, from apply reports.
-fn written_digests(reports: &[Value]) -> BTreeMap<String, String> {
+pub(crate) fn written_digests(reports: &[Value]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for r in reports {
         for t in r["targets"].as_array().unwrap() {
@@ -756,13 +756,24 @@ fn the_kubernetes_indexed_job_example_is_valid_and_its_pods_complete_the_mirror(
     std::fs::write(dir.join(key), configmap_sync_file(&docs, &src.host, &dst.host)).unwrap();
     let local = dir.join(key);
     let hosts = format!("{},{}", src.host, dst.host);
+    // The pods' reports volume; Kubernetes expands $(JOB_COMPLETION_INDEX).
+    let reports = dir.join("reports");
+    std::fs::create_dir(&reports).unwrap();
     let pods: Vec<Child> = (0..completions)
         .map(|i| {
             let index = i.to_string();
-            let args: Vec<&str> = command[1..]
+            let args: Vec<String> = command[1..]
                 .iter()
-                .map(|a| if *a == file { local.to_str().unwrap() } else { a })
+                .map(|a| {
+                    if *a == file {
+                        local.to_str().unwrap().to_string()
+                    } else {
+                        a.replace("$(JOB_COMPLETION_INDEX)", &index)
+                            .replace("/reports/", &format!("{}/", reports.display()))
+                    }
+                })
                 .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let mut env = CREDENTIALS.to_vec();
             env.push(("JOB_COMPLETION_INDEX", &index));
             env.push(("OCCY_INSECURE_REGISTRY", &hosts));
@@ -783,6 +794,19 @@ fn the_kubernetes_indexed_job_example_is_valid_and_its_pods_complete_the_mirror(
     let log = writes(&dst.access_log());
     let distinct: BTreeSet<&String> = log.uploads.iter().map(|u| &u.1).collect();
     assert_eq!(distinct.len(), log.uploads.len(), "a blob was uploaded by two pods");
+    // Their reports, as `occy report /reports/shard-*.json` adds them up.
+    let mut files: Vec<String> = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(files.len() as u64, completions, "{files:?}");
+    let mut args = vec!["-O", "json", "report"];
+    args.extend(files.iter().map(String::as_str));
+    let merged = json_of(&run_ok(&args, &[]));
+    assert_eq!(merged["shards"], completions, "{merged}");
+    assert_eq!(merged["failed"], 0, "{merged}");
+    assert_eq!(merged["written"], 23, "{merged}");
 }
 
 /// The `run:` script of the step of `job` whose script contains `needle`.

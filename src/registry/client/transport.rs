@@ -273,6 +273,7 @@ impl RegistryClient {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), elapsed_ms, "request failed: {}", describe_reqwest(&e));
+                    crate::registry::stats::record_request(self.host(), None);
                     // A scheme remembered from an earlier run that no longer
                     // holds: probe again and send it the new way.
                     if same_host && (e.is_connect() || answered_plain_http(&e)) && req.replayable() {
@@ -303,6 +304,7 @@ impl RegistryClient {
             };
             let status = resp.status();
             tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), status = status.as_u16(), elapsed_ms, "registry request");
+            crate::registry::stats::record_request(self.host(), Some(status.as_u16()));
             // Plain HTTP sent to a host that speaks HTTPS now (Go's servers
             // answer 400 and say so), by a scheme remembered from an
             // earlier run: probe again and send it the new way.
@@ -320,9 +322,11 @@ impl RegistryClient {
                 } else {
                     resp
                 };
-            self.inner
-                .quota
-                .observe(PullQuota::from_headers(|name| header_str(resp.headers(), name)));
+            let quota = PullQuota::from_headers(|name| header_str(resp.headers(), name));
+            if let Some(q) = &quota {
+                crate::registry::stats::record_quota(self.host(), q);
+            }
+            self.inner.quota.observe(quota);
 
             if status == StatusCode::UNAUTHORIZED {
                 let values: Vec<&str> = resp
