@@ -188,7 +188,7 @@ async fn list_referrers(
             let Some(at) = signature_reference(image, digest) else {
                 continue;
             };
-            let found = read_signatures(&at, opts, digest, keys).await?;
+            let found = read_signatures(&at, opts, digest, keys, None).await?;
             if let Some(d) = &found.manifest {
                 out.push(ReferrerInfo {
                     kind: "signature".into(),

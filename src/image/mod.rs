@@ -10,6 +10,9 @@ pub mod media_type;
 pub mod platform;
 pub mod referrers;
 pub mod select;
+pub mod sigstore;
+pub mod notation;
+pub mod x509;
 
 pub use config::{ConfigBlob, ImageConfig};
 pub use digest::{Digest, VerifyingReader};

@@ -457,6 +457,7 @@ mod tests {
             resolved: None,
             media: Default::default(),
             referrers: None,
+            verification: None,
         }
     }
 
