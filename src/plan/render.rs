@@ -192,6 +192,16 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         if let Some(line) = referrers_line(t) {
             let _ = writeln!(out, "    {line}");
         }
+        if let Some(v) = &t.verification {
+            match &v.signer {
+                Some(s) => {
+                    let _ = writeln!(out, "    signed by {s}");
+                }
+                None => {
+                    let _ = writeln!(out, "    verify: requires {}", v.requires);
+                }
+            }
+        }
     }
     if !plan.shared.is_empty() {
         let _ = writeln!(out, "\nShared work (each node done once):");
