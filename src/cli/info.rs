@@ -16,17 +16,17 @@ use super::output::{human_size, table};
 use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::error::{Error, Result};
 use crate::image::cosign::{PublicKey, Verdict};
+use crate::image::notation::NotationPolicy;
 use crate::image::referrers::{cosign_tag, fallback_tag, CosignKind};
+use crate::image::sigstore::{Identity, KeylessPolicy, TrustedRoot};
 use crate::image::{media_type, Compression, ImageData, Manifest};
 use crate::plan::expand::{expand_all, Expansion};
-use crate::image::notation::NotationPolicy;
-use crate::image::sigstore::{Identity, KeylessPolicy, TrustedRoot};
 use crate::plan::verify::{read_signatures, referrer_signatures, signature_reference, tagged_manifest};
-use crate::spec::VerifyKeys;
 use crate::plan::PlanContext;
 use crate::reference::Reference;
 use crate::source::{choose_platforms, load_image, open_source, PlatformSelection, Source, SourceOptions};
 use crate::spec::command_line::{names_many, OneShot};
+use crate::spec::VerifyKeys;
 
 /// Arguments of `occy info`.
 #[derive(Debug, Args)]
@@ -53,7 +53,12 @@ pub struct InfoArgs {
     pub trusted_root: Option<std::path::PathBuf>,
 
     /// The identity (email or URI) a keyless signature must name
-    #[arg(long, value_name = "NAME", conflicts_with = "certificate_identity_regexp", requires = "trusted_root")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "certificate_identity_regexp",
+        requires = "trusted_root"
+    )]
     pub certificate_identity: Option<String>,
 
     /// A regular expression the identity of a keyless signature must match
@@ -219,9 +224,8 @@ fn load_policy(args: &InfoArgs) -> Result<VerifyKeys> {
     };
     let notation = match (&args.notation_trust_policy, &args.notation_trust_store) {
         (Some(policy), Some(store)) => {
-            let bytes = std::fs::read(policy).map_err(|e| {
-                Error::usage(format!("cannot read --notation-trust-policy {}: {e}", policy.display()))
-            })?;
+            let bytes = std::fs::read(policy)
+                .map_err(|e| Error::usage(format!("cannot read --notation-trust-policy {}: {e}", policy.display())))?;
             Some(Arc::new(
                 NotationPolicy::load(&policy.display().to_string(), &bytes, store).map_err(Error::usage)?,
             ))
@@ -264,7 +268,15 @@ async fn add_referrers(info: &mut ImageInfo, reference: &Reference, ctx: &PlanCo
         Ok(list) => info.referrers = Some(list),
         Err(e) => eprintln!("warning: the referrers of {reference} were not listed: {e}"),
     }
-    match referrer_signatures(ctx, reference, &digest, policy.keyless.as_deref(), policy.notation.as_deref()).await {
+    match referrer_signatures(
+        ctx,
+        reference,
+        &digest,
+        policy.keyless.as_deref(),
+        policy.notation.as_deref(),
+    )
+    .await
+    {
         Ok(found) if !found.is_empty() => {
             info.signatures = Some(
                 found
@@ -681,7 +693,9 @@ pub fn render_text(info: &ImageInfo) -> String {
     }
     if let Some(referrers) = &info.referrers {
         if referrers.is_empty() {
-            out.push_str("\nReferrers:         none (no cosign tags, no referrers index tag)\n");
+            if info.signatures.is_none() {
+                out.push_str("\nReferrers:         none (no cosign tags, no referrers index tag)\n");
+            }
         } else {
             out.push_str("\nReferrers:\n");
             let rows: Vec<Vec<String>> = referrers
@@ -691,9 +705,6 @@ pub fn render_text(info: &ImageInfo) -> String {
             for line in table(&["KIND", "TAG", "DIGEST"], &rows).lines() {
                 out.push_str(&format!("  {line}\n"));
             }
-            for r in info.signatures.iter().flatten() {
-                out.push_str(&format!("\n{} {}:\n  {}\n", r.kind, r.manifest, r.detail));
-            }
             for r in referrers.iter().filter(|r| !r.signatures.is_empty()) {
                 out.push_str(&format!("\nSignatures ({}):\n", r.tag));
                 for (i, s) in r.signatures.iter().enumerate() {
@@ -702,6 +713,9 @@ pub fn render_text(info: &ImageInfo) -> String {
                 }
             }
         }
+    }
+    for r in info.signatures.iter().flatten() {
+        out.push_str(&format!("\n{} {}:\n  {}\n", r.kind, r.manifest, r.detail));
     }
     out
 }

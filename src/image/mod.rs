@@ -7,11 +7,11 @@ pub mod cosign;
 pub mod digest;
 pub mod manifest;
 pub mod media_type;
+pub mod notation;
 pub mod platform;
 pub mod referrers;
 pub mod select;
 pub mod sigstore;
-pub mod notation;
 pub mod x509;
 
 pub use config::{ConfigBlob, ImageConfig};

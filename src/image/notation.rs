@@ -204,8 +204,7 @@ impl NotationPolicy {
 }
 
 fn read_store(dir: &Path) -> Result<Vec<Cert>, String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read the trust store {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read the trust store {}: {e}", dir.display()))?;
     let mut certs = Vec::new();
     let mut files: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     files.sort();
@@ -239,7 +238,12 @@ pub struct Target<'a> {
 
 /// Checks one JWS envelope (`bytes`) as a signature of `target` under
 /// `policy`; `now` in seconds since the epoch.
-pub fn verify_jws(bytes: &[u8], target: &Target<'_>, policy: &NotationPolicy, now: i64) -> Result<NotationSigner, String> {
+pub fn verify_jws(
+    bytes: &[u8],
+    target: &Target<'_>,
+    policy: &NotationPolicy,
+    now: i64,
+) -> Result<NotationSigner, String> {
     #[derive(Deserialize)]
     struct Envelope {
         payload: String,
@@ -259,8 +263,8 @@ pub fn verify_jws(bytes: &[u8], target: &Target<'_>, policy: &NotationPolicy, no
     })?;
     let env: Envelope = serde_json::from_slice(bytes).map_err(|e| format!("not a JWS envelope: {e}"))?;
     let protected_bytes = b64url(&env.protected)?;
-    let protected: serde_json::Value = serde_json::from_slice(&protected_bytes)
-        .map_err(|e| format!("the JWS protected header is not JSON: {e}"))?;
+    let protected: serde_json::Value =
+        serde_json::from_slice(&protected_bytes).map_err(|e| format!("the JWS protected header is not JSON: {e}"))?;
     let hash = match protected["alg"].as_str().unwrap_or_default() {
         "ES256" => Hash::Sha256,
         "ES384" => Hash::Sha384,
@@ -352,8 +356,8 @@ pub fn verify_jws(bytes: &[u8], target: &Target<'_>, policy: &NotationPolicy, no
             return Err(format!("expired signature: the envelope expired at {exp}"));
         }
     }
-    let payload: serde_json::Value = serde_json::from_slice(&b64url(&env.payload)?)
-        .map_err(|e| format!("the JWS payload is not JSON: {e}"))?;
+    let payload: serde_json::Value =
+        serde_json::from_slice(&b64url(&env.payload)?).map_err(|e| format!("the JWS payload is not JSON: {e}"))?;
     let t = &payload["targetArtifact"];
     if t["digest"].as_str() != Some(target.digest.as_str()) {
         return Err(format!(

@@ -75,7 +75,10 @@ struct RawValidFor {
 
 fn window(v: Option<&RawValidFor>, what: &str) -> Result<Window, String> {
     let Some(v) = v else {
-        return Ok(Window { start: i64::MIN, end: None });
+        return Ok(Window {
+            start: i64::MIN,
+            end: None,
+        });
     };
     let parse = |s: &str| parse_rfc3339(s).ok_or_else(|| format!("{what}: validFor time {s:?} is not RFC 3339"));
     Ok(Window {
@@ -192,7 +195,10 @@ impl TrustedRoot {
             let what = format!("{name}: certificateAuthorities[{i}]");
             let mut chain = Vec::new();
             for c in &a.cert_chain.certificates {
-                chain.push(Cert::from_der(&b64(&c.raw_bytes).map_err(|e| format!("{what}: {e}"))?).map_err(|e| format!("{what}: {e}"))?);
+                chain.push(
+                    Cert::from_der(&b64(&c.raw_bytes).map_err(|e| format!("{what}: {e}"))?)
+                        .map_err(|e| format!("{what}: {e}"))?,
+                );
             }
             if chain.is_empty() {
                 return Err(format!("{what} has no certificates"));
@@ -450,7 +456,11 @@ impl Entry {
         };
         Ok(Entry {
             body: b64(&e.canonicalized_body)?,
-            integrated_time: e.integrated_time.as_ref().map(|t| int(t, "integratedTime")).transpose()?,
+            integrated_time: e
+                .integrated_time
+                .as_ref()
+                .map(|t| int(t, "integratedTime"))
+                .transpose()?,
             log_index: int(&e.log_index, "logIndex")?,
             log_id: b64(&e.log_id.key_id)?,
             set: e
@@ -505,7 +515,10 @@ impl Entry {
             }
         }
         if proven.is_empty() {
-            return Err("the log entry carries neither a signed entry timestamp nor an inclusion proof with a checkpoint".into());
+            return Err(
+                "the log entry carries neither a signed entry timestamp nor an inclusion proof with a checkpoint"
+                    .into(),
+            );
         }
         Ok((time, proven.join(" and ")))
     }
@@ -565,7 +578,9 @@ fn verify_inclusion(body: &[u8], p: &InclusionProof) -> Result<(), String> {
 /// blank line and `— NAME base64(keyhint || signature)` lines.
 fn verify_checkpoint(text: &str, p: &InclusionProof, key: &LogKey) -> Result<(), String> {
     let bad = |why: &str| format!("log proof invalid: the checkpoint {why}");
-    let split = text.find("\n\n").ok_or_else(|| bad("has no blank line before its signatures"))?;
+    let split = text
+        .find("\n\n")
+        .ok_or_else(|| bad("has no blank line before its signatures"))?;
     let note = &text[..split + 1];
     let lines: Vec<&str> = note.lines().collect();
     if lines.len() < 3 {
@@ -578,7 +593,9 @@ fn verify_checkpoint(text: &str, p: &InclusionProof, key: &LogKey) -> Result<(),
     }
     let hint = key.key_id.get(..4).unwrap_or_default();
     for line in text[split + 2..].lines() {
-        let Some(rest) = line.strip_prefix("\u{2014} ") else { continue };
+        let Some(rest) = line.strip_prefix("\u{2014} ") else {
+            continue;
+        };
         let Some((_, sig)) = rest.split_once(' ') else { continue };
         let Ok(sig) = b64(sig) else { continue };
         if sig.len() > 4 && &sig[..4] == hint && key.key.verify_der(Hash::Sha256, note.as_bytes(), &sig[4..]) {
@@ -622,7 +639,9 @@ fn check_certificate(s: &Signed<'_>, policy: &KeylessPolicy, now: i64) -> Result
         });
     }
     let Some(proof) = proof else {
-        return Err("no log proof: the signature carries no transparency-log entry; keyless signatures must be logged".into());
+        return Err(
+            "no log proof: the signature carries no transparency-log entry; keyless signatures must be logged".into(),
+        );
     };
     if !authority.valid.contains(at) || !authority.chain.iter().all(|c| c.valid_at(at)) {
         return Err(format!(
@@ -648,7 +667,11 @@ fn check_certificate(s: &Signed<'_>, policy: &KeylessPolicy, now: i64) -> Result
     let Some(identity) = ids.iter().find(|i| policy.identity.matches(i)) else {
         return Err(format!(
             "wrong identity: the certificate names {}, not {}",
-            if ids.is_empty() { "no identity".to_string() } else { ids.join(", ") },
+            if ids.is_empty() {
+                "no identity".to_string()
+            } else {
+                ids.join(", ")
+            },
             policy.identity
         ));
     };
@@ -690,13 +713,11 @@ pub fn verify_bundle(bytes: &[u8], image: &Digest, policy: &KeylessPolicy, now: 
     let m = &raw.verification_material;
     let leaf_der = match (&m.certificate, &m.x509_certificate_chain) {
         (Some(c), _) => b64(&c.raw_bytes)?,
-        (None, Some(chain)) => b64(
-            &chain
-                .certificates
-                .first()
-                .ok_or("the bundle's certificate chain is empty")?
-                .raw_bytes,
-        )?,
+        (None, Some(chain)) => b64(&chain
+            .certificates
+            .first()
+            .ok_or("the bundle's certificate chain is empty")?
+            .raw_bytes)?,
         (None, None) => {
             return Err("not a keyless signature: the bundle holds a public key hint, not a certificate".into())
         }
@@ -704,7 +725,9 @@ pub fn verify_bundle(bytes: &[u8], image: &Digest, policy: &KeylessPolicy, now: 
     let leaf = Cert::from_der(&leaf_der).map_err(|e| format!("the bundle's certificate: {e}"))?;
     let Some(env) = &raw.dsse_envelope else {
         if raw.message_signature.is_some() {
-            return Err("the bundle signs a message, not an image: occy verifies DSSE bundles (cosign sign, v3)".into());
+            return Err(
+                "the bundle signs a message, not an image: occy verifies DSSE bundles (cosign sign, v3)".into(),
+            );
         }
         return Err("the bundle holds no DSSE envelope".into());
     };
@@ -712,7 +735,11 @@ pub fn verify_bundle(bytes: &[u8], image: &Digest, policy: &KeylessPolicy, now: 
         tracing::debug!("bundle carries RFC 3161 timestamps; occy proves the time by the log entry");
     }
     let payload = b64(&env.payload)?;
-    let sig = b64(&env.signatures.first().ok_or("the DSSE envelope holds no signature")?.sig)?;
+    let sig = b64(&env
+        .signatures
+        .first()
+        .ok_or("the DSSE envelope holds no signature")?
+        .sig)?;
     let key = leaf.key().map_err(|e| format!("the certificate holds {e}"))?;
     let pae = [
         format!(
@@ -725,7 +752,11 @@ pub fn verify_bundle(bytes: &[u8], image: &Digest, policy: &KeylessPolicy, now: 
         payload.clone(),
     ]
     .concat();
-    let entries: Vec<Entry> = m.tlog_entries.iter().map(Entry::from_bundle).collect::<Result<_, _>>()?;
+    let entries: Vec<Entry> = m
+        .tlog_entries
+        .iter()
+        .map(Entry::from_bundle)
+        .collect::<Result<_, _>>()?;
     let signed = Signed {
         leaf: &leaf,
         entry: entries.first(),
@@ -772,11 +803,16 @@ fn check_dsse_entry(e: &Entry, kv: &RawKindVersion, payload: &[u8], sig: &[u8], 
     }
     let listed = spec["signatures"].as_array().cloned().unwrap_or_default();
     let ours = listed.iter().any(|s| {
-        let sig_ok = s["signature"].as_str().and_then(|x| b64(x).ok()).is_some_and(|x| x == sig);
+        let sig_ok = s["signature"]
+            .as_str()
+            .and_then(|x| b64(x).ok())
+            .is_some_and(|x| x == sig);
         sig_ok && verifier_is(s["verifier"].as_str(), leaf)
     });
     if !ours {
-        return Err("log entry mismatch: the log entry records another signature or certificate than the bundle's".into());
+        return Err(
+            "log entry mismatch: the log entry records another signature or certificate than the bundle's".into(),
+        );
     }
     Ok(())
 }
@@ -812,7 +848,11 @@ fn check_statement(payload: &[u8], image: &Digest) -> Result<(), String> {
         .collect();
     Err(format!(
         "signature for another digest: the statement signs {}, not {image}",
-        if signed.is_empty() { "no digest".to_string() } else { signed.join(", ") }
+        if signed.is_empty() {
+            "no digest".to_string()
+        } else {
+            signed.join(", ")
+        }
     ))
 }
 
@@ -858,7 +898,8 @@ pub fn verify_cosign_layer(
                 #[serde(rename = "logID")]
                 log_id: String,
             }
-            let rb: Rb = serde_json::from_str(text).map_err(|e| format!("its {BUNDLE_ANNOTATION} is not a Rekor bundle: {e}"))?;
+            let rb: Rb = serde_json::from_str(text)
+                .map_err(|e| format!("its {BUNDLE_ANNOTATION} is not a Rekor bundle: {e}"))?;
             let e = Entry {
                 body: b64(&rb.payload.body)?,
                 integrated_time: Some(rb.payload.integrated_time),
@@ -941,10 +982,7 @@ mod tests {
             checkpoint: None,
         };
         verify_inclusion(&[4], &p4).unwrap();
-        let short = InclusionProof {
-            hashes: vec![],
-            ..p4
-        };
+        let short = InclusionProof { hashes: vec![], ..p4 };
         assert!(verify_inclusion(&[4], &short).is_err());
     }
 

@@ -86,9 +86,7 @@ impl Key {
                     SECP384R1 => p384::ecdsa::VerifyingKey::from_sec1_bytes(bits)
                         .map(Key::P384)
                         .map_err(|e| format!("a bad P-384 key: {e}")),
-                    other => Err(format!(
-                        "an ECDSA key on curve {other}: occy verifies P-256 and P-384"
-                    )),
+                    other => Err(format!("an ECDSA key on curve {other}: occy verifies P-256 and P-384")),
                 }
             }
             ED25519 => {
@@ -137,17 +135,23 @@ impl Key {
                     .is_ok(),
                 Err(_) => false,
             },
-            Key::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| k.verify_strict(msg, &s).is_ok()),
+            Key::Ed25519(k) => {
+                ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| k.verify_strict(msg, &s).is_ok())
+            }
         }
     }
 
     /// Whether the fixed-size `r || s` signature `sig` (JWS) signs `msg`.
     pub fn verify_raw(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
         match self {
-            Key::P256(k) => p256::ecdsa::Signature::from_slice(sig)
-                .is_ok_and(|s| k.verify_prehash(&hash.digest(msg), &s.normalize_s().unwrap_or(s)).is_ok()),
-            Key::P384(k) => p384::ecdsa::Signature::from_slice(sig)
-                .is_ok_and(|s| k.verify_prehash(&hash.digest(msg), &s.normalize_s().unwrap_or(s)).is_ok()),
+            Key::P256(k) => p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| {
+                k.verify_prehash(&hash.digest(msg), &s.normalize_s().unwrap_or(s))
+                    .is_ok()
+            }),
+            Key::P384(k) => p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| {
+                k.verify_prehash(&hash.digest(msg), &s.normalize_s().unwrap_or(s))
+                    .is_ok()
+            }),
             Key::Ed25519(_) => self.verify_der(hash, msg, sig),
         }
     }
@@ -217,12 +221,22 @@ impl Cert {
 
     /// Seconds since the epoch: when the certificate starts to be valid.
     pub fn not_before(&self) -> i64 {
-        self.cert.tbs_certificate.validity.not_before.to_unix_duration().as_secs() as i64
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_before
+            .to_unix_duration()
+            .as_secs() as i64
     }
 
     /// Seconds since the epoch: when it stops being valid.
     pub fn not_after(&self) -> i64 {
-        self.cert.tbs_certificate.validity.not_after.to_unix_duration().as_secs() as i64
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs() as i64
     }
 
     pub fn valid_at(&self, t: i64) -> bool {
@@ -280,7 +294,10 @@ impl Cert {
     /// Whether `child` names this certificate's subject as its issuer and
     /// carries this certificate's signature.
     pub fn issued(&self, child: &Cert) -> bool {
-        let same = match (child.cert.tbs_certificate.issuer.to_der(), self.cert.tbs_certificate.subject.to_der()) {
+        let same = match (
+            child.cert.tbs_certificate.issuer.to_der(),
+            self.cert.tbs_certificate.subject.to_der(),
+        ) {
             (Ok(a), Ok(b)) => a == b,
             _ => false,
         };
@@ -372,7 +389,14 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     let mut rest = &s[19..];
     if let Some(r) = rest.strip_prefix('.') {
         rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
@@ -417,8 +441,12 @@ mod tests {
 
     #[test]
     fn bad_certificates_are_named() {
-        assert!(Cert::from_der(b"junk").unwrap_err().contains("not an X.509 certificate"));
-        assert!(Cert::from_pem_chain("hello").unwrap_err().contains("no PEM certificate"));
+        assert!(Cert::from_der(b"junk")
+            .unwrap_err()
+            .contains("not an X.509 certificate"));
+        assert!(Cert::from_pem_chain("hello")
+            .unwrap_err()
+            .contains("no PEM certificate"));
         assert!(Key::from_spki_der(b"junk").unwrap_err().contains("not a public key"));
     }
 }

@@ -21,13 +21,13 @@ use crate::error::{Error, Result};
 use crate::image::cosign::{self, PublicKey, Verdict, MAX_PAYLOAD_SIZE};
 use crate::image::manifest::Manifest;
 use crate::image::notation::{self, NotationPolicy};
+use crate::image::referrers::{cosign_tag, CosignKind};
 use crate::image::sigstore::{self, KeylessPolicy};
 use crate::image::ImageManifest;
-use crate::spec::VerifyKeys;
-use crate::image::referrers::{cosign_tag, CosignKind};
 use crate::image::{Descriptor, Digest, RawManifest};
 use crate::reference::Reference;
 use crate::source::{open_source, Source, SourceOptions};
+use crate::spec::VerifyKeys;
 
 /// One signature of a `.sig` manifest, as checked.
 #[derive(Debug, Clone)]
@@ -303,7 +303,9 @@ pub async fn referrer_signatures(
                 Err(e) => Err(format!("cannot read it: {e}")),
                 Ok((manifest, layers)) => match (kind, keyless, notation) {
                     ("sigstore bundle", Some(policy), _) => match layers.first() {
-                        Some((_, bytes)) => sigstore::verify_bundle(bytes, digest, policy, now()).map(|s| format!("keyless {s}")),
+                        Some((_, bytes)) => {
+                            sigstore::verify_bundle(bytes, digest, policy, now()).map(|s| format!("keyless {s}"))
+                        }
                         None => Err("the bundle referrer holds no layer".into()),
                     },
                     (_, _, Some(policy)) => notation_verdict(&manifest, &layers, image, digest, policy),
@@ -366,7 +368,9 @@ async fn read_artifact(
 ) -> Result<(ImageManifest, Vec<(Descriptor, Vec<u8>)>)> {
     let parse = |raw: &RawManifest| match raw.parse()? {
         Manifest::Image(m) => Ok(m),
-        Manifest::Index(_) => Err(Error::invalid(format!("referrer {digest} is an index, not a signature manifest"))),
+        Manifest::Index(_) => Err(Error::invalid(format!(
+            "referrer {digest} is an index, not a signature manifest"
+        ))),
     };
     let too_big = |d: &Descriptor| {
         Error::invalid(format!(
@@ -432,8 +436,11 @@ pub async fn verify_image(
     policy: &VerifyKeys,
 ) -> std::result::Result<String, String> {
     let only_keys = policy.keyless.is_none() && policy.notation.is_none();
-    let who = if only_keys { policy.names() } else { policy.describe() };
-    let no = format!("no signature by {who} for {digest}");
+    let no = if only_keys {
+        format!("no signature by {} for {digest}", policy.names())
+    } else {
+        format!("no accepted signature for {digest} (wanted {})", policy.describe())
+    };
     let mut reasons = Vec::new();
     let mut sig_tag_missing = None;
     if !policy.keys.is_empty() || policy.keyless.is_some() {
@@ -461,9 +468,20 @@ pub async fn verify_image(
         }
     }
     if !only_keys {
-        match referrer_signatures(ctx, image, digest, policy.keyless.as_deref(), policy.notation.as_deref()).await {
+        match referrer_signatures(
+            ctx,
+            image,
+            digest,
+            policy.keyless.as_deref(),
+            policy.notation.as_deref(),
+        )
+        .await
+        {
             Ok(found) => {
-                if let Some(ok) = found.iter().find_map(|f| f.verdict.as_ref().and_then(|v| v.as_ref().ok())) {
+                if let Some(ok) = found
+                    .iter()
+                    .find_map(|f| f.verdict.as_ref().and_then(|v| v.as_ref().ok()))
+                {
                     return Ok(ok.clone());
                 }
                 let checked: Vec<String> = found

@@ -18,6 +18,7 @@ mod hostile;
 mod oci_layouts;
 mod process_files;
 mod process_registry;
+mod provenance;
 mod pull_quota;
 mod push_compression;
 mod push_registry;

@@ -20,15 +20,16 @@ use crate::filter::{parse_compression, FilterChain, FilterSpec};
 use crate::image::cosign::PublicKey;
 use crate::image::notation::NotationPolicy;
 use crate::image::sigstore::{Identity, KeylessPolicy, TrustedRoot};
-use std::sync::Arc;
 use crate::image::{Compression, Platform};
 use crate::reference::Reference;
 use crate::source::PlatformSelection;
 use crate::spec::diagnostic::{closest, SpecProblem, SpecSource};
 use crate::spec::located::{self, path_text, Node, Step, Value};
 use crate::spec::model::{
-    Destinations, FilterChoice, FilterStep, Keyless, Notation, OptionValue, Platforms, Referrers, SyncFile, TagSelection, Verify,
+    Destinations, FilterChoice, FilterStep, Keyless, Notation, OptionValue, Platforms, Referrers, SyncFile,
+    TagSelection, Verify,
 };
+use std::sync::Arc;
 
 pub use tags::{tag_version, TagFilter};
 pub(crate) use validated::template_fields;
