@@ -203,7 +203,7 @@ impl Cert {
                 .find("-----END CERTIFICATE-----")
                 .ok_or_else(|| "a PEM certificate without its END line".to_string())?
                 + "-----END CERTIFICATE-----".len();
-            let (_, der) = pem_rfc7468::decode_vec(from[..end].as_bytes())
+            let (_, der) = pem_rfc7468::decode_vec(&from.as_bytes()[..end])
                 .map_err(|e| format!("a PEM certificate that does not decode: {e}"))?;
             out.push(Cert::from_der(&der)?);
             rest = &from[end..];

@@ -44,6 +44,10 @@ fn keyless_verify(m: &ss::Material) -> String {
     )
 }
 
+/// A keyless case: repository, bundle options, the digest signed (None:
+/// the image's), whether it is accepted, and the reason occy must name.
+type Case<'a> = (&'a str, Vec<&'a str>, Option<&'a str>, bool, &'a str);
+
 /// Each keyless case on its own repository, its bundle listed in the
 /// referrers tag: alice's passes (bundle v0.3, v0.2, v0.1); mallory's,
 /// another issuer's, a rogue CA's, one whose log proof was removed after
@@ -58,7 +62,7 @@ fn keyless_bundles_pass_and_each_failure_is_named() {
     let other = format!("sha256:{}", "ab".repeat(32));
     // (repository, bundle options, digest signed: None = the image's,
     //  accepted, the reason occy must name)
-    let cases: Vec<(&str, Vec<&str>, Option<&str>, bool, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("alice", vec![], None, true, ""),
         ("alice-v02", vec!["--version", "0.2"], None, true, ""),
         ("alice-v01", vec!["--version", "0.1"], None, true, ""),
