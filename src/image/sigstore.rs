@@ -990,7 +990,7 @@ mod tests {
     fn trusted_roots_that_are_not_are_named() {
         let e = TrustedRoot::from_json("root.json", b"{}").unwrap_err();
         assert!(e.contains("names no certificate authority"), "{e}");
-        let e = TrustedRoot::from_json("root.json", b"[]").unwrap_err();
+        let e = TrustedRoot::from_json("root.json", b"nope").unwrap_err();
         assert!(e.contains("is not a sigstore trusted root"), "{e}");
         let e = TrustedRoot::from_json("r.json", br#"{"mediaType":"application/json"}"#).unwrap_err();
         assert!(e.contains("is it trusted_root.json"), "{e}");
