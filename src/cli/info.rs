@@ -62,7 +62,7 @@ pub struct InfoArgs {
     pub certificate_identity: Option<String>,
 
     /// A regular expression the identity of a keyless signature must match
-    #[arg(long, value_name = "REGEX", requires = "trusted_root")]
+    #[arg(long, value_name = "REGEX", requires = "trusted_root", hide_short_help = true)]
     pub certificate_identity_regexp: Option<String>,
 
     /// The OIDC issuer a keyless signature's certificate must name
@@ -74,7 +74,7 @@ pub struct InfoArgs {
     pub notation_trust_policy: Option<std::path::PathBuf>,
 
     /// The Notation trust store directory (holding x509/ca/NAME/)
-    #[arg(long, value_name = "DIR", requires = "notation_trust_policy")]
+    #[arg(long, value_name = "DIR", requires = "notation_trust_policy", hide_short_help = true)]
     pub notation_trust_store: Option<std::path::PathBuf>,
 }
 
@@ -268,15 +268,7 @@ async fn add_referrers(info: &mut ImageInfo, reference: &Reference, ctx: &PlanCo
         Ok(list) => info.referrers = Some(list),
         Err(e) => eprintln!("warning: the referrers of {reference} were not listed: {e}"),
     }
-    match referrer_signatures(
-        ctx,
-        reference,
-        &digest,
-        policy.keyless.as_deref(),
-        policy.notation.as_deref(),
-    )
-    .await
-    {
+    match referrer_signatures(ctx, reference, &digest, policy).await {
         Ok(found) if !found.is_empty() => {
             info.signatures = Some(
                 found

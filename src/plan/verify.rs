@@ -184,28 +184,7 @@ pub async fn read_signatures(
             }
         };
         let claims = cosign::parse_payload(&payload).ok();
-        let keyed = match (&layer.signature, keys.is_empty()) {
-            (_, true) => None,
-            (Err(why), false) => Some(Verdict::Unusable(why.clone())),
-            (Ok(sig), false) => Some(cosign::check(&payload, sig, digest, keys)),
-        };
-        let verdict = match keyless {
-            Some(policy) if !matches!(keyed, Some(Verdict::Valid(_))) => {
-                let annotations = layer.payload.annotations.clone().unwrap_or_default();
-                let has_certificate = annotations.contains_key(sigstore::CERTIFICATE_ANNOTATION);
-                match (&layer.signature, has_certificate || keyed.is_none()) {
-                    (_, false) => keyed,
-                    (Err(why), true) => Some(Verdict::Unusable(why.clone())),
-                    (Ok(sig), true) => Some(
-                        match sigstore::verify_cosign_layer(&payload, sig, &annotations, digest, policy, now()) {
-                            Ok(signer) => Verdict::Valid(format!("keyless {signer}")),
-                            Err(why) => Verdict::Unusable(why),
-                        },
-                    ),
-                }
-            }
-            _ => keyed,
-        };
+        let verdict = layer_verdict(&payload, &layer, digest, keys, keyless);
         found.push(CheckedSignature {
             payload: layer.payload,
             claims,
@@ -217,6 +196,39 @@ pub async fn read_signatures(
         manifest: Some(raw.digest),
         signatures: found,
     })
+}
+
+/// What checking one simple-signing layer (its `payload` bytes read) finds
+/// against `keys` and the keyless policy; None when neither is given.
+fn layer_verdict(
+    payload: &[u8],
+    layer: &cosign::SignatureLayer,
+    digest: &Digest,
+    keys: &[PublicKey],
+    keyless: Option<&KeylessPolicy>,
+) -> Option<Verdict> {
+    let keyed = match (&layer.signature, keys.is_empty()) {
+        (_, true) => None,
+        (Err(why), false) => Some(Verdict::Unusable(why.clone())),
+        (Ok(sig), false) => Some(cosign::check(payload, sig, digest, keys)),
+    };
+    match keyless {
+        Some(policy) if !matches!(keyed, Some(Verdict::Valid(_))) => {
+            let annotations = layer.payload.annotations.clone().unwrap_or_default();
+            let has_certificate = annotations.contains_key(sigstore::CERTIFICATE_ANNOTATION);
+            match (&layer.signature, has_certificate || keyed.is_none()) {
+                (_, false) => keyed,
+                (Err(why), true) => Some(Verdict::Unusable(why.clone())),
+                (Ok(sig), true) => Some(
+                    match sigstore::verify_cosign_layer(payload, sig, &annotations, digest, policy, now()) {
+                        Ok(signer) => Verdict::Valid(format!("keyless {signer}")),
+                        Err(why) => Verdict::Unusable(why),
+                    },
+                ),
+            }
+        }
+        _ => keyed,
+    }
 }
 
 /// One payload blob, read whole (it is small and bounded) and verified
@@ -274,9 +286,10 @@ pub async fn referrer_signatures(
     ctx: &PlanContext,
     image: &Reference,
     digest: &Digest,
-    keyless: Option<&KeylessPolicy>,
-    notation: Option<&NotationPolicy>,
+    policy: &VerifyKeys,
 ) -> Result<Vec<ReferrerSignature>> {
+    let keyless = policy.keyless.as_deref();
+    let notation = policy.notation.as_deref();
     let mut out = Vec::new();
     for d in super::referrers::listed(ctx, image, digest).await? {
         let t = d.artifact_type.clone().unwrap_or_default();
@@ -291,16 +304,22 @@ pub async fn referrer_signatures(
             "sigstore bundle"
         } else if t == notation::SIGNATURE_ARTIFACT_TYPE {
             "Notation signature"
+        } else if t == COSIGN_SIGNATURE_ARTIFACT_TYPE {
+            "cosign signature"
         } else {
             continue;
         };
         let checks = match kind {
             "sigstore bundle" => keyless.is_some(),
+            "cosign signature" => keyless.is_some() || !policy.keys.is_empty(),
             _ => notation.is_some(),
         };
         let verdict = if checks {
             Some(match read_artifact(ctx, image, &d.digest).await {
                 Err(e) => Err(format!("cannot read it: {e}")),
+                Ok((manifest, layers)) if kind == "cosign signature" => {
+                    cosign_referrer_verdict(&manifest, &layers, digest, policy)
+                }
                 Ok((manifest, layers)) => match (kind, keyless, notation) {
                     ("sigstore bundle", Some(policy), _) => match layers.first() {
                         Some((_, bytes)) => {
@@ -322,6 +341,37 @@ pub async fn referrer_signatures(
         });
     }
     Ok(out)
+}
+
+/// The artifact type of cosign's OCI 1.1 referrer form of a `.sig`
+/// manifest (`--registry-referrers-mode=oci-1-1`).
+pub const COSIGN_SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+
+/// A cosign signature manifest found as a referrer: its simple-signing
+/// layers checked like a `.sig` tag's.
+fn cosign_referrer_verdict(
+    manifest: &ImageManifest,
+    layers: &[(Descriptor, Vec<u8>)],
+    digest: &Digest,
+    policy: &VerifyKeys,
+) -> std::result::Result<String, String> {
+    let mut why = Vec::new();
+    for layer in cosign::signature_layers(manifest) {
+        let Some((_, payload)) = layers.iter().find(|(d, _)| d.digest == layer.payload.digest) else {
+            continue;
+        };
+        match layer_verdict(payload, &layer, digest, &policy.keys, policy.keyless.as_deref()) {
+            Some(Verdict::Valid(k)) if k.starts_with("keyless ") => return Ok(k),
+            Some(Verdict::Valid(k)) => return Ok(format!("cosign key {k}")),
+            Some(v) => why.push(v.to_string()),
+            None => {}
+        }
+    }
+    Err(if why.is_empty() {
+        "it holds no simple-signing layers".into()
+    } else {
+        why.join("; ")
+    })
 }
 
 fn notation_verdict(
@@ -467,43 +517,38 @@ pub async fn verify_image(
             Err(e) => reasons.push(format!("cannot read its signatures: {e}")),
         }
     }
-    if !only_keys {
-        match referrer_signatures(
-            ctx,
-            image,
-            digest,
-            policy.keyless.as_deref(),
-            policy.notation.as_deref(),
-        )
-        .await
-        {
-            Ok(found) => {
-                if let Some(ok) = found
-                    .iter()
-                    .find_map(|f| f.verdict.as_ref().and_then(|v| v.as_ref().ok()))
-                {
-                    return Ok(ok.clone());
-                }
-                let checked: Vec<String> = found
-                    .iter()
-                    .filter_map(|f| match &f.verdict {
-                        Some(Err(why)) => Some(format!("{} {}: {why}", f.kind, f.manifest.short())),
-                        _ => None,
-                    })
-                    .collect();
-                if checked.is_empty() && reasons.is_empty() {
-                    reasons.push(format!(
-                        "no sigstore bundle or Notation signature refers to it{}",
-                        sig_tag_missing.map(|m| format!(", and {m}")).unwrap_or_default()
-                    ));
-                } else {
-                    reasons.extend(checked);
-                }
+    match referrer_signatures(ctx, image, digest, policy).await {
+        Ok(found) => {
+            if let Some(ok) = found
+                .iter()
+                .find_map(|f| f.verdict.as_ref().and_then(|v| v.as_ref().ok()))
+            {
+                return Ok(ok.clone());
             }
-            Err(e) => reasons.push(format!("cannot list its referrers: {e}")),
+            let checked: Vec<String> = found
+                .iter()
+                .filter_map(|f| match &f.verdict {
+                    Some(Err(why)) => Some(format!("{} {}: {why}", f.kind, f.manifest.short())),
+                    _ => None,
+                })
+                .collect();
+            if !checked.is_empty() {
+                reasons.extend(checked);
+            } else if reasons.is_empty() {
+                reasons.push(match (only_keys, sig_tag_missing) {
+                    (true, Some(m)) => m,
+                    (_, m) => format!(
+                        "no sigstore bundle, cosign or Notation signature refers to it{}",
+                        m.map(|m| format!(", and {m}")).unwrap_or_default()
+                    ),
+                });
+            }
         }
-    } else if let Some(m) = sig_tag_missing {
-        reasons.push(m);
+        Err(e) if only_keys => {
+            reasons.extend(sig_tag_missing);
+            tracing::debug!("{image}: its referrers were not listed: {e}");
+        }
+        Err(e) => reasons.push(format!("cannot list its referrers: {e}")),
     }
     Err(format!("{no}: {}", reasons.join("; ")))
 }

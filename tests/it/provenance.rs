@@ -157,7 +157,8 @@ fn keyless_bundles_pass_and_each_failure_is_named() {
 
 /// The same keyless bundle found through the referrers API (the proxy);
 /// a keyless cosign `.sig` tag (certificate, chain and Rekor bundle
-/// annotations) verifies too; `occy info` shows who signed, when and how.
+/// annotations) verifies too, and so does that signature in cosign's OCI
+/// 1.1 referrer form; `occy info` shows who signed, when and how.
 #[test]
 fn keyless_by_the_referrers_api_and_by_a_sig_tag() {
     let Some(m) = ss::material() else { return };
@@ -185,11 +186,20 @@ fn keyless_by_the_referrers_api_and_by_a_sig_tag() {
     let (payload, annotations) = m.keyless_sig("sig", sig_subject.digest.as_str(), &reference);
     ss::push_keyless_sig(reg, "keyless-sig/app", &sig_subject.digest, &payload, &annotations);
 
+    // The same form as cosign's OCI 1.1 referrer.
+    let ref_subject = push_image(reg, "keyless-sigref/app");
+    let (payload, annotations) = m.keyless_sig(
+        "sigref",
+        ref_subject.digest.as_str(),
+        &format!("{}/keyless-sigref/app", reg.host),
+    );
+    ss::push_cosign_referrer(reg, "keyless-sigref/app", &ref_subject, &payload, &annotations);
+
     let layout = dir.join("layout");
     let spec = write_spec(
         &dir,
         &format!(
-            "defaults:\n  verify: {}\nregistries:\n  \"{p}\": {{insecure: true}}\n  \"{r}\": {{insecure: true}}\nsync:\n  - from: registry://{p}/keyless-api/app:1.0\n    to: oci://{l}:api\n  - from: registry://{r}/keyless-sig/app:1.0\n    to: oci://{l}:sig\n",
+            "defaults:\n  verify: {}\nregistries:\n  \"{p}\": {{insecure: true}}\n  \"{r}\": {{insecure: true}}\nsync:\n  - from: registry://{p}/keyless-api/app:1.0\n    to: oci://{l}:api\n  - from: registry://{r}/keyless-sig/app:1.0\n    to: oci://{l}:sig\n  - from: registry://{r}/keyless-sigref/app:1.0\n    to: oci://{l}:sigref\n",
             keyless_verify(m),
             p = proxy.host,
             r = reg.host,
@@ -211,10 +221,17 @@ fn keyless_by_the_referrers_api_and_by_a_sig_tag() {
         text.contains("sigstore bundle v0.3 proven by signed entry timestamp and inclusion proof"),
         "{text}"
     );
-    assert!(
-        text.contains("cosign .sig (keyless) proven by signed entry timestamp"),
-        "{text}"
-    );
+    for name in ["sig", "sigref"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!(":{name} complete")))
+            .unwrap_or_else(|| panic!("{name}: {text}"));
+        assert!(
+            line.contains("signed by keyless alice@example.test (issuer https://issuer.example.test), logged ")
+                && line.contains("cosign .sig (keyless) proven by signed entry timestamp"),
+            "{line}"
+        );
+    }
 
     // occy info: who, when, with what.
     let root = m.trusted_root().display().to_string();

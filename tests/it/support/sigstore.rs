@@ -227,31 +227,83 @@ pub fn push_referrer(
     let digest = Digest::of(&bytes);
     put_manifest(via, repo, digest.as_str(), OCI_MANIFEST, &bytes);
     if listing == Listing::Tag {
-        let tag = fallback_tag(&subject.digest);
-        let existing = Command::new("curl")
-            .args(["-sf", "-H"])
-            .arg(format!("Accept: {OCI_INDEX}"))
-            .arg(format!("http://{}/v2/{repo}/manifests/{tag}", reg.host))
-            .output()
-            .unwrap();
-        let mut entries: Vec<serde_json::Value> = if existing.status.success() {
-            serde_json::from_slice::<serde_json::Value>(&existing.stdout).unwrap()["manifests"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        entries.push(serde_json::json!({
-            "mediaType": OCI_MANIFEST,
-            "digest": digest.as_str(),
-            "size": bytes.len(),
-            "artifactType": artifact_type,
-            "annotations": annotations,
-        }));
-        let ix = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
-        put_manifest(&reg.host, repo, &tag, OCI_INDEX, &serde_json::to_vec(&ix).unwrap());
+        list_in_referrers_tag(reg, repo, subject, &digest, bytes.len(), artifact_type, annotations);
     }
+    Pushed { digest, bytes }
+}
+
+/// Adds a referrer to the `sha256-<hex>` referrers tag of `subject`.
+fn list_in_referrers_tag(
+    reg: &Registry,
+    repo: &str,
+    subject: &Descriptor,
+    digest: &Digest,
+    size: usize,
+    artifact_type: &str,
+    annotations: serde_json::Value,
+) {
+    let tag = fallback_tag(&subject.digest);
+    let existing = Command::new("curl")
+        .args(["-sf", "-H"])
+        .arg(format!("Accept: {OCI_INDEX}"))
+        .arg(format!("http://{}/v2/{repo}/manifests/{tag}", reg.host))
+        .output()
+        .unwrap();
+    let mut entries: Vec<serde_json::Value> = if existing.status.success() {
+        serde_json::from_slice::<serde_json::Value>(&existing.stdout).unwrap()["manifests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    entries.push(serde_json::json!({
+        "mediaType": OCI_MANIFEST,
+        "digest": digest.as_str(),
+        "size": size,
+        "artifactType": artifact_type,
+        "annotations": annotations,
+    }));
+    let ix = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+    put_manifest(&reg.host, repo, &tag, OCI_INDEX, &serde_json::to_vec(&ix).unwrap());
+}
+
+/// cosign's OCI 1.1 referrer form of a signature manifest
+/// (`--registry-referrers-mode=oci-1-1`): a simple-signing layer with its
+/// annotations, artifact type `application/vnd.dev.cosign.artifact.sig.v1+json`,
+/// listed in the referrers tag.
+pub fn push_cosign_referrer(
+    reg: &Registry,
+    repo: &str,
+    subject: &Descriptor,
+    payload: &[u8],
+    annotations: &BTreeMap<String, String>,
+) -> Pushed {
+    const SIG_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+    let config = blob(reg, repo, EMPTY, b"{}");
+    let mut layer = blob(reg, repo, cosign::SIMPLE_SIGNING, payload);
+    layer["annotations"] = serde_json::to_value(annotations).unwrap();
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": SIG_ARTIFACT,
+        "config": config,
+        "layers": [layer],
+        "subject": {"mediaType": subject.media_type, "digest": subject.digest.as_str(), "size": subject.size},
+        "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"},
+    });
+    let bytes = serde_json::to_vec(&m).unwrap();
+    let digest = Digest::of(&bytes);
+    put_manifest(&reg.host, repo, digest.as_str(), OCI_MANIFEST, &bytes);
+    list_in_referrers_tag(
+        reg,
+        repo,
+        subject,
+        &digest,
+        bytes.len(),
+        SIG_ARTIFACT,
+        serde_json::json!({}),
+    );
     Pushed { digest, bytes }
 }
 
