@@ -458,3 +458,47 @@ fn a_verified_mirror_verifies_again() {
         "{info}"
     );
 }
+
+/// A keyless or Notation `verify:` that cannot work is a sync-file error
+/// at its line (exit 2), before anything is fetched.
+#[test]
+fn verify_settings_that_cannot_work_are_sync_file_errors() {
+    let dir = scratch_dir("verify-errors");
+    std::fs::write(dir.join("policy.json"), r#"{"version":"1.0","trustPolicies":[{"name":"p","registryScopes":["*"],"signatureVerification":{"level":"audit"},"trustStores":["ca:x"],"trustedIdentities":["*"]}]}"#).unwrap();
+    std::fs::write(dir.join("root.json"), r#"{"mediaType":"application/json"}"#).unwrap();
+    for (verify, said) in [
+        (
+            "{keyless: {issuer: https://i.example, trusted_root: missing.json, identity: a@b}}",
+            "cannot read the trusted root missing.json",
+        ),
+        (
+            "{keyless: {issuer: https://i.example, trusted_root: root.json, identity: a@b}}",
+            "root.json has mediaType \"application/json\", not application/vnd.dev.sigstore.trustedroot+json",
+        ),
+        (
+            "{keyless: {issuer: https://i.example, trusted_root: root.json}}",
+            "`keyless` needs exactly one of identity and identity_regexp",
+        ),
+        (
+            "{keyless: {issuer: https://i.example, trusted_root: root.json, identity_regexp: \"(\"}}",
+            "identity_regexp \"(\" is not a regular expression",
+        ),
+        (
+            "{notation: {trust_store: store, trust_policy: policy.json}}",
+            "has signatureVerification level \"audit\"; occy enforces \"strict\"",
+        ),
+    ] {
+        let spec = write_spec(
+            &dir,
+            &format!(
+                "sync:\n  - from: registry://127.0.0.1:1/app:1.0\n    verify: {verify}\n    to: oci://{}\n",
+                dir.join("out").display()
+            ),
+        );
+        let out = occy(&["sync", &spec, "--plan"]);
+        let text = text_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{verify}: {text}");
+        assert!(text.contains(said), "{verify}: {said:?} not in {text}");
+        assert!(text.contains("sync.yaml:4:"), "{verify}: no line in {text}");
+    }
+}

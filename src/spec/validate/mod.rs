@@ -671,7 +671,7 @@ impl Validator<'_> {
             self.problem(
                 SpecProblem::new(
                     format!(
-                        "`verify` needs a registry://, quay:// or oci:// source, not {}: cosign signatures are tags beside the image, which only registries and OCI layouts hold",
+                        "`verify` needs a registry://, quay:// or oci:// source, not {}: signatures are kept beside the image (cosign tags, OCI referrers), which only registries and OCI layouts hold",
                         from.scheme()
                     ),
                     from_span.clone(),
