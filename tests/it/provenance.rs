@@ -379,7 +379,10 @@ fn a_verified_mirror_verifies_again() {
         assert_eq!(std::fs::read(&file).unwrap(), raw.bytes, "{}", file.display());
     }
     let bundle_blob = layout.join("blobs/sha256").join(occy::image::Digest::of(&bundle).hex());
-    assert_eq!(std::fs::read(bundle_blob).unwrap(), bundle);
+    assert_eq!(std::fs::read(&bundle_blob).unwrap(), bundle);
+    // sigstore-python accepts the mirrored bundle as it is.
+    let (accepted, said) = m.sigstore_python(&bundle_blob, &digest, ALICE);
+    assert!(accepted, "sigstore-python on the mirrored bundle: {said}");
     let env_blob = layout.join("blobs/sha256").join(occy::image::Digest::of(&env).hex());
     assert_eq!(std::fs::read(env_blob).unwrap(), env);
 
