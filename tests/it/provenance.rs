@@ -115,6 +115,12 @@ fn keyless_bundles_pass_and_each_failure_is_named() {
         plan_text.contains("verify: requires a keyless signature by alice@example.test"),
         "{plan_text}"
     );
+    // The Markdown plan (for a pull request) names the signer too.
+    let md = text_of(&occy(&["-O", "markdown", "sync", &spec, "--plan"]));
+    assert!(
+        md.contains("<br>signed by keyless alice@example.test (issuer https://issuer.example.test)"),
+        "{md}"
+    );
     let out = occy(&["sync", &spec]);
     let text = text_of(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
