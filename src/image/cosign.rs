@@ -11,7 +11,7 @@ use std::fmt;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::x509::{Hash, Key};
+use super::x509::Key;
 use super::{Descriptor, Digest, ImageManifest};
 
 /// The media type of a simple-signing payload layer.
@@ -75,10 +75,10 @@ impl PublicKey {
     }
 
     /// Whether `signature` is this key's signature of `payload`: ECDSA
-    /// over SHA-256 (DER), or Ed25519 of the payload itself, as cosign
-    /// signs with each.
+    /// (DER) over SHA-256 for P-256 and SHA-384 for P-384, or Ed25519 of
+    /// the payload itself, as cosign signs with each.
     pub fn verifies(&self, payload: &[u8], signature: &[u8]) -> bool {
-        self.key.verify_der(Hash::Sha256, payload, signature)
+        self.key.verify_der(self.key.default_hash(), payload, signature)
     }
 }
 
