@@ -327,7 +327,7 @@ pub async fn referrer_signatures(
                         }
                         None => Err("the bundle referrer holds no layer".into()),
                     },
-                    (_, _, Some(policy)) => notation_verdict(&manifest, &layers, image, digest, policy),
+                    (_, _, Some(policy)) => notation_verdict(&layers, image, digest, policy),
                     _ => Err("not checked".into()),
                 },
             })
@@ -374,8 +374,9 @@ fn cosign_referrer_verdict(
     })
 }
 
+/// A Notation referrer's envelope checked under the trust policy; the
+/// policy's scope is the source's `host/repository` (an OCI layout: `*`).
 fn notation_verdict(
-    manifest: &ImageManifest,
     layers: &[(Descriptor, Vec<u8>)],
     image: &Reference,
     digest: &Digest,
@@ -388,7 +389,6 @@ fn notation_verdict(
     let Some((desc, bytes)) = layers.first() else {
         return Err("the Notation referrer holds no envelope layer".into());
     };
-    let _ = manifest;
     match desc.media_type.as_str() {
         notation::JWS_MEDIA_TYPE => notation::verify_jws(
             bytes,
