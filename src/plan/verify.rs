@@ -320,7 +320,7 @@ pub async fn referrer_signatures(
                 Ok((manifest, layers)) if kind == "cosign signature" => {
                     cosign_referrer_verdict(&manifest, &layers, digest, policy)
                 }
-                Ok((manifest, layers)) => match (kind, keyless, notation) {
+                Ok((_, layers)) => match (kind, keyless, notation) {
                     ("sigstore bundle", Some(policy), _) => match layers.first() {
                         Some((_, bytes)) => {
                             sigstore::verify_bundle(bytes, digest, policy, now()).map(|s| format!("keyless {s}"))
