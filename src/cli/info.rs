@@ -16,14 +16,17 @@ use super::output::{human_size, table};
 use super::{GlobalArgs, OutputFormat, PlatformArgs};
 use crate::error::{Error, Result};
 use crate::image::cosign::{PublicKey, Verdict};
+use crate::image::notation::NotationPolicy;
 use crate::image::referrers::{cosign_tag, fallback_tag, CosignKind};
+use crate::image::sigstore::{Identity, KeylessPolicy, TrustedRoot};
 use crate::image::{media_type, Compression, ImageData, Manifest};
 use crate::plan::expand::{expand_all, Expansion};
-use crate::plan::verify::{read_signatures, signature_reference, tagged_manifest};
+use crate::plan::verify::{read_signatures, referrer_signatures, signature_reference, tagged_manifest};
 use crate::plan::PlanContext;
 use crate::reference::Reference;
 use crate::source::{choose_platforms, load_image, open_source, PlatformSelection, Source, SourceOptions};
 use crate::spec::command_line::{names_many, OneShot};
+use crate::spec::VerifyKeys;
 
 /// Arguments of `occy info`.
 #[derive(Debug, Args)]
@@ -44,6 +47,48 @@ pub struct InfoArgs {
     /// Check the image's cosign signatures against this public key (PEM; repeatable)
     #[arg(long = "verify-key", value_name = "PATH")]
     pub verify_keys: Vec<std::path::PathBuf>,
+
+    /// Check keyless (sigstore) signatures offline against this trusted_root.json
+    #[arg(long, value_name = "PATH", requires = "certificate_oidc_issuer")]
+    pub trusted_root: Option<std::path::PathBuf>,
+
+    /// The identity (email or URI) a keyless signature must name
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "certificate_identity_regexp",
+        requires = "trusted_root"
+    )]
+    pub certificate_identity: Option<String>,
+
+    /// A regular expression the identity of a keyless signature must match
+    #[arg(long, value_name = "REGEX", requires = "trusted_root", hide_short_help = true)]
+    pub certificate_identity_regexp: Option<String>,
+
+    /// The OIDC issuer a keyless signature's certificate must name
+    #[arg(long, value_name = "URL", requires = "trusted_root")]
+    pub certificate_oidc_issuer: Option<String>,
+
+    /// Check Notation signatures under this trust policy (trustpolicy.json)
+    #[arg(long, value_name = "PATH", requires = "notation_trust_store")]
+    pub notation_trust_policy: Option<std::path::PathBuf>,
+
+    /// The Notation trust store directory (holding x509/ca/NAME/)
+    #[arg(long, value_name = "DIR", requires = "notation_trust_policy", hide_short_help = true)]
+    pub notation_trust_store: Option<std::path::PathBuf>,
+}
+
+/// One sigstore bundle or Notation signature that refers to the image.
+#[derive(Debug, Serialize)]
+pub struct ReferrerSignatureInfo {
+    /// `sigstore bundle` or `Notation signature`.
+    pub kind: &'static str,
+    /// The referrer manifest.
+    pub manifest: String,
+    /// `verified`, `not verified` or `not checked`.
+    pub status: &'static str,
+    /// Who signed, when and how — or why it does not count.
+    pub detail: String,
 }
 
 /// One thing that refers to the image: a cosign tag, or an entry of the
@@ -143,6 +188,55 @@ pub struct ImageInfo {
     /// What refers to the image's digest (registry and OCI-layout sources).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referrers: Option<Vec<ReferrerInfo>>,
+    /// The sigstore bundles and Notation signatures among its referrers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<Vec<ReferrerSignatureInfo>>,
+}
+
+/// What `--verify-key`, `--trusted-root …` and `--notation-trust-…` ask
+/// signatures to be checked against.
+fn load_policy(args: &InfoArgs) -> Result<VerifyKeys> {
+    let keys = load_keys(&args.verify_keys)?;
+    let keyless = match &args.trusted_root {
+        None => None,
+        Some(path) => {
+            let identity = match (&args.certificate_identity, &args.certificate_identity_regexp) {
+                (Some(i), None) => Identity::Exact(i.clone()),
+                (None, Some(r)) => Identity::Regexp(
+                    regex::Regex::new(r)
+                        .map_err(|e| Error::usage(format!("--certificate-identity-regexp {r:?}: {e}")))?,
+                ),
+                _ => {
+                    return Err(Error::usage(
+                        "--trusted-root needs --certificate-identity or --certificate-identity-regexp",
+                    ))
+                }
+            };
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::usage(format!("cannot read --trusted-root {}: {e}", path.display())))?;
+            let root = TrustedRoot::from_json(&path.display().to_string(), &bytes).map_err(Error::usage)?;
+            Some(Arc::new(KeylessPolicy {
+                issuer: args.certificate_oidc_issuer.clone().unwrap_or_default(),
+                identity,
+                root: Arc::new(root),
+            }))
+        }
+    };
+    let notation = match (&args.notation_trust_policy, &args.notation_trust_store) {
+        (Some(policy), Some(store)) => {
+            let bytes = std::fs::read(policy)
+                .map_err(|e| Error::usage(format!("cannot read --notation-trust-policy {}: {e}", policy.display())))?;
+            Some(Arc::new(
+                NotationPolicy::load(&policy.display().to_string(), &bytes, store).map_err(Error::usage)?,
+            ))
+        }
+        _ => None,
+    };
+    Ok(VerifyKeys {
+        keys,
+        keyless,
+        notation,
+    })
 }
 
 /// The public keys of `--verify-key` (`occy info`, `occy process`).
@@ -161,7 +255,7 @@ pub(super) fn load_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>> 
 /// registry or an OCI layout: cosign's `.sig`, `.att` and `.sbom` tags of
 /// its digest (each signature checked against `keys`), and the entries of
 /// its OCI referrers-tag-schema index (`sha256-<hex>`).
-async fn add_referrers(info: &mut ImageInfo, reference: &Reference, opts: &SourceOptions, keys: &[PublicKey]) {
+async fn add_referrers(info: &mut ImageInfo, reference: &Reference, ctx: &PlanContext, policy: &VerifyKeys) {
     if !matches!(reference, Reference::Registry(_) | Reference::Oci { .. }) {
         return;
     }
@@ -169,9 +263,37 @@ async fn add_referrers(info: &mut ImageInfo, reference: &Reference, opts: &Sourc
     let Ok(digest) = crate::image::Digest::parse(digest) else {
         return;
     };
-    match list_referrers(reference, &digest, opts, keys).await {
+    let opts = ctx.source_options(reference);
+    match list_referrers(reference, &digest, &opts, &policy.keys, policy.keyless.as_deref()).await {
         Ok(list) => info.referrers = Some(list),
         Err(e) => eprintln!("warning: the referrers of {reference} were not listed: {e}"),
+    }
+    match referrer_signatures(ctx, reference, &digest, policy).await {
+        Ok(found) if !found.is_empty() => {
+            info.signatures = Some(
+                found
+                    .into_iter()
+                    .map(|f| {
+                        let (status, detail) = match f.verdict {
+                            Some(Ok(who)) => ("verified", format!("verified: {who}")),
+                            Some(Err(why)) => ("not verified", format!("not verified: {why}")),
+                            None => (
+                                "not checked",
+                                "not checked (give --trusted-root … or --notation-trust-policy …)".to_string(),
+                            ),
+                        };
+                        ReferrerSignatureInfo {
+                            kind: f.kind,
+                            manifest: f.manifest.to_string(),
+                            status,
+                            detail,
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: the signature referrers of {reference} were not listed: {e}"),
     }
 }
 
@@ -180,6 +302,7 @@ async fn list_referrers(
     digest: &crate::image::Digest,
     opts: &SourceOptions,
     keys: &[PublicKey],
+    keyless: Option<&KeylessPolicy>,
 ) -> Result<Vec<ReferrerInfo>> {
     let mut out = Vec::new();
     for kind in CosignKind::ALL {
@@ -188,7 +311,7 @@ async fn list_referrers(
             let Some(at) = signature_reference(image, digest) else {
                 continue;
             };
-            let found = read_signatures(&at, opts, digest, keys).await?;
+            let found = read_signatures(&at, opts, digest, keys, keyless).await?;
             if let Some(d) = &found.manifest {
                 out.push(ReferrerInfo {
                     kind: "signature".into(),
@@ -201,7 +324,10 @@ async fn list_referrers(
                             let (status, detail) = match &s.verdict {
                                 Some(Verdict::Valid(k)) => ("verified", format!("verified by {k}")),
                                 Some(v) => ("not verified", format!("not verified: {v}")),
-                                None => ("not checked", "not checked (no --verify-key)".to_string()),
+                                None => (
+                                    "not checked",
+                                    "not checked (no --verify-key nor --trusted-root)".to_string(),
+                                ),
                             };
                             SignatureInfo {
                                 payload: s.payload.digest.to_string(),
@@ -366,6 +492,7 @@ fn describe_image(
         on_build: strings("OnBuild"),
         shell: strings("Shell"),
         referrers: None,
+        signatures: None,
     }
 }
 
@@ -558,7 +685,9 @@ pub fn render_text(info: &ImageInfo) -> String {
     }
     if let Some(referrers) = &info.referrers {
         if referrers.is_empty() {
-            out.push_str("\nReferrers:         none (no cosign tags, no referrers index tag)\n");
+            if info.signatures.is_none() {
+                out.push_str("\nReferrers:         none (no cosign tags, no referrers index tag)\n");
+            }
         } else {
             out.push_str("\nReferrers:\n");
             let rows: Vec<Vec<String>> = referrers
@@ -576,6 +705,9 @@ pub fn render_text(info: &ImageInfo) -> String {
                 }
             }
         }
+    }
+    for r in info.signatures.iter().flatten() {
+        out.push_str(&format!("\n{} {}:\n  {}\n", r.kind, r.manifest, r.detail));
     }
     out
 }
@@ -598,10 +730,11 @@ pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
     if names_many(&reference) {
         return run_many(global, args, &reference, selection).await;
     }
-    let keys = load_keys(&args.verify_keys)?;
+    let policy = load_policy(args)?;
+    let ctx = context(global, args, selection.clone())?;
     let source = open_source(&reference, &global.source_options()?).await?;
     let mut info = gather(&reference, source.as_ref(), &selection).await?;
-    add_referrers(&mut info, &reference, &global.source_options()?, &keys).await;
+    add_referrers(&mut info, &reference, &ctx, &policy).await;
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&info)?),
         OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
@@ -609,6 +742,31 @@ pub async fn run(global: &GlobalArgs, args: &InfoArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The plan context `info` reads through (registry options, the source as
+/// a one-shot spec).
+fn context(global: &GlobalArgs, args: &InfoArgs, selection: PlatformSelection) -> Result<PlanContext> {
+    let spec = OneShot {
+        command: "occy info",
+        source: &args.source,
+        destination: None,
+        chain: Default::default(),
+        filter_texts: &[],
+        platforms: selection,
+    }
+    .spec()?;
+    Ok(PlanContext {
+        spec: Arc::new(spec),
+        base: global.registry_options()?,
+        cache: None,
+        only: Vec::new(),
+        pinned: None,
+        write_all: true,
+        prune: false,
+        sharding: None,
+        memo: Default::default(),
+    })
 }
 
 /// `occy info` of every image a pattern names, `-J` at a time, in the order
@@ -619,26 +777,7 @@ async fn run_many(
     reference: &Reference,
     selection: PlatformSelection,
 ) -> Result<i32> {
-    let spec = OneShot {
-        command: "occy info",
-        source: &args.source,
-        destination: None,
-        chain: Default::default(),
-        filter_texts: &[],
-        platforms: selection.clone(),
-    }
-    .spec()?;
-    let ctx = PlanContext {
-        spec: Arc::new(spec),
-        base: global.registry_options()?,
-        cache: None,
-        only: Vec::new(),
-        pinned: None,
-        write_all: true,
-        prune: false,
-        sharding: None,
-        memo: Default::default(),
-    };
+    let ctx = context(global, args, selection.clone())?;
     let mut images = Vec::new();
     for e in expand_all(&ctx.spec, &ctx).await {
         match e {
@@ -646,7 +785,7 @@ async fn run_many(
             Expansion::Failed { error, .. } => return Err(error),
         }
     }
-    let keys = load_keys(&args.verify_keys)?;
+    let policy = load_policy(args)?;
     if images.is_empty() {
         if !global.quiet {
             eprintln!("No images found matching {reference}");
@@ -657,14 +796,14 @@ async fn run_many(
     let done = AtomicUsize::new(0);
     let results: Vec<(Reference, Result<ImageInfo>)> = stream::iter(images)
         .map(|r| {
-            let (ctx, selection, done, keys) = (&ctx, &selection, &done, &keys);
+            let (ctx, selection, done, policy) = (&ctx, &selection, &done, &policy);
             async move {
                 let mut info = match open_source(&r, &ctx.source_options(&r)).await {
                     Ok(source) => gather(&r, source.as_ref(), selection).await,
                     Err(e) => Err(e),
                 };
                 if let Ok(i) = &mut info {
-                    add_referrers(i, &r, &ctx.source_options(&r), keys).await;
+                    add_referrers(i, &r, ctx, policy).await;
                 }
                 if !global.quiet {
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;

@@ -54,6 +54,19 @@ pub fn summary_text(report: &crate::exec::sync::ApplyReport) -> String {
                 }
                 (None, None) => String::new(),
             };
+            // The signer, in short: who (and the form), for the report.
+            let detail = match (&o.signed_by, &o.error) {
+                (Some(who), None) => {
+                    let who = who.split(", logged").next().unwrap_or(who);
+                    let who = who.split(", signed ").next().unwrap_or(who);
+                    if detail.is_empty() {
+                        format!("signed by {who}")
+                    } else {
+                        format!("{detail}; signed by {who}")
+                    }
+                }
+                _ => detail,
+            };
             vec![
                 o.status.to_string(),
                 o.destination.clone(),

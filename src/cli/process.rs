@@ -103,7 +103,10 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
     .spec()?;
     if !keys.is_empty() {
         for e in &mut spec.entries {
-            e.verify = Some(VerifyKeys { keys: keys.clone() });
+            e.verify = Some(VerifyKeys {
+                keys: keys.clone(),
+                ..Default::default()
+            });
         }
     }
     let many = names_many(&src_ref);

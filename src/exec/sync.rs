@@ -59,6 +59,9 @@ pub struct TargetOutcome {
     pub check: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Who signed the source image, when `verify:` checked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     /// The exit code the error maps to (2 for a usage error, else 1).
     #[serde(skip)]
     pub exit_code: i32,
@@ -76,6 +79,7 @@ impl TargetOutcome {
             report: None,
             check: None,
             error: None,
+            signed_by: t.verification.as_ref().and_then(|v| v.signer.clone()),
             exit_code: 0,
             seconds: 0.0,
         }
@@ -389,6 +393,14 @@ fn outcome_of(t: &PlannedTarget, result: TargetResult, started: Instant) -> Targ
 
 /// `name complete (digest, bytes, mounted k of n)`, shown after `[N/total]`.
 fn progress_line(t: &PlannedTarget, o: &TargetOutcome) -> String {
+    let line = progress_text(t, o);
+    match (&o.signed_by, &o.error) {
+        (Some(who), None) => format!("{line}; signed by {who}"),
+        _ => line,
+    }
+}
+
+fn progress_text(t: &PlannedTarget, o: &TargetOutcome) -> String {
     match (&o.report, &o.error) {
         (Some(r), None) => format!(
             "{} complete ({}, {}, mounted {} of {} layers)",

@@ -2,7 +2,7 @@
 //! whose layers (media type `application/vnd.dev.cosign.simplesigning.v1+json`)
 //! are simple-signing payloads, each signed in the layer annotation
 //! `dev.cosignproject.cosign/signature` (base64). This module parses those
-//! manifests and payloads, reads public keys (ECDSA P-256 and Ed25519, PEM)
+//! manifests and payloads, reads public keys (ECDSA P-256/P-384 and Ed25519, PEM)
 //! and checks one signature against an image digest. Fetching is the
 //! caller's (`plan::verify`); nothing here does I/O.
 
@@ -11,6 +11,7 @@ use std::fmt;
 use base64::Engine as _;
 use serde::Deserialize;
 
+use super::x509::Key;
 use super::{Descriptor, Digest, ImageManifest};
 
 /// The media type of a simple-signing payload layer.
@@ -30,13 +31,7 @@ pub const MAX_PAYLOAD_SIZE: u64 = 64 * 1024;
 pub struct PublicKey {
     /// How the user named it (the path as written in the sync file or on the command line).
     pub name: String,
-    key: KeyKind,
-}
-
-#[derive(Clone)]
-enum KeyKind {
-    P256(p256::ecdsa::VerifyingKey),
-    Ed25519(ed25519_dalek::VerifyingKey),
+    key: Key,
 }
 
 impl fmt::Debug for PublicKey {
@@ -49,7 +44,6 @@ impl PublicKey {
     /// Reads a PEM public key (`-----BEGIN PUBLIC KEY-----`, as `cosign
     /// public-key` and `openssl ec -pubout` write it) named `name`.
     pub fn from_pem(name: &str, pem: &str) -> Result<PublicKey, String> {
-        use ed25519_dalek::pkcs8::DecodePublicKey as _;
         if !pem.contains("-----BEGIN PUBLIC KEY-----") {
             let what = if pem.contains("PRIVATE KEY-----") {
                 "a private key"
@@ -60,52 +54,31 @@ impl PublicKey {
                 "{name} is {what}: expected an ECDSA P-256 or Ed25519 public key in PEM (-----BEGIN PUBLIC KEY-----); export it with `cosign public-key --key cosign.key` or `openssl ec -in key.pem -pubout`"
             ));
         }
-        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
-            return Ok(PublicKey {
-                name: name.to_string(),
-                key: KeyKind::P256(k),
-            });
-        }
-        if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(pem) {
-            return Ok(PublicKey {
-                name: name.to_string(),
-                key: KeyKind::Ed25519(k),
-            });
-        }
-        Err(format!(
-            "{name} is a PEM public key of another kind: occy verifies ECDSA P-256 (prime256v1) and Ed25519 keys, the kinds cosign makes"
-        ))
+        let start = pem.find("-----BEGIN PUBLIC KEY-----").unwrap_or(0);
+        let key = pem_rfc7468::decode_vec(&pem.as_bytes()[start..])
+            .map_err(|e| e.to_string())
+            .and_then(|(_, der)| Key::from_spki_der(&der))
+            .map_err(|_| {
+                format!(
+                    "{name} is a PEM public key of another kind: occy verifies ECDSA P-256 (prime256v1), P-384 and Ed25519 keys, the kinds cosign makes"
+                )
+            })?;
+        Ok(PublicKey {
+            name: name.to_string(),
+            key,
+        })
     }
 
-    /// `ECDSA P-256` or `Ed25519`.
+    /// `ECDSA P-256`, `ECDSA P-384` or `Ed25519`.
     pub fn algorithm(&self) -> &'static str {
-        match self.key {
-            KeyKind::P256(_) => "ECDSA P-256",
-            KeyKind::Ed25519(_) => "Ed25519",
-        }
+        self.key.algorithm()
     }
 
     /// Whether `signature` is this key's signature of `payload`: ECDSA
-    /// P-256 over SHA-256 (DER), or Ed25519 of the payload itself, as cosign
-    /// signs with each.
+    /// (DER) over SHA-256 for P-256 and SHA-384 for P-384, or Ed25519 of
+    /// the payload itself, as cosign signs with each.
     pub fn verifies(&self, payload: &[u8], signature: &[u8]) -> bool {
-        match &self.key {
-            KeyKind::P256(k) => {
-                use p256::ecdsa::signature::Verifier as _;
-                let Ok(sig) = p256::ecdsa::Signature::from_der(signature) else {
-                    return false;
-                };
-                // ECDSA accepts both s and n - s; OpenSSL and Go sign either.
-                let sig = sig.normalize_s().unwrap_or(sig);
-                k.verify(payload, &sig).is_ok()
-            }
-            KeyKind::Ed25519(k) => {
-                let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else {
-                    return false;
-                };
-                k.verify_strict(payload, &sig).is_ok()
-            }
-        }
+        self.key.verify_der(self.key.default_hash(), payload, signature)
     }
 }
 

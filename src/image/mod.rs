@@ -7,9 +7,12 @@ pub mod cosign;
 pub mod digest;
 pub mod manifest;
 pub mod media_type;
+pub mod notation;
 pub mod platform;
 pub mod referrers;
 pub mod select;
+pub mod sigstore;
+pub mod x509;
 
 pub use config::{ConfigBlob, ImageConfig};
 pub use digest::{Digest, VerifyingReader};

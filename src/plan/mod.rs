@@ -236,6 +236,9 @@ pub struct PlannedTarget {
     /// The referrers (signatures, SBOMs, attestations) copied with the image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referrers: Option<referrers::TargetReferrers>,
+    /// What `verify:` requires of its source, and who signed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<verify::Verification>,
 }
 
 /// What an OCI-layout destination does to the media types of the manifests
@@ -1000,6 +1003,7 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
         resolved: None,
         media: MediaNote::None,
         referrers: None,
+        verification: None,
     }
 }
 
@@ -1136,6 +1140,7 @@ fn planned_target(t: Target) -> PlannedTarget {
         resolved: None,
         media: MediaNote::None,
         referrers: None,
+        verification: None,
     }
 }
 

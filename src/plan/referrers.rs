@@ -713,8 +713,33 @@ impl Lister {
     }
 }
 
+/// What refers to `subject` in the registry repository or OCI layout
+/// `image` names, as `verify:` looks for signatures there: the referrers
+/// API where the registry offers it, else the referrers tag; an OCI
+/// layout's `index.json`. Cosign's tags are not included.
+pub async fn listed(ctx: &PlanContext, image: &Reference, subject: &Digest) -> Result<Vec<Descriptor>> {
+    match image {
+        Reference::Registry(r) => {
+            let lister = Lister::default();
+            let client = ctx.client(&r.host)?;
+            match lister.by_api(&client, &r.host, &r.repository, subject).await? {
+                Some(l) => Ok(l),
+                None => lister.by_tag(&client, None, &r.repository, subject).await,
+            }
+        }
+        Reference::Oci { path, .. } => Ok(scan_layout(path)
+            .remove(subject)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f.tag.is_none())
+            .map(|f| f.descriptor)
+            .collect()),
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// The manifest `digest` of an OCI layout, verified.
-fn layout_manifest(path: &std::path::Path, digest: &Digest) -> Result<RawManifest> {
+pub(super) fn layout_manifest(path: &std::path::Path, digest: &Digest) -> Result<RawManifest> {
     let file = path.join("blobs").join("sha256").join(digest.hex());
     let bytes = std::fs::read(&file).map_err(|e| Error::io("read a referrer", &file, e))?;
     let media_type = layout_manifests(path)

@@ -192,6 +192,16 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         if let Some(line) = referrers_line(t) {
             let _ = writeln!(out, "    {line}");
         }
+        if let Some(v) = &t.verification {
+            match &v.signer {
+                Some(s) => {
+                    let _ = writeln!(out, "    signed by {s}");
+                }
+                None => {
+                    let _ = writeln!(out, "    verify: requires {}", v.requires);
+                }
+            }
+        }
     }
     if !plan.shared.is_empty() {
         let _ = writeln!(out, "\nShared work (each node done once):");
@@ -339,9 +349,15 @@ pub fn markdown(plan: &Plan) -> String {
                 symbol(&p.action),
                 md_escape(&p.source),
                 md_escape(&p.destination),
-                match referrers_line(p) {
-                    Some(r) => format!("{}<br>{}", md_escape(&change(p)), md_escape(&r)),
-                    None => md_escape(&change(p)),
+                {
+                    let mut cell = md_escape(&change(p));
+                    if let Some(r) = referrers_line(p) {
+                        cell = format!("{cell}<br>{}", md_escape(&r));
+                    }
+                    if let Some(who) = p.verification.as_ref().and_then(|v| v.signer.as_deref()) {
+                        cell = format!("{cell}<br>signed by {}", md_escape(who));
+                    }
+                    cell
                 },
                 md_escape(&blobs(p))
             )
@@ -457,6 +473,7 @@ mod tests {
             resolved: None,
             media: Default::default(),
             referrers: None,
+            verification: None,
         }
     }
 

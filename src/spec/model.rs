@@ -63,6 +63,38 @@ pub struct Verify {
     pub cosign_key: Option<PathBuf>,
     /// Several keys: a signature by any one of them is enough.
     pub cosign_keys: Option<Vec<PathBuf>>,
+    /// A keyless (sigstore) signature: a Fulcio certificate for this
+    /// identity and OIDC issuer, chaining to the trusted root, logged in Rekor.
+    pub keyless: Option<Keyless>,
+    /// A Notation signature trusted by this trust policy and trust store.
+    pub notation: Option<Notation>,
+}
+
+/// `verify: {keyless: …}`: who must have signed, verified offline.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Keyless {
+    /// The OIDC issuer the certificate names (Fulcio's issuer extension),
+    /// e.g. `https://token.actions.githubusercontent.com`.
+    pub issuer: String,
+    /// The identity (the certificate's email or URI SAN) that must have signed.
+    pub identity: Option<String>,
+    /// A regular expression the identity must match (instead of `identity`).
+    pub identity_regexp: Option<String>,
+    /// sigstore's `trusted_root.json` (Fulcio CAs, Rekor log keys),
+    /// relative to the sync file.
+    pub trusted_root: PathBuf,
+}
+
+/// `verify: {notation: …}`: the Notary Project trust policy and store.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Notation {
+    /// The trust store directory (holding `x509/ca/NAME/*.crt`), relative
+    /// to the sync file.
+    pub trust_store: PathBuf,
+    /// The trust policy (`trustpolicy.json`, version 1.0, level `strict`).
+    pub trust_policy: PathBuf,
 }
 
 /// `all`, `none`, or a list of artifact types.
@@ -217,8 +249,7 @@ pub struct SyncEntry {
     pub platforms: Option<Platforms>,
     /// A chain name from `filters:`, or an inline list of filters.
     pub filters: Option<FilterChoice>,
-    /// Require a cosign signature by one of these keys (overrides `defaults.verify`).
-    /// Require a cosign signature by one of these keys (overrides `defaults.verify`).
+    /// Require a signature: cosign key, keyless or Notation (overrides `defaults.verify`).
     pub verify: Option<Verify>,
     /// Which referrers travel with the images (overrides `defaults.referrers`).
     pub referrers: Option<Referrers>,

@@ -20,6 +20,7 @@ mod oci_layouts;
 mod process_files;
 mod process_registry;
 mod production;
+mod provenance;
 mod pull_quota;
 mod push_compression;
 mod push_registry;

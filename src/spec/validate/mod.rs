@@ -18,14 +18,18 @@ use sha2::{Digest as _, Sha256};
 use crate::error::{Error, Result};
 use crate::filter::{parse_compression, FilterChain, FilterSpec};
 use crate::image::cosign::PublicKey;
+use crate::image::notation::NotationPolicy;
+use crate::image::sigstore::{Identity, KeylessPolicy, TrustedRoot};
 use crate::image::{Compression, Platform};
 use crate::reference::Reference;
 use crate::source::PlatformSelection;
 use crate::spec::diagnostic::{closest, SpecProblem, SpecSource};
 use crate::spec::located::{self, path_text, Node, Step, Value};
 use crate::spec::model::{
-    Destinations, FilterChoice, FilterStep, OptionValue, Platforms, Referrers, SyncFile, TagSelection, Verify,
+    Destinations, FilterChoice, FilterStep, Keyless, Notation, OptionValue, Platforms, Referrers, SyncFile,
+    TagSelection, Verify,
 };
+use std::sync::Arc;
 
 pub use tags::{tag_version, TagFilter};
 pub(crate) use validated::template_fields;
@@ -667,7 +671,7 @@ impl Validator<'_> {
             self.problem(
                 SpecProblem::new(
                     format!(
-                        "`verify` needs a registry://, quay:// or oci:// source, not {}: cosign signatures are tags beside the image, which only registries and OCI layouts hold",
+                        "`verify` needs a registry://, quay:// or oci:// source, not {}: signatures are kept beside the image (cosign tags, OCI referrers), which only registries and OCI layouts hold",
                         from.scheme()
                     ),
                     from_span.clone(),
@@ -724,14 +728,35 @@ impl Validator<'_> {
             at.push(Step::Index(i));
             named.push((k, at));
         }
-        if named.is_empty() {
+        if named.is_empty() && v.keyless.is_none() && v.notation.is_none() {
             let span = self.span(path);
             self.problem(
-                SpecProblem::new("`verify` names no key", span, "no cosign_key nor cosign_keys")
-                    .help("verify: {cosign_key: keys/cosign.pub}, or cosign_keys: [keys/a.pub, keys/b.pub]"),
+                SpecProblem::new("`verify` names no key", span, "no cosign_key, cosign_keys, keyless nor notation")
+                    .help("verify: {cosign_key: keys/cosign.pub}, cosign_keys: [keys/a.pub, keys/b.pub], keyless: {issuer: URL, identity: NAME, trusted_root: trusted_root.json} or notation: {trust_store: DIR, trust_policy: trustpolicy.json}"),
             );
             return None;
         }
+        let mut ok = true;
+        let keyless = match &v.keyless {
+            None => None,
+            Some(k) => {
+                let mut at = path.to_vec();
+                at.push(key("keyless"));
+                let r = self.keyless(k, &at);
+                ok &= r.is_some();
+                r
+            }
+        };
+        let notation = match &v.notation {
+            None => None,
+            Some(n) => {
+                let mut at = path.to_vec();
+                at.push(key("notation"));
+                let r = self.notation(n, &at);
+                ok &= r.is_some();
+                r
+            }
+        };
         let wanted = named.len();
         let mut keys = Vec::new();
         for (written, at) in named {
@@ -765,7 +790,114 @@ impl Validator<'_> {
                 Err(why) => self.problem(SpecProblem::new(why, span, "not a public key")),
             }
         }
-        (keys.len() == wanted).then_some(VerifyKeys { keys })
+        (ok && keys.len() == wanted).then_some(VerifyKeys {
+            keys,
+            keyless,
+            notation,
+        })
+    }
+
+    /// A path of `verify:` relative to the sync file's directory.
+    fn verify_path(&self, written: &Path) -> PathBuf {
+        if written.is_relative() {
+            normalize(&self.base_dir.join(written))
+        } else {
+            written.to_path_buf()
+        }
+    }
+
+    /// `verify: {keyless: …}`: the trusted root read, the identity or its
+    /// regular expression compiled.
+    fn keyless(&mut self, k: &Keyless, at: &[Step]) -> Option<Arc<KeylessPolicy>> {
+        let step = |name: &str| {
+            let mut p = at.to_vec();
+            p.push(key(name));
+            p
+        };
+        let identity = match (&k.identity, &k.identity_regexp) {
+            (Some(i), None) => Some(Identity::Exact(i.clone())),
+            (None, Some(r)) => match regex::Regex::new(r) {
+                Ok(re) => Some(Identity::Regexp(re)),
+                Err(e) => {
+                    let span = self.span(&step("identity_regexp"));
+                    self.problem(SpecProblem::new(
+                        format!("identity_regexp {r:?} is not a regular expression: {e}"),
+                        span,
+                        "this expression",
+                    ));
+                    None
+                }
+            },
+            _ => {
+                let span = self.span(at);
+                self.problem(
+                    SpecProblem::new(
+                        "`keyless` needs exactly one of identity and identity_regexp",
+                        span,
+                        "here",
+                    )
+                    .help("identity: alice@example.com, or identity_regexp: ^https://github.com/org/.*$"),
+                );
+                None
+            }
+        };
+        let file = self.verify_path(&k.trusted_root);
+        let name = k.trusted_root.display().to_string();
+        let root = match std::fs::read(&file) {
+            Ok(bytes) => match TrustedRoot::from_json(&name, &bytes) {
+                Ok(r) => Some(r),
+                Err(why) => {
+                    let span = self.span(&step("trusted_root"));
+                    self.problem(SpecProblem::new(why, span, "this trusted root"));
+                    None
+                }
+            },
+            Err(e) => {
+                let span = self.span(&step("trusted_root"));
+                self.problem(
+                    SpecProblem::new(
+                        format!("cannot read the trusted root {name} ({}): {e}", file.display()),
+                        span,
+                        "this file",
+                    )
+                    .help("paths are relative to the sync file's directory; get trusted_root.json from the sigstore TUF repository (see docs/sync.md, Verifying signatures)"),
+                );
+                None
+            }
+        };
+        Some(Arc::new(KeylessPolicy {
+            issuer: k.issuer.clone(),
+            identity: identity?,
+            root: Arc::new(root?),
+        }))
+    }
+
+    /// `verify: {notation: …}`: the trust policy and the stores it names read.
+    fn notation(&mut self, n: &Notation, at: &[Step]) -> Option<Arc<NotationPolicy>> {
+        let mut policy_at = at.to_vec();
+        policy_at.push(key("trust_policy"));
+        let span = self.span(&policy_at);
+        let file = self.verify_path(&n.trust_policy);
+        let name = n.trust_policy.display().to_string();
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => b,
+            Err(e) => {
+                self.problem(SpecProblem::new(
+                    format!("cannot read the trust policy {name} ({}): {e}", file.display()),
+                    span,
+                    "this file",
+                ));
+                return None;
+            }
+        };
+        let store = self.verify_path(&n.trust_store);
+        match NotationPolicy::load(&name, &bytes, &store) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(why) => {
+                self.problem(SpecProblem::new(why, span, "this trust policy"));
+                None
+            }
+        }
     }
 
     fn destination(&mut self, text: &str, span: Range<usize>, many: bool) -> Option<DestTemplate> {

@@ -49,10 +49,14 @@ pub struct Settings {
     pub referrers: Option<ReferrerPolicy>,
 }
 
-/// The keys one of which must have signed a source image (`verify:`).
-#[derive(Debug, Clone)]
+/// What must have signed a source image (`verify:`): one of the keys, or
+/// a keyless signature the keyless policy accepts, or a Notation signature
+/// the trust policy accepts — any one is enough.
+#[derive(Debug, Clone, Default)]
 pub struct VerifyKeys {
     pub keys: Vec<PublicKey>,
+    pub keyless: Option<std::sync::Arc<crate::image::sigstore::KeylessPolicy>>,
+    pub notation: Option<std::sync::Arc<crate::image::notation::NotationPolicy>>,
 }
 
 impl VerifyKeys {
@@ -63,6 +67,22 @@ impl VerifyKeys {
             .map(|k| k.name.as_str())
             .collect::<Vec<_>>()
             .join(" or ")
+    }
+
+    /// What verification requires, for the plan: `a cosign signature by
+    /// keys/a.pub, or a keyless signature by alice@… (issuer …, trusted root …)`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.keys.is_empty() {
+            parts.push(format!("a cosign signature by {}", self.names()));
+        }
+        if let Some(k) = &self.keyless {
+            parts.push(format!("a {}", k.describe()));
+        }
+        if let Some(n) = &self.notation {
+            parts.push(format!("a {}", n.describe()));
+        }
+        parts.join(", or ")
     }
 }
 

@@ -15,6 +15,7 @@ pub mod layout_edit;
 pub mod oci_tools;
 pub mod outputs;
 pub mod referrers_proxy;
+pub mod sigstore;
 pub mod token_service;
 
 use std::net::TcpListener;
