@@ -390,7 +390,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Info(args) => info::run(&cli.global, args).await,
         Command::Search(args) => search::run(&cli.global, args).await,
         Command::Check(args) => check::run(&cli.global, args).await,
-        Command::Sync(args) => sync::run(&cli.global, args).await,
+        Command::Sync(args) => {
+            let code = sync::run(&cli.global, args).await;
+            // Archives unpacked to be imported are not kept.
+            crate::archive::import::remove_unpacked();
+            code
+        }
         Command::Schema => {
             print!("{}", crate::spec::json_schema());
             Ok(0)

@@ -589,13 +589,16 @@ impl Validator<'_> {
                     .also(from_span.clone(), "digest here"),
                 );
             }
-            Reference::Registry(_) | Reference::Quay { .. } => {}
+            Reference::Registry(_)
+            | Reference::Quay { .. }
+            | Reference::Archive { .. }
+            | Reference::Oci { tag: None, .. } => {}
             _ if e.tags.is_some() => {
                 let span = self.root.key_span(&at("tags"));
                 self.problem(
                     SpecProblem::new(
                         format!(
-                            "`tags` applies to registry:// and quay:// sources, not {}",
+                            "`tags` applies to registry://, quay://, archive:// and oci:// (without a tag) sources, not {}",
                             from.scheme()
                         ),
                         span,
@@ -654,7 +657,7 @@ impl Validator<'_> {
         if verify.is_some()
             && !matches!(
                 from,
-                Reference::Registry(_) | Reference::Quay { .. } | Reference::Oci { .. }
+                Reference::Registry(_) | Reference::Quay { .. } | Reference::Oci { .. } | Reference::Archive { .. }
             )
         {
             let (span, label) = match &e.verify {
@@ -924,7 +927,7 @@ fn normalize(p: &Path) -> PathBuf {
 /// Whether an entry's source stands for more than one image.
 fn from_expands(from: &Reference, tags: Option<&TagSelection>) -> bool {
     match from {
-        Reference::Quay { .. } => true,
+        Reference::Quay { .. } | Reference::Archive { .. } => true,
         Reference::Registry(r) => {
             r.is_glob()
                 || match tags {
