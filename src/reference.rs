@@ -455,7 +455,7 @@ impl fmt::Display for Reference {
                 write!(f, "archive://{}", path.display())?;
                 let mut q = Vec::new();
                 if let Some(v) = volume_size {
-                    q.push(format!("volume_size={v}"));
+                    q.push(format!("volume_size={}", size_text(*v)));
                 }
                 if *full {
                     q.push("full=true".to_string());
@@ -565,6 +565,21 @@ fn parse_format(input: &str, value: Option<String>) -> Result<bool> {
 
 /// The smallest volume: a tar header and a block of data.
 pub const MIN_VOLUME_SIZE: u64 = 4096;
+
+/// `bytes` in the largest binary unit that divides it (`700MiB`), else in bytes.
+fn size_text(bytes: u64) -> String {
+    for (unit, n) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes % n == 0 {
+            return format!("{}{unit}", bytes / n);
+        }
+    }
+    bytes.to_string()
+}
 
 /// `?volume_size=` of an `archive://` reference: a number of bytes with an
 /// optional unit (`700MiB`, `4GiB`, `4.7GB`, `1048576`).

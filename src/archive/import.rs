@@ -368,10 +368,12 @@ fn unpack(dir: &Path, record: &Record, layout: &Path) -> Result<Vec<Value>> {
                 }
                 found.insert(digest);
             }
-            _ => return Err(Error::invalid(format!(
+            _ => {
+                return Err(Error::invalid(format!(
                 "{what}: unexpected entry {:?}; an archive holds only oci-layout, index.json and blobs/sha256/<digest>",
                 entry.written_path()
-            ))),
+            )))
+            }
         }
     }
     for b in &record.blobs {

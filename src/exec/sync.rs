@@ -347,7 +347,12 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
 /// archive (nothing staged: no archive), after every target is done.
 async fn seal_archives(plan: &Plan, progress: &RunProgress) -> (Vec<crate::archive::pack::Sealed>, Vec<PruneFailure>) {
     let mut dirs: Vec<(std::path::PathBuf, Option<u64>, bool)> = Vec::new();
-    for t in &plan.targets {
+    // (A target that failed to expand names its source as its destination.)
+    for t in plan
+        .targets
+        .iter()
+        .filter(|t| !matches!(t.action, Action::Failed { .. }))
+    {
         if let Reference::Archive {
             path,
             volume_size,

@@ -91,7 +91,8 @@ impl ArchiveNote {
 /// The note of each `archive://` destination of the plan.
 pub fn notes(planned: &[PlannedTarget]) -> Vec<ArchiveNote> {
     let mut groups: BTreeMap<String, Vec<&PlannedTarget>> = BTreeMap::new();
-    for t in planned {
+    // (A target that failed to expand names its source as its destination.)
+    for t in planned.iter().filter(|t| !matches!(t.action, Action::Failed { .. })) {
         if let Reference::Archive { path, .. } = &t.target.destination {
             groups.entry(path.display().to_string()).or_default().push(t);
         }
