@@ -242,6 +242,11 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
         }
     }
     let a2_bytes: u64 = volumes(&a2).iter().map(|v| std::fs::metadata(v).unwrap().len()).sum();
+    eprintln!(
+        "archive 0001: {} volumes; archive 0002: {a2_bytes} bytes in {} volumes for {new_bytes} bytes of new blobs and manifest",
+        vols.len(),
+        volumes(&a2).len()
+    );
     assert!(
         a2_bytes <= new_bytes + 64 * 1024,
         "archive 0002 is {a2_bytes} bytes; the new tag's new blobs and manifest are {new_bytes}"
@@ -543,6 +548,11 @@ fn a_killed_export_and_a_killed_import_resume_without_writing_twice() {
         "the second run copied {copied} layers; {remaining} of {} blobs were not staged by the killed run",
         all.len()
     );
+    eprintln!(
+        "killed export: {} of {} blobs staged before the kill; the run again copied {copied} layers ({remaining} blobs remained)",
+        before.len(),
+        all.len()
+    );
     assert!(before.iter().all(|d| all.contains(d)), "{before:?} {all:?}");
     assert!(copied < all.len() as u64);
 
@@ -554,8 +564,13 @@ fn a_killed_export_and_a_killed_import_resume_without_writing_twice() {
         &["--rate-limit", "4", "sync", &in_file, "-J", "1", "-j", "1"],
     );
     kill_when(child, || uploads(&inside.access_log()).len() >= 3);
+    let first = uploads(&inside.access_log()).len();
     ok_regs(&[&inside], &["sync", &in_file]);
     let counts = uploads(&inside.access_log());
+    eprintln!(
+        "killed import: {first} blobs uploaded before the kill, {} in all, none twice",
+        counts.len()
+    );
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "uploaded twice: {twice:?}");
     for repo in ["a", "b", "multi", "z", "plain", "w"] {
