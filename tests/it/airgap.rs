@@ -264,6 +264,25 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
     assert!(text(&out).contains("archive 0001"), "{}", text(&out));
     assert_eq!(catalog(&fresh)["repositories"], serde_json::json!([]));
 
+    // `tags:` and `verify:` work as on any source: only the signed 1.0 of
+    // team/app is taken; the unsigned images are refused (exit 1).
+    let filtered = write(
+        &dir,
+        "filtered.yaml",
+        &format!(
+            "version: 1\ndefaults:\n  platforms: all\nsync:\n  - from: archive://{}\n    tags: [\"1.0\"]\n    verify: {{cosign_key: {}}}\n    to: registry://{}/{{repo}}\n",
+            media.display(),
+            key.public.display(),
+            fresh.host
+        ),
+    );
+    let out = occy_regs(&[&fresh], &["sync", &filtered]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let mut got = tags(&fresh, "team/app");
+    got.sort();
+    assert_eq!(got, ["1.0".to_string(), sig.clone()]);
+    assert!(tags(&fresh, "team/multi").is_empty() && tags(&fresh, "team/zstd").is_empty());
+
     // A flipped byte in a volume of 0002: refused naming it, no new tag.
     let bad = dir.join("bad");
     std::fs::create_dir_all(bad.join("0002")).unwrap();
