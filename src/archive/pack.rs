@@ -436,3 +436,151 @@ pub fn seal(dir: &Path, volume_size: Option<u64>, full: bool) -> Result<Option<S
         depends_on: record.depends_on.clone(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{import, stage_image, StagedImage};
+
+    #[test]
+    fn volumes_are_never_larger_than_asked_and_concatenate_to_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = Volumes {
+            dir: dir.path().to_path_buf(),
+            prefix: "0001".into(),
+            size: Some(4096),
+            current: None,
+            done: Vec::new(),
+        };
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        v.write_all(&data).unwrap();
+        v.close().unwrap();
+        let sizes: Vec<u64> = v.done.iter().map(|f| f.size).collect();
+        assert_eq!(sizes, [4096, 4096, 1808]);
+        let mut joined = Vec::new();
+        for f in &v.done {
+            let bytes = std::fs::read(dir.path().join(&f.name)).unwrap();
+            assert_eq!(hex(Sha256::digest(&bytes).as_slice()), f.sha256);
+            joined.extend(bytes);
+        }
+        assert_eq!(joined, data);
+        assert_eq!(v.done[2].name, "0001-003.tar");
+    }
+
+    /// Stages a one-layer image named `repo:tag` in the staging layout of `dir`.
+    fn stage(dir: &Path, repo: &str, tag: &str, layers: &[&[u8]]) -> Digest {
+        let layout = staging_layout(dir);
+        let blobs = layout.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let put = |b: &[u8]| {
+            let d = Digest::of(b);
+            std::fs::write(blobs.join(d.hex()), b).unwrap();
+            d
+        };
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","tag":"{tag}"}}"#);
+        let c = put(config.as_bytes());
+        let layers: Vec<Value> = layers
+            .iter()
+            .map(|l| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l).as_str(), "size": l.len()}))
+            .collect();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c.as_str(), "size": config.len()},
+            "layers": layers
+        });
+        let m = put(&serde_json::to_vec(&manifest).unwrap());
+        let name = crate::image::ImageName {
+            repository: repo.into(),
+            tag: tag.into(),
+        };
+        let layout_ref = crate::archive::layout_ref(&name);
+        let index_path = layout.join("index.json");
+        let mut index: Value = std::fs::read(&index_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| serde_json::json!({"schemaVersion": 2, "manifests": []}));
+        index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m.as_str(),
+            "size": 1,
+            "annotations": {REF_NAME: layout_ref}
+        }));
+        std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+        stage_image(
+            dir,
+            &StagedImage {
+                repository: repo.into(),
+                tag: tag.into(),
+                digest: m.clone(),
+                layout_ref,
+            },
+        )
+        .unwrap();
+        m
+    }
+
+    use crate::archive::REF_NAME;
+
+    #[test]
+    fn sealed_archives_are_incremental_and_import_back_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let media = dir.path().join("transfer");
+        let base = vec![7u8; 9000];
+        let d1 = stage(&media, "registry.example.com/team/app", "1.0", &[&base]);
+        let a1 = seal(&media, Some(4096), false).unwrap().unwrap();
+        assert_eq!((a1.archive.as_str(), a1.images), ("0001", 1));
+        assert!(a1.volumes >= 3);
+        assert!(!staging_dir(&media).exists());
+        assert_eq!(seal(&media, None, false).unwrap().map(|s| s.archive), None);
+
+        // The second archive leaves out the layer the first carried.
+        let h = History::load(&media).unwrap();
+        assert_eq!(h.carried_by(&Digest::of(&base)), Some("0001"));
+        let d2 = stage(&media, "registry.example.com/team/app", "1.1", &[&base, b"new layer"]);
+        // What the sink does: a layer an earlier archive carried is not written.
+        std::fs::remove_file(
+            staging_layout(&media)
+                .join("blobs/sha256")
+                .join(Digest::of(&base).hex()),
+        )
+        .unwrap();
+        let a2 = seal(&media, Some(4096), false).unwrap().unwrap();
+        assert_eq!(a2.depends_on, ["0001"]);
+        let r2 = Record::read(&a2.path).unwrap();
+        assert!(r2.blobs.iter().all(|b| b.digest != Digest::of(&base)));
+        assert!(a2.bytes < 9000);
+
+        // Both read back: each name with its digest; 0002 alone misses 0001's layer.
+        let all = import::open(&media).unwrap();
+        let got: Vec<(String, Digest)> = all
+            .images
+            .iter()
+            .map(|i| {
+                (
+                    format!("{}:{}", i.image.repository(), i.image.tag),
+                    i.image.digest.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("registry.example.com/team/app:1.0".to_string(), d1),
+                ("registry.example.com/team/app:1.1".to_string(), d2)
+            ]
+        );
+        assert!(all.elsewhere.is_empty());
+        let only2 = import::open(&a2.path).unwrap();
+        assert_eq!(
+            only2
+                .elsewhere
+                .get(&Digest::of(&base))
+                .map(|w| w.starts_with("archive 0001")),
+            Some(true)
+        );
+        import::remove_unpacked();
+        assert!(!all.layout.exists());
+    }
+}
