@@ -64,6 +64,22 @@ fn staging_images(dir: &Path) -> PathBuf {
     staging_dir(dir).join("images")
 }
 
+/// Refuses, as a destination, one archive of a directory (`DIR/0002`) or
+/// a path that is a file.
+pub fn check_destination(dir: &Path) -> Result<()> {
+    check_dir(dir)?;
+    if dir.join(RECORD).is_file() {
+        return Err(Error::usage(format!(
+            "archive://{}: is one archive (it holds {RECORD}); a destination names the directory of archives{}",
+            dir.display(),
+            dir.parent()
+                .map(|p| format!(" (archive://{})", p.display()))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses an archive directory that is a file.
 pub fn check_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
@@ -191,7 +207,7 @@ pub fn history(dir: &Path) -> Result<Arc<History>> {
 /// as the newest archive recording it says (unless `full`: a whole archive
 /// ignores the history).
 pub fn current_digest(dir: &Path, name: &ImageName, full: bool) -> Result<Option<Digest>> {
-    check_dir(dir)?;
+    check_destination(dir)?;
     let key = layout_ref(name);
     if let Some(staged) = staged_images(dir)?.into_iter().find(|s| s.layout_ref == key) {
         if staged_blob(dir, &staged.digest) {

@@ -26,6 +26,27 @@ pub async fn current(dir: &Path, name: &ImageName, full: bool) -> Result<Option<
         .map_err(|e| Error::invalid(format!("archive history task failed: {e}")))?
 }
 
+/// How plans and reports show an image read from an archive (the OCI
+/// layout its volumes were unpacked into is temporary):
+/// `archive:///media/transfer (0002: registry.example.com/team/app:1.5.0)`.
+pub fn shown_source(source: &Reference) -> Option<String> {
+    let Reference::Oci {
+        path, tag: Some(tag), ..
+    } = source
+    else {
+        return None;
+    };
+    let imported = crate::archive::import::imported(path)?;
+    let image = imported.images.iter().find(|i| &i.image.layout_ref == tag)?;
+    Some(format!(
+        "archive://{} ({}: {}:{})",
+        imported.path.display(),
+        image.archive,
+        image.image.repository(),
+        image.image.tag
+    ))
+}
+
 /// Blobs an archive leaves out because an earlier one carried them.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LeftOut {

@@ -1130,7 +1130,7 @@ fn oci_layout_tag(path: &std::path::Path, tag: &str) -> Option<Digest> {
 fn planned_target(t: Target) -> PlannedTarget {
     PlannedTarget {
         entry: t.entry,
-        source: t.source.to_string(),
+        source: archive::shown_source(&t.source).unwrap_or_else(|| t.source.to_string()),
         destination: t.destination.to_string(),
         name: t.name.to_string(),
         filters: t.chain_name.clone(),

@@ -50,7 +50,7 @@ pub struct ArchiveSink {
 impl ArchiveSink {
     /// The sink for `name` in the directory of archives `dir`.
     pub async fn create(dir: &Path, name: &ImageName, full: bool) -> Result<Self> {
-        archive::check_dir(dir)?;
+        archive::check_destination(dir)?;
         let layout_ref = archive::layout_ref(name);
         Ok(ArchiveSink {
             dir: dir.to_path_buf(),

@@ -301,12 +301,42 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
     assert!(text(&out).contains(&name), "{}", text(&out));
     assert!(!tags(&inside, "team/app").contains(&"1.1".to_string()));
 
+    // One archive is not a destination.
+    let into_one = write(
+        &dir,
+        "into-one.yaml",
+        &format!(
+            "version: 1\nsync:\n  - from: registry://{}/team/app:1.0\n    to: archive://{}\n",
+            outside.host,
+            a1.display()
+        ),
+    );
+    let out = occy_regs(&[&outside], &["sync", &into_one]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out).contains("is one archive"), "{}", text(&out));
+
     // After 0001, the whole directory again: the new tag gets its source digest.
     ok_regs(&[&inside], &["sync", &in_file]);
     assert_eq!(
         http_manifest_digest(&inside.host, "team/app", "1.1"),
         http_manifest_digest(&outside.host, "team/app", "1.1")
     );
+
+    // full=true writes a whole archive whatever the history carried.
+    let full_file = outside_file(&dir, &outside, &media, "16KiB&full=true");
+    let plan = text(&ok_regs(&[&outside], &["sync", &full_file, "--plan"]));
+    assert!(
+        plan.contains("writes whole archive") && !plan.contains("left out"),
+        "{plan}"
+    );
+    ok_regs(&[&outside], &["sync", &full_file]);
+    let r3 = record(&media.join("0003"));
+    assert_eq!(
+        (r3["full"].as_bool(), r3["depends_on"].as_array().map(Vec::len)),
+        (Some(true), Some(0))
+    );
+    assert_eq!(r3["images"].as_array().unwrap().len(), 4);
+    assert!(r3["blobs"].as_array().unwrap().len() >= r1["blobs"].as_array().unwrap().len());
 }
 
 /// A one-image archive of `test/app-a:1.0` on the shared registry, made once.
