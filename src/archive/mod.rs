@@ -80,6 +80,39 @@ pub fn check_destination(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Takes, for the rest of this process, the exclusive lock of the next
+/// archive of `dir` (`DIR/.occy-partial.lock`): one run at a time stages
+/// and seals a directory's next archive. Taken again by the same process,
+/// it is already held.
+pub fn lock_next(dir: &Path) -> Result<()> {
+    use fs4::fs_std::FileExt;
+    static HELD: OnceLock<Mutex<HashMap<PathBuf, std::fs::File>>> = OnceLock::new();
+    let held = HELD.get_or_init(Default::default);
+    let mut held = held
+        .lock()
+        .map_err(|_| Error::invalid("the archive lock table is poisoned"))?;
+    if held.contains_key(dir) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    let path = dir.join(format!("{STAGING}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    if !matches!(FileExt::try_lock_exclusive(&file), Ok(true)) {
+        return Err(Error::invalid(format!(
+            "another occy run is writing the next archive of archive://{} (it holds {}); let it finish, then run again",
+            dir.display(),
+            path.display()
+        )));
+    }
+    held.insert(dir.to_path_buf(), file);
+    Ok(())
+}
+
 /// Refuses an archive directory that is a file.
 pub fn check_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {

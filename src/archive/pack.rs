@@ -244,6 +244,7 @@ pub fn seal(dir: &Path, volume_size: Option<u64>, full: bool) -> Result<Option<S
     if !layout.join("index.json").is_file() {
         return Ok(None);
     }
+    super::lock_next(dir)?;
     let history = History::load(dir)?;
     let index = read_index(&layout)?;
     let blobs = layout_blobs(&layout)?;

@@ -51,6 +51,10 @@ impl ArchiveSink {
     /// The sink for `name` in the directory of archives `dir`.
     pub async fn create(dir: &Path, name: &ImageName, full: bool) -> Result<Self> {
         archive::check_destination(dir)?;
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || archive::lock_next(&d))
+            .await
+            .map_err(|e| crate::error::Error::invalid(format!("archive lock task failed: {e}")))??;
         let layout_ref = archive::layout_ref(name);
         Ok(ArchiveSink {
             dir: dir.to_path_buf(),
