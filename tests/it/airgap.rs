@@ -70,6 +70,7 @@ fn catalog(reg: &Registry) -> Value {
 
 /// The tags of `repo` on `reg` (none when the repository does not exist).
 fn tags(reg: &Registry, repo: &str) -> Vec<String> {
+    require("curl", "curl");
     let out = Command::new("curl")
         .args(["-s", &format!("http://{}/v2/{repo}/tags/list", reg.host)])
         .output()
@@ -175,6 +176,7 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
     );
 
     // skopeo and umoci read the OCI layout inside the unpacked volumes.
+    require("skopeo", "skopeo");
     let un = dir.join("unpacked");
     unpack(&a1, &un);
     for (repo, image) in [("app", "app-a"), ("multi", "multiarch"), ("zstd", "zstd")] {
