@@ -76,6 +76,26 @@ pub fn remove_unpacked() {
     }
 }
 
+/// The images the archive or directory of archives at `path` records, the
+/// newest archive winning for a name, from the records alone (each checked
+/// against its `SHA256SUMS`; volumes are neither read nor needed): what a
+/// mirror configuration needs to know of an archive source.
+pub fn recorded_images(path: &Path) -> Result<Vec<ImportedImage>> {
+    let (dirs, _) = selected(path)?;
+    let mut images: Vec<ImportedImage> = Vec::new();
+    for dir in &dirs {
+        let record = Record::read(dir)?;
+        for img in &record.images {
+            images.retain(|i| i.image.layout_ref != img.layout_ref);
+            images.push(ImportedImage {
+                image: img.clone(),
+                archive: record.archive.clone(),
+            });
+        }
+    }
+    Ok(images)
+}
+
 /// Opens the archive or directory of archives at `path` (once per process):
 /// checks, unpacks, and says what it restores.
 pub fn open(path: &Path) -> Result<Arc<Imported>> {

@@ -583,5 +583,33 @@ mod tests {
         );
         import::remove_unpacked();
         assert!(!all.layout.exists());
+
+        let names: Vec<String> = import::recorded_images(&media)
+            .unwrap()
+            .iter()
+            .map(|i| format!("{} {}", i.archive, i.image.name()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "0001 registry.example.com/team/app:1.0",
+                "0002 registry.example.com/team/app:1.1"
+            ]
+        );
+
+        // 0001's volumes carried away: the directory reads as 0002 alone.
+        for v in &Record::read(&a1.path).unwrap().volumes {
+            std::fs::remove_file(a1.path.join(&v.name)).unwrap();
+        }
+        let rest = import::open(&media).unwrap();
+        assert_eq!(
+            (rest.archives.clone(), rest.history_only.clone()),
+            (vec!["0002".to_string()], vec!["0001".to_string()])
+        );
+        assert!(rest.elsewhere.contains_key(&Digest::of(&base)));
+        // One archive named on its own must have its volumes.
+        import::remove_unpacked();
+        let e = import::open(&a1.path).unwrap_err().to_string();
+        assert!(e.contains("0001-001.tar") && e.contains("missing"), "{e}");
     }
 }

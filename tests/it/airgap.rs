@@ -60,6 +60,21 @@ fn volumes(archive: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The digest of `repo:tag` on `reg`, read back with skopeo (the sha256
+/// of the manifest bytes `skopeo inspect --raw` returns).
+fn skopeo_digest(reg: &Registry, repo_tag: &str) -> String {
+    let out = reg.skopeo(
+        &["inspect", "--raw", &format!("docker://{}/{repo_tag}", reg.host)],
+        false,
+    );
+    assert!(
+        out.status.success(),
+        "{repo_tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crate::support::cosign::sha256(&out.stdout)
+}
+
 fn record(archive: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(archive.join("record.json")).unwrap()).unwrap()
 }
@@ -200,16 +215,16 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
     let in_file = inside_file(&dir, "inside.yaml", &media, &inside);
     ok_regs(&[&inside], &["sync", &in_file]);
     for repo in ["app", "multi", "zstd"] {
-        let repo = format!("team/{repo}");
+        let repo_tag = format!("team/{repo}:1.0");
         assert_eq!(
-            http_manifest_digest(&inside.host, &repo, "1.0"),
-            http_manifest_digest(&outside.host, &repo, "1.0"),
-            "{repo}"
+            skopeo_digest(&inside, &repo_tag),
+            skopeo_digest(&outside, &repo_tag),
+            "{repo_tag}"
         );
     }
     assert_eq!(
-        http_manifest_digest(&inside.host, "team/app", &sig),
-        http_manifest_digest(&outside.host, "team/app", &sig)
+        skopeo_digest(&inside, &format!("team/app:{sig}")),
+        skopeo_digest(&outside, &format!("team/app:{sig}"))
     );
 
     // A new tag sharing the base layer: the next archive carries only it.
@@ -320,8 +335,8 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
     // After 0001, the whole directory again: the new tag gets its source digest.
     ok_regs(&[&inside], &["sync", &in_file]);
     assert_eq!(
-        http_manifest_digest(&inside.host, "team/app", "1.1"),
-        http_manifest_digest(&outside.host, "team/app", "1.1")
+        skopeo_digest(&inside, "team/app:1.1"),
+        skopeo_digest(&outside, "team/app:1.1")
     );
 
     // full=true writes a whole archive whatever the history carried.
