@@ -899,6 +899,15 @@ pub fn rebase(r: &Reference, base: &Path) -> Reference {
             image: image.clone(),
         },
         Reference::Bundle { path } => Reference::Bundle { path: fix(path) },
+        Reference::Archive {
+            path,
+            volume_size,
+            full,
+        } => Reference::Archive {
+            path: fix(path),
+            volume_size: *volume_size,
+            full: *full,
+        },
         other => other.clone(),
     }
 }
@@ -958,6 +967,18 @@ mod tests {
                 e.to_string()
             }
         }
+    }
+
+    #[test]
+    fn archives_are_relative_to_the_sync_file_and_take_tags() {
+        let r = Reference::parse("archive://transfer?volume_size=4GiB").unwrap();
+        assert_eq!(
+            rebase(&r, Path::new("/etc/occy")),
+            Reference::parse("archive:///etc/occy/transfer?volume_size=4GiB").unwrap()
+        );
+        let yaml = "version: 1\nsync:\n  - from: archive:///media/transfer\n    tags: [\"1.0\"]\n    to: registry://m:5000/{repo}\n";
+        let spec = parse(Path::new("inside.yaml"), yaml.to_string()).unwrap();
+        assert!(spec.entries[0].tags.is_some());
     }
 
     #[test]
