@@ -607,6 +607,12 @@ mod tests {
             (vec!["0002".to_string()], vec!["0001".to_string()])
         );
         assert!(rest.elsewhere.contains_key(&Digest::of(&base)));
+        // A whole archive on a medium mounted under any name.
+        import::remove_unpacked();
+        let cdrom = dir.path().join("cdrom");
+        std::fs::rename(&a2.path, &cdrom).unwrap();
+        assert_eq!(import::open(&cdrom).unwrap().archives, ["0002"]);
+        std::fs::rename(&cdrom, &a2.path).unwrap();
         // One archive named on its own must have its volumes.
         import::remove_unpacked();
         let e = import::open(&a1.path).unwrap_err().to_string();

@@ -165,7 +165,8 @@ pub fn read_sums(dir: &Path) -> Result<HashMap<String, String>> {
 
 impl Record {
     /// Reads the record of the archive at `dir`, checked against its
-    /// `SHA256SUMS` (an edited record is refused) and its directory's name.
+    /// `SHA256SUMS` (an edited record is refused). The directory may have
+    /// any name (a medium's mount point): the record says which archive it is.
     pub fn read(dir: &Path) -> Result<Record> {
         let sums = read_sums(dir)?;
         let path = dir.join(RECORD);
@@ -196,13 +197,9 @@ impl Record {
                 record.archive_version
             )));
         }
-        let dir_name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if record.archive != dir_name {
+        if archive_number(&record.archive).is_none() {
             return Err(Error::invalid(format!(
-                "{} records archive {}, but its directory is named {dir_name}: archives keep the names they were written with",
+                "{} names archive {:?}; archives are numbered 0001, 0002, …",
                 path.display(),
                 record.archive
             )));
@@ -323,7 +320,9 @@ impl History {
 
     /// The number the next archive gets.
     pub fn next_number(&self) -> u32 {
-        self.records.iter().map(Record::number).max().unwrap_or(0) + 1
+        let dirs = archive_dirs(&self.dir).unwrap_or_default();
+        let by_dir = dirs.iter().map(|(n, _)| *n).max().unwrap_or(0);
+        self.records.iter().map(Record::number).max().unwrap_or(0).max(by_dir) + 1
     }
 
     /// The next archive's directory.
