@@ -142,6 +142,23 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
     outside.push_layout(standard, "multiarch", "team/multi:1.0");
     outside.push_layout(standard, "zstd", "team/zstd:1.0");
     let app10 = http_manifest_digest(&outside.host, "team/app", "1.0");
+    // An OCI 1.1 SBOM of the multi-arch index, listed under its referrers tag.
+    let multi10 = http_manifest_digest(&outside.host, "team/multi", "1.0");
+    let c = crate::referrers::client(&outside.host);
+    let rt = crate::referrers::rt();
+    let index = rt.block_on(c.get_manifest("team/multi", &multi10)).unwrap();
+    let sbom = rt.block_on(crate::referrers::push_sbom(
+        &c,
+        "team/multi",
+        &index.descriptor(),
+        "multi",
+    ));
+    rt.block_on(crate::referrers::push_referrers_tag(
+        &c,
+        "team/multi",
+        &index.digest,
+        &[&sbom],
+    ));
     let key = keypair(&dir, "cosign");
     sign_image(&outside, "team/app", &app10, &key);
     let sig = sig_tag(&app10);
@@ -177,6 +194,14 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
             .unwrap()
             .iter()
             .any(|r| r["tag"] == sig.as_str() && r["subject"] == app10.as_str()),
+        "{r1:#}"
+    );
+    assert!(
+        r1["referrers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["digest"] == sbom.digest.as_str() && r["subject"] == multi10.as_str()),
         "{r1:#}"
     );
     let app = r1["images"]
@@ -225,6 +250,20 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
     assert_eq!(
         skopeo_digest(&inside, &format!("team/app:{sig}")),
         skopeo_digest(&outside, &format!("team/app:{sig}"))
+    );
+    // The SBOM arrived with its bytes, listed under the index's referrers tag.
+    let ic = crate::referrers::client(&inside.host);
+    let got = rt
+        .block_on(ic.get_manifest("team/multi", sbom.digest.as_str()))
+        .unwrap();
+    assert_eq!(got.bytes, sbom.bytes);
+    let listed = rt
+        .block_on(ic.get_manifest("team/multi", &occy::image::referrers::fallback_tag(&index.digest)))
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.bytes).contains(sbom.digest.as_str()),
+        "{}",
+        String::from_utf8_lossy(&listed.bytes)
     );
 
     // A new tag sharing the base layer: the next archive carries only it.
