@@ -725,3 +725,45 @@ fn the_airgap_examples_run_outside_then_inside() {
     let again = occy_regs(&[&inside], &["sync", &in_file, "--plan", "--detailed-exitcode"]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
 }
+
+#[test]
+fn an_oci_source_without_a_tag_takes_every_tag_of_the_layout() {
+    let dir = scratch_dir("airgap-oci-all");
+    let layout = &standard_images().0;
+    let out = dir.join("out");
+    let file = write(
+        &dir,
+        "all.yaml",
+        &format!(
+            "version: 1\nsync:\n  - from: oci://{}\n    tags: {{ glob: \"app-*\" }}\n    to: oci://{}\n",
+            layout.display(),
+            out.display()
+        ),
+    );
+    ok(&["sync", &file]);
+    let mut got = layout_tags(&out);
+    got.sort();
+    assert_eq!(got, ["app-a", "app-b"]);
+    for tag in ["app-a", "app-b"] {
+        assert_eq!(
+            crate::support::oci_tools::tag_entry(&out, tag)["digest"],
+            crate::support::oci_tools::tag_entry(layout, tag)["digest"]
+        );
+    }
+    // Without `tags:`, every tag (the plan lists one target each).
+    let every = write(
+        &dir,
+        "every.yaml",
+        &format!(
+            "version: 1\nsync:\n  - from: oci://{}\n    to: oci://{}\n",
+            layout.display(),
+            dir.join("every").display()
+        ),
+    );
+    let plan = json_of(&ok(&["sync", &every, "--plan", "-O", "json"]));
+    assert_eq!(
+        plan["totals"]["targets"].as_u64().unwrap() as usize,
+        layout_tags(layout).len(),
+        "{plan}"
+    );
+}
