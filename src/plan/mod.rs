@@ -647,7 +647,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     drop((sources, wanted_keys));
     if !ctx.only.is_empty() {
         targets.retain(|t| {
-            let s = t.source.to_string();
+            let s = archive::shown_source(&t.source).unwrap_or_else(|| t.source.to_string());
             let d = t.destination.to_string();
             ctx.only.iter().any(|m| {
                 m.is_match(&s)

@@ -320,6 +320,23 @@ fn an_export_in_volumes_restores_every_name_and_the_next_one_carries_only_what_i
     assert!(text(&out).contains("archive 0001"), "{}", text(&out));
     assert_eq!(catalog(&fresh)["repositories"], serde_json::json!([]));
 
+    // --only picks images of an archive by their source names.
+    let only = json_of(&occy_regs(
+        &[&inside],
+        &["sync", &in_file, "--plan", "-O", "json", "--only", "*team/app:1.1*"],
+    ));
+    let sources: Vec<&str> = only["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert!(
+        sources[0].starts_with(&format!("archive://{} (0002: ", media.display())),
+        "{sources:?}"
+    );
+
     // `tags:` and `verify:` work as on any source: only the signed 1.0 of
     // team/app is taken; the unsigned images are refused (exit 1).
     let filtered = write(
