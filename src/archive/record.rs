@@ -205,6 +205,17 @@ impl Record {
             )));
         }
         for v in &record.volumes {
+            let plain = !v.name.is_empty()
+                && v.name.ends_with(".tar")
+                && !v.name.starts_with('.')
+                && !v.name.contains(['/', '\\']);
+            if !plain {
+                return Err(Error::invalid(format!(
+                    "{} names volume {:?}; a volume is a file beside the record (NNNN-NNN.tar)",
+                    path.display(),
+                    v.name
+                )));
+            }
             if sums.get(&v.name) != Some(&v.sha256) {
                 return Err(Error::invalid(format!(
                     "{} and {} disagree on the checksum of volume {}",
