@@ -7,6 +7,7 @@
 //! [`source`], which resolves to manifests and configs ([`image`]); blobs
 //! stream through the executor ([`exec`]) into a [`sink`].
 
+pub mod archive;
 pub mod blob_locations;
 pub mod cache;
 pub mod check;

@@ -1,6 +1,6 @@
 //! Image references: the one parser for every URI occy accepts
 //! (`registry://`, `tar://`, `oci://`, `dir://`, `docker://`, `bundle://`,
-//! `quay://`). Unknown schemes, unknown options and malformed parts are
+//! `quay://`, `archive://`). Unknown schemes, unknown options and malformed parts are
 //! errors that quote the offending text.
 
 use std::fmt;
@@ -98,6 +98,17 @@ pub enum Reference {
     },
     /// An OCI runtime bundle (`config.json` + `rootfs/`).
     Bundle { path: PathBuf },
+    /// A directory of transfer archives (`archive:///DIR`, see
+    /// `crate::archive`), or one archive of it (`archive:///DIR/0002`, as a
+    /// source). `volume_size` (`?volume_size=700MiB`) splits a new archive
+    /// into volumes of at most that many bytes; `full` (`?full=true`)
+    /// writes a whole archive instead of only what earlier ones did not
+    /// carry.
+    Archive {
+        path: PathBuf,
+        volume_size: Option<u64>,
+        full: bool,
+    },
     /// quay.io organisation expansion: `quay://org[/glob][:tag][?since=…&token=…]`.
     Quay {
         org: String,
@@ -165,6 +176,12 @@ pub const SCHEMES: &[Scheme] = &[
         source: true,
         expands: true,
         destination: false,
+    },
+    Scheme {
+        name: "archive",
+        source: true,
+        expands: true,
+        destination: true,
     },
 ];
 
@@ -270,6 +287,14 @@ impl Reference {
             "bundle" => Reference::Bundle {
                 path: parse_path(input, body)?,
             },
+            "archive" => Reference::Archive {
+                path: parse_path(input, body)?,
+                volume_size: match opts.take("volume_size") {
+                    Some(v) => Some(parse_volume_size(input, &v)?),
+                    None => None,
+                },
+                full: opts.take_bool("full")?,
+            },
             "quay" => {
                 let (path, tag) = split_path_tag(body);
                 let (org, repo_glob) = match path.split_once('/') {
@@ -329,6 +354,7 @@ impl Reference {
             Reference::Dir { .. } => "dir",
             Reference::Docker { .. } => "docker",
             Reference::Bundle { .. } => "bundle",
+            Reference::Archive { .. } => "archive",
             Reference::Quay { .. } => "quay",
         }
     }
@@ -340,6 +366,7 @@ impl Reference {
             Reference::Tar { path }
             | Reference::Bundle { path }
             | Reference::Dir { path, .. }
+            | Reference::Archive { path, .. }
             | Reference::Oci { path, .. } => path.display().to_string(),
             Reference::Docker { name, .. } => name.clone(),
             Reference::Quay { org, repo_glob, .. } => format!("quay.io/{org}/{}", repo_glob.as_deref().unwrap_or("*")),
@@ -420,6 +447,24 @@ impl fmt::Display for Reference {
                 Ok(())
             }
             Reference::Bundle { path } => write!(f, "bundle://{}", path.display()),
+            Reference::Archive {
+                path,
+                volume_size,
+                full,
+            } => {
+                write!(f, "archive://{}", path.display())?;
+                let mut q = Vec::new();
+                if let Some(v) = volume_size {
+                    q.push(format!("volume_size={}", size_text(*v)));
+                }
+                if *full {
+                    q.push("full=true".to_string());
+                }
+                if !q.is_empty() {
+                    write!(f, "?{}", q.join("&"))?;
+                }
+                Ok(())
+            }
             Reference::Quay {
                 org,
                 repo_glob,
@@ -488,6 +533,7 @@ impl Options {
                 "oci" => "format",
                 "docker" => "socket",
                 "quay" => "since, token",
+                "archive" => "volume_size, full",
                 _ => "none",
             };
             return Err(Error::usage(format!(
@@ -515,6 +561,61 @@ fn parse_format(input: &str, value: Option<String>) -> Result<bool> {
             "invalid value {other:?} for option \"format\" in {input:?}: expected oci (format=oci converts Docker v2 manifests to OCI media types; leave it out to keep manifests as they are)"
         ))),
     }
+}
+
+/// The smallest volume: a tar header and a block of data.
+pub const MIN_VOLUME_SIZE: u64 = 4096;
+
+/// `bytes` in the largest binary unit that divides it (`700MiB`), else in bytes.
+fn size_text(bytes: u64) -> String {
+    for (unit, n) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes % n == 0 {
+            return format!("{}{unit}", bytes / n);
+        }
+    }
+    bytes.to_string()
+}
+
+/// `?volume_size=` of an `archive://` reference: a number of bytes with an
+/// optional unit (`700MiB`, `4GiB`, `4.7GB`, `1048576`).
+fn parse_volume_size(input: &str, value: &str) -> Result<u64> {
+    let bad = |why: &str| {
+        Error::usage(format!(
+            "invalid value {value:?} for option \"volume_size\" in {input:?}: {why}; write a size such as 700MiB, 4GiB or 4.7GB (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        ))
+    };
+    let text = value.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" => 1024,
+        "MiB" => 1024_u64.pow(2),
+        "GiB" => 1024_u64.pow(3),
+        "TiB" => 1024_u64.pow(4),
+        other => return Err(bad(&format!("unknown unit {other:?}"))),
+    };
+    let n: f64 = number.parse().map_err(|_| bad("expected a number"))?;
+    let bytes = n * unit_bytes as f64;
+    if !(bytes.is_finite() && bytes < u64::MAX as f64) {
+        return Err(bad("too large"));
+    }
+    let bytes = bytes as u64;
+    if bytes < MIN_VOLUME_SIZE {
+        return Err(bad(&format!("a volume must hold at least {MIN_VOLUME_SIZE} bytes")));
+    }
+    Ok(bytes)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -763,6 +864,7 @@ mod tests {
             "docker" => "docker://x:1",
             "bundle" => "bundle:///x",
             "quay" => "quay://org",
+            "archive" => "archive:///media/transfer",
             other => panic!("no sample for the new scheme {other}: add one here"),
         };
         for s in SCHEMES {
@@ -775,6 +877,40 @@ mod tests {
         assert!(destination_schemes().contains("bundle://") && !destination_schemes().contains("quay://"));
         let e = Reference::parse("ftp://x").unwrap_err().to_string();
         assert!(e.contains(&all_schemes()), "{e}");
+    }
+
+    #[test]
+    fn archive_references_take_a_volume_size_and_full() {
+        let r = Reference::parse("archive:///m/t?volume_size=700MiB&full=true").unwrap();
+        assert_eq!(
+            r,
+            Reference::Archive {
+                path: PathBuf::from("/m/t"),
+                volume_size: Some(700 * 1024 * 1024),
+                full: true
+            }
+        );
+        assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
+        for (size, bytes) in [
+            ("4GiB", 4u64 << 30),
+            ("4.7GB", 4_700_000_000),
+            ("65536", 65536),
+            ("64KiB", 65536),
+        ] {
+            let r = Reference::parse(&format!("archive:///m?volume_size={size}")).unwrap();
+            assert!(
+                matches!(r, Reference::Archive { volume_size: Some(b), .. } if b == bytes),
+                "{size}"
+            );
+        }
+        for bad in ["0", "12XB", "", "MiB", "1.5.2GB", "100"] {
+            let e = Reference::parse(&format!("archive:///m?volume_size={bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("volume_size") && e.contains(bad), "{bad}: {e}");
+        }
+        let e = Reference::parse("archive:///m?size=1GiB").unwrap_err().to_string();
+        assert!(e.contains("volume_size, full"), "{e}");
     }
 
     #[test]

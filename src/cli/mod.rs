@@ -406,11 +406,20 @@ pub enum Command {
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
-        Command::Process(args) => process::run(&cli.global, args).await,
+        Command::Process(args) => {
+            let code = process::run(&cli.global, args).await;
+            crate::archive::import::remove_unpacked();
+            code
+        }
         Command::Info(args) => info::run(&cli.global, args).await,
         Command::Search(args) => search::run(&cli.global, args).await,
         Command::Check(args) => check::run(&cli.global, args).await,
-        Command::Sync(args) => sync::run(&cli.global, args).await,
+        Command::Sync(args) => {
+            let code = sync::run(&cli.global, args).await;
+            // Archives unpacked to be imported are not kept.
+            crate::archive::import::remove_unpacked();
+            code
+        }
         Command::MirrorConfig(args) => mirror_config::run(&cli.global, args).await,
         Command::Report(args) => report::run(&cli.global, args).await,
         Command::Schema => {

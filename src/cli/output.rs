@@ -94,6 +94,36 @@ pub fn summary_text(report: &crate::exec::sync::ApplyReport) -> String {
             format!("not pruned: {}", f.error.lines().next().unwrap_or_default()),
         ]
     }));
+    rows.extend(report.archives.iter().map(|a| {
+        let depends = if a.depends_on.is_empty() {
+            String::new()
+        } else {
+            format!("; depends on archive {}", a.depends_on.join(", "))
+        };
+        vec![
+            "archive".into(),
+            a.path.display().to_string(),
+            "-".into(),
+            "sealed".into(),
+            format!(
+                "{} images, {} referrers, {} blobs, {} in {} volume(s){depends}",
+                a.images,
+                a.referrers,
+                a.blobs,
+                human_size(a.bytes),
+                a.volumes
+            ),
+        ]
+    }));
+    rows.extend(report.archives_failed.iter().map(|f| {
+        vec![
+            "failed".into(),
+            f.destination.clone(),
+            "-".into(),
+            "-".into(),
+            format!("not sealed: {}", f.error.lines().next().unwrap_or_default()),
+        ]
+    }));
     let mut out = table(&["status", "destination", "digest", "check", "detail"], &rows);
     out.push_str(&format!(
         "\n{} written, {} unchanged, {} failed{}{}; {} layers copied ({}), {} mounted{}, in {:.1}s\n",

@@ -390,7 +390,13 @@ async fn finish_round(
     match global.output_format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text | OutputFormat::Markdown | OutputFormat::Dot | OutputFormat::Github => {
-            if report.written == 0 && report.failed == 0 && report.pruned.is_empty() && report.prune_failed.is_empty() {
+            if report.written == 0
+                && report.failed == 0
+                && report.pruned.is_empty()
+                && report.prune_failed.is_empty()
+                && report.archives.is_empty()
+                && report.archives_failed.is_empty()
+            {
                 if !global.quiet {
                     eprintln!("Nothing to do: {} targets up to date.", report.unchanged);
                 }

@@ -107,13 +107,21 @@ pub struct ApplyReport {
     pub pruned: Vec<String>,
     /// Tags `--prune` could not delete, with why.
     pub prune_failed: Vec<PruneFailure>,
+    /// Transfer archives written (`archive://` destinations), sealed after
+    /// every target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archives: Vec<crate::archive::pack::Sealed>,
+    /// `archive://` destinations whose archive could not be sealed (what
+    /// was written stays staged; the next run resumes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archives_failed: Vec<PruneFailure>,
     pub seconds: f64,
     /// The shard this run did (`--shard I/N`), for `occy report`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<super::report::ShardOf>,
 }
 
-/// A tag `--prune` could not delete.
+/// A tag `--prune` could not delete, or an archive not sealed.
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneFailure {
     pub destination: String,
@@ -123,7 +131,7 @@ pub struct PruneFailure {
 impl ApplyReport {
     /// 0 when every target is in place, 1 when some failed.
     pub fn exit_code(&self) -> i32 {
-        i32::from(self.failed > 0 || !self.prune_failed.is_empty())
+        i32::from(self.failed > 0 || !self.prune_failed.is_empty() || !self.archives_failed.is_empty())
     }
 }
 
@@ -319,6 +327,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
             }
         }
     }
+    let (archives, archives_failed) = seal_archives(plan, &progress).await;
     progress.close();
     let count = |s: &str| targets.iter().filter(|o| o.status == s).count();
     let reports = || targets.iter().filter_map(|o| o.report.as_ref());
@@ -338,9 +347,67 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         seconds: started.elapsed().as_secs_f64(),
         pruned,
         prune_failed,
+        archives,
+        archives_failed,
         targets,
         shard: None,
     }
+}
+
+/// Seals the staging layout of each `archive://` destination into its next
+/// archive (nothing staged: no archive), after every target is done.
+async fn seal_archives(plan: &Plan, progress: &RunProgress) -> (Vec<crate::archive::pack::Sealed>, Vec<PruneFailure>) {
+    let mut dirs: Vec<(std::path::PathBuf, Option<u64>, bool)> = Vec::new();
+    // (A target that failed to expand names its source as its destination.)
+    for t in plan
+        .targets
+        .iter()
+        .filter(|t| !matches!(t.action, Action::Failed { .. }))
+    {
+        if let Reference::Archive {
+            path,
+            volume_size,
+            full,
+        } = &t.target.destination
+        {
+            if !dirs.iter().any(|(p, ..)| p == path) {
+                dirs.push((path.clone(), *volume_size, *full));
+            }
+        }
+    }
+    let (mut sealed, mut failed) = (Vec::new(), Vec::new());
+    for (dir, volume_size, full) in dirs {
+        let d = dir.clone();
+        let result = tokio::task::spawn_blocking(move || crate::archive::pack::seal(&d, volume_size, full))
+            .await
+            .map_err(|e| Error::invalid(format!("sealing task failed: {e}")))
+            .and_then(|r| r);
+        match result {
+            Ok(Some(s)) => {
+                progress.println(&format!(
+                    "[archive] wrote {}: {} images, {} referrers, {} in {} volume(s)",
+                    s.path.display(),
+                    s.images,
+                    s.referrers,
+                    human_size(s.bytes),
+                    s.volumes
+                ));
+                sealed.push(s);
+            }
+            Ok(None) => progress.println(&format!(
+                "[archive] archive://{}: nothing new to carry; no archive written",
+                dir.display()
+            )),
+            Err(e) => {
+                progress.println(&format!("[archive] archive://{} FAILED: {e}", dir.display()));
+                failed.push(PruneFailure {
+                    destination: format!("archive://{}", dir.display()),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    (sealed, failed)
 }
 
 /// Where this run saw blobs on registries, for later runs to mount from

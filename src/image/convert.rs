@@ -34,7 +34,7 @@ impl MediaTypes {
     pub fn of(destination: &Reference) -> MediaTypes {
         match destination {
             Reference::Oci { oci_format: true, .. } => MediaTypes::Oci,
-            Reference::Oci { .. } => MediaTypes::OciWhenSynthesised,
+            Reference::Oci { .. } | Reference::Archive { .. } => MediaTypes::OciWhenSynthesised,
             _ => MediaTypes::Keep,
         }
     }

@@ -239,31 +239,156 @@ async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<
             }
             Ok(out)
         }
-        other => {
-            // The name a file source records (a docker-save archive's
-            // RepoTags), else the file's; a daemon's is in the reference.
-            let name = match other {
-                Reference::Docker { name, .. } => crate::image::ImageName {
-                    repository: name.clone(),
-                    tag: other.tag().unwrap_or("latest").to_string(),
-                },
-                _ => {
-                    let source = open_source(other, &access.source_options(other)).await?;
-                    image_name_for(other, source.as_ref())
-                }
+        Reference::Archive { path, .. } => archive_images(entry, path).await,
+        Reference::Oci {
+            path,
+            tag: None,
+            oci_format: false,
+        } => match layout_tags(path, entry)? {
+            Some(tags) => Ok(tags
+                .into_iter()
+                .map(|tag| {
+                    let repo = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().to_lowercase())
+                        .unwrap_or_else(|| "image".to_string());
+                    SourceImage {
+                        entry: entry.index,
+                        reference: Reference::Oci {
+                            path: path.clone(),
+                            tag: Some(tag.clone()),
+                            oci_format: false,
+                        },
+                        fields: TemplateFields {
+                            registry: String::new(),
+                            name: repo.clone(),
+                            repo,
+                            tag,
+                            platform: String::new(),
+                        },
+                    }
+                })
+                .collect()),
+            None => one_file_image(entry, &entry.from, access).await,
+        },
+        other => one_file_image(entry, other, access).await,
+    }
+}
+
+/// The images every archive at `path` records (`archive:///MEDIA` or
+/// `archive:///MEDIA/0002`), checked and unpacked, each read from the
+/// unpacked OCI layout under its archive name, with its source name's
+/// `{registry}`, `{repo}`, `{name}` and `{tag}`; `tags:` chooses among
+/// each repository's recorded tags.
+async fn archive_images(entry: &Entry, path: &std::path::Path) -> Result<Vec<SourceImage>> {
+    let p = path.to_path_buf();
+    let imported = tokio::task::spawn_blocking(move || crate::archive::import::open(&p))
+        .await
+        .map_err(|e| Error::invalid(format!("archive import task failed: {e}")))??;
+    let mut by_repo: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for i in &imported.images {
+        by_repo
+            .entry(i.image.repository())
+            .or_default()
+            .push(i.image.tag.clone());
+    }
+    let chosen: std::collections::HashSet<(String, String)> = by_repo
+        .into_iter()
+        .flat_map(|(repo, tags)| {
+            let tags = match &entry.tags {
+                Some(f) => f.select(&tags),
+                None => tags,
             };
-            let repo = name.repository;
-            Ok(vec![SourceImage {
+            tags.into_iter().map(move |t| (repo.clone(), t))
+        })
+        .collect();
+    Ok(imported
+        .images
+        .iter()
+        .filter(|i| chosen.contains(&(i.image.repository(), i.image.tag.clone())))
+        .map(|i| {
+            let img = &i.image;
+            SourceImage {
                 entry: entry.index,
-                reference: other.clone(),
+                reference: Reference::Oci {
+                    path: imported.layout.clone(),
+                    tag: Some(img.layout_ref.clone()),
+                    oci_format: false,
+                },
                 fields: TemplateFields {
-                    registry: String::new(),
-                    name: repo.rsplit('/').next().unwrap_or(&repo).to_string(),
-                    repo,
-                    tag: name.tag,
+                    registry: img.registry.clone(),
+                    name: img.repo.rsplit('/').next().unwrap_or(&img.repo).to_string(),
+                    repo: img.repo.clone(),
+                    tag: img.tag.clone(),
                     platform: String::new(),
                 },
-            }])
+            }
+        })
+        .collect())
+}
+
+/// The tags of the OCI layout at `path` an entry takes (referrer tags left
+/// out unless `referrers: none`), or None when it has no tags (its one
+/// untagged image is read as before).
+fn layout_tags(path: &std::path::Path, entry: &Entry) -> Result<Option<Vec<String>>> {
+    let index = path.join("index.json");
+    let bytes = match std::fs::read(&index) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &index, e)),
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("malformed {}: {e}", index.display())))?;
+    let keep_referrers = entry.referrers == Some(crate::spec::ReferrerPolicy::None);
+    let mut tags: Vec<String> = Vec::new();
+    for m in value.get("manifests").and_then(|m| m.as_array()).into_iter().flatten() {
+        let Some(name) = m
+            .pointer(&format!(
+                "/annotations/{}",
+                crate::source::oci_layout::REF_NAME.replace('/', "~1")
+            ))
+            .and_then(|n| n.as_str())
+        else {
+            continue;
+        };
+        if (keep_referrers || !is_referrer_tag(name)) && !tags.iter().any(|t| t == name) {
+            tags.push(name.to_string());
         }
     }
+    if tags.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(match &entry.tags {
+        Some(f) => f.select(&tags),
+        None => tags,
+    }))
+}
+
+/// A source that is one image: named as it records itself (a docker-save
+/// archive's RepoTags), else by its file; a daemon's by the reference.
+async fn one_file_image(entry: &Entry, other: &Reference, access: &dyn RegistryAccess) -> Result<Vec<SourceImage>> {
+    // The name a file source records (a docker-save archive's
+    // RepoTags), else the file's; a daemon's is in the reference.
+    let name = match other {
+        Reference::Docker { name, .. } => crate::image::ImageName {
+            repository: name.clone(),
+            tag: other.tag().unwrap_or("latest").to_string(),
+        },
+        _ => {
+            let source = open_source(other, &access.source_options(other)).await?;
+            image_name_for(other, source.as_ref())
+        }
+    };
+    let repo = name.repository;
+    Ok(vec![SourceImage {
+        entry: entry.index,
+        reference: other.clone(),
+        fields: TemplateFields {
+            registry: String::new(),
+            name: repo.rsplit('/').next().unwrap_or(&repo).to_string(),
+            repo,
+            tag: name.tag,
+            platform: String::new(),
+        },
+    }])
 }

@@ -342,6 +342,8 @@ pub struct Store {
     pub repository: Option<String>,
     /// An OCI layout's directory: blobs found by name.
     pub oci_path: Option<std::path::PathBuf>,
+    /// The destination (a transfer archive's history holds blobs too).
+    pub dest: Reference,
     pub keeps_index: bool,
 }
 
@@ -360,10 +362,8 @@ impl Store {
             form: kind.stored_form,
             host: registry.map(|r| r.host.clone()),
             repository: registry.map(|r| r.repository.clone()),
-            oci_path: match kind.blob_lookup {
-                kind::BlobLookup::LayoutFile => kind::path_of(dest).map(|p| p.to_path_buf()),
-                kind::BlobLookup::Head | kind::BlobLookup::None => None,
-            },
+            oci_path: kind::layout_of(dest),
+            dest: dest.clone(),
             keeps_index: kind.keeps_index,
         }
     }
@@ -1479,7 +1479,8 @@ impl Presence {
                 || p.join("blobs")
                     .join(d.as_str().split_once(':').map(|x| x.0).unwrap_or("sha256"))
                     .join(d.hex())
-                    .is_file();
+                    .is_file()
+                || kind::carried_before(&store.dest, d);
         }
         self.held.contains(&(store.key.clone(), d.clone()))
     }

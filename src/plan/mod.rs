@@ -7,6 +7,7 @@
 //! chain, what is present skipped. `occy sync --plan` renders this graph;
 //! `occy sync` walks it.
 
+pub mod archive;
 pub mod expand;
 pub mod graph;
 mod memo;
@@ -307,6 +308,10 @@ pub struct Plan {
     pub requests: BTreeMap<String, u64>,
     /// With `--prune`: destination tags no target selects, to delete.
     pub prune: Vec<prune::PruneTag>,
+    /// What each `archive://` destination gets: the archive written, its
+    /// bytes and volumes, what earlier archives carried and it leaves out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archives: Vec<archive::ArchiveNote>,
     /// The pull quota of each source registry that announces one
     /// (`RateLimit-*` headers), and the manifest pulls the run needs there.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -499,6 +504,7 @@ fn destination_key(dest: &Reference, name: &ImageName) -> String {
             )
         }
         Reference::Dir { path, .. } => format!("dir://{}#{}", path.display(), name),
+        Reference::Archive { path, .. } => format!("archive://{}#{}", path.display(), crate::archive::layout_ref(name)),
         Reference::Docker { name, tag, digest, .. } => format!(
             "docker://{}",
             crate::reference::docker_image(name, tag.as_deref(), digest.as_ref())
@@ -644,7 +650,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     drop((sources, wanted_keys));
     if !ctx.only.is_empty() {
         targets.retain(|t| {
-            let s = t.source.to_string();
+            let s = archive::shown_source(&t.source).unwrap_or_else(|| t.source.to_string());
             let d = t.destination.to_string();
             ctx.only.iter().any(|m| {
                 m.is_match(&s)
@@ -719,6 +725,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     drop(wanted);
     // `verify:`: an image without a valid signature is not planned.
     verify::check_targets(ctx, &mut planned).await;
+    archive::check_bases(ctx, &mut planned).await;
     referrers::plan(ctx, &mut planned, &mut warnings).await;
     let mut work = graph::build(ctx, &planned).await;
     for (i, t) in planned.iter_mut().enumerate() {
@@ -809,6 +816,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     }
     Ok(Plan {
         plan_version: PLAN_VERSION,
+        archives: archive::notes(&planned),
         stores: work.store_totals(),
         shared: work.shared_lines(),
         graph: work,
@@ -1126,7 +1134,7 @@ fn oci_layout_tag(path: &std::path::Path, tag: &str) -> Option<Digest> {
 fn planned_target(t: Target) -> PlannedTarget {
     PlannedTarget {
         entry: t.entry,
-        source: t.source.to_string(),
+        source: archive::shown_source(&t.source).unwrap_or_else(|| t.source.to_string()),
         destination: t.destination.to_string(),
         name: t.name.to_string(),
         filters: t.chain_name.clone(),
@@ -1214,6 +1222,7 @@ async fn tagged_digest(ctx: &PlanContext, t: &Target) -> Result<Option<Digest>> 
             Ok(digest)
         }
         Reference::Oci { path, tag, .. } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
+        Reference::Archive { path, full, .. } => archive::current(path, &t.name, *full).await,
         _ => Ok(None),
     }
 }

@@ -683,7 +683,30 @@ impl Lister {
                     out.tags.insert(tag.clone(), digest);
                 }
             }
-            Reference::Oci { path, .. } => {
+            Reference::Oci { .. } | Reference::Archive { .. } => {
+                let Some(path) = crate::sink::kind::layout_of(dest) else {
+                    return Ok(out);
+                };
+                let path = path.as_path();
+                // What an earlier transfer archive carried counts as held.
+                if let Reference::Archive {
+                    path: dir, full: false, ..
+                } = dest
+                {
+                    if let Ok(history) = crate::archive::history(dir) {
+                        for r in history.referrers_of(subject) {
+                            match &r.tag {
+                                Some(tag) if tags.contains(tag) => {
+                                    out.tags.insert(tag.clone(), Some(r.digest.clone()));
+                                }
+                                Some(_) => {}
+                                None => {
+                                    out.listed.insert(r.digest.clone());
+                                }
+                            }
+                        }
+                    }
+                }
                 // What index.json lists by this subject (its blob there).
                 for f in self.layout_referrers(path, subject) {
                     if !path

@@ -151,6 +151,9 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         let _ = writeln!(out, "{line}");
     }
     if !plan.has_changes() && !plan.has_failures() {
+        for line in plan.archives.iter().flat_map(|a| a.lines()) {
+            let _ = writeln!(out, "{line}");
+        }
         for w in &plan.warnings {
             let _ = writeln!(out, "warning: {w}");
         }
@@ -230,6 +233,12 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
             );
         }
     }
+    if !plan.archives.is_empty() {
+        let _ = writeln!(out, "\nArchives:");
+        for line in plan.archives.iter().flat_map(|a| a.lines()) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     if !plan.requests.is_empty() && plan.has_changes() {
         let reqs: Vec<String> = plan.requests.iter().map(|(h, n)| format!("{h} ~{n}")).collect();
         let _ = writeln!(out, "Estimated requests: {}", reqs.join(", "));
@@ -297,6 +306,9 @@ pub fn markdown(plan: &Plan) -> String {
     }
     for line in quota_lines(plan) {
         let _ = writeln!(head, "{}\n", md_escape(&cut(&line, MARKDOWN_ITEM_MAX)));
+    }
+    for line in plan.archives.iter().flat_map(|a| a.lines()) {
+        let _ = writeln!(head, "{}\n", md_escape(&cut(line.trim(), MARKDOWN_ITEM_MAX)));
     }
     let totals = format!("**Totals:** {}\n", summary_line(plan));
     if !plan.has_changes() && !plan.has_failures() {
@@ -516,6 +528,7 @@ mod tests {
         }
         let writing = totals.create + totals.update + totals.rebuild;
         Plan {
+            archives: Vec::new(),
             plan_version: super::super::PLAN_VERSION,
             sync_file: "mirror.yaml".into(),
             sync_file_sha256: "0".repeat(64),

@@ -64,6 +64,9 @@ pub enum BlobLookup {
     Head,
     /// The file `blobs/ALG/HEX` of an OCI layout.
     LayoutFile,
+    /// A directory of transfer archives: its staging layout's files, and
+    /// the blobs its earlier archives carried (`crate::archive`).
+    Archive,
     /// It cannot be asked before the write (file outputs are rewritten whole).
     None,
 }
@@ -77,6 +80,9 @@ pub enum ReadBack {
     Tree,
     /// The daemon's image ID and layers compared with what was loaded.
     Daemon,
+    /// Not read back per image: a transfer archive's blobs are verified
+    /// against their digests when it is sealed into checksummed volumes.
+    Sealed,
 }
 
 /// The answers for one kind of destination.
@@ -115,6 +121,28 @@ pub fn of(dest: &Reference) -> &'static DestinationKind {
         Reference::Dir { .. } => &super::docker_save::DIR_KIND,
         Reference::Bundle { .. } => &super::bundle::KIND,
         Reference::Docker { .. } => &super::docker_daemon::KIND,
+        Reference::Archive { .. } => &super::archive::KIND,
+    }
+}
+
+/// The OCI layout whose `blobs/` show which blobs a destination holds
+/// (with [`BlobLookup::LayoutFile`] and [`BlobLookup::Archive`]).
+pub fn layout_of(dest: &Reference) -> Option<PathBuf> {
+    match (of(dest).blob_lookup, dest) {
+        (BlobLookup::Archive, Reference::Archive { path, .. }) => Some(crate::archive::staging_layout(path)),
+        (BlobLookup::LayoutFile, _) => path_of(dest).map(Path::to_path_buf),
+        _ => None,
+    }
+}
+
+/// Whether an earlier transfer archive of the destination carried the
+/// blob, so the next one leaves it out (false for other destinations).
+pub fn carried_before(dest: &Reference, digest: &crate::image::Digest) -> bool {
+    match dest {
+        Reference::Archive { path, full: false, .. } => {
+            crate::archive::history(path).is_ok_and(|h| h.carried_by(digest).is_some())
+        }
+        _ => false,
     }
 }
 
@@ -124,7 +152,8 @@ pub fn path_of(dest: &Reference) -> Option<&Path> {
         Reference::Tar { path }
         | Reference::Oci { path, .. }
         | Reference::Dir { path, .. }
-        | Reference::Bundle { path } => Some(path),
+        | Reference::Bundle { path }
+        | Reference::Archive { path, .. } => Some(path),
         Reference::Registry(_) | Reference::Docker { .. } | Reference::Quay { .. } => None,
     }
 }
@@ -201,6 +230,13 @@ mod tests {
         assert!(!kind("tar:///a.tar").holds_referrers && !kind("docker://a").holds_referrers);
         assert_eq!(kind("tar:///a.tar").one_image, Some("one tarball"));
         assert_eq!(kind("dir:///d").one_image, None);
+        let a = kind("archive:///media/transfer?volume_size=700MiB");
+        assert_eq!(a.scheme, "archive");
+        assert!(a.keeps_index && a.holds_referrers && a.current == CurrentDigest::Tagged);
+        assert_eq!(
+            layout_of(&Reference::parse("archive:///m").unwrap()),
+            Some(PathBuf::from("/m/.occy-partial/layout"))
+        );
     }
 
     #[test]

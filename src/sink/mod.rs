@@ -2,6 +2,7 @@
 //! commit an image (config + manifest) or an index. One file per kind;
 //! [`open_sink`] picks one from a [`Reference`].
 
+pub mod archive;
 pub mod atomic;
 pub mod bundle;
 pub mod docker_daemon;
@@ -175,6 +176,7 @@ pub async fn open_sink(reference: &Reference, name: &ImageName, opts: &SinkOptio
             docker_save::DockerSaveSink::create_dir(path, name.clone(), *unique_names, *expand).await?,
         )),
         Reference::Bundle { path } => Ok(Box::new(bundle::BundleSink::create(path).await?)),
+        Reference::Archive { path, full, .. } => Ok(Box::new(archive::ArchiveSink::create(path, name, *full).await?)),
         Reference::Docker {
             name,
             tag,

@@ -57,6 +57,12 @@ pub fn sweep_destination(dest: &Reference) -> Swept {
             swept.add(sweep_dir(path, None));
             swept.add(sweep_dir(&path.join("blobs").join("sha256"), None));
         }
+        Reference::Archive { path, .. } => {
+            // The staging layout of the next archive.
+            let layout = crate::archive::staging_layout(path);
+            swept.add(sweep_dir(&layout, None));
+            swept.add(sweep_dir(&layout.join("blobs").join("sha256"), None));
+        }
         Reference::Dir { path, .. } => {
             swept.add(sweep_dir(path, None));
             if let Ok(rd) = std::fs::read_dir(path) {

@@ -146,6 +146,9 @@ pub async fn open_source(reference: &Reference, opts: &SourceOptions) -> Result<
             )
             .await?,
         )),
+        Reference::Archive { .. } => Err(Error::usage(format!(
+            "{reference} holds many images: `occy sync` restores every image it records (from: {reference}); a one-image command can read its unpacked OCI layout (oci://DIR:NAME)"
+        ))),
         other => Err(Error::usage(format!(
             "{other} cannot be read as a source: supported sources are {}",
             crate::reference::readable_schemes()

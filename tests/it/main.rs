@@ -4,6 +4,7 @@
 
 mod support;
 
+mod airgap;
 mod blob_cache;
 mod check;
 mod concurrent_writers;

@@ -22,7 +22,7 @@ const SPDX: &str = "application/spdx+json";
 const EMPTY: &str = "application/vnd.oci.empty.v1+json";
 const SIMPLESIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 
-fn client(host: &str) -> RegistryClient {
+pub(crate) fn client(host: &str) -> RegistryClient {
     let opts = RegistryOptions {
         insecure_hosts: vec![host.to_string()],
         retries: 2,
@@ -31,7 +31,7 @@ fn client(host: &str) -> RegistryClient {
     RegistryClient::for_host(host, &opts).unwrap()
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,7 +60,7 @@ async fn put(
 }
 
 /// An OCI 1.1 SBOM artifact of `subject`, pushed by digest.
-async fn push_sbom(c: &RegistryClient, repo: &str, subject: &Descriptor, text: &str) -> RawManifest {
+pub(crate) async fn push_sbom(c: &RegistryClient, repo: &str, subject: &Descriptor, text: &str) -> RawManifest {
     let config = blob(c, repo, EMPTY, b"{}").await;
     let doc = format!(r#"{{"spdxVersion":"SPDX-2.3","name":"{text}"}}"#);
     let layer = blob(c, repo, SPDX, doc.as_bytes()).await;
@@ -78,7 +78,7 @@ async fn push_sbom(c: &RegistryClient, repo: &str, subject: &Descriptor, text: &
 }
 
 /// The referrers tag of `subject` listing `entries`.
-async fn push_referrers_tag(c: &RegistryClient, repo: &str, subject: &Digest, entries: &[&RawManifest]) {
+pub(crate) async fn push_referrers_tag(c: &RegistryClient, repo: &str, subject: &Digest, entries: &[&RawManifest]) {
     let list: Vec<serde_json::Value> = entries
         .iter()
         .map(|r| {

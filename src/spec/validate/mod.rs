@@ -593,13 +593,16 @@ impl Validator<'_> {
                     .also(from_span.clone(), "digest here"),
                 );
             }
-            Reference::Registry(_) | Reference::Quay { .. } => {}
+            Reference::Registry(_)
+            | Reference::Quay { .. }
+            | Reference::Archive { .. }
+            | Reference::Oci { tag: None, .. } => {}
             _ if e.tags.is_some() => {
                 let span = self.root.key_span(&at("tags"));
                 self.problem(
                     SpecProblem::new(
                         format!(
-                            "`tags` applies to registry:// and quay:// sources, not {}",
+                            "`tags` applies to registry://, quay://, archive:// and oci:// (without a tag) sources, not {}",
                             from.scheme()
                         ),
                         span,
@@ -658,7 +661,7 @@ impl Validator<'_> {
         if verify.is_some()
             && !matches!(
                 from,
-                Reference::Registry(_) | Reference::Quay { .. } | Reference::Oci { .. }
+                Reference::Registry(_) | Reference::Quay { .. } | Reference::Oci { .. } | Reference::Archive { .. }
             )
         {
             let (span, label) = match &e.verify {
@@ -1028,6 +1031,15 @@ pub fn rebase(r: &Reference, base: &Path) -> Reference {
             image: image.clone(),
         },
         Reference::Bundle { path } => Reference::Bundle { path: fix(path) },
+        Reference::Archive {
+            path,
+            volume_size,
+            full,
+        } => Reference::Archive {
+            path: fix(path),
+            volume_size: *volume_size,
+            full: *full,
+        },
         other => other.clone(),
     }
 }
@@ -1056,7 +1068,7 @@ fn normalize(p: &Path) -> PathBuf {
 /// Whether an entry's source stands for more than one image.
 fn from_expands(from: &Reference, tags: Option<&TagSelection>) -> bool {
     match from {
-        Reference::Quay { .. } => true,
+        Reference::Quay { .. } | Reference::Archive { .. } => true,
         Reference::Registry(r) => {
             r.is_glob()
                 || match tags {
@@ -1087,6 +1099,18 @@ mod tests {
                 e.to_string()
             }
         }
+    }
+
+    #[test]
+    fn archives_are_relative_to_the_sync_file_and_take_tags() {
+        let r = Reference::parse("archive://transfer?volume_size=4GiB").unwrap();
+        assert_eq!(
+            rebase(&r, Path::new("/etc/occy")),
+            Reference::parse("archive:///etc/occy/transfer?volume_size=4GiB").unwrap()
+        );
+        let yaml = "version: 1\nsync:\n  - from: archive:///media/transfer\n    tags: [\"1.0\"]\n    to: registry://m:5000/{repo}\n";
+        let spec = parse(Path::new("inside.yaml"), yaml.to_string()).unwrap();
+        assert!(spec.entries[0].tags.is_some());
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! Sink: the next transfer archive of a directory of archives
+//! (`archive:///DIR`, see `crate::archive`). Images are written through the
+//! OCI layout sink into the directory's staging layout under their
+//! archive names (`127.0.0.1_5000_team_app_1.0`), each recorded with its
+//! source name once committed; what an earlier archive of the directory
+//! carried counts as held (unless `?full=true`), so it is left out. After
+//! the run the staging layout is sealed into `DIR/NNNN` (see
+//! `crate::archive::pack`). Blobs already staged by a killed run are kept
+//! and not written again.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
+use super::oci_layout::OciLayoutSink;
+use super::Sink;
+use crate::archive::{self, StagedImage};
+use crate::error::Result;
+use crate::image::{Descriptor, Digest, ImageData, ImageName, RawManifest};
+use crate::source::BlobReader;
+
+/// A directory of archives: compressed blobs, indexes and referrers kept
+/// (an OCI layout inside), what it holds read from its history and staging
+/// layout, checked when sealed.
+pub const KIND: DestinationKind = DestinationKind {
+    scheme: "archive",
+    keeps_index: true,
+    stored_form: StoredForm::Compressed,
+    current: CurrentDigest::Tagged,
+    blob_lookup: BlobLookup::Archive,
+    record: None,
+    output: None,
+    read_back: ReadBack::Sealed,
+    holds_referrers: true,
+    one_image: None,
+};
+
+/// Writes one image into the next archive of a directory.
+pub struct ArchiveSink {
+    dir: PathBuf,
+    full: bool,
+    name: ImageName,
+    layout_ref: String,
+    layout: OciLayoutSink,
+    /// The digest the image's tag got, once committed.
+    committed: std::sync::Mutex<Option<Digest>>,
+}
+
+impl ArchiveSink {
+    /// The sink for `name` in the directory of archives `dir`.
+    pub async fn create(dir: &Path, name: &ImageName, full: bool) -> Result<Self> {
+        archive::check_destination(dir)?;
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || archive::lock_next(&d))
+            .await
+            .map_err(|e| crate::error::Error::invalid(format!("archive lock task failed: {e}")))??;
+        let layout_ref = archive::layout_ref(name);
+        Ok(ArchiveSink {
+            dir: dir.to_path_buf(),
+            full,
+            name: name.clone(),
+            layout: OciLayoutSink::create(&archive::staging_layout(dir), &layout_ref).await?,
+            layout_ref,
+            committed: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn commit(&self, digest: &Digest) {
+        if let Ok(mut c) = self.committed.lock() {
+            *c = Some(digest.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for ArchiveSink {
+    fn describe(&self) -> String {
+        format!(
+            "archive://{} ({}:{})",
+            self.dir.display(),
+            self.name.repository,
+            self.name.tag
+        )
+    }
+
+    async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        if self.layout.has_blob(digest).await? {
+            return Ok(true);
+        }
+        let (dir, d, full) = (self.dir.clone(), digest.clone(), self.full);
+        tokio::task::spawn_blocking(move || archive::holds_blob(&dir, &d, full))
+            .await
+            .map_err(|e| crate::error::Error::invalid(format!("archive history task failed: {e}")))?
+    }
+
+    async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
+        self.layout.put_blob(desc, reader).await
+    }
+
+    async fn put_image(&self, image: &ImageData, tagged: bool) -> Result<()> {
+        self.layout.put_image(image, tagged).await?;
+        if tagged {
+            self.commit(&image.raw_manifest.digest);
+        }
+        Ok(())
+    }
+
+    async fn put_index(&self, index: &RawManifest, images: &[ImageData]) -> Result<()> {
+        self.layout.put_index(index, images).await?;
+        self.commit(&index.digest);
+        Ok(())
+    }
+
+    async fn put_referrer(&self, manifest: &RawManifest, desc: &Descriptor, tag: Option<&str>) -> Result<()> {
+        self.layout.put_referrer(manifest, desc, tag).await
+    }
+
+    async fn finish(&self) -> Result<()> {
+        self.layout.finish().await?;
+        let digest = self.committed.lock().ok().and_then(|c| c.clone());
+        if let Some(digest) = digest {
+            let staged = StagedImage {
+                repository: self.name.repository.clone(),
+                tag: self.name.tag.clone(),
+                digest,
+                layout_ref: self.layout_ref.clone(),
+            };
+            let dir = self.dir.clone();
+            tokio::task::spawn_blocking(move || archive::stage_image(&dir, &staged))
+                .await
+                .map_err(|e| crate::error::Error::invalid(format!("archive staging task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    async fn abort(&self) {
+        self.layout.abort().await;
+    }
+}
