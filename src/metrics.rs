@@ -445,6 +445,8 @@ mod tests {
             checks_skipped: 0,
             pruned: Vec::new(),
             prune_failed: Vec::new(),
+            archives: Vec::new(),
+            archives_failed: Vec::new(),
             seconds: 1.0,
             shard: None,
         }
