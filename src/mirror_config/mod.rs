@@ -94,6 +94,21 @@ pub fn upstreams(entry: &Entry) -> Result<Option<Vec<Upstream>>> {
             host: "quay.io".to_string(),
             repository: format!("{org}/{}", repo_glob.as_deref().unwrap_or("*")),
         }]),
+        // A transfer archive stands for the registry images its records
+        // name (images it got from files name no registry: left out).
+        Reference::Archive { path, .. } => {
+            let mut seen = BTreeSet::new();
+            let names: Vec<Upstream> = crate::archive::import::recorded_images(path)?
+                .into_iter()
+                .filter(|i| !i.image.registry.is_empty())
+                .filter(|i| seen.insert((i.image.registry.clone(), i.image.repo.clone())))
+                .map(|i| Upstream {
+                    host: i.image.registry.clone(),
+                    repository: i.image.repo.clone(),
+                })
+                .collect();
+            (!names.is_empty()).then_some(names)
+        }
         _ => None,
     })
 }

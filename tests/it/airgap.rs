@@ -736,6 +736,19 @@ fn the_airgap_examples_run_outside_then_inside() {
             "{repo}:{tag}"
         );
     }
+    // The runtimes inside pull the outside names from the inside registry:
+    // the archive source counts with the names its records hold.
+    let conf = text(&ok_regs(
+        &[&inside],
+        &["mirror-config", &in_file, "--format", "registries.conf"],
+    ));
+    for repo in ["team/app", "base/runtime"] {
+        assert!(
+            conf.contains(&format!("prefix = \"{}/{repo}\"", outside.host))
+                && conf.contains(&format!("location = \"{}/{repo}\"", inside.host)),
+            "{repo}: {conf}"
+        );
+    }
     // Both are idempotent.
     let again = occy_regs(&[&outside], &["sync", &out_file, "--plan", "--detailed-exitcode"]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
