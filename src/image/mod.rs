@@ -12,7 +12,7 @@ pub mod referrers;
 pub mod select;
 
 pub use config::{ConfigBlob, ImageConfig};
-pub use digest::{Digest, VerifyingReader};
+pub use digest::{BlobReader, Digest, VerifyingReader};
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, RawManifest};
 pub use media_type::Compression;
 pub use platform::Platform;

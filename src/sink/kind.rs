@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::convert::MediaTypes;
 use crate::reference::Reference;
 
 /// The form in which a store keeps layers.
@@ -115,6 +116,16 @@ pub fn of(dest: &Reference) -> &'static DestinationKind {
         Reference::Dir { .. } => &super::docker_save::DIR_KIND,
         Reference::Bundle { .. } => &super::bundle::KIND,
         Reference::Docker { .. } => &super::docker_daemon::KIND,
+    }
+}
+
+/// Which manifests `dest` converts to OCI media types: an OCI layout the
+/// ones occy made up (all of them with `?format=oci`), every other kind none.
+pub fn media_types(dest: &Reference) -> MediaTypes {
+    match dest {
+        Reference::Oci { oci_format: true, .. } => MediaTypes::Oci,
+        Reference::Oci { .. } => MediaTypes::OciWhenSynthesised,
+        _ => MediaTypes::Keep,
     }
 }
 
