@@ -62,6 +62,12 @@ impl LayerCache {
         })
     }
 
+    /// Where what each insecure host speaks is remembered (`hosts/`
+    /// beside `layers/`).
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.dir.parent().unwrap_or(&self.dir).join("hosts")
+    }
+
     /// The blob locations remembered in the same cache directory (beside
     /// `layers/`; off with the cache, `--no-cache`).
     pub fn blob_locations(&self) -> BlobLocations {

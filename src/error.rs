@@ -204,6 +204,13 @@ impl Error {
         )
     }
 
+    /// Whether credentials were missing or refused (a token without the
+    /// scope, a password refused): every other request of the same target
+    /// would get the same answer, so the target fails at once.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Unauthorized(_))
+    }
+
     /// Whether the registry's answer carries Distribution error `code`.
     pub fn has_code(&self, code: &ErrorCode) -> bool {
         matches!(self, Error::Registry { codes, .. } if codes.contains(code))

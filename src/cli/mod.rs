@@ -255,6 +255,11 @@ impl GlobalArgs {
             retries: self.retries,
             rate_limit: (self.rate_limit > 0.0).then_some(self.rate_limit),
             token_realms: self.token_realm.clone(),
+            scheme_memory: if self.no_cache {
+                None
+            } else {
+                crate::cache::LayerCache::open(self.cache_dir.as_deref()).map(|c| c.hosts_dir())
+            },
         })
     }
 

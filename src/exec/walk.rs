@@ -244,10 +244,14 @@ impl<'a> Walk<'a> {
             .node_indices()
             .filter(|i| waiting_on[i] == 0 && !inline.contains(i))
             .collect();
+        // Targets refused by a registry (credentials, a scope): their
+        // nodes that have not started never will.
+        let mut refused: HashSet<usize> = HashSet::new();
         let settle = |done: Finished,
                       state: &mut HashMap<NodeIndex, State>,
                       waiting_on: &mut HashMap<NodeIndex, usize>,
                       failures: &mut BTreeMap<usize, Error>,
+                      refused: &mut HashSet<usize>,
                       ready: &mut Vec<NodeIndex>| {
             for (n, r) in done {
                 match r {
@@ -264,7 +268,13 @@ impl<'a> Walk<'a> {
                     }
                     Err(e) => {
                         let what = describe(g, n);
-                        warn!("{what} failed: {e}");
+                        let targets = &g.graph[n].targets;
+                        if !targets.is_empty() && targets.iter().all(|t| refused.contains(t)) {
+                            // Said once already, for the node that met the refusal first.
+                            tracing::debug!("{what} failed: {e}");
+                        } else {
+                            warn!("{what} failed: {e}");
+                        }
                         // This node and everything that needs it.
                         let mut stack = vec![n];
                         while let Some(x) = stack.pop() {
@@ -279,6 +289,17 @@ impl<'a> Walk<'a> {
                             }
                             stack.extend(g.needed_by(x).into_iter().map(|(y, _)| y));
                         }
+                        if e.is_refusal() && targets.iter().any(|t| refused.insert(*t)) {
+                            for x in g.graph.node_indices() {
+                                let w = &g.graph[x];
+                                if matches!(state[&x], State::Waiting)
+                                    && !w.targets.is_empty()
+                                    && w.targets.iter().all(|t| refused.contains(t))
+                                {
+                                    state.insert(x, State::Failed);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -288,6 +309,7 @@ impl<'a> Walk<'a> {
             &mut state,
             &mut waiting_on,
             &mut failures,
+            &mut refused,
             &mut ready,
         );
         // Ready nodes wait in a heap, earlier targets first; a bounded
@@ -313,7 +335,14 @@ impl<'a> Walk<'a> {
                 running.push(Box::pin(self.run_node(i)));
             }
             match running.next().await {
-                Some(done) => settle(done, &mut state, &mut waiting_on, &mut failures, &mut ready),
+                Some(done) => settle(
+                    done,
+                    &mut state,
+                    &mut waiting_on,
+                    &mut failures,
+                    &mut refused,
+                    &mut ready,
+                ),
                 None => break,
             }
         }

@@ -39,6 +39,9 @@ pub struct RegistryOptions {
     /// credentials though they are not its host (see
     /// [`auth::realm_may_get_credentials`]).
     pub token_realms: Vec<String>,
+    /// Where what insecure hosts speak (HTTPS or plain HTTP) is remembered
+    /// between runs (the cache directory's `hosts/`; None: probe each run).
+    pub scheme_memory: Option<PathBuf>,
 }
 
 impl fmt::Debug for RegistryOptions {
@@ -52,6 +55,7 @@ impl fmt::Debug for RegistryOptions {
             .field("retries", &self.retries)
             .field("rate_limit", &self.rate_limit)
             .field("token_realms", &self.token_realms)
+            .field("scheme_memory", &self.scheme_memory)
             .finish()
     }
 }

@@ -309,3 +309,41 @@ async fn tls_with_a_private_ca() {
     let m = client.get_manifest("tls/app", "v1").await.unwrap();
     assert_eq!(m.digest, img.manifest.digest);
 }
+
+/// What an insecure host speaks is remembered in the cache directory
+/// (`hosts/HOST`), so a warm run sends no HTTPS probe; a remembered scheme
+/// that no longer holds (the host moved between plain HTTP and HTTPS) is
+/// forgotten, probed again and rewritten, and the run succeeds.
+#[test]
+fn an_insecure_hosts_scheme_is_remembered_and_probed_again_when_it_changed() {
+    for (mode, speaks, wrong) in [(Mode::Plain, "http", "https"), (Mode::Tls, "https", "http")] {
+        let reg = Registry::shared(mode);
+        let image = reg.push_standard("base");
+        let cache = crate::support::scratch_dir("scheme-memory");
+        let remembered = cache.join("hosts").join(reg.host.replace(':', "_"));
+        let info = |what: &str| {
+            let args = [
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                "--insecure-registry",
+                &reg.host,
+                "info",
+                &image,
+            ];
+            let out = crate::support::occy(&args);
+            assert!(
+                out.status.success(),
+                "{what}: occy {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        info("first run");
+        assert_eq!(std::fs::read_to_string(&remembered).unwrap().trim(), speaks, "{mode:?}");
+        info("warm run");
+        assert_eq!(std::fs::read_to_string(&remembered).unwrap().trim(), speaks, "{mode:?}");
+        // The host "moved": what was remembered fails, is probed again.
+        std::fs::write(&remembered, format!("{wrong}\n")).unwrap();
+        info("after the host changed");
+        assert_eq!(std::fs::read_to_string(&remembered).unwrap().trim(), speaks, "{mode:?}");
+    }
+}

@@ -154,6 +154,11 @@ fn a_pull_only_account_reads_and_is_told_which_scope_a_push_lacks() {
         !err.contains("--password") && !err.contains("credentials"),
         "blames the password: {err}"
     );
+    // Said once (a warning when it happens, then the target's error): the
+    // refusal fails the target at once, its other blobs are not tried one
+    // after the other (4 warnings before).
+    assert_eq!(err.matches("may not push").count(), 2, "{err}");
+    assert_eq!(err.matches("WARN").count(), 1, "{err}");
     // Nothing was written.
     assert_eq!(completed_uploads(&reg.log_of("mirror/bob-base")).len(), 0);
 

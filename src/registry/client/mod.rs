@@ -84,6 +84,8 @@ struct HostState {
     http: reqwest::Client,
     /// `https` or `http`, once known (decided by a probe for insecure hosts).
     scheme: tokio::sync::OnceCell<&'static str>,
+    /// What an earlier run's probe found (insecure hosts, cache on).
+    remembered_scheme: tls::SchemeMemory,
     limiter: Option<TokenBucket>,
     retry: RetryPolicy,
     store: CredentialStore,

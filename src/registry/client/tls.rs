@@ -1,10 +1,14 @@
-//! Building a host's HTTP client: TLS settings, extra CA certificates from
-//! `--cert-dir` or the per-host `certs.d` directories, insecure hosts, and
-//! the scheme probe that detects a registry answering plain HTTP.
+//! Building a host's HTTP client: TLS settings, the system CA store (read
+//! once per process, and only for a host whose certificate is verified),
+//! extra CA certificates from `--cert-dir` or the per-host `certs.d`
+//! directories, insecure hosts, and the scheme probe that detects a registry
+//! answering plain HTTP (its answer remembered in the cache directory, so a
+//! warm run does not probe again).
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use url::Url;
@@ -51,6 +55,9 @@ impl RegistryClient {
         if !self.inner.insecure {
             return Ok("https");
         }
+        if let Some(s) = self.inner.remembered_scheme.current() {
+            return Ok(s);
+        }
         let s = self
             .inner
             .scheme
@@ -76,7 +83,21 @@ impl RegistryClient {
                 }
             })
             .await?;
+        self.inner.remembered_scheme.remember(s);
         Ok(s)
+    }
+
+    /// After a request to an insecure host failed on the connection: when
+    /// its scheme came from an earlier run's memory, forget it and probe
+    /// again (the host may have moved between HTTPS and plain HTTP since).
+    /// Returns the scheme to send the request again with, or `None` when
+    /// the scheme was this run's own probe (nothing to learn again).
+    pub(super) async fn reprobe_after_failure(&self) -> Result<Option<&'static str>> {
+        if !self.inner.insecure || !self.inner.remembered_scheme.forget() {
+            return Ok(None);
+        }
+        tracing::debug!(host = self.host(), "the remembered scheme failed; probing again");
+        self.scheme().await.map(Some)
     }
 }
 
@@ -98,8 +119,16 @@ impl HostState {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::limited(10));
+        // reqwest would read the system CA store for every client it
+        // builds; it is read here once per process instead, and not at all
+        // for an insecure host (its certificate is not verified).
+        builder = builder.tls_built_in_root_certs(false);
         if insecure {
             builder = builder.danger_accept_invalid_certs(true);
+        } else {
+            for cert in system_roots() {
+                builder = builder.add_root_certificate(cert.clone());
+            }
         }
         for cert in extra_roots(host, opts.cert_dir.as_deref())? {
             builder = builder.add_root_certificate(cert);
@@ -108,6 +137,7 @@ impl HostState {
             .build()
             .map_err(|e| Error::Network(format!("cannot set up HTTPS for {host}: {}", error_chain(&e))))?;
         let scheme = tokio::sync::OnceCell::new();
+        let remembered_scheme = SchemeMemory::of(host, insecure, opts.scheme_memory.as_deref());
         Ok(HostState {
             host: host.to_string(),
             api_host: api,
@@ -116,6 +146,7 @@ impl HostState {
             insecure,
             http,
             scheme,
+            remembered_scheme,
             limiter: opts.rate_limit.and_then(TokenBucket::new),
             retry: RetryPolicy::new(opts.retries),
             store: CredentialStore::from_options(opts)?,
@@ -128,6 +159,114 @@ impl HostState {
             quota: Default::default(),
         })
     }
+}
+
+/// The system's CA certificates (the bundle and directory OpenSSL would
+/// use, `SSL_CERT_FILE`/`SSL_CERT_DIR` honoured), read on the first call
+/// and kept for the process. Certificates rustls cannot use as trust
+/// anchors are left out, as reqwest itself does; a machine without a CA
+/// store gets none, and a TLS connection then fails on the certificate.
+fn system_roots() -> &'static [reqwest::Certificate] {
+    static ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for e in &loaded.errors {
+            tracing::debug!("reading the system CA store: {e}");
+        }
+        let mut usable = rustls::RootCertStore::empty();
+        let roots: Vec<reqwest::Certificate> = loaded
+            .certs
+            .into_iter()
+            .filter(|der| usable.add(der.clone()).is_ok())
+            .filter_map(|der| reqwest::Certificate::from_der(der.as_ref()).ok())
+            .collect();
+        tracing::debug!(count = roots.len(), "system CA certificates");
+        roots
+    })
+}
+
+/// What an insecure host speaks (`https` or plain `http`), remembered
+/// across runs in a small file per host under the cache directory's
+/// `hosts/`, so that a warm run sends no probe. Forgotten when a request
+/// over the remembered scheme fails on the connection, then probed again.
+pub(super) struct SchemeMemory {
+    /// The file, when the cache is on and the host insecure.
+    file: Option<PathBuf>,
+    /// What the file said at start-up.
+    known: Option<&'static str>,
+    /// Set once the remembered scheme failed: probe instead.
+    stale: AtomicBool,
+}
+
+impl SchemeMemory {
+    pub(super) fn of(host: &str, insecure: bool, dir: Option<&Path>) -> Self {
+        let file = dir.filter(|_| insecure).map(|d| d.join(scheme_file_name(host)));
+        let known = file.as_deref().and_then(|f| {
+            let text = std::fs::read_to_string(f).ok()?;
+            match text.trim() {
+                "http" => Some("http"),
+                "https" => Some("https"),
+                _ => None,
+            }
+        });
+        SchemeMemory {
+            file,
+            known,
+            stale: AtomicBool::new(false),
+        }
+    }
+
+    /// The remembered scheme, unless it failed in this run.
+    fn current(&self) -> Option<&'static str> {
+        self.known.filter(|_| !self.stale.load(Ordering::Relaxed))
+    }
+
+    /// Stops using the remembered scheme and deletes it; whether there was
+    /// one in use.
+    fn forget(&self) -> bool {
+        if self.current().is_none() {
+            return false;
+        }
+        self.stale.store(true, Ordering::Relaxed);
+        if let Some(f) = &self.file {
+            let _ = std::fs::remove_file(f);
+        }
+        true
+    }
+
+    /// Writes what a probe found, when it differs from the file (temp name
+    /// and rename; a cache that cannot be written is only a missed saving).
+    fn remember(&self, scheme: &'static str) {
+        let Some(file) = &self.file else { return };
+        if self.known == Some(scheme) && !self.stale.load(Ordering::Relaxed) {
+            return;
+        }
+        let write = || -> io::Result<()> {
+            let dir = file.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            io::Write::write_all(&mut tmp, format!("{scheme}\n").as_bytes())?;
+            tmp.persist(file).map_err(|e| e.error)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::debug!(file = %file.display(), "cannot remember the scheme: {e}");
+        }
+    }
+}
+
+/// A file name for `host` (`host:port`, `[v6]:port`) that every file
+/// system accepts.
+fn scheme_file_name(host: &str) -> String {
+    host.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Extra CA certificates: every `*.crt`/`*.pem` of `cert_dir`, or when none

@@ -125,6 +125,31 @@ impl RegistryClient {
         Ok(c.clone())
     }
 
+    /// A 400 to a plain-HTTP request: when it says the host speaks HTTPS
+    /// and the plain scheme was remembered from an earlier run, the scheme
+    /// to send it again with (`Ok`); else the same answer, to be handled as
+    /// any other (`Err`).
+    async fn after_plain_http_refused(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<std::result::Result<&'static str, reqwest::Response>> {
+        if !self.inner.insecure {
+            return Ok(Err(resp));
+        }
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = read_truncated(resp, MAX_ERROR_BODY).await;
+        if String::from_utf8_lossy(&body).contains("HTTPS server") {
+            if let Some(scheme) = self.reprobe_after_failure().await? {
+                return Ok(Ok(scheme));
+            }
+        }
+        let mut rebuilt = http::Response::new(reqwest::Body::from(body));
+        *rebuilt.status_mut() = status;
+        *rebuilt.headers_mut() = headers;
+        Ok(Err(reqwest::Response::from(rebuilt)))
+    }
+
     /// [`Self::fetch_counted`] with a budget of its own.
     pub(super) async fn fetch(
         &self,
@@ -248,6 +273,15 @@ impl RegistryClient {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), elapsed_ms, "request failed: {}", describe_reqwest(&e));
+                    // A scheme remembered from an earlier run that no longer
+                    // holds: probe again and send it the new way.
+                    if same_host && (e.is_connect() || answered_plain_http(&e)) && req.replayable() {
+                        if let Some(scheme) = self.reprobe_after_failure().await? {
+                            if req.url.set_scheme(scheme).is_ok() {
+                                continue;
+                            }
+                        }
+                    }
                     let err = self.network_error(&e);
                     if can_retry
                         && !e.is_builder()
@@ -269,6 +303,23 @@ impl RegistryClient {
             };
             let status = resp.status();
             tracing::debug!(method = %req.method, host = self.host(), path = req.url.path(), status = status.as_u16(), elapsed_ms, "registry request");
+            // Plain HTTP sent to a host that speaks HTTPS now (Go's servers
+            // answer 400 and say so), by a scheme remembered from an
+            // earlier run: probe again and send it the new way.
+            let resp =
+                if status == StatusCode::BAD_REQUEST && same_host && req.url.scheme() == "http" && req.replayable() {
+                    match self.after_plain_http_refused(resp).await? {
+                        Ok(scheme) => {
+                            if req.url.set_scheme(scheme).is_ok() {
+                                continue;
+                            }
+                            return Err(Error::invalid(format!("cannot send {} over {scheme}", req.url)));
+                        }
+                        Err(resp) => resp,
+                    }
+                } else {
+                    resp
+                };
             self.inner
                 .quota
                 .observe(PullQuota::from_headers(|name| header_str(resp.headers(), name)));
