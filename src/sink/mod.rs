@@ -12,6 +12,7 @@ pub mod kind;
 pub mod oci_layout;
 pub mod registry;
 pub mod sweep;
+pub mod tree;
 
 use async_trait::async_trait;
 
