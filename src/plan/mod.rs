@@ -262,7 +262,7 @@ pub enum MediaNote {
 /// where it wants them (see [`MediaTypes`]), so that the expected digest,
 /// the work graph and the walk all see the manifests that are written.
 fn for_destination(p: &mut PlannedTarget, resolved: Arc<ResolvedImage>) -> Result<Arc<ResolvedImage>> {
-    let rule = MediaTypes::of(&p.target.destination);
+    let rule = crate::sink::kind::media_types(&p.target.destination);
     if keeps_docker_in_oci_layout(&resolved, rule) {
         p.media = MediaNote::DockerKept;
     }
@@ -471,7 +471,7 @@ pub fn platforms_key(p: &PlatformSelection) -> String {
 /// digest, the chain, the platforms, whether an index is kept and the media
 /// types the destination wants.
 pub fn output_key(t: &Target, source_digest: &Digest) -> String {
-    let platforms = match MediaTypes::of(&t.destination) {
+    let platforms = match crate::sink::kind::media_types(&t.destination) {
         MediaTypes::Oci => format!("{}+format=oci", platforms_key(&t.platforms)),
         MediaTypes::Keep | MediaTypes::OciWhenSynthesised => platforms_key(&t.platforms),
     };

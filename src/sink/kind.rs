@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::convert::MediaTypes;
 use crate::reference::Reference;
 
 /// The form in which a store keeps layers.
@@ -143,6 +144,16 @@ pub fn carried_before(dest: &Reference, digest: &crate::image::Digest) -> bool {
             crate::archive::history(path).is_ok_and(|h| h.carried_by(digest).is_some())
         }
         _ => false,
+    }
+}
+
+/// Which manifests `dest` converts to OCI media types: an OCI layout the
+/// ones occy made up (all of them with `?format=oci`), every other kind none.
+pub fn media_types(dest: &Reference) -> MediaTypes {
+    match dest {
+        Reference::Oci { oci_format: true, .. } => MediaTypes::Oci,
+        Reference::Oci { .. } | Reference::Archive { .. } => MediaTypes::OciWhenSynthesised,
+        _ => MediaTypes::Keep,
     }
 }
 
