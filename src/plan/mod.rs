@@ -18,7 +18,8 @@ pub mod quota;
 pub mod referrers;
 pub mod render;
 pub mod shard;
-pub mod state;
+/// occy's record of a write beside a file output lives with the stores.
+pub use crate::sink::state;
 pub mod verify;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

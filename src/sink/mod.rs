@@ -11,6 +11,7 @@ pub mod extract;
 pub mod kind;
 pub mod oci_layout;
 pub mod registry;
+pub mod state;
 pub mod sweep;
 pub mod tree;
 
