@@ -40,9 +40,8 @@ use crate::cache::LayerCache;
 use crate::filter::FilterSpec;
 use crate::image::{Compression, Descriptor, Digest};
 use crate::reference::Reference;
-use crate::registry::RegistryClient;
-use crate::sink::kind;
 pub use crate::sink::kind::StoredForm;
+use crate::sink::store::{self, Capabilities, StoreId};
 
 /// How a blob reaches its store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,40 +330,39 @@ impl Serialize for WorkGraph {
     }
 }
 
-/// Where a destination keeps blobs, and what it is.
+/// Where a destination keeps blobs, and what it is (its store's id and
+/// capabilities, as the graph reads them).
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// `registry://host/repo`, or the destination for files.
+    pub id: StoreId,
+    /// The id as nodes name it: `registry://host/repo`, or the destination
+    /// for files.
     pub key: String,
     pub form: StoredForm,
     /// The registry host, for registries.
     pub host: Option<String>,
     pub repository: Option<String>,
-    /// An OCI layout's directory: blobs found by name.
-    pub oci_path: Option<std::path::PathBuf>,
-    /// The destination (a transfer archive's history holds blobs too).
-    pub dest: Reference,
     pub keeps_index: bool,
+    /// Blobs can be mounted into it from stores with its sharing id.
+    pub can_mount: bool,
 }
 
 impl Store {
-    /// The store a destination writes.
+    /// The store a destination writes, as its kind answers.
     pub fn of(dest: &Reference) -> Store {
-        let kind = kind::of(dest);
-        let registry = dest.as_registry();
-        let key = match (registry, kind::path_of(dest)) {
-            (Some(r), _) => format!("registry://{}/{}", r.host, r.repository),
-            (None, Some(path)) => format!("{}://{}", kind.scheme, path.display()),
-            _ => dest.to_string(),
-        };
+        Store::new(StoreId::of(dest), store::capabilities(dest))
+    }
+
+    /// The store with `id` that can do what `caps` says.
+    pub fn new(id: StoreId, caps: Capabilities) -> Store {
         Store {
-            key,
-            form: kind.stored_form,
-            host: registry.map(|r| r.host.clone()),
-            repository: registry.map(|r| r.repository.clone()),
-            oci_path: kind::layout_of(dest),
-            dest: dest.clone(),
-            keeps_index: kind.keeps_index,
+            key: id.to_string(),
+            form: caps.stored_form,
+            host: id.host().map(str::to_string),
+            repository: id.repository_name().map(str::to_string),
+            keeps_index: caps.keeps_index,
+            can_mount: caps.can_mount,
+            id,
         }
     }
 }
@@ -373,8 +371,8 @@ impl Store {
 /// host (its repositories mount it) for a registry repository, else the
 /// store itself.
 pub fn sharing_store(store: &str) -> String {
-    match store.strip_prefix("registry://") {
-        Some(rest) => format!("registry://{}", rest.split('/').next().unwrap_or(rest)),
+    match StoreId::parse(store) {
+        Some(id) => id.sharing().to_string(),
         None => store.to_string(),
     }
 }
@@ -382,10 +380,7 @@ pub fn sharing_store(store: &str) -> String {
 /// Where a source reads blobs: a registry is one source for all its
 /// repositories (a blob is the same wherever it is).
 pub fn source_store(source: &Reference) -> String {
-    match source {
-        Reference::Registry(r) => format!("registry://{}", r.host),
-        other => other.to_string(),
-    }
+    StoreId::place_of(source).to_string()
 }
 
 /// The compression of a layer as its media type says (gzip when unknown).
@@ -864,12 +859,22 @@ struct WantedBlob {
 /// Builds the graph of every writing target of `planned`, asking each
 /// store which blobs it holds.
 pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
+    // Each destination's store: its id and what it can do.
+    let mut stores = Stores::new();
+    for t in planned.iter().filter(|t| t.action.writes()) {
+        if stores.contains_key(&t.destination) {
+            continue;
+        }
+        let view = match ctx.store(&t.target.destination) {
+            Ok(s) => Store::new(s.id().clone(), s.capabilities()),
+            Err(_) => Store::of(&t.target.destination),
+        };
+        stores.insert(t.destination.clone(), view);
+    }
     // Blobs each store holds now (asked once per store and blob).
-    let presence = presence(ctx, planned).await;
-    // Where earlier runs saw blobs, when a registry is written (read once).
-    let writes_registry = planned
-        .iter()
-        .any(|t| t.action.writes() && matches!(t.target.destination, Reference::Registry(_)));
+    let presence = presence(ctx, planned, &stores).await;
+    // Where earlier runs saw blobs, when a store that mounts is written (read once).
+    let writes_registry = stores.values().any(|s| s.can_mount);
     // A saved plan (`--apply`) mounts from exactly the repositories it
     // showed, whatever other runs have remembered since.
     let remembered = match (&ctx.pinned, &ctx.cache) {
@@ -877,8 +882,11 @@ pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
         (None, Some(c)) if writes_registry => c.blob_locations().load(),
         _ => Remembered::default(),
     };
-    assemble(ctx.cache.as_ref(), planned, &presence, &remembered)
+    assemble(ctx.cache.as_ref(), planned, &presence, &remembered, &stores)
 }
+
+/// Each destination's store (by the destination as the plan spells it).
+type Stores = HashMap<String, Store>;
 
 /// The remembered repositories a saved plan's mounts try, per host and blob.
 fn saved_candidates(nodes: &[Work]) -> Remembered {
@@ -890,9 +898,8 @@ fn saved_candidates(nodes: &[Work]) -> Remembered {
         if !m.remembered {
             continue;
         }
-        let Some(host) = store.strip_prefix("registry://").and_then(|s| s.split('/').next()) else {
-            continue;
-        };
+        let Some(id) = StoreId::parse(store) else { continue };
+        let Some(host) = id.host() else { continue };
         r.add(
             host,
             &desc.digest,
@@ -905,7 +912,13 @@ fn saved_candidates(nodes: &[Work]) -> Remembered {
 /// The graph's shape alone: every blob sent, nothing asked of the stores
 /// nor of the layer cache (for partitioning targets into shards).
 pub fn shape(planned: &[PlannedTarget]) -> WorkGraph {
-    assemble(None, planned, &Presence::default(), &Remembered::default())
+    assemble(
+        None,
+        planned,
+        &Presence::default(),
+        &Remembered::default(),
+        &Stores::new(),
+    )
 }
 
 fn assemble(
@@ -913,6 +926,7 @@ fn assemble(
     planned: &[PlannedTarget],
     presence: &Presence,
     remembered: &Remembered,
+    stores: &Stores,
 ) -> WorkGraph {
     let mut g = WorkGraph::default();
     // Room for the nodes and edges up front (each a few per layer and per
@@ -939,7 +953,10 @@ fn assemble(
         }
         let Some(resolved) = t.resolved.clone() else { continue };
         let tt = &t.target;
-        let store = Store::of(&tt.destination);
+        let store = stores
+            .get(&t.destination)
+            .cloned()
+            .unwrap_or_else(|| Store::of(&tt.destination));
         let src_store = source_store(&tt.source);
         let chain = &tt.chain;
         let filtered = !chain.is_empty();
@@ -949,9 +966,10 @@ fn assemble(
             .iter()
             .any(|f| matches!(f, FilterSpec::Search { .. } | FilterSpec::Inspect { .. }));
         let chain_hash = chain.hash();
-        let same_host_source = match (&tt.source, &store.host) {
-            (Reference::Registry(s), Some(h)) if &s.host == h && Some(&s.repository) != store.repository.as_ref() => {
-                Some(s.repository.clone())
+        let source_id = StoreId::of(&tt.source);
+        let same_host_source = match (source_id.host(), source_id.repository_name(), &store.host) {
+            (Some(sh), Some(sr), Some(h)) if store.can_mount && sh == h && Some(sr) != store.repository.as_deref() => {
+                Some(sr.to_string())
             }
             _ => None,
         };
@@ -1440,6 +1458,9 @@ fn blob_how(
         return How::Present;
     }
     let Some(host) = &store.host else { return How::Write };
+    if !store.can_mount {
+        return How::Upload;
+    }
     let key = (host.clone(), d.clone());
     let mount = |from: &String| How::mount(from.clone(), Vec::new(), false);
     if let Some((_, repo)) = uploads.get(&key) {
@@ -1463,45 +1484,43 @@ fn blob_how(
     How::mount(from, candidates, true)
 }
 
-/// What the stores hold now: one HEAD per (repository, blob) for
-/// registries, a file check for OCI layouts.
+/// What the stores hold now, as each store answered.
 #[derive(Default)]
 struct Presence {
-    held: HashSet<(String, Digest)>,
+    held: HashMap<StoreId, HashSet<Digest>>,
     /// (host, digest) → a repository there that holds it.
     on_host: HashMap<(String, Digest), String>,
 }
 
 impl Presence {
     fn holds(&self, store: &Store, d: &Digest) -> bool {
-        if let Some(p) = &store.oci_path {
-            return self.held.contains(&(store.key.clone(), d.clone()))
-                || p.join("blobs")
-                    .join(d.as_str().split_once(':').map(|x| x.0).unwrap_or("sha256"))
-                    .join(d.hex())
-                    .is_file()
-                || kind::carried_before(&store.dest, d);
-        }
-        self.held.contains(&(store.key.clone(), d.clone()))
+        self.held.get(&store.id).is_some_and(|h| h.contains(d))
     }
 }
 
-/// Asks each registry destination repository about the blobs the targets
-/// want there (skipping repositories known to hold no tags), and records the
-/// first repository of each host that will receive each blob by upload.
-async fn presence(ctx: &PlanContext, planned: &[PlannedTarget]) -> Presence {
-    // (store, host, repository, digest)
-    let mut asks: Vec<(String, String, String, Digest)> = Vec::new();
-    let mut seen = HashSet::new();
+/// Asks each destination store that can say which blobs it holds about the
+/// blobs the targets want there (one presence query per store and blob:
+/// a HEAD for a registry, a file for an OCI layout; registry repositories
+/// known to hold no tags are not asked).
+async fn presence(ctx: &PlanContext, planned: &[PlannedTarget], stores: &Stores) -> Presence {
+    let mut asks: Vec<(Arc<dyn crate::sink::store::Store>, Digest)> = Vec::new();
+    let mut seen: HashSet<(StoreId, Digest)> = HashSet::new();
     for t in planned.iter().filter(|t| t.action.writes()) {
         let Some(resolved) = &t.resolved else { continue };
-        let Reference::Registry(r) = &t.target.destination else {
+        let Some(view) = stores.get(&t.destination) else {
             continue;
         };
-        if ctx.memo.repository_empty(&r.host, &r.repository) {
+        let Ok(store) = ctx.store(&t.target.destination) else {
+            continue;
+        };
+        if !store.capabilities().answers_presence {
             continue;
         }
-        let store = Store::of(&t.target.destination);
+        if let (Some(host), Some(repo)) = (&view.host, &view.repository) {
+            if ctx.memo.repository_empty(host, repo) {
+                continue;
+            }
+        }
         let content = t.target.chain.changes_content();
         let observes = t
             .target
@@ -1509,8 +1528,8 @@ async fn presence(ctx: &PlanContext, planned: &[PlannedTarget]) -> Presence {
             .filters
             .iter()
             .any(|f| matches!(f, FilterSpec::Search { .. } | FilterSpec::Inspect { .. }));
+        let mut blobs: Vec<Digest> = Vec::new();
         for img in &resolved.images {
-            let mut blobs: Vec<Digest> = Vec::new();
             if !content {
                 blobs.extend(img.manifest.layers.iter().map(|l| l.digest.clone()));
             } else if !observes {
@@ -1525,40 +1544,35 @@ async fn presence(ctx: &PlanContext, planned: &[PlannedTarget]) -> Presence {
             if !content && t.target.chain.config_timestamp().is_none() {
                 blobs.push(img.manifest.config.digest.clone());
             }
-            for d in blobs {
-                if seen.insert((store.key.clone(), d.clone())) {
-                    asks.push((store.key.clone(), r.host.clone(), r.repository.clone(), d));
-                }
-            }
         }
         // The blobs of the referrers to copy (a re-signed image's new
         // signature often shares its payload with the old one).
-        for rf in t.referrers.iter().flat_map(|r| &r.copy) {
-            for b in &rf.blobs {
-                if seen.insert((store.key.clone(), b.digest.clone())) {
-                    asks.push((
-                        store.key.clone(),
-                        r.host.clone(),
-                        r.repository.clone(),
-                        b.digest.clone(),
-                    ));
-                }
+        blobs.extend(
+            t.referrers
+                .iter()
+                .flat_map(|r| &r.copy)
+                .flat_map(|rf| rf.blobs.iter().map(|b| b.digest.clone())),
+        );
+        for d in blobs {
+            if seen.insert((view.id.clone(), d.clone())) {
+                asks.push((store.clone(), d));
             }
         }
     }
-    let found = super::concurrently_in_order(asks, |(store, host, repo, d)| async move {
-        let client: Option<RegistryClient> = super::expand::RegistryAccess::client(ctx, &host).ok();
-        let there = match client {
-            Some(c) => matches!(c.head_blob(&repo, &d).await, Ok(Some(_))),
-            None => false,
-        };
-        there.then_some((store, host, repo, d))
+    let found = super::concurrently_in_order(asks, |(store, d)| async move {
+        let there = matches!(store.present(std::slice::from_ref(&d)).await.as_deref(), Ok([true]));
+        there.then_some((store, d))
     })
     .await;
     let mut p = Presence::default();
-    for (store, host, repo, d) in found.into_iter().flatten() {
-        p.on_host.entry((host, d.clone())).or_insert(repo);
-        p.held.insert((store, d));
+    for (store, d) in found.into_iter().flatten() {
+        let id = store.id();
+        if let (Some(host), Some(repo)) = (id.host(), id.repository_name()) {
+            p.on_host
+                .entry((host.to_string(), d.clone()))
+                .or_insert_with(|| repo.to_string());
+        }
+        p.held.entry(id.clone()).or_default().insert(d);
     }
     p
 }

@@ -18,6 +18,8 @@ pub mod quota;
 pub mod referrers;
 pub mod render;
 pub mod shard;
+#[cfg(test)]
+mod store_tests;
 /// occy's record of a write beside a file output lives with the stores.
 pub use crate::sink::state;
 pub mod verify;
@@ -36,8 +38,8 @@ use crate::image::convert::{adapt_media_types, docker_kept_warning, keeps_docker
 use crate::image::{check_fits, expected_digest, Digest, ImageName, ResolvedImage};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryOptions};
-use crate::sink::kind::{self, CurrentDigest};
-use crate::source::docker_daemon::DaemonConnection;
+use crate::sink::kind;
+use crate::sink::store::{self, Capabilities, Current, Store, StoreId, StoreOptions};
 use crate::source::{resolve_with, Configs, PlatformSelection, SourceOptions};
 use crate::spec::{SpecProblem, SyncSpec, TemplateFields};
 use expand::{expand_all, Expansion, RegistryAccess, SourceImage};
@@ -100,13 +102,32 @@ impl PlanContext {
         o
     }
 
+    /// The store `dest` names, opened once per plan through its kind's
+    /// registration (`sink::kind`), with the registry settings of its host.
+    pub fn store(&self, dest: &Reference) -> Result<Arc<dyn Store>> {
+        self.memo.store(dest, || {
+            let host = StoreId::of(dest).host().map(str::to_string).unwrap_or_default();
+            store::open(
+                dest,
+                &StoreOptions {
+                    registry: self.registry_options(&host),
+                },
+            )
+        })
+    }
+
+    /// What the store `dest` names can do (as its kind answers when it
+    /// cannot be opened).
+    pub fn capabilities(&self, dest: &Reference) -> Capabilities {
+        self.store(dest)
+            .map(|s| s.capabilities())
+            .unwrap_or_else(|_| store::capabilities(dest))
+    }
+
     /// Source settings for reading `reference`.
     pub fn source_options(&self, reference: &Reference) -> SourceOptions {
         SourceOptions {
-            registry: match reference {
-                Reference::Registry(r) => self.registry_options(&r.host),
-                _ => self.registry_options(""),
-            },
+            registry: self.registry_options(reference.as_registry().map(|r| r.host.as_str()).unwrap_or("")),
         }
     }
 }
@@ -262,8 +283,11 @@ pub enum MediaNote {
 /// The images as `p`'s destination will hold them: with OCI media types
 /// where it wants them (see [`MediaTypes`]), so that the expected digest,
 /// the work graph and the walk all see the manifests that are written.
-fn for_destination(p: &mut PlannedTarget, resolved: Arc<ResolvedImage>) -> Result<Arc<ResolvedImage>> {
-    let rule = crate::sink::kind::media_types(&p.target.destination);
+fn for_destination(
+    p: &mut PlannedTarget,
+    resolved: Arc<ResolvedImage>,
+    rule: MediaTypes,
+) -> Result<Arc<ResolvedImage>> {
     if keeps_docker_in_oci_layout(&resolved, rule) {
         p.media = MediaNote::DockerKept;
     }
@@ -484,47 +508,15 @@ pub fn output_key(t: &Target, source_digest: &Digest) -> String {
     )
 }
 
-/// The place a target writes, to find two targets writing the same one.
-fn destination_key(dest: &Reference, name: &ImageName) -> String {
-    match dest {
-        Reference::Registry(r) => format!(
-            "registry://{}/{}:{}",
-            r.host,
-            r.repository,
-            r.digest
-                .as_ref()
-                .map(|d| d.to_string())
-                .or(r.tag.clone())
-                .unwrap_or_else(|| name.tag.clone())
-        ),
-        Reference::Oci { path, tag, .. } => {
-            format!(
-                "oci://{}:{}",
-                path.display(),
-                tag.clone().unwrap_or_else(|| name.tag.clone())
-            )
-        }
-        Reference::Dir { path, .. } => format!("dir://{}#{}", path.display(), name),
-        Reference::Archive { path, .. } => format!("archive://{}#{}", path.display(), crate::archive::layout_ref(name)),
-        Reference::Docker { name, tag, digest, .. } => format!(
-            "docker://{}",
-            crate::reference::docker_image(name, tag.as_deref(), digest.as_ref())
-        ),
-        other => other.to_string(),
-    }
-}
-
 /// The name a destination records for a source image.
 fn image_name(src: &SourceImage) -> ImageName {
-    match &src.reference {
-        Reference::Registry(r) => ImageName {
-            repository: r.name(),
-            tag: src.fields.tag.clone(),
-        },
-        _ => ImageName {
-            repository: src.fields.repo.clone(),
-            tag: src.fields.tag.clone(),
-        },
+    ImageName {
+        repository: src
+            .reference
+            .as_registry()
+            .map(|r| r.name())
+            .unwrap_or_else(|| src.fields.repo.clone()),
+        tag: src.fields.tag.clone(),
     }
 }
 
@@ -675,16 +667,15 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             let mut p = planned_target(t);
             match resolve_for_writing(ctx, &p.target).await {
                 Ok(resolved) => {
-                    compress_for_registry(&mut p.target, &resolved);
+                    let caps = ctx.capabilities(&p.target.destination);
+                    compress_for_store(&mut p.target, &resolved, &caps);
                     p.source_digest = resolved.root().map(|r| r.digest.clone());
                     p.platforms = resolved.images.len();
-                    match for_destination(&mut p, resolved) {
+                    match for_destination(&mut p, resolved, caps.media_types) {
                         Ok(resolved) => {
                             let tt = &p.target;
                             if !tt.chain.changes_content() {
-                                p.expected =
-                                    expected_digest(&resolved, &tt.platforms, kind::of(&tt.destination).keeps_index)
-                                        .ok();
+                                p.expected = expected_digest(&resolved, &tt.platforms, caps.keeps_index).ok();
                             }
                             p.resolved = Some(resolved);
                         }
@@ -790,10 +781,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             Action::Failed { .. } => totals.failed += 1,
         }
         totals.blobs.add(&t.blobs);
-        let dkey = match &t.target.destination {
-            Reference::Registry(r) => format!("registry://{}", r.host),
-            other => other.to_string(),
-        };
+        let dkey = StoreId::place_of(&t.target.destination).to_string();
         let d = destinations.entry(dkey.clone()).or_insert_with(|| DestinationTotals {
             destination: dkey,
             ..Default::default()
@@ -886,22 +874,7 @@ fn make_target(
     let name = image_name(src);
     let destination = crate::spec::validate::rebase(&destination, &spec.base_dir);
     // Spell out the tag a destination keeps from its source.
-    let destination = match destination {
-        Reference::Registry(mut r) if r.tag.is_none() && r.digest.is_none() => {
-            r.tag = Some(name.tag.clone());
-            Reference::Registry(r)
-        }
-        Reference::Oci {
-            path,
-            tag: None,
-            oci_format,
-        } => Reference::Oci {
-            path,
-            tag: Some(name.tag.clone()),
-            oci_format,
-        },
-        other => other,
-    };
+    let destination = destination.with_default_tag(&name.tag);
     Ok(Target {
         entry: src.entry,
         source: src.reference.clone(),
@@ -919,7 +892,7 @@ fn make_target(
 fn check_clashes(spec: &SyncSpec, targets: &[Target]) -> Result<()> {
     let mut seen: HashMap<String, &Target> = HashMap::new();
     for t in targets {
-        let key = destination_key(&t.destination, &t.name);
+        let key = store::written_place(&t.destination, &t.name);
         if let Some(first) = seen.get(&key) {
             if first.source == t.source && first.dest_span == t.dest_span {
                 continue;
@@ -951,23 +924,20 @@ fn pinned_sources(ctx: &PlanContext, saved: &SavedPlan) -> Result<Vec<SourceImag
             )));
         }
         let mut reference = Reference::parse(&t.source)?;
-        let fields = match &mut reference {
-            Reference::Registry(r) => {
-                let f = expand::registry_fields(r);
-                if let Some(d) = &t.source_digest {
-                    r.digest = Some(d.clone());
-                }
-                f
+        let fields = if let Some(r) = reference.as_registry_mut() {
+            let f = expand::registry_fields(r);
+            if let Some(d) = &t.source_digest {
+                r.digest = Some(d.clone());
             }
-            other => {
-                let name = other.image_name();
-                TemplateFields {
-                    registry: String::new(),
-                    name: name.rsplit('/').next().unwrap_or(&name).to_string(),
-                    repo: name.clone(),
-                    tag: other.tag().unwrap_or("latest").to_string(),
-                    platform: String::new(),
-                }
+            f
+        } else {
+            let name = reference.image_name();
+            TemplateFields {
+                registry: String::new(),
+                name: name.rsplit('/').next().unwrap_or(&name).to_string(),
+                repo: name.clone(),
+                tag: reference.tag().unwrap_or("latest").to_string(),
+                platform: String::new(),
             }
         };
         if seen.insert((reference.clone(), t.entry)) {
@@ -1017,7 +987,7 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
 }
 
 /// The name a target's chain gets when occy compresses its layers for a
-/// registry (see [`compress_for_registry`]).
+/// store that wants them compressed (see [`compress_for_store`]).
 pub const COMPRESSING: &str = "compress";
 
 /// Layers that arrive uncompressed (from a docker-save archive, a
@@ -1029,8 +999,8 @@ pub const COMPRESSING: &str = "compress";
 /// filters of its own writes its rewritten layers gzip-compressed unless
 /// `--compression` says otherwise; one whose layers are not all plain tar is
 /// left as it is; `--compression none` keeps them uncompressed.
-fn compress_for_registry(t: &mut Target, resolved: &ResolvedImage) {
-    if !matches!(t.destination, Reference::Registry(_)) {
+fn compress_for_store(t: &mut Target, resolved: &ResolvedImage, caps: &Capabilities) {
+    if !caps.wants_compressed {
         return;
     }
     let plain = |mt: &str| crate::image::Compression::from_media_type(mt) == Some(crate::image::Compression::None);
@@ -1109,27 +1079,6 @@ fn needs_configs(t: &Target) -> bool {
     !t.chain.is_empty() || !remote_or_layout(&t.destination) || !remote_or_layout(&t.source)
 }
 
-/// The digest an OCI layout's tag names now.
-fn oci_layout_tag(path: &std::path::Path, tag: &str) -> Option<Digest> {
-    #[derive(Deserialize)]
-    struct Index {
-        #[serde(default)]
-        manifests: Vec<crate::image::Descriptor>,
-    }
-    let bytes = std::fs::read(path.join("index.json")).ok()?;
-    let index: Index = serde_json::from_slice(&bytes).ok()?;
-    index
-        .manifests
-        .into_iter()
-        .find(|d| {
-            d.annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::source::oci_layout::REF_NAME))
-                .is_some_and(|n| n == tag)
-        })
-        .map(|d| d.digest)
-}
-
 /// Compares one target's destination with what the plan would write.
 /// A target not yet resolved nor compared: to be created.
 fn planned_target(t: Target) -> PlannedTarget {
@@ -1196,35 +1145,35 @@ async fn diff_all(ctx: &PlanContext, targets: Vec<Target>, resolutions: &Resolut
     .await
 }
 
-/// The digest a registry or OCI-layout destination's tag names now (one
-/// HEAD, or a read of index.json); None for other destinations.
+/// What the destination of `t` holds under its name now, asked of its
+/// store: the one "is it current" path of plan and apply. A registry's
+/// answer may already be known from a tag listing or an earlier HEAD.
+async fn current_of(ctx: &PlanContext, t: &Target) -> Result<Current> {
+    let store = ctx.store(&t.destination)?;
+    let (Some(host), Some(repo)) = (store.id().host(), store.id().repository_name()) else {
+        return store.current(&t.name).await;
+    };
+    let reference = store.reference_for(&t.name);
+    if Digest::parse(&reference).is_err() && ctx.memo.tag_missing(host, repo, &reference) {
+        return Ok(Current::Tagged(None));
+    }
+    let key = format!("{host}/{repo}:{reference}");
+    if let Some(known) = ctx.memo.head(&key) {
+        return Ok(Current::Tagged(known));
+    }
+    let current = store.current(&t.name).await?;
+    if let Current::Tagged(digest) = &current {
+        ctx.memo.remember_head(&key, digest);
+    }
+    Ok(current)
+}
+
+/// The digest the destination's tag names now, for stores that name
+/// images by tag (registries, OCI layouts); None for the others.
 async fn tagged_digest(ctx: &PlanContext, t: &Target) -> Result<Option<Digest>> {
-    match &t.destination {
-        Reference::Registry(r) => {
-            let reference = r
-                .digest
-                .as_ref()
-                .map(|d| d.to_string())
-                .or(r.tag.clone())
-                .unwrap_or_else(|| t.name.tag.clone());
-            if r.digest.is_none() && ctx.memo.tag_missing(&r.host, &r.repository, &reference) {
-                return Ok(None);
-            }
-            let key = format!("{}/{}:{reference}", r.host, r.repository);
-            if let Some(known) = ctx.memo.head(&key) {
-                return Ok(known);
-            }
-            let digest = ctx
-                .client(&r.host)?
-                .head_manifest(&r.repository, &reference)
-                .await
-                .map(|d| d.map(|d| d.digest))?;
-            ctx.memo.remember_head(&key, &digest);
-            Ok(digest)
-        }
-        Reference::Oci { path, tag, .. } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
-        Reference::Archive { path, full, .. } => archive::current(path, &t.name, *full).await,
-        _ => Ok(None),
+    match current_of(ctx, t).await? {
+        Current::Tagged(d) => Ok(d),
+        Current::ImageId(_) | Current::Record(_) => Ok(None),
     }
 }
 
@@ -1247,7 +1196,16 @@ async fn diff_target(
             return p;
         }
     };
-    compress_for_registry(&mut p.target, &resolved);
+    let caps = match ctx.store(&p.target.destination) {
+        Ok(s) => s.capabilities(),
+        Err(e) => {
+            p.action = Action::Failed {
+                error: format!("cannot read the destination {}: {e}", p.target.destination),
+            };
+            return p;
+        }
+    };
+    compress_for_store(&mut p.target, &resolved, &caps);
     let t = &p.target;
     let source_digest = resolved.root().map(|r| r.digest.clone());
     if let (Some(pin), Some(got)) = (&t.pinned, &source_digest) {
@@ -1260,7 +1218,7 @@ async fn diff_target(
     }
     p.source_digest = source_digest.clone();
     p.platforms = resolved.images.len();
-    let supports_index = kind::of(&t.destination).keeps_index;
+    let supports_index = caps.keeps_index;
     if let Err(e) = check_fits(
         &resolved,
         &t.platforms,
@@ -1271,7 +1229,7 @@ async fn diff_target(
         p.action = Action::Failed { error: e.to_string() };
         return p;
     }
-    let resolved = match for_destination(&mut p, resolved) {
+    let resolved = match for_destination(&mut p, resolved, caps.media_types) {
         Ok(r) => r,
         Err(e) => {
             p.action = Action::Failed { error: e.to_string() };
@@ -1289,30 +1247,29 @@ async fn diff_target(
     } else {
         expected_digest(&resolved, &t.platforms, supports_index).ok()
     };
-    let current: Result<Option<Digest>> = match (kind::of(&t.destination).current, &t.destination) {
-        (CurrentDigest::Tagged, _) => tagged_digest(ctx, t).await,
-        (CurrentDigest::DaemonImageId, Reference::Docker { name, tag, socket, .. }) => {
+    let mut by_image_id = false;
+    let current: Result<Option<Digest>> = match current_of(ctx, t).await {
+        Err(e) => Err(e),
+        Ok(Current::Tagged(d)) => Ok(d),
+        Ok(Current::ImageId(d)) => {
             // A daemon knows an image by its ID, the config digest, which
             // a copy without filters keeps; a filtered one is rebuilt.
+            by_image_id = true;
             p.expected = match (filtered, resolved.images.as_slice()) {
                 (false, [one]) => Some(one.manifest.config.digest.clone()),
                 _ => None,
             };
-            match DaemonConnection::open(socket.as_deref()).await {
-                Ok(conn) => conn.image_id(name, tag.as_deref().unwrap_or("latest")).await,
-                Err(e) => Err(e),
-            }
+            Ok(d)
         }
-        (_, dest) => {
-            // File destinations: the record beside them.
-            let record = state::state_path(dest, &t.name).and_then(|s| state::read(&s));
-            let current = record.as_ref().map(|r| r.output.clone());
+        Ok(Current::Record(record)) => {
+            // File destinations: occy's record beside them (kept only
+            // while the output it speaks for is there).
             let same = record.as_ref().is_some_and(|r| {
                 Some(&r.source_digest) == source_digest.as_ref()
                     && r.chain == chain_record(&t.chain)
                     && r.platforms == platforms_key(&t.platforms)
-            }) && state::output_exists(dest);
-            p.current = current.filter(|_| state::output_exists(dest));
+            });
+            p.current = record.map(|r| r.output);
             if same {
                 p.expected = p.current.clone();
                 p.action = Action::Unchanged;
@@ -1341,7 +1298,7 @@ async fn diff_target(
     }
     p.action = match (&p.expected, &p.current) {
         (Some(e), Some(c)) if e == c => Action::Unchanged,
-        (None, _) if kind::of(&t.destination).current == CurrentDigest::DaemonImageId => Action::Rebuild {
+        (None, _) if by_image_id => Action::Rebuild {
             reason: "filters rewrite the layers; a daemon's image is compared only for copies without filters".into(),
         },
         (None, _) => Action::Rebuild {

@@ -38,6 +38,7 @@ pub const KIND: DestinationKind = DestinationKind {
     read_back: ReadBack::Tree,
     holds_referrers: false,
     one_image: Some("one bundle"),
+    open_store: |dest, _| super::store::RecordStore::open(dest, &KIND),
 };
 
 /// Writes an OCI runtime bundle.

@@ -12,6 +12,7 @@ pub mod kind;
 pub mod oci_layout;
 pub mod registry;
 pub mod state;
+pub mod store;
 pub mod sweep;
 pub mod tree;
 
