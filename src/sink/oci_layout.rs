@@ -325,25 +325,31 @@ impl Store for OciLayoutStore {
     }
 
     async fn manifest(&self, reference: &str) -> Result<Option<RawManifest>> {
-        let digest = match Digest::parse(reference) {
-            Ok(d) => d,
-            Err(_) => match tagged(&self.root, reference) {
-                Some(d) => d,
-                None => return Ok(None),
-            },
-        };
-        let file = blob_file(&self.root, &digest);
-        let bytes = match tokio::fs::read(&file).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("read", &file, e)),
-        };
-        RawManifest::verified(
-            bytes::Bytes::from(bytes),
-            None,
-            &digest,
-            &format!("manifest {digest} in {}", self.root.display()),
-        )
-        .map(Some)
+        layout_manifest(&self.root, reference).await
     }
+}
+
+/// The manifest the layout at `root` holds under `reference` (a digest or
+/// a tag of `index.json`), verified against its digest; None when absent.
+pub async fn layout_manifest(root: &Path, reference: &str) -> Result<Option<RawManifest>> {
+    let digest = match Digest::parse(reference) {
+        Ok(d) => d,
+        Err(_) => match tagged(root, reference) {
+            Some(d) => d,
+            None => return Ok(None),
+        },
+    };
+    let file = blob_file(root, &digest);
+    let bytes = match tokio::fs::read(&file).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &file, e)),
+    };
+    RawManifest::verified(
+        bytes::Bytes::from(bytes),
+        None,
+        &digest,
+        &format!("manifest {digest} in {}", root.display()),
+    )
+    .map(Some)
 }

@@ -278,6 +278,9 @@ pub fn written_place(dest: &Reference, name: &ImageName) -> String {
             )
         }
         Reference::Dir { path, .. } => format!("dir://{}#{}", path.display(), name),
+        Reference::Archive { path, .. } => {
+            format!("archive://{}#{}", path.display(), crate::archive::layout_ref(name))
+        }
         Reference::Docker { name, tag, digest, .. } => format!(
             "docker://{}",
             crate::reference::docker_image(name, tag.as_deref(), digest.as_ref())
