@@ -375,6 +375,17 @@ impl Reference {
         }
     }
 
+    /// The tag or digest a store is asked for the image this names: a
+    /// registry's digest, else its tag, else `latest`; a layout's tag. None
+    /// when it names its image otherwise.
+    pub fn store_reference(&self) -> Option<String> {
+        match self {
+            Reference::Registry(r) => Some(r.reference()),
+            Reference::Oci { tag, .. } => tag.clone(),
+            _ => None,
+        }
+    }
+
     /// The image tagged `tag` beside the one this names: in its registry
     /// repository or OCI layout. None for references that hold no tags.
     pub fn tagged_beside(&self, tag: &str) -> Option<Reference> {

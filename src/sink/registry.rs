@@ -343,6 +343,37 @@ impl Store for RegistryStore {
         }
     }
 
+    async fn resolve(&self, reference: &str) -> Result<Option<(Descriptor, Option<RawManifest>)>> {
+        self.client.resolve_manifest(&self.target.repository, reference).await
+    }
+
+    async fn head(&self, reference: &str) -> Result<Option<Descriptor>> {
+        self.client.head_manifest(&self.target.repository, reference).await
+    }
+
+    async fn untag(&self, reference: &str, expected: &Digest) -> Result<()> {
+        let repo = &self.target.repository;
+        match self.client.delete_manifest(repo, reference).await {
+            Ok(()) | Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => debug!(
+                "{}:{reference}: deleting by tag was refused ({e}); deleting by digest",
+                self.id
+            ),
+        }
+        match self.client.head_manifest(repo, reference).await? {
+            None => Ok(()),
+            Some(now) if now.digest != *expected => Err(Error::invalid(format!(
+                "{}:{reference} moved since the plan (it names {}, the plan saw {expected}); not deleted",
+                self.id, now.digest
+            ))),
+            Some(_) => self.client.delete_manifest(repo, expected.as_str()).await,
+        }
+    }
+
+    fn pull_quota(&self) -> Option<crate::registry::rate_limit::PullQuota> {
+        self.client.pull_quota()
+    }
+
     async fn referrers(
         &self,
         subject: &Digest,

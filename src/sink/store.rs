@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::image::convert::MediaTypes;
 use crate::image::{Descriptor, Digest, ImageName, RawManifest};
 use crate::reference::Reference;
+use crate::registry::rate_limit::PullQuota;
 use crate::registry::RegistryOptions;
 
 /// Which store: a registry repository, or the path or name of any other
@@ -282,6 +283,32 @@ pub trait Store: Send + Sync {
     /// verified against the digest when one is asked for; None when it
     /// holds none.
     async fn manifest(&self, reference: &str) -> Result<Option<RawManifest>>;
+
+    /// What `reference` (a tag or digest) names here: its descriptor and,
+    /// when it was read to say so, the manifest itself. None: nothing by
+    /// that name.
+    async fn resolve(&self, reference: &str) -> Result<Option<(Descriptor, Option<RawManifest>)>> {
+        Ok(self.manifest(reference).await?.map(|m| (m.descriptor(), Some(m))))
+    }
+
+    /// What `reference` names here, reading no more than needed (a HEAD).
+    async fn head(&self, reference: &str) -> Result<Option<Descriptor>> {
+        Ok(self.resolve(reference).await?.map(|(d, _)| d))
+    }
+
+    /// Removes the tag `reference` (a registry that deletes only manifests
+    /// is asked by the digest the tag still names, if it is `expected`).
+    async fn untag(&self, reference: &str, _expected: &Digest) -> Result<()> {
+        Err(Error::usage(format!(
+            "{} cannot delete {reference}: only registry destinations are pruned",
+            self.id()
+        )))
+    }
+
+    /// The pull quota its host announced (`RateLimit-*`), if any.
+    fn pull_quota(&self) -> Option<PullQuota> {
+        None
+    }
 
     /// What refers to `subject` here (OCI referrers) and what each of
     /// `tags` names. `known_tags`, the store's tags when the caller listed
