@@ -307,7 +307,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             })
         });
     }
-    check_clashes(&spec, &targets)?;
+    check_clashes(ctx, &spec, &targets)?;
 
     let mut planned = failed;
     let mut sharded = None;
@@ -543,10 +543,10 @@ fn make_target(
 }
 
 /// Two targets writing the same place is a sync-file error, pointed at both.
-fn check_clashes(spec: &SyncSpec, targets: &[Target]) -> Result<()> {
+fn check_clashes(ctx: &PlanContext, spec: &SyncSpec, targets: &[Target]) -> Result<()> {
     let mut seen: HashMap<String, &Target> = HashMap::new();
     for t in targets {
-        let key = store::written_place(&t.destination, &t.name);
+        let key = ctx.store(&t.destination)?.written_place(&t.name);
         if let Some(first) = seen.get(&key) {
             if first.source == t.source && first.dest_span == t.dest_span {
                 continue;

@@ -192,6 +192,10 @@ impl Store for ArchiveStore {
         archive::layout_ref(name)
     }
 
+    fn written_place(&self, name: &ImageName) -> String {
+        format!("{}#{}", self.id, self.reference_for(name))
+    }
+
     async fn current(&self, name: &ImageName) -> Result<Current> {
         let (dir, name, full) = (self.dir.clone(), name.clone(), self.full);
         blocking(move || archive::current_digest(&dir, &name, full))

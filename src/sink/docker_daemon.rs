@@ -187,17 +187,25 @@ pub struct DaemonStore {
     id: StoreId,
     name: String,
     tag: Option<String>,
+    digest: Option<Digest>,
     socket: Option<PathBuf>,
 }
 
 fn open_store(dest: &Reference, _: &StoreOptions) -> Result<Box<dyn Store>> {
-    let Reference::Docker { name, tag, socket, .. } = dest else {
+    let Reference::Docker {
+        name,
+        tag,
+        digest,
+        socket,
+    } = dest
+    else {
         return Err(super::store::not_a_store(dest));
     };
     Ok(Box::new(DaemonStore {
         id: StoreId::of(dest),
         name: name.clone(),
         tag: tag.clone(),
+        digest: digest.clone(),
         socket: socket.clone(),
     }))
 }
@@ -214,6 +222,13 @@ impl Store for DaemonStore {
 
     fn reference_for(&self, _name: &ImageName) -> String {
         self.tag.clone().unwrap_or_else(|| "latest".to_string())
+    }
+
+    fn written_place(&self, _name: &ImageName) -> String {
+        format!(
+            "docker://{}",
+            crate::reference::docker_image(&self.name, self.tag.as_deref(), self.digest.as_ref())
+        )
     }
 
     async fn current(&self, name: &ImageName) -> Result<Current> {

@@ -270,6 +270,13 @@ pub trait Store: Send + Sync {
     /// own tag or digest when it has one, else the name's tag).
     fn reference_for(&self, name: &ImageName) -> String;
 
+    /// The place writing image `name` here fills (a repository's tag, a
+    /// layout's tag, a directory's entry, a file): two targets with one
+    /// place would overwrite each other.
+    fn written_place(&self, name: &ImageName) -> String {
+        format!("{}:{}", self.id(), self.reference_for(name))
+    }
+
     /// What it holds under `name` now: one HEAD, a read of `index.json`, the
     /// daemon's image ID, or occy's record beside a file output.
     async fn current(&self, name: &ImageName) -> Result<Current>;
@@ -368,40 +375,6 @@ pub fn capabilities(dest: &Reference) -> Capabilities {
         .unwrap_or_else(|_| Capabilities::of_kind(kind::of(dest)))
 }
 
-/// The place writing image `name` to `dest` fills (a repository's tag, a
-/// layout's tag, a directory's entry, a file), as each kind spells it: two
-/// targets with one place would overwrite each other.
-pub fn written_place(dest: &Reference, name: &ImageName) -> String {
-    match dest {
-        Reference::Registry(r) => format!(
-            "registry://{}/{}:{}",
-            r.host,
-            r.repository,
-            r.digest
-                .as_ref()
-                .map(|d| d.to_string())
-                .or(r.tag.clone())
-                .unwrap_or_else(|| name.tag.clone())
-        ),
-        Reference::Oci { path, tag, .. } => {
-            format!(
-                "oci://{}:{}",
-                path.display(),
-                tag.clone().unwrap_or_else(|| name.tag.clone())
-            )
-        }
-        Reference::Dir { path, .. } => format!("dir://{}#{}", path.display(), name),
-        Reference::Archive { path, .. } => {
-            format!("archive://{}#{}", path.display(), crate::archive::layout_ref(name))
-        }
-        Reference::Docker { name, tag, digest, .. } => format!(
-            "docker://{}",
-            crate::reference::docker_image(name, tag.as_deref(), digest.as_ref())
-        ),
-        other => other.to_string(),
-    }
-}
-
 /// The store of a kind that keeps no images to ask about, for a reference
 /// that names none (a `quay://` pattern is expanded, never written).
 pub fn not_a_store(dest: &Reference) -> Error {
@@ -449,6 +422,15 @@ impl Store for RecordStore {
 
     fn reference_for(&self, name: &ImageName) -> String {
         name.to_string()
+    }
+
+    /// A file holding one image is one place; a directory of many holds
+    /// each image at its name.
+    fn written_place(&self, name: &ImageName) -> String {
+        match self.kind.one_image {
+            Some(_) => self.id.to_string(),
+            None => format!("{}#{name}", self.id),
+        }
     }
 
     async fn current(&self, name: &ImageName) -> Result<Current> {
