@@ -12,7 +12,6 @@ pub mod expand;
 pub mod graph;
 mod memo;
 pub mod prune;
-pub mod quay;
 mod quick;
 pub mod quota;
 pub mod referrers;
@@ -45,7 +44,7 @@ use crate::filter::FilterChain;
 use crate::image::convert::{adapt_media_types, docker_kept_warning, keeps_docker_in_oci_layout, MediaTypes};
 use crate::image::{check_fits, expected_digest, Digest, ImageName, ResolvedImage};
 use crate::reference::Reference;
-use crate::registry::{RegistryClient, RegistryOptions};
+use crate::registry::RegistryOptions;
 use crate::sink::kind;
 use crate::sink::store::{self, Capabilities, Current, Store, StoreId, StoreOptions};
 use crate::source::{resolve_with, Configs, PlatformSelection, SourceOptions};
@@ -141,8 +140,8 @@ impl PlanContext {
 }
 
 impl RegistryAccess for PlanContext {
-    fn client(&self, host: &str) -> Result<RegistryClient> {
-        RegistryClient::for_host(host, &self.registry_options(host))
+    fn registry_options(&self, host: &str) -> RegistryOptions {
+        PlanContext::registry_options(self, host)
     }
 
     fn source_options(&self, reference: &Reference) -> SourceOptions {
@@ -157,7 +156,7 @@ impl RegistryAccess for PlanContext {
         self.spec
             .registries
             .iter()
-            .find(|(h, _)| h.as_str() == "quay.io" || h.as_str() == quay::registry_host())
+            .find(|(h, _)| h.as_str() == "quay.io" || h.as_str() == crate::source::quay::registry_host())
             .and_then(|(_, a)| a.token.clone())
     }
 }
@@ -252,10 +251,11 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             .clone()
             .or(spec.settings.platforms.clone())
             .unwrap_or(PlatformSelection::Default);
-        let pinned = match (&ctx.pinned, &src.reference) {
-            (Some(_), Reference::Registry(r)) => r.digest.clone(),
-            _ => None,
-        };
+        let pinned = ctx
+            .pinned
+            .as_ref()
+            .and_then(|_| src.reference.as_registry())
+            .and_then(|r| r.digest.clone());
         for dest in &entry.to {
             if dest.uses("platform") {
                 // One target per platform: resolve now to learn them.

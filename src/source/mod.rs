@@ -5,7 +5,9 @@
 
 pub mod docker_daemon;
 pub mod docker_save;
+pub mod list;
 pub mod oci_layout;
+pub mod quay;
 pub mod registry;
 pub mod stream;
 

@@ -10,9 +10,8 @@
 use globset::GlobBuilder;
 use serde::Deserialize;
 
-use super::expand::RegistryAccess;
 use crate::error::{Error, Result};
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryClient, RegistryOptions};
 
 const DEFAULT_API: &str = "https://quay.io/api/v1";
 /// Most pages followed for one listing (a loop guard; quay pages hold 100).
@@ -137,7 +136,7 @@ async fn get_json<T: for<'de> Deserialize<'de>>(client: &RegistryClient, url: &s
 /// The repositories of `org` matching `repo_glob` and, for each, its active
 /// tags matching `tag` (a glob) and pushed on or after `since`.
 pub async fn expand(
-    access: &dyn RegistryAccess,
+    registry: &dyn Fn(&str) -> RegistryOptions,
     org: &str,
     repo_glob: Option<&str>,
     tag: Option<&str>,
@@ -145,7 +144,8 @@ pub async fn expand(
     token: Option<&str>,
 ) -> Result<Vec<(String, Vec<String>)>> {
     let base = api_base();
-    let client = access.client(&api_host(&base)?)?;
+    let host = api_host(&base)?;
+    let client = RegistryClient::for_host(&host, &registry(&host))?;
     let since = since.map(parse_since).transpose()?;
     let compile = |p: &str, what: &str| {
         GlobBuilder::new(p)
