@@ -187,6 +187,12 @@ pub fn stage_image(dir: &Path, image: &StagedImage) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename into place", &path, e))
 }
 
+/// Whether a run before this one began staging the next archive of `dir`
+/// (its staging layout has an `index.json`).
+pub fn staging_started(dir: &Path) -> bool {
+    staging_layout(dir).join("index.json").is_file()
+}
+
 /// The images staged in `dir`'s next archive.
 pub fn staged_images(dir: &Path) -> Result<Vec<StagedImage>> {
     let images = staging_images(dir);

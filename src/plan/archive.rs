@@ -133,7 +133,7 @@ pub fn notes(planned: &[PlannedTarget]) -> Vec<ArchiveNote> {
             .iter()
             .filter(|t| t.action.writes() || t.referrers.as_ref().is_some_and(|r| !r.copy.is_empty()))
             .collect();
-        let staged_before = crate::archive::staging_layout(path).join("index.json").is_file();
+        let staged_before = crate::archive::staging_started(path);
         let mut bytes = 0u64;
         let mut files = 2u64;
         let mut left: BTreeMap<String, (HashSet<Digest>, u64)> = BTreeMap::new();
