@@ -40,12 +40,12 @@
 //! computed is the one every machine computes: they report the failure too
 //! (exit 1), so no shard ends "done" on a partition that might differ.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{platforms_key, Action, Plan, PlannedTarget, Resolutions, Target};
+use super::{platforms_key, Action, Plan, PlanContext, PlannedTarget, Resolutions, SavedPlan, Target};
 use crate::error::{Error, Result};
 use crate::image::human_size;
 use crate::reference::Reference;
@@ -175,7 +175,7 @@ pub struct Item {
 }
 
 /// What one shard gets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardLoad {
     pub targets: usize,
     /// Bytes of the distinct blobs its targets write.
@@ -818,6 +818,309 @@ pub fn select(
                 assignment: None,
             }
         }
+    }
+}
+
+/// The assignment as a saved plan keeps it (`"shards"` in the plan of
+/// `--plan --shards N --out plan.json`), so that `--apply plan.json --shard
+/// I/N` takes its targets without resolving or partitioning the others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedShards {
+    /// N.
+    pub count: usize,
+    /// Bytes of the distinct blobs of all targets.
+    pub bytes: u64,
+    pub duplicated_bytes: u64,
+    pub groups: usize,
+    pub split_groups: usize,
+    /// Per shard.
+    pub loads: Vec<ShardLoad>,
+    /// The shard of each of the plan's targets, in the plan's order.
+    pub shard_of: Vec<usize>,
+}
+
+/// What a plan made with [`Sharding::Assign`] saves of its assignment.
+pub fn saved(a: &Assignment, targets: &[PlannedTarget]) -> SavedShards {
+    SavedShards {
+        count: a.count,
+        bytes: a.partition.total_bytes,
+        duplicated_bytes: a.partition.duplicated_bytes,
+        groups: a.partition.groups,
+        split_groups: a.partition.split_groups,
+        loads: a.partition.shards.clone(),
+        shard_of: targets
+            .iter()
+            .map(|t| {
+                a.shard_of
+                    .get(&(t.destination.clone(), t.source.clone()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect(),
+    }
+}
+
+/// Whether `saved` says which of `shard.count` shards each target is in.
+pub fn saved_assignment(saved: &SavedPlan, shard: Shard) -> Option<&SavedShards> {
+    saved
+        .shards
+        .as_ref()
+        .filter(|s| s.count == shard.count && s.shard_of.len() == saved.targets.len())
+}
+
+/// Keeps `shard`'s targets of a saved plan and the saved work they need,
+/// when the plan recorded its assignment into as many shards; the rest is
+/// dropped before anything is resolved (false: the plan has no such
+/// assignment, and the shard is found as without a saved plan).
+pub fn keep_saved_shard(saved: &mut SavedPlan, shard: Shard) -> bool {
+    let Some(a) = saved_assignment(saved, shard) else {
+        return false;
+    };
+    let mine: Vec<bool> = a.shard_of.iter().map(|&s| s == shard.index).collect();
+    // The saved nodes refer to targets by index: renumber them.
+    let mut new_index = vec![usize::MAX; mine.len()];
+    let mut n = 0;
+    for (i, &m) in mine.iter().enumerate() {
+        if m {
+            new_index[i] = n;
+            n += 1;
+        }
+    }
+    let mut i = 0;
+    saved.targets.retain(|_| {
+        i += 1;
+        mine[i - 1]
+    });
+    if let Some(a) = &mut saved.shards {
+        a.shard_of = vec![shard.index; n];
+    }
+    saved.nodes.retain_mut(|w| {
+        w.targets = w
+            .targets
+            .iter()
+            .filter_map(|&t| new_index.get(t).copied().filter(|&x| x != usize::MAX))
+            .collect();
+        !w.targets.is_empty()
+    });
+    true
+}
+
+/// The repository of a source, the unit `--shard I/N` assigns without a
+/// saved plan: `registry://host/repo` for a registry image, the reference
+/// itself for others.
+pub fn repository_key(source: &Reference) -> String {
+    match source {
+        Reference::Registry(r) => format!("registry://{}/{}", r.host, r.repository),
+        other => other.to_string(),
+    }
+}
+
+/// This shard's targets, found before the others are resolved.
+pub struct OwnShare {
+    pub targets: Vec<Target>,
+    pub failed: Vec<PlannedTarget>,
+    pub info: ShardInfo,
+    /// What was resolved to find them (this shard's probes), to be reused.
+    pub resolved: Resolutions,
+}
+
+/// `--shard I/N`: this shard's targets, resolving no other shard's.
+///
+/// From a saved plan with an assignment into N shards, the targets are
+/// already this shard's ([`keep_saved_shard`]): nothing else is asked.
+///
+/// Without a saved plan, every shard lists the same targets (the sync file's
+/// expansion) and assigns whole source **repositories** to shards: it
+/// resolves one *probe* per repository (its first target by name), joins
+/// repositories whose probes write a blob to the same store, and partitions
+/// those (see [`partition`]), each repository weighing its probe's blobs
+/// plus, for its other tags, as many bytes as the probe writes alone. A shard
+/// then resolves only its own repositories' tags: its source requests are
+/// its share plus one probe per repository. Layers that tags of one
+/// repository share with tags of a repository in another shard, and that
+/// the probes did not show, are uploaded by both shards: the price of not
+/// resolving everything everywhere (a saved plan does not pay it).
+///
+/// Only when [`early`]: else (a saved plan without an assignment into N
+/// shards) the whole plan is resolved and partitioned by target, as
+/// [`select`] does.
+pub async fn own_share(ctx: &PlanContext, shard: Shard, targets: Vec<Target>, failed: Vec<PlannedTarget>) -> OwnShare {
+    if let Some(saved) = &ctx.pinned {
+        let a = saved_assignment(saved, shard);
+        // An entry's other destinations may be another shard's.
+        let mine: HashSet<&str> = saved.targets.iter().map(|t| t.destination.as_str()).collect();
+        let targets: Vec<Target> = targets
+            .into_iter()
+            .filter(|t| mine.contains(t.destination.to_string().as_str()))
+            .collect();
+        let failed: Vec<PlannedTarget> = failed
+            .into_iter()
+            .filter(|t| mine.contains(t.destination.as_str()))
+            .collect();
+        return OwnShare {
+            info: ShardInfo {
+                shard: shard.to_string(),
+                index: shard.index,
+                count: shard.count,
+                all_targets: a.map(|a| a.loads.iter().map(|l| l.targets).sum()).unwrap_or_default(),
+                load: a.and_then(|a| a.loads.get(shard.index).cloned()).unwrap_or_default(),
+                duplicated_bytes: a.map(|a| a.duplicated_bytes).unwrap_or_default(),
+                failed_elsewhere: Vec::new(),
+            },
+            targets,
+            failed,
+            resolved: Resolutions::new(),
+        };
+    }
+    // Repositories, each with its targets and its probe.
+    let mut repos: BTreeMap<String, (Vec<usize>, usize)> = BTreeMap::new();
+    let keys: Vec<String> = targets
+        .iter()
+        .map(|t| target_key(&t.destination.to_string(), &source_key(&t.source)))
+        .collect();
+    for (i, t) in targets.iter().enumerate() {
+        let r = repos.entry(repository_key(&t.source)).or_insert((Vec::new(), i));
+        r.0.push(i);
+        if keys[i] < keys[r.1] {
+            r.1 = i;
+        }
+    }
+    let probes: Vec<Target> = repos.values().map(|(_, p)| targets[*p].clone()).collect();
+    let mut wanted: Vec<(Reference, crate::source::PlatformSelection)> = Vec::new();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for t in &probes {
+        if seen.insert((t.source.to_string(), platforms_key(&t.platforms))) {
+            wanted.push((t.source.clone(), t.platforms.clone()));
+        }
+    }
+    let resolved = super::resolve_all(ctx, &probes, &wanted).await;
+    let shaped: Vec<PlannedTarget> = probes
+        .iter()
+        .map(|t| {
+            let mut p = super::planned_target(t.clone());
+            p.resolved = resolved
+                .get(&(t.source.to_string(), platforms_key(&t.platforms)))
+                .and_then(|r| r.as_ref().ok().cloned());
+            p
+        })
+        .collect();
+    let mut blobs_of = super::graph::shape(&shaped).blobs_by_target();
+    drop(shaped);
+    let probe_blobs: Vec<Vec<(String, String, u64)>> =
+        (0..probes.len()).map(|i| blobs_of.remove(&i).unwrap_or_default()).collect();
+    // How many probes write each blob: the others' are the probe's own.
+    let mut writers: HashMap<(&str, &str), usize> = HashMap::new();
+    for blobs in &probe_blobs {
+        let distinct: HashSet<(&str, &str)> = blobs.iter().map(|(s, d, _)| (s.as_str(), d.as_str())).collect();
+        for k in distinct {
+            *writers.entry(k).or_default() += 1;
+        }
+    }
+    // Items: the failed first, then one per repository.
+    let mut items: Vec<Item> = failed
+        .iter()
+        .map(|f| Item {
+            key: target_key(&f.destination, &f.source),
+            blobs: Vec::new(),
+        })
+        .collect();
+    let mut errors: Vec<Option<String>> = failed
+        .iter()
+        .map(|f| match &f.action {
+            Action::Failed { error } => Some(format!("{} → {}: {error}", f.source, f.destination)),
+            _ => None,
+        })
+        .collect();
+    for ((repo, (members, _)), (probe, blobs)) in repos.iter().zip(probes.iter().zip(&probe_blobs)) {
+        let own: u64 = blobs
+            .iter()
+            .filter(|(s, d, _)| writers.get(&(s.as_str(), d.as_str())) == Some(&1))
+            .map(|(_, _, size)| size)
+            .sum();
+        let mut blobs = blobs.clone();
+        let others = members.len() as u64 - 1;
+        if own > 0 && others > 0 {
+            // The repository's other tags: a blob of their estimated bytes
+            // that no other repository writes.
+            blobs.push((String::new(), format!("{repo} (other tags)"), own.saturating_mul(others)));
+        }
+        items.push(Item {
+            key: repo.clone(),
+            blobs,
+        });
+        errors.push(
+            match resolved.get(&(probe.source.to_string(), platforms_key(&probe.platforms))) {
+                Some(Err(e)) => Some(format!("{} → {}: {e}", probe.source, probe.destination)),
+                _ => None,
+            },
+        );
+    }
+    drop(probe_blobs);
+    let partition = partition(&items, shard.count);
+    drop(items);
+    let mine = |i: usize| partition.shard_of[i] == shard.index;
+    let failed_elsewhere: Vec<String> = errors
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !mine(*i))
+        .filter_map(|(i, e)| {
+            e.as_ref()
+                .map(|e| format!("{e} (shard {}/{})", partition.shard_of[i], shard.count))
+        })
+        .collect();
+    let n_failed = failed.len();
+    let all_targets = n_failed + targets.len();
+    let failed: Vec<PlannedTarget> = failed
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| mine(*i))
+        .map(|(_, f)| f)
+        .collect();
+    let mut own_target = vec![false; targets.len()];
+    for (r, (members, _)) in repos.values().enumerate() {
+        if mine(n_failed + r) {
+            for &i in members {
+                own_target[i] = true;
+            }
+        }
+    }
+    let targets: Vec<Target> = targets
+        .into_iter()
+        .zip(own_target)
+        .filter(|(_, m)| *m)
+        .map(|(t, _)| t)
+        .collect();
+    // Only this shard's probes are worth keeping.
+    let mine_sources: HashSet<(String, String)> = targets
+        .iter()
+        .map(|t| (t.source.to_string(), platforms_key(&t.platforms)))
+        .collect();
+    let resolved: Resolutions = resolved.into_iter().filter(|(k, _)| mine_sources.contains(k)).collect();
+    let mut load = partition.shards.get(shard.index).cloned().unwrap_or_default();
+    load.targets = failed.len() + targets.len();
+    OwnShare {
+        info: ShardInfo {
+            shard: shard.to_string(),
+            index: shard.index,
+            count: shard.count,
+            all_targets,
+            load,
+            duplicated_bytes: partition.duplicated_bytes,
+            failed_elsewhere,
+        },
+        targets,
+        failed,
+        resolved,
+    }
+}
+
+/// Whether a shard finds its targets before resolving (no saved plan, or
+/// one whose assignment it keeps: [`keep_saved_shard`]).
+pub fn early(ctx: &PlanContext) -> bool {
+    match (&ctx.pinned, ctx.sharding) {
+        (None, _) => true,
+        (Some(saved), Some(Sharding::Run(s))) => saved_assignment(saved, s).is_some(),
+        (Some(_), _) => false,
     }
 }
 
