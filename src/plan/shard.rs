@@ -317,7 +317,9 @@ impl Units {
             .enumerate()
             .flat_map(|(i, it)| {
                 let u = unit_of[i];
-                it.blobs.iter().map(move |(s, d, size)| (d.as_str(), s.as_str(), *size, u))
+                it.blobs
+                    .iter()
+                    .map(move |(s, d, size)| (d.as_str(), s.as_str(), *size, u))
             })
             .collect();
         pairs.sort_unstable_by(|a, b| (a.0, a.1, a.3).cmp(&(b.0, b.1, b.3)));
@@ -363,16 +365,17 @@ impl Units {
         }
         let mut slot: Vec<usize> = vec![usize::MAX; n];
         let mut out: Vec<(Vec<usize>, u64)> = Vec::new();
-        let mut slot_of = vec![usize::MAX; n];
-        for u in 0..n {
-            let root = sets.find(u);
-            if slot[root] == usize::MAX {
-                slot[root] = out.len();
-                out.push((Vec::new(), 0));
-            }
-            slot_of[u] = slot[root];
-            out[slot[root]].0.push(u);
-        }
+        let slot_of: Vec<usize> = (0..n)
+            .map(|u| {
+                let root = sets.find(u);
+                if slot[root] == usize::MAX {
+                    slot[root] = out.len();
+                    out.push((Vec::new(), 0));
+                }
+                out[slot[root]].0.push(u);
+                slot[root]
+            })
+            .collect();
         for (b, users) in self.users.iter().enumerate() {
             if let Some(&u) = users.first() {
                 out[slot_of[u]].1 += self.sizes[b];
@@ -395,10 +398,7 @@ impl Units {
         // Pieces are indexed by the unit's position in the group.
         let pos: IdMap<usize> = group.iter().enumerate().map(|(i, &u)| (u, i)).collect();
         let mut sets = Sets::new(group.len());
-        let mut piece_blobs: Vec<IdSet> = group
-            .iter()
-            .map(|&u| self.blobs[u].iter().copied().collect())
-            .collect();
+        let mut piece_blobs: Vec<IdSet> = group.iter().map(|&u| self.blobs[u].iter().copied().collect()).collect();
         let mut piece_bytes: Vec<u64> = group
             .iter()
             .map(|&u| self.blobs[u].iter().map(|&b| self.sizes[b]).sum())
@@ -412,11 +412,16 @@ impl Units {
             .into_iter()
             .collect();
         shared.sort_unstable_by(|&a, &b| {
-            (self.users[a].len(), std::cmp::Reverse(self.sizes[a]), std::cmp::Reverse(a)).cmp(&(
-                self.users[b].len(),
-                std::cmp::Reverse(self.sizes[b]),
-                std::cmp::Reverse(b),
-            ))
+            (
+                self.users[a].len(),
+                std::cmp::Reverse(self.sizes[a]),
+                std::cmp::Reverse(a),
+            )
+                .cmp(&(
+                    self.users[b].len(),
+                    std::cmp::Reverse(self.sizes[b]),
+                    std::cmp::Reverse(b),
+                ))
         });
         for b in shared {
             let mut roots: Vec<usize> = self.users[b]
@@ -887,13 +892,19 @@ pub fn keep_saved_shard(saved: &mut SavedPlan, shard: Shard) -> bool {
     if let Some(a) = &mut saved.shards {
         a.shard_of = vec![shard.index; n];
     }
+    // A fetch or a rewrite is shared by every store it feeds but names only
+    // the targets of the first: it is kept whoever it names.
     saved.nodes.retain_mut(|w| {
+        let shared = matches!(
+            w.key,
+            super::graph::NodeKey::Fetch { .. } | super::graph::NodeKey::Rewrite { .. }
+        );
         w.targets = w
             .targets
             .iter()
             .filter_map(|&t| new_index.get(t).copied().filter(|&x| x != usize::MAX))
             .collect();
-        !w.targets.is_empty()
+        shared || !w.targets.is_empty()
     });
     true
 }
@@ -999,8 +1010,9 @@ pub async fn own_share(ctx: &PlanContext, shard: Shard, targets: Vec<Target>, fa
         .collect();
     let mut blobs_of = super::graph::shape(&shaped).blobs_by_target();
     drop(shaped);
-    let probe_blobs: Vec<Vec<(String, String, u64)>> =
-        (0..probes.len()).map(|i| blobs_of.remove(&i).unwrap_or_default()).collect();
+    let probe_blobs: Vec<Vec<(String, String, u64)>> = (0..probes.len())
+        .map(|i| blobs_of.remove(&i).unwrap_or_default())
+        .collect();
     // How many probes write each blob: the others' are the probe's own.
     let mut writers: HashMap<(&str, &str), usize> = HashMap::new();
     for blobs in &probe_blobs {
@@ -1035,7 +1047,11 @@ pub async fn own_share(ctx: &PlanContext, shard: Shard, targets: Vec<Target>, fa
         if own > 0 && others > 0 {
             // The repository's other tags: a blob of their estimated bytes
             // that no other repository writes.
-            blobs.push((String::new(), format!("{repo} (other tags)"), own.saturating_mul(others)));
+            blobs.push((
+                String::new(),
+                format!("{repo} (other tags)"),
+                own.saturating_mul(others),
+            ));
         }
         items.push(Item {
             key: repo.clone(),
@@ -1533,7 +1549,14 @@ mod tests {
         for r in 0..repos {
             for t in 0..tags {
                 let key = format!("registry://dst/plan/r{r:02}:t{t:03} <- registry://src/plan/r{r:02}:t{t:03}");
-                items.push(item(&key, &[("base", 180), (&format!("{key}-app"), 700), (&format!("{key}-config"), 400)]));
+                items.push(item(
+                    &key,
+                    &[
+                        ("base", 180),
+                        (&format!("{key}-app"), 700),
+                        (&format!("{key}-config"), 400),
+                    ],
+                ));
             }
         }
         items
