@@ -579,7 +579,9 @@ fn a_family_too_big_for_its_shard_is_split_and_the_duplicated_bytes_add_up() {
             // A repository is never split.
             let repo = repo_of(&t);
             assert!(
-                seen.iter().filter(|d| repo_of(d) == repo).all(|d| d == &t || plan_targets(&plan).contains_key(d)),
+                seen.iter()
+                    .filter(|d| repo_of(d) == repo)
+                    .all(|d| d == &t || plan_targets(&plan).contains_key(d)),
                 "{repo} is split over pods"
             );
         }

@@ -57,7 +57,9 @@ fn partition_bench(a: &PartitionArgs) -> ExitCode {
     let mut items = Vec::with_capacity(a.repos * a.tags);
     for r in 0..a.repos {
         for t in 0..a.tags {
-            let key = format!("registry://127.0.0.1:5000/plan/r{r:02}:t{t:03} <- registry://127.0.0.1:5001/plan/r{r:02}:t{t:03}");
+            let key = format!(
+                "registry://127.0.0.1:5000/plan/r{r:02}:t{t:03} <- registry://127.0.0.1:5001/plan/r{r:02}:t{t:03}"
+            );
             items.push(Item {
                 blobs: vec![
                     (store.clone(), base.clone(), 180),
