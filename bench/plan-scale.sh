@@ -153,12 +153,13 @@ if [ "$shards" -gt 0 ]; then
         printf ' %q' "$@"
         printf ' >%q 2>%q || echo "plan-scale: %s failed (exit $?)" >&2\n' "$work/$name.out" "$work/$name.err" "$name"
         printf 'sleep 0.5\n'
+        printf 'wc -l <%q >%q\n' "$src_log" "$work/$name.to"
     }
     # source requests in NAME's run: all, and the listing (tags, catalog) among them.
     src_requests() {
         local from to
         read -r from _ <"$work/$1.from"
-        to=$(lines "$src_log")
+        read -r to <"$work/$1.to"
         sed -n "$((from + 1)),${to}p" "$src_log" | python3 -c '
 import re, sys
 n = listing = 0
@@ -172,7 +173,7 @@ print(n, listing)'
     : >"$work/shards.tsv"
     row() { # NAME: wall, peak KiB, source requests, listing
         local wall rss reqs listing
-        read -r wall rss <"$work/$1.time"
+        read -r wall rss < <(tail -n 1 "$work/$1.time")
         read -r reqs listing <<<"$(src_requests "$1")"
         printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$wall" "$rss" "$reqs" "$listing" >>"$work/shards.tsv"
     }
@@ -273,7 +274,8 @@ for name in ("unsaved", "saved"):
     total, unchanged = open(f"{work}/{name}.after").read().split()
     walls = []
     for i in range(n):
-        w, m = open(f"{work}/{name}{i}.time").read().split()
+        # /usr/bin/time writes "Command exited with non-zero status N" first when it did.
+        w, m = open(f"{work}/{name}{i}.time").read().splitlines()[-1].split()
         walls.append(f"{float(w):.1f} s/{int(m) / 1024:.0f} MiB")
     src = open(f"{work}/{name}.srcreq").read().strip()
     print(f"{name} apply, {n} pods at once: {blobs} blobs uploaded, {twice} of them more than once ({extra} extra uploads); "
