@@ -11,14 +11,27 @@
 # targets is the memory each target costs. docs/performance.md has a
 # recent result.
 #
+# With --shards N (issue 35) it measures sharding instead: the plan of
+# all tags in one process and `--plan --shard I/N` of each of N pods, one
+# after the other (each one's wall time, peak RSS, and requests to the
+# source registry from its access log, listing apart); the partition of as
+# many targets alone (occy-testkit partition); then, at --apply-tags tags
+# per repository (default 100: 10,000 tags), the N pods applying at once,
+# without a saved plan and from one (`--plan --shards N --out`, then
+# `--apply plan.json --shard I/N`), each into an empty registry: blobs
+# uploaded more than once (access log), and a full plan afterwards that
+# must find every target unchanged. OCCY_BENCH_WRAP=CMD runs each measured
+# group of commands under CMD (e.g. /work/coord/bench-window).
+#
 #   bench/plan-scale.sh [--repos N] [--tags N] [--keep]
+#   bench/plan-scale.sh --repos 100 --tags 1000 --shards 4 [--apply-tags N]
 #
 # Needs docker-registry (Debian), python3, /usr/bin/time; builds occy and
 # the image generator with cargo build --release (OCCY_BIN=path skips
-# occy's build).
+# occy's build, OCCY_TESTKIT=path the generator's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repos=100 tags=100 keep=0
+repos=100 tags=100 keep=0 shards=0 apply_tags=100
 die() {
     echo "plan-scale: $*" >&2
     exit 1
@@ -27,13 +40,17 @@ while [ $# -gt 0 ]; do
     case $1 in
     --repos) repos=$2 && shift ;;
     --tags) tags=$2 && shift ;;
+    --shards) shards=$2 && shift ;;
+    --apply-tags) apply_tags=$2 && shift ;;
     --keep) keep=1 ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' && exit 0 ;;
+    -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' && exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
     shift
 done
-for n in "$repos" "$tags"; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive number, got '$n'"; done
+for n in "$repos" "$tags" "$apply_tags"; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive number, got '$n'"; done
+[[ $shards =~ ^[0-9]+$ ]] || die "expected a number of shards, got '$shards'"
+[ "$apply_tags" -le "$tags" ] || apply_tags=$tags
 [ "$repos" -le 100 ] && [ "$tags" -le 1000 ] || die "the generator names at most 100 repositories (r00-r99) of 1,000 tags"
 for c in docker-registry python3 /usr/bin/time; do command -v "$c" >/dev/null || die "$c is missing (apt-get install docker-registry python3 time)"; done
 
@@ -41,8 +58,11 @@ if [ -z "${OCCY_BIN:-}" ]; then
     cargo build --release --locked -q -p occy
     OCCY_BIN=$PWD/target/release/occy
 fi
-cargo build --release --locked -q -p occy-testkit
-testkit=$PWD/target/release/occy-testkit
+if [ -z "${OCCY_TESTKIT:-}" ]; then
+    cargo build --release --locked -q -p occy-testkit
+    OCCY_TESTKIT=$PWD/target/release/occy-testkit
+fi
+testkit=$OCCY_TESTKIT
 occy=$OCCY_BIN
 
 work=$(mktemp -d /tmp/occy-plan-scale.XXXXXX)
@@ -69,25 +89,44 @@ start_registry() { # NAME PORT
 }
 lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 
-src_port=$(free_port)
-start_registry src "$src_port"
+# OCCY_PLAN_SCALE_SOURCE=HOST:PORT=ACCESS_LOG: a registry already filled
+# (by an earlier run with --keep, say), to skip generating and filling one.
+src_log=$work/src.log
+if [ -n "${OCCY_PLAN_SCALE_SOURCE:-}" ]; then
+    src_port=${OCCY_PLAN_SCALE_SOURCE%%=*}
+    src_port=${src_port##*:}
+    src_log=${OCCY_PLAN_SCALE_SOURCE#*=}
+    [ -f "$src_log" ] || die "no access log $src_log (OCCY_PLAN_SCALE_SOURCE=HOST:PORT=ACCESS_LOG)"
+else
+    src_port=$(free_port)
+    start_registry src "$src_port"
+fi
 dst_port=$(free_port)
 start_registry dst "$dst_port"
+dst_pid=${pids[-1]}
 src=127.0.0.1:$src_port dst=127.0.0.1:$dst_port
 
+gen_wall=0 gen_rss=0
+if [ -z "${OCCY_PLAN_SCALE_SOURCE:-}" ]; then
 echo "plan-scale: generating $repos x $tags images and filling the source registry" >&2
-"$testkit" generate "$work/gen" --set bench-plan --repos "$repos" --tags "$tags" >"$work/gen.txt"
+# One OCI layout per repository (gen/rNN, tags tNNN): each sync entry reads
+# an index of its own repository's tags only.
+/usr/bin/time -f "%e %M" -o "$work/gen.time" \
+    "$testkit" generate "$work/gen" --set bench-plan --repos "$repos" --tags "$tags" --per-repo >"$work/gen.txt"
+read -r gen_wall gen_rss <"$work/gen.time"
+echo "plan-scale: generated $(wc -l <"$work/gen.txt") images in $gen_wall s, $((gen_rss / 1024)) MiB peak" >&2
 {
     printf 'version: 1\ndefaults: { image_parallel: 16, check: "off" }\nregistries:\n  "%s": { insecure: true }\nsync:\n' "$src"
-    while read -r name _; do
-        printf '  - from: oci://%s/gen:%s\n    to: registry://%s/plan/%s:%s\n' "$work" "$name" "$src" "${name%%_*}" "${name#*_}"
-    done <"$work/gen.txt"
+    for ((r = 0; r < repos; r++)); do
+        printf '  - from: oci://%s/gen/r%02d\n    to: "registry://%s/plan/r%02d:{tag}"\n' "$work" "$r" "$src" "$r"
+    done
 } >"$work/seed.yaml"
-"$occy" -q --no-cache sync "$work/seed.yaml" >"$work/seed.out" 2>&1 || {
+"$occy" -q --no-cache sync "$work/seed.yaml" -J 16 >"$work/seed.out" 2>&1 || {
     tail -n 20 "$work/seed.out" >&2
     die "filling the source registry failed"
 }
 rm -rf "$work/gen"
+fi
 
 # sync_file FILE N: a sync of the first N repositories, every tag.
 sync_file() {
@@ -102,6 +141,149 @@ sync_file() {
 sync_file "$work/all.yaml" "$repos"
 sync_file "$work/one.yaml" 1
 
+if [ "$shards" -gt 0 ]; then
+    wrap=${OCCY_BENCH_WRAP:-}
+    # measured NAME ARGS...: a line of the measuring script: occy ARGS under
+    # /usr/bin/time, with the source and destination access-log lengths before.
+    measured() {
+        local name=$1
+        shift
+        printf 'echo "$(wc -l <%q) $(wc -l <%q)" >%q\n' "$src_log" "$work/dst.log" "$work/$name.from"
+        printf '/usr/bin/time -f "%%e %%M" -o %q %q --no-cache' "$work/$name.time" "$occy"
+        printf ' %q' "$@"
+        printf ' >%q 2>%q || echo "plan-scale: %s failed (exit $?)" >&2\n' "$work/$name.out" "$work/$name.err" "$name"
+        printf 'sleep 0.5\n'
+        printf 'wc -l <%q >%q\n' "$src_log" "$work/$name.to"
+    }
+    # source requests in NAME's run: all, and the listing (tags, catalog) among them.
+    src_requests() {
+        local from to
+        read -r from _ <"$work/$1.from"
+        read -r to <"$work/$1.to"
+        sed -n "$((from + 1)),${to}p" "$src_log" | python3 -c '
+import re, sys
+n = listing = 0
+for line in sys.stdin:
+    m = re.search(r"\"(GET|HEAD|POST|PUT|PATCH|DELETE) (/v2/\S*)", line)
+    if m:
+        n += 1
+        listing += "/tags/list" in m.group(2) or "/_catalog" in m.group(2)
+print(n, listing)'
+    }
+    : >"$work/shards.tsv"
+    row() { # NAME: wall, peak KiB, source requests, listing
+        local wall rss reqs listing
+        read -r wall rss < <(tail -n 1 "$work/$1.time")
+        read -r reqs listing <<<"$(src_requests "$1")"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$wall" "$rss" "$reqs" "$listing" >>"$work/shards.tsv"
+    }
+
+    # 1. The plan of every tag: one process, then each pod alone.
+    {
+        measured one sync "$work/all.yaml" --plan -O json
+        for ((i = 0; i < shards; i++)); do
+            measured "pod$i" sync "$work/all.yaml" --plan --shard "$i/$shards" -O json
+        done
+        printf '%q partition --repos %q --tags %q --shards %q >%q\n' "$testkit" "$repos" "$tags" "$shards" "$work/partition.out"
+    } >"$work/measure-plans.sh"
+    echo "plan-scale: planning $((repos * tags)) tags in one process and in $shards pods" >&2
+    $wrap bash "$work/measure-plans.sh"
+    row one
+    for ((i = 0; i < shards; i++)); do row "pod$i"; done
+
+    # 2. N pods applying at once, at --apply-tags tags per repository, into
+    # an empty registry each way: without a saved plan, and from one.
+    {
+        printf 'version: 1\ndefaults: { check: "off", image_parallel: 8 }\nregistries:\n  "%s": { insecure: true }\n  "%s": { insecure: true }\nsync:\n' "$src" "$dst"
+        for ((r = 0; r < repos; r++)); do
+            printf '  - from: registry://%s/plan/r%02d\n    tags: [' "$src" "$r"
+            for ((t = 0; t < apply_tags; t++)); do printf '%s"t%03d"' "$([ "$t" -gt 0 ] && echo ", ")" "$t"; done
+            printf ']\n    to: registry://%s/plan/r%02d\n' "$dst" "$r"
+        done
+    } >"$work/apply.yaml"
+    apply_round() { # NAME: the pods at once; then counts of the destination's access log
+        local name=$1 i
+        shift
+        local d_from s_from
+        d_from=$(($(lines "$work/dst.log") + 1))
+        s_from=$(lines "$src_log")
+        local pids_here=()
+        for ((i = 0; i < shards; i++)); do
+            /usr/bin/time -f "%e %M" -o "$work/$name$i.time" "$occy" --no-cache "$@" --shard "$i/$shards" -J 8 -O json \
+                >"$work/$name$i.json" 2>"$work/$name$i.err" &
+            pids_here+=($!)
+        done
+        local failed=0
+        for i in "${pids_here[@]}"; do wait "$i" || failed=1; done
+        [ "$failed" = 0 ] || echo "plan-scale: a pod of $name failed (see $work/$name*.err)" >&2
+        sleep 0.5
+        echo $(($(lines "$src_log") - s_from)) >"$work/$name.srcreq"
+        # Uploads per digest: a blob upload ends in a PUT (or POST) with ?digest=.
+        sed -n "$d_from,\$p" "$work/dst.log" | python3 -c '
+import collections, re, sys
+uploads = collections.Counter()
+for line in sys.stdin:
+    m = re.search(r"\"(PUT|POST) /v2/(\S+)/blobs/uploads/\S*[?&]digest=sha256(?:%3A|:)([0-9a-f]{64})\S* [^\"]*\" 201", line)
+    if m:
+        uploads[m.group(3)] += 1
+twice = sum(1 for n in uploads.values() if n > 1)
+extra = sum(n - 1 for n in uploads.values())
+print(len(uploads), twice, extra)' >"$work/$name.uploads"
+        # After the pods, one full plan must find every target unchanged.
+        "$occy" --no-cache sync "$work/apply.yaml" --plan -O json >"$work/$name.after.json" 2>/dev/null || true
+        python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["totals"]; print(t["targets"], t["unchanged"])' \
+            "$work/$name.after.json" >"$work/$name.after"
+    }
+    echo "plan-scale: $shards pods applying $((repos * apply_tags)) tags at once, without a saved plan" >&2
+    apply_round unsaved sync "$work/apply.yaml"
+    # The destination again empty, for the saved plan.
+    kill "$dst_pid" && wait "$dst_pid" 2>/dev/null || true
+    rm -rf "$work/dst" && : >"$work/dst.log"
+    start_registry dst "$dst_port"
+    echo "plan-scale: the same from a saved plan (--plan --shards $shards --out, then --apply --shard I/$shards)" >&2
+    /usr/bin/time -f "%e %M" -o "$work/saved-plan.time" "$occy" --no-cache sync "$work/apply.yaml" --plan \
+        --shards "$shards" --out "$work/plan.json" -O json >"$work/assignment.json" 2>"$work/saved-plan.err"
+    apply_round saved sync --apply "$work/plan.json"
+
+    python3 - "$work" "$shards" "$("$occy" --version)" "$(nproc)" "$gen_wall" "$gen_rss" <<'PY'
+import json, sys
+work, n = sys.argv[1], int(sys.argv[2])
+rows = {r[0]: r for r in (l.rstrip("\n").split("\t") for l in open(f"{work}/shards.tsv"))}
+print(f"# {sys.argv[3]}; {sys.argv[4]} cores; registries: Distribution on 127.0.0.1")
+print(f"# generator: {float(sys.argv[5]):.0f} s, {int(sys.argv[6]) / 1024:.0f} MiB peak")
+def targets(name):
+    try:
+        p = json.load(open(f"{work}/{name}.out"))
+        return len(p["targets"])
+    except Exception:
+        return 0
+one = rows["one"]
+ow, om, oreq, olist = float(one[1]), int(one[2]), int(one[3]), int(one[4])
+print(f"{'plan':<8} {'targets':>8} {'wall s':>8} {'x one':>6} {'peak MiB':>9} {'x one':>6} {'src req':>8} {'listing':>8} {'(req-listing) x one':>20}")
+for name in ["one"] + [f"pod{i}" for i in range(n)]:
+    r = rows[name]
+    w, m, req, lst = float(r[1]), int(r[2]), int(r[3]), int(r[4])
+    print(f"{name:<8} {targets(name):>8} {w:>8.2f} {w / ow:>6.2f} {m / 1024:>9.1f} {m / om:>6.2f} {req:>8} {lst:>8} {(req - lst) / max(1, oreq - olist):>20.3f}")
+print(open(f"{work}/partition.out").read().rstrip())
+a = json.load(open(f"{work}/assignment.json"))
+fair = a["targets"] / n
+print(f"saved plan of {a['targets']} tags: {a['groups']} groups, {a['split_groups']} split, {a['duplicated_bytes']} bytes duplicated; "
+      + ", ".join(f"{s['shard']}: {len(s['targets'])} ({len(s['targets']) / fair - 1:+.1%})" for s in a["assignment"]))
+for name in ("unsaved", "saved"):
+    blobs, twice, extra = open(f"{work}/{name}.uploads").read().split()
+    total, unchanged = open(f"{work}/{name}.after").read().split()
+    walls = []
+    for i in range(n):
+        # /usr/bin/time writes "Command exited with non-zero status N" first when it did.
+        w, m = open(f"{work}/{name}{i}.time").read().splitlines()[-1].split()
+        walls.append(f"{float(w):.1f} s/{int(m) / 1024:.0f} MiB")
+    src = open(f"{work}/{name}.srcreq").read().strip()
+    print(f"{name} apply, {n} pods at once: {blobs} blobs uploaded, {twice} of them more than once ({extra} extra uploads); "
+          f"then {unchanged} of {total} targets unchanged; {src} source requests; pods: {', '.join(walls)}")
+PY
+    exit 0
+fi
+
 # plan NAME FILE: time and peak RSS of a plan, its requests, and the time the
 # registries take to answer the same requests.
 plan() {
@@ -110,7 +292,7 @@ plan() {
     # and the replay from the same warm caches (the replay, run second,
     # would otherwise find in memory what occy's plan had to read from disk).
     "$occy" --no-cache sync "$2" --plan -O json >/dev/null 2>&1 || true
-    s_from=$(($(lines "$work/src.log") + 1))
+    s_from=$(($(lines "$src_log") + 1))
     d_from=$(($(lines "$work/dst.log") + 1))
     /usr/bin/time -f "%e %M" -o "$work/$1.time" "$occy" --no-cache sync "$2" --plan -O json >"$work/$1.json" 2>"$work/$1.err" || {
         tail -n 20 "$work/$1.err" >&2
@@ -118,7 +300,7 @@ plan() {
     }
     sleep 0.5 # the registries log a request after answering it
     read -r wall rss <"$work/$1.time"
-    read -r reqs replay <<<"$(python3 bench/replay.py 16 "$src" "$work/src.log" "$s_from" "$dst" "$work/dst.log" "$d_from")"
+    read -r reqs replay <<<"$(python3 bench/replay.py 16 "$src" "$src_log" "$s_from" "$dst" "$work/dst.log" "$d_from")"
     local targets
     targets=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["targets"]))' "$work/$1.json")
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$targets" "$wall" "$rss" "$reqs" "$replay" >>"$work/results.tsv"

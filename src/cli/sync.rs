@@ -176,7 +176,12 @@ async fn load_and_plan(
         (None, Some(n)) => Some(Sharding::Assign(n)),
         (None, None) => None,
     };
-    let saved = args.apply.as_deref().map(SavedPlan::load).transpose()?;
+    let mut saved = args.apply.as_deref().map(SavedPlan::load).transpose()?;
+    if let (Some(saved), Some(Sharding::Run(s))) = (saved.as_mut(), sharding) {
+        // A shard of a plan that saved its assignment keeps its own targets
+        // and work only: the others are neither resolved nor compared.
+        shard::keep_saved_shard(saved, s);
+    }
     let file = match (&args.file, &saved) {
         (Some(f), _) => f.clone(),
         (None, Some(s)) => PathBuf::from(&s.sync_file),

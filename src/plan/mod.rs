@@ -346,11 +346,21 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         }
         planned.sort_by_key(|t| t.entry);
     } else {
+        // `--shard I/N`: this shard's targets before any other is resolved
+        // (by the saved plan's assignment, or by repository).
+        let mut sharding = ctx.sharding;
+        let mut own_info = None;
+        let mut probes = Resolutions::new();
+        if let Some(shard::Sharding::Run(s)) = sharding.filter(|_| shard::early(ctx)) {
+            let own = shard::own_share(ctx, s, targets, std::mem::take(&mut planned)).await;
+            (targets, planned, probes, own_info) = (own.targets, own.failed, own.resolved, Some(own.info));
+            sharding = None;
+        }
         memo::list_destination_tags(ctx, &targets).await;
         // Unsharded, a target already in place is found with one request on
         // each side and is not resolved further.
         let all = targets.clone();
-        let targets = if ctx.sharding.is_none() {
+        let targets = if sharding.is_none() {
             let (unchanged, rest) = quick::split_unchanged(ctx, targets).await;
             planned.extend(unchanged);
             rest
@@ -360,13 +370,15 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         // Before the first manifest GET: stop when a source registry's
         // pull quota cannot cover them.
         pull_quotas = quota::gate(ctx, &all, &targets).await?;
-        let resolutions = resolve_all(ctx, &targets, &wanted).await;
+        wanted.retain(|(r, p)| !probes.contains_key(&(r.to_string(), platforms_key(p))));
+        let mut resolutions = resolve_all(ctx, &targets, &wanted).await;
+        resolutions.extend(probes);
         // Sharded: only this shard's targets are diffed, counted and applied.
-        let selected = shard::select(ctx.sharding, targets, planned, &resolutions);
+        let selected = shard::select(sharding, targets, planned, &resolutions);
         planned = selected.failed;
         planned.extend(diff_all(ctx, selected.targets, &resolutions).await);
         planned.sort_by_key(|t| t.entry);
-        sharded = Some((selected.info, selected.assignment));
+        sharded = Some((own_info.or(selected.info), selected.assignment));
     }
     drop(wanted);
     // `verify:`: an image without a valid signature is not planned.
@@ -457,6 +469,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         // A DELETE, and a HEAD when the registry deletes only by digest.
         *requests.entry(p.host.clone()).or_default() += 2;
     }
+    let shards = assignment.as_ref().map(|a| shard::saved(a, &planned));
     Ok(Plan {
         plan_version: PLAN_VERSION,
         archives: archive::notes(&planned),
@@ -473,6 +486,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         pull_quotas,
         warnings,
         shard: shard_info,
+        shards,
         assignment,
     })
 }

@@ -169,6 +169,9 @@ pub struct Plan {
     /// With `--shards N`: which shard each target is in.
     #[serde(skip)]
     pub assignment: Option<shard::Assignment>,
+    /// With `--shards N`: the assignment as `--apply plan.json --shard I/N` reads it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<shard::SavedShards>,
     /// Per store (a registry repository, a file destination) and per
     /// source: what applying does there.
     pub stores: BTreeMap<String, graph::StoreTotals>,
@@ -221,6 +224,9 @@ pub struct SavedPlan {
     /// The work graph's nodes: `--apply` does exactly these.
     #[serde(default)]
     pub nodes: Vec<graph::Work>,
+    /// Which shard each target is in, if planned with `--shards N`.
+    #[serde(default)]
+    pub shards: Option<shard::SavedShards>,
 }
 
 /// One saved target: enough to pin it.
@@ -268,6 +274,16 @@ fn same_how(saved: &Option<graph::How>, now: &Option<graph::How>) -> bool {
     }
 }
 
+/// Whether a shard sends a blob another way than the whole plan said only
+/// because it holds part of a split group: where the whole plan mounts a
+/// layer from a repository another shard writes, the shard uploads it, or
+/// mounts it from one of its own (the duplicated bytes its assignment
+/// reported).
+fn lent(saved: &Option<graph::How>, now: &Option<graph::How>) -> bool {
+    let sent = |h: &Option<graph::How>| matches!(h, Some(graph::How::Upload | graph::How::Mount(_)));
+    sent(saved) && sent(now)
+}
+
 impl SavedPlan {
     /// The first differences between the work this plan saved and `now`,
     /// the graph of the same targets at the same digests planned against
@@ -275,7 +291,8 @@ impl SavedPlan {
     /// applies node for node (same nodes, each blob getting in the same
     /// way). Ids and the order of nodes do not matter.
     /// With `whole` false (one shard of the saved plan), saved nodes that
-    /// `now` lacks are not differences.
+    /// `now` lacks are not differences, nor a blob uploaded or mounted where
+    /// the plan mounted or uploaded it ([`lent`]).
     pub fn differences(&self, now: &graph::WorkGraph, whole: bool, limit: usize) -> Vec<String> {
         let now = now.works();
         let saved: HashMap<&graph::NodeKey, &Option<graph::How>> =
@@ -285,7 +302,7 @@ impl SavedPlan {
         for w in &now {
             match saved.get(&w.key) {
                 None => out.push(format!("{} is new", graph::describe_work(w))),
-                Some(how) if !same_how(how, &w.how) => out.push(format!(
+                Some(how) if !same_how(how, &w.how) && (whole || !lent(how, &w.how)) => out.push(format!(
                     "{}: the plan says {}, the destination now needs {}",
                     graph::describe_work(w),
                     graph::how_word(how.as_ref()),

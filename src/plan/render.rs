@@ -551,6 +551,7 @@ mod tests {
             warnings: vec!["entry 3 (registry://registry.example.com/x:*) matched no image".into()],
             shard: None,
             assignment: None,
+            shards: None,
             stores: Default::default(),
             shared: Vec::new(),
             graph: Default::default(),

@@ -1,8 +1,9 @@
 //! `occy sync --shard I/N` against real Distribution registries, with the 23
 //! images of `occy_testkit::generate::shard_set` (4 families sharing layers and 3
-//! loners): three shard processes at once do what one full sync does, upload
-//! each blob once (counted in the destination registry's access log) and do
-//! what their plans said; a shard run again is a no-op; the assignment does not
+//! loners): three shard processes at once (without a saved plan: split by
+//! repository, families together) do what one full sync does, upload each
+//! blob once (counted in the destination registry's access log) and do what
+//! their plans said; a shard run again is a no-op; the assignment does not
 //! depend on the order of the entries; a family too big for its shard is split
 //! and the duplicated bytes add up; usage errors name the value; and the two
 //! scale-out examples (Kubernetes Indexed Job, GitHub Actions matrix) parse
@@ -283,7 +284,9 @@ fn three_concurrent_shards_do_what_one_full_sync_does_and_upload_each_blob_once(
         );
     }
 
-    // Each shard's plan is its part of the assignment; shard 2 the Kubernetes way.
+    // Each pod's plan without a saved plan (by repository, families
+    // together: no family is bigger than a fair share); shard 2 the
+    // Kubernetes way.
     let plans: Vec<Value> = (0..3)
         .map(|i| {
             let out = if i == 2 {
@@ -298,13 +301,23 @@ fn three_concurrent_shards_do_what_one_full_sync_does_and_upload_each_blob_once(
             let plan = json_of(&out);
             assert_eq!(plan["shard"]["shard"], format!("{i}/3"), "{plan}");
             assert_eq!(plan["shard"]["all_targets"], 23);
-            assert_eq!(plan["shard"]["bytes"], a["assignment"][i]["bytes"]);
+            assert_eq!(plan["shard"]["duplicated_bytes"], 0, "{plan}");
             let targets = plan_targets(&plan);
-            assert_eq!(targets.keys().cloned().collect::<BTreeSet<_>>(), shards[i], "shard {i}");
+            assert_eq!(plan["shard"]["targets"], targets.len(), "{plan}");
             assert!(targets.values().all(|a| a == "create"), "{plan}");
             plan
         })
         .collect();
+    // The pods' plans cover every target once and keep each family whole.
+    let shards: Vec<BTreeSet<String>> = plans.iter().map(|p| plan_targets(p).into_keys().collect()).collect();
+    assert_eq!(shards.iter().map(|s| s.len()).sum::<usize>(), 23);
+    assert_eq!(shards.iter().flatten().collect::<BTreeSet<_>>().len(), 23, "{shards:?}");
+    for family in FAMILIES {
+        let holding: Vec<usize> = (0..3)
+            .filter(|&i| shards[i].iter().any(|d| d.contains(&format!("/mirror/{family}/"))))
+            .collect();
+        assert_eq!(holding.len(), 1, "{family} is split over pods {holding:?}: {shards:?}");
+    }
 
     // The three shards at once, as separate processes.
     let children: Vec<Child> = (0..3)
@@ -551,19 +564,31 @@ fn a_family_too_big_for_its_shard_is_split_and_the_duplicated_bytes_add_up() {
     let text = String::from_utf8(run_ok(&["sync", file, "--plan", "--shards", "6"], &[]).stdout).unwrap();
     assert!(text.contains("were split"), "{text}");
 
-    // The shards' own plans cover every target once.
+    // The pods' own plans without a saved plan (split by repository) cover
+    // every target once, and agree on what their partition duplicates: the
+    // debian family, a third of the bytes, is split by repository.
     let mut seen = BTreeSet::new();
+    let mut pod_duplicated = BTreeSet::new();
     for i in 0..6 {
         let s = format!("{i}/6");
         let plan = json_of(&run_ok(&["sync", file, "--plan", "--shard", &s, "-O", "json"], &[]));
         let targets: BTreeSet<String> = plan_targets(&plan).into_keys().collect();
-        assert_eq!(targets, assigned(&a, i), "shard {s}");
-        assert_eq!(plan["shard"]["duplicated_bytes"], duplicated);
+        pod_duplicated.insert(plan["shard"]["duplicated_bytes"].as_u64().unwrap());
         for t in targets {
             assert!(seen.insert(t.clone()), "{t} in two shards");
+            // A repository is never split.
+            let repo = repo_of(&t);
+            assert!(
+                seen.iter()
+                    .filter(|d| repo_of(d) == repo)
+                    .all(|d| d == &t || plan_targets(&plan).contains_key(d)),
+                "{repo} is split over pods"
+            );
         }
     }
     assert_eq!(seen.len(), 23);
+    assert_eq!(pod_duplicated.len(), 1, "the pods disagree: {pod_duplicated:?}");
+    assert!(pod_duplicated.iter().all(|&d| d > 0), "{pod_duplicated:?}");
 }
 
 #[test]

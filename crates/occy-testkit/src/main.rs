@@ -4,14 +4,15 @@
 //! (`examples/quickstart/image`) and the benchmark inputs (`bench/*.sh`);
 //! tests call the library instead.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use occy_testkit::generate::{
-    bench_set, big_image, mirror_set, quickstart, shard_set, standard_set, write_layout, Content, LayerCompression,
-    NamedSpec,
+    bench_set, big_image, mirror_set, quickstart, shard_set, standard_set, write_layout_each, Content,
+    LayerCompression, NamedSpec,
 };
 
 /// occy's development kit (not shipped): writes deterministic test images.
@@ -29,6 +30,69 @@ enum Command {
         after_help = "Examples:\n  occy-testkit generate examples/quickstart/image --set quickstart\n  occy-testkit generate /tmp/big --set big --size 256 --content random"
     )]
     Generate(GenerateArgs),
+    /// Time occy's shard partition of --repos x --tags targets shaped like --set bench-plan's
+    #[command(after_help = "Example:\n  occy-testkit partition --repos 100 --tags 1000 --shards 4")]
+    Partition(PartitionArgs),
+}
+
+/// Arguments of `occy-testkit partition`.
+#[derive(Debug, Args)]
+struct PartitionArgs {
+    #[arg(long, default_value_t = 100)]
+    repos: usize,
+    #[arg(long, default_value_t = 1000)]
+    tags: usize,
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+}
+
+/// Partitions targets each writing a base shared by all, a layer and a
+/// config of their own (what `occy sync --shards N` sees of bench-plan's
+/// images) and prints the time the partition alone took and its shards.
+fn partition_bench(a: &PartitionArgs) -> ExitCode {
+    use occy::plan::shard::{partition, Item};
+    let digest = |text: &str| occy::image::Digest::of(text.as_bytes()).to_string();
+    let store = "registry://127.0.0.1:5000".to_string();
+    let base = digest("base");
+    let mut items = Vec::with_capacity(a.repos * a.tags);
+    for r in 0..a.repos {
+        for t in 0..a.tags {
+            let key = format!(
+                "registry://127.0.0.1:5000/plan/r{r:02}:t{t:03} <- registry://127.0.0.1:5001/plan/r{r:02}:t{t:03}"
+            );
+            items.push(Item {
+                blobs: vec![
+                    (store.clone(), base.clone(), 180),
+                    (store.clone(), digest(&format!("{key} app")), 700),
+                    (store.clone(), digest(&format!("{key} config")), 400),
+                ],
+                key,
+            });
+        }
+    }
+    let started = std::time::Instant::now();
+    let p = partition(&items, a.shards);
+    let took = started.elapsed();
+    println!(
+        "partition of {} targets into {} shards: {:.3} s; {} groups, {} split, {} bytes duplicated",
+        items.len(),
+        a.shards,
+        took.as_secs_f64(),
+        p.groups,
+        p.split_groups,
+        p.duplicated_bytes
+    );
+    let fair = items.len() as f64 / a.shards.max(1) as f64;
+    for (i, s) in p.shards.iter().enumerate() {
+        println!(
+            "shard {i}: {} targets ({:+.1}% of the fair share), {} bytes, {} shared",
+            s.targets,
+            (s.targets as f64 / fair - 1.0) * 100.0,
+            s.bytes,
+            s.shared_bytes
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// Which images to generate.
@@ -76,9 +140,10 @@ struct GenerateArgs {
     bench: bench_set::BenchArgs,
 }
 
-/// The specs of the chosen set, or what is wrong with the arguments.
-fn specs(args: &GenerateArgs) -> Result<Vec<NamedSpec>, String> {
-    Ok(match args.set {
+/// The specs of the chosen set, or what is wrong with the arguments: made
+/// as they are written where a set can be big (bench-plan).
+fn specs(args: &GenerateArgs) -> Result<Box<dyn Iterator<Item = NamedSpec>>, String> {
+    let specs: Vec<NamedSpec> = match args.set {
         ImageSet::Standard => standard_set(),
         ImageSet::Mirror => mirror_set(),
         ImageSet::Shard => shard_set(),
@@ -89,7 +154,7 @@ fn specs(args: &GenerateArgs) -> Result<Vec<NamedSpec>, String> {
             args.bench.top_size,
             args.content,
         ),
-        ImageSet::BenchPlan => bench_set::plan_bench_set(args.bench.repos, args.bench.tags),
+        ImageSet::BenchPlan => return Ok(Box::new(bench_set::plan_bench_set(args.bench.repos, args.bench.tags))),
         ImageSet::Big => {
             let compression = if args.uncompressed {
                 LayerCompression::None
@@ -104,11 +169,15 @@ fn specs(args: &GenerateArgs) -> Result<Vec<NamedSpec>, String> {
             })?;
             big_image(bytes, compression, args.content)
         }
-    })
+    };
+    Ok(Box::new(specs.into_iter()))
 }
 
 fn main() -> ExitCode {
-    let Command::Generate(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Generate(args) => args,
+        Command::Partition(a) => return partition_bench(&a),
+    };
     let specs = match specs(&args) {
         Ok(specs) => specs,
         Err(e) => {
@@ -116,13 +185,28 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match write_layout(&args.dir, &specs) {
-        Ok(generated) => {
-            for g in generated {
-                println!("{} {}", g.name, g.descriptor.digest);
-            }
-            ExitCode::SUCCESS
-        }
+    // One line per image as it is written: nothing is kept.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let stdout_error = |e| occy::error::Error::io("write to", std::path::Path::new("standard output"), e);
+    let written = if matches!(args.set, ImageSet::BenchPlan) && args.bench.per_repo {
+        drop(specs);
+        // DIR/rNN holds repository NN's images, tagged tNNN.
+        (0..args.bench.repos).try_for_each(|r| {
+            let renamed = bench_set::plan_bench_repo(r, args.bench.tags).map(|mut s| {
+                s.name = s.name.split_once('_').map(|(_, t)| t.to_string()).unwrap_or(s.name);
+                s
+            });
+            write_layout_each(&args.dir.join(format!("r{r:02}")), renamed, |g| {
+                writeln!(out, "r{r:02}_{} {}", g.name, g.descriptor.digest).map_err(stdout_error)
+            })
+        })
+    } else {
+        write_layout_each(&args.dir, specs, |g| {
+            writeln!(out, "{} {}", g.name, g.descriptor.digest).map_err(stdout_error)
+        })
+    };
+    match written.and_then(|()| out.flush().map_err(stdout_error)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("occy-testkit: {e}");
             ExitCode::FAILURE

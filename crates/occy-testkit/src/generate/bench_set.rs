@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Tags per repository of the plan set (--set bench-plan)
     #[arg(long, default_value_t = 20)]
     pub tags: usize,
+
+    /// One OCI layout per repository, DIR/rNN, its images tagged tNNN (--set bench-plan)
+    #[arg(long)]
+    pub per_repo: bool,
 }
 
 /// A layer of `size` bytes of data under `dir`, plus a few small text
@@ -119,8 +123,15 @@ pub fn mirror_bench_set(images: usize, base_sizes: &[u64], top_size: u64, kind: 
 }
 
 /// `repos` × `tags` tiny images named `rNN_tNNN` (repository NN, tag
-/// tNNN), each a shared base layer and a small layer of its own.
-pub fn plan_bench_set(repos: usize, tags: usize) -> Vec<NamedSpec> {
+/// tNNN), each a shared base layer and a small layer of its own: made one at
+/// a time as the iterator is read, so any number of them takes the memory
+/// of one (with [`super::write_layout_each`]).
+pub fn plan_bench_set(repos: usize, tags: usize) -> impl Iterator<Item = NamedSpec> {
+    (0..repos).flat_map(move |r| plan_bench_repo(r, tags))
+}
+
+/// The `tags` images of repository `r` of [`plan_bench_set`].
+pub fn plan_bench_repo(r: usize, tags: usize) -> impl Iterator<Item = NamedSpec> {
     let base = LayerSpec {
         entries: vec![
             Entry::Dir("etc".into()),
@@ -129,25 +140,21 @@ pub fn plan_bench_set(repos: usize, tags: usize) -> Vec<NamedSpec> {
         compression: LayerCompression::Gzip,
         created_by: "/bin/sh -c #(nop) ADD base.tar /".into(),
     };
-    let mut out = Vec::with_capacity(repos * tags);
-    for r in 0..repos {
-        for t in 0..tags {
-            let name = format!("r{r:02}_t{t:03}");
-            let app = LayerSpec {
-                entries: vec![
-                    Entry::Dir("srv".into()),
-                    file(&format!("srv/{name}.bin"), pattern((r * 1_000 + t) as u64 + 7, 512)),
-                ],
-                compression: LayerCompression::Gzip,
-                created_by: format!("/bin/sh -c #(nop) COPY {name} /srv"),
-            };
-            out.push(NamedSpec {
-                name: name.clone(),
-                spec: Spec::Image(image(amd64(), MediaTypes::Oci, vec![base.clone(), app], &name)),
-            });
+    (0..tags).map(move |t| {
+        let name = format!("r{r:02}_t{t:03}");
+        let app = LayerSpec {
+            entries: vec![
+                Entry::Dir("srv".into()),
+                file(&format!("srv/{name}.bin"), pattern((r * 1_000 + t) as u64 + 7, 512)),
+            ],
+            compression: LayerCompression::Gzip,
+            created_by: format!("/bin/sh -c #(nop) COPY {name} /srv"),
+        };
+        NamedSpec {
+            name: name.clone(),
+            spec: Spec::Image(image(amd64(), MediaTypes::Oci, vec![base.clone(), app], &name)),
         }
-    }
-    out
+    })
 }
 
 #[cfg(test)]
@@ -177,7 +184,7 @@ mod tests {
 
     #[test]
     fn the_plan_set_has_one_image_per_tag() {
-        let set = plan_bench_set(3, 4);
+        let set: Vec<NamedSpec> = plan_bench_set(3, 4).collect();
         assert_eq!(set.len(), 12);
         assert_eq!(set[5].name, "r01_t001");
     }

@@ -586,12 +586,36 @@ pub fn big_image(size: u64, compression: LayerCompression, content: Content) -> 
 /// Writes `specs` as one OCI image layout in `dir` (created if missing; an
 /// existing layout's `index.json` is replaced).
 pub fn write_layout(dir: &Path, specs: &[NamedSpec]) -> Result<Vec<Generated>> {
+    let mut out = Vec::with_capacity(specs.len());
+    write_layout_each(dir, specs.iter().cloned(), |g| {
+        out.push(g);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`write_layout`] for any number of specs in bounded memory: each spec is
+/// written as it comes, handed to `each` and forgotten; `index.json` is
+/// streamed to a temporary file and renamed into place at the end (the same
+/// bytes as [`write_layout`] writes).
+pub fn write_layout_each(
+    dir: &Path,
+    specs: impl IntoIterator<Item = NamedSpec>,
+    mut each: impl FnMut(Generated) -> Result<()>,
+) -> Result<()> {
     let blobs = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&blobs).map_err(|e| Error::io("create", &blobs, e))?;
     let writer = BlobStore { dir: blobs };
-    let mut out = Vec::new();
-    let mut manifests = Vec::new();
-    for named in specs {
+    let index_path = dir.join("index.json");
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a temp file in", dir, e))?;
+    let file = tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?;
+    let mut index = BufWriter::new(file);
+    let io_err = |e: io::Error| Error::io("write", &index_path, e);
+    // The bytes serde_json writes for {"schemaVersion":2,"mediaType":…,"manifests":[…]}.
+    let head = to_json(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX}))?;
+    index.write_all(&head[..head.len() - 1]).map_err(io_err)?;
+    index.write_all(br#","manifests":["#).map_err(io_err)?;
+    for (n, named) in specs.into_iter().enumerate() {
         let (mut descriptor, images) = match &named.spec {
             Spec::Image(img) => {
                 let g = writer.write_image(img)?;
@@ -618,18 +642,32 @@ pub fn write_layout(dir: &Path, specs: &[NamedSpec]) -> Result<Vec<Generated>> {
         };
         let mut top = descriptor.clone();
         top.annotations = Some([("org.opencontainers.image.ref.name".to_string(), named.name.clone())].into());
-        manifests.push(top);
+        if n > 0 {
+            index.write_all(b",").map_err(io_err)?;
+        }
+        serde_json::to_writer(&mut index, &top)
+            .map_err(|e| Error::invalid(format!("serialising generated JSON: {e}")))?;
         descriptor.annotations = None;
-        out.push(Generated {
-            name: named.name.clone(),
+        each(Generated {
+            name: named.name,
             descriptor,
             images,
-        });
+        })?;
     }
-    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+    index.write_all(b"]}").map_err(io_err)?;
+    index.flush().map_err(io_err)?;
+    drop(index);
     write_small(&dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    write_small(&dir.join("index.json"), &to_json(&index)?)?;
-    Ok(out)
+    // Readable as a file written by std::fs::write is (a temp file is 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io("set the mode of", tmp.path(), e))?;
+    }
+    tmp.persist(&index_path)
+        .map_err(|e| Error::io("rename into place", &index_path, e.error))?;
+    Ok(())
 }
 
 fn to_json(v: &Value) -> Result<Vec<u8>> {
