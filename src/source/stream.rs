@@ -1,6 +1,8 @@
 //! Layer streams as sources give them and sinks take them: counted,
 //! decompressed (the compression read from the bytes) and verified against
-//! a diff_id, with read errors marked as errors of the transfer.
+//! a diff_id, with read errors marked as errors of the transfer; and the
+//! same streams as large chunks ([`Chunks`]), which a shared stream hands
+//! to each of its consumers and a file writer takes whole, without a copy.
 
 use std::io;
 use std::pin::Pin;
@@ -8,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 
 use super::{BlobReader, Source};
 use crate::error::{Error, Result};
@@ -30,6 +34,42 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
         }
         r
     }
+}
+
+/// A blob as a stream of chunks of [`CHUNK`] bytes (the last one shorter):
+/// each chunk is one hand-off between the tasks and threads that move it,
+/// and readers of one shared stream hold the same buffers. An error item
+/// ends the stream: the blob must not be kept.
+pub type Chunks = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// The size of a chunk of uncompressed layer bytes (what tarballs are
+/// written in). Synchronisation costs per chunk, so a chunk is large; the
+/// memory of a stream is a few chunks, whatever the layer's size.
+pub const CHUNK: usize = 1024 * 1024;
+
+/// Reads `reader` in chunks of `size` bytes: each chunk is filled by as
+/// many reads as it takes (a network stream gives a few KiB a read), so the
+/// consumers see one chunk where the reader gave dozens of pieces.
+pub fn read_chunks(reader: BlobReader, size: usize) -> Chunks {
+    Box::pin(futures_util::stream::unfold(Some(reader), move |state| async move {
+        let mut reader = state?;
+        let mut chunk = BytesMut::with_capacity(size);
+        while chunk.len() < size {
+            match reader.read_buf(&mut chunk).await {
+                Ok(0) if chunk.is_empty() => return None,
+                Ok(0) => return Some((Ok(chunk.freeze()), None)),
+                Ok(_) => {}
+                Err(e) => return Some((Err(e), None)),
+            }
+        }
+        Some((Ok(chunk.freeze()), Some(reader)))
+    }))
+}
+
+/// Chunks read as a byte stream, for consumers that parse what they read
+/// (a decompressor, a tar rewriter, an upload).
+pub fn chunk_reader(chunks: Chunks) -> BlobReader {
+    Box::pin(tokio_util::io::StreamReader::new(chunks))
 }
 
 /// Marks the read errors of a layer stream (a connection lost, a corrupt
