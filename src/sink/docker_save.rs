@@ -556,8 +556,8 @@ mod tests {
             rx.recv().await.map(|x| (x, rx))
         }));
         let (s, a_ref, b_ref, spooled) = (&sink, &a, &b, spool.path());
+        assert!(!sink.stream_would_wait());
         let feed = async move {
-            assert!(!s.stream_would_wait());
             tx.send(Ok(Bytes::copy_from_slice(&a_ref[..1 << 20]))).await.unwrap();
             for _ in 0..200 {
                 if s.stream_would_wait() {
@@ -566,7 +566,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(s.stream_would_wait(), "the stream holds the archive");
-            let put_b = s.put_blob_file(&layer(b_ref), spooled);
+            let desc_b = layer(b_ref);
+            let put_b = s.put_blob_file(&desc_b, spooled);
             tokio::pin!(put_b);
             assert!(
                 tokio::time::timeout(Duration::from_millis(200), &mut put_b)
@@ -578,7 +579,8 @@ mod tests {
             drop(tx);
             put_b.await
         };
-        let (ra, rb) = tokio::join!(sink.put_blob_chunks(&layer(&a), stream), feed);
+        let desc_a = layer(&a);
+        let (ra, rb) = tokio::join!(sink.put_blob_chunks(&desc_a, stream), feed);
         ra.unwrap();
         rb.unwrap();
         assert!(!sink.stream_would_wait());
