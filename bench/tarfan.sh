@@ -21,7 +21,8 @@
 #
 # OCCY_BIN=path measures that binary (default: cargo build --release of this
 # tree); OCCY_OLD=path measures a second binary too, alternating with the
-# first (a before/after in one run). Needs docker-registry, python3,
+# first (a before/after in one run); OCCY_TESTKIT=path skips building the
+# image generator. Needs docker-registry, python3,
 # /usr/bin/time and (for the futex count) strace; ./test.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,9 +72,14 @@ else
 fi
 old=${OCCY_OLD:-}
 [ -z "$old" ] || [ -x "$old" ] || die "OCCY_OLD=$old is not an executable"
-echo "tarfan: building the image generator (cargo build --release -p occy-testkit)" >&2
-cargo build --release --locked -q -p occy-testkit || die "cargo build --release -p occy-testkit failed"
-testkit=$repo_root/target/release/occy-testkit
+if [ -n "${OCCY_TESTKIT:-}" ]; then
+    testkit=$OCCY_TESTKIT
+    [ -x "$testkit" ] || die "OCCY_TESTKIT=$testkit is not an executable"
+else
+    echo "tarfan: building the image generator (cargo build --release -p occy-testkit)" >&2
+    cargo build --release --locked -q -p occy-testkit || die "cargo build --release -p occy-testkit failed"
+    testkit=$repo_root/target/release/occy-testkit
+fi
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
