@@ -37,7 +37,9 @@ use crate::image::{
 use crate::plan::graph::{How, NodeKey, StoredForm, WorkGraph};
 use crate::sink::atomic::write_chunks;
 use crate::sink::{Reuse, Sink};
-use crate::source::stream::{after_stream_failure, chunk_reader, decompressed, read_chunks, Chunks, CountingReader, CHUNK};
+use crate::source::stream::{
+    after_stream_failure, chunk_reader, decompressed, read_chunks, Chunks, CountingReader, CHUNK,
+};
 use crate::source::{BlobReader, Source};
 
 /// The chunks a blob is read from its source in (compressed bytes: a
@@ -554,7 +556,7 @@ impl<'a> Walk<'a> {
         // output counts when it is written (see `blob`).
         let direct_feeds = direct.iter().zip(branches).map(|(&c, b)| {
             async move {
-                let stream = chunk_reader(self.counted(chunks(b), &[c]));
+                let stream = self.counted(chunks(b), &[c]);
                 vec![(c, self.consume(c, stream).await)]
             }
             .boxed()
@@ -703,7 +705,7 @@ impl<'a> Walk<'a> {
     }
 
     /// One consumer of a fetched stream taking it as it is.
-    async fn consume(&self, c: NodeIndex, stream: BlobReader) -> Result<()> {
+    async fn consume(&self, c: NodeIndex, stream: Chunks) -> Result<()> {
         let g = self.graph;
         let work = &g.graph[c];
         let desc = work
@@ -719,7 +721,7 @@ impl<'a> Walk<'a> {
             NodeKey::Rewrite { .. } => Err(Error::invalid(format!("layer {} has no diff_id", desc.digest))),
             NodeKey::Blob { .. } => {
                 let owner = self.owner(c)?;
-                let r = self.io_of(owner)?.sink.put_blob(&desc, stream).await;
+                let r = self.io_of(owner)?.sink.put_blob_chunks(&desc, stream).await;
                 self.copied_by(c, owner, &r);
                 r
             }

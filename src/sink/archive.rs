@@ -18,6 +18,7 @@ use super::Sink;
 use crate::archive::{self, StagedImage};
 use crate::error::Result;
 use crate::image::{Descriptor, Digest, ImageData, ImageName, RawManifest};
+use crate::source::stream::Chunks;
 use crate::source::BlobReader;
 
 /// A directory of archives: compressed blobs, indexes and referrers kept
@@ -96,6 +97,10 @@ impl Sink for ArchiveSink {
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
         self.layout.put_blob(desc, reader).await
+    }
+
+    async fn put_blob_chunks(&self, desc: &Descriptor, chunks: Chunks) -> Result<()> {
+        self.layout.put_blob_chunks(desc, chunks).await
     }
 
     async fn put_image(&self, image: &ImageData, tagged: bool) -> Result<()> {
