@@ -50,6 +50,10 @@ pub(super) struct Req {
     /// Whether the registry counts it against a pull quota (a manifest
     /// GET): paced, and refused once the quota is spent.
     pub(super) pull: bool,
+    /// Another API the host serves (quay.io's REST API): the request
+    /// carries its own credentials, so the registry's are not added and a
+    /// 401 is not taken for a registry challenge.
+    pub(super) foreign: bool,
 }
 
 impl Req {
@@ -65,6 +69,7 @@ impl Req {
             idempotent,
             scope_refusal_is_answer: false,
             pull: false,
+            foreign: false,
         }
     }
 
@@ -237,7 +242,7 @@ impl RegistryClient {
                 None
             };
             self.acquire().await;
-            let auth = if same_host {
+            let auth = if same_host && !req.foreign {
                 self.authorization(&req).await?
             } else {
                 None
@@ -359,7 +364,7 @@ impl RegistryClient {
                         )));
                     }
                 }
-                if !answered_challenge && req.replayable() {
+                if !answered_challenge && req.replayable() && !req.foreign {
                     if let Some(ch) = challenge {
                         answered_challenge = true;
                         if matches!(ch, Challenge::Basic { .. }) && self.credentials().await?.is_none() {
