@@ -28,7 +28,8 @@
 # Finds or installs: docker-registry, skopeo, time (apt-get, as root or via
 # sudo), occystrap 0.4.17 (pip, into a venv under ~/.cache/occy-bench), and
 # builds occy (cargo build --release; OCCY_BIN=path skips the build) and the
-# image generator (cargo build --release -p occy-testkit, always).
+# image generator (cargo build --release -p occy-testkit; OCCY_TESTKIT=path
+# skips it).
 # Results go to ~/.cache/occy-bench/results-DATE.{tsv,txt} (OCCY_BENCH_RESULTS=DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -111,9 +112,14 @@ else
     cargo build --release --locked -q -p occy || die "cargo build --release failed"
     occy=$repo_root/target/release/occy
 fi
-echo "bench: building the image generator (cargo build --release -p occy-testkit)" >&2
-cargo build --release --locked -q -p occy-testkit || die "cargo build --release -p occy-testkit failed"
-testkit=$repo_root/target/release/occy-testkit
+if [ -n "${OCCY_TESTKIT:-}" ]; then
+    testkit=$OCCY_TESTKIT
+    [ -x "$testkit" ] || die "OCCY_TESTKIT=$testkit is not an executable"
+else
+    echo "bench: building the image generator (cargo build --release -p occy-testkit)" >&2
+    cargo build --release --locked -q -p occy-testkit || die "cargo build --release -p occy-testkit failed"
+    testkit=$repo_root/target/release/occy-testkit
+fi
 
 venv=${OCCY_BENCH_VENV:-$HOME/.cache/occy-bench/occystrap-0.4.17}
 if has occystrap "$tools" && [ ! -x "$venv/bin/occystrap" ]; then

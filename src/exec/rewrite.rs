@@ -38,7 +38,9 @@ pub struct Rewritten {
     pub spool: Option<tempfile::NamedTempFile>,
 }
 
-fn spool_file() -> Result<tempfile::NamedTempFile> {
+/// A private temporary file in the temp dir (removed when dropped), for
+/// what a run holds only until its stores have it.
+pub(crate) fn spool_file() -> Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix("occy-layer-")
         .tempfile()

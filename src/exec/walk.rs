@@ -15,15 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use petgraph::stable_graph::NodeIndex;
 use tracing::{info, warn};
 
-use super::blob::{boxed, tee};
+use super::blob::{boxed, chunks, tee, Branch};
 use super::rewrite::{
-    cache_key, matches_of, output_descriptor, rewrite_image, rewrite_index, rewrite_stream, write_inspect_lines,
-    FilterMatch, Rewritten,
+    cache_key, matches_of, output_descriptor, rewrite_image, rewrite_index, rewrite_stream, spool_file,
+    write_inspect_lines, FilterMatch, Rewritten,
 };
 use crate::cache::LayerCache;
 use crate::check::WrittenImage;
@@ -35,9 +35,16 @@ use crate::image::{
     ResolvedImage,
 };
 use crate::plan::graph::{How, NodeKey, StoredForm, WorkGraph};
+use crate::sink::atomic::write_chunks;
 use crate::sink::{Reuse, Sink};
-use crate::source::stream::{after_stream_failure, decompressed, CountingReader};
+use crate::source::stream::{
+    after_stream_failure, chunk_reader, decompressed, read_chunks, Chunks, CountingReader, CHUNK,
+};
 use crate::source::{BlobReader, Source};
+
+/// The chunks a blob is read from its source in (compressed bytes: a
+/// quarter of an uncompressed chunk carries about as much of a layer).
+const SOURCE_CHUNK: usize = 256 * 1024;
 
 /// What one target brings to the walk: where it reads, where it writes.
 pub struct TargetIo {
@@ -525,7 +532,10 @@ impl<'a> Walk<'a> {
     }
 
     /// Reads the blob once and feeds `consumers`; returns the stream's
-    /// result and each consumer's.
+    /// result and each consumer's. Consumers that want the layer
+    /// uncompressed (plain-tar stores, rewrites) share one inflate of it,
+    /// verified once against its diff_id: the plain chunks are teed to
+    /// them all, every store writing from the same buffers.
     async fn fetch_once(
         &self,
         owner: usize,
@@ -535,23 +545,29 @@ impl<'a> Walk<'a> {
     ) -> Result<(Result<()>, Vec<(NodeIndex, Result<()>)>)> {
         let io = self.io_of(owner)?;
         let raw = io.source.open_blob(desc).await?;
-        let (branches, pump) = tee(raw, consumers.len());
+        let (direct, plain) = self.split_by_form(consumers);
+        let (branches, pump) = tee(read_chunks(raw, SOURCE_CHUNK), direct.len() + plain.len());
+        let mut branches = branches;
+        let plain_branches = branches.split_off(direct.len());
         // Each blob copied counts for the target whose destination gets it
-        // (not only for the fetch's first target); a rewrite's output
-        // counts when it is written (see `blob`).
-        let feeds = futures_util::future::join_all(consumers.iter().zip(branches).map(|(&c, b)| async move {
-            let copied = matches!(self.graph.graph[c].key, NodeKey::Blob { .. });
-            let to = self.owner(c).and_then(|t| self.io_of(t));
-            let stream = match (copied, to) {
-                (true, Ok(to)) => Box::pin(CountingReader {
-                    inner: boxed(b),
-                    counter: to.bytes_read.clone(),
-                }) as BlobReader,
-                _ => boxed(b),
-            };
-            (c, self.consume(c, stream).await)
-        }));
+        // (not only for the fetch's first target), per chunk as it passes;
+        // a layer inflated for plain-tar stores counts its compressed bytes
+        // for each of them, as a layer copied as it is does. A rewrite's
+        // output counts when it is written (see `blob`).
+        let direct_feeds = direct.iter().zip(branches).map(|(&c, b)| {
+            async move {
+                let stream = self.counted(chunks(b), &[c]);
+                vec![(c, self.consume(c, stream).await)]
+            }
+            .boxed()
+        });
+        let plain_feeds = plain.into_iter().zip(plain_branches).map(|((diff_id, members), b)| {
+            let stream = self.counted(chunks(b), &members);
+            self.inflate_once(desc, diff_id, members, stream).boxed()
+        });
+        let feeds = futures_util::future::join_all(direct_feeds.chain(plain_feeds));
         let (pumped, per) = tokio::join!(pump, feeds);
+        let per = per.into_iter().flatten().collect();
         let pumped = match pumped {
             // The stream stopped for another reason than the transport's
             // (its requests were retried already): read the blob once more,
@@ -565,54 +581,177 @@ impl<'a> Walk<'a> {
         Ok((pumped, per))
     }
 
-    /// One consumer of a fetched stream: a blob copied as it is (or
-    /// decompressed for a plain-tar store), or a rewrite.
-    async fn consume(&self, c: NodeIndex, stream: BlobReader) -> Result<()> {
+    /// `chunks`, each chunk counted as it passes for the destination of
+    /// each blob among `consumers` (a rewrite's output counts when it is
+    /// written; a referrer's blob counts as the image's do).
+    fn counted(&self, chunks: Chunks, consumers: &[NodeIndex]) -> Chunks {
+        let counters: Vec<Arc<AtomicU64>> = consumers
+            .iter()
+            .filter(|&&c| matches!(self.graph.graph[c].key, NodeKey::Blob { .. }))
+            .filter_map(|&c| self.owner(c).and_then(|t| self.io_of(t)).ok())
+            .map(|io| io.bytes_read.clone())
+            .collect();
+        if counters.is_empty() {
+            return chunks;
+        }
+        Box::pin(chunks.inspect(move |c| {
+            if let Ok(c) = c {
+                for counter in &counters {
+                    counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }))
+    }
+
+    /// The consumers that take the blob as it is, and those that take it
+    /// uncompressed, grouped by the diff_id they verify it against.
+    fn split_by_form(&self, consumers: &[NodeIndex]) -> (Vec<NodeIndex>, Vec<(Digest, Vec<NodeIndex>)>) {
+        let g = self.graph;
+        let mut direct = Vec::new();
+        let mut plain: Vec<(Digest, Vec<NodeIndex>)> = Vec::new();
+        for &c in consumers {
+            let work = &g.graph[c];
+            let wants_plain = match work.key {
+                NodeKey::Blob { .. } => work.form == Some(StoredForm::PlainTar),
+                NodeKey::Rewrite { .. } => true,
+                _ => false,
+            };
+            match (&work.diff_id, wants_plain) {
+                (Some(d), true) => match plain.iter_mut().find(|(p, _)| p == d) {
+                    Some((_, members)) => members.push(c),
+                    None => plain.push((d.clone(), vec![c])),
+                },
+                _ => direct.push(c),
+            }
+        }
+        (direct, plain)
+    }
+
+    /// Inflates the layer arriving on `branch` once, verified against
+    /// `diff_id`, and feeds the uncompressed chunks to `members`. A store
+    /// that is writing another blob now (a tarball takes one entry at a
+    /// time) is not made to hold the stream back or spool a copy of its
+    /// own: one spool file, written once beside the streams, gives it the
+    /// layer when the stream has ended whole.
+    async fn inflate_once(
+        &self,
+        desc: &Descriptor,
+        diff_id: Digest,
+        members: Vec<NodeIndex>,
+        compressed: Chunks,
+    ) -> Vec<(NodeIndex, Result<()>)> {
+        let what = format!("layer {}", desc.digest);
+        let plain = match decompressed(chunk_reader(compressed), &diff_id, &what).await {
+            Ok(p) => p,
+            Err(e) => return members.into_iter().map(|c| (c, Err(e.duplicate()))).collect(),
+        };
+        let (later, now): (Vec<NodeIndex>, Vec<NodeIndex>) = members.into_iter().partition(|&c| {
+            matches!(self.graph.graph[c].key, NodeKey::Blob { .. })
+                && self
+                    .owner(c)
+                    .and_then(|o| self.io_of(o))
+                    .is_ok_and(|io| io.sink.stream_would_wait())
+        });
+        // Without a spool file, everyone streams (a busy store spools its own).
+        let (spool, now, later) = match later.is_empty() {
+            true => (None, now, later),
+            false => match spool_file() {
+                Ok(f) => (Some(f), now, later),
+                Err(e) => {
+                    warn!("{what}: {e}; the stores that are busy spool the layer on their own");
+                    (None, now.into_iter().chain(later).collect(), Vec::new())
+                }
+            },
+        };
+        let (mut branches, pump) = tee(read_chunks(plain, CHUNK), now.len() + usize::from(spool.is_some()));
+        let spool_branch = spool.as_ref().and_then(|_| branches.pop());
+        let spooled = async {
+            match (&spool, spool_branch) {
+                (Some(f), Some(b)) => Some(write_chunks(f.as_file(), chunks(b), &what, f.path()).await),
+                _ => None,
+            }
+        };
+        let diff = &diff_id;
+        let feeds = futures_util::future::join_all(
+            now.iter()
+                .zip(branches)
+                .map(|(&c, b)| async move { (c, self.consume_plain(c, diff, b).await) }),
+        );
+        // A failed inflate reaches every member through its branch.
+        let (_, mut per, spooled) = tokio::join!(pump, feeds, spooled);
+        match (spool, spooled) {
+            (Some(f), Some(Ok(_))) => {
+                let plain_desc = Descriptor::new(media_type::DOCKER_LAYER_TAR, diff_id.clone(), 0);
+                let copies = later.iter().map(|&c| {
+                    let (plain_desc, path) = (&plain_desc, f.path());
+                    async move {
+                        let r = match self.owner(c).and_then(|o| Ok((o, self.io_of(o)?))) {
+                            Ok((owner, io)) => {
+                                let r = io.sink.put_blob_file(plain_desc, path).await;
+                                self.copied_by(c, owner, &r);
+                                r
+                            }
+                            Err(e) => Err(e),
+                        };
+                        (c, r)
+                    }
+                });
+                per.extend(futures_util::future::join_all(copies).await);
+            }
+            (_, Some(Err(e))) => per.extend(later.into_iter().map(|c| (c, Err(e.duplicate())))),
+            _ => {}
+        }
+        per
+    }
+
+    /// One consumer of a fetched stream taking it as it is.
+    async fn consume(&self, c: NodeIndex, stream: Chunks) -> Result<()> {
         let g = self.graph;
         let work = &g.graph[c];
         let desc = work
             .source_blob
             .clone()
             .ok_or_else(|| Error::invalid("a consumer without a blob"))?;
-        let what = format!("layer {}", desc.digest);
         match &work.key {
+            // Those were given the inflated layer; without a diff_id to
+            // verify it against, they cannot take it.
+            NodeKey::Blob { .. } if work.form == Some(StoredForm::PlainTar) => {
+                Err(Error::invalid(format!("layer {} has no diff_id", desc.digest)))
+            }
+            NodeKey::Rewrite { .. } => Err(Error::invalid(format!("layer {} has no diff_id", desc.digest))),
             NodeKey::Blob { .. } => {
                 let owner = self.owner(c)?;
-                let io = self.io_of(owner)?;
-                let r = match work.form {
-                    Some(StoredForm::PlainTar) => {
-                        let diff_id = work
-                            .diff_id
-                            .clone()
-                            .ok_or_else(|| Error::invalid(format!("{what} has no diff_id")))?;
-                        let plain = decompressed(stream, &diff_id, &what).await?;
-                        io.sink
-                            .put_blob(&Descriptor::new(media_type::DOCKER_LAYER_TAR, diff_id, 0), plain)
-                            .await
-                    }
-                    _ => io.sink.put_blob(&desc, stream).await,
-                };
-                // A referrer's blob is not one of the image's layers.
-                let of_referrers = g
-                    .needed_by(c)
-                    .iter()
-                    .all(|(n, _)| matches!(g.graph[*n].key, NodeKey::Referrer { .. }));
-                if r.is_ok() && !of_referrers {
-                    tally(&self.copied, owner);
-                }
+                let r = self.io_of(owner)?.sink.put_blob_chunks(&desc, stream).await;
+                self.copied_by(c, owner, &r);
+                r
+            }
+            _ => Err(Error::invalid("only blobs and rewrites read a fetched stream")),
+        }
+    }
+
+    /// One consumer of an inflated layer (its chunks on `plain`): a blob
+    /// for a plain-tar store, or a rewrite.
+    async fn consume_plain(&self, c: NodeIndex, diff_id: &Digest, plain: Branch) -> Result<()> {
+        let g = self.graph;
+        let work = &g.graph[c];
+        let owner = self.owner(c)?;
+        let io = self.io_of(owner)?;
+        match &work.key {
+            NodeKey::Blob { .. } => {
+                let r = io
+                    .sink
+                    .put_blob_chunks(
+                        &Descriptor::new(media_type::DOCKER_LAYER_TAR, diff_id.clone(), 0),
+                        chunks(plain),
+                    )
+                    .await;
+                self.copied_by(c, owner, &r);
                 r
             }
             NodeKey::Rewrite { input, .. } => {
-                let owner = self.owner(c)?;
-                let io = self.io_of(owner)?;
-                let diff_id = work
-                    .diff_id
-                    .clone()
-                    .ok_or_else(|| Error::invalid(format!("{what} has no diff_id")))?;
-                let plain = decompressed(stream, &diff_id, &what).await?;
                 let compression = work.compression.unwrap_or(Compression::None);
                 let rewritten = rewrite_stream(
-                    plain,
+                    boxed(plain),
                     &io.chain,
                     input,
                     compression,
@@ -626,6 +765,19 @@ impl<'a> Walk<'a> {
                 Ok(())
             }
             _ => Err(Error::invalid("only blobs and rewrites read a fetched stream")),
+        }
+    }
+
+    /// Counts blob `c` as copied for `owner` when it was (a referrer's
+    /// blob is not one of the image's layers).
+    fn copied_by(&self, c: NodeIndex, owner: usize, r: &Result<()>) {
+        let g = self.graph;
+        let of_referrers = g
+            .needed_by(c)
+            .iter()
+            .all(|(n, _)| matches!(g.graph[*n].key, NodeKey::Referrer { .. }));
+        if r.is_ok() && !of_referrers {
+            tally(&self.copied, owner);
         }
     }
 

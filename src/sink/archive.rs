@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::image::convert::MediaTypes;
 use crate::image::{Descriptor, Digest, ImageData, ImageName, RawManifest};
 use crate::reference::Reference;
+use crate::source::stream::Chunks;
 use crate::source::BlobReader;
 
 /// A directory of archives: compressed blobs, indexes and referrers kept
@@ -101,6 +102,10 @@ impl Sink for ArchiveSink {
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
         self.layout.put_blob(desc, reader).await
+    }
+
+    async fn put_blob_chunks(&self, desc: &Descriptor, chunks: Chunks) -> Result<()> {
+        self.layout.put_blob_chunks(desc, chunks).await
     }
 
     async fn put_image(&self, image: &ImageData, tagged: bool) -> Result<()> {

@@ -18,6 +18,7 @@ use tempfile::{NamedTempFile, TempDir};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
+use crate::source::stream::{read_chunks, Chunks, CHUNK};
 use crate::source::BlobReader;
 
 /// Creates a temp file beside `final_path` (same file system, so the rename is atomic).
@@ -284,43 +285,80 @@ pub async fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Streams `reader` into `path` atomically; returns the number of bytes written.
 /// A read error (a digest mismatch, say) leaves nothing at `path`.
-pub async fn stream_file_atomic(path: &Path, mut reader: BlobReader) -> Result<u64> {
+pub async fn stream_file_atomic(path: &Path, reader: BlobReader) -> Result<u64> {
+    stream_chunks_atomic(path, read_chunks(reader, CHUNK)).await
+}
+
+/// Writes `chunks` into `path` atomically (see [`write_chunks`]); returns
+/// the number of bytes written. A read error leaves nothing at `path`.
+pub async fn stream_chunks_atomic(path: &Path, chunks: Chunks) -> Result<u64> {
     let tmp = temp_beside(path)?;
-    let mut f = tokio::io::BufWriter::with_capacity(
-        256 * 1024,
-        tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?),
-    );
-    let n = copy_into(&mut reader, &mut f, &path.display().to_string(), path).await?;
-    f.flush().await.map_err(|e| Error::io("write", path, e))?;
-    drop(f);
+    let n = write_chunks(tmp.as_file(), chunks, &path.display().to_string(), path).await?;
     persist(tmp, path)?;
     Ok(n)
 }
 
-/// Copies `reader` into `writer`, telling the two sides' failures apart: a
-/// read error is the source's (a network error, a digest mismatch: `what`
-/// names the blob; retried if transient), a write error is `path`'s (a full
-/// disk: never retried, the place named).
-pub async fn copy_into<W: tokio::io::AsyncWrite + Unpin>(
-    reader: &mut BlobReader,
-    writer: &mut W,
-    what: &str,
-    path: &Path,
-) -> Result<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = reader.read(&mut buf).await.map_err(|e| Error::stream(what, e))?;
-        if n == 0 {
-            return Ok(total);
+/// Writes `chunks` into `file` at its offset, on a blocking thread of its
+/// own: each chunk is handed over once and written from the buffer it came
+/// in (no copy, one wake-up a chunk at most), with one more chunk waiting,
+/// so memory is two chunks whatever the blob's size. Returns the bytes
+/// written. The two sides' failures are told apart: a read error is the
+/// source's (a network error, a digest mismatch: `what` names the blob;
+/// retried if transient), a write error is `path`'s (a full disk: never
+/// retried, the place named). On an error the file holds part of the
+/// stream: the caller cuts it back or drops it.
+pub async fn write_chunks(file: &std::fs::File, mut chunks: Chunks, what: &str, path: &Path) -> Result<u64> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let mut out = file.try_clone().map_err(|e| Error::io("write", path, e))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let writer = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = rx.blocking_recv() {
+            out.write_all(&chunk)?;
         }
-        writer
-            .write_all(&buf[..n])
-            .await
-            .map_err(|e| Error::io("write", path, e))?;
-        total += n as u64;
+        Ok::<(), std::io::Error>(())
+    });
+    let mut total = 0u64;
+    let mut read_error = None;
+    while let Some(item) = chunks.next().await {
+        match item {
+            Ok(chunk) => {
+                total += chunk.len() as u64;
+                // A closed channel: the writer stopped on an error, told below.
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                read_error = Some(Error::stream(what, e));
+                break;
+            }
+        }
     }
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| Error::invalid(format!("the writer of {} stopped: {e}", path.display())))?;
+    if let Some(e) = read_error {
+        return Err(e);
+    }
+    written.map_err(|e| Error::io("write", path, e))?;
+    Ok(total)
+}
+
+/// Runs `op` (small writes, a seek, an fsync) on `file` on a blocking
+/// thread, so no async worker waits on the disk; an error is `action` on
+/// `path`.
+pub async fn on_blocking_thread<T, F>(file: &std::fs::File, action: &'static str, path: &Path, op: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut std::fs::File) -> std::io::Result<T> + Send + 'static,
+{
+    let mut f = file.try_clone().map_err(|e| Error::io(action, path, e))?;
+    tokio::task::spawn_blocking(move || op(&mut f))
+        .await
+        .map_err(|e| Error::invalid(format!("{action} {} stopped: {e}", path.display())))?
+        .map_err(|e| Error::io(action, path, e))
 }
 
 /// Renames a finished temp file to its final name.

@@ -16,13 +16,14 @@ use super::atomic::HeldTempDir;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::atomic::stream_file_atomic;
+use super::atomic::stream_chunks_atomic;
 use super::extract::Extractor;
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, OutputMarker, ReadBack, RecordPlace, StoredForm};
 use super::tree::{MergedView, VIEW_FILE};
 use super::Sink;
 use crate::error::{Error, Result};
 use crate::image::{Compression, Descriptor, Digest, ImageConfig, ImageData, RawManifest};
+use crate::source::stream::{read_chunks, Chunks, CHUNK};
 use crate::source::BlobReader;
 
 /// A runtime bundle: one platform's tree, extracted from compressed blobs,
@@ -290,8 +291,12 @@ impl Sink for BundleSink {
     }
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
+        self.put_blob_chunks(desc, read_chunks(reader, CHUNK)).await
+    }
+
+    async fn put_blob_chunks(&self, desc: &Descriptor, chunks: Chunks) -> Result<()> {
         let path = self.work_path()?.join("blobs").join(desc.digest.hex());
-        stream_file_atomic(&path, reader).await?;
+        stream_chunks_atomic(&path, chunks).await?;
         Ok(())
     }
 

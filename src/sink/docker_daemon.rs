@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, ImageData, ImageName, RawManifest};
 use crate::reference::Reference;
 use crate::source::docker_daemon::{describe_error, DaemonConnection};
+use crate::source::stream::Chunks;
 use crate::source::BlobReader;
 
 /// A Docker Engine (or podman): loaded as a docker-save stream of plain
@@ -155,6 +156,18 @@ impl Sink for DockerDaemonSink {
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
         self.inner.put_blob(desc, reader).await
+    }
+
+    async fn put_blob_chunks(&self, desc: &Descriptor, chunks: Chunks) -> Result<()> {
+        self.inner.put_blob_chunks(desc, chunks).await
+    }
+
+    fn stream_would_wait(&self) -> bool {
+        self.inner.stream_would_wait()
+    }
+
+    async fn put_blob_file(&self, desc: &Descriptor, file: &Path) -> Result<()> {
+        self.inner.put_blob_file(desc, file).await
     }
 
     async fn put_image(&self, image: &ImageData, tagged: bool) -> Result<()> {

@@ -7,23 +7,25 @@
 //! `catalog.json` updated under a cross-process lock.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::SeekFrom;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::Serialize;
 use tempfile::NamedTempFile;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
+use tracing::debug;
 
 use super::atomic::{
-    copy_into, locked_update, make_parent_dirs, persist, stream_file_atomic, temp_beside, write_file_atomic, DestDir,
-    MadeDirs,
+    locked_update, make_parent_dirs, on_blocking_thread, persist, stream_chunks_atomic, temp_beside, write_chunks,
+    write_file_atomic, DestDir, MadeDirs,
 };
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, OutputMarker, ReadBack, RecordPlace, StoredForm};
 use super::{ImageName, Sink};
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, ImageData, RawManifest};
+use crate::source::stream::{read_chunks, Chunks, CHUNK};
 use crate::source::BlobReader;
 
 /// A docker-save tarball: plain layers, one platform, one image per file,
@@ -80,7 +82,8 @@ fn config_name(digest: &Digest) -> String {
 /// The tar archive being written.
 struct TarState {
     tmp: Option<NamedTempFile>,
-    file: tokio::fs::File,
+    /// Its temp file: written on blocking threads (see `append_*`).
+    file: std::fs::File,
     written: HashSet<String>,
 }
 
@@ -128,69 +131,76 @@ fn padding(size: u64) -> usize {
     ((512 - (size % 512)) % 512) as usize
 }
 
+/// An entry of `bytes` in memory: header, data and padding in one write.
+fn entry_bytes(name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut entry = Vec::with_capacity(512 + bytes.len() + 512);
+    entry.extend_from_slice(&tar_header(name, bytes.len() as u64)?);
+    entry.extend_from_slice(bytes);
+    entry.resize(entry.len() + padding(bytes.len() as u64), 0);
+    Ok(entry)
+}
+
 impl TarState {
     async fn append_bytes(&mut self, name: &str, bytes: &[u8], path: &Path) -> Result<()> {
-        let io = |e| Error::io("write", path, e);
-        self.file
-            .write_all(&tar_header(name, bytes.len() as u64)?)
-            .await
-            .map_err(io)?;
-        self.file.write_all(bytes).await.map_err(io)?;
-        self.file
-            .write_all(&vec![0u8; padding(bytes.len() as u64)])
-            .await
-            .map_err(io)?;
+        let entry = entry_bytes(name, bytes)?;
+        on_blocking_thread(&self.file, "write", path, move |f| f.write_all(&entry)).await?;
         self.written.insert(name.to_string());
         Ok(())
     }
 
-    /// Streams an entry of unknown length: a placeholder header, the data,
-    /// then the real header written over the placeholder. On a read error
-    /// the archive is cut back to where the entry started.
-    async fn append_stream(&mut self, name: &str, mut reader: BlobReader, path: &Path) -> Result<u64> {
-        let io = |e| Error::io("write", path, e);
-        let start = self.file.stream_position().await.map_err(io)?;
-        self.file.write_all(&[0u8; 512]).await.map_err(io)?;
-        let copied = {
-            let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, &mut self.file);
-            match copy_into(&mut reader, &mut w, name, path).await {
-                Ok(n) => w.flush().await.map(|()| n).map_err(io),
-                Err(e) => Err(e),
-            }
-        };
-        let size = match copied {
+    /// Streams an entry of unknown length: a placeholder header, the data
+    /// (each chunk written from the buffer it came in), then the real
+    /// header written over the placeholder. On a read error the archive is
+    /// cut back to where the entry started.
+    async fn append_stream(&mut self, name: &str, chunks: Chunks, path: &Path) -> Result<u64> {
+        let start = on_blocking_thread(&self.file, "write", path, |f| {
+            let start = f.stream_position()?;
+            f.write_all(&[0u8; 512])?;
+            Ok(start)
+        })
+        .await?;
+        let size = match write_chunks(&self.file, chunks, name, path).await {
             Ok(n) => n,
             Err(e) => {
                 // Cut back; on a full disk this may fail too, and the
                 // archive's temporary file is removed by the abort anyway.
-                if self.file.set_len(start).await.is_ok() {
-                    self.file.seek(SeekFrom::Start(start)).await.map_err(io)?;
-                }
+                let _ = on_blocking_thread(&self.file, "write", path, move |f| {
+                    f.set_len(start)?;
+                    f.seek(SeekFrom::Start(start)).map(drop)
+                })
+                .await;
                 return Err(e);
             }
         };
-        self.file.write_all(&vec![0u8; padding(size)]).await.map_err(io)?;
-        let end = self.file.stream_position().await.map_err(io)?;
-        self.file.seek(SeekFrom::Start(start)).await.map_err(io)?;
-        self.file.write_all(&tar_header(name, size)?).await.map_err(io)?;
-        self.file.seek(SeekFrom::Start(end)).await.map_err(io)?;
+        let header = tar_header(name, size)?;
+        on_blocking_thread(&self.file, "write", path, move |f| {
+            f.write_all(&vec![0u8; padding(size)])?;
+            f.write_all_at(&header, start)
+        })
+        .await?;
         self.written.insert(name.to_string());
         Ok(size)
     }
 
-    /// Appends a finished spool file as an entry.
+    /// Appends a finished spool file as an entry (copied by the kernel).
     async fn append_file(&mut self, name: &str, spool: &Path, path: &Path) -> Result<()> {
         let size = tokio::fs::metadata(spool)
             .await
             .map_err(|e| Error::io("stat", spool, e))?
             .len();
-        let io = |e| Error::io("write", path, e);
-        self.file.write_all(&tar_header(name, size)?).await.map_err(io)?;
-        let mut src = tokio::fs::File::open(spool)
-            .await
-            .map_err(|e| Error::io("open", spool, e))?;
-        tokio::io::copy(&mut src, &mut self.file).await.map_err(io)?;
-        self.file.write_all(&vec![0u8; padding(size)]).await.map_err(io)?;
+        let header = tar_header(name, size)?;
+        let mut src = std::fs::File::open(spool).map_err(|e| Error::io("open", spool, e))?;
+        on_blocking_thread(&self.file, "write", path, move |f| {
+            f.write_all(&header)?;
+            let copied = std::io::copy(&mut src, f)?;
+            if copied != size {
+                return Err(std::io::Error::other(format!(
+                    "the spooled layer changed size while it was copied ({size} bytes, then {copied})"
+                )));
+            }
+            f.write_all(&vec![0u8; padding(size)])
+        })
+        .await?;
         self.written.insert(name.to_string());
         Ok(())
     }
@@ -209,7 +219,7 @@ impl DockerSaveSink {
         }
         let made_dirs = make_parent_dirs(path)?;
         let tmp = temp_beside(path)?;
-        let file = tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?);
+        let file = tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?;
         Ok(DockerSaveSink {
             target: Target::Tar {
                 path: path.to_path_buf(),
@@ -317,6 +327,10 @@ impl Sink for DockerSaveSink {
     }
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
+        self.put_blob_chunks(desc, read_chunks(reader, CHUNK)).await
+    }
+
+    async fn put_blob_chunks(&self, desc: &Descriptor, chunks: Chunks) -> Result<()> {
         let name = layer_name(&desc.digest);
         match &self.target {
             Target::Dir { root, dest, .. } => {
@@ -326,7 +340,7 @@ impl Sink for DockerSaveSink {
                     dest.ensure_subdir(dir)?;
                 }
                 let new = DestDir::is_new(&path);
-                stream_file_atomic(&path, reader).await?;
+                stream_chunks_atomic(&path, chunks).await?;
                 if new {
                     dest.made_file(path);
                 }
@@ -339,17 +353,43 @@ impl Sink for DockerSaveSink {
                     if st.written.contains(&name) {
                         return Ok(());
                     }
-                    st.append_stream(&name, reader, path).await?;
+                    st.append_stream(&name, chunks, path).await?;
                     return Ok(());
                 }
                 let spool = temp_beside(path)?;
-                let spool_path = spool.path().to_path_buf();
-                stream_file_atomic_into(&spool, reader).await?;
+                debug!(layer = %desc.digest, archive = %path.display(), "archive busy: spooling the layer beside it");
+                write_chunks(spool.as_file(), chunks, &name, spool.path()).await?;
                 let mut st = state.lock().await;
                 if st.written.contains(&name) {
                     return Ok(());
                 }
-                st.append_file(&name, &spool_path, path).await
+                st.append_file(&name, spool.path(), path).await
+            }
+        }
+    }
+
+    fn stream_would_wait(&self) -> bool {
+        match &self.target {
+            Target::Tar { state, .. } => state.try_lock().is_err(),
+            Target::Dir { .. } => false,
+        }
+    }
+
+    async fn put_blob_file(&self, desc: &Descriptor, file: &Path) -> Result<()> {
+        match &self.target {
+            Target::Tar { path, state, .. } => {
+                let name = layer_name(&desc.digest);
+                let mut st = state.lock().await;
+                if st.written.contains(&name) {
+                    return Ok(());
+                }
+                st.append_file(&name, file, path).await
+            }
+            Target::Dir { .. } => {
+                let f = tokio::fs::File::open(file)
+                    .await
+                    .map_err(|e| Error::io("open", file, e))?;
+                self.put_blob(desc, Box::pin(f)).await
             }
         }
     }
@@ -403,11 +443,13 @@ impl Sink for DockerSaveSink {
         match &self.target {
             Target::Tar { path, state, .. } => {
                 let mut st = state.lock().await;
-                st.append_bytes("manifest.json", &manifest, path).await?;
-                let io = |e| Error::io("write", path, e);
-                st.file.write_all(&[0u8; 1024]).await.map_err(io)?;
-                st.file.flush().await.map_err(io)?;
-                st.file.sync_all().await.map_err(io)?;
+                let mut end = entry_bytes("manifest.json", &manifest)?;
+                end.extend_from_slice(&[0u8; 1024]);
+                on_blocking_thread(&st.file, "write", path, move |f| {
+                    f.write_all(&end)?;
+                    f.sync_all()
+                })
+                .await?;
                 if let Some(tmp) = st.tmp.take() {
                     persist(tmp, path)?;
                 }
@@ -462,13 +504,123 @@ impl Sink for DockerSaveSink {
     }
 }
 
-/// Streams a reader into an already created temp file.
-async fn stream_file_atomic_into(tmp: &NamedTempFile, mut reader: BlobReader) -> Result<u64> {
-    let mut f = tokio::io::BufWriter::with_capacity(
-        256 * 1024,
-        tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?),
-    );
-    let n = copy_into(&mut reader, &mut f, &tmp.path().display().to_string(), tmp.path()).await?;
-    f.flush().await.map_err(|e| Error::io("write", tmp.path(), e))?;
-    Ok(n)
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::image::media_type;
+
+    fn layer(data: &[u8]) -> Descriptor {
+        Descriptor::new(media_type::DOCKER_LAYER_TAR, Digest::of(data), 0)
+    }
+
+    /// The archive's entries, in order: (name, content).
+    fn entries(path: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().display().to_string();
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).unwrap();
+                (name, v)
+            })
+            .collect()
+    }
+
+    fn sink_at(dir: &Path) -> (PathBuf, impl std::future::Future<Output = Result<DockerSaveSink>>) {
+        let path = dir.join("out.tar");
+        let name = ImageName {
+            repository: "example/app".into(),
+            tag: "1".into(),
+        };
+        let p = path.clone();
+        (path, async move { DockerSaveSink::create_tar(&p, name).await })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_archive_takes_a_layer_from_a_finished_file_after_the_entry_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, sink) = sink_at(dir.path());
+        let sink = sink.await.unwrap();
+        let a: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let b: Vec<u8> = vec![9u8; 1_234_567];
+        let spool = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(spool.path(), &b).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
+        let stream: Chunks = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|x| (x, rx))
+        }));
+        let (s, a_ref, b_ref, spooled) = (&sink, &a, &b, spool.path());
+        assert!(!sink.stream_would_wait());
+        let feed = async move {
+            tx.send(Ok(Bytes::copy_from_slice(&a_ref[..1 << 20]))).await.unwrap();
+            for _ in 0..200 {
+                if s.stream_would_wait() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(s.stream_would_wait(), "the stream holds the archive");
+            let desc_b = layer(b_ref);
+            let put_b = s.put_blob_file(&desc_b, spooled);
+            tokio::pin!(put_b);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), &mut put_b)
+                    .await
+                    .is_err(),
+                "the file waits for the entry being written"
+            );
+            tx.send(Ok(Bytes::copy_from_slice(&a_ref[1 << 20..]))).await.unwrap();
+            drop(tx);
+            put_b.await
+        };
+        let desc_a = layer(&a);
+        let (ra, rb) = tokio::join!(sink.put_blob_chunks(&desc_a, stream), feed);
+        ra.unwrap();
+        rb.unwrap();
+        assert!(!sink.stream_would_wait());
+        sink.finish().await.unwrap();
+        let got = entries(&path);
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                layer_name(&Digest::of(&a)).as_str(),
+                layer_name(&Digest::of(&b)).as_str(),
+                "manifest.json"
+            ]
+        );
+        assert!(got[0].1 == a && got[1].1 == b, "entries hold the layers' bytes");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_fails_midway_leaves_no_entry_and_the_archive_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, sink) = sink_at(dir.path());
+        let sink = sink.await.unwrap();
+        let bad: Chunks = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from(vec![1u8; 700_000])),
+            Err(Error::Network("connection reset".into()).into_io()),
+        ]));
+        let e = sink.put_blob_chunks(&layer(b"never"), bad).await.unwrap_err();
+        assert!(matches!(e, Error::Network(_)), "a read error stays the source's: {e:?}");
+        let good = vec![5u8; 2_500_000];
+        let chunks: Chunks = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::copy_from_slice(&good[..1 << 20])),
+            Ok(Bytes::copy_from_slice(&good[1 << 20..])),
+        ]));
+        sink.put_blob_chunks(&layer(&good), chunks).await.unwrap();
+        sink.finish().await.unwrap();
+        let got = entries(&path);
+        assert_eq!(got.len(), 2, "{:?}", got.iter().map(|(n, _)| n).collect::<Vec<_>>());
+        assert_eq!(got[0].0, layer_name(&Digest::of(&good)));
+        assert!(got[0].1 == good);
+    }
 }

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, ImageData, RawManifest};
 use crate::reference::Reference;
+use crate::source::stream::{chunk_reader, Chunks};
 use crate::source::BlobReader;
 
 pub use crate::image::ImageName;
@@ -77,6 +78,33 @@ pub trait Sink: Send + Sync {
     /// whose length is learned while it streams). The reader is verified by
     /// its producer; a read error means the blob must not be kept.
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()>;
+
+    /// Stores a blob that arrives as chunks (a branch of a shared stream),
+    /// as [`Sink::put_blob`] does. Sinks that write files take each chunk
+    /// whole, from the buffer every other consumer reads too; the others
+    /// read the chunks as a byte stream.
+    async fn put_blob_chunks(&self, desc: &Descriptor, chunks: Chunks) -> Result<()> {
+        self.put_blob(desc, chunk_reader(chunks)).await
+    }
+
+    /// Whether a blob put now would wait for another one still being
+    /// written (a tarball takes one entry at a time). A hint, not a
+    /// reservation: a blob shared by many stores is then given to this one
+    /// from a finished file ([`Sink::put_blob_file`]) rather than a stream
+    /// it would have to spool on its own.
+    fn stream_would_wait(&self) -> bool {
+        false
+    }
+
+    /// Stores a blob from a finished local file whose content was verified
+    /// while it was written (a spool shared by several stores). By default
+    /// the file is read as a stream.
+    async fn put_blob_file(&self, desc: &Descriptor, file: &std::path::Path) -> Result<()> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| Error::io("open", file, e))?;
+        self.put_blob(desc, Box::pin(f)).await
+    }
 
     /// Stores an image's config ahead of its commit, while its layers are
     /// still moving, where that saves time (a registry: the config's round

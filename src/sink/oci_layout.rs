@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::atomic::{locked_update, stream_file_atomic, write_file_atomic, DestDir};
+use super::atomic::{locked_update, stream_chunks_atomic, write_file_atomic, DestDir};
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
 use super::store::{Capabilities, Current, Referrers, Store, StoreId, StoreOptions};
 use super::Sink;
@@ -23,6 +23,7 @@ use crate::image::convert::MediaTypes;
 use crate::image::{Descriptor, Digest, ImageData, ImageName, RawManifest};
 use crate::reference::Reference;
 use crate::source::oci_layout::REF_NAME;
+use crate::source::stream::{read_chunks, Chunks, CHUNK};
 use crate::source::BlobReader;
 
 /// An OCI image layout: compressed blobs, indexes kept, `index.json` says
@@ -167,10 +168,14 @@ impl Sink for OciLayoutSink {
     }
 
     async fn put_blob(&self, desc: &Descriptor, reader: BlobReader) -> Result<()> {
+        self.put_blob_chunks(desc, read_chunks(reader, CHUNK)).await
+    }
+
+    async fn put_blob_chunks(&self, desc: &Descriptor, chunks: Chunks) -> Result<()> {
         self.ensure_layout().await?;
         let path = self.blob_path(&desc.digest);
         let new = DestDir::is_new(&path);
-        stream_file_atomic(&path, reader).await?;
+        stream_chunks_atomic(&path, chunks).await?;
         if new {
             self.dest.made_file(path);
         }

@@ -1,13 +1,18 @@
 //! Layer streams as sources give them and sinks take them: counted,
 //! decompressed (the compression read from the bytes) and verified against
-//! a diff_id, with read errors marked as errors of the transfer.
+//! a diff_id, with read errors marked as errors of the transfer; and the
+//! same streams as large chunks ([`Chunks`]), which a shared stream hands
+//! to each of its consumers and a file writer takes whole, without a copy.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 
 use super::{BlobReader, Source};
@@ -30,6 +35,113 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
         }
         r
     }
+}
+
+/// A blob as a stream of chunks of [`CHUNK`] bytes (the last one shorter):
+/// each chunk is one hand-off between the tasks and threads that move it,
+/// and readers of one shared stream hold the same buffers. An error item
+/// ends the stream: the blob must not be kept.
+pub type Chunks = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// The size of a chunk of uncompressed layer bytes (what tarballs are
+/// written in). Synchronisation costs per chunk, so a chunk is large; the
+/// memory of a stream is a few chunks, whatever the layer's size.
+pub const CHUNK: usize = 1024 * 1024;
+
+/// How long a chunk that has bytes waits for more once the source stops
+/// giving them: then it is handed over as it is. A fast source fills a
+/// chunk long before (256 KiB at 1 Gbit/s take 2 ms), so only a slow or
+/// stalled one gives shorter chunks; what it sent reaches the writers
+/// anyway (a file being written, progress, a consumer that parses the
+/// first bytes) instead of waiting for the rest of a chunk.
+pub const PARTIAL_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Reads `reader` in chunks of `size` bytes: each chunk is filled by as
+/// many reads as it takes (a network stream gives a few KiB a read), so the
+/// consumers see one chunk where the reader gave dozens of pieces. A chunk
+/// the source has stopped filling for [`PARTIAL_AFTER`] goes out short.
+pub fn read_chunks(reader: BlobReader, size: usize) -> Chunks {
+    Box::pin(ReadChunks {
+        reader: Some(reader),
+        size: size.max(1),
+        chunk: BytesMut::new(),
+        timer: None,
+        armed: false,
+    })
+}
+
+/// The stream of [`read_chunks`].
+struct ReadChunks {
+    /// None once the reader ended or failed.
+    reader: Option<BlobReader>,
+    size: usize,
+    /// The chunk being filled.
+    chunk: BytesMut,
+    /// The deadline of a partial chunk, kept from chunk to chunk (reset,
+    /// not made again).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `timer` runs for the chunk being filled.
+    armed: bool,
+}
+
+impl ReadChunks {
+    fn take(&mut self) -> Bytes {
+        self.armed = false;
+        std::mem::take(&mut self.chunk).freeze()
+    }
+}
+
+impl Stream for ReadChunks {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let this = &mut *self;
+        loop {
+            let Some(reader) = this.reader.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if this.chunk.capacity() == 0 {
+                this.chunk = BytesMut::with_capacity(this.size);
+            }
+            match tokio_util::io::poll_read_buf(reader.as_mut(), cx, &mut this.chunk) {
+                Poll::Ready(Ok(0)) => {
+                    this.reader = None;
+                    if this.chunk.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(this.take())));
+                }
+                Poll::Ready(Ok(_)) if this.chunk.len() >= this.size => return Poll::Ready(Some(Ok(this.take()))),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.reader = None;
+                    this.chunk = BytesMut::new();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending if this.chunk.is_empty() => return Poll::Pending,
+                Poll::Pending => {
+                    if !this.armed {
+                        let deadline = tokio::time::Instant::now() + PARTIAL_AFTER;
+                        match this.timer.as_mut() {
+                            Some(t) => t.as_mut().reset(deadline),
+                            None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                        this.armed = true;
+                    }
+                    return match this.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                        Some(Poll::Ready(())) => Poll::Ready(Some(Ok(this.take()))),
+                        _ => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Chunks read as a byte stream, for consumers that parse what they read
+/// (a decompressor, a tar rewriter, an upload).
+pub fn chunk_reader(chunks: Chunks) -> BlobReader {
+    Box::pin(tokio_util::io::StreamReader::new(chunks))
 }
 
 /// Marks the read errors of a layer stream (a connection lost, a corrupt
@@ -140,5 +252,45 @@ mod tests {
         let e = tokio::io::copy(&mut layer, &mut tokio::io::sink()).await.unwrap_err();
         let err = Error::io("write", "/dest/layer.tar", e);
         assert!(err.is_transient(), "{err:?}");
+    }
+
+    /// The bytes of `parts`, then a source that gives nothing more and
+    /// does not end (a stalled connection).
+    fn stalled_after(parts: Vec<Vec<u8>>) -> BlobReader {
+        let given = futures_util::stream::iter(parts.into_iter().map(|p| Ok::<_, io::Error>(Bytes::from(p))));
+        let stalled = futures_util::StreamExt::chain(given, futures_util::stream::pending());
+        Box::pin(tokio_util::io::StreamReader::new(stalled))
+    }
+
+    #[tokio::test]
+    async fn a_chunk_the_source_stops_filling_goes_out_short_after_a_while() {
+        use futures_util::StreamExt;
+        let mut chunks = read_chunks(stalled_after(vec![vec![1; 1000], vec![2; 500]]), 64 * 1024);
+        let started = std::time::Instant::now();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), chunks.next())
+            .await
+            .expect("a partial chunk, not a wait for the rest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.len(), 1500, "what the source gave, in one chunk");
+        assert!(
+            started.elapsed() >= PARTIAL_AFTER,
+            "handed over once the source made it wait {PARTIAL_AFTER:?}, not at once: {:?}",
+            started.elapsed()
+        );
+        // Nothing more comes, and nothing is made up.
+        let more = tokio::time::timeout(PARTIAL_AFTER * 10, chunks.next()).await;
+        assert!(more.is_err(), "{more:?}");
+    }
+
+    #[tokio::test]
+    async fn a_source_that_keeps_giving_fills_whole_chunks_and_the_last_one_ends_short() {
+        use futures_util::StreamExt;
+        let parts: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 1000]).collect();
+        let reader: BlobReader = Box::pin(tokio_util::io::StreamReader::new(futures_util::stream::iter(
+            parts.into_iter().map(|p| Ok::<_, io::Error>(Bytes::from(p))),
+        )));
+        let sizes: Vec<usize> = read_chunks(reader, 30_000).map(|c| c.unwrap().len()).collect().await;
+        assert_eq!(sizes, vec![30_000, 30_000, 30_000, 10_000]);
     }
 }

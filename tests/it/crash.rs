@@ -280,6 +280,37 @@ const HELD: [Held; 12] = [
     ),
 ];
 
+/// Waits (up to 30 s) until what the source sent of a stalled layer of
+/// alpine:3.18 has reached two of its outputs at once: its tarball's
+/// temporary file and a `dir://` layer's temporary file exist, and the
+/// layer's bytes are in the latter (the writers are mid-write, not merely
+/// opened). Panics naming what was there.
+fn wait_until_both_are_mid_write(bed: &Bed, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let temps: Vec<(String, u64)> = walk(&bed.out)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(".occy-tmp-"))
+            .map(|p| {
+                let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                (p.strip_prefix(&bed.out).unwrap().to_string_lossy().to_string(), len)
+            })
+            .collect();
+        let tarball = temps.iter().any(|(p, _)| p.starts_with(".alpine-3.18.tar.occy-tmp-"));
+        let dir_layer = temps
+            .iter()
+            .any(|(p, len)| p.starts_with("dir/") && p.contains("/.layer.tar.occy-tmp-") && *len > 0);
+        if tarball && dir_layer {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the tarball and a dir:// layer are not both being written: {temps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Holds every read of blob `digest` from `proxy` half-way through its body.
 fn stall_reads_of(proxy: &FaultProxy, digest: &str) {
     let digest = digest.to_string();
@@ -351,8 +382,9 @@ fn sigkill_at_a_dozen_points_then_the_rerun_converges_to_a_clean_run() {
         stall_reads_of(&src_proxy, &layer);
         let mut child = bed.spawn(&src_proxy, "killed.log");
         let held = src_proxy.wait_for_stalls(1, Duration::from_secs(30));
-        // Let the sinks write what they got so far.
-        std::thread::sleep(Duration::from_millis(100));
+        // The half that was sent reaches the sinks although the rest never
+        // comes (a chunk the source stops filling is handed over short).
+        wait_until_both_are_mid_write(&bed, &what);
         let running = child.try_wait().unwrap().is_none();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -363,7 +395,7 @@ fn sigkill_at_a_dozen_points_then_the_rerun_converges_to_a_clean_run() {
         let (_, temps) = bed.state();
         assert!(
             temps.len() >= 2,
-            "{what}: a tarball and a dir:// layer are being written: {temps:?}"
+            "{what}: a tarball and a dir:// layer were being written: {temps:?}"
         );
         leftovers += temps.len();
         bed.complete(&src_proxy);
@@ -410,7 +442,7 @@ fn ctrl_c_stops_with_exit_130_and_removes_temporary_files() {
     stall_reads_of(&src_proxy, &base);
     let mut child = bed.spawn(&src_proxy, "interrupted.log");
     assert_eq!(src_proxy.wait_for_stalls(1, Duration::from_secs(30)).len(), 1);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until_both_are_mid_write(&bed, "SIGINT half-way through the base layer");
     let (_, temps) = bed.state();
     assert!(temps.len() >= 2, "temporary files are being written: {temps:?}");
     // SAFETY: signalling our own child process.
@@ -464,7 +496,7 @@ fn the_next_run_sweeps_what_a_kill_left_but_not_a_live_writers_files() {
     stall_reads_of(&src_proxy, &base);
     let mut killed = bed.spawn(&src_proxy, "killed.log");
     assert_eq!(src_proxy.wait_for_stalls(1, Duration::from_secs(30)).len(), 1);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until_both_are_mid_write(&bed, "killed half-way through the base layer");
     killed.kill().unwrap();
     killed.wait().unwrap();
     src_proxy.release();
