@@ -5,6 +5,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -19,7 +21,7 @@ pub enum Error {
     /// every problem with its place, kept for `-O json` and `-O github`.
     /// Nothing was done.
     #[error("{}", .0.rendered)]
-    SyncFile(Box<crate::spec::diagnostic::SpecErrors>),
+    SyncFile(Box<SpecErrors>),
 
     /// A file-system operation failed on a named path.
     #[error("cannot {action} {}: {source}", path.display())]
@@ -287,4 +289,82 @@ impl ErrorCode {
             other => ErrorCode::Other(other.to_string()),
         }
     }
+}
+
+// The structured problems of a sync file live here, not in `spec`, so that
+// the one error type depends on no module above it (`spec` builds them).
+
+/// One problem as it reaches the output: where it is (1-based lines and
+/// columns, in characters), what is there, what is wrong, what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Located {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub end_line: Option<usize>,
+    pub end_column: Option<usize>,
+    pub message: String,
+    /// The offending text (cut to 200 characters).
+    pub text: Option<String>,
+    /// What the caret under it says.
+    pub label: String,
+    pub hint: Option<String>,
+}
+
+/// The name a one-shot command's spec goes by: its problems point into the
+/// command line, not into a file.
+pub const COMMAND_LINE: &str = "command line";
+
+/// The problems of one sync file, kept structured, with their rendering
+/// for people (what `Display` of the error prints).
+#[derive(Debug, Clone)]
+pub struct SpecErrors {
+    pub problems: Vec<Located>,
+    pub rendered: String,
+}
+
+impl SpecErrors {
+    /// `{"errors": [{file, line, column, …}]}`, for `-O json`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "errors": self.problems })
+    }
+
+    /// GitHub workflow commands, one `::error file=…,line=…,col=…::message`
+    /// line per problem, for `-O github`.
+    pub fn github(&self) -> String {
+        let mut out = String::new();
+        for p in &self.problems {
+            let mut message = p.message.clone();
+            if let Some(h) = &p.hint {
+                message.push_str(&format!("\nhelp: {h}"));
+            }
+            if p.file == COMMAND_LINE {
+                out.push_str(&format!("::error::{}\n", github_data(&message)));
+                continue;
+            }
+            let mut props = vec![format!("file={}", github_property(&p.file))];
+            for (key, value) in [
+                ("line", p.line),
+                ("col", p.column),
+                ("endLine", p.end_line),
+                ("endColumn", p.end_column),
+            ] {
+                if let Some(v) = value {
+                    props.push(format!("{key}={v}"));
+                }
+            }
+            out.push_str(&format!("::error {}::{}\n", props.join(","), github_data(&message)));
+        }
+        out
+    }
+}
+
+/// A workflow command's message: `%`, CR and LF escaped.
+pub fn github_data(s: &str) -> String {
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+/// A workflow command's property value: also `:` and `,` escaped.
+fn github_property(s: &str) -> String {
+    github_data(s).replace(':', "%3A").replace(',', "%2C")
 }

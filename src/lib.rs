@@ -27,3 +27,6 @@ pub mod source;
 pub mod spec;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod layering;

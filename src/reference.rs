@@ -345,6 +345,50 @@ impl Reference {
         }
     }
 
+    /// The registry reference, if this is one, to change.
+    pub fn as_registry_mut(&mut self) -> Option<&mut RegistryRef> {
+        match self {
+            Reference::Registry(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The reference with `tag` spelled out where it names an image by tag
+    /// and gives none (a registry repository without tag or digest, an OCI
+    /// layout without tag): the tag a destination keeps from its source.
+    pub fn with_default_tag(self, tag: &str) -> Reference {
+        match self {
+            Reference::Registry(mut r) if r.tag.is_none() && r.digest.is_none() => {
+                r.tag = Some(tag.to_string());
+                Reference::Registry(r)
+            }
+            Reference::Oci {
+                path,
+                tag: None,
+                oci_format,
+            } => Reference::Oci {
+                path,
+                tag: Some(tag.to_string()),
+                oci_format,
+            },
+            other => other,
+        }
+    }
+
+    /// The reference as its tag names it: a registry image with both a tag
+    /// and a digest without the digest (a run pinned to digests names its
+    /// sources like the run that pinned them); any other as it is.
+    pub fn by_tag(&self) -> Reference {
+        match self {
+            Reference::Registry(r) if r.tag.is_some() && r.digest.is_some() => {
+                let mut r = r.clone();
+                r.digest = None;
+                Reference::Registry(r)
+            }
+            other => other.clone(),
+        }
+    }
+
     /// The scheme name.
     pub fn scheme(&self) -> &'static str {
         match self {

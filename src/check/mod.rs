@@ -11,7 +11,9 @@
 
 pub mod layer_scan;
 pub mod referrers;
-pub mod tree;
+/// The merged view of layers lives beside extraction, below both `sink` and
+/// `check` (`bundle://` writes it, the check reads it).
+pub use crate::sink::tree;
 
 use std::collections::HashMap;
 

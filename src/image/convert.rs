@@ -15,9 +15,9 @@ use super::manifest::{Manifest, RawManifest};
 use super::media_type;
 use super::{Digest, ImageData, ResolvedImage};
 use crate::error::{Error, Result};
-use crate::reference::Reference;
 
-/// Which manifests a destination converts to OCI media types.
+/// Which manifests a destination converts to OCI media types (each store
+/// kind says which rule it wants: `sink::kind::media_types`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaTypes {
     /// Every manifest is written as it is.
@@ -30,15 +30,6 @@ pub enum MediaTypes {
 }
 
 impl MediaTypes {
-    /// The rule of a destination reference.
-    pub fn of(destination: &Reference) -> MediaTypes {
-        match destination {
-            Reference::Oci { oci_format: true, .. } => MediaTypes::Oci,
-            Reference::Oci { .. } | Reference::Archive { .. } => MediaTypes::OciWhenSynthesised,
-            _ => MediaTypes::Keep,
-        }
-    }
-
     /// Whether the images of `resolved` are converted under this rule.
     pub fn converts(self, resolved: &ResolvedImage) -> bool {
         match self {

@@ -12,6 +12,11 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::error::{Error, Result};
 
+/// A stream of blob bytes. Streams returned by a source are verified
+/// against their descriptor: a mismatch surfaces as a read error at the end.
+/// (It lives here, below both `source` and `registry`, which hand it on.)
+pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
 /// A validated `sha256:<64 lowercase hex>` digest.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(String);

@@ -15,7 +15,7 @@ pub mod sigstore;
 pub mod x509;
 
 pub use config::{ConfigBlob, ImageConfig};
-pub use digest::{Digest, VerifyingReader};
+pub use digest::{BlobReader, Digest, VerifyingReader};
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, RawManifest};
 pub use media_type::Compression;
 pub use platform::Platform;

@@ -212,6 +212,7 @@ async fn expand_entry(entry: &Entry, access: &dyn RegistryAccess) -> Result<Vec<
         } => {
             let token = token.clone().or_else(|| access.quay_token());
             let found = quay::expand(
+                access,
                 org,
                 repo_glob.as_deref(),
                 tag.as_deref(),

@@ -22,6 +22,7 @@ use super::{PlanContext, Target, PLAN_CONCURRENCY};
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, RawManifest};
 use crate::reference::Reference;
+use crate::sink::store::Store;
 use crate::source::{open_source, Source, SourceOptions};
 
 /// A registry host and one of its repositories.
@@ -40,9 +41,34 @@ pub struct PlanMemo {
     heads: Mutex<HashMap<String, Option<Digest>>>,
     /// Sources other than registries, opened once.
     opened: tokio::sync::Mutex<HashMap<String, Arc<dyn Source>>>,
+    /// Each destination's store, opened once.
+    stores: Mutex<HashMap<String, Arc<dyn Store>>>,
 }
 
 impl PlanMemo {
+    /// The store `dest` names: opened with `open` the first time, the same
+    /// one after (tests hand in stores of their own with
+    /// [`PlanMemo::provide_store`]).
+    pub fn store(&self, dest: &Reference, open: impl FnOnce() -> Result<Box<dyn Store>>) -> Result<Arc<dyn Store>> {
+        let key = dest.to_string();
+        if let Some(s) = self.stores.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(s);
+        }
+        let s: Arc<dyn Store> = Arc::from(open()?);
+        if let Ok(mut m) = self.stores.lock() {
+            m.entry(key).or_insert_with(|| s.clone());
+        }
+        Ok(s)
+    }
+
+    /// Makes `store` the store `dest` names for this plan.
+    #[cfg(test)]
+    pub fn provide_store(&self, dest: &Reference, store: Arc<dyn Store>) {
+        if let Ok(mut m) = self.stores.lock() {
+            m.insert(dest.to_string(), store);
+        }
+    }
+
     /// Opens `reference` as a source: a registry each time (it costs no
     /// request), anything else once per run.
     pub async fn open_source(&self, reference: &Reference, opts: &SourceOptions) -> Result<Arc<dyn Source>> {

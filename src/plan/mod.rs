@@ -18,8 +18,19 @@ pub mod quota;
 pub mod referrers;
 pub mod render;
 pub mod shard;
-pub mod state;
+#[cfg(test)]
+mod store_tests;
+/// occy's record of a write beside a file output lives with the stores.
+pub use crate::sink::state;
 pub mod verify;
+
+mod diff;
+mod model;
+mod resolve;
+
+use diff::*;
+pub use model::*;
+use resolve::*;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -35,8 +46,8 @@ use crate::image::convert::{adapt_media_types, docker_kept_warning, keeps_docker
 use crate::image::{check_fits, expected_digest, Digest, ImageName, ResolvedImage};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryOptions};
-use crate::sink::kind::{self, CurrentDigest};
-use crate::source::docker_daemon::DaemonConnection;
+use crate::sink::kind;
+use crate::sink::store::{self, Capabilities, Current, Store, StoreId, StoreOptions};
 use crate::source::{resolve_with, Configs, PlatformSelection, SourceOptions};
 use crate::spec::{SpecProblem, SyncSpec, TemplateFields};
 use expand::{expand_all, Expansion, RegistryAccess, SourceImage};
@@ -99,13 +110,32 @@ impl PlanContext {
         o
     }
 
+    /// The store `dest` names, opened once per plan through its kind's
+    /// registration (`sink::kind`), with the registry settings of its host.
+    pub fn store(&self, dest: &Reference) -> Result<Arc<dyn Store>> {
+        self.memo.store(dest, || {
+            let host = StoreId::of(dest).host().map(str::to_string).unwrap_or_default();
+            store::open(
+                dest,
+                &StoreOptions {
+                    registry: self.registry_options(&host),
+                },
+            )
+        })
+    }
+
+    /// What the store `dest` names can do (as its kind answers when it
+    /// cannot be opened).
+    pub fn capabilities(&self, dest: &Reference) -> Capabilities {
+        self.store(dest)
+            .map(|s| s.capabilities())
+            .unwrap_or_else(|_| store::capabilities(dest))
+    }
+
     /// Source settings for reading `reference`.
     pub fn source_options(&self, reference: &Reference) -> SourceOptions {
         SourceOptions {
-            registry: match reference {
-                Reference::Registry(r) => self.registry_options(&r.host),
-                _ => self.registry_options(""),
-            },
+            registry: self.registry_options(reference.as_registry().map(|r| r.host.as_str()).unwrap_or("")),
         }
     }
 }
@@ -132,398 +162,15 @@ impl RegistryAccess for PlanContext {
     }
 }
 
-/// One (source image, chain, destination).
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub entry: usize,
-    pub source: Reference,
-    pub destination: Reference,
-    /// The name and tag recorded at the destination.
-    pub name: ImageName,
-    pub chain: FilterChain,
-    pub chain_name: Option<String>,
-    pub platforms: PlatformSelection,
-    /// Where the destination is written in the sync file.
-    pub dest_span: Range<usize>,
-    /// A digest the saved plan pins the source to.
-    pub pinned: Option<Digest>,
-}
-
-/// What a target needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "action")]
-pub enum Action {
-    /// The destination lacks it.
-    Create,
-    /// The destination holds another digest.
-    Update,
-    /// The destination already holds the expected result.
-    Unchanged,
-    /// Filters rewrite it and the output digest is not known yet.
-    Rebuild { reason: String },
-    /// The source could not be resolved (or the destination not read).
-    Failed { error: String },
-}
-
-impl Action {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Action::Create => "create",
-            Action::Update => "update",
-            Action::Unchanged => "unchanged",
-            Action::Rebuild { .. } => "rebuild",
-            Action::Failed { .. } => "failed",
-        }
-    }
-
-    /// Whether applying the plan writes this target.
-    pub fn writes(&self) -> bool {
-        matches!(self, Action::Create | Action::Update | Action::Rebuild { .. })
-    }
-}
-
-/// Blobs a target moves to its destination.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobCounts {
-    /// Blobs sent (uploaded to a registry, written to a file).
-    pub upload: usize,
-    /// Blobs mounted from another repository of the destination registry.
-    pub mount: usize,
-    /// Blobs the destination already holds.
-    pub present: usize,
-    /// Bytes sent.
-    pub bytes: u64,
-    /// True when filters will rewrite the layers: counts are the source's.
-    pub estimated: bool,
-}
-
-impl BlobCounts {
-    pub fn add(&mut self, o: &BlobCounts) {
-        self.upload += o.upload;
-        self.mount += o.mount;
-        self.present += o.present;
-        self.bytes += o.bytes;
-        self.estimated |= o.estimated;
-    }
-}
-
-/// One planned target.
-#[derive(Debug, Clone, Serialize)]
-pub struct PlannedTarget {
-    pub entry: usize,
-    pub source: String,
-    pub destination: String,
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub filters: Option<String>,
-    /// The manifest digest the source's tag names now.
-    pub source_digest: Option<Digest>,
-    /// Platform images taken.
-    pub platforms: usize,
-    /// The digest the destination will name (unknown for a first filtered run).
-    pub expected: Option<Digest>,
-    /// The digest the destination names now.
-    pub current: Option<Digest>,
-    #[serde(flatten)]
-    pub action: Action,
-    pub blobs: BlobCounts,
-    #[serde(skip)]
-    pub target: Target,
-    #[serde(skip)]
-    pub resolved: Option<Arc<ResolvedImage>>,
-    /// What the destination does to the media types of the source's manifests.
-    #[serde(skip)]
-    pub media: MediaNote,
-    /// The referrers (signatures, SBOMs, attestations) copied with the image.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub referrers: Option<referrers::TargetReferrers>,
-    /// What `verify:` requires of its source, and who signed it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verification: Option<verify::Verification>,
-}
-
-/// What an OCI-layout destination does to the media types of the manifests
-/// it is given (see [`MediaTypes`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum MediaNote {
-    /// Nothing worth saying.
-    #[default]
-    None,
-    /// Docker v2 manifests converted to OCI (`?format=oci`): the digest changes.
-    Converted,
-    /// Manifests occy made up, written with OCI media types.
-    SynthesisedOci,
-    /// Docker v2 manifests kept byte for byte in an OCI layout, which OCI-only
-    /// tools may refuse.
-    DockerKept,
-}
-
-/// The images as `p`'s destination will hold them: with OCI media types
-/// where it wants them (see [`MediaTypes`]), so that the expected digest,
-/// the work graph and the walk all see the manifests that are written.
-fn for_destination(p: &mut PlannedTarget, resolved: Arc<ResolvedImage>) -> Result<Arc<ResolvedImage>> {
-    let rule = MediaTypes::of(&p.target.destination);
-    if keeps_docker_in_oci_layout(&resolved, rule) {
-        p.media = MediaNote::DockerKept;
-    }
-    match adapt_media_types(&resolved, rule).map_err(|e| {
-        Error::invalid(format!(
-            "cannot convert to OCI media types for {}: {e}",
-            p.target.destination
-        ))
-    })? {
-        Some(converted) => {
-            p.media = if converted.synthesised {
-                MediaNote::SynthesisedOci
-            } else {
-                MediaNote::Converted
-            };
-            Ok(Arc::new(converted))
-        }
-        None => Ok(resolved),
-    }
-}
-
-/// Totals of one destination (registry host or file path).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct DestinationTotals {
-    pub destination: String,
-    pub targets: usize,
-    #[serde(flatten)]
-    pub blobs: BlobCounts,
-}
-
-/// The whole plan.
-#[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    /// Format of this document.
-    pub plan_version: u32,
-    pub sync_file: String,
-    /// sha256 of the sync file: `--apply` refuses another file.
-    pub sync_file_sha256: String,
-    pub targets: Vec<PlannedTarget>,
-    pub destinations: Vec<DestinationTotals>,
-    pub totals: Totals,
-    /// Estimated requests per registry host to apply the plan.
-    pub requests: BTreeMap<String, u64>,
-    /// With `--prune`: destination tags no target selects, to delete.
-    pub prune: Vec<prune::PruneTag>,
-    /// What each `archive://` destination gets: the archive written, its
-    /// bytes and volumes, what earlier archives carried and it leaves out.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub archives: Vec<archive::ArchiveNote>,
-    /// The pull quota of each source registry that announces one
-    /// (`RateLimit-*` headers), and the manifest pulls the run needs there.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pull_quotas: Vec<quota::PullQuotaLine>,
-    pub warnings: Vec<String>,
-    /// With `--shard I/N`: which shard this plan is, and its share.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shard: Option<shard::ShardInfo>,
-    /// With `--shards N`: which shard each target is in.
-    #[serde(skip)]
-    pub assignment: Option<shard::Assignment>,
-    /// Per store (a registry repository, a file destination) and per
-    /// source: what applying does there.
-    pub stores: BTreeMap<String, graph::StoreTotals>,
-    /// Layers needed by more than one store, and what happens to each.
-    pub shared: Vec<String>,
-    /// The work graph: its nodes, and its edges (`to` needs `from`),
-    /// serialized as `nodes` and `edges`.
-    #[serde(flatten)]
-    pub graph: graph::WorkGraph,
-}
-
-/// Counts over all targets.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Totals {
-    pub targets: usize,
-    pub create: usize,
-    pub update: usize,
-    pub unchanged: usize,
-    pub rebuild: usize,
-    pub failed: usize,
-    /// Tags to delete (`--prune`).
-    pub prune: usize,
-    #[serde(flatten)]
-    pub blobs: BlobCounts,
-}
-
-impl Plan {
-    /// Whether applying it would change anything.
-    pub fn has_changes(&self) -> bool {
-        self.targets.iter().any(|t| t.action.writes()) || !self.prune.is_empty()
-    }
-
-    /// Whether some target failed to resolve.
-    pub fn has_failures(&self) -> bool {
-        self.targets.iter().any(|t| matches!(t.action, Action::Failed { .. }))
-    }
-}
-
-/// The version of the JSON plan this occy writes and applies.
-pub const PLAN_VERSION: u32 = 2;
-
-/// A plan as saved by `--plan --out`, read back by `--apply`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SavedPlan {
-    #[serde(default)]
-    pub plan_version: u32,
-    pub sync_file: String,
-    pub sync_file_sha256: String,
-    pub targets: Vec<SavedTarget>,
-    /// The work graph's nodes: `--apply` does exactly these.
-    #[serde(default)]
-    pub nodes: Vec<graph::Work>,
-}
-
-/// One saved target: enough to pin it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SavedTarget {
-    pub entry: usize,
-    pub source: String,
-    pub destination: String,
-    pub source_digest: Option<Digest>,
-}
-
-impl SavedPlan {
-    /// Reads a plan file written by `occy sync --plan --out`.
-    pub fn load(path: &std::path::Path) -> Result<SavedPlan> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("read the plan", path, e))?;
-        #[derive(Deserialize)]
-        struct Version {
-            #[serde(default)]
-            plan_version: u32,
-        }
-        if let Ok(v) = serde_json::from_slice::<Version>(&bytes) {
-            if v.plan_version != PLAN_VERSION {
-                return Err(Error::usage(format!(
-                    "{} is a version-{} plan; this occy applies version-{PLAN_VERSION} plans (a work graph): plan again with `occy sync FILE --plan --out {}`",
-                    path.display(),
-                    v.plan_version,
-                    path.display()
-                )));
-            }
-        }
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Error::usage(format!(
-                "{} is not a plan written by `occy sync --plan --out`: {e}",
-                path.display()
-            ))
-        })
-    }
-}
-
-/// Whether a saved node's way and the current one agree ([`graph::How::agrees_with`]).
-fn same_how(saved: &Option<graph::How>, now: &Option<graph::How>) -> bool {
-    match (saved, now) {
-        (Some(a), Some(b)) => a.agrees_with(b),
-        (a, b) => a == b,
-    }
-}
-
-impl SavedPlan {
-    /// The first differences between the work this plan saved and `now`,
-    /// the graph of the same targets at the same digests planned against
-    /// the destinations as they are: empty when the saved plan still
-    /// applies node for node (same nodes, each blob getting in the same
-    /// way). Ids and the order of nodes do not matter.
-    /// With `whole` false (one shard of the saved plan), saved nodes that
-    /// `now` lacks are not differences.
-    pub fn differences(&self, now: &graph::WorkGraph, whole: bool, limit: usize) -> Vec<String> {
-        let now = now.works();
-        let saved: HashMap<&graph::NodeKey, &Option<graph::How>> =
-            self.nodes.iter().map(|w| (&w.key, &w.how)).collect();
-        let current: HashMap<&graph::NodeKey, &Option<graph::How>> = now.iter().map(|w| (&w.key, &w.how)).collect();
-        let mut out = Vec::new();
-        for w in &now {
-            match saved.get(&w.key) {
-                None => out.push(format!("{} is new", graph::describe_work(w))),
-                Some(how) if !same_how(how, &w.how) => out.push(format!(
-                    "{}: the plan says {}, the destination now needs {}",
-                    graph::describe_work(w),
-                    graph::how_word(how.as_ref()),
-                    graph::how_word(w.how.as_ref())
-                )),
-                Some(_) => {}
-            }
-        }
-        for w in self.nodes.iter().filter(|_| whole) {
-            if !current.contains_key(&w.key) {
-                out.push(format!("{} is no longer needed", graph::describe_work(w)));
-            }
-        }
-        out.truncate(limit);
-        out
-    }
-}
-
-/// The platforms a selection takes, spelled for plans and state records.
-pub fn platforms_key(p: &PlatformSelection) -> String {
-    match p {
-        PlatformSelection::Default => "default".to_string(),
-        PlatformSelection::All => "all".to_string(),
-        PlatformSelection::List(l) => l.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
-    }
-}
-
-/// The layer cache's key of the output a filtered target writes: the source
-/// digest, the chain, the platforms, whether an index is kept and the media
-/// types the destination wants.
-pub fn output_key(t: &Target, source_digest: &Digest) -> String {
-    let platforms = match MediaTypes::of(&t.destination) {
-        MediaTypes::Oci => format!("{}+format=oci", platforms_key(&t.platforms)),
-        MediaTypes::Keep | MediaTypes::OciWhenSynthesised => platforms_key(&t.platforms),
-    };
-    LayerCache::output_key(
-        source_digest,
-        &t.chain.hash(),
-        &platforms,
-        kind::of(&t.destination).keeps_index,
-    )
-}
-
-/// The place a target writes, to find two targets writing the same one.
-fn destination_key(dest: &Reference, name: &ImageName) -> String {
-    match dest {
-        Reference::Registry(r) => format!(
-            "registry://{}/{}:{}",
-            r.host,
-            r.repository,
-            r.digest
-                .as_ref()
-                .map(|d| d.to_string())
-                .or(r.tag.clone())
-                .unwrap_or_else(|| name.tag.clone())
-        ),
-        Reference::Oci { path, tag, .. } => {
-            format!(
-                "oci://{}:{}",
-                path.display(),
-                tag.clone().unwrap_or_else(|| name.tag.clone())
-            )
-        }
-        Reference::Dir { path, .. } => format!("dir://{}#{}", path.display(), name),
-        Reference::Archive { path, .. } => format!("archive://{}#{}", path.display(), crate::archive::layout_ref(name)),
-        Reference::Docker { name, tag, digest, .. } => format!(
-            "docker://{}",
-            crate::reference::docker_image(name, tag.as_deref(), digest.as_ref())
-        ),
-        other => other.to_string(),
-    }
-}
-
 /// The name a destination records for a source image.
 fn image_name(src: &SourceImage) -> ImageName {
-    match &src.reference {
-        Reference::Registry(r) => ImageName {
-            repository: r.name(),
-            tag: src.fields.tag.clone(),
-        },
-        _ => ImageName {
-            repository: src.fields.repo.clone(),
-            tag: src.fields.tag.clone(),
-        },
+    ImageName {
+        repository: src
+            .reference
+            .as_registry()
+            .map(|r| r.name())
+            .unwrap_or_else(|| src.fields.repo.clone()),
+        tag: src.fields.tag.clone(),
     }
 }
 
@@ -674,16 +321,15 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             let mut p = planned_target(t);
             match resolve_for_writing(ctx, &p.target).await {
                 Ok(resolved) => {
-                    compress_for_registry(&mut p.target, &resolved);
+                    let caps = ctx.capabilities(&p.target.destination);
+                    compress_for_store(&mut p.target, &resolved, &caps);
                     p.source_digest = resolved.root().map(|r| r.digest.clone());
                     p.platforms = resolved.images.len();
-                    match for_destination(&mut p, resolved) {
+                    match for_destination(&mut p, resolved, caps.media_types) {
                         Ok(resolved) => {
                             let tt = &p.target;
                             if !tt.chain.changes_content() {
-                                p.expected =
-                                    expected_digest(&resolved, &tt.platforms, kind::of(&tt.destination).keeps_index)
-                                        .ok();
+                                p.expected = expected_digest(&resolved, &tt.platforms, caps.keeps_index).ok();
                             }
                             p.resolved = Some(resolved);
                         }
@@ -789,10 +435,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             Action::Failed { .. } => totals.failed += 1,
         }
         totals.blobs.add(&t.blobs);
-        let dkey = match &t.target.destination {
-            Reference::Registry(r) => format!("registry://{}", r.host),
-            other => other.to_string(),
-        };
+        let dkey = StoreId::place_of(&t.target.destination).to_string();
         let d = destinations.entry(dkey.clone()).or_insert_with(|| DestinationTotals {
             destination: dkey,
             ..Default::default()
@@ -885,22 +528,7 @@ fn make_target(
     let name = image_name(src);
     let destination = crate::spec::validate::rebase(&destination, &spec.base_dir);
     // Spell out the tag a destination keeps from its source.
-    let destination = match destination {
-        Reference::Registry(mut r) if r.tag.is_none() && r.digest.is_none() => {
-            r.tag = Some(name.tag.clone());
-            Reference::Registry(r)
-        }
-        Reference::Oci {
-            path,
-            tag: None,
-            oci_format,
-        } => Reference::Oci {
-            path,
-            tag: Some(name.tag.clone()),
-            oci_format,
-        },
-        other => other,
-    };
+    let destination = destination.with_default_tag(&name.tag);
     Ok(Target {
         entry: src.entry,
         source: src.reference.clone(),
@@ -918,7 +546,7 @@ fn make_target(
 fn check_clashes(spec: &SyncSpec, targets: &[Target]) -> Result<()> {
     let mut seen: HashMap<String, &Target> = HashMap::new();
     for t in targets {
-        let key = destination_key(&t.destination, &t.name);
+        let key = store::written_place(&t.destination, &t.name);
         if let Some(first) = seen.get(&key) {
             if first.source == t.source && first.dest_span == t.dest_span {
                 continue;
@@ -950,23 +578,20 @@ fn pinned_sources(ctx: &PlanContext, saved: &SavedPlan) -> Result<Vec<SourceImag
             )));
         }
         let mut reference = Reference::parse(&t.source)?;
-        let fields = match &mut reference {
-            Reference::Registry(r) => {
-                let f = expand::registry_fields(r);
-                if let Some(d) = &t.source_digest {
-                    r.digest = Some(d.clone());
-                }
-                f
+        let fields = if let Some(r) = reference.as_registry_mut() {
+            let f = expand::registry_fields(r);
+            if let Some(d) = &t.source_digest {
+                r.digest = Some(d.clone());
             }
-            other => {
-                let name = other.image_name();
-                TemplateFields {
-                    registry: String::new(),
-                    name: name.rsplit('/').next().unwrap_or(&name).to_string(),
-                    repo: name.clone(),
-                    tag: other.tag().unwrap_or("latest").to_string(),
-                    platform: String::new(),
-                }
+            f
+        } else {
+            let name = reference.image_name();
+            TemplateFields {
+                registry: String::new(),
+                name: name.rsplit('/').next().unwrap_or(&name).to_string(),
+                repo: name.clone(),
+                tag: reference.tag().unwrap_or("latest").to_string(),
+                platform: String::new(),
             }
         };
         if seen.insert((reference.clone(), t.entry)) {
@@ -1012,353 +637,6 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
         media: MediaNote::None,
         referrers: None,
         verification: None,
-    }
-}
-
-/// The name a target's chain gets when occy compresses its layers for a
-/// registry (see [`compress_for_registry`]).
-pub const COMPRESSING: &str = "compress";
-
-/// Layers that arrive uncompressed (from a docker-save archive, a
-/// directory or a daemon) are compressed for a registry, as skopeo does:
-/// the target's chain becomes `recompress` to `--compression` (or
-/// `defaults.compression`; gzip when neither says), so the layers are
-/// compressed once, block-parallel, remembered in the layer cache, and a
-/// second run finds the output without compressing again. A target with
-/// filters of its own writes its rewritten layers gzip-compressed unless
-/// `--compression` says otherwise; one whose layers are not all plain tar is
-/// left as it is; `--compression none` keeps them uncompressed.
-fn compress_for_registry(t: &mut Target, resolved: &ResolvedImage) {
-    if !matches!(t.destination, Reference::Registry(_)) {
-        return;
-    }
-    let plain = |mt: &str| crate::image::Compression::from_media_type(mt) == Some(crate::image::Compression::None);
-    let all_plain = resolved
-        .images
-        .iter()
-        .all(|i| !i.manifest.layers.is_empty() && i.manifest.layers.iter().all(|l| plain(&l.media_type)));
-    if !t.chain.is_empty() {
-        // Filters of its own rewrite the layers anyway: their output is
-        // compressed (gzip unless --compression says), not left plain.
-        if all_plain && t.chain.changes_content() && t.chain.compression.is_none() {
-            t.chain.compression = Some(crate::image::Compression::Gzip);
-        }
-        return;
-    }
-    let format = t.chain.compression.unwrap_or(crate::image::Compression::Gzip);
-    if !all_plain || format == crate::image::Compression::None {
-        return;
-    }
-    t.chain
-        .filters
-        .push(crate::filter::FilterSpec::Recompress { format, level: None });
-    t.chain_name = Some(COMPRESSING.to_string());
-}
-
-/// Why a filtered target is rebuilt.
-fn rebuild_reason(t: &Target) -> String {
-    let first = "the output digest is known after the first run";
-    if t.chain_name.as_deref() == Some(COMPRESSING) {
-        let c = t.chain.output_compression(crate::image::Compression::None).0;
-        format!(
-            "its uncompressed layers are compressed ({}) for the registry; {first}",
-            c.as_str()
-        )
-    } else {
-        format!("filters rewrite the layers; {first}")
-    }
-}
-
-/// Resolves a target that a one-shot command writes, and checks that the
-/// destination can hold what it selects.
-async fn resolve_for_writing(ctx: &PlanContext, t: &Target) -> Result<Arc<ResolvedImage>> {
-    let resolved = resolve_reading(ctx, &t.source, &t.platforms, Configs::Load).await?;
-    check_fits(
-        &resolved,
-        &t.platforms,
-        kind::of(&t.destination).keeps_index,
-        &t.destination.to_string(),
-        &t.source.to_string(),
-    )?;
-    Ok(Arc::new(resolved))
-}
-
-async fn resolve_one(ctx: &PlanContext, r: &Reference, p: &PlatformSelection) -> Result<ResolvedImage> {
-    resolve_reading(ctx, r, p, Configs::Load).await
-}
-
-/// Resolves `r`, starting from its root manifest when planning has read it.
-async fn resolve_reading(
-    ctx: &PlanContext,
-    r: &Reference,
-    p: &PlatformSelection,
-    configs: Configs,
-) -> Result<ResolvedImage> {
-    let source = ctx.memo.open_source(r, &ctx.source_options(r)).await?;
-    resolve_with(source.as_ref(), ctx.memo.root(r), p, configs).await
-}
-
-/// Whether planning `t` needs its images' configs: diff_ids for archives and
-/// directories, the image ID for a daemon, the layers a chain rewrites
-/// (compressing a local source's plain layers for a registry is one). An
-/// unfiltered copy from a registry or OCI layout to a registry or OCI layout
-/// needs only the manifests.
-fn needs_configs(t: &Target) -> bool {
-    let remote_or_layout = |r: &Reference| matches!(r, Reference::Registry(_) | Reference::Oci { .. });
-    !t.chain.is_empty() || !remote_or_layout(&t.destination) || !remote_or_layout(&t.source)
-}
-
-/// The digest an OCI layout's tag names now.
-fn oci_layout_tag(path: &std::path::Path, tag: &str) -> Option<Digest> {
-    #[derive(Deserialize)]
-    struct Index {
-        #[serde(default)]
-        manifests: Vec<crate::image::Descriptor>,
-    }
-    let bytes = std::fs::read(path.join("index.json")).ok()?;
-    let index: Index = serde_json::from_slice(&bytes).ok()?;
-    index
-        .manifests
-        .into_iter()
-        .find(|d| {
-            d.annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::source::oci_layout::REF_NAME))
-                .is_some_and(|n| n == tag)
-        })
-        .map(|d| d.digest)
-}
-
-/// Compares one target's destination with what the plan would write.
-/// A target not yet resolved nor compared: to be created.
-fn planned_target(t: Target) -> PlannedTarget {
-    PlannedTarget {
-        entry: t.entry,
-        source: archive::shown_source(&t.source).unwrap_or_else(|| t.source.to_string()),
-        destination: t.destination.to_string(),
-        name: t.name.to_string(),
-        filters: t.chain_name.clone(),
-        source_digest: None,
-        platforms: 0,
-        expected: None,
-        current: None,
-        action: Action::Create,
-        blobs: BlobCounts::default(),
-        target: t,
-        resolved: None,
-        media: MediaNote::None,
-        referrers: None,
-        verification: None,
-    }
-}
-
-/// Resolves each distinct (source, platforms) of the targets once, then
-/// compares every target with its destination.
-/// Each (source, platforms) the targets read, resolved once.
-type Resolutions = HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>>;
-
-/// Resolves every (source, platforms) some target reads.
-async fn resolve_all(ctx: &PlanContext, targets: &[Target], wanted: &[(Reference, PlatformSelection)]) -> Resolutions {
-    // (source, platforms) → whether some target reading it needs its configs.
-    let mut read: HashMap<(&Reference, String), bool> = HashMap::new();
-    for t in targets {
-        *read.entry((&t.source, platforms_key(&t.platforms))).or_default() |= needs_configs(t);
-    }
-    stream::iter(
-        wanted
-            .iter()
-            .filter_map(|(r, p)| read.get(&(r, platforms_key(p))).map(|&configs| (r, p, configs))),
-    )
-    .map(|(r, p, configs)| async move {
-        let key = (r.to_string(), platforms_key(p));
-        let configs = if configs { Configs::Load } else { Configs::Skip };
-        (
-            key,
-            resolve_reading(ctx, r, p, configs)
-                .await
-                .map(Arc::new)
-                .map_err(|e| e.to_string()),
-        )
-    })
-    .buffer_unordered(PLAN_CONCURRENCY)
-    .collect()
-    .await
-}
-
-/// Compares each target's destination with what its resolved source gives.
-async fn diff_all(ctx: &PlanContext, targets: Vec<Target>, resolutions: &Resolutions) -> Vec<PlannedTarget> {
-    concurrently_in_order(targets, |t| {
-        let key = (t.source.to_string(), platforms_key(&t.platforms));
-        let resolved = resolutions.get(&key).cloned();
-        diff_target(ctx, t, resolved)
-    })
-    .await
-}
-
-/// The digest a registry or OCI-layout destination's tag names now (one
-/// HEAD, or a read of index.json); None for other destinations.
-async fn tagged_digest(ctx: &PlanContext, t: &Target) -> Result<Option<Digest>> {
-    match &t.destination {
-        Reference::Registry(r) => {
-            let reference = r
-                .digest
-                .as_ref()
-                .map(|d| d.to_string())
-                .or(r.tag.clone())
-                .unwrap_or_else(|| t.name.tag.clone());
-            if r.digest.is_none() && ctx.memo.tag_missing(&r.host, &r.repository, &reference) {
-                return Ok(None);
-            }
-            let key = format!("{}/{}:{reference}", r.host, r.repository);
-            if let Some(known) = ctx.memo.head(&key) {
-                return Ok(known);
-            }
-            let digest = ctx
-                .client(&r.host)?
-                .head_manifest(&r.repository, &reference)
-                .await
-                .map(|d| d.map(|d| d.digest))?;
-            ctx.memo.remember_head(&key, &digest);
-            Ok(digest)
-        }
-        Reference::Oci { path, tag, .. } => Ok(oci_layout_tag(path, tag.as_deref().unwrap_or(&t.name.tag))),
-        Reference::Archive { path, full, .. } => archive::current(path, &t.name, *full).await,
-        _ => Ok(None),
-    }
-}
-
-async fn diff_target(
-    ctx: &PlanContext,
-    t: Target,
-    resolved: Option<std::result::Result<Arc<ResolvedImage>, String>>,
-) -> PlannedTarget {
-    let mut p = planned_target(t);
-    let resolved = match resolved {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => {
-            p.action = Action::Failed { error: e };
-            return p;
-        }
-        None => {
-            p.action = Action::Failed {
-                error: "the source was not resolved".into(),
-            };
-            return p;
-        }
-    };
-    compress_for_registry(&mut p.target, &resolved);
-    let t = &p.target;
-    let source_digest = resolved.root().map(|r| r.digest.clone());
-    if let (Some(pin), Some(got)) = (&t.pinned, &source_digest) {
-        if pin != got {
-            p.action = Action::Failed {
-                error: format!("the source changed since the plan: it names {got}, the plan pinned {pin}"),
-            };
-            return p;
-        }
-    }
-    p.source_digest = source_digest.clone();
-    p.platforms = resolved.images.len();
-    let supports_index = kind::of(&t.destination).keeps_index;
-    if let Err(e) = check_fits(
-        &resolved,
-        &t.platforms,
-        supports_index,
-        &t.destination.to_string(),
-        &t.source.to_string(),
-    ) {
-        p.action = Action::Failed { error: e.to_string() };
-        return p;
-    }
-    let resolved = match for_destination(&mut p, resolved) {
-        Ok(r) => r,
-        Err(e) => {
-            p.action = Action::Failed { error: e.to_string() };
-            return p;
-        }
-    };
-    let t = &p.target;
-    let filtered = t.chain.changes_content();
-    let output_key = source_digest.as_ref().map(|d| output_key(t, d));
-    p.expected = if filtered {
-        match (&ctx.cache, &output_key) {
-            (Some(c), Some(k)) => c.output(k),
-            _ => None,
-        }
-    } else {
-        expected_digest(&resolved, &t.platforms, supports_index).ok()
-    };
-    let current: Result<Option<Digest>> = match (kind::of(&t.destination).current, &t.destination) {
-        (CurrentDigest::Tagged, _) => tagged_digest(ctx, t).await,
-        (CurrentDigest::DaemonImageId, Reference::Docker { name, tag, socket, .. }) => {
-            // A daemon knows an image by its ID, the config digest, which
-            // a copy without filters keeps; a filtered one is rebuilt.
-            p.expected = match (filtered, resolved.images.as_slice()) {
-                (false, [one]) => Some(one.manifest.config.digest.clone()),
-                _ => None,
-            };
-            match DaemonConnection::open(socket.as_deref()).await {
-                Ok(conn) => conn.image_id(name, tag.as_deref().unwrap_or("latest")).await,
-                Err(e) => Err(e),
-            }
-        }
-        (_, dest) => {
-            // File destinations: the record beside them.
-            let record = state::state_path(dest, &t.name).and_then(|s| state::read(&s));
-            let current = record.as_ref().map(|r| r.output.clone());
-            let same = record.as_ref().is_some_and(|r| {
-                Some(&r.source_digest) == source_digest.as_ref()
-                    && r.chain == chain_record(&t.chain)
-                    && r.platforms == platforms_key(&t.platforms)
-            }) && state::output_exists(dest);
-            p.current = current.filter(|_| state::output_exists(dest));
-            if same {
-                p.expected = p.current.clone();
-                p.action = Action::Unchanged;
-            } else if p.current.is_some() {
-                p.action = Action::Update;
-            } else {
-                p.action = Action::Create;
-            }
-            if filtered && p.action != Action::Unchanged && p.expected.is_none() {
-                p.action = Action::Rebuild {
-                    reason: rebuild_reason(&p.target),
-                };
-            }
-            p.resolved = Some(resolved);
-            return p;
-        }
-    };
-    match current {
-        Err(e) => {
-            p.action = Action::Failed {
-                error: format!("cannot read the destination {}: {e}", t.destination),
-            };
-            return p;
-        }
-        Ok(c) => p.current = c,
-    }
-    p.action = match (&p.expected, &p.current) {
-        (Some(e), Some(c)) if e == c => Action::Unchanged,
-        (None, _) if kind::of(&t.destination).current == CurrentDigest::DaemonImageId => Action::Rebuild {
-            reason: "filters rewrite the layers; a daemon's image is compared only for copies without filters".into(),
-        },
-        (None, _) => Action::Rebuild {
-            reason: rebuild_reason(&p.target),
-        },
-        (Some(_), None) => Action::Create,
-        (Some(_), Some(_)) => Action::Update,
-    };
-    p.resolved = Some(resolved);
-    p
-}
-
-/// How a chain is recorded in state files (empty without filters).
-pub fn chain_record(chain: &FilterChain) -> String {
-    if chain.is_empty() {
-        String::new()
-    } else {
-        chain.hash()
     }
 }
 

@@ -3,12 +3,16 @@
 //! paged by `next_page`), then each one's active tags
 //! (`/api/v1/repository/ORG/REPO/tag/`, paged by `page`). `OCCY_QUAY_API`
 //! and `OCCY_QUAY_REGISTRY` point elsewhere (a Red Hat Quay install, or a
-//! test's fake).
+//! test's fake). The API is asked through the registry transport of its
+//! host (rate limit, retries honouring `Retry-After`, TLS settings, the
+//! same errors), like every other request occy sends.
 
 use globset::GlobBuilder;
 use serde::Deserialize;
 
+use super::expand::RegistryAccess;
 use crate::error::{Error, Result};
+use crate::registry::RegistryClient;
 
 const DEFAULT_API: &str = "https://quay.io/api/v1";
 /// Most pages followed for one listing (a loop guard; quay pages hold 100).
@@ -86,56 +90,62 @@ pub fn parse_since(s: &str) -> Result<i64> {
     Ok(days_from_civil(y, m, d) * 86400)
 }
 
-async fn get_json<T: for<'de> Deserialize<'de>>(http: &reqwest::Client, url: &str, token: Option<&str>) -> Result<T> {
-    let mut req = http.get(url).header("Accept", "application/json");
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
+/// The `HOST[:PORT]` of an API base URL, whose registry transport asks it.
+fn api_host(base: &str) -> Result<String> {
+    let url = url::Url::parse(base).map_err(|e| Error::usage(format!("invalid quay API URL {base:?}: {e}")))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| Error::usage(format!("invalid quay API URL {base:?}: it names no host")))?;
+    Ok(match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
+}
+
+async fn get_json<T: for<'de> Deserialize<'de>>(client: &RegistryClient, url: &str, token: Option<&str>) -> Result<T> {
+    let needs_token = || {
+        Error::Unauthorized(format!(
+            "GET {url}: the quay.io API needs a token (token_env in the registries section, or ?token=)"
+        ))
+    };
+    let (status, bytes) = match client.get_api(url, token, "the quay.io API").await {
+        Ok(r) => r,
+        Err(Error::Unauthorized(_)) => return Err(needs_token()),
+        Err(e) => return Err(e),
+    };
+    match status {
+        401 | 403 => return Err(needs_token()),
+        404 => {
+            return Err(Error::NotFound(format!(
+                "GET {url}: 404: no such organisation or repository"
+            )))
+        }
+        s if !(200..300).contains(&s) => {
+            return Err(Error::Registry {
+                method: "GET".into(),
+                url: url.to_string(),
+                status: s,
+                codes: Vec::new(),
+                message: String::new(),
+            })
+        }
+        _ => {}
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| Error::Network(format!("GET {url}: {e}")))?;
-    let status = resp.status();
-    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(Error::Unauthorized(format!(
-            "GET {url}: {status}: the quay.io API needs a token (token_env in the registries section, or ?token=)"
-        )));
-    }
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Err(Error::NotFound(format!(
-            "GET {url}: 404: no such organisation or repository"
-        )));
-    }
-    if !status.is_success() {
-        return Err(Error::Registry {
-            method: "GET".into(),
-            url: url.to_string(),
-            status: status.as_u16(),
-            codes: Vec::new(),
-            message: String::new(),
-        });
-    }
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| Error::Network(format!("GET {url}: {e}")))?;
     serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("GET {url}: unexpected answer: {e}")))
 }
 
 /// The repositories of `org` matching `repo_glob` and, for each, its active
 /// tags matching `tag` (a glob) and pushed on or after `since`.
 pub async fn expand(
+    access: &dyn RegistryAccess,
     org: &str,
     repo_glob: Option<&str>,
     tag: Option<&str>,
     since: Option<&str>,
     token: Option<&str>,
 ) -> Result<Vec<(String, Vec<String>)>> {
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("occy/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Network(format!("cannot build an HTTP client: {e}")))?;
     let base = api_base();
+    let client = access.client(&api_host(&base)?)?;
     let since = since.map(parse_since).transpose()?;
     let compile = |p: &str, what: &str| {
         GlobBuilder::new(p)
@@ -154,7 +164,7 @@ pub async fn expand(
         if let Some(n) = &next {
             url.push_str(&format!("&next_page={n}"));
         }
-        let page: RepoPage = get_json(&http, &url, token).await?;
+        let page: RepoPage = get_json(&client, &url, token).await?;
         repos.extend(page.repositories.into_iter().map(|r| r.name));
         match page.next_page {
             Some(n) if !n.is_empty() => next = Some(n),
@@ -169,7 +179,7 @@ pub async fn expand(
         let mut tags = Vec::new();
         for page_no in 1..=MAX_PAGES {
             let url = format!("{base}/repository/{org}/{repo}/tag/?onlyActiveTags=true&limit=100&page={page_no}");
-            let page: TagPage = get_json(&http, &url, token).await?;
+            let page: TagPage = get_json(&client, &url, token).await?;
             for t in page.tags {
                 if t.end_ts.is_some() {
                     continue;

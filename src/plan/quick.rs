@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 
 use super::expand::RegistryAccess;
@@ -28,6 +27,7 @@ use super::{
     concurrently_in_order, output_key, planned_target, tagged_digest, Action, PlanContext, PlannedTarget, Target,
     PLAN_CONCURRENCY,
 };
+use crate::image::convert::MediaTypes;
 use crate::image::media_type::is_index;
 use crate::image::{Descriptor, Digest, Manifest, RawManifest};
 use crate::reference::Reference;
@@ -69,12 +69,13 @@ async fn head_of(ctx: &PlanContext, r: &Reference) -> Option<Descriptor> {
     Some(desc)
 }
 
-/// Whether the cheap path applies to `t`.
-fn eligible(t: &Target) -> bool {
+/// Whether the cheap path applies to `t`: both sides name images by tag
+/// (registries, OCI layouts) and the destination keeps manifests as they are.
+fn eligible(ctx: &PlanContext, t: &Target) -> bool {
     (t.chain.is_empty() || t.chain.changes_content())
-        && matches!(t.source, Reference::Registry(_) | Reference::Oci { .. })
+        && kind::of(&t.source).current == CurrentDigest::Tagged
         && kind::of(&t.destination).current == CurrentDigest::Tagged
-        && !matches!(t.destination, Reference::Oci { oci_format: true, .. })
+        && ctx.capabilities(&t.destination).media_types != MediaTypes::Oci
 }
 
 /// What an unfiltered copy of `root` writes, and how many platform images
@@ -111,24 +112,8 @@ fn expected_from_root(root: &RawManifest, selection: &PlatformSelection) -> Opti
 /// The manifest `digest` as the destination holds it, verified against the
 /// digest: the source's root, read without asking the source.
 async fn root_from_destination(ctx: &PlanContext, t: &Target, digest: &Digest) -> Option<RawManifest> {
-    match &t.destination {
-        Reference::Registry(d) => {
-            let client = ctx.client(&d.host).ok()?;
-            client.get_manifest(&d.repository, digest.as_str()).await.ok()
-        }
-        Reference::Oci { path, .. } => {
-            let file = path.join("blobs").join("sha256").join(digest.hex());
-            let bytes = tokio::fs::read(&file).await.ok()?;
-            RawManifest::verified(
-                Bytes::from(bytes),
-                None,
-                digest,
-                &format!("manifest {digest} in {}", path.display()),
-            )
-            .ok()
-        }
-        _ => None,
-    }
+    let store = ctx.store(&t.destination).ok()?;
+    store.manifest(digest.as_str()).await.ok().flatten()
 }
 
 /// The digest the target writes and its platform count, when it follows
@@ -175,7 +160,7 @@ async fn expected_for(
 /// destination lacks is resolved in full anyway.
 pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<PlannedTarget>, Vec<Target>) {
     let with_current: Vec<(Target, Option<Digest>)> = concurrently_in_order(targets, |t| async move {
-        let current = if eligible(&t) {
+        let current = if eligible(ctx, &t) {
             tagged_digest(ctx, &t).await.ok().flatten()
         } else {
             None

@@ -140,13 +140,10 @@ pub fn pulls_needed(ctx: &PlanContext, targets: &[Target]) -> BTreeMap<String, N
 pub async fn gate(ctx: &PlanContext, all: &[Target], unresolved: &[Target]) -> Result<Vec<PullQuotaLine>> {
     let hosts: BTreeSet<String> = all
         .iter()
-        .filter_map(|t| match &t.source {
-            Reference::Registry(r) => Some(r.host.clone()),
-            _ => None,
-        })
+        .filter_map(|t| t.source.as_registry().map(|r| r.host.clone()))
         .collect();
     let quota_of = |host: &str| ctx.client(host).ok().and_then(|c| c.pull_quota());
-    let on_host = |t: &Target, host: &str| matches!(&t.source, Reference::Registry(r) if r.host == host);
+    let on_host = |t: &Target, host: &str| t.source.as_registry().is_some_and(|r| r.host == host);
     let unasked_of = |host: &str| -> Vec<Reference> {
         super::distinct(
             unresolved

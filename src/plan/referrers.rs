@@ -469,14 +469,16 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         }
         if p.resolved.is_none() {
             match super::resolve_reading(ctx, &p.target.source, &p.target.platforms, Configs::Skip).await {
-                Ok(r) => match super::for_destination(p, Arc::new(r)) {
-                    Ok(r) => p.resolved = Some(r),
-                    Err(e) => {
-                        warnings.push(format!("{}: its referrers are not copied: {e}", p.destination));
-                        p.referrers = None;
-                        continue;
+                Ok(r) => {
+                    match super::for_destination(p, Arc::new(r), ctx.capabilities(&p.target.destination).media_types) {
+                        Ok(r) => p.resolved = Some(r),
+                        Err(e) => {
+                            warnings.push(format!("{}: its referrers are not copied: {e}", p.destination));
+                            p.referrers = None;
+                            continue;
+                        }
                     }
-                },
+                }
                 Err(e) => {
                     warnings.push(format!("{}: its referrers are not copied: {e}", p.destination));
                     p.referrers = None;

@@ -462,14 +462,7 @@ pub fn target_key(destination: &str, source: &str) -> String {
 /// has one, so a run pinned to digests (`--apply plan.json`) sorts its targets
 /// like the run that made the plan.
 fn source_key(source: &Reference) -> String {
-    match source {
-        Reference::Registry(r) if r.tag.is_some() && r.digest.is_some() => {
-            let mut r = r.clone();
-            r.digest = None;
-            Reference::Registry(r).to_string()
-        }
-        other => other.to_string(),
-    }
+    source.by_tag().to_string()
 }
 
 /// What a sharded run of one shard reports about itself (`"shard"` in the

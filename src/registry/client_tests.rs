@@ -771,7 +771,7 @@ async fn a_streamed_upload_refused_as_expired_starts_over_with_a_new_token() {
     let client = RegistryClient::for_host(&fake.host(), &fake.opts()).unwrap();
     let data = Bytes::from_static(b"layer bytes");
     let desc = Descriptor::new("application/octet-stream", Digest::of(&data), data.len() as u64);
-    let reader = || -> crate::source::BlobReader { Box::pin(std::io::Cursor::new(data.to_vec())) };
+    let reader = || -> crate::image::BlobReader { Box::pin(std::io::Cursor::new(data.to_vec())) };
     // The PUT meets the expired token: a cut, which the copy starts again.
     let err = client.upload_blob("r", &desc, reader()).await.unwrap_err();
     assert!(matches!(err, Error::Cut(_)), "{err:?}");

@@ -14,10 +14,13 @@ use async_trait::async_trait;
 
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
 use super::oci_layout::OciLayoutSink;
+use super::store::{Capabilities, Current, Store, StoreId, StoreOptions};
 use super::Sink;
 use crate::archive::{self, StagedImage};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::image::convert::MediaTypes;
 use crate::image::{Descriptor, Digest, ImageData, ImageName, RawManifest};
+use crate::reference::Reference;
 use crate::source::BlobReader;
 
 /// A directory of archives: compressed blobs, indexes and referrers kept
@@ -34,6 +37,7 @@ pub const KIND: DestinationKind = DestinationKind {
     read_back: ReadBack::Sealed,
     holds_referrers: true,
     one_image: None,
+    open_store,
 };
 
 /// Writes one image into the next archive of a directory.
@@ -136,5 +140,66 @@ impl Sink for ArchiveSink {
 
     async fn abort(&self) {
         self.layout.abort().await;
+    }
+}
+
+/// What the planner asks of a directory of archives: what the next archive
+/// would hold (its staging layout) and what earlier ones carried, unless
+/// `?full=true` (then only what is staged counts).
+pub struct ArchiveStore {
+    id: StoreId,
+    dir: PathBuf,
+    full: bool,
+}
+
+fn open_store(dest: &Reference, _: &StoreOptions) -> Result<Box<dyn Store>> {
+    let Reference::Archive { path, full, .. } = dest else {
+        return Err(super::store::not_a_store(dest));
+    };
+    Ok(Box::new(ArchiveStore {
+        id: StoreId::of(dest),
+        dir: path.clone(),
+        full: *full,
+    }))
+}
+
+/// Runs a blocking read of the archive directory off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::invalid(format!("archive history task failed: {e}")))?
+}
+
+#[async_trait]
+impl Store for ArchiveStore {
+    fn id(&self) -> &StoreId {
+        &self.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            media_types: MediaTypes::OciWhenSynthesised,
+            ..Capabilities::of_kind(&KIND)
+        }
+    }
+
+    fn reference_for(&self, name: &ImageName) -> String {
+        archive::layout_ref(name)
+    }
+
+    async fn current(&self, name: &ImageName) -> Result<Current> {
+        let (dir, name, full) = (self.dir.clone(), name.clone(), self.full);
+        blocking(move || archive::current_digest(&dir, &name, full))
+            .await
+            .map(Current::Tagged)
+    }
+
+    async fn present(&self, blobs: &[Digest]) -> Result<Vec<bool>> {
+        let (dir, blobs, full) = (self.dir.clone(), blobs.to_vec(), self.full);
+        blocking(move || blobs.iter().map(|d| archive::holds_blob(&dir, d, full)).collect()).await
+    }
+
+    async fn manifest(&self, reference: &str) -> Result<Option<RawManifest>> {
+        super::oci_layout::layout_manifest(&archive::staging_layout(&self.dir), reference).await
     }
 }

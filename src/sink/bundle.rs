@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use super::atomic::stream_file_atomic;
 use super::extract::Extractor;
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, OutputMarker, ReadBack, RecordPlace, StoredForm};
+use super::tree::{MergedView, VIEW_FILE};
 use super::Sink;
-use crate::check::tree::{MergedView, VIEW_FILE};
 use crate::error::{Error, Result};
 use crate::image::{Compression, Descriptor, Digest, ImageConfig, ImageData, RawManifest};
 use crate::source::BlobReader;
@@ -38,6 +38,7 @@ pub const KIND: DestinationKind = DestinationKind {
     read_back: ReadBack::Tree,
     holds_referrers: false,
     one_image: Some("one bundle"),
+    open_store: |dest, _| super::store::RecordStore::open(dest, &KIND),
 };
 
 /// Writes an OCI runtime bundle.

@@ -17,9 +17,11 @@ use futures_util::StreamExt;
 
 use super::docker_save::DockerSaveSink;
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
+use super::store::{Capabilities, Current, Store, StoreId, StoreOptions};
 use super::Sink;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, Digest, ImageData, ImageName, RawManifest};
+use crate::reference::Reference;
 use crate::source::docker_daemon::{describe_error, DaemonConnection};
 use crate::source::BlobReader;
 
@@ -36,6 +38,7 @@ pub const KIND: DestinationKind = DestinationKind {
     read_back: ReadBack::Daemon,
     holds_referrers: false,
     one_image: None,
+    open_store,
 };
 
 pub struct DockerDaemonSink {
@@ -175,5 +178,56 @@ impl Sink for DockerDaemonSink {
 
     async fn abort(&self) {
         self.inner.abort().await;
+    }
+}
+
+/// A daemon as the planner asks it: it knows an image by its ID (the config
+/// digest), and no blob can be asked for before a load.
+pub struct DaemonStore {
+    id: StoreId,
+    name: String,
+    tag: Option<String>,
+    socket: Option<PathBuf>,
+}
+
+fn open_store(dest: &Reference, _: &StoreOptions) -> Result<Box<dyn Store>> {
+    let Reference::Docker { name, tag, socket, .. } = dest else {
+        return Err(super::store::not_a_store(dest));
+    };
+    Ok(Box::new(DaemonStore {
+        id: StoreId::of(dest),
+        name: name.clone(),
+        tag: tag.clone(),
+        socket: socket.clone(),
+    }))
+}
+
+#[async_trait]
+impl Store for DaemonStore {
+    fn id(&self) -> &StoreId {
+        &self.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::of_kind(&KIND)
+    }
+
+    fn reference_for(&self, _name: &ImageName) -> String {
+        self.tag.clone().unwrap_or_else(|| "latest".to_string())
+    }
+
+    async fn current(&self, name: &ImageName) -> Result<Current> {
+        let conn = DaemonConnection::open(self.socket.as_deref()).await?;
+        Ok(Current::ImageId(
+            conn.image_id(&self.name, &self.reference_for(name)).await?,
+        ))
+    }
+
+    async fn present(&self, blobs: &[Digest]) -> Result<Vec<bool>> {
+        Ok(vec![false; blobs.len()])
+    }
+
+    async fn manifest(&self, _reference: &str) -> Result<Option<RawManifest>> {
+        Ok(None)
     }
 }

@@ -39,6 +39,7 @@ pub const TAR_KIND: DestinationKind = DestinationKind {
     read_back: ReadBack::AsImage,
     holds_referrers: false,
     one_image: Some("one tarball"),
+    open_store: |dest, _| super::store::RecordStore::open(dest, &TAR_KIND),
 };
 
 /// occystrap's directory: plain layers shared by the images in it, one
@@ -54,6 +55,7 @@ pub const DIR_KIND: DestinationKind = DestinationKind {
     read_back: ReadBack::AsImage,
     holds_referrers: false,
     one_image: None,
+    open_store: |dest, _| super::store::RecordStore::open(dest, &DIR_KIND),
 };
 
 /// One entry of `manifest.json`.

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::store::{Store, StoreOptions};
+use crate::image::convert::MediaTypes;
 use crate::reference::Reference;
 
 /// The form in which a store keeps layers.
@@ -85,8 +87,11 @@ pub enum ReadBack {
     Sealed,
 }
 
+/// Opens a kind's [`Store`] for a reference of that kind.
+pub type OpenStore = fn(&Reference, &StoreOptions) -> crate::error::Result<Box<dyn Store>>;
+
 /// The answers for one kind of destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct DestinationKind {
     /// The scheme, as in `registry://`.
     pub scheme: &'static str,
@@ -109,6 +114,17 @@ pub struct DestinationKind {
     /// One path holds one image: what it is called (`one tarball`), for
     /// the error when many images would overwrite it.
     pub one_image: Option<&'static str>,
+    /// Opens the kind's [`Store`] (its file implements it): what the
+    /// planner asks.
+    pub open_store: OpenStore,
+}
+
+impl std::fmt::Debug for DestinationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationKind")
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The kind of `dest`: the one registration line per destination kind.
@@ -143,6 +159,16 @@ pub fn carried_before(dest: &Reference, digest: &crate::image::Digest) -> bool {
             crate::archive::history(path).is_ok_and(|h| h.carried_by(digest).is_some())
         }
         _ => false,
+    }
+}
+
+/// Which manifests `dest` converts to OCI media types: an OCI layout the
+/// ones occy made up (all of them with `?format=oci`), every other kind none.
+pub fn media_types(dest: &Reference) -> MediaTypes {
+    match dest {
+        Reference::Oci { oci_format: true, .. } => MediaTypes::Oci,
+        Reference::Oci { .. } | Reference::Archive { .. } => MediaTypes::OciWhenSynthesised,
+        _ => MediaTypes::Keep,
     }
 }
 

@@ -11,7 +11,10 @@ pub mod extract;
 pub mod kind;
 pub mod oci_layout;
 pub mod registry;
+pub mod state;
+pub mod store;
 pub mod sweep;
+pub mod tree;
 
 use async_trait::async_trait;
 

@@ -15,9 +15,12 @@ use serde_json::{json, Value};
 
 use super::atomic::{locked_update, stream_file_atomic, write_file_atomic, DestDir};
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
+use super::store::{Capabilities, Current, Store, StoreId, StoreOptions};
 use super::Sink;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, Digest, ImageData, RawManifest};
+use crate::image::convert::MediaTypes;
+use crate::image::{Descriptor, Digest, ImageData, ImageName, RawManifest};
+use crate::reference::Reference;
 use crate::source::oci_layout::REF_NAME;
 use crate::source::BlobReader;
 
@@ -34,6 +37,7 @@ pub const KIND: DestinationKind = DestinationKind {
     read_back: ReadBack::AsImage,
     holds_referrers: true,
     one_image: None,
+    open_store,
 };
 
 /// Writes images into an OCI image layout.
@@ -82,7 +86,7 @@ impl OciLayoutSink {
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join("sha256").join(digest.hex())
+        blob_file(&self.root, digest)
     }
 
     async fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
@@ -232,4 +236,120 @@ impl Sink for OciLayoutSink {
     async fn abort(&self) {
         self.dest.undo();
     }
+}
+
+/// Where a layout keeps a blob: `blobs/sha256/HEX` (digests are sha256).
+pub fn blob_file(root: &Path, digest: &Digest) -> PathBuf {
+    root.join("blobs").join("sha256").join(digest.hex())
+}
+
+/// The digest `index.json` of the layout at `root` names `tag` with (its
+/// `org.opencontainers.image.ref.name`); None when it names none or there
+/// is no layout.
+pub fn tagged(root: &Path, tag: &str) -> Option<Digest> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        #[serde(default)]
+        manifests: Vec<Descriptor>,
+    }
+    let bytes = std::fs::read(root.join("index.json")).ok()?;
+    let index: Index = serde_json::from_slice(&bytes).ok()?;
+    index
+        .manifests
+        .into_iter()
+        .find(|d| {
+            d.annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .is_some_and(|n| n == tag)
+        })
+        .map(|d| d.digest)
+}
+
+/// An OCI layout as the planner asks it: `index.json` says what a tag
+/// names, a blob is there when its file is.
+pub struct OciLayoutStore {
+    id: StoreId,
+    root: PathBuf,
+    tag: Option<String>,
+    oci_format: bool,
+}
+
+fn open_store(dest: &Reference, _: &StoreOptions) -> Result<Box<dyn Store>> {
+    let Reference::Oci { path, tag, oci_format } = dest else {
+        return Err(super::store::not_a_store(dest));
+    };
+    Ok(Box::new(OciLayoutStore {
+        id: StoreId::of(dest),
+        root: path.clone(),
+        tag: tag.clone(),
+        oci_format: *oci_format,
+    }))
+}
+
+#[async_trait]
+impl Store for OciLayoutStore {
+    fn id(&self) -> &StoreId {
+        &self.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            media_types: if self.oci_format {
+                MediaTypes::Oci
+            } else {
+                MediaTypes::OciWhenSynthesised
+            },
+            ..Capabilities::of_kind(&KIND)
+        }
+    }
+
+    fn reference_for(&self, name: &ImageName) -> String {
+        self.tag.clone().unwrap_or_else(|| name.tag.clone())
+    }
+
+    async fn current(&self, name: &ImageName) -> Result<Current> {
+        Ok(Current::Tagged(tagged(&self.root, &self.reference_for(name))))
+    }
+
+    async fn present(&self, blobs: &[Digest]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(blobs.len());
+        for d in blobs {
+            out.push(
+                tokio::fs::metadata(blob_file(&self.root, d))
+                    .await
+                    .is_ok_and(|m| m.is_file()),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn manifest(&self, reference: &str) -> Result<Option<RawManifest>> {
+        layout_manifest(&self.root, reference).await
+    }
+}
+
+/// The manifest the layout at `root` holds under `reference` (a digest or
+/// a tag of `index.json`), verified against its digest; None when absent.
+pub async fn layout_manifest(root: &Path, reference: &str) -> Result<Option<RawManifest>> {
+    let digest = match Digest::parse(reference) {
+        Ok(d) => d,
+        Err(_) => match tagged(root, reference) {
+            Some(d) => d,
+            None => return Ok(None),
+        },
+    };
+    let file = blob_file(root, &digest);
+    let bytes = match tokio::fs::read(&file).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &file, e)),
+    };
+    RawManifest::verified(
+        bytes::Bytes::from(bytes),
+        None,
+        &digest,
+        &format!("manifest {digest} in {}", root.display()),
+    )
+    .map(Some)
 }

@@ -12,11 +12,12 @@ use async_trait::async_trait;
 use tracing::debug;
 
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
+use super::store::{Capabilities, Current, Store, StoreId, StoreOptions};
 use super::{Reuse, Sink};
 use crate::error::{Error, Result};
 use crate::image::referrers::fallback_tag;
-use crate::image::{media_type, Descriptor, Digest, ImageData, RawManifest};
-use crate::reference::RegistryRef;
+use crate::image::{media_type, Descriptor, Digest, ImageData, ImageName, RawManifest};
+use crate::reference::{Reference, RegistryRef};
 use crate::registry::{RegistryClient, RegistryOptions};
 use crate::source::BlobReader;
 
@@ -33,6 +34,7 @@ pub const KIND: DestinationKind = DestinationKind {
     read_back: ReadBack::AsImage,
     holds_referrers: true,
     one_image: None,
+    open_store,
 };
 
 /// Writes images to one repository of a registry.
@@ -273,6 +275,72 @@ pub fn merge_referrers_index(
         return Ok(None);
     }
     serde_json::to_vec(&index).map(Some).map_err(|e| e.to_string())
+}
+
+/// A registry repository as the planner asks it: a HEAD says what a tag
+/// names and whether a blob is there; its repositories share blobs
+/// through mounts.
+pub struct RegistryStore {
+    id: StoreId,
+    client: RegistryClient,
+    target: RegistryRef,
+}
+
+fn open_store(dest: &Reference, opts: &StoreOptions) -> Result<Box<dyn Store>> {
+    let Some(target) = dest.as_registry() else {
+        return Err(super::store::not_a_store(dest));
+    };
+    Ok(Box::new(RegistryStore {
+        id: StoreId::of(dest),
+        client: RegistryClient::for_host(&target.host, &opts.registry)?,
+        target: target.clone(),
+    }))
+}
+
+#[async_trait]
+impl Store for RegistryStore {
+    fn id(&self) -> &StoreId {
+        &self.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            wants_compressed: true,
+            can_mount: true,
+            ..Capabilities::of_kind(&KIND)
+        }
+    }
+
+    fn reference_for(&self, name: &ImageName) -> String {
+        self.target
+            .digest
+            .as_ref()
+            .map(|d| d.to_string())
+            .or(self.target.tag.clone())
+            .unwrap_or_else(|| name.tag.clone())
+    }
+
+    async fn current(&self, name: &ImageName) -> Result<Current> {
+        let reference = self.reference_for(name);
+        let head = self.client.head_manifest(&self.target.repository, &reference).await?;
+        Ok(Current::Tagged(head.map(|d| d.digest)))
+    }
+
+    async fn present(&self, blobs: &[Digest]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(blobs.len());
+        for d in blobs {
+            out.push(self.client.head_blob(&self.target.repository, d).await?.is_some());
+        }
+        Ok(out)
+    }
+
+    async fn manifest(&self, reference: &str) -> Result<Option<RawManifest>> {
+        match self.client.get_manifest(&self.target.repository, reference).await {
+            Ok(m) => Ok(Some(m)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,9 @@ pub mod oci_layout;
 pub mod registry;
 pub mod stream;
 
-use std::pin::Pin;
-
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
 use crate::image::config::MAX_CONFIG_SIZE;
@@ -23,9 +21,7 @@ use crate::image::{
 use crate::reference::Reference;
 use crate::registry::RegistryOptions;
 
-/// A stream of blob bytes. Streams returned by a [`Source`] are verified
-/// against their descriptor: a mismatch surfaces as a read error at the end.
-pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+pub use crate::image::BlobReader;
 
 /// Something that can resolve a reference to a manifest, a config and a
 /// stream per blob.

@@ -22,9 +22,9 @@ use super::{
 use crate::error::{Error, ErrorCode, Result};
 use crate::image::manifest::MAX_MANIFEST_SIZE;
 use crate::image::media_type::MANIFEST_ACCEPT;
+use crate::image::BlobReader;
 use crate::image::{Descriptor, Digest, RawManifest, VerifyingReader};
 use crate::registry::auth;
-use crate::source::BlobReader;
 
 impl RegistryClient {
     /// The manifest `repo:reference` (a tag or a digest). The bytes are

@@ -15,6 +15,7 @@
 //! (the API calls), `body` (reading and streaming bodies), `errors` (what a
 //! failure says) and `tls` (building the HTTP client, the scheme probe).
 
+mod api;
 mod body;
 mod endpoints;
 mod errors;

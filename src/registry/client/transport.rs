@@ -54,6 +54,10 @@ pub(super) struct Req {
     pub(super) pull: bool,
     /// The kind of slot it takes on the host (see [`Kind`]).
     pub(super) kind: Kind,
+    /// Another API the host serves (quay.io's REST API): the request
+    /// carries its own credentials, so the registry's are not added and a
+    /// 401 is not taken for a registry challenge.
+    pub(super) foreign: bool,
 }
 
 /// The kind of slot a request takes: uploads (sessions, mounts, chunks),
@@ -92,6 +96,7 @@ impl Req {
             idempotent,
             scope_refusal_is_answer: false,
             pull: false,
+            foreign: false,
         }
     }
 
@@ -277,7 +282,7 @@ impl RegistryClient {
                 ReqBody::Bytes(b) => b.len() <= SAMPLE_BODY_MAX,
                 ReqBody::Stream(_) => false,
             };
-            let auth = if same_host {
+            let auth = if same_host && !req.foreign {
                 self.authorization(&req).await?
             } else {
                 None
@@ -427,7 +432,7 @@ impl RegistryClient {
                         )));
                     }
                 }
-                if !answered_challenge && req.replayable() {
+                if !answered_challenge && req.replayable() && !req.foreign {
                     if let Some(ch) = challenge {
                         answered_challenge = true;
                         if matches!(ch, Challenge::Basic { .. }) && self.credentials().await?.is_none() {

@@ -1,0 +1,648 @@
+//! Building the work graph from the planned targets: one node per thing
+//! produced (fetch, rewrite, blob, config, manifest, index, tag, check,
+//! referrers, prunes), each blob present, mounted, uploaded or written as
+//! the stores' answers say.
+
+use super::*;
+
+/// The compression of a layer as its media type says (gzip when unknown).
+pub(super) fn layer_compression(desc: &Descriptor) -> Compression {
+    Compression::from_media_type(&desc.media_type).unwrap_or(Compression::Gzip)
+}
+
+/// A blob of one target: the layer (or config) and its key in the store.
+struct WantedBlob {
+    /// The digest the store keeps it under (digest or diff_id), or the
+    /// rewrite's output name.
+    blob: String,
+    /// The digest to look for in the store (None: unknown until rewritten).
+    lookup: Option<Digest>,
+}
+
+/// Builds the graph of every writing target of `planned`, asking each
+/// store which blobs it holds.
+pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
+    // Each destination's store: its id and what it can do.
+    let mut stores = Stores::new();
+    for t in planned.iter().filter(|t| t.action.writes()) {
+        if stores.contains_key(&t.destination) {
+            continue;
+        }
+        let view = match ctx.store(&t.target.destination) {
+            Ok(s) => Store::new(s.id().clone(), s.capabilities()),
+            Err(_) => Store::of(&t.target.destination),
+        };
+        stores.insert(t.destination.clone(), view);
+    }
+    // Blobs each store holds now (asked once per store and blob).
+    let presence = presence::presence(ctx, planned, &stores).await;
+    // Where earlier runs saw blobs, when a store that mounts is written (read once).
+    let writes_registry = stores.values().any(|s| s.can_mount);
+    // A saved plan (`--apply`) mounts from exactly the repositories it
+    // showed, whatever other runs have remembered since.
+    let remembered = match (&ctx.pinned, &ctx.cache) {
+        (Some(saved), _) => saved_candidates(&saved.nodes),
+        (None, Some(c)) if writes_registry => c.blob_locations().load(),
+        _ => Remembered::default(),
+    };
+    assemble(ctx.cache.as_ref(), planned, &presence, &remembered, &stores)
+}
+
+/// Each destination's store (by the destination as the plan spells it).
+pub(super) type Stores = HashMap<String, Store>;
+
+/// The remembered repositories a saved plan's mounts try, per host and blob.
+fn saved_candidates(nodes: &[Work]) -> Remembered {
+    let mut r = Remembered::default();
+    for w in nodes {
+        let (Some(How::Mount(m)), Some(store), Some(desc)) = (&w.how, w.key.store(), &w.source_blob) else {
+            continue;
+        };
+        if !m.remembered {
+            continue;
+        }
+        let Some(id) = StoreId::parse(store) else { continue };
+        let Some(host) = id.host() else { continue };
+        r.add(
+            host,
+            &desc.digest,
+            std::iter::once(m.from.clone()).chain(m.or.iter().cloned()),
+        );
+    }
+    r
+}
+
+/// The graph's shape alone: every blob sent, nothing asked of the stores
+/// nor of the layer cache (for partitioning targets into shards).
+pub fn shape(planned: &[PlannedTarget]) -> WorkGraph {
+    assemble(
+        None,
+        planned,
+        &Presence::default(),
+        &Remembered::default(),
+        &Stores::new(),
+    )
+}
+
+fn assemble(
+    cache: Option<&LayerCache>,
+    planned: &[PlannedTarget],
+    presence: &Presence,
+    remembered: &Remembered,
+    stores: &Stores,
+) -> WorkGraph {
+    let mut g = WorkGraph::default();
+    // Room for the nodes and edges up front (each a few per layer and per
+    // target; shared layers make fewer): growing by doubling would hold the
+    // old and the new array at once.
+    let (nodes, edges) = planned
+        .iter()
+        .filter(|t| t.action.writes())
+        .filter_map(|t| t.resolved.as_ref())
+        .map(|r| {
+            let layers: usize = r.images.iter().map(|i| i.manifest.layers.len()).sum();
+            let images = r.images.len();
+            (2 * layers + 3 * images + 3, 2 * layers + 3 * images + 3)
+        })
+        .fold((0, 0), |(n, e), (a, b)| (n + a, e + b));
+    g.graph.reserve_nodes(nodes);
+    g.graph.reserve_edges(edges);
+    g.by_key.first.reserve(nodes);
+    // (host, digest) → the upload node that first sends it there, and its repository.
+    let mut uploaded_on: Uploads = HashMap::new();
+    for (ti, t) in planned.iter().enumerate() {
+        if !t.action.writes() {
+            continue;
+        }
+        let Some(resolved) = t.resolved.clone() else { continue };
+        let tt = &t.target;
+        let store = stores
+            .get(&t.destination)
+            .cloned()
+            .unwrap_or_else(|| Store::of(&tt.destination));
+        let src_store = source_store(&tt.source);
+        let chain = &tt.chain;
+        let filtered = !chain.is_empty();
+        let rewrites_content = chain.changes_content();
+        let observes = chain
+            .filters
+            .iter()
+            .any(|f| matches!(f, FilterSpec::Search { .. } | FilterSpec::Inspect { .. }));
+        let chain_hash = chain.hash();
+        let source_id = StoreId::of(&tt.source);
+        let same_host_source = match (source_id.host(), source_id.repository_name(), &store.host) {
+            (Some(sh), Some(sr), Some(h)) if store.can_mount && sh == h && Some(sr) != store.repository.as_deref() => {
+                Some(sr.to_string())
+            }
+            _ => None,
+        };
+        let mut tw = TargetWork {
+            in_place: t.current.is_some() && t.current == t.expected && t.referrers.is_some(),
+            ..TargetWork::default()
+        };
+        for img in &resolved.images {
+            let mut layers = Vec::new();
+            let mut rewrites = Vec::new();
+            for (li, desc) in img.manifest.layers.iter().enumerate() {
+                // One copy of the descriptor for the layer's blob and fetch nodes.
+                let shared = Arc::new(desc.clone());
+                let diff_id = img.diff_id(li).ok().cloned();
+                let plain_key = match store.form {
+                    StoredForm::Compressed => Some(desc.digest.clone()),
+                    StoredForm::PlainTar => diff_id.clone(),
+                };
+                // A rewritten layer the cache knows, and the store holds.
+                let cached = if rewrites_content && !observes {
+                    cached_output(cache, chain, desc, store.form).filter(|d| presence.holds(&store, d))
+                } else {
+                    None
+                };
+                let wanted = match (&cached, rewrites_content) {
+                    (Some(d), _) => WantedBlob {
+                        blob: d.to_string(),
+                        lookup: Some(d.clone()),
+                    },
+                    (None, true) => WantedBlob {
+                        blob: format!(
+                            "rewrite:{}:{}:{}",
+                            desc.digest.hex(),
+                            &chain_hash[..16],
+                            match store.form {
+                                StoredForm::Compressed => "blob",
+                                StoredForm::PlainTar => "tar",
+                            }
+                        ),
+                        lookup: None,
+                    },
+                    (None, false) => WantedBlob {
+                        blob: plain_key
+                            .as_ref()
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| desc.digest.to_string()),
+                        lookup: plain_key.clone(),
+                    },
+                };
+                let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on, remembered);
+                let sends = how.sends();
+                let (blob, created) = g.node(
+                    NodeKey::Blob {
+                        store: store.key.clone(),
+                        blob: wanted.blob.clone(),
+                    },
+                    ti,
+                    |w| {
+                        w.how = Some(how.clone());
+                        w.bytes = if sends { desc.size } else { 0 };
+                        w.estimated = rewrites_content && cached.is_none();
+                        w.source_blob = Some(Arc::clone(&shared));
+                        w.diff_id = diff_id.clone();
+                        w.form = Some(store.form);
+                    },
+                );
+                // A rewrite runs for every layer of a filtered target, even
+                // one the store holds, when the chain observes (search and
+                // inspect must see every layer); a cached output skips it.
+                let rewrite = if filtered && cached.is_none() && (sends || observes || !rewrites_content) {
+                    let (r, _) = g.node(
+                        NodeKey::Rewrite {
+                            input: desc.digest.clone(),
+                            chain: chain_hash.clone(),
+                        },
+                        ti,
+                        |w| {
+                            w.bytes = desc.size;
+                            w.source_blob = Some(Arc::clone(&shared));
+                            w.diff_id = diff_id.clone();
+                            w.estimated = true;
+                        },
+                    );
+                    // The output compression: the chain's for compressed
+                    // stores; plain tar when only plain-tar stores need it.
+                    if store.form == StoredForm::Compressed {
+                        let (c, level) = chain.output_compression(layer_compression(desc));
+                        g.graph[r].compression = Some(c);
+                        g.graph[r].level = level;
+                    } else if g.graph[r].compression.is_none() {
+                        g.graph[r].compression = Some(Compression::None);
+                    }
+                    let f = fetch_node(&mut g, &src_store, &shared, diff_id.as_ref(), ti);
+                    g.edge(f, r, "feeds");
+                    if rewrites_content && sends {
+                        g.edge(r, blob, "rewritten to");
+                    } else if sends {
+                        g.edge(f, blob, "copied to");
+                    }
+                    Some(r)
+                } else {
+                    if sends && created {
+                        let f = fetch_node(&mut g, &src_store, &shared, diff_id.as_ref(), ti);
+                        g.edge(f, blob, "copied to");
+                    }
+                    None
+                };
+                note_upload(&mut g, &mut uploaded_on, &store, &how, &wanted, blob);
+                layers.push(blob);
+                rewrites.push(rewrite);
+            }
+            // The config: the source's, or the filtered one (unknown yet).
+            let cfg = &img.manifest.config;
+            let shared = Arc::new(cfg.clone());
+            let changes_config = rewrites_content || chain.config_timestamp().is_some();
+            let wanted = if changes_config {
+                WantedBlob {
+                    blob: format!("rewrite:{}:{}:config", cfg.digest.hex(), &chain_hash[..16]),
+                    lookup: None,
+                }
+            } else {
+                WantedBlob {
+                    blob: cfg.digest.to_string(),
+                    lookup: Some(cfg.digest.clone()),
+                }
+            };
+            let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on, remembered);
+            let (config, _) = g.node(
+                NodeKey::Config {
+                    store: store.key.clone(),
+                    blob: wanted.blob.clone(),
+                },
+                ti,
+                |w| {
+                    w.bytes = if how.sends() { cfg.size } else { 0 };
+                    w.how = Some(how.clone());
+                    w.estimated = changes_config;
+                    w.source_blob = Some(Arc::clone(&shared));
+                },
+            );
+            note_upload(&mut g, &mut uploaded_on, &store, &how, &wanted, config);
+            // A config planning did not read is read once for every store
+            // that writes it (a registry that holds it needs none).
+            if img.config.bytes.is_empty() && !changes_config && (store.host.is_none() || how != How::Present) {
+                let f = fetch_node(&mut g, &src_store, &shared, None, ti);
+                g.edge(f, config, "config read");
+            }
+            let manifest_name = if changes_config || rewrites_content {
+                format!("rewrite:{}:{}", img.raw_manifest.digest.hex(), &chain_hash[..16])
+            } else {
+                img.raw_manifest.digest.to_string()
+            };
+            let (manifest, _) = g.node(
+                NodeKey::Manifest {
+                    store: format!("{}#{}", store.key, t.destination),
+                    manifest: manifest_name,
+                },
+                ti,
+                |w| {
+                    w.bytes = img.raw_manifest.bytes.len() as u64;
+                    w.estimated = changes_config;
+                },
+            );
+            // Only the real store name shows in the key's store field.
+            if let NodeKey::Manifest { store: s, .. } = &mut g.graph[manifest].key {
+                *s = store.key.clone();
+            }
+            for &l in &layers {
+                g.edge(l, manifest, "layer");
+            }
+            g.edge(config, manifest, "config");
+            tw.images.push(ImageWork {
+                layers,
+                rewrites,
+                config,
+                manifest,
+            });
+        }
+        let writes_index = crate::image::writes_index(&resolved, &tt.platforms, store.keeps_index);
+        let top = if writes_index {
+            let name = match (&t.expected, rewrites_content) {
+                (Some(d), false) => d.to_string(),
+                _ => format!(
+                    "rewrite:{}:{}",
+                    resolved.root().map(|r| r.digest.hex().to_string()).unwrap_or_default(),
+                    &chain_hash[..16]
+                ),
+            };
+            let (ix, _) = g.node(
+                NodeKey::Index {
+                    store: format!("{}#{}", store.key, t.destination),
+                    manifest: name,
+                },
+                ti,
+                |w| w.estimated = rewrites_content,
+            );
+            if let NodeKey::Index { store: s, .. } = &mut g.graph[ix].key {
+                *s = store.key.clone();
+            }
+            for m in tw.images.iter().map(|i| i.manifest).collect::<Vec<_>>() {
+                g.edge(m, ix, "manifest");
+            }
+            tw.index = Some(ix);
+            Some(ix)
+        } else {
+            tw.images.first().map(|i| i.manifest)
+        };
+        let (tag, _) = g.node(
+            NodeKey::Tag {
+                destination: t.destination.clone(),
+                image: t.name.clone(),
+            },
+            ti,
+            |_| {},
+        );
+        if let Some(top) = top {
+            g.edge(top, tag, "tagged");
+        }
+        let (check, _) = g.node(
+            NodeKey::Check {
+                destination: t.destination.clone(),
+                image: t.name.clone(),
+            },
+            ti,
+            |_| {},
+        );
+        g.edge(tag, check, "checks");
+        tw.tag = Some(tag);
+        tw.check = Some(check);
+        if let Some(r) = &t.referrers {
+            let at = TargetAt {
+                ti,
+                store: &store,
+                src_store: &src_store,
+                same_host_source: &same_host_source,
+                tag,
+                check,
+            };
+            add_referrers(&mut g, &at, &tw, r, presence, &mut uploaded_on);
+        }
+        g.targets.insert(ti, tw);
+    }
+    // Keys were made with a per-destination store for manifests (so two
+    // tags of one repository commit separately); rebuild the key map.
+    // (Cleared in place: the old map's room is reused, not doubled.)
+    g.by_key.clear();
+    for i in g.graph.node_indices() {
+        g.by_key.insert(&g.graph, &g.graph[i].key, i);
+    }
+    g.renumber();
+    g
+}
+
+/// Where a target's referrers go: its index, store, source and commit nodes.
+struct TargetAt<'a> {
+    ti: usize,
+    store: &'a Store,
+    src_store: &'a str,
+    same_host_source: &'a Option<String>,
+    tag: NodeIndex,
+    check: NodeIndex,
+}
+
+/// The nodes of a target's referrers: each referrer's blobs (fetched and
+/// copied like layers), its manifest after its subject (the subject's
+/// manifest or index, and the target's commit), the referrers tag of each
+/// subject on a registry without the referrers API, all before the check.
+fn add_referrers(
+    g: &mut WorkGraph,
+    at: &TargetAt<'_>,
+    tw: &TargetWork,
+    r: &crate::plan::referrers::TargetReferrers,
+    presence: &Presence,
+    uploaded_on: &mut Uploads,
+) {
+    let ti = at.ti;
+    let store = at.store;
+    for rf in &r.copy {
+        let Some(raw) = &rf.manifest else { continue };
+        let reference = rf.tag.clone().unwrap_or_else(|| rf.descriptor.digest.to_string());
+        let (node, created) = g.node(
+            NodeKey::Referrer {
+                store: store.key.clone(),
+                reference,
+            },
+            ti,
+            |w| w.bytes = raw.bytes.len() as u64,
+        );
+        if created {
+            g.referrers.insert(
+                node,
+                ReferrerWork {
+                    manifest: raw.clone(),
+                    descriptor: rf.descriptor.clone(),
+                    tag: rf.tag.clone(),
+                },
+            );
+        }
+        for (bi, desc) in rf.blobs.iter().enumerate() {
+            let shared = Arc::new(desc.clone());
+            let wanted = WantedBlob {
+                blob: desc.digest.to_string(),
+                lookup: Some(desc.digest.clone()),
+            };
+            // Referrer blobs are small and their own: no remembered mounts.
+            let how = blob_how(
+                store,
+                &wanted,
+                presence,
+                at.same_host_source,
+                uploaded_on,
+                &Remembered::default(),
+            );
+            let sends = how.sends();
+            let (blob, made) = g.node(
+                NodeKey::Blob {
+                    store: store.key.clone(),
+                    blob: wanted.blob.clone(),
+                },
+                ti,
+                |w| {
+                    w.how = Some(how.clone());
+                    w.bytes = if sends { desc.size } else { 0 };
+                    w.source_blob = Some(Arc::clone(&shared));
+                    w.form = Some(StoredForm::Compressed);
+                },
+            );
+            if sends && made {
+                let f = fetch_node(g, at.src_store, &shared, None, ti);
+                g.edge(f, blob, "copied to");
+            }
+            note_upload(g, uploaded_on, store, &how, &wanted, blob);
+            g.edge(blob, node, if bi == 0 { "config" } else { "layer" });
+        }
+        // After its subject: the manifest (or index) it refers to, and the
+        // commit that writes it.
+        let subject = rf.subject.to_string();
+        for m in tw.images.iter().map(|i| i.manifest).chain(tw.index) {
+            let names_subject = matches!(&g.graph[m].key,
+                NodeKey::Manifest { manifest, .. } | NodeKey::Index { manifest, .. } if *manifest == subject);
+            if names_subject {
+                g.edge(m, node, "subject");
+            }
+        }
+        g.edge(at.tag, node, "after commit");
+        g.edge(node, at.check, "referrer");
+        if r.fallback_tag && rf.tag.is_none() {
+            let (list, made) = g.node(
+                NodeKey::ReferrersTag {
+                    store: store.key.clone(),
+                    subject: rf.subject.clone(),
+                },
+                ti,
+                |_| {},
+            );
+            let entries = g
+                .referrers_tags
+                .entry(list)
+                .or_insert_with(|| (rf.subject.clone(), Vec::new()));
+            if !entries.1.iter().any(|d| d.digest == rf.descriptor.digest) {
+                entries.1.push(rf.descriptor.clone());
+            }
+            let _ = made;
+            g.edge(node, list, "listed in");
+            g.edge(list, at.check, "referrers tag");
+        }
+    }
+}
+
+/// Adds prune nodes (one per tag to delete).
+pub fn add_prunes(g: &mut WorkGraph, prunes: &[crate::plan::prune::PruneTag]) {
+    for p in prunes {
+        g.node(
+            NodeKey::Prune {
+                destination: p.destination.clone(),
+            },
+            usize::MAX,
+            |w| w.targets.clear(),
+        );
+    }
+    g.renumber();
+}
+
+fn fetch_node(
+    g: &mut WorkGraph,
+    src_store: &str,
+    desc: &Arc<Descriptor>,
+    diff_id: Option<&Digest>,
+    ti: usize,
+) -> NodeIndex {
+    g.node(
+        NodeKey::Fetch {
+            source: src_store.to_string(),
+            digest: desc.digest.clone(),
+        },
+        ti,
+        |w| {
+            w.bytes = desc.size;
+            w.source_blob = Some(Arc::clone(desc));
+            w.diff_id = diff_id.cloned();
+        },
+    )
+    .0
+}
+
+/// The output digest the layer cache remembers for a layer through `chain`
+/// in the form `form` stores it.
+pub(super) fn cached_output(
+    cache: Option<&LayerCache>,
+    chain: &crate::filter::FilterChain,
+    desc: &Descriptor,
+    form: StoredForm,
+) -> Option<Digest> {
+    let cache = cache?;
+    let (compression, level) = match form {
+        StoredForm::Compressed => chain.output_compression(layer_compression(desc)),
+        StoredForm::PlainTar => (Compression::None, None),
+    };
+    let entry = cache.get(&LayerCache::rewrite_key(
+        &desc.digest,
+        &chain.hash(),
+        compression,
+        level,
+    ))?;
+    Some(match form {
+        StoredForm::Compressed => entry.digest,
+        StoredForm::PlainTar => entry.diff_id,
+    })
+}
+
+/// (registry host, digest) → the node that uploads it there first in this
+/// run, and its repository.
+type Uploads = HashMap<(String, Digest), (NodeIndex, String)>;
+
+/// Records an upload (later targets mount from it), or links a mount to
+/// the upload it copies.
+fn note_upload(
+    g: &mut WorkGraph,
+    uploads: &mut Uploads,
+    store: &Store,
+    how: &How,
+    wanted: &WantedBlob,
+    node: NodeIndex,
+) {
+    let (Some(host), Some(repo), Some(d)) = (&store.host, &store.repository, &wanted.lookup) else {
+        return;
+    };
+    let key = (host.clone(), d.clone());
+    match how {
+        // A mount from a remembered repository brings the blob here too
+        // (mounted, or uploaded when declined): later targets mount from here.
+        How::Upload => {
+            uploads.entry(key).or_insert((node, repo.clone()));
+        }
+        How::Mount(m) if m.remembered => {
+            uploads.entry(key).or_insert((node, repo.clone()));
+        }
+        How::Mount(m) => {
+            if let Some((up, up_repo)) = uploads.get(&key) {
+                if *up != node && *up_repo == m.from {
+                    g.edge(*up, node, "mounted from");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// How a blob gets into a store: present if the store holds it; else for a
+/// registry, mounted from a repository of the same host that this run
+/// uploads it to first, that holds it already, or that is the source's, or
+/// else that earlier runs saw it in (remembered: the registry's answer to
+/// the mount decides, an upload when it declines); else sent.
+fn blob_how(
+    store: &Store,
+    wanted: &WantedBlob,
+    presence: &Presence,
+    same_host_source: &Option<String>,
+    uploads: &Uploads,
+    remembered: &Remembered,
+) -> How {
+    let Some(d) = &wanted.lookup else {
+        return if store.host.is_some() { How::Upload } else { How::Write };
+    };
+    if presence.holds(store, d) {
+        return How::Present;
+    }
+    let Some(host) = &store.host else { return How::Write };
+    if !store.can_mount {
+        return How::Upload;
+    }
+    let key = (host.clone(), d.clone());
+    let mount = |from: &String| How::mount(from.clone(), Vec::new(), false);
+    if let Some((_, repo)) = uploads.get(&key) {
+        if Some(repo) != store.repository.as_ref() {
+            return mount(repo);
+        }
+    }
+    if let Some(repo) = presence.on_host.get(&key) {
+        if Some(repo) != store.repository.as_ref() {
+            return mount(repo);
+        }
+    }
+    if let Some(repo) = same_host_source {
+        return mount(repo);
+    }
+    let mut candidates = remembered.candidates(host, d, store.repository.as_deref().unwrap_or_default());
+    if candidates.is_empty() {
+        return How::Upload;
+    }
+    let from = candidates.remove(0);
+    How::mount(from, candidates, true)
+}

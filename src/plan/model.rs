@@ -1,0 +1,339 @@
+//! What a plan is made of: targets, their actions and blob counts, the
+//! plan with its totals, the saved plan `--apply` replays, and the keys that
+//! name a target's output (platforms, layer-cache output keys, chains).
+
+use super::*;
+
+/// One (source image, chain, destination).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub entry: usize,
+    pub source: Reference,
+    pub destination: Reference,
+    /// The name and tag recorded at the destination.
+    pub name: ImageName,
+    pub chain: FilterChain,
+    pub chain_name: Option<String>,
+    pub platforms: PlatformSelection,
+    /// Where the destination is written in the sync file.
+    pub dest_span: Range<usize>,
+    /// A digest the saved plan pins the source to.
+    pub pinned: Option<Digest>,
+}
+
+/// What a target needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum Action {
+    /// The destination lacks it.
+    Create,
+    /// The destination holds another digest.
+    Update,
+    /// The destination already holds the expected result.
+    Unchanged,
+    /// Filters rewrite it and the output digest is not known yet.
+    Rebuild { reason: String },
+    /// The source could not be resolved (or the destination not read).
+    Failed { error: String },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Unchanged => "unchanged",
+            Action::Rebuild { .. } => "rebuild",
+            Action::Failed { .. } => "failed",
+        }
+    }
+
+    /// Whether applying the plan writes this target.
+    pub fn writes(&self) -> bool {
+        matches!(self, Action::Create | Action::Update | Action::Rebuild { .. })
+    }
+}
+
+/// Blobs a target moves to its destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobCounts {
+    /// Blobs sent (uploaded to a registry, written to a file).
+    pub upload: usize,
+    /// Blobs mounted from another repository of the destination registry.
+    pub mount: usize,
+    /// Blobs the destination already holds.
+    pub present: usize,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// True when filters will rewrite the layers: counts are the source's.
+    pub estimated: bool,
+}
+
+impl BlobCounts {
+    pub fn add(&mut self, o: &BlobCounts) {
+        self.upload += o.upload;
+        self.mount += o.mount;
+        self.present += o.present;
+        self.bytes += o.bytes;
+        self.estimated |= o.estimated;
+    }
+}
+
+/// One planned target.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedTarget {
+    pub entry: usize,
+    pub source: String,
+    pub destination: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<String>,
+    /// The manifest digest the source's tag names now.
+    pub source_digest: Option<Digest>,
+    /// Platform images taken.
+    pub platforms: usize,
+    /// The digest the destination will name (unknown for a first filtered run).
+    pub expected: Option<Digest>,
+    /// The digest the destination names now.
+    pub current: Option<Digest>,
+    #[serde(flatten)]
+    pub action: Action,
+    pub blobs: BlobCounts,
+    #[serde(skip)]
+    pub target: Target,
+    #[serde(skip)]
+    pub resolved: Option<Arc<ResolvedImage>>,
+    /// What the destination does to the media types of the source's manifests.
+    #[serde(skip)]
+    pub media: MediaNote,
+    /// The referrers (signatures, SBOMs, attestations) copied with the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<referrers::TargetReferrers>,
+    /// What `verify:` requires of its source, and who signed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<verify::Verification>,
+}
+
+/// What an OCI-layout destination does to the media types of the manifests
+/// it is given (see [`MediaTypes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MediaNote {
+    /// Nothing worth saying.
+    #[default]
+    None,
+    /// Docker v2 manifests converted to OCI (`?format=oci`): the digest changes.
+    Converted,
+    /// Manifests occy made up, written with OCI media types.
+    SynthesisedOci,
+    /// Docker v2 manifests kept byte for byte in an OCI layout, which OCI-only
+    /// tools may refuse.
+    DockerKept,
+}
+
+/// Totals of one destination (registry host or file path).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestinationTotals {
+    pub destination: String,
+    pub targets: usize,
+    #[serde(flatten)]
+    pub blobs: BlobCounts,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Format of this document.
+    pub plan_version: u32,
+    pub sync_file: String,
+    /// sha256 of the sync file: `--apply` refuses another file.
+    pub sync_file_sha256: String,
+    pub targets: Vec<PlannedTarget>,
+    pub destinations: Vec<DestinationTotals>,
+    pub totals: Totals,
+    /// Estimated requests per registry host to apply the plan.
+    pub requests: BTreeMap<String, u64>,
+    /// With `--prune`: destination tags no target selects, to delete.
+    pub prune: Vec<prune::PruneTag>,
+    /// What each `archive://` destination gets: the archive written, its
+    /// bytes and volumes, what earlier archives carried and it leaves out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archives: Vec<archive::ArchiveNote>,
+    /// The pull quota of each source registry that announces one
+    /// (`RateLimit-*` headers), and the manifest pulls the run needs there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pull_quotas: Vec<quota::PullQuotaLine>,
+    pub warnings: Vec<String>,
+    /// With `--shard I/N`: which shard this plan is, and its share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<shard::ShardInfo>,
+    /// With `--shards N`: which shard each target is in.
+    #[serde(skip)]
+    pub assignment: Option<shard::Assignment>,
+    /// Per store (a registry repository, a file destination) and per
+    /// source: what applying does there.
+    pub stores: BTreeMap<String, graph::StoreTotals>,
+    /// Layers needed by more than one store, and what happens to each.
+    pub shared: Vec<String>,
+    /// The work graph: its nodes, and its edges (`to` needs `from`),
+    /// serialized as `nodes` and `edges`.
+    #[serde(flatten)]
+    pub graph: graph::WorkGraph,
+}
+
+/// Counts over all targets.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub targets: usize,
+    pub create: usize,
+    pub update: usize,
+    pub unchanged: usize,
+    pub rebuild: usize,
+    pub failed: usize,
+    /// Tags to delete (`--prune`).
+    pub prune: usize,
+    #[serde(flatten)]
+    pub blobs: BlobCounts,
+}
+
+impl Plan {
+    /// Whether applying it would change anything.
+    pub fn has_changes(&self) -> bool {
+        self.targets.iter().any(|t| t.action.writes()) || !self.prune.is_empty()
+    }
+
+    /// Whether some target failed to resolve.
+    pub fn has_failures(&self) -> bool {
+        self.targets.iter().any(|t| matches!(t.action, Action::Failed { .. }))
+    }
+}
+
+/// The version of the JSON plan this occy writes and applies.
+pub const PLAN_VERSION: u32 = 2;
+
+/// A plan as saved by `--plan --out`, read back by `--apply`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SavedPlan {
+    #[serde(default)]
+    pub plan_version: u32,
+    pub sync_file: String,
+    pub sync_file_sha256: String,
+    pub targets: Vec<SavedTarget>,
+    /// The work graph's nodes: `--apply` does exactly these.
+    #[serde(default)]
+    pub nodes: Vec<graph::Work>,
+}
+
+/// One saved target: enough to pin it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SavedTarget {
+    pub entry: usize,
+    pub source: String,
+    pub destination: String,
+    pub source_digest: Option<Digest>,
+}
+
+impl SavedPlan {
+    /// Reads a plan file written by `occy sync --plan --out`.
+    pub fn load(path: &std::path::Path) -> Result<SavedPlan> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read the plan", path, e))?;
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default)]
+            plan_version: u32,
+        }
+        if let Ok(v) = serde_json::from_slice::<Version>(&bytes) {
+            if v.plan_version != PLAN_VERSION {
+                return Err(Error::usage(format!(
+                    "{} is a version-{} plan; this occy applies version-{PLAN_VERSION} plans (a work graph): plan again with `occy sync FILE --plan --out {}`",
+                    path.display(),
+                    v.plan_version,
+                    path.display()
+                )));
+            }
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::usage(format!(
+                "{} is not a plan written by `occy sync --plan --out`: {e}",
+                path.display()
+            ))
+        })
+    }
+}
+
+/// Whether a saved node's way and the current one agree ([`graph::How::agrees_with`]).
+fn same_how(saved: &Option<graph::How>, now: &Option<graph::How>) -> bool {
+    match (saved, now) {
+        (Some(a), Some(b)) => a.agrees_with(b),
+        (a, b) => a == b,
+    }
+}
+
+impl SavedPlan {
+    /// The first differences between the work this plan saved and `now`,
+    /// the graph of the same targets at the same digests planned against
+    /// the destinations as they are: empty when the saved plan still
+    /// applies node for node (same nodes, each blob getting in the same
+    /// way). Ids and the order of nodes do not matter.
+    /// With `whole` false (one shard of the saved plan), saved nodes that
+    /// `now` lacks are not differences.
+    pub fn differences(&self, now: &graph::WorkGraph, whole: bool, limit: usize) -> Vec<String> {
+        let now = now.works();
+        let saved: HashMap<&graph::NodeKey, &Option<graph::How>> =
+            self.nodes.iter().map(|w| (&w.key, &w.how)).collect();
+        let current: HashMap<&graph::NodeKey, &Option<graph::How>> = now.iter().map(|w| (&w.key, &w.how)).collect();
+        let mut out = Vec::new();
+        for w in &now {
+            match saved.get(&w.key) {
+                None => out.push(format!("{} is new", graph::describe_work(w))),
+                Some(how) if !same_how(how, &w.how) => out.push(format!(
+                    "{}: the plan says {}, the destination now needs {}",
+                    graph::describe_work(w),
+                    graph::how_word(how.as_ref()),
+                    graph::how_word(w.how.as_ref())
+                )),
+                Some(_) => {}
+            }
+        }
+        for w in self.nodes.iter().filter(|_| whole) {
+            if !current.contains_key(&w.key) {
+                out.push(format!("{} is no longer needed", graph::describe_work(w)));
+            }
+        }
+        out.truncate(limit);
+        out
+    }
+}
+
+/// The platforms a selection takes, spelled for plans and state records.
+pub fn platforms_key(p: &PlatformSelection) -> String {
+    match p {
+        PlatformSelection::Default => "default".to_string(),
+        PlatformSelection::All => "all".to_string(),
+        PlatformSelection::List(l) => l.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+    }
+}
+
+/// The layer cache's key of the output a filtered target writes: the source
+/// digest, the chain, the platforms, whether an index is kept and the media
+/// types the destination wants.
+pub fn output_key(t: &Target, source_digest: &Digest) -> String {
+    let platforms = match crate::sink::kind::media_types(&t.destination) {
+        MediaTypes::Oci => format!("{}+format=oci", platforms_key(&t.platforms)),
+        MediaTypes::Keep | MediaTypes::OciWhenSynthesised => platforms_key(&t.platforms),
+    };
+    LayerCache::output_key(
+        source_digest,
+        &t.chain.hash(),
+        &platforms,
+        kind::of(&t.destination).keeps_index,
+    )
+}
+
+/// How a chain is recorded in state files (empty without filters).
+pub fn chain_record(chain: &FilterChain) -> String {
+    if chain.is_empty() {
+        String::new()
+    } else {
+        chain.hash()
+    }
+}
