@@ -267,6 +267,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
     for pace in crate::registry::RegistryClient::pace_summaries() {
         tracing::debug!("{pace}");
     }
+    crate::registry::RegistryClient::remember_paces();
     let mut shown = finisher.shown.into_inner().unwrap_or_default();
     let mut targets: Vec<TargetOutcome> = Vec::with_capacity(plan.targets.len());
     for (i, t) in plan.targets.iter().enumerate() {

@@ -8,8 +8,12 @@
 //! `RateLimit-Limit` with a short window sets it, and a 429 teaches it (the
 //! requests the host accepted in the second before the one it refused),
 //! with every request of the host held back for the 429's `Retry-After`, so
-//! that few requests meet a 429 at all. `--rate-limit` caps the rate; `-J`
+//! that few requests meet a 429 at all; quiet, it grows by a fifth every 5 s. `--rate-limit` caps the rate; `-J`
 //! and `-j` cap the concurrency (the walk never asks for more).
+//!
+//! What a host settled at (each kind's limit, the rate learned) is
+//! remembered in the cache directory (`hosts/HOST.pace`), so the next run
+//! starts there: a cron sync meets no 429 where the first run met a few.
 //!
 //! The controllers ([`Window`], [`RateLearner`]) are plain state machines
 //! fed the time by their caller, so their tests run on a simulated clock;
@@ -18,6 +22,8 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -53,6 +59,15 @@ impl Kind {
         match self {
             Kind::Request => 4,
             Kind::BlobGet | Kind::Upload => 2,
+        }
+    }
+
+    /// Its key in the remembered pace file.
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Request => "requests",
+            Kind::BlobGet => "blob-gets",
+            Kind::Upload => "uploads",
         }
     }
 
@@ -127,6 +142,14 @@ impl Window {
             peak: limit,
             throttled: 0,
         }
+    }
+
+    /// Starts from a limit an earlier run settled at: no doubling from
+    /// there, only the steps of one.
+    pub fn resume_at(&mut self, limit: usize) {
+        self.limit = limit.clamp(1, self.ceiling) as f64;
+        self.peak = self.limit;
+        self.slow_start = false;
     }
 
     /// Requests allowed in flight now.
@@ -241,9 +264,10 @@ impl Window {
 /// registry accepted in the second before it refused one.
 const LEARNED_SHARE: f64 = 0.9;
 /// A learned rate grows by this factor after [`PROBE_AFTER`] without a
-/// 429 (the registry's limit may be higher than the second we measured).
-const PROBE_GROWTH: f64 = 1.1;
-const PROBE_AFTER: Duration = Duration::from_secs(10);
+/// 429 (the registry's limit may be higher than the second we measured,
+/// or than an earlier run's).
+const PROBE_GROWTH: f64 = 1.2;
+const PROBE_AFTER: Duration = Duration::from_secs(5);
 /// The longest a `Retry-After` or `RateLimit-Reset` holds the host back.
 const HOLD_CAP: Duration = Duration::from_secs(60);
 
@@ -370,6 +394,13 @@ impl RateLearner {
         }
     }
 
+    /// Starts from a rate an earlier run learned.
+    pub fn resume_at(&mut self, rate: f64, now: Instant) {
+        if rate.is_finite() && rate > 0.0 {
+            self.set_learned(rate, now);
+        }
+    }
+
     fn set_learned(&mut self, rate: f64, now: Instant) {
         self.learned = Some(rate);
         self.learned_at = Some(now);
@@ -436,6 +467,63 @@ pub struct HostPace {
     host: String,
     state: Mutex<Controllers>,
     freed: Notify,
+    /// Where what it settled at is remembered (None: the cache is off).
+    memory: Option<PathBuf>,
+}
+
+/// What an earlier run settled at: each kind's limit, the rate learned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Remembered {
+    pub limits: Vec<(Kind, usize)>,
+    pub rate: Option<f64>,
+}
+
+impl Remembered {
+    /// Reads `requests 8`, `blob-gets 4`, `uploads 4`, `rate 27.0` lines;
+    /// anything else is ignored (a damaged file costs only the head start).
+    pub fn parse(text: &str) -> Remembered {
+        let mut r = Remembered::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.trim().split_once(' ') else {
+                continue;
+            };
+            let value = value.trim();
+            if key == "rate" {
+                r.rate = value.parse::<f64>().ok().filter(|v| v.is_finite() && *v > 0.0);
+            } else if let Some(kind) = Kind::ALL.into_iter().find(|k| k.key() == key) {
+                if let Ok(n) = value.parse::<usize>() {
+                    r.limits.push((kind, n.clamp(1, CEILING)));
+                }
+            }
+        }
+        r
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (k, n) in &self.limits {
+            out.push_str(&format!("{} {n}\n", k.key()));
+        }
+        if let Some(r) = self.rate {
+            out.push_str(&format!("rate {r:.3}\n"));
+        }
+        out
+    }
+}
+
+/// The file a host's pace is remembered in, under `dir` (the cache's `hosts/`).
+pub fn memory_file(dir: &Path, host: &str) -> PathBuf {
+    let name: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("{name}.pace"))
 }
 
 impl fmt::Debug for HostPace {
@@ -447,18 +535,63 @@ impl fmt::Debug for HostPace {
 }
 
 impl HostPace {
-    /// `rate_cap`: `--rate-limit`.
-    pub fn new(host: &str, rate_cap: Option<f64>) -> Arc<HostPace> {
+    /// `rate_cap`: `--rate-limit`; `memory`: the file an earlier run's
+    /// pace is read from and this run's written to ([`memory_file`]).
+    pub fn new(host: &str, rate_cap: Option<f64>, memory: Option<PathBuf>) -> Arc<HostPace> {
         let now = Instant::now();
+        let mut kinds = Kind::ALL.map(|k| Window::new(k.initial(), CEILING, now));
+        let mut rate = RateLearner::new(rate_cap);
+        if let Some(text) = memory.as_deref().and_then(|f| std::fs::read_to_string(f).ok()) {
+            let r = Remembered::parse(&text);
+            for (k, n) in r.limits {
+                kinds[k.index()].resume_at(n);
+            }
+            if let Some(learned) = r.rate {
+                rate.resume_at(learned, now);
+            }
+        }
         Arc::new(HostPace {
             host: host.to_string(),
             state: Mutex::new(Controllers {
-                kinds: Kind::ALL.map(|k| Window::new(k.initial(), CEILING, now)),
+                kinds,
                 used: [false; 3],
-                rate: RateLearner::new(rate_cap),
+                rate,
             }),
             freed: Notify::new(),
+            memory,
         })
+    }
+
+    /// Writes what the host settled at to its memory file (when the cache
+    /// is on and the host was asked anything; temp name and rename; a
+    /// cache that cannot be written is only a missed head start).
+    pub fn remember(&self) {
+        let Some(file) = &self.memory else { return };
+        let r = {
+            let st = self.lock();
+            if !st.used.iter().any(|u| *u) {
+                return;
+            }
+            Remembered {
+                limits: Kind::ALL
+                    .into_iter()
+                    .filter(|k| st.used[k.index()])
+                    .map(|k| (k, st.kinds[k.index()].limit()))
+                    .collect(),
+                rate: st.rate.learned(),
+            }
+        };
+        let write = || -> io::Result<()> {
+            let dir = file.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            io::Write::write_all(&mut tmp, r.render().as_bytes())?;
+            tmp.persist(file).map_err(|e| e.error)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::debug!("cannot remember the pace of {} in {}: {e}", self.host, file.display());
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Controllers> {
@@ -827,9 +960,9 @@ mod tests {
         assert_eq!(r.rate(), Some(20.0));
         r.announced(t0, 10, Duration::from_secs(1), 5, None);
         assert!((r.rate().unwrap() - 9.5).abs() < 1e-9);
-        // Ten quiet seconds: a tenth more.
+        // Five quiet seconds: a fifth more.
         r.reserve(t0 + PROBE_AFTER);
-        assert!((r.rate().unwrap() - 10.45).abs() < 1e-9);
+        assert!((r.rate().unwrap() - 11.4).abs() < 1e-9);
         // Never past the cap.
         let mut now = t0 + PROBE_AFTER;
         for _ in 0..20 {
@@ -925,9 +1058,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn what_a_host_settled_at_is_remembered_for_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = memory_file(dir.path(), "reg.example:5000");
+        assert!(file.ends_with("reg.example_5000.pace"));
+        let pace = HostPace::new("reg.example:5000", None, Some(file.clone()));
+        // Nothing asked: nothing written.
+        pace.remember();
+        assert!(!file.exists());
+        {
+            let mut st = pace.lock();
+            st.used[Kind::Request.index()] = true;
+            st.kinds[Kind::Request.index()].resume_at(12);
+            let now = Instant::now();
+            st.rate.throttled(now, now, Some(Duration::from_secs(1)));
+        }
+        pace.remember();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text, "requests 12\nrate 1.000\n");
+        // The next run starts there.
+        let next = HostPace::new("reg.example:5000", None, Some(file.clone()));
+        let st = next.lock();
+        assert_eq!(st.kinds[Kind::Request.index()].limit(), 12);
+        assert!(!st.kinds[Kind::Request.index()].slow_start);
+        assert_eq!(st.kinds[Kind::BlobGet.index()].limit(), Kind::BlobGet.initial());
+        assert_eq!(st.rate.rate(), Some(1.0));
+        drop(st);
+        // A damaged file is ignored, line by line.
+        let r = Remembered::parse("requests lots\nuploads 999\nrate -3\nrubbish\nblob-gets 3\n");
+        assert_eq!(r.limits, [(Kind::Upload, CEILING), (Kind::BlobGet, 3)]);
+        assert_eq!(r.rate, None);
+    }
+
     #[tokio::test]
     async fn permits_wait_for_a_free_slot() {
-        let pace = HostPace::new("permits.example", None);
+        let pace = HostPace::new("permits.example", None, None);
         let a = pace.acquire(Kind::Upload).await;
         let _b = pace.acquire(Kind::Upload).await;
         // The third waits until one is dropped.

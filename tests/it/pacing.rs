@@ -3,7 +3,8 @@
 //! second (429 with `Retry-After: 1` past that; tests/it/support/fault_proxy.rs),
 //! finishes with no failed target and no more than 5 % of its requests
 //! answered 429 (and no more than a tenth of either registry's), and `-v`
-//! says what each registry settled at and the rate it learned.
+//! says what each registry settled at and the rate it learned; a second
+//! run with the same cache starts from there and meets no 429 (or one).
 
 use crate::support::fault_proxy::{throttled, FaultProxy};
 use crate::support::outputs::mirror_layout;
@@ -109,6 +110,22 @@ fn a_default_sync_behind_registries_throttling_at_30_per_second_meets_few_429s()
     let (_, src_refused) = tally(&src_proxy);
     assert!(dst_refused + src_refused > 0, "no request met the throttle");
     assert!(stderr.contains("requests/s learned from the registry"), "{stderr}");
+    // The next run starts from what this one settled at (remembered in
+    // the cache): into a fresh repository, it meets no 429, or one.
+    src_proxy.clear_events();
+    dst_proxy.clear_events();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&format!("registry://{d}/mirror/"), &format!("registry://{d}/again/"));
+    std::fs::write(&file, again).unwrap();
+    let out = occy(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = json_of(&assert_ok(&args, out));
+    assert_eq!(report["written"], 12, "{report}\n{stderr}");
+    let (src_again, dst_again) = (tally(&src_proxy), tally(&dst_proxy));
+    eprintln!("second run: {src_again:?} at the source, {dst_again:?} at the destination (requests, 429s)");
+    assert!(src_again.1 + dst_again.1 <= 1, "{src_again:?} {dst_again:?}\n{stderr}");
     // Every image arrived whole.
     for (_, repo, tag) in TWELVE {
         let want = src.inspect(&format!("{repo}:{tag}"), false)["Digest"].clone();

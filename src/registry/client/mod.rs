@@ -243,6 +243,18 @@ impl RegistryClient {
         out
     }
 
+    /// Remembers what every host of this process settled at, in the cache
+    /// directory, for the next run to start from.
+    pub fn remember_paces() {
+        let states: Vec<Arc<HostState>> = match pool().lock() {
+            Ok(g) => g.values().cloned().collect(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        };
+        for s in states {
+            s.pace.remember();
+        }
+    }
+
     /// Manifest GETs sent to the host by this process (what Docker Hub
     /// counts as pulls; HEADs are not counted).
     pub fn pulls(&self) -> u64 {

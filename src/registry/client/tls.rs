@@ -147,7 +147,13 @@ impl HostState {
             http,
             scheme,
             remembered_scheme,
-            pace: HostPace::new(host, opts.rate_limit),
+            pace: HostPace::new(
+                host,
+                opts.rate_limit,
+                opts.scheme_memory
+                    .as_deref()
+                    .map(|d| crate::registry::pace::memory_file(d, host)),
+            ),
             retry: RetryPolicy::new(opts.retries),
             store: CredentialStore::from_options(opts)?,
             creds: tokio::sync::OnceCell::new(),
