@@ -375,6 +375,36 @@ impl Reference {
         }
     }
 
+    /// The tag or digest a store is asked for the image this names: a
+    /// registry's digest, else its tag, else `latest`; a layout's tag. None
+    /// when it names its image otherwise.
+    pub fn store_reference(&self) -> Option<String> {
+        match self {
+            Reference::Registry(r) => Some(r.reference()),
+            Reference::Oci { tag, .. } => tag.clone(),
+            _ => None,
+        }
+    }
+
+    /// The image tagged `tag` beside the one this names: in its registry
+    /// repository or OCI layout. None for references that hold no tags.
+    pub fn tagged_beside(&self, tag: &str) -> Option<Reference> {
+        match self {
+            Reference::Registry(r) => {
+                let mut r = r.clone();
+                r.tag = Some(tag.to_string());
+                r.digest = None;
+                Some(Reference::Registry(r))
+            }
+            Reference::Oci { path, oci_format, .. } => Some(Reference::Oci {
+                path: path.clone(),
+                tag: Some(tag.to_string()),
+                oci_format: *oci_format,
+            }),
+            _ => None,
+        }
+    }
+
     /// The reference as its tag names it: a registry image with both a tag
     /// and a digest without the digest (a run pinned to digests names its
     /// sources like the run that pinned them); any other as it is.

@@ -17,9 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{self, StreamExt};
 
-use super::expand::RegistryAccess;
 use super::{PlanContext, Target, PLAN_CONCURRENCY};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::{Descriptor, Digest, RawManifest};
 use crate::reference::Reference;
 use crate::sink::store::Store;
@@ -153,20 +152,23 @@ impl PlanMemo {
 /// asked with its one HEAD.)
 pub async fn list_destination_tags(ctx: &PlanContext, targets: &[Target]) {
     let mut writers: HashMap<Repository, usize> = HashMap::new();
+    let mut first: HashMap<Repository, Reference> = HashMap::new();
     for t in targets {
-        if let Reference::Registry(r) = &t.destination {
+        if let Some(r) = t.destination.as_registry() {
             if r.digest.is_none() {
-                *writers.entry((r.host.clone(), r.repository.clone())).or_default() += 1;
+                let key = (r.host.clone(), r.repository.clone());
+                first.entry(key.clone()).or_insert_with(|| t.destination.clone());
+                *writers.entry(key).or_default() += 1;
             }
         }
     }
+    let first = &first;
     let repos: Vec<Repository> = writers.into_iter().filter(|(_, n)| *n >= 2).map(|(k, _)| k).collect();
     let listed: Vec<(Repository, Option<HashSet<String>>)> = stream::iter(repos)
         .map(|(host, repo)| async move {
-            let tags = match ctx.client(&host) {
-                Ok(client) => match client.list_tags(&repo).await {
-                    Ok(tags) => Some(tags.into_iter().collect()),
-                    Err(Error::NotFound(_)) => Some(HashSet::new()),
+            let tags = match ctx.store(&first[&(host.clone(), repo.clone())]) {
+                Ok(store) => match store.tags().await {
+                    Ok(tags) => tags.map(|t| t.into_iter().collect()),
                     Err(e) => {
                         tracing::debug!(
                             host,

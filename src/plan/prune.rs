@@ -9,11 +9,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
-use super::expand::RegistryAccess;
 use super::{Action, PlanContext, PlannedTarget};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::Digest;
-use crate::reference::Reference;
+use crate::reference::{Reference, RegistryRef};
 
 /// HEAD requests in flight while looking at prune candidates.
 const PRUNE_CONCURRENCY: usize = 8;
@@ -79,19 +78,15 @@ async fn candidates(
     kept: &Kept,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<PruneTag>> {
-    let client = ctx.client(host)?;
-    let tags = match client.list_tags(repo).await {
-        Ok(t) => t,
-        // Not created yet: nothing to prune.
-        Err(Error::NotFound(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    let store = ctx.store(&repository(host, repo))?;
+    // A repository not created yet has no tags: nothing to prune.
+    let tags = store.tags().await?.unwrap_or_default();
     let unkept: BTreeSet<String> = tags.into_iter().filter(|t| !kept.tags.contains(t)).collect();
     let heads: Vec<(String, Result<Option<crate::image::Descriptor>>)> = stream::iter(unkept)
         .map(|tag| {
-            let client = client.clone();
+            let store = store.clone();
             async move {
-                let head = client.head_manifest(repo, &tag).await;
+                let head = store.head(&tag).await;
                 (tag, head)
             }
         })
@@ -124,21 +119,17 @@ async fn candidates(
 /// Deletes one pruned tag: by tag, else (a registry that deletes only
 /// manifests) by the digest the plan saw, after checking the tag still names it.
 pub async fn delete(ctx: &PlanContext, p: &PruneTag) -> Result<()> {
-    let client = ctx.client(&p.host)?;
-    match client.delete_manifest(&p.repository, &p.tag).await {
-        Ok(()) => return Ok(()),
-        Err(Error::NotFound(_)) => return Ok(()),
-        Err(e) => tracing::debug!(
-            "{}: deleting by tag was refused ({e}); deleting by digest",
-            p.destination
-        ),
-    }
-    match client.head_manifest(&p.repository, &p.tag).await? {
-        None => Ok(()),
-        Some(now) if now.digest != p.digest => Err(Error::invalid(format!(
-            "{} moved since the plan (it names {}, the plan saw {}); not deleted",
-            p.destination, now.digest, p.digest
-        ))),
-        Some(_) => client.delete_manifest(&p.repository, p.digest.as_str()).await,
-    }
+    ctx.store(&repository(&p.host, &p.repository))?
+        .untag(&p.tag, &p.digest)
+        .await
+}
+
+/// The registry repository `host/repo`, as a store is opened for it.
+fn repository(host: &str, repo: &str) -> Reference {
+    Reference::Registry(RegistryRef {
+        host: host.to_string(),
+        repository: repo.to_string(),
+        tag: None,
+        digest: None,
+    })
 }

@@ -22,7 +22,6 @@ use std::collections::HashMap;
 
 use futures_util::stream::{self, StreamExt};
 
-use super::expand::RegistryAccess;
 use super::{
     concurrently_in_order, output_key, planned_target, tagged_digest, Action, PlanContext, PlannedTarget, Target,
     PLAN_CONCURRENCY,
@@ -41,24 +40,24 @@ async fn head_of(ctx: &PlanContext, r: &Reference) -> Option<Descriptor> {
     if let Some(known) = ctx.memo.source_head(r) {
         return Some(known);
     }
-    let desc = match r {
-        Reference::Registry(rr) => {
-            let client = ctx.client(&rr.host).ok()?;
-            match client.resolve_manifest(&rr.repository, &rr.reference()).await {
-                Ok(Some((desc, fetched))) => {
-                    if let Some(root) = fetched {
-                        ctx.memo.remember_root(r, &root);
-                    }
-                    desc
+    let desc = match r.store_reference() {
+        // A store asked by name: a HEAD for a registry (the manifest too
+        // when the HEAD did not say enough), index.json for a layout.
+        Some(reference) => match ctx.store(r).ok()?.resolve(&reference).await {
+            Ok(Some((desc, fetched))) => {
+                if let Some(root) = fetched {
+                    ctx.memo.remember_root(r, &root);
                 }
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::debug!("HEAD of {r} failed ({e}); it is resolved in full");
-                    return None;
-                }
+                desc
             }
-        }
-        _ => {
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!("HEAD of {r} failed ({e}); it is resolved in full");
+                return None;
+            }
+        },
+        // A layout's only image: read as the source reads it.
+        None => {
             let source = open_source(r, &ctx.source_options(r)).await.ok()?;
             let root = source.root_manifest().await.ok()?;
             ctx.memo.remember_root(r, &root);

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
 
-use super::expand::RegistryAccess;
 use super::{platforms_key, PlanContext, Target};
 use crate::error::{Error, Result};
 use crate::image::media_type::is_index;
@@ -142,7 +141,12 @@ pub async fn gate(ctx: &PlanContext, all: &[Target], unresolved: &[Target]) -> R
         .iter()
         .filter_map(|t| t.source.as_registry().map(|r| r.host.clone()))
         .collect();
-    let quota_of = |host: &str| ctx.client(host).ok().and_then(|c| c.pull_quota());
+    let quota_of = |host: &str| {
+        all.iter()
+            .find(|t| t.source.as_registry().is_some_and(|r| r.host == host))
+            .and_then(|t| ctx.store(&t.source).ok())
+            .and_then(|s| s.pull_quota())
+    };
     let on_host = |t: &Target, host: &str| t.source.as_registry().is_some_and(|r| r.host == host);
     let unasked_of = |host: &str| -> Vec<Reference> {
         super::distinct(

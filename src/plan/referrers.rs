@@ -13,13 +13,13 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
-use super::expand::RegistryAccess;
 use super::{Action, MediaNote, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
 use crate::error::{Error, Result};
-use crate::image::referrers::{cosign_tag, fallback_tag, CosignKind};
+use crate::image::convert::MediaTypes;
+use crate::image::referrers::{cosign_tag, parse_cosign_tag, CosignKind};
 use crate::image::{Descriptor, Digest, ImageManifest, Manifest, RawManifest};
 use crate::reference::Reference;
-use crate::registry::RegistryClient;
+use crate::sink::store::{Capabilities, HeldReferrers, Store, StoreId};
 use crate::source::{Configs, PlatformSelection};
 use crate::spec::ReferrerPolicy;
 
@@ -125,25 +125,14 @@ struct Found {
 /// What the source holds for one subject.
 type SourceAnswer = std::result::Result<Vec<Found>, String>;
 
-/// What a destination holds for one subject.
-#[derive(Debug, Clone, Default)]
-struct DestAnswer {
-    /// Referrers listed by the API, the referrers tag or `index.json`.
-    listed: HashSet<Digest>,
-    /// Each cosign tag asked about → the manifest it names.
-    tags: HashMap<String, Option<Digest>>,
-    /// The destination offers the referrers API (no referrers tag to keep).
-    api: bool,
-}
-
 /// Why a target's referrers cannot travel with it, if they cannot.
-fn why_not(p: &PlannedTarget) -> Option<String> {
+fn why_not(p: &PlannedTarget, dest: Capabilities) -> Option<String> {
     let t = &p.target;
     if t.chain.changes_content() {
         Some("filters rewrite the image, so its digest changes and they no longer refer to it".into())
     } else if matches!(t.platforms, PlatformSelection::List(_)) {
         Some("a subset of its platforms is taken, so its digest changes and they no longer refer to it".into())
-    } else if p.media == MediaNote::Converted || matches!(t.destination, Reference::Oci { oci_format: true, .. }) {
+    } else if p.media == MediaNote::Converted || dest.media_types == MediaTypes::Oci {
         Some("?format=oci converts its manifests, so its digest changes and they no longer refer to it".into())
     } else {
         None
@@ -154,10 +143,8 @@ fn why_not(p: &PlannedTarget) -> Option<String> {
 /// the subjects, and whether they are copied.
 struct Want {
     target: usize,
-    /// The source registry host, or "" for an OCI layout…
-    host: String,
-    /// …and its repository, or the layout's directory.
-    repo: String,
+    /// The store the source image is in (a registry repository, a layout).
+    source: StoreId,
     subjects: Vec<Digest>,
     policy: ReferrerPolicy,
     /// Why they are not copied (they are only counted).
@@ -207,7 +194,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         if policy == ReferrerPolicy::None {
             continue;
         }
-        if !crate::sink::kind::of(&p.target.destination).holds_referrers {
+        if !ctx.capabilities(&p.target.destination).holds_referrers {
             if explicit {
                 warnings.push(format!(
                     "{} cannot hold referrers (signatures, SBOMs, attestations): {} is copied without them",
@@ -216,13 +203,12 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
             }
             continue;
         }
-        let (host, repo) = match &p.target.source {
-            Reference::Registry(src) => (src.host.clone(), src.repository.clone()),
-            Reference::Oci { path, .. } => (String::new(), path.display().to_string()),
-            _ => continue,
-        };
+        if !ctx.capabilities(&p.target.source).holds_referrers {
+            continue;
+        }
+        let source = StoreId::of(&p.target.source);
         let Some(subjects) = subjects(ctx, p) else { continue };
-        let not_copied = why_not(p);
+        let not_copied = why_not(p, ctx.capabilities(&p.target.destination));
         let subjects = if not_copied.is_some() {
             // Counted on the source's own manifest alone.
             match p.source_digest.clone() {
@@ -234,8 +220,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         };
         wants.push(Want {
             target: i,
-            host,
-            repo,
+            source,
             subjects,
             policy,
             not_copied,
@@ -246,17 +231,22 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
     }
 
     // The source: each (repository, subject) looked up once.
+    let source_of: HashMap<StoreId, Reference> = wants
+        .iter()
+        .map(|w| (w.source.clone(), planned[w.target].target.source.clone()))
+        .collect();
     let asks = super::distinct(
         wants
             .iter()
-            .flat_map(|w| w.subjects.iter().map(|s| (w.host.clone(), w.repo.clone(), s.clone()))),
+            .flat_map(|w| w.subjects.iter().map(|s| (w.source.clone(), s.clone()))),
     );
     let lister = Lister::default();
-    let found: HashMap<(String, String, Digest), SourceAnswer> = stream::iter(asks)
+    let found: HashMap<(StoreId, Digest), SourceAnswer> = stream::iter(asks)
         .map(|k| {
             let lister = &lister;
+            let source = &source_of[&k.0];
             async move {
-                let answer = lister.source(ctx, &k.0, &k.1, &k.2).await.map_err(|e| e.to_string());
+                let answer = lister.source(ctx, source, &k.1).await.map_err(|e| e.to_string());
                 (k, answer)
             }
         })
@@ -267,27 +257,27 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
     // The destinations: each (store, subject) once, asking about the
     // cosign tags the source has.
     let mut dest_asks: Vec<(usize, Digest, Vec<String>)> = Vec::new();
-    let mut dest_seen: HashSet<(String, Digest)> = HashSet::new();
+    let mut dest_seen: HashSet<(StoreId, Digest)> = HashSet::new();
     for w in wants.iter().filter(|w| w.not_copied.is_none()) {
         let p = &planned[w.target];
-        let store = super::graph::Store::of(&p.target.destination).key;
+        let store = StoreId::of(&p.target.destination);
         for s in &w.subjects {
             if !dest_seen.insert((store.clone(), s.clone())) {
                 continue;
             }
-            let tags = match found.get(&(w.host.clone(), w.repo.clone(), s.clone())) {
+            let tags = match found.get(&(w.source.clone(), s.clone())) {
                 Some(Ok(list)) => list.iter().filter_map(|f| f.tag.clone()).collect(),
                 _ => Vec::new(),
             };
             dest_asks.push((w.target, s.clone(), tags));
         }
     }
-    let held: HashMap<(String, Digest), std::result::Result<DestAnswer, String>> = stream::iter(dest_asks)
+    let held: HashMap<(StoreId, Digest), std::result::Result<HeldReferrers, String>> = stream::iter(dest_asks)
         .map(|(ti, subject, tags)| {
             let lister = &lister;
             let dest = planned[ti].target.destination.clone();
             async move {
-                let key = (super::graph::Store::of(&dest).key, subject.clone());
+                let key = (StoreId::of(&dest), subject.clone());
                 let answer = lister
                     .destination(ctx, &dest, &subject, &tags)
                     .await
@@ -300,16 +290,17 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         .await;
 
     // Per target: what to copy.
-    let mut manifests_wanted: Vec<(String, String, Digest)> = Vec::new();
-    let mut manifests_asked: HashSet<(String, String, Digest)> = HashSet::new();
-    let mut lost_warned: HashSet<(String, Digest)> = HashSet::new();
+    let mut manifests_wanted: Vec<(StoreId, Digest)> = Vec::new();
+    let mut manifests_asked: HashSet<(StoreId, Digest)> = HashSet::new();
+    let mut lost_warned: HashSet<(StoreId, Digest)> = HashSet::new();
     for w in &wants {
         let p = &mut planned[w.target];
-        let store = super::graph::Store::of(&p.target.destination).key;
+        let store = StoreId::of(&p.target.destination);
+        let keeps_referrers_tag = ctx.capabilities(&p.target.destination).referrers_tag;
         let mut tr = TargetReferrers::default();
         let mut count_not_copied = 0;
         for s in &w.subjects {
-            let list = match found.get(&(w.host.clone(), w.repo.clone(), s.clone())) {
+            let list = match found.get(&(w.source.clone(), s.clone())) {
                 Some(Ok(list)) => list,
                 Some(Err(e)) => {
                     warnings.push(format!(
@@ -340,11 +331,11 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
                         p.destination,
                         s.short()
                     ));
-                    DestAnswer::default()
+                    HeldReferrers::default()
                 }
-                None => DestAnswer::default(),
+                None => HeldReferrers::default(),
             };
-            tr.fallback_tag = !dest.api && matches!(p.target.destination, Reference::Registry(_));
+            tr.fallback_tag = keeps_referrers_tag && !dest.native;
             for f in taken {
                 let (there, change) = match &f.tag {
                     Some(tag) => match dest.tags.get(tag) {
@@ -358,7 +349,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
                     tr.present += 1;
                     continue;
                 }
-                let k = (w.host.clone(), w.repo.clone(), f.descriptor.digest.clone());
+                let k = (w.source.clone(), f.descriptor.digest.clone());
                 if manifests_asked.insert(k.clone()) {
                     manifests_wanted.push(k);
                 }
@@ -400,17 +391,19 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
     }
 
     // The manifests of the referrers to copy, read once each.
-    let manifests: HashMap<(String, String, Digest), Result<RawManifest>> = stream::iter(manifests_wanted)
-        .map(|k| async move {
-            let r = if k.0.is_empty() {
-                layout_manifest(std::path::Path::new(&k.1), &k.2)
-            } else {
-                match ctx.client(&k.0) {
-                    Ok(c) => c.get_manifest(&k.1, &k.2.to_string()).await,
+    let manifests: HashMap<(StoreId, Digest), Result<RawManifest>> = stream::iter(manifests_wanted)
+        .map(|k| {
+            let source = &source_of[&k.0];
+            async move {
+                let r = match ctx.store(source) {
+                    Ok(store) => store
+                        .manifest(k.1.as_str())
+                        .await
+                        .and_then(|m| m.ok_or_else(|| Error::NotFound(format!("referrer {} is not in {}", k.1, k.0)))),
                     Err(e) => Err(e),
-                }
-            };
-            (k, r)
+                };
+                (k, r)
+            }
         })
         .buffer_unordered(PLAN_CONCURRENCY)
         .collect()
@@ -420,7 +413,7 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         let Some(tr) = p.referrers.as_mut() else { continue };
         let source = p.source.clone();
         tr.copy.retain_mut(|r| {
-            let k = (w.host.clone(), w.repo.clone(), r.descriptor.digest.clone());
+            let k = (w.source.clone(), r.descriptor.digest.clone());
             let raw = match manifests.get(&k) {
                 Some(Ok(raw)) => raw.clone(),
                 Some(Err(e)) => {
@@ -490,142 +483,47 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
     }
 }
 
-/// A repository's tags, None when they cannot be listed.
-type ListedTags = Option<HashSet<String>>;
-
-/// Looks referrers up, remembering per registry host whether it offers
-/// the referrers API and per repository its tags.
+/// Looks referrers up in the stores, listing each store's tags once (to
+/// spare asking for tags that are not there).
 #[derive(Default)]
 struct Lister {
-    /// host → whether it answered the referrers API.
-    /// host → whether it offers the referrers API, learned by the first
-    /// lookup there while the others wait (a registry without it costs one 404).
-    api: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
-    /// (host, repository) → its tags (listed once).
-    tags: tokio::sync::Mutex<HashMap<(String, String), ListedTags>>,
-    /// OCI layout → what refers to each subject in it (scanned once).
-    layouts: std::sync::Mutex<HashMap<std::path::PathBuf, Arc<LayoutReferrers>>>,
+    tags: tokio::sync::Mutex<HashMap<StoreId, Option<HashSet<String>>>>,
 }
 
-/// Subject → what an OCI layout lists that refers to it.
-type LayoutReferrers = HashMap<Digest, Vec<Found>>;
-
 impl Lister {
-    /// What the OCI layout at `path` lists that refers to `subject`: the
-    /// layout is scanned once per plan, not once per subject.
-    fn layout_referrers(&self, path: &std::path::Path, subject: &Digest) -> Vec<Found> {
-        let known = self.layouts.lock().ok().and_then(|m| m.get(path).cloned());
-        let all = match known {
-            Some(all) => all,
-            None => {
-                let all = Arc::new(scan_layout(path));
-                if let Ok(mut m) = self.layouts.lock() {
-                    m.insert(path.to_path_buf(), all.clone());
-                }
-                all
+    /// The tags of a store: the plan's listing when it made one, else one
+    /// listing here (None when it cannot be listed).
+    async fn tags_of(&self, ctx: &PlanContext, store: &dyn Store) -> Option<HashSet<String>> {
+        let id = store.id();
+        if let (Some(host), Some(repo)) = (id.host(), id.repository_name()) {
+            if let Some(known) = ctx.memo.listed_tags(host, repo) {
+                return Some(known);
             }
-        };
-        all.get(subject).cloned().unwrap_or_default()
-    }
-
-    fn api_cell(&self, host: &str) -> Arc<tokio::sync::OnceCell<bool>> {
-        match self.api.lock() {
-            Ok(mut m) => m.entry(host.to_string()).or_default().clone(),
-            Err(_) => Arc::default(),
-        }
-    }
-
-    /// The tags of a repository: the plan's listing when it made one, else
-    /// one listing here (None when it cannot be listed).
-    async fn tags_of(
-        &self,
-        ctx: &PlanContext,
-        client: &RegistryClient,
-        host: &str,
-        repo: &str,
-    ) -> Option<HashSet<String>> {
-        if let Some(known) = ctx.memo.listed_tags(host, repo) {
-            return Some(known);
         }
         let mut m = self.tags.lock().await;
-        if let Some(t) = m.get(&(host.to_string(), repo.to_string())) {
+        if let Some(t) = m.get(id) {
             return t.clone();
         }
-        let tags = match client.list_tags(repo).await {
-            Ok(t) => Some(t.into_iter().collect()),
-            Err(Error::NotFound(_)) => Some(HashSet::new()),
+        let tags = match store.tags().await {
+            Ok(t) => t.map(|t| t.into_iter().collect()),
             Err(e) => {
-                tracing::debug!(host, repo, "listing tags for referrers failed ({e}); asking tag by tag");
+                tracing::debug!(store = %id, "listing tags for referrers failed ({e}); asking tag by tag");
                 None
             }
         };
-        m.insert((host.to_string(), repo.to_string()), tags.clone());
+        m.insert(id.clone(), tags.clone());
         tags
     }
 
-    /// OCI referrers of `subject` listed by the API, or None when the host
-    /// does not offer it.
-    async fn by_api(
-        &self,
-        client: &RegistryClient,
-        host: &str,
-        repo: &str,
-        subject: &Digest,
-    ) -> Result<Option<Vec<Descriptor>>> {
-        let cell = self.api_cell(host);
-        let mut first: Option<Option<Vec<Descriptor>>> = None;
-        let offered = *cell
-            .get_or_try_init(|| async {
-                let answer = client.referrers(repo, subject, None).await?;
-                let offered = answer.is_some();
-                first = Some(answer);
-                Ok::<bool, Error>(offered)
-            })
-            .await?;
-        match first {
-            Some(answer) => Ok(answer),
-            None if offered => client.referrers(repo, subject, None).await,
-            None => Ok(None),
-        }
-    }
-
-    /// The entries of the referrers tag of `subject`, if it is there.
-    async fn by_tag(
-        &self,
-        client: &RegistryClient,
-        tags: Option<&HashSet<String>>,
-        repo: &str,
-        subject: &Digest,
-    ) -> Result<Vec<Descriptor>> {
-        let tag = fallback_tag(subject);
-        if tags.is_some_and(|t| !t.contains(&tag)) {
-            return Ok(Vec::new());
-        }
-        match client.get_manifest(repo, &tag).await {
-            Ok(raw) => match raw.parse() {
-                Ok(Manifest::Index(ix)) => Ok(ix.manifests),
-                _ => Err(Error::invalid(format!(
-                    "{repo}:{tag} should hold an index of the referrers of {subject} (the OCI referrers tag schema), but holds {}",
-                    raw.media_type
-                ))),
-            },
-            Err(Error::NotFound(_)) => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// What the source repository holds that refers to `subject`.
-    async fn source(&self, ctx: &PlanContext, host: &str, repo: &str, subject: &Digest) -> Result<Vec<Found>> {
-        if host.is_empty() {
-            return Ok(self.layout_referrers(std::path::Path::new(repo), subject));
-        }
-        let client = ctx.client(host)?;
-        let tags = self.tags_of(ctx, &client, host, repo).await;
-        let listed = match self.by_api(&client, host, repo, subject).await? {
-            Some(l) => l,
-            None => self.by_tag(&client, tags.as_ref(), repo, subject).await?,
-        };
-        let mut out: Vec<Found> = listed
+    /// What the source store holds that refers to `subject`: its OCI
+    /// referrers and cosign's tags of it.
+    async fn source(&self, ctx: &PlanContext, source: &Reference, subject: &Digest) -> Result<Vec<Found>> {
+        let store = ctx.store(source)?;
+        let known = self.tags_of(ctx, store.as_ref()).await;
+        let cosign: Vec<String> = CosignKind::ALL.iter().map(|k| cosign_tag(subject, *k)).collect();
+        let answer = store.referrers(subject, &cosign, known.as_ref()).await?;
+        let mut out: Vec<Found> = answer
+            .listed
             .into_iter()
             .map(|descriptor| Found {
                 descriptor,
@@ -633,18 +531,14 @@ impl Lister {
                 cosign: None,
             })
             .collect();
-        for kind in CosignKind::ALL {
-            let tag = cosign_tag(subject, kind);
-            if tags.as_ref().is_some_and(|t| !t.contains(&tag)) {
-                continue;
-            }
-            if let Some(descriptor) = client.head_manifest(repo, &tag).await? {
-                out.push(Found {
-                    descriptor,
-                    tag: Some(tag),
-                    cosign: Some(kind),
-                });
-            }
+        for (tag, named) in answer.tags {
+            let Some(descriptor) = named else { continue };
+            let cosign = parse_cosign_tag(&tag).map(|(_, k)| k);
+            out.push(Found {
+                descriptor,
+                tag: Some(tag),
+                cosign,
+            });
         }
         Ok(out)
     }
@@ -657,196 +551,27 @@ impl Lister {
         dest: &Reference,
         subject: &Digest,
         tags: &[String],
-    ) -> Result<DestAnswer> {
-        let mut out = DestAnswer::default();
-        match dest {
-            Reference::Registry(r) => {
-                let client = ctx.client(&r.host)?;
-                if ctx.memo.repository_empty(&r.host, &r.repository) {
-                    return Ok(out);
-                }
-                let listed = match self.by_api(&client, &r.host, &r.repository, subject).await? {
-                    Some(l) => {
-                        out.api = true;
-                        l
-                    }
-                    None => {
-                        let known = ctx.memo.listed_tags(&r.host, &r.repository);
-                        self.by_tag(&client, known.as_ref(), &r.repository, subject).await?
-                    }
-                };
-                out.listed = listed.into_iter().map(|d| d.digest).collect();
-                for tag in tags {
-                    let digest = if ctx.memo.tag_missing(&r.host, &r.repository, tag) {
-                        None
-                    } else {
-                        client.head_manifest(&r.repository, tag).await?.map(|d| d.digest)
-                    };
-                    out.tags.insert(tag.clone(), digest);
-                }
+    ) -> Result<HeldReferrers> {
+        let store = ctx.store(dest)?;
+        let id = store.id();
+        let mut known = None;
+        if let (Some(host), Some(repo)) = (id.host(), id.repository_name()) {
+            if ctx.memo.repository_empty(host, repo) {
+                return Ok(HeldReferrers::default());
             }
-            Reference::Oci { .. } | Reference::Archive { .. } => {
-                let Some(path) = crate::sink::kind::layout_of(dest) else {
-                    return Ok(out);
-                };
-                let path = path.as_path();
-                // What an earlier transfer archive carried counts as held.
-                if let Reference::Archive {
-                    path: dir, full: false, ..
-                } = dest
-                {
-                    if let Ok(history) = crate::archive::history(dir) {
-                        for r in history.referrers_of(subject) {
-                            match &r.tag {
-                                Some(tag) if tags.contains(tag) => {
-                                    out.tags.insert(tag.clone(), Some(r.digest.clone()));
-                                }
-                                Some(_) => {}
-                                None => {
-                                    out.listed.insert(r.digest.clone());
-                                }
-                            }
-                        }
-                    }
-                }
-                // What index.json lists by this subject (its blob there).
-                for f in self.layout_referrers(path, subject) {
-                    if !path
-                        .join("blobs")
-                        .join("sha256")
-                        .join(f.descriptor.digest.hex())
-                        .is_file()
-                    {
-                        continue;
-                    }
-                    match f.tag {
-                        Some(tag) => {
-                            if tags.contains(&tag) {
-                                out.tags.insert(tag, Some(f.descriptor.digest));
-                            }
-                        }
-                        None => {
-                            out.listed.insert(f.descriptor.digest);
-                        }
-                    }
-                }
-                out.api = true;
-            }
-            _ => {}
+            known = ctx.memo.listed_tags(host, repo);
         }
-        Ok(out)
+        store.held_referrers(subject, tags, known.as_ref()).await
     }
 }
 
-/// What refers to `subject` in the registry repository or OCI layout
-/// `image` names, as `verify:` looks for signatures there: the referrers
-/// API where the registry offers it, else the referrers tag; an OCI
-/// layout's `index.json`. Cosign's tags are not included.
+/// What refers to `subject` in the store `image` names, as `verify:` looks
+/// for signatures there: the referrers API where the registry offers it,
+/// else the referrers tag; an OCI layout's `index.json`. Cosign's tags are
+/// not included.
 pub async fn listed(ctx: &PlanContext, image: &Reference, subject: &Digest) -> Result<Vec<Descriptor>> {
-    match image {
-        Reference::Registry(r) => {
-            let lister = Lister::default();
-            let client = ctx.client(&r.host)?;
-            match lister.by_api(&client, &r.host, &r.repository, subject).await? {
-                Some(l) => Ok(l),
-                None => lister.by_tag(&client, None, &r.repository, subject).await,
-            }
-        }
-        Reference::Oci { path, .. } => Ok(scan_layout(path)
-            .remove(subject)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|f| f.tag.is_none())
-            .map(|f| f.descriptor)
-            .collect()),
-        _ => Ok(Vec::new()),
-    }
-}
-
-/// The manifest `digest` of an OCI layout, verified.
-pub(super) fn layout_manifest(path: &std::path::Path, digest: &Digest) -> Result<RawManifest> {
-    let file = path.join("blobs").join("sha256").join(digest.hex());
-    let bytes = std::fs::read(&file).map_err(|e| Error::io("read a referrer", &file, e))?;
-    let media_type = layout_manifests(path)
-        .into_iter()
-        .find(|d| &d.digest == digest)
-        .map(|d| d.media_type);
-    RawManifest::verified(
-        bytes::Bytes::from(bytes),
-        media_type.as_deref(),
-        digest,
-        &format!("referrer {digest} in {}", path.display()),
-    )
-}
-
-/// What an OCI layout's `index.json` lists that refers to something, by
-/// subject: the manifests whose `subject` names it, and cosign's tags of it.
-fn scan_layout(path: &std::path::Path) -> LayoutReferrers {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct WithSubject {
-        #[serde(default)]
-        subject: Option<Descriptor>,
-        #[serde(default)]
-        artifact_type: Option<String>,
-        #[serde(default)]
-        config: Option<Descriptor>,
-    }
-    let mut out: LayoutReferrers = HashMap::new();
-    for d in layout_manifests(path) {
-        let name = d
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(crate::source::oci_layout::REF_NAME))
-            .cloned();
-        if let Some((s, kind)) = name.as_deref().and_then(crate::image::referrers::parse_cosign_tag) {
-            out.entry(s).or_default().push(Found {
-                descriptor: Descriptor { annotations: None, ..d },
-                tag: name,
-                cosign: Some(kind),
-            });
-            continue;
-        }
-        let Ok(bytes) = std::fs::read(path.join("blobs").join("sha256").join(d.digest.hex())) else {
-            continue;
-        };
-        let Ok(m) = serde_json::from_slice::<WithSubject>(&bytes) else {
-            continue;
-        };
-        if let Some(subject) = m.subject.map(|s| s.digest) {
-            let artifact_type = d
-                .artifact_type
-                .clone()
-                .or(m.artifact_type)
-                .or(m.config.map(|c| c.media_type));
-            out.entry(subject).or_default().push(Found {
-                descriptor: Descriptor {
-                    artifact_type,
-                    annotations: d
-                        .annotations
-                        .filter(|a| !a.contains_key(crate::source::oci_layout::REF_NAME)),
-                    ..d
-                },
-                tag: None,
-                cosign: None,
-            });
-        }
-    }
-    out
-}
-
-/// The descriptors an OCI layout's `index.json` lists (none when it has none).
-fn layout_manifests(path: &std::path::Path) -> Vec<Descriptor> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        #[serde(default)]
-        manifests: Vec<Descriptor>,
-    }
-    std::fs::read(path.join("index.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-        .map(|i| i.manifests)
-        .unwrap_or_default()
+    let store = ctx.store(image)?;
+    Ok(store.referrers(subject, &[], None).await?.listed)
 }
 
 #[cfg(test)]

@@ -101,6 +101,7 @@ fn registry_like() -> Capabilities {
         holds_referrers: true,
         media_types: MediaTypes::Keep,
         wants_compressed: true,
+        referrers_tag: true,
         can_mount: true,
         answers_presence: true,
     }

@@ -26,6 +26,7 @@ use crate::image::sigstore::{self, KeylessPolicy};
 use crate::image::ImageManifest;
 use crate::image::{Descriptor, Digest, RawManifest};
 use crate::reference::Reference;
+use crate::sink::store::StoreId;
 use crate::source::{open_source, Source, SourceOptions};
 use crate::spec::VerifyKeys;
 
@@ -92,36 +93,17 @@ impl Signatures {
     }
 }
 
-/// The tag `tag` beside the image `image` names: in its registry
-/// repository or OCI layout. None for sources that hold no tags.
-pub fn tagged_beside(image: &Reference, tag: &str) -> Option<Reference> {
-    match image {
-        Reference::Registry(r) => {
-            let mut r = r.clone();
-            r.tag = Some(tag.to_string());
-            r.digest = None;
-            Some(Reference::Registry(r))
-        }
-        Reference::Oci { path, oci_format, .. } => Some(Reference::Oci {
-            path: path.clone(),
-            tag: Some(tag.to_string()),
-            oci_format: *oci_format,
-        }),
-        _ => None,
-    }
-}
-
 /// Where the cosign signatures of `digest` are, beside the image `image`
 /// names: the `sha256-<hex>.sig` tag of its registry repository or OCI
 /// layout. None for sources that hold no tags.
 pub fn signature_reference(image: &Reference, digest: &Digest) -> Option<Reference> {
-    tagged_beside(image, &cosign_tag(digest, CosignKind::Signature))
+    image.tagged_beside(&cosign_tag(digest, CosignKind::Signature))
 }
 
 /// The manifest `tag` names beside the image `image` names, if that tag
 /// exists.
 pub async fn tagged_manifest(image: &Reference, tag: &str, opts: &SourceOptions) -> Result<Option<RawManifest>> {
-    let Some(at) = tagged_beside(image, tag) else {
+    let Some(at) = image.tagged_beside(tag) else {
         return Ok(None);
     };
     let source = match open_source(&at, opts).await {
@@ -382,9 +364,10 @@ fn notation_verdict(
     digest: &Digest,
     policy: &NotationPolicy,
 ) -> std::result::Result<String, String> {
-    let scope = match image {
-        Reference::Registry(r) => format!("{}/{}", r.host, r.repository),
-        other => other.to_string(),
+    let id = StoreId::of(image);
+    let scope = match (id.host(), id.repository_name()) {
+        (Some(host), Some(repo)) => format!("{host}/{repo}"),
+        _ => image.to_string(),
     };
     let Some((desc, bytes)) = layers.first() else {
         return Err("the Notation referrer holds no envelope layer".into());
@@ -428,53 +411,23 @@ async fn read_artifact(
             d.digest, d.size
         ))
     };
-    match image {
-        Reference::Registry(r) => {
-            let mut at = r.clone();
-            at.tag = None;
-            at.digest = Some(digest.clone());
-            let at = Reference::Registry(at);
-            let source = open_source(&at, &ctx.source_options(&at)).await?;
-            let manifest = parse(&source.root_manifest().await?)?;
-            let mut layers = Vec::new();
-            for l in &manifest.layers {
-                if l.size > MAX_ENVELOPE_SIZE {
-                    return Err(too_big(l));
-                }
-                let reader = source.open_blob(l).await?;
-                let mut buf = Vec::with_capacity(l.size as usize);
-                reader
-                    .take(MAX_ENVELOPE_SIZE + 1)
-                    .read_to_end(&mut buf)
-                    .await
-                    .map_err(|e| Error::stream(&format!("blob {}", l.digest), e))?;
-                layers.push((l.clone(), buf));
-            }
-            Ok((manifest, layers))
-        }
-        Reference::Oci { path, .. } => {
-            let manifest = parse(&super::referrers::layout_manifest(path, digest)?)?;
-            let mut layers = Vec::new();
-            for l in &manifest.layers {
-                if l.size > MAX_ENVELOPE_SIZE {
-                    return Err(too_big(l));
-                }
-                let file = path.join("blobs").join("sha256").join(l.digest.hex());
-                let bytes = std::fs::read(&file).map_err(|e| Error::io("read a signature blob", &file, e))?;
-                if Digest::of(&bytes) != l.digest || bytes.len() as u64 != l.size {
-                    return Err(Error::invalid(format!(
-                        "{} does not hold blob {} ({} bytes): the layout is damaged",
-                        file.display(),
-                        l.digest,
-                        l.size
-                    )));
-                }
-                layers.push((l.clone(), bytes));
-            }
-            Ok((manifest, layers))
-        }
-        other => Err(Error::invalid(format!("{other} holds no referrers"))),
+    let store = ctx.store(image)?;
+    if !store.capabilities().holds_referrers {
+        return Err(Error::invalid(format!("{image} holds no referrers")));
     }
+    let raw = store
+        .manifest(digest.as_str())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("referrer {digest} is not in {image}")))?;
+    let manifest = parse(&raw)?;
+    let mut layers = Vec::new();
+    for l in &manifest.layers {
+        if l.size > MAX_ENVELOPE_SIZE {
+            return Err(too_big(l));
+        }
+        layers.push((l.clone(), store.small_blob(l, MAX_ENVELOPE_SIZE).await?));
+    }
+    Ok((manifest, layers))
 }
 
 /// Every signature of `digest` beside `image` checked against `policy`:

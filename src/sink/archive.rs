@@ -8,13 +8,14 @@
 //! `crate::archive::pack`). Blobs already staged by a killed run are kept
 //! and not written again.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
-use super::oci_layout::OciLayoutSink;
-use super::store::{Capabilities, Current, Store, StoreId, StoreOptions};
+use super::oci_layout::{OciLayoutSink, OciLayoutStore};
+use super::store::{Capabilities, Current, HeldReferrers, Referrers, Store, StoreId, StoreOptions};
 use super::Sink;
 use crate::archive::{self, StagedImage};
 use crate::error::{Error, Result};
@@ -150,14 +151,18 @@ pub struct ArchiveStore {
     id: StoreId,
     dir: PathBuf,
     full: bool,
+    /// The staging layout of the next archive.
+    staged: OciLayoutStore,
 }
 
 fn open_store(dest: &Reference, _: &StoreOptions) -> Result<Box<dyn Store>> {
     let Reference::Archive { path, full, .. } = dest else {
         return Err(super::store::not_a_store(dest));
     };
+    let id = StoreId::of(dest);
     Ok(Box::new(ArchiveStore {
-        id: StoreId::of(dest),
+        staged: OciLayoutStore::at(id.clone(), &archive::staging_layout(path)),
+        id,
         dir: path.clone(),
         full: *full,
     }))
@@ -200,6 +205,44 @@ impl Store for ArchiveStore {
     }
 
     async fn manifest(&self, reference: &str) -> Result<Option<RawManifest>> {
-        super::oci_layout::layout_manifest(&archive::staging_layout(&self.dir), reference).await
+        self.staged.manifest(reference).await
+    }
+
+    async fn referrers(&self, subject: &Digest, tags: &[String], known: Option<&HashSet<String>>) -> Result<Referrers> {
+        self.staged.referrers(subject, tags, known).await
+    }
+
+    /// What the staging layout holds, and what an earlier archive carried
+    /// (unless `full`).
+    async fn held_referrers(
+        &self,
+        subject: &Digest,
+        tags: &[String],
+        known: Option<&HashSet<String>>,
+    ) -> Result<HeldReferrers> {
+        let mut held = HeldReferrers::from(self.staged.referrers(subject, tags, known).await?);
+        if self.full {
+            return Ok(held);
+        }
+        let (dir, s) = (self.dir.clone(), subject.clone());
+        let carried = blocking(move || {
+            Ok(archive::history(&dir)?
+                .referrers_of(&s)
+                .map(|r| (r.tag.clone(), r.digest.clone()))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        for (tag, digest) in carried {
+            match tag {
+                Some(tag) if tags.contains(&tag) => {
+                    held.tags.insert(tag, Some(digest));
+                }
+                Some(_) => {}
+                None => {
+                    held.listed.insert(digest);
+                }
+            }
+        }
+        Ok(held)
     }
 }

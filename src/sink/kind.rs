@@ -141,27 +141,6 @@ pub fn of(dest: &Reference) -> &'static DestinationKind {
     }
 }
 
-/// The OCI layout whose `blobs/` show which blobs a destination holds
-/// (with [`BlobLookup::LayoutFile`] and [`BlobLookup::Archive`]).
-pub fn layout_of(dest: &Reference) -> Option<PathBuf> {
-    match (of(dest).blob_lookup, dest) {
-        (BlobLookup::Archive, Reference::Archive { path, .. }) => Some(crate::archive::staging_layout(path)),
-        (BlobLookup::LayoutFile, _) => path_of(dest).map(Path::to_path_buf),
-        _ => None,
-    }
-}
-
-/// Whether an earlier transfer archive of the destination carried the
-/// blob, so the next one leaves it out (false for other destinations).
-pub fn carried_before(dest: &Reference, digest: &crate::image::Digest) -> bool {
-    match dest {
-        Reference::Archive { path, full: false, .. } => {
-            crate::archive::history(path).is_ok_and(|h| h.carried_by(digest).is_some())
-        }
-        _ => false,
-    }
-}
-
 /// Which manifests `dest` converts to OCI media types: an OCI layout the
 /// ones occy made up (all of them with `?format=oci`), every other kind none.
 pub fn media_types(dest: &Reference) -> MediaTypes {
@@ -260,8 +239,8 @@ mod tests {
         assert_eq!(a.scheme, "archive");
         assert!(a.keeps_index && a.holds_referrers && a.current == CurrentDigest::Tagged);
         assert_eq!(
-            layout_of(&Reference::parse("archive:///m").unwrap()),
-            Some(PathBuf::from("/m/.occy-partial/layout"))
+            crate::archive::staging_layout(Path::new("/m")),
+            PathBuf::from("/m/.occy-partial/layout")
         );
     }
 

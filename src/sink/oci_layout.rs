@@ -8,6 +8,7 @@
 //! first write that fails removes the layout it made (see
 //! [`DestDir`](super::atomic::DestDir)).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::atomic::{locked_update, stream_file_atomic, write_file_atomic, DestDir};
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
-use super::store::{Capabilities, Current, Store, StoreId, StoreOptions};
+use super::store::{Capabilities, Current, Referrers, Store, StoreId, StoreOptions};
 use super::Sink;
 use crate::error::{Error, Result};
 use crate::image::convert::MediaTypes;
@@ -247,23 +248,129 @@ pub fn blob_file(root: &Path, digest: &Digest) -> PathBuf {
 /// `org.opencontainers.image.ref.name`); None when it names none or there
 /// is no layout.
 pub fn tagged(root: &Path, tag: &str) -> Option<Digest> {
+    index_manifests(root)
+        .into_iter()
+        .find(|d| ref_name(d) == Some(tag))
+        .map(|d| d.digest)
+}
+
+/// The tag (`org.opencontainers.image.ref.name`) an `index.json` entry has.
+fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str)
+}
+
+/// The descriptors the layout's `index.json` lists (none when it has none).
+pub fn index_manifests(root: &Path) -> Vec<Descriptor> {
     #[derive(serde::Deserialize)]
     struct Index {
         #[serde(default)]
         manifests: Vec<Descriptor>,
     }
-    let bytes = std::fs::read(root.join("index.json")).ok()?;
-    let index: Index = serde_json::from_slice(&bytes).ok()?;
-    index
-        .manifests
-        .into_iter()
-        .find(|d| {
-            d.annotations
-                .as_ref()
-                .and_then(|a| a.get(REF_NAME))
-                .is_some_and(|n| n == tag)
-        })
-        .map(|d| d.digest)
+    std::fs::read(root.join("index.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+        .map(|i| i.manifests)
+        .unwrap_or_default()
+}
+
+/// What a layout's `index.json` lists that refers to something, by
+/// subject: the manifests whose `subject` names it (untagged), and cosign's
+/// `sha256-<hex>.sig/.att/.sbom` tags of it (tagged). Entries whose blob is
+/// not in the layout are left out.
+pub type LayoutReferrers = std::collections::HashMap<Digest, Vec<(Descriptor, Option<String>)>>;
+
+/// Scans the layout at `root` for referrers (see [`LayoutReferrers`]).
+pub fn scan_referrers(root: &Path) -> LayoutReferrers {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct WithSubject {
+        #[serde(default)]
+        subject: Option<Descriptor>,
+        #[serde(default)]
+        artifact_type: Option<String>,
+        #[serde(default)]
+        config: Option<Descriptor>,
+    }
+    let mut out = LayoutReferrers::new();
+    for d in index_manifests(root) {
+        let file = blob_file(root, &d.digest);
+        let name = ref_name(&d).map(str::to_string);
+        if let Some((s, _)) = name.as_deref().and_then(crate::image::referrers::parse_cosign_tag) {
+            if file.is_file() {
+                out.entry(s)
+                    .or_default()
+                    .push((Descriptor { annotations: None, ..d }, name));
+            }
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        let Ok(m) = serde_json::from_slice::<WithSubject>(&bytes) else {
+            continue;
+        };
+        if let Some(subject) = m.subject.map(|s| s.digest) {
+            let artifact_type = d
+                .artifact_type
+                .clone()
+                .or(m.artifact_type)
+                .or(m.config.map(|c| c.media_type));
+            let descriptor = Descriptor {
+                artifact_type,
+                annotations: d.annotations.filter(|a| !a.contains_key(REF_NAME)),
+                ..d
+            };
+            out.entry(subject).or_default().push((descriptor, None));
+        }
+    }
+    out
+}
+
+/// What refers to `subject` in a layout scanned as `all`: the untagged
+/// referrers, and what each of `tags` names.
+pub fn referrers_in(all: &LayoutReferrers, subject: &Digest, tags: &[String]) -> Referrers {
+    let mut out = Referrers {
+        native: true,
+        ..Referrers::default()
+    };
+    let found = all.get(subject).map(Vec::as_slice).unwrap_or_default();
+    for (d, tag) in found {
+        if tag.is_none() {
+            out.listed.push(d.clone());
+        }
+    }
+    for tag in tags {
+        let named = found
+            .iter()
+            .find(|(_, t)| t.as_deref() == Some(tag.as_str()))
+            .map(|(d, _)| d.clone());
+        out.tags.push((tag.clone(), named));
+    }
+    out
+}
+
+/// A small blob of the layout at `root` read whole, checked against its
+/// descriptor (`limit`: the most bytes read).
+pub async fn read_small_blob(root: &Path, desc: &Descriptor, limit: u64) -> Result<Vec<u8>> {
+    if desc.size > limit {
+        return Err(Error::invalid(format!(
+            "blob {} is {} bytes, over the {limit}-byte limit for what is read whole",
+            desc.digest, desc.size
+        )));
+    }
+    let file = blob_file(root, &desc.digest);
+    let bytes = tokio::fs::read(&file)
+        .await
+        .map_err(|e| Error::io("read a blob", &file, e))?;
+    if Digest::of(&bytes) != desc.digest || bytes.len() as u64 != desc.size {
+        return Err(Error::invalid(format!(
+            "{} does not hold blob {} ({} bytes): the layout is damaged",
+            file.display(),
+            desc.digest,
+            desc.size
+        )));
+    }
+    Ok(bytes)
 }
 
 /// An OCI layout as the planner asks it: `index.json` says what a tag
@@ -273,6 +380,34 @@ pub struct OciLayoutStore {
     root: PathBuf,
     tag: Option<String>,
     oci_format: bool,
+    /// What refers to what in it, scanned once.
+    referrers: tokio::sync::OnceCell<std::sync::Arc<LayoutReferrers>>,
+}
+
+impl OciLayoutStore {
+    /// The layout at `root`, known as `id`, as a store.
+    pub fn at(id: StoreId, root: &Path) -> OciLayoutStore {
+        OciLayoutStore {
+            id,
+            root: root.to_path_buf(),
+            tag: None,
+            oci_format: false,
+            referrers: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Its referrers, scanned on the first ask.
+    async fn scanned(&self) -> Result<std::sync::Arc<LayoutReferrers>> {
+        self.referrers
+            .get_or_try_init(|| async {
+                let root = self.root.clone();
+                tokio::task::spawn_blocking(move || std::sync::Arc::new(scan_referrers(&root)))
+                    .await
+                    .map_err(|e| Error::invalid(format!("layout scan task failed: {e}")))
+            })
+            .await
+            .cloned()
+    }
 }
 
 fn open_store(dest: &Reference, _: &StoreOptions) -> Result<Box<dyn Store>> {
@@ -284,6 +419,7 @@ fn open_store(dest: &Reference, _: &StoreOptions) -> Result<Box<dyn Store>> {
         root: path.clone(),
         tag: tag.clone(),
         oci_format: *oci_format,
+        referrers: tokio::sync::OnceCell::new(),
     }))
 }
 
@@ -327,6 +463,23 @@ impl Store for OciLayoutStore {
     async fn manifest(&self, reference: &str) -> Result<Option<RawManifest>> {
         layout_manifest(&self.root, reference).await
     }
+
+    async fn referrers(&self, subject: &Digest, tags: &[String], _: Option<&HashSet<String>>) -> Result<Referrers> {
+        Ok(referrers_in(&*self.scanned().await?, subject, tags))
+    }
+
+    async fn tags(&self) -> Result<Option<Vec<String>>> {
+        Ok(Some(
+            index_manifests(&self.root)
+                .iter()
+                .filter_map(|d| ref_name(d).map(str::to_string))
+                .collect(),
+        ))
+    }
+
+    async fn small_blob(&self, desc: &Descriptor, limit: u64) -> Result<Vec<u8>> {
+        read_small_blob(&self.root, desc, limit).await
+    }
 }
 
 /// The manifest the layout at `root` holds under `reference` (a digest or
@@ -345,9 +498,10 @@ pub async fn layout_manifest(root: &Path, reference: &str) -> Result<Option<RawM
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", &file, e)),
     };
+    let listed = index_manifests(root).into_iter().find(|d| d.digest == digest);
     RawManifest::verified(
         bytes::Bytes::from(bytes),
-        None,
+        listed.as_ref().map(|d| d.media_type.as_str()),
         &digest,
         &format!("manifest {digest} in {}", root.display()),
     )

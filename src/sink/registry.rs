@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use tracing::debug;
 
 use super::kind::{BlobLookup, CurrentDigest, DestinationKind, ReadBack, StoredForm};
-use super::store::{Capabilities, Current, Store, StoreId, StoreOptions};
+use super::store::{Capabilities, Current, Referrers, Store, StoreId, StoreOptions};
 use super::{Reuse, Sink};
 use crate::error::{Error, Result};
 use crate::image::referrers::fallback_tag;
@@ -306,6 +306,7 @@ impl Store for RegistryStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             wants_compressed: true,
+            referrers_tag: true,
             can_mount: true,
             ..Capabilities::of_kind(&KIND)
         }
@@ -340,6 +341,87 @@ impl Store for RegistryStore {
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    async fn resolve(&self, reference: &str) -> Result<Option<(Descriptor, Option<RawManifest>)>> {
+        self.client.resolve_manifest(&self.target.repository, reference).await
+    }
+
+    async fn head(&self, reference: &str) -> Result<Option<Descriptor>> {
+        self.client.head_manifest(&self.target.repository, reference).await
+    }
+
+    async fn untag(&self, reference: &str, expected: &Digest) -> Result<()> {
+        let repo = &self.target.repository;
+        match self.client.delete_manifest(repo, reference).await {
+            Ok(()) | Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => debug!(
+                "{}:{reference}: deleting by tag was refused ({e}); deleting by digest",
+                self.id
+            ),
+        }
+        match self.client.head_manifest(repo, reference).await? {
+            None => Ok(()),
+            Some(now) if now.digest != *expected => Err(Error::invalid(format!(
+                "{}:{reference} moved since the plan (it names {}, the plan saw {expected}); not deleted",
+                self.id, now.digest
+            ))),
+            Some(_) => self.client.delete_manifest(repo, expected.as_str()).await,
+        }
+    }
+
+    fn pull_quota(&self) -> Option<crate::registry::rate_limit::PullQuota> {
+        self.client.pull_quota()
+    }
+
+    async fn referrers(
+        &self,
+        subject: &Digest,
+        tags: &[String],
+        known_tags: Option<&HashSet<String>>,
+    ) -> Result<Referrers> {
+        let repo = &self.target.repository;
+        let listed = self.client.listed_referrers(repo, subject, known_tags).await?;
+        let mut out = Referrers {
+            listed: listed.descriptors,
+            native: listed.by_api,
+            tags: Vec::with_capacity(tags.len()),
+        };
+        for tag in tags {
+            let named = if known_tags.is_some_and(|t| !t.contains(tag)) {
+                None
+            } else {
+                self.client.head_manifest(repo, tag).await?
+            };
+            out.tags.push((tag.clone(), named));
+        }
+        Ok(out)
+    }
+
+    async fn tags(&self) -> Result<Option<Vec<String>>> {
+        match self.client.list_tags(&self.target.repository).await {
+            Ok(t) => Ok(Some(t)),
+            Err(Error::NotFound(_)) => Ok(Some(Vec::new())),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn small_blob(&self, desc: &Descriptor, limit: u64) -> Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        if desc.size > limit {
+            return Err(Error::invalid(format!(
+                "blob {} is {} bytes, over the {limit}-byte limit for what is read whole",
+                desc.digest, desc.size
+            )));
+        }
+        let reader = self.client.get_blob(&self.target.repository, desc).await?;
+        let mut buf = Vec::with_capacity(desc.size as usize);
+        reader
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::stream(&format!("blob {}", desc.digest), e))?;
+        Ok(buf)
     }
 }
 

@@ -8,6 +8,7 @@
 //! [`DestinationKind`](super::kind::DestinationKind), which `kind::of`
 //! maps from a reference: a new kind is one file plus one line there.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -17,8 +18,9 @@ use super::kind::{self, DestinationKind, StoredForm};
 use super::state::WrittenState;
 use crate::error::{Error, Result};
 use crate::image::convert::MediaTypes;
-use crate::image::{Digest, ImageName, RawManifest};
+use crate::image::{Descriptor, Digest, ImageName, RawManifest};
 use crate::reference::Reference;
+use crate::registry::rate_limit::PullQuota;
 use crate::registry::RegistryOptions;
 
 /// Which store: a registry repository, or the path or name of any other
@@ -160,6 +162,9 @@ pub struct Capabilities {
     /// It wants layers compressed: plain tar layers are compressed before
     /// they are stored (a registry).
     pub wants_compressed: bool,
+    /// Without the referrers API it keeps the OCI 1.1 referrers tag
+    /// `sha256-<hex>` up to date (a registry).
+    pub referrers_tag: bool,
     /// It can mount a blob from another store with the same
     /// [`StoreId::sharing`] id (a registry's repositories).
     pub can_mount: bool,
@@ -178,6 +183,7 @@ impl Capabilities {
             holds_referrers: k.holds_referrers,
             media_types: MediaTypes::Keep,
             wants_compressed: false,
+            referrers_tag: false,
             can_mount: false,
             answers_presence: k.blob_lookup != kind::BlobLookup::None,
         }
@@ -202,6 +208,43 @@ impl Current {
         match self {
             Current::Tagged(d) | Current::ImageId(d) => d.as_ref(),
             Current::Record(r) => r.as_ref().map(|r| &r.output),
+        }
+    }
+}
+
+/// What a store holds that refers to a subject.
+#[derive(Debug, Clone, Default)]
+pub struct Referrers {
+    /// OCI referrers, listed by the referrers API, the referrers tag or
+    /// `index.json`.
+    pub listed: Vec<Descriptor>,
+    /// Listed natively (a registry's referrers API, a layout's
+    /// `index.json`): no referrers tag to keep up to date.
+    pub native: bool,
+    /// Each tag asked about (cosign's `sha256-<hex>.sig`…) and the manifest
+    /// it names (None: no such tag).
+    pub tags: Vec<(String, Option<Descriptor>)>,
+}
+
+/// Which referrers of a subject a destination holds, by digest: what the
+/// planner compares the source's with.
+#[derive(Debug, Clone, Default)]
+pub struct HeldReferrers {
+    /// OCI referrers listed there.
+    pub listed: HashSet<Digest>,
+    /// Each tag asked about → the manifest it names (None: no such tag).
+    pub tags: std::collections::HashMap<String, Option<Digest>>,
+    /// Listed natively (a registry's referrers API, a layout's
+    /// `index.json`): no referrers tag to keep up to date.
+    pub native: bool,
+}
+
+impl From<Referrers> for HeldReferrers {
+    fn from(r: Referrers) -> HeldReferrers {
+        HeldReferrers {
+            listed: r.listed.into_iter().map(|d| d.digest).collect(),
+            tags: r.tags.into_iter().map(|(t, d)| (t, d.map(|d| d.digest))).collect(),
+            native: r.native,
         }
     }
 }
@@ -240,6 +283,76 @@ pub trait Store: Send + Sync {
     /// verified against the digest when one is asked for; None when it
     /// holds none.
     async fn manifest(&self, reference: &str) -> Result<Option<RawManifest>>;
+
+    /// What `reference` (a tag or digest) names here: its descriptor and,
+    /// when it was read to say so, the manifest itself. None: nothing by
+    /// that name.
+    async fn resolve(&self, reference: &str) -> Result<Option<(Descriptor, Option<RawManifest>)>> {
+        Ok(self.manifest(reference).await?.map(|m| (m.descriptor(), Some(m))))
+    }
+
+    /// What `reference` names here, reading no more than needed (a HEAD).
+    async fn head(&self, reference: &str) -> Result<Option<Descriptor>> {
+        Ok(self.resolve(reference).await?.map(|(d, _)| d))
+    }
+
+    /// Removes the tag `reference` (a registry that deletes only manifests
+    /// is asked by the digest the tag still names, if it is `expected`).
+    async fn untag(&self, reference: &str, _expected: &Digest) -> Result<()> {
+        Err(Error::usage(format!(
+            "{} cannot delete {reference}: only registry destinations are pruned",
+            self.id()
+        )))
+    }
+
+    /// The pull quota its host announced (`RateLimit-*`), if any.
+    fn pull_quota(&self) -> Option<PullQuota> {
+        None
+    }
+
+    /// What refers to `subject` here (OCI referrers) and what each of
+    /// `tags` names. `known_tags`, the store's tags when the caller listed
+    /// them, spares asking for tags that are not there. A store that keeps
+    /// no referrers holds none.
+    async fn referrers(
+        &self,
+        _subject: &Digest,
+        tags: &[String],
+        _known_tags: Option<&HashSet<String>>,
+    ) -> Result<Referrers> {
+        Ok(Referrers {
+            tags: tags.iter().map(|t| (t.clone(), None)).collect(),
+            ..Referrers::default()
+        })
+    }
+
+    /// Which referrers of `subject` it holds and what each of `tags`
+    /// names, by digest (as [`Store::referrers`] lists them, unless the
+    /// store knows more: what an earlier transfer archive carried).
+    async fn held_referrers(
+        &self,
+        subject: &Digest,
+        tags: &[String],
+        known_tags: Option<&HashSet<String>>,
+    ) -> Result<HeldReferrers> {
+        self.referrers(subject, tags, known_tags).await.map(HeldReferrers::from)
+    }
+
+    /// The tags it holds; None for a store that does not name images by
+    /// tag.
+    async fn tags(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
+    /// A small blob (a signature envelope, a bundle) read whole and checked
+    /// against `desc`; more than `limit` bytes is an error.
+    async fn small_blob(&self, desc: &Descriptor, _limit: u64) -> Result<Vec<u8>> {
+        Err(Error::invalid(format!(
+            "{} keeps no blob {} that can be read back",
+            self.id(),
+            desc.digest
+        )))
+    }
 }
 
 /// Opens the store `dest` names through its kind's registration.

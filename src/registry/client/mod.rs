@@ -13,12 +13,14 @@
 //! This module holds the client, its per-host shared state and the pool;
 //! the work is split by job: `transport` (the request loop), `endpoints`
 //! (the API calls), `body` (reading and streaming bodies), `errors` (what a
-//! failure says) and `tls` (building the HTTP client, the scheme probe).
+//! failure says), `referrers` (what refers to a manifest, by the API or
+//! the referrers tag) and `tls` (building the HTTP client, the scheme probe).
 
 mod api;
 mod body;
 mod endpoints;
 mod errors;
+mod referrers;
 mod tls;
 mod transport;
 
@@ -103,6 +105,9 @@ struct HostState {
     manifests: ManifestMemo,
     /// The pull quota the host announces, and the manifest GETs sent.
     quota: QuotaTracker,
+    /// Whether the host offers the OCI referrers API, learned by the first
+    /// lookup while the others wait (a registry without it costs one 404).
+    referrers_api: tokio::sync::OnceCell<bool>,
 }
 
 /// Manifests this process has read from a host, by repository and digest.

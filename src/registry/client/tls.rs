@@ -163,6 +163,7 @@ impl HostState {
             withheld_from: Mutex::new(None),
             manifests: ManifestMemo::default(),
             quota: Default::default(),
+            referrers_api: tokio::sync::OnceCell::new(),
         })
     }
 }
