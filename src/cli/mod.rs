@@ -198,7 +198,8 @@ pub struct GlobalArgs {
     )]
     pub token_realm: Vec<String>,
 
-    /// Requests per second per registry host (0: unlimited)
+    /// At most N requests per second per registry host (0: no cap; occy keeps
+    /// under a rate a registry announces or teaches with 429s by itself)
     #[arg(long, global = true, help_heading = GLOBAL_HEADING, hide_short_help = true, default_value_t = 0.0, env = "OCCY_RATE_LIMIT")]
     pub rate_limit: f64,
 

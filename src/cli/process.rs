@@ -33,16 +33,16 @@ pub struct ProcessArgs {
     #[arg(help = format!("Destination reference ({}); {{name}} and {{tag}} template many", crate::reference::destination_schemes()))]
     pub destination: String,
 
-    /// Layer transfers at once (default 4)
+    /// At most N layer transfers at once (default 8)
     ///
     /// [env: OCCY_PARALLEL]
-    #[arg(short = 'j', long, value_name = "N", default_value_t = 4, hide_default_value = true, env = "OCCY_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(short = 'j', long, value_name = "N", default_value_t = super::sync::DEFAULT_PARALLEL, hide_default_value = true, env = "OCCY_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: u16,
 
-    /// Images at once, when the source names many (default 3)
+    /// At most N images at once, when the source names many (default 8)
     ///
     /// [env: OCCY_IMAGE_PARALLEL]
-    #[arg(short = 'J', long, value_name = "N", default_value_t = 3, hide_default_value = true, env = "OCCY_IMAGE_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(short = 'J', long, value_name = "N", default_value_t = super::sync::DEFAULT_IMAGE_PARALLEL, hide_default_value = true, env = "OCCY_IMAGE_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub image_parallel: u16,
 
     #[command(flatten)]

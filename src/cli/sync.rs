@@ -23,6 +23,13 @@ use crate::plan::shard::{self, ShardArg, Sharding};
 use crate::plan::{self, render, PlanContext, SavedPlan};
 use crate::spec::model::CheckSetting;
 
+/// `-J` when neither the command line nor the sync file says: a cap, not a
+/// setting to tune (each registry's pace is found as the run goes, see
+/// [`crate::registry::pace`]).
+pub const DEFAULT_IMAGE_PARALLEL: u16 = 8;
+/// `-j` when neither says: a cap likewise.
+pub const DEFAULT_PARALLEL: u16 = 8;
+
 /// The post-run check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CheckArg {
@@ -58,13 +65,13 @@ pub struct SyncArgs {
     #[arg(long, requires = "plan")]
     pub detailed_exitcode: bool,
 
-    /// Images at once (default: the file's image_parallel, else 3)
+    /// At most N images at once (default: the file's image_parallel, else 8)
     ///
     /// [env: OCCY_IMAGE_PARALLEL]
     #[arg(short = 'J', long, value_name = "N", env = "OCCY_IMAGE_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub image_parallel: Option<u16>,
 
-    /// Layer transfers at once per image (default: the file's parallel, else 4)
+    /// At most N layer transfers per image (default: the file's parallel, else 8)
     ///
     /// [env: OCCY_PARALLEL]
     #[arg(short = 'j', long, value_name = "N", env = "OCCY_PARALLEL", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -374,8 +381,11 @@ async fn finish_round(
         },
     };
     let opts = ApplyOptions {
-        image_parallel: args.image_parallel.or(settings.image_parallel).unwrap_or(3) as usize,
-        parallel: args.parallel.or(settings.parallel).unwrap_or(4) as usize,
+        image_parallel: args
+            .image_parallel
+            .or(settings.image_parallel)
+            .unwrap_or(DEFAULT_IMAGE_PARALLEL) as usize,
+        parallel: args.parallel.or(settings.parallel).unwrap_or(DEFAULT_PARALLEL) as usize,
         retries: base.retries,
         check,
         progress: global.progress_mode(true),

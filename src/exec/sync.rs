@@ -264,6 +264,10 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
     };
     let mut results = walk(&plan.graph, &io, &walk_opts, &finisher).await;
     drop(io);
+    for pace in crate::registry::RegistryClient::pace_summaries() {
+        tracing::debug!("{pace}");
+    }
+    crate::registry::RegistryClient::remember_paces();
     let mut shown = finisher.shown.into_inner().unwrap_or_default();
     let mut targets: Vec<TargetOutcome> = Vec::with_capacity(plan.targets.len());
     for (i, t) in plan.targets.iter().enumerate() {

@@ -1,11 +1,13 @@
 //! The Distribution-API client: auth (anonymous, basic, bearer; docker
 //! config.json, credential helpers, containers auth.json), TLS and insecure
-//! hosts, retries with backoff honouring `Retry-After`, a per-host rate limit,
+//! hosts, retries with backoff honouring `Retry-After`, per-host pacing (adaptive
+//! concurrency per kind of request, a rate learned from 429s, `--rate-limit`),
 //! manifests, streamed blobs, tag listing and the catalog.
 
 pub mod auth;
 pub mod client;
 pub mod credentials;
+pub mod pace;
 pub mod rate_limit;
 pub mod retry;
 pub mod stats;

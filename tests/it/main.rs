@@ -18,6 +18,7 @@ mod fuzz_regressions;
 mod hostile;
 mod mirror_config;
 mod oci_layouts;
+mod pacing;
 mod process_files;
 mod process_registry;
 mod production;

@@ -248,7 +248,8 @@ impl RegistryClient {
         if offset > 0 {
             req = req.header(RANGE, &format!("bytes={offset}-"))?;
         }
-        let resp = self.send_counted(req, attempt).await?;
+        // The slot is held while the body is read (freed with the stream).
+        let (resp, permit) = self.send_paced(req, attempt).await?;
         let status = resp.status();
         let skip = match status {
             StatusCode::OK => {
@@ -291,6 +292,7 @@ impl RegistryClient {
             .bytes_stream()
             .map_err(move |e| io::Error::other(format!("while receiving from {host}: {}", describe_reqwest(&e))))
             .map_ok(move |mut chunk: Bytes| {
+                permit.progress(chunk.len() as u64);
                 if to_skip > 0 {
                     let n = (to_skip.min(chunk.len() as u64)) as usize;
                     chunk = chunk.slice(n..);

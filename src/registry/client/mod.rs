@@ -37,7 +37,8 @@ use crate::error::{Error, Result};
 use crate::image::{Digest, RawManifest};
 use crate::registry::auth::{Challenge, TokenCache};
 use crate::registry::credentials::{CredentialStore, Credentials};
-use crate::registry::rate_limit::{PullQuota, QuotaTracker, TokenBucket};
+use crate::registry::pace::{HostPace, PaceSummary};
+use crate::registry::rate_limit::{PullQuota, QuotaTracker};
 use crate::registry::retry::RetryPolicy;
 use crate::registry::RegistryOptions;
 
@@ -89,7 +90,8 @@ struct HostState {
     scheme: tokio::sync::OnceCell<&'static str>,
     /// What an earlier run's probe found (insecure hosts, cache on).
     remembered_scheme: tls::SchemeMemory,
-    limiter: Option<TokenBucket>,
+    /// How many requests of each kind at once, and how many a second.
+    pace: Arc<HostPace>,
     retry: RetryPolicy,
     store: CredentialStore,
     creds: tokio::sync::OnceCell<Option<Credentials>>,
@@ -226,6 +228,36 @@ impl RegistryClient {
     /// (`RateLimit-Limit` / `RateLimit-Remaining`), if it sends one.
     pub fn pull_quota(&self) -> Option<PullQuota> {
         self.inner.quota.latest()
+    }
+
+    /// What this host's pacing settled at (None: nothing was asked of it).
+    pub fn pace_summary(&self) -> Option<PaceSummary> {
+        self.inner.pace.summary()
+    }
+
+    /// What every host of this process settled at (for `-v`), each host
+    /// once.
+    pub fn pace_summaries() -> Vec<PaceSummary> {
+        let map = match pool().lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut out: Vec<PaceSummary> = map.values().filter_map(|s| s.pace.summary()).collect();
+        out.sort_by(|a, b| a.host.cmp(&b.host));
+        out.dedup_by(|a, b| a.host == b.host);
+        out
+    }
+
+    /// Remembers what every host of this process settled at, in the cache
+    /// directory, for the next run to start from.
+    pub fn remember_paces() {
+        let states: Vec<Arc<HostState>> = match pool().lock() {
+            Ok(g) => g.values().cloned().collect(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        };
+        for s in states {
+            s.pace.remember();
+        }
     }
 
     /// Manifest GETs sent to the host by this process (what Docker Hub

@@ -18,7 +18,7 @@ use super::{api_host, HostState, ManifestMemo, RegistryClient};
 use crate::error::{Error, Result};
 use crate::registry::auth::TokenCache;
 use crate::registry::credentials::CredentialStore;
-use crate::registry::rate_limit::TokenBucket;
+use crate::registry::pace::HostPace;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::RegistryOptions;
 
@@ -147,7 +147,13 @@ impl HostState {
             http,
             scheme,
             remembered_scheme,
-            limiter: opts.rate_limit.and_then(TokenBucket::new),
+            pace: HostPace::new(
+                host,
+                opts.rate_limit,
+                opts.scheme_memory
+                    .as_deref()
+                    .map(|d| crate::registry::pace::memory_file(d, host)),
+            ),
             retry: RetryPolicy::new(opts.retries),
             store: CredentialStore::from_options(opts)?,
             creds: tokio::sync::OnceCell::new(),

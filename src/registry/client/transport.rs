@@ -1,5 +1,6 @@
 //! The request machinery of [`RegistryClient`]: one logical request (`Req`)
-//! sent through the host's rate limit, answering auth challenges (basic, and
+//! sent through the host's pacing (a slot of its kind, the request rate;
+//! see [`crate::registry::pace`]), told how its answers went, answering auth challenges (basic, and
 //! bearer tokens fetched and cached per scope) and retrying transient
 //! failures with backoff honouring `Retry-After` — the one retry loop of the
 //! transport.
@@ -22,6 +23,7 @@ use super::{header_str, RegistryClient, MAX_ERROR_BODY, MAX_TOKEN_BODY};
 use crate::error::{Error, Result};
 use crate::registry::auth::{self, Challenge, Token};
 use crate::registry::credentials::Credentials;
+use crate::registry::pace::{Kind, Permit};
 use crate::registry::rate_limit::PullQuota;
 use crate::registry::retry::parse_retry_after;
 
@@ -50,16 +52,41 @@ pub(super) struct Req {
     /// Whether the registry counts it against a pull quota (a manifest
     /// GET): paced, and refused once the quota is spent.
     pub(super) pull: bool,
+    /// The kind of slot it takes on the host (see [`Kind`]).
+    pub(super) kind: Kind,
     /// Another API the host serves (quay.io's REST API): the request
     /// carries its own credentials, so the registry's are not added and a
     /// 401 is not taken for a registry challenge.
     pub(super) foreign: bool,
 }
 
+/// The kind of slot a request takes: uploads (sessions, mounts, chunks),
+/// blob GETs, and everything else.
+fn kind_of(method: &Method, url: &Url) -> Kind {
+    let path = url.path();
+    if path.contains("/blobs/uploads") {
+        Kind::Upload
+    } else if *method == Method::GET && path.contains("/blobs/") {
+        Kind::BlobGet
+    } else {
+        Kind::Request
+    }
+}
+
+/// A body larger than this makes a request's time say more about the
+/// link than about how busy the registry is: not a latency sample.
+const SAMPLE_BODY_MAX: usize = 256 * 1024;
+
+/// A short window in a `RateLimit-*` answer is a request rate to keep
+/// under, not a pull quota (Docker Hub's is hours long).
+const RATE_WINDOW_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Req {
     pub(super) fn new(method: Method, url: Url, scopes: Vec<String>, subject: impl Into<String>) -> Self {
         let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
+        let kind = kind_of(&method, &url);
         Req {
+            kind,
             method,
             url,
             headers: HeaderMap::new(),
@@ -114,10 +141,9 @@ impl RegistryClient {
             .map_err(|_| Error::invalid(format!("{} sent an invalid upload Location", self.host())))
     }
 
+    /// Waits until the host's request rate lets a request leave.
     pub(super) async fn acquire(&self) {
-        if let Some(l) = &self.inner.limiter {
-            l.acquire().await;
-        }
+        self.inner.pace.depart().await;
     }
 
     /// The credentials for this host, looked up once.
@@ -208,6 +234,11 @@ impl RegistryClient {
         self.send_counted(req, &mut 0).await
     }
 
+    /// [`Self::send_paced`], the slot freed as the answer's head arrives.
+    pub(super) async fn send_counted(&self, req: Req, attempt: &mut u32) -> Result<reqwest::Response> {
+        Ok(self.send_paced(req, attempt).await?.0)
+    }
+
     /// Sends one logical request: rate limit, auth (answering one challenge
     /// per call), retries of transient failures — connection errors, 429
     /// and 5xx, waiting as `Retry-After` says. This is the one place such
@@ -217,8 +248,10 @@ impl RegistryClient {
     /// Returns the response for any status but 401 and (after retries)
     /// 429/5xx, which become errors; a failure of a request whose streamed
     /// body cannot be sent again is [`Error::Cut`], for the caller to start
-    /// over.
-    pub(super) async fn send_counted(&self, mut req: Req, attempt: &mut u32) -> Result<reqwest::Response> {
+    /// over. Each attempt takes a slot of the request's kind on the host
+    /// (returned with the answer: a blob GET holds it while its body is
+    /// read) and tells it how the answer went.
+    pub(super) async fn send_paced(&self, mut req: Req, attempt: &mut u32) -> Result<(reqwest::Response, Permit)> {
         let retry = self.inner.retry;
         let streamed = !req.replayable();
         let mut answered_challenge = false;
@@ -241,7 +274,14 @@ impl RegistryClient {
             } else {
                 None
             };
+            let mut permit = self.inner.pace.acquire(req.kind).await;
             self.acquire().await;
+            permit.sending();
+            let sample = match &req.body {
+                ReqBody::Empty => true,
+                ReqBody::Bytes(b) => b.len() <= SAMPLE_BODY_MAX,
+                ReqBody::Stream(_) => false,
+            };
             let auth = if same_host && !req.foreign {
                 self.authorization(&req).await?
             } else {
@@ -289,6 +329,10 @@ impl RegistryClient {
                         }
                     }
                     let err = self.network_error(&e);
+                    if !is_certificate_error(&e) && !answered_plain_http(&e) && !e.is_builder() {
+                        permit.trouble();
+                    }
+                    drop(permit);
                     if can_retry
                         && !e.is_builder()
                         && !e.is_redirect()
@@ -328,10 +372,34 @@ impl RegistryClient {
                     resp
                 };
             let quota = PullQuota::from_headers(|name| header_str(resp.headers(), name));
-            if let Some(q) = &quota {
-                crate::registry::stats::record_quota(self.host(), q);
+            match quota {
+                // A rate over seconds: paced, not counted as pulls.
+                Some(q) if q.window.is_some_and(|w| w <= RATE_WINDOW_MAX) => {
+                    if let Some(w) = q.window {
+                        self.inner.pace.announced(q.limit, w, q.remaining, q.reset);
+                    }
+                }
+                quota => {
+                    if let Some(q) = &quota {
+                        crate::registry::stats::record_quota(self.host(), q);
+                    }
+                    self.inner.quota.observe(quota);
+                }
             }
-            self.inner.quota.observe(quota);
+            let throttled = status == StatusCode::TOO_MANY_REQUESTS;
+            let busy = status == StatusCode::SERVICE_UNAVAILABLE;
+            let retry_after = if throttled || busy {
+                header_str(resp.headers(), RETRY_AFTER.as_str()).and_then(|v| parse_retry_after(v, SystemTime::now()))
+            } else {
+                None
+            };
+            if throttled {
+                permit.too_many(retry_after);
+            } else if busy {
+                permit.trouble();
+            } else {
+                permit.answered(sample);
+            }
 
             if status == StatusCode::UNAUTHORIZED {
                 let values: Vec<&str> = resp
@@ -347,7 +415,7 @@ impl RegistryClient {
                         // The token is good but does not grant what this
                         // request needs: asking again gets the same answer.
                         if req.scope_refusal_is_answer {
-                            return Ok(resp);
+                            return Ok((resp, permit));
                         }
                         return Err(self.scope_refused(&req.scopes, token).await);
                     }
@@ -385,9 +453,8 @@ impl RegistryClient {
                     && status != StatusCode::NOT_IMPLEMENTED
                     && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
             {
+                drop(permit);
                 if can_retry {
-                    let retry_after = header_str(resp.headers(), RETRY_AFTER.as_str())
-                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
                     let wait = retry.delay(*attempt, retry_after);
                     tracing::debug!(
                         host = self.host(),
@@ -409,7 +476,7 @@ impl RegistryClient {
                 }
                 return Err(err);
             }
-            return Ok(resp);
+            return Ok((resp, permit));
         }
     }
 

@@ -289,6 +289,27 @@ pub fn every_nth(every: u64, rotation: Vec<Fault>) -> Plan {
     })
 }
 
+/// A registry that throttles: past `per_second` requests passed on in the
+/// last second (the probe included), it answers 429 with `Retry-After: 1`
+/// without passing the request on. Refused requests do not count.
+pub fn throttled(per_second: usize) -> Plan {
+    let mut passed: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    Box::new(move |_r: &Request| {
+        let now = Instant::now();
+        while passed
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            passed.pop_front();
+        }
+        if passed.len() >= per_second {
+            return Some(Fault::TooMany(1));
+        }
+        passed.push_back(now);
+        None
+    })
+}
+
 /// A plan injecting a fault into about `percent` % of the requests (the
 /// probe excepted), drawn from `kinds` (those that apply to the request) by
 /// a generator seeded with `seed`. Requests race, so a seed fixes the
