@@ -913,9 +913,9 @@ pub fn keep_saved_shard(saved: &mut SavedPlan, shard: Shard) -> bool {
 /// saved plan: `registry://host/repo` for a registry image, the reference
 /// itself for others.
 pub fn repository_key(source: &Reference) -> String {
-    match source {
-        Reference::Registry(r) => format!("registry://{}/{}", r.host, r.repository),
-        other => other.to_string(),
+    match source.as_registry() {
+        Some(r) => format!("registry://{}/{}", r.host, r.repository),
+        None => source.to_string(),
     }
 }
 
