@@ -732,17 +732,7 @@ pub fn select(
     }
     // Which blob goes where, as the work graph says it (its shape: every
     // blob counted, nothing asked of the stores).
-    let shaped: Vec<PlannedTarget> = targets
-        .iter()
-        .map(|t| {
-            let mut p = super::planned_target(t.clone());
-            p.resolved = resolutions
-                .get(&(t.source.to_string(), platforms_key(&t.platforms)))
-                .and_then(|r| r.as_ref().ok().cloned());
-            p
-        })
-        .collect();
-    let mut blobs_of = super::graph::shape(&shaped).blobs_by_target();
+    let mut blobs_of = blobs_by_target(&targets, resolutions);
     for (i, t) in targets.iter().enumerate() {
         let destination = t.destination.to_string();
         let source = t.source.to_string();
@@ -909,6 +899,22 @@ pub fn keep_saved_shard(saved: &mut SavedPlan, shard: Shard) -> bool {
     true
 }
 
+/// Which blobs each of `targets` writes where, as the work graph's shape
+/// says (every blob counted, nothing asked of the stores), by index.
+fn blobs_by_target(targets: &[Target], resolutions: &Resolutions) -> BTreeMap<usize, Vec<(String, String, u64)>> {
+    let shaped: Vec<PlannedTarget> = targets
+        .iter()
+        .map(|t| {
+            let mut p = super::planned_target(t.clone());
+            p.resolved = resolutions
+                .get(&(t.source.to_string(), platforms_key(&t.platforms)))
+                .and_then(|r| r.as_ref().ok().cloned());
+            p
+        })
+        .collect();
+    super::graph::shape(&shaped).blobs_by_target()
+}
+
 /// The repository of a source, the unit `--shard I/N` assigns without a
 /// saved plan: `registry://host/repo` for a registry image, the reference
 /// itself for others.
@@ -998,18 +1004,7 @@ pub async fn own_share(ctx: &PlanContext, shard: Shard, targets: Vec<Target>, fa
         }
     }
     let resolved = super::resolve_all(ctx, &probes, &wanted).await;
-    let shaped: Vec<PlannedTarget> = probes
-        .iter()
-        .map(|t| {
-            let mut p = super::planned_target(t.clone());
-            p.resolved = resolved
-                .get(&(t.source.to_string(), platforms_key(&t.platforms)))
-                .and_then(|r| r.as_ref().ok().cloned());
-            p
-        })
-        .collect();
-    let mut blobs_of = super::graph::shape(&shaped).blobs_by_target();
-    drop(shaped);
+    let mut blobs_of = blobs_by_target(&probes, &resolved);
     let probe_blobs: Vec<Vec<(String, String, u64)>> = (0..probes.len())
         .map(|i| blobs_of.remove(&i).unwrap_or_default())
         .collect();
