@@ -8,8 +8,14 @@
 # Each plan runs once untimed first, so that occy and the replay meet the
 # registries' caches alike. Also the peak RSS of a plan of one repository
 # (TAGS targets) and of all of them: the difference divided by the extra
-# targets is the memory each target costs. docs/performance.md has a
-# recent result.
+# targets is the memory each target costs. Between the cold and the warm
+# plans, the sync itself (a cold apply of every tag, --apply-flags, default
+# "-J 16") is timed with its peak RSS beside the time the registries need
+# for the same requests, reads and writes (bench/replay.py --writes into an
+# empty registry, with each of --replay-threads, default 16,64; the fastest
+# is the floor). --apply-only measures the apply alone, no plans; with
+# OCCY_BENCH_WRAP=CMD the apply and its replays run under CMD (e.g.
+# /work/coord/bench-window). docs/performance.md has a recent result.
 #
 # With --shards N (issue 35) it measures sharding instead: the plan of
 # all tags in one process and `--plan --shard I/N` of each of N pods, one
@@ -23,7 +29,8 @@
 # must find every target unchanged. OCCY_BENCH_WRAP=CMD runs each measured
 # group of commands under CMD (e.g. /work/coord/bench-window).
 #
-#   bench/plan-scale.sh [--repos N] [--tags N] [--keep]
+#   bench/plan-scale.sh [--repos N] [--tags N] [--keep] [--apply-only]
+#                       [--apply-flags "ARGS"] [--replay-threads N,N]
 #   bench/plan-scale.sh --repos 100 --tags 1000 --shards 4 [--apply-tags N]
 #
 # Needs docker-registry (Debian), python3, /usr/bin/time; builds occy and
@@ -31,7 +38,7 @@
 # occy's build, OCCY_TESTKIT=path the generator's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repos=100 tags=100 keep=0 shards=0 apply_tags=100
+repos=100 tags=100 keep=0 shards=0 apply_tags=100 apply_only=0 apply_flags="-J 16" replay_threads=16,64
 die() {
     echo "plan-scale: $*" >&2
     exit 1
@@ -42,8 +49,11 @@ while [ $# -gt 0 ]; do
     --tags) tags=$2 && shift ;;
     --shards) shards=$2 && shift ;;
     --apply-tags) apply_tags=$2 && shift ;;
+    --apply-only) apply_only=1 ;;
+    --apply-flags) apply_flags=$2 && shift ;;
+    --replay-threads) replay_threads=$2 && shift ;;
     --keep) keep=1 ;;
-    -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' && exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'  | sed 's/^# \{0,1\}//' && exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -307,13 +317,51 @@ plan() {
     echo "plan-scale: $1: $targets targets, $wall s, $((rss / 1024)) MiB peak, $reqs requests (replayed in $replay s)" >&2
 }
 : >"$work/results.tsv"
-plan cold-one "$work/one.yaml"
-plan cold "$work/all.yaml"
-echo "plan-scale: syncing, to plan warm" >&2
-"$occy" -q --no-cache sync "$work/all.yaml" -J 16 >"$work/apply.out" 2>&1 || {
-    tail -n 20 "$work/apply.out" >&2
-    die "the sync failed"
-}
+if [ "$apply_only" = 0 ]; then
+    plan cold-one "$work/one.yaml"
+    plan cold "$work/all.yaml"
+fi
+# The cold apply (issue 33): wall and peak RSS beside the time the registries
+# need for the same requests, replayed into an empty registry standing in
+# for the destination (bench/replay.py --writes), at each of the replay
+# thread counts (the fastest is the floor).
+replay_port=$(free_port)
+apply_from_s=$(($(lines "$src_log") + 1))
+apply_from_d=$(($(lines "$work/dst.log") + 1))
+{
+    printf '/usr/bin/time -f "%%e %%M %%U %%S" -o %q %q --no-cache -q sync %q' "$work/apply.time" "$occy" "$work/all.yaml"
+    for a in $apply_flags; do printf ' %q' "$a"; done
+    printf ' >%q 2>&1 || { tail -n 20 %q >&2; exit 1; }\n' "$work/apply.out" "$work/apply.out"
+    printf 'sleep 1\n'
+    # The logs' lines of the apply (the replays read from the source too).
+    printf 'echo "%s-$(wc -l <%q)" >%q\n' "$apply_from_s" "$src_log" "$work/apply.lines_s"
+    printf 'echo "%s-$(wc -l <%q)" >%q\n' "$apply_from_d" "$work/dst.log" "$work/apply.lines_d"
+    for t in ${replay_threads//,/ }; do
+        printf 'rm -rf %q && mkdir -p %q\n' "$work/replay" "$work/replay"
+        printf 'docker-registry serve %q >/dev/null 2>>%q & rp=$!\n' "$work/replay.yml" "$work/replay.err"
+        printf 'for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/%q) 2>/dev/null && break; sleep 0.05; done\n' "$replay_port"
+        printf 'python3 bench/replay.py --writes %q %q %q "$(cat %q)" %q "$(cat %q)" %q >%q || echo "failed" >%q\n' \
+            "$t" "$src" "$src_log" "$work/apply.lines_s" "$work/dst.log" "$work/apply.lines_d" "127.0.0.1:$replay_port" "$work/replay-$t" "$work/replay-$t"
+        printf 'kill $rp; wait $rp 2>/dev/null || true\n'
+    done
+} >"$work/measure-apply.sh"
+printf 'version: 0.1\nlog: { level: error, accesslog: { disabled: true } }\nstorage: { filesystem: { rootdirectory: %s } }\nhttp: { addr: "127.0.0.1:%s" }\n' \
+    "$work/replay" "$replay_port" >"$work/replay.yml"
+echo "plan-scale: applying $((repos * tags)) tags cold (occy $apply_flags), then replaying its requests" >&2
+${OCCY_BENCH_WRAP:-} bash "$work/measure-apply.sh" || die "the cold apply failed"
+read -r a_wall a_rss a_user a_sys < <(tail -n 1 "$work/apply.time")
+best=
+for t in ${replay_threads//,/ }; do
+    read -r a_reqs a_replay <"$work/replay-$t" || true
+    [ "$a_reqs" = failed ] && { echo "plan-scale: the replay with $t threads failed" >&2; continue; }
+    echo "plan-scale: apply replayed: $a_reqs requests in $a_replay s with $t threads" >&2
+    if [ -z "$best" ] || awk -v a="$a_replay" -v b="$best" 'BEGIN{exit !(a<b)}'; then best=$a_replay best_t=$t; fi
+done
+[ -n "$best" ] || die "no replay of the apply succeeded"
+awk -v n="$((repos * tags))" -v w="$a_wall" -v u="$a_user" -v s="$a_sys" -v m="$a_rss" -v b="$best" -v t="$best_t" -v r="$a_reqs" \
+    'BEGIN { printf "cold apply: %d tags, occy %.2f s (%.2f s user, %.2f s system), peak %.1f MiB; registries %.2f s (%d requests replayed, %d threads); occy/registries %.2f\n", n, w, u, s, m / 1024, b, r, t, w / b }' \
+    | tee "$work/apply.result"
+[ "$apply_only" = 0 ] || exit 0
 plan warm-one "$work/one.yaml"
 plan warm "$work/all.yaml"
 
