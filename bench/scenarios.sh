@@ -22,7 +22,9 @@
 # (the mirror set of bench/compare.sh on loopback and the WAN, smaller ones
 # through the slow links). Needs docker-registry, skopeo, python3, and release
 # builds of occy and occy-testkit (OCCY_BIN / OCCY_TESTKIT skip the build).
-# Results: ~/.cache/occy-bench/scenarios-DATE.tsv (OCCY_BENCH_RESULTS=DIR).
+# Results: ~/.cache/occy-bench/scenarios-DATE.tsv (OCCY_BENCH_RESULTS=DIR),
+# each run's output (occy -v: what each registry settled at) beside it in
+# scenarios-DATE.tsv.SCENARIO-CONFIG-REP.out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo_root=$PWD
@@ -193,6 +195,7 @@ for sc in ${scenarios//,/ }; do
                 wall=failed
                 tail -n 5 "$work/out" >&2
             fi
+            cp "$work/out" "$results.$sc-$c-$rep.out"
             total=$(cat "$work/throttle-src.log" "$work/throttle-dst.log" | wc -l)
             refused=$(cat "$work/throttle-src.log" "$work/throttle-dst.log" | grep -c '^429' || true)
             settled=$(grep -h "settled at" "$work/out" | tr '\n' '|' || true)
@@ -215,7 +218,7 @@ rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
 for sc, c, rep, wall, load, total, refused, _ in rows:
     by.setdefault(sc, {}).setdefault(c, []).append((wall, float(load), int(total), int(refused)))
-print(f"{'scenario':10} {'config':8} {'wall s':>8} {'load':>5} {'429s':>10}")
+print(f"{'scenario':10} {'config':8} {'wall s':>8} {'load':>5} {'429s/requests':>20}")
 for sc, cs in by.items():
     med = {}
     for c, runs in cs.items():
@@ -224,7 +227,8 @@ for sc, cs in by.items():
         refused = sum(r for *_, r in runs); total = sum(t for *_, t, _ in runs)
         loads = "/".join(f"{l:.1f}" for _, l, _, _ in runs)
         m = f"{med[c]:.2f}" if med[c] is not None else "failed"
-        print(f"{sc:10} {c:8} {m:>8} {loads:>5} {f'{refused}/{total}' if total else '':>10}")
+        share = f"{refused}/{total} ({100 * refused / total:.1f} %)" if total else ""
+        print(f"{sc:10} {c:8} {m:>8} {loads:>5} {share:>20}")
     sweep = {c: v for c, v in med.items() if c.startswith("J") and v is not None}
     d = med.get("default")
     if d and sweep:
