@@ -8,7 +8,9 @@
 //! `RateLimit-Limit` with a short window sets it, and a 429 teaches it (the
 //! requests the host accepted in the second before the one it refused),
 //! with every request of the host held back for the 429's `Retry-After`, so
-//! that few requests meet a 429 at all; quiet, it grows by a fifth every 5 s. `--rate-limit` caps the rate; `-J`
+//! that few requests meet a 429 at all; quiet, it grows by a fifth every 5 s
+//! (a probe that meets a 429 goes back to the rate that held, and the next
+//! probe waits twice as long). `--rate-limit` caps the rate; `-J`
 //! and `-j` cap the concurrency (the walk never asks for more).
 //!
 //! What a host settled at (each kind's limit, the rate learned) is
@@ -282,6 +284,12 @@ pub struct RateLearner {
     /// When the rate was last set or lowered (requests sent before it met
     /// the old rate and teach nothing about the new one).
     learned_at: Option<Instant>,
+    /// The rate that held without a 429 before the last probe raised it:
+    /// where a 429 met by the probe goes back to.
+    held: Option<f64>,
+    /// Quiet time before the next probe: [`PROBE_AFTER`], doubled each
+    /// time a probe meets a 429 (the registry's limit is found).
+    probe_after: Duration,
     /// Send times of the last second.
     recent: VecDeque<Instant>,
     /// The next request may leave at this time (the token bucket's clock).
@@ -298,6 +306,8 @@ impl RateLearner {
             cap: cap.filter(|r| r.is_finite() && *r > 0.0),
             learned: None,
             learned_at: None,
+            held: None,
+            probe_after: PROBE_AFTER,
             recent: VecDeque::new(),
             next_free: None,
             hold_until: None,
@@ -325,7 +335,8 @@ impl RateLearner {
     /// sending (the request counts as sent at `now + wait`).
     pub fn reserve(&mut self, now: Instant) -> Duration {
         if let (Some(l), Some(at)) = (self.learned, self.learned_at) {
-            if self.cap.is_none_or(|c| l < c) && now.saturating_duration_since(at) >= PROBE_AFTER {
+            if self.cap.is_none_or(|c| l < c) && now.saturating_duration_since(at) >= self.probe_after {
+                self.held = Some(l);
                 self.learned = Some(l * PROBE_GROWTH);
                 self.learned_at = Some(now);
             }
@@ -354,7 +365,8 @@ impl RateLearner {
     /// A request sent at `sent` was answered 429 at `now`, asking to wait
     /// `retry_after` (when it said). The first one teaches the rate: the
     /// requests sent in the second before it; a later one sent at the
-    /// learned rate lowers it.
+    /// learned rate lowers it: back to the rate that held when a probe
+    /// raised it (probing half as often from then on), else by a fifth.
     pub fn throttled(&mut self, now: Instant, sent: Instant, retry_after: Option<Duration>) {
         self.refused += 1;
         if let Some(wait) = retry_after {
@@ -371,9 +383,13 @@ impl RateLearner {
                 let rate = (before as f64 * LEARNED_SHARE).max(1.0);
                 self.set_learned(rate, now);
             }
-            (Some(l), Some(at)) if sent >= at => {
-                self.set_learned((l * 0.8).max(0.5), now);
-            }
+            (Some(l), Some(at)) if sent >= at => match self.held.take() {
+                Some(held) if held < l => {
+                    self.set_learned(held, now);
+                    self.probe_after = (self.probe_after * 2).min(HOLD_CAP);
+                }
+                _ => self.set_learned((l * 0.8).max(0.5), now),
+            },
             _ => {}
         }
     }
@@ -402,6 +418,7 @@ impl RateLearner {
     }
 
     fn set_learned(&mut self, rate: f64, now: Instant) {
+        self.held = None;
         self.learned = Some(rate);
         self.learned_at = Some(now);
         // The bucket starts over at the new rate.
@@ -951,6 +968,37 @@ mod tests {
         r.throttled(later, now + Duration::from_millis(1), None);
         assert!((r.rate().unwrap() - learned * 0.8).abs() < 1e-9);
         assert_eq!(r.refused(), 3);
+    }
+
+    #[test]
+    fn a_probe_that_meets_a_429_goes_back_to_the_rate_that_held() {
+        let t0 = Instant::now();
+        let mut r = RateLearner::new(None);
+        r.resume_at(27.0, t0);
+        // Five quiet seconds: the probe raises it by a fifth …
+        let probe = t0 + PROBE_AFTER;
+        r.reserve(probe);
+        assert!((r.rate().unwrap() - 32.4).abs() < 1e-9);
+        // … a request sent at the raised rate is refused: back to 27, not
+        // a fifth under the probe (25.9), so probing does not wear the
+        // rate down; and the next probe waits twice as long.
+        let sent = probe + Duration::from_millis(100);
+        r.reserve(sent);
+        r.throttled(sent + Duration::from_millis(2), sent, Some(Duration::from_secs(1)));
+        assert_eq!(r.rate(), Some(27.0));
+        let back = sent + Duration::from_millis(2);
+        r.reserve(back + PROBE_AFTER);
+        assert_eq!(r.rate(), Some(27.0));
+        r.reserve(back + PROBE_AFTER * 2);
+        assert!((r.rate().unwrap() - 32.4).abs() < 1e-9);
+        // That probe meets a 429 too: back again; then one at the rate
+        // that held lowers it by a fifth.
+        let later = back + PROBE_AFTER * 2 + Duration::from_millis(10);
+        r.throttled(later, later, None);
+        assert!((r.rate().unwrap() - 27.0).abs() < 1e-9);
+        let later = later + Duration::from_secs(1);
+        r.throttled(later, later, None);
+        assert!((r.rate().unwrap() - 27.0 * 0.8).abs() < 1e-9);
     }
 
     #[test]
