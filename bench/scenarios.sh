@@ -188,6 +188,9 @@ for sc in ${scenarios//,/ }; do
             J*) cmd=("$occy" --cache-dir "$work/cache" -v sync "$work/mirror.yaml" -J "${c#J}" -j "${c#J}") ;;
             skopeo) cmd=(env "XDG_DATA_HOME=$work/skopeo-cache" skopeo sync --src yaml --dest docker --dest-tls-verify=false "$work/skopeo.yaml" "$dst/bench") ;;
             esac
+            # The throttling proxies count the last second's requests: let
+            # the previous run's leave it, so each run starts alike.
+            sleep 1.2
             load=$(cut -d' ' -f1 /proc/loadavg)
             if /usr/bin/time -f "%e" -o "$work/time" "${cmd[@]}" >"$work/out" 2>&1; then
                 wall=$(cat "$work/time")
