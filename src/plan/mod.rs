@@ -76,6 +76,11 @@ pub struct PlanContext {
     pub sharding: Option<shard::Sharding>,
     /// What planning has asked the registries already.
     pub memo: Arc<memo::PlanMemo>,
+    /// The plan is only shown (`--plan`), never applied: once a target's
+    /// nodes are in the graph, what only applying reads (its resolved
+    /// manifests) is let go, so a plan of 100,000 targets does not hold
+    /// them all at once.
+    pub shown_only: bool,
 }
 
 impl PlanContext {
@@ -385,12 +390,8 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     verify::check_targets(ctx, &mut planned).await;
     archive::check_bases(ctx, &mut planned).await;
     referrers::plan(ctx, &mut planned, &mut warnings).await;
-    let mut work = graph::build(ctx, &planned).await;
-    for (i, t) in planned.iter_mut().enumerate() {
-        t.blobs = work.counts_for(i);
-    }
-    let (shard_info, assignment) = sharded.unwrap_or_default();
-
+    // The warnings read the resolved manifests, which a shown plan lets go
+    // of while its graph is built.
     let mut docker_kept = Vec::new();
     for t in &planned {
         if t.action.writes() && t.media == MediaNote::DockerKept {
@@ -433,6 +434,14 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         };
         warnings.push(docker_kept_warning(&named));
     }
+
+    // (An archive's note counts its manifests: a plan writing one keeps them.)
+    let let_go = ctx.shown_only && !archive::writes_archive(&planned);
+    let mut work = graph::build(ctx, &mut planned, let_go).await;
+    for (i, t) in planned.iter_mut().enumerate() {
+        t.blobs = work.counts_for(i);
+    }
+    let (shard_info, assignment) = sharded.unwrap_or_default();
 
     let mut destinations: BTreeMap<String, DestinationTotals> = BTreeMap::new();
     let mut totals = Totals::default();

@@ -208,6 +208,7 @@ fn context(stores: &[(&str, Arc<MemStore>)]) -> PlanContext {
         prune: false,
         sharding: None,
         memo: Default::default(),
+        shown_only: false,
     };
     for (dest, store) in stores {
         let store: Arc<dyn Store> = store.clone();
@@ -247,7 +248,7 @@ fn plan(
             let t = target(d, platforms.clone());
             planned.push(diff_target(ctx, t, Some(Ok(Arc::new(resolved.clone())))).await);
         }
-        let g = graph::build(ctx, &planned).await;
+        let g = graph::build(ctx, &mut planned, false).await;
         (planned, g)
     })
 }

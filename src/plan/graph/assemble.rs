@@ -21,7 +21,9 @@ struct WantedBlob {
 
 /// Builds the graph of every writing target of `planned`, asking each
 /// store which blobs it holds.
-pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
+/// With `let_go`, each target's resolved manifests are dropped once its
+/// nodes are built (a plan that is only shown needs them no more).
+pub async fn build(ctx: &PlanContext, planned: &mut [PlannedTarget], let_go: bool) -> WorkGraph {
     // Each destination's store: its id and what it can do.
     let mut stores = Stores::new();
     for t in planned.iter().filter(|t| t.action.writes()) {
@@ -45,7 +47,7 @@ pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
         (None, Some(c)) if writes_registry => c.blob_locations().load(),
         _ => Remembered::default(),
     };
-    assemble(ctx.cache.as_ref(), planned, &presence, &remembered, &stores)
+    assemble(ctx.cache.as_ref(), planned, &presence, &remembered, &stores, let_go)
 }
 
 /// Each destination's store (by the destination as the plan spells it).
@@ -74,22 +76,24 @@ fn saved_candidates(nodes: &[Work]) -> Remembered {
 
 /// The graph's shape alone: every blob sent, nothing asked of the stores
 /// nor of the layer cache (for partitioning targets into shards).
-pub fn shape(planned: &[PlannedTarget]) -> WorkGraph {
+pub fn shape(planned: &mut [PlannedTarget]) -> WorkGraph {
     assemble(
         None,
         planned,
         &Presence::default(),
         &Remembered::default(),
         &Stores::new(),
+        true,
     )
 }
 
 fn assemble(
     cache: Option<&LayerCache>,
-    planned: &[PlannedTarget],
+    planned: &mut [PlannedTarget],
     presence: &Presence,
     remembered: &Remembered,
     stores: &Stores,
+    let_go: bool,
 ) -> WorkGraph {
     let mut g = WorkGraph::default();
     // Room for the nodes and edges up front (each a few per layer and per
@@ -110,11 +114,13 @@ fn assemble(
     g.by_key.first.reserve(nodes);
     // (host, digest) → the upload node that first sends it there, and its repository.
     let mut uploaded_on: Uploads = HashMap::new();
-    for (ti, t) in planned.iter().enumerate() {
+    for (ti, t) in planned.iter_mut().enumerate() {
         if !t.action.writes() {
             continue;
         }
-        let Some(resolved) = t.resolved.clone() else { continue };
+        let resolved = if let_go { t.resolved.take() } else { t.resolved.clone() };
+        let Some(resolved) = resolved else { continue };
+        let t = &*t;
         let tt = &t.target;
         let store = stores
             .get(&t.destination)
