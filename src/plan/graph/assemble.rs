@@ -74,6 +74,36 @@ fn saved_candidates(nodes: &[Work]) -> Remembered {
     r
 }
 
+/// About how many nodes and edges the graph of `planned` has: a fetch per
+/// distinct source blob, a blob node per distinct (store, blob), and a
+/// config, config read and manifest per image, a tag and a check per target
+/// (an index where there is one); an edge into each, and one per layer into
+/// its manifest.
+fn room(planned: &[PlannedTarget], stores: &Stores) -> (usize, usize) {
+    use std::hash::BuildHasher;
+    let hasher = std::hash::RandomState::new();
+    let mut fetched: HashSet<u64> = HashSet::new();
+    let mut stored: HashSet<u64> = HashSet::new();
+    let (mut nodes, mut edges) = (0, 0);
+    for t in planned.iter().filter(|t| t.action.writes()) {
+        let Some(r) = &t.resolved else { continue };
+        let store = stores.get(&t.destination).map(|s| s.key.clone()).unwrap_or_else(|| t.destination.clone());
+        for img in &r.images {
+            for l in &img.manifest.layers {
+                let fetch = fetched.insert(hasher.hash_one(&l.digest));
+                let blob = stored.insert(hasher.hash_one((&store, &l.digest)));
+                nodes += usize::from(fetch) + usize::from(blob);
+                edges += 1 + usize::from(fetch || blob);
+            }
+            nodes += 3;
+            edges += 3;
+        }
+        nodes += 2 + usize::from(r.index.is_some());
+        edges += 2 + r.images.len() * usize::from(r.index.is_some());
+    }
+    (nodes, edges)
+}
+
 /// The graph's shape alone: every blob sent, nothing asked of the stores
 /// nor of the layer cache (for partitioning targets into shards).
 pub fn shape(planned: &mut [PlannedTarget]) -> WorkGraph {
@@ -96,19 +126,10 @@ fn assemble(
     let_go: bool,
 ) -> WorkGraph {
     let mut g = WorkGraph::default();
-    // Room for the nodes and edges up front (each a few per layer and per
-    // target; shared layers make fewer): growing by doubling would hold the
-    // old and the new array at once.
-    let (nodes, edges) = planned
-        .iter()
-        .filter(|t| t.action.writes())
-        .filter_map(|t| t.resolved.as_ref())
-        .map(|r| {
-            let layers: usize = r.images.iter().map(|i| i.manifest.layers.len()).sum();
-            let images = r.images.len();
-            (2 * layers + 3 * images + 3, 2 * layers + 3 * images + 3)
-        })
-        .fold((0, 0), |(n, e), (a, b)| (n + a, e + b));
+    // Room for the nodes and edges up front: growing by doubling would hold
+    // the old and the new array at once, and room for layers that several
+    // targets share (one node each) would be wasted.
+    let (nodes, edges) = room(planned, stores);
     g.graph.reserve_nodes(nodes);
     g.graph.reserve_edges(edges);
     g.by_key.first.reserve(nodes);
