@@ -56,6 +56,11 @@ impl Digest {
         Digest(Arc::from(format!("sha256:{}", hex::encode(h.finalize()))))
     }
 
+    /// The text, shared with this digest (no copy is made).
+    pub fn shared_text(&self) -> Arc<str> {
+        Arc::clone(&self.0)
+    }
+
     /// The hex part, without the algorithm.
     pub fn hex(&self) -> &str {
         &self.0[7..]

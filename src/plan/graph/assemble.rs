@@ -14,7 +14,7 @@ pub(super) fn layer_compression(desc: &Descriptor) -> Compression {
 struct WantedBlob {
     /// The digest the store keeps it under (digest or diff_id), or the
     /// rewrite's output name.
-    blob: String,
+    blob: Name,
     /// The digest to look for in the store (None: unknown until rewritten).
     lookup: Option<Digest>,
 }
@@ -87,7 +87,10 @@ fn room(planned: &[PlannedTarget], stores: &Stores) -> (usize, usize) {
     let (mut nodes, mut edges) = (0, 0);
     for t in planned.iter().filter(|t| t.action.writes()) {
         let Some(r) = &t.resolved else { continue };
-        let store = stores.get(&t.destination).map(|s| s.key.clone()).unwrap_or_else(|| t.destination.clone());
+        let store: Name = stores
+            .get(&t.destination)
+            .map(|s| s.key.clone())
+            .unwrap_or_else(|| t.destination.as_str().into());
         for img in &r.images {
             for l in &img.manifest.layers {
                 let fetch = fetched.insert(hasher.hash_one(&l.digest));
@@ -135,6 +138,8 @@ fn assemble(
     g.by_key.first.reserve(nodes);
     // (host, digest) → the upload node that first sends it there, and its repository.
     let mut uploaded_on: Uploads = HashMap::new();
+    // Each source store's name, made once.
+    let mut sources: HashMap<String, Name> = HashMap::new();
     for (ti, t) in planned.iter_mut().enumerate() {
         if !t.action.writes() {
             continue;
@@ -147,7 +152,10 @@ fn assemble(
             .get(&t.destination)
             .cloned()
             .unwrap_or_else(|| Store::of(&tt.destination));
-        let src_store = source_store(&tt.source);
+        let src_store: Name = {
+            let name = source_store(&tt.source);
+            sources.entry(name.clone()).or_insert_with(|| name.into()).clone()
+        };
         let chain = &tt.chain;
         let filtered = !chain.is_empty();
         let rewrites_content = chain.changes_content();
@@ -155,7 +163,7 @@ fn assemble(
             .filters
             .iter()
             .any(|f| matches!(f, FilterSpec::Search { .. } | FilterSpec::Inspect { .. }));
-        let chain_hash = chain.hash();
+        let chain_hash: Name = chain.hash().into();
         let source_id = StoreId::of(&tt.source);
         let same_host_source = match (source_id.host(), source_id.repository_name(), &store.host) {
             (Some(sh), Some(sr), Some(h)) if store.can_mount && sh == h && Some(sr) != store.repository.as_deref() => {
@@ -186,7 +194,7 @@ fn assemble(
                 };
                 let wanted = match (&cached, rewrites_content) {
                     (Some(d), _) => WantedBlob {
-                        blob: d.to_string(),
+                        blob: d.shared_text(),
                         lookup: Some(d.clone()),
                     },
                     (None, true) => WantedBlob {
@@ -198,14 +206,15 @@ fn assemble(
                                 StoredForm::Compressed => "blob",
                                 StoredForm::PlainTar => "tar",
                             }
-                        ),
+                        )
+                        .into(),
                         lookup: None,
                     },
                     (None, false) => WantedBlob {
                         blob: plain_key
                             .as_ref()
-                            .map(|d| d.to_string())
-                            .unwrap_or_else(|| desc.digest.to_string()),
+                            .map(Digest::shared_text)
+                            .unwrap_or_else(|| desc.digest.shared_text()),
                         lookup: plain_key.clone(),
                     },
                 };
@@ -277,12 +286,12 @@ fn assemble(
             let changes_config = rewrites_content || chain.config_timestamp().is_some();
             let wanted = if changes_config {
                 WantedBlob {
-                    blob: format!("rewrite:{}:{}:config", cfg.digest.hex(), &chain_hash[..16]),
+                    blob: format!("rewrite:{}:{}:config", cfg.digest.hex(), &chain_hash[..16]).into(),
                     lookup: None,
                 }
             } else {
                 WantedBlob {
-                    blob: cfg.digest.to_string(),
+                    blob: cfg.digest.shared_text(),
                     lookup: Some(cfg.digest.clone()),
                 }
             };
@@ -314,8 +323,8 @@ fn assemble(
             };
             let (manifest, _) = g.node(
                 NodeKey::Manifest {
-                    store: format!("{}#{}", store.key, t.destination),
-                    manifest: manifest_name,
+                    store: format!("{}#{}", store.key, t.destination).into(),
+                    manifest: manifest_name.into(),
                 },
                 ti,
                 |w| {
@@ -350,8 +359,8 @@ fn assemble(
             };
             let (ix, _) = g.node(
                 NodeKey::Index {
-                    store: format!("{}#{}", store.key, t.destination),
-                    manifest: name,
+                    store: format!("{}#{}", store.key, t.destination).into(),
+                    manifest: name.into(),
                 },
                 ti,
                 |w| w.estimated = rewrites_content,
@@ -367,10 +376,11 @@ fn assemble(
         } else {
             tw.images.first().map(|i| i.manifest)
         };
+        let (destination, image): (Name, Name) = (t.destination.as_str().into(), t.name.as_str().into());
         let (tag, _) = g.node(
             NodeKey::Tag {
-                destination: t.destination.clone(),
-                image: t.name.clone(),
+                destination: destination.clone(),
+                image: image.clone(),
             },
             ti,
             |_| {},
@@ -379,10 +389,7 @@ fn assemble(
             g.edge(top, tag, "tagged");
         }
         let (check, _) = g.node(
-            NodeKey::Check {
-                destination: t.destination.clone(),
-                image: t.name.clone(),
-            },
+            NodeKey::Check { destination, image },
             ti,
             |_| {},
         );
@@ -417,7 +424,7 @@ fn assemble(
 struct TargetAt<'a> {
     ti: usize,
     store: &'a Store,
-    src_store: &'a str,
+    src_store: &'a Name,
     same_host_source: &'a Option<String>,
     tag: NodeIndex,
     check: NodeIndex,
@@ -443,7 +450,7 @@ fn add_referrers(
         let (node, created) = g.node(
             NodeKey::Referrer {
                 store: store.key.clone(),
-                reference,
+                reference: reference.into(),
             },
             ti,
             |w| w.bytes = raw.bytes.len() as u64,
@@ -461,7 +468,7 @@ fn add_referrers(
         for (bi, desc) in rf.blobs.iter().enumerate() {
             let shared = Arc::new(desc.clone());
             let wanted = WantedBlob {
-                blob: desc.digest.to_string(),
+                blob: desc.digest.shared_text(),
                 lookup: Some(desc.digest.clone()),
             };
             // Referrer blobs are small and their own: no remembered mounts.
@@ -499,7 +506,7 @@ fn add_referrers(
         let subject = rf.subject.to_string();
         for m in tw.images.iter().map(|i| i.manifest).chain(tw.index) {
             let names_subject = matches!(&g.graph[m].key,
-                NodeKey::Manifest { manifest, .. } | NodeKey::Index { manifest, .. } if *manifest == subject);
+                NodeKey::Manifest { manifest, .. } | NodeKey::Index { manifest, .. } if **manifest == *subject);
             if names_subject {
                 g.edge(m, node, "subject");
             }
@@ -534,7 +541,7 @@ pub fn add_prunes(g: &mut WorkGraph, prunes: &[crate::plan::prune::PruneTag]) {
     for p in prunes {
         g.node(
             NodeKey::Prune {
-                destination: p.destination.clone(),
+                destination: p.destination.as_str().into(),
             },
             usize::MAX,
             |w| w.targets.clear(),
@@ -545,14 +552,14 @@ pub fn add_prunes(g: &mut WorkGraph, prunes: &[crate::plan::prune::PruneTag]) {
 
 fn fetch_node(
     g: &mut WorkGraph,
-    src_store: &str,
+    src_store: &Name,
     desc: &Arc<Descriptor>,
     diff_id: Option<&Digest>,
     ti: usize,
 ) -> NodeIndex {
     g.node(
         NodeKey::Fetch {
-            source: src_store.to_string(),
+            source: src_store.clone(),
             digest: desc.digest.clone(),
         },
         ti,

@@ -112,54 +112,58 @@ impl How {
     }
 }
 
+/// A name in a node's key: shared text, as one store's or target's names
+/// recur in many nodes.
+pub type Name = Arc<str>;
+
 /// What a node produces; equal keys are one node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum NodeKey {
     Fetch {
-        source: String,
+        source: Name,
         digest: Digest,
     },
     Rewrite {
         input: Digest,
-        chain: String,
+        chain: Name,
     },
     Blob {
-        store: String,
-        blob: String,
+        store: Name,
+        blob: Name,
     },
     Config {
-        store: String,
-        blob: String,
+        store: Name,
+        blob: Name,
     },
     Manifest {
-        store: String,
-        manifest: String,
+        store: Name,
+        manifest: Name,
     },
     Index {
-        store: String,
-        manifest: String,
+        store: Name,
+        manifest: Name,
     },
     Tag {
-        destination: String,
-        image: String,
+        destination: Name,
+        image: Name,
     },
     /// A referrer manifest in a store, by its cosign tag or its digest.
     Referrer {
-        store: String,
-        reference: String,
+        store: Name,
+        reference: Name,
     },
     /// The referrers tag (`sha256-<hex>`) of `subject` in a registry repository.
     ReferrersTag {
-        store: String,
+        store: Name,
         subject: Digest,
     },
     Check {
-        destination: String,
-        image: String,
+        destination: Name,
+        image: Name,
     },
     Prune {
-        destination: String,
+        destination: Name,
     },
 }
 
@@ -303,7 +307,7 @@ pub struct Store {
     pub id: StoreId,
     /// The id as nodes name it: `registry://host/repo`, or the destination
     /// for files.
-    pub key: String,
+    pub key: Name,
     pub form: StoredForm,
     /// The registry host, for registries.
     pub host: Option<String>,
@@ -322,7 +326,7 @@ impl Store {
     /// The store with `id` that can do what `caps` says.
     pub fn new(id: StoreId, caps: Capabilities) -> Store {
         Store {
-            key: id.to_string(),
+            key: Name::from(id.to_string()),
             form: caps.stored_form,
             host: id.host().map(str::to_string),
             repository: id.repository_name().map(str::to_string),
@@ -546,7 +550,7 @@ impl WorkGraph {
         for w in self.graph.node_weights() {
             match &w.key {
                 NodeKey::Fetch { source, .. } => {
-                    let t = out.entry(source.clone()).or_default();
+                    let t = out.entry(source.to_string()).or_default();
                     t.fetches += 1;
                     t.bytes_read += w.bytes;
                 }
@@ -556,7 +560,7 @@ impl WorkGraph {
                     }
                 }
                 NodeKey::Blob { store, .. } | NodeKey::Config { store, .. } => {
-                    let t = out.entry(store.clone()).or_default();
+                    let t = out.entry(store.to_string()).or_default();
                     match &w.how {
                         Some(How::Upload | How::Write) => {
                             t.uploads += 1;
@@ -571,7 +575,7 @@ impl WorkGraph {
                 | NodeKey::Index { store, .. }
                 | NodeKey::Referrer { store, .. }
                 | NodeKey::ReferrersTag { store, .. } => {
-                    out.entry(store.clone()).or_default().manifests += 1;
+                    out.entry(store.to_string()).or_default().manifests += 1;
                 }
                 _ => {}
             }
@@ -601,7 +605,7 @@ impl WorkGraph {
                     let w = &self.graph[i];
                     if let NodeKey::Blob { store, blob } | NodeKey::Config { store, blob } = &w.key {
                         let size = w.source_blob.as_ref().map(|d| d.size).unwrap_or(w.bytes);
-                        v.push((sharing_store(store), blob.clone(), size));
+                        v.push((sharing_store(store), blob.to_string(), size));
                     }
                 }
             }

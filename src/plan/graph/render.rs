@@ -75,7 +75,7 @@ impl WorkGraph {
                             visit.push(to);
                         }
                         NodeKey::Blob { store, .. } => {
-                            stores.insert(store.clone());
+                            stores.insert(store.to_string());
                             if let Some(h) = &self.graph[to].how {
                                 *how.entry(h.name()).or_default() += 1;
                             }
