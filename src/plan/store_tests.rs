@@ -257,7 +257,7 @@ fn plan(
 fn layer_hows(g: &WorkGraph, store: &str) -> Vec<How> {
     g.graph
         .node_weights()
-        .filter(|w| matches!(&w.key, NodeKey::Blob { store: s, .. } if s == store))
+        .filter(|w| matches!(&w.key, NodeKey::Blob { store: s, .. } if **s == *store))
         .filter_map(|w| w.how.clone())
         .collect()
 }
@@ -381,7 +381,7 @@ fn a_store_that_cannot_keep_indexes_gets_one_platform_or_a_clear_failure() {
         .graph
         .node_weights()
         .filter_map(|w| match &w.key {
-            NodeKey::Index { store, .. } => Some(store.as_str()),
+            NodeKey::Index { store, .. } => Some(&**store),
             _ => None,
         })
         .collect();
