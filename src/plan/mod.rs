@@ -195,14 +195,20 @@ where
     F: Fn(I::Item) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
-    let mut out: Vec<(usize, T)> = stream::iter(items.into_iter().enumerate())
+    let items = items.into_iter();
+    // Room for every answer up front: a plan of 100,000 targets would
+    // otherwise hold the old and the doubled array at once.
+    let mut out: Vec<(usize, T)> = Vec::with_capacity(items.size_hint().0);
+    let mut answers = stream::iter(items.enumerate())
         .map(|(i, item)| {
             let fut = f(item);
             async move { (i, fut.await) }
         })
-        .buffer_unordered(PLAN_CONCURRENCY)
-        .collect()
-        .await;
+        .buffer_unordered(PLAN_CONCURRENCY);
+    while let Some(answer) = answers.next().await {
+        out.push(answer);
+    }
+    drop(answers);
     out.sort_unstable_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, t)| t).collect()
 }
@@ -248,7 +254,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             wanted.push((r.clone(), p.clone()));
         }
     };
-    let mut targets: Vec<Target> = Vec::new();
+    let mut targets: Vec<Target> = Vec::with_capacity(sources.len());
     for src in &sources {
         let entry = &spec.entries[src.entry];
         let platforms = entry
@@ -375,6 +381,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         // Before the first manifest GET: stop when a source registry's
         // pull quota cannot cover them.
         pull_quotas = quota::gate(ctx, &all, &targets).await?;
+        drop(all);
         wanted.retain(|(r, p)| !probes.contains_key(&(r.to_string(), platforms_key(p))));
         let mut resolutions = resolve_all(ctx, &targets, &wanted).await;
         resolutions.extend(probes);
