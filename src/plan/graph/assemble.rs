@@ -388,11 +388,7 @@ fn assemble(
         if let Some(top) = top {
             g.edge(top, tag, "tagged");
         }
-        let (check, _) = g.node(
-            NodeKey::Check { destination, image },
-            ti,
-            |_| {},
-        );
+        let (check, _) = g.node(NodeKey::Check { destination, image }, ti, |_| {});
         g.edge(tag, check, "checks");
         tw.tag = Some(tag);
         tw.check = Some(check);
