@@ -582,6 +582,35 @@ mod tests {
     }
 
     #[test]
+    fn remembered_mounts_are_counted_apart_as_mounts_that_may_upload() {
+        let mut plan = fake_plan(2, |_| true);
+        let remembered = BlobCounts {
+            upload: 1,
+            bytes: 1000,
+            mount: 2,
+            remembered: 3,
+            remembered_bytes: 3 * 1024 * 1024,
+            ..Default::default()
+        };
+        plan.targets[0].blobs = remembered.clone();
+        plan.totals.blobs = remembered;
+        assert_eq!(
+            blobs(&plan.targets[0]),
+            "1 up (1000 B), 2 mount, 3 mount from remembered repositories (may upload 3.0 MiB)"
+        );
+        let line = summary_line(&plan);
+        assert!(
+            line.contains("2 to mount, 3 mount from remembered repositories (may upload 3.0 MiB), 0 present"),
+            "{line}"
+        );
+        // Without any, the counts read as they always did.
+        plan.totals.blobs.remembered = 0;
+        assert!(!summary_line(&plan).contains("remembered"));
+        let json = serde_json::to_value(&plan.targets[1].blobs).unwrap();
+        assert!(json.get("remembered").is_none(), "{json}");
+    }
+
+    #[test]
     fn markdown_of_ten_thousand_targets_fits_a_comment_and_lists_every_change() {
         let plan = fake_plan(10_000, |i| i % 20 == 0 && i < 9_980); // 499 changed
         let md = markdown(&plan);
