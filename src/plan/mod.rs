@@ -682,9 +682,11 @@ fn estimate_requests(t: &PlannedTarget, requests: &mut BTreeMap<String, u64>) {
     }
     if let Reference::Registry(d) = &t.target.destination {
         let b = &t.blobs;
-        // HEAD each blob; a mount is one POST; an upload POST + PATCH + PUT;
-        // one PUT per manifest (and the index).
-        let n = (b.upload + b.mount + b.present) as u64 + b.mount as u64 + 3 * b.upload as u64 + t.platforms as u64 + 1;
+        // HEAD each blob; a mount is one POST (a remembered one too, if the
+        // registry takes it); an upload POST + PATCH + PUT; one PUT per
+        // manifest (and the index).
+        let mounts = (b.mount + b.remembered) as u64;
+        let n = (b.upload + b.present) as u64 + 2 * mounts + 3 * b.upload as u64 + t.platforms as u64 + 1;
         *requests.entry(d.host.clone()).or_default() += n;
     }
     // Referrers: each blob read and sent (POST + PUT), each manifest PUT,

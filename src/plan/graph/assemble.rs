@@ -220,6 +220,13 @@ fn assemble(
                 };
                 let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on, remembered);
                 let sends = how.sends();
+                // A mount from a remembered repository is fed by the fetch
+                // too: the executor asks the registry before the blob is
+                // read, and a decline makes it one more consumer of that
+                // one read (an upload), never a second read. (Only a blob
+                // as the source has it can be remembered; a rewritten one
+                // is known only after its rewrite.)
+                let fed = sends || (how.is_remembered_mount() && !rewrites_content);
                 let (blob, created) = g.node(
                     NodeKey::Blob {
                         store: store.key.clone(),
@@ -265,12 +272,12 @@ fn assemble(
                     g.edge(f, r, "feeds");
                     if rewrites_content && sends {
                         g.edge(r, blob, "rewritten to");
-                    } else if sends {
+                    } else if fed {
                         g.edge(f, blob, "copied to");
                     }
                     Some(r)
                 } else {
-                    if sends && created {
+                    if fed && created {
                         let f = fetch_node(&mut g, &src_store, &shared, diff_id.as_ref(), ti);
                         g.edge(f, blob, "copied to");
                     }

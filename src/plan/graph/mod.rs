@@ -103,6 +103,18 @@ impl How {
         matches!(self, How::Upload | How::Write)
     }
 
+    /// Whether this is a mount from repositories earlier runs remembered:
+    /// a question to the registry, an upload when it declines.
+    pub fn is_remembered_mount(&self) -> bool {
+        matches!(self, How::Mount(m) if m.remembered)
+    }
+
+    /// Whether this may move bytes: it sends, or it is a remembered mount
+    /// the registry may decline (then uploaded from the blob's one fetch).
+    pub fn may_send(&self) -> bool {
+        self.sends() || self.is_remembered_mount()
+    }
+
     /// Whether a saved plan's way still holds: the same way, or both an
     /// upload or a mount from remembered repositories (hints of earlier
     /// runs, which the registry's answer turns into one or the other).
@@ -508,6 +520,10 @@ impl WorkGraph {
                 }
                 match &w.how {
                     Some(How::Present) | None => c.present += 1,
+                    Some(How::Mount(m)) if m.remembered => {
+                        c.remembered += 1;
+                        c.remembered_bytes += w.source_blob.as_ref().map(|d| d.size).unwrap_or(0);
+                    }
                     Some(How::Mount { .. }) => c.mount += 1,
                     Some(How::Upload | How::Write) => {
                         c.upload += 1;
@@ -549,11 +565,7 @@ impl WorkGraph {
         let mut out: BTreeMap<String, StoreTotals> = BTreeMap::new();
         for w in self.graph.node_weights() {
             match &w.key {
-                NodeKey::Fetch { source, .. } => {
-                    let t = out.entry(source.to_string()).or_default();
-                    t.fetches += 1;
-                    t.bytes_read += w.bytes;
-                }
+                NodeKey::Fetch { .. } => {}
                 NodeKey::Rewrite { .. } => {
                     if let Some(t) = w.targets.first() {
                         let _ = t;
@@ -566,6 +578,7 @@ impl WorkGraph {
                             t.uploads += 1;
                             t.bytes_sent += w.bytes;
                         }
+                        Some(How::Mount(m)) if m.remembered => t.remembered_mounts += 1,
                         Some(How::Mount { .. }) => t.mounts += 1,
                         _ => t.present += 1,
                     }
@@ -581,7 +594,18 @@ impl WorkGraph {
             }
         }
         for i in self.graph.node_indices() {
-            if let NodeKey::Rewrite { .. } = &self.graph[i].key {
+            let w = &self.graph[i];
+            if let NodeKey::Fetch { source, .. } = &w.key {
+                let t = out.entry(source.to_string()).or_default();
+                if self.fetched_only_if_declined(i) {
+                    t.fetches_if_declined += 1;
+                    t.bytes_read_if_declined += w.bytes;
+                } else {
+                    t.fetches += 1;
+                    t.bytes_read += w.bytes;
+                }
+            }
+            if let NodeKey::Rewrite { .. } = &w.key {
                 for (to, _) in self.needed_by(i) {
                     if let Some(store) = self.graph[to].key.store() {
                         out.entry(store.to_string()).or_default().rewrites_in += 1;
@@ -614,6 +638,16 @@ impl WorkGraph {
         out
     }
 
+    /// Whether fetch `f` feeds only mounts from remembered repositories:
+    /// it reads the blob only if the registry declines one of them.
+    pub fn fetched_only_if_declined(&self, f: NodeIndex) -> bool {
+        let fed = self.needed_by(f);
+        !fed.is_empty()
+            && fed.iter().all(|&(n, label)| {
+                label == "copied to" && self.graph[n].how.as_ref().is_some_and(How::is_remembered_mount)
+            })
+    }
+
     /// Rewrites in the whole run.
     pub fn rewrites(&self) -> usize {
         self.graph
@@ -623,17 +657,35 @@ impl WorkGraph {
     }
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Per-store counts of a plan (`"stores"` in the JSON plan).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StoreTotals {
     /// Blobs read from this source.
     pub fetches: usize,
     pub bytes_read: u64,
+    /// Blobs read from this source only if the registry declines a mount
+    /// from a remembered repository (each read at most once either way).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub fetches_if_declined: usize,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub bytes_read_if_declined: u64,
     /// Rewritten layers this store receives.
     pub rewrites_in: usize,
     /// Blobs uploaded (registries) or written (files).
     pub uploads: usize,
+    /// Mounts from repositories this run knows hold the blob.
     pub mounts: usize,
+    /// Mounts from repositories earlier runs remembered (uploads if declined).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub remembered_mounts: usize,
     pub present: usize,
     /// Manifests and indexes PUT or written.
     pub manifests: usize,
