@@ -555,9 +555,12 @@ pub(super) async fn look_up_early(ctx: &PlanContext, p: &PlannedTarget) {
 /// What a destination holds for one subject.
 type HeldAnswer = std::result::Result<HeldReferrers, String>;
 
-/// The answer kept under `key` in `map`, made by `make` the first time
-/// (a second asker waits for the first's answer).
-async fn once<K, V, F, Fut>(map: &Mutex<HashMap<K, Arc<OnceCell<V>>>>, key: K, make: F) -> V
+/// Answers by question, each made once (a second asker waits for the
+/// first's answer).
+type Answers<K, V> = Mutex<HashMap<K, Arc<OnceCell<V>>>>;
+
+/// The answer kept under `key` in `map`, made by `make` the first time.
+async fn once<K, V, F, Fut>(map: &Answers<K, V>, key: K, make: F) -> V
 where
     K: std::hash::Hash + Eq,
     V: Clone,
@@ -582,9 +585,9 @@ where
 /// different stores run at once.
 #[derive(Default)]
 pub struct Lister {
-    tags: Mutex<HashMap<StoreId, Arc<OnceCell<Option<HashSet<String>>>>>>,
-    sources: Mutex<HashMap<(StoreId, Digest), Arc<OnceCell<SourceAnswer>>>>,
-    destinations: Mutex<HashMap<(StoreId, Digest, Vec<String>), Arc<OnceCell<HeldAnswer>>>>,
+    tags: Answers<StoreId, Option<HashSet<String>>>,
+    sources: Answers<(StoreId, Digest), SourceAnswer>,
+    destinations: Answers<(StoreId, Digest, Vec<String>), HeldAnswer>,
 }
 
 impl Lister {
