@@ -349,13 +349,19 @@ run() {
     local src_from dst_from out=$work/out.$wl.$tool.$rep
     src_from=$(($(lines "$work/src.log") + 1))
     dst_from=$(($(lines "$work/dst.log") + 1))
+    local t0 t1
+    t0=$(date +%s%N)
     if ! /usr/bin/time -f "%e %M" -o "$out.time" "$@" >"$out.log" 2>&1; then
         tail -n 30 "$out.log" >&2
         die "$tool failed on workload $wl (rep $rep); its output is above"
     fi
+    t1=$(date +%s%N)
     sleep 0.3 # the registries log a request after answering it
     local wall rss s d
-    read -r wall rss <"$out.time"
+    read -r _ rss <"$out.time"
+    # The wall time to the millisecond (time's %e has 10 ms steps, a warm
+    # no-op takes a few of them).
+    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
     read -r s_req s_bytes _ _ _ _ <<<"$(python3 "$report" count "$work/src.log" "$src_from")"
     s=$s_req
     if [ -f "$work/dst.log" ] && [ "$wl" != tar ]; then
@@ -367,7 +373,7 @@ run() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$mode" "$wl" "$tool" "$rep" "$wall" "$rss" "$s" "$d" "$s_bytes" "$d_uploads" "$d_up" "$d_mounts" \
         "$d_stored" "$units" "$expect_mounts" "$plan_repos" >>"$results"
-    printf 'bench: %-22s %-9s %-9s rep %s: %6.2f s, %4d MiB, requests %s/%s, sent %s B\n' \
+    printf 'bench: %-22s %-9s %-9s rep %s: %7.3f s, %4d MiB, requests %s/%s, sent %s B\n' \
         "$mode" "$wl" "$tool" "$rep" "$wall" "$((rss / 1024))" "$s" "$d" "$d_up" >&2
 }
 

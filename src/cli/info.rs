@@ -766,6 +766,7 @@ fn context(global: &GlobalArgs, args: &InfoArgs, selection: PlatformSelection) -
         prune: false,
         sharding: None,
         memo: Default::default(),
+        shown_only: false,
     })
 }
 

@@ -124,6 +124,7 @@ pub async fn run(global: &GlobalArgs, args: &ProcessArgs) -> Result<i32> {
         prune: false,
         sharding: None,
         memo: Default::default(),
+        shown_only: false,
     };
     let plan = plan::build(&ctx).await?;
     if plan.targets.is_empty() {

@@ -256,6 +256,7 @@ async fn load_and_plan(
         prune: args.prune,
         sharding,
         memo: Default::default(),
+        shown_only: args.plan,
     };
     let plan = plan::build(&ctx).await?;
     if let (Some(saved), Some(path)) = (&ctx.pinned, &args.apply) {

@@ -458,7 +458,21 @@ impl<'a> Walk<'a> {
                 });
             return vec![(i, r)];
         }
-        let mut pending: Vec<NodeIndex> = consumers.clone();
+        // Mounts from remembered repositories are asked first: those the
+        // registry takes need no bytes, those it declines are uploaded from
+        // this one read with every other consumer (never read again).
+        let mut pending: Vec<NodeIndex> = self.remembered_mounts_first(&consumers, &mut results).await;
+        if pending.is_empty() {
+            // Every consumer was mounted (or failed asking): nothing to read.
+            let mut out: Finished = vec![(i, Ok(()))];
+            out.extend(consumers.into_iter().map(|c| {
+                let r = results
+                    .remove(&c)
+                    .unwrap_or_else(|| Err(Error::invalid("the blob was not delivered")));
+                (c, r)
+            }));
+            return out;
+        }
         // The transport retried failed requests and resumed cut downloads;
         // here a fetch starts over only for what it cannot: bytes that
         // arrived corrupted, an upload cut mid-body. Each start, and each
@@ -529,6 +543,51 @@ impl<'a> Walk<'a> {
             (c, r)
         }));
         out
+    }
+
+    /// Asks the registry for each mount from a remembered repository among
+    /// `consumers` (before the blob is read): a mount made, or an error
+    /// asking, settles that consumer in `results`; a mount declined leaves
+    /// it to be uploaded from the fetch's one read. Returns the consumers
+    /// the read still feeds.
+    async fn remembered_mounts_first(
+        &self,
+        consumers: &[NodeIndex],
+        results: &mut HashMap<NodeIndex, Result<()>>,
+    ) -> Vec<NodeIndex> {
+        let g = self.graph;
+        let asks = consumers.iter().filter_map(|&c| {
+            let work = &g.graph[c];
+            match (&work.key, &work.how, &work.source_blob) {
+                (NodeKey::Blob { .. }, Some(How::Mount(m)), Some(desc)) if m.remembered => Some(async move {
+                    let asked = async {
+                        let owner = self.owner(c)?;
+                        let io = self.io_of(owner)?;
+                        let mounted = self.mount(io, owner, &desc.digest, &m.from, &m.or, true).await?;
+                        if mounted {
+                            tally(&self.mounted, owner);
+                        } else {
+                            info!(blob = %desc.digest, from = %m.from, "mount declined, uploading from the one read of the blob");
+                        }
+                        Ok(mounted)
+                    };
+                    (c, asked.await)
+                }),
+                _ => None,
+            }
+        });
+        for (c, r) in futures_util::future::join_all(asks).await {
+            match r {
+                Ok(false) => {}
+                Ok(true) => {
+                    results.insert(c, Ok(()));
+                }
+                Err(e) => {
+                    results.insert(c, Err(e));
+                }
+            }
+        }
+        consumers.iter().copied().filter(|c| !results.contains_key(c)).collect()
     }
 
     /// Reads the blob once and feeds `consumers`; returns the stream's
@@ -838,8 +897,10 @@ impl<'a> Walk<'a> {
                     tally(&self.mounted, owner);
                     return Ok(());
                 }
-                // Declined (the repository lost it, or may not be read):
-                // upload it after all.
+                // Declined (the repository this run wrote it to, or the
+                // source's, may not be read): upload it after all. (A mount
+                // from a remembered repository is asked by its fetch, before
+                // the one read that then uploads it if declined.)
                 info!(blob = %desc.digest, from = %m.from, "mount declined, uploading instead");
                 let raw = io.source.open_blob(&desc).await?;
                 let counted: BlobReader = Box::pin(CountingReader {

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -17,9 +18,11 @@ use crate::error::{Error, Result};
 /// (It lives here, below both `source` and `registry`, which hand it on.)
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 
-/// A validated `sha256:<64 lowercase hex>` digest.
+/// A validated `sha256:<64 lowercase hex>` digest. Its text is shared by
+/// its clones (a plan of 100,000 images holds each digest in several
+/// places: descriptors, graph nodes, memos).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
+pub struct Digest(Arc<str>);
 
 impl Digest {
     /// Parses a digest string, accepting only sha256 (the algorithm every
@@ -40,7 +43,7 @@ impl Digest {
                 "invalid digest {s:?}: expected sha256:<64 lowercase hex characters>"
             )));
         }
-        Ok(Digest(s.to_string()))
+        Ok(Digest(Arc::from(s)))
     }
 
     /// The digest of some bytes.
@@ -50,7 +53,12 @@ impl Digest {
 
     /// Finishes a running hash into a digest.
     pub fn from_hasher(h: Sha256) -> Self {
-        Digest(format!("sha256:{}", hex::encode(h.finalize())))
+        Digest(Arc::from(format!("sha256:{}", hex::encode(h.finalize()))))
+    }
+
+    /// The text, shared with this digest (no copy is made).
+    pub fn shared_text(&self) -> Arc<str> {
+        Arc::clone(&self.0)
     }
 
     /// The hex part, without the algorithm.

@@ -109,6 +109,13 @@ impl ArchiveNote {
     }
 }
 
+/// Whether some target writes an `archive://` destination.
+pub fn writes_archive(planned: &[PlannedTarget]) -> bool {
+    planned
+        .iter()
+        .any(|t| matches!(t.target.destination, Reference::Archive { .. }))
+}
+
 /// The note of each `archive://` destination of the plan.
 pub fn notes(planned: &[PlannedTarget]) -> Vec<ArchiveNote> {
     let mut groups: BTreeMap<String, Vec<&PlannedTarget>> = BTreeMap::new();

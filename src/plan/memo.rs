@@ -4,13 +4,15 @@
 //! - each source's root manifest, read by the cheap unchanged check (or
 //!   taken from a destination holding it) and reused when the source is
 //!   resolved;
-//! - what each registry source's tag names, from a HEAD;
+//! - what each registry source's tag names, from a HEAD (one HEAD however
+//!   many targets ask at once);
 //! - the tags of destination repositories that several targets write, listed
 //!   once, so a tag that is not there costs no HEAD and a repository without
 //!   tags costs no blob HEADs;
 //! - each destination tag's digest (one HEAD at most);
 //! - each archive, layout or daemon source opened (a daemon's image is
-//!   exported once), so apply reads what planning read.
+//!   exported once), so apply reads what planning read;
+//! - the referrers looked up on either side (see [`super::referrers::Lister`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,11 @@ pub struct PlanMemo {
     opened: tokio::sync::Mutex<HashMap<String, Arc<dyn Source>>>,
     /// Each destination's store, opened once.
     stores: Mutex<HashMap<String, Arc<dyn Store>>>,
+    /// Source HEADs in flight or answered: two targets of one source wait
+    /// for the one HEAD.
+    head_flights: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Option<Descriptor>>>>>,
+    /// The referrers looked up on either side, each once.
+    pub referrers: super::referrers::Lister,
 }
 
 impl PlanMemo {
@@ -96,6 +103,16 @@ impl PlanMemo {
     /// What `source` names, when a HEAD said it.
     pub fn source_head(&self, source: &Reference) -> Option<Descriptor> {
         self.source_heads.lock().ok()?.get(&source.to_string()).cloned()
+    }
+
+    /// The one flight of the HEAD of `source`: every asker of the same
+    /// source shares it.
+    pub fn source_head_flight(&self, source: &Reference) -> Arc<tokio::sync::OnceCell<Option<Descriptor>>> {
+        let mut m = match self.head_flights.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(source.to_string()).or_default().clone()
     }
 
     pub fn remember_source_head(&self, source: &Reference, desc: &Descriptor) {

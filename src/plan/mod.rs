@@ -76,6 +76,11 @@ pub struct PlanContext {
     pub sharding: Option<shard::Sharding>,
     /// What planning has asked the registries already.
     pub memo: Arc<memo::PlanMemo>,
+    /// The plan is only shown (`--plan`), never applied: once a target's
+    /// nodes are in the graph, what only applying reads (its resolved
+    /// manifests) is let go, so a plan of 100,000 targets does not hold
+    /// them all at once.
+    pub shown_only: bool,
 }
 
 impl PlanContext {
@@ -190,14 +195,20 @@ where
     F: Fn(I::Item) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
-    let mut out: Vec<(usize, T)> = stream::iter(items.into_iter().enumerate())
+    let items = items.into_iter();
+    // Room for every answer up front: a plan of 100,000 targets would
+    // otherwise hold the old and the doubled array at once.
+    let mut out: Vec<(usize, T)> = Vec::with_capacity(items.size_hint().0);
+    let mut answers = stream::iter(items.enumerate())
         .map(|(i, item)| {
             let fut = f(item);
             async move { (i, fut.await) }
         })
-        .buffer_unordered(PLAN_CONCURRENCY)
-        .collect()
-        .await;
+        .buffer_unordered(PLAN_CONCURRENCY);
+    while let Some(answer) = answers.next().await {
+        out.push(answer);
+    }
+    drop(answers);
     out.sort_unstable_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, t)| t).collect()
 }
@@ -243,7 +254,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             wanted.push((r.clone(), p.clone()));
         }
     };
-    let mut targets: Vec<Target> = Vec::new();
+    let mut targets: Vec<Target> = Vec::with_capacity(sources.len());
     for src in &sources {
         let entry = &spec.entries[src.entry];
         let platforms = entry
@@ -370,6 +381,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         // Before the first manifest GET: stop when a source registry's
         // pull quota cannot cover them.
         pull_quotas = quota::gate(ctx, &all, &targets).await?;
+        drop(all);
         wanted.retain(|(r, p)| !probes.contains_key(&(r.to_string(), platforms_key(p))));
         let mut resolutions = resolve_all(ctx, &targets, &wanted).await;
         resolutions.extend(probes);
@@ -385,12 +397,8 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     verify::check_targets(ctx, &mut planned).await;
     archive::check_bases(ctx, &mut planned).await;
     referrers::plan(ctx, &mut planned, &mut warnings).await;
-    let mut work = graph::build(ctx, &planned).await;
-    for (i, t) in planned.iter_mut().enumerate() {
-        t.blobs = work.counts_for(i);
-    }
-    let (shard_info, assignment) = sharded.unwrap_or_default();
-
+    // The warnings read the resolved manifests, which a shown plan lets go
+    // of while its graph is built.
     let mut docker_kept = Vec::new();
     for t in &planned {
         if t.action.writes() && t.media == MediaNote::DockerKept {
@@ -433,6 +441,14 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         };
         warnings.push(docker_kept_warning(&named));
     }
+
+    // (An archive's note counts its manifests: a plan writing one keeps them.)
+    let let_go = ctx.shown_only && !archive::writes_archive(&planned);
+    let mut work = graph::build(ctx, &mut planned, let_go).await;
+    for (i, t) in planned.iter_mut().enumerate() {
+        t.blobs = work.counts_for(i);
+    }
+    let (shard_info, assignment) = sharded.unwrap_or_default();
 
     let mut destinations: BTreeMap<String, DestinationTotals> = BTreeMap::new();
     let mut totals = Totals::default();
@@ -666,9 +682,11 @@ fn estimate_requests(t: &PlannedTarget, requests: &mut BTreeMap<String, u64>) {
     }
     if let Reference::Registry(d) = &t.target.destination {
         let b = &t.blobs;
-        // HEAD each blob; a mount is one POST; an upload POST + PATCH + PUT;
-        // one PUT per manifest (and the index).
-        let n = (b.upload + b.mount + b.present) as u64 + b.mount as u64 + 3 * b.upload as u64 + t.platforms as u64 + 1;
+        // HEAD each blob; a mount is one POST (a remembered one too, if the
+        // registry takes it); an upload POST + PATCH + PUT; one PUT per
+        // manifest (and the index).
+        let mounts = (b.mount + b.remembered) as u64;
+        let n = (b.upload + b.present) as u64 + 2 * mounts + 3 * b.upload as u64 + t.platforms as u64 + 1;
         *requests.entry(d.host.clone()).or_default() += n;
     }
     // Referrers: each blob read and sent (POST + PUT), each manifest PUT,

@@ -59,8 +59,18 @@ impl Action {
 pub struct BlobCounts {
     /// Blobs sent (uploaded to a registry, written to a file).
     pub upload: usize,
-    /// Blobs mounted from another repository of the destination registry.
+    /// Blobs mounted from another repository of the destination registry
+    /// that this run knows holds them.
     pub mount: usize,
+    /// Blobs to mount from a repository earlier runs remembered them in:
+    /// the registry may decline (the repository was deleted, the registry
+    /// wiped), and then the blob is uploaded (from the same one read of
+    /// the source as every other copy of it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub remembered: usize,
+    /// The bytes of those, uploaded if every remembered mount is declined.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub remembered_bytes: u64,
     /// Blobs the destination already holds.
     pub present: usize,
     /// Bytes sent.
@@ -69,10 +79,20 @@ pub struct BlobCounts {
     pub estimated: bool,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 impl BlobCounts {
     pub fn add(&mut self, o: &BlobCounts) {
         self.upload += o.upload;
         self.mount += o.mount;
+        self.remembered += o.remembered;
+        self.remembered_bytes += o.remembered_bytes;
         self.present += o.present;
         self.bytes += o.bytes;
         self.estimated |= o.estimated;

@@ -18,13 +18,11 @@
 //! Every other target (a changed one, files and daemons) takes the full
 //! path, which fetches what it needs.
 
-use std::collections::HashMap;
-
 use futures_util::stream::{self, StreamExt};
 
 use super::{
-    concurrently_in_order, output_key, planned_target, tagged_digest, Action, PlanContext, PlannedTarget, Target,
-    PLAN_CONCURRENCY,
+    concurrently_in_order, output_key, planned_target, referrers, tagged_digest, Action, PlanContext, PlannedTarget,
+    Target, PLAN_CONCURRENCY,
 };
 use crate::image::convert::MediaTypes;
 use crate::image::media_type::is_index;
@@ -35,11 +33,17 @@ use crate::source::{choose_platforms, open_source, PlatformSelection};
 
 /// What a source reference names: from a HEAD for a registry (the manifest
 /// itself only when the registry's HEAD did not say enough), from the file
-/// for an OCI layout. Remembered in the plan memo.
+/// for an OCI layout. Remembered in the plan memo; askers of the same
+/// source at once share one HEAD.
 async fn head_of(ctx: &PlanContext, r: &Reference) -> Option<Descriptor> {
     if let Some(known) = ctx.memo.source_head(r) {
         return Some(known);
     }
+    let flight = ctx.memo.source_head_flight(r);
+    flight.get_or_init(|| ask_head(ctx, r)).await.clone()
+}
+
+async fn ask_head(ctx: &PlanContext, r: &Reference) -> Option<Descriptor> {
     let desc = match r.store_reference() {
         // A store asked by name: a HEAD for a registry (the manifest too
         // when the HEAD did not say enough), index.json for a layout.
@@ -154,54 +158,21 @@ async fn expected_for(
 }
 
 /// Splits `targets` into those found unchanged cheaply (planned) and the
-/// rest. The destination is asked first: a source is asked (with a HEAD)
-/// only for targets whose destination holds something, since a target the
-/// destination lacks is resolved in full anyway.
+/// rest. Each target's destination is asked first: its source is asked
+/// (with a HEAD) only when the destination holds something, since a target
+/// the destination lacks is resolved in full anyway. Targets do not wait
+/// for each other: a target's source HEAD follows its own destination HEAD,
+/// and once it is found unchanged the referrers of its image are looked up
+/// on both sides, while the tags of the source repositories are listed
+/// from the start (see [`referrers::list_sources_early`]).
 pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<PlannedTarget>, Vec<Target>) {
-    let with_current: Vec<(Target, Option<Digest>)> = concurrently_in_order(targets, |t| async move {
-        let current = if eligible(ctx, &t) {
-            tagged_digest(ctx, &t).await.ok().flatten()
-        } else {
-            None
-        };
-        (t, current)
-    })
-    .await;
-    let sources = super::distinct(
-        with_current
-            .iter()
-            .filter(|(_, c)| c.is_some())
-            .map(|(t, _)| t.source.clone()),
-    );
-    let heads: HashMap<String, Descriptor> = stream::iter(sources)
-        .map(|r| async move { (r.to_string(), head_of(ctx, &r).await) })
-        .buffer_unordered(PLAN_CONCURRENCY)
-        .filter_map(|(k, head)| async move { head.map(|h| (k, h)) })
-        .collect()
-        .await;
-    let checked: Vec<Result<PlannedTarget, Target>> = concurrently_in_order(with_current, |(t, current)| {
-        let head = heads.get(&t.source.to_string()).cloned();
-        async move {
-            let (Some(head), Some(current)) = (head, current) else {
-                return Err(t);
-            };
-            if t.pinned.as_ref().is_some_and(|pin| *pin != head.digest) {
-                return Err(t);
-            }
-            match expected_for(ctx, &t, &head, Some(&current)).await {
-                Some((expected, platforms)) if expected == current => Ok(PlannedTarget {
-                    source_digest: Some(head.digest.clone()),
-                    platforms,
-                    expected: Some(expected),
-                    current: Some(current),
-                    action: Action::Unchanged,
-                    ..planned_target(t)
-                }),
-                _ => Err(t),
-            }
-        }
-    })
-    .await;
+    let listing = referrers::list_sources_early(ctx, &targets);
+    let checking = concurrently_in_order(targets, |t| async move {
+        let p = check(ctx, t).await?;
+        referrers::look_up_early(ctx, &p).await;
+        Ok(p)
+    });
+    let ((), checked) = futures_util::future::join(listing, checking).await;
     let mut unchanged = Vec::new();
     let mut rest = Vec::new();
     for c in checked {
@@ -211,6 +182,34 @@ pub async fn split_unchanged(ctx: &PlanContext, targets: Vec<Target>) -> (Vec<Pl
         }
     }
     (unchanged, rest)
+}
+
+/// `t` planned unchanged when the HEADs (and what is known) show it is,
+/// else `t` back.
+async fn check(ctx: &PlanContext, t: Target) -> Result<PlannedTarget, Target> {
+    if !eligible(ctx, &t) {
+        return Err(t);
+    }
+    let Some(current) = tagged_digest(ctx, &t).await.ok().flatten() else {
+        return Err(t);
+    };
+    let Some(head) = head_of(ctx, &t.source).await else {
+        return Err(t);
+    };
+    if t.pinned.as_ref().is_some_and(|pin| *pin != head.digest) {
+        return Err(t);
+    }
+    match expected_for(ctx, &t, &head, Some(&current)).await {
+        Some((expected, platforms)) if expected == current => Ok(PlannedTarget {
+            source_digest: Some(head.digest.clone()),
+            platforms,
+            expected: Some(expected),
+            current: Some(current),
+            action: Action::Unchanged,
+            ..planned_target(t)
+        }),
+        _ => Err(t),
+    }
 }
 
 /// Asks each of `sources` with a HEAD (which pull quotas do not count),

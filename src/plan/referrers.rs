@@ -8,10 +8,11 @@
 //! `?format=oci`) takes none: the plan says why.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
+use tokio::sync::OnceCell;
 
 use super::{Action, MediaNote, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
 use crate::error::{Error, Result};
@@ -188,49 +189,27 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
         if matches!(p.action, Action::Failed { .. }) {
             continue;
         }
-        let entry = &ctx.spec.entries[p.target.entry];
-        let explicit = entry.referrers.is_some();
-        let policy = entry.referrers.clone().unwrap_or(ReferrerPolicy::All);
-        if policy == ReferrerPolicy::None {
-            continue;
-        }
-        if !ctx.capabilities(&p.target.destination).holds_referrers {
-            if explicit {
+        match policy_of(ctx, &p.target) {
+            Policy::Look(_) => {}
+            Policy::Skip => continue,
+            Policy::CannotHold => {
                 warnings.push(format!(
                     "{} cannot hold referrers (signatures, SBOMs, attestations): {} is copied without them",
                     p.destination, p.source
                 ));
+                continue;
             }
-            continue;
         }
-        if !ctx.capabilities(&p.target.source).holds_referrers {
-            continue;
+        if let Some(w) = want(ctx, i, p) {
+            wants.push(w);
         }
-        let source = StoreId::of(&p.target.source);
-        let Some(subjects) = subjects(ctx, p) else { continue };
-        let not_copied = why_not(p, ctx.capabilities(&p.target.destination));
-        let subjects = if not_copied.is_some() {
-            // Counted on the source's own manifest alone.
-            match p.source_digest.clone() {
-                Some(d) => vec![d],
-                None => continue,
-            }
-        } else {
-            subjects
-        };
-        wants.push(Want {
-            target: i,
-            source,
-            subjects,
-            policy,
-            not_copied,
-        });
     }
     if wants.is_empty() {
         return;
     }
 
-    // The source: each (repository, subject) looked up once.
+    // The source: each (repository, subject) looked up once (the cheap
+    // unchanged check may have asked already: the answers are kept).
     let source_of: HashMap<StoreId, Reference> = wants
         .iter()
         .map(|w| (w.source.clone(), planned[w.target].target.source.clone()))
@@ -240,13 +219,12 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
             .iter()
             .flat_map(|w| w.subjects.iter().map(|s| (w.source.clone(), s.clone()))),
     );
-    let lister = Lister::default();
+    let lister = &ctx.memo.referrers;
     let found: HashMap<(StoreId, Digest), SourceAnswer> = stream::iter(asks)
         .map(|k| {
-            let lister = &lister;
             let source = &source_of[&k.0];
             async move {
-                let answer = lister.source(ctx, source, &k.1).await.map_err(|e| e.to_string());
+                let answer = lister.source(ctx, source, &k.1).await;
                 (k, answer)
             }
         })
@@ -272,16 +250,12 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
             dest_asks.push((w.target, s.clone(), tags));
         }
     }
-    let held: HashMap<(StoreId, Digest), std::result::Result<HeldReferrers, String>> = stream::iter(dest_asks)
+    let held: HashMap<(StoreId, Digest), HeldAnswer> = stream::iter(dest_asks)
         .map(|(ti, subject, tags)| {
-            let lister = &lister;
             let dest = planned[ti].target.destination.clone();
             async move {
                 let key = (StoreId::of(&dest), subject.clone());
-                let answer = lister
-                    .destination(ctx, &dest, &subject, &tags)
-                    .await
-                    .map_err(|e| e.to_string());
+                let answer = lister.destination(ctx, &dest, &subject, &tags).await;
                 (key, answer)
             }
         })
@@ -483,11 +457,137 @@ pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &m
     }
 }
 
-/// Looks referrers up in the stores, listing each store's tags once (to
-/// spare asking for tags that are not there).
+/// Whether planning looks up the referrers of a target's image.
+enum Policy {
+    /// Yes, taking those the policy names.
+    Look(ReferrerPolicy),
+    /// No: the entry says `referrers: none`, or the source keeps none.
+    Skip,
+    /// No: the destination cannot hold them, and the entry asked for them
+    /// (the plan warns).
+    CannotHold,
+}
+
+fn policy_of(ctx: &PlanContext, t: &super::Target) -> Policy {
+    let entry = &ctx.spec.entries[t.entry];
+    let explicit = entry.referrers.is_some();
+    let policy = entry.referrers.clone().unwrap_or(ReferrerPolicy::All);
+    if policy == ReferrerPolicy::None {
+        return Policy::Skip;
+    }
+    if !ctx.capabilities(&t.destination).holds_referrers {
+        return if explicit { Policy::CannotHold } else { Policy::Skip };
+    }
+    if !ctx.capabilities(&t.source).holds_referrers {
+        return Policy::Skip;
+    }
+    Policy::Look(policy)
+}
+
+/// What planning looks up for target `i` (`p`): its source store, the
+/// subjects, whether they are copied; None when nothing is looked up.
+fn want(ctx: &PlanContext, i: usize, p: &PlannedTarget) -> Option<Want> {
+    if matches!(p.action, Action::Failed { .. }) {
+        return None;
+    }
+    let Policy::Look(policy) = policy_of(ctx, &p.target) else {
+        return None;
+    };
+    let subjects = subjects(ctx, p)?;
+    let not_copied = why_not(p, ctx.capabilities(&p.target.destination));
+    let subjects = if not_copied.is_some() {
+        // Counted on the source's own manifest alone.
+        vec![p.source_digest.clone()?]
+    } else {
+        subjects
+    };
+    Some(Want {
+        target: i,
+        source: StoreId::of(&p.target.source),
+        subjects,
+        policy,
+        not_copied,
+    })
+}
+
+/// Lists the tags of the source stores of `targets` whose referrers the
+/// plan looks up, all at once: the lookups of each subject start from the
+/// listing (cosign's tags, the referrers tag), so it need not wait for the
+/// subject's digest.
+pub(super) fn list_sources_early<'a>(
+    ctx: &'a PlanContext,
+    targets: &[super::Target],
+) -> impl std::future::Future<Output = ()> + 'a {
+    let mut seen: HashSet<StoreId> = HashSet::new();
+    let sources: Vec<Reference> = targets
+        .iter()
+        .filter(|t| matches!(policy_of(ctx, t), Policy::Look(_)) && seen.insert(StoreId::of(&t.source)))
+        .map(|t| t.source.clone())
+        .collect();
+    stream::iter(sources).for_each_concurrent(PLAN_CONCURRENCY, move |source| async move {
+        if let Ok(store) = ctx.store(&source) {
+            ctx.memo.referrers.tags_of(ctx, store.as_ref()).await;
+        }
+    })
+}
+
+/// Looks up the referrers of `p` (found unchanged by the cheap check) on
+/// both sides now, as [`plan`] will: their answers are kept, so the
+/// lookups of one target follow its HEADs instead of waiting for every
+/// target's.
+pub(super) async fn look_up_early(ctx: &PlanContext, p: &PlannedTarget) {
+    let Some(w) = want(ctx, 0, p) else { return };
+    let lister = &ctx.memo.referrers;
+    for s in &w.subjects {
+        let found = lister.source(ctx, &p.target.source, s).await;
+        if w.not_copied.is_some() {
+            continue;
+        }
+        let tags: Vec<String> = match &found {
+            Ok(list) => list.iter().filter_map(|f| f.tag.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        // Kept for the plan, which says what a failure means.
+        let _ = lister.destination(ctx, &p.target.destination, s, &tags).await;
+    }
+}
+
+/// What a destination holds for one subject.
+type HeldAnswer = std::result::Result<HeldReferrers, String>;
+
+/// Answers by question, each made once (a second asker waits for the
+/// first's answer).
+type Answers<K, V> = Mutex<HashMap<K, Arc<OnceCell<V>>>>;
+
+/// The answer kept under `key` in `map`, made by `make` the first time.
+async fn once<K, V, F, Fut>(map: &Answers<K, V>, key: K, make: F) -> V
+where
+    K: std::hash::Hash + Eq,
+    V: Clone,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = V>,
+{
+    let cell = {
+        let mut m = match map.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(key).or_default().clone()
+    };
+    cell.get_or_init(make).await.clone()
+}
+
+/// Looks referrers up in the stores, each question once per plan: a
+/// store's tags listed once (to spare asking for tags that are not there),
+/// each subject asked once of its source store and once of each
+/// destination. Kept in the plan memo, so lookups started early (by the
+/// cheap unchanged check) are the ones [`plan`] reads, and lookups of
+/// different stores run at once.
 #[derive(Default)]
-struct Lister {
-    tags: tokio::sync::Mutex<HashMap<StoreId, Option<HashSet<String>>>>,
+pub struct Lister {
+    tags: Answers<StoreId, Option<HashSet<String>>>,
+    sources: Answers<(StoreId, Digest), SourceAnswer>,
+    destinations: Answers<(StoreId, Digest, Vec<String>), HeldAnswer>,
 }
 
 impl Lister {
@@ -500,24 +600,31 @@ impl Lister {
                 return Some(known);
             }
         }
-        let mut m = self.tags.lock().await;
-        if let Some(t) = m.get(id) {
-            return t.clone();
-        }
-        let tags = match store.tags().await {
-            Ok(t) => t.map(|t| t.into_iter().collect()),
-            Err(e) => {
-                tracing::debug!(store = %id, "listing tags for referrers failed ({e}); asking tag by tag");
-                None
+        once(&self.tags, id.clone(), || async {
+            match store.tags().await {
+                Ok(t) => t.map(|t| t.into_iter().collect()),
+                Err(e) => {
+                    tracing::debug!(store = %id, "listing tags for referrers failed ({e}); asking tag by tag");
+                    None
+                }
             }
-        };
-        m.insert(id.clone(), tags.clone());
-        tags
+        })
+        .await
     }
 
     /// What the source store holds that refers to `subject`: its OCI
     /// referrers and cosign's tags of it.
-    async fn source(&self, ctx: &PlanContext, source: &Reference, subject: &Digest) -> Result<Vec<Found>> {
+    async fn source(&self, ctx: &PlanContext, source: &Reference, subject: &Digest) -> SourceAnswer {
+        let key = (StoreId::of(source), subject.clone());
+        once(&self.sources, key, || async {
+            self.look_in_source(ctx, source, subject)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn look_in_source(&self, ctx: &PlanContext, source: &Reference, subject: &Digest) -> Result<Vec<Found>> {
         let store = ctx.store(source)?;
         let known = self.tags_of(ctx, store.as_ref()).await;
         let cosign: Vec<String> = CosignKind::ALL.iter().map(|k| cosign_tag(subject, *k)).collect();
@@ -545,24 +652,33 @@ impl Lister {
 
     /// What a destination holds that refers to `subject`, and what its
     /// cosign tags `tags` name.
-    async fn destination(
-        &self,
-        ctx: &PlanContext,
-        dest: &Reference,
-        subject: &Digest,
-        tags: &[String],
-    ) -> Result<HeldReferrers> {
-        let store = ctx.store(dest)?;
-        let id = store.id();
-        let mut known = None;
-        if let (Some(host), Some(repo)) = (id.host(), id.repository_name()) {
-            if ctx.memo.repository_empty(host, repo) {
-                return Ok(HeldReferrers::default());
-            }
-            known = ctx.memo.listed_tags(host, repo);
-        }
-        store.held_referrers(subject, tags, known.as_ref()).await
+    async fn destination(&self, ctx: &PlanContext, dest: &Reference, subject: &Digest, tags: &[String]) -> HeldAnswer {
+        let key = (StoreId::of(dest), subject.clone(), tags.to_vec());
+        once(&self.destinations, key, || async {
+            look_in_destination(ctx, dest, subject, tags)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
     }
+}
+
+async fn look_in_destination(
+    ctx: &PlanContext,
+    dest: &Reference,
+    subject: &Digest,
+    tags: &[String],
+) -> Result<HeldReferrers> {
+    let store = ctx.store(dest)?;
+    let id = store.id();
+    let mut known = None;
+    if let (Some(host), Some(repo)) = (id.host(), id.repository_name()) {
+        if ctx.memo.repository_empty(host, repo) {
+            return Ok(HeldReferrers::default());
+        }
+        known = ctx.memo.listed_tags(host, repo);
+    }
+    store.held_referrers(subject, tags, known.as_ref()).await
 }
 
 /// What refers to `subject` in the store `image` names, as `verify:` looks

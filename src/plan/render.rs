@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Action, DestinationTotals, Plan, PlannedTarget};
+use super::{Action, BlobCounts, DestinationTotals, Plan, PlannedTarget};
 use crate::image::human_size;
 use crate::image::Digest;
 
@@ -41,10 +41,23 @@ fn blobs(t: &PlannedTarget) -> String {
     if b.mount > 0 {
         parts.push(format!("{} mount", b.mount));
     }
+    if b.remembered > 0 {
+        parts.push(remembered_part(b));
+    }
     if b.present > 0 {
         parts.push(format!("{} present", b.present));
     }
     parts.join(", ")
+}
+
+/// `3 mount from remembered repositories (may upload 1.2 MiB)`: mounts
+/// the registry may decline, each then an upload from the blob's one read.
+fn remembered_part(b: &BlobCounts) -> String {
+    format!(
+        "{} mount from remembered repositories (may upload {})",
+        b.remembered,
+        human_size(b.remembered_bytes)
+    )
 }
 
 /// `+ 2 referrers: 1 signature, 1 SBOM`, or why the source's are not copied.
@@ -95,8 +108,13 @@ pub fn summary_line(plan: &Plan) -> String {
     } else {
         String::new()
     };
+    let remembered = if t.blobs.remembered > 0 {
+        format!(", {}", remembered_part(&t.blobs))
+    } else {
+        String::new()
+    };
     format!(
-        "{} targets: {} to create, {} to update, {} to rebuild, {} unchanged, {} failed; blobs: {approx}{} to upload ({approx}{}), {} to mount, {} present{prune}",
+        "{} targets: {} to create, {} to update, {} to rebuild, {} unchanged, {} failed; blobs: {approx}{} to upload ({approx}{}), {} to mount{remembered}, {} present{prune}",
         t.targets,
         t.create,
         t.update,
@@ -120,7 +138,7 @@ fn prune_lines(plan: &Plan) -> Vec<String> {
 
 /// Whether a destination has anything to receive.
 fn has_work(d: &DestinationTotals) -> bool {
-    d.targets > 0 || d.blobs.upload > 0 || d.blobs.mount > 0
+    d.targets > 0 || d.blobs.upload > 0 || d.blobs.mount > 0 || d.blobs.remembered > 0
 }
 
 /// `Pull quota: docker.io: 76 of 100 pulls left in this 6 h window; this
@@ -190,7 +208,7 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         }
         for (repo, n) in plan.graph.remembered_mounts(i) {
             let blobs = if n == 1 { "blob" } else { "blobs" };
-            let _ = writeln!(out, "    mount from {repo} (remembered): {n} {blobs}");
+            let _ = writeln!(out, "    mount from remembered {repo}, may upload: {n} {blobs}");
         }
         if let Some(line) = referrers_line(t) {
             let _ = writeln!(out, "    {line}");
@@ -221,9 +239,14 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
         let _ = writeln!(out, "\nPer destination:");
         for d in busy {
             let approx = if d.blobs.estimated { "~" } else { "" };
+            let remembered = if d.blobs.remembered > 0 {
+                format!(", {}", remembered_part(&d.blobs))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {}: {} targets to write; {approx}{} blobs to upload ({approx}{}), {} to mount, {} present",
+                "  {}: {} targets to write; {approx}{} blobs to upload ({approx}{}), {} to mount{remembered}, {} present",
                 d.destination,
                 d.targets,
                 d.blobs.upload,
@@ -556,6 +579,35 @@ mod tests {
             shared: Vec::new(),
             graph: Default::default(),
         }
+    }
+
+    #[test]
+    fn remembered_mounts_are_counted_apart_as_mounts_that_may_upload() {
+        let mut plan = fake_plan(2, |_| true);
+        let remembered = BlobCounts {
+            upload: 1,
+            bytes: 1000,
+            mount: 2,
+            remembered: 3,
+            remembered_bytes: 3 * 1024 * 1024,
+            ..Default::default()
+        };
+        plan.targets[0].blobs = remembered.clone();
+        plan.totals.blobs = remembered;
+        assert_eq!(
+            blobs(&plan.targets[0]),
+            "1 up (1000 B), 2 mount, 3 mount from remembered repositories (may upload 3.0 MiB)"
+        );
+        let line = summary_line(&plan);
+        assert!(
+            line.contains("2 to mount, 3 mount from remembered repositories (may upload 3.0 MiB), 0 present"),
+            "{line}"
+        );
+        // Without any, the counts read as they always did.
+        plan.totals.blobs.remembered = 0;
+        assert!(!summary_line(&plan).contains("remembered"));
+        let json = serde_json::to_value(&plan.targets[1].blobs).unwrap();
+        assert!(json.get("remembered").is_none(), "{json}");
     }
 
     #[test]

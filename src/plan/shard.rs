@@ -902,7 +902,7 @@ pub fn keep_saved_shard(saved: &mut SavedPlan, shard: Shard) -> bool {
 /// Which blobs each of `targets` writes where, as the work graph's shape
 /// says (every blob counted, nothing asked of the stores), by index.
 fn blobs_by_target(targets: &[Target], resolutions: &Resolutions) -> BTreeMap<usize, Vec<(String, String, u64)>> {
-    let shaped: Vec<PlannedTarget> = targets
+    let mut shaped: Vec<PlannedTarget> = targets
         .iter()
         .map(|t| {
             let mut p = super::planned_target(t.clone());
@@ -912,7 +912,8 @@ fn blobs_by_target(targets: &[Target], resolutions: &Resolutions) -> BTreeMap<us
             p
         })
         .collect();
-    super::graph::shape(&shaped).blobs_by_target()
+    // The shape alone is wanted: each target's manifests go as it is shaped.
+    super::graph::shape(&mut shaped).blobs_by_target()
 }
 
 /// The repository of a source, the unit `--shard I/N` assigns without a

@@ -208,6 +208,7 @@ fn context(stores: &[(&str, Arc<MemStore>)]) -> PlanContext {
         prune: false,
         sharding: None,
         memo: Default::default(),
+        shown_only: false,
     };
     for (dest, store) in stores {
         let store: Arc<dyn Store> = store.clone();
@@ -247,7 +248,7 @@ fn plan(
             let t = target(d, platforms.clone());
             planned.push(diff_target(ctx, t, Some(Ok(Arc::new(resolved.clone())))).await);
         }
-        let g = graph::build(ctx, &planned).await;
+        let g = graph::build(ctx, &mut planned, false).await;
         (planned, g)
     })
 }
@@ -256,7 +257,7 @@ fn plan(
 fn layer_hows(g: &WorkGraph, store: &str) -> Vec<How> {
     g.graph
         .node_weights()
-        .filter(|w| matches!(&w.key, NodeKey::Blob { store: s, .. } if s == store))
+        .filter(|w| matches!(&w.key, NodeKey::Blob { store: s, .. } if **s == *store))
         .filter_map(|w| w.how.clone())
         .collect()
 }
@@ -380,7 +381,7 @@ fn a_store_that_cannot_keep_indexes_gets_one_platform_or_a_clear_failure() {
         .graph
         .node_weights()
         .filter_map(|w| match &w.key {
-            NodeKey::Index { store, .. } => Some(store.as_str()),
+            NodeKey::Index { store, .. } => Some(&**store),
             _ => None,
         })
         .collect();

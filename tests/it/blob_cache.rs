@@ -5,7 +5,11 @@
 //! once, and without the cache they upload everything; `occy sync` plans
 //! and makes the same mounts; a stale remembered location costs a declined
 //! mount and an upload, never a failure; concurrent runs sharing the cache
-//! leave it whole.
+//! leave it whole; and a sync to a registry, an OCI layout and tarballs at
+//! once, run again after the destination was wiped with the first run's
+//! cache, asks its stale remembered mounts before the one read of each
+//! blob and uploads the declined ones from it: the source's access log
+//! shows each distinct blob read once, with a filter chain or without.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -247,7 +251,7 @@ fn separate_runs_mount_what_earlier_runs_wrote_and_without_the_cache_upload_it_a
     let text = String::from_utf8_lossy(&plan.stdout);
     // svc-d's every blob was last seen in sep/svc-d (the latest run).
     assert!(
-        text.contains("mount from sep/svc-d (remembered): 5 blobs"),
+        text.contains("mount from remembered sep/svc-d, may upload: 5 blobs"),
         "the plan names the remembered repository: {text}"
     );
     let report = json_of(&reg.ok(&["--cache-dir", &cache_flag, "-O", "json", "sync", file]));
@@ -378,4 +382,200 @@ fn concurrent_runs_sharing_the_cache_leave_it_whole() {
     // And occy reads it: the next run mounts the shared layers.
     let r = process(&reg, Some(&cache), "svc-d", "conc/svc-d");
     assert_eq!(r["layers_mounted"], SHARED_LAYERS, "{r}");
+}
+
+/// `GET /v2/…/blobs/sha256:HEX` requests a registry served, per hex digest.
+fn blob_gets(log: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in log.lines() {
+        let Some((_, rest)) = line.split_once('"') else {
+            continue;
+        };
+        let Some((request, _)) = rest.split_once('"') else {
+            continue;
+        };
+        let mut parts = request.split_whitespace();
+        let (Some("GET"), Some(path)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if let Some((_, d)) = path.split_once("/blobs/sha256:") {
+            *out.entry(d.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// The access log of `reg` once it stops growing (the registry logs a
+/// request just after answering it).
+fn settled_log(reg: &Registry) -> String {
+    let mut last = reg.access_log();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let now = reg.access_log();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// The four images in a logged source registry, each synced to a
+/// repository of a destination registry, an OCI layout and a tarball in
+/// one run; then the destination is wiped (its storage removed under the
+/// running registry, as a re-created registry or a cleanup leaves it: every
+/// repository the cache remembers is gone) and the file outputs removed,
+/// and the same sync runs again with the first run's cache. Its stale
+/// remembered mounts are declined, and each blob is still read from the
+/// source once: the declined mounts are uploaded from the read that feeds
+/// the layout and the tarball (before, each was read a second time).
+fn wiped_destination_reads_each_blob_once(filters: Option<&str>) {
+    let src = Registry::start_logged(Mode::Plain);
+    for name in IMAGES {
+        src.push_layout(&images().0, name, &format!("src/{name}:1.0"));
+    }
+    let dst = Registry::start_logged(Mode::Plain);
+    let dir = scratch_dir("blob-cache-wiped");
+    let out = dir.join("out");
+    let cache = dir.join("cache");
+    let file = dir.join("fan.yaml");
+    let mut text = format!(
+        "version: 1\nregistries:\n  \"{s}\": {{ insecure: true }}\n  \"{d}\": {{ insecure: true }}\nsync:\n",
+        s = src.host,
+        d = dst.host
+    );
+    for name in IMAGES {
+        let from = format!("  - from: registry://{}/src/{name}:1.0\n", src.host);
+        let registry = format!("      - registry://{}/fan/{name}\n", dst.host);
+        let files = format!(
+            "      - \"oci://{o}/layout:{{name}}-{{tag}}\"\n      - \"tar://{o}/tars/{{name}}-{{tag}}.tar\"\n",
+            o = out.display()
+        );
+        match filters {
+            None => text.push_str(&format!("{from}    to:\n{registry}{files}")),
+            // The registry gets the image as it is, the files through the
+            // chain: one fetch feeds the rewrite and the registry.
+            Some(f) => text.push_str(&format!(
+                "{from}    to:\n{registry}{from}    filters: [{f}]\n    to:\n{files}"
+            )),
+        }
+    }
+    std::fs::write(&file, text).unwrap();
+    let (file, cache_flag) = (file.to_str().unwrap(), cache.display().to_string());
+    let sync = |extra: &[&str]| {
+        let mut args = vec!["--cache-dir", &cache_flag, "-O", "json", "sync", file];
+        args.extend_from_slice(extra);
+        json_of(&assert_ok(&args, occy(&args)))
+    };
+
+    let first = sync(&[]);
+    assert_eq!(first["written"], 3 * IMAGES.len(), "{first}");
+    let first_gets = blob_gets(&settled_log(&src));
+    let distinct: BTreeSet<String> = first_gets.keys().cloned().collect();
+    assert!(
+        first_gets.values().all(|&n| n == 1),
+        "the first run (an empty cache) reads each blob once: {first_gets:?}"
+    );
+    assert_eq!(distinct, distinct_blobs(), "every blob of the four images");
+
+    // The destination is wiped: every repository, every blob.
+    std::fs::remove_dir_all(dst.dir.join("data/docker")).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let plan_text = {
+        let args = ["--cache-dir", &cache_flag, "sync", file, "--plan"];
+        String::from_utf8_lossy(&assert_ok(&args, occy(&args)).stdout).to_string()
+    };
+    let before_json = settled_log(&src).len();
+    let plan = sync(&["--plan"]);
+    let after_plans = settled_log(&src).len();
+
+    let second = sync(&[]);
+    assert_eq!(second["written"], 3 * IMAGES.len(), "{second}");
+    // svc-a's shared bases are remembered in the three other images'
+    // repositories, all gone (each asked, each declined); the later images
+    // mount them from svc-a's, which this run writes first.
+    assert_eq!(
+        second["mounts_declined"],
+        SHARED_LAYERS * (IMAGES.len() - 1),
+        "the stale mounts were asked: {second}"
+    );
+    assert_eq!(second["layers_mounted"], SHARED_LAYERS * (IMAGES.len() - 1), "{second}");
+    let log = settled_log(&src);
+    let planning = blob_gets(&log[before_json..after_plans]);
+    let gets = blob_gets(&log[after_plans..]);
+    let reads: usize = gets.values().sum();
+    assert!(
+        gets.values().all(|&n| n == 1),
+        "a blob read twice from the source ({reads} blob GETs for {} distinct blobs): {gets:?}",
+        gets.len()
+    );
+    // Its planning reads the configs the tarballs need; its walk reads the
+    // rest (nothing twice).
+    assert_eq!(
+        gets.keys().cloned().collect::<BTreeSet<_>>(),
+        distinct,
+        "the run needs every blob again"
+    );
+
+    // The plan said which mounts were remembered ones that may upload, and
+    // counted them apart from the mounts the run made sure of (from svc-a's
+    // repository, which this run writes first).
+    assert!(
+        plan_text.contains(", may upload: "),
+        "the plan names the remembered repositories: {plan_text}"
+    );
+    assert!(
+        plan_text.contains("mount from remembered repositories (may upload"),
+        "{plan_text}"
+    );
+    assert_eq!(plan["totals"]["remembered"], SHARED_LAYERS, "{}", plan["totals"]);
+    assert_eq!(
+        plan["totals"]["mount"],
+        (IMAGES.len() - 1) * SHARED_LAYERS,
+        "{}",
+        plan["totals"]
+    );
+    let source = &plan["stores"][format!("registry://{}", src.host)];
+    assert_eq!(
+        planning.len() as u64
+            + source["fetches"].as_u64().unwrap()
+            + source["fetches_if_declined"].as_u64().unwrap_or(0),
+        gets.len() as u64,
+        "the fetches the plan counted: {source}"
+    );
+
+    // What the destination registry, the layout and the tarballs hold is
+    // whole and read back by skopeo.
+    for name in IMAGES {
+        let pulled = scratch_dir("blob-cache-wiped-pull");
+        let o = dst.skopeo(
+            &[
+                "copy",
+                &format!("docker://{}/fan/{name}:1.0", dst.host),
+                &format!("oci:{}:x", pulled.display()),
+            ],
+            false,
+        );
+        assert!(
+            o.status.success(),
+            "skopeo copy fan/{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_blobs_match_names(&pulled);
+        assert_oci_layout_readable(&out.join("layout"), &format!("{name}-1.0"), true);
+        let tar = out.join(format!("tars/{name}-1.0.tar"));
+        let sk = skopeo_inspect_local(&format!("docker-archive:{}", tar.display()), false);
+        assert_eq!(sk["Layers"].as_array().unwrap().len(), SHARED_LAYERS + 1, "{sk}");
+    }
+    assert_blobs_match_names(&out.join("layout"));
+}
+
+#[test]
+fn a_wiped_destination_with_a_stale_cache_reads_each_source_blob_once() {
+    wiped_destination_reads_each_blob_once(None);
+}
+
+#[test]
+fn a_wiped_destination_with_a_stale_cache_reads_each_source_blob_once_through_a_filter_chain() {
+    wiped_destination_reads_each_blob_once(Some("normalize-timestamps"));
 }

@@ -14,14 +14,16 @@ pub(super) fn layer_compression(desc: &Descriptor) -> Compression {
 struct WantedBlob {
     /// The digest the store keeps it under (digest or diff_id), or the
     /// rewrite's output name.
-    blob: String,
+    blob: Name,
     /// The digest to look for in the store (None: unknown until rewritten).
     lookup: Option<Digest>,
 }
 
 /// Builds the graph of every writing target of `planned`, asking each
 /// store which blobs it holds.
-pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
+/// With `let_go`, each target's resolved manifests are dropped once its
+/// nodes are built (a plan that is only shown needs them no more).
+pub async fn build(ctx: &PlanContext, planned: &mut [PlannedTarget], let_go: bool) -> WorkGraph {
     // Each destination's store: its id and what it can do.
     let mut stores = Stores::new();
     for t in planned.iter().filter(|t| t.action.writes()) {
@@ -45,7 +47,7 @@ pub async fn build(ctx: &PlanContext, planned: &[PlannedTarget]) -> WorkGraph {
         (None, Some(c)) if writes_registry => c.blob_locations().load(),
         _ => Remembered::default(),
     };
-    assemble(ctx.cache.as_ref(), planned, &presence, &remembered, &stores)
+    assemble(ctx.cache.as_ref(), planned, &presence, &remembered, &stores, let_go)
 }
 
 /// Each destination's store (by the destination as the plan spells it).
@@ -72,55 +74,88 @@ fn saved_candidates(nodes: &[Work]) -> Remembered {
     r
 }
 
+/// About how many nodes and edges the graph of `planned` has: a fetch per
+/// distinct source blob, a blob node per distinct (store, blob), and a
+/// config, config read and manifest per image, a tag and a check per target
+/// (an index where there is one); an edge into each, and one per layer into
+/// its manifest.
+fn room(planned: &[PlannedTarget], stores: &Stores) -> (usize, usize) {
+    use std::hash::BuildHasher;
+    let hasher = std::hash::RandomState::new();
+    let mut fetched: HashSet<u64> = HashSet::new();
+    let mut stored: HashSet<u64> = HashSet::new();
+    let (mut nodes, mut edges) = (0, 0);
+    for t in planned.iter().filter(|t| t.action.writes()) {
+        let Some(r) = &t.resolved else { continue };
+        let store: Name = stores
+            .get(&t.destination)
+            .map(|s| s.key.clone())
+            .unwrap_or_else(|| t.destination.as_str().into());
+        for img in &r.images {
+            for l in &img.manifest.layers {
+                let fetch = fetched.insert(hasher.hash_one(&l.digest));
+                let blob = stored.insert(hasher.hash_one((&store, &l.digest)));
+                nodes += usize::from(fetch) + usize::from(blob);
+                edges += 1 + usize::from(fetch || blob);
+            }
+            nodes += 3;
+            edges += 3;
+        }
+        nodes += 2 + usize::from(r.index.is_some());
+        edges += 2 + r.images.len() * usize::from(r.index.is_some());
+    }
+    (nodes, edges)
+}
+
 /// The graph's shape alone: every blob sent, nothing asked of the stores
 /// nor of the layer cache (for partitioning targets into shards).
-pub fn shape(planned: &[PlannedTarget]) -> WorkGraph {
+pub fn shape(planned: &mut [PlannedTarget]) -> WorkGraph {
     assemble(
         None,
         planned,
         &Presence::default(),
         &Remembered::default(),
         &Stores::new(),
+        true,
     )
 }
 
 fn assemble(
     cache: Option<&LayerCache>,
-    planned: &[PlannedTarget],
+    planned: &mut [PlannedTarget],
     presence: &Presence,
     remembered: &Remembered,
     stores: &Stores,
+    let_go: bool,
 ) -> WorkGraph {
     let mut g = WorkGraph::default();
-    // Room for the nodes and edges up front (each a few per layer and per
-    // target; shared layers make fewer): growing by doubling would hold the
-    // old and the new array at once.
-    let (nodes, edges) = planned
-        .iter()
-        .filter(|t| t.action.writes())
-        .filter_map(|t| t.resolved.as_ref())
-        .map(|r| {
-            let layers: usize = r.images.iter().map(|i| i.manifest.layers.len()).sum();
-            let images = r.images.len();
-            (2 * layers + 3 * images + 3, 2 * layers + 3 * images + 3)
-        })
-        .fold((0, 0), |(n, e), (a, b)| (n + a, e + b));
+    // Room for the nodes and edges up front: growing by doubling would hold
+    // the old and the new array at once, and room for layers that several
+    // targets share (one node each) would be wasted.
+    let (nodes, edges) = room(planned, stores);
     g.graph.reserve_nodes(nodes);
     g.graph.reserve_edges(edges);
     g.by_key.first.reserve(nodes);
     // (host, digest) → the upload node that first sends it there, and its repository.
     let mut uploaded_on: Uploads = HashMap::new();
-    for (ti, t) in planned.iter().enumerate() {
+    // Each source store's name, made once.
+    let mut sources: HashMap<String, Name> = HashMap::new();
+    for (ti, t) in planned.iter_mut().enumerate() {
         if !t.action.writes() {
             continue;
         }
-        let Some(resolved) = t.resolved.clone() else { continue };
+        let resolved = if let_go { t.resolved.take() } else { t.resolved.clone() };
+        let Some(resolved) = resolved else { continue };
+        let t = &*t;
         let tt = &t.target;
         let store = stores
             .get(&t.destination)
             .cloned()
             .unwrap_or_else(|| Store::of(&tt.destination));
-        let src_store = source_store(&tt.source);
+        let src_store: Name = {
+            let name = source_store(&tt.source);
+            sources.entry(name.clone()).or_insert_with(|| name.into()).clone()
+        };
         let chain = &tt.chain;
         let filtered = !chain.is_empty();
         let rewrites_content = chain.changes_content();
@@ -128,7 +163,7 @@ fn assemble(
             .filters
             .iter()
             .any(|f| matches!(f, FilterSpec::Search { .. } | FilterSpec::Inspect { .. }));
-        let chain_hash = chain.hash();
+        let chain_hash: Name = chain.hash().into();
         let source_id = StoreId::of(&tt.source);
         let same_host_source = match (source_id.host(), source_id.repository_name(), &store.host) {
             (Some(sh), Some(sr), Some(h)) if store.can_mount && sh == h && Some(sr) != store.repository.as_deref() => {
@@ -159,7 +194,7 @@ fn assemble(
                 };
                 let wanted = match (&cached, rewrites_content) {
                     (Some(d), _) => WantedBlob {
-                        blob: d.to_string(),
+                        blob: d.shared_text(),
                         lookup: Some(d.clone()),
                     },
                     (None, true) => WantedBlob {
@@ -171,19 +206,27 @@ fn assemble(
                                 StoredForm::Compressed => "blob",
                                 StoredForm::PlainTar => "tar",
                             }
-                        ),
+                        )
+                        .into(),
                         lookup: None,
                     },
                     (None, false) => WantedBlob {
                         blob: plain_key
                             .as_ref()
-                            .map(|d| d.to_string())
-                            .unwrap_or_else(|| desc.digest.to_string()),
+                            .map(Digest::shared_text)
+                            .unwrap_or_else(|| desc.digest.shared_text()),
                         lookup: plain_key.clone(),
                     },
                 };
                 let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on, remembered);
                 let sends = how.sends();
+                // A mount from a remembered repository is fed by the fetch
+                // too: the executor asks the registry before the blob is
+                // read, and a decline makes it one more consumer of that
+                // one read (an upload), never a second read. (Only a blob
+                // as the source has it can be remembered; a rewritten one
+                // is known only after its rewrite.)
+                let fed = sends || (how.is_remembered_mount() && !rewrites_content);
                 let (blob, created) = g.node(
                     NodeKey::Blob {
                         store: store.key.clone(),
@@ -229,12 +272,12 @@ fn assemble(
                     g.edge(f, r, "feeds");
                     if rewrites_content && sends {
                         g.edge(r, blob, "rewritten to");
-                    } else if sends {
+                    } else if fed {
                         g.edge(f, blob, "copied to");
                     }
                     Some(r)
                 } else {
-                    if sends && created {
+                    if fed && created {
                         let f = fetch_node(&mut g, &src_store, &shared, diff_id.as_ref(), ti);
                         g.edge(f, blob, "copied to");
                     }
@@ -250,12 +293,12 @@ fn assemble(
             let changes_config = rewrites_content || chain.config_timestamp().is_some();
             let wanted = if changes_config {
                 WantedBlob {
-                    blob: format!("rewrite:{}:{}:config", cfg.digest.hex(), &chain_hash[..16]),
+                    blob: format!("rewrite:{}:{}:config", cfg.digest.hex(), &chain_hash[..16]).into(),
                     lookup: None,
                 }
             } else {
                 WantedBlob {
-                    blob: cfg.digest.to_string(),
+                    blob: cfg.digest.shared_text(),
                     lookup: Some(cfg.digest.clone()),
                 }
             };
@@ -287,8 +330,8 @@ fn assemble(
             };
             let (manifest, _) = g.node(
                 NodeKey::Manifest {
-                    store: format!("{}#{}", store.key, t.destination),
-                    manifest: manifest_name,
+                    store: format!("{}#{}", store.key, t.destination).into(),
+                    manifest: manifest_name.into(),
                 },
                 ti,
                 |w| {
@@ -323,8 +366,8 @@ fn assemble(
             };
             let (ix, _) = g.node(
                 NodeKey::Index {
-                    store: format!("{}#{}", store.key, t.destination),
-                    manifest: name,
+                    store: format!("{}#{}", store.key, t.destination).into(),
+                    manifest: name.into(),
                 },
                 ti,
                 |w| w.estimated = rewrites_content,
@@ -340,10 +383,11 @@ fn assemble(
         } else {
             tw.images.first().map(|i| i.manifest)
         };
+        let (destination, image): (Name, Name) = (t.destination.as_str().into(), t.name.as_str().into());
         let (tag, _) = g.node(
             NodeKey::Tag {
-                destination: t.destination.clone(),
-                image: t.name.clone(),
+                destination: destination.clone(),
+                image: image.clone(),
             },
             ti,
             |_| {},
@@ -351,14 +395,7 @@ fn assemble(
         if let Some(top) = top {
             g.edge(top, tag, "tagged");
         }
-        let (check, _) = g.node(
-            NodeKey::Check {
-                destination: t.destination.clone(),
-                image: t.name.clone(),
-            },
-            ti,
-            |_| {},
-        );
+        let (check, _) = g.node(NodeKey::Check { destination, image }, ti, |_| {});
         g.edge(tag, check, "checks");
         tw.tag = Some(tag);
         tw.check = Some(check);
@@ -390,7 +427,7 @@ fn assemble(
 struct TargetAt<'a> {
     ti: usize,
     store: &'a Store,
-    src_store: &'a str,
+    src_store: &'a Name,
     same_host_source: &'a Option<String>,
     tag: NodeIndex,
     check: NodeIndex,
@@ -416,7 +453,7 @@ fn add_referrers(
         let (node, created) = g.node(
             NodeKey::Referrer {
                 store: store.key.clone(),
-                reference,
+                reference: reference.into(),
             },
             ti,
             |w| w.bytes = raw.bytes.len() as u64,
@@ -434,7 +471,7 @@ fn add_referrers(
         for (bi, desc) in rf.blobs.iter().enumerate() {
             let shared = Arc::new(desc.clone());
             let wanted = WantedBlob {
-                blob: desc.digest.to_string(),
+                blob: desc.digest.shared_text(),
                 lookup: Some(desc.digest.clone()),
             };
             // Referrer blobs are small and their own: no remembered mounts.
@@ -472,7 +509,7 @@ fn add_referrers(
         let subject = rf.subject.to_string();
         for m in tw.images.iter().map(|i| i.manifest).chain(tw.index) {
             let names_subject = matches!(&g.graph[m].key,
-                NodeKey::Manifest { manifest, .. } | NodeKey::Index { manifest, .. } if *manifest == subject);
+                NodeKey::Manifest { manifest, .. } | NodeKey::Index { manifest, .. } if **manifest == *subject);
             if names_subject {
                 g.edge(m, node, "subject");
             }
@@ -507,7 +544,7 @@ pub fn add_prunes(g: &mut WorkGraph, prunes: &[crate::plan::prune::PruneTag]) {
     for p in prunes {
         g.node(
             NodeKey::Prune {
-                destination: p.destination.clone(),
+                destination: p.destination.as_str().into(),
             },
             usize::MAX,
             |w| w.targets.clear(),
@@ -518,14 +555,14 @@ pub fn add_prunes(g: &mut WorkGraph, prunes: &[crate::plan::prune::PruneTag]) {
 
 fn fetch_node(
     g: &mut WorkGraph,
-    src_store: &str,
+    src_store: &Name,
     desc: &Arc<Descriptor>,
     diff_id: Option<&Digest>,
     ti: usize,
 ) -> NodeIndex {
     g.node(
         NodeKey::Fetch {
-            source: src_store.to_string(),
+            source: src_store.clone(),
             digest: desc.digest.clone(),
         },
         ti,

@@ -103,6 +103,18 @@ impl How {
         matches!(self, How::Upload | How::Write)
     }
 
+    /// Whether this is a mount from repositories earlier runs remembered:
+    /// a question to the registry, an upload when it declines.
+    pub fn is_remembered_mount(&self) -> bool {
+        matches!(self, How::Mount(m) if m.remembered)
+    }
+
+    /// Whether this may move bytes: it sends, or it is a remembered mount
+    /// the registry may decline (then uploaded from the blob's one fetch).
+    pub fn may_send(&self) -> bool {
+        self.sends() || self.is_remembered_mount()
+    }
+
     /// Whether a saved plan's way still holds: the same way, or both an
     /// upload or a mount from remembered repositories (hints of earlier
     /// runs, which the registry's answer turns into one or the other).
@@ -112,54 +124,58 @@ impl How {
     }
 }
 
+/// A name in a node's key: shared text, as one store's or target's names
+/// recur in many nodes.
+pub type Name = Arc<str>;
+
 /// What a node produces; equal keys are one node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum NodeKey {
     Fetch {
-        source: String,
+        source: Name,
         digest: Digest,
     },
     Rewrite {
         input: Digest,
-        chain: String,
+        chain: Name,
     },
     Blob {
-        store: String,
-        blob: String,
+        store: Name,
+        blob: Name,
     },
     Config {
-        store: String,
-        blob: String,
+        store: Name,
+        blob: Name,
     },
     Manifest {
-        store: String,
-        manifest: String,
+        store: Name,
+        manifest: Name,
     },
     Index {
-        store: String,
-        manifest: String,
+        store: Name,
+        manifest: Name,
     },
     Tag {
-        destination: String,
-        image: String,
+        destination: Name,
+        image: Name,
     },
     /// A referrer manifest in a store, by its cosign tag or its digest.
     Referrer {
-        store: String,
-        reference: String,
+        store: Name,
+        reference: Name,
     },
     /// The referrers tag (`sha256-<hex>`) of `subject` in a registry repository.
     ReferrersTag {
-        store: String,
+        store: Name,
         subject: Digest,
     },
     Check {
-        destination: String,
-        image: String,
+        destination: Name,
+        image: Name,
     },
     Prune {
-        destination: String,
+        destination: Name,
     },
 }
 
@@ -303,7 +319,7 @@ pub struct Store {
     pub id: StoreId,
     /// The id as nodes name it: `registry://host/repo`, or the destination
     /// for files.
-    pub key: String,
+    pub key: Name,
     pub form: StoredForm,
     /// The registry host, for registries.
     pub host: Option<String>,
@@ -322,7 +338,7 @@ impl Store {
     /// The store with `id` that can do what `caps` says.
     pub fn new(id: StoreId, caps: Capabilities) -> Store {
         Store {
-            key: id.to_string(),
+            key: Name::from(id.to_string()),
             form: caps.stored_form,
             host: id.host().map(str::to_string),
             repository: id.repository_name().map(str::to_string),
@@ -504,6 +520,10 @@ impl WorkGraph {
                 }
                 match &w.how {
                     Some(How::Present) | None => c.present += 1,
+                    Some(How::Mount(m)) if m.remembered => {
+                        c.remembered += 1;
+                        c.remembered_bytes += w.source_blob.as_ref().map(|d| d.size).unwrap_or(0);
+                    }
                     Some(How::Mount { .. }) => c.mount += 1,
                     Some(How::Upload | How::Write) => {
                         c.upload += 1;
@@ -545,23 +565,20 @@ impl WorkGraph {
         let mut out: BTreeMap<String, StoreTotals> = BTreeMap::new();
         for w in self.graph.node_weights() {
             match &w.key {
-                NodeKey::Fetch { source, .. } => {
-                    let t = out.entry(source.clone()).or_default();
-                    t.fetches += 1;
-                    t.bytes_read += w.bytes;
-                }
+                NodeKey::Fetch { .. } => {}
                 NodeKey::Rewrite { .. } => {
                     if let Some(t) = w.targets.first() {
                         let _ = t;
                     }
                 }
                 NodeKey::Blob { store, .. } | NodeKey::Config { store, .. } => {
-                    let t = out.entry(store.clone()).or_default();
+                    let t = out.entry(store.to_string()).or_default();
                     match &w.how {
                         Some(How::Upload | How::Write) => {
                             t.uploads += 1;
                             t.bytes_sent += w.bytes;
                         }
+                        Some(How::Mount(m)) if m.remembered => t.remembered_mounts += 1,
                         Some(How::Mount { .. }) => t.mounts += 1,
                         _ => t.present += 1,
                     }
@@ -571,13 +588,24 @@ impl WorkGraph {
                 | NodeKey::Index { store, .. }
                 | NodeKey::Referrer { store, .. }
                 | NodeKey::ReferrersTag { store, .. } => {
-                    out.entry(store.clone()).or_default().manifests += 1;
+                    out.entry(store.to_string()).or_default().manifests += 1;
                 }
                 _ => {}
             }
         }
         for i in self.graph.node_indices() {
-            if let NodeKey::Rewrite { .. } = &self.graph[i].key {
+            let w = &self.graph[i];
+            if let NodeKey::Fetch { source, .. } = &w.key {
+                let t = out.entry(source.to_string()).or_default();
+                if self.fetched_only_if_declined(i) {
+                    t.fetches_if_declined += 1;
+                    t.bytes_read_if_declined += w.bytes;
+                } else {
+                    t.fetches += 1;
+                    t.bytes_read += w.bytes;
+                }
+            }
+            if let NodeKey::Rewrite { .. } = &w.key {
                 for (to, _) in self.needed_by(i) {
                     if let Some(store) = self.graph[to].key.store() {
                         out.entry(store.to_string()).or_default().rewrites_in += 1;
@@ -601,13 +629,23 @@ impl WorkGraph {
                     let w = &self.graph[i];
                     if let NodeKey::Blob { store, blob } | NodeKey::Config { store, blob } = &w.key {
                         let size = w.source_blob.as_ref().map(|d| d.size).unwrap_or(w.bytes);
-                        v.push((sharing_store(store), blob.clone(), size));
+                        v.push((sharing_store(store), blob.to_string(), size));
                     }
                 }
             }
             out.insert(t, v);
         }
         out
+    }
+
+    /// Whether fetch `f` feeds only mounts from remembered repositories:
+    /// it reads the blob only if the registry declines one of them.
+    pub fn fetched_only_if_declined(&self, f: NodeIndex) -> bool {
+        let fed = self.needed_by(f);
+        !fed.is_empty()
+            && fed.iter().all(|&(n, label)| {
+                label == "copied to" && self.graph[n].how.as_ref().is_some_and(How::is_remembered_mount)
+            })
     }
 
     /// Rewrites in the whole run.
@@ -619,17 +657,35 @@ impl WorkGraph {
     }
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Per-store counts of a plan (`"stores"` in the JSON plan).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StoreTotals {
     /// Blobs read from this source.
     pub fetches: usize,
     pub bytes_read: u64,
+    /// Blobs read from this source only if the registry declines a mount
+    /// from a remembered repository (each read at most once either way).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub fetches_if_declined: usize,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub bytes_read_if_declined: u64,
     /// Rewritten layers this store receives.
     pub rewrites_in: usize,
     /// Blobs uploaded (registries) or written (files).
     pub uploads: usize,
+    /// Mounts from repositories this run knows hold the blob.
     pub mounts: usize,
+    /// Mounts from repositories earlier runs remembered (uploads if declined).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub remembered_mounts: usize,
     pub present: usize,
     /// Manifests and indexes PUT or written.
     pub manifests: usize,

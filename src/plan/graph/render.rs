@@ -17,6 +17,7 @@ pub fn describe_work(w: &Work) -> String {
             let verb = match &w.how {
                 Some(How::Upload) => "upload".to_string(),
                 Some(How::Write) => "write".to_string(),
+                Some(How::Mount(m)) if m.remembered => format!("mount (from remembered {}, may upload)", m.from),
                 Some(How::Mount(m)) => format!("mount (from {})", m.from),
                 _ => "find".to_string(),
             };
@@ -40,7 +41,7 @@ pub fn describe_work(w: &Work) -> String {
 pub fn how_word(how: Option<&How>) -> String {
     match how {
         None => "nothing to move".to_string(),
-        Some(How::Mount(m)) if m.remembered => format!("mount from {} (remembered)", m.from),
+        Some(How::Mount(m)) if m.remembered => format!("mount from remembered {}, may upload", m.from),
         Some(How::Mount(m)) => format!("mount from {}", m.from),
         Some(h) => h.name().to_string(),
     }
@@ -75,9 +76,11 @@ impl WorkGraph {
                             visit.push(to);
                         }
                         NodeKey::Blob { store, .. } => {
-                            stores.insert(store.clone());
-                            if let Some(h) = &self.graph[to].how {
-                                *how.entry(h.name()).or_default() += 1;
+                            stores.insert(store.to_string());
+                            match &self.graph[to].how {
+                                Some(h) if h.is_remembered_mount() => *how.entry("remembered").or_default() += 1,
+                                Some(h) => *how.entry(h.name()).or_default() += 1,
+                                None => {}
                             }
                             // Mounts that copy this upload.
                             for (m, label) in self.needed_by(to) {
@@ -98,13 +101,19 @@ impl WorkGraph {
             if stores.len() < 2 {
                 continue;
             }
-            let mut parts = vec!["fetched once".to_string()];
+            let fetched = if self.fetched_only_if_declined(f) {
+                "fetched once if a mount is declined"
+            } else {
+                "fetched once"
+            };
+            let mut parts = vec![fetched.to_string()];
             if rewrites > 0 {
                 parts.push(format!("rewritten {}", times(rewrites)));
             }
             for (name, verb) in [
                 ("upload", "uploaded to"),
                 ("mount", "mounted in"),
+                ("remembered", "mounted from remembered repositories (may upload) in"),
                 ("write", "written to"),
             ] {
                 if let Some(n) = how.get(name) {
