@@ -109,11 +109,17 @@ impl ArchiveNote {
     }
 }
 
+/// The archive a target writes, if its destination is an `archive://`.
+fn archive_path(t: &PlannedTarget) -> Option<&std::path::Path> {
+    match &t.target.destination {
+        Reference::Archive { path, .. } => Some(path),
+        _ => None,
+    }
+}
+
 /// Whether some target writes an `archive://` destination.
 pub fn writes_archive(planned: &[PlannedTarget]) -> bool {
-    planned
-        .iter()
-        .any(|t| matches!(t.target.destination, Reference::Archive { .. }))
+    planned.iter().any(|t| archive_path(t).is_some())
 }
 
 /// The note of each `archive://` destination of the plan.
@@ -121,7 +127,7 @@ pub fn notes(planned: &[PlannedTarget]) -> Vec<ArchiveNote> {
     let mut groups: BTreeMap<String, Vec<&PlannedTarget>> = BTreeMap::new();
     // (A target that failed to expand names its source as its destination.)
     for t in planned.iter().filter(|t| !matches!(t.action, Action::Failed { .. })) {
-        if let Reference::Archive { path, .. } = &t.target.destination {
+        if let Some(path) = archive_path(t) {
             groups.entry(path.display().to_string()).or_default().push(t);
         }
     }
