@@ -591,26 +591,27 @@ const REFRESH_MILLIS: u64 = 12 * 3600 * 1000;
 
 /// Remembers in the cache directory the registry repositories that hold
 /// referrers of a subject now, or will once this plan is applied, so a
-/// later plan asks them again when the source has lost its referrers.
+/// later plan asks them again when the source has lost its referrers. A
+/// plan that is only shown (`--plan`) records nothing, as with blobs.
 async fn remember_held(
     ctx: &PlanContext,
     planned: &[PlannedTarget],
     wants: &[Want],
     held: &HashMap<(StoreId, Digest), HeldAnswer>,
 ) {
-    let Some(cache) = &ctx.cache else { return };
+    let Some(cache) = ctx.cache.as_ref().filter(|_| !ctx.shown_only) else {
+        return;
+    };
     let holds = |h: &HeldAnswer| match h {
         Ok(h) => !h.listed.is_empty() || h.tags.values().any(Option::is_some),
         Err(_) => false,
     };
     let mut there: HashSet<(StoreId, Digest)> = held.iter().filter(|(_, h)| holds(h)).map(|(k, _)| k.clone()).collect();
-    if !ctx.shown_only {
-        for w in wants {
-            let p = &planned[w.target];
-            let Some(tr) = &p.referrers else { continue };
-            let store = StoreId::of(&p.target.destination);
-            there.extend(tr.copy.iter().map(|r| (store.clone(), r.subject.clone())));
-        }
+    for w in wants {
+        let p = &planned[w.target];
+        let Some(tr) = &p.referrers else { continue };
+        let store = StoreId::of(&p.target.destination);
+        there.extend(tr.copy.iter().map(|r| (store.clone(), r.subject.clone())));
     }
     let remembered = ctx.memo.remembered(Some(cache));
     let now = crate::blob_locations::now_millis();
