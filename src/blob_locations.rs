@@ -61,23 +61,14 @@ pub struct Location {
     pub seen: u64,
 }
 
-/// A subject whose referrers `repository` on `host` held (or was given) at `seen`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Referred {
-    pub host: String,
-    pub repository: String,
-    pub subject: Digest,
-    /// When occy last saw or put referrers there, in milliseconds since 1970.
-    pub seen: u64,
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct LocationsFile {
     version: u32,
     locations: Vec<Location>,
-    /// Absent in files written before it existed: nothing remembered.
+    /// Images (`digest`) whose referrers `repository` held, or was given,
+    /// when occy last looked. Absent in files written before it existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    referred: Vec<Referred>,
+    referred: Vec<Location>,
 }
 
 /// The remembered-locations file of one cache directory.
@@ -195,10 +186,10 @@ impl BlobLocations {
                 digest: s.digest,
                 seen: at,
             }));
-            file.referred.extend(referred.into_iter().map(|r| Referred {
+            file.referred.extend(referred.into_iter().map(|r| Location {
                 host: r.host,
                 repository: r.repository,
-                subject: r.subject,
+                digest: r.subject,
                 seen: at,
             }));
             let file = LocationsFile {
@@ -221,40 +212,18 @@ fn parse(bytes: &[u8]) -> std::result::Result<LocationsFile, String> {
     Ok(file)
 }
 
-/// One entry per (host, repository, subject), the latest; at most
-/// [`MAX_REFERRED`], the most recent kept. Newest first.
-fn bounded_referred(referred: Vec<Referred>) -> Vec<Referred> {
-    let mut latest: HashMap<(String, String, Digest), u64> = HashMap::new();
-    for r in referred {
-        let seen = latest.entry((r.host, r.repository, r.subject)).or_insert(0);
-        *seen = (*seen).max(r.seen);
-    }
-    let mut all: Vec<Referred> = latest
-        .into_iter()
-        .map(|((host, repository, subject), seen)| Referred {
-            host,
-            repository,
-            subject,
-            seen,
-        })
-        .collect();
-    all.sort_by(|a, b| {
-        b.seen
-            .cmp(&a.seen)
-            .then_with(|| a.host.cmp(&b.host))
-            .then_with(|| a.subject.cmp(&b.subject))
-            .then_with(|| a.repository.cmp(&b.repository))
-    });
+/// At most [`MAX_REFERRED`] images with referrers, the most recent kept.
+/// Newest first.
+fn bounded_referred(referred: Vec<Location>) -> Vec<Location> {
+    let mut all = latest(referred);
     all.truncate(MAX_REFERRED);
     all
 }
 
-/// One entry per (host, repository, blob), the latest sighting; at most
-/// [`MAX_PER_BLOB`] repositories per (host, blob) and [`MAX_LOCATIONS`] in
-/// all, the most recent kept. Newest first.
-fn bounded(locations: Vec<Location>) -> Vec<Location> {
+/// One entry per (host, repository, digest), the latest sighting, newest first.
+fn latest(entries: Vec<Location>) -> Vec<Location> {
     let mut latest: HashMap<(String, String, Digest), u64> = HashMap::new();
-    for l in locations {
+    for l in entries {
         let seen = latest.entry((l.host, l.repository, l.digest)).or_insert(0);
         *seen = (*seen).max(l.seen);
     }
@@ -268,6 +237,14 @@ fn bounded(locations: Vec<Location>) -> Vec<Location> {
         })
         .collect();
     all.sort_by(newest_first);
+    all
+}
+
+/// One entry per (host, repository, blob), the latest sighting; at most
+/// [`MAX_PER_BLOB`] repositories per (host, blob) and [`MAX_LOCATIONS`] in
+/// all, the most recent kept. Newest first.
+fn bounded(locations: Vec<Location>) -> Vec<Location> {
+    let mut all = latest(locations);
     let mut per_blob: HashMap<(&str, &Digest), usize> = HashMap::new();
     let mut keep = vec![false; all.len()];
     let mut kept = 0;
@@ -324,7 +301,7 @@ impl Remembered {
         let referred = file
             .referred
             .into_iter()
-            .map(|r| ((r.host, r.repository, r.subject), r.seen))
+            .map(|r| ((r.host, r.repository, r.digest), r.seen))
             .collect();
         Remembered { by_blob, referred }
     }
@@ -378,6 +355,18 @@ mod tests {
 
     fn d(n: u8) -> Digest {
         Digest::of(&[n])
+    }
+
+    /// `n` distinct blobs in one repository, the i-th seen at time i.
+    fn distinct_blobs(n: usize) -> Vec<Location> {
+        (0..n)
+            .map(|i| Location {
+                host: "h".into(),
+                repository: "r".into(),
+                digest: Digest::of(&(i as u64).to_le_bytes()),
+                seen: i as u64,
+            })
+            .collect()
     }
 
     fn seen(host: &str, repo: &str, digest: Digest) -> Sighting {
@@ -437,14 +426,7 @@ mod tests {
         assert_eq!(kept[0].repository, format!("r{}", MAX_PER_BLOB + 3), "newest first");
         assert!(kept.iter().all(|l| l.seen >= 4), "the oldest dropped: {kept:?}");
 
-        let many: Vec<Location> = (0..(MAX_LOCATIONS + 50))
-            .map(|i| Location {
-                host: "h".into(),
-                repository: "r".into(),
-                digest: Digest::of(&(i as u64).to_le_bytes()),
-                seen: i as u64,
-            })
-            .collect();
+        let many: Vec<Location> = distinct_blobs(MAX_LOCATIONS + 50);
         let kept = bounded(many);
         assert_eq!(kept.len(), MAX_LOCATIONS);
         assert_eq!(kept.last().unwrap().seen, 50, "the 50 oldest dropped");
@@ -514,14 +496,7 @@ mod tests {
         // A file of before (no `referred`) still reads, and is kept when written.
         std::fs::write(cache.path(), br#"{"version":1,"locations":[]}"#).unwrap();
         assert_eq!(cache.load().referrers_held("h:5000", "a", &d(1)), None);
-        let many: Vec<Referred> = (0..(MAX_REFERRED + 5))
-            .map(|i| Referred {
-                host: "h".into(),
-                repository: "r".into(),
-                subject: Digest::of(&(i as u64).to_le_bytes()),
-                seen: i as u64,
-            })
-            .collect();
+        let many: Vec<Location> = distinct_blobs(MAX_REFERRED + 5);
         let kept = bounded_referred(many);
         assert_eq!(kept.len(), MAX_REFERRED);
         assert_eq!(kept.last().map(|r| r.seen), Some(5), "the oldest dropped");
