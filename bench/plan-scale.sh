@@ -29,9 +29,6 @@
 # uploaded more than once (access log), and a full plan afterwards that
 # must find every target unchanged. OCCY_BENCH_WRAP=CMD runs each measured
 # group of commands under CMD (e.g. /work/coord/bench-window).
-# OCCY_BIN_BEFORE=path also runs the saved-plan round with that (earlier)
-# occy, planned and applied by it, into an empty registry, right after this
-# occy's: the two side by side under the same load.
 #
 #   bench/plan-scale.sh [--repos N] [--tags N] [--keep] [--apply-only | --plans-only]
 #                       [--apply-flags "ARGS"] [--replay-threads N,N]
@@ -259,18 +256,6 @@ print(len(uploads), twice, extra)' >"$work/$name.uploads"
     /usr/bin/time -f "%e %M" -o "$work/saved-plan.time" "$occy" --no-cache sync "$work/apply.yaml" --plan \
         --shards "$shards" --out "$work/plan.json" -O json >"$work/assignment.json" 2>"$work/saved-plan.err"
     apply_round saved sync --apply "$work/plan.json"
-    if [ -n "${OCCY_BIN_BEFORE:-}" ]; then
-        kill "${pids[-1]}" && wait "${pids[-1]}" 2>/dev/null || true
-        rm -rf "$work/dst" && : >"$work/dst.log"
-        start_registry dst "$dst_port"
-        echo "plan-scale: the same with $OCCY_BIN_BEFORE" >&2
-        occy_after=$occy
-        occy=$OCCY_BIN_BEFORE
-        "$occy" --no-cache sync "$work/apply.yaml" --plan --shards "$shards" --out "$work/plan-before.json" \
-            -O json >/dev/null 2>"$work/saved-plan-before.err"
-        apply_round before sync --apply "$work/plan-before.json"
-        occy=$occy_after
-    fi
 
     python3 - "$work" "$shards" "$("$occy" --version)" "$(nproc)" "$gen_wall" "$gen_rss" <<'PY'
 import json, sys
@@ -296,10 +281,7 @@ a = json.load(open(f"{work}/assignment.json"))
 fair = a["targets"] / n
 print(f"saved plan of {a['targets']} tags: {a['groups']} groups, {a['split_groups']} split, {a['duplicated_bytes']} bytes duplicated; "
       + ", ".join(f"{s['shard']}: {len(s['targets'])} ({len(s['targets']) / fair - 1:+.1%})" for s in a["assignment"]))
-import os
-for name in ("unsaved", "saved", "before"):
-    if not os.path.exists(f"{work}/{name}.uploads"):
-        continue
+for name in ("unsaved", "saved"):
     blobs, twice, extra = open(f"{work}/{name}.uploads").read().split()
     total, unchanged = open(f"{work}/{name}.after").read().split()
     walls = []
@@ -308,8 +290,7 @@ for name in ("unsaved", "saved", "before"):
         w, m = open(f"{work}/{name}{i}.time").read().splitlines()[-1].split()
         walls.append(f"{float(w):.1f} s/{int(m) / 1024:.0f} MiB")
     src = open(f"{work}/{name}.srcreq").read().strip()
-    label = "saved (OCCY_BIN_BEFORE)" if name == "before" else name
-    print(f"{label} apply, {n} pods at once: {blobs} blobs uploaded, {twice} of them more than once ({extra} extra uploads); "
+    print(f"{name} apply, {n} pods at once: {blobs} blobs uploaded, {twice} of them more than once ({extra} extra uploads); "
           f"then {unchanged} of {total} targets unchanged; {src} source requests; pods: {', '.join(walls)}")
 PY
     exit 0
