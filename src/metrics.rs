@@ -441,6 +441,7 @@ mod tests {
             layers_copied: 3,
             layers_mounted: 1,
             mounts_declined: 0,
+            uploads_duplicated: 0,
             layers_rewritten: 0,
             checks_skipped: 0,
             pruned: Vec::new(),

@@ -143,10 +143,12 @@ pub fn summary_text(report: &crate::exec::sync::ApplyReport) -> String {
         report.layers_copied,
         human_size(report.bytes),
         report.layers_mounted,
-        if report.mounts_declined == 0 {
-            String::new()
-        } else {
-            format!(" ({} mounts declined, uploaded instead)", report.mounts_declined)
+        match (report.mounts_declined, report.uploads_duplicated) {
+            (0, 0) => String::new(),
+            (d, 0) => format!(" ({d} mounts declined, uploaded instead)"),
+            (d, u) => format!(
+                " ({d} mounts declined, uploaded instead; {u} uploaded again after the wait for another shard ran out)"
+            ),
         },
         std::time::Duration::from_secs_f64(report.seconds).as_secs_f64()
     ));

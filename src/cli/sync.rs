@@ -362,6 +362,9 @@ async fn finish_round(
             eprintln!("{line}");
         }
         eprintln!("{}", render::summary_line(&plan));
+        for line in plan.graph.awaited_lines() {
+            eprintln!("{line}");
+        }
         for w in &plan.warnings {
             eprintln!("warning: {w}");
         }

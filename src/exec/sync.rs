@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -99,6 +99,10 @@ pub struct ApplyReport {
     pub layers_mounted: usize,
     /// Mounts the registries declined (those blobs were uploaded instead).
     pub mounts_declined: usize,
+    /// Blobs another shard of the saved plan was to upload that this shard
+    /// uploaded too, the wait for that shard having run out.
+    #[serde(skip_serializing_if = "super::walk::is_zero")]
+    pub uploads_duplicated: usize,
     /// Layers rewritten by filter chains (each once for the whole run).
     pub layers_rewritten: usize,
     /// Written targets whose check could not run (their `check` says why).
@@ -217,6 +221,34 @@ async fn sweep_stale_temporaries(plan: &Plan) {
     }
 }
 
+/// How long a shard applying a saved plan waits for the shard that uploads
+/// a blob both write (seconds, decimals allowed), before it uploads the
+/// blob itself: [`DEFAULT_SHARD_WAIT`] unless set (tests shorten it; pods
+/// started minutes apart may lengthen it). docs/scale-out.md says why.
+pub const SHARD_WAIT_ENV: &str = "OCCY_SHARD_WAIT";
+
+/// Pods started at once reach their first cut blob within seconds of one
+/// another (each reads the same plan and checks a like share of targets);
+/// a minute covers that with room for slow starts (an image pull), and
+/// costs a pod run after its owner has stopped one minute once.
+pub const DEFAULT_SHARD_WAIT: Duration = Duration::from_secs(60);
+
+/// The wait [`SHARD_WAIT_ENV`] asks for, else the default (with a warning
+/// naming a value that is not a number of seconds).
+fn shard_wait(value: Option<&str>) -> Duration {
+    let Some(v) = value else { return DEFAULT_SHARD_WAIT };
+    match v.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Duration::from_secs_f64(secs),
+        _ => {
+            tracing::warn!(
+                "{SHARD_WAIT_ENV}={v:?} is not a number of seconds from 0 to 86400; waiting {}s for other shards' uploads",
+                DEFAULT_SHARD_WAIT.as_secs()
+            );
+            DEFAULT_SHARD_WAIT
+        }
+    }
+}
+
 /// Applies `plan`: writes what it says needs writing.
 pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> ApplyReport {
     let started = Instant::now();
@@ -261,6 +293,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         parallel: opts.parallel,
         retries: opts.retries,
         cache: ctx.cache.clone(),
+        shard_wait: shard_wait(std::env::var(SHARD_WAIT_ENV).ok().as_deref()),
     };
     let mut results = walk(&plan.graph, &io, &walk_opts, &finisher).await;
     drop(io);
@@ -342,6 +375,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
         bytes: reports().map(|r| r.bytes).sum(),
         layers_copied: reports().map(|r| r.layers_copied).sum(),
         layers_mounted: reports().map(|r| r.layers_mounted).sum(),
+        uploads_duplicated: reports().map(|r| r.uploads_duplicated).sum(),
         mounts_declined: reports().map(|r| r.mounts_declined).sum(),
         layers_rewritten: plan.graph.rewrites(),
         checks_skipped: targets

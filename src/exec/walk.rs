@@ -70,7 +70,15 @@ pub struct WalkOptions {
     /// cut or corrupted on the way; the registry client retries requests).
     pub retries: u32,
     pub cache: Option<LayerCache>,
+    /// How long a shard of a saved plan waits for another shard to upload a
+    /// blob both write before it uploads the blob itself.
+    pub shard_wait: Duration,
 }
+
+/// The first pause between two asks of a mount another shard makes
+/// possible; it doubles up to [`AWAIT_MAX_PAUSE`].
+const AWAIT_FIRST_PAUSE: Duration = Duration::from_millis(250);
+const AWAIT_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// What a copy did, per target.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -92,6 +100,10 @@ pub struct CopyReport {
     /// the blob, or may not be read); each blob was then tried elsewhere or
     /// uploaded. Not an error.
     pub mounts_declined: usize,
+    /// Blobs another shard of the saved plan was to upload, uploaded by
+    /// this one too because the wait for that shard ran out.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub uploads_duplicated: usize,
     /// Layer bytes read from the source for this target.
     pub bytes: u64,
     /// Wall time.
@@ -118,7 +130,7 @@ pub struct CopyReport {
     pub referrers: usize,
 }
 
-fn is_zero(n: &usize) -> bool {
+pub(crate) fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
@@ -165,6 +177,11 @@ struct Walk<'a> {
     copied: HashMap<usize, AtomicUsize>,
     mounted: HashMap<usize, AtomicUsize>,
     declined: HashMap<usize, AtomicUsize>,
+    /// Blobs uploaded after the wait for the shard owning them ran out.
+    duplicated: HashMap<usize, AtomicUsize>,
+    /// Per shard owning blobs this one waits for: when the wait for it ends
+    /// (set by the first wait: every wait for one shard ends together).
+    shard_deadlines: Mutex<HashMap<usize, Instant>>,
     /// Referrer manifests put, per target.
     referred: HashMap<usize, AtomicUsize>,
 }
@@ -198,15 +215,25 @@ pub async fn walk(
         copied: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
         mounted: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
         declined: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
+        duplicated: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
+        shard_deadlines: Mutex::new(HashMap::new()),
         referred: io.keys().map(|&t| (t, AtomicUsize::new(0))).collect(),
     };
     w.run().await
 }
 
-/// The order ready nodes start in: earlier targets first, then the graph's order.
-fn priority(g: &WorkGraph, i: NodeIndex) -> (usize, usize) {
+/// Where a ready node stands: (not first, its earliest target, its id).
+type Priority = (bool, usize, usize);
+
+/// The order ready nodes start in: what other shards wait for first
+/// ([`WorkGraph::first`]), then earlier targets, then the graph's order.
+fn priority(g: &WorkGraph, i: NodeIndex) -> Priority {
     let work = &g.graph[i];
-    (work.targets.iter().copied().min().unwrap_or(usize::MAX), work.id)
+    (
+        !g.first.contains(&i),
+        work.targets.iter().copied().min().unwrap_or(usize::MAX),
+        work.id,
+    )
 }
 
 impl<'a> Walk<'a> {
@@ -318,7 +345,7 @@ impl<'a> Walk<'a> {
         // number run (or wait for a permit) at once, so a run of many
         // thousand targets holds few futures.
         let cap = 2 * (self.opts.image_parallel.max(1) * (self.opts.parallel.max(1) + 1)) + 8;
-        let mut heap: BinaryHeap<Reverse<((usize, usize), NodeIndex)>> = BinaryHeap::new();
+        let mut heap: BinaryHeap<Reverse<(Priority, NodeIndex)>> = BinaryHeap::new();
         loop {
             for i in ready.drain(..) {
                 if matches!(state[&i], State::Waiting) {
@@ -442,8 +469,8 @@ impl<'a> Walk<'a> {
         let Some(desc) = g.graph[i].source_blob.clone() else {
             return vec![(i, Err(Error::invalid("a fetch without a blob")))];
         };
-        let _permit = self.transfers.acquire().await;
         if consumers.is_empty() {
+            let _permit = self.transfers.acquire().await;
             // A config, read into memory for the stores that write it.
             let io = match self.io_of(owner) {
                 Ok(io) => io,
@@ -461,7 +488,10 @@ impl<'a> Walk<'a> {
         // Mounts from remembered repositories are asked first: those the
         // registry takes need no bytes, those it declines are uploaded from
         // this one read with every other consumer (never read again).
+        // (Each ask holds a transfer permit while it is made; a wait for
+        // another shard holds none.)
         let mut pending: Vec<NodeIndex> = self.remembered_mounts_first(&consumers, &mut results).await;
+        let _permit = self.transfers.acquire().await;
         if pending.is_empty() {
             // Every consumer was mounted (or failed asking): nothing to read.
             let mut out: Finished = vec![(i, Ok(()))];
@@ -559,11 +589,17 @@ impl<'a> Walk<'a> {
         let asks = consumers.iter().filter_map(|&c| {
             let work = &g.graph[c];
             match (&work.key, &work.how, &work.source_blob) {
-                (NodeKey::Blob { .. }, Some(How::Mount(m)), Some(desc)) if m.remembered => Some(async move {
+                (NodeKey::Blob { store, .. }, Some(How::Mount(m)), Some(desc)) if m.remembered => Some(async move {
                     let asked = async {
                         let owner = self.owner(c)?;
                         let io = self.io_of(owner)?;
-                        let mounted = self.mount(io, owner, &desc.digest, &m.from, &m.or, true).await?;
+                        let mounted = match m.after_shard {
+                            Some(shard) => self.awaited_mount(io, owner, &desc.digest, store, m, shard).await?,
+                            None => {
+                                let _permit = self.transfers.acquire().await;
+                                self.mount(io, owner, &desc.digest, &m.from, &m.or, true).await?
+                            }
+                        };
                         if mounted {
                             tally(&self.mounted, owner);
                         } else {
@@ -926,6 +962,75 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// Mounts `digest` into `store` from `m.from` once shard `shard` (of a
+    /// saved plan's assignment) has uploaded it there: asked again while the
+    /// registry declines, after a pause growing from
+    /// [`AWAIT_FIRST_PAUSE`] to [`AWAIT_MAX_PAUSE`], until the wait for that
+    /// shard ([`WalkOptions::shard_wait`], from the first wait for it) runs
+    /// out. Then false, with a warning: the caller uploads the blob itself,
+    /// counted as a duplicated upload. A blob waited for in `store`'s own
+    /// repository (the owner writes other tags of it) is looked for there.
+    /// No transfer permit is held while pausing.
+    async fn awaited_mount(
+        &self,
+        io: &TargetIo,
+        owner: usize,
+        digest: &Digest,
+        store: &str,
+        m: &crate::plan::graph::Mount,
+        shard: usize,
+    ) -> Result<bool> {
+        let started = Instant::now();
+        let deadline = match self.shard_deadlines.lock() {
+            Ok(mut d) => *d.entry(shard).or_insert_with(|| started + self.opts.shard_wait),
+            Err(_) => started + self.opts.shard_wait,
+        };
+        let own = crate::sink::store::StoreId::parse(store)
+            .and_then(|id| id.repository_name().map(|r| r == m.from))
+            .unwrap_or(false);
+        let mut pause = AWAIT_FIRST_PAUSE;
+        let mut asks = 0u32;
+        loop {
+            let there = {
+                let _permit = self.transfers.acquire().await;
+                asks += 1;
+                let from = (!own).then_some(m.from.as_str());
+                match io.sink.try_reuse(digest, from).await {
+                    Ok(Reuse::No) => false,
+                    Ok(_) => true,
+                    Err(e) if !matches!(e, Error::Network(_)) => {
+                        info!(blob = %digest, from = %m.from, "mount refused while waiting for shard {shard}: {e}");
+                        false
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            if there {
+                if asks > 1 {
+                    info!(
+                        blob = %digest,
+                        from = %m.from,
+                        "shard {shard} uploaded it after {:.1}s ({asks} asks)",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                warn!(
+                    "blob {digest}: shard {shard} did not upload it to {} within the {:?} wait for it (is that shard running?); uploading it from this shard too, a duplicated upload",
+                    m.from,
+                    self.opts.shard_wait
+                );
+                tally(&self.duplicated, owner);
+                return Ok(false);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(AWAIT_MAX_PAUSE);
+        }
+    }
+
     /// Mounts `digest` from `from`, else from each of `or` in turn: whether
     /// one registry answer was "mounted". Each decline is counted; for
     /// remembered repositories (hints from earlier runs) a refusal other
@@ -981,11 +1086,18 @@ impl<'a> Walk<'a> {
                 Ok(())
             }
             Some(How::Mount(m)) => {
-                let _permit = self.transfers.acquire().await;
-                if !self
-                    .mount(io, owner, &desc.digest, &m.from, &m.or, m.remembered)
-                    .await?
-                {
+                let mounted = match (m.after_shard, &work.key) {
+                    (Some(shard), NodeKey::Config { store, .. }) => {
+                        self.awaited_mount(io, owner, &desc.digest, store, m, shard).await?
+                    }
+                    _ => {
+                        let _permit = self.transfers.acquire().await;
+                        self.mount(io, owner, &desc.digest, &m.from, &m.or, m.remembered)
+                            .await?
+                    }
+                };
+                if !mounted {
+                    let _permit = self.transfers.acquire().await;
                     let bytes = config_bytes(&io.resolved, &self.configs, &desc.digest)?;
                     put_bytes(io.sink.as_ref(), &desc, bytes).await?;
                 }
@@ -1125,6 +1237,7 @@ impl<'a> Walk<'a> {
             layers_skipped: distinct.len().saturating_sub(copied),
             layers_mounted: mounted,
             mounts_declined: count(&self.declined, t),
+            uploads_duplicated: count(&self.duplicated, t),
             bytes: io.bytes_read.load(Ordering::Relaxed),
             elapsed: self.started.elapsed(),
             matches,

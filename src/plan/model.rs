@@ -297,11 +297,12 @@ fn same_how(saved: &Option<graph::How>, now: &Option<graph::How>) -> bool {
 /// Whether a shard sends a blob another way than the whole plan said only
 /// because it holds part of a split group: where the whole plan mounts a
 /// layer from a repository another shard writes, the shard uploads it, or
-/// mounts it from one of its own (the duplicated bytes its assignment
-/// reported).
+/// mounts it from one of its own or from the shard that owns it; or finds
+/// it present, another shard running at once having put it there first (a
+/// cut blob's owner does so before anything else).
 fn lent(saved: &Option<graph::How>, now: &Option<graph::How>) -> bool {
     let sent = |h: &Option<graph::How>| matches!(h, Some(graph::How::Upload | graph::How::Mount(_)));
-    sent(saved) && sent(now)
+    sent(saved) && (sent(now) || matches!(now, Some(graph::How::Present)))
 }
 
 impl SavedPlan {

@@ -199,6 +199,21 @@ pub struct Partition {
     pub groups: usize,
     /// Groups too big for one shard, split.
     pub split_groups: usize,
+    /// The blobs more than one shard writes (cut when a group was split),
+    /// by (digest, store).
+    pub cut: Vec<Cut>,
+}
+
+/// A blob written by more than one shard (see [`Partition::cut`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// An item writing it, and the blob's place in that item's `blobs`.
+    pub named_by: (usize, usize),
+    /// The shards writing it, ascending.
+    pub shards: Vec<usize>,
+    /// The first item (by key) of the lowest of `shards` writing it: the
+    /// blob's owner, whose destination holds it first.
+    pub owner_item: usize,
 }
 
 /// A set of units placed together: a whole group, or a part of a split one.
@@ -221,6 +236,8 @@ struct Units {
     sizes: Vec<u64>,
     /// Per blob: the units writing it (ascending).
     users: Vec<Vec<usize>>,
+    /// Per blob: an item writing it and its place in the item's blobs.
+    named_by: Vec<(u32, u32)>,
 }
 
 /// A hasher for the partition's small integer keys (blob and unit ids):
@@ -312,25 +329,30 @@ impl Units {
                 unit_of[i] = u;
             }
         }
-        let mut pairs: Vec<(&str, &str, u64, usize)> = items
+        // (digest, store, size, unit, (item, place in its blobs))
+        type Pair<'a> = (&'a str, &'a str, u64, usize, (u32, u32));
+        let mut pairs: Vec<Pair> = items
             .iter()
             .enumerate()
             .flat_map(|(i, it)| {
                 let u = unit_of[i];
                 it.blobs
                     .iter()
-                    .map(move |(s, d, size)| (d.as_str(), s.as_str(), *size, u))
+                    .enumerate()
+                    .map(move |(at, (s, d, size))| (d.as_str(), s.as_str(), *size, u, (i as u32, at as u32)))
             })
             .collect();
         pairs.sort_unstable_by(|a, b| (a.0, a.1, a.3).cmp(&(b.0, b.1, b.3)));
         let mut sizes: Vec<u64> = Vec::new();
         let mut users: Vec<Vec<usize>> = Vec::new();
+        let mut named_by: Vec<(u32, u32)> = Vec::new();
         let mut unit_blobs: Vec<Vec<usize>> = vec![Vec::new(); unit_items.len()];
-        for (n, &(digest, store, size, u)) in pairs.iter().enumerate() {
+        for (n, &(digest, store, size, u, at)) in pairs.iter().enumerate() {
             let new_blob = n == 0 || (pairs[n - 1].0, pairs[n - 1].1) != (digest, store);
             if new_blob {
                 sizes.push(size);
                 users.push(Vec::new());
+                named_by.push(at);
             }
             let b = sizes.len() - 1;
             if users[b].last() != Some(&u) {
@@ -344,6 +366,7 @@ impl Units {
             blobs: unit_blobs,
             sizes,
             users,
+            named_by,
         }
     }
 
@@ -636,6 +659,24 @@ pub fn partition(items: &[Item], count: usize) -> Partition {
             shard_of[i] = shard_of_unit[u];
         }
     }
+    // Each cut blob's shards, and its owner: the lowest of them, by its
+    // first unit writing the blob.
+    let mut cut_ids: Vec<usize> = holders.iter().filter(|(_, &h)| h > 1).map(|(&b, _)| b).collect();
+    cut_ids.sort_unstable();
+    let cut = cut_ids
+        .into_iter()
+        .filter_map(|b| {
+            let shards: Vec<usize> = (0..count).filter(|&s| have[s].contains(&b)).collect();
+            let owner = *shards.first()?;
+            let unit = units.users[b].iter().copied().find(|&u| shard_of_unit[u] == owner)?;
+            let (item, at) = units.named_by[b];
+            Some(Cut {
+                named_by: (item as usize, at as usize),
+                shards,
+                owner_item: *units.items[unit].first()?,
+            })
+        })
+        .collect();
     Partition {
         shard_of,
         shards: loads,
@@ -643,6 +684,7 @@ pub fn partition(items: &[Item], count: usize) -> Partition {
         duplicated_bytes,
         groups: n_groups,
         split_groups,
+        cut,
     }
 }
 
@@ -684,6 +726,56 @@ pub struct Assignment {
     pub partition: Partition,
     /// (destination, source) → shard.
     pub shard_of: HashMap<(String, String), usize>,
+    /// The blobs more than one shard writes, each with its owner.
+    pub cut: Vec<CutBlob>,
+}
+
+/// A blob more than one shard writes to one store (its group was split).
+/// Its *owner*, the lowest of those shards, uploads it first; applying a
+/// saved plan, each other shard mounts it from the owner's repository
+/// once it is there instead of uploading it too (registries only: a store
+/// that cannot mount has no `mount_from`, and each shard writes its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutBlob {
+    /// Where it is shared: `registry://host`, or the file store.
+    pub store: String,
+    /// The blob (its digest).
+    pub blob: String,
+    pub size: u64,
+    /// The shards writing it, ascending.
+    pub shards: Vec<usize>,
+    /// The shard that uploads it: the first of `shards`.
+    pub owner: usize,
+    /// The repository (of `store`'s registry) the owner uploads it to,
+    /// which the other shards mount it from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_from: Option<String>,
+}
+
+/// The cut blobs of `p`, named: `destination(i)` is the destination of
+/// item `i` (None for an item that is no target).
+fn cut_blobs(p: &Partition, items: &[Item], destination: impl Fn(usize) -> Option<Reference>) -> Vec<CutBlob> {
+    p.cut
+        .iter()
+        .filter_map(|c| {
+            let (store, blob, size) = items.get(c.named_by.0)?.blobs.get(c.named_by.1)?;
+            let mount_from = destination(c.owner_item).and_then(|d| {
+                let id = crate::sink::store::StoreId::of(&d);
+                let caps = crate::sink::store::capabilities(&d);
+                (caps.can_mount && id.sharing().to_string() == *store)
+                    .then(|| id.repository_name().map(str::to_string))
+                    .flatten()
+            });
+            Some(CutBlob {
+                store: store.clone(),
+                blob: blob.clone(),
+                size: *size,
+                owner: *c.shards.first()?,
+                shards: c.shards.clone(),
+                mount_from,
+            })
+        })
+        .collect()
 }
 
 /// The targets left for the planner after sharding.
@@ -752,6 +844,12 @@ pub fn select(
     let partition = partition(&items, count);
     match sharding {
         Sharding::Assign(count) => {
+            let n_failed = failed.len();
+            let cut = cut_blobs(&partition, &items, |i| {
+                i.checked_sub(n_failed)
+                    .and_then(|t| targets.get(t))
+                    .map(|t| t.destination.clone())
+            });
             let shard_of = names.into_iter().zip(partition.shard_of.iter().copied()).collect();
             Selected {
                 targets,
@@ -761,6 +859,7 @@ pub fn select(
                     count,
                     partition,
                     shard_of,
+                    cut,
                 }),
             }
         }
@@ -825,6 +924,48 @@ pub struct SavedShards {
     pub loads: Vec<ShardLoad>,
     /// The shard of each of the plan's targets, in the plan's order.
     pub shard_of: Vec<usize>,
+    /// The blobs more than one shard writes, each with the shard that
+    /// uploads it and the repository the others mount it from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut: Vec<CutBlob>,
+    /// The shard this run applies ([`keep_saved_shard`]); not saved.
+    #[serde(skip)]
+    pub this: Option<usize>,
+}
+
+/// What a shard applying a saved plan does with a blob other shards write too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CutRole {
+    /// It uploads it, first, and puts it in repository `from` (of the
+    /// blob's registry), where the others wait for it.
+    Owner { from: String },
+    /// It mounts it from `from` once shard `owner` has uploaded it there.
+    Mount { from: String, owner: usize },
+}
+
+impl SavedShards {
+    /// The cut blobs this shard ([`SavedShards::this`]) writes to a
+    /// registry, by (host, digest), with what it does with each.
+    pub fn cut_roles(&self) -> HashMap<(String, crate::image::Digest), CutRole> {
+        let Some(me) = self.this else {
+            return HashMap::new();
+        };
+        self.cut
+            .iter()
+            .filter(|c| c.shards.contains(&me))
+            .filter_map(|c| {
+                let from = c.mount_from.clone()?;
+                let host = crate::sink::store::StoreId::parse(&c.store)?.host()?.to_string();
+                let digest = crate::image::Digest::parse(&c.blob).ok()?;
+                let role = if c.owner == me {
+                    CutRole::Owner { from: from.clone() }
+                } else {
+                    CutRole::Mount { from, owner: c.owner }
+                };
+                Some(((host, digest), role))
+            })
+            .collect()
+    }
 }
 
 /// What a plan made with [`Sharding::Assign`] saves of its assignment.
@@ -836,6 +977,8 @@ pub fn saved(a: &Assignment, targets: &[PlannedTarget]) -> SavedShards {
         groups: a.partition.groups,
         split_groups: a.partition.split_groups,
         loads: a.partition.shards.clone(),
+        cut: a.cut.clone(),
+        this: None,
         shard_of: targets
             .iter()
             .map(|t| {
@@ -881,6 +1024,7 @@ pub fn keep_saved_shard(saved: &mut SavedPlan, shard: Shard) -> bool {
     });
     if let Some(a) = &mut saved.shards {
         a.shard_of = vec![shard.index; n];
+        a.this = Some(shard.index);
     }
     // A fetch or a rewrite is shared by every store it feeds but names only
     // the targets of the first: it is kept whoever it names.
@@ -1168,6 +1312,10 @@ pub struct AssignmentReport {
     /// Groups of targets sharing layers; the split ones.
     pub groups: usize,
     pub split_groups: usize,
+    /// The blobs more than one shard writes: the owner uploads each, the
+    /// others mount it from `mount_from` once it is there (registries).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cut_blobs: Vec<CutBlob>,
     pub assignment: Vec<AssignedShard>,
     /// For a CI matrix: `{"include": [{"shard": "0/3"}, …]}`, shards with targets only.
     pub matrix: serde_json::Value,
@@ -1222,6 +1370,7 @@ pub fn report(plan: &Plan, a: &Assignment) -> AssignmentReport {
         duplicated_bytes: a.partition.duplicated_bytes,
         groups: a.partition.groups,
         split_groups: a.partition.split_groups,
+        cut_blobs: a.cut.clone(),
         assignment: shards,
         matrix: serde_json::json!({ "include": include }),
         warnings,
@@ -1254,6 +1403,9 @@ pub fn text(r: &AssignmentReport) -> String {
         for t in &s.targets {
             let _ = writeln!(out, "  {} {} → {}", t.action, t.source, t.destination);
         }
+        for c in r.cut_blobs.iter().filter(|c| c.shards.contains(&s.index)) {
+            let _ = writeln!(out, "  {}", cut_line(c, s.index));
+        }
     }
     let _ = writeln!(out);
     if r.split_groups == 0 {
@@ -1270,6 +1422,33 @@ pub fn text(r: &AssignmentReport) -> String {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+/// What shard `me` does with cut blob `c`, in words.
+fn cut_line(c: &CutBlob, me: usize) -> String {
+    let blob = crate::image::Digest::parse(&c.blob)
+        .map(|d| d.short().to_string())
+        .unwrap_or_else(|_| c.blob.clone());
+    let others: Vec<String> = c.shards.iter().filter(|&&k| k != me).map(|k| k.to_string()).collect();
+    let others = others.join(", ");
+    match &c.mount_from {
+        Some(repo) if c.owner == me => format!(
+            "upload {blob} ({}) to {}/{repo} first: shard(s) {others} mount it from there",
+            human_size(c.size),
+            c.store
+        ),
+        Some(repo) => format!(
+            "mount {blob} ({}) from {}/{repo} once shard {} uploads it",
+            human_size(c.size),
+            c.store,
+            c.owner
+        ),
+        None => format!(
+            "write {blob} ({}) to {} (shard(s) {others} write it too)",
+            human_size(c.size),
+            c.store
+        ),
+    }
 }
 
 /// The assignment as a Markdown table.
@@ -1461,6 +1640,22 @@ mod tests {
                 assert_eq!(shards.len(), 1);
             }
         }
+        // The base is the one cut blob: in all three shards, owned by shard
+        // 0 through the first of its targets (by key) there.
+        assert_eq!(p.cut.len(), 1, "{:?}", p.cut);
+        let c = &p.cut[0];
+        assert_eq!(c.shards, vec![0, 1, 2]);
+        let (i, at) = c.named_by;
+        assert_eq!(items[i].blobs[at].1, Digest::of(b"base").to_string());
+        assert_eq!(p.shard_of[c.owner_item], 0);
+        let first = (0..items.len())
+            .filter(|&i| p.shard_of[i] == 0)
+            .min_by_key(|&i| items[i].key.clone());
+        assert_eq!(Some(c.owner_item), first);
+        // Reversed input: the same owner target.
+        let reversed: Vec<Item> = items.iter().rev().cloned().collect();
+        let r = partition(&reversed, 3);
+        assert_eq!(reversed[r.cut[0].owner_item].key, items[c.owner_item].key);
     }
 
     #[test]

@@ -1009,3 +1009,268 @@ fn the_scale_out_guide_shows_the_commands_and_the_sync_guide_points_to_it() {
         "docs/sync.md does not point to docs/scale-out.md"
     );
 }
+
+/// A saved plan into 6 shards (the debian family split, its shared layers
+/// cut between shards), saved to `dir/plan.json`; its assignment.
+fn cut_plan(dir: &Path, dst: &Registry) -> (PathBuf, PathBuf, Value) {
+    let src = source();
+    let file = write_sync(dir, "mirror.yaml", &src.host, &dst.host, false);
+    let plan = dir.join("plan.json");
+    let args = [
+        "sync",
+        file.to_str().unwrap(),
+        "--plan",
+        "--shards",
+        "6",
+        "--out",
+        plan.to_str().unwrap(),
+        "-O",
+        "json",
+    ];
+    let a = json_of(&run_ok(&args, &[]));
+    assert!(a["split_groups"].as_u64().unwrap() >= 1, "{a}");
+    let cut = a["cut_blobs"].as_array().unwrap_or_else(|| panic!("no cut_blobs: {a}"));
+    assert!(!cut.is_empty(), "{a}");
+    for c in cut {
+        let shards: Vec<u64> = c["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap())
+            .collect();
+        assert!(shards.len() > 1, "{c}");
+        assert_eq!(c["owner"], shards[0], "the owner is the lowest shard: {c}");
+        assert_eq!(c["store"], format!("registry://{}", dst.host), "{c}");
+        let from = c["mount_from"].as_str().unwrap_or_else(|| panic!("no mount_from: {c}"));
+        // The owner writes the blob to that repository.
+        let owner = shards[0] as usize;
+        assert!(
+            assigned(&a, owner).iter().any(|d| repo_of(d) == from),
+            "{from} is no repository of shard {owner}: {a}"
+        );
+    }
+    (file, plan, a)
+}
+
+/// The cut blobs shard `k` waits for (another shard uploads them), by hex digest.
+fn awaited_by(a: &Value, k: u64) -> BTreeSet<String> {
+    a["cut_blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["owner"] != k && c["shards"].as_array().unwrap().contains(&Value::from(k)))
+        .map(|c| c["blob"].as_str().unwrap().trim_start_matches("sha256:").to_string())
+        .collect()
+}
+
+#[test]
+fn shards_of_a_saved_plan_applied_at_once_upload_each_cut_blob_once_and_mount_it_elsewhere() {
+    let dst = Registry::start_logged(Mode::Plain);
+    let dir = scratch_dir("shards-cut");
+    let (file, plan, a) = cut_plan(&dir, &dst);
+    let (file, plan) = (file.to_str().unwrap(), plan.to_str().unwrap());
+
+    // Each shard's part of the assignment says what it does with its cut blobs.
+    let text = String::from_utf8(run_ok(&["sync", file, "--plan", "--shards", "6"], &[]).stdout).unwrap();
+    let owner = &a["cut_blobs"][0]["owner"];
+    assert!(text.contains(&format!("once shard {owner} uploads it")), "{text}");
+    assert!(text.contains("first: shard(s)"), "{text}");
+    assert!((0..6).any(|k| !awaited_by(&a, k).is_empty()), "no shard waits: {a}");
+
+    // The 6 pods at once.
+    let children: Vec<Child> = (0..6)
+        .map(|i| {
+            let s = format!("{i}/6");
+            spawn(&["sync", "--apply", plan, "--shard", &s, "-O", "json"], &[])
+        })
+        .collect();
+    let reports: Vec<Value> = children
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let out = c.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            let r = json_of(&assert_ok(
+                &["sync", "--apply", plan, "--shard", &format!("{i}/6")],
+                out,
+            ));
+            assert!(!stderr.contains("duplicated upload"), "shard {i}: {stderr}");
+            // A shard that waits for another says so before it starts.
+            for c in a["cut_blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["owner"] != i && c["shards"].as_array().unwrap().contains(&Value::from(i)))
+            {
+                let line = format!(
+                    "from {} once shard {} uploads",
+                    c["mount_from"].as_str().unwrap(),
+                    c["owner"]
+                );
+                assert!(stderr.contains(&line), "shard {i}: no {line:?} in {stderr}");
+            }
+            assert!(r["uploads_duplicated"].is_null(), "shard {i}: {r}");
+            assert_eq!(r["failed"], 0, "shard {i}: {r}");
+            r
+        })
+        .collect();
+    assert_eq!(
+        reports.iter().map(|r| r["written"].as_u64().unwrap()).sum::<u64>(),
+        23,
+        "{reports:?}"
+    );
+
+    // Every blob was uploaded exactly once (the access log's completed
+    // uploads), the cut ones into the repository the plan named.
+    let log = writes(&dst.access_log());
+    let mut times: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (repo, d) in &log.uploads {
+        times.entry(d.as_str()).or_default().push(repo.as_str());
+    }
+    let twice: Vec<_> = times.iter().filter(|(_, r)| r.len() > 1).collect();
+    assert!(twice.is_empty(), "uploaded more than once: {twice:?}");
+    let mut accounted: BTreeSet<String> = times.keys().map(|d| d.to_string()).collect();
+    for r in &reports {
+        for t in r["targets"].as_array().unwrap() {
+            accounted.insert(t["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string());
+        }
+    }
+    assert_eq!(
+        stored(&dst),
+        accounted,
+        "blobs stored vs uploads seen in the access log"
+    );
+    for c in a["cut_blobs"].as_array().unwrap() {
+        let hex = c["blob"].as_str().unwrap().trim_start_matches("sha256:");
+        let from = c["mount_from"].as_str().unwrap();
+        assert_eq!(times.get(hex), Some(&vec![from]), "{c}");
+        // Each other shard holding it mounted it into its repositories (or
+        // found it in the owner's, when it writes other tags of that one).
+        for k in c["shards"].as_array().unwrap().iter().skip(1) {
+            let repos: BTreeSet<String> = assigned(&a, k.as_u64().unwrap() as usize)
+                .iter()
+                .map(|d| repo_of(d))
+                .filter(|r| r != from)
+                .collect();
+            let mounted: BTreeSet<&String> = log
+                .mounts
+                .iter()
+                .filter(|(r, d)| d == hex && repos.contains(r))
+                .map(|(r, _)| r)
+                .collect();
+            assert!(
+                repos.is_empty() || !mounted.is_empty(),
+                "shard {k} did not mount {hex} into any of {repos:?}: {:?}",
+                log.mounts
+            );
+        }
+    }
+
+    // The whole sync is done: a full plan finds every target unchanged.
+    let after = json_of(&run_ok(&["sync", file, "--plan", "-O", "json"], &[]));
+    let targets = plan_targets(&after);
+    assert_eq!(targets.len(), 23);
+    assert!(targets.values().all(|a| a == "unchanged"), "{after}");
+    // And the images are the source's.
+    let sharded = written_digests(&reports);
+    for g in &images().1 {
+        let dest = format!("mirror/{}", repo_tag(&g.name));
+        assert_eq!(sharded[&dest], g.descriptor.digest.to_string(), "{dest}");
+    }
+}
+
+#[test]
+fn a_shard_whose_owner_never_runs_uploads_the_cut_blob_itself_after_the_wait() {
+    // Ctrl-C while it waits (into a registry of its own: an interrupted
+    // apply leaves its saved plan behind the destination) (it said it would, then started) ends it
+    // cleanly: exit 130, one line, no panic.
+    let dst = Registry::start_logged(Mode::Plain);
+    let dir = scratch_dir("shards-cut-interrupted");
+    let (_, plan, a) = cut_plan(&dir, &dst);
+    let plan = plan.to_str().unwrap();
+    let k = (0..6)
+        .find(|&k| !awaited_by(&a, k).is_empty())
+        .expect("a shard waiting");
+    let awaited = awaited_by(&a, k);
+    let s = format!("{k}/6");
+    let args = ["sync", "--apply", plan, "--shard", &s, "-O", "json"];
+    let err_file = dir.join("waiting.err");
+    let mut child = occy_cmd(&args, &[("OCCY_SHARD_WAIT", "600")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&err_file).unwrap().contains(" uploads ") {
+        assert!(std::time::Instant::now() < deadline, "it did not say it waits");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the shard ended instead of waiting"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the shard ended instead of waiting"
+    );
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&err_file).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("error: interrupted"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        writes(&dst.access_log())
+            .uploads
+            .iter()
+            .all(|(_, d)| !awaited.contains(d)),
+        "a waited-for blob was uploaded before the wait ran out"
+    );
+
+    // Its owner never runs: after the (shortened) wait it uploads the blobs
+    // itself, says so, and counts them; its targets are complete.
+    let dst = Registry::start_logged(Mode::Plain);
+    let dir = scratch_dir("shards-cut-alone");
+    let (_, plan, a) = cut_plan(&dir, &dst);
+    let plan = plan.to_str().unwrap();
+    let args = ["sync", "--apply", plan, "--shard", &s, "-O", "json"];
+    assert_eq!(awaited_by(&a, k), awaited, "the same plan twice");
+    let started = std::time::Instant::now();
+    let out = run(&args, &[("OCCY_SHARD_WAIT", "2")]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let r = json_of(&assert_ok(&args, out));
+    assert!(took >= std::time::Duration::from_secs(2), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+    for hex in &awaited {
+        let c = a["cut_blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["blob"].as_str().unwrap().ends_with(hex.as_str()))
+            .unwrap();
+        let owner = c["owner"].as_u64().unwrap();
+        assert!(
+            stderr.lines().any(|l| l.contains(hex.as_str())
+                && l.contains(&format!("shard {owner} did not upload it"))
+                && l.contains("2s wait")),
+            "no warning for {hex}: {stderr}"
+        );
+    }
+    assert_eq!(r["uploads_duplicated"], awaited.len(), "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    let mine = assigned(&a, k as usize);
+    assert_eq!(r["written"], mine.len(), "{r}");
+    let log = writes(&dst.access_log());
+    for hex in &awaited {
+        assert_eq!(log.uploads.iter().filter(|(_, d)| d == hex).count(), 1, "{hex}");
+    }
+    // Run again: nothing left to do.
+    let again = json_of(&run_ok(&args, &[("OCCY_SHARD_WAIT", "2")]));
+    assert_eq!(again["written"], 0, "{again}");
+    assert_eq!(again["unchanged"], mine.len(), "{again}");
+}

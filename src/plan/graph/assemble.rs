@@ -47,7 +47,84 @@ pub async fn build(ctx: &PlanContext, planned: &mut [PlannedTarget], let_go: boo
         (None, Some(c)) if writes_registry => ctx.memo.remembered(Some(c)),
         _ => Arc::new(Remembered::default()),
     };
-    assemble(ctx.cache.as_ref(), planned, &presence, &remembered, &stores, let_go)
+    // A shard of a saved plan: the blobs other shards write too.
+    let cut = ctx
+        .pinned
+        .as_ref()
+        .and_then(|s| s.shards.as_ref())
+        .map(crate::plan::shard::SavedShards::cut_roles)
+        .unwrap_or_default();
+    let mut g = assemble(
+        ctx.cache.as_ref(),
+        planned,
+        &presence,
+        &remembered,
+        &stores,
+        let_go,
+        &cut,
+    );
+    first_for_others(&mut g, &cut);
+    g
+}
+
+/// The blobs a shard of a saved plan shares with others, by (host, digest).
+pub(super) type CutRoles = HashMap<(String, Digest), CutRole>;
+
+/// How a blob other shards write too gets to `store`: a blob another shard
+/// uploads is mounted from that shard's repository once it is there (the
+/// executor waits for it), instead of uploaded a second time. Only a blob
+/// as the source has it, to a registry that mounts.
+fn cut_how(how: How, store: &Store, wanted: &WantedBlob, rewritten: bool, cut: &CutRoles) -> How {
+    if how != How::Upload || rewritten || !store.can_mount {
+        return how;
+    }
+    let (Some(host), Some(d)) = (&store.host, &wanted.lookup) else {
+        return how;
+    };
+    match cut.get(&(host.clone(), d.clone())) {
+        // (From its own repository: the owner writes other tags of it; the
+        // blob is waited for there.)
+        Some(CutRole::Mount { from, owner }) => How::mount_after(from.clone(), *owner),
+        _ => how,
+    }
+}
+
+/// Marks the work that puts each blob this shard owns into the repository
+/// the other shards mount it from (and what that needs) to run first.
+fn first_for_others(g: &mut WorkGraph, cut: &CutRoles) {
+    let wanted: HashMap<(&str, &Digest), &str> = cut
+        .iter()
+        .filter_map(|((host, d), role)| match role {
+            CutRole::Owner { from } => Some(((host.as_str(), d), from.as_str())),
+            CutRole::Mount { .. } => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let mut stack: Vec<NodeIndex> = g
+        .graph
+        .node_indices()
+        .filter(|&i| {
+            let w = &g.graph[i];
+            let (Some(store), Some(desc)) = (w.key.store(), &w.source_blob) else {
+                return false;
+            };
+            if !matches!(w.key, NodeKey::Blob { .. } | NodeKey::Config { .. }) {
+                return false;
+            }
+            let Some(id) = StoreId::parse(store) else { return false };
+            match (id.host(), id.repository_name()) {
+                (Some(h), Some(r)) => wanted.get(&(h, &desc.digest)) == Some(&r),
+                _ => false,
+            }
+        })
+        .collect();
+    while let Some(i) = stack.pop() {
+        if g.first.insert(i) {
+            stack.extend(g.needs(i).into_iter().map(|(n, _)| n));
+        }
+    }
 }
 
 /// Each destination's store (by the destination as the plan spells it).
@@ -117,6 +194,7 @@ pub fn shape(planned: &mut [PlannedTarget]) -> WorkGraph {
         &Remembered::default(),
         &Stores::new(),
         true,
+        &CutRoles::new(),
     )
 }
 
@@ -127,6 +205,7 @@ fn assemble(
     remembered: &Remembered,
     stores: &Stores,
     let_go: bool,
+    cut: &CutRoles,
 ) -> WorkGraph {
     let mut g = WorkGraph::default();
     // Room for the nodes and edges up front: growing by doubling would hold
@@ -219,6 +298,7 @@ fn assemble(
                     },
                 };
                 let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on, remembered);
+                let how = cut_how(how, &store, &wanted, rewrites_content, cut);
                 let sends = how.sends();
                 // A mount from a remembered repository is fed by the fetch
                 // too: the executor asks the registry before the blob is
@@ -303,6 +383,7 @@ fn assemble(
                 }
             };
             let how = blob_how(&store, &wanted, presence, &same_host_source, &uploaded_on, remembered);
+            let how = cut_how(how, &store, &wanted, changes_config, cut);
             let (config, _) = g.node(
                 NodeKey::Config {
                     store: store.key.clone(),

@@ -28,6 +28,7 @@ mod assemble;
 mod presence;
 mod render;
 
+use crate::plan::shard::CutRole;
 pub use assemble::{add_prunes, build, shape};
 use assemble::{cached_output, Stores};
 use presence::Presence;
@@ -79,12 +80,34 @@ pub struct Mount {
     /// blob-location cache), not known to hold the blob in this one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remembered: bool,
+    /// The shard of a saved plan that uploads the blob to `from` (`--apply
+    /// plan.json --shard I/N`, the blob cut between shards): the mount is
+    /// asked again, with a growing pause, until that shard has uploaded it
+    /// or the wait runs out (then the blob is uploaded from its one read,
+    /// as a declined remembered mount is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_shard: Option<usize>,
 }
 
 impl How {
     /// A mount from `from`, then from each of `or`.
     pub fn mount(from: String, or: Vec<String>, remembered: bool) -> How {
-        How::Mount(Box::new(Mount { from, or, remembered }))
+        How::Mount(Box::new(Mount {
+            from,
+            or,
+            remembered,
+            after_shard: None,
+        }))
+    }
+
+    /// A mount from `from` once shard `owner` has uploaded the blob there.
+    pub fn mount_after(from: String, owner: usize) -> How {
+        How::Mount(Box::new(Mount {
+            from,
+            or: Vec::new(),
+            remembered: true,
+            after_shard: Some(owner),
+        }))
     }
 }
 
@@ -289,6 +312,9 @@ pub struct WorkGraph {
     pub referrers: HashMap<NodeIndex, ReferrerWork>,
     /// What each `referrers-tag` node lists: its subject and the entries to add.
     pub referrers_tags: HashMap<NodeIndex, (Digest, Vec<Descriptor>)>,
+    /// Nodes that start before the others when ready: what puts the blobs
+    /// other shards wait for where they mount them from.
+    pub first: HashSet<NodeIndex>,
 }
 
 /// A referrer manifest to put: its bytes, its descriptor (as the
@@ -520,7 +546,7 @@ impl WorkGraph {
                 }
                 match &w.how {
                     Some(How::Present) | None => c.present += 1,
-                    Some(How::Mount(m)) if m.remembered => {
+                    Some(How::Mount(m)) if m.remembered && m.after_shard.is_none() => {
                         c.remembered += 1;
                         c.remembered_bytes += w.source_blob.as_ref().map(|d| d.size).unwrap_or(0);
                     }
@@ -550,13 +576,38 @@ impl WorkGraph {
                     continue;
                 }
                 if let Some(How::Mount(m)) = &w.how {
-                    if m.remembered {
+                    if m.remembered && m.after_shard.is_none() {
                         *out.entry(m.from.clone()).or_default() += 1;
                     }
                 }
             }
         }
         out
+    }
+
+    /// What a shard of a saved plan waits for other shards to upload, for
+    /// people: `mount 2 blobs (1.2 KiB) from plan/r00 once shard 0 uploads
+    /// them`, per repository and shard.
+    pub fn awaited_lines(&self) -> Vec<String> {
+        let mut by: BTreeMap<(&str, usize), (usize, u64)> = BTreeMap::new();
+        for w in self.graph.node_weights() {
+            if let Some(How::Mount(m)) = &w.how {
+                if let Some(k) = m.after_shard {
+                    let e = by.entry((m.from.as_str(), k)).or_default();
+                    e.0 += 1;
+                    e.1 += w.source_blob.as_ref().map(|d| d.size).unwrap_or(0);
+                }
+            }
+        }
+        by.into_iter()
+            .map(|((from, k), (n, bytes))| {
+                let (blobs, them) = if n == 1 { ("blob", "it") } else { ("blobs", "them") };
+                format!(
+                    "mount {n} {blobs} ({}) from {from} once shard {k} uploads {them}",
+                    crate::image::human_size(bytes)
+                )
+            })
+            .collect()
     }
 
     /// Per store: fetches (sources), rewrites, uploads, mounts, present
@@ -578,7 +629,7 @@ impl WorkGraph {
                             t.uploads += 1;
                             t.bytes_sent += w.bytes;
                         }
-                        Some(How::Mount(m)) if m.remembered => t.remembered_mounts += 1,
+                        Some(How::Mount(m)) if m.remembered && m.after_shard.is_none() => t.remembered_mounts += 1,
                         Some(How::Mount { .. }) => t.mounts += 1,
                         _ => t.present += 1,
                     }

@@ -17,6 +17,11 @@ pub fn describe_work(w: &Work) -> String {
             let verb = match &w.how {
                 Some(How::Upload) => "upload".to_string(),
                 Some(How::Write) => "write".to_string(),
+                Some(How::Mount(m)) if m.after_shard.is_some() => format!(
+                    "mount (from {} once shard {} uploads it)",
+                    m.from,
+                    m.after_shard.unwrap_or_default()
+                ),
                 Some(How::Mount(m)) if m.remembered => format!("mount (from remembered {}, may upload)", m.from),
                 Some(How::Mount(m)) => format!("mount (from {})", m.from),
                 _ => "find".to_string(),
@@ -41,6 +46,11 @@ pub fn describe_work(w: &Work) -> String {
 pub fn how_word(how: Option<&How>) -> String {
     match how {
         None => "nothing to move".to_string(),
+        Some(How::Mount(m)) if m.after_shard.is_some() => format!(
+            "mount from {} once shard {} uploads it",
+            m.from,
+            m.after_shard.unwrap_or_default()
+        ),
         Some(How::Mount(m)) if m.remembered => format!("mount from remembered {}, may upload", m.from),
         Some(How::Mount(m)) => format!("mount from {}", m.from),
         Some(h) => h.name().to_string(),
