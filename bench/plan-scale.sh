@@ -13,7 +13,8 @@
 # "-J 16") is timed with its peak RSS beside the time the registries need
 # for the same requests, reads and writes (bench/replay.py --writes into an
 # empty registry, with each of --replay-threads, default 16,64; the fastest
-# is the floor). --apply-only measures the apply alone, no plans; with
+# is the floor). --apply-only measures the apply alone, no plans;
+# --plans-only the plans alone (the sync between them runs untimed); with
 # OCCY_BENCH_WRAP=CMD the apply and its replays run under CMD (e.g.
 # /work/coord/bench-window). docs/performance.md has a recent result.
 #
@@ -29,7 +30,7 @@
 # must find every target unchanged. OCCY_BENCH_WRAP=CMD runs each measured
 # group of commands under CMD (e.g. /work/coord/bench-window).
 #
-#   bench/plan-scale.sh [--repos N] [--tags N] [--keep] [--apply-only]
+#   bench/plan-scale.sh [--repos N] [--tags N] [--keep] [--apply-only | --plans-only]
 #                       [--apply-flags "ARGS"] [--replay-threads N,N]
 #   bench/plan-scale.sh --repos 100 --tags 1000 --shards 4 [--apply-tags N]
 #
@@ -38,7 +39,7 @@
 # occy's build, OCCY_TESTKIT=path the generator's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repos=100 tags=100 keep=0 shards=0 apply_tags=100 apply_only=0 apply_flags="-J 16" replay_threads=16,64
+repos=100 tags=100 keep=0 shards=0 apply_tags=100 apply_only=0 plans_only=0 apply_flags="-J 16" replay_threads=16,64
 die() {
     echo "plan-scale: $*" >&2
     exit 1
@@ -50,6 +51,7 @@ while [ $# -gt 0 ]; do
     --shards) shards=$2 && shift ;;
     --apply-tags) apply_tags=$2 && shift ;;
     --apply-only) apply_only=1 ;;
+    --plans-only) plans_only=1 ;;
     --apply-flags) apply_flags=$2 && shift ;;
     --replay-threads) replay_threads=$2 && shift ;;
     --keep) keep=1 ;;
@@ -321,6 +323,13 @@ if [ "$apply_only" = 0 ]; then
     plan cold-one "$work/one.yaml"
     plan cold "$work/all.yaml"
 fi
+if [ "$plans_only" = 1 ]; then
+    echo "plan-scale: syncing $((repos * tags)) tags (untimed) for the warm plans" >&2
+    "$occy" --no-cache -q sync "$work/all.yaml" $apply_flags >"$work/apply.out" 2>&1 || {
+        tail -n 20 "$work/apply.out" >&2
+        die "the sync failed"
+    }
+else
 # The cold apply (issue 33): wall and peak RSS beside the time the registries
 # need for the same requests, replayed into an empty registry standing in
 # for the destination (bench/replay.py --writes), at each of the replay
@@ -361,6 +370,7 @@ done
 awk -v n="$((repos * tags))" -v w="$a_wall" -v u="$a_user" -v s="$a_sys" -v m="$a_rss" -v b="$best" -v t="$best_t" -v r="$a_reqs" \
     'BEGIN { printf "cold apply: %d tags, occy %.2f s (%.2f s user, %.2f s system), peak %.1f MiB; registries %.2f s (%d requests replayed, %d threads); occy/registries %.2f\n", n, w, u, s, m / 1024, b, r, t, w / b }' \
     | tee "$work/apply.result"
+fi
 [ "$apply_only" = 0 ] || exit 0
 plan warm-one "$work/one.yaml"
 plan warm "$work/all.yaml"

@@ -9,6 +9,13 @@
 //! answer (201 mounted, 202 declined, then occy uploads), and nothing is
 //! taken as present in a repository without a HEAD.
 //!
+//! Beside the blobs, the same file remembers which subjects had referrers
+//! (signatures, SBOMs, attestations) in a destination repository when occy
+//! last looked or copied them there ([`Remembered::referrers_held`]): the
+//! planner then asks a destination about the referrers of a subject whose
+//! source has none only when occy saw or put some there, to warn that the
+//! source lost them.
+//!
 //! One JSON file, `blob-locations.json` in the cache directory (beside the
 //! layer cache's `layers/`), bounded to [`MAX_LOCATIONS`] entries and
 //! [`MAX_PER_BLOB`] repositories per blob and host, oldest dropped. Writers
@@ -33,6 +40,9 @@ pub const FILE_NAME: &str = "blob-locations.json";
 /// Entries kept in all (one entry: a host, a repository and a blob); the
 /// oldest go first. About 150 bytes each on disk.
 pub const MAX_LOCATIONS: usize = 10_000;
+/// Subjects with referrers kept in all (one entry: a host, a repository
+/// and a subject); the oldest go first.
+pub const MAX_REFERRED: usize = 10_000;
 /// Repositories kept per blob and host, the most recently seen.
 pub const MAX_PER_BLOB: usize = 8;
 /// Remembered repositories a mount tries, most recently seen first (as
@@ -51,10 +61,23 @@ pub struct Location {
     pub seen: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A subject whose referrers `repository` on `host` held (or was given) at `seen`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Referred {
+    pub host: String,
+    pub repository: String,
+    pub subject: Digest,
+    /// When occy last saw or put referrers there, in milliseconds since 1970.
+    pub seen: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct LocationsFile {
     version: u32,
     locations: Vec<Location>,
+    /// Absent in files written before it existed: nothing remembered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    referred: Vec<Referred>,
 }
 
 /// The remembered-locations file of one cache directory.
@@ -69,6 +92,15 @@ pub struct Sighting {
     pub host: String,
     pub repository: String,
     pub digest: Digest,
+}
+
+/// Referrers of `subject` seen in (or copied to) a repository during a run
+/// (what [`BlobLocations::record_referred`] takes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReferrersSeen {
+    pub host: String,
+    pub repository: String,
+    pub subject: Digest,
 }
 
 impl BlobLocations {
@@ -99,7 +131,7 @@ impl BlobLocations {
             }
         };
         match parse(&bytes) {
-            Ok(locations) => Remembered::from_locations(locations),
+            Ok(file) => Remembered::from_file(file),
             Err(why) => {
                 warn!(
                     "the remembered blob locations in {} are unusable, ignoring them (the next run rewrites the file): {why}",
@@ -117,14 +149,28 @@ impl BlobLocations {
             return;
         }
         let n = seen.len();
-        if let Err(e) = self.try_record(seen, now_millis()).await {
+        if let Err(e) = self.try_record(seen, Vec::new(), now_millis()).await {
             warn!("could not remember where {n} blobs were seen: {e}");
         } else {
             debug!("remembered {n} blob locations in {}", self.path.display());
         }
     }
 
-    async fn try_record(&self, seen: Vec<Sighting>, at: u64) -> Result<()> {
+    /// Merges the subjects whose referrers were seen or put in a
+    /// repository now into the file, as [`BlobLocations::record`] does.
+    pub async fn record_referred(&self, seen: Vec<ReferrersSeen>) {
+        if seen.is_empty() {
+            return;
+        }
+        let n = seen.len();
+        if let Err(e) = self.try_record(Vec::new(), seen, now_millis()).await {
+            warn!("could not remember the referrers of {n} subjects: {e}");
+        } else {
+            debug!("remembered the referrers of {n} subjects in {}", self.path.display());
+        }
+    }
+
+    async fn try_record(&self, seen: Vec<Sighting>, referred: Vec<ReferrersSeen>, at: u64) -> Result<()> {
         if let Some(dir) = self.path.parent() {
             tokio::fs::create_dir_all(dir)
                 .await
@@ -132,26 +178,33 @@ impl BlobLocations {
         }
         let path = self.path.clone();
         crate::sink::atomic::locked_update(&self.path, move |current| {
-            let mut locations = match current.as_deref().map(parse) {
-                Some(Ok(l)) => l,
+            let mut file = match current.as_deref().map(parse) {
+                Some(Ok(f)) => f,
                 Some(Err(why)) => {
                     warn!(
                         "the remembered blob locations in {} are unusable, starting them afresh: {why}",
                         path.display()
                     );
-                    Vec::new()
+                    LocationsFile::default()
                 }
-                None => Vec::new(),
+                None => LocationsFile::default(),
             };
-            locations.extend(seen.into_iter().map(|s| Location {
+            file.locations.extend(seen.into_iter().map(|s| Location {
                 host: s.host,
                 repository: s.repository,
                 digest: s.digest,
                 seen: at,
             }));
+            file.referred.extend(referred.into_iter().map(|r| Referred {
+                host: r.host,
+                repository: r.repository,
+                subject: r.subject,
+                seen: at,
+            }));
             let file = LocationsFile {
                 version: VERSION,
-                locations: bounded(locations),
+                locations: bounded(file.locations),
+                referred: bounded_referred(file.referred),
             };
             Ok(serde_json::to_vec(&file)?)
         })
@@ -159,13 +212,41 @@ impl BlobLocations {
     }
 }
 
-/// The locations in a file's bytes, or why they are unusable.
-fn parse(bytes: &[u8]) -> std::result::Result<Vec<Location>, String> {
+/// What a file's bytes remember, or why they are unusable.
+fn parse(bytes: &[u8]) -> std::result::Result<LocationsFile, String> {
     let file: LocationsFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if file.version != VERSION {
         return Err(format!("format version {}, this occy writes {VERSION}", file.version));
     }
-    Ok(file.locations)
+    Ok(file)
+}
+
+/// One entry per (host, repository, subject), the latest; at most
+/// [`MAX_REFERRED`], the most recent kept. Newest first.
+fn bounded_referred(referred: Vec<Referred>) -> Vec<Referred> {
+    let mut latest: HashMap<(String, String, Digest), u64> = HashMap::new();
+    for r in referred {
+        let seen = latest.entry((r.host, r.repository, r.subject)).or_insert(0);
+        *seen = (*seen).max(r.seen);
+    }
+    let mut all: Vec<Referred> = latest
+        .into_iter()
+        .map(|((host, repository, subject), seen)| Referred {
+            host,
+            repository,
+            subject,
+            seen,
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        b.seen
+            .cmp(&a.seen)
+            .then_with(|| a.host.cmp(&b.host))
+            .then_with(|| a.subject.cmp(&b.subject))
+            .then_with(|| a.repository.cmp(&b.repository))
+    });
+    all.truncate(MAX_REFERRED);
+    all
 }
 
 /// One entry per (host, repository, blob), the latest sighting; at most
@@ -215,7 +296,8 @@ fn newest_first(a: &Location, b: &Location) -> std::cmp::Ordering {
         .then_with(|| a.repository.cmp(&b.repository))
 }
 
-fn now_millis() -> u64 {
+/// Now, in milliseconds since 1970.
+pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -227,16 +309,33 @@ fn now_millis() -> u64 {
 pub struct Remembered {
     /// (host, blob) → repositories, most recently seen first.
     by_blob: HashMap<(String, Digest), Vec<String>>,
+    /// (host, repository, subject) → when its referrers were last seen there.
+    referred: HashMap<(String, String, Digest), u64>,
 }
 
 impl Remembered {
-    fn from_locations(mut locations: Vec<Location>) -> Self {
+    fn from_file(file: LocationsFile) -> Self {
+        let mut locations = file.locations;
         locations.sort_by(newest_first);
         let mut by_blob: HashMap<(String, Digest), Vec<String>> = HashMap::new();
         for l in locations {
             by_blob.entry((l.host, l.digest)).or_default().push(l.repository);
         }
-        Remembered { by_blob }
+        let referred = file
+            .referred
+            .into_iter()
+            .map(|r| ((r.host, r.repository, r.subject), r.seen))
+            .collect();
+        Remembered { by_blob, referred }
+    }
+
+    /// When occy last saw (or put) referrers of `subject` in `repository`
+    /// on `host`, in milliseconds since 1970; None when it never did, as
+    /// far as the file remembers.
+    pub fn referrers_held(&self, host: &str, repository: &str, subject: &Digest) -> Option<u64> {
+        self.referred
+            .get(&(host.to_string(), repository.to_string(), subject.clone()))
+            .copied()
     }
 
     /// Remembers `repositories` (in this order) for `digest` on `host`,
@@ -252,7 +351,7 @@ impl Remembered {
 
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.by_blob.is_empty()
+        self.by_blob.is_empty() && self.referred.is_empty()
     }
 
     /// Repositories of `host` remembered to hold `digest`, other than
@@ -294,12 +393,22 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let cache = BlobLocations::in_dir(&t.path().join("occy"));
         assert!(cache.load().is_empty(), "no file yet: nothing remembered");
-        cache.try_record(vec![seen("h:5000", "a", d(1))], 1_000).await.unwrap();
         cache
-            .try_record(vec![seen("h:5000", "b", d(1)), seen("other:1", "c", d(1))], 2_000)
+            .try_record(vec![seen("h:5000", "a", d(1))], vec![], 1_000)
             .await
             .unwrap();
-        cache.try_record(vec![seen("h:5000", "a", d(1))], 500).await.unwrap();
+        cache
+            .try_record(
+                vec![seen("h:5000", "b", d(1)), seen("other:1", "c", d(1))],
+                vec![],
+                2_000,
+            )
+            .await
+            .unwrap();
+        cache
+            .try_record(vec![seen("h:5000", "a", d(1))], vec![], 500)
+            .await
+            .unwrap();
         let r = cache.load();
         // b is the most recent; a older one keeps its latest time (1000).
         assert_eq!(r.candidates("h:5000", &d(1), "x"), ["b", "a"]);
@@ -349,7 +458,7 @@ mod tests {
         assert!(cache.load().is_empty());
         std::fs::write(cache.path(), b"{\"version\":99,\"locations\":[]}").unwrap();
         assert!(cache.load().is_empty(), "another format version is not read");
-        cache.try_record(vec![seen("h", "a", d(3))], 7).await.unwrap();
+        cache.try_record(vec![seen("h", "a", d(3))], vec![], 7).await.unwrap();
         assert_eq!(cache.load().candidates("h", &d(3), "x"), ["a"]);
     }
 
@@ -364,7 +473,7 @@ mod tests {
                     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
                     let cache = BlobLocations::in_dir(&dir);
                     for k in 0..10u8 {
-                        rt.block_on(cache.try_record(vec![seen("h", &format!("w{w}"), d(k))], 1 + k as u64))
+                        rt.block_on(cache.try_record(vec![seen("h", &format!("w{w}"), d(k))], vec![], 1 + k as u64))
                             .unwrap();
                     }
                 })
@@ -374,7 +483,47 @@ mod tests {
             th.join().unwrap();
         }
         let bytes = std::fs::read(dir.join(FILE_NAME)).unwrap();
-        let all = parse(&bytes).unwrap();
+        let all = parse(&bytes).unwrap().locations;
         assert_eq!(all.len(), 80, "every writer's every sighting is there");
+    }
+
+    #[tokio::test]
+    async fn subjects_with_referrers_are_remembered_beside_the_blobs() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = BlobLocations::in_dir(t.path());
+        let r = |repo: &str, n: u8| ReferrersSeen {
+            host: "h:5000".into(),
+            repository: repo.into(),
+            subject: d(n),
+        };
+        cache
+            .try_record(vec![seen("h:5000", "a", d(9))], vec![r("a", 1)], 10)
+            .await
+            .unwrap();
+        cache.try_record(vec![], vec![r("a", 1), r("b", 2)], 20).await.unwrap();
+        let mem = cache.load();
+        assert_eq!(
+            mem.referrers_held("h:5000", "a", &d(1)),
+            Some(20),
+            "the latest sighting"
+        );
+        assert_eq!(mem.referrers_held("h:5000", "b", &d(2)), Some(20));
+        assert_eq!(mem.referrers_held("h:5000", "b", &d(1)), None, "per repository");
+        assert_eq!(mem.referrers_held("other", "a", &d(1)), None, "per host");
+        assert_eq!(mem.candidates("h:5000", &d(9), "x"), ["a"], "the blobs are kept");
+        // A file of before (no `referred`) still reads, and is kept when written.
+        std::fs::write(cache.path(), br#"{"version":1,"locations":[]}"#).unwrap();
+        assert_eq!(cache.load().referrers_held("h:5000", "a", &d(1)), None);
+        let many: Vec<Referred> = (0..(MAX_REFERRED + 5))
+            .map(|i| Referred {
+                host: "h".into(),
+                repository: "r".into(),
+                subject: Digest::of(&(i as u64).to_le_bytes()),
+                seen: i as u64,
+            })
+            .collect();
+        let kept = bounded_referred(many);
+        assert_eq!(kept.len(), MAX_REFERRED);
+        assert_eq!(kept.last().map(|r| r.seen), Some(5), "the oldest dropped");
     }
 }

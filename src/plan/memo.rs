@@ -12,7 +12,9 @@
 //! - each destination tag's digest (one HEAD at most);
 //! - each archive, layout or daemon source opened (a daemon's image is
 //!   exported once), so apply reads what planning read;
-//! - the referrers looked up on either side (see [`super::referrers::Lister`]).
+//! - the referrers looked up on either side (see [`super::referrers::Lister`]);
+//! - what earlier runs remembered in the cache directory
+//!   (`crate::blob_locations`), read once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,8 @@ use std::sync::{Arc, Mutex};
 use futures_util::stream::{self, StreamExt};
 
 use super::{PlanContext, Target, PLAN_CONCURRENCY};
+use crate::blob_locations::Remembered;
+use crate::cache::LayerCache;
 use crate::error::Result;
 use crate::image::{Descriptor, Digest, RawManifest};
 use crate::reference::Reference;
@@ -55,9 +59,19 @@ pub struct PlanMemo {
     head_flights: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Option<Descriptor>>>>>,
     /// The referrers looked up on either side, each once.
     pub referrers: super::referrers::Lister,
+    /// The cache directory's remembered blob locations and referrers.
+    remembered: std::sync::OnceLock<Arc<Remembered>>,
 }
 
 impl PlanMemo {
+    /// What earlier runs remembered in `cache` (`crate::blob_locations`),
+    /// read the first time it is asked for; nothing without a cache.
+    pub fn remembered(&self, cache: Option<&LayerCache>) -> Arc<Remembered> {
+        self.remembered
+            .get_or_init(|| Arc::new(cache.map(|c| c.blob_locations().load()).unwrap_or_default()))
+            .clone()
+    }
+
     /// The store `dest` names: opened with `open` the first time, the same
     /// one after; a registry's is opened each time (it holds nothing but
     /// the host's shared client and the destination, and a plan of 100,000

@@ -6,6 +6,12 @@
 //! work graph copies each like an image (digests kept) after its subject.
 //! An image whose digest changes on the way (filters, a platform subset,
 //! `?format=oci`) takes none: the plan says why.
+//!
+//! A destination registry is asked about the referrers of a subject whose
+//! source has none only when the cache directory remembers referrers of it
+//! there (occy saw or copied some: then the plan warns that the source lost
+//! them); without a cache it is always asked. So a warm run over unsigned
+//! images asks each side one question per tag fewer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 use super::{Action, MediaNote, PlanContext, PlannedTarget, PLAN_CONCURRENCY};
+use crate::blob_locations::ReferrersSeen;
 use crate::error::{Error, Result};
 use crate::image::convert::MediaTypes;
 use crate::image::referrers::{cosign_tag, parse_cosign_tag, CosignKind};
@@ -250,7 +257,11 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
             if !dest_seen.insert((store.clone(), s.clone())) {
                 continue;
             }
-            let tags = match found.get(&(w.source.clone(), s.clone())) {
+            let answer = found.get(&(w.source.clone(), s.clone()));
+            if !worth_asking(ctx, &p.target.destination, s, answer) {
+                continue;
+            }
+            let tags = match answer {
                 Some(Ok(list)) => list.iter().filter_map(|f| f.tag.clone()).collect(),
                 _ => Vec::new(),
             };
@@ -370,6 +381,8 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
             p.referrers = Some(tr);
         }
     }
+
+    remember_held(ctx, planned, &wants, &held).await;
 
     // The manifests of the referrers to copy, read once each.
     let manifests: HashMap<(StoreId, Digest), Result<RawManifest>> = stream::iter(manifests_wanted)
@@ -547,7 +560,7 @@ pub(super) async fn look_up_early(ctx: &PlanContext, p: &PlannedTarget) {
     let lister = &ctx.memo.referrers;
     for s in &w.subjects {
         let found = lister.source(ctx, &p.target.source, s).await;
-        if w.not_copied.is_some() {
+        if w.not_copied.is_some() || !worth_asking(ctx, &p.target.destination, s, Some(&found)) {
             continue;
         }
         let tags: Vec<String> = match &found {
@@ -557,6 +570,73 @@ pub(super) async fn look_up_early(ctx: &PlanContext, p: &PlannedTarget) {
         // Kept for the plan, which says what a failure means.
         let _ = lister.destination(ctx, &p.target.destination, s, &tags).await;
     }
+}
+
+/// Whether to ask `dest` which referrers of `subject` it holds, given the
+/// source's answer: always, unless the source has none and the cache
+/// directory remembers none there (a registry repository where occy never
+/// saw nor put referrers of it; what it holds then is not occy's to warn
+/// about). Without a cache, always.
+fn worth_asking(ctx: &PlanContext, dest: &Reference, subject: &Digest, source: Option<&SourceAnswer>) -> bool {
+    let Some(Ok(found)) = source else { return true };
+    if !found.is_empty() || ctx.cache.is_none() {
+        return true;
+    }
+    let id = StoreId::of(dest);
+    let (Some(host), Some(repo)) = (id.host(), id.repository_name()) else {
+        return true;
+    };
+    ctx.memo
+        .remembered(ctx.cache.as_ref())
+        .referrers_held(host, repo, subject)
+        .is_some()
+}
+
+/// How long a remembered "referrers there" stands before the plan writes
+/// it again (the file keeps the most recent entries).
+const REFRESH_MILLIS: u64 = 12 * 3600 * 1000;
+
+/// Remembers in the cache directory the registry repositories that hold
+/// referrers of a subject now, or will once this plan is applied, so a
+/// later plan asks them again when the source has lost its referrers. A
+/// plan that is only shown (`--plan`) records nothing, as with blobs.
+async fn remember_held(
+    ctx: &PlanContext,
+    planned: &[PlannedTarget],
+    wants: &[Want],
+    held: &HashMap<(StoreId, Digest), HeldAnswer>,
+) {
+    let Some(cache) = ctx.cache.as_ref().filter(|_| !ctx.shown_only) else {
+        return;
+    };
+    let holds = |h: &HeldAnswer| match h {
+        Ok(h) => !h.listed.is_empty() || h.tags.values().any(Option::is_some),
+        Err(_) => false,
+    };
+    let mut there: HashSet<(StoreId, Digest)> = held.iter().filter(|(_, h)| holds(h)).map(|(k, _)| k.clone()).collect();
+    for w in wants {
+        let p = &planned[w.target];
+        let Some(tr) = &p.referrers else { continue };
+        let store = StoreId::of(&p.target.destination);
+        there.extend(tr.copy.iter().map(|r| (store.clone(), r.subject.clone())));
+    }
+    let remembered = ctx.memo.remembered(Some(cache));
+    let now = crate::blob_locations::now_millis();
+    let fresh: Vec<ReferrersSeen> = there
+        .into_iter()
+        .filter_map(|(id, subject)| {
+            let (host, repo) = (id.host()?, id.repository_name()?);
+            let recent = remembered
+                .referrers_held(host, repo, &subject)
+                .is_some_and(|at| now.saturating_sub(at) < REFRESH_MILLIS);
+            (!recent).then(|| ReferrersSeen {
+                host: host.to_string(),
+                repository: repo.to_string(),
+                subject,
+            })
+        })
+        .collect();
+    cache.blob_locations().record_referred(fresh).await;
 }
 
 /// What a destination holds for one subject.

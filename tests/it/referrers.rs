@@ -541,6 +541,104 @@ fn referrers_none_filters_and_lost_referrers() {
     assert!(plan.contains(sbom.digest.short()), "{plan}");
 }
 
+/// The access-log lines of `repo` after `from`.
+fn lines_of(log: &str, from: usize, repo: &str) -> String {
+    let needle = format!("/v2/{repo}/");
+    log[from..]
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn a_warm_plan_asks_a_destination_about_referrers_only_when_the_source_or_the_cache_has_some() {
+    // Logged: the test counts what the plans ask.
+    let src = Registry::start_logged(Mode::Plain);
+    let dir = scratch_dir("referrers-warm-unsigned");
+    src.push_layout(&standard_images().0, "app-a", "refs-unsigned/app:1.0");
+    src.push_layout(&standard_images().0, "app-a", "refs-signed/app:1.0");
+    let rt = rt();
+    let sc = client(&src.host);
+    let subject = rt
+        .block_on(sc.head_manifest("refs-signed/app", "1.0"))
+        .unwrap()
+        .unwrap();
+    let unsigned = rt
+        .block_on(sc.head_manifest("refs-unsigned/app", "1.0"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(subject.digest, unsigned.digest, "one image in both repositories");
+    let sbom = rt.block_on(push_sbom(&sc, "refs-signed/app", &subject, "kept"));
+    rt.block_on(push_referrers_tag(&sc, "refs-signed/app", &subject.digest, &[&sbom]));
+    let cache = dir.join("cache").display().to_string();
+    let mut f = flags(&[&src.host]);
+    f.extend(["--cache-dir".to_string(), cache.clone()]);
+    let spec_of = |from: &str, to: &str, name: &str| {
+        let d = dir.join(name);
+        write_spec(
+            &d,
+            &format!(
+                "sync:\n  - from: registry://{h}/{from}:1.0\n    to: registry://{h}/{to}\n",
+                h = src.host
+            ),
+        )
+    };
+
+    // An unsigned image: once synced, a warm plan asks its destination for
+    // the tag alone (no referrers tag, no referrers API probe).
+    let unsigned_spec = spec_of("refs-unsigned/app", "mirror-unsigned/app", "unsigned");
+    assert_ok(&["sync", &unsigned_spec], occy_with(&f, &["sync", &unsigned_spec]));
+    let before = src.access_log().len();
+    let plan = assert_ok(
+        &["sync", &unsigned_spec, "--plan"],
+        occy_with(&f, &["sync", &unsigned_spec, "--plan"]),
+    );
+    assert!(stdout(&plan).contains("Nothing to do"), "{}", stdout(&plan));
+    let asked = lines_of(&src.access_log(), before, "mirror-unsigned/app");
+    assert_eq!(requests(&asked), 1, "the warm plan asked the destination:\n{asked}");
+    assert!(!asked.contains(&fallback_tag(&subject.digest)), "{asked}");
+    // Without a cache nothing is remembered: the destination is asked.
+    let before = src.access_log().len();
+    let mut no_cache = flags(&[&src.host]);
+    no_cache.push("--no-cache".to_string());
+    assert_ok(
+        &["sync", &unsigned_spec, "--plan"],
+        occy_with(&no_cache, &["sync", &unsigned_spec, "--plan"]),
+    );
+    let asked = lines_of(&src.access_log(), before, "mirror-unsigned/app");
+    assert!(
+        asked.contains(&fallback_tag(&subject.digest)) || asked.contains("/referrers/"),
+        "without a cache the referrers are looked up:\n{asked}"
+    );
+
+    // Referrers occy copied are remembered: when the source loses them, the
+    // destination is asked and the plan warns.
+    let signed_spec = spec_of("refs-signed/app", "mirror-refs/app", "signed");
+    assert_ok(&["sync", &signed_spec], occy_with(&f, &["sync", &signed_spec]));
+    let lost_spec = spec_of("refs-unsigned/app", "mirror-refs/app", "lost");
+    let plan = stdout(&assert_ok(
+        &["sync", &lost_spec, "--plan"],
+        occy_with(&f, &["sync", &lost_spec, "--plan"]),
+    ));
+    assert!(
+        plan.contains("that the source") && plan.contains("no longer has") && plan.contains(sbom.digest.short()),
+        "{plan}"
+    );
+    // With a cache that never saw them, they are not occy's to warn about,
+    // and nothing is asked.
+    let mut fresh = flags(&[&src.host]);
+    fresh.extend(["--cache-dir".to_string(), dir.join("fresh-cache").display().to_string()]);
+    let before = src.access_log().len();
+    let plan = stdout(&assert_ok(
+        &["sync", &lost_spec, "--plan"],
+        occy_with(&fresh, &["sync", &lost_spec, "--plan"]),
+    ));
+    assert!(!plan.contains("no longer has"), "{plan}");
+    let asked = lines_of(&src.access_log(), before, "mirror-refs/app");
+    assert!(!asked.contains(&fallback_tag(&subject.digest)), "{asked}");
+}
+
 #[test]
 fn check_warns_about_a_referrer_whose_subject_is_gone() {
     let reg = Registry::shared(Mode::Plain);

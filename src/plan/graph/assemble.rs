@@ -43,9 +43,9 @@ pub async fn build(ctx: &PlanContext, planned: &mut [PlannedTarget], let_go: boo
     // A saved plan (`--apply`) mounts from exactly the repositories it
     // showed, whatever other runs have remembered since.
     let remembered = match (&ctx.pinned, &ctx.cache) {
-        (Some(saved), _) => saved_candidates(&saved.nodes),
-        (None, Some(c)) if writes_registry => c.blob_locations().load(),
-        _ => Remembered::default(),
+        (Some(saved), _) => Arc::new(saved_candidates(&saved.nodes)),
+        (None, Some(c)) if writes_registry => ctx.memo.remembered(Some(c)),
+        _ => Arc::new(Remembered::default()),
     };
     assemble(ctx.cache.as_ref(), planned, &presence, &remembered, &stores, let_go)
 }
