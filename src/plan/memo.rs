@@ -150,7 +150,8 @@ impl PlanMemo {
     /// was not listed.
     fn listed<R>(&self, host: &str, repo: &str, answer: impl FnOnce(&HashSet<String>) -> R) -> Option<R> {
         let m = self.destination_tags.lock().ok()?;
-        m.get(&(host.to_string(), repo.to_string())).map(|tags| answer(tags.as_ref()))
+        m.get(&(host.to_string(), repo.to_string()))
+            .map(|tags| answer(tags.as_ref()))
     }
 
     /// The tags of a repository planning has listed (a destination written
@@ -163,7 +164,10 @@ impl PlanMemo {
     /// Records the tags a listing of `host/repo` gave.
     pub fn remember_tags(&self, host: &str, repo: &str, tags: &[String]) {
         if let Ok(mut m) = self.destination_tags.lock() {
-            m.insert((host.to_string(), repo.to_string()), Arc::new(tags.iter().cloned().collect()));
+            m.insert(
+                (host.to_string(), repo.to_string()),
+                Arc::new(tags.iter().cloned().collect()),
+            );
         }
     }
 
