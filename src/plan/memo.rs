@@ -42,11 +42,17 @@ pub struct PlanMemo {
     /// (host, repository) → its tags (destinations several targets write,
     /// sources whose tags were expanded); absent when not listed or when
     /// the listing failed (then every tag is asked about with a HEAD).
-    destination_tags: Mutex<HashMap<Repository, HashSet<String>>>,
+    /// Shared: each referrers lookup of a source reads its repository's
+    /// tags, and a copy of 1,000 tags per lookup would cost more than the
+    /// lookup.
+    destination_tags: Mutex<HashMap<Repository, Arc<HashSet<String>>>>,
     heads: Mutex<HashMap<String, Option<Digest>>>,
     /// Sources other than registries, opened once.
     opened: tokio::sync::Mutex<HashMap<String, Arc<dyn Source>>>,
-    /// Each destination's store, opened once.
+    /// Each destination's store other than a registry's, opened once (a
+    /// registry store answers for its destination's tag, so one would be
+    /// kept per tag, about half a KiB each, while opening one costs no
+    /// request: those are opened when asked for).
     stores: Mutex<HashMap<String, Arc<dyn Store>>>,
     /// Source HEADs in flight or answered: two targets of one source wait
     /// for the one HEAD.
@@ -67,14 +73,19 @@ impl PlanMemo {
     }
 
     /// The store `dest` names: opened with `open` the first time, the same
-    /// one after (tests hand in stores of their own with
-    /// [`PlanMemo::provide_store`]).
+    /// one after; a registry's is opened each time (it holds nothing but
+    /// the host's shared client and the destination, and a plan of 100,000
+    /// tags would keep 100,000 of them). Tests hand in stores of their own
+    /// with [`PlanMemo::provide_store`].
     pub fn store(&self, dest: &Reference, open: impl FnOnce() -> Result<Box<dyn Store>>) -> Result<Arc<dyn Store>> {
         let key = dest.to_string();
         if let Some(s) = self.stores.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(s);
         }
         let s: Arc<dyn Store> = Arc::from(open()?);
+        if matches!(dest, Reference::Registry(_)) {
+            return Ok(s);
+        }
         if let Ok(mut m) = self.stores.lock() {
             m.entry(key).or_insert_with(|| s.clone());
         }
@@ -139,19 +150,24 @@ impl PlanMemo {
     /// was not listed.
     fn listed<R>(&self, host: &str, repo: &str, answer: impl FnOnce(&HashSet<String>) -> R) -> Option<R> {
         let m = self.destination_tags.lock().ok()?;
-        m.get(&(host.to_string(), repo.to_string())).map(answer)
+        m.get(&(host.to_string(), repo.to_string()))
+            .map(|tags| answer(tags.as_ref()))
     }
 
     /// The tags of a repository planning has listed (a destination written
     /// by several targets, a source whose tags were expanded).
-    pub fn listed_tags(&self, host: &str, repo: &str) -> Option<HashSet<String>> {
-        self.listed(host, repo, HashSet::clone)
+    pub fn listed_tags(&self, host: &str, repo: &str) -> Option<Arc<HashSet<String>>> {
+        let m = self.destination_tags.lock().ok()?;
+        m.get(&(host.to_string(), repo.to_string())).cloned()
     }
 
     /// Records the tags a listing of `host/repo` gave.
     pub fn remember_tags(&self, host: &str, repo: &str, tags: &[String]) {
         if let Ok(mut m) = self.destination_tags.lock() {
-            m.insert((host.to_string(), repo.to_string()), tags.iter().cloned().collect());
+            m.insert(
+                (host.to_string(), repo.to_string()),
+                Arc::new(tags.iter().cloned().collect()),
+            );
         }
     }
 
@@ -219,7 +235,7 @@ pub async fn list_destination_tags(ctx: &PlanContext, targets: &[Target]) {
     if let Ok(mut m) = ctx.memo.destination_tags.lock() {
         for (key, tags) in listed {
             if let Some(tags) = tags {
-                m.insert(key, tags);
+                m.insert(key, Arc::new(tags));
             }
         }
     }

@@ -188,6 +188,13 @@ fn subjects(ctx: &PlanContext, p: &PlannedTarget) -> Option<Vec<Digest>> {
 /// update. Warnings: destinations that cannot hold referrers (when asked
 /// for), referrers the source lost.
 pub async fn plan(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &mut Vec<String>) {
+    plan_targets(ctx, planned, warnings).await;
+    // Each subject's answers are in the planned targets now: what the
+    // lister kept of them (a few hundred bytes a target) goes.
+    ctx.memo.referrers.forget_subjects();
+}
+
+async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings: &mut Vec<String>) {
     if ctx.write_all {
         return;
     }
@@ -665,15 +672,25 @@ where
 /// different stores run at once.
 #[derive(Default)]
 pub struct Lister {
-    tags: Answers<StoreId, Option<HashSet<String>>>,
+    tags: Answers<StoreId, Option<Arc<HashSet<String>>>>,
     sources: Answers<(StoreId, Digest), SourceAnswer>,
     destinations: Answers<(StoreId, Digest, Vec<String>), HeldAnswer>,
 }
 
 impl Lister {
+    /// Lets go of the answers about each subject (the stores' tag
+    /// listings stay).
+    fn forget_subjects(&self) {
+        if let Ok(mut m) = self.sources.lock() {
+            *m = HashMap::new();
+        }
+        if let Ok(mut m) = self.destinations.lock() {
+            *m = HashMap::new();
+        }
+    }
     /// The tags of a store: the plan's listing when it made one, else one
     /// listing here (None when it cannot be listed).
-    async fn tags_of(&self, ctx: &PlanContext, store: &dyn Store) -> Option<HashSet<String>> {
+    async fn tags_of(&self, ctx: &PlanContext, store: &dyn Store) -> Option<Arc<HashSet<String>>> {
         let id = store.id();
         if let (Some(host), Some(repo)) = (id.host(), id.repository_name()) {
             if let Some(known) = ctx.memo.listed_tags(host, repo) {
@@ -682,7 +699,7 @@ impl Lister {
         }
         once(&self.tags, id.clone(), || async {
             match store.tags().await {
-                Ok(t) => t.map(|t| t.into_iter().collect()),
+                Ok(t) => t.map(|t| Arc::new(t.into_iter().collect())),
                 Err(e) => {
                     tracing::debug!(store = %id, "listing tags for referrers failed ({e}); asking tag by tag");
                     None
@@ -708,7 +725,7 @@ impl Lister {
         let store = ctx.store(source)?;
         let known = self.tags_of(ctx, store.as_ref()).await;
         let cosign: Vec<String> = CosignKind::ALL.iter().map(|k| cosign_tag(subject, *k)).collect();
-        let answer = store.referrers(subject, &cosign, known.as_ref()).await?;
+        let answer = store.referrers(subject, &cosign, known.as_deref()).await?;
         let mut out: Vec<Found> = answer
             .listed
             .into_iter()
@@ -758,7 +775,7 @@ async fn look_in_destination(
         }
         known = ctx.memo.listed_tags(host, repo);
     }
-    store.held_referrers(subject, tags, known.as_ref()).await
+    store.held_referrers(subject, tags, known.as_deref()).await
 }
 
 /// What refers to `subject` in the store `image` names, as `verify:` looks

@@ -234,6 +234,9 @@ impl NodeKey {
     }
 }
 
+/// The targets of a node, in order (up to two without a heap block).
+pub type NodeTargets = smallvec::SmallVec<[usize; 2]>;
+
 /// One node of work.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Work {
@@ -249,8 +252,10 @@ pub struct Work {
     /// after the rewrite (filtered targets).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub estimated: bool,
-    /// The targets (indexes into the plan's `targets`) that need it.
-    pub targets: Vec<usize>,
+    /// The targets (indexes into the plan's `targets`) that need it: most
+    /// nodes have one or two, kept inline (a plan of 100,000 targets has
+    /// 700,000 nodes, and a one-element vector is a heap block of its own).
+    pub targets: NodeTargets,
     /// The source blob a fetch reads, or a blob copies (for the executor).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source_blob: Option<Arc<Descriptor>>,
@@ -452,7 +457,7 @@ impl WorkGraph {
             bytes: 0,
             how: None,
             estimated: false,
-            targets: vec![target],
+            targets: smallvec::smallvec![target],
             source_blob: None,
             diff_id: None,
             form: None,
@@ -788,7 +793,7 @@ mod tests {
         let (again, created) = g.node(b.clone(), 2, |_| {});
         assert!(!created);
         assert_eq!(again, ib);
-        assert_eq!(g.graph[ib].targets, vec![1, 2]);
+        assert_eq!(g.graph[ib].targets.as_slice(), [1, 2]);
         assert_eq!(
             g.find(&NodeKey::Prune {
                 destination: "c".into()
@@ -807,7 +812,7 @@ mod tests {
             g.node(k.clone(), t, |_| {});
         }
         let i = g.find(&k).expect("the node");
-        assert_eq!(g.graph[i].targets, vec![0, 3, 5, 9]);
+        assert_eq!(g.graph[i].targets.as_slice(), [0, 3, 5, 9]);
     }
 
     /// A plan of 10,000 targets holds 70,000 nodes and 40,000 descriptors:
