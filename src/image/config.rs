@@ -3,6 +3,7 @@
 //! raw bytes kept beside it so an unchanged config keeps its digest.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -102,12 +103,14 @@ impl ImageConfig {
     }
 }
 
-/// A config blob: raw bytes, their digest, and the parsed view.
+/// A config blob: raw bytes, their digest, and the parsed view (shared:
+/// an image known by its manifest alone holds the one empty config, not a
+/// few hundred bytes of empty fields of its own).
 #[derive(Debug, Clone)]
 pub struct ConfigBlob {
     pub bytes: Bytes,
     pub digest: Digest,
-    pub parsed: ImageConfig,
+    pub parsed: Arc<ImageConfig>,
 }
 
 /// Largest config blob we accept (real ones are a few KiB).
@@ -121,8 +124,19 @@ impl ConfigBlob {
         Ok(ConfigBlob {
             digest: Digest::of(&bytes),
             bytes,
-            parsed,
+            parsed: Arc::new(parsed),
         })
+    }
+
+    /// The config of an image known by its manifest alone: its digest,
+    /// no bytes, and the shared empty parsed view.
+    pub fn unread(digest: Digest) -> Self {
+        static EMPTY: OnceLock<Arc<ImageConfig>> = OnceLock::new();
+        ConfigBlob {
+            bytes: Bytes::new(),
+            digest,
+            parsed: Arc::clone(EMPTY.get_or_init(|| Arc::new(ImageConfig::default()))),
+        }
     }
 }
 

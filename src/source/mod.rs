@@ -269,11 +269,7 @@ fn image_without_config(raw: RawManifest, platform: Option<Box<Platform>>) -> Re
             raw.digest, manifest.schema_version
         )));
     }
-    let config = ConfigBlob {
-        bytes: Bytes::new(),
-        digest: manifest.config.digest.clone(),
-        parsed: Default::default(),
-    };
+    let config = ConfigBlob::unread(manifest.config.digest.clone());
     Ok(ImageData {
         raw_manifest: raw,
         manifest,
