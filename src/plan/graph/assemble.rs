@@ -81,7 +81,7 @@ fn cut_how(how: How, store: &Store, wanted: &WantedBlob, rewritten: bool, cut: &
     let (Some(host), Some(d)) = (&store.host, &wanted.lookup) else {
         return how;
     };
-    match cut.get(&(host.clone(), d.clone())) {
+    match cut.get(&(host.to_string(), d.clone())) {
         // (From its own repository: the owner writes other tags of it; the
         // blob is waited for there.)
         Some(CutRole::Mount { from, owner }) => How::mount_after(from.clone(), *owner),
@@ -245,7 +245,9 @@ fn assemble(
         let chain_hash: Name = chain.hash().into();
         let source_id = StoreId::of(&tt.source);
         let same_host_source = match (source_id.host(), source_id.repository_name(), &store.host) {
-            (Some(sh), Some(sr), Some(h)) if store.can_mount && sh == h && Some(sr) != store.repository.as_deref() => {
+            (Some(sh), Some(sr), Some(h))
+                if store.can_mount && sh == &**h && Some(sr) != store.repository.as_deref() =>
+            {
                 Some(sr.to_string())
             }
             _ => None,
@@ -416,7 +418,7 @@ fn assemble(
                 },
                 ti,
                 |w| {
-                    w.bytes = img.raw_manifest.bytes.len() as u64;
+                    w.bytes = img.raw_manifest.size;
                     w.estimated = changes_config;
                 },
             );
@@ -683,7 +685,7 @@ pub(super) fn cached_output(
 
 /// (registry host, digest) → the node that uploads it there first in this
 /// run, and its repository.
-type Uploads = HashMap<(String, Digest), (NodeIndex, String)>;
+type Uploads = HashMap<(Name, Digest), (NodeIndex, Name)>;
 
 /// Records an upload (later targets mount from it), or links a mount to
 /// the upload it copies.
@@ -710,7 +712,7 @@ fn note_upload(
         }
         How::Mount(m) => {
             if let Some((up, up_repo)) = uploads.get(&key) {
-                if *up != node && *up_repo == m.from {
+                if *up != node && **up_repo == *m.from {
                     g.edge(*up, node, "mounted from");
                 }
             }
@@ -742,15 +744,14 @@ fn blob_how(
     if !store.can_mount {
         return How::Upload;
     }
-    let key = (host.clone(), d.clone());
-    let mount = |from: &String| How::mount(from.clone(), Vec::new(), false);
-    if let Some((_, repo)) = uploads.get(&key) {
+    let mount = |from: &str| How::mount(from.to_string(), Vec::new(), false);
+    if let Some((_, repo)) = uploads.get(&(host.clone(), d.clone())) {
         if Some(repo) != store.repository.as_ref() {
             return mount(repo);
         }
     }
-    if let Some(repo) = presence.on_host.get(&key) {
-        if Some(repo) != store.repository.as_ref() {
+    if let Some(repo) = presence.on_host.get(&(host.to_string(), d.clone())) {
+        if Some(repo.as_str()) != store.repository.as_deref() {
             return mount(repo);
         }
     }

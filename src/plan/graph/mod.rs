@@ -352,9 +352,10 @@ pub struct Store {
     /// for files.
     pub key: Name,
     pub form: StoredForm,
-    /// The registry host, for registries.
-    pub host: Option<String>,
-    pub repository: Option<String>,
+    /// The registry host, for registries (shared text: each blob uploaded
+    /// remembers where, and a plan of 100,000 targets uploads 200,000).
+    pub host: Option<Name>,
+    pub repository: Option<Name>,
     pub keeps_index: bool,
     /// Blobs can be mounted into it from stores with its sharing id.
     pub can_mount: bool,
@@ -371,8 +372,8 @@ impl Store {
         Store {
             key: Name::from(id.to_string()),
             form: caps.stored_form,
-            host: id.host().map(str::to_string),
-            repository: id.repository_name().map(str::to_string),
+            host: id.host().map(Name::from),
+            repository: id.repository_name().map(Name::from),
             keeps_index: caps.keeps_index,
             can_mount: caps.can_mount,
             id,
