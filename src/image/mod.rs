@@ -100,6 +100,17 @@ pub struct ResolvedImage {
 }
 
 impl ResolvedImage {
+    /// Lets the manifests' bytes go, keeping their digests, media types and
+    /// sizes (see [`RawManifest::without_bytes`]).
+    pub fn drop_manifest_bytes(&mut self) {
+        if let Some((raw, _)) = &mut self.index {
+            *raw = raw.without_bytes();
+        }
+        for img in &mut self.images {
+            img.raw_manifest = img.raw_manifest.without_bytes();
+        }
+    }
+
     /// The manifest the reference names (the index if there is one).
     pub fn root(&self) -> Option<&RawManifest> {
         match &self.index {

@@ -393,6 +393,12 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         sharded = Some((own_info.or(selected.info), selected.assignment));
     }
     drop(wanted);
+    // A plan that is only shown lets go of what it read once its targets
+    // are compared (an archive's note counts its manifests' bytes).
+    let let_go = ctx.shown_only && !archive::writes_archive(&planned);
+    if let_go {
+        drop_manifest_bytes(&mut planned);
+    }
     // `verify:`: an image without a valid signature is not planned.
     verify::check_targets(ctx, &mut planned).await;
     archive::check_bases(ctx, &mut planned).await;
@@ -442,8 +448,6 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         warnings.push(docker_kept_warning(&named));
     }
 
-    // (An archive's note counts its manifests: a plan writing one keeps them.)
-    let let_go = ctx.shown_only && !archive::writes_archive(&planned);
     let mut work = graph::build(ctx, &mut planned, let_go).await;
     for (i, t) in planned.iter_mut().enumerate() {
         t.blobs = work.counts_for(i);
@@ -505,6 +509,28 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         shards,
         assignment,
     })
+}
+
+/// A plan that is only shown reads no manifest's bytes once its targets are
+/// compared: the graph needs their digests and sizes. Each resolution is
+/// stripped once, in place when one target holds it.
+fn drop_manifest_bytes(planned: &mut [PlannedTarget]) {
+    type Shared = HashMap<*const ResolvedImage, (Arc<ResolvedImage>, Arc<ResolvedImage>)>;
+    // (The originals are kept until the end, so no address is reused.)
+    let mut stripped: Shared = HashMap::new();
+    for t in planned {
+        let Some(r) = t.resolved.as_mut() else { continue };
+        if let Some(only) = Arc::get_mut(r) {
+            only.drop_manifest_bytes();
+            continue;
+        }
+        let (_, slim) = stripped.entry(Arc::as_ptr(r)).or_insert_with(|| {
+            let mut slim = ResolvedImage::clone(r);
+            slim.drop_manifest_bytes();
+            (Arc::clone(r), Arc::new(slim))
+        });
+        *r = Arc::clone(slim);
+    }
 }
 
 fn platform_of(i: &crate::image::ImageData) -> crate::image::Platform {

@@ -128,10 +128,12 @@ pub struct PlannedTarget {
     pub media: MediaNote,
     /// The referrers (signatures, SBOMs, attestations) copied with the image.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub referrers: Option<referrers::TargetReferrers>,
+    /// (Boxed, as `verification`: most targets have none, and a plan of
+    /// 100,000 targets holds each inline.)
+    pub referrers: Option<Box<referrers::TargetReferrers>>,
     /// What `verify:` requires of its source, and who signed it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub verification: Option<verify::Verification>,
+    pub verification: Option<Box<verify::Verification>>,
 }
 
 /// What an OCI-layout destination does to the media types of the manifests

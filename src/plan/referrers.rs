@@ -133,6 +133,13 @@ struct Found {
 /// What the source holds for one subject.
 type SourceAnswer = std::result::Result<Vec<Found>, String>;
 
+/// The source's answers by (store, subject), of the subjects that have
+/// referrers or could not be looked up.
+type SourceAnswers = HashMap<(StoreId, Digest), SourceAnswer>;
+
+/// A subject asked about and not in the answers: it has no referrers.
+static NONE_FOUND: SourceAnswer = Ok(Vec::new());
+
 /// Why a target's referrers cannot travel with it, if they cannot.
 fn why_not(p: &PlannedTarget, dest: Capabilities) -> Option<String> {
     let t = &p.target;
@@ -162,22 +169,33 @@ struct Want {
 /// The subjects a target's destination will hold: the manifest its tag
 /// names and, for an index, every manifest in it.
 fn subjects(ctx: &PlanContext, p: &PlannedTarget) -> Option<Vec<Digest>> {
-    let root = p
-        .resolved
-        .as_ref()
-        .and_then(|r| r.root().cloned())
-        .or_else(|| ctx.memo.root(&p.target.source));
-    // A target found unchanged by HEADs alone (an image manifest, whose
-    // root was never read): its digest is the one subject.
-    let Some(root) = root else {
-        return p.expected.clone().or_else(|| p.source_digest.clone()).map(|d| vec![d]);
+    // The root and, when it is an index, its entries: from the resolution
+    // (parsed already; a shown plan has let the bytes go), else from the
+    // root the unchanged check read.
+    let (root, entries) = match p.resolved.as_ref().and_then(|r| r.root().map(|root| (r, root))) {
+        Some((r, root)) => (
+            root.digest.clone(),
+            r.index
+                .as_ref()
+                .map(|(_, ix)| ix.manifests.iter().map(|d| d.digest.clone()).collect::<Vec<_>>()),
+        ),
+        None => match ctx.memo.root(&p.target.source) {
+            Some(root) => {
+                let entries = match root.parse() {
+                    Ok(Manifest::Index(ix)) => Some(ix.manifests.iter().map(|d| d.digest.clone()).collect()),
+                    _ => None,
+                };
+                (root.digest, entries)
+            }
+            // A target found unchanged by HEADs alone (an image manifest, whose
+            // root was never read): its digest is the one subject.
+            None => return p.expected.clone().or_else(|| p.source_digest.clone()).map(|d| vec![d]),
+        },
     };
-    let top = p.expected.clone().unwrap_or_else(|| root.digest.clone());
+    let top = p.expected.clone().unwrap_or_else(|| root.clone());
     let mut out = vec![top.clone()];
-    if top == root.digest {
-        if let Ok(Manifest::Index(ix)) = root.parse() {
-            out.extend(ix.manifests.iter().map(|d| d.digest.clone()));
-        }
+    if top == root {
+        out.extend(entries.unwrap_or_default());
     }
     Some(out)
 }
@@ -224,17 +242,23 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
 
     // The source: each (repository, subject) looked up once (the cheap
     // unchanged check may have asked already: the answers are kept).
-    let source_of: HashMap<StoreId, Reference> = wants
-        .iter()
-        .map(|w| (w.source.clone(), planned[w.target].target.source.clone()))
-        .collect();
+    // (Inserted one by one: collected, the map would reserve room for a
+    // store per target where a repository's targets share one.)
+    let mut source_of: HashMap<StoreId, Reference> = HashMap::new();
+    for w in &wants {
+        if !source_of.contains_key(&w.source) {
+            source_of.insert(w.source.clone(), planned[w.target].target.source.clone());
+        }
+    }
     let asks = super::distinct(
         wants
             .iter()
             .flat_map(|w| w.subjects.iter().map(|s| (w.source.clone(), s.clone()))),
     );
     let lister = &ctx.memo.referrers;
-    let found: HashMap<(StoreId, Digest), SourceAnswer> = stream::iter(asks)
+    // Only the subjects that have referrers (or whose lookup failed) are
+    // kept: most have none, and every subject was asked about.
+    let found: SourceAnswers = stream::iter(asks)
         .map(|k| {
             let source = &source_of[&k.0];
             async move {
@@ -243,8 +267,10 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
             }
         })
         .buffer_unordered(PLAN_CONCURRENCY)
+        .filter(|(_, answer)| std::future::ready(!matches!(answer, Ok(list) if list.is_empty())))
         .collect()
         .await;
+    let found = |k: &(StoreId, Digest)| Some(found.get(k).unwrap_or(&NONE_FOUND));
 
     // The destinations: each (store, subject) once, asking about the
     // cosign tags the source has.
@@ -257,7 +283,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
             if !dest_seen.insert((store.clone(), s.clone())) {
                 continue;
             }
-            let answer = found.get(&(w.source.clone(), s.clone()));
+            let answer = found(&(w.source.clone(), s.clone()));
             if !worth_asking(ctx, &p.target.destination, s, answer) {
                 continue;
             }
@@ -292,7 +318,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
         let mut tr = TargetReferrers::default();
         let mut count_not_copied = 0;
         for s in &w.subjects {
-            let list = match found.get(&(w.source.clone(), s.clone())) {
+            let list = match found(&(w.source.clone(), s.clone())) {
                 Some(Ok(list)) => list,
                 Some(Err(e)) => {
                     warnings.push(format!(
@@ -378,7 +404,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
             }
         }
         if !tr.copy.is_empty() || tr.present > 0 || tr.not_copied.is_some() {
-            p.referrers = Some(tr);
+            p.referrers = Some(Box::new(tr));
         }
     }
 

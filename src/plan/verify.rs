@@ -534,16 +534,16 @@ pub async fn check_targets(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
             .unwrap_or_default();
         match outcomes.get(&job) {
             Some(Err(error)) => {
-                p.verification = Some(Verification { requires, signer: None });
+                p.verification = Some(Box::new(Verification { requires, signer: None }));
                 p.action = Action::Failed { error: error.clone() }
             }
             Some(Ok(signer)) => {
                 verified += 1;
                 tracing::debug!("{}: signature verified: {signer}", p.source);
-                p.verification = Some(Verification {
+                p.verification = Some(Box::new(Verification {
                     requires,
                     signer: Some(signer.clone()),
-                });
+                }));
             }
             None => {}
         }
