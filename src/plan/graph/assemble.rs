@@ -367,7 +367,10 @@ fn assemble(
                 };
                 note_upload(&mut g, &mut uploaded_on, &store, &how, &wanted, blob);
                 layers.push(blob);
-                rewrites.push(rewrite);
+                // (Read for filtered targets only: the others keep none.)
+                if filtered {
+                    rewrites.push(rewrite);
+                }
             }
             // The config: the source's, or the filtered one (unknown yet).
             let cfg = &img.manifest.config;
@@ -406,15 +409,16 @@ fn assemble(
                 let f = fetch_node(&mut g, &src_store, &shared, None, ti);
                 g.edge(f, config, "config read");
             }
-            let manifest_name = if changes_config || rewrites_content {
-                format!("rewrite:{}:{}", img.raw_manifest.digest.hex(), &chain_hash[..16])
+            // (A copied manifest's name is its digest's own text, shared.)
+            let manifest_name: Name = if changes_config || rewrites_content {
+                format!("rewrite:{}:{}", img.raw_manifest.digest.hex(), &chain_hash[..16]).into()
             } else {
-                img.raw_manifest.digest.to_string()
+                img.raw_manifest.digest.shared_text()
             };
             let (manifest, _) = g.node(
                 NodeKey::Manifest {
                     store: format!("{}#{}", store.key, t.destination).into(),
-                    manifest: manifest_name.into(),
+                    manifest: manifest_name,
                 },
                 ti,
                 |w| {

@@ -300,7 +300,7 @@ pub struct TargetWork {
 pub struct ImageWork {
     pub layers: Vec<NodeIndex>,
     /// The rewrite node of each layer (filtered targets), or None when the
-    /// layer cache answered.
+    /// layer cache answered; empty for a target without filters.
     pub rewrites: Vec<Option<NodeIndex>>,
     pub config: NodeIndex,
     pub manifest: NodeIndex,
