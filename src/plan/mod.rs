@@ -246,14 +246,6 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         }
     };
 
-    // Resolve each distinct (source, platforms) once.
-    let mut wanted: Vec<(Reference, PlatformSelection)> = Vec::new();
-    let mut wanted_keys: HashSet<(Reference, String)> = HashSet::new();
-    let mut want = |r: &Reference, p: &PlatformSelection| {
-        if wanted_keys.insert((r.clone(), platforms_key(p))) {
-            wanted.push((r.clone(), p.clone()));
-        }
-    };
     let mut targets: Vec<Target> = Vec::with_capacity(sources.len());
     for src in &sources {
         let entry = &spec.entries[src.entry];
@@ -287,8 +279,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                     let mut fields = src.fields.clone();
                     fields.platform = p.to_string();
                     let sel = PlatformSelection::List(vec![p]);
-                    targets.push(make_target(&spec, src, &fields, dest, sel.clone(), pinned.clone())?);
-                    want(&src.reference, &sel);
+                    targets.push(make_target(&spec, src, &fields, dest, sel, pinned.clone())?);
                 }
                 continue;
             }
@@ -300,12 +291,11 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                 platforms.clone(),
                 pinned.clone(),
             )?);
-            want(&src.reference, &platforms);
         }
     }
     // What a plan of 10,000 targets holds while it builds the graph is
     // mostly per target: what only led to the targets goes now.
-    drop((sources, wanted_keys));
+    drop(sources);
     if !ctx.only.is_empty() {
         targets.retain(|t| {
             let s = archive::shown_source(&t.source).unwrap_or_else(|| t.source.to_string());
@@ -382,7 +372,9 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         // pull quota cannot cover them.
         pull_quotas = quota::gate(ctx, &all, &targets).await?;
         drop(all);
-        wanted.retain(|(r, p)| !probes.contains_key(&(r.to_string(), platforms_key(p))));
+        // Each distinct (source, platforms) of the targets left, resolved
+        // once (a pod's, not every target's: listed only now).
+        let wanted = distinct_reads(&targets, &probes);
         let mut resolutions = resolve_all(ctx, &targets, &wanted).await;
         resolutions.extend(probes);
         // Sharded: only this shard's targets are diffed, counted and applied.
@@ -392,7 +384,6 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         planned.sort_by_key(|t| t.entry);
         sharded = Some((own_info.or(selected.info), selected.assignment));
     }
-    drop(wanted);
     // A plan that is only shown lets go of what it read once its targets
     // are compared (an archive's note counts its manifests' bytes).
     let let_go = ctx.shown_only && !archive::writes_archive(&planned);
@@ -509,6 +500,18 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         shards,
         assignment,
     })
+}
+
+/// Each (source, platforms) that `targets` read, once, in their order, but
+/// those a shard's probes resolved already.
+fn distinct_reads(targets: &[Target], probes: &Resolutions) -> Vec<(Reference, PlatformSelection)> {
+    let mut seen: HashSet<(&Reference, String)> = HashSet::new();
+    targets
+        .iter()
+        .filter(|t| seen.insert((&t.source, platforms_key(&t.platforms))))
+        .filter(|t| !probes.contains_key(&(t.source.to_string(), platforms_key(&t.platforms))))
+        .map(|t| (t.source.clone(), t.platforms.clone()))
+        .collect()
 }
 
 /// A plan that is only shown reads no manifest's bytes once its targets are
