@@ -58,7 +58,7 @@ pub(super) async fn resolve_all(
     for t in targets {
         *read.entry((&t.source, platforms_key(&t.platforms))).or_default() |= needs_configs(t);
     }
-    stream::iter(
+    let mut answers = stream::iter(
         wanted
             .iter()
             .filter_map(|(r, p)| read.get(&(r, platforms_key(p))).map(|&configs| (r, p, configs))),
@@ -66,15 +66,24 @@ pub(super) async fn resolve_all(
     .map(|(r, p, configs)| async move {
         let key = (r.to_string(), platforms_key(p));
         let configs = if configs { Configs::Load } else { Configs::Skip };
-        (
-            key,
-            resolve_reading(ctx, r, p, configs)
-                .await
-                .map(Arc::new)
-                .map_err(|e| e.to_string()),
-        )
+        let answer = resolve_reading(ctx, r, p, configs).await.map_err(|e| e.to_string());
+        (key, configs, answer)
     })
-    .buffer_unordered(PLAN_CONCURRENCY)
-    .collect()
-    .await
+    .buffer_unordered(PLAN_CONCURRENCY);
+    // Tags that name one image (`latest`, `1`, `1.2`…) share its
+    // resolution: the same root digest read the same way is the same
+    // images, kept once.
+    let mut same: HashMap<(Digest, String, bool, bool), Arc<ResolvedImage>> = HashMap::new();
+    let mut out = Resolutions::new();
+    while let Some((key, configs, answer)) = answers.next().await {
+        let answer = answer.map(|resolved| match resolved.root().map(|r| r.digest.clone()) {
+            Some(root) => {
+                let kept = (root, key.1.clone(), configs == Configs::Load, resolved.synthesised);
+                Arc::clone(same.entry(kept).or_insert_with(|| Arc::new(resolved)))
+            }
+            None => Arc::new(resolved),
+        });
+        out.insert(key, answer);
+    }
+    out
 }
