@@ -32,16 +32,6 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    // glibc's malloc raises its mmap threshold each time a large block is
-    // freed, so later large blocks (a plan's arrays of 100,000 targets) come
-    // from the heap and leave holes there that are never given back: a
-    // fixed threshold keeps them mapped apart, returned when freed (about
-    // 0.85 KiB of RSS per planned target).
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt before any thread starts, with a documented option.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
     let cli = cli::parse();
     let format = cli.global.output_format;
     let ansi = cli.global.colour(std::io::IsTerminal::is_terminal(&std::io::stderr()));
