@@ -25,16 +25,19 @@ struct WantedBlob {
 /// nodes are built (a plan that is only shown needs them no more).
 pub async fn build(ctx: &PlanContext, planned: &mut [PlannedTarget], let_go: bool) -> WorkGraph {
     // Each destination's store: its id and what it can do.
-    let mut stores = Stores::new();
+    let mut stores = Stores::default();
     for t in planned.iter().filter(|t| t.action.writes()) {
-        if stores.contains_key(&t.destination) {
+        if stores.by_destination.contains_key(&t.destination) {
             continue;
         }
-        let view = match ctx.store(&t.target.destination) {
-            Ok(s) => Store::new(s.id().clone(), s.capabilities()),
-            Err(_) => Store::of(&t.target.destination),
+        let (id, caps) = match ctx.store(&t.target.destination) {
+            Ok(s) => (s.id().clone(), s.capabilities()),
+            Err(_) => (
+                StoreId::of(&t.target.destination),
+                store::capabilities(&t.target.destination),
+            ),
         };
-        stores.insert(t.destination.clone(), view);
+        stores.add(&t.destination, Store::new(id, caps));
     }
     // Blobs each store holds now (asked once per store and blob).
     let presence = presence::presence(ctx, planned, &stores).await;
@@ -59,7 +62,7 @@ pub async fn build(ctx: &PlanContext, planned: &mut [PlannedTarget], let_go: boo
         planned,
         &presence,
         &remembered,
-        &stores,
+        &mut stores,
         let_go,
         &cut,
     );
@@ -127,8 +130,34 @@ fn first_for_others(g: &mut WorkGraph, cut: &CutRoles) {
     }
 }
 
-/// Each destination's store (by the destination as the plan spells it).
-pub(super) type Stores = HashMap<String, Store>;
+/// Each destination's store (by the destination as the plan spells it),
+/// one view per store: the tags of a repository share it and the names
+/// its nodes carry (a plan of 100,000 tags in 100 repositories has 100).
+#[derive(Default)]
+pub(super) struct Stores {
+    by_destination: HashMap<String, Arc<Store>>,
+    by_id: HashMap<(String, StoredForm, bool, bool), Arc<Store>>,
+}
+
+impl Stores {
+    /// Records `view` as the store of `destination` (the one view already
+    /// made of the same store, if there is one).
+    fn add(&mut self, destination: &str, view: Store) -> Arc<Store> {
+        let key = (view.key.to_string(), view.form, view.keeps_index, view.can_mount);
+        let shared = self.by_id.entry(key).or_insert_with(|| Arc::new(view)).clone();
+        self.by_destination.insert(destination.to_string(), shared.clone());
+        shared
+    }
+
+    /// The store of `destination`, as [`Stores::add`] recorded it.
+    pub(super) fn get(&self, destination: &str) -> Option<&Arc<Store>> {
+        self.by_destination.get(destination)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<Store>> {
+        self.by_id.values()
+    }
+}
 
 /// The remembered repositories a saved plan's mounts try, per host and blob.
 fn saved_candidates(nodes: &[Work]) -> Remembered {
@@ -192,7 +221,7 @@ pub fn shape(planned: &mut [PlannedTarget]) -> WorkGraph {
         planned,
         &Presence::default(),
         &Remembered::default(),
-        &Stores::new(),
+        &mut Stores::default(),
         true,
         &CutRoles::new(),
     )
@@ -203,7 +232,7 @@ fn assemble(
     planned: &mut [PlannedTarget],
     presence: &Presence,
     remembered: &Remembered,
-    stores: &Stores,
+    stores: &mut Stores,
     let_go: bool,
     cut: &CutRoles,
 ) -> WorkGraph {
@@ -227,10 +256,10 @@ fn assemble(
         let Some(resolved) = resolved else { continue };
         let t = &*t;
         let tt = &t.target;
-        let store = stores
-            .get(&t.destination)
-            .cloned()
-            .unwrap_or_else(|| Store::of(&tt.destination));
+        let store = match stores.get(&t.destination) {
+            Some(s) => s.clone(),
+            None => stores.add(&t.destination, Store::of(&tt.destination)),
+        };
         let src_store: Name = {
             let name = source_store(&tt.source);
             sources.entry(name.clone()).or_insert_with(|| name.into()).clone()
