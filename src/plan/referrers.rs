@@ -135,7 +135,21 @@ type SourceAnswer = std::result::Result<Vec<Found>, String>;
 
 /// The source's answers by (store, subject), of the subjects that have
 /// referrers or could not be looked up.
-type SourceAnswers = HashMap<(StoreId, Digest), SourceAnswer>;
+type SourceAnswers = HashMap<(Arc<StoreId>, Digest), SourceAnswer>;
+
+/// Each store id once, shared by the lookups that name it: a plan of
+/// 100,000 tags asks about 100,000 subjects in a few hundred stores.
+#[derive(Default)]
+struct StoreIds(HashMap<StoreId, Arc<StoreId>>);
+
+impl StoreIds {
+    fn shared(&mut self, id: StoreId) -> Arc<StoreId> {
+        match self.0.get(&id) {
+            Some(shared) => shared.clone(),
+            None => self.0.entry(id.clone()).or_insert_with(|| Arc::new(id)).clone(),
+        }
+    }
+}
 
 /// A subject asked about and not in the answers: it has no referrers.
 static NONE_FOUND: SourceAnswer = Ok(Vec::new());
@@ -159,7 +173,7 @@ fn why_not(p: &PlannedTarget, dest: Capabilities) -> Option<String> {
 struct Want {
     target: usize,
     /// The store the source image is in (a registry repository, a layout).
-    source: StoreId,
+    source: Arc<StoreId>,
     subjects: Vec<Digest>,
     policy: ReferrerPolicy,
     /// Why they are not copied (they are only counted).
@@ -217,6 +231,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
         return;
     }
     let mut wants: Vec<Want> = Vec::new();
+    let mut ids = StoreIds::default();
     for (i, p) in planned.iter().enumerate() {
         if matches!(p.action, Action::Failed { .. }) {
             continue;
@@ -232,7 +247,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                 continue;
             }
         }
-        if let Some(w) = want(ctx, i, p) {
+        if let Some(w) = want(ctx, i, p, &mut ids) {
             wants.push(w);
         }
     }
@@ -244,7 +259,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
     // unchanged check may have asked already: the answers are kept).
     // (Inserted one by one: collected, the map would reserve room for a
     // store per target where a repository's targets share one.)
-    let mut source_of: HashMap<StoreId, Reference> = HashMap::new();
+    let mut source_of: HashMap<Arc<StoreId>, Reference> = HashMap::new();
     for w in &wants {
         if !source_of.contains_key(&w.source) {
             source_of.insert(w.source.clone(), planned[w.target].target.source.clone());
@@ -270,15 +285,15 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
         .filter(|(_, answer)| std::future::ready(!matches!(answer, Ok(list) if list.is_empty())))
         .collect()
         .await;
-    let found = |k: &(StoreId, Digest)| Some(found.get(k).unwrap_or(&NONE_FOUND));
+    let found = |k: &(Arc<StoreId>, Digest)| Some(found.get(k).unwrap_or(&NONE_FOUND));
 
     // The destinations: each (store, subject) once, asking about the
     // cosign tags the source has.
     let mut dest_asks: Vec<(usize, Digest, Vec<String>)> = Vec::new();
-    let mut dest_seen: HashSet<(StoreId, Digest)> = HashSet::new();
+    let mut dest_seen: HashSet<(Arc<StoreId>, Digest)> = HashSet::new();
     for w in wants.iter().filter(|w| w.not_copied.is_none()) {
         let p = &planned[w.target];
-        let store = StoreId::of(&p.target.destination);
+        let store = ids.shared(StoreId::of(&p.target.destination));
         for s in &w.subjects {
             if !dest_seen.insert((store.clone(), s.clone())) {
                 continue;
@@ -294,26 +309,30 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
             dest_asks.push((w.target, s.clone(), tags));
         }
     }
-    let held: HashMap<(StoreId, Digest), HeldAnswer> = stream::iter(dest_asks)
+    // Only the answers that hold something (or failed) are kept, as at the
+    // source: most subjects have nothing at the destination.
+    let mut held = Held::default();
+    let mut answers = stream::iter(dest_asks)
         .map(|(ti, subject, tags)| {
             let dest = planned[ti].target.destination.clone();
             async move {
-                let key = (StoreId::of(&dest), subject.clone());
                 let answer = lister.destination(ctx, &dest, &subject, &tags).await;
-                (key, answer)
+                (StoreId::of(&dest), subject, answer)
             }
         })
-        .buffer_unordered(PLAN_CONCURRENCY)
-        .collect()
-        .await;
+        .buffer_unordered(PLAN_CONCURRENCY);
+    while let Some((store, subject, answer)) = answers.next().await {
+        held.insert(ids.shared(store), subject, answer);
+    }
+    drop(answers);
 
     // Per target: what to copy.
-    let mut manifests_wanted: Vec<(StoreId, Digest)> = Vec::new();
-    let mut manifests_asked: HashSet<(StoreId, Digest)> = HashSet::new();
-    let mut lost_warned: HashSet<(StoreId, Digest)> = HashSet::new();
+    let mut manifests_wanted: Vec<(Arc<StoreId>, Digest)> = Vec::new();
+    let mut manifests_asked: HashSet<(Arc<StoreId>, Digest)> = HashSet::new();
+    let mut lost_warned: HashSet<(Arc<StoreId>, Digest)> = HashSet::new();
     for w in &wants {
         let p = &mut planned[w.target];
-        let store = StoreId::of(&p.target.destination);
+        let store = ids.shared(StoreId::of(&p.target.destination));
         let keeps_referrers_tag = ctx.capabilities(&p.target.destination).referrers_tag;
         let mut tr = TargetReferrers::default();
         let mut count_not_copied = 0;
@@ -341,8 +360,8 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                 count_not_copied += taken.len();
                 continue;
             }
-            let dest = match held.get(&(store.clone(), s.clone())) {
-                Some(Ok(d)) => d.clone(),
+            let dest = match held.get(&store, s) {
+                Some(Ok(d)) => d,
                 Some(Err(e)) => {
                     warnings.push(format!(
                         "cannot list the referrers {} holds for {}: {e}; they are copied again",
@@ -411,7 +430,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
     remember_held(ctx, planned, &wants, &held).await;
 
     // The manifests of the referrers to copy, read once each.
-    let manifests: HashMap<(StoreId, Digest), Result<RawManifest>> = stream::iter(manifests_wanted)
+    let manifests: HashMap<(Arc<StoreId>, Digest), Result<RawManifest>> = stream::iter(manifests_wanted)
         .map(|k| {
             let source = &source_of[&k.0];
             async move {
@@ -532,7 +551,7 @@ fn policy_of(ctx: &PlanContext, t: &super::Target) -> Policy {
 
 /// What planning looks up for target `i` (`p`): its source store, the
 /// subjects, whether they are copied; None when nothing is looked up.
-fn want(ctx: &PlanContext, i: usize, p: &PlannedTarget) -> Option<Want> {
+fn want(ctx: &PlanContext, i: usize, p: &PlannedTarget, ids: &mut StoreIds) -> Option<Want> {
     if matches!(p.action, Action::Failed { .. }) {
         return None;
     }
@@ -549,7 +568,7 @@ fn want(ctx: &PlanContext, i: usize, p: &PlannedTarget) -> Option<Want> {
     };
     Some(Want {
         target: i,
-        source: StoreId::of(&p.target.source),
+        source: ids.shared(StoreId::of(&p.target.source)),
         subjects,
         policy,
         not_copied,
@@ -582,7 +601,9 @@ pub(super) fn list_sources_early<'a>(
 /// lookups of one target follow its HEADs instead of waiting for every
 /// target's.
 pub(super) async fn look_up_early(ctx: &PlanContext, p: &PlannedTarget) {
-    let Some(w) = want(ctx, 0, p) else { return };
+    let Some(w) = want(ctx, 0, p, &mut StoreIds::default()) else {
+        return;
+    };
     let lister = &ctx.memo.referrers;
     for s in &w.subjects {
         let found = lister.source(ctx, &p.target.source, s).await;
@@ -626,12 +647,7 @@ const REFRESH_MILLIS: u64 = 12 * 3600 * 1000;
 /// referrers of a subject now, or will once this plan is applied, so a
 /// later plan asks them again when the source has lost its referrers. A
 /// plan that is only shown (`--plan`) records nothing, as with blobs.
-async fn remember_held(
-    ctx: &PlanContext,
-    planned: &[PlannedTarget],
-    wants: &[Want],
-    held: &HashMap<(StoreId, Digest), HeldAnswer>,
-) {
+async fn remember_held(ctx: &PlanContext, planned: &[PlannedTarget], wants: &[Want], held: &Held) {
     let Some(cache) = ctx.cache.as_ref().filter(|_| !ctx.shown_only) else {
         return;
     };
@@ -639,7 +655,12 @@ async fn remember_held(
         Ok(h) => !h.listed.is_empty() || h.tags.values().any(Option::is_some),
         Err(_) => false,
     };
-    let mut there: HashSet<(StoreId, Digest)> = held.iter().filter(|(_, h)| holds(h)).map(|(k, _)| k.clone()).collect();
+    let mut there: HashSet<(StoreId, Digest)> = held
+        .answers
+        .iter()
+        .filter(|(_, h)| holds(h))
+        .map(|((id, d), _)| (StoreId::clone(id), d.clone()))
+        .collect();
     for w in wants {
         let p = &planned[w.target];
         let Some(tr) = &p.referrers else { continue };
@@ -667,6 +688,47 @@ async fn remember_held(
 
 /// What a destination holds for one subject.
 type HeldAnswer = std::result::Result<HeldReferrers, String>;
+
+/// What the destinations hold, per (store, subject) asked about: the
+/// answers that found nothing are one shared empty answer (natively listed
+/// or not), and a plan of 100,000 tags keeps only the others.
+#[derive(Default)]
+struct Held {
+    answers: HashMap<(Arc<StoreId>, Digest), HeldAnswer>,
+    empty_native: HashSet<(Arc<StoreId>, Digest)>,
+    empty: HashSet<(Arc<StoreId>, Digest)>,
+}
+
+impl Held {
+    fn insert(&mut self, store: Arc<StoreId>, subject: Digest, answer: HeldAnswer) {
+        match &answer {
+            Ok(h) if h.listed.is_empty() && h.tags.values().all(Option::is_none) => {
+                if h.native {
+                    self.empty_native.insert((store, subject));
+                } else {
+                    self.empty.insert((store, subject));
+                }
+            }
+            _ => {
+                self.answers.insert((store, subject), answer);
+            }
+        }
+    }
+
+    fn get(&self, store: &Arc<StoreId>, subject: &Digest) -> Option<HeldAnswer> {
+        let k = (store.clone(), subject.clone());
+        if let Some(a) = self.answers.get(&k) {
+            return Some(a.clone());
+        }
+        if self.empty_native.contains(&k) {
+            return Some(Ok(HeldReferrers {
+                native: true,
+                ..HeldReferrers::default()
+            }));
+        }
+        self.empty.contains(&k).then(|| Ok(HeldReferrers::default()))
+    }
+}
 
 /// Answers by question, each made once (a second asker waits for the
 /// first's answer).
