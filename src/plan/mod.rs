@@ -374,13 +374,19 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         drop(all);
         // Each distinct (source, platforms) of the targets left, resolved
         // once (a pod's, not every target's: listed only now).
-        let wanted = distinct_reads(&targets, &probes);
-        let mut resolutions = resolve_all(ctx, &targets, &wanted).await;
+        let reads = resolve::distinct_reads(&targets, &probes);
+        let keep_bytes = resolve::keeps_manifest_bytes(ctx, &targets);
+        let mut resolutions = resolve_all(ctx, &targets, &reads, keep_bytes).await;
+        drop(reads);
         resolutions.extend(probes);
         // Sharded: only this shard's targets are diffed, counted and applied.
         let selected = shard::select(sharding, targets, planned, &resolutions);
-        planned = selected.failed;
-        planned.extend(diff_all(ctx, selected.targets, &resolutions).await);
+        // (The failed ones go in front of the compared: a plan of 100,000
+        // targets would hold two arrays of them if the compared were
+        // copied into another.)
+        let failed = selected.failed;
+        planned = diff_all(ctx, selected.targets, &resolutions).await;
+        planned.splice(0..0, failed);
         planned.sort_by_key(|t| t.entry);
         sharded = Some((own_info.or(selected.info), selected.assignment));
     }
@@ -389,6 +395,8 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     let let_go = ctx.shown_only && !archive::writes_archive(&planned);
     if let_go {
         drop_manifest_bytes(&mut planned);
+        crate::registry::RegistryClient::forget_manifests();
+        give_back_freed_memory();
     }
     // `verify:`: an image without a valid signature is not planned.
     verify::check_targets(ctx, &mut planned).await;
@@ -502,18 +510,6 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     })
 }
 
-/// Each (source, platforms) that `targets` read, once, in their order, but
-/// those a shard's probes resolved already.
-fn distinct_reads(targets: &[Target], probes: &Resolutions) -> Vec<(Reference, PlatformSelection)> {
-    let mut seen: HashSet<(&Reference, String)> = HashSet::new();
-    targets
-        .iter()
-        .filter(|t| seen.insert((&t.source, platforms_key(&t.platforms))))
-        .filter(|t| !probes.contains_key(&(t.source.to_string(), platforms_key(&t.platforms))))
-        .map(|t| (t.source.clone(), t.platforms.clone()))
-        .collect()
-}
-
 /// A plan that is only shown reads no manifest's bytes once its targets are
 /// compared: the graph needs their digests and sizes. Each resolution is
 /// stripped once, in place when one target holds it.
@@ -533,6 +529,19 @@ fn drop_manifest_bytes(planned: &mut [PlannedTarget]) {
             (Arc::clone(r), Arc::new(slim))
         });
         *r = Arc::clone(slim);
+    }
+}
+
+/// Hands the pages of what was freed back to the system: the manifests a
+/// plan let go of are small blocks among the ones it keeps, and the graph
+/// it builds next wants large arrays that such holes cannot hold (a plan of
+/// 100,000 targets would otherwise keep both).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own
+    // arenas to the system; it takes no pointer and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

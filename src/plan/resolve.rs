@@ -47,35 +47,83 @@ pub(super) fn needs_configs(t: &Target) -> bool {
 /// Each (source, platforms) the targets read, resolved once.
 pub(super) type Resolutions = HashMap<(String, String), std::result::Result<Arc<ResolvedImage>, String>>;
 
-/// Resolves every (source, platforms) some target reads.
+/// A (source, platforms) that targets read: the first target reading it,
+/// and whether any of them needs the images' configs.
+pub(super) struct Read {
+    target: usize,
+    configs: Configs,
+}
+
+/// Each distinct (source, platforms) of `targets` that `probes` has not
+/// resolved already, once (as indexes into `targets`, not copies: a plan
+/// of 100,000 distinct images holds them while it resolves).
+pub(super) fn distinct_reads(targets: &[Target], probes: &Resolutions) -> Vec<Read> {
+    let mut first: HashMap<(&Reference, String), usize> = HashMap::new();
+    let mut reads: Vec<Read> = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let configs = if needs_configs(t) { Configs::Load } else { Configs::Skip };
+        match first.entry((&t.source, platforms_key(&t.platforms))) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                if configs == Configs::Load {
+                    reads[*e.get()].configs = Configs::Load;
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(reads.len());
+                reads.push(Read { target: i, configs });
+            }
+        }
+    }
+    drop(first);
+    reads.retain(|r| {
+        let t = &targets[r.target];
+        !probes.contains_key(&(t.source.to_string(), platforms_key(&t.platforms)))
+    });
+    reads.shrink_to_fit();
+    reads
+}
+
+/// Whether a plan reads the bytes of the manifests it resolves after it
+/// has resolved them: a plan that is only shown reads them only to convert
+/// media types (OCI layouts and archives may), so a plan of 100,000
+/// targets to registries keeps none (their digests and sizes stay).
+pub(super) fn keeps_manifest_bytes(ctx: &PlanContext, targets: &[Target]) -> bool {
+    !ctx.shown_only
+        || targets
+            .iter()
+            .any(|t| crate::sink::kind::media_types(&t.destination) != MediaTypes::Keep)
+}
+
+/// Resolves every (source, platforms) of `reads` (without the manifests'
+/// bytes unless `keep_bytes`).
 pub(super) async fn resolve_all(
     ctx: &PlanContext,
     targets: &[Target],
-    wanted: &[(Reference, PlatformSelection)],
+    reads: &[Read],
+    keep_bytes: bool,
 ) -> Resolutions {
-    // (source, platforms) → whether some target reading it needs its configs.
-    let mut read: HashMap<(&Reference, String), bool> = HashMap::new();
-    for t in targets {
-        *read.entry((&t.source, platforms_key(&t.platforms))).or_default() |= needs_configs(t);
-    }
-    let mut answers = stream::iter(
-        wanted
-            .iter()
-            .filter_map(|(r, p)| read.get(&(r, platforms_key(p))).map(|&configs| (r, p, configs))),
-    )
-    .map(|(r, p, configs)| async move {
-        let key = (r.to_string(), platforms_key(p));
-        let configs = if configs { Configs::Load } else { Configs::Skip };
-        let answer = resolve_reading(ctx, r, p, configs).await.map_err(|e| e.to_string());
-        (key, configs, answer)
-    })
-    .buffer_unordered(PLAN_CONCURRENCY);
+    let mut answers = stream::iter(reads)
+        .map(|read| async move {
+            let t = &targets[read.target];
+            let key = (t.source.to_string(), platforms_key(&t.platforms));
+            let answer = resolve_reading(ctx, &t.source, &t.platforms, read.configs)
+                .await
+                .map_err(|e| e.to_string());
+            (key, read.configs, answer)
+        })
+        .buffer_unordered(PLAN_CONCURRENCY);
     // Tags that name one image (`latest`, `1`, `1.2`…) share its
     // resolution: the same root digest read the same way is the same
     // images, kept once.
     let mut same: HashMap<(Digest, String, bool, bool), Arc<ResolvedImage>> = HashMap::new();
     let mut out = Resolutions::new();
     while let Some((key, configs, answer)) = answers.next().await {
+        let answer = answer.map(|mut resolved| {
+            if !keep_bytes {
+                resolved.drop_manifest_bytes();
+            }
+            resolved
+        });
         let answer = answer.map(|resolved| match resolved.root().map(|r| r.digest.clone()) {
             Some(root) => {
                 let kept = (root, key.1.clone(), configs == Configs::Load, resolved.synthesised);

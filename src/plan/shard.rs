@@ -1141,14 +1141,8 @@ pub async fn own_share(ctx: &PlanContext, shard: Shard, targets: Vec<Target>, fa
         }
     }
     let probes: Vec<Target> = repos.values().map(|(_, p)| targets[*p].clone()).collect();
-    let mut wanted: Vec<(Reference, crate::source::PlatformSelection)> = Vec::new();
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    for t in &probes {
-        if seen.insert((t.source.to_string(), platforms_key(&t.platforms))) {
-            wanted.push((t.source.clone(), t.platforms.clone()));
-        }
-    }
-    let resolved = super::resolve_all(ctx, &probes, &wanted).await;
+    let reads = super::resolve::distinct_reads(&probes, &Resolutions::new());
+    let resolved = super::resolve_all(ctx, &probes, &reads, true).await;
     let mut blobs_of = blobs_by_target(&probes, &resolved);
     let probe_blobs: Vec<Vec<(String, String, u64)>> = (0..probes.len())
         .map(|i| blobs_of.remove(&i).unwrap_or_default())
