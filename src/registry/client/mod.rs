@@ -157,6 +157,14 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(Default::default)
 }
 
+/// Every host's shared state in the pool now (taken out of the lock).
+fn pooled() -> Vec<Arc<HostState>> {
+    match pool().lock() {
+        Ok(g) => g.values().cloned().collect(),
+        Err(p) => p.into_inner().values().cloned().collect(),
+    }
+}
+
 /// A hash of the settings that shape a host's client (so two option sets
 /// never share credentials or TLS settings by accident).
 fn fingerprint(opts: &RegistryOptions) -> u64 {
@@ -257,11 +265,7 @@ impl RegistryClient {
     /// Remembers what every host of this process settled at, in the cache
     /// directory, for the next run to start from.
     pub fn remember_paces() {
-        let states: Vec<Arc<HostState>> = match pool().lock() {
-            Ok(g) => g.values().cloned().collect(),
-            Err(p) => p.into_inner().values().cloned().collect(),
-        };
-        for s in states {
+        for s in pooled() {
             s.pace.remember();
         }
     }
@@ -270,11 +274,7 @@ impl RegistryClient {
     /// that is only shown reads none of them again: at 10,000 targets they
     /// held 8 of its 50 MiB of heap); later reads start a new memo.
     pub fn forget_manifests() {
-        let states: Vec<Arc<HostState>> = match pool().lock() {
-            Ok(g) => g.values().cloned().collect(),
-            Err(p) => p.into_inner().values().cloned().collect(),
-        };
-        for s in states {
+        for s in pooled() {
             s.manifests.clear();
         }
     }
