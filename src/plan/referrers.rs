@@ -144,10 +144,7 @@ struct StoreIds(HashMap<StoreId, Arc<StoreId>>);
 
 impl StoreIds {
     fn shared(&mut self, id: StoreId) -> Arc<StoreId> {
-        match self.0.get(&id) {
-            Some(shared) => shared.clone(),
-            None => self.0.entry(id.clone()).or_insert_with(|| Arc::new(id)).clone(),
-        }
+        self.0.entry(id).or_insert_with_key(|id| Arc::new(id.clone())).clone()
     }
 }
 

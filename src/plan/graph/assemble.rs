@@ -30,14 +30,11 @@ pub async fn build(ctx: &PlanContext, planned: &mut [PlannedTarget], let_go: boo
         if stores.by_destination.contains_key(&t.destination) {
             continue;
         }
-        let (id, caps) = match ctx.store(&t.target.destination) {
-            Ok(s) => (s.id().clone(), s.capabilities()),
-            Err(_) => (
-                StoreId::of(&t.target.destination),
-                store::capabilities(&t.target.destination),
-            ),
+        let view = match ctx.store(&t.target.destination) {
+            Ok(s) => Store::new(s.id().clone(), s.capabilities()),
+            Err(_) => Store::of(&t.target.destination),
         };
-        stores.add(&t.destination, Store::new(id, caps));
+        stores.add(&t.destination, view);
     }
     // Blobs each store holds now (asked once per store and blob).
     let presence = presence::presence(ctx, planned, &stores).await;

@@ -40,7 +40,7 @@ use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
-use petgraph::visit::{EdgeRef, IntoEdgeReferences};
+use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
@@ -558,16 +558,12 @@ impl WorkGraph {
 
     /// The edges, for DOT, by (from, to, label).
     pub fn edges_out(&self) -> Vec<EdgeOut> {
-        let mut v: Vec<EdgeOut> = (&self.graph)
-            .edge_references()
-            .map(|e| EdgeOut {
-                from: self.graph[e.source()].id,
-                to: self.graph[e.target()].id,
-                label: e.weight(),
-            })
-            .collect();
-        v.sort_by(|a, b| (a.from, a.to, a.label).cmp(&(b.from, b.to, b.label)));
-        v
+        let edges = EdgesInOrder::of(self);
+        edges
+            .order
+            .iter()
+            .filter_map(|&e| EdgesInOrder::edge(self, e))
+            .collect()
     }
 
     /// What one target moves: each blob and config node counted for the
