@@ -16,6 +16,13 @@
 //! source has none only when occy saw or put some there, to warn that the
 //! source lost them.
 //!
+//! And it remembers the source repositories where a subject had no
+//! referrers when occy last looked ([`Remembered::unreferred_since`]): an
+//! image that is already mirrored, unchanged, and had none a short while ago
+//! ([`UNREFERRED_FRESH_MILLIS`]) is not looked up again, so a warm run asks
+//! each side for its tags alone. A signature added meanwhile is copied by
+//! the first run after that while.
+//!
 //! One JSON file, `blob-locations.json` in the cache directory (beside the
 //! layer cache's `layers/`), bounded to [`MAX_LOCATIONS`] entries and
 //! [`MAX_PER_BLOB`] repositories per blob and host, oldest dropped. Writers
@@ -43,6 +50,13 @@ pub const MAX_LOCATIONS: usize = 10_000;
 /// Subjects with referrers kept in all (one entry: a host, a repository
 /// and a subject); the oldest go first.
 pub const MAX_REFERRED: usize = 10_000;
+/// Source subjects without referrers kept in all (one entry: a host, a
+/// repository and a subject); the oldest go first.
+pub const MAX_UNREFERRED: usize = 10_000;
+/// How long "the source had no referrers of this image" stands: within
+/// it, a run does not look up the referrers of an image it finds mirrored
+/// and unchanged again (ten minutes).
+pub const UNREFERRED_FRESH_MILLIS: u64 = 10 * 60 * 1000;
 /// Repositories kept per blob and host, the most recently seen.
 pub const MAX_PER_BLOB: usize = 8;
 /// Remembered repositories a mount tries, most recently seen first (as
@@ -69,6 +83,10 @@ struct LocationsFile {
     /// when occy last looked. Absent in files written before it existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     referred: Vec<Location>,
+    /// Images (`digest`) of which source `repository` had no referrers when
+    /// occy last looked (`seen`). Absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unreferred: Vec<Location>,
 }
 
 /// The remembered-locations file of one cache directory.
@@ -161,7 +179,34 @@ impl BlobLocations {
         }
     }
 
+    /// Merges the source subjects found without referrers now into the
+    /// file, as [`BlobLocations::record`] does.
+    pub async fn record_unreferred(&self, looked: Vec<ReferrersSeen>) {
+        if looked.is_empty() {
+            return;
+        }
+        let n = looked.len();
+        if let Err(e) = self.try_record_all(Vec::new(), Vec::new(), looked, now_millis()).await {
+            warn!("could not remember that {n} source images had no referrers: {e}");
+        } else {
+            debug!(
+                "remembered {n} source images without referrers in {}",
+                self.path.display()
+            );
+        }
+    }
+
     async fn try_record(&self, seen: Vec<Sighting>, referred: Vec<ReferrersSeen>, at: u64) -> Result<()> {
+        self.try_record_all(seen, referred, Vec::new(), at).await
+    }
+
+    async fn try_record_all(
+        &self,
+        seen: Vec<Sighting>,
+        referred: Vec<ReferrersSeen>,
+        unreferred: Vec<ReferrersSeen>,
+        at: u64,
+    ) -> Result<()> {
         if let Some(dir) = self.path.parent() {
             tokio::fs::create_dir_all(dir)
                 .await
@@ -186,16 +231,19 @@ impl BlobLocations {
                 digest: s.digest,
                 seen: at,
             }));
-            file.referred.extend(referred.into_iter().map(|r| Location {
+            let at_now = |r: ReferrersSeen| Location {
                 host: r.host,
                 repository: r.repository,
                 digest: r.subject,
                 seen: at,
-            }));
+            };
+            file.referred.extend(referred.into_iter().map(at_now));
+            file.unreferred.extend(unreferred.into_iter().map(at_now));
             let file = LocationsFile {
                 version: VERSION,
                 locations: bounded(file.locations),
                 referred: bounded_referred(file.referred),
+                unreferred: bounded_unreferred(file.unreferred),
             };
             Ok(serde_json::to_vec(&file)?)
         })
@@ -217,6 +265,14 @@ fn parse(bytes: &[u8]) -> std::result::Result<LocationsFile, String> {
 fn bounded_referred(referred: Vec<Location>) -> Vec<Location> {
     let mut all = latest(referred);
     all.truncate(MAX_REFERRED);
+    all
+}
+
+/// At most [`MAX_UNREFERRED`] source images without referrers, the most
+/// recent kept. Newest first.
+fn bounded_unreferred(unreferred: Vec<Location>) -> Vec<Location> {
+    let mut all = latest(unreferred);
+    all.truncate(MAX_UNREFERRED);
     all
 }
 
@@ -273,6 +329,12 @@ fn newest_first(a: &Location, b: &Location) -> std::cmp::Ordering {
         .then_with(|| a.repository.cmp(&b.repository))
 }
 
+/// Whether a look at `at` is less than [`UNREFERRED_FRESH_MILLIS`] before
+/// `now` (a clock set back makes it stale, not fresh for longer).
+fn fresh(at: u64, now: u64) -> bool {
+    at <= now && now - at < UNREFERRED_FRESH_MILLIS
+}
+
 /// Now, in milliseconds since 1970.
 pub fn now_millis() -> u64 {
     SystemTime::now()
@@ -288,6 +350,10 @@ pub struct Remembered {
     by_blob: HashMap<(String, Digest), Vec<String>>,
     /// (host, repository, subject) → when its referrers were last seen there.
     referred: HashMap<(String, String, Digest), u64>,
+    /// (host, source repository, subject) → when it last had no referrers there.
+    unreferred: HashMap<(String, String, Digest), u64>,
+    /// (host, source repository) → the latest of those.
+    unreferred_repositories: HashMap<(String, String), u64>,
 }
 
 impl Remembered {
@@ -303,7 +369,43 @@ impl Remembered {
             .into_iter()
             .map(|r| ((r.host, r.repository, r.digest), r.seen))
             .collect();
-        Remembered { by_blob, referred }
+        let mut unreferred_repositories: HashMap<(String, String), u64> = HashMap::new();
+        let unreferred = file
+            .unreferred
+            .into_iter()
+            .map(|r| {
+                let at = unreferred_repositories
+                    .entry((r.host.clone(), r.repository.clone()))
+                    .or_default();
+                *at = (*at).max(r.seen);
+                ((r.host, r.repository, r.digest), r.seen)
+            })
+            .collect();
+        Remembered {
+            by_blob,
+            referred,
+            unreferred,
+            unreferred_repositories,
+        }
+    }
+
+    /// When source `repository` on `host` last had no referrers of
+    /// `subject` as occy looked, if that was less than
+    /// [`UNREFERRED_FRESH_MILLIS`] before `now` (milliseconds since 1970).
+    pub fn unreferred_since(&self, host: &str, repository: &str, subject: &Digest, now: u64) -> Option<u64> {
+        self.unreferred
+            .get(&(host.to_string(), repository.to_string(), subject.clone()))
+            .copied()
+            .filter(|&at| fresh(at, now))
+    }
+
+    /// Whether source `repository` on `host` had no referrers of some image
+    /// less than [`UNREFERRED_FRESH_MILLIS`] before `now`: its images are
+    /// likely to need no lookup, so its tags are not listed ahead of time.
+    pub fn unreferred_repository(&self, host: &str, repository: &str, now: u64) -> bool {
+        self.unreferred_repositories
+            .get(&(host.to_string(), repository.to_string()))
+            .is_some_and(|&at| fresh(at, now))
     }
 
     /// When occy last saw (or put) referrers of `subject` in `repository`
@@ -328,7 +430,7 @@ impl Remembered {
 
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.by_blob.is_empty() && self.referred.is_empty()
+        self.by_blob.is_empty() && self.referred.is_empty() && self.unreferred.is_empty()
     }
 
     /// Repositories of `host` remembered to hold `digest`, other than
@@ -500,5 +602,49 @@ mod tests {
         let kept = bounded_referred(many);
         assert_eq!(kept.len(), MAX_REFERRED);
         assert_eq!(kept.last().map(|r| r.seen), Some(5), "the oldest dropped");
+    }
+
+    #[tokio::test]
+    async fn source_images_without_referrers_are_remembered_for_a_while() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = BlobLocations::in_dir(t.path());
+        let r = |repo: &str, n: u8| ReferrersSeen {
+            host: "h:5000".into(),
+            repository: repo.into(),
+            subject: d(n),
+        };
+        let at = 1_000_000_000;
+        cache
+            .try_record_all(vec![seen("h:5000", "a", d(9))], vec![r("a", 1)], vec![r("a", 2)], at)
+            .await
+            .unwrap();
+        let mem = cache.load();
+        assert_eq!(mem.unreferred_since("h:5000", "a", &d(2), at + 1), Some(at));
+        assert!(mem.unreferred_repository("h:5000", "a", at + 1));
+        assert_eq!(mem.unreferred_since("h:5000", "a", &d(1), at + 1), None, "per subject");
+        assert_eq!(
+            mem.unreferred_since("h:5000", "b", &d(2), at + 1),
+            None,
+            "per repository"
+        );
+        assert!(!mem.unreferred_repository("other", "a", at + 1), "per host");
+        let later = at + UNREFERRED_FRESH_MILLIS;
+        assert_eq!(
+            mem.unreferred_since("h:5000", "a", &d(2), later),
+            None,
+            "stale after a while"
+        );
+        assert!(!mem.unreferred_repository("h:5000", "a", later));
+        assert_eq!(
+            mem.unreferred_since("h:5000", "a", &d(2), at - 1),
+            None,
+            "a clock set back"
+        );
+        assert_eq!(mem.referrers_held("h:5000", "a", &d(1)), Some(at), "the rest is kept");
+        assert_eq!(mem.candidates("h:5000", &d(9), "x"), ["a"]);
+        // Bounded, the oldest dropped.
+        let kept = bounded_unreferred(distinct_blobs(MAX_UNREFERRED + 3));
+        assert_eq!(kept.len(), MAX_UNREFERRED);
+        assert_eq!(kept.last().map(|r| r.seen), Some(3));
     }
 }

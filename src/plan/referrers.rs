@@ -262,15 +262,24 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
             source_of.insert(w.source.clone(), planned[w.target].target.source.clone());
         }
     }
-    let asks = super::distinct(
-        wants
+    // (An image found mirrored and unchanged whose source had no
+    // referrers a short while ago is not asked about: its answer is none.)
+    let asks = super::distinct(wants.iter().flat_map(|w| {
+        let p = &planned[w.target];
+        w.subjects
             .iter()
-            .flat_map(|w| w.subjects.iter().map(|s| (w.source.clone(), s.clone()))),
-    );
+            .filter(move |s| !known_unreferred(ctx, p, &w.source, s))
+            .map(|s| (w.source.clone(), s.clone()))
+    }));
     let lister = &ctx.memo.referrers;
     // Only the subjects that have referrers (or whose lookup failed) are
-    // kept: most have none, and every subject was asked about.
-    let found: SourceAnswers = stream::iter(asks)
+    // kept: most have none, and every subject was asked about. Those
+    // without are remembered in the cache directory (see
+    // `crate::blob_locations`) when the plan is applied.
+    let remembers_unreferred = ctx.cache.is_some() && !ctx.shown_only;
+    let mut unreferred: Vec<(Arc<StoreId>, Digest)> = Vec::new();
+    let mut found: SourceAnswers = SourceAnswers::default();
+    let mut answers = stream::iter(asks)
         .map(|k| {
             let source = &source_of[&k.0];
             async move {
@@ -278,10 +287,21 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                 (k, answer)
             }
         })
-        .buffer_unordered(PLAN_CONCURRENCY)
-        .filter(|(_, answer)| std::future::ready(!matches!(answer, Ok(list) if list.is_empty())))
-        .collect()
-        .await;
+        .buffer_unordered(PLAN_CONCURRENCY);
+    while let Some((k, answer)) = answers.next().await {
+        match answer {
+            Ok(list) if list.is_empty() => {
+                if remembers_unreferred {
+                    unreferred.push(k);
+                }
+            }
+            answer => {
+                found.insert(k, answer);
+            }
+        }
+    }
+    drop(answers);
+    remember_unreferred(ctx, unreferred).await;
     let found = |k: &(Arc<StoreId>, Digest)| Some(found.get(k).unwrap_or(&NONE_FOUND));
 
     // The destinations: each (store, subject) once, asking about the
@@ -581,9 +601,21 @@ pub(super) fn list_sources_early<'a>(
     targets: &[super::Target],
 ) -> impl std::future::Future<Output = ()> + 'a {
     let mut seen: HashSet<StoreId> = HashSet::new();
+    let now = crate::blob_locations::now_millis();
+    let remembered = ctx.cache.as_ref().map(|c| ctx.memo.remembered(Some(c)));
+    // A repository whose images had no referrers a short while ago is
+    // listed only if a target needs it (an image not mirrored yet).
+    let recently_unreferred = |id: &StoreId| match (&remembered, id.host(), id.repository_name()) {
+        (Some(r), Some(host), Some(repo)) => r.unreferred_repository(host, repo, now),
+        _ => false,
+    };
     let sources: Vec<Reference> = targets
         .iter()
-        .filter(|t| matches!(policy_of(ctx, t), Policy::Look(_)) && seen.insert(StoreId::of(&t.source)))
+        .filter(|t| matches!(policy_of(ctx, t), Policy::Look(_)))
+        .filter(|t| {
+            let id = StoreId::of(&t.source);
+            !recently_unreferred(&id) && seen.insert(id)
+        })
         .map(|t| t.source.clone())
         .collect();
     stream::iter(sources).for_each_concurrent(PLAN_CONCURRENCY, move |source| async move {
@@ -603,7 +635,11 @@ pub(super) async fn look_up_early(ctx: &PlanContext, p: &PlannedTarget) {
     };
     let lister = &ctx.memo.referrers;
     for s in &w.subjects {
-        let found = lister.source(ctx, &p.target.source, s).await;
+        let found = if known_unreferred(ctx, p, &w.source, s) {
+            Ok(Vec::new())
+        } else {
+            lister.source(ctx, &p.target.source, s).await
+        };
         if w.not_copied.is_some() || !worth_asking(ctx, &p.target.destination, s, Some(&found)) {
             continue;
         }
@@ -634,6 +670,39 @@ fn worth_asking(ctx: &PlanContext, dest: &Reference, subject: &Digest, source: O
         .remembered(ctx.cache.as_ref())
         .referrers_held(host, repo, subject)
         .is_some()
+}
+
+/// Whether the referrers of `subject` at the source of `p` need no look:
+/// `p` found its image mirrored and unchanged, and the cache directory
+/// remembers that the source had none of it a short while ago
+/// ([`crate::blob_locations::UNREFERRED_FRESH_MILLIS`]).
+fn known_unreferred(ctx: &PlanContext, p: &PlannedTarget, source: &StoreId, subject: &Digest) -> bool {
+    let (Some(cache), Some(host), Some(repo)) = (ctx.cache.as_ref(), source.host(), source.repository_name()) else {
+        return false;
+    };
+    matches!(p.action, Action::Unchanged)
+        && ctx
+            .memo
+            .remembered(Some(cache))
+            .unreferred_since(host, repo, subject, crate::blob_locations::now_millis())
+            .is_some()
+}
+
+/// Remembers in the cache directory the registry sources that had no
+/// referrers of a subject when this plan looked.
+async fn remember_unreferred(ctx: &PlanContext, looked: Vec<(Arc<StoreId>, Digest)>) {
+    let Some(cache) = ctx.cache.as_ref() else { return };
+    let looked: Vec<ReferrersSeen> = looked
+        .into_iter()
+        .filter_map(|(id, subject)| {
+            Some(ReferrersSeen {
+                host: id.host()?.to_string(),
+                repository: id.repository_name()?.to_string(),
+                subject,
+            })
+        })
+        .collect();
+    cache.blob_locations().record_unreferred(looked).await;
 }
 
 /// How long a remembered "referrers there" stands before the plan writes

@@ -598,6 +598,11 @@ fn a_warm_plan_asks_a_destination_about_referrers_only_when_the_source_or_the_ca
     let asked = lines_of(&src.access_log(), before, "mirror-unsigned/app");
     assert_eq!(requests(&asked), 1, "the warm plan asked the destination:\n{asked}");
     assert!(!asked.contains(&fallback_tag(&subject.digest)), "{asked}");
+    // The source had no referrers of it when the sync looked, a moment ago:
+    // it is asked for the tag alone (no tag listing, no referrers API probe).
+    let asked = lines_of(&src.access_log(), before, "refs-unsigned/app");
+    assert_eq!(requests(&asked), 1, "the warm plan asked the source:\n{asked}");
+    assert!(!asked.contains("/tags/list"), "{asked}");
     // Without a cache nothing is remembered: the destination is asked.
     let before = src.access_log().len();
     let mut no_cache = flags(&[&src.host]);
@@ -637,6 +642,90 @@ fn a_warm_plan_asks_a_destination_about_referrers_only_when_the_source_or_the_ca
     assert!(!plan.contains("no longer has"), "{plan}");
     let asked = lines_of(&src.access_log(), before, "mirror-refs/app");
     assert!(!asked.contains(&fallback_tag(&subject.digest)), "{asked}");
+
+    an_image_signed_after_it_was_mirrored_gets_its_signature_once_the_while_is_over(&src, &dir, &rt, &sc);
+}
+
+/// Ages every "no referrers at the source" the cache directory remembers
+/// past the while it stands (as if the run were that much later).
+fn age_unreferred(cache: &str) {
+    let path = Path::new(cache).join("blob-locations.json");
+    let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let entries = file["unreferred"]
+        .as_array_mut()
+        .expect("remembered source images without referrers");
+    assert!(!entries.is_empty());
+    for e in entries {
+        let seen = e["seen"].as_u64().unwrap();
+        e["seen"] = (seen - occy::blob_locations::UNREFERRED_FRESH_MILLIS).into();
+    }
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+}
+
+/// (Part of the test above, on its logged registry.)
+/// (The caller's runtime and client: a client's connections belong to
+/// the runtime that made them.)
+fn an_image_signed_after_it_was_mirrored_gets_its_signature_once_the_while_is_over(
+    src: &Registry,
+    dir: &Path,
+    rt: &tokio::runtime::Runtime,
+    sc: &RegistryClient,
+) {
+    let dir = dir.join("signed-later");
+    src.push_layout(&standard_images().0, "app-a", "later/app:1.0");
+    let subject = rt.block_on(sc.head_manifest("later/app", "1.0")).unwrap().unwrap();
+    let cache = dir.join("cache").display().to_string();
+    let mut f = flags(&[&src.host]);
+    f.extend(["--cache-dir".to_string(), cache.clone()]);
+    let spec = write_spec(
+        &dir,
+        &format!(
+            "sync:\n  - from: registry://{h}/later/app:1.0\n    to: registry://{h}/later-mirror/app\n",
+            h = src.host
+        ),
+    );
+    assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
+
+    // Signed after it was mirrored: within the while, the warm run does not
+    // look again (the tag alone is asked on each side)...
+    rt.block_on(push_signature(sc, "later/app", &subject.digest, "later"));
+    let before = src.access_log().len();
+    let out = assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
+    let said = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("Nothing to do"), "{said}");
+    let asked = lines_of(&src.access_log(), before, "later/app");
+    assert_eq!(requests(&asked), 1, "{asked}");
+    // ...a run without the cache does, and so does the first run after the while.
+    let mut no_cache = flags(&[&src.host]);
+    no_cache.push("--no-cache".to_string());
+    let plan = json_of(&assert_ok(
+        &["sync", &spec, "--plan", "-O", "json"],
+        occy_with(&no_cache, &["-O", "json", "sync", &spec, "--plan"]),
+    ));
+    assert_eq!(plan["totals"]["update"], 1, "{plan}");
+    age_unreferred(&cache);
+    let run = json_of(&assert_ok(
+        &["sync", &spec],
+        occy_with(&f, &["-O", "json", "sync", &spec]),
+    ));
+    assert_eq!(run["targets"][0]["report"]["referrers"], 1, "{run}");
+    let sig = cosign_tag(&subject.digest, CosignKind::Signature);
+    let copied = rt
+        .block_on(sc.head_manifest("later-mirror/app", &sig))
+        .unwrap()
+        .expect("the signature reached the mirror");
+    // Signed images are looked up every run: the next warm run asks the
+    // source again (a re-signed image gets its new signature at once).
+    let before = src.access_log().len();
+    assert_ok(&["sync", &spec], occy_with(&f, &["sync", &spec]));
+    let asked = lines_of(&src.access_log(), before, "later/app");
+    assert!(asked.contains("/tags/list") || asked.contains(&sig), "{asked}");
+    assert_eq!(
+        rt.block_on(sc.head_manifest("later-mirror/app", &sig))
+            .unwrap()
+            .map(|d| d.digest),
+        Some(copied.digest)
+    );
 }
 
 #[test]
