@@ -168,6 +168,12 @@ struct Walk<'a> {
     transfers: tokio::sync::Semaphore,
     commits: tokio::sync::Semaphore,
     rewrites: Mutex<HashMap<NodeIndex, Arc<Rewritten>>>,
+    /// Rewritten blobs put in a registry by this walk, by (host, digest):
+    /// the repository the one upload went to (None if it failed). A
+    /// rewrite's output is known only once it has run, so the plan sends it
+    /// to each repository; the first uploads it, the others mount it from
+    /// there (go-containerregistry's `workers.Do(digest)`).
+    rewritten_uploads: Mutex<HashMap<(String, Digest), UploadedTo>>,
     /// Configs read by the walk (planning read only manifests).
     configs: Mutex<HashMap<Digest, bytes::Bytes>>,
     reports: Mutex<HashMap<usize, CopyReport>>,
@@ -185,6 +191,10 @@ struct Walk<'a> {
     /// Referrer manifests put, per target.
     referred: HashMap<usize, AtomicUsize>,
 }
+
+/// The repository of a registry one upload put a blob in (None if it
+/// failed), set once by the upload that others wait for.
+type UploadedTo = Arc<tokio::sync::OnceCell<Option<String>>>;
 
 /// What running one node finished: itself, and the nodes it ran inline
 /// (the consumers a fetch fed).
@@ -208,6 +218,7 @@ pub async fn walk(
         transfers: tokio::sync::Semaphore::new(jj * j),
         commits: tokio::sync::Semaphore::new(jj),
         rewrites: Mutex::new(HashMap::new()),
+        rewritten_uploads: Mutex::new(HashMap::new()),
         configs: Mutex::new(HashMap::new()),
         reports: Mutex::new(HashMap::new()),
         checks: Mutex::new(HashMap::new()),
@@ -884,7 +895,6 @@ impl<'a> Walk<'a> {
         let owner = self.owner(i)?;
         let io = self.io_of(owner)?;
         if let Some((rw, _)) = g.needs(i).into_iter().find(|(_, l)| *l == "rewritten to") {
-            let _permit = self.transfers.acquire().await;
             let rewritten = self
                 .rewrites
                 .lock()
@@ -892,32 +902,49 @@ impl<'a> Walk<'a> {
                 .and_then(|m| m.get(&rw).cloned())
                 .ok_or_else(|| Error::invalid("the rewrite's output is gone"))?;
             let plain_store = work.form == Some(StoredForm::PlainTar);
-            // The output of a deterministic rewrite may be there already
-            // (an earlier run without the layer cache): a look, then a put.
             let out = output_descriptor(&rewritten.result, plain_store);
-            if io.sink.try_reuse(&out.digest, None).await? == Reuse::Present {
-                return Ok(());
-            }
-            // An upload cut mid-body starts again from the spool.
-            let budget = ReadBudget::new(self.opts.retries + 1);
-            let policy = crate::registry::retry::RetryPolicy::new(self.opts.retries);
-            let mut attempt = 0;
-            let r = loop {
-                budget.take();
-                match put_spooled(io.sink.as_ref(), &rewritten, plain_store).await {
-                    Err(e) if e.restarts_copy() && budget.left() > 0 => {
-                        warn!("{}: upload failed, starting it again: {e}", describe(g, i));
-                        tokio::time::sleep(policy.delay(attempt, None)).await;
-                        attempt += 1;
-                    }
-                    r => break r,
-                }
+            let put = || self.put_rewritten(i, io, owner, &rewritten, plain_store);
+            let place = match &work.key {
+                NodeKey::Blob { store, .. } => crate::sink::store::StoreId::parse(store),
+                _ => None,
             };
-            if r.is_ok() {
-                tally(&self.copied, owner);
-                io.bytes_read.fetch_add(out.size, Ordering::Relaxed);
+            let (Some(host), Some(repo)) = (
+                place.as_ref().and_then(|p| p.host()),
+                place.as_ref().and_then(|p| p.repository_name()),
+            ) else {
+                return put().await;
+            };
+            // In a registry: one upload per host, the other repositories
+            // mount it from there.
+            let cell = {
+                let mut m = match self.rewritten_uploads.lock() {
+                    Ok(m) => m,
+                    Err(p) => p.into_inner(),
+                };
+                m.entry((host.to_string(), out.digest.clone())).or_default().clone()
+            };
+            let mut uploaded = None;
+            let from = cell
+                .get_or_init(|| async {
+                    let r = put().await;
+                    let there = r.is_ok().then(|| repo.to_string());
+                    uploaded = Some(r);
+                    there
+                })
+                .await
+                .clone();
+            if let Some(r) = uploaded {
+                return r;
             }
-            return r;
+            if let Some(from) = from.filter(|f| f != repo) {
+                let _permit = self.transfers.acquire().await;
+                if self.mount(io, owner, &out.digest, &from, &[], false).await? {
+                    tally(&self.mounted, owner);
+                    return Ok(());
+                }
+                info!(blob = %out.digest, %from, "mount of a rewritten layer declined, uploading instead");
+            }
+            return put().await;
         }
         match &work.how {
             Some(How::Mount(m)) => {
@@ -1036,6 +1063,44 @@ impl<'a> Walk<'a> {
     /// remembered repositories (hints from earlier runs) a refusal other
     /// than the network's (a scope not granted, a repository gone) is a
     /// decline too, never the blob's failure.
+    /// Puts rewritten blob `i` from its spool, unless the store holds it
+    /// already (the output of a deterministic rewrite may be there from an
+    /// earlier run without the layer cache): a look, then a put; an upload
+    /// cut mid-body starts again from the spool.
+    async fn put_rewritten(
+        &self,
+        i: NodeIndex,
+        io: &TargetIo,
+        owner: usize,
+        rewritten: &Rewritten,
+        plain_store: bool,
+    ) -> Result<()> {
+        let _permit = self.transfers.acquire().await;
+        let out = output_descriptor(&rewritten.result, plain_store);
+        if io.sink.try_reuse(&out.digest, None).await? == Reuse::Present {
+            return Ok(());
+        }
+        let budget = ReadBudget::new(self.opts.retries + 1);
+        let policy = crate::registry::retry::RetryPolicy::new(self.opts.retries);
+        let mut attempt = 0;
+        let r = loop {
+            budget.take();
+            match put_spooled(io.sink.as_ref(), rewritten, plain_store).await {
+                Err(e) if e.restarts_copy() && budget.left() > 0 => {
+                    warn!("{}: upload failed, starting it again: {e}", describe(self.graph, i));
+                    tokio::time::sleep(policy.delay(attempt, None)).await;
+                    attempt += 1;
+                }
+                r => break r,
+            }
+        };
+        if r.is_ok() {
+            tally(&self.copied, owner);
+            io.bytes_read.fetch_add(out.size, Ordering::Relaxed);
+        }
+        r
+    }
+
     async fn mount(
         &self,
         io: &TargetIo,

@@ -389,6 +389,60 @@ fn filters_work_between_registries_and_into_archives() {
 }
 
 #[test]
+fn a_rewritten_layer_is_uploaded_once_per_registry_and_mounted_into_the_other_repositories() {
+    // The rewrite's output is known only once it runs, so the plan sends
+    // it to each repository; the walk uploads it once and mounts it into
+    // the others.
+    let reg = Registry::shared(Mode::Plain);
+    let dir = scratch_dir("rewritten-mounts");
+    let spec = dir.join("sync.yaml");
+    let repos = ["rw-mounts/a", "rw-mounts/b", "rw-mounts/c"];
+    let to: Vec<String> = repos.iter().map(|r| format!("      - {}\n", reg.url(r))).collect();
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\nsync:\n  - from: {}\n    filters: [normalize-timestamps]\n    to:\n{}",
+            standard_ref("app-b"),
+            to.concat()
+        ),
+    )
+    .unwrap();
+    let spec = spec.display().to_string();
+    let run = json_of(&reg.ok(&["-O", "json", "--no-cache", "sync", &spec]));
+    let targets = run["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 3, "{run}");
+    let sum = |field: &str| -> u64 { targets.iter().map(|t| t["report"][field].as_u64().unwrap_or(0)).sum() };
+    let layers = default_image(generated("app-b"))
+        .layers
+        .iter()
+        .map(|l| &l.digest)
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    assert_eq!(
+        sum("layers_copied"),
+        layers,
+        "each rewritten layer uploaded once: {run}"
+    );
+    assert_eq!(
+        sum("layers_mounted"),
+        2 * layers,
+        "and mounted into the two other repositories: {run}"
+    );
+    // Each repository holds the same image, readable by skopeo.
+    let digests: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            let dest = t["destination"].as_str().unwrap();
+            let name = dest.strip_prefix("registry://").unwrap_or(dest);
+            let raw = reg.skopeo(&["inspect", "--raw", &format!("docker://{name}")], false);
+            assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+            sha(&raw.stdout)
+        })
+        .collect();
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+}
+
+#[test]
 fn bad_filters_are_usage_errors_and_write_nothing() {
     let out = scratch_dir("bad-filters");
     let dst = format!("oci://{}:x", out.join("layout").display());
