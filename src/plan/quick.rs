@@ -190,10 +190,19 @@ async fn check(ctx: &PlanContext, t: Target) -> Result<PlannedTarget, Target> {
     if !eligible(ctx, &t) {
         return Err(t);
     }
-    let Some(current) = tagged_digest(ctx, &t).await.ok().flatten() else {
-        return Err(t);
+    // A source an applied run looked at a short while ago was most likely
+    // mirrored then: both sides are asked at once (else the source only
+    // once the destination holds something).
+    let (current, head) = if referrers::recently_looked_at(ctx, &t.source) {
+        let (current, head) = futures_util::future::join(tagged_digest(ctx, &t), head_of(ctx, &t.source)).await;
+        (current.ok().flatten(), head)
+    } else {
+        match tagged_digest(ctx, &t).await.ok().flatten() {
+            Some(current) => (Some(current), head_of(ctx, &t.source).await),
+            None => (None, None),
+        }
     };
-    let Some(head) = head_of(ctx, &t.source).await else {
+    let (Some(current), Some(head)) = (current, head) else {
         return Err(t);
     };
     if t.pinned.as_ref().is_some_and(|pin| *pin != head.digest) {

@@ -601,21 +601,12 @@ pub(super) fn list_sources_early<'a>(
     targets: &[super::Target],
 ) -> impl std::future::Future<Output = ()> + 'a {
     let mut seen: HashSet<StoreId> = HashSet::new();
-    let now = crate::blob_locations::now_millis();
-    let remembered = ctx.cache.as_ref().map(|c| ctx.memo.remembered(Some(c)));
     // A repository whose images had no referrers a short while ago is
     // listed only if a target needs it (an image not mirrored yet).
-    let recently_unreferred = |id: &StoreId| match (&remembered, id.host(), id.repository_name()) {
-        (Some(r), Some(host), Some(repo)) => r.unreferred_repository(host, repo, now),
-        _ => false,
-    };
     let sources: Vec<Reference> = targets
         .iter()
         .filter(|t| matches!(policy_of(ctx, t), Policy::Look(_)))
-        .filter(|t| {
-            let id = StoreId::of(&t.source);
-            !recently_unreferred(&id) && seen.insert(id)
-        })
+        .filter(|t| seen.insert(StoreId::of(&t.source)) && !recently_looked_at(ctx, &t.source))
         .map(|t| t.source.clone())
         .collect();
     stream::iter(sources).for_each_concurrent(PLAN_CONCURRENCY, move |source| async move {
@@ -623,6 +614,21 @@ pub(super) fn list_sources_early<'a>(
             ctx.memo.referrers.tags_of(ctx, store.as_ref()).await;
         }
     })
+}
+
+/// Whether the cache directory remembers looking at the referrers of an
+/// image of `source`'s repository a short while ago (an applied run that
+/// found none there: see [`crate::blob_locations::UNREFERRED_FRESH_MILLIS`]).
+pub(super) fn recently_looked_at(ctx: &PlanContext, source: &Reference) -> bool {
+    let id = StoreId::of(source);
+    match (ctx.cache.as_ref(), id.host(), id.repository_name()) {
+        (Some(cache), Some(host), Some(repo)) => {
+            ctx.memo
+                .remembered(Some(cache))
+                .unreferred_repository(host, repo, crate::blob_locations::now_millis())
+        }
+        _ => false,
+    }
 }
 
 /// Looks up the referrers of `p` (found unchanged by the cheap check) on
