@@ -263,17 +263,21 @@ fn parse(bytes: &[u8]) -> std::result::Result<LocationsFile, String> {
 /// At most [`MAX_REFERRED`] images with referrers, the most recent kept.
 /// Newest first.
 fn bounded_referred(referred: Vec<Location>) -> Vec<Location> {
-    let mut all = latest(referred);
-    all.truncate(MAX_REFERRED);
+    latest_at_most(referred, MAX_REFERRED)
+}
+
+/// At most `max` entries, one per (host, repository, digest), the most
+/// recent kept. Newest first.
+fn latest_at_most(entries: Vec<Location>, max: usize) -> Vec<Location> {
+    let mut all = latest(entries);
+    all.truncate(max);
     all
 }
 
 /// At most [`MAX_UNREFERRED`] source images without referrers, the most
 /// recent kept. Newest first.
 fn bounded_unreferred(unreferred: Vec<Location>) -> Vec<Location> {
-    let mut all = latest(unreferred);
-    all.truncate(MAX_UNREFERRED);
-    all
+    latest_at_most(unreferred, MAX_UNREFERRED)
 }
 
 /// One entry per (host, repository, digest), the latest sighting, newest first.
@@ -571,15 +575,20 @@ mod tests {
         assert_eq!(all.len(), 80, "every writer's every sighting is there");
     }
 
+    /// Referrers (or their absence) of subject `n` seen in `repo` of `h:5000`.
+    fn referrers_seen(repo: &str, n: u8) -> ReferrersSeen {
+        ReferrersSeen {
+            host: "h:5000".into(),
+            repository: repo.into(),
+            subject: d(n),
+        }
+    }
+
     #[tokio::test]
     async fn subjects_with_referrers_are_remembered_beside_the_blobs() {
         let t = tempfile::tempdir().unwrap();
         let cache = BlobLocations::in_dir(t.path());
-        let r = |repo: &str, n: u8| ReferrersSeen {
-            host: "h:5000".into(),
-            repository: repo.into(),
-            subject: d(n),
-        };
+        let r = referrers_seen;
         cache
             .try_record(vec![seen("h:5000", "a", d(9))], vec![r("a", 1)], 10)
             .await
@@ -608,11 +617,7 @@ mod tests {
     async fn source_images_without_referrers_are_remembered_for_a_while() {
         let t = tempfile::tempdir().unwrap();
         let cache = BlobLocations::in_dir(t.path());
-        let r = |repo: &str, n: u8| ReferrersSeen {
-            host: "h:5000".into(),
-            repository: repo.into(),
-            subject: d(n),
-        };
+        let r = referrers_seen;
         let at = 1_000_000_000;
         cache
             .try_record_all(vec![seen("h:5000", "a", d(9))], vec![r("a", 1)], vec![r("a", 2)], at)
