@@ -214,13 +214,12 @@ async fn check_image(
     }
 
     // Media types: known, and of the manifest's family.
-    let mt = raw.media_type.as_str();
+    let mt = &*raw.media_type;
     let fam = family(mt);
     if !media_type::is_image_manifest(mt) {
         f.error("media-type", format!("{at} has an unknown media type {mt:?}"));
     }
-    let config_known =
-        [media_type::OCI_CONFIG, media_type::DOCKER_CONFIG].contains(&manifest.config.media_type.as_str());
+    let config_known = [media_type::OCI_CONFIG, media_type::DOCKER_CONFIG].contains(&&*manifest.config.media_type);
     if !config_known {
         f.error(
             "media-type",

@@ -359,7 +359,7 @@ async fn list_referrers(
         if let Ok(Manifest::Index(index)) = raw.parse() {
             for d in index.manifests {
                 out.push(ReferrerInfo {
-                    kind: d.artifact_type.clone().unwrap_or_else(|| d.media_type.clone()),
+                    kind: d.artifact_type.clone().unwrap_or_else(|| d.media_type.to_string()),
                     tag: tag.clone(),
                     digest: d.digest.to_string(),
                     signatures: Vec::new(),
@@ -394,7 +394,7 @@ pub async fn gather(reference: &Reference, source: &dyn Source, selection: &Plat
                 .map(|d| PlatformEntry {
                     platform: d.platform.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                     digest: d.digest.to_string(),
-                    media_type: d.media_type.clone(),
+                    media_type: d.media_type.to_string(),
                     size: d.size,
                 })
                 .collect();
@@ -422,7 +422,7 @@ fn describe_image(
             digest: l.digest.to_string(),
             diff_id: cfg.rootfs.diff_ids.get(i).map(|d| d.to_string()),
             size: l.size,
-            media_type: l.media_type.clone(),
+            media_type: l.media_type.to_string(),
             compression: Compression::from_media_type(&l.media_type),
             created_by: non_empty.get(i).map(|h| h.created_by.clone()).filter(|s| !s.is_empty()),
         })
@@ -446,7 +446,7 @@ fn describe_image(
         .filter(|h| h.as_object().is_some_and(|o| !o.is_empty()))
         .cloned();
     let name = source.recorded_name();
-    let manifest_mt = image.raw_manifest.media_type.clone();
+    let manifest_mt = image.raw_manifest.media_type.to_string();
     ImageInfo {
         source: reference.to_string(),
         image: name
@@ -455,7 +455,7 @@ fn describe_image(
             .unwrap_or_else(|| reference.image_name()),
         tag: reference.tag().map(str::to_string).or_else(|| name.map(|n| n.tag)),
         index_digest: index_part.as_ref().map(|(r, _)| r.digest.to_string()),
-        index_media_type: index_part.as_ref().map(|(r, _)| r.media_type.clone()),
+        index_media_type: index_part.as_ref().map(|(r, _)| r.media_type.to_string()),
         platforms: index_part.map(|(_, e)| e),
         manifest_digest: image.raw_manifest.digest.to_string(),
         schema_version: image.manifest.schema_version,

@@ -227,7 +227,7 @@ pub fn rewrite_image(
     let mt = manifest["mediaType"]
         .as_str()
         .map(String::from)
-        .unwrap_or_else(|| img.raw_manifest.media_type.clone());
+        .unwrap_or_else(|| img.raw_manifest.media_type.to_string());
     let raw = RawManifest::new(Bytes::from(serde_json::to_vec(&manifest)?), Some(&mt))?;
     let parsed = match raw.parse()? {
         crate::image::Manifest::Image(m) => m,
@@ -265,7 +265,7 @@ pub fn rewrite_index(
     }
     let mut value: Value = serde_json::from_slice(&raw.bytes)?;
     let any_oci_child = after.iter().any(|a| media_type::is_oci(&a.raw_manifest.media_type));
-    let mut mt = raw.media_type.clone();
+    let mut mt = raw.media_type.to_string();
     if mt == media_type::DOCKER_MANIFEST_LIST && any_oci_child {
         info!("the manifest list becomes an OCI index: it now lists OCI manifests");
         mt = media_type::OCI_INDEX.to_string();

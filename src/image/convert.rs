@@ -231,7 +231,7 @@ mod tests {
         assert_ne!(oci.raw_manifest.digest, img.raw_manifest.digest);
         assert_eq!(oci.manifest.config.media_type, media_type::OCI_CONFIG);
         assert_eq!(oci.manifest.config.digest, img.manifest.config.digest);
-        let types: Vec<&str> = oci.manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
+        let types: Vec<&str> = oci.manifest.layers.iter().map(|l| l.media_type.as_ref()).collect();
         assert_eq!(types, [media_type::OCI_LAYER_GZIP, media_type::OCI_LAYER_TAR]);
         for (a, b) in oci.manifest.layers.iter().zip(&img.manifest.layers) {
             assert_eq!((&a.digest, a.size), (&b.digest, b.size));

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
-use super::media_type;
+use super::media_type::{self, MediaType};
 use super::platform::Platform;
 use crate::error::{Error, Result};
 
@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
-    #[serde(default)]
-    pub media_type: String,
+    #[serde(default, deserialize_with = "media_type::deserialize")]
+    pub media_type: MediaType,
     pub digest: Digest,
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,9 +32,9 @@ pub struct Descriptor {
 
 impl Descriptor {
     /// A plain descriptor.
-    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Self {
+    pub fn new(media_type: impl AsRef<str>, digest: Digest, size: u64) -> Self {
         Descriptor {
-            media_type: media_type.into(),
+            media_type: media_type::intern(media_type.as_ref()),
             digest,
             size,
             platform: None,
@@ -50,8 +50,12 @@ impl Descriptor {
 #[serde(rename_all = "camelCase")]
 pub struct ImageManifest {
     pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "media_type::deserialize_option"
+    )]
+    pub media_type: Option<MediaType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
     pub config: Descriptor,
@@ -115,7 +119,7 @@ pub enum Manifest {
 #[derive(Debug, Clone)]
 pub struct RawManifest {
     pub bytes: Bytes,
-    pub media_type: String,
+    pub media_type: MediaType,
     pub digest: Digest,
     /// The length of `bytes`, kept when a plan that is only shown lets the
     /// bytes go ([`RawManifest::without_bytes`]).
@@ -141,8 +145,8 @@ impl RawManifest {
             .map(|m| m.split(';').next().unwrap_or(m).trim().to_string())
             .filter(|m| !m.is_empty() && m != "application/json" && m != "text/plain");
         let media_type = match declared {
-            Some(m) => m,
-            None => sniff_media_type(&bytes)?,
+            Some(m) => media_type::intern(&m),
+            None => media_type::intern(&sniff_media_type(&bytes)?),
         };
         Ok(RawManifest {
             size: bytes.len() as u64,
@@ -266,5 +270,28 @@ mod tests {
         assert_eq!(m.digest, Digest::of(body));
         assert!(matches!(m.parse().unwrap(), Manifest::Image(_)));
         assert!(RawManifest::new(Bytes::from_static(b"[1,2"), None).is_err());
+    }
+
+    #[test]
+    fn known_media_types_are_shared_and_others_kept_as_written() {
+        use std::borrow::Cow;
+        let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[{"mediaType":"application/x-made-up","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":3},{"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":3}]}"#;
+        let m: ImageManifest = serde_json::from_slice(body).unwrap();
+        assert!(matches!(m.media_type, Some(Cow::Borrowed(media_type::OCI_MANIFEST))));
+        assert!(matches!(m.config.media_type, Cow::Borrowed(media_type::OCI_CONFIG)));
+        assert!(matches!(&m.layers[0].media_type, Cow::Owned(s) if s == "application/x-made-up"));
+        assert_eq!(m.layers[1].media_type, "");
+        // Written back as it was read.
+        let again: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(again["layers"][0]["mediaType"], "application/x-made-up");
+        assert_eq!(again["config"]["mediaType"], media_type::OCI_CONFIG);
+        let none: ImageManifest = serde_json::from_slice(br#"{"schemaVersion":2,"mediaType":null,"config":{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2}}"#).unwrap();
+        assert_eq!(none.media_type, None);
+        let raw = RawManifest::new(
+            Bytes::from_static(body),
+            Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"),
+        )
+        .unwrap();
+        assert!(matches!(raw.media_type, Cow::Borrowed(media_type::OCI_MANIFEST)));
     }
 }

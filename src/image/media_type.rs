@@ -119,3 +119,71 @@ pub fn is_oci(mt: &str) -> bool {
 pub fn is_docker(mt: &str) -> bool {
     mt.starts_with("application/vnd.docker.")
 }
+
+/// A media type as manifests and descriptors hold it: the well-known ones
+/// are this module's constants, not a string of their own each (a plan of
+/// 100,000 images holds half a million of them).
+pub type MediaType = std::borrow::Cow<'static, str>;
+
+/// Every media type constant of this module, for [`intern`].
+const KNOWN: &[&str] = &[
+    OCI_MANIFEST,
+    OCI_INDEX,
+    OCI_CONFIG,
+    OCI_LAYER_TAR,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
+    OCI_LAYER_NONDIST_TAR,
+    OCI_LAYER_NONDIST_GZIP,
+    OCI_LAYER_NONDIST_ZSTD,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_TAR,
+];
+
+/// `s` as a [`MediaType`]: one of the known constants when it is one.
+pub fn intern(s: &str) -> MediaType {
+    match KNOWN.iter().find(|k| **k == s) {
+        Some(k) => std::borrow::Cow::Borrowed(k),
+        None => std::borrow::Cow::Owned(s.to_string()),
+    }
+}
+
+/// Reads a media type from JSON as [`intern`] makes it (serde's
+/// `deserialize_with`).
+pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MediaType, D::Error> {
+    struct Visit;
+    impl serde::de::Visitor<'_> for Visit {
+        type Value = MediaType;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a media type string")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<MediaType, E> {
+            Ok(intern(s))
+        }
+    }
+    d.deserialize_str(Visit)
+}
+
+/// [`deserialize`] for an optional media type.
+pub fn deserialize_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MediaType>, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Option<MediaType>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a media type string or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            deserialize(d).map(Some)
+        }
+    }
+    d.deserialize_option(Visit)
+}

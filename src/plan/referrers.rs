@@ -492,7 +492,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                         r.descriptor.artifact_type = m
                             .artifact_type
                             .clone()
-                            .or_else(|| (m.subject.is_some()).then(|| m.config.media_type.clone()));
+                            .or_else(|| (m.subject.is_some()).then(|| m.config.media_type.to_string()));
                     }
                     r.manifest = Some(raw);
                     true

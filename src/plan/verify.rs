@@ -372,7 +372,7 @@ fn notation_verdict(
     let Some((desc, bytes)) = layers.first() else {
         return Err("the Notation referrer holds no envelope layer".into());
     };
-    match desc.media_type.as_str() {
+    match &*desc.media_type {
         notation::JWS_MEDIA_TYPE => notation::verify_jws(
             bytes,
             &notation::Target {

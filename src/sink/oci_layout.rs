@@ -319,7 +319,7 @@ pub fn scan_referrers(root: &Path) -> LayoutReferrers {
                 .artifact_type
                 .clone()
                 .or(m.artifact_type)
-                .or(m.config.map(|c| c.media_type));
+                .or(m.config.map(|c| c.media_type.into_owned()));
             let descriptor = Descriptor {
                 artifact_type,
                 annotations: d.annotations.filter(|a| !a.contains_key(REF_NAME)),
@@ -506,7 +506,7 @@ pub async fn layout_manifest(root: &Path, reference: &str) -> Result<Option<RawM
     let listed = index_manifests(root).into_iter().find(|d| d.digest == digest);
     RawManifest::verified(
         bytes::Bytes::from(bytes),
-        listed.as_ref().map(|d| d.media_type.as_str()),
+        listed.as_ref().map(|d| &*d.media_type),
         &digest,
         &format!("manifest {digest} in {}", root.display()),
     )

@@ -251,7 +251,7 @@ pub fn merge_referrers_index(
     else {
         return Err(format!(
             "holds {}, not an index of referrers",
-            current.map(|r| r.media_type.as_str()).unwrap_or("something else")
+            current.map(|r| &*r.media_type).unwrap_or("something else")
         ));
     };
     let mut added = false;

@@ -497,7 +497,7 @@ impl DockerSaveSource {
                 } else {
                     media_type::DOCKER_MANIFEST
                 }
-                .to_string(),
+                .into(),
             ),
             artifact_type: None,
             config: Descriptor::new(

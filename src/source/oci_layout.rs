@@ -194,7 +194,7 @@ impl Source for OciLayoutSource {
     }
 
     async fn root_manifest(&self) -> Result<RawManifest> {
-        let mt = Some(self.entry.media_type.as_str()).filter(|m| !m.is_empty());
+        let mt = Some(&*self.entry.media_type).filter(|m| !m.is_empty());
         self.read_manifest(&self.entry.digest, mt).await
     }
 
