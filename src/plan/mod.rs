@@ -345,7 +345,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
             }
             planned.push(p);
         }
-        planned.sort_by_key(|t| t.entry);
+        sort_by_entry(&mut planned);
     } else {
         // `--shard I/N`: this shard's targets before any other is resolved
         // (by the saved plan's assignment, or by repository).
@@ -387,7 +387,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         let failed = selected.failed;
         planned = diff_all(ctx, selected.targets, &resolutions).await;
         planned.splice(0..0, failed);
-        planned.sort_by_key(|t| t.entry);
+        sort_by_entry(&mut planned);
         sharded = Some((own_info.or(selected.info), selected.assignment));
     }
     // A plan that is only shown lets go of what it read once its targets
@@ -447,6 +447,11 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
         warnings.push(docker_kept_warning(&named));
     }
 
+    // (The referrers planner's lookups are gone too: their holes go back
+    // before the graph's arrays are filled.)
+    if let_go {
+        give_back_freed_memory();
+    }
     let mut work = graph::build(ctx, &mut planned, let_go).await;
     for (i, t) in planned.iter_mut().enumerate() {
         t.blobs = work.counts_for(i);

@@ -282,9 +282,12 @@ fn assemble(
             in_place: t.current.is_some() && t.current == t.expected && t.referrers.is_some(),
             ..TargetWork::default()
         };
+        // (Sized up front: a vector grown by a push holds room for four
+        // images, and a plan of 100,000 targets has as many of them.)
+        tw.images.reserve_exact(resolved.images.len());
         for img in &resolved.images {
-            let mut layers = Vec::new();
-            let mut rewrites = Vec::new();
+            let mut layers = Vec::with_capacity(img.manifest.layers.len());
+            let mut rewrites = Vec::with_capacity(if filtered { img.manifest.layers.len() } else { 0 });
             for (li, desc) in img.manifest.layers.iter().enumerate() {
                 // One copy of the descriptor for the layer's blob and fetch nodes.
                 let shared = Arc::new(desc.clone());
