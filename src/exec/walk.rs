@@ -1263,7 +1263,7 @@ impl<'a> Walk<'a> {
                 matches.extend(matches_of(&io.name, b, &results));
             }
         }
-        let index = match (&io.resolved.index, tw.index.is_some()) {
+        let index = match (io.resolved.index.as_deref(), tw.index.is_some()) {
             (Some((raw, idx)), true) if !io.chain.is_empty() => Some(rewrite_index(raw, idx, before, &after)?),
             (Some((raw, idx)), true) => {
                 let written = index_to_write(raw, idx, before)?;

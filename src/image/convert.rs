@@ -60,10 +60,10 @@ pub fn adapt_media_types(resolved: &ResolvedImage, rule: MediaTypes) -> Result<O
             None => images.push(img.clone()),
         }
     }
-    let index = match &resolved.index {
+    let index = match resolved.index.as_deref() {
         Some((raw, _)) => match index_to_oci(raw, &converted)? {
             Some(new) => match new.parse()? {
-                Manifest::Index(parsed) => Some((new, parsed)),
+                Manifest::Index(parsed) => Some(Box::new((new, parsed))),
                 Manifest::Image(_) => {
                     return Err(Error::invalid(format!(
                         "index {} became an image manifest when converted to OCI",
@@ -94,7 +94,7 @@ pub fn keeps_docker_in_oci_layout(resolved: &ResolvedImage, rule: MediaTypes) ->
         && (resolved.images.iter().any(image_is_docker)
             || resolved
                 .index
-                .as_ref()
+                .as_deref()
                 .is_some_and(|(raw, _)| media_type::is_docker(&raw.media_type)))
 }
 

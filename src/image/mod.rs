@@ -91,7 +91,8 @@ impl ImageData {
 #[derive(Debug, Clone)]
 pub struct ResolvedImage {
     /// The index (or manifest list) the reference named, if it named one.
-    pub index: Option<(RawManifest, ImageIndex)>,
+    /// (Boxed: most images have none, and a plan of 100,000 holds each.)
+    pub index: Option<Box<(RawManifest, ImageIndex)>>,
     /// The chosen platform images (exactly one unless several platforms were asked for).
     pub images: Vec<ImageData>,
     /// Whether occy made the manifests up (from a docker-save archive, a
@@ -103,7 +104,7 @@ impl ResolvedImage {
     /// Lets the manifests' bytes go, keeping their digests, media types and
     /// sizes (see [`RawManifest::without_bytes`]).
     pub fn drop_manifest_bytes(&mut self) {
-        if let Some((raw, _)) = &mut self.index {
+        if let Some((raw, _)) = self.index.as_deref_mut() {
             *raw = raw.without_bytes();
         }
         for img in &mut self.images {
@@ -113,7 +114,7 @@ impl ResolvedImage {
 
     /// The manifest the reference names (the index if there is one).
     pub fn root(&self) -> Option<&RawManifest> {
-        match &self.index {
+        match self.index.as_deref() {
             Some((raw, _)) => Some(raw),
             None => self.images.first().map(|i| &i.raw_manifest),
         }

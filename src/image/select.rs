@@ -58,7 +58,7 @@ pub fn expected_digest(
     selection: &PlatformSelection,
     supports_index: bool,
 ) -> Result<Digest> {
-    match &resolved.index {
+    match resolved.index.as_deref() {
         Some((raw, index)) if writes_index(resolved, selection, supports_index) => {
             Ok(index_to_write(raw, index, &resolved.images)?.digest)
         }

@@ -187,7 +187,7 @@ fn subjects(ctx: &PlanContext, p: &PlannedTarget) -> Option<Vec<Digest>> {
         Some((r, root)) => (
             root.digest.clone(),
             r.index
-                .as_ref()
+                .as_deref()
                 .map(|(_, ix)| ix.manifests.iter().map(|d| d.digest.clone()).collect::<Vec<_>>()),
         ),
         None => match ctx.memo.root(&p.target.source) {

@@ -170,7 +170,7 @@ fn indexed(images: Vec<ImageData>) -> ResolvedImage {
         panic!("an index")
     };
     ResolvedImage {
-        index: Some((raw, parsed)),
+        index: Some(Box::new((raw, parsed))),
         images,
         synthesised: false,
     }
@@ -374,7 +374,7 @@ fn a_store_that_cannot_keep_indexes_gets_one_platform_or_a_clear_failure() {
     let amd = image("amd64", &["base", "app"]);
     let one = indexed(vec![amd.clone()]);
     let (planned, g) = plan(&ctx, &[A, B], &one, PlatformSelection::All);
-    let index_digest = one.index.as_ref().map(|(raw, _)| raw.digest.clone());
+    let index_digest = one.index.as_deref().map(|(raw, _)| raw.digest.clone());
     assert_eq!(planned[0].expected, index_digest);
     assert_eq!(planned[1].expected.as_ref(), Some(&amd.raw_manifest.digest));
     let indexes: Vec<&str> = g

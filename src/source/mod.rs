@@ -243,7 +243,7 @@ pub async fn resolve_with(
                 images.push(load(raw, desc.platform.clone()).await?);
             }
             Ok(ResolvedImage {
-                index: Some((root, index)),
+                index: Some(Box::new((root, index))),
                 images,
                 synthesised: source.synthesises_manifests(),
             })
