@@ -234,7 +234,7 @@ pub async fn walk(
 }
 
 /// Where a ready node stands: (not first, its earliest target, its id).
-type Priority = (bool, usize, usize);
+type Priority = (bool, usize, u32);
 
 /// The order ready nodes start in: what other shards wait for first
 /// ([`WorkGraph::first`]), then earlier targets, then the graph's order.

@@ -380,17 +380,17 @@ fn assemble(
                         g.graph[r].compression = Some(Compression::None);
                     }
                     let f = fetch_node(&mut g, &src_store, &shared, diff_id.as_ref(), ti);
-                    g.edge(f, r, "feeds");
+                    g.edge(f, r, Label::Feeds);
                     if rewrites_content && sends {
-                        g.edge(r, blob, "rewritten to");
+                        g.edge(r, blob, Label::RewrittenTo);
                     } else if fed {
-                        g.edge(f, blob, "copied to");
+                        g.edge(f, blob, Label::CopiedTo);
                     }
                     Some(r)
                 } else {
                     if fed && created {
                         let f = fetch_node(&mut g, &src_store, &shared, diff_id.as_ref(), ti);
-                        g.edge(f, blob, "copied to");
+                        g.edge(f, blob, Label::CopiedTo);
                     }
                     None
                 };
@@ -436,7 +436,7 @@ fn assemble(
             // that writes it (a registry that holds it needs none).
             if img.config.bytes.is_empty() && !changes_config && (store.host.is_none() || how != How::Present) {
                 let f = fetch_node(&mut g, &src_store, &shared, None, ti);
-                g.edge(f, config, "config read");
+                g.edge(f, config, Label::ConfigRead);
             }
             // (A copied manifest's name is its digest's own text, shared.)
             let manifest_name: Name = if changes_config || rewrites_content {
@@ -460,9 +460,9 @@ fn assemble(
                 *s = store.key.clone();
             }
             for &l in &layers {
-                g.edge(l, manifest, "layer");
+                g.edge(l, manifest, Label::Layer);
             }
-            g.edge(config, manifest, "config");
+            g.edge(config, manifest, Label::Config);
             tw.images.push(ImageWork {
                 layers,
                 rewrites,
@@ -492,7 +492,7 @@ fn assemble(
                 *s = store.key.clone();
             }
             for m in tw.images.iter().map(|i| i.manifest).collect::<Vec<_>>() {
-                g.edge(m, ix, "manifest");
+                g.edge(m, ix, Label::Manifest);
             }
             tw.index = Some(ix);
             Some(ix)
@@ -509,10 +509,10 @@ fn assemble(
             |_| {},
         );
         if let Some(top) = top {
-            g.edge(top, tag, "tagged");
+            g.edge(top, tag, Label::Tagged);
         }
         let (check, _) = g.node(NodeKey::Check { destination, image }, ti, |_| {});
-        g.edge(tag, check, "checks");
+        g.edge(tag, check, Label::Checks);
         tw.tag = Some(tag);
         tw.check = Some(check);
         if let Some(r) = &t.referrers {
@@ -615,10 +615,10 @@ fn add_referrers(
             );
             if sends && made {
                 let f = fetch_node(g, at.src_store, &shared, None, ti);
-                g.edge(f, blob, "copied to");
+                g.edge(f, blob, Label::CopiedTo);
             }
             note_upload(g, uploaded_on, store, &how, &wanted, blob);
-            g.edge(blob, node, if bi == 0 { "config" } else { "layer" });
+            g.edge(blob, node, if bi == 0 { Label::Config } else { Label::Layer });
         }
         // After its subject: the manifest (or index) it refers to, and the
         // commit that writes it.
@@ -627,11 +627,11 @@ fn add_referrers(
             let names_subject = matches!(&g.graph[m].key,
                 NodeKey::Manifest { manifest, .. } | NodeKey::Index { manifest, .. } if **manifest == *subject);
             if names_subject {
-                g.edge(m, node, "subject");
+                g.edge(m, node, Label::Subject);
             }
         }
-        g.edge(at.tag, node, "after commit");
-        g.edge(node, at.check, "referrer");
+        g.edge(at.tag, node, Label::AfterCommit);
+        g.edge(node, at.check, Label::Referrer);
         if r.fallback_tag && rf.tag.is_none() {
             let (list, made) = g.node(
                 NodeKey::ReferrersTag {
@@ -649,8 +649,8 @@ fn add_referrers(
                 entries.1.push(rf.descriptor.clone());
             }
             let _ = made;
-            g.edge(node, list, "listed in");
-            g.edge(list, at.check, "referrers tag");
+            g.edge(node, list, Label::ListedIn);
+            g.edge(list, at.check, Label::ReferrersTag);
         }
     }
 }
@@ -746,7 +746,7 @@ fn note_upload(
         How::Mount(m) => {
             if let Some((up, up_repo)) = uploads.get(&key) {
                 if *up != node && **up_repo == *m.from {
-                    g.edge(*up, node, "mounted from");
+                    g.edge(*up, node, Label::MountedFrom);
                 }
             }
         }
