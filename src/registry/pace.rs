@@ -1,9 +1,10 @@
 //! How hard occy presses one registry host: how many requests of each kind
 //! are in flight at once (manifests and other small requests, blob GETs,
 //! blob uploads) and how many leave per second. Nothing here is a value the
-//! user must choose: each kind starts small and widens while the answers
-//! keep their latency (and its throughput does not fall), narrows when
-//! latency grows, and halves on a 429, a 503 or a connection that failed.
+//! user must choose: each kind starts small and widens (doubling at most
+//! every 100 ms at first) while the answers keep their latency (and its
+//! throughput does not fall), narrows when latency grows, and halves on a
+//! 429, a 503 or a connection that failed.
 //! The request rate is unlimited until the registry says otherwise: a
 //! `RateLimit-Limit` with a short window sets it, and a 429 teaches it (the
 //! requests the host accepted in the second before the one it refused),
@@ -56,7 +57,8 @@ impl Kind {
     }
 
     /// Where a kind starts: small, so a registry that throttles meets few
-    /// requests at once before it is heard.
+    /// requests at once before it is heard (those in flight when it first
+    /// refuses are all refused; see also [`SLOW_START_STEP`]).
     pub fn initial(self) -> usize {
         match self {
             Kind::Request => 4,
@@ -97,6 +99,10 @@ const SLACK: Duration = Duration::from_millis(3);
 /// A window ends after this many answers (at least), or this long.
 const WINDOW_MIN_SAMPLES: u32 = 2;
 const WINDOW_MAX: Duration = Duration::from_secs(1);
+/// Slow start doubles at most this often: on a fast link a window of
+/// answers takes a few milliseconds, and a registry that counts requests
+/// per second would otherwise meet dozens at once before its first 429.
+const SLOW_START_STEP: Duration = Duration::from_millis(100);
 
 /// One kind's concurrency controller: a limit moved by windows of answers.
 #[derive(Debug, Clone)]
@@ -201,8 +207,10 @@ impl Window {
         self.base = Some(self.base.map_or(latency, |b| b.min(latency)));
         self.samples += 1;
         self.latency_sum += latency;
-        let enough = self.samples >= WINDOW_MIN_SAMPLES.max(self.limit() as u32);
-        if enough || now.saturating_duration_since(self.start) >= WINDOW_MAX {
+        let elapsed = now.saturating_duration_since(self.start);
+        let enough = self.samples >= WINDOW_MIN_SAMPLES.max(self.limit() as u32)
+            && (!self.slow_start || elapsed >= SLOW_START_STEP);
+        if enough || elapsed >= WINDOW_MAX {
             self.end_window(now);
         }
     }
@@ -298,6 +306,9 @@ pub struct RateLearner {
     hold_until: Option<Instant>,
     /// Answers 429, and how many of them taught a rate.
     refused: u64,
+    /// When the request whose 429 taught the rate in force was sent (None:
+    /// the rate came from elsewhere, or a later 429 lowered it).
+    taught_by: Option<Instant>,
 }
 
 impl RateLearner {
@@ -312,6 +323,7 @@ impl RateLearner {
             next_free: None,
             hold_until: None,
             refused: 0,
+            taught_by: None,
         }
     }
 
@@ -364,9 +376,14 @@ impl RateLearner {
 
     /// A request sent at `sent` was answered 429 at `now`, asking to wait
     /// `retry_after` (when it said). The first one teaches the rate: the
-    /// requests sent in the second before it; a later one sent at the
-    /// learned rate lowers it: back to the rate that held when a probe
-    /// raised it (probing half as often from then on), else by a fifth.
+    /// requests sent in the second before it. Another of the same burst,
+    /// sent before that one (answers overtake each other), teaches it
+    /// again: the registry refused from there, so the requests it accepted
+    /// are those sent before the earliest it refused, and counting any
+    /// later ones too would set the rate above the registry's. A later one
+    /// sent at the learned rate lowers it: back to the rate that held when
+    /// a probe raised it (probing half as often from then on), else by a
+    /// fifth.
     pub fn throttled(&mut self, now: Instant, sent: Instant, retry_after: Option<Duration>) {
         self.refused += 1;
         if let Some(wait) = retry_after {
@@ -378,10 +395,17 @@ impl RateLearner {
             .iter()
             .filter(|t| **t < sent && sent.saturating_duration_since(**t) < Duration::from_secs(1))
             .count();
+        let taught = (before as f64 * LEARNED_SHARE).max(1.0);
         match (self.learned, self.learned_at) {
             (None, _) => {
-                let rate = (before as f64 * LEARNED_SHARE).max(1.0);
-                self.set_learned(rate, now);
+                self.set_learned(taught, now);
+                self.taught_by = Some(sent);
+            }
+            (Some(l), _) if self.taught_by.is_some_and(|t| sent < t) => {
+                if taught < l {
+                    self.set_learned(taught, now);
+                }
+                self.taught_by = Some(sent);
             }
             (Some(l), Some(at)) if sent >= at => match self.held.take() {
                 Some(held) if held < l => {
@@ -419,6 +443,7 @@ impl RateLearner {
 
     fn set_learned(&mut self, rate: f64, now: Instant) {
         self.held = None;
+        self.taught_by = None;
         self.learned = Some(rate);
         self.learned_at = Some(now);
         // The bucket starts over at the new rate.
@@ -811,8 +836,9 @@ mod tests {
             service: Duration::from_millis(30),
         };
         let (limits, _) = drive(&mut w, &server, t0, 40);
-        // Slow start doubles: 2, 4, 8, 16 …
-        assert_eq!(&limits[..3], &[4, 8, 16], "{limits:?}");
+        // Slow start doubles, at most every 100 ms (rounds of 30 ms here):
+        // 2, 4, 8, 16 …
+        assert_eq!(&limits[..8], &[2, 2, 2, 4, 4, 4, 4, 8], "{limits:?}");
         // … then queueing shows and it settles around the capacity.
         let settled = &limits[20..];
         assert!(
@@ -967,6 +993,31 @@ mod tests {
         let later = now + Duration::from_secs(2);
         r.throttled(later, now + Duration::from_millis(1), None);
         assert!((r.rate().unwrap() - learned * 0.8).abs() < 1e-9);
+        assert_eq!(r.refused(), 3);
+    }
+
+    #[test]
+    fn the_earliest_refused_request_of_a_burst_teaches_the_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLearner::new(None);
+        // 30 requests accepted, then three more sent before any answer
+        // comes back: the registry refuses all three.
+        let mut now = t0;
+        let mut sent = Vec::new();
+        for _ in 0..33 {
+            r.reserve(now);
+            sent.push(now);
+            now += Duration::from_millis(3);
+        }
+        // The last one's 429 is heard first: 32 sent before it.
+        r.throttled(now, sent[32], Some(Duration::from_secs(1)));
+        assert!((r.rate().unwrap() - 32.0 * 0.9).abs() < 1e-9);
+        // The earliest refused one's 429 follows: 30 were accepted.
+        r.throttled(now, sent[30], Some(Duration::from_secs(1)));
+        assert!((r.rate().unwrap() - 27.0).abs() < 1e-9);
+        // The one between teaches nothing more.
+        r.throttled(now, sent[31], Some(Duration::from_secs(1)));
+        assert!((r.rate().unwrap() - 27.0).abs() < 1e-9);
         assert_eq!(r.refused(), 3);
     }
 
@@ -1142,6 +1193,7 @@ mod tests {
     #[tokio::test]
     async fn permits_wait_for_a_free_slot() {
         let pace = HostPace::new("permits.example", None, None);
+        assert_eq!(Kind::Upload.initial(), 2);
         let a = pace.acquire(Kind::Upload).await;
         let _b = pace.acquire(Kind::Upload).await;
         // The third waits until one is dropped.
