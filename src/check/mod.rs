@@ -140,7 +140,7 @@ pub async fn check_source(source: &dyn Source, mode: Mode) -> Result<Findings> {
                     // Attestations and other artifacts are not images.
                     continue;
                 }
-                if let Some(p) = &entry.platform {
+                if let Some(p) = entry.platform() {
                     if let Some(first) = seen.insert(p.to_string(), entry.digest.clone()) {
                         f.warning(
                             "index-duplicate-platform",
@@ -191,7 +191,7 @@ async fn check_image(
     mode: Mode,
     f: &mut Findings,
 ) -> Result<()> {
-    let at = match entry.and_then(|e| e.platform.as_ref()) {
+    let at = match entry.and_then(|e| e.platform()) {
         Some(p) => format!("manifest {} ({p})", raw.digest.short()),
         None => format!("manifest {}", raw.digest.short()),
     };
@@ -434,7 +434,7 @@ fn check_config(config: &ImageConfig, layers: &[Descriptor], entry: Option<&Desc
             format!("{at}: config sets ArgsEscaped, a Docker-only (Windows) setting deprecated in OCI"),
         );
     }
-    if let Some(p) = entry.and_then(|e| e.platform.as_ref()) {
+    if let Some(p) = entry.and_then(|e| e.platform()) {
         let declared = config.platform();
         let variant_differs = p.variant.is_some() && declared.variant.is_some() && p.variant != declared.variant;
         if p.os != declared.os || p.architecture != declared.architecture || variant_differs {

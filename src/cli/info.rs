@@ -359,7 +359,10 @@ async fn list_referrers(
         if let Ok(Manifest::Index(index)) = raw.parse() {
             for d in index.manifests {
                 out.push(ReferrerInfo {
-                    kind: d.artifact_type.clone().unwrap_or_else(|| d.media_type.to_string()),
+                    kind: d
+                        .artifact_type()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| d.media_type.to_string()),
                     tag: tag.clone(),
                     digest: d.digest.to_string(),
                     signatures: Vec::new(),
@@ -387,12 +390,12 @@ pub async fn gather(reference: &Reference, source: &dyn Source, selection: &Plat
                 return Err(Error::invalid(format!("index of {describe} lists no platform images")));
             };
             let raw = source.manifest(&desc.digest).await?;
-            let img = load_image(source, raw, desc.platform.clone()).await?;
+            let img = load_image(source, raw, desc.platform().cloned().map(Box::new)).await?;
             let entries = index
                 .manifests
                 .iter()
                 .map(|d| PlatformEntry {
-                    platform: d.platform.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    platform: d.platform().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                     digest: d.digest.to_string(),
                     media_type: d.media_type.to_string(),
                     size: d.size,

@@ -100,7 +100,7 @@ pub fn signature_layers(manifest: &ImageManifest) -> Vec<SignatureLayer> {
         .iter()
         .filter(|l| l.media_type == SIMPLE_SIGNING_MEDIA_TYPE)
         .map(|l| {
-            let signature = match l.annotations.as_ref().and_then(|a| a.get(SIGNATURE_ANNOTATION)) {
+            let signature = match l.annotations().and_then(|a| a.get(SIGNATURE_ANNOTATION)) {
                 None => Err(format!("the layer has no {SIGNATURE_ANNOTATION} annotation")),
                 Some(b64) => base64::engine::general_purpose::STANDARD
                     .decode(b64.trim())

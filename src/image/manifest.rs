@@ -13,21 +13,100 @@ use super::platform::Platform;
 use crate::error::{Error, Result};
 
 /// A content descriptor: what a manifest says about one blob or child manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// The fields most descriptors lack (platform, annotations, URLs, artifact
+/// type) live in one box, read through [`Descriptor::platform`] and its
+/// siblings: a plan of 100,000 images holds half a million descriptors, and
+/// those four took 80 of a descriptor's 136 bytes. It reads and writes the
+/// same JSON as a flat struct would, field for field and in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "WireDescriptor")]
 pub struct Descriptor {
-    #[serde(default, deserialize_with = "media_type::deserialize")]
     pub media_type: MediaType,
     pub digest: Digest,
     pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Box<Platform>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub urls: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
+    /// None when every rare field is unset (kept so: equal descriptors compare equal).
+    extra: Option<Box<DescriptorExtra>>,
+}
+
+/// The rarely set fields of a [`Descriptor`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct DescriptorExtra {
+    platform: Option<Platform>,
+    annotations: Option<BTreeMap<String, String>>,
+    urls: Option<Vec<String>>,
+    artifact_type: Option<String>,
+}
+
+impl DescriptorExtra {
+    fn is_empty(&self) -> bool {
+        self.platform.is_none() && self.annotations.is_none() && self.urls.is_none() && self.artifact_type.is_none()
+    }
+}
+
+/// A descriptor as JSON has it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireDescriptor {
+    #[serde(default, deserialize_with = "media_type::deserialize")]
+    media_type: MediaType,
+    digest: Digest,
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    urls: Option<Vec<String>>,
+    #[serde(default)]
+    artifact_type: Option<String>,
+}
+
+impl From<WireDescriptor> for Descriptor {
+    fn from(w: WireDescriptor) -> Self {
+        let extra = DescriptorExtra {
+            platform: w.platform,
+            annotations: w.annotations,
+            urls: w.urls,
+            artifact_type: w.artifact_type,
+        };
+        Descriptor {
+            media_type: w.media_type,
+            digest: w.digest,
+            size: w.size,
+            extra: (!extra.is_empty()).then(|| Box::new(extra)),
+        }
+    }
+}
+
+impl Serialize for Descriptor {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire<'a> {
+            media_type: &'a str,
+            digest: &'a Digest,
+            size: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            platform: Option<&'a Platform>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            annotations: Option<&'a BTreeMap<String, String>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            urls: Option<&'a [String]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            artifact_type: Option<&'a str>,
+        }
+        Wire {
+            media_type: &self.media_type,
+            digest: &self.digest,
+            size: self.size,
+            platform: self.platform(),
+            annotations: self.annotations(),
+            urls: self.urls(),
+            artifact_type: self.artifact_type(),
+        }
+        .serialize(serializer)
+    }
 }
 
 impl Descriptor {
@@ -37,11 +116,80 @@ impl Descriptor {
             media_type: media_type::intern(media_type.as_ref()),
             digest,
             size,
-            platform: None,
-            annotations: None,
-            urls: None,
-            artifact_type: None,
+            extra: None,
         }
+    }
+
+    /// The platform an index entry is for.
+    pub fn platform(&self) -> Option<&Platform> {
+        self.extra.as_ref()?.platform.as_ref()
+    }
+
+    /// The descriptor's annotations.
+    pub fn annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.extra.as_ref()?.annotations.as_ref()
+    }
+
+    /// Where a foreign layer may be fetched from.
+    pub fn urls(&self) -> Option<&[String]> {
+        self.extra.as_ref()?.urls.as_deref()
+    }
+
+    /// The artifact type (OCI 1.1) of a referrer.
+    pub fn artifact_type(&self) -> Option<&str> {
+        self.extra.as_ref()?.artifact_type.as_deref()
+    }
+
+    /// Changes the rare fields through `f`, keeping the box only while one is set.
+    fn edit_extra(&mut self, f: impl FnOnce(&mut DescriptorExtra)) {
+        let mut extra = self.extra.take().unwrap_or_default();
+        f(&mut extra);
+        self.extra = (!extra.is_empty()).then_some(extra);
+    }
+
+    /// Sets (or clears) the platform.
+    pub fn set_platform(&mut self, platform: Option<Platform>) {
+        self.edit_extra(|e| e.platform = platform);
+    }
+
+    /// Sets (or clears) the annotations.
+    pub fn set_annotations(&mut self, annotations: Option<BTreeMap<String, String>>) {
+        self.edit_extra(|e| e.annotations = annotations);
+    }
+
+    /// Takes the annotations out, leaving none.
+    pub fn take_annotations(&mut self) -> Option<BTreeMap<String, String>> {
+        let mut taken = None;
+        self.edit_extra(|e| taken = e.annotations.take());
+        taken
+    }
+
+    /// Sets (or clears) the URLs.
+    pub fn set_urls(&mut self, urls: Option<Vec<String>>) {
+        self.edit_extra(|e| e.urls = urls);
+    }
+
+    /// Sets (or clears) the artifact type.
+    pub fn set_artifact_type(&mut self, artifact_type: Option<String>) {
+        self.edit_extra(|e| e.artifact_type = artifact_type);
+    }
+
+    /// This descriptor with a platform.
+    pub fn with_platform(mut self, platform: Option<Platform>) -> Self {
+        self.set_platform(platform);
+        self
+    }
+
+    /// This descriptor with annotations.
+    pub fn with_annotations(mut self, annotations: Option<BTreeMap<String, String>>) -> Self {
+        self.set_annotations(annotations);
+        self
+    }
+
+    /// This descriptor with an artifact type.
+    pub fn with_artifact_type(mut self, artifact_type: Option<String>) -> Self {
+        self.set_artifact_type(artifact_type);
+        self
     }
 }
 
@@ -261,6 +409,40 @@ fn sniff_media_type(bytes: &[u8]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A descriptor reads and writes JSON as the flat struct it was, field
+    /// for field and in order, with its rare fields set or not.
+    #[test]
+    fn a_descriptor_keeps_its_json_and_its_rare_fields_in_a_box() {
+        let plain = r#"{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2}"#;
+        let full = r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2,"platform":{"os":"linux","architecture":"arm64","variant":"v8"},"annotations":{"a":"b"},"urls":["https://example.com/x"],"artifactType":"application/spdx+json"}"#;
+        let d: Descriptor = serde_json::from_str(plain).unwrap();
+        assert!(d.extra.is_none() && d.platform().is_none() && d.annotations().is_none());
+        assert_eq!(serde_json::to_string(&d).unwrap(), plain);
+        let mut f: Descriptor = serde_json::from_str(full).unwrap();
+        assert_eq!(serde_json::to_string(&f).unwrap(), full);
+        assert_eq!(f.platform().map(|p| p.architecture.as_str()), Some("arm64"));
+        assert_eq!(f.urls().map(<[String]>::len), Some(1));
+        assert_eq!(f.artifact_type(), Some("application/spdx+json"));
+        assert_eq!(f.take_annotations().map(|a| a.len()), Some(1));
+        f.set_platform(None);
+        f.set_urls(None);
+        f.set_artifact_type(None);
+        // With every rare field cleared it is a plain descriptor again, equal to one read so.
+        assert!(f.extra.is_none());
+        assert_eq!(
+            f,
+            Descriptor {
+                media_type: media_type::intern(media_type::OCI_MANIFEST),
+                ..d.clone()
+            }
+        );
+        assert!(
+            std::mem::size_of::<Descriptor>() <= 56,
+            "{}",
+            std::mem::size_of::<Descriptor>()
+        );
+    }
 
     #[test]
     fn raw_manifest_keeps_bytes_and_sniffs() {

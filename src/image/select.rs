@@ -78,7 +78,7 @@ pub fn index_to_write(raw: &RawManifest, index: &ImageIndex, images: &[ImageData
     let platform_entries: Vec<&Descriptor> = index
         .manifests
         .iter()
-        .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
+        .filter(|d| d.platform().is_some_and(|p| p.os != "unknown"))
         .collect();
     if platform_entries.iter().all(|d| chosen.contains(&&d.digest)) {
         return Ok(raw.clone());

@@ -103,7 +103,7 @@ fn expected_from_root(root: &RawManifest, selection: &PlatformSelection) -> Opti
                     let platform_entries = index
                         .manifests
                         .iter()
-                        .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
+                        .filter(|d| d.platform().is_some_and(|p| p.os != "unknown"))
                         .count();
                     (chosen.len() == platform_entries).then(|| (root.digest.clone(), chosen.len()))
                 }

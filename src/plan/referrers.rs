@@ -369,8 +369,8 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
             let taken: Vec<&Found> = list
                 .iter()
                 .filter(|f| {
-                    let kind = kind_of(f.descriptor.artifact_type.as_deref(), f.cosign);
-                    takes(&w.policy, f.descriptor.artifact_type.as_deref(), &kind)
+                    let kind = kind_of(f.descriptor.artifact_type(), f.cosign);
+                    takes(&w.policy, f.descriptor.artifact_type(), &kind)
                 })
                 .collect();
             if w.not_copied.is_some() {
@@ -410,7 +410,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                 tr.copy.push(Referrer {
                     subject: s.clone(),
                     descriptor: f.descriptor.clone(),
-                    kind: kind_of(f.descriptor.artifact_type.as_deref(), f.cosign),
+                    kind: kind_of(f.descriptor.artifact_type(), f.cosign),
                     tag: f.tag.clone(),
                     change,
                     manifest: None,
@@ -488,11 +488,12 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                         .collect();
                     r.descriptor.media_type = raw.media_type.clone();
                     r.descriptor.size = raw.bytes.len() as u64;
-                    if r.descriptor.artifact_type.is_none() {
-                        r.descriptor.artifact_type = m
-                            .artifact_type
-                            .clone()
-                            .or_else(|| (m.subject.is_some()).then(|| m.config.media_type.to_string()));
+                    if r.descriptor.artifact_type().is_none() {
+                        r.descriptor.set_artifact_type(
+                            m.artifact_type
+                                .clone()
+                                .or_else(|| (m.subject.is_some()).then(|| m.config.media_type.to_string())),
+                        );
                     }
                     r.manifest = Some(raw);
                     true

@@ -196,7 +196,7 @@ fn layer_verdict(
     };
     match keyless {
         Some(policy) if !matches!(keyed, Some(Verdict::Valid(_))) => {
-            let annotations = layer.payload.annotations.clone().unwrap_or_default();
+            let annotations = layer.payload.annotations().cloned().unwrap_or_default();
             let has_certificate = annotations.contains_key(sigstore::CERTIFICATE_ANNOTATION);
             match (&layer.signature, has_certificate || keyed.is_none()) {
                 (_, false) => keyed,
@@ -274,12 +274,9 @@ pub async fn referrer_signatures(
     let notation = policy.notation.as_deref();
     let mut out = Vec::new();
     for d in super::referrers::listed(ctx, image, digest).await? {
-        let t = d.artifact_type.clone().unwrap_or_default();
+        let t = d.artifact_type().map(str::to_string).unwrap_or_default();
         let kind = if sigstore::is_bundle_type(&t) {
-            let predicate = d
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("dev.sigstore.bundle.predicateType"));
+            let predicate = d.annotations().and_then(|a| a.get("dev.sigstore.bundle.predicateType"));
             if predicate.is_some_and(|p| p != sigstore::COSIGN_SIGN_PREDICATE) {
                 continue; // an attestation, not a signature
             }

@@ -112,11 +112,8 @@ impl OciLayoutSink {
         let tag = self.tag.clone();
         self.edit_index(move |list| {
             list.retain(|m| name_of(m).as_deref() != Some(tag.as_str()));
-            let mut entry = serde_json::to_value(Descriptor {
-                platform: None,
-                annotations: None,
-                ..desc
-            })?;
+            let entry = desc.with_platform(None).with_annotations(None);
+            let mut entry = serde_json::to_value(entry)?;
             entry["annotations"] = json!({ REF_NAME: tag });
             list.push(entry);
             Ok(())
@@ -200,14 +197,12 @@ impl Sink for OciLayoutSink {
     async fn put_referrer(&self, manifest: &RawManifest, desc: &Descriptor, tag: Option<&str>) -> Result<()> {
         self.put_bytes(&manifest.digest, &manifest.bytes).await?;
         let tag = tag.map(str::to_string);
-        let entry = Descriptor {
-            platform: None,
-            urls: None,
-            media_type: manifest.media_type.clone(),
-            digest: manifest.digest.clone(),
-            size: manifest.bytes.len() as u64,
-            ..desc.clone()
-        };
+        let mut entry = desc.clone();
+        entry.media_type = manifest.media_type.clone();
+        entry.digest = manifest.digest.clone();
+        entry.size = manifest.bytes.len() as u64;
+        entry.set_platform(None);
+        entry.set_urls(None);
         // Listed in index.json beside its subject: by its cosign tag, or
         // untagged (as oras keeps referrers), once.
         self.edit_index(move |list| {
@@ -215,7 +210,7 @@ impl Sink for OciLayoutSink {
             match &tag {
                 Some(t) => {
                     list.retain(|m| name_of(m).as_deref() != Some(t.as_str()));
-                    let mut annotations = entry.annotations.clone().unwrap_or_default();
+                    let mut annotations = entry.annotations().cloned().unwrap_or_default();
                     annotations.insert(REF_NAME.to_string(), t.clone());
                     value["annotations"] = serde_json::to_value(annotations)?;
                 }
@@ -261,7 +256,7 @@ pub fn tagged(root: &Path, tag: &str) -> Option<Digest> {
 
 /// The tag (`org.opencontainers.image.ref.name`) an `index.json` entry has.
 fn ref_name(d: &Descriptor) -> Option<&str> {
-    d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str)
+    d.annotations().and_then(|a| a.get(REF_NAME)).map(String::as_str)
 }
 
 /// The descriptors the layout's `index.json` lists (none when it has none).
@@ -302,9 +297,7 @@ pub fn scan_referrers(root: &Path) -> LayoutReferrers {
         let name = ref_name(&d).map(str::to_string);
         if let Some((s, _)) = name.as_deref().and_then(crate::image::referrers::parse_cosign_tag) {
             if file.is_file() {
-                out.entry(s)
-                    .or_default()
-                    .push((Descriptor { annotations: None, ..d }, name));
+                out.entry(s).or_default().push((d.with_annotations(None), name));
             }
             continue;
         }
@@ -316,15 +309,12 @@ pub fn scan_referrers(root: &Path) -> LayoutReferrers {
         };
         if let Some(subject) = m.subject.map(|s| s.digest) {
             let artifact_type = d
-                .artifact_type
-                .clone()
+                .artifact_type()
+                .map(str::to_string)
                 .or(m.artifact_type)
                 .or(m.config.map(|c| c.media_type.into_owned()));
-            let descriptor = Descriptor {
-                artifact_type,
-                annotations: d.annotations.filter(|a| !a.contains_key(REF_NAME)),
-                ..d
-            };
+            let annotations = d.annotations().filter(|a| !a.contains_key(REF_NAME)).cloned();
+            let descriptor = d.with_artifact_type(artifact_type).with_annotations(annotations);
             out.entry(subject).or_default().push((descriptor, None));
         }
     }

@@ -263,11 +263,9 @@ pub fn merge_referrers_index(
         {
             continue;
         }
-        let entry = Descriptor {
-            platform: None,
-            urls: None,
-            ..e.clone()
-        };
+        let mut entry = e.clone();
+        entry.set_platform(None);
+        entry.set_urls(None);
         list.push(serde_json::to_value(entry).map_err(|e| e.to_string())?);
         added = true;
     }
@@ -432,10 +430,8 @@ mod tests {
     #[test]
     fn the_referrers_tag_keeps_every_entry_it_had() {
         let foreign = Descriptor::new(media_type::OCI_MANIFEST, Digest::of(b"foreign"), 10);
-        let ours = Descriptor {
-            artifact_type: Some("application/spdx+json".into()),
-            ..Descriptor::new(media_type::OCI_MANIFEST, Digest::of(b"ours"), 20)
-        };
+        let ours = Descriptor::new(media_type::OCI_MANIFEST, Digest::of(b"ours"), 20)
+            .with_artifact_type(Some("application/spdx+json".into()));
         let first = merge_referrers_index(None, std::slice::from_ref(&foreign))
             .unwrap()
             .unwrap();

@@ -240,7 +240,7 @@ pub async fn resolve_with(
             let mut images = Vec::with_capacity(chosen.len());
             for desc in chosen {
                 let raw = source.manifest(&desc.digest).await?;
-                images.push(load(raw, desc.platform.clone()).await?);
+                images.push(load(raw, desc.platform().cloned().map(Box::new)).await?);
             }
             Ok(ResolvedImage {
                 index: Some(Box::new((root, index))),
@@ -289,15 +289,14 @@ pub fn choose_platforms<'a>(
         .iter()
         .filter(|d| crate::image::media_type::is_image_manifest(&d.media_type) || d.media_type.is_empty())
         .filter(|d| {
-            d.platform
-                .as_ref()
+            d.platform()
                 .is_some_and(|p| p.os != "unknown" && p.architecture != "unknown")
         })
         .collect();
     let available = || {
         images
             .iter()
-            .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+            .filter_map(|d| d.platform().map(|p| p.to_string()))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -310,10 +309,7 @@ pub fn choose_platforms<'a>(
         }
         PlatformSelection::Default => {
             let host = Platform::host();
-            if let Some(d) = images
-                .iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| host.matches(p)))
-            {
+            if let Some(d) = images.iter().find(|d| d.platform().is_some_and(|p| host.matches(p))) {
                 return Ok(vec![*d]);
             }
             if images.len() == 1 {
@@ -327,10 +323,7 @@ pub fn choose_platforms<'a>(
         PlatformSelection::List(wanted) => {
             let mut out = Vec::new();
             for w in wanted {
-                match images
-                    .iter()
-                    .find(|d| d.platform.as_ref().is_some_and(|p| w.matches(p)))
-                {
+                match images.iter().find(|d| d.platform().is_some_and(|p| w.matches(p))) {
                     Some(d) => {
                         if !out.iter().any(|o: &&Descriptor| o.digest == d.digest) {
                             out.push(*d);

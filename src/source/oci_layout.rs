@@ -31,7 +31,7 @@ impl LayoutIndex {
     fn indexed(mut self) -> Self {
         let mut by_tag = HashMap::new();
         for (i, d) in self.manifests.iter().enumerate() {
-            if let Some(name) = d.annotations.as_ref().and_then(|a| a.get(REF_NAME)) {
+            if let Some(name) = d.annotations().and_then(|a| a.get(REF_NAME)) {
                 by_tag.entry(name.clone()).or_insert(i);
                 if let Some((_, t)) = name.rsplit_once(':') {
                     by_tag.entry(t.to_string()).or_insert(i);
@@ -115,7 +115,7 @@ impl OciLayoutSource {
             index
                 .manifests
                 .iter()
-                .filter_map(|d| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).cloned())
+                .filter_map(|d| d.annotations().and_then(|a| a.get(REF_NAME)).cloned())
                 .collect::<Vec<_>>()
                 .join(", ")
         };

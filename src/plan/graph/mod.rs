@@ -900,7 +900,7 @@ mod tests {
     fn nodes_and_descriptors_stay_small() {
         assert!(std::mem::size_of::<Work>() <= 160, "{}", std::mem::size_of::<Work>());
         assert!(
-            std::mem::size_of::<Descriptor>() <= 144,
+            std::mem::size_of::<Descriptor>() <= 56,
             "{}",
             std::mem::size_of::<Descriptor>()
         );

@@ -627,7 +627,7 @@ pub fn write_layout_each(
                 for img in imgs {
                     let g = writer.write_image(img)?;
                     let mut d = g.manifest.clone();
-                    d.platform = Some(Box::new(img.platform.clone()));
+                    d.set_platform(Some(img.platform.clone()));
                     entries.push(d);
                     images.push(g);
                 }
@@ -641,13 +641,15 @@ pub fn write_layout_each(
             }
         };
         let mut top = descriptor.clone();
-        top.annotations = Some([("org.opencontainers.image.ref.name".to_string(), named.name.clone())].into());
+        top.set_annotations(Some(
+            [("org.opencontainers.image.ref.name".to_string(), named.name.clone())].into(),
+        ));
         if n > 0 {
             index.write_all(b",").map_err(io_err)?;
         }
         serde_json::to_writer(&mut index, &top)
             .map_err(|e| Error::invalid(format!("serialising generated JSON: {e}")))?;
-        descriptor.annotations = None;
+        descriptor.set_annotations(None);
         each(Generated {
             name: named.name,
             descriptor,
