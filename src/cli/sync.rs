@@ -370,7 +370,7 @@ async fn finish_round(
         }
         for t in &plan.targets {
             if let plan::Action::Failed { error } = &t.action {
-                eprintln!("error: {} → {}: {error}", t.source, t.destination);
+                eprintln!("error: {} → {}: {error}", t.source(), t.destination());
             }
         }
     }

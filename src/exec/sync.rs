@@ -72,8 +72,8 @@ impl TargetOutcome {
     /// An outcome of `t` with `status` and nothing else known yet.
     fn new(t: &PlannedTarget, status: &'static str) -> Self {
         TargetOutcome {
-            source: t.source.clone(),
-            destination: t.destination.clone(),
+            source: t.source().into_owned(),
+            destination: t.destination().into_owned(),
             status,
             digest: None,
             report: None,
@@ -179,7 +179,7 @@ impl AfterCommit for Finisher<'_> {
         shown.insert(
             target,
             self.progress
-                .start_counting(&t.destination, t.blobs.bytes, counter.clone()),
+                .start_counting(&t.destination(), t.blobs.bytes, counter.clone()),
         );
     }
 }
@@ -266,7 +266,10 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
             continue;
         }
         if !plan.graph.targets.contains_key(&i) {
-            failed.insert(i, Error::invalid(format!("{} was not resolved by the plan", t.source)));
+            failed.insert(
+                i,
+                Error::invalid(format!("{} was not resolved by the plan", t.source())),
+            );
             continue;
         }
         let counter = Arc::new(AtomicU64::new(0));
@@ -316,7 +319,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
                     ..TargetOutcome::new(t, "failed")
                 };
                 if shows(t) {
-                    let p = progress.start(&t.destination, 0);
+                    let p = progress.start(&t.destination(), 0);
                     progress.finish(p, &progress_line(t, &o));
                 }
                 o
@@ -333,7 +336,7 @@ pub async fn apply(ctx: &PlanContext, plan: &Plan, opts: &ApplyOptions) -> Apply
                 match shown.remove(&i) {
                     Some(p) => progress.finish(p, &line),
                     None => {
-                        let p = progress.start(&t.destination, 0);
+                        let p = progress.start(&t.destination(), 0);
                         progress.finish(p, &line);
                     }
                 }
@@ -509,14 +512,14 @@ fn progress_text(t: &PlannedTarget, o: &TargetOutcome) -> String {
     match (&o.report, &o.error) {
         (Some(r), None) => format!(
             "{} complete ({}, {}, mounted {} of {} layers)",
-            t.destination,
+            t.destination(),
             r.digest.short(),
             human_size(r.bytes),
             r.layers_mounted,
             r.layers
         ),
-        (_, Some(e)) => format!("{} FAILED: {e}", t.destination),
-        _ => format!("{} complete", t.destination),
+        (_, Some(e)) => format!("{} FAILED: {e}", t.destination()),
+        _ => format!("{} complete", t.destination()),
     }
 }
 

@@ -33,10 +33,6 @@ pub(super) fn for_destination(
     }
 }
 
-/// The name a target's chain gets when occy compresses its layers for a
-/// store that wants them compressed (see [`compress_for_store`]).
-pub const COMPRESSING: &str = "compress";
-
 /// Layers that arrive uncompressed (from a docker-save archive, a
 /// directory or a daemon) are compressed for a registry, as skopeo does:
 /// the target's chain becomes `recompress` to `--compression` (or
@@ -70,13 +66,13 @@ pub(super) fn compress_for_store(t: &mut Target, resolved: &ResolvedImage, caps:
     t.chain
         .filters
         .push(crate::filter::FilterSpec::Recompress { format, level: None });
-    t.chain_name = Some(COMPRESSING.to_string());
+    t.compressed_for_store = true;
 }
 
 /// Why a filtered target is rebuilt.
 pub(super) fn rebuild_reason(t: &Target) -> String {
     let first = "the output digest is known after the first run";
-    if t.chain_name.as_deref() == Some(COMPRESSING) {
+    if t.compressed_for_store {
         let c = t.chain.output_compression(crate::image::Compression::None).0;
         format!(
             "its uncompressed layers are compressed ({}) for the registry; {first}",
@@ -90,12 +86,15 @@ pub(super) fn rebuild_reason(t: &Target) -> String {
 /// Compares one target's destination with what the plan would write.
 /// A target not yet resolved nor compared: to be created.
 pub(super) fn planned_target(t: Target) -> PlannedTarget {
+    let shown = archive::shown_source(&t.source).map(|source| {
+        Box::new(Shown {
+            source,
+            destination: t.destination.to_string(),
+            name: t.name.to_string(),
+        })
+    });
     PlannedTarget {
         entry: t.entry,
-        source: archive::shown_source(&t.source).unwrap_or_else(|| t.source.to_string()),
-        destination: t.destination.to_string(),
-        name: t.name.to_string(),
-        filters: t.chain_name.clone(),
         source_digest: None,
         platforms: 0,
         expected: None,
@@ -107,6 +106,7 @@ pub(super) fn planned_target(t: Target) -> PlannedTarget {
         media: MediaNote::None,
         referrers: None,
         verification: None,
+        shown,
     }
 }
 

@@ -407,7 +407,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
     let mut docker_kept = Vec::new();
     for t in &planned {
         if t.action.writes() && t.media == MediaNote::DockerKept {
-            docker_kept.push(t.destination.clone());
+            docker_kept.push(t.destination().into_owned());
         }
         if t.action.writes() {
             if let (Some(src), Some(exp)) = (&t.source_digest, &t.expected) {
@@ -421,7 +421,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                 // A manifest occy made up has no upstream digest to keep.
                 let made_up = t.resolved.as_ref().is_some_and(|r| r.synthesised) && !t.target.chain.changes_content();
                 if src != exp && !upstream_manifest && !made_up {
-                    let why = if t.target.chain_name.as_deref() == Some(COMPRESSING) {
+                    let why = if t.target.compressed_for_store {
                         "its uncompressed layers are compressed for the registry"
                     } else if t.target.chain.changes_content() {
                         "filters rewrite it"
@@ -432,7 +432,7 @@ pub async fn build(ctx: &PlanContext) -> Result<Plan> {
                     };
                     warnings.push(format!(
                         "{} will hold {exp}, not the upstream {src}: {why}",
-                        t.destination
+                        t.destination()
                     ));
                 }
             }
@@ -612,6 +612,7 @@ fn make_target(
         platforms,
         dest_span: dest.span.clone(),
         pinned,
+        compressed_for_store: false,
     })
 }
 
@@ -683,10 +684,6 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
     let destination = e.to.iter().map(|d| d.text.clone()).collect::<Vec<_>>().join(", ");
     PlannedTarget {
         entry,
-        source: source.clone(),
-        destination: destination.clone(),
-        name: source.clone(),
-        filters: e.chain_name.clone(),
         source_digest: None,
         platforms: 0,
         expected: None,
@@ -705,11 +702,17 @@ fn failed_target(spec: &SyncSpec, entry: usize, source: String, error: &Error) -
             platforms: PlatformSelection::Default,
             dest_span: e.to.first().map(|d| d.span.clone()).unwrap_or_default(),
             pinned: None,
+            compressed_for_store: false,
         },
         resolved: None,
         media: MediaNote::None,
         referrers: None,
         verification: None,
+        shown: Some(Box::new(Shown {
+            source: source.clone(),
+            destination,
+            name: source,
+        })),
     }
 }
 

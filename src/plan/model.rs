@@ -2,6 +2,8 @@
 //! plan with its totals, the saved plan `--apply` replays, and the keys that
 //! name a target's output (platforms, layer-cache output keys, chains).
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// One (source image, chain, destination).
@@ -19,6 +21,9 @@ pub struct Target {
     pub dest_span: Range<usize>,
     /// A digest the saved plan pins the source to.
     pub pinned: Option<Digest>,
+    /// Whether occy added a recompression for a store that wants
+    /// compressed layers (the source's are plain tar).
+    pub compressed_for_store: bool,
 }
 
 /// What a target needs.
@@ -100,14 +105,9 @@ impl BlobCounts {
 }
 
 /// One planned target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PlannedTarget {
     pub entry: usize,
-    pub source: String,
-    pub destination: String,
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub filters: Option<String>,
     /// The manifest digest the source's tag names now.
     pub source_digest: Option<Digest>,
     /// Platform images taken.
@@ -116,24 +116,105 @@ pub struct PlannedTarget {
     pub expected: Option<Digest>,
     /// The digest the destination names now.
     pub current: Option<Digest>,
-    #[serde(flatten)]
     pub action: Action,
     pub blobs: BlobCounts,
-    #[serde(skip)]
     pub target: Target,
-    #[serde(skip)]
     pub resolved: Option<Arc<ResolvedImage>>,
     /// What the destination does to the media types of the source's manifests.
-    #[serde(skip)]
     pub media: MediaNote,
     /// The referrers (signatures, SBOMs, attestations) copied with the image.
-    #[serde(skip_serializing_if = "Option::is_none")]
     /// (Boxed, as `verification`: most targets have none, and a plan of
     /// 100,000 targets holds each inline.)
     pub referrers: Option<Box<referrers::TargetReferrers>>,
     /// What `verify:` requires of its source, and who signed it.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<Box<verify::Verification>>,
+    /// How the target is shown where that is not its own references' text
+    /// (a source imported from an archive, a sync entry that failed to
+    /// expand); None for nearly all: a plan of 100,000 targets kept three
+    /// strings each.
+    pub shown: Option<Box<Shown>>,
+}
+
+/// A planned target in the JSON plan: its fields in this order, its text
+/// made as it is written.
+impl Serialize for PlannedTarget {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            entry: usize,
+            source: Cow<'a, str>,
+            destination: Cow<'a, str>,
+            name: Cow<'a, str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            filters: Option<&'a str>,
+            source_digest: &'a Option<Digest>,
+            platforms: usize,
+            expected: &'a Option<Digest>,
+            current: &'a Option<Digest>,
+            #[serde(flatten)]
+            action: &'a Action,
+            blobs: &'a BlobCounts,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            referrers: Option<&'a referrers::TargetReferrers>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            verification: Option<&'a verify::Verification>,
+        }
+        Wire {
+            entry: self.entry,
+            source: self.source(),
+            destination: self.destination(),
+            name: self.name(),
+            filters: self.filters(),
+            source_digest: &self.source_digest,
+            platforms: self.platforms,
+            expected: &self.expected,
+            current: &self.current,
+            action: &self.action,
+            blobs: &self.blobs,
+            referrers: self.referrers.as_deref(),
+            verification: self.verification.as_deref(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// The text a [`PlannedTarget`] is shown by, where it is not its target's own.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub source: String,
+    pub destination: String,
+    pub name: String,
+}
+
+impl PlannedTarget {
+    /// The source as the plan shows it.
+    pub fn source(&self) -> Cow<'_, str> {
+        match &self.shown {
+            Some(s) => Cow::Borrowed(&s.source),
+            None => Cow::Owned(self.target.source.to_string()),
+        }
+    }
+
+    /// The destination as the plan shows it.
+    pub fn destination(&self) -> Cow<'_, str> {
+        match &self.shown {
+            Some(s) => Cow::Borrowed(&s.destination),
+            None => Cow::Owned(self.target.destination.to_string()),
+        }
+    }
+
+    /// The name and tag recorded at the destination, as the plan shows it.
+    pub fn name(&self) -> Cow<'_, str> {
+        match &self.shown {
+            Some(s) => Cow::Borrowed(&s.name),
+            None => Cow::Owned(self.target.name.to_string()),
+        }
+    }
+
+    /// The name of the target's filter chain.
+    pub fn filters(&self) -> Option<&str> {
+        self.target.chain_name.as_deref()
+    }
 }
 
 /// What an OCI-layout destination does to the media types of the manifests

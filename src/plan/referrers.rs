@@ -239,7 +239,8 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
             Policy::CannotHold => {
                 warnings.push(format!(
                     "{} cannot hold referrers (signatures, SBOMs, attestations): {} is copied without them",
-                    p.destination, p.source
+                    p.destination(),
+                    p.source()
                 ));
                 continue;
             }
@@ -359,7 +360,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                 Some(Err(e)) => {
                     warnings.push(format!(
                         "cannot list the referrers of {} ({}): {e}; it is copied without them",
-                        p.source,
+                        p.source(),
                         s.short()
                     ));
                     continue;
@@ -382,7 +383,7 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                 Some(Err(e)) => {
                     warnings.push(format!(
                         "cannot list the referrers {} holds for {}: {e}; they are copied again",
-                        p.destination,
+                        p.destination(),
                         s.short()
                     ));
                     HeldReferrers::default()
@@ -425,11 +426,11 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                 names.sort();
                 warnings.push(format!(
                     "{} holds {} referrer{} of {} that the source {} no longer has ({}); occy leaves them",
-                    p.destination,
+                    p.destination(),
                     lost.len(),
                     if lost.len() == 1 { "" } else { "s" },
                     s.short(),
-                    p.source,
+                    p.source(),
                     names.join(", ")
                 ));
             }
@@ -466,8 +467,8 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
         .await;
     for w in &wants {
         let p = &mut planned[w.target];
+        let source = p.source().into_owned();
         let Some(tr) = p.referrers.as_mut() else { continue };
-        let source = p.source.clone();
         tr.copy.retain_mut(|r| {
             let k = (w.source.clone(), r.descriptor.digest.clone());
             let raw = match manifests.get(&k) {
@@ -523,14 +524,14 @@ async fn plan_targets(ctx: &PlanContext, planned: &mut [PlannedTarget], warnings
                     match super::for_destination(p, Arc::new(r), ctx.capabilities(&p.target.destination).media_types) {
                         Ok(r) => p.resolved = Some(r),
                         Err(e) => {
-                            warnings.push(format!("{}: its referrers are not copied: {e}", p.destination));
+                            warnings.push(format!("{}: its referrers are not copied: {e}", p.destination()));
                             p.referrers = None;
                             continue;
                         }
                     }
                 }
                 Err(e) => {
-                    warnings.push(format!("{}: its referrers are not copied: {e}", p.destination));
+                    warnings.push(format!("{}: its referrers are not copied: {e}", p.destination()));
                     p.referrers = None;
                     continue;
                 }

@@ -185,7 +185,7 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
             ("", "")
         };
         let filters = t
-            .filters
+            .filters()
             .as_ref()
             .map(|f| format!(" [filters: {f}]"))
             .unwrap_or_default();
@@ -198,8 +198,8 @@ pub fn text(plan: &Plan, colour_on: bool) -> String {
             out,
             "{on}{} {} → {}{filters}{plats}: {}{off}",
             symbol(&t.action),
-            t.source,
-            t.destination,
+            t.source(),
+            t.destination(),
             change(t)
         );
         let b = blobs(t);
@@ -351,7 +351,7 @@ pub fn markdown(plan: &Plan) -> String {
             unchanged.len()
         );
         for t in unchanged.iter().take(MARKDOWN_UNCHANGED_LISTED) {
-            let line = format!("{} → {}", t.source, t.destination);
+            let line = format!("{} → {}", t.source(), t.destination());
             let _ = writeln!(details, "- `{}`", md_escape(&cut(&line, MARKDOWN_ITEM_MAX)));
         }
         if unchanged.len() > MARKDOWN_UNCHANGED_LISTED {
@@ -382,8 +382,8 @@ pub fn markdown(plan: &Plan) -> String {
             format!(
                 "| {} | `{}` | `{}` | {} | {} |\n",
                 symbol(&p.action),
-                md_escape(&p.source),
-                md_escape(&p.destination),
+                md_escape(&p.source()),
+                md_escape(&p.destination()),
                 {
                     let mut cell = md_escape(&change(p));
                     if let Some(r) = referrers_line(p) {
@@ -425,7 +425,7 @@ pub fn markdown(plan: &Plan) -> String {
                 format!(
                     "| {} | `{}` | {} |\n",
                     symbol(&p.action),
-                    md_escape(&p.destination),
+                    md_escape(&p.destination()),
                     md_escape(&cut(&change(p), MARKDOWN_ITEM_MAX))
                 )
             })
@@ -473,10 +473,6 @@ mod tests {
         let writes = action.writes();
         PlannedTarget {
             entry: 0,
-            source: source.clone(),
-            destination: destination.clone(),
-            name: format!("library/app{i}:v{i}"),
-            filters: None,
             source_digest: digest(i),
             platforms: 1,
             expected: digest(i),
@@ -504,11 +500,13 @@ mod tests {
                 platforms: PlatformSelection::Default,
                 dest_span: Range::default(),
                 pinned: None,
+                compressed_for_store: false,
             },
             resolved: None,
             media: Default::default(),
             referrers: None,
             verification: None,
+            shown: None,
         }
     }
 
@@ -617,9 +615,9 @@ mod tests {
         assert!(md.chars().count() < 65_536, "{} characters", md.chars().count());
         for t in plan.targets.iter().filter(|t| !matches!(t.action, Action::Unchanged)) {
             assert!(
-                md.contains(&format!("`{}`", t.destination)),
+                md.contains(&format!("`{}`", t.destination())),
                 "{} missing",
-                t.destination
+                t.destination()
             );
         }
         assert!(

@@ -813,10 +813,10 @@ pub fn select(
     let mut errors: Vec<Option<String>> = Vec::new();
     for f in &failed {
         items.push(Item {
-            key: target_key(&f.destination, &f.source),
+            key: target_key(&f.destination(), &f.source()),
             blobs: Vec::new(),
         });
-        names.push((f.destination.clone(), f.source.clone()));
+        names.push((f.destination().into_owned(), f.source().into_owned()));
         errors.push(match &f.action {
             Action::Failed { error } => Some(error.clone()),
             _ => None,
@@ -983,7 +983,7 @@ pub fn saved(a: &Assignment, targets: &[PlannedTarget]) -> SavedShards {
             .iter()
             .map(|t| {
                 a.shard_of
-                    .get(&(t.destination.clone(), t.source.clone()))
+                    .get(&(t.destination().into_owned(), t.source().into_owned()))
                     .copied()
                     .unwrap_or(0)
             })
@@ -1110,7 +1110,7 @@ pub async fn own_share(ctx: &PlanContext, shard: Shard, targets: Vec<Target>, fa
             .collect();
         let failed: Vec<PlannedTarget> = failed
             .into_iter()
-            .filter(|t| mine.contains(t.destination.as_str()))
+            .filter(|t| mine.contains(t.destination().as_ref()))
             .collect();
         return OwnShare {
             info: ShardInfo {
@@ -1159,14 +1159,14 @@ pub async fn own_share(ctx: &PlanContext, shard: Shard, targets: Vec<Target>, fa
     let mut items: Vec<Item> = failed
         .iter()
         .map(|f| Item {
-            key: target_key(&f.destination, &f.source),
+            key: target_key(&f.destination(), &f.source()),
             blobs: Vec::new(),
         })
         .collect();
     let mut errors: Vec<Option<String>> = failed
         .iter()
         .map(|f| match &f.action {
-            Action::Failed { error } => Some(format!("{} → {}: {error}", f.source, f.destination)),
+            Action::Failed { error } => Some(format!("{} → {}: {error}", f.source(), f.destination())),
             _ => None,
         })
         .collect();
@@ -1335,8 +1335,8 @@ pub fn report(plan: &Plan, a: &Assignment) -> AssignmentReport {
         .collect();
     let mut warnings = plan.warnings.clone();
     for t in &plan.targets {
-        let Some(&i) = a.shard_of.get(&(t.destination.clone(), t.source.clone())) else {
-            warnings.push(format!("{} → {} is in no shard", t.source, t.destination));
+        let Some(&i) = a.shard_of.get(&(t.destination().into_owned(), t.source().into_owned())) else {
+            warnings.push(format!("{} → {} is in no shard", t.source(), t.destination()));
             continue;
         };
         let Some(s) = shards.get_mut(i) else { continue };
@@ -1344,8 +1344,8 @@ pub fn report(plan: &Plan, a: &Assignment) -> AssignmentReport {
             s.writes += 1;
         }
         s.targets.push(AssignedTarget {
-            source: t.source.clone(),
-            destination: t.destination.clone(),
+            source: t.source().into_owned(),
+            destination: t.destination().into_owned(),
             action: t.action.name(),
         });
     }

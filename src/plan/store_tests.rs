@@ -228,6 +228,7 @@ fn target(dest: &str, platforms: PlatformSelection) -> Target {
         platforms,
         dest_span: 0..0,
         pinned: None,
+        compressed_for_store: false,
     }
 }
 

@@ -536,7 +536,7 @@ pub async fn check_targets(ctx: &PlanContext, planned: &mut [PlannedTarget]) {
             }
             Some(Ok(signer)) => {
                 verified += 1;
-                tracing::debug!("{}: signature verified: {signer}", p.source);
+                tracing::debug!("{}: signature verified: {signer}", p.source());
                 p.verification = Some(Box::new(Verification {
                     requires,
                     signer: Some(signer.clone()),

@@ -27,14 +27,14 @@ pub async fn build(ctx: &PlanContext, planned: &mut [PlannedTarget], let_go: boo
     // Each destination's store: its id and what it can do.
     let mut stores = Stores::default();
     for t in planned.iter().filter(|t| t.action.writes()) {
-        if stores.by_destination.contains_key(&t.destination) {
+        if stores.by_destination.contains_key(t.destination().as_ref()) {
             continue;
         }
         let view = match ctx.store(&t.target.destination) {
             Ok(s) => Store::new(s.id().clone(), s.capabilities()),
             Err(_) => Store::of(&t.target.destination),
         };
-        stores.add(&t.destination, view);
+        stores.add(&t.destination(), view);
     }
     // Blobs each store holds now (asked once per store and blob).
     let presence = presence::presence(ctx, planned, &stores).await;
@@ -191,9 +191,9 @@ fn room(planned: &[PlannedTarget], stores: &Stores) -> (usize, usize) {
     for t in planned.iter().filter(|t| t.action.writes()) {
         let Some(r) = &t.resolved else { continue };
         let store: Name = stores
-            .get(&t.destination)
+            .get(&t.destination())
             .map(|s| s.key.clone())
-            .unwrap_or_else(|| t.destination.as_str().into());
+            .unwrap_or_else(|| t.destination().as_ref().into());
         for img in &r.images {
             for l in &img.manifest.layers {
                 let fetch = fetched.insert(hasher.hash_one(&l.digest));
@@ -253,9 +253,9 @@ fn assemble(
         let Some(resolved) = resolved else { continue };
         let t = &*t;
         let tt = &t.target;
-        let store = match stores.get(&t.destination) {
+        let store = match stores.get(&t.destination()) {
             Some(s) => s.clone(),
-            None => stores.add(&t.destination, Store::of(&tt.destination)),
+            None => stores.add(&t.destination(), Store::of(&tt.destination)),
         };
         let src_store: Name = {
             let name = source_store(&tt.source);
@@ -446,7 +446,7 @@ fn assemble(
             };
             let (manifest, _) = g.node(
                 NodeKey::Manifest {
-                    store: format!("{}#{}", store.key, t.destination).into(),
+                    store: format!("{}#{}", store.key, t.destination()).into(),
                     manifest: manifest_name,
                 },
                 ti,
@@ -482,7 +482,7 @@ fn assemble(
             };
             let (ix, _) = g.node(
                 NodeKey::Index {
-                    store: format!("{}#{}", store.key, t.destination).into(),
+                    store: format!("{}#{}", store.key, t.destination()).into(),
                     manifest: name.into(),
                 },
                 ti,
@@ -499,7 +499,7 @@ fn assemble(
         } else {
             tw.images.first().map(|i| i.manifest)
         };
-        let (destination, image): (Name, Name) = (t.destination.as_str().into(), t.name.as_str().into());
+        let (destination, image): (Name, Name) = (t.destination().as_ref().into(), t.name().as_ref().into());
         let (tag, _) = g.node(
             NodeKey::Tag {
                 destination: destination.clone(),

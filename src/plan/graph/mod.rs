@@ -900,6 +900,11 @@ mod tests {
     fn nodes_and_descriptors_stay_small() {
         assert!(std::mem::size_of::<Work>() <= 160, "{}", std::mem::size_of::<Work>());
         assert!(
+            std::mem::size_of::<crate::plan::PlannedTarget>() <= 608,
+            "{}",
+            std::mem::size_of::<crate::plan::PlannedTarget>()
+        );
+        assert!(
             std::mem::size_of::<Descriptor>() <= 56,
             "{}",
             std::mem::size_of::<Descriptor>()

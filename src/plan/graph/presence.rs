@@ -27,7 +27,7 @@ pub(super) async fn presence(ctx: &PlanContext, planned: &[PlannedTarget], store
     let mut seen: HashSet<(StoreId, Digest)> = HashSet::new();
     for t in planned.iter().filter(|t| t.action.writes()) {
         let Some(resolved) = &t.resolved else { continue };
-        let Some(view) = stores.get(&t.destination) else {
+        let Some(view) = stores.get(&t.destination()) else {
             continue;
         };
         let Ok(store) = ctx.store(&t.target.destination) else {

@@ -194,7 +194,10 @@ impl WorkGraph {
             }
         }
         for (t, nodes) in &clustered {
-            let name = plan_targets.get(*t).map(|p| p.destination.clone()).unwrap_or_default();
+            let name = plan_targets
+                .get(*t)
+                .map(|p| p.destination().into_owned())
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
                 "  subgraph cluster_{t} {{\n    label=\"{}\";\n    style=rounded;",
