@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -185,7 +185,7 @@ impl FaultProxy {
 
     /// A proxy in front of `upstream` following `plan`.
     pub fn with_plan(upstream: &str, plan: Plan) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = super::local_listener();
         let host = listener.local_addr().unwrap().to_string();
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),

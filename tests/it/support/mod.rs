@@ -71,19 +71,44 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// The ports of 127.0.0.1 this test binary has handed out.
+static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether `port` was not handed out before (it is now).
+fn claim(port: u16) -> bool {
+    let mut given = GIVEN.lock().unwrap();
+    if given.contains(&port) {
+        return false;
+    }
+    given.push(port);
+    true
+}
+
 /// A free port of 127.0.0.1 that no earlier call of this test binary
-/// returned: a registry started later never takes the address of one
-/// stopped before, so the blob locations occy remembers (in the cache
-/// shared by the tests that pass no `--cache-dir`) never name a registry
-/// that is not the one they were seen on.
+/// returned, nor any [`local_listener`]: a registry started later never
+/// takes the address of one stopped before (or of a proxy occy wrote
+/// through), so the blob locations occy remembers (in the cache shared by
+/// the tests that pass no `--cache-dir`) never name a registry that is not
+/// the one they were seen on.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
+        if claim(port) {
             return port;
+        }
+    }
+}
+
+/// A listener on a port of 127.0.0.1 of its own, which [`free_port`] will
+/// never hand out (for the proxies and stand-ins in front of registries:
+/// a registry given a port a proxy had, that occy wrote through, would
+/// inherit the blob locations remembered for it, and a test counting
+/// uploads would see remembered mounts declined and uploaded instead).
+pub fn local_listener() -> std::net::TcpListener {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        if claim(listener.local_addr().unwrap().port()) {
+            return listener;
         }
     }
 }
@@ -614,7 +639,7 @@ pub fn strings(v: &Value) -> Vec<String> {
 /// A stand-in for quay.io's REST API: organisation `projectquay` with the
 /// repositories `web` (tags latest, v1.0), `api` (latest) and `empty`.
 pub fn fake_quay_api() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = local_listener();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         use std::io::{BufRead, BufReader, Write};

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +45,7 @@ impl Drop for ReferrersProxy {
 impl ReferrersProxy {
     /// A proxy in front of `upstream` (`127.0.0.1:PORT`).
     pub fn start(upstream: &str) -> ReferrersProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = super::local_listener();
         let host = listener.local_addr().unwrap().to_string();
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),
