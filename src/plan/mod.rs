@@ -540,17 +540,13 @@ fn drop_manifest_bytes(planned: &mut [PlannedTarget]) {
     }
 }
 
-/// Hands the pages of what was freed back to the system: the manifests a
-/// plan let go of are small blocks among the ones it keeps, and the graph
-/// it builds next wants large arrays that such holes cannot hold (a plan of
-/// 100,000 targets would otherwise keep both).
 /// Makes every large block (128 KiB and up: glibc's own starting point) a
 /// mapping of its own, returned to the system when freed. By default glibc
 /// raises that bound to the size of each large block freed, so the tag
 /// lists, growing tables and vectors a plan frees along the way are carved
 /// from the heap afterwards, and their holes, among the small blocks a plan
 /// keeps to its end, stay resident (a shown plan of 100,000 targets: 397
-/// MiB peak, 380 with this). Only for plans that are only shown: an apply
+/// MiB peak, 381 with this). Only for plans that are only shown: an apply
 /// that frees large buffers over and over is better served by the heap.
 fn large_blocks_from_the_system() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -561,6 +557,10 @@ fn large_blocks_from_the_system() {
     }
 }
 
+/// Hands the pages of what was freed back to the system: the manifests a
+/// plan let go of are small blocks among the ones it keeps, and the graph
+/// it builds next wants large arrays that such holes cannot hold (a plan of
+/// 100,000 targets would otherwise keep both).
 fn give_back_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory of the allocator's own
